@@ -1,0 +1,549 @@
+//! Connection state machines, sans-IO. Bytes in with `on_bytes`, events out with `poll_event`,
+//! bytes out with `take_output`, timers with `poll_timeout` / `on_timeout`. Time is an input
+//! ([`Now`]); randomness (challenges) is an input. Nothing here touches a socket or a clock.
+//!
+//! Server flow: `ClientHello` → `ServerHello` (version, node id, challenge, node time) → any of
+//! `Prove`, `Subscribe`, `Unsubscribe`, `Send`, `Ping`, `ChallengeRequest`. Anything unexpected or
+//! malformed queues an `Error` frame and moves the connection to `Closing`: the driver writes the
+//! remaining output and closes.
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::addr::verify_proofs;
+use crate::frame::{
+    Dest, DecodeError, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus,
+    UnsubscribeReason, decode_frame, frame_type, put_packet_header, split_frame,
+};
+use crate::limits::{
+    CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROVEN_PER_CONN_MAX, VERSION_MAX, VERSION_MIN,
+};
+
+/// The two clocks every state machine needs, read once per event by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (arbitrary origin): deadlines.
+    pub mono_ms: u64,
+    /// Wall-clock Unix seconds: epochs and the time a challenge carries.
+    pub unix_s: u64,
+}
+
+/// Per-connection limits the node applies (named config keys in the node).
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    /// A partial frame must make progress within this time (slowloris).
+    pub frame_stall_timeout_ms: u64,
+    /// Output waiting for the socket may not stay stuck longer than this (slow reader).
+    pub write_stall_timeout_ms: u64,
+    /// Bytes of output a connection may have queued; deliveries beyond it are dropped and counted.
+    pub send_queue_bytes_max: usize,
+    pub subscriptions_max: usize,
+    /// Failed proofs after which the connection is closed.
+    pub proof_failures_max: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 90_000,
+            ping_interval_ms: 30_000,
+            frame_stall_timeout_ms: 30_000,
+            write_stall_timeout_ms: 30_000,
+            send_queue_bytes_max: 1 << 20,
+            subscriptions_max: 512,
+            proof_failures_max: 16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    Open,
+    Closing,
+}
+
+/// What a server connection hands to its shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A packet to route to `dest`. The shard answers with [`ServerConn::send_result`] when due.
+    Send { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
+    /// Proofs to check. The shard may refuse them (rate limit) or call [`ServerConn::answer_proofs`].
+    Prove { items: Vec<ProofItem> },
+    /// Newly subscribed dests (already proven and counted); the shard registers them with owners.
+    Subscribe { dests: Vec<Dest> },
+    /// Dests this connection stopped subscribing to; the shard removes them at their owners.
+    Unsubscribe { dests: Vec<Dest> },
+    /// The client wants a fresh challenge: call [`ServerConn::issue_challenge`].
+    ChallengeRequested,
+}
+
+/// Server side of one client connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    limits: ConnLimits,
+    node_id: [u8; 32],
+    shard: u16,
+    state: State,
+    inbuf: BytesMut,
+    out: BytesMut,
+    /// Bytes taken by the driver but not yet reported written.
+    in_flight_bytes: usize,
+    challenge: [u8; 32],
+    challenge_issued_ms: u64,
+    proven: HashSet<(Dest, u8)>,
+    subscriptions: HashSet<Dest>,
+    proof_failures: u32,
+    opened_ms: u64,
+    last_rx_ms: u64,
+    partial_since_ms: Option<u64>,
+    write_stalled_since_ms: Option<u64>,
+    ping_sent_ms: Option<u64>,
+    ping_nonce: u64,
+    close_code: Option<ErrorCode>,
+    /// Deliveries dropped because the send queue was full.
+    pub dropped_queue_full: u64,
+}
+
+impl ServerConn {
+    pub fn new(limits: ConnLimits, node_id: [u8; 32], shard: u16, challenge: [u8; 32], now: Now) -> Self {
+        ServerConn {
+            limits,
+            node_id,
+            shard,
+            state: State::AwaitHello,
+            inbuf: BytesMut::with_capacity(4096),
+            out: BytesMut::new(),
+            in_flight_bytes: 0,
+            challenge,
+            challenge_issued_ms: now.mono_ms,
+            proven: HashSet::new(),
+            subscriptions: HashSet::new(),
+            proof_failures: 0,
+            opened_ms: now.mono_ms,
+            last_rx_ms: now.mono_ms,
+            partial_since_ms: None,
+            write_stalled_since_ms: None,
+            ping_sent_ms: None,
+            ping_nonce: 0,
+            close_code: None,
+            dropped_queue_full: 0,
+        }
+    }
+
+    /// Feed bytes read from the transport. Call `poll_event` until it returns `None` afterwards.
+    pub fn on_bytes(&mut self, now: Now, data: &[u8]) {
+        if self.state == State::Closing || data.is_empty() {
+            return;
+        }
+        self.last_rx_ms = now.mono_ms;
+        self.ping_sent_ms = None;
+        self.inbuf.extend_from_slice(data);
+        // Any progress on a partial frame resets the slowloris clock.
+        self.partial_since_ms = Some(now.mono_ms);
+    }
+
+    /// The next event for the shard, if a whole frame is buffered. Handshake, pings and protocol
+    /// errors are handled here and never surface as events.
+    pub fn poll_event(&mut self, now: Now) -> Option<ServerEvent> {
+        loop {
+            if self.state == State::Closing {
+                return None;
+            }
+            let body = match split_frame(&mut self.inbuf) {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    if self.inbuf.is_empty() {
+                        self.partial_since_ms = None;
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    self.fail_decode(&e);
+                    return None;
+                }
+            };
+            let frame = match Frame::decode_body(body) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.fail_decode(&e);
+                    return None;
+                }
+            };
+            if let Some(ev) = self.on_frame(now, frame) {
+                return Some(ev);
+            }
+        }
+    }
+
+    fn fail_decode(&mut self, e: &DecodeError) {
+        self.close_with(e.code(), &e.to_string());
+    }
+
+    fn on_frame(&mut self, now: Now, frame: Frame) -> Option<ServerEvent> {
+        if self.state == State::AwaitHello {
+            let Frame::ClientHello { version_min, version_max } = frame else {
+                self.close_with(ErrorCode::UnexpectedFrame, "first frame must be ClientHello");
+                return None;
+            };
+            let version = version_max.min(VERSION_MAX);
+            if version < version_min.max(VERSION_MIN) {
+                self.close_with(
+                    ErrorCode::UnsupportedVersion,
+                    &format!("node speaks versions {VERSION_MIN}..={VERSION_MAX}"),
+                );
+                return None;
+            }
+            self.state = State::Open;
+            self.challenge_issued_ms = now.mono_ms;
+            self.push_frame(&Frame::ServerHello {
+                version,
+                shard: self.shard,
+                node_id: self.node_id,
+                challenge: self.challenge,
+                unix_time_s: now.unix_s,
+                frame_bytes_max: u32::try_from(FRAME_BYTES_MAX).unwrap_or(u32::MAX),
+            });
+            return None;
+        }
+        match frame {
+            Frame::Send { dest, msg_id, flags, payload } => Some(ServerEvent::Send { dest, msg_id, flags, payload }),
+            Frame::Prove { items } => Some(ServerEvent::Prove { items }),
+            Frame::Subscribe { dests } => self.on_subscribe(dests),
+            Frame::Unsubscribe { dests } => {
+                let dests: Vec<Dest> = dests.into_iter().filter(|d| self.subscriptions.remove(d)).collect();
+                if dests.is_empty() { None } else { Some(ServerEvent::Unsubscribe { dests }) }
+            }
+            Frame::ChallengeRequest => Some(ServerEvent::ChallengeRequested),
+            Frame::Ping { nonce } => {
+                self.push_frame(&Frame::Pong { nonce });
+                None
+            }
+            Frame::Pong { .. } => None,
+            Frame::Cell { .. } => {
+                self.close_with(ErrorCode::Unsupported, "onion cells are not supported yet");
+                None
+            }
+            Frame::ClientHello { .. } => {
+                self.close_with(ErrorCode::UnexpectedFrame, "ClientHello sent twice");
+                None
+            }
+            other => {
+                let t = other.frame_type();
+                self.close_with(ErrorCode::UnexpectedFrame, &format!("frame {t:#04x} is node-to-client only"));
+                None
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, dests: Vec<Dest>) -> Option<ServerEvent> {
+        let mut results = Vec::with_capacity(dests.len());
+        let mut added = Vec::new();
+        for dest in dests {
+            let status = if !self.proven.contains(&(dest, Op::Subscribe as u8)) {
+                SubscribeStatus::NotProven
+            } else if self.subscriptions.contains(&dest) {
+                SubscribeStatus::Ok
+            } else if self.subscriptions.len() >= self.limits.subscriptions_max {
+                SubscribeStatus::TooManySubscriptions
+            } else {
+                self.subscriptions.insert(dest);
+                added.push(dest);
+                SubscribeStatus::Ok
+            };
+            results.push((dest, status));
+        }
+        self.push_frame(&Frame::SubscribeResult { items: results });
+        if added.is_empty() { None } else { Some(ServerEvent::Subscribe { dests: added }) }
+    }
+
+    /// Verifies proofs against this connection's challenge and answers them. Returns how many
+    /// failed (for the shard's per-address limit). Closes the connection once it has failed
+    /// `proof_failures_max` proofs.
+    pub fn answer_proofs(&mut self, now: Now, items: &[ProofItem]) -> u32 {
+        let stale = now.mono_ms.saturating_sub(self.challenge_issued_ms) > CHALLENGE_VALIDITY_MS;
+        let statuses = if stale {
+            vec![ProofStatus::StaleChallenge; items.len()]
+        } else {
+            verify_proofs(&self.node_id, &self.challenge, items)
+        };
+        let mut failures = 0u32;
+        let mut results = Vec::with_capacity(items.len());
+        for (item, mut status) in items.iter().zip(statuses) {
+            if status == ProofStatus::Ok {
+                if self.proven.len() >= PROVEN_PER_CONN_MAX && !self.proven.contains(&(item.dest, item.op)) {
+                    status = ProofStatus::TooMany;
+                } else {
+                    self.proven.insert((item.dest, item.op));
+                }
+            } else if status != ProofStatus::StaleChallenge {
+                failures += 1;
+            }
+            results.push((item.dest, item.op, status));
+        }
+        self.push_frame(&Frame::ProveResult { items: results });
+        self.proof_failures = self.proof_failures.saturating_add(failures);
+        if self.proof_failures >= self.limits.proof_failures_max {
+            self.close_with(ErrorCode::TooManyProofFailures, "too many failed proofs");
+        }
+        failures
+    }
+
+    /// Answers proofs the shard refused to check (address over its failed-proof budget).
+    pub fn refuse_proofs(&mut self, items: &[ProofItem]) {
+        let results = items.iter().map(|i| (i.dest, i.op, ProofStatus::RateLimited)).collect();
+        self.push_frame(&Frame::ProveResult { items: results });
+    }
+
+    /// Replaces the challenge (the old one is invalid from now on) and sends it.
+    pub fn issue_challenge(&mut self, now: Now, challenge: [u8; 32]) {
+        self.challenge = challenge;
+        self.challenge_issued_ms = now.mono_ms;
+        self.push_frame(&Frame::Challenge { challenge, unix_time_s: now.unix_s });
+    }
+
+    /// Whether this connection holds a proof for (dest, op).
+    pub fn is_proven(&self, dest: &Dest, op: Op) -> bool {
+        self.proven.contains(&(*dest, op as u8))
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Dest> {
+        self.subscriptions.iter()
+    }
+
+    /// Another connection took `dest` over: forget it and tell the client.
+    pub fn on_taken_over(&mut self, dest: Dest) {
+        if self.subscriptions.remove(&dest) {
+            self.push_frame(&Frame::Unsubscribed { dest, reason: UnsubscribeReason::TakenOver });
+        }
+    }
+
+    pub fn send_result(&mut self, dest: Dest, msg_id: u64, status: SendStatus) {
+        self.push_frame(&Frame::SendResult { dest, msg_id, status });
+    }
+
+    /// Queues a delivery. Returns `false` (and counts a drop) when the send queue is full: live
+    /// relay drops rather than letting one slow reader grow the node's memory.
+    pub fn push_deliver(&mut self, dest: &Dest, msg_id: u64, flags: u8, payload: &[u8]) -> bool {
+        if self.state == State::Closing {
+            return false;
+        }
+        let frame_len = crate::limits::FRAME_PREFIX_BYTES + crate::limits::PACKET_HEADER_BYTES + payload.len();
+        if self.queued_bytes() + frame_len > self.limits.send_queue_bytes_max {
+            self.dropped_queue_full += 1;
+            return false;
+        }
+        self.out.reserve(frame_len);
+        put_packet_header(&mut self.out, frame_type::DELIVER, dest, msg_id, flags, payload.len());
+        self.out.extend_from_slice(payload);
+        true
+    }
+
+    /// Queues a control frame. Control frames are small and bounded by the request that caused
+    /// them, so they are never dropped.
+    pub fn push_frame(&mut self, frame: &Frame) {
+        if self.state == State::Closing && !matches!(frame, Frame::Error { .. }) {
+            return;
+        }
+        frame.encode(&mut self.out);
+    }
+
+    /// Queues an `Error` frame and stops reading: the driver flushes and closes.
+    pub fn close_with(&mut self, code: ErrorCode, message: &str) {
+        if self.state == State::Closing {
+            return;
+        }
+        self.push_frame(&Frame::Error { code, message: message.to_string() });
+        self.state = State::Closing;
+        self.close_code = Some(code);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state == State::Closing
+    }
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+    pub fn close_code(&self) -> Option<ErrorCode> {
+        self.close_code
+    }
+
+    /// Bytes queued or in flight towards the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.len() + self.in_flight_bytes
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Takes everything queued for the socket, as one buffer: writes are coalesced per turn.
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if self.out.is_empty() {
+            return None;
+        }
+        let b = self.out.split().freeze();
+        self.in_flight_bytes += b.len();
+        Some(b)
+    }
+
+    /// The driver wrote `n` bytes of taken output to the socket.
+    pub fn on_written(&mut self, now: Now, n: usize) {
+        assert!(n <= self.in_flight_bytes, "wrote more than was taken");
+        self.in_flight_bytes -= n;
+        self.write_stalled_since_ms = if self.queued_bytes() > 0 { Some(now.mono_ms) } else { None };
+    }
+
+    /// Output is waiting and the socket is not accepting it (the driver calls this when a write
+    /// would block); starts the slow-reader clock if it is not running.
+    pub fn on_write_blocked(&mut self, now: Now) {
+        self.write_stalled_since_ms.get_or_insert(now.mono_ms);
+    }
+
+    /// The earliest time `on_timeout` must run.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state == State::Closing {
+            return None;
+        }
+        let l = &self.limits;
+        let mut t = if self.state == State::AwaitHello {
+            self.opened_ms + l.handshake_timeout_ms
+        } else {
+            match self.ping_sent_ms {
+                Some(_) => self.last_rx_ms + l.idle_timeout_ms,
+                None => (self.last_rx_ms + l.ping_interval_ms).min(self.last_rx_ms + l.idle_timeout_ms),
+            }
+        };
+        if let Some(p) = self.partial_since_ms.filter(|_| !self.inbuf.is_empty()) {
+            t = t.min(p + l.frame_stall_timeout_ms);
+        }
+        if let Some(w) = self.write_stalled_since_ms {
+            t = t.min(w + l.write_stall_timeout_ms);
+        }
+        Some(t)
+    }
+
+    /// Handles every deadline that has passed.
+    pub fn on_timeout(&mut self, now: Now) {
+        let l = self.limits.clone();
+        let t = now.mono_ms;
+        match self.state {
+            State::Closing => {}
+            State::AwaitHello if t >= self.opened_ms + l.handshake_timeout_ms => {
+                self.close_with(ErrorCode::HandshakeTimeout, "no ClientHello in time");
+            }
+            _ if t >= self.last_rx_ms + l.idle_timeout_ms => {
+                self.close_with(ErrorCode::IdleTimeout, "idle");
+            }
+            _ if self
+                .write_stalled_since_ms
+                .is_some_and(|w| t >= w + l.write_stall_timeout_ms) =>
+            {
+                self.close_with(ErrorCode::SlowReader, "not reading its data");
+            }
+            _ if self.partial_since_ms.is_some_and(|p| !self.inbuf.is_empty() && t >= p + l.frame_stall_timeout_ms) => {
+                self.close_with(ErrorCode::SlowSender, "partial frame stalled");
+            }
+            State::Open if self.ping_sent_ms.is_none() && t >= self.last_rx_ms + l.ping_interval_ms => {
+                self.ping_nonce = self.ping_nonce.wrapping_add(1);
+                self.ping_sent_ms = Some(t);
+                self.push_frame(&Frame::Ping { nonce: self.ping_nonce });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a client connection reports to its application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    Ready { version: u16, shard: u16, node_id: [u8; 32], challenge: [u8; 32], unix_time_s: u64 },
+    Challenge { challenge: [u8; 32], unix_time_s: u64 },
+    ProveResult { items: Vec<(Dest, u8, ProofStatus)> },
+    SubscribeResult { items: Vec<(Dest, SubscribeStatus)> },
+    Deliver { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
+    SendResult { dest: Dest, msg_id: u64, status: SendStatus },
+    Unsubscribed { dest: Dest, reason: UnsubscribeReason },
+    Pong { nonce: u64 },
+    /// The node closed the connection with this error.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Why the client state machine gave up on the byte stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientError {
+    Decode(DecodeError),
+    /// The node sent a frame only clients send.
+    Unexpected { frame_type: u8 },
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Decode(e) => write!(f, "decode: {e}"),
+            ClientError::Unexpected { frame_type } => write!(f, "unexpected frame {frame_type:#04x} from node"),
+        }
+    }
+}
+impl std::error::Error for ClientError {}
+
+/// Client side of a connection: what the SDK and the load generator drive.
+#[derive(Debug, Default)]
+pub struct ClientConn {
+    inbuf: BytesMut,
+    out: BytesMut,
+}
+
+impl ClientConn {
+    /// A new connection with its `ClientHello` already queued.
+    pub fn new() -> Self {
+        let mut c = ClientConn::default();
+        c.push(&Frame::ClientHello { version_min: VERSION_MIN, version_max: VERSION_MAX });
+        c
+    }
+    pub fn push(&mut self, frame: &Frame) {
+        frame.encode(&mut self.out);
+    }
+    pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, payload: &[u8]) {
+        put_packet_header(&mut self.out, frame_type::SEND, &dest, msg_id, flags, payload.len());
+        self.out.extend_from_slice(payload);
+    }
+    pub fn take_output(&mut self) -> Option<Bytes> {
+        if self.out.is_empty() { None } else { Some(self.out.split().freeze()) }
+    }
+    pub fn on_bytes(&mut self, data: &[u8]) {
+        self.inbuf.extend_from_slice(data);
+    }
+    pub fn poll_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
+        loop {
+            let Some(frame) = decode_frame(&mut self.inbuf).map_err(ClientError::Decode)? else {
+                return Ok(None);
+            };
+            let ev = match frame {
+                Frame::ServerHello { version, shard, node_id, challenge, unix_time_s, .. } => {
+                    ClientEvent::Ready { version, shard, node_id, challenge, unix_time_s }
+                }
+                Frame::Challenge { challenge, unix_time_s } => ClientEvent::Challenge { challenge, unix_time_s },
+                Frame::ProveResult { items } => ClientEvent::ProveResult { items },
+                Frame::SubscribeResult { items } => ClientEvent::SubscribeResult { items },
+                Frame::Deliver { dest, msg_id, flags, payload } => ClientEvent::Deliver { dest, msg_id, flags, payload },
+                Frame::SendResult { dest, msg_id, status } => ClientEvent::SendResult { dest, msg_id, status },
+                Frame::Unsubscribed { dest, reason } => ClientEvent::Unsubscribed { dest, reason },
+                Frame::Error { code, message } => ClientEvent::Error { code, message },
+                Frame::Ping { nonce } => {
+                    self.push(&Frame::Pong { nonce });
+                    continue;
+                }
+                Frame::Pong { nonce } => ClientEvent::Pong { nonce },
+                other => return Err(ClientError::Unexpected { frame_type: other.frame_type() }),
+            };
+            return Ok(Some(ev));
+        }
+    }
+}

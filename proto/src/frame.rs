@@ -1,0 +1,669 @@
+//! Frames: `len:u32le | type:u8 | body`. `len` counts the type byte and the body. Every integer is
+//! fixed-width little-endian. Decoding never panics: any input either yields a frame, asks for more
+//! bytes, or fails with a [`DecodeError`] that names what was wrong.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::limits::{
+    DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES,
+    HELLO_MAGIC, PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX, PROOF_ITEM_BYTES,
+    PROOFS_PER_FRAME_MAX,
+};
+
+/// A 16-byte destination hash: the only routing key a node ever sees.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Dest(pub [u8; 16]);
+
+impl std::fmt::Debug for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dest(")?;
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+impl Dest {
+    /// The shard that owns this destination: its forward-table entry and its queued blobs.
+    #[inline]
+    pub fn owner(&self, shards: usize) -> usize {
+        assert!(shards > 0);
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        let shards_u64 = u64::try_from(shards).unwrap_or(u64::MAX);
+        // The remainder is < shards, which came from a usize.
+        usize::try_from(u64::from_le_bytes(head) % shards_u64).unwrap_or(0)
+    }
+}
+
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $val:expr),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum $name { $($(#[$vm])* $var = $val),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+            pub fn from_u8(v: u8) -> Option<Self> {
+                match v { $($val => Some($name::$var),)+ _ => None }
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// What a proof authorises on a `dest`. Part of the signed message.
+    Op {
+        Subscribe = 1,
+        Drain = 2,
+        PushRegister = 3,
+        PrekeyUpdate = 4,
+    }
+);
+
+wire_enum!(
+    /// The node's verdict on one proof item.
+    ProofStatus {
+        Ok = 0,
+        /// `MK'` is not a valid, non-weak Ed25519 point.
+        BadKey = 1,
+        /// `derive_key("ferry v1 destination", MK')[0..16] != dest`.
+        DestMismatch = 2,
+        BadSignature = 3,
+        /// The connection's challenge is older than 60 s; request a new one.
+        StaleChallenge = 4,
+        /// Too many failed proofs from this connection or address.
+        RateLimited = 5,
+        /// This connection already holds the most proven pairs it may.
+        TooMany = 6,
+        UnknownOp = 7,
+    }
+);
+
+wire_enum!(
+    /// The node's verdict on one subscription.
+    SubscribeStatus {
+        Ok = 0,
+        /// No valid `Subscribe` proof for this dest on this connection.
+        NotProven = 1,
+        TooManySubscriptions = 2,
+    }
+);
+
+wire_enum!(
+    /// Outcome of a `Send`. `Delivered` is only reported when the sender set `FLAG_ACK`.
+    SendStatus {
+        Delivered = 0,
+        /// No live subscriber and no store for this dest: the packet was not delivered.
+        NoSubscriber = 1,
+        /// A queue on the way (cross-core hop or the recipient's send queue) was full.
+        Congested = 2,
+        /// The node is shutting down.
+        ShuttingDown = 3,
+    }
+);
+
+wire_enum!(
+    /// Why the node dropped a subscription without being asked.
+    UnsubscribeReason {
+        /// Another connection subscribed to the same dest (the newest subscriber wins).
+        TakenOver = 1,
+    }
+);
+
+/// Error codes carried by the `Error` frame; the node closes the connection after sending one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    UnsupportedVersion = 1,
+    FrameTooLarge = 2,
+    MalformedFrame = 3,
+    UnknownFrameType = 4,
+    UnexpectedFrame = 5,
+    HandshakeTimeout = 6,
+    IdleTimeout = 7,
+    RateLimited = 8,
+    TooManyProofFailures = 9,
+    SlowReader = 10,
+    ShuttingDown = 11,
+    ConnectionLimit = 12,
+    Unsupported = 13,
+    Internal = 14,
+    TlsError = 15,
+    /// A partial frame made no progress in time (slowloris).
+    SlowSender = 16,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::MalformedFrame,
+        ErrorCode::UnknownFrameType,
+        ErrorCode::UnexpectedFrame,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::IdleTimeout,
+        ErrorCode::RateLimited,
+        ErrorCode::TooManyProofFailures,
+        ErrorCode::SlowReader,
+        ErrorCode::ShuttingDown,
+        ErrorCode::ConnectionLimit,
+        ErrorCode::Unsupported,
+        ErrorCode::Internal,
+        ErrorCode::TlsError,
+        ErrorCode::SlowSender,
+    ];
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| *c as u16 == v)
+    }
+}
+
+/// Packet flag: the sender wants a `SendResult` even when the packet was delivered.
+pub const FLAG_ACK: u8 = 0x01;
+/// Packet flag: the payload is a padded cell (`inner_len:u32 | data | zeros`), so every packet on a
+/// link can have the same size. Opaque to the node; reserved now so the mesh needs no version break.
+pub const FLAG_PADDED: u8 = 0x02;
+/// Flags a node accepts today; the rest are reserved and must be zero.
+pub const FLAGS_KNOWN: u8 = FLAG_ACK | FLAG_PADDED;
+
+/// One ownership proof: `MK'` and an Ed25519 signature over the proof message for (dest, op).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProofItem {
+    pub dest: Dest,
+    pub op: u8,
+    pub blinded_key: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+/// Frame type bytes. Client-to-node types are below 0x80, node-to-client at or above it; `Ping`
+/// and `Pong` travel both ways.
+pub mod frame_type {
+    pub const CLIENT_HELLO: u8 = 0x01;
+    pub const CHALLENGE_REQUEST: u8 = 0x02;
+    pub const PROVE: u8 = 0x03;
+    pub const SUBSCRIBE: u8 = 0x04;
+    pub const UNSUBSCRIBE: u8 = 0x05;
+    pub const SEND: u8 = 0x06;
+    pub const PING: u8 = 0x07;
+    pub const PONG: u8 = 0x08;
+    /// Reserved for fixed-size onion (Sphinx) cells of the mesh layer.
+    pub const CELL: u8 = 0x40;
+    pub const SERVER_HELLO: u8 = 0x81;
+    pub const CHALLENGE: u8 = 0x82;
+    pub const PROVE_RESULT: u8 = 0x83;
+    pub const SUBSCRIBE_RESULT: u8 = 0x84;
+    pub const DELIVER: u8 = 0x85;
+    pub const SEND_RESULT: u8 = 0x86;
+    pub const UNSUBSCRIBED: u8 = 0x87;
+    pub const ERROR: u8 = 0x8F;
+}
+use frame_type as ft;
+
+/// Every frame of protocol version 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    ClientHello { version_min: u16, version_max: u16 },
+    ChallengeRequest,
+    Prove { items: Vec<ProofItem> },
+    Subscribe { dests: Vec<Dest> },
+    Unsubscribe { dests: Vec<Dest> },
+    Send { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
+    Ping { nonce: u64 },
+    Pong { nonce: u64 },
+    Cell { payload: Bytes },
+    ServerHello {
+        version: u16,
+        shard: u16,
+        node_id: [u8; 32],
+        challenge: [u8; 32],
+        unix_time_s: u64,
+        frame_bytes_max: u32,
+    },
+    Challenge { challenge: [u8; 32], unix_time_s: u64 },
+    ProveResult { items: Vec<(Dest, u8, ProofStatus)> },
+    SubscribeResult { items: Vec<(Dest, SubscribeStatus)> },
+    Deliver { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
+    SendResult { dest: Dest, msg_id: u64, status: SendStatus },
+    Unsubscribed { dest: Dest, reason: UnsubscribeReason },
+    Error { code: ErrorCode, message: String },
+}
+
+/// Why a byte sequence is not a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix announces more than [`FRAME_BYTES_MAX`].
+    FrameTooLarge { frame_len: u64 },
+    /// A length prefix of zero: no type byte.
+    EmptyFrame,
+    UnknownType { frame_type: u8 },
+    /// The body ended before a field did.
+    Truncated { frame_type: u8 },
+    /// Bytes left after the last field.
+    TrailingBytes { frame_type: u8 },
+    /// A count field above its limit.
+    CountTooLarge { frame_type: u8, count: u64 },
+    /// A field holds a value this version does not define.
+    InvalidValue { frame_type: u8, field: &'static str },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::FrameTooLarge { frame_len } => {
+                write!(f, "frame of {frame_len} bytes exceeds {FRAME_BYTES_MAX}")
+            }
+            DecodeError::EmptyFrame => write!(f, "empty frame"),
+            DecodeError::UnknownType { frame_type } => write!(f, "unknown frame type {frame_type:#04x}"),
+            DecodeError::Truncated { frame_type } => write!(f, "frame {frame_type:#04x} truncated"),
+            DecodeError::TrailingBytes { frame_type } => {
+                write!(f, "frame {frame_type:#04x} has trailing bytes")
+            }
+            DecodeError::CountTooLarge { frame_type, count } => {
+                write!(f, "frame {frame_type:#04x} count {count} above its limit")
+            }
+            DecodeError::InvalidValue { frame_type, field } => {
+                write!(f, "frame {frame_type:#04x} field {field} has an invalid value")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl DecodeError {
+    /// The error code a node answers this decode error with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::UnknownType { .. } => ErrorCode::UnknownFrameType,
+            _ => ErrorCode::MalformedFrame,
+        }
+    }
+}
+
+fn u16_of(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+fn u32_of(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Writes the header of a `Send` or `Deliver` frame; the caller appends `payload_len` bytes.
+/// This is the hot path's encoder: the payload is copied once, straight from the packet buffer.
+#[inline]
+pub fn put_packet_header(
+    out: &mut impl BufMut,
+    frame_type: u8,
+    dest: &Dest,
+    msg_id: u64,
+    flags: u8,
+    payload_len: usize,
+) {
+    assert!(payload_len <= PACKET_PAYLOAD_BYTES_MAX);
+    out.put_u32_le(u32_of(PACKET_HEADER_BYTES + payload_len));
+    out.put_u8(frame_type);
+    out.put_slice(&dest.0);
+    out.put_u64_le(msg_id);
+    out.put_u8(flags);
+}
+
+impl Frame {
+    pub fn frame_type(&self) -> u8 {
+        match self {
+            Frame::ClientHello { .. } => ft::CLIENT_HELLO,
+            Frame::ChallengeRequest => ft::CHALLENGE_REQUEST,
+            Frame::Prove { .. } => ft::PROVE,
+            Frame::Subscribe { .. } => ft::SUBSCRIBE,
+            Frame::Unsubscribe { .. } => ft::UNSUBSCRIBE,
+            Frame::Send { .. } => ft::SEND,
+            Frame::Ping { .. } => ft::PING,
+            Frame::Pong { .. } => ft::PONG,
+            Frame::Cell { .. } => ft::CELL,
+            Frame::ServerHello { .. } => ft::SERVER_HELLO,
+            Frame::Challenge { .. } => ft::CHALLENGE,
+            Frame::ProveResult { .. } => ft::PROVE_RESULT,
+            Frame::SubscribeResult { .. } => ft::SUBSCRIBE_RESULT,
+            Frame::Deliver { .. } => ft::DELIVER,
+            Frame::SendResult { .. } => ft::SEND_RESULT,
+            Frame::Unsubscribed { .. } => ft::UNSUBSCRIBED,
+            Frame::Error { .. } => ft::ERROR,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Frame::ClientHello { .. } => 4 + 2 + 2,
+            Frame::ChallengeRequest => 0,
+            Frame::Prove { items } => 2 + items.len() * PROOF_ITEM_BYTES,
+            Frame::Subscribe { dests } | Frame::Unsubscribe { dests } => 2 + dests.len() * 16,
+            Frame::Send { payload, .. } | Frame::Deliver { payload, .. } => {
+                PACKET_HEADER_BYTES - 1 + payload.len()
+            }
+            Frame::Ping { .. } | Frame::Pong { .. } => 8,
+            Frame::Cell { payload } => payload.len(),
+            Frame::ServerHello { .. } => 2 + 2 + 32 + 32 + 8 + 4,
+            Frame::Challenge { .. } => 32 + 8,
+            Frame::ProveResult { items } => 2 + items.len() * 18,
+            Frame::SubscribeResult { items } => 2 + items.len() * 17,
+            Frame::SendResult { .. } => 16 + 8 + 1,
+            Frame::Unsubscribed { .. } => 16 + 1,
+            Frame::Error { message, .. } => 2 + 2 + message.len().min(ERROR_MESSAGE_BYTES_MAX),
+        }
+    }
+
+    /// Bytes this frame takes on the wire, length prefix included.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_PREFIX_BYTES + 1 + self.body_len()
+    }
+
+    /// Appends the encoded frame to `out`. Panics only on a programmer error: a frame that breaks
+    /// its own limits (too many items, an oversized payload).
+    pub fn encode(&self, out: &mut impl BufMut) {
+        let frame_len = 1 + self.body_len();
+        assert!(frame_len <= FRAME_BYTES_MAX, "frame over FRAME_BYTES_MAX: {frame_len}");
+        match self {
+            Frame::Send { dest, msg_id, flags, payload }
+            | Frame::Deliver { dest, msg_id, flags, payload } => {
+                put_packet_header(out, self.frame_type(), dest, *msg_id, *flags, payload.len());
+                out.put_slice(payload);
+                return;
+            }
+            _ => {}
+        }
+        out.put_u32_le(u32_of(frame_len));
+        out.put_u8(self.frame_type());
+        match self {
+            Frame::ClientHello { version_min, version_max } => {
+                out.put_slice(&HELLO_MAGIC);
+                out.put_u16_le(*version_min);
+                out.put_u16_le(*version_max);
+            }
+            Frame::ChallengeRequest => {}
+            Frame::Prove { items } => {
+                assert!(items.len() <= PROOFS_PER_FRAME_MAX);
+                out.put_u16_le(u16_of(items.len()));
+                for item in items {
+                    out.put_slice(&item.dest.0);
+                    out.put_u8(item.op);
+                    out.put_slice(&item.blinded_key);
+                    out.put_slice(&item.signature);
+                }
+            }
+            Frame::Subscribe { dests } | Frame::Unsubscribe { dests } => {
+                assert!(dests.len() <= DESTS_PER_FRAME_MAX);
+                out.put_u16_le(u16_of(dests.len()));
+                for dest in dests {
+                    out.put_slice(&dest.0);
+                }
+            }
+            Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_u64_le(*nonce),
+            Frame::Cell { payload } => out.put_slice(payload),
+            Frame::ServerHello { version, shard, node_id, challenge, unix_time_s, frame_bytes_max } => {
+                out.put_u16_le(*version);
+                out.put_u16_le(*shard);
+                out.put_slice(node_id);
+                out.put_slice(challenge);
+                out.put_u64_le(*unix_time_s);
+                out.put_u32_le(*frame_bytes_max);
+            }
+            Frame::Challenge { challenge, unix_time_s } => {
+                out.put_slice(challenge);
+                out.put_u64_le(*unix_time_s);
+            }
+            Frame::ProveResult { items } => {
+                assert!(items.len() <= PROOFS_PER_FRAME_MAX);
+                out.put_u16_le(u16_of(items.len()));
+                for (dest, op, status) in items {
+                    out.put_slice(&dest.0);
+                    out.put_u8(*op);
+                    out.put_u8(*status as u8);
+                }
+            }
+            Frame::SubscribeResult { items } => {
+                assert!(items.len() <= DESTS_PER_FRAME_MAX);
+                out.put_u16_le(u16_of(items.len()));
+                for (dest, status) in items {
+                    out.put_slice(&dest.0);
+                    out.put_u8(*status as u8);
+                }
+            }
+            Frame::SendResult { dest, msg_id, status } => {
+                out.put_slice(&dest.0);
+                out.put_u64_le(*msg_id);
+                out.put_u8(*status as u8);
+            }
+            Frame::Unsubscribed { dest, reason } => {
+                out.put_slice(&dest.0);
+                out.put_u8(*reason as u8);
+            }
+            Frame::Error { code, message } => {
+                let message = truncate_utf8(message, ERROR_MESSAGE_BYTES_MAX);
+                out.put_u16_le(*code as u16);
+                out.put_u16_le(u16_of(message.len()));
+                out.put_slice(message.as_bytes());
+            }
+            Frame::Send { .. } | Frame::Deliver { .. } => unreachable!("handled above"),
+        }
+    }
+
+    /// Encodes into a fresh buffer (tests and cold paths).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        debug_assert_eq!(out.len(), self.encoded_len());
+        out.freeze()
+    }
+
+    /// Parses one frame from `frame` = type byte + body (the length prefix already removed).
+    pub fn decode_body(mut frame: Bytes) -> Result<Frame, DecodeError> {
+        if frame.is_empty() {
+            return Err(DecodeError::EmptyFrame);
+        }
+        let t = frame.get_u8();
+        let mut r = Reader { buf: frame, t };
+        let f = match t {
+            ft::CLIENT_HELLO => {
+                let magic = r.array::<4>()?;
+                if magic != HELLO_MAGIC {
+                    return Err(DecodeError::InvalidValue { frame_type: t, field: "magic" });
+                }
+                Frame::ClientHello { version_min: r.u16()?, version_max: r.u16()? }
+            }
+            ft::CHALLENGE_REQUEST => Frame::ChallengeRequest,
+            ft::PROVE => {
+                let n = r.count(PROOFS_PER_FRAME_MAX, PROOF_ITEM_BYTES)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(ProofItem {
+                        dest: Dest(r.array()?),
+                        op: r.u8()?,
+                        blinded_key: r.array()?,
+                        signature: r.array()?,
+                    });
+                }
+                Frame::Prove { items }
+            }
+            ft::SUBSCRIBE | ft::UNSUBSCRIBE => {
+                let n = r.count(DESTS_PER_FRAME_MAX, 16)?;
+                let mut dests = Vec::with_capacity(n);
+                for _ in 0..n {
+                    dests.push(Dest(r.array()?));
+                }
+                if t == ft::SUBSCRIBE { Frame::Subscribe { dests } } else { Frame::Unsubscribe { dests } }
+            }
+            ft::SEND | ft::DELIVER => {
+                let dest = Dest(r.array()?);
+                let msg_id = r.u64()?;
+                let flags = r.u8()?;
+                if flags & !FLAGS_KNOWN != 0 {
+                    return Err(DecodeError::InvalidValue { frame_type: t, field: "flags" });
+                }
+                let payload = r.rest();
+                if t == ft::SEND {
+                    Frame::Send { dest, msg_id, flags, payload }
+                } else {
+                    Frame::Deliver { dest, msg_id, flags, payload }
+                }
+            }
+            ft::PING => Frame::Ping { nonce: r.u64()? },
+            ft::PONG => Frame::Pong { nonce: r.u64()? },
+            ft::CELL => Frame::Cell { payload: r.rest() },
+            ft::SERVER_HELLO => Frame::ServerHello {
+                version: r.u16()?,
+                shard: r.u16()?,
+                node_id: r.array()?,
+                challenge: r.array()?,
+                unix_time_s: r.u64()?,
+                frame_bytes_max: r.u32()?,
+            },
+            ft::CHALLENGE => Frame::Challenge { challenge: r.array()?, unix_time_s: r.u64()? },
+            ft::PROVE_RESULT => {
+                let n = r.count(PROOFS_PER_FRAME_MAX, 18)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let dest = Dest(r.array()?);
+                    let op = r.u8()?;
+                    let status = r.enum_u8(ProofStatus::from_u8, "status")?;
+                    items.push((dest, op, status));
+                }
+                Frame::ProveResult { items }
+            }
+            ft::SUBSCRIBE_RESULT => {
+                let n = r.count(DESTS_PER_FRAME_MAX, 17)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let dest = Dest(r.array()?);
+                    items.push((dest, r.enum_u8(SubscribeStatus::from_u8, "status")?));
+                }
+                Frame::SubscribeResult { items }
+            }
+            ft::SEND_RESULT => Frame::SendResult {
+                dest: Dest(r.array()?),
+                msg_id: r.u64()?,
+                status: r.enum_u8(SendStatus::from_u8, "status")?,
+            },
+            ft::UNSUBSCRIBED => Frame::Unsubscribed {
+                dest: Dest(r.array()?),
+                reason: r.enum_u8(UnsubscribeReason::from_u8, "reason")?,
+            },
+            ft::ERROR => {
+                let code = ErrorCode::from_u16(r.u16()?)
+                    .ok_or(DecodeError::InvalidValue { frame_type: t, field: "code" })?;
+                let len = usize::from(r.u16()?);
+                if len > ERROR_MESSAGE_BYTES_MAX {
+                    return Err(DecodeError::CountTooLarge { frame_type: t, count: len as u64 });
+                }
+                let bytes = r.take(len)?;
+                let message = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| DecodeError::InvalidValue { frame_type: t, field: "message" })?;
+                Frame::Error { code, message }
+            }
+            other => return Err(DecodeError::UnknownType { frame_type: other }),
+        };
+        if r.buf.has_remaining() {
+            return Err(DecodeError::TrailingBytes { frame_type: t });
+        }
+        Ok(f)
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+struct Reader {
+    buf: Bytes,
+    t: u8,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n { Err(DecodeError::Truncated { frame_type: self.t }) } else { Ok(()) }
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16_le())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64_le())
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.need(N)?;
+        let mut a = [0u8; N];
+        self.buf.copy_to_slice(&mut a);
+        Ok(a)
+    }
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf)
+    }
+    /// Reads a u16 count, checks it against `max` and against the bytes actually present, so that
+    /// a lying count cannot make us allocate.
+    fn count(&mut self, max: usize, item_bytes: usize) -> Result<usize, DecodeError> {
+        let n = usize::from(self.u16()?);
+        if n > max {
+            return Err(DecodeError::CountTooLarge { frame_type: self.t, count: n as u64 });
+        }
+        self.need(n * item_bytes)?;
+        Ok(n)
+    }
+    fn enum_u8<T>(&mut self, f: fn(u8) -> Option<T>, field: &'static str) -> Result<T, DecodeError> {
+        let v = self.u8()?;
+        f(v).ok_or(DecodeError::InvalidValue { frame_type: self.t, field })
+    }
+}
+
+/// Takes one whole frame off the front of `buf`, if one is there.
+///
+/// Returns `Ok(None)` when more bytes are needed. A too-large length prefix is reported as soon as
+/// the prefix is readable, before the body arrives, so a peer cannot make us buffer it.
+pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    match split_frame(buf)? {
+        Some(body) => Frame::decode_body(body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Splits one whole frame (type + body, prefix removed) off `buf` without parsing it.
+pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
+    if buf.len() < FRAME_PREFIX_BYTES {
+        return Ok(None);
+    }
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    prefix.copy_from_slice(&buf[..FRAME_PREFIX_BYTES]);
+    let frame_len = u32::from_le_bytes(prefix);
+    let frame_len_usize = usize::try_from(frame_len).unwrap_or(usize::MAX);
+    if frame_len == 0 {
+        return Err(DecodeError::EmptyFrame);
+    }
+    if frame_len_usize > FRAME_BYTES_MAX {
+        return Err(DecodeError::FrameTooLarge { frame_len: u64::from(frame_len) });
+    }
+    if buf.len() < FRAME_PREFIX_BYTES + frame_len_usize {
+        buf.reserve(FRAME_PREFIX_BYTES + frame_len_usize - buf.len());
+        return Ok(None);
+    }
+    buf.advance(FRAME_PREFIX_BYTES);
+    Ok(Some(buf.split_to(frame_len_usize).freeze()))
+}

@@ -1,0 +1,14 @@
+//! ferry's wire protocol, sans-IO: no sockets, no clock, no runtime.
+//!
+//! Data flow: bytes from a transport → [`conn::ServerConn::on_bytes`] → frames split and decoded
+//! ([`frame`]) → handshake, pings and proofs ([`addr`]) handled inside the state machine → routing
+//! events ([`conn::ServerEvent`]) for the shard → replies and deliveries queued as bytes →
+//! [`conn::ServerConn::take_output`] → transport. The client side ([`conn::ClientConn`]) mirrors it.
+//! Every limit lives in [`limits`].
+
+pub mod addr;
+pub mod conn;
+pub mod frame;
+pub mod limits;
+
+pub use frame::{Dest, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus};

@@ -1,0 +1,40 @@
+//! Every protocol limit, named once: noun first, unit last. Related limits are tied together with
+//! `const` assertions so that changing one cannot silently break another.
+
+/// Bytes of the length prefix in front of every frame.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+/// Largest frame (type byte + body, prefix excluded) either side may send.
+pub const FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Bytes a `Send` or `Deliver` frame spends before its payload: type(1) dest(16) msg_id(8) flags(1).
+pub const PACKET_HEADER_BYTES: usize = 1 + 16 + 8 + 1;
+/// Largest packet payload: whatever is left of a maximal frame after the packet header.
+pub const PACKET_PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - PACKET_HEADER_BYTES;
+/// Most proofs in one `Prove` frame (one batch verification).
+pub const PROOFS_PER_FRAME_MAX: usize = 128;
+/// Most destinations in one `Subscribe` or `Unsubscribe` frame.
+pub const DESTS_PER_FRAME_MAX: usize = 256;
+/// Bytes of an error message inside an `Error` frame.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+/// How long a challenge stays valid, on the node's clock.
+pub const CHALLENGE_VALIDITY_MS: u64 = 60_000;
+/// Length of an epoch (destination hashes rotate every epoch).
+pub const EPOCH_SECONDS: u64 = 3_600;
+/// Proven (dest, op) pairs one connection may hold at once.
+pub const PROVEN_PER_CONN_MAX: usize = 1_024;
+/// Lowest and highest protocol version this build speaks.
+pub const VERSION_MIN: u16 = 1;
+pub const VERSION_MAX: u16 = 1;
+/// The four bytes every `ClientHello` opens with.
+pub const HELLO_MAGIC: [u8; 4] = *b"FRY\x01";
+
+/// Size of one proof item on the wire: dest(16) op(1) blinded key(32) signature(64).
+pub const PROOF_ITEM_BYTES: usize = 16 + 1 + 32 + 64;
+
+const _: () = assert!(PACKET_PAYLOAD_BYTES_MAX > 60 * 1024);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+// A full Prove frame must fit in one frame.
+const _: () = assert!(1 + 2 + PROOFS_PER_FRAME_MAX * PROOF_ITEM_BYTES <= FRAME_BYTES_MAX);
+const _: () = assert!(1 + 2 + DESTS_PER_FRAME_MAX * 17 <= FRAME_BYTES_MAX);
+const _: () = assert!(VERSION_MIN <= VERSION_MAX);
+// A proven set must hold at least one full Prove frame.
+const _: () = assert!(PROVEN_PER_CONN_MAX >= PROOFS_PER_FRAME_MAX);
