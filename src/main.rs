@@ -1,1 +1,142 @@
-fn main() {}
+//! `ferry`: the node binary. Subcommands: `run` (the node), `check-config` (print the effective
+//! configuration), `healthcheck` (probe a running node's admin endpoint; for Docker HEALTHCHECK).
+
+mod admin;
+mod config;
+mod node;
+mod sys;
+mod tls;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "ferry: end-to-end-encrypted relay node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node.
+    Run(Overrides),
+    /// Validate the configuration and print the effective result as TOML.
+    CheckConfig(Overrides),
+    /// Exit 0 if the node's admin endpoint answers /readyz with 200.
+    Healthcheck {
+        #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:7701")]
+        admin_listen: SocketAddr,
+    },
+}
+
+/// Flags override the environment, which overrides the file, which overrides the defaults.
+#[derive(Args, Debug, Default)]
+struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, short, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Plain-TCP listen address (repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// TLS listen address (repeatable).
+    #[arg(long)]
+    listen_tls: Vec<SocketAddr>,
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shard cores (0 = all allowed CPUs but the service core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Allow plain TCP on non-loopback addresses.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Seconds added to the wall clock (testing only).
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    clock_offset_s: Option<i64>,
+}
+
+impl Overrides {
+    fn resolve(self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref(), std::env::vars())?;
+        if !self.listen.is_empty() {
+            c.listen = self.listen;
+        }
+        if !self.listen_tls.is_empty() {
+            c.listen_tls = self.listen_tls;
+        }
+        c.tls_cert = self.tls_cert.or(c.tls_cert);
+        c.tls_key = self.tls_key.or(c.tls_key);
+        c.admin_listen = self.admin_listen.unwrap_or(c.admin_listen);
+        c.data_dir = self.data_dir.unwrap_or(c.data_dir);
+        c.shards = self.shards.unwrap_or(c.shards);
+        c.insecure_plaintext |= self.insecure_plaintext;
+        c.log_format = self.log_format.unwrap_or(c.log_format);
+        c.clock_offset_s = self.clock_offset_s.unwrap_or(c.clock_offset_s);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn healthcheck(addr: SocketAddr) -> anyhow::Result<bool> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: ferry\r\nconnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp.starts_with("HTTP/1.1 200"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CheckConfig(o) => o.resolve().and_then(|c| {
+            print!("{}", toml::to_string_pretty(&c)?);
+            Ok(())
+        }),
+        Command::Run(o) => o.resolve().and_then(|c| {
+            init_logging(&c.log_format);
+            node::run(c)
+        }),
+        Command::Healthcheck { admin_listen } => match healthcheck(admin_listen) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow::anyhow!("node at {admin_listen} is not ready")),
+            Err(e) => Err(anyhow::anyhow!("node at {admin_listen} unreachable: {e}")),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole cause chain, no backtrace.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("ferry: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -54,6 +54,11 @@ impl std::fmt::Display for AddrError {
 }
 impl std::error::Error for AddrError {}
 
+/// The standard Ed25519 public key of a 32-byte seed (the node's identity key).
+pub fn ed25519_public(seed: &[u8; 32]) -> [u8; 32] {
+    MailboxSecret::from_seed(seed).public().to_bytes()
+}
+
 /// The epoch of a Unix time: `floor(unix_seconds / 3600)`.
 pub fn epoch_of(unix_s: u64) -> u64 {
     unix_s / EPOCH_SECONDS

@@ -349,7 +349,9 @@ impl Frame {
             Frame::SubscribeResult { items } => 2 + items.len() * 17,
             Frame::SendResult { .. } => 16 + 8 + 1,
             Frame::Unsubscribed { .. } => 16 + 1,
-            Frame::Error { message, .. } => 2 + 2 + message.len().min(ERROR_MESSAGE_BYTES_MAX),
+            Frame::Error { message, .. } => {
+                2 + 2 + truncate_utf8(message, ERROR_MESSAGE_BYTES_MAX).len()
+            }
         }
     }
 
@@ -666,4 +668,27 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
     }
     buf.advance(FRAME_PREFIX_BYTES);
     Ok(Some(buf.split_to(frame_len_usize).freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An over-long message whose cut at `ERROR_MESSAGE_BYTES_MAX` falls inside a character is
+    /// truncated further back; the length prefix must count the bytes actually written.
+    #[test]
+    fn error_message_truncated_inside_a_character_keeps_the_stream_framed() {
+        let message = format!("{}é", "a".repeat(ERROR_MESSAGE_BYTES_MAX - 1));
+        let f = Frame::Error { code: ErrorCode::Internal, message };
+        let mut out = BytesMut::new();
+        f.encode(&mut out);
+        assert_eq!(out.len(), f.encoded_len());
+        Frame::Ping { nonce: 7 }.encode(&mut out);
+        let Some(Frame::Error { message, .. }) = decode_frame(&mut out).unwrap() else {
+            panic!("not an Error frame");
+        };
+        assert_eq!(message, "a".repeat(ERROR_MESSAGE_BYTES_MAX - 1));
+        assert_eq!(decode_frame(&mut out).unwrap(), Some(Frame::Ping { nonce: 7 }));
+        assert!(out.is_empty());
+    }
 }

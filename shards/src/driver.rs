@@ -1,0 +1,448 @@
+//! The I/O driver: the only module that knows glommio. One pinned executor per shard; it owns
+//! its own `SO_REUSEPORT` listeners (bound by the caller before start, so the kernel spreads
+//! connections across cores), a reader and a writer task per connection, a receiver and a flusher
+//! task per peer core, and a tick task for deadlines. The [`Shard`] state machine does the rest.
+//!
+//! Per loop turn: readers and hop receivers feed the shard; the shard marks connections with
+//! output and outboxes with pending hops; writers take each connection's whole queue as one
+//! buffer (writes coalesced per connection) and flushers take each outbox as one batch (one
+//! channel send per peer per turn).
+//!
+//! Queues and what happens when they are full:
+//! * mesh channel (`hop_channel_batches` batches per peer pair): the flusher waits; meanwhile its
+//!   outbox grows up to `hop_queue_msgs_max`, readers stop reading above half of that
+//!   (backpressure), and data beyond it is answered `Congested`;
+//! * per-connection output: bounded by `send_queue_bytes_max`, deliveries beyond it are dropped
+//!   and answered `Congested`; a writer stuck longer than `write_stall_timeout_ms` is closed;
+//! * writer wake-ups: a capacity-1 channel, a full one means "already woken".
+
+#![allow(unsafe_code)] // std/glommio socket conversions (from_raw_fd, borrow_raw) only.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ahash::AHashMap;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use ferry_proto::frame::ErrorCode;
+
+use crate::clock::Clock;
+use crate::metrics::ShardMetrics;
+use crate::shard::{Accept, HopMsg, Shard, ShardConfig};
+
+/// Driver settings (named node config keys).
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// CPU each shard is pinned to (index = shard); `None` = unpinned.
+    pub cpus: Option<Vec<usize>>,
+    /// Memory glommio registers with io_uring per executor (counts against `ulimit -l`).
+    pub io_memory_bytes: usize,
+    pub tick_ms: u64,
+    /// Batches in flight per (source, target) core pair.
+    pub hop_channel_batches: usize,
+    pub read_buffer_bytes: usize,
+}
+
+/// One listening socket handed to a shard: bound with `SO_REUSEPORT` by the caller.
+#[derive(Debug)]
+pub struct ListenerSpec {
+    pub socket: std::net::TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What the node keeps of each running shard.
+#[derive(Debug)]
+pub struct ShardHandle {
+    pub metrics: Arc<ShardMetrics>,
+    pub ready: Arc<AtomicBool>,
+    pub join: glommio::ExecutorJoinHandle<()>,
+}
+
+/// Starts one executor per entry of `configs`; `listeners[i]` go to shard `i`. The shard's id is
+/// its place in the mesh, fixed when every executor has joined.
+pub fn start(
+    configs: Vec<ShardConfig>,
+    listeners: Vec<Vec<ListenerSpec>>,
+    driver: DriverConfig,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Vec<ShardHandle>> {
+    assert_eq!(configs.len(), listeners.len());
+    let n = configs.len();
+    let mesh: MeshBuilder<Vec<HopMsg>, Full> = MeshBuilder::full(n, driver.hop_channel_batches.max(1));
+    let mut handles = Vec::with_capacity(n);
+    for (i, (cfg, specs)) in configs.into_iter().zip(listeners).enumerate() {
+        let metrics = Arc::new(ShardMetrics::default());
+        let ready = Arc::new(AtomicBool::new(false));
+        let placement = match &driver.cpus {
+            Some(cpus) => Placement::Fixed(cpus[i % cpus.len()]),
+            None => Placement::Unbound,
+        };
+        // Sockets cross to the executor's thread as raw fds; each is owned by exactly one shard.
+        let fds: Vec<(RawFd, Option<Arc<rustls::ServerConfig>>)> =
+            specs.into_iter().map(|s| (s.socket.into_raw_fd(), s.tls)).collect();
+        let (m, r, s, d, mesh) = (metrics.clone(), ready.clone(), stop.clone(), driver.clone(), mesh.clone());
+        let join = LocalExecutorBuilder::new(placement)
+            .name(&format!("ferry-shard-{i}"))
+            .io_memory(driver.io_memory_bytes)
+            .spawn(move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh).await })
+            .map_err(|e| std::io::Error::other(format!("shard {i}: cannot start executor: {e}")))?;
+        handles.push(ShardHandle { metrics, ready, join });
+    }
+    Ok(handles)
+}
+
+struct Ctx {
+    shard: RefCell<Shard>,
+    clock: Clock,
+    writers: RefCell<AHashMap<u64, (LocalSender<()>, RawFd)>>,
+    flushers: Vec<Option<LocalSender<()>>>,
+    scratch: RefCell<Vec<u64>>,
+    driver: DriverConfig,
+}
+
+impl Ctx {
+    /// After any input: wake the writers of connections with output and the flushers of peers
+    /// with pending hops.
+    fn after_work(&self) {
+        let mut ready = self.scratch.take();
+        self.shard.borrow_mut().take_ready(&mut ready);
+        {
+            let writers = self.writers.borrow();
+            for conn in ready.drain(..) {
+                if let Some((w, _)) = writers.get(&conn) {
+                    let _ = w.try_send(()); // full = already woken
+                }
+            }
+        }
+        self.scratch.replace(ready);
+        let pending: Vec<usize> = self.shard.borrow().outbox_pending().collect();
+        for peer in pending {
+            if let Some(Some(f)) = self.flushers.get(peer) {
+                let _ = f.try_send(());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    mut cfg: ShardConfig,
+    fds: Vec<(RawFd, Option<Arc<rustls::ServerConfig>>)>,
+    driver: DriverConfig,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<ShardMetrics>,
+    ready: Arc<AtomicBool>,
+    mesh: MeshBuilder<Vec<HopMsg>, Full>,
+) {
+    let (senders, receivers) = match mesh.join().await {
+        Ok(sr) => sr,
+        Err(e) => {
+            tracing::error!(error = %e, "shard mesh join failed");
+            return;
+        }
+    };
+    let me = senders.peer_id();
+    cfg.shard = u16::try_from(me).unwrap_or(0);
+    let peers = senders.nr_consumers();
+    let senders = Rc::new(senders);
+    let receivers = Rc::new(receivers);
+
+    let mut flushers = Vec::with_capacity(peers);
+    let mut flush_rx = Vec::with_capacity(peers);
+    for p in 0..peers {
+        if p == me {
+            flushers.push(None);
+            flush_rx.push(None);
+        } else {
+            let (tx, rx) = local_channel::new_bounded(1);
+            flushers.push(Some(tx));
+            flush_rx.push(Some(rx));
+        }
+    }
+    let ctx = Rc::new(Ctx {
+        shard: RefCell::new(Shard::new(cfg, metrics)),
+        clock,
+        writers: RefCell::new(AHashMap::new()),
+        flushers,
+        scratch: RefCell::new(Vec::new()),
+        driver,
+    });
+
+    let mut tasks = Vec::new();
+    for (p, rx) in flush_rx.into_iter().enumerate() {
+        let Some(rx) = rx else { continue };
+        tasks.push(glommio::spawn_local(flusher(ctx.clone(), senders.clone(), p, rx)));
+        tasks.push(glommio::spawn_local(hop_receiver(ctx.clone(), receivers.clone(), p)));
+    }
+    for (fd, tls) in fds {
+        // SAFETY: the fd came from a bound, listening std TcpListener handed to this shard alone.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        tasks.push(glommio::spawn_local(acceptor(ctx.clone(), listener, tls, stop.clone())));
+    }
+    ready.store(true, Ordering::Release);
+
+    // Tick: deadlines, and the stop flag.
+    let tick = Duration::from_millis(ctx.driver.tick_ms.max(1));
+    while !stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(tick).await;
+        let now = ctx.clock.now();
+        ctx.shard.borrow_mut().on_tick(now);
+        ctx.after_work();
+        force_close_stuck(&ctx);
+    }
+    ready.store(false, Ordering::Release);
+    // Shut every connection down; their tasks end on the resulting errors.
+    let conns: Vec<u64> = ctx.writers.borrow().keys().copied().collect();
+    for conn in conns {
+        ctx.shard.borrow_mut().close(conn, ErrorCode::ShuttingDown, "node is stopping");
+    }
+    ctx.after_work();
+    glommio::timer::sleep(Duration::from_millis(100)).await;
+    for (_, fd) in ctx.writers.borrow().values() {
+        shutdown_fd(*fd);
+    }
+    drop(tasks); // dropping a glommio task cancels it
+}
+
+/// Connections the shard closed while their writer is stuck on a full socket: shut the socket so
+/// the writer's pending write fails and both tasks end.
+fn force_close_stuck(ctx: &Ctx) {
+    let stuck = ctx.shard.borrow_mut().take_force_close();
+    if stuck.is_empty() {
+        return;
+    }
+    let writers = ctx.writers.borrow();
+    for conn in stuck {
+        if let Some((_, fd)) = writers.get(&conn) {
+            shutdown_fd(*fd);
+        }
+    }
+}
+
+fn shutdown_fd(fd: RawFd) {
+    // SAFETY: fds in `writers` belong to live connections: an entry is removed before its stream
+    // is dropped, and everything runs on this one thread.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&borrowed).shutdown(Shutdown::Both);
+}
+
+async fn flusher(ctx: Rc<Ctx>, senders: Rc<Senders<Vec<HopMsg>>>, peer: usize, wake: local_channel::LocalReceiver<()>) {
+    while wake.recv().await.is_some() {
+        loop {
+            let batch = ctx.shard.borrow_mut().take_outbox(peer);
+            let Some(batch) = batch else { break };
+            if senders.send_to(peer, batch).await.is_err() {
+                return; // the peer is gone: the node is stopping
+            }
+        }
+    }
+}
+
+async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer: usize) {
+    while let Ok(Some(batch)) = receivers.recv_from(peer).await {
+        ctx.shard.borrow_mut().on_hops(batch);
+        ctx.after_work();
+    }
+}
+
+async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Acquire) {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ip = match stream.peer_addr() {
+            Ok(a) => a.ip(),
+            Err(_) => continue,
+        };
+        let now = ctx.clock.now();
+        let accepted = ctx.shard.borrow_mut().accept(now, ip);
+        match accepted {
+            Accept::Ok(conn) => {
+                let tls_conn = match &tls {
+                    None => None,
+                    Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                        Ok(c) => Some(Rc::new(RefCell::new(c))),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS session setup failed");
+                            ctx.shard.borrow_mut().on_closed(conn);
+                            continue;
+                        }
+                    },
+                };
+                spawn_connection(ctx.clone(), conn, stream, tls_conn);
+            }
+            Accept::Refused(bytes) => {
+                // Best effort, plaintext only: a TLS client would not understand it anyway.
+                let plaintext = tls.is_none();
+                glommio::spawn_local(async move {
+                    let mut s = stream;
+                    if plaintext {
+                        let _ = s.write_all(&bytes).await;
+                    }
+                    let _ = s.close().await;
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+type Tls = Rc<RefCell<rustls::ServerConnection>>;
+
+fn spawn_connection(ctx: Rc<Ctx>, conn: u64, stream: TcpStream, tls: Option<Tls>) {
+    let fd = stream.as_raw_fd();
+    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
+    ctx.writers.borrow_mut().insert(conn, (wake_tx, fd));
+    let (reader, writer) = futures_lite::io::split(stream);
+    glommio::spawn_local(read_loop(ctx.clone(), conn, reader, tls.clone())).detach();
+    glommio::spawn_local(write_loop(ctx, conn, writer, tls, wake_rx)).detach();
+}
+
+async fn read_loop(ctx: Rc<Ctx>, conn: u64, mut reader: futures_lite::io::ReadHalf<TcpStream>, tls: Option<Tls>) {
+    let mut buf = vec![0u8; ctx.driver.read_buffer_bytes.max(4096)];
+    let mut plain = vec![0u8; 16 * 1024];
+    loop {
+        // Backpressure: while an outbox towards another core is over half full, stop reading.
+        while ctx.shard.borrow().outbox_pressure() {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = ctx.clock.now();
+        let pause = match &tls {
+            None => ctx.shard.borrow_mut().on_bytes(now, conn, &buf[..n]),
+            Some(t) => match tls_input(&ctx, conn, t, &buf[..n], &mut plain) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TLS error");
+                    ctx.shard.borrow_mut().close(conn, ErrorCode::TlsError, "TLS error");
+                    0
+                }
+            },
+        };
+        ctx.after_work();
+        if pause > 0 {
+            glommio::timer::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+    // The peer closed or the socket failed: forget the connection everywhere.
+    ctx.shard.borrow_mut().on_closed(conn);
+    ctx.after_work();
+    if let Some((w, _)) = ctx.writers.borrow().get(&conn) {
+        let _ = w.try_send(());
+    }
+}
+
+/// Feeds TLS records; hands every plaintext byte to the shard. Returns the read pause (ms).
+fn tls_input(ctx: &Ctx, conn: u64, tls: &Tls, mut data: &[u8], plain: &mut [u8]) -> Result<u64, rustls::Error> {
+    let mut pause = 0;
+    let mut t = tls.borrow_mut();
+    while !data.is_empty() {
+        if t.read_tls(&mut data).is_err() {
+            return Err(rustls::Error::General("TLS read buffer full".into()));
+        }
+        t.process_new_packets()?;
+        loop {
+            match t.reader().read(plain) {
+                Ok(0) => break,
+                Ok(k) => pause = pause.max(ctx.shard.borrow_mut().on_bytes(ctx.clock.now(), conn, &plain[..k])),
+                Err(_) => break, // WouldBlock: no more plaintext now
+            }
+        }
+    }
+    if t.wants_write() {
+        if let Some((w, _)) = ctx.writers.borrow().get(&conn) {
+            let _ = w.try_send(());
+        }
+    }
+    Ok(pause)
+}
+
+async fn write_loop(
+    ctx: Rc<Ctx>,
+    conn: u64,
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    tls: Option<Tls>,
+    wake: local_channel::LocalReceiver<()>,
+) {
+    let mut wire: Vec<u8> = Vec::new();
+    'outer: while wake.recv().await.is_some() {
+        loop {
+            let out = ctx.shard.borrow_mut().take_output(conn);
+            let plain_len = out.bytes.as_ref().map_or(0, |b| b.len());
+            let result = match &tls {
+                None => match &out.bytes {
+                    Some(b) => write_with_stall_clock(&ctx, conn, &mut writer, b).await,
+                    None => Ok(()),
+                },
+                Some(t) => {
+                    wire.clear();
+                    {
+                        let mut t = t.borrow_mut();
+                        if let Some(b) = &out.bytes {
+                            let _ = t.writer().write_all(b);
+                        }
+                        if out.close {
+                            t.send_close_notify();
+                        }
+                        while t.wants_write() {
+                            if t.write_tls(&mut wire).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    if wire.is_empty() { Ok(()) } else { write_with_stall_clock(&ctx, conn, &mut writer, &wire).await }
+                }
+            };
+            if result.is_err() {
+                break 'outer;
+            }
+            // Also with 0 bytes: it stops the slow-reader clock once nothing is queued.
+            ctx.shard.borrow_mut().on_written(ctx.clock.now(), conn, plain_len);
+            if out.close {
+                break 'outer;
+            }
+            if plain_len == 0 {
+                break;
+            }
+        }
+    }
+    let _ = writer.flush().await;
+    // Remove the fd from the registry before the stream can be dropped.
+    if let Some((_, fd)) = ctx.writers.borrow_mut().remove(&conn) {
+        shutdown_fd(fd);
+    }
+    ctx.shard.borrow_mut().on_closed(conn);
+    ctx.after_work();
+}
+
+async fn write_with_stall_clock(
+    ctx: &Ctx,
+    conn: u64,
+    writer: &mut futures_lite::io::WriteHalf<TcpStream>,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    ctx.shard.borrow_mut().on_write_blocked(ctx.clock.now(), conn);
+    writer.write_all(bytes).await
+}

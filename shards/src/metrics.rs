@@ -1,0 +1,62 @@
+//! Per-shard counters. Each shard is the only writer of its own block (relaxed atomics, one cache
+//! line apart from other shards'); the admin endpoint sums the blocks when scraped. Nothing is
+//! labelled by destination or address.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! metrics {
+    ($( $(#[$m:meta])* $field:ident : $kind:literal, $name:literal, $help:literal; )+) => {
+        /// Counters and gauges of one shard.
+        #[derive(Debug, Default)]
+        #[repr(align(128))]
+        pub struct ShardMetrics { $( $(#[$m])* pub $field: AtomicU64, )+ }
+
+        impl ShardMetrics {
+            /// (metric name, kind, help, value) of every metric, for the Prometheus renderer.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![ $( ($name, $kind, $help, self.$field.load(Ordering::Relaxed)), )+ ]
+            }
+        }
+    };
+}
+
+metrics! {
+    connections_accepted: "counter", "ferry_connections_accepted_total", "Connections accepted.";
+    connections_open: "gauge", "ferry_connections_open", "Connections open now.";
+    connections_refused_limit: "counter", "ferry_connections_refused_limit_total", "Connections refused: node connection limit.";
+    connections_refused_rate: "counter", "ferry_connections_refused_rate_total", "Connections refused: per-address connection rate.";
+    closes_error: "counter", "ferry_connections_closed_error_total", "Connections closed by the node with an error frame.";
+    closes_protocol: "counter", "ferry_connections_closed_protocol_total", "Of those: malformed, oversized, unknown or unexpected frames.";
+    closes_timeout: "counter", "ferry_connections_closed_timeout_total", "Of those: handshake, idle, slow reader or slow sender timeouts.";
+    frames_in: "counter", "ferry_frames_in_total", "Frames received from clients.";
+    bytes_in: "counter", "ferry_bytes_in_total", "Bytes received from clients (after TLS).";
+    bytes_out: "counter", "ferry_bytes_out_total", "Bytes written to clients (after TLS).";
+    packets_sent: "counter", "ferry_packets_sent_total", "Send frames received.";
+    packets_delivered: "counter", "ferry_packets_delivered_total", "Packets queued to a live subscriber.";
+    packets_no_subscriber: "counter", "ferry_packets_not_delivered_no_subscriber_total", "Packets answered NoSubscriber.";
+    drops_send_queue_full: "counter", "ferry_drops_send_queue_full_total", "Packets dropped (and answered Congested): recipient send queue full.";
+    drops_hop_queue_full: "counter", "ferry_drops_hop_queue_full_total", "Packets dropped (and answered Congested): cross-core hop queue full.";
+    drops_reply_lost: "counter", "ferry_drops_reply_lost_total", "SendResult replies lost because their hop queue was full.";
+    read_pauses_rate: "counter", "ferry_read_pauses_rate_total", "Reads paused by the per-address byte rate.";
+    hops_out: "counter", "ferry_hops_out_total", "Cross-core messages sent.";
+    hop_batches_out: "counter", "ferry_hop_batches_out_total", "Cross-core batches sent (one channel send each).";
+    proofs_ok: "counter", "ferry_proofs_ok_total", "Ownership proofs accepted.";
+    proofs_failed: "counter", "ferry_proofs_failed_total", "Ownership proofs refused (bad key, dest or signature).";
+    proofs_rate_limited: "counter", "ferry_proofs_rate_limited_total", "Proofs refused unchecked: address over its failed-proof budget.";
+    subscriptions: "gauge", "ferry_subscriptions", "Forward-table entries owned by this shard.";
+}
+
+impl ShardMetrics {
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn dec(c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,327 @@
+//! Configuration: built-in defaults < TOML file < `FERRY_*` environment < command-line flags.
+//!
+//! Every key of [`Config`] can be set from the environment: `FERRY_<KEY>` for top-level keys and
+//! `FERRY_LIMITS_<KEY>` for `[limits]`, upper-cased (`FERRY_SHARDS=4`,
+//! `FERRY_LIMITS_IDLE_TIMEOUT_MS=60000`); lists are comma-separated.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The node's whole configuration. Every limit is a named key with a default.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Plain-TCP listeners. Non-loopback ones need `insecure_plaintext = true`.
+    pub listen: Vec<SocketAddr>,
+    /// TCP + TLS 1.3 listeners (need `tls_cert` and `tls_key`).
+    pub listen_tls: Vec<SocketAddr>,
+    /// PEM certificate chain and PKCS#8/SEC1/PKCS#1 private key for `listen_tls`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain TCP on non-loopback addresses (behind a TLS-terminating proxy, benchmarks).
+    pub insecure_plaintext: bool,
+    /// Admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`). Keep it on loopback.
+    pub admin_listen: SocketAddr,
+    /// File holding a bearer token `/metrics` requires; unset = no token.
+    pub admin_token_file: Option<PathBuf>,
+    /// Where the node keeps its identity key (and, later, its store).
+    pub data_dir: PathBuf,
+    /// Shard cores; 0 = every CPU in the process's affinity mask but one (the service core), at
+    /// least one.
+    pub shards: usize,
+    /// Seconds added to the wall clock (tests inject time with it; leave 0 in production).
+    pub clock_offset_s: i64,
+    /// `text` or `json` logs on stderr.
+    pub log_format: String,
+    pub limits: Limits,
+}
+
+/// Named limits: noun first, unit last.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections the whole node accepts at once (split evenly across shards).
+    pub connections_max: usize,
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    pub frame_stall_timeout_ms: u64,
+    pub write_stall_timeout_ms: u64,
+    pub send_queue_bytes_max: usize,
+    pub subscriptions_per_conn_max: usize,
+    pub proof_failures_per_conn_max: u32,
+    /// New connections per second per address (IPv6: per /64), and the burst; 0 = unlimited.
+    pub ip_connections_per_s: u64,
+    pub ip_connections_burst: u64,
+    /// Bytes read per second per address; reading pauses when spent. 0 = unlimited.
+    pub ip_bytes_per_s: u64,
+    pub ip_bytes_burst: u64,
+    /// Failed proofs per second per address; beyond it proofs are refused unchecked.
+    pub ip_proof_failures_per_s: u64,
+    pub ip_proof_failures_burst: u64,
+    /// Addresses tracked per shard by the rate limiter.
+    pub ip_table_entries_max: usize,
+    /// Data messages queued towards one peer core before packets are answered `Congested`.
+    pub hop_queue_msgs_max: usize,
+    /// Batches in flight per pair of cores.
+    pub hop_channel_batches: usize,
+    pub read_buffer_bytes: usize,
+    pub listen_backlog: i32,
+    pub tick_ms: u64,
+    /// Memory each shard's io_uring registers (counts against `ulimit -l`).
+    pub io_memory_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 7700))],
+            listen_tls: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            admin_token_file: None,
+            data_dir: PathBuf::from("ferry-data"),
+            shards: 0,
+            clock_offset_s: 0,
+            log_format: "text".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections_max: 200_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 90_000,
+            ping_interval_ms: 30_000,
+            frame_stall_timeout_ms: 30_000,
+            write_stall_timeout_ms: 30_000,
+            send_queue_bytes_max: 1 << 20,
+            subscriptions_per_conn_max: 512,
+            proof_failures_per_conn_max: 16,
+            ip_connections_per_s: 200,
+            ip_connections_burst: 2_000,
+            ip_bytes_per_s: 64 << 20,
+            ip_bytes_burst: 128 << 20,
+            ip_proof_failures_per_s: 10,
+            ip_proof_failures_burst: 100,
+            ip_table_entries_max: 65_536,
+            hop_queue_msgs_max: 65_536,
+            hop_channel_batches: 1_024,
+            read_buffer_bytes: 64 * 1024,
+            listen_backlog: 4_096,
+            tick_ms: 100,
+            io_memory_bytes: 512 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file, then `FERRY_*` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let file_value: toml::Value =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            merge(&mut value, file_value);
+            // Unknown keys are errors, with the file named.
+            let _: Config = value
+                .clone()
+                .try_into()
+                .with_context(|| format!("invalid configuration in {}", path.display()))?;
+        }
+        let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("FERRY_")).collect();
+        apply_env(&mut value, &env)?;
+        let cfg: Config = value.try_into().context("invalid configuration")?;
+        Ok(cfg)
+    }
+
+    /// Refuses configurations that would start a node in a state the operator did not ask for.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.is_empty() && self.listen_tls.is_empty() {
+            bail!("no listener: set `listen` or `listen_tls`");
+        }
+        if !self.insecure_plaintext {
+            if let Some(a) = self.listen.iter().find(|a| !a.ip().is_loopback()) {
+                bail!(
+                    "refusing plain TCP on non-loopback {a}: use listen_tls with a certificate, or pass --insecure-plaintext if a TLS proxy is in front"
+                );
+            }
+        }
+        if !self.listen_tls.is_empty() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            bail!("listen_tls needs tls_cert and tls_key");
+        }
+        if !self.admin_listen.ip().is_loopback() && self.admin_token_file.is_none() {
+            bail!("admin endpoint on non-loopback {} needs admin_token_file", self.admin_listen);
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be `text` or `json`, not `{}`", self.log_format);
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("connections_max", l.connections_max),
+            ("send_queue_bytes_max", l.send_queue_bytes_max),
+            ("subscriptions_per_conn_max", l.subscriptions_per_conn_max),
+            ("hop_queue_msgs_max", l.hop_queue_msgs_max),
+            ("hop_channel_batches", l.hop_channel_batches),
+            ("ip_table_entries_max", l.ip_table_entries_max),
+        ] {
+            if v == 0 {
+                bail!("limits.{name} must be at least 1");
+            }
+        }
+        if l.read_buffer_bytes < 4096 {
+            bail!("limits.read_buffer_bytes must be at least 4096");
+        }
+        if l.ping_interval_ms >= l.idle_timeout_ms {
+            bail!("limits.ping_interval_ms must be below limits.idle_timeout_ms");
+        }
+        if l.send_queue_bytes_max < 2 * ferry_proto::limits::FRAME_BYTES_MAX {
+            bail!("limits.send_queue_bytes_max must hold at least two maximal frames ({} bytes)", 2 * ferry_proto::limits::FRAME_BYTES_MAX);
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) if bv.is_table() && v.is_table() => merge(bv, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Overlays `FERRY_<KEY>` / `FERRY_LIMITS_<KEY>` onto the keys that exist, typed like the default.
+fn apply_env(value: &mut toml::Value, env: &[(String, String)]) -> anyhow::Result<()> {
+    let defaults = toml::Value::try_from(Config::default())?;
+    let mut known: Vec<(Vec<String>, String)> = Vec::new();
+    collect_keys(&defaults, &mut Vec::new(), &mut known);
+    // Optional keys are absent from the serialised defaults; they are paths.
+    for k in ["tls_cert", "tls_key", "admin_token_file"] {
+        known.push((vec![k.to_string()], "path".into()));
+    }
+    for (name, raw) in env {
+        let Some((path, kind)) = known.iter().find(|(p, _)| env_name(p) == *name) else {
+            if name.starts_with("FERRY_") && !IGNORED_ENV.contains(&name.as_str()) {
+                bail!("unknown configuration variable {name}");
+            }
+            continue;
+        };
+        let parsed = parse_env(kind, raw).with_context(|| format!("{name}={raw}"))?;
+        let mut at = &mut *value;
+        for (i, seg) in path.iter().enumerate() {
+            let table = at.as_table_mut().context("config is not a table")?;
+            if i + 1 == path.len() {
+                table.insert(seg.clone(), parsed.clone());
+                break;
+            }
+            at = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+    }
+    Ok(())
+}
+
+/// `FERRY_*` names that are not configuration keys.
+const IGNORED_ENV: &[&str] = &["FERRY_CONFIG", "FERRY_LOG"];
+
+fn env_name(path: &[String]) -> String {
+    format!("FERRY_{}", path.join("_").to_uppercase())
+}
+
+fn collect_keys(v: &toml::Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, String)>) {
+    if let toml::Value::Table(t) = v {
+        for (k, v) in t {
+            path.push(k.clone());
+            if v.is_table() {
+                collect_keys(v, path, out);
+            } else {
+                let kind = match v {
+                    toml::Value::Integer(_) => "int",
+                    toml::Value::Boolean(_) => "bool",
+                    toml::Value::Array(_) => "list",
+                    _ => "string",
+                };
+                out.push((path.clone(), kind.into()));
+            }
+            path.pop();
+        }
+    }
+}
+
+fn parse_env(kind: &str, raw: &str) -> anyhow::Result<toml::Value> {
+    Ok(match kind {
+        "int" => toml::Value::Integer(raw.trim().parse().context("expected an integer")?),
+        "bool" => toml::Value::Boolean(match raw.trim() {
+            "1" | "true" | "yes" => true,
+            "0" | "false" | "no" => false,
+            _ => bail!("expected true or false"),
+        }),
+        "list" => toml::Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+        ),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.toml");
+        std::fs::write(&file, "shards = 3\n[limits]\nidle_timeout_ms = 5000\nping_interval_ms = 1000\n").unwrap();
+        let env = vec![
+            ("FERRY_SHARDS".to_string(), "5".to_string()),
+            ("FERRY_LIMITS_TICK_MS".to_string(), "7".to_string()),
+            ("FERRY_LISTEN".to_string(), "127.0.0.1:1, 127.0.0.2:2".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::load(Some(&file), env.into_iter()).unwrap();
+        assert_eq!(c.shards, 5); // env over file
+        assert_eq!(c.limits.idle_timeout_ms, 5000); // file over default
+        assert_eq!(c.limits.tick_ms, 7);
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.limits.hop_queue_msgs_max, Limits::default().hop_queue_msgs_max);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let env = vec![("FERRY_NOPE".to_string(), "1".to_string())];
+        assert!(Config::load(None, env.into_iter()).is_err());
+        let env = vec![("FERRY_SHARDS".to_string(), "many".to_string())];
+        assert!(Config::load(None, env.into_iter()).is_err());
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_explicit_consent() {
+        let mut c = Config { listen: vec!["0.0.0.0:7700".parse().unwrap()], ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("--insecure-plaintext"));
+        c.insecure_plaintext = true;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+}

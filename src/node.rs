@@ -1,0 +1,254 @@
+//! Node start-up and shutdown: placement of shards and the service core, listeners, identity key.
+//!
+//! Start: config → preflight (io_uring, memlock, fds) → identity key → CPU placement → one
+//! `SO_REUSEPORT` socket per (listener, shard), bound here so every shard shares the port → shard
+//! executors → service core (admin endpoint, low priority) → "ready" lines on stdout. Stop: SIGTERM
+//! or SIGINT sets the stop flag; shards close their connections with `ShuttingDown` and exit.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ferry_proto::conn::ConnLimits;
+use ferry_shards::clock::Clock;
+use ferry_shards::driver::{self, DriverConfig, ListenerSpec};
+use ferry_shards::ratelimit::{IpLimits, Rate};
+use ferry_shards::ShardConfig;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::sys;
+
+/// Where shards and the service core run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub shard_cpus: Vec<usize>,
+    pub service_cpu: Option<usize>,
+}
+
+/// Default: every allowed CPU but one is a shard core; the last is the service core. With one CPU,
+/// one shard and an unpinned service thread. An explicit shard count above the CPU count wraps
+/// (useful for tests of cross-core paths on small machines).
+pub fn place(allowed: &[usize], shards: usize) -> Placement {
+    assert!(!allowed.is_empty());
+    let n = if shards == 0 { allowed.len().saturating_sub(1).max(1) } else { shards };
+    let shard_cpus: Vec<usize> = (0..n).map(|i| allowed[i % allowed.len()]).collect();
+    let service_cpu = (allowed.len() > n).then(|| allowed[n]);
+    Placement { shard_cpus, service_cpu }
+}
+
+fn bind_reuseport(addr: SocketAddr, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into()).with_context(|| format!("cannot bind {addr}"))?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+/// One socket per shard for `addr`. Port 0 is resolved by the first bind, so all shards share it.
+fn bind_per_shard(addr: SocketAddr, shards: usize, backlog: i32) -> anyhow::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let first = bind_reuseport(addr, backlog)?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..shards {
+        all.push(bind_reuseport(actual, backlog)?);
+    }
+    Ok((actual, all))
+}
+
+/// The node's Ed25519 identity: a 32-byte seed in `data_dir/node.key`, created on first start.
+pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let path = data_dir.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let seed: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
+            Ok(seed)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let tmp = data_dir.join("node.key.tmp");
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                f.write_all(&seed)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            Ok(seed)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn shard_configs(cfg: &Config, shards: usize, node_id: [u8; 32]) -> anyhow::Result<Vec<ShardConfig>> {
+    let l = &cfg.limits;
+    let conn_limits = ConnLimits {
+        handshake_timeout_ms: l.handshake_timeout_ms,
+        idle_timeout_ms: l.idle_timeout_ms,
+        ping_interval_ms: l.ping_interval_ms,
+        frame_stall_timeout_ms: l.frame_stall_timeout_ms,
+        write_stall_timeout_ms: l.write_stall_timeout_ms,
+        send_queue_bytes_max: l.send_queue_bytes_max,
+        subscriptions_max: l.subscriptions_per_conn_max,
+        proof_failures_max: l.proof_failures_per_conn_max,
+    };
+    // Each shard sees a share of every address's traffic (the kernel spreads connections), so the
+    // per-address rates are split across shards; bursts too, but never below one.
+    let per = |v: u64| if v == 0 { 0 } else { (v / shards as u64).max(1) };
+    let ip_limits = IpLimits {
+        conns: Rate { per_s: per(l.ip_connections_per_s), burst: per(l.ip_connections_burst) },
+        bytes: Rate { per_s: per(l.ip_bytes_per_s), burst: per(l.ip_bytes_burst) },
+        proof_failures: Rate { per_s: per(l.ip_proof_failures_per_s), burst: per(l.ip_proof_failures_burst) },
+        entries_max: l.ip_table_entries_max,
+    };
+    (0..shards)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            Ok(ShardConfig {
+                shard: u16::try_from(i).context("too many shards")?,
+                shards,
+                node_id,
+                seed,
+                conn_limits: conn_limits.clone(),
+                ip_limits,
+                connections_max: (l.connections_max / shards).max(1),
+                hop_queue_msgs_max: l.hop_queue_msgs_max,
+            })
+        })
+        .collect()
+}
+
+/// Runs the node until SIGTERM or SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let nofile = sys::raise_nofile();
+    let allowed = sys::allowed_cpus();
+    let placement = place(&allowed, cfg.shards);
+    let shards = placement.shard_cpus.len();
+    if shards > u16::MAX as usize {
+        bail!("at most {} shards", u16::MAX);
+    }
+    sys::preflight(shards, cfg.limits.io_memory_bytes)?;
+    let node_seed = load_or_create_node_key(&cfg.data_dir)?;
+    let node_id = ferry_proto::addr::ed25519_public(&node_seed);
+
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) if !cfg.listen_tls.is_empty() => Some(crate::tls::server_config(c, k)?),
+        _ => None,
+    };
+    let mut per_shard: Vec<Vec<ListenerSpec>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut lines = Vec::new();
+    for (addrs, tls, kind) in [(&cfg.listen, None, "plain"), (&cfg.listen_tls, tls.clone(), "tls")] {
+        for addr in addrs {
+            let (actual, sockets) = bind_per_shard(*addr, shards, cfg.limits.listen_backlog)?;
+            for (i, socket) in sockets.into_iter().enumerate() {
+                per_shard[i].push(ListenerSpec { socket, tls: tls.clone() });
+            }
+            lines.push(format!("ferry listening {kind} {actual}"));
+        }
+    }
+    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
+        .with_context(|| format!("cannot bind admin endpoint {}", cfg.admin_listen))?;
+    lines.push(format!("ferry listening admin {}", admin_listener.local_addr()?));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+
+    let l = &cfg.limits;
+    let driver_cfg = DriverConfig {
+        cpus: Some(placement.shard_cpus.clone()),
+        io_memory_bytes: l.io_memory_bytes,
+        tick_ms: l.tick_ms,
+        hop_channel_batches: l.hop_channel_batches,
+        read_buffer_bytes: l.read_buffer_bytes,
+    };
+    let handles = driver::start(
+        shard_configs(&cfg, shards, node_id)?,
+        per_shard,
+        driver_cfg,
+        Clock::new(cfg.clock_offset_s),
+        stop.clone(),
+    )
+    .context("starting shard executors")?;
+
+    let token = match &cfg.admin_token_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?.trim().to_string()),
+        None => None,
+    };
+    let admin_state = Arc::new(AdminState {
+        shard_metrics: handles.iter().map(|h| h.metrics.clone()).collect(),
+        shard_ready: handles.iter().map(|h| h.ready.clone()).collect(),
+        draining: Arc::new(AtomicBool::new(false)),
+        token,
+    });
+    let service_cpu = placement.service_cpu;
+    let (st, sst) = (admin_state.clone(), stop.clone());
+    let service = std::thread::Builder::new().name("ferry-service".into()).spawn(move || {
+        if let Some(cpu) = service_cpu {
+            sys::pin_current_thread(cpu);
+        }
+        sys::lower_thread_priority(10);
+        admin::serve(admin_listener, st, sst);
+    })?;
+
+    // Wait for every shard to be serving before announcing readiness.
+    while !admin_state.shard_ready.iter().all(|r| r.load(Ordering::Acquire)) {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = std::io::stdout().lock();
+    for line in &lines {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(out, "ferry ready shards={shards} service_cpu={service_cpu:?} nofile={nofile} node_id={}", hex(&node_id))?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(shards, ?service_cpu, "ferry node ready");
+
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    admin_state.draining.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join.join();
+    }
+    let _ = service.join();
+    Ok(())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_keeps_a_service_core() {
+        assert_eq!(place(&[0, 1], 0), Placement { shard_cpus: vec![0], service_cpu: Some(1) });
+        assert_eq!(place(&[0], 0), Placement { shard_cpus: vec![0], service_cpu: None });
+        assert_eq!(place(&[2, 3, 5, 7], 0), Placement { shard_cpus: vec![2, 3, 5], service_cpu: Some(7) });
+        assert_eq!(place(&[0, 1], 3), Placement { shard_cpus: vec![0, 1, 0], service_cpu: None });
+    }
+}

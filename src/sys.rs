@@ -1,0 +1,111 @@
+//! The few system calls the node makes outside the data plane: resource limits, scheduling
+//! priority, CPU affinity, and the io_uring availability check. Each failure is one clear line.
+
+#![allow(unsafe_code)] // getrlimit/setrlimit/setpriority: plain libc calls on local structs.
+
+use anyhow::bail;
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `r` is a valid, writable rlimit.
+    let rc = unsafe { libc::getrlimit(resource, &mut r) };
+    (rc == 0).then_some((r.rlim_cur, r.rlim_max))
+}
+
+/// Raises the soft open-files limit to the hard one (as nats-server and redis do); returns it.
+pub fn raise_nofile() -> u64 {
+    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else { return 0 };
+    if soft < hard {
+        let r = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        // SAFETY: `r` is a valid rlimit; raising soft to hard needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            return hard;
+        }
+    }
+    soft
+}
+
+/// Lowers the calling thread's scheduling priority (the service core yields to shards).
+pub fn lower_thread_priority(nice: i32) {
+    // SAFETY: setpriority on the calling thread (who = 0 with PRIO_PROCESS on Linux = this tid).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}
+
+/// Pins the calling thread to `cpu` (glommio pins the shards; the service core is a plain thread).
+pub fn pin_current_thread(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0, ..) applies to the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// CPUs this process may run on (its affinity mask, so `taskset` works), from procfs.
+pub fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut cpus = parse_cpu_list(list);
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        cpus = (0..n).collect();
+    }
+    cpus
+}
+
+pub fn parse_cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    cpus
+}
+
+/// Checks what the executors need before starting them: io_uring allowed, enough locked memory.
+pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let v = v.trim();
+        if v != "0" {
+            bail!(
+                "io_uring is disabled on this host (kernel.io_uring_disabled = {v}); set it to 0: sysctl -w kernel.io_uring_disabled=0"
+            );
+        }
+    }
+    // glommio registers io_memory plus its rings with the kernel for each executor.
+    let per_executor = io_memory_bytes as u64 + 512 * 1024;
+    let need = per_executor * shards as u64;
+    if let Some((soft, _)) = rlimit(libc::RLIMIT_MEMLOCK) {
+        if soft != libc::RLIM_INFINITY && soft < need {
+            bail!(
+                "locked-memory limit is {} KiB but {shards} shard(s) need {} KiB: raise it (ulimit -l unlimited, LimitMEMLOCK=infinity in systemd, --ulimit memlock=-1 in Docker) or use fewer shards",
+                soft / 1024,
+                need / 1024
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(super::parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(super::parse_cpu_list("1"), vec![1]);
+        assert!(super::parse_cpu_list("").is_empty());
+    }
+}
