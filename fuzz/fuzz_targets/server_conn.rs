@@ -242,6 +242,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(d.conn.is_open());
         if opts & 2 != 0 {
             d.feed(prove);
+            // The preset proof is valid: unless the shard refused it or the dest was taken
+            // over, the connection is now subscribed to its dest.
+            let subscribed = d.conn.subscriptions().count();
+            assert_eq!(subscribed, usize::from(opts & (4 | 16) == 0));
         }
     }
     for piece in stream.chunks(1 + usize::from(*chunk)) {

@@ -252,14 +252,25 @@ impl ServerConn {
             } else if self.subscriptions.len() >= self.limits.subscriptions_max {
                 SubscribeStatus::TooManySubscriptions
             } else {
+                // Answered by `on_subscribed` once the owner shard has the entry, so that "Ok"
+                // means packets sent from now on are delivered.
                 self.subscriptions.insert(dest);
                 added.push(dest);
-                SubscribeStatus::Ok
+                continue;
             };
             results.push((dest, status));
         }
-        self.push_frame(&Frame::SubscribeResult { items: results });
+        if !results.is_empty() {
+            self.push_frame(&Frame::SubscribeResult { items: results });
+        }
         if added.is_empty() { None } else { Some(ServerEvent::Subscribe { dests: added }) }
+    }
+
+    /// The owner shard registered `dest` for this connection: confirm it to the client.
+    pub fn on_subscribed(&mut self, dest: Dest) {
+        if self.subscriptions.contains(&dest) {
+            self.push_frame(&Frame::SubscribeResult { items: vec![(dest, SubscribeStatus::Ok)] });
+        }
     }
 
     /// Verifies proofs against this connection's challenge and answers them. Returns how many

@@ -1,1 +1,440 @@
-//! placeholder
+//! ferry's client library.
+//!
+//! Flow: [`Client::connect`] (TCP or TLS 1.3) → the node's hello gives its id, a challenge and its
+//! clock → [`Mailbox::dest`] computes the hourly destination hash of a mailbox → [`Client::prove`]
+//! proves ownership of the dests to act on (one signature each, batch-checked by the node) →
+//! [`Client::subscribe`] → [`Client::send`] / [`Client::recv`]. The protocol itself is the sans-IO
+//! `ferry_proto::conn::ClientConn`; this crate adds the socket, the clock and blocking waits.
+//!
+//! Payloads are opaque to the node: applications encrypt before [`Client::send`].
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_proto::addr::{AddrError, BlindedSigner, MailboxPublic, MailboxSecret, NamespaceId, epoch_of};
+use ferry_proto::conn::{ClientConn, ClientError, ClientEvent};
+use ferry_proto::frame::{Frame, ProofItem};
+pub use ferry_proto::frame::{Dest, ErrorCode, FLAG_ACK, Op, ProofStatus, SendStatus, SubscribeStatus};
+pub use ferry_proto::limits::{DESTS_PER_FRAME_MAX, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX};
+
+/// Events a client buffers while waiting for a specific answer; beyond it the wait fails rather
+/// than growing without bound.
+pub const PENDING_EVENTS_MAX: usize = 1 << 20;
+
+/// What can go wrong on the client side.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SdkError {
+    Io(std::io::Error),
+    Tls(rustls::Error),
+    Protocol(ClientError),
+    Addr(AddrError),
+    /// The node closed the connection with this error.
+    Node { code: ErrorCode, message: String },
+    /// The connection closed.
+    Closed,
+    Timeout,
+    /// Too many unread events buffered.
+    Backlog,
+}
+
+impl std::fmt::Display for SdkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SdkError::Io(e) => write!(f, "i/o: {e}"),
+            SdkError::Tls(e) => write!(f, "tls: {e}"),
+            SdkError::Protocol(e) => write!(f, "protocol: {e}"),
+            SdkError::Addr(e) => write!(f, "addressing: {e}"),
+            SdkError::Node { code, message } => write!(f, "node error {code:?}: {message}"),
+            SdkError::Closed => write!(f, "connection closed"),
+            SdkError::Timeout => write!(f, "timed out"),
+            SdkError::Backlog => write!(f, "too many unread events"),
+        }
+    }
+}
+impl std::error::Error for SdkError {}
+impl From<std::io::Error> for SdkError {
+    fn from(e: std::io::Error) -> Self {
+        SdkError::Io(e)
+    }
+}
+impl From<AddrError> for SdkError {
+    fn from(e: AddrError) -> Self {
+        SdkError::Addr(e)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A mailbox: the owner's key pair within one application namespace.
+pub struct Mailbox {
+    secret: MailboxSecret,
+    ns: NamespaceId,
+    s_mbox: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("public", self.secret.public()).finish_non_exhaustive()
+    }
+}
+
+impl Mailbox {
+    /// A fresh random mailbox key.
+    pub fn generate(ns: NamespaceId) -> Result<Self, SdkError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(Self::from_seed(&seed, ns, None))
+    }
+    /// A mailbox from a stored seed; `s_mbox` is the contact-mailbox secret (None = intro mailbox).
+    pub fn from_seed(seed: &[u8; 32], ns: NamespaceId, s_mbox: Option<[u8; 32]>) -> Self {
+        Mailbox { secret: MailboxSecret::from_seed(seed), ns, s_mbox }
+    }
+    pub fn public(&self) -> &MailboxPublic {
+        self.secret.public()
+    }
+    pub fn dest(&self, epoch: u64) -> Result<Dest, SdkError> {
+        Ok(self.secret.public().dest(&self.ns, self.s_mbox.as_ref(), epoch)?)
+    }
+    pub fn signer(&self, epoch: u64) -> Result<BlindedSigner, SdkError> {
+        Ok(self.secret.blinded_signer(&self.ns, self.s_mbox.as_ref(), epoch)?)
+    }
+}
+
+/// A sender's view of someone else's mailbox: computes its dest for any epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Contact {
+    public: MailboxPublic,
+    ns: NamespaceId,
+    s_mbox: Option<[u8; 32]>,
+}
+
+impl Contact {
+    pub fn new(mailbox_key: &[u8; 32], ns: NamespaceId, s_mbox: Option<[u8; 32]>) -> Result<Self, SdkError> {
+        Ok(Contact { public: MailboxPublic::from_bytes(mailbox_key)?, ns, s_mbox })
+    }
+    pub fn dest(&self, epoch: u64) -> Result<Dest, SdkError> {
+        Ok(self.public.dest(&self.ns, self.s_mbox.as_ref(), epoch)?)
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(buf),
+            Stream::Tls(s) => {
+                s.write_all(buf)?;
+                s.flush()
+            }
+        }
+    }
+}
+
+/// What the node said in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub version: u16,
+    /// The shard (core) serving this connection.
+    pub shard: u16,
+    pub node_id: [u8; 32],
+}
+
+/// A blocking connection to a node.
+pub struct Client {
+    stream: Stream,
+    conn: ClientConn,
+    info: NodeInfo,
+    challenge: [u8; 32],
+    /// node Unix time − local Unix time, from the latest hello or challenge.
+    clock_offset_s: i64,
+    events: VecDeque<ClientEvent>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+/// Connection options.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub timeout: Duration,
+    /// TLS: the server name to verify and the roots to trust. `None` = plain TCP.
+    pub tls: Option<(String, Arc<rustls::RootCertStore>)>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { timeout: Duration::from_secs(10), tls: None }
+    }
+}
+
+impl Client {
+    /// Plain TCP (loopback, or behind a TLS-terminating proxy).
+    pub fn connect(addr: SocketAddr) -> Result<Client, SdkError> {
+        Self::connect_with(addr, &ConnectOptions::default())
+    }
+
+    pub fn connect_with(addr: SocketAddr, opts: &ConnectOptions) -> Result<Client, SdkError> {
+        let tcp = TcpStream::connect_timeout(&addr, opts.timeout)?;
+        tcp.set_nodelay(true)?;
+        let stream = match &opts.tls {
+            None => Stream::Plain(tcp),
+            Some((name, roots)) => {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .map_err(SdkError::Tls)?
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+                let conn = rustls::ClientConnection::new(Arc::new(cfg), server_name).map_err(SdkError::Tls)?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+            }
+        };
+        let mut c = Client {
+            stream,
+            conn: ClientConn::new(),
+            info: NodeInfo { version: 0, shard: 0, node_id: [0; 32] },
+            challenge: [0; 32],
+            clock_offset_s: 0,
+            events: VecDeque::new(),
+            buf: vec![0u8; 64 * 1024],
+        };
+        c.flush()?;
+        let deadline = Instant::now() + opts.timeout;
+        loop {
+            match c.next_event(deadline)? {
+                ClientEvent::Ready { version, shard, node_id, challenge, unix_time_s } => {
+                    c.info = NodeInfo { version, shard, node_id };
+                    c.set_challenge(challenge, unix_time_s);
+                    return Ok(c);
+                }
+                ClientEvent::Error { code, message } => return Err(SdkError::Node { code, message }),
+                other => c.queue(other)?,
+            }
+        }
+    }
+
+    fn set_challenge(&mut self, challenge: [u8; 32], node_unix_s: u64) {
+        self.challenge = challenge;
+        self.clock_offset_s = i64::try_from(i128::from(node_unix_s) - i128::from(unix_now())).unwrap_or(0);
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        self.info
+    }
+    pub fn challenge(&self) -> [u8; 32] {
+        self.challenge
+    }
+    /// The node's Unix time as this client estimates it (local clock + offset from the hello).
+    pub fn node_unix_s(&self) -> u64 {
+        u64::try_from(i128::from(unix_now()) + i128::from(self.clock_offset_s)).unwrap_or(0)
+    }
+    /// The current epoch on the node's clock.
+    pub fn epoch(&self) -> u64 {
+        epoch_of(self.node_unix_s())
+    }
+
+    fn queue(&mut self, ev: ClientEvent) -> Result<(), SdkError> {
+        if self.events.len() >= PENDING_EVENTS_MAX {
+            return Err(SdkError::Backlog);
+        }
+        self.events.push_back(ev);
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub fn flush(&mut self) -> Result<(), SdkError> {
+        while let Some(out) = self.conn.take_output() {
+            self.stream.write_all(&out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes raw bytes (tests of the node's handling of bad input).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SdkError> {
+        self.flush()?;
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    fn next_event(&mut self, deadline: Instant) -> Result<ClientEvent, SdkError> {
+        loop {
+            if let Some(ev) = self.conn.poll_event().map_err(SdkError::Protocol)? {
+                // Pong replies to node pings are queued inside the state machine.
+                self.flush()?;
+                return Ok(ev);
+            }
+            self.flush()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SdkError::Timeout);
+            }
+            self.stream.tcp().set_read_timeout(Some(left))?;
+            let n = match self.stream.read(&mut self.buf) {
+                Ok(0) => return Err(SdkError::Closed),
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(SdkError::Timeout);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(SdkError::Closed),
+                Err(e) => return Err(SdkError::Io(e)),
+            };
+            self.conn.on_bytes(&self.buf[..n]);
+        }
+    }
+
+    /// The next event (delivery, send result, notice), waiting up to `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> Result<ClientEvent, SdkError> {
+        if let Some(ev) = self.events.pop_front() {
+            return Ok(ev);
+        }
+        self.next_event(Instant::now() + timeout)
+    }
+
+    /// Waits for the first event `pick` accepts, buffering the others for `recv`.
+    fn wait_for<T>(&mut self, timeout: Duration, mut pick: impl FnMut(&ClientEvent) -> Option<T>) -> Result<T, SdkError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.next_event(deadline)?;
+            if let Some(t) = pick(&ev) {
+                return Ok(t);
+            }
+            if let ClientEvent::Error { code, message } = ev {
+                return Err(SdkError::Node { code, message });
+            }
+            self.queue(ev)?;
+        }
+    }
+
+    /// Proofs for `signers` and `op` against the current challenge (not sent).
+    pub fn proofs(&self, signers: &[&BlindedSigner], op: Op) -> Vec<ProofItem> {
+        signers.iter().map(|s| s.prove(&self.info.node_id, &self.challenge, op)).collect()
+    }
+
+    /// Sends proof items (at most [`PROOFS_PER_FRAME_MAX`] per frame) and waits for the verdicts.
+    pub fn prove_items(&mut self, items: &[ProofItem]) -> Result<Vec<ProofStatus>, SdkError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(PROOFS_PER_FRAME_MAX) {
+            self.conn.push(&Frame::Prove { items: chunk.to_vec() });
+            self.flush()?;
+            let statuses = self.wait_for(Duration::from_secs(10), |ev| match ev {
+                ClientEvent::ProveResult { items } => Some(items.iter().map(|(_, _, s)| *s).collect::<Vec<_>>()),
+                _ => None,
+            })?;
+            out.extend(statuses);
+        }
+        Ok(out)
+    }
+
+    /// Proves ownership of each signer's dest for `op`.
+    pub fn prove(&mut self, signers: &[&BlindedSigner], op: Op) -> Result<Vec<ProofStatus>, SdkError> {
+        let items = self.proofs(signers, op);
+        self.prove_items(&items)
+    }
+
+    /// Subscribes to dests already proven with `Op::Subscribe`.
+    pub fn subscribe(&mut self, dests: &[Dest]) -> Result<Vec<SubscribeStatus>, SdkError> {
+        // The node answers each dest once: refusals at once, successes when the owner core has
+        // the entry (possibly in several SubscribeResult frames).
+        let mut answers: std::collections::HashMap<Dest, SubscribeStatus> = std::collections::HashMap::new();
+        for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {
+            self.conn.push(&Frame::Subscribe { dests: chunk.to_vec() });
+        }
+        self.flush()?;
+        let wanted: std::collections::HashSet<Dest> = dests.iter().copied().collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while answers.len() < wanted.len() {
+            match self.next_event(deadline)? {
+                ClientEvent::SubscribeResult { items } => {
+                    for (d, s) in items {
+                        if wanted.contains(&d) {
+                            answers.insert(d, s);
+                        }
+                    }
+                }
+                ClientEvent::Error { code, message } => return Err(SdkError::Node { code, message }),
+                other => self.queue(other)?,
+            }
+        }
+        Ok(dests.iter().map(|d| answers[d]).collect())
+    }
+
+    /// Proves and subscribes to `mailbox`'s dests for `epochs`; fails unless all succeed.
+    pub fn listen(&mut self, mailbox: &Mailbox, epochs: impl IntoIterator<Item = u64>) -> Result<Vec<Dest>, SdkError> {
+        let signers: Vec<BlindedSigner> = epochs.into_iter().map(|e| mailbox.signer(e)).collect::<Result<_, _>>()?;
+        let refs: Vec<&BlindedSigner> = signers.iter().collect();
+        let proofs = self.prove(&refs, Op::Subscribe)?;
+        if let Some(bad) = proofs.iter().find(|s| **s != ProofStatus::Ok) {
+            return Err(SdkError::Node { code: ErrorCode::Unsupported, message: format!("proof refused: {bad:?}") });
+        }
+        let dests: Vec<Dest> = signers.iter().map(|s| s.dest()).collect();
+        let subs = self.subscribe(&dests)?;
+        if let Some(bad) = subs.iter().find(|s| **s != SubscribeStatus::Ok) {
+            return Err(SdkError::Node { code: ErrorCode::Unsupported, message: format!("subscribe refused: {bad:?}") });
+        }
+        Ok(dests)
+    }
+
+    pub fn unsubscribe(&mut self, dests: &[Dest]) -> Result<(), SdkError> {
+        for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {
+            self.conn.push(&Frame::Unsubscribe { dests: chunk.to_vec() });
+        }
+        self.flush()
+    }
+
+    /// Asks for a fresh challenge (the previous one stops working) and waits for it.
+    pub fn refresh_challenge(&mut self) -> Result<[u8; 32], SdkError> {
+        self.conn.push(&Frame::ChallengeRequest);
+        self.flush()?;
+        let (ch, t) = self.wait_for(Duration::from_secs(10), |ev| match ev {
+            ClientEvent::Challenge { challenge, unix_time_s } => Some((*challenge, *unix_time_s)),
+            _ => None,
+        })?;
+        self.set_challenge(ch, t);
+        Ok(ch)
+    }
+
+    /// Queues a packet; call [`Client::flush`] (or any waiting call) to write it. Sends are
+    /// buffered so that many small packets leave in one write.
+    pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, payload: &[u8]) {
+        assert!(payload.len() <= PACKET_PAYLOAD_BYTES_MAX, "payload over PACKET_PAYLOAD_BYTES_MAX");
+        self.conn.send(dest, msg_id, flags, payload);
+    }
+
+    /// Sends a ping and waits for its pong.
+    pub fn ping(&mut self, nonce: u64) -> Result<(), SdkError> {
+        self.conn.push(&Frame::Ping { nonce });
+        self.flush()?;
+        self.wait_for(Duration::from_secs(10), |ev| match ev {
+            ClientEvent::Pong { nonce: n } if *n == nonce => Some(()),
+            _ => None,
+        })
+    }
+}

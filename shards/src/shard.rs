@@ -51,6 +51,8 @@ pub enum HopMsg {
     Unsubscribe { dest: Dest, sub: ConnRef },
     /// Owner → previous subscriber's core: another connection took `dest` over.
     TakenOver { to: u64, dest: Dest },
+    /// Owner → subscriber's core: the entry is in the forward table.
+    Subscribed { to: u64, dest: Dest },
 }
 
 impl HopMsg {
@@ -340,6 +342,7 @@ impl Shard {
                 if let Some(old) = self.table.subscribe(dest, sub) {
                     self.control(old.shard, HopMsg::TakenOver { to: old.conn, dest });
                 }
+                self.control(sub.shard, HopMsg::Subscribed { to: sub.conn, dest });
                 self.metrics.subscriptions.store(self.table.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             HopMsg::Unsubscribe { dest, sub } => {
@@ -349,6 +352,12 @@ impl Shard {
             HopMsg::TakenOver { to, dest } => {
                 if let Some(c) = self.conns.get_mut(&to) {
                     c.sm.on_taken_over(dest);
+                    self.mark_ready(to);
+                }
+            }
+            HopMsg::Subscribed { to, dest } => {
+                if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.on_subscribed(dest);
                     self.mark_ready(to);
                 }
             }

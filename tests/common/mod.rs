@@ -1,0 +1,191 @@
+//! Starts real `ferry` node processes for end-to-end tests and stops them on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_proto::addr::NamespaceId;
+use ferry_sdk::{Client, Mailbox};
+
+pub struct Node {
+    child: Child,
+    pub plain: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("ferry-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+impl Node {
+    /// Starts a node on ephemeral loopback ports with extra args and env, and waits for "ready".
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Node {
+        let dir = temp_dir("node");
+        let mut cmd = Command::new(ferry_bin());
+        cmd.arg("run")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(args)
+            .env_remove("FERRY_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ferry");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let mut err = child.stderr.take().unwrap();
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut plain, mut tls, mut admin) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!("node did not become ready; stderr:\n{}", stderr.lock().unwrap()),
+            };
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts.as_slice() {
+                ["ferry", "listening", "plain", a] => plain = Some(a.parse().unwrap()),
+                ["ferry", "listening", "tls", a] => tls = Some(a.parse().unwrap()),
+                ["ferry", "listening", "admin", a] => admin = Some(a.parse().unwrap()),
+                ["ferry", "ready", ..] => break,
+                _ => {}
+            }
+        }
+        Node { child, plain, tls, admin: admin.unwrap(), dir, stderr }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.plain.expect("plain listener")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr()).expect("connect")
+    }
+
+    /// A client served by `shard` (connections are spread by the kernel; retry until one lands).
+    pub fn client_on_shard(&self, shard: u16) -> Client {
+        for _ in 0..400 {
+            let c = self.client();
+            if c.info().shard == shard {
+                return c;
+            }
+        }
+        panic!("no connection landed on shard {shard}");
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    /// The value of an unlabelled metric.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub fn ns() -> NamespaceId {
+    NamespaceId([0x42; 32])
+}
+
+/// A mailbox from a counter, so tests are reproducible.
+pub fn mailbox(i: u32) -> Mailbox {
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&i.to_le_bytes());
+    seed[31] = 0xfe;
+    Mailbox::from_seed(&seed, ns(), None)
+}
+
+/// A mailbox whose dest for `epoch` is owned by `shard` of `shards`.
+pub fn mailbox_owned_by(shard: usize, shards: usize, epoch: u64, start: u32) -> (Mailbox, u32) {
+    for i in start..start + 10_000 {
+        let m = mailbox(i);
+        if m.dest(epoch).unwrap().owner(shards) == shard {
+            return (m, i);
+        }
+    }
+    panic!("no mailbox for shard {shard}");
+}
