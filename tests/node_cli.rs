@@ -1,0 +1,147 @@
+//! The binary as an operator meets it: TLS, refusal of plaintext off loopback, check-config,
+//! healthcheck, admin endpoint, shutdown.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Node, ferry_bin, mailbox, temp_dir};
+use ferry_proto::conn::ClientEvent;
+use ferry_sdk::{Client, ConnectOptions};
+
+#[test]
+fn tls_and_plain_clients_talk_through_one_node() {
+    let dir = temp_dir("tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let node = Node::start(
+        &[
+            "--shards",
+            "2",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let opts = ConnectOptions { tls: Some(("localhost".into(), Arc::new(roots))), ..Default::default() };
+    let mut rx = Client::connect_with(node.tls.unwrap(), &opts).unwrap();
+    let dest = rx.listen(&mailbox(1), [rx.epoch()]).unwrap()[0];
+    let mut tx = node.client();
+    for i in 0..100u64 {
+        tx.send(dest, i, 0, &[i as u8; 300]);
+    }
+    tx.flush().unwrap();
+    for i in 0..100u64 {
+        match rx.recv(Duration::from_secs(10)).unwrap() {
+            ClientEvent::Deliver { msg_id, payload, .. } => {
+                assert_eq!(msg_id, i);
+                assert_eq!(&payload[..], &[i as u8; 300][..]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A TLS client that does not trust the certificate fails the handshake.
+    let opts = ConnectOptions {
+        tls: Some(("localhost".into(), Arc::new(rustls::RootCertStore::empty()))),
+        ..Default::default()
+    };
+    assert!(Client::connect_with(node.tls.unwrap(), &opts).is_err());
+    // Plain bytes on the TLS port: closed, node unaffected.
+    let mut plain_on_tls = std::net::TcpStream::connect(node.tls.unwrap()).unwrap();
+    use std::io::{Read, Write};
+    plain_on_tls.write_all(b"\x08\x00\x00\x00\x01FRY\x01\x01\x00\x01\x00").unwrap();
+    plain_on_tls.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sink = Vec::new();
+    let _ = plain_on_tls.read_to_end(&mut sink);
+    rx.ping(1).unwrap();
+}
+
+#[test]
+fn plaintext_on_a_public_address_needs_explicit_consent() {
+    let out = Command::new(ferry_bin())
+        .args(["run", "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(temp_dir("refuse"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure-plaintext"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one clear line, no backtrace: {err}");
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let dir = temp_dir("cfg");
+    let file = dir.join("ferry.toml");
+    std::fs::write(&file, "shards = 3\n[limits]\nidle_timeout_ms = 45000\n").unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("FERRY_LIMITS_TICK_MS", "50")
+        .args(["--shards", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("shards = 4"), "{text}");
+    assert!(text.contains("idle_timeout_ms = 45000"), "{text}");
+    assert!(text.contains("tick_ms = 50"), "{text}");
+    // Unknown keys are refused with the file named.
+    std::fs::write(&file, "shardz = 3\n").unwrap();
+    let out = Command::new(ferry_bin()).args(["check-config", "--config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ferry.toml"));
+}
+
+#[test]
+fn admin_endpoint_and_healthcheck_and_sigterm() {
+    let mut node = Node::start(&["--shards", "2"], &[]);
+    assert_eq!(node.http_get("/healthz").0, 200);
+    assert_eq!(node.http_get("/readyz").0, 200);
+    let (status, body) = node.http_get("/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("ferry_build_info{version="));
+    assert!(body.contains("# TYPE ferry_connections_accepted_total counter"));
+    assert_eq!(node.http_get("/nope").0, 404);
+    let hc = Command::new(ferry_bin())
+        .args(["healthcheck", "--admin-listen", &node.admin.to_string()])
+        .status()
+        .unwrap();
+    assert!(hc.success());
+    let _c = node.client();
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}");
+    let hc = Command::new(ferry_bin())
+        .args(["healthcheck", "--admin-listen", &node.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(!hc.status.success());
+}
+
+#[test]
+fn metrics_need_the_token_when_one_is_set() {
+    let dir = temp_dir("tok");
+    let tok = dir.join("token");
+    std::fs::write(&tok, "s3cret\n").unwrap();
+    let node = Node::start(&[], &[("FERRY_ADMIN_TOKEN_FILE", tok.to_str().unwrap())]);
+    assert_eq!(node.http_get("/metrics").0, 401);
+    let mut s = std::net::TcpStream::connect(node.admin).unwrap();
+    use std::io::{Read, Write};
+    write!(s, "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(node.http_get("/healthz").0, 200);
+}
