@@ -78,8 +78,15 @@ fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
                 respond(&mut stream, 503, "text/plain", "not ready\n")
             }
         }
-        "/metrics" if !authorized => respond(&mut stream, 401, "text/plain", "bearer token required\n"),
-        "/metrics" => respond(&mut stream, 200, "text/plain; version=0.0.4", &render(state)),
+        "/metrics" if !authorized => {
+            respond(&mut stream, 401, "text/plain", "bearer token required\n")
+        }
+        "/metrics" => respond(
+            &mut stream,
+            200,
+            "text/plain; version=0.0.4",
+            &render(state),
+        ),
         _ => respond(&mut stream, 404, "text/plain", "not found\n"),
     }
 }
@@ -106,14 +113,19 @@ fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std:
 pub fn render(state: &AdminState) -> String {
     let mut out = String::new();
     out.push_str("# HELP ferry_build_info Build information.\n# TYPE ferry_build_info gauge\n");
-    out.push_str(&format!("ferry_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION")));
+    out.push_str(&format!(
+        "ferry_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    ));
     out.push_str("# HELP ferry_shards Shard cores running.\n# TYPE ferry_shards gauge\n");
     out.push_str(&format!("ferry_shards {}\n", state.shard_metrics.len()));
     let snaps: Vec<_> = state.shard_metrics.iter().map(|m| m.snapshot()).collect();
     if let Some(first) = snaps.first() {
         for (i, (name, kind, help, _)) in first.iter().enumerate() {
             let total: u64 = snaps.iter().map(|s| s[i].3).sum();
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {total}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {total}\n"
+            ));
         }
     }
     out

@@ -125,10 +125,14 @@ impl Default for Limits {
 
 impl Config {
     /// Defaults, then the TOML file, then `FERRY_*` variables from `env`.
-    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<Config> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
         let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             let file_value: toml::Value =
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             merge(&mut value, file_value);
@@ -160,10 +164,16 @@ impl Config {
             bail!("listen_tls needs tls_cert and tls_key");
         }
         if !self.admin_listen.ip().is_loopback() && self.admin_token_file.is_none() {
-            bail!("admin endpoint on non-loopback {} needs admin_token_file", self.admin_listen);
+            bail!(
+                "admin endpoint on non-loopback {} needs admin_token_file",
+                self.admin_listen
+            );
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            bail!("log_format must be `text` or `json`, not `{}`", self.log_format);
+            bail!(
+                "log_format must be `text` or `json`, not `{}`",
+                self.log_format
+            );
         }
         let l = &self.limits;
         for (name, v) in [
@@ -185,7 +195,10 @@ impl Config {
             bail!("limits.ping_interval_ms must be below limits.idle_timeout_ms");
         }
         if l.send_queue_bytes_max < 2 * ferry_proto::limits::FRAME_BYTES_MAX {
-            bail!("limits.send_queue_bytes_max must hold at least two maximal frames ({} bytes)", 2 * ferry_proto::limits::FRAME_BYTES_MAX);
+            bail!(
+                "limits.send_queue_bytes_max must hold at least two maximal frames ({} bytes)",
+                2 * ferry_proto::limits::FRAME_BYTES_MAX
+            );
         }
         Ok(())
     }
@@ -231,7 +244,9 @@ fn apply_env(value: &mut toml::Value, env: &[(String, String)]) -> anyhow::Resul
                 table.insert(seg.clone(), parsed.clone());
                 break;
             }
-            at = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            at = table
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
         }
     }
     Ok(())
@@ -273,7 +288,11 @@ fn parse_env(kind: &str, raw: &str) -> anyhow::Result<toml::Value> {
             _ => bail!("expected true or false"),
         }),
         "list" => toml::Value::Array(
-            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
         ),
         _ => toml::Value::String(raw.to_string()),
     })
@@ -288,11 +307,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferry-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("ferry.toml");
-        std::fs::write(&file, "shards = 3\n[limits]\nidle_timeout_ms = 5000\nping_interval_ms = 1000\n").unwrap();
+        std::fs::write(
+            &file,
+            "shards = 3\n[limits]\nidle_timeout_ms = 5000\nping_interval_ms = 1000\n",
+        )
+        .unwrap();
         let env = vec![
             ("FERRY_SHARDS".to_string(), "5".to_string()),
             ("FERRY_LIMITS_TICK_MS".to_string(), "7".to_string()),
-            ("FERRY_LISTEN".to_string(), "127.0.0.1:1, 127.0.0.2:2".to_string()),
+            (
+                "FERRY_LISTEN".to_string(),
+                "127.0.0.1:1, 127.0.0.2:2".to_string(),
+            ),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let c = Config::load(Some(&file), env.into_iter()).unwrap();
@@ -300,7 +326,10 @@ mod tests {
         assert_eq!(c.limits.idle_timeout_ms, 5000); // file over default
         assert_eq!(c.limits.tick_ms, 7);
         assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.limits.hop_queue_msgs_max, Limits::default().hop_queue_msgs_max);
+        assert_eq!(
+            c.limits.hop_queue_msgs_max,
+            Limits::default().hop_queue_msgs_max
+        );
         c.validate().unwrap();
     }
 
@@ -314,8 +343,16 @@ mod tests {
 
     #[test]
     fn plaintext_off_loopback_needs_explicit_consent() {
-        let mut c = Config { listen: vec!["0.0.0.0:7700".parse().unwrap()], ..Config::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("--insecure-plaintext"));
+        let mut c = Config {
+            listen: vec!["0.0.0.0:7700".parse().unwrap()],
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--insecure-plaintext")
+        );
         c.insecure_plaintext = true;
         c.validate().unwrap();
     }

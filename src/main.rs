@@ -18,7 +18,11 @@ use clap::{Args, Parser, Subcommand};
 use config::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "ferry: end-to-end-encrypted relay node")]
+#[command(
+    name = "ferry",
+    version,
+    about = "ferry: end-to-end-encrypted relay node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,9 @@ impl Overrides {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {

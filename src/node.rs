@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ferry_proto::conn::ConnLimits;
+use ferry_shards::ShardConfig;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{self, DriverConfig, ListenerSpec};
 use ferry_shards::ratelimit::{IpLimits, Rate};
-use ferry_shards::ShardConfig;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::{self, AdminState};
@@ -36,27 +36,43 @@ pub struct Placement {
 /// (useful for tests of cross-core paths on small machines).
 pub fn place(allowed: &[usize], shards: usize) -> Placement {
     assert!(!allowed.is_empty());
-    let n = if shards == 0 { allowed.len().saturating_sub(1).max(1) } else { shards };
+    let n = if shards == 0 {
+        allowed.len().saturating_sub(1).max(1)
+    } else {
+        shards
+    };
     let shard_cpus: Vec<usize> = (0..n).map(|i| allowed[i % allowed.len()]).collect();
     let service_cpu = (allowed.len() > n).then(|| allowed[n]);
-    Placement { shard_cpus, service_cpu }
+    Placement {
+        shard_cpus,
+        service_cpu,
+    }
 }
 
 fn bind_reuseport(addr: SocketAddr, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    s.bind(&addr.into()).with_context(|| format!("cannot bind {addr}"))?;
+    s.bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
     s.listen(backlog)?;
     Ok(s.into())
 }
 
 /// One socket per shard for `addr`. Port 0 is resolved by the first bind, so all shards share it.
-fn bind_per_shard(addr: SocketAddr, shards: usize, backlog: i32) -> anyhow::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+fn bind_per_shard(
+    addr: SocketAddr,
+    shards: usize,
+    backlog: i32,
+) -> anyhow::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
     let first = bind_reuseport(addr, backlog)?;
     let actual = first.local_addr()?;
     let mut all = vec![first];
@@ -68,7 +84,8 @@ fn bind_per_shard(addr: SocketAddr, shards: usize, backlog: i32) -> anyhow::Resu
 
 /// The node's Ed25519 identity: a 32-byte seed in `data_dir/node.key`, created on first start.
 pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = data_dir.join("node.key");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -84,7 +101,12 @@ pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
             let tmp = data_dir.join("node.key.tmp");
             {
                 use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
                 f.write_all(&seed)?;
                 f.sync_all()?;
             }
@@ -95,7 +117,11 @@ pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     }
 }
 
-fn shard_configs(cfg: &Config, shards: usize, node_id: [u8; 32]) -> anyhow::Result<Vec<ShardConfig>> {
+fn shard_configs(
+    cfg: &Config,
+    shards: usize,
+    node_id: [u8; 32],
+) -> anyhow::Result<Vec<ShardConfig>> {
     let l = &cfg.limits;
     let conn_limits = ConnLimits {
         handshake_timeout_ms: l.handshake_timeout_ms,
@@ -109,11 +135,26 @@ fn shard_configs(cfg: &Config, shards: usize, node_id: [u8; 32]) -> anyhow::Resu
     };
     // Each shard sees a share of every address's traffic (the kernel spreads connections), so the
     // per-address rates are split across shards; bursts too, but never below one.
-    let per = |v: u64| if v == 0 { 0 } else { (v / shards as u64).max(1) };
+    let per = |v: u64| {
+        if v == 0 {
+            0
+        } else {
+            (v / shards as u64).max(1)
+        }
+    };
     let ip_limits = IpLimits {
-        conns: Rate { per_s: per(l.ip_connections_per_s), burst: per(l.ip_connections_burst) },
-        bytes: Rate { per_s: per(l.ip_bytes_per_s), burst: per(l.ip_bytes_burst) },
-        proof_failures: Rate { per_s: per(l.ip_proof_failures_per_s), burst: per(l.ip_proof_failures_burst) },
+        conns: Rate {
+            per_s: per(l.ip_connections_per_s),
+            burst: per(l.ip_connections_burst),
+        },
+        bytes: Rate {
+            per_s: per(l.ip_bytes_per_s),
+            burst: per(l.ip_bytes_burst),
+        },
+        proof_failures: Rate {
+            per_s: per(l.ip_proof_failures_per_s),
+            burst: per(l.ip_proof_failures_burst),
+        },
         entries_max: l.ip_table_entries_max,
     };
     (0..shards)
@@ -154,18 +195,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let mut per_shard: Vec<Vec<ListenerSpec>> = (0..shards).map(|_| Vec::new()).collect();
     let mut lines = Vec::new();
-    for (addrs, tls, kind) in [(&cfg.listen, None, "plain"), (&cfg.listen_tls, tls.clone(), "tls")] {
+    for (addrs, tls, kind) in [
+        (&cfg.listen, None, "plain"),
+        (&cfg.listen_tls, tls.clone(), "tls"),
+    ] {
         for addr in addrs {
             let (actual, sockets) = bind_per_shard(*addr, shards, cfg.limits.listen_backlog)?;
             for (i, socket) in sockets.into_iter().enumerate() {
-                per_shard[i].push(ListenerSpec { socket, tls: tls.clone() });
+                per_shard[i].push(ListenerSpec {
+                    socket,
+                    tls: tls.clone(),
+                });
             }
             lines.push(format!("ferry listening {kind} {actual}"));
         }
     }
     let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
         .with_context(|| format!("cannot bind admin endpoint {}", cfg.admin_listen))?;
-    lines.push(format!("ferry listening admin {}", admin_listener.local_addr()?));
+    lines.push(format!(
+        "ferry listening admin {}",
+        admin_listener.local_addr()?
+    ));
 
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -189,7 +239,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     .context("starting shard executors")?;
 
     let token = match &cfg.admin_token_file {
-        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?.trim().to_string()),
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
         None => None,
     };
     let admin_state = Arc::new(AdminState {
@@ -200,16 +255,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     });
     let service_cpu = placement.service_cpu;
     let (st, sst) = (admin_state.clone(), stop.clone());
-    let service = std::thread::Builder::new().name("ferry-service".into()).spawn(move || {
-        if let Some(cpu) = service_cpu {
-            sys::pin_current_thread(cpu);
-        }
-        sys::lower_thread_priority(10);
-        admin::serve(admin_listener, st, sst);
-    })?;
+    let service = std::thread::Builder::new()
+        .name("ferry-service".into())
+        .spawn(move || {
+            if let Some(cpu) = service_cpu {
+                sys::pin_current_thread(cpu);
+            }
+            sys::lower_thread_priority(10);
+            admin::serve(admin_listener, st, sst);
+        })?;
 
     // Wait for every shard to be serving before announcing readiness.
-    while !admin_state.shard_ready.iter().all(|r| r.load(Ordering::Acquire)) {
+    while !admin_state
+        .shard_ready
+        .iter()
+        .all(|r| r.load(Ordering::Acquire))
+    {
         if stop.load(Ordering::Acquire) {
             break;
         }
@@ -219,7 +280,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for line in &lines {
         writeln!(out, "{line}")?;
     }
-    writeln!(out, "ferry ready shards={shards} service_cpu={service_cpu:?} nofile={nofile} node_id={}", hex(&node_id))?;
+    writeln!(
+        out,
+        "ferry ready shards={shards} service_cpu={service_cpu:?} nofile={nofile} node_id={}",
+        hex(&node_id)
+    )?;
     out.flush()?;
     drop(out);
     tracing::info!(shards, ?service_cpu, "ferry node ready");
@@ -246,9 +311,33 @@ mod tests {
 
     #[test]
     fn placement_keeps_a_service_core() {
-        assert_eq!(place(&[0, 1], 0), Placement { shard_cpus: vec![0], service_cpu: Some(1) });
-        assert_eq!(place(&[0], 0), Placement { shard_cpus: vec![0], service_cpu: None });
-        assert_eq!(place(&[2, 3, 5, 7], 0), Placement { shard_cpus: vec![2, 3, 5], service_cpu: Some(7) });
-        assert_eq!(place(&[0, 1], 3), Placement { shard_cpus: vec![0, 1, 0], service_cpu: None });
+        assert_eq!(
+            place(&[0, 1], 0),
+            Placement {
+                shard_cpus: vec![0],
+                service_cpu: Some(1)
+            }
+        );
+        assert_eq!(
+            place(&[0], 0),
+            Placement {
+                shard_cpus: vec![0],
+                service_cpu: None
+            }
+        );
+        assert_eq!(
+            place(&[2, 3, 5, 7], 0),
+            Placement {
+                shard_cpus: vec![2, 3, 5],
+                service_cpu: Some(7)
+            }
+        );
+        assert_eq!(
+            place(&[0, 1], 3),
+            Placement {
+                shard_cpus: vec![0, 1, 0],
+                service_cpu: None
+            }
+        );
     }
 }

@@ -6,7 +6,10 @@
 use anyhow::bail;
 
 fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `r` is a valid, writable rlimit.
     let rc = unsafe { libc::getrlimit(resource, &mut r) };
     (rc == 0).then_some((r.rlim_cur, r.rlim_max))
@@ -14,9 +17,14 @@ fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
 
 /// Raises the soft open-files limit to the hard one (as nats-server and redis do); returns it.
 pub fn raise_nofile() -> u64 {
-    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else { return 0 };
+    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {
+        return 0;
+    };
     if soft < hard {
-        let r = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        let r = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
         // SAFETY: `r` is a valid rlimit; raising soft to hard needs no privilege.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
             return hard;
@@ -29,7 +37,7 @@ pub fn raise_nofile() -> u64 {
 pub fn lower_thread_priority(nice: i32) {
     // SAFETY: setpriority on the calling thread (who = 0 with PRIO_PROCESS on Linux = this tid).
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let tid = libc::id_t::try_from(libc::syscall(libc::SYS_gettid)).unwrap_or(0);
         libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }
@@ -54,7 +62,9 @@ pub fn allowed_cpus() -> Vec<usize> {
         .unwrap_or("");
     let mut cpus = parse_cpu_list(list);
     if cpus.is_empty() {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         cpus = (0..n).collect();
     }
     cpus
@@ -104,7 +114,10 @@ pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn cpu_lists() {
-        assert_eq!(super::parse_cpu_list("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(
+            super::parse_cpu_list("0-3,8,10-11"),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
         assert_eq!(super::parse_cpu_list("1"), vec![1]);
         assert!(super::parse_cpu_list("").is_empty());
     }

@@ -1,6 +1,8 @@
 //! Bad input and abusive peers: each closes only its own connection, with an error code, while
 //! other clients keep being served.
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test helpers panic on failed set-up
+
 mod common;
 
 use std::io::{Read, Write};
@@ -19,7 +21,14 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Opens a raw socket, says hello, and returns it with the hello answer read.
 fn raw_hello(node: &Node) -> TcpStream {
     let mut s = TcpStream::connect(node.addr()).unwrap();
-    s.write_all(&Frame::ClientHello { version_min: VERSION_MIN, version_max: VERSION_MAX }.to_bytes()).unwrap();
+    s.write_all(
+        &Frame::ClientHello {
+            version_min: VERSION_MIN,
+            version_max: VERSION_MAX,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
     let frames = read_frames_until(&mut s, |f| matches!(f, Frame::ServerHello { .. }));
     assert!(matches!(frames.last(), Some(Frame::ServerHello { .. })));
     s
@@ -57,7 +66,10 @@ fn expect_error_and_close(s: &mut TcpStream) -> ErrorCode {
         })
         .unwrap_or_else(|| panic!("no error frame in {frames:?}"));
     let mut one = [0u8; 1];
-    assert!(matches!(s.read(&mut one), Ok(0) | Err(_)), "connection still open");
+    assert!(
+        matches!(s.read(&mut one), Ok(0) | Err(_)),
+        "connection still open"
+    );
     code
 }
 
@@ -73,7 +85,12 @@ impl Witness {
     fn new(node: &Node) -> Self {
         let mut rx = node.client();
         let dest = rx.listen(&mailbox(500), [rx.epoch()]).unwrap()[0];
-        Witness { rx, tx: node.client(), dest, n: 0 }
+        Witness {
+            rx,
+            tx: node.client(),
+            dest,
+            n: 0,
+        }
     }
     fn check(&mut self) {
         self.n += 1;
@@ -94,13 +111,15 @@ fn oversized_truncated_and_garbage_frames_close_only_that_connection() {
 
     // Oversized: a length prefix above the limit, refused before the body arrives.
     let mut s = raw_hello(&node);
-    s.write_all(&u32::try_from(FRAME_BYTES_MAX + 1).unwrap().to_le_bytes()).unwrap();
+    s.write_all(&u32::try_from(FRAME_BYTES_MAX + 1).unwrap().to_le_bytes())
+        .unwrap();
     assert_eq!(expect_error_and_close(&mut s), ErrorCode::FrameTooLarge);
     w.check();
 
     // Truncated: a Send frame whose body stops inside the destination hash.
     let mut s = raw_hello(&node);
-    s.write_all(&[6, 0, 0, 0, frame_type::SEND, 1, 2, 3, 4, 5]).unwrap();
+    s.write_all(&[6, 0, 0, 0, frame_type::SEND, 1, 2, 3, 4, 5])
+        .unwrap();
     assert_eq!(expect_error_and_close(&mut s), ErrorCode::MalformedFrame);
     w.check();
 
@@ -114,24 +133,50 @@ fn oversized_truncated_and_garbage_frames_close_only_that_connection() {
     let mut s = TcpStream::connect(node.addr()).unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let code = expect_error_and_close(&mut s);
-    assert!(matches!(code, ErrorCode::FrameTooLarge | ErrorCode::UnexpectedFrame), "{code:?}");
+    assert!(
+        matches!(code, ErrorCode::FrameTooLarge | ErrorCode::UnexpectedFrame),
+        "{code:?}"
+    );
     w.check();
 
     // A frame only nodes send, sent by a client.
     let mut s = raw_hello(&node);
     s.write_all(&Frame::Pong { nonce: 1 }.to_bytes()).unwrap(); // allowed
-    s.write_all(&Frame::Challenge { challenge: [0; 32], unix_time_s: 0 }.to_bytes()).unwrap();
+    s.write_all(
+        &Frame::Challenge {
+            challenge: [0; 32],
+            unix_time_s: 0,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
     assert_eq!(expect_error_and_close(&mut s), ErrorCode::UnexpectedFrame);
     w.check();
 
     // An unsupported protocol version.
     let mut s = TcpStream::connect(node.addr()).unwrap();
-    s.write_all(&Frame::ClientHello { version_min: 99, version_max: 120 }.to_bytes()).unwrap();
-    assert_eq!(expect_error_and_close(&mut s), ErrorCode::UnsupportedVersion);
+    s.write_all(
+        &Frame::ClientHello {
+            version_min: 99,
+            version_max: 120,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        expect_error_and_close(&mut s),
+        ErrorCode::UnsupportedVersion
+    );
 
     // Reserved onion cells are refused with a clear code.
     let mut s = raw_hello(&node);
-    s.write_all(&Frame::Cell { payload: vec![0u8; 32].into() }.to_bytes()).unwrap();
+    s.write_all(
+        &Frame::Cell {
+            payload: vec![0u8; 32].into(),
+        }
+        .to_bytes(),
+    )
+    .unwrap();
     assert_eq!(expect_error_and_close(&mut s), ErrorCode::Unsupported);
     w.check();
 
@@ -156,14 +201,27 @@ fn handshake_idle_and_slowloris_timeouts() {
 
     // A partial frame that never completes (slowloris).
     let mut s = raw_hello(&node);
-    s.write_all(&[100, 0, 0, 0, frame_type::SEND, 1, 2]).unwrap();
+    s.write_all(&[100, 0, 0, 0, frame_type::SEND, 1, 2])
+        .unwrap();
     assert_eq!(expect_error_and_close(&mut s), ErrorCode::SlowSender);
 
     // Never answering pings: pinged, then closed as idle.
     let mut s = raw_hello(&node);
     let frames = read_frames_until(&mut s, |_| false);
-    assert!(frames.iter().any(|f| matches!(f, Frame::Ping { .. })), "{frames:?}");
-    assert!(matches!(frames.last(), Some(Frame::Error { code: ErrorCode::IdleTimeout, .. })), "{frames:?}");
+    assert!(
+        frames.iter().any(|f| matches!(f, Frame::Ping { .. })),
+        "{frames:?}"
+    );
+    assert!(
+        matches!(
+            frames.last(),
+            Some(Frame::Error {
+                code: ErrorCode::IdleTimeout,
+                ..
+            })
+        ),
+        "{frames:?}"
+    );
 
     // A client that answers pings stays connected past the idle timeout.
     let mut c = node.client();
@@ -181,7 +239,10 @@ fn handshake_idle_and_slowloris_timeouts() {
 fn per_address_connection_rate_is_limited_with_an_error_code() {
     let node = Node::start(
         &["--shards", "1"],
-        &[("FERRY_LIMITS_IP_CONNECTIONS_PER_S", "1"), ("FERRY_LIMITS_IP_CONNECTIONS_BURST", "3")],
+        &[
+            ("FERRY_LIMITS_IP_CONNECTIONS_PER_S", "1"),
+            ("FERRY_LIMITS_IP_CONNECTIONS_BURST", "3"),
+        ],
     );
     let mut ok = Vec::new();
     let mut refused = None;
@@ -217,7 +278,10 @@ fn connection_limit_refuses_with_an_error_code() {
 fn slow_reader_is_dropped_and_counted_not_buffered() {
     let node = Node::start(
         &["--shards", "2"],
-        &[("FERRY_LIMITS_SEND_QUEUE_BYTES_MAX", "262144"), ("FERRY_LIMITS_WRITE_STALL_TIMEOUT_MS", "1000")],
+        &[
+            ("FERRY_LIMITS_SEND_QUEUE_BYTES_MAX", "262144"),
+            ("FERRY_LIMITS_WRITE_STALL_TIMEOUT_MS", "1000"),
+        ],
     );
     // A subscriber that never reads.
     let mut slow = node.client();
@@ -235,7 +299,11 @@ fn slow_reader_is_dropped_and_counted_not_buffered() {
     // The node answers Congested for what it could not queue, and later closes the slow reader.
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline && congested == 0 {
-        if let Ok(ClientEvent::SendResult { status: ferry_sdk::SendStatus::Congested, .. }) = tx.recv(Duration::from_millis(200)) {
+        if let Ok(ClientEvent::SendResult {
+            status: ferry_sdk::SendStatus::Congested,
+            ..
+        }) = tx.recv(Duration::from_millis(200))
+        {
             congested += 1;
         }
     }

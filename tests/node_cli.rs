@@ -1,6 +1,8 @@
 //! The binary as an operator meets it: TLS, refusal of plaintext off loopback, check-config,
 //! healthcheck, admin endpoint, shutdown.
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test helpers panic on failed set-up
+
 mod common;
 
 use std::process::Command;
@@ -33,7 +35,10 @@ fn tls_and_plain_clients_talk_through_one_node() {
     );
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
-    let opts = ConnectOptions { tls: Some(("localhost".into(), Arc::new(roots))), ..Default::default() };
+    let opts = ConnectOptions {
+        tls: Some(("localhost".into(), Arc::new(roots))),
+        ..Default::default()
+    };
     let mut rx = Client::connect_with(node.tls.unwrap(), &opts).unwrap();
     let dest = rx.listen(&mailbox(1), [rx.epoch()]).unwrap()[0];
     let mut tx = node.client();
@@ -43,7 +48,9 @@ fn tls_and_plain_clients_talk_through_one_node() {
     tx.flush().unwrap();
     for i in 0..100u64 {
         match rx.recv(Duration::from_secs(10)).unwrap() {
-            ClientEvent::Deliver { msg_id, payload, .. } => {
+            ClientEvent::Deliver {
+                msg_id, payload, ..
+            } => {
                 assert_eq!(msg_id, i);
                 assert_eq!(&payload[..], &[i as u8; 300][..]);
             }
@@ -59,8 +66,12 @@ fn tls_and_plain_clients_talk_through_one_node() {
     // Plain bytes on the TLS port: closed, node unaffected.
     let mut plain_on_tls = std::net::TcpStream::connect(node.tls.unwrap()).unwrap();
     use std::io::{Read, Write};
-    plain_on_tls.write_all(b"\x08\x00\x00\x00\x01FRY\x01\x01\x00\x01\x00").unwrap();
-    plain_on_tls.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain_on_tls
+        .write_all(b"\x08\x00\x00\x00\x01FRY\x01\x01\x00\x01\x00")
+        .unwrap();
+    plain_on_tls
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut sink = Vec::new();
     let _ = plain_on_tls.read_to_end(&mut sink);
     rx.ping(1).unwrap();
@@ -69,7 +80,13 @@ fn tls_and_plain_clients_talk_through_one_node() {
 #[test]
 fn plaintext_on_a_public_address_needs_explicit_consent() {
     let out = Command::new(ferry_bin())
-        .args(["run", "--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--listen",
+            "0.0.0.0:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(temp_dir("refuse"))
         .output()
@@ -77,7 +94,11 @@ fn plaintext_on_a_public_address_needs_explicit_consent() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--insecure-plaintext"), "{err}");
-    assert_eq!(err.lines().count(), 1, "one clear line, no backtrace: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one clear line, no backtrace: {err}"
+    );
 }
 
 #[test]
@@ -92,14 +113,22 @@ fn check_config_prints_the_effective_configuration() {
         .args(["--shards", "4"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("shards = 4"), "{text}");
     assert!(text.contains("idle_timeout_ms = 45000"), "{text}");
     assert!(text.contains("tick_ms = 50"), "{text}");
     // Unknown keys are refused with the file named.
     std::fs::write(&file, "shardz = 3\n").unwrap();
-    let out = Command::new(ferry_bin()).args(["check-config", "--config"]).arg(&file).output().unwrap();
+    let out = Command::new(ferry_bin())
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry.toml"));
 }
@@ -138,7 +167,11 @@ fn metrics_need_the_token_when_one_is_set() {
     assert_eq!(node.http_get("/metrics").0, 401);
     let mut s = std::net::TcpStream::connect(node.admin).unwrap();
     use std::io::{Read, Write};
-    write!(s, "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n"
+    )
+    .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);

@@ -1,5 +1,7 @@
 //! Live relay through a real node process: delivery, order, proofs, subscriptions.
 
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)] // test helpers panic on failed set-up
+
 mod common;
 
 use std::time::Duration;
@@ -64,7 +66,10 @@ fn ten_thousand_packets_across_shards_arrive_once_and_in_order() {
     }
     // Nothing came back to the sender: no NoSubscriber, no Congested.
     tx.ping(7).unwrap();
-    assert!(matches!(tx.recv(Duration::from_millis(200)), Err(ferry_sdk::SdkError::Timeout)));
+    assert!(matches!(
+        tx.recv(Duration::from_millis(200)),
+        Err(ferry_sdk::SdkError::Timeout)
+    ));
     assert!(node.metric("ferry_hops_out_total") >= 20_000);
     assert_eq!(node.metric("ferry_drops_send_queue_full_total"), 0);
 }
@@ -77,12 +82,19 @@ fn send_without_subscriber_is_answered_not_delivered() {
     tx.send(dest, 99, 0, b"hello");
     tx.flush().unwrap();
     match tx.recv(WAIT).unwrap() {
-        ClientEvent::SendResult { dest: d, msg_id, status } => {
+        ClientEvent::SendResult {
+            dest: d,
+            msg_id,
+            status,
+        } => {
             assert_eq!((d, msg_id, status), (dest, 99, SendStatus::NoSubscriber));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(node.metric("ferry_packets_not_delivered_no_subscriber_total"), 1);
+    assert_eq!(
+        node.metric("ferry_packets_not_delivered_no_subscriber_total"),
+        1
+    );
 }
 
 #[test]
@@ -94,8 +106,18 @@ fn acked_send_reports_delivered() {
     let dests = rx.listen(&mb, [rx.epoch()]).unwrap();
     tx.send(dests[0], 5, FLAG_ACK, b"x");
     tx.flush().unwrap();
-    assert!(matches!(tx.recv(WAIT).unwrap(), ClientEvent::SendResult { msg_id: 5, status: SendStatus::Delivered, .. }));
-    assert!(matches!(rx.recv(WAIT).unwrap(), ClientEvent::Deliver { msg_id: 5, .. }));
+    assert!(matches!(
+        tx.recv(WAIT).unwrap(),
+        ClientEvent::SendResult {
+            msg_id: 5,
+            status: SendStatus::Delivered,
+            ..
+        }
+    ));
+    assert!(matches!(
+        rx.recv(WAIT).unwrap(),
+        ClientEvent::Deliver { msg_id: 5, .. }
+    ));
 }
 
 #[test]
@@ -107,51 +129,92 @@ fn bad_proofs_are_refused() {
     let signer = mb.signer(epoch).unwrap();
 
     // Subscribing with no proof.
-    assert_eq!(c.subscribe(&[signer.dest()]).unwrap(), vec![SubscribeStatus::NotProven]);
+    assert_eq!(
+        c.subscribe(&[signer.dest()]).unwrap(),
+        vec![SubscribeStatus::NotProven]
+    );
 
     // A wrong signature.
     let mut bad = c.proofs(&[&signer], Op::Subscribe);
     bad[0].signature[10] ^= 0x40;
-    assert_eq!(c.prove_items(&bad).unwrap(), vec![ProofStatus::BadSignature]);
+    assert_eq!(
+        c.prove_items(&bad).unwrap(),
+        vec![ProofStatus::BadSignature]
+    );
 
     // A proof for another dest: a valid signature for this mailbox's next-epoch dest, claimed for
     // someone else's dest.
     let mut other = c.proofs(&[&signer], Op::Subscribe);
     other[0].dest = mailbox(4).dest(epoch).unwrap();
-    assert_eq!(c.prove_items(&other).unwrap(), vec![ProofStatus::DestMismatch]);
+    assert_eq!(
+        c.prove_items(&other).unwrap(),
+        vec![ProofStatus::DestMismatch]
+    );
 
     // A stale challenge: proofs made before the challenge was replaced.
     let old = c.proofs(&[&signer], Op::Subscribe);
     c.refresh_challenge().unwrap();
-    assert_eq!(c.prove_items(&old).unwrap(), vec![ProofStatus::BadSignature]);
+    assert_eq!(
+        c.prove_items(&old).unwrap(),
+        vec![ProofStatus::BadSignature]
+    );
 
     // A proof for another op does not allow subscribing.
-    assert_eq!(c.prove(&[&signer], Op::Drain).unwrap(), vec![ProofStatus::Ok]);
-    assert_eq!(c.subscribe(&[signer.dest()]).unwrap(), vec![SubscribeStatus::NotProven]);
+    assert_eq!(
+        c.prove(&[&signer], Op::Drain).unwrap(),
+        vec![ProofStatus::Ok]
+    );
+    assert_eq!(
+        c.subscribe(&[signer.dest()]).unwrap(),
+        vec![SubscribeStatus::NotProven]
+    );
 
     // A proof made for another node (its id is part of the signed message).
     let foreign = signer.prove(&[9u8; 32], &c.challenge(), Op::Subscribe);
-    assert_eq!(c.prove_items(&[foreign]).unwrap(), vec![ProofStatus::BadSignature]);
+    assert_eq!(
+        c.prove_items(&[foreign]).unwrap(),
+        vec![ProofStatus::BadSignature]
+    );
 
     // And the real one works.
-    assert_eq!(c.prove(&[&signer], Op::Subscribe).unwrap(), vec![ProofStatus::Ok]);
-    assert_eq!(c.subscribe(&[signer.dest()]).unwrap(), vec![SubscribeStatus::Ok]);
+    assert_eq!(
+        c.prove(&[&signer], Op::Subscribe).unwrap(),
+        vec![ProofStatus::Ok]
+    );
+    assert_eq!(
+        c.subscribe(&[signer.dest()]).unwrap(),
+        vec![SubscribeStatus::Ok]
+    );
     assert_eq!(node.metric("ferry_proofs_failed_total"), 4);
 }
 
 #[test]
 fn too_many_failed_proofs_close_the_connection() {
-    let node = Node::start(&["--shards", "1"], &[("FERRY_LIMITS_PROOF_FAILURES_PER_CONN_MAX", "3")]);
+    let node = Node::start(
+        &["--shards", "1"],
+        &[("FERRY_LIMITS_PROOF_FAILURES_PER_CONN_MAX", "3")],
+    );
     let mut c = node.client();
     let signer = mailbox(5).signer(c.epoch()).unwrap();
     let mut bad = c.proofs(&[&signer], Op::Subscribe);
     bad[0].signature[0] ^= 1;
-    assert_eq!(c.prove_items(&bad).unwrap(), vec![ProofStatus::BadSignature]);
-    assert_eq!(c.prove_items(&bad).unwrap(), vec![ProofStatus::BadSignature]);
+    assert_eq!(
+        c.prove_items(&bad).unwrap(),
+        vec![ProofStatus::BadSignature]
+    );
+    assert_eq!(
+        c.prove_items(&bad).unwrap(),
+        vec![ProofStatus::BadSignature]
+    );
     // The third failure is answered, then the node closes with an error code.
-    assert_eq!(c.prove_items(&bad).unwrap(), vec![ProofStatus::BadSignature]);
+    assert_eq!(
+        c.prove_items(&bad).unwrap(),
+        vec![ProofStatus::BadSignature]
+    );
     match c.recv(WAIT) {
-        Ok(ClientEvent::Error { code, .. }) => assert_eq!(code, ferry_sdk::ErrorCode::TooManyProofFailures),
+        Ok(ClientEvent::Error { code, .. }) => {
+            assert_eq!(code, ferry_sdk::ErrorCode::TooManyProofFailures)
+        }
         other => panic!("{other:?}"),
     }
     assert!(matches!(c.recv(WAIT), Err(ferry_sdk::SdkError::Closed)));
@@ -173,7 +236,10 @@ fn newest_subscriber_takes_over_and_closing_removes_entries_everywhere() {
     let mut tx = node.client();
     tx.send(dests[0], 1, 0, b"to the newest");
     tx.flush().unwrap();
-    assert!(matches!(second.recv(WAIT).unwrap(), ClientEvent::Deliver { msg_id: 1, .. }));
+    assert!(matches!(
+        second.recv(WAIT).unwrap(),
+        ClientEvent::Deliver { msg_id: 1, .. }
+    ));
     assert_eq!(node.metric("ferry_subscriptions"), 1);
 
     // Closing the subscriber's connection removes the owner's entry (on another shard).
@@ -185,7 +251,14 @@ fn newest_subscriber_takes_over_and_closing_removes_entries_everywhere() {
     }
     tx.send(dests[0], 2, 0, b"nobody");
     tx.flush().unwrap();
-    assert!(matches!(tx.recv(WAIT).unwrap(), ClientEvent::SendResult { msg_id: 2, status: SendStatus::NoSubscriber, .. }));
+    assert!(matches!(
+        tx.recv(WAIT).unwrap(),
+        ClientEvent::SendResult {
+            msg_id: 2,
+            status: SendStatus::NoSubscriber,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -206,7 +279,9 @@ fn a_thousand_concurrent_connections() {
     }
     for (i, c) in clients.iter_mut().take(500).enumerate() {
         match c.recv(WAIT).unwrap() {
-            ClientEvent::Deliver { msg_id, payload, .. } => {
+            ClientEvent::Deliver {
+                msg_id, payload, ..
+            } => {
                 assert_eq!(msg_id, i as u64);
                 assert_eq!(&payload[..], format!("packet {i}").as_bytes());
             }
@@ -220,7 +295,10 @@ fn a_thousand_concurrent_connections() {
 fn raise_nofile(want: u64) {
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
         if r.rlim_cur < want {
             r.rlim_cur = want.min(r.rlim_max);
@@ -232,11 +310,16 @@ fn raise_nofile(want: u64) {
 #[test]
 fn epoch_rollover_loses_nothing_when_the_next_epoch_is_proven_in_advance() {
     // Put the node's clock 2.5 s before an hour boundary.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let now_ms = now.as_millis() as i64;
     let to_boundary_ms = 3_600_000 - now_ms % 3_600_000;
     let offset_s = (to_boundary_ms - 2_500) / 1000;
-    let node = Node::start(&["--shards", "2", "--clock-offset-s", &offset_s.to_string()], &[]);
+    let node = Node::start(
+        &["--shards", "2", "--clock-offset-s", &offset_s.to_string()],
+        &[],
+    );
     let mut rx = node.client();
     let e = rx.epoch();
     let mb = mailbox(77);
@@ -266,9 +349,15 @@ fn epoch_rollover_loses_nothing_when_the_next_epoch_is_proven_in_advance() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let got = receiver.join().unwrap();
-    assert_eq!(got, sent, "packets lost or reordered across the epoch boundary");
+    assert_eq!(
+        got, sent,
+        "packets lost or reordered across the epoch boundary"
+    );
     let epochs: std::collections::HashSet<_> = sent.iter().map(|(_, d)| *d).collect();
     assert_eq!(epochs.len(), 2, "the test must cross one boundary");
     // Nothing was answered NoSubscriber.
-    assert!(matches!(tx.recv(Duration::from_millis(100)), Err(ferry_sdk::SdkError::Timeout)));
+    assert!(matches!(
+        tx.recv(Duration::from_millis(100)),
+        Err(ferry_sdk::SdkError::Timeout)
+    ));
 }

@@ -81,7 +81,11 @@ fn blinding_factor(
     let mut wide = [0u8; 64];
     hasher.finalize_xof().fill(&mut wide);
     let h = Scalar::from_bytes_mod_order_wide(&wide);
-    if h == Scalar::ZERO { Err(AddrError::ZeroBlinding) } else { Ok(h) }
+    if h == Scalar::ZERO {
+        Err(AddrError::ZeroBlinding)
+    } else {
+        Ok(h)
+    }
 }
 
 /// `dest = blake3 derive_key("ferry v1 destination", MK')[0..16]`.
@@ -102,11 +106,16 @@ pub struct MailboxPublic {
 impl MailboxPublic {
     /// Decodes `MK`, refusing small-order and non-torsion-free points.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, AddrError> {
-        let point = CompressedEdwardsY(*bytes).decompress().ok_or(AddrError::NotAPoint)?;
+        let point = CompressedEdwardsY(*bytes)
+            .decompress()
+            .ok_or(AddrError::NotAPoint)?;
         if point.is_small_order() || !point.is_torsion_free() {
             return Err(AddrError::WeakPoint);
         }
-        Ok(MailboxPublic { bytes: *bytes, point })
+        Ok(MailboxPublic {
+            bytes: *bytes,
+            point,
+        })
     }
 
     pub fn to_bytes(&self) -> [u8; 32] {
@@ -125,7 +134,12 @@ impl MailboxPublic {
     }
 
     /// The destination hash of this mailbox for `epoch`.
-    pub fn dest(&self, ns: &NamespaceId, s_mbox: Option<&[u8; 32]>, epoch: u64) -> Result<Dest, AddrError> {
+    pub fn dest(
+        &self,
+        ns: &NamespaceId,
+        s_mbox: Option<&[u8; 32]>,
+        epoch: u64,
+    ) -> Result<Dest, AddrError> {
         Ok(dest_of(&self.blinded(ns, s_mbox, epoch)?))
     }
 }
@@ -139,7 +153,9 @@ pub struct MailboxSecret {
 
 impl std::fmt::Debug for MailboxSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailboxSecret").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("MailboxSecret")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,7 +172,11 @@ impl MailboxSecret {
             // A clamped scalar times the base point is always in the prime-order subgroup.
             Err(e) => unreachable!("standard Ed25519 key failed validation: {e}"),
         };
-        MailboxSecret { scalar: esk.scalar, prefix: esk.hash_prefix, public }
+        MailboxSecret {
+            scalar: esk.scalar,
+            prefix: esk.hash_prefix,
+            public,
+        }
     }
 
     pub fn public(&self) -> &MailboxPublic {
@@ -174,12 +194,20 @@ impl MailboxSecret {
         let mut hasher = blake3::Hasher::new_derive_key(CONTEXT_NONCE_PREFIX);
         hasher.update(&self.prefix);
         hasher.update(h.as_bytes());
-        let esk = ExpandedSecretKey { scalar: h * self.scalar, hash_prefix: *hasher.finalize().as_bytes() };
+        let esk = ExpandedSecretKey {
+            scalar: h * self.scalar,
+            hash_prefix: *hasher.finalize().as_bytes(),
+        };
         // Always derive the verifying key from the expanded key: signing with a mismatched public
         // key leaks the secret.
         let vk = VerifyingKey::from(&esk);
         let blinded_key = vk.to_bytes();
-        Ok(BlindedSigner { esk, vk, dest: dest_of(&blinded_key), epoch })
+        Ok(BlindedSigner {
+            esk,
+            vk,
+            dest: dest_of(&blinded_key),
+            epoch,
+        })
     }
 }
 
@@ -193,7 +221,10 @@ pub struct BlindedSigner {
 
 impl std::fmt::Debug for BlindedSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlindedSigner").field("dest", &self.dest).field("epoch", &self.epoch).finish()
+        f.debug_struct("BlindedSigner")
+            .field("dest", &self.dest)
+            .field("epoch", &self.epoch)
+            .finish()
     }
 }
 
@@ -212,15 +243,31 @@ impl BlindedSigner {
     pub fn prove(&self, node_id: &[u8; 32], challenge: &[u8; 32], op: Op) -> ProofItem {
         let msg = proof_message(node_id, challenge, &self.dest, op as u8);
         let sig = raw_sign::<Sha512>(&self.esk, &msg, &self.vk);
-        ProofItem { dest: self.dest, op: op as u8, blinded_key: self.vk.to_bytes(), signature: sig.to_bytes() }
+        ProofItem {
+            dest: self.dest,
+            op: op as u8,
+            blinded_key: self.vk.to_bytes(),
+            signature: sig.to_bytes(),
+        }
     }
 }
 
 /// `"ferry v1 mailbox proof" ‖ node_id(32) ‖ challenge(32) ‖ dest(16) ‖ op(1)`.
-pub fn proof_message(node_id: &[u8; 32], challenge: &[u8; 32], dest: &Dest, op: u8) -> [u8; PROOF_MESSAGE_BYTES] {
+pub fn proof_message(
+    node_id: &[u8; 32],
+    challenge: &[u8; 32],
+    dest: &Dest,
+    op: u8,
+) -> [u8; PROOF_MESSAGE_BYTES] {
     let mut m = [0u8; PROOF_MESSAGE_BYTES];
     let mut at = 0;
-    for part in [PROOF_DOMAIN, node_id.as_slice(), challenge.as_slice(), dest.0.as_slice(), &[op]] {
+    for part in [
+        PROOF_DOMAIN,
+        node_id.as_slice(),
+        challenge.as_slice(),
+        dest.0.as_slice(),
+        &[op],
+    ] {
         m[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
@@ -270,7 +317,11 @@ fn r_is_strict(signature: &[u8; 64]) -> bool {
 /// Checks a batch of proofs. All valid proofs pass with one batch verification (about half the
 /// cost of checking them one by one); if the batch fails, each item is checked alone to name the
 /// bad ones. The result has one status per item, in order.
-pub fn verify_proofs(node_id: &[u8; 32], challenge: &[u8; 32], items: &[ProofItem]) -> Vec<ProofStatus> {
+pub fn verify_proofs(
+    node_id: &[u8; 32],
+    challenge: &[u8; 32],
+    items: &[ProofItem],
+) -> Vec<ProofStatus> {
     let mut statuses = vec![ProofStatus::Ok; items.len()];
     let mut msgs = Vec::with_capacity(items.len());
     let mut sigs = Vec::with_capacity(items.len());
@@ -322,7 +373,10 @@ mod tests {
             let signer = secret.blinded_signer(&ns(), None, epoch).unwrap();
             let dest = secret.public().dest(&ns(), None, epoch).unwrap();
             assert_eq!(signer.dest(), dest);
-            assert_eq!(signer.blinded_key(), secret.public().blinded(&ns(), None, epoch).unwrap());
+            assert_eq!(
+                signer.blinded_key(),
+                secret.public().blinded(&ns(), None, epoch).unwrap()
+            );
         }
     }
 
@@ -344,15 +398,27 @@ mod tests {
         let good = signer.prove(&node, &ch, Op::Subscribe);
         assert_eq!(verify_proof(&node, &ch, &good), ProofStatus::Ok);
         // Another challenge, another node, another op: the signature no longer matches.
-        assert_eq!(verify_proof(&node, &[5u8; 32], &good), ProofStatus::BadSignature);
-        assert_eq!(verify_proof(&[6u8; 32], &ch, &good), ProofStatus::BadSignature);
+        assert_eq!(
+            verify_proof(&node, &[5u8; 32], &good),
+            ProofStatus::BadSignature
+        );
+        assert_eq!(
+            verify_proof(&[6u8; 32], &ch, &good),
+            ProofStatus::BadSignature
+        );
         let mut other_op = good;
         other_op.op = Op::Drain as u8;
-        assert_eq!(verify_proof(&node, &ch, &other_op), ProofStatus::BadSignature);
+        assert_eq!(
+            verify_proof(&node, &ch, &other_op),
+            ProofStatus::BadSignature
+        );
         // A proof for another dest.
         let mut wrong_dest = good;
         wrong_dest.dest = secret.public().dest(&ns(), None, 6).unwrap();
-        assert_eq!(verify_proof(&node, &ch, &wrong_dest), ProofStatus::DestMismatch);
+        assert_eq!(
+            verify_proof(&node, &ch, &wrong_dest),
+            ProofStatus::DestMismatch
+        );
         let mut bad_key = good;
         bad_key.blinded_key = [0u8; 32];
         bad_key.blinded_key[0] = 1; // the identity point: weak
@@ -374,7 +440,11 @@ mod tests {
                     .prove(&node, &ch, Op::Subscribe)
             })
             .collect();
-        assert!(verify_proofs(&node, &ch, &items).iter().all(|s| *s == ProofStatus::Ok));
+        assert!(
+            verify_proofs(&node, &ch, &items)
+                .iter()
+                .all(|s| *s == ProofStatus::Ok)
+        );
         items[3].signature[40] ^= 1;
         items[7].dest.0[0] ^= 1;
         let st = verify_proofs(&node, &ch, &items);
@@ -386,14 +456,20 @@ mod tests {
             };
             assert_eq!(*s, want, "item {i}");
         }
-        assert_eq!(verify_proofs(&node, &ch, &items[3..4]), vec![ProofStatus::BadSignature]);
+        assert_eq!(
+            verify_proofs(&node, &ch, &items[3..4]),
+            vec![ProofStatus::BadSignature]
+        );
     }
 
     #[test]
     fn weak_mailbox_keys_are_refused() {
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert_eq!(MailboxPublic::from_bytes(&identity).unwrap_err(), AddrError::WeakPoint);
+        assert_eq!(
+            MailboxPublic::from_bytes(&identity).unwrap_err(),
+            AddrError::WeakPoint
+        );
         let mut not_point = [0xffu8; 32];
         not_point[31] = 0x7f;
         assert!(MailboxPublic::from_bytes(&not_point).is_err());

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::addr::verify_proofs;
 use crate::frame::{
-    Dest, DecodeError, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus,
+    DecodeError, Dest, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus,
     UnsubscribeReason, decode_frame, frame_type, put_packet_header, split_frame,
 };
 use crate::limits::{
@@ -72,7 +72,12 @@ enum State {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
     /// A packet to route to `dest`. The shard answers with [`ServerConn::send_result`] when due.
-    Send { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
+    Send {
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        payload: Bytes,
+    },
     /// Proofs to check. The shard may refuse them (rate limit) or call [`ServerConn::answer_proofs`].
     Prove { items: Vec<ProofItem> },
     /// Newly subscribed dests (already proven and counted); the shard registers them with owners.
@@ -111,7 +116,13 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    pub fn new(limits: ConnLimits, node_id: [u8; 32], shard: u16, challenge: [u8; 32], now: Now) -> Self {
+    pub fn new(
+        limits: ConnLimits,
+        node_id: [u8; 32],
+        shard: u16,
+        challenge: [u8; 32],
+        now: Now,
+    ) -> Self {
         ServerConn {
             limits,
             node_id,
@@ -187,8 +198,15 @@ impl ServerConn {
 
     fn on_frame(&mut self, now: Now, frame: Frame) -> Option<ServerEvent> {
         if self.state == State::AwaitHello {
-            let Frame::ClientHello { version_min, version_max } = frame else {
-                self.close_with(ErrorCode::UnexpectedFrame, "first frame must be ClientHello");
+            let Frame::ClientHello {
+                version_min,
+                version_max,
+            } = frame
+            else {
+                self.close_with(
+                    ErrorCode::UnexpectedFrame,
+                    "first frame must be ClientHello",
+                );
                 return None;
             };
             let version = version_max.min(VERSION_MAX);
@@ -212,12 +230,29 @@ impl ServerConn {
             return None;
         }
         match frame {
-            Frame::Send { dest, msg_id, flags, payload } => Some(ServerEvent::Send { dest, msg_id, flags, payload }),
+            Frame::Send {
+                dest,
+                msg_id,
+                flags,
+                payload,
+            } => Some(ServerEvent::Send {
+                dest,
+                msg_id,
+                flags,
+                payload,
+            }),
             Frame::Prove { items } => Some(ServerEvent::Prove { items }),
             Frame::Subscribe { dests } => self.on_subscribe(dests),
             Frame::Unsubscribe { dests } => {
-                let dests: Vec<Dest> = dests.into_iter().filter(|d| self.subscriptions.remove(d)).collect();
-                if dests.is_empty() { None } else { Some(ServerEvent::Unsubscribe { dests }) }
+                let dests: Vec<Dest> = dests
+                    .into_iter()
+                    .filter(|d| self.subscriptions.remove(d))
+                    .collect();
+                if dests.is_empty() {
+                    None
+                } else {
+                    Some(ServerEvent::Unsubscribe { dests })
+                }
             }
             Frame::ChallengeRequest => Some(ServerEvent::ChallengeRequested),
             Frame::Ping { nonce } => {
@@ -235,7 +270,10 @@ impl ServerConn {
             }
             other => {
                 let t = other.frame_type();
-                self.close_with(ErrorCode::UnexpectedFrame, &format!("frame {t:#04x} is node-to-client only"));
+                self.close_with(
+                    ErrorCode::UnexpectedFrame,
+                    &format!("frame {t:#04x} is node-to-client only"),
+                );
                 None
             }
         }
@@ -263,13 +301,19 @@ impl ServerConn {
         if !results.is_empty() {
             self.push_frame(&Frame::SubscribeResult { items: results });
         }
-        if added.is_empty() { None } else { Some(ServerEvent::Subscribe { dests: added }) }
+        if added.is_empty() {
+            None
+        } else {
+            Some(ServerEvent::Subscribe { dests: added })
+        }
     }
 
     /// The owner shard registered `dest` for this connection: confirm it to the client.
     pub fn on_subscribed(&mut self, dest: Dest) {
         if self.subscriptions.contains(&dest) {
-            self.push_frame(&Frame::SubscribeResult { items: vec![(dest, SubscribeStatus::Ok)] });
+            self.push_frame(&Frame::SubscribeResult {
+                items: vec![(dest, SubscribeStatus::Ok)],
+            });
         }
     }
 
@@ -287,7 +331,9 @@ impl ServerConn {
         let mut results = Vec::with_capacity(items.len());
         for (item, mut status) in items.iter().zip(statuses) {
             if status == ProofStatus::Ok {
-                if self.proven.len() >= PROVEN_PER_CONN_MAX && !self.proven.contains(&(item.dest, item.op)) {
+                if self.proven.len() >= PROVEN_PER_CONN_MAX
+                    && !self.proven.contains(&(item.dest, item.op))
+                {
                     status = ProofStatus::TooMany;
                 } else {
                     self.proven.insert((item.dest, item.op));
@@ -307,7 +353,10 @@ impl ServerConn {
 
     /// Answers proofs the shard refused to check (address over its failed-proof budget).
     pub fn refuse_proofs(&mut self, items: &[ProofItem]) {
-        let results = items.iter().map(|i| (i.dest, i.op, ProofStatus::RateLimited)).collect();
+        let results = items
+            .iter()
+            .map(|i| (i.dest, i.op, ProofStatus::RateLimited))
+            .collect();
         self.push_frame(&Frame::ProveResult { items: results });
     }
 
@@ -315,7 +364,10 @@ impl ServerConn {
     pub fn issue_challenge(&mut self, now: Now, challenge: [u8; 32]) {
         self.challenge = challenge;
         self.challenge_issued_ms = now.mono_ms;
-        self.push_frame(&Frame::Challenge { challenge, unix_time_s: now.unix_s });
+        self.push_frame(&Frame::Challenge {
+            challenge,
+            unix_time_s: now.unix_s,
+        });
     }
 
     /// Whether this connection holds a proof for (dest, op).
@@ -330,12 +382,19 @@ impl ServerConn {
     /// Another connection took `dest` over: forget it and tell the client.
     pub fn on_taken_over(&mut self, dest: Dest) {
         if self.subscriptions.remove(&dest) {
-            self.push_frame(&Frame::Unsubscribed { dest, reason: UnsubscribeReason::TakenOver });
+            self.push_frame(&Frame::Unsubscribed {
+                dest,
+                reason: UnsubscribeReason::TakenOver,
+            });
         }
     }
 
     pub fn send_result(&mut self, dest: Dest, msg_id: u64, status: SendStatus) {
-        self.push_frame(&Frame::SendResult { dest, msg_id, status });
+        self.push_frame(&Frame::SendResult {
+            dest,
+            msg_id,
+            status,
+        });
     }
 
     /// Queues a delivery. Returns `false` (and counts a drop) when the send queue is full: live
@@ -344,13 +403,21 @@ impl ServerConn {
         if self.state == State::Closing {
             return false;
         }
-        let frame_len = crate::limits::FRAME_PREFIX_BYTES + crate::limits::PACKET_HEADER_BYTES + payload.len();
+        let frame_len =
+            crate::limits::FRAME_PREFIX_BYTES + crate::limits::PACKET_HEADER_BYTES + payload.len();
         if self.queued_bytes() + frame_len > self.limits.send_queue_bytes_max {
             self.dropped_queue_full += 1;
             return false;
         }
         self.out.reserve(frame_len);
-        put_packet_header(&mut self.out, frame_type::DELIVER, dest, msg_id, flags, payload.len());
+        put_packet_header(
+            &mut self.out,
+            frame_type::DELIVER,
+            dest,
+            msg_id,
+            flags,
+            payload.len(),
+        );
         self.out.extend_from_slice(payload);
         true
     }
@@ -369,7 +436,10 @@ impl ServerConn {
         if self.state == State::Closing {
             return;
         }
-        self.push_frame(&Frame::Error { code, message: message.to_string() });
+        self.push_frame(&Frame::Error {
+            code,
+            message: message.to_string(),
+        });
         self.state = State::Closing;
         self.close_code = Some(code);
     }
@@ -407,7 +477,11 @@ impl ServerConn {
     pub fn on_written(&mut self, now: Now, n: usize) {
         assert!(n <= self.in_flight_bytes, "wrote more than was taken");
         self.in_flight_bytes -= n;
-        self.write_stalled_since_ms = if self.queued_bytes() > 0 { Some(now.mono_ms) } else { None };
+        self.write_stalled_since_ms = if self.queued_bytes() > 0 {
+            Some(now.mono_ms)
+        } else {
+            None
+        };
     }
 
     /// Output is waiting and the socket is not accepting it (the driver calls this when a write
@@ -427,7 +501,9 @@ impl ServerConn {
         } else {
             match self.ping_sent_ms {
                 Some(_) => self.last_rx_ms + l.idle_timeout_ms,
-                None => (self.last_rx_ms + l.ping_interval_ms).min(self.last_rx_ms + l.idle_timeout_ms),
+                None => {
+                    (self.last_rx_ms + l.ping_interval_ms).min(self.last_rx_ms + l.idle_timeout_ms)
+                }
             }
         };
         if let Some(p) = self.partial_since_ms.filter(|_| !self.inbuf.is_empty()) {
@@ -457,13 +533,20 @@ impl ServerConn {
             {
                 self.close_with(ErrorCode::SlowReader, "not reading its data");
             }
-            _ if self.partial_since_ms.is_some_and(|p| !self.inbuf.is_empty() && t >= p + l.frame_stall_timeout_ms) => {
+            _ if self
+                .partial_since_ms
+                .is_some_and(|p| !self.inbuf.is_empty() && t >= p + l.frame_stall_timeout_ms) =>
+            {
                 self.close_with(ErrorCode::SlowSender, "partial frame stalled");
             }
-            State::Open if self.ping_sent_ms.is_none() && t >= self.last_rx_ms + l.ping_interval_ms => {
+            State::Open
+                if self.ping_sent_ms.is_none() && t >= self.last_rx_ms + l.ping_interval_ms =>
+            {
                 self.ping_nonce = self.ping_nonce.wrapping_add(1);
                 self.ping_sent_ms = Some(t);
-                self.push_frame(&Frame::Ping { nonce: self.ping_nonce });
+                self.push_frame(&Frame::Ping {
+                    nonce: self.ping_nonce,
+                });
             }
             _ => {}
         }
@@ -473,16 +556,46 @@ impl ServerConn {
 /// What a client connection reports to its application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
-    Ready { version: u16, shard: u16, node_id: [u8; 32], challenge: [u8; 32], unix_time_s: u64 },
-    Challenge { challenge: [u8; 32], unix_time_s: u64 },
-    ProveResult { items: Vec<(Dest, u8, ProofStatus)> },
-    SubscribeResult { items: Vec<(Dest, SubscribeStatus)> },
-    Deliver { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
-    SendResult { dest: Dest, msg_id: u64, status: SendStatus },
-    Unsubscribed { dest: Dest, reason: UnsubscribeReason },
-    Pong { nonce: u64 },
+    Ready {
+        version: u16,
+        shard: u16,
+        node_id: [u8; 32],
+        challenge: [u8; 32],
+        unix_time_s: u64,
+    },
+    Challenge {
+        challenge: [u8; 32],
+        unix_time_s: u64,
+    },
+    ProveResult {
+        items: Vec<(Dest, u8, ProofStatus)>,
+    },
+    SubscribeResult {
+        items: Vec<(Dest, SubscribeStatus)>,
+    },
+    Deliver {
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        payload: Bytes,
+    },
+    SendResult {
+        dest: Dest,
+        msg_id: u64,
+        status: SendStatus,
+    },
+    Unsubscribed {
+        dest: Dest,
+        reason: UnsubscribeReason,
+    },
+    Pong {
+        nonce: u64,
+    },
     /// The node closed the connection with this error.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Why the client state machine gave up on the byte stream.
@@ -491,14 +604,18 @@ pub enum ClientEvent {
 pub enum ClientError {
     Decode(DecodeError),
     /// The node sent a frame only clients send.
-    Unexpected { frame_type: u8 },
+    Unexpected {
+        frame_type: u8,
+    },
 }
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Decode(e) => write!(f, "decode: {e}"),
-            ClientError::Unexpected { frame_type } => write!(f, "unexpected frame {frame_type:#04x} from node"),
+            ClientError::Unexpected { frame_type } => {
+                write!(f, "unexpected frame {frame_type:#04x} from node")
+            }
         }
     }
 }
@@ -515,18 +632,32 @@ impl ClientConn {
     /// A new connection with its `ClientHello` already queued.
     pub fn new() -> Self {
         let mut c = ClientConn::default();
-        c.push(&Frame::ClientHello { version_min: VERSION_MIN, version_max: VERSION_MAX });
+        c.push(&Frame::ClientHello {
+            version_min: VERSION_MIN,
+            version_max: VERSION_MAX,
+        });
         c
     }
     pub fn push(&mut self, frame: &Frame) {
         frame.encode(&mut self.out);
     }
     pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, payload: &[u8]) {
-        put_packet_header(&mut self.out, frame_type::SEND, &dest, msg_id, flags, payload.len());
+        put_packet_header(
+            &mut self.out,
+            frame_type::SEND,
+            &dest,
+            msg_id,
+            flags,
+            payload.len(),
+        );
         self.out.extend_from_slice(payload);
     }
     pub fn take_output(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() { None } else { Some(self.out.split().freeze()) }
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(self.out.split().freeze())
+        }
     }
     pub fn on_bytes(&mut self, data: &[u8]) {
         self.inbuf.extend_from_slice(data);
@@ -537,14 +668,49 @@ impl ClientConn {
                 return Ok(None);
             };
             let ev = match frame {
-                Frame::ServerHello { version, shard, node_id, challenge, unix_time_s, .. } => {
-                    ClientEvent::Ready { version, shard, node_id, challenge, unix_time_s }
-                }
-                Frame::Challenge { challenge, unix_time_s } => ClientEvent::Challenge { challenge, unix_time_s },
+                Frame::ServerHello {
+                    version,
+                    shard,
+                    node_id,
+                    challenge,
+                    unix_time_s,
+                    ..
+                } => ClientEvent::Ready {
+                    version,
+                    shard,
+                    node_id,
+                    challenge,
+                    unix_time_s,
+                },
+                Frame::Challenge {
+                    challenge,
+                    unix_time_s,
+                } => ClientEvent::Challenge {
+                    challenge,
+                    unix_time_s,
+                },
                 Frame::ProveResult { items } => ClientEvent::ProveResult { items },
                 Frame::SubscribeResult { items } => ClientEvent::SubscribeResult { items },
-                Frame::Deliver { dest, msg_id, flags, payload } => ClientEvent::Deliver { dest, msg_id, flags, payload },
-                Frame::SendResult { dest, msg_id, status } => ClientEvent::SendResult { dest, msg_id, status },
+                Frame::Deliver {
+                    dest,
+                    msg_id,
+                    flags,
+                    payload,
+                } => ClientEvent::Deliver {
+                    dest,
+                    msg_id,
+                    flags,
+                    payload,
+                },
+                Frame::SendResult {
+                    dest,
+                    msg_id,
+                    status,
+                } => ClientEvent::SendResult {
+                    dest,
+                    msg_id,
+                    status,
+                },
                 Frame::Unsubscribed { dest, reason } => ClientEvent::Unsubscribed { dest, reason },
                 Frame::Error { code, message } => ClientEvent::Error { code, message },
                 Frame::Ping { nonce } => {
@@ -552,7 +718,11 @@ impl ClientConn {
                     continue;
                 }
                 Frame::Pong { nonce } => ClientEvent::Pong { nonce },
-                other => return Err(ClientError::Unexpected { frame_type: other.frame_type() }),
+                other => {
+                    return Err(ClientError::Unexpected {
+                        frame_type: other.frame_type(),
+                    });
+                }
             };
             return Ok(Some(ev));
         }

@@ -5,9 +5,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::limits::{
-    DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES,
-    HELLO_MAGIC, PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX, PROOF_ITEM_BYTES,
-    PROOFS_PER_FRAME_MAX,
+    DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES, HELLO_MAGIC,
+    PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX, PROOF_ITEM_BYTES, PROOFS_PER_FRAME_MAX,
 };
 
 /// A 16-byte destination hash: the only routing key a node ever sees.
@@ -203,15 +202,35 @@ use frame_type as ft;
 /// Every frame of protocol version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    ClientHello { version_min: u16, version_max: u16 },
+    ClientHello {
+        version_min: u16,
+        version_max: u16,
+    },
     ChallengeRequest,
-    Prove { items: Vec<ProofItem> },
-    Subscribe { dests: Vec<Dest> },
-    Unsubscribe { dests: Vec<Dest> },
-    Send { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
-    Cell { payload: Bytes },
+    Prove {
+        items: Vec<ProofItem>,
+    },
+    Subscribe {
+        dests: Vec<Dest>,
+    },
+    Unsubscribe {
+        dests: Vec<Dest>,
+    },
+    Send {
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        payload: Bytes,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Cell {
+        payload: Bytes,
+    },
     ServerHello {
         version: u16,
         shard: u16,
@@ -220,13 +239,35 @@ pub enum Frame {
         unix_time_s: u64,
         frame_bytes_max: u32,
     },
-    Challenge { challenge: [u8; 32], unix_time_s: u64 },
-    ProveResult { items: Vec<(Dest, u8, ProofStatus)> },
-    SubscribeResult { items: Vec<(Dest, SubscribeStatus)> },
-    Deliver { dest: Dest, msg_id: u64, flags: u8, payload: Bytes },
-    SendResult { dest: Dest, msg_id: u64, status: SendStatus },
-    Unsubscribed { dest: Dest, reason: UnsubscribeReason },
-    Error { code: ErrorCode, message: String },
+    Challenge {
+        challenge: [u8; 32],
+        unix_time_s: u64,
+    },
+    ProveResult {
+        items: Vec<(Dest, u8, ProofStatus)>,
+    },
+    SubscribeResult {
+        items: Vec<(Dest, SubscribeStatus)>,
+    },
+    Deliver {
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        payload: Bytes,
+    },
+    SendResult {
+        dest: Dest,
+        msg_id: u64,
+        status: SendStatus,
+    },
+    Unsubscribed {
+        dest: Dest,
+        reason: UnsubscribeReason,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 /// Why a byte sequence is not a frame.
@@ -234,18 +275,32 @@ pub enum Frame {
 #[non_exhaustive]
 pub enum DecodeError {
     /// The length prefix announces more than [`FRAME_BYTES_MAX`].
-    FrameTooLarge { frame_len: u64 },
+    FrameTooLarge {
+        frame_len: u64,
+    },
     /// A length prefix of zero: no type byte.
     EmptyFrame,
-    UnknownType { frame_type: u8 },
+    UnknownType {
+        frame_type: u8,
+    },
     /// The body ended before a field did.
-    Truncated { frame_type: u8 },
+    Truncated {
+        frame_type: u8,
+    },
     /// Bytes left after the last field.
-    TrailingBytes { frame_type: u8 },
+    TrailingBytes {
+        frame_type: u8,
+    },
     /// A count field above its limit.
-    CountTooLarge { frame_type: u8, count: u64 },
+    CountTooLarge {
+        frame_type: u8,
+        count: u64,
+    },
     /// A field holds a value this version does not define.
-    InvalidValue { frame_type: u8, field: &'static str },
+    InvalidValue {
+        frame_type: u8,
+        field: &'static str,
+    },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -255,7 +310,9 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "frame of {frame_len} bytes exceeds {FRAME_BYTES_MAX}")
             }
             DecodeError::EmptyFrame => write!(f, "empty frame"),
-            DecodeError::UnknownType { frame_type } => write!(f, "unknown frame type {frame_type:#04x}"),
+            DecodeError::UnknownType { frame_type } => {
+                write!(f, "unknown frame type {frame_type:#04x}")
+            }
             DecodeError::Truncated { frame_type } => write!(f, "frame {frame_type:#04x} truncated"),
             DecodeError::TrailingBytes { frame_type } => {
                 write!(f, "frame {frame_type:#04x} has trailing bytes")
@@ -264,7 +321,10 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "frame {frame_type:#04x} count {count} above its limit")
             }
             DecodeError::InvalidValue { frame_type, field } => {
-                write!(f, "frame {frame_type:#04x} field {field} has an invalid value")
+                write!(
+                    f,
+                    "frame {frame_type:#04x} field {field} has an invalid value"
+                )
             }
         }
     }
@@ -364,10 +424,23 @@ impl Frame {
     /// its own limits (too many items, an oversized payload).
     pub fn encode(&self, out: &mut impl BufMut) {
         let frame_len = 1 + self.body_len();
-        assert!(frame_len <= FRAME_BYTES_MAX, "frame over FRAME_BYTES_MAX: {frame_len}");
+        assert!(
+            frame_len <= FRAME_BYTES_MAX,
+            "frame over FRAME_BYTES_MAX: {frame_len}"
+        );
         match self {
-            Frame::Send { dest, msg_id, flags, payload }
-            | Frame::Deliver { dest, msg_id, flags, payload } => {
+            Frame::Send {
+                dest,
+                msg_id,
+                flags,
+                payload,
+            }
+            | Frame::Deliver {
+                dest,
+                msg_id,
+                flags,
+                payload,
+            } => {
                 put_packet_header(out, self.frame_type(), dest, *msg_id, *flags, payload.len());
                 out.put_slice(payload);
                 return;
@@ -377,7 +450,10 @@ impl Frame {
         out.put_u32_le(u32_of(frame_len));
         out.put_u8(self.frame_type());
         match self {
-            Frame::ClientHello { version_min, version_max } => {
+            Frame::ClientHello {
+                version_min,
+                version_max,
+            } => {
                 out.put_slice(&HELLO_MAGIC);
                 out.put_u16_le(*version_min);
                 out.put_u16_le(*version_max);
@@ -402,7 +478,14 @@ impl Frame {
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_u64_le(*nonce),
             Frame::Cell { payload } => out.put_slice(payload),
-            Frame::ServerHello { version, shard, node_id, challenge, unix_time_s, frame_bytes_max } => {
+            Frame::ServerHello {
+                version,
+                shard,
+                node_id,
+                challenge,
+                unix_time_s,
+                frame_bytes_max,
+            } => {
                 out.put_u16_le(*version);
                 out.put_u16_le(*shard);
                 out.put_slice(node_id);
@@ -410,7 +493,10 @@ impl Frame {
                 out.put_u64_le(*unix_time_s);
                 out.put_u32_le(*frame_bytes_max);
             }
-            Frame::Challenge { challenge, unix_time_s } => {
+            Frame::Challenge {
+                challenge,
+                unix_time_s,
+            } => {
                 out.put_slice(challenge);
                 out.put_u64_le(*unix_time_s);
             }
@@ -431,7 +517,11 @@ impl Frame {
                     out.put_u8(*status as u8);
                 }
             }
-            Frame::SendResult { dest, msg_id, status } => {
+            Frame::SendResult {
+                dest,
+                msg_id,
+                status,
+            } => {
                 out.put_slice(&dest.0);
                 out.put_u64_le(*msg_id);
                 out.put_u8(*status as u8);
@@ -469,9 +559,15 @@ impl Frame {
             ft::CLIENT_HELLO => {
                 let magic = r.array::<4>()?;
                 if magic != HELLO_MAGIC {
-                    return Err(DecodeError::InvalidValue { frame_type: t, field: "magic" });
+                    return Err(DecodeError::InvalidValue {
+                        frame_type: t,
+                        field: "magic",
+                    });
                 }
-                Frame::ClientHello { version_min: r.u16()?, version_max: r.u16()? }
+                Frame::ClientHello {
+                    version_min: r.u16()?,
+                    version_max: r.u16()?,
+                }
             }
             ft::CHALLENGE_REQUEST => Frame::ChallengeRequest,
             ft::PROVE => {
@@ -493,20 +589,37 @@ impl Frame {
                 for _ in 0..n {
                     dests.push(Dest(r.array()?));
                 }
-                if t == ft::SUBSCRIBE { Frame::Subscribe { dests } } else { Frame::Unsubscribe { dests } }
+                if t == ft::SUBSCRIBE {
+                    Frame::Subscribe { dests }
+                } else {
+                    Frame::Unsubscribe { dests }
+                }
             }
             ft::SEND | ft::DELIVER => {
                 let dest = Dest(r.array()?);
                 let msg_id = r.u64()?;
                 let flags = r.u8()?;
                 if flags & !FLAGS_KNOWN != 0 {
-                    return Err(DecodeError::InvalidValue { frame_type: t, field: "flags" });
+                    return Err(DecodeError::InvalidValue {
+                        frame_type: t,
+                        field: "flags",
+                    });
                 }
                 let payload = r.rest();
                 if t == ft::SEND {
-                    Frame::Send { dest, msg_id, flags, payload }
+                    Frame::Send {
+                        dest,
+                        msg_id,
+                        flags,
+                        payload,
+                    }
                 } else {
-                    Frame::Deliver { dest, msg_id, flags, payload }
+                    Frame::Deliver {
+                        dest,
+                        msg_id,
+                        flags,
+                        payload,
+                    }
                 }
             }
             ft::PING => Frame::Ping { nonce: r.u64()? },
@@ -520,7 +633,10 @@ impl Frame {
                 unix_time_s: r.u64()?,
                 frame_bytes_max: r.u32()?,
             },
-            ft::CHALLENGE => Frame::Challenge { challenge: r.array()?, unix_time_s: r.u64()? },
+            ft::CHALLENGE => Frame::Challenge {
+                challenge: r.array()?,
+                unix_time_s: r.u64()?,
+            },
             ft::PROVE_RESULT => {
                 let n = r.count(PROOFS_PER_FRAME_MAX, 18)?;
                 let mut items = Vec::with_capacity(n);
@@ -551,15 +667,23 @@ impl Frame {
                 reason: r.enum_u8(UnsubscribeReason::from_u8, "reason")?,
             },
             ft::ERROR => {
-                let code = ErrorCode::from_u16(r.u16()?)
-                    .ok_or(DecodeError::InvalidValue { frame_type: t, field: "code" })?;
+                let code = ErrorCode::from_u16(r.u16()?).ok_or(DecodeError::InvalidValue {
+                    frame_type: t,
+                    field: "code",
+                })?;
                 let len = usize::from(r.u16()?);
                 if len > ERROR_MESSAGE_BYTES_MAX {
-                    return Err(DecodeError::CountTooLarge { frame_type: t, count: len as u64 });
+                    return Err(DecodeError::CountTooLarge {
+                        frame_type: t,
+                        count: len as u64,
+                    });
                 }
                 let bytes = r.take(len)?;
-                let message = String::from_utf8(bytes.to_vec())
-                    .map_err(|_| DecodeError::InvalidValue { frame_type: t, field: "message" })?;
+                let message =
+                    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidValue {
+                        frame_type: t,
+                        field: "message",
+                    })?;
                 Frame::Error { code, message }
             }
             other => return Err(DecodeError::UnknownType { frame_type: other }),
@@ -589,7 +713,11 @@ struct Reader {
 
 impl Reader {
     fn need(&self, n: usize) -> Result<(), DecodeError> {
-        if self.buf.remaining() < n { Err(DecodeError::Truncated { frame_type: self.t }) } else { Ok(()) }
+        if self.buf.remaining() < n {
+            Err(DecodeError::Truncated { frame_type: self.t })
+        } else {
+            Ok(())
+        }
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
@@ -625,14 +753,24 @@ impl Reader {
     fn count(&mut self, max: usize, item_bytes: usize) -> Result<usize, DecodeError> {
         let n = usize::from(self.u16()?);
         if n > max {
-            return Err(DecodeError::CountTooLarge { frame_type: self.t, count: n as u64 });
+            return Err(DecodeError::CountTooLarge {
+                frame_type: self.t,
+                count: n as u64,
+            });
         }
         self.need(n * item_bytes)?;
         Ok(n)
     }
-    fn enum_u8<T>(&mut self, f: fn(u8) -> Option<T>, field: &'static str) -> Result<T, DecodeError> {
+    fn enum_u8<T>(
+        &mut self,
+        f: fn(u8) -> Option<T>,
+        field: &'static str,
+    ) -> Result<T, DecodeError> {
         let v = self.u8()?;
-        f(v).ok_or(DecodeError::InvalidValue { frame_type: self.t, field })
+        f(v).ok_or(DecodeError::InvalidValue {
+            frame_type: self.t,
+            field,
+        })
     }
 }
 
@@ -660,7 +798,9 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
         return Err(DecodeError::EmptyFrame);
     }
     if frame_len_usize > FRAME_BYTES_MAX {
-        return Err(DecodeError::FrameTooLarge { frame_len: u64::from(frame_len) });
+        return Err(DecodeError::FrameTooLarge {
+            frame_len: u64::from(frame_len),
+        });
     }
     if buf.len() < FRAME_PREFIX_BYTES + frame_len_usize {
         buf.reserve(FRAME_PREFIX_BYTES + frame_len_usize - buf.len());
@@ -679,7 +819,10 @@ mod tests {
     #[test]
     fn error_message_truncated_inside_a_character_keeps_the_stream_framed() {
         let message = format!("{}é", "a".repeat(ERROR_MESSAGE_BYTES_MAX - 1));
-        let f = Frame::Error { code: ErrorCode::Internal, message };
+        let f = Frame::Error {
+            code: ErrorCode::Internal,
+            message,
+        };
         let mut out = BytesMut::new();
         f.encode(&mut out);
         assert_eq!(out.len(), f.encoded_len());
@@ -688,7 +831,10 @@ mod tests {
             panic!("not an Error frame");
         };
         assert_eq!(message, "a".repeat(ERROR_MESSAGE_BYTES_MAX - 1));
-        assert_eq!(decode_frame(&mut out).unwrap(), Some(Frame::Ping { nonce: 7 }));
+        assert_eq!(
+            decode_frame(&mut out).unwrap(),
+            Some(Frame::Ping { nonce: 7 })
+        );
         assert!(out.is_empty());
     }
 }

@@ -15,13 +15,22 @@ fn flags() -> impl Strategy<Value = u8> {
     (0u8..=FLAGS_KNOWN).prop_map(|f| f & FLAGS_KNOWN)
 }
 fn proof_item() -> impl Strategy<Value = ProofItem> {
-    (dest(), any::<u8>(), any::<[u8; 32]>(), prop::collection::vec(any::<u8>(), 64)).prop_map(
-        |(dest, op, blinded_key, sig)| {
+    (
+        dest(),
+        any::<u8>(),
+        any::<[u8; 32]>(),
+        prop::collection::vec(any::<u8>(), 64),
+    )
+        .prop_map(|(dest, op, blinded_key, sig)| {
             let mut signature = [0u8; 64];
             signature.copy_from_slice(&sig);
-            ProofItem { dest, op, blinded_key, signature }
-        },
-    )
+            ProofItem {
+                dest,
+                op,
+                blinded_key,
+                signature,
+            }
+        })
 }
 fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
     prop::sample::select(all)
@@ -29,32 +38,78 @@ fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Frame::ClientHello { version_min: a, version_max: b }),
+        (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Frame::ClientHello {
+            version_min: a,
+            version_max: b
+        }),
         Just(Frame::ChallengeRequest),
-        prop::collection::vec(proof_item(), 0..PROOFS_PER_FRAME_MAX).prop_map(|items| Frame::Prove { items }),
-        prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX).prop_map(|dests| Frame::Subscribe { dests }),
-        prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX).prop_map(|dests| Frame::Unsubscribe { dests }),
-        (dest(), any::<u64>(), flags(), payload(2048))
-            .prop_map(|(dest, msg_id, flags, payload)| Frame::Send { dest, msg_id, flags, payload }),
+        prop::collection::vec(proof_item(), 0..PROOFS_PER_FRAME_MAX)
+            .prop_map(|items| Frame::Prove { items }),
+        prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
+            .prop_map(|dests| Frame::Subscribe { dests }),
+        prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
+            .prop_map(|dests| Frame::Unsubscribe { dests }),
+        (dest(), any::<u64>(), flags(), payload(2048)).prop_map(
+            |(dest, msg_id, flags, payload)| Frame::Send {
+                dest,
+                msg_id,
+                flags,
+                payload
+            }
+        ),
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
         payload(2048).prop_map(|payload| Frame::Cell { payload }),
-        (any::<u16>(), any::<u16>(), any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>(), any::<u32>()).prop_map(
-            |(version, shard, node_id, challenge, unix_time_s, frame_bytes_max)| Frame::ServerHello {
-                version, shard, node_id, challenge, unix_time_s, frame_bytes_max
-            }
-        ),
-        (any::<[u8; 32]>(), any::<u64>()).prop_map(|(challenge, unix_time_s)| Frame::Challenge { challenge, unix_time_s }),
-        prop::collection::vec((dest(), any::<u8>(), pick(ProofStatus::ALL)), 0..PROOFS_PER_FRAME_MAX)
-            .prop_map(|items| Frame::ProveResult { items }),
+        (
+            any::<u16>(),
+            any::<u16>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(
+                |(version, shard, node_id, challenge, unix_time_s, frame_bytes_max)| {
+                    Frame::ServerHello {
+                        version,
+                        shard,
+                        node_id,
+                        challenge,
+                        unix_time_s,
+                        frame_bytes_max,
+                    }
+                }
+            ),
+        (any::<[u8; 32]>(), any::<u64>()).prop_map(|(challenge, unix_time_s)| Frame::Challenge {
+            challenge,
+            unix_time_s
+        }),
+        prop::collection::vec(
+            (dest(), any::<u8>(), pick(ProofStatus::ALL)),
+            0..PROOFS_PER_FRAME_MAX
+        )
+        .prop_map(|items| Frame::ProveResult { items }),
         prop::collection::vec((dest(), pick(SubscribeStatus::ALL)), 0..DESTS_PER_FRAME_MAX)
             .prop_map(|items| Frame::SubscribeResult { items }),
-        (dest(), any::<u64>(), flags(), payload(2048))
-            .prop_map(|(dest, msg_id, flags, payload)| Frame::Deliver { dest, msg_id, flags, payload }),
-        (dest(), any::<u64>(), pick(SendStatus::ALL))
-            .prop_map(|(dest, msg_id, status)| Frame::SendResult { dest, msg_id, status }),
-        (dest(), pick(UnsubscribeReason::ALL)).prop_map(|(dest, reason)| Frame::Unsubscribed { dest, reason }),
-        (pick(ErrorCode::ALL), "[a-zA-Z0-9 é]{0,80}").prop_map(|(code, message)| Frame::Error { code, message }),
+        (dest(), any::<u64>(), flags(), payload(2048)).prop_map(
+            |(dest, msg_id, flags, payload)| Frame::Deliver {
+                dest,
+                msg_id,
+                flags,
+                payload
+            }
+        ),
+        (dest(), any::<u64>(), pick(SendStatus::ALL)).prop_map(|(dest, msg_id, status)| {
+            Frame::SendResult {
+                dest,
+                msg_id,
+                status,
+            }
+        }),
+        (dest(), pick(UnsubscribeReason::ALL))
+            .prop_map(|(dest, reason)| Frame::Unsubscribed { dest, reason }),
+        (pick(ErrorCode::ALL), "[a-zA-Z0-9 é]{0,80}")
+            .prop_map(|(code, message)| Frame::Error { code, message }),
     ]
 }
 
@@ -105,13 +160,20 @@ fn oversized_prefix_is_refused_before_the_body_arrives() {
     buf.extend_from_slice(&u32::try_from(FRAME_BYTES_MAX + 1).unwrap().to_le_bytes());
     assert_eq!(
         decode_frame(&mut buf),
-        Err(DecodeError::FrameTooLarge { frame_len: (FRAME_BYTES_MAX + 1) as u64 })
+        Err(DecodeError::FrameTooLarge {
+            frame_len: (FRAME_BYTES_MAX + 1) as u64
+        })
     );
 }
 
 #[test]
 fn largest_packet_fits_and_one_more_byte_does_not() {
-    let f = Frame::Send { dest: Dest([1; 16]), msg_id: 1, flags: 0, payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]) };
+    let f = Frame::Send {
+        dest: Dest([1; 16]),
+        msg_id: 1,
+        flags: 0,
+        payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]),
+    };
     assert_eq!(f.encoded_len(), FRAME_PREFIX_BYTES + FRAME_BYTES_MAX);
     let mut buf = BytesMut::from(&f.to_bytes()[..]);
     assert_eq!(decode_frame(&mut buf).unwrap().unwrap(), f);
@@ -121,15 +183,38 @@ fn largest_packet_fits_and_one_more_byte_does_not() {
 fn lying_counts_and_bad_values_are_errors() {
     // Prove frame claiming 5 items but carrying none.
     let mut buf = BytesMut::from(&[3u8, 0, 0, 0, frame_type::PROVE, 5, 0][..]);
-    assert_eq!(decode_frame(&mut buf), Err(DecodeError::Truncated { frame_type: frame_type::PROVE }));
+    assert_eq!(
+        decode_frame(&mut buf),
+        Err(DecodeError::Truncated {
+            frame_type: frame_type::PROVE
+        })
+    );
     // Unknown flags on a Send.
-    let mut f = Frame::Send { dest: Dest([0; 16]), msg_id: 0, flags: 0, payload: Bytes::new() }.to_bytes().to_vec();
+    let mut f = Frame::Send {
+        dest: Dest([0; 16]),
+        msg_id: 0,
+        flags: 0,
+        payload: Bytes::new(),
+    }
+    .to_bytes()
+    .to_vec();
     f[4 + 1 + 16 + 8] = 0x80;
-    assert!(matches!(decode_frame(&mut BytesMut::from(&f[..])), Err(DecodeError::InvalidValue { field: "flags", .. })));
+    assert!(matches!(
+        decode_frame(&mut BytesMut::from(&f[..])),
+        Err(DecodeError::InvalidValue { field: "flags", .. })
+    ));
     // Trailing bytes after a Ping.
     let mut buf = BytesMut::from(&[10u8, 0, 0, 0, frame_type::PING, 0, 0, 0, 0, 0, 0, 0, 0, 9][..]);
-    assert_eq!(decode_frame(&mut buf), Err(DecodeError::TrailingBytes { frame_type: frame_type::PING }));
-    assert_eq!(decode_frame(&mut BytesMut::from(&[0u8, 0, 0, 0][..])), Err(DecodeError::EmptyFrame));
+    assert_eq!(
+        decode_frame(&mut buf),
+        Err(DecodeError::TrailingBytes {
+            frame_type: frame_type::PING
+        })
+    );
+    assert_eq!(
+        decode_frame(&mut BytesMut::from(&[0u8, 0, 0, 0][..])),
+        Err(DecodeError::EmptyFrame)
+    );
     assert_eq!(
         decode_frame(&mut BytesMut::from(&[1u8, 0, 0, 0, 0x7e][..])),
         Err(DecodeError::UnknownType { frame_type: 0x7e })

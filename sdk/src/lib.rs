@@ -14,11 +14,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_proto::addr::{AddrError, BlindedSigner, MailboxPublic, MailboxSecret, NamespaceId, epoch_of};
+use ferry_proto::addr::{
+    AddrError, BlindedSigner, MailboxPublic, MailboxSecret, NamespaceId, epoch_of,
+};
 use ferry_proto::conn::{ClientConn, ClientError, ClientEvent};
+pub use ferry_proto::frame::{
+    Dest, ErrorCode, FLAG_ACK, Op, ProofStatus, SendStatus, SubscribeStatus,
+};
 use ferry_proto::frame::{Frame, ProofItem};
-pub use ferry_proto::frame::{Dest, ErrorCode, FLAG_ACK, Op, ProofStatus, SendStatus, SubscribeStatus};
-pub use ferry_proto::limits::{DESTS_PER_FRAME_MAX, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX};
+pub use ferry_proto::limits::{
+    DESTS_PER_FRAME_MAX, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX,
+};
 
 /// Events a client buffers while waiting for a specific answer; beyond it the wait fails rather
 /// than growing without bound.
@@ -33,7 +39,10 @@ pub enum SdkError {
     Protocol(ClientError),
     Addr(AddrError),
     /// The node closed the connection with this error.
-    Node { code: ErrorCode, message: String },
+    Node {
+        code: ErrorCode,
+        message: String,
+    },
     /// The connection closed.
     Closed,
     Timeout,
@@ -68,7 +77,10 @@ impl From<AddrError> for SdkError {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A mailbox: the owner's key pair within one application namespace.
@@ -80,7 +92,9 @@ pub struct Mailbox {
 
 impl std::fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailbox").field("public", self.secret.public()).finish_non_exhaustive()
+        f.debug_struct("Mailbox")
+            .field("public", self.secret.public())
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,21 +102,31 @@ impl Mailbox {
     /// A fresh random mailbox key.
     pub fn generate(ns: NamespaceId) -> Result<Self, SdkError> {
         let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        getrandom::fill(&mut seed)
+            .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
         Ok(Self::from_seed(&seed, ns, None))
     }
     /// A mailbox from a stored seed; `s_mbox` is the contact-mailbox secret (None = intro mailbox).
     pub fn from_seed(seed: &[u8; 32], ns: NamespaceId, s_mbox: Option<[u8; 32]>) -> Self {
-        Mailbox { secret: MailboxSecret::from_seed(seed), ns, s_mbox }
+        Mailbox {
+            secret: MailboxSecret::from_seed(seed),
+            ns,
+            s_mbox,
+        }
     }
     pub fn public(&self) -> &MailboxPublic {
         self.secret.public()
     }
     pub fn dest(&self, epoch: u64) -> Result<Dest, SdkError> {
-        Ok(self.secret.public().dest(&self.ns, self.s_mbox.as_ref(), epoch)?)
+        Ok(self
+            .secret
+            .public()
+            .dest(&self.ns, self.s_mbox.as_ref(), epoch)?)
     }
     pub fn signer(&self, epoch: u64) -> Result<BlindedSigner, SdkError> {
-        Ok(self.secret.blinded_signer(&self.ns, self.s_mbox.as_ref(), epoch)?)
+        Ok(self
+            .secret
+            .blinded_signer(&self.ns, self.s_mbox.as_ref(), epoch)?)
     }
 }
 
@@ -115,8 +139,16 @@ pub struct Contact {
 }
 
 impl Contact {
-    pub fn new(mailbox_key: &[u8; 32], ns: NamespaceId, s_mbox: Option<[u8; 32]>) -> Result<Self, SdkError> {
-        Ok(Contact { public: MailboxPublic::from_bytes(mailbox_key)?, ns, s_mbox })
+    pub fn new(
+        mailbox_key: &[u8; 32],
+        ns: NamespaceId,
+        s_mbox: Option<[u8; 32]>,
+    ) -> Result<Self, SdkError> {
+        Ok(Contact {
+            public: MailboxPublic::from_bytes(mailbox_key)?,
+            ns,
+            s_mbox,
+        })
     }
     pub fn dest(&self, epoch: u64) -> Result<Dest, SdkError> {
         Ok(self.public.dest(&self.ns, self.s_mbox.as_ref(), epoch)?)
@@ -175,7 +207,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +223,10 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { timeout: Duration::from_secs(10), tls: None }
+        ConnectOptions {
+            timeout: Duration::from_secs(10),
+            tls: None,
+        }
     }
 }
 
@@ -213,14 +250,19 @@ impl Client {
                     .with_no_client_auth();
                 let server_name = rustls_pki_types::ServerName::try_from(name.clone())
                     .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
-                let conn = rustls::ClientConnection::new(Arc::new(cfg), server_name).map_err(SdkError::Tls)?;
+                let conn = rustls::ClientConnection::new(Arc::new(cfg), server_name)
+                    .map_err(SdkError::Tls)?;
                 Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
             }
         };
         let mut c = Client {
             stream,
             conn: ClientConn::new(),
-            info: NodeInfo { version: 0, shard: 0, node_id: [0; 32] },
+            info: NodeInfo {
+                version: 0,
+                shard: 0,
+                node_id: [0; 32],
+            },
             challenge: [0; 32],
             clock_offset_s: 0,
             events: VecDeque::new(),
@@ -230,12 +272,24 @@ impl Client {
         let deadline = Instant::now() + opts.timeout;
         loop {
             match c.next_event(deadline)? {
-                ClientEvent::Ready { version, shard, node_id, challenge, unix_time_s } => {
-                    c.info = NodeInfo { version, shard, node_id };
+                ClientEvent::Ready {
+                    version,
+                    shard,
+                    node_id,
+                    challenge,
+                    unix_time_s,
+                } => {
+                    c.info = NodeInfo {
+                        version,
+                        shard,
+                        node_id,
+                    };
                     c.set_challenge(challenge, unix_time_s);
                     return Ok(c);
                 }
-                ClientEvent::Error { code, message } => return Err(SdkError::Node { code, message }),
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
                 other => c.queue(other)?,
             }
         }
@@ -243,7 +297,8 @@ impl Client {
 
     fn set_challenge(&mut self, challenge: [u8; 32], node_unix_s: u64) {
         self.challenge = challenge;
-        self.clock_offset_s = i64::try_from(i128::from(node_unix_s) - i128::from(unix_now())).unwrap_or(0);
+        self.clock_offset_s =
+            i64::try_from(i128::from(node_unix_s) - i128::from(unix_now())).unwrap_or(0);
     }
 
     pub fn info(&self) -> NodeInfo {
@@ -300,10 +355,17 @@ impl Client {
             let n = match self.stream.read(&mut self.buf) {
                 Ok(0) => return Err(SdkError::Closed),
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(SdkError::Timeout);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(SdkError::Closed),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(SdkError::Closed);
+                }
                 Err(e) => return Err(SdkError::Io(e)),
             };
             self.conn.on_bytes(&self.buf[..n]);
@@ -319,7 +381,11 @@ impl Client {
     }
 
     /// Waits for the first event `pick` accepts, buffering the others for `recv`.
-    fn wait_for<T>(&mut self, timeout: Duration, mut pick: impl FnMut(&ClientEvent) -> Option<T>) -> Result<T, SdkError> {
+    fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> Result<T, SdkError> {
         let deadline = Instant::now() + timeout;
         loop {
             let ev = self.next_event(deadline)?;
@@ -335,17 +401,24 @@ impl Client {
 
     /// Proofs for `signers` and `op` against the current challenge (not sent).
     pub fn proofs(&self, signers: &[&BlindedSigner], op: Op) -> Vec<ProofItem> {
-        signers.iter().map(|s| s.prove(&self.info.node_id, &self.challenge, op)).collect()
+        signers
+            .iter()
+            .map(|s| s.prove(&self.info.node_id, &self.challenge, op))
+            .collect()
     }
 
     /// Sends proof items (at most [`PROOFS_PER_FRAME_MAX`] per frame) and waits for the verdicts.
     pub fn prove_items(&mut self, items: &[ProofItem]) -> Result<Vec<ProofStatus>, SdkError> {
         let mut out = Vec::with_capacity(items.len());
         for chunk in items.chunks(PROOFS_PER_FRAME_MAX) {
-            self.conn.push(&Frame::Prove { items: chunk.to_vec() });
+            self.conn.push(&Frame::Prove {
+                items: chunk.to_vec(),
+            });
             self.flush()?;
             let statuses = self.wait_for(Duration::from_secs(10), |ev| match ev {
-                ClientEvent::ProveResult { items } => Some(items.iter().map(|(_, _, s)| *s).collect::<Vec<_>>()),
+                ClientEvent::ProveResult { items } => {
+                    Some(items.iter().map(|(_, _, s)| *s).collect::<Vec<_>>())
+                }
                 _ => None,
             })?;
             out.extend(statuses);
@@ -354,7 +427,11 @@ impl Client {
     }
 
     /// Proves ownership of each signer's dest for `op`.
-    pub fn prove(&mut self, signers: &[&BlindedSigner], op: Op) -> Result<Vec<ProofStatus>, SdkError> {
+    pub fn prove(
+        &mut self,
+        signers: &[&BlindedSigner],
+        op: Op,
+    ) -> Result<Vec<ProofStatus>, SdkError> {
         let items = self.proofs(signers, op);
         self.prove_items(&items)
     }
@@ -363,9 +440,12 @@ impl Client {
     pub fn subscribe(&mut self, dests: &[Dest]) -> Result<Vec<SubscribeStatus>, SdkError> {
         // The node answers each dest once: refusals at once, successes when the owner core has
         // the entry (possibly in several SubscribeResult frames).
-        let mut answers: std::collections::HashMap<Dest, SubscribeStatus> = std::collections::HashMap::new();
+        let mut answers: std::collections::HashMap<Dest, SubscribeStatus> =
+            std::collections::HashMap::new();
         for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {
-            self.conn.push(&Frame::Subscribe { dests: chunk.to_vec() });
+            self.conn.push(&Frame::Subscribe {
+                dests: chunk.to_vec(),
+            });
         }
         self.flush()?;
         let wanted: std::collections::HashSet<Dest> = dests.iter().copied().collect();
@@ -379,7 +459,9 @@ impl Client {
                         }
                     }
                 }
-                ClientEvent::Error { code, message } => return Err(SdkError::Node { code, message }),
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
                 other => self.queue(other)?,
             }
         }
@@ -387,24 +469,39 @@ impl Client {
     }
 
     /// Proves and subscribes to `mailbox`'s dests for `epochs`; fails unless all succeed.
-    pub fn listen(&mut self, mailbox: &Mailbox, epochs: impl IntoIterator<Item = u64>) -> Result<Vec<Dest>, SdkError> {
-        let signers: Vec<BlindedSigner> = epochs.into_iter().map(|e| mailbox.signer(e)).collect::<Result<_, _>>()?;
+    pub fn listen(
+        &mut self,
+        mailbox: &Mailbox,
+        epochs: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<Dest>, SdkError> {
+        let signers: Vec<BlindedSigner> = epochs
+            .into_iter()
+            .map(|e| mailbox.signer(e))
+            .collect::<Result<_, _>>()?;
         let refs: Vec<&BlindedSigner> = signers.iter().collect();
         let proofs = self.prove(&refs, Op::Subscribe)?;
         if let Some(bad) = proofs.iter().find(|s| **s != ProofStatus::Ok) {
-            return Err(SdkError::Node { code: ErrorCode::Unsupported, message: format!("proof refused: {bad:?}") });
+            return Err(SdkError::Node {
+                code: ErrorCode::Unsupported,
+                message: format!("proof refused: {bad:?}"),
+            });
         }
         let dests: Vec<Dest> = signers.iter().map(|s| s.dest()).collect();
         let subs = self.subscribe(&dests)?;
         if let Some(bad) = subs.iter().find(|s| **s != SubscribeStatus::Ok) {
-            return Err(SdkError::Node { code: ErrorCode::Unsupported, message: format!("subscribe refused: {bad:?}") });
+            return Err(SdkError::Node {
+                code: ErrorCode::Unsupported,
+                message: format!("subscribe refused: {bad:?}"),
+            });
         }
         Ok(dests)
     }
 
     pub fn unsubscribe(&mut self, dests: &[Dest]) -> Result<(), SdkError> {
         for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {
-            self.conn.push(&Frame::Unsubscribe { dests: chunk.to_vec() });
+            self.conn.push(&Frame::Unsubscribe {
+                dests: chunk.to_vec(),
+            });
         }
         self.flush()
     }
@@ -414,7 +511,10 @@ impl Client {
         self.conn.push(&Frame::ChallengeRequest);
         self.flush()?;
         let (ch, t) = self.wait_for(Duration::from_secs(10), |ev| match ev {
-            ClientEvent::Challenge { challenge, unix_time_s } => Some((*challenge, *unix_time_s)),
+            ClientEvent::Challenge {
+                challenge,
+                unix_time_s,
+            } => Some((*challenge, *unix_time_s)),
             _ => None,
         })?;
         self.set_challenge(ch, t);
@@ -424,7 +524,10 @@ impl Client {
     /// Queues a packet; call [`Client::flush`] (or any waiting call) to write it. Sends are
     /// buffered so that many small packets leave in one write.
     pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, payload: &[u8]) {
-        assert!(payload.len() <= PACKET_PAYLOAD_BYTES_MAX, "payload over PACKET_PAYLOAD_BYTES_MAX");
+        assert!(
+            payload.len() <= PACKET_PAYLOAD_BYTES_MAX,
+            "payload over PACKET_PAYLOAD_BYTES_MAX"
+        );
         self.conn.send(dest, msg_id, flags, payload);
     }
 

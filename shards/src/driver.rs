@@ -79,7 +79,8 @@ pub fn start(
 ) -> std::io::Result<Vec<ShardHandle>> {
     assert_eq!(configs.len(), listeners.len());
     let n = configs.len();
-    let mesh: MeshBuilder<Vec<HopMsg>, Full> = MeshBuilder::full(n, driver.hop_channel_batches.max(1));
+    let mesh: MeshBuilder<Vec<HopMsg>, Full> =
+        MeshBuilder::full(n, driver.hop_channel_batches.max(1));
     let mut handles = Vec::with_capacity(n);
     for (i, (cfg, specs)) in configs.into_iter().zip(listeners).enumerate() {
         let metrics = Arc::new(ShardMetrics::default());
@@ -89,15 +90,27 @@ pub fn start(
             None => Placement::Unbound,
         };
         // Sockets cross to the executor's thread as raw fds; each is owned by exactly one shard.
-        let fds: Vec<(RawFd, Option<Arc<rustls::ServerConfig>>)> =
-            specs.into_iter().map(|s| (s.socket.into_raw_fd(), s.tls)).collect();
-        let (m, r, s, d, mesh) = (metrics.clone(), ready.clone(), stop.clone(), driver.clone(), mesh.clone());
+        let fds: Vec<(RawFd, Option<Arc<rustls::ServerConfig>>)> = specs
+            .into_iter()
+            .map(|s| (s.socket.into_raw_fd(), s.tls))
+            .collect();
+        let (m, r, s, d, mesh) = (
+            metrics.clone(),
+            ready.clone(),
+            stop.clone(),
+            driver.clone(),
+            mesh.clone(),
+        );
         let join = LocalExecutorBuilder::new(placement)
             .name(&format!("ferry-shard-{i}"))
             .io_memory(driver.io_memory_bytes)
             .spawn(move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh).await })
             .map_err(|e| std::io::Error::other(format!("shard {i}: cannot start executor: {e}")))?;
-        handles.push(ShardHandle { metrics, ready, join });
+        handles.push(ShardHandle {
+            metrics,
+            ready,
+            join,
+        });
     }
     Ok(handles)
 }
@@ -183,13 +196,27 @@ async fn run_shard(
     let mut tasks = Vec::new();
     for (p, rx) in flush_rx.into_iter().enumerate() {
         let Some(rx) = rx else { continue };
-        tasks.push(glommio::spawn_local(flusher(ctx.clone(), senders.clone(), p, rx)));
-        tasks.push(glommio::spawn_local(hop_receiver(ctx.clone(), receivers.clone(), p)));
+        tasks.push(glommio::spawn_local(flusher(
+            ctx.clone(),
+            senders.clone(),
+            p,
+            rx,
+        )));
+        tasks.push(glommio::spawn_local(hop_receiver(
+            ctx.clone(),
+            receivers.clone(),
+            p,
+        )));
     }
     for (fd, tls) in fds {
         // SAFETY: the fd came from a bound, listening std TcpListener handed to this shard alone.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        tasks.push(glommio::spawn_local(acceptor(ctx.clone(), listener, tls, stop.clone())));
+        tasks.push(glommio::spawn_local(acceptor(
+            ctx.clone(),
+            listener,
+            tls,
+            stop.clone(),
+        )));
     }
     ready.store(true, Ordering::Release);
 
@@ -206,7 +233,9 @@ async fn run_shard(
     // Shut every connection down; their tasks end on the resulting errors.
     let conns: Vec<u64> = ctx.writers.borrow().keys().copied().collect();
     for conn in conns {
-        ctx.shard.borrow_mut().close(conn, ErrorCode::ShuttingDown, "node is stopping");
+        ctx.shard
+            .borrow_mut()
+            .close(conn, ErrorCode::ShuttingDown, "node is stopping");
     }
     ctx.after_work();
     glommio::timer::sleep(Duration::from_millis(100)).await;
@@ -238,7 +267,12 @@ fn shutdown_fd(fd: RawFd) {
     let _ = socket2::SockRef::from(&borrowed).shutdown(Shutdown::Both);
 }
 
-async fn flusher(ctx: Rc<Ctx>, senders: Rc<Senders<Vec<HopMsg>>>, peer: usize, wake: local_channel::LocalReceiver<()>) {
+async fn flusher(
+    ctx: Rc<Ctx>,
+    senders: Rc<Senders<Vec<HopMsg>>>,
+    peer: usize,
+    wake: local_channel::LocalReceiver<()>,
+) {
     while wake.recv().await.is_some() {
         loop {
             let batch = ctx.shard.borrow_mut().take_outbox(peer);
@@ -257,7 +291,12 @@ async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer:
     }
 }
 
-async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, stop: Arc<AtomicBool>) {
+async fn acceptor(
+    ctx: Rc<Ctx>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Acquire) {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -317,7 +356,12 @@ fn spawn_connection(ctx: Rc<Ctx>, conn: u64, stream: TcpStream, tls: Option<Tls>
     glommio::spawn_local(write_loop(ctx, conn, writer, tls, wake_rx)).detach();
 }
 
-async fn read_loop(ctx: Rc<Ctx>, conn: u64, mut reader: futures_lite::io::ReadHalf<TcpStream>, tls: Option<Tls>) {
+async fn read_loop(
+    ctx: Rc<Ctx>,
+    conn: u64,
+    mut reader: futures_lite::io::ReadHalf<TcpStream>,
+    tls: Option<Tls>,
+) {
     let mut buf = vec![0u8; ctx.driver.read_buffer_bytes.max(4096)];
     let mut plain = vec![0u8; 16 * 1024];
     loop {
@@ -336,7 +380,9 @@ async fn read_loop(ctx: Rc<Ctx>, conn: u64, mut reader: futures_lite::io::ReadHa
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(error = %e, "TLS error");
-                    ctx.shard.borrow_mut().close(conn, ErrorCode::TlsError, "TLS error");
+                    ctx.shard
+                        .borrow_mut()
+                        .close(conn, ErrorCode::TlsError, "TLS error");
                     0
                 }
             },
@@ -355,7 +401,13 @@ async fn read_loop(ctx: Rc<Ctx>, conn: u64, mut reader: futures_lite::io::ReadHa
 }
 
 /// Feeds TLS records; hands every plaintext byte to the shard. Returns the read pause (ms).
-fn tls_input(ctx: &Ctx, conn: u64, tls: &Tls, mut data: &[u8], plain: &mut [u8]) -> Result<u64, rustls::Error> {
+fn tls_input(
+    ctx: &Ctx,
+    conn: u64,
+    tls: &Tls,
+    mut data: &[u8],
+    plain: &mut [u8],
+) -> Result<u64, rustls::Error> {
     let mut pause = 0;
     let mut t = tls.borrow_mut();
     while !data.is_empty() {
@@ -366,7 +418,13 @@ fn tls_input(ctx: &Ctx, conn: u64, tls: &Tls, mut data: &[u8], plain: &mut [u8])
         loop {
             match t.reader().read(plain) {
                 Ok(0) => break,
-                Ok(k) => pause = pause.max(ctx.shard.borrow_mut().on_bytes(ctx.clock.now(), conn, &plain[..k])),
+                Ok(k) => {
+                    pause = pause.max(ctx.shard.borrow_mut().on_bytes(
+                        ctx.clock.now(),
+                        conn,
+                        &plain[..k],
+                    ))
+                }
                 Err(_) => break, // WouldBlock: no more plaintext now
             }
         }
@@ -412,14 +470,20 @@ async fn write_loop(
                             }
                         }
                     }
-                    if wire.is_empty() { Ok(()) } else { write_with_stall_clock(&ctx, conn, &mut writer, &wire).await }
+                    if wire.is_empty() {
+                        Ok(())
+                    } else {
+                        write_with_stall_clock(&ctx, conn, &mut writer, &wire).await
+                    }
                 }
             };
             if result.is_err() {
                 break 'outer;
             }
             // Also with 0 bytes: it stops the slow-reader clock once nothing is queued.
-            ctx.shard.borrow_mut().on_written(ctx.clock.now(), conn, plain_len);
+            ctx.shard
+                .borrow_mut()
+                .on_written(ctx.clock.now(), conn, plain_len);
             if out.close {
                 break 'outer;
             }
@@ -443,6 +507,8 @@ async fn write_with_stall_clock(
     writer: &mut futures_lite::io::WriteHalf<TcpStream>,
     bytes: &[u8],
 ) -> std::io::Result<()> {
-    ctx.shard.borrow_mut().on_write_blocked(ctx.clock.now(), conn);
+    ctx.shard
+        .borrow_mut()
+        .on_write_blocked(ctx.clock.now(), conn);
     writer.write_all(bytes).await
 }

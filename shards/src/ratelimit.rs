@@ -43,7 +43,10 @@ struct Bucket {
 
 impl Bucket {
     fn full(rate: Rate, now_ms: u64) -> Self {
-        Bucket { tokens_milli: rate.burst.saturating_mul(1000), at_ms: now_ms }
+        Bucket {
+            tokens_milli: rate.burst.saturating_mul(1000),
+            at_ms: now_ms,
+        }
     }
     fn refill(&mut self, rate: Rate, now_ms: u64) {
         let dt = now_ms.saturating_sub(self.at_ms);
@@ -111,7 +114,10 @@ pub struct IpLimiter {
 impl IpLimiter {
     pub fn new(limits: IpLimits) -> Self {
         assert!(limits.entries_max > 0);
-        IpLimiter { limits, table: AHashMap::new() }
+        IpLimiter {
+            limits,
+            table: AHashMap::new(),
+        }
     }
 
     pub fn set_limits(&mut self, limits: IpLimits) {
@@ -195,7 +201,9 @@ impl IpLimiter {
             e.conns.refill(l.conns, now_ms);
             e.bytes.refill(l.bytes, now_ms);
             e.proof_failures.refill(l.proof_failures, now_ms);
-            !(e.conns.is_full(l.conns) && e.bytes.is_full(l.bytes) && e.proof_failures.is_full(l.proof_failures))
+            !(e.conns.is_full(l.conns)
+                && e.bytes.is_full(l.bytes)
+                && e.proof_failures.is_full(l.proof_failures))
         });
     }
 
@@ -213,8 +221,14 @@ mod tests {
 
     fn limits() -> IpLimits {
         IpLimits {
-            conns: Rate { per_s: 10, burst: 2 },
-            bytes: Rate { per_s: 1000, burst: 1000 },
+            conns: Rate {
+                per_s: 10,
+                burst: 2,
+            },
+            bytes: Rate {
+                per_s: 1000,
+                burst: 1000,
+            },
             proof_failures: Rate { per_s: 1, burst: 3 },
             entries_max: 2,
         }

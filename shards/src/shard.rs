@@ -40,11 +40,29 @@ pub struct ShardConfig {
 #[derive(Clone, Debug)]
 pub enum HopMsg {
     /// Sender's core → owner: look `dest` up.
-    Route { dest: Dest, from: ConnRef, msg_id: u64, flags: u8, payload: Bytes },
+    Route {
+        dest: Dest,
+        from: ConnRef,
+        msg_id: u64,
+        flags: u8,
+        payload: Bytes,
+    },
     /// Owner → subscriber's core: write to connection `to`.
-    Deliver { dest: Dest, to: u64, from: ConnRef, msg_id: u64, flags: u8, payload: Bytes },
+    Deliver {
+        dest: Dest,
+        to: u64,
+        from: ConnRef,
+        msg_id: u64,
+        flags: u8,
+        payload: Bytes,
+    },
     /// → sender's core: the outcome of a Send.
-    Result { to: u64, dest: Dest, msg_id: u64, status: SendStatus },
+    Result {
+        to: u64,
+        dest: Dest,
+        msg_id: u64,
+        status: SendStatus,
+    },
     /// Subscriber's core → owner.
     Subscribe { dest: Dest, sub: ConnRef },
     /// Subscriber's core → owner; also sent by a core that found the subscriber gone.
@@ -57,7 +75,10 @@ pub enum HopMsg {
 
 impl HopMsg {
     fn is_data(&self) -> bool {
-        matches!(self, HopMsg::Route { .. } | HopMsg::Deliver { .. } | HopMsg::Result { .. })
+        matches!(
+            self,
+            HopMsg::Route { .. } | HopMsg::Deliver { .. } | HopMsg::Result { .. }
+        )
     }
 }
 
@@ -132,7 +153,12 @@ impl Shard {
     }
 
     /// Applies new limits (SIGHUP). Existing connections keep the limits they started with.
-    pub fn set_limits(&mut self, conn_limits: ConnLimits, ip_limits: IpLimits, connections_max: usize) {
+    pub fn set_limits(
+        &mut self,
+        conn_limits: ConnLimits,
+        ip_limits: IpLimits,
+        connections_max: usize,
+    ) {
         self.cfg.conn_limits = conn_limits;
         self.cfg.ip_limits = ip_limits;
         self.cfg.connections_max = connections_max.max(1);
@@ -151,7 +177,13 @@ impl Shard {
     pub fn accept(&mut self, now: Now, ip: IpAddr) -> Accept {
         let key = IpKey::from(ip);
         let refuse = |code: ErrorCode, msg: &str| {
-            Accept::Refused(Frame::Error { code, message: msg.to_string() }.to_bytes())
+            Accept::Refused(
+                Frame::Error {
+                    code,
+                    message: msg.to_string(),
+                }
+                .to_bytes(),
+            )
         };
         if self.conns.len() >= self.cfg.connections_max {
             ShardMetrics::inc(&self.metrics.connections_refused_limit);
@@ -159,13 +191,30 @@ impl Shard {
         }
         if !self.limiter.allow_connection(key, now.mono_ms) {
             ShardMetrics::inc(&self.metrics.connections_refused_rate);
-            return refuse(ErrorCode::RateLimited, "too many new connections from this address");
+            return refuse(
+                ErrorCode::RateLimited,
+                "too many new connections from this address",
+            );
         }
         let id = self.next_conn;
         self.next_conn += 1;
         let challenge = self.next_challenge();
-        let sm = ServerConn::new(self.cfg.conn_limits.clone(), self.cfg.node_id, self.cfg.shard, challenge, now);
-        self.conns.insert(id, Conn { sm, ip: key, in_ready: false, close_counted: false });
+        let sm = ServerConn::new(
+            self.cfg.conn_limits.clone(),
+            self.cfg.node_id,
+            self.cfg.shard,
+            challenge,
+            now,
+        );
+        self.conns.insert(
+            id,
+            Conn {
+                sm,
+                ip: key,
+                in_ready: false,
+                close_counted: false,
+            },
+        );
         ShardMetrics::inc(&self.metrics.connections_accepted);
         ShardMetrics::inc(&self.metrics.connections_open);
         Accept::Ok(id)
@@ -174,9 +223,13 @@ impl Shard {
     /// Bytes read from connection `conn`. Returns how long (ms) reading from it should pause for
     /// the per-address byte rate; 0 = keep reading.
     pub fn on_bytes(&mut self, now: Now, conn: u64, data: &[u8]) -> u64 {
-        let Some(c) = self.conns.get_mut(&conn) else { return 0 };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return 0;
+        };
         ShardMetrics::add(&self.metrics.bytes_in, data.len() as u64);
-        let pause = self.limiter.charge_bytes(c.ip, now.mono_ms, data.len() as u64);
+        let pause = self
+            .limiter
+            .charge_bytes(c.ip, now.mono_ms, data.len() as u64);
         if pause > 0 {
             ShardMetrics::inc(&self.metrics.read_pauses_rate);
         }
@@ -187,18 +240,39 @@ impl Shard {
 
     fn process(&mut self, now: Now, conn: u64) {
         loop {
-            let Some(c) = self.conns.get_mut(&conn) else { return };
-            let Some(ev) = c.sm.poll_event(now) else { break };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            let Some(ev) = c.sm.poll_event(now) else {
+                break;
+            };
             ShardMetrics::inc(&self.metrics.frames_in);
             let ip = c.ip;
-            let from = ConnRef { shard: self.cfg.shard, conn };
+            let from = ConnRef {
+                shard: self.cfg.shard,
+                conn,
+            };
             match ev {
-                ServerEvent::Send { dest, msg_id, flags, payload } => {
+                ServerEvent::Send {
+                    dest,
+                    msg_id,
+                    flags,
+                    payload,
+                } => {
                     ShardMetrics::inc(&self.metrics.packets_sent);
                     let owner = self.owner(&dest);
                     if owner == self.cfg.shard {
                         self.route(dest, from, msg_id, flags, payload);
-                    } else if !self.hop(owner, HopMsg::Route { dest, from, msg_id, flags, payload }) {
+                    } else if !self.hop(
+                        owner,
+                        HopMsg::Route {
+                            dest,
+                            from,
+                            msg_id,
+                            flags,
+                            payload,
+                        },
+                    ) {
                         ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
                         self.reply(from, dest, msg_id, SendStatus::Congested);
                     }
@@ -210,8 +284,12 @@ impl Shard {
                     } else {
                         let failed = c.sm.answer_proofs(now, &items);
                         ShardMetrics::add(&self.metrics.proofs_failed, u64::from(failed));
-                        ShardMetrics::add(&self.metrics.proofs_ok, items.len() as u64 - u64::from(failed));
-                        self.limiter.charge_proof_failures(ip, now.mono_ms, u64::from(failed));
+                        ShardMetrics::add(
+                            &self.metrics.proofs_ok,
+                            items.len() as u64 - u64::from(failed),
+                        );
+                        self.limiter
+                            .charge_proof_failures(ip, now.mono_ms, u64::from(failed));
                     }
                 }
                 ServerEvent::Subscribe { dests } => {
@@ -271,7 +349,14 @@ impl Shard {
                 self.deliver(dest, sub.conn, from, msg_id, flags, &payload);
             }
             Some(sub) => {
-                let msg = HopMsg::Deliver { dest, to: sub.conn, from, msg_id, flags, payload };
+                let msg = HopMsg::Deliver {
+                    dest,
+                    to: sub.conn,
+                    from,
+                    msg_id,
+                    flags,
+                    payload,
+                };
                 if !self.hop(sub.shard, msg) {
                     ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
                     self.reply(from, dest, msg_id, SendStatus::Congested);
@@ -281,8 +366,19 @@ impl Shard {
     }
 
     /// Subscriber side of a packet: queue it on the connection.
-    fn deliver(&mut self, dest: Dest, to: u64, from: ConnRef, msg_id: u64, flags: u8, payload: &[u8]) {
-        let pushed = self.conns.get_mut(&to).map(|c| c.sm.push_deliver(&dest, msg_id, flags, payload));
+    fn deliver(
+        &mut self,
+        dest: Dest,
+        to: u64,
+        from: ConnRef,
+        msg_id: u64,
+        flags: u8,
+        payload: &[u8],
+    ) {
+        let pushed = self
+            .conns
+            .get_mut(&to)
+            .map(|c| c.sm.push_deliver(&dest, msg_id, flags, payload));
         let status = match pushed {
             Some(true) => {
                 ShardMetrics::inc(&self.metrics.packets_delivered);
@@ -296,7 +392,10 @@ impl Shard {
             None => {
                 // The subscriber closed and its unsubscribe is still on the way (or was lost to a
                 // take-over race): clean the entry at the owner and tell the sender.
-                let me = ConnRef { shard: self.cfg.shard, conn: to };
+                let me = ConnRef {
+                    shard: self.cfg.shard,
+                    conn: to,
+                };
                 self.control(self.owner(&dest), HopMsg::Unsubscribe { dest, sub: me });
                 ShardMetrics::inc(&self.metrics.packets_no_subscriber);
                 SendStatus::NoSubscriber
@@ -313,7 +412,15 @@ impl Shard {
                 c.sm.send_result(dest, msg_id, status);
                 self.mark_ready(to.conn);
             }
-        } else if !self.hop(to.shard, HopMsg::Result { to: to.conn, dest, msg_id, status }) {
+        } else if !self.hop(
+            to.shard,
+            HopMsg::Result {
+                to: to.conn,
+                dest,
+                msg_id,
+                status,
+            },
+        ) {
             ShardMetrics::inc(&self.metrics.drops_reply_lost);
         }
     }
@@ -327,11 +434,27 @@ impl Shard {
 
     fn on_hop(&mut self, msg: HopMsg) {
         match msg {
-            HopMsg::Route { dest, from, msg_id, flags, payload } => self.route(dest, from, msg_id, flags, payload),
-            HopMsg::Deliver { dest, to, from, msg_id, flags, payload } => {
-                self.deliver(dest, to, from, msg_id, flags, &payload)
-            }
-            HopMsg::Result { to, dest, msg_id, status } => {
+            HopMsg::Route {
+                dest,
+                from,
+                msg_id,
+                flags,
+                payload,
+            } => self.route(dest, from, msg_id, flags, payload),
+            HopMsg::Deliver {
+                dest,
+                to,
+                from,
+                msg_id,
+                flags,
+                payload,
+            } => self.deliver(dest, to, from, msg_id, flags, &payload),
+            HopMsg::Result {
+                to,
+                dest,
+                msg_id,
+                status,
+            } => {
                 if let Some(c) = self.conns.get_mut(&to) {
                     c.sm.send_result(dest, msg_id, status);
                     self.mark_ready(to);
@@ -343,11 +466,17 @@ impl Shard {
                     self.control(old.shard, HopMsg::TakenOver { to: old.conn, dest });
                 }
                 self.control(sub.shard, HopMsg::Subscribed { to: sub.conn, dest });
-                self.metrics.subscriptions.store(self.table.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.subscriptions.store(
+                    self.table.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             HopMsg::Unsubscribe { dest, sub } => {
                 self.table.unsubscribe(&dest, sub);
-                self.metrics.subscriptions.store(self.table.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.subscriptions.store(
+                    self.table.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             HopMsg::TakenOver { to, dest } => {
                 if let Some(c) = self.conns.get_mut(&to) {
@@ -365,7 +494,9 @@ impl Shard {
     }
 
     fn mark_ready(&mut self, conn: u64) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if c.sm.is_closing() && !c.close_counted {
             c.close_counted = true;
             ShardMetrics::inc(&self.metrics.closes_error);
@@ -381,9 +512,9 @@ impl Shard {
                     // Its socket is not draining: the error frame will not get through either.
                     self.force_close.push(conn);
                 }
-                Some(ErrorCode::HandshakeTimeout | ErrorCode::IdleTimeout | ErrorCode::SlowSender) => {
-                    ShardMetrics::inc(&self.metrics.closes_timeout)
-                }
+                Some(
+                    ErrorCode::HandshakeTimeout | ErrorCode::IdleTimeout | ErrorCode::SlowSender,
+                ) => ShardMetrics::inc(&self.metrics.closes_timeout),
                 _ => {}
             }
         }
@@ -411,13 +542,19 @@ impl Shard {
     /// Everything queued for `conn`'s socket, coalesced into one buffer.
     pub fn take_output(&mut self, conn: u64) -> Output {
         match self.conns.get_mut(&conn) {
-            None => Output { bytes: None, close: true },
+            None => Output {
+                bytes: None,
+                close: true,
+            },
             Some(c) => {
                 let bytes = c.sm.take_output();
                 if let Some(b) = &bytes {
                     ShardMetrics::add(&self.metrics.bytes_out, b.len() as u64);
                 }
-                Output { bytes, close: c.sm.is_closing() }
+                Output {
+                    bytes,
+                    close: c.sm.is_closing(),
+                }
             }
         }
     }
@@ -444,9 +581,14 @@ impl Shard {
 
     /// The transport of `conn` is gone: forget it and remove its subscriptions on every shard.
     pub fn on_closed(&mut self, conn: u64) {
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         ShardMetrics::dec(&self.metrics.connections_open);
-        let sub = ConnRef { shard: self.cfg.shard, conn };
+        let sub = ConnRef {
+            shard: self.cfg.shard,
+            conn,
+        };
         let dests: Vec<Dest> = c.sm.subscriptions().copied().collect();
         for dest in dests {
             self.control(self.owner(&dest), HopMsg::Unsubscribe { dest, sub });
@@ -484,7 +626,11 @@ impl Shard {
 
     /// Peers with a non-empty outbox.
     pub fn outbox_pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.outbox.iter().enumerate().filter(|(_, q)| !q.is_empty()).map(|(i, _)| i)
+        self.outbox
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(i, _)| i)
     }
 
     /// True while some outbox is above half its bound: readers should stop reading (backpressure)

@@ -19,7 +19,9 @@ pub struct ForwardTable {
 
 impl ForwardTable {
     pub fn with_capacity(n: usize) -> Self {
-        ForwardTable { map: AHashMap::with_capacity(n) }
+        ForwardTable {
+            map: AHashMap::with_capacity(n),
+        }
     }
 
     #[inline]

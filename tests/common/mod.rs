@@ -1,6 +1,6 @@
 //! Starts real `ferry` node processes for end-to-end tests and stops them on drop.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)] // test support: a failed set-up should panic loudly
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -67,7 +67,9 @@ impl Node {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             });
         }
@@ -87,7 +89,10 @@ impl Node {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
-                Err(_) => panic!("node did not become ready; stderr:\n{}", stderr.lock().unwrap()),
+                Err(_) => panic!(
+                    "node did not become ready; stderr:\n{}",
+                    stderr.lock().unwrap()
+                ),
             };
             let parts: Vec<&str> = line.split_whitespace().collect();
             match parts.as_slice() {
@@ -98,7 +103,14 @@ impl Node {
                 _ => {}
             }
         }
-        Node { child, plain, tls, admin: admin.unwrap(), dir, stderr }
+        Node {
+            child,
+            plain,
+            tls,
+            admin: admin.unwrap(),
+            dir,
+            stderr,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -144,7 +156,10 @@ impl Node {
 
     /// Sends SIGTERM and waits for exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().unwrap()
     }
 }
@@ -159,11 +174,22 @@ impl Drop for Node {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
