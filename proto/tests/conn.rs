@@ -1,0 +1,142 @@
+//! Server and client state machines paired in virtual time, no sockets.
+
+#![allow(clippy::unwrap_used)]
+
+use ferry_proto::addr::{MailboxSecret, NamespaceId};
+use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now, ServerConn, ServerEvent};
+use ferry_proto::frame::{ErrorCode, Frame, Op, ProofStatus, SubscribeStatus};
+use ferry_proto::limits::CHALLENGE_VALIDITY_MS;
+
+const NODE: [u8; 32] = [5; 32];
+
+fn at(ms: u64) -> Now {
+    Now { mono_ms: ms, unix_s: 1_800_000_000 + ms / 1000 }
+}
+
+struct Pair {
+    server: ServerConn,
+    client: ClientConn,
+    events: Vec<ServerEvent>,
+}
+
+impl Pair {
+    fn new(limits: ConnLimits) -> Pair {
+        let mut p = Pair { server: ServerConn::new(limits, NODE, 0, [7; 32], at(0)), client: ClientConn::new(), events: vec![] };
+        p.pump(at(0));
+        p
+    }
+    /// Moves bytes both ways until quiet (bounded).
+    fn pump(&mut self, now: Now) -> Vec<ClientEvent> {
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let mut moved = false;
+            if let Some(b) = self.client.take_output() {
+                self.server.on_bytes(now, &b);
+                while let Some(ev) = self.server.poll_event(now) {
+                    if let ServerEvent::Prove { items } = &ev {
+                        self.server.answer_proofs(now, items);
+                    }
+                    if let ServerEvent::Subscribe { dests } = &ev {
+                        for d in dests {
+                            self.server.on_subscribed(*d);
+                        }
+                    }
+                    self.events.push(ev);
+                }
+                moved = true;
+            }
+            if let Some(b) = self.server.take_output() {
+                let n = b.len();
+                self.client.on_bytes(&b);
+                self.server.on_written(now, n);
+                while let Some(ev) = self.client.poll_event().unwrap() {
+                    out.push(ev);
+                }
+                moved = true;
+            }
+            if !moved {
+                return out;
+            }
+        }
+        panic!("did not settle");
+    }
+}
+
+#[test]
+fn hello_prove_subscribe() {
+    let mut p = Pair::new(ConnLimits::default());
+    assert!(p.server.is_open());
+    let signer = MailboxSecret::from_seed(&[1; 32]).blinded_signer(&NamespaceId([2; 32]), None, 10).unwrap();
+    p.client.push(&Frame::Prove { items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)] });
+    p.client.push(&Frame::Subscribe { dests: vec![signer.dest()] });
+    let evs = p.pump(at(10));
+    assert!(evs.contains(&ClientEvent::ProveResult { items: vec![(signer.dest(), Op::Subscribe as u8, ProofStatus::Ok)] }));
+    assert!(evs.contains(&ClientEvent::SubscribeResult { items: vec![(signer.dest(), SubscribeStatus::Ok)] }));
+}
+
+#[test]
+fn a_challenge_older_than_sixty_seconds_is_stale_until_refreshed() {
+    let mut p = Pair::new(ConnLimits { idle_timeout_ms: 1_000_000, ping_interval_ms: 500_000, ..ConnLimits::default() });
+    let signer = MailboxSecret::from_seed(&[1; 32]).blinded_signer(&NamespaceId([2; 32]), None, 10).unwrap();
+    let late = at(CHALLENGE_VALIDITY_MS + 1);
+    p.client.push(&Frame::Prove { items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)] });
+    let evs = p.pump(late);
+    assert!(evs.contains(&ClientEvent::ProveResult { items: vec![(signer.dest(), 1, ProofStatus::StaleChallenge)] }));
+    // A fresh challenge makes proofs work again; stale ones do not count as failures.
+    p.server.issue_challenge(late, [8; 32]);
+    p.client.push(&Frame::Prove { items: vec![signer.prove(&NODE, &[8; 32], Op::Subscribe)] });
+    let evs = p.pump(late);
+    assert!(evs.iter().any(|e| matches!(e, ClientEvent::Challenge { challenge: [8, ..], .. })));
+    assert!(evs.contains(&ClientEvent::ProveResult { items: vec![(signer.dest(), 1, ProofStatus::Ok)] }));
+    assert!(p.server.is_proven(&signer.dest(), Op::Subscribe));
+}
+
+#[test]
+fn timers_ping_then_close_idle() {
+    let limits = ConnLimits { ping_interval_ms: 1_000, idle_timeout_ms: 3_000, ..ConnLimits::default() };
+    let mut p = Pair::new(limits);
+    assert_eq!(p.server.poll_timeout(), Some(1_000));
+    p.server.on_timeout(at(1_000));
+    // The client answers the ping inside pump: the connection lives on.
+    p.pump(at(1_001));
+    assert!(p.server.is_open());
+    // Silence: a ping, then the idle close.
+    p.server.on_timeout(at(2_001));
+    let t = p.server.poll_timeout().unwrap();
+    assert_eq!(t, 1_001 + 3_000);
+    p.server.on_timeout(at(t));
+    assert_eq!(p.server.close_code(), Some(ErrorCode::IdleTimeout));
+}
+
+#[test]
+fn handshake_timeout() {
+    let mut s = ServerConn::new(ConnLimits::default(), NODE, 0, [0; 32], at(0));
+    let t = s.poll_timeout().unwrap();
+    s.on_timeout(at(t - 1));
+    assert!(!s.is_closing());
+    s.on_timeout(at(t));
+    assert_eq!(s.close_code(), Some(ErrorCode::HandshakeTimeout));
+    let out = s.take_output().unwrap();
+    assert!(matches!(
+        ferry_proto::frame::decode_frame(&mut bytes::BytesMut::from(&out[..])),
+        Ok(Some(Frame::Error { code: ErrorCode::HandshakeTimeout, .. }))
+    ));
+}
+
+#[test]
+fn send_queue_is_bounded() {
+    let limits = ConnLimits { send_queue_bytes_max: 200_000, ..ConnLimits::default() };
+    let mut p = Pair::new(limits);
+    let payload = vec![0u8; 60_000];
+    let d = ferry_proto::Dest([1; 16]);
+    assert!(p.server.push_deliver(&d, 1, 0, &payload));
+    assert!(p.server.push_deliver(&d, 2, 0, &payload));
+    assert!(p.server.push_deliver(&d, 3, 0, &payload));
+    assert!(!p.server.push_deliver(&d, 4, 0, &payload));
+    assert_eq!(p.server.dropped_queue_full, 1);
+    // Taken but not yet written still counts against the bound.
+    let b = p.server.take_output().unwrap();
+    assert!(!p.server.push_deliver(&d, 5, 0, &payload));
+    p.server.on_written(at(1), b.len());
+    assert!(p.server.push_deliver(&d, 6, 0, &payload));
+}
