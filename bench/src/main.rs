@@ -1,1 +1,139 @@
-fn main() {}
+//! Micro-benchmarks: plain mains that print the cost per operation (glommio's style).
+//!
+//! `cargo run --release -p ferry-bench --bin ferry-microbench [-- --quick]`
+//!
+//! Each figure is the median of several timed rounds; the spread (min–max) is printed beside it.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use ferry_proto::addr::{MailboxSecret, NamespaceId, verify_proof, verify_proofs};
+use ferry_proto::frame::{Dest, Frame, Op, decode_frame, frame_type, put_packet_header};
+use ferry_shards::{ConnRef, ForwardTable};
+
+/// Runs `f(iters)` for `rounds` rounds; returns (median, min, max) ns per iteration.
+fn measure(rounds: usize, iters: u64, mut f: impl FnMut(u64)) -> (f64, f64, f64) {
+    f(iters / 10 + 1); // warm-up
+    let mut per: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            f(iters);
+            t.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    per.sort_by(|a, b| a.total_cmp(b));
+    (per[per.len() / 2], per[0], per[per.len() - 1])
+}
+
+fn report(name: &str, unit: &str, (med, min, max): (f64, f64, f64)) {
+    let scale = if unit == "µs" { 1000.0 } else { 1.0 };
+    println!(
+        "{name:<48} {:>10.1} {unit}/op   (min {:.1}, max {:.1})",
+        med / scale,
+        min / scale,
+        max / scale
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 3 } else { 9 };
+    let k = if quick { 1 } else { 5 };
+
+    for size in [64usize, 256, 1400, 16 * 1024] {
+        let payload = Bytes::from(vec![0x5au8; size]);
+        let dest = Dest([7; 16]);
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        report(
+            &format!("encode Send header+payload ({size} B)"),
+            "ns",
+            measure(rounds, 200_000 * k, |n| {
+                for i in 0..n {
+                    out.clear();
+                    put_packet_header(&mut out, frame_type::SEND, &dest, i, 0, payload.len());
+                    out.extend_from_slice(&payload);
+                    black_box(&out);
+                }
+            }),
+        );
+        let one = Frame::Send { dest, msg_id: 1, flags: 0, payload: payload.clone() }.to_bytes();
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
+        // 64 frames per buffer, as a read of a busy connection brings them.
+        let (m, lo, hi) = measure(rounds, 3_000 * k, |n| {
+            for _ in 0..n {
+                let mut buf = BytesMut::from(&batch[..]);
+                while let Ok(Some(f)) = decode_frame(&mut buf) {
+                    black_box(f);
+                }
+            }
+        });
+        report(&format!("decode Send ({size} B), per frame"), "ns", (m / 64.0, lo / 64.0, hi / 64.0));
+    }
+
+    // Proofs: one by one and batched (73 = a 72-hour drain window).
+    let ns = NamespaceId([1; 32]);
+    let node = [2u8; 32];
+    let challenge = [3u8; 32];
+    let items: Vec<_> = (0u8..73)
+        .map(|i| {
+            MailboxSecret::from_seed(&[i; 32]).blinded_signer(&ns, None, 1000).expect("blind").prove(
+                &node,
+                &challenge,
+                Op::Subscribe,
+            )
+        })
+        .collect();
+    report(
+        "proof check, single (verify_strict)",
+        "µs",
+        measure(rounds, 300 * k, |n| {
+            for i in 0..n {
+                black_box(verify_proof(&node, &challenge, &items[(i % 73) as usize]));
+            }
+        }),
+    );
+    let (m, lo, hi) = measure(rounds, 10 * k, |n| {
+        for _ in 0..n {
+            black_box(verify_proofs(&node, &challenge, &items));
+        }
+    });
+    report("proof check, batch of 73, per proof", "µs", (m / 73.0, lo / 73.0, hi / 73.0));
+    let public = *MailboxSecret::from_seed(&[9; 32]).public();
+    report(
+        "sender: dest of a contact for one epoch",
+        "µs",
+        measure(rounds, 300 * k, |n| {
+            for e in 0..n {
+                black_box(public.dest(&ns, None, e).expect("dest"));
+            }
+        }),
+    );
+
+    // Forward table: hits in a table of N entries, keys in random order.
+    for entries in [1_000usize, 100_000, 1_000_000] {
+        let mut table = ForwardTable::with_capacity(entries);
+        let mut keys = Vec::with_capacity(entries);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..entries {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&x.to_le_bytes());
+            d[8..].copy_from_slice(&(i as u64).to_le_bytes());
+            table.subscribe(Dest(d), ConnRef { shard: 0, conn: i as u64 });
+            keys.push(Dest(d));
+        }
+        report(
+            &format!("forward-table lookup ({entries} entries)"),
+            "ns",
+            measure(rounds, 1_000_000 * k, |n| {
+                for i in 0..n {
+                    let d = &keys[(i.wrapping_mul(0x9e37_79b9) % entries as u64) as usize];
+                    black_box(table.lookup(d));
+                }
+            }),
+        );
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints (clippy -D warnings), then every test of every crate,
+# including the end-to-end tests that start real `ferry` node processes on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Nodes started by the tests lock memory for io_uring (about 1 MiB per shard, accounted per user)
+# and the 1,000-connection test needs file descriptors.
+ulimit -l unlimited 2>/dev/null || ulimit -l 65536 2>/dev/null || true
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# Two cores: never more than two compile jobs.
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
