@@ -5,7 +5,8 @@
 //! clock moves `step * 250 ms` between chunks. Option bits: 0 prepend a valid `ClientHello`,
 //! 1 then a valid `Prove` + `Subscribe` for a known mailbox (so the proven and subscribed paths
 //! are reachable), 2 the shard refuses proofs (rate limit), 3 the socket takes only half the
-//! output each turn (slow reader), 4 every new subscription is taken over by "another connection".
+//! output each turn (slow reader), 4 every new subscription is taken over by "another connection"
+//! (otherwise the mock owner shard confirms it at once with `on_subscribed`).
 //!
 //! Checked: nothing panics; the output is always a sequence of well-formed node-to-client frames;
 //! the first is `ServerHello` or `Error`; an `Error` frame is always the last frame and the
@@ -166,10 +167,15 @@ impl Driver {
             }
             ServerEvent::Subscribe { dests } => {
                 assert!(!dests.is_empty());
-                if self.opts & 16 != 0 {
-                    for d in dests {
+                for d in dests {
+                    assert!(self.conn.subscriptions().any(|s| *s == d));
+                    if self.opts & 16 != 0 {
                         self.conn.on_taken_over(d);
                         assert!(!self.conn.subscriptions().any(|s| *s == d));
+                    } else {
+                        // The owner shard registered it: the connection confirms with `Ok`.
+                        self.conn.on_subscribed(d);
+                        assert!(self.conn.is_closing() || self.conn.has_output());
                     }
                 }
             }

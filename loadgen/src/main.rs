@@ -1,1 +1,579 @@
-fn main() {}
+//! `ferry-loadgen`: an open-loop load generator for ferry and its peers (NATS, Redis, the floor).
+//!
+//! Event loop (one thread, epoll via mio): each sender has a fixed schedule (`--rate` split
+//! evenly); every message due is written into the sender's buffer with its *intended* send time in
+//! the payload, and each buffer is written once per loop turn. Receivers record latency from the
+//! intended time (coordinated-omission corrected) and from the actual send time (raw) into
+//! HdrHistograms. `--rate 0` is closed loop: each pair keeps `--window` messages in flight.
+
+mod wire;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser as ClapParser, ValueEnum};
+use hdrhistogram::Histogram;
+use mio::net::TcpStream as MioStream;
+use mio::{Events, Interest, Poll, Token};
+
+use ferry_proto::addr::NamespaceId;
+use ferry_sdk::{Client, Mailbox};
+use wire::{HEADER_BYTES, Kind, Parser, ReadStats, Route};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Workload {
+    /// P senders, each to its own live receiver.
+    Pairs,
+    /// P senders to one receiver.
+    Fanin,
+    /// Connect, prove, subscribe, disconnect, as fast as P threads can.
+    Churn,
+    /// P idle connections; reports server RSS per connection (needs --server-pid).
+    Idle,
+    /// Pairs at a rate above saturation; also samples server RSS every second.
+    Overload,
+}
+
+#[derive(ClapParser, Debug)]
+#[command(name = "ferry-loadgen", about = "open-loop load generator for ferry, NATS, Redis and the floor")]
+struct Args {
+    /// ferry://host:port, nats://host:port, redis://host:port or floor://host:port.
+    #[arg(long)]
+    target: String,
+    #[arg(long, value_enum, default_value = "pairs")]
+    workload: Workload,
+    /// Pairs (pairs, overload), senders (fanin), threads (churn) or connections (idle).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Messages per second in total; 0 = closed loop, as fast as possible.
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Payload bytes per message (at least 24).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Messages in flight per pair in closed-loop mode.
+    #[arg(long, default_value_t = 512)]
+    window: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Server process to read CPU time and RSS from (/proc/PID).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Bytes a sender may buffer when the server stops reading; beyond it messages are counted lost.
+const SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
+
+fn parse_target(t: &str) -> anyhow::Result<(Kind, SocketAddr)> {
+    let (scheme, rest) = t.split_once("://").context("target must look like ferry://host:port")?;
+    let kind = match scheme {
+        "ferry" => Kind::Ferry,
+        "nats" => Kind::Nats,
+        "redis" => Kind::Redis,
+        "floor" => Kind::Floor,
+        "ferry+tls" => bail!("ferry+tls is not supported by the load generator yet"),
+        other => bail!("unknown scheme {other}"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)?.next().context("no address")?;
+    Ok((kind, addr))
+}
+
+fn mailbox(seed: u64, i: usize) -> Mailbox {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    s[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    Mailbox::from_seed(&s, NamespaceId([0x6c; 32]), None)
+}
+
+fn read_until(s: &mut TcpStream, needle: &[u8]) -> anyhow::Result<Vec<u8>> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = s.read(&mut b)?;
+        if n == 0 {
+            bail!("connection closed during set-up");
+        }
+        got.extend_from_slice(&b[..n]);
+    }
+    Ok(got)
+}
+
+/// One connection of the run, set up and ready for the event loop.
+struct Conn {
+    stream: MioStream,
+    parser: Parser,
+    out: Vec<u8>,
+    sender: Option<Sender>,
+    /// Receiver: index into `pairs_received` it counts for.
+    counts_for: Vec<usize>,
+}
+
+struct Sender {
+    route: Route,
+    pair: usize,
+    next_due_ns: u64,
+    interval_ns: u64,
+    seq: u64,
+}
+
+/// Opens a receiver subscribed to stream `i`; returns the connection and the route to it.
+fn open_receiver(kind: Kind, addr: SocketAddr, seed: u64, i: usize, size: usize) -> anyhow::Result<(TcpStream, Parser, Route)> {
+    match kind {
+        Kind::Ferry => {
+            let mut c = Client::connect(addr)?;
+            let epoch = c.epoch();
+            let dest = c.listen(&mailbox(seed, i), [epoch, epoch + 1])?[0];
+            let (s, cc, _) = c.into_plain_parts()?.context("plain connection")?;
+            Ok((s, Parser::Ferry(Box::new(cc)), Route::Ferry(dest)))
+        }
+        Kind::Nats => {
+            let mut s = TcpStream::connect(addr)?;
+            read_until(&mut s, b"\r\n")?;
+            let subject = format!("ferry.bench.{seed}.{i}");
+            write!(s, "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false}}\r\nSUB {subject} {i}\r\nPING\r\n")?;
+            read_until(&mut s, b"PONG\r\n")?;
+            Ok((s, Parser::Nats(Vec::new()), Route::Subject(subject)))
+        }
+        Kind::Redis => {
+            let mut s = TcpStream::connect(addr)?;
+            let ch = format!("ferry.bench.{seed}.{i}");
+            write!(s, "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{ch}\r\n", ch.len())?;
+            read_until(&mut s, b":1\r\n")?;
+            Ok((s, Parser::Redis(Vec::new()), Route::Subject(ch)))
+        }
+        Kind::Floor => {
+            let mut s = TcpStream::connect(addr)?;
+            let mut hello = b"FLRR".to_vec();
+            hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
+            s.write_all(&hello)?;
+            Ok((s, Parser::Floor { buf: Vec::new(), size }, Route::Floor))
+        }
+    }
+}
+
+fn open_sender(kind: Kind, addr: SocketAddr, i: usize, size: usize) -> anyhow::Result<(TcpStream, Parser)> {
+    match kind {
+        Kind::Ferry => {
+            let c = Client::connect(addr)?;
+            let (s, cc, _) = c.into_plain_parts()?.context("plain connection")?;
+            Ok((s, Parser::Ferry(Box::new(cc))))
+        }
+        Kind::Nats => {
+            let mut s = TcpStream::connect(addr)?;
+            read_until(&mut s, b"\r\n")?;
+            s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")?;
+            read_until(&mut s, b"PONG\r\n")?;
+            Ok((s, Parser::Nats(Vec::new())))
+        }
+        Kind::Redis => Ok((TcpStream::connect(addr)?, Parser::Redis(Vec::new()))),
+        Kind::Floor => {
+            let mut s = TcpStream::connect(addr)?;
+            let mut hello = b"FLRS".to_vec();
+            hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
+            s.write_all(&hello)?;
+            Ok((s, Parser::Floor { buf: Vec::new(), size }))
+        }
+    }
+}
+
+/// Server CPU seconds (user + system) and RSS in KiB from procfs.
+fn server_usage(pid: u32) -> Option<(f64, f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ is 100 on every Linux ABI ferry targets
+    let utime = f.get(11)?.parse::<f64>().ok()? / tick;
+    let stime = f.get(12)?.parse::<f64>().ok()? / tick;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some((utime, stime, rss))
+}
+
+struct Totals {
+    sent: u64,
+    delivered: u64,
+    late_or_dup: u64,
+    rejected: u64,
+    backlog_dropped: u64,
+    corrected: Histogram<u64>,
+    raw: Histogram<u64>,
+}
+
+fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    if args.size < HEADER_BYTES {
+        bail!("--size must be at least {HEADER_BYTES}");
+    }
+    let p = args.pairs.max(1);
+    let fanin = args.workload == Workload::Fanin;
+    let receivers = if fanin { 1 } else { p };
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut routes = Vec::new();
+    for i in 0..receivers {
+        let (s, parser, route) = open_receiver(kind, addr, args.seed, i, args.size)?;
+        s.set_nonblocking(true)?;
+        s.set_nodelay(true)?;
+        conns.push(Conn { stream: MioStream::from_std(s), parser, out: Vec::new(), sender: None, counts_for: vec![i] });
+        routes.push(route);
+    }
+    if kind == Kind::Floor {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let interval_ns = if args.rate == 0 { 0 } else { (p as u64 * 1_000_000_000 / args.rate).max(1) };
+    for i in 0..p {
+        let (s, parser) = open_sender(kind, addr, i, args.size)?;
+        s.set_nonblocking(true)?;
+        s.set_nodelay(true)?;
+        let route = routes[if fanin { 0 } else { i }].clone();
+        conns.push(Conn {
+            stream: MioStream::from_std(s),
+            parser,
+            out: Vec::new(),
+            sender: Some(Sender {
+                route,
+                pair: if fanin { 0 } else { i },
+                next_due_ns: interval_ns * i as u64 / p as u64,
+                interval_ns,
+                seq: 0,
+            }),
+            counts_for: Vec::new(),
+        });
+    }
+
+    let mut poll = Poll::new()?;
+    for (i, c) in conns.iter_mut().enumerate() {
+        poll.registry().register(&mut c.stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut totals = Totals {
+        sent: 0,
+        delivered: 0,
+        late_or_dup: 0,
+        rejected: 0,
+        backlog_dropped: 0,
+        corrected: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+        raw: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+    };
+    // Per pair: messages sent and received (closed-loop window), next expected seq.
+    let mut pair_sent = vec![0u64; receivers];
+    let mut pair_recv = vec![0u64; receivers];
+    let mut stats = ReadStats::default();
+    let mut payload = vec![0x42u8; args.size];
+    let mut rbuf = vec![0u8; 256 * 1024];
+    let mut reply = Vec::new();
+
+    let origin = Instant::now();
+    let now_ns = || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let warm_ns = (args.warmup * 1e9) as u64;
+    let end_ns = warm_ns + (args.duration * 1e9) as u64;
+    let drain_ns = end_ns + 2_000_000_000;
+    let usage_start_at = std::cell::Cell::new(None);
+    let mut usage_start = None;
+    let mut rss_max = 0u64;
+    let mut last_progress = 0u64;
+    let mut window_sent = 0u64;
+    let (mut prog_sent, mut prog_recv) = (0u64, 0u64);
+
+    loop {
+        let now = now_ns();
+        if usage_start.is_none() && now >= warm_ns {
+            usage_start = args.server_pid.and_then(server_usage);
+            usage_start_at.set(Some(Instant::now()));
+        }
+        if now >= drain_ns || (now >= end_ns && totals.delivered + totals.rejected >= window_sent) {
+            break;
+        }
+        // Write every message that is due.
+        let mut next_wake = now + 1_000_000;
+        for c in conns.iter_mut() {
+            let Some(s) = c.sender.as_mut() else { continue };
+            if now < end_ns {
+                loop {
+                    let due = if s.interval_ns == 0 {
+                        if pair_sent[s.pair] - pair_recv[s.pair] >= args.window {
+                            break;
+                        }
+                        now
+                    } else {
+                        if s.next_due_ns > now {
+                            next_wake = next_wake.min(s.next_due_ns);
+                            break;
+                        }
+                        s.next_due_ns
+                    };
+                    s.seq += 1;
+                    wire::put_header(&mut payload, due, now, s.seq);
+                    let measured = due >= warm_ns && due < end_ns;
+                    if c.out.len() > SEND_BUFFER_BYTES_MAX {
+                        if measured {
+                            totals.backlog_dropped += 1;
+                            window_sent += 1;
+                            totals.sent += 1;
+                        }
+                    } else {
+                        wire::encode(&s.route, kind, s.seq, &payload, &mut c.out);
+                        if measured {
+                            window_sent += 1;
+                            totals.sent += 1;
+                        }
+                        pair_sent[s.pair] += 1;
+                        prog_sent += 1;
+                    }
+                    s.next_due_ns += s.interval_ns;
+                    if s.interval_ns == 0 && c.out.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+            }
+            flush(c)?;
+        }
+        let timeout_ns = next_wake.saturating_sub(now_ns());
+        poll.poll(&mut events, Some(Duration::from_nanos(timeout_ns.min(1_000_000))))?;
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            if ev.is_writable() {
+                flush(c)?;
+            }
+            if !ev.is_readable() {
+                continue;
+            }
+            loop {
+                match c.stream.read(&mut rbuf) {
+                    Ok(0) => bail!("server closed a connection: {:?}", stats.errors),
+                    Ok(n) => {
+                        let recv_ns = now_ns();
+                        let counts_for = c.counts_for.first().copied();
+                        c.parser.feed(&rbuf[..n], &mut reply, &mut stats, |m| {
+                            let Some((intended, sent, _seq)) = wire::get_header(m) else { return };
+                            if let Some(pair) = counts_for {
+                                pair_recv[pair] += 1;
+                            }
+                            prog_recv += 1;
+                            if intended >= warm_ns && intended < end_ns {
+                                totals.delivered += 1;
+                                let _ = totals.corrected.record(recv_ns.saturating_sub(intended).max(1));
+                                let _ = totals.raw.record(recv_ns.saturating_sub(sent).max(1));
+                            } else if intended >= end_ns {
+                                totals.late_or_dup += 1;
+                            }
+                        });
+                        if !reply.is_empty() {
+                            c.out.append(&mut reply);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            flush(c)?;
+        }
+        if let Some(e) = stats.errors.first() {
+            bail!("{e}");
+        }
+        totals.rejected = stats.rejected;
+        let now = now_ns();
+        if now / 1_000_000_000 > last_progress {
+            last_progress = now / 1_000_000_000;
+            if let Some(pid) = args.server_pid {
+                if let Some((_, _, rss)) = server_usage(pid) {
+                    rss_max = rss_max.max(rss);
+                }
+            }
+            if !args.quiet {
+                eprintln!(
+                    "[{:>4}s] sent {:>9}/s  received {:>9}/s  p99 {:>8.1} µs  rejected {}",
+                    last_progress,
+                    prog_sent,
+                    prog_recv,
+                    totals.corrected.value_at_quantile(0.99) as f64 / 1000.0,
+                    totals.rejected
+                );
+            }
+            prog_sent = 0;
+            prog_recv = 0;
+        }
+    }
+    let usage_end = args.server_pid.and_then(server_usage);
+    let elapsed = usage_start_at.get().map(|t| t.elapsed().as_secs_f64()).unwrap_or(args.duration);
+    let dur = args.duration;
+    let lost = totals.sent.saturating_sub(totals.delivered);
+    let q = |h: &Histogram<u64>| {
+        serde_json::json!({
+            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
+            "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        })
+    };
+    let mut out = serde_json::json!({
+        "target": args.target,
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "pairs": p,
+        "size": args.size,
+        "rate": args.rate,
+        "duration_s": dur,
+        "offered_per_s": if args.rate == 0 { totals.sent as f64 / dur } else { args.rate as f64 },
+        "sent_per_s": totals.sent as f64 / dur,
+        "delivered_per_s": totals.delivered as f64 / dur,
+        "sent": totals.sent,
+        "delivered": totals.delivered,
+        "lost": lost,
+        "rejected": totals.rejected,
+        "backlog_dropped": totals.backlog_dropped,
+        "latency_us": q(&totals.corrected),
+        "latency_raw_us": q(&totals.raw),
+    });
+    if let (Some((u0, s0, _)), Some((u1, s1, rss))) = (usage_start, usage_end) {
+        let cpu = (u1 - u0) + (s1 - s0);
+        out["server_cpu_user_s"] = serde_json::json!(u1 - u0);
+        out["server_cpu_sys_s"] = serde_json::json!(s1 - s0);
+        out["server_cpu_cores"] = serde_json::json!(cpu / elapsed);
+        out["server_cpu_s_per_million"] =
+            serde_json::json!(if totals.delivered > 0 { cpu / totals.delivered as f64 * 1e6 } else { 0.0 });
+        out["server_rss_kib"] = serde_json::json!(rss);
+        out["server_rss_max_kib"] = serde_json::json!(rss_max.max(rss));
+    }
+    Ok(out)
+}
+
+fn flush(c: &mut Conn) -> anyhow::Result<()> {
+    while !c.out.is_empty() {
+        match c.stream.write(&c.out) {
+            Ok(0) => bail!("write returned 0"),
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Connect + prove + subscribe + disconnect cycles on `pairs` threads.
+fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let end = Instant::now() + Duration::from_secs_f64(args.warmup + args.duration);
+    let warm = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let threads: Vec<_> = (0..args.pairs.max(1))
+        .map(|t| {
+            let seed = args.seed;
+            let size = args.size;
+            std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
+                let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut i = t * 1_000_000;
+                while Instant::now() < end {
+                    let t0 = Instant::now();
+                    let (s, _, _) = open_receiver(kind, addr, seed, i, size)?;
+                    drop(s);
+                    if t0 >= warm {
+                        h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1))?;
+                    }
+                    i += 1;
+                }
+                Ok(h)
+            })
+        })
+        .collect();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for t in threads {
+        let h = t.join().map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
+        all.add(&h)?;
+    }
+    Ok(serde_json::json!({
+        "target": args.target,
+        "workload": "churn",
+        "threads": args.pairs,
+        "cycles": all.len(),
+        "cycles_per_s": all.len() as f64 / args.duration,
+        "cycle_us": {
+            "p50": all.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99": all.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": all.max() as f64 / 1000.0,
+        },
+    }))
+}
+
+/// Holds `pairs` idle connections and reports the server's RSS growth per connection.
+fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let pid = args.server_pid.context("--workload idle needs --server-pid")?;
+    let (_, _, rss0) = server_usage(pid).context("cannot read server usage")?;
+    let mut conns = Vec::with_capacity(args.pairs);
+    for i in 0..args.pairs {
+        let s = match kind {
+            Kind::Ferry => Client::connect(addr)?.into_plain_parts()?.context("plain")?.0,
+            _ => open_sender(kind, addr, i, args.size)?.0,
+        };
+        conns.push(s);
+        if !args.quiet && i % 5000 == 4999 {
+            eprintln!("{} connections", i + 1);
+        }
+    }
+    std::thread::sleep(Duration::from_secs_f64(args.duration.min(30.0)));
+    let (_, _, rss1) = server_usage(pid).context("cannot read server usage")?;
+    let per = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / args.pairs as f64;
+    drop(conns);
+    Ok(serde_json::json!({
+        "target": args.target,
+        "workload": "idle",
+        "connections": args.pairs,
+        "server_rss_before_kib": rss0,
+        "server_rss_after_kib": rss1,
+        "server_rss_per_connection_bytes": per,
+    }))
+}
+
+fn raise_nofile() {
+    #[allow(unsafe_code)]
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    raise_nofile();
+    let result = (|| -> anyhow::Result<serde_json::Value> {
+        let (kind, addr) = parse_target(&args.target)?;
+        match args.workload {
+            Workload::Pairs | Workload::Fanin | Workload::Overload => run_stream(&args, kind, addr),
+            Workload::Churn => run_churn(&args, kind, addr),
+            Workload::Idle => run_idle(&args, kind, addr),
+        }
+    })();
+    match result {
+        Ok(v) => {
+            let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+            println!("{text}");
+            if let Some(p) = &args.json_out {
+                if let Err(e) = std::fs::write(p, text) {
+                    eprintln!("ferry-loadgen: writing {}: {e}", p.display());
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -531,6 +531,19 @@ impl Client {
         self.conn.send(dest, msg_id, flags, payload);
     }
 
+    /// Hands a plain-TCP connection over to another event loop (the load generator): the socket,
+    /// the protocol state machine and any events already read. `None` for TLS connections.
+    pub fn into_plain_parts(mut self) -> Result<Option<(TcpStream, ClientConn, Vec<ClientEvent>)>, SdkError> {
+        self.flush()?;
+        match self.stream {
+            Stream::Plain(s) => {
+                s.set_read_timeout(None)?;
+                Ok(Some((s, self.conn, self.events.into_iter().collect())))
+            }
+            Stream::Tls(_) => Ok(None),
+        }
+    }
+
     /// Sends a ping and waits for its pong.
     pub fn ping(&mut self, nonce: u64) -> Result<(), SdkError> {
         self.conn.push(&Frame::Ping { nonce });
