@@ -114,7 +114,7 @@ impl Default for Limits {
             ip_proof_failures_burst: 100,
             ip_table_entries_max: 65_536,
             hop_queue_msgs_max: 65_536,
-            hop_channel_batches: 1_024,
+            hop_channel_batches: 64,
             read_buffer_bytes: 64 * 1024,
             listen_backlog: 4_096,
             tick_ms: 100,
@@ -187,6 +187,51 @@ impl Config {
             if v == 0 {
                 bail!("limits.{name} must be at least 1");
             }
+        }
+        for (name, v) in [
+            ("handshake_timeout_ms", l.handshake_timeout_ms),
+            ("idle_timeout_ms", l.idle_timeout_ms),
+            ("ping_interval_ms", l.ping_interval_ms),
+            ("frame_stall_timeout_ms", l.frame_stall_timeout_ms),
+            ("write_stall_timeout_ms", l.write_stall_timeout_ms),
+            ("tick_ms", l.tick_ms),
+            (
+                "proof_failures_per_conn_max",
+                u64::from(l.proof_failures_per_conn_max),
+            ),
+        ] {
+            if v == 0 {
+                bail!("limits.{name} must be at least 1");
+            }
+        }
+        for (rate, burst, name) in [
+            (
+                l.ip_connections_per_s,
+                l.ip_connections_burst,
+                "ip_connections",
+            ),
+            (l.ip_bytes_per_s, l.ip_bytes_burst, "ip_bytes"),
+            (
+                l.ip_proof_failures_per_s,
+                l.ip_proof_failures_burst,
+                "ip_proof_failures",
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                bail!(
+                    "limits.{name}_burst must be at least 1 when limits.{name}_per_s is set (0 = unlimited)"
+                );
+            }
+        }
+        if l.listen_backlog < 1 {
+            bail!("limits.listen_backlog must be at least 1");
+        }
+        if l.tick_ms
+            > l.handshake_timeout_ms
+                .min(l.frame_stall_timeout_ms)
+                .min(l.write_stall_timeout_ms)
+        {
+            bail!("limits.tick_ms must not exceed the shortest timeout");
         }
         if l.read_buffer_bytes < 4096 {
             bail!("limits.read_buffer_bytes must be at least 4096");

@@ -42,7 +42,7 @@ enum Command {
 }
 
 /// Flags override the environment, which overrides the file, which overrides the defaults.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 struct Overrides {
     /// TOML configuration file.
     #[arg(long, short, env = "FERRY_CONFIG")]
@@ -126,9 +126,9 @@ fn main() -> ExitCode {
             print!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }),
-        Command::Run(o) => o.resolve().and_then(|c| {
+        Command::Run(o) => o.clone().resolve().and_then(|c| {
             init_logging(&c.log_format);
-            node::run(c)
+            node::run(c, move || o.clone().resolve())
         }),
         Command::Healthcheck { admin_listen } => match healthcheck(admin_listen) {
             Ok(true) => Ok(()),

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use ferry_proto::conn::ConnLimits;
 use ferry_shards::ShardConfig;
 use ferry_shards::clock::Clock;
-use ferry_shards::driver::{self, DriverConfig, ListenerSpec};
+use ferry_shards::driver::{self, DriverConfig, ListenerSpec, Reload, Reloadable};
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -117,11 +117,8 @@ pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     }
 }
 
-fn shard_configs(
-    cfg: &Config,
-    shards: usize,
-    node_id: [u8; 32],
-) -> anyhow::Result<Vec<ShardConfig>> {
+/// The part of the configuration SIGHUP can change, as each shard applies it.
+fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
     let l = &cfg.limits;
     let conn_limits = ConnLimits {
         handshake_timeout_ms: l.handshake_timeout_ms,
@@ -157,6 +154,24 @@ fn shard_configs(
         },
         entries_max: l.ip_table_entries_max,
     };
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) if !cfg.listen_tls.is_empty() => Some(crate::tls::server_config(c, k)?),
+        _ => None,
+    };
+    Ok(Reloadable {
+        conn_limits,
+        ip_limits,
+        connections_max: (l.connections_max / shards).max(1),
+        tls,
+    })
+}
+
+fn shard_configs(
+    cfg: &Config,
+    r: &Reloadable,
+    shards: usize,
+    node_id: [u8; 32],
+) -> anyhow::Result<Vec<ShardConfig>> {
     (0..shards)
         .map(|i| {
             let mut seed = [0u8; 32];
@@ -166,46 +181,41 @@ fn shard_configs(
                 shards,
                 node_id,
                 seed,
-                conn_limits: conn_limits.clone(),
-                ip_limits,
-                connections_max: (l.connections_max / shards).max(1),
-                hop_queue_msgs_max: l.hop_queue_msgs_max,
+                conn_limits: r.conn_limits.clone(),
+                ip_limits: r.ip_limits,
+                connections_max: r.connections_max,
+                hop_queue_msgs_max: cfg.limits.hop_queue_msgs_max,
             })
         })
         .collect()
 }
 
-/// Runs the node until SIGTERM or SIGINT.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs the node until SIGTERM or SIGINT. `reresolve` rebuilds the configuration from the same
+/// sources (file, environment, flags) on SIGHUP.
+pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyhow::Result<()> {
     cfg.validate()?;
-    let nofile = sys::raise_nofile();
     let allowed = sys::allowed_cpus();
-    let placement = place(&allowed, cfg.shards);
-    let shards = placement.shard_cpus.len();
-    if shards > u16::MAX as usize {
+    if cfg.shards > usize::from(u16::MAX) {
         bail!("at most {} shards", u16::MAX);
     }
+    let placement = place(&allowed, cfg.shards);
+    let shards = placement.shard_cpus.len();
     sys::preflight(shards, cfg.limits.io_memory_bytes)?;
+    let nofile = sys::raise_nofile();
     let node_seed = load_or_create_node_key(&cfg.data_dir)?;
     let node_id = ferry_proto::addr::ed25519_public(&node_seed);
+    let initial = reloadable(&cfg, shards)?;
 
-    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) if !cfg.listen_tls.is_empty() => Some(crate::tls::server_config(c, k)?),
-        _ => None,
-    };
     let mut per_shard: Vec<Vec<ListenerSpec>> = (0..shards).map(|_| Vec::new()).collect();
     let mut lines = Vec::new();
     for (addrs, tls, kind) in [
-        (&cfg.listen, None, "plain"),
-        (&cfg.listen_tls, tls.clone(), "tls"),
+        (&cfg.listen, false, "plain"),
+        (&cfg.listen_tls, true, "tls"),
     ] {
         for addr in addrs {
             let (actual, sockets) = bind_per_shard(*addr, shards, cfg.limits.listen_backlog)?;
             for (i, socket) in sockets.into_iter().enumerate() {
-                per_shard[i].push(ListenerSpec {
-                    socket,
-                    tls: tls.clone(),
-                });
+                per_shard[i].push(ListenerSpec { socket, tls });
             }
             lines.push(format!("ferry listening {kind} {actual}"));
         }
@@ -217,9 +227,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         admin_listener.local_addr()?
     ));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    // Signals only set flags; this thread acts on them. Shards and the admin endpoint have their
+    // own stop flags so that shutdown happens in order: not ready, then shards, then admin.
+    let signal_stop = Arc::new(AtomicBool::new(false));
+    let signal_reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, signal_stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, signal_stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, signal_reload.clone())?;
+    let shard_stop = Arc::new(AtomicBool::new(false));
+    let admin_stop = Arc::new(AtomicBool::new(false));
 
     let l = &cfg.limits;
     let driver_cfg = DriverConfig {
@@ -229,32 +245,25 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         hop_channel_batches: l.hop_channel_batches,
         read_buffer_bytes: l.read_buffer_bytes,
     };
+    let reload = Arc::new(Reload::new(initial.clone()));
     let handles = driver::start(
-        shard_configs(&cfg, shards, node_id)?,
+        shard_configs(&cfg, &initial, shards, node_id)?,
         per_shard,
         driver_cfg,
         Clock::new(cfg.clock_offset_s),
-        stop.clone(),
+        shard_stop.clone(),
+        reload.clone(),
     )
     .context("starting shard executors")?;
 
-    let token = match &cfg.admin_token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
     let admin_state = Arc::new(AdminState {
         shard_metrics: handles.iter().map(|h| h.metrics.clone()).collect(),
         shard_ready: handles.iter().map(|h| h.ready.clone()).collect(),
         draining: Arc::new(AtomicBool::new(false)),
-        token,
+        token: admin_token(&cfg)?,
     });
     let service_cpu = placement.service_cpu;
-    let (st, sst) = (admin_state.clone(), stop.clone());
+    let (st, sst) = (admin_state.clone(), admin_stop.clone());
     let service = std::thread::Builder::new()
         .name("ferry-service".into())
         .spawn(move || {
@@ -271,7 +280,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .iter()
         .all(|r| r.load(Ordering::Acquire))
     {
-        if stop.load(Ordering::Acquire) {
+        if signal_stop.load(Ordering::Acquire) {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -289,16 +298,43 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop(out);
     tracing::info!(shards, ?service_cpu, "ferry node ready");
 
-    while !stop.load(Ordering::Acquire) {
+    while !signal_stop.load(Ordering::Acquire) {
+        if signal_reload.swap(false, Ordering::AcqRel) {
+            match reresolve().and_then(|c| reloadable(&c, shards)) {
+                Ok(next) => {
+                    reload.publish(next);
+                    tracing::info!("configuration reloaded: limits and TLS certificate");
+                }
+                Err(e) => {
+                    tracing::error!("reload refused, keeping the running configuration: {e:#}")
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("stopping");
     admin_state.draining.store(true, Ordering::Release);
+    shard_stop.store(true, Ordering::Release);
     for h in handles {
         let _ = h.join.join();
     }
+    admin_stop.store(true, Ordering::Release);
     let _ = service.join();
     Ok(())
+}
+
+fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+    let Some(p) = &cfg.admin_token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("admin token file {} is empty", p.display());
+    }
+    Ok(Some(token))
 }
 
 pub fn hex(b: &[u8]) -> String {

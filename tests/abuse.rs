@@ -205,6 +205,19 @@ fn handshake_idle_and_slowloris_timeouts() {
         .unwrap();
     assert_eq!(expect_error_and_close(&mut s), ErrorCode::SlowSender);
 
+    // A frame trickled in, one byte at a time, faster than the stall timeout but never complete.
+    let mut s = raw_hello(&node);
+    s.write_all(&[200, 0, 0, 0]).unwrap();
+    let mut closed = false;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(50));
+        if s.write_all(&[frame_type::SEND]).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed || expect_error_and_close(&mut s) == ErrorCode::SlowSender);
+
     // Never answering pings: pinged, then closed as idle.
     let mut s = raw_hello(&node);
     let frames = read_frames_until(&mut s, |_| false);
@@ -274,6 +287,41 @@ fn connection_limit_refuses_with_an_error_code() {
     }
 }
 
+/// Sends 16 KiB packets to `dest` until `done()` or 20 s, reading the sender's replies as it goes
+/// (a sender that stopped reading would become a slow reader itself). Returns Congested replies.
+fn flood_until(
+    node: &Node,
+    tx: &mut Client,
+    dest: ferry_sdk::Dest,
+    done: impl Fn(&Node) -> bool,
+) -> u64 {
+    let payload = vec![7u8; 16 * 1024];
+    let mut congested = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut id = 0u64;
+    while !done(node) {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached while flooding"
+        );
+        for _ in 0..32 {
+            id += 1;
+            tx.send(dest, id, 0, &payload);
+        }
+        tx.flush().unwrap();
+        while let Ok(ev) = tx.recv(Duration::from_millis(1)) {
+            if let ClientEvent::SendResult {
+                status: ferry_sdk::SendStatus::Congested,
+                ..
+            } = ev
+            {
+                congested += 1;
+            }
+        }
+    }
+    congested
+}
+
 #[test]
 fn slow_reader_is_dropped_and_counted_not_buffered() {
     let node = Node::start(
@@ -283,36 +331,35 @@ fn slow_reader_is_dropped_and_counted_not_buffered() {
             ("FERRY_LIMITS_WRITE_STALL_TIMEOUT_MS", "1000"),
         ],
     );
-    // A subscriber that never reads.
+    // A subscriber that never reads: the node answers Congested for what it cannot queue, and
+    // closes the connection once its socket has taken nothing for the write-stall timeout.
     let mut slow = node.client();
     let dest = slow.listen(&mailbox(900), [slow.epoch()]).unwrap()[0];
     let mut tx = node.client();
-    let payload = vec![7u8; 16 * 1024];
-    let mut congested = 0;
-    for i in 0..400u64 {
-        tx.send(dest, i, 0, &payload);
-        if i % 16 == 15 {
-            tx.flush().unwrap();
-        }
-    }
-    tx.flush().unwrap();
-    // The node answers Congested for what it could not queue, and later closes the slow reader.
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline && congested == 0 {
-        if let Ok(ClientEvent::SendResult {
-            status: ferry_sdk::SendStatus::Congested,
-            ..
-        }) = tx.recv(Duration::from_millis(200))
-        {
-            congested += 1;
-        }
-    }
+    let congested = flood_until(&node, &mut tx, dest, |n| {
+        n.metric("ferry_connections_open") <= 1
+    });
     assert!(congested > 0);
     assert!(node.metric("ferry_drops_send_queue_full_total") > 0);
+    assert!(node.metric("ferry_connections_closed_timeout_total") >= 1);
+    drop(slow);
+
+    // A subscriber that stops reading and then sends garbage: its error frame is stuck behind a
+    // full socket, and the node must still let go of it.
+    let mut stuck = node.client();
+    let dest = stuck.listen(&mailbox(901), [stuck.epoch()]).unwrap()[0];
+    let drops_before = node.metric("ferry_drops_send_queue_full_total");
+    flood_until(&node, &mut tx, dest, |n| {
+        n.metric("ferry_drops_send_queue_full_total") > drops_before
+    });
+    // Its queue is full and its socket too; now the garbage.
+    stuck.write_raw(&[3, 0, 0, 0, 0x7e, 0, 0]).unwrap();
     let deadline = Instant::now() + WAIT;
     while node.metric("ferry_connections_open") > 1 {
-        assert!(Instant::now() < deadline, "slow reader not closed");
+        assert!(
+            Instant::now() < deadline,
+            "closing connection with a full socket not aborted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(slow);
 }

@@ -57,6 +57,23 @@ fn tls_and_plain_clients_talk_through_one_node() {
             other => panic!("{other:?}"),
         }
     }
+    // Maximal packets: more than rustls's default 64 KiB buffer in one coalesced write.
+    let big = vec![0xc3u8; ferry_sdk::PACKET_PAYLOAD_BYTES_MAX];
+    for i in 0..8u64 {
+        tx.send(dest, 1000 + i, 0, &big);
+    }
+    tx.flush().unwrap();
+    for i in 0..8u64 {
+        match rx.recv(Duration::from_secs(10)).unwrap() {
+            ClientEvent::Deliver {
+                msg_id, payload, ..
+            } => {
+                assert_eq!(msg_id, 1000 + i);
+                assert!(payload[..] == big[..]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     // A TLS client that does not trust the certificate fails the handshake.
     let opts = ConnectOptions {
         tls: Some(("localhost".into(), Arc::new(rustls::RootCertStore::empty()))),
@@ -177,4 +194,93 @@ fn metrics_need_the_token_when_one_is_set() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(node.http_get("/healthz").0, 200);
+}
+
+fn write_cert(dir: &std::path::Path) -> rcgen::CertifiedKey {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    cert
+}
+
+fn tls_opts(cert: &rcgen::CertifiedKey) -> ConnectOptions {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    ConnectOptions {
+        tls: Some(("localhost".into(), Arc::new(roots))),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
+    let dir = temp_dir("hup");
+    let first = write_cert(&dir);
+    let file = dir.join("ferry.toml");
+    std::fs::write(&file, "[limits]\nconnections_max = 100\n").unwrap();
+    let node = Node::start(
+        &[
+            "--shards",
+            "1",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            dir.join("cert.pem").to_str().unwrap(),
+            "--tls-key",
+            dir.join("key.pem").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut a = node.client();
+    let mut t = Client::connect_with(node.tls.unwrap(), &tls_opts(&first)).unwrap();
+
+    // New limit and new certificate, then SIGHUP.
+    std::fs::write(&file, "[limits]\nconnections_max = 2\n").unwrap();
+    let second = write_cert(&dir);
+    let hup = Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // The limit applies to new connections once the shard's tick has picked it up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(node.plain.unwrap()) {
+            Err(ferry_sdk::SdkError::Node { code, .. }) => {
+                assert_eq!(code, ferry_sdk::ErrorCode::ConnectionLimit);
+                break;
+            }
+            Ok(c) => drop(c),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new limit not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Existing connections were not dropped.
+    a.ping(1).unwrap();
+    t.ping(2).unwrap();
+    drop(a);
+    // New TLS connections get the new certificate.
+    assert!(Client::connect_with(node.tls.unwrap(), &tls_opts(&first)).is_err());
+    let mut fresh = Client::connect_with(node.tls.unwrap(), &tls_opts(&second)).unwrap();
+    fresh.ping(3).unwrap();
+
+    // A broken file on SIGHUP is refused and the running configuration stays.
+    std::fs::write(&file, "[limits]\nconnections_max = 0\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fresh.ping(4).unwrap();
+    assert!(
+        node.stderr.lock().unwrap().contains("reload refused"),
+        "{}",
+        node.stderr.lock().unwrap()
+    );
 }

@@ -57,7 +57,13 @@ fn main() {
                 }
             }),
         );
-        let one = Frame::Send { dest, msg_id: 1, flags: 0, payload: payload.clone() }.to_bytes();
+        let one = Frame::Send {
+            dest,
+            msg_id: 1,
+            flags: 0,
+            payload: payload.clone(),
+        }
+        .to_bytes();
         let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
         // 64 frames per buffer, as a read of a busy connection brings them.
         let (m, lo, hi) = measure(rounds, 3_000 * k, |n| {
@@ -68,7 +74,11 @@ fn main() {
                 }
             }
         });
-        report(&format!("decode Send ({size} B), per frame"), "ns", (m / 64.0, lo / 64.0, hi / 64.0));
+        report(
+            &format!("decode Send ({size} B), per frame"),
+            "ns",
+            (m / 64.0, lo / 64.0, hi / 64.0),
+        );
     }
 
     // Proofs: one by one and batched (73 = a 72-hour drain window).
@@ -77,11 +87,10 @@ fn main() {
     let challenge = [3u8; 32];
     let items: Vec<_> = (0u8..73)
         .map(|i| {
-            MailboxSecret::from_seed(&[i; 32]).blinded_signer(&ns, None, 1000).expect("blind").prove(
-                &node,
-                &challenge,
-                Op::Subscribe,
-            )
+            MailboxSecret::from_seed(&[i; 32])
+                .blinded_signer(&ns, None, 1000)
+                .expect("blind")
+                .prove(&node, &challenge, Op::Subscribe)
         })
         .collect();
     report(
@@ -89,7 +98,11 @@ fn main() {
         "µs",
         measure(rounds, 300 * k, |n| {
             for i in 0..n {
-                black_box(verify_proof(&node, &challenge, &items[(i % 73) as usize]));
+                black_box(verify_proof(
+                    &node,
+                    &challenge,
+                    &items[usize::try_from(i % 73).unwrap_or(0)],
+                ));
             }
         }),
     );
@@ -98,7 +111,11 @@ fn main() {
             black_box(verify_proofs(&node, &challenge, &items));
         }
     });
-    report("proof check, batch of 73, per proof", "µs", (m / 73.0, lo / 73.0, hi / 73.0));
+    report(
+        "proof check, batch of 73, per proof",
+        "µs",
+        (m / 73.0, lo / 73.0, hi / 73.0),
+    );
     let public = *MailboxSecret::from_seed(&[9; 32]).public();
     report(
         "sender: dest of a contact for one epoch",
@@ -122,7 +139,13 @@ fn main() {
             let mut d = [0u8; 16];
             d[..8].copy_from_slice(&x.to_le_bytes());
             d[8..].copy_from_slice(&(i as u64).to_le_bytes());
-            table.subscribe(Dest(d), ConnRef { shard: 0, conn: i as u64 });
+            table.subscribe(
+                Dest(d),
+                ConnRef {
+                    shard: 0,
+                    conn: i as u64,
+                },
+            );
             keys.push(Dest(d));
         }
         report(
@@ -130,7 +153,8 @@ fn main() {
             "ns",
             measure(rounds, 1_000_000 * k, |n| {
                 for i in 0..n {
-                    let d = &keys[(i.wrapping_mul(0x9e37_79b9) % entries as u64) as usize];
+                    let d = &keys[usize::try_from(i.wrapping_mul(0x9e37_79b9) % entries as u64)
+                        .unwrap_or(0)];
                     black_box(table.lookup(d));
                 }
             }),

@@ -148,7 +148,9 @@ impl Driver {
             } => {
                 let status = if !self.conn.subscriptions().any(|d| *d == dest) {
                     SendStatus::NoSubscriber
-                } else if self.conn.push_deliver(&dest, msg_id, flags, &payload) {
+                } else if self.conn.push_deliver(&dest, msg_id, flags, &payload)
+                    == ferry_proto::conn::Push::Queued
+                {
                     SendStatus::Delivered
                 } else {
                     SendStatus::Congested
@@ -161,8 +163,8 @@ impl Driver {
                 if self.opts & 4 != 0 {
                     self.conn.refuse_proofs(&items);
                 } else {
-                    let failed = self.conn.answer_proofs(self.now, &items);
-                    assert!(usize::try_from(failed).is_ok_and(|f| f <= items.len()));
+                    let tally = self.conn.answer_proofs(self.now, &items);
+                    assert!(usize::try_from(tally.failed + tally.accepted).is_ok_and(|n| n <= items.len()));
                 }
             }
             ServerEvent::Subscribe { dests } => {

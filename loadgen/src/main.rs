@@ -37,7 +37,10 @@ enum Workload {
 }
 
 #[derive(ClapParser, Debug)]
-#[command(name = "ferry-loadgen", about = "open-loop load generator for ferry, NATS, Redis and the floor")]
+#[command(
+    name = "ferry-loadgen",
+    about = "open-loop load generator for ferry, NATS, Redis and the floor"
+)]
 struct Args {
     /// ferry://host:port, nats://host:port, redis://host:port or floor://host:port.
     #[arg(long)]
@@ -78,7 +81,9 @@ struct Args {
 const SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
 
 fn parse_target(t: &str) -> anyhow::Result<(Kind, SocketAddr)> {
-    let (scheme, rest) = t.split_once("://").context("target must look like ferry://host:port")?;
+    let (scheme, rest) = t
+        .split_once("://")
+        .context("target must look like ferry://host:port")?;
     let kind = match scheme {
         "ferry" => Kind::Ferry,
         "nats" => Kind::Nats,
@@ -87,7 +92,9 @@ fn parse_target(t: &str) -> anyhow::Result<(Kind, SocketAddr)> {
         "ferry+tls" => bail!("ferry+tls is not supported by the load generator yet"),
         other => bail!("unknown scheme {other}"),
     };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)?.next().context("no address")?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)?
+        .next()
+        .context("no address")?;
     Ok((kind, addr))
 }
 
@@ -131,7 +138,13 @@ struct Sender {
 }
 
 /// Opens a receiver subscribed to stream `i`; returns the connection and the route to it.
-fn open_receiver(kind: Kind, addr: SocketAddr, seed: u64, i: usize, size: usize) -> anyhow::Result<(TcpStream, Parser, Route)> {
+fn open_receiver(
+    kind: Kind,
+    addr: SocketAddr,
+    seed: u64,
+    i: usize,
+    size: usize,
+) -> anyhow::Result<(TcpStream, Parser, Route)> {
     match kind {
         Kind::Ferry => {
             let mut c = Client::connect(addr)?;
@@ -144,7 +157,10 @@ fn open_receiver(kind: Kind, addr: SocketAddr, seed: u64, i: usize, size: usize)
             let mut s = TcpStream::connect(addr)?;
             read_until(&mut s, b"\r\n")?;
             let subject = format!("ferry.bench.{seed}.{i}");
-            write!(s, "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false}}\r\nSUB {subject} {i}\r\nPING\r\n")?;
+            write!(
+                s,
+                "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false}}\r\nSUB {subject} {i}\r\nPING\r\n"
+            )?;
             read_until(&mut s, b"PONG\r\n")?;
             Ok((s, Parser::Nats(Vec::new()), Route::Subject(subject)))
         }
@@ -160,12 +176,24 @@ fn open_receiver(kind: Kind, addr: SocketAddr, seed: u64, i: usize, size: usize)
             let mut hello = b"FLRR".to_vec();
             hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
             s.write_all(&hello)?;
-            Ok((s, Parser::Floor { buf: Vec::new(), size }, Route::Floor))
+            Ok((
+                s,
+                Parser::Floor {
+                    buf: Vec::new(),
+                    size,
+                },
+                Route::Floor,
+            ))
         }
     }
 }
 
-fn open_sender(kind: Kind, addr: SocketAddr, i: usize, size: usize) -> anyhow::Result<(TcpStream, Parser)> {
+fn open_sender(
+    kind: Kind,
+    addr: SocketAddr,
+    i: usize,
+    size: usize,
+) -> anyhow::Result<(TcpStream, Parser)> {
     match kind {
         Kind::Ferry => {
             let c = Client::connect(addr)?;
@@ -185,7 +213,13 @@ fn open_sender(kind: Kind, addr: SocketAddr, i: usize, size: usize) -> anyhow::R
             let mut hello = b"FLRS".to_vec();
             hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
             s.write_all(&hello)?;
-            Ok((s, Parser::Floor { buf: Vec::new(), size }))
+            Ok((
+                s,
+                Parser::Floor {
+                    buf: Vec::new(),
+                    size,
+                },
+            ))
         }
     }
 }
@@ -199,7 +233,14 @@ fn server_usage(pid: u32) -> Option<(f64, f64, u64)> {
     let utime = f.get(11)?.parse::<f64>().ok()? / tick;
     let stime = f.get(12)?.parse::<f64>().ok()? / tick;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some((utime, stime, rss))
 }
 
@@ -226,13 +267,22 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         let (s, parser, route) = open_receiver(kind, addr, args.seed, i, args.size)?;
         s.set_nonblocking(true)?;
         s.set_nodelay(true)?;
-        conns.push(Conn { stream: MioStream::from_std(s), parser, out: Vec::new(), sender: None, counts_for: vec![i] });
+        conns.push(Conn {
+            stream: MioStream::from_std(s),
+            parser,
+            out: Vec::new(),
+            sender: None,
+            counts_for: vec![i],
+        });
         routes.push(route);
     }
     if kind == Kind::Floor {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let interval_ns = if args.rate == 0 { 0 } else { (p as u64 * 1_000_000_000 / args.rate).max(1) };
+    // 0 = closed loop.
+    let interval_ns = (p as u64 * 1_000_000_000)
+        .checked_div(args.rate)
+        .map_or(0, |i| i.max(1));
     for i in 0..p {
         let (s, parser) = open_sender(kind, addr, i, args.size)?;
         s.set_nonblocking(true)?;
@@ -255,7 +305,11 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
 
     let mut poll = Poll::new()?;
     for (i, c) in conns.iter_mut().enumerate() {
-        poll.registry().register(&mut c.stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+        poll.registry().register(
+            &mut c.stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
     }
     let mut events = Events::with_capacity(1024);
     let mut totals = Totals {
@@ -277,8 +331,10 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
 
     let origin = Instant::now();
     let now_ns = || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let warm_ns = (args.warmup * 1e9) as u64;
-    let end_ns = warm_ns + (args.duration * 1e9) as u64;
+    let secs_ns =
+        |s: f64| u64::try_from(Duration::from_secs_f64(s.max(0.0)).as_nanos()).unwrap_or(u64::MAX);
+    let warm_ns = secs_ns(args.warmup);
+    let end_ns = warm_ns + secs_ns(args.duration);
     let drain_ns = end_ns + 2_000_000_000;
     let usage_start_at = std::cell::Cell::new(None);
     let mut usage_start = None;
@@ -341,7 +397,10 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
             flush(c)?;
         }
         let timeout_ns = next_wake.saturating_sub(now_ns());
-        poll.poll(&mut events, Some(Duration::from_nanos(timeout_ns.min(1_000_000))))?;
+        poll.poll(
+            &mut events,
+            Some(Duration::from_nanos(timeout_ns.min(1_000_000))),
+        )?;
         for ev in events.iter() {
             let c = &mut conns[ev.token().0];
             if ev.is_writable() {
@@ -357,14 +416,18 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
                         let recv_ns = now_ns();
                         let counts_for = c.counts_for.first().copied();
                         c.parser.feed(&rbuf[..n], &mut reply, &mut stats, |m| {
-                            let Some((intended, sent, _seq)) = wire::get_header(m) else { return };
+                            let Some((intended, sent, _seq)) = wire::get_header(m) else {
+                                return;
+                            };
                             if let Some(pair) = counts_for {
                                 pair_recv[pair] += 1;
                             }
                             prog_recv += 1;
                             if intended >= warm_ns && intended < end_ns {
                                 totals.delivered += 1;
-                                let _ = totals.corrected.record(recv_ns.saturating_sub(intended).max(1));
+                                let _ = totals
+                                    .corrected
+                                    .record(recv_ns.saturating_sub(intended).max(1));
                                 let _ = totals.raw.record(recv_ns.saturating_sub(sent).max(1));
                             } else if intended >= end_ns {
                                 totals.late_or_dup += 1;
@@ -407,7 +470,10 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         }
     }
     let usage_end = args.server_pid.and_then(server_usage);
-    let elapsed = usage_start_at.get().map(|t| t.elapsed().as_secs_f64()).unwrap_or(args.duration);
+    let elapsed = usage_start_at
+        .get()
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(args.duration);
     let dur = args.duration;
     let lost = totals.sent.saturating_sub(totals.delivered);
     let q = |h: &Histogram<u64>| {
@@ -442,8 +508,11 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         out["server_cpu_user_s"] = serde_json::json!(u1 - u0);
         out["server_cpu_sys_s"] = serde_json::json!(s1 - s0);
         out["server_cpu_cores"] = serde_json::json!(cpu / elapsed);
-        out["server_cpu_s_per_million"] =
-            serde_json::json!(if totals.delivered > 0 { cpu / totals.delivered as f64 * 1e6 } else { 0.0 });
+        out["server_cpu_s_per_million"] = serde_json::json!(if totals.delivered > 0 {
+            cpu / totals.delivered as f64 * 1e6
+        } else {
+            0.0
+        });
         out["server_rss_kib"] = serde_json::json!(rss);
         out["server_rss_max_kib"] = serde_json::json!(rss_max.max(rss));
     }
@@ -480,7 +549,11 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
                     let (s, _, _) = open_receiver(kind, addr, seed, i, size)?;
                     drop(s);
                     if t0 >= warm {
-                        h.record(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1))?;
+                        h.record(
+                            u64::try_from(t0.elapsed().as_nanos())
+                                .unwrap_or(u64::MAX)
+                                .max(1),
+                        )?;
                     }
                     i += 1;
                 }
@@ -490,7 +563,9 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
         .collect();
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     for t in threads {
-        let h = t.join().map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
+        let h = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
         all.add(&h)?;
     }
     Ok(serde_json::json!({
@@ -509,12 +584,19 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
 
 /// Holds `pairs` idle connections and reports the server's RSS growth per connection.
 fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
-    let pid = args.server_pid.context("--workload idle needs --server-pid")?;
+    let pid = args
+        .server_pid
+        .context("--workload idle needs --server-pid")?;
     let (_, _, rss0) = server_usage(pid).context("cannot read server usage")?;
     let mut conns = Vec::with_capacity(args.pairs);
     for i in 0..args.pairs {
         let s = match kind {
-            Kind::Ferry => Client::connect(addr)?.into_plain_parts()?.context("plain")?.0,
+            Kind::Ferry => {
+                Client::connect(addr)?
+                    .into_plain_parts()?
+                    .context("plain")?
+                    .0
+            }
             _ => open_sender(kind, addr, i, args.size)?.0,
         };
         conns.push(s);
@@ -540,7 +622,10 @@ fn raise_nofile() {
     #[allow(unsafe_code)]
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
-        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);

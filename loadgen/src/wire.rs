@@ -91,19 +91,27 @@ pub enum Parser {
 
 impl Parser {
     /// Feeds bytes; calls `on_payload` per message; appends protocol replies (pongs) to `reply`.
-    pub fn feed(&mut self, data: &[u8], reply: &mut Vec<u8>, stats: &mut ReadStats, mut on_payload: impl FnMut(&[u8])) {
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        reply: &mut Vec<u8>,
+        stats: &mut ReadStats,
+        mut on_payload: impl FnMut(&[u8]),
+    ) {
         match self {
             Parser::Ferry(cc) => {
                 cc.on_bytes(data);
                 loop {
                     match cc.poll_event() {
                         Ok(Some(ClientEvent::Deliver { payload, .. })) => on_payload(&payload),
-                        Ok(Some(ClientEvent::SendResult { status, .. })) if status != SendStatus::Delivered => {
+                        Ok(Some(ClientEvent::SendResult { status, .. }))
+                            if status != SendStatus::Delivered =>
+                        {
                             stats.rejected += 1
                         }
-                        Ok(Some(ClientEvent::Error { code, message })) => {
-                            stats.errors.push(format!("ferry error {code:?}: {message}"))
-                        }
+                        Ok(Some(ClientEvent::Error { code, message })) => stats
+                            .errors
+                            .push(format!("ferry error {code:?}: {message}")),
                         Ok(Some(_)) => {}
                         Ok(None) => break,
                         Err(e) => {
@@ -138,7 +146,9 @@ impl Parser {
                     if line == b"PING" {
                         reply.extend_from_slice(b"PONG\r\n");
                     } else if line.starts_with(b"-ERR") {
-                        stats.errors.push(String::from_utf8_lossy(line).into_owned());
+                        stats
+                            .errors
+                            .push(String::from_utf8_lossy(line).into_owned());
                     }
                     at += nl + 2;
                 }
@@ -150,8 +160,12 @@ impl Parser {
                 while let Some((item, used)) = resp(&buf[at..]) {
                     match item {
                         Resp::Int(0) => stats.rejected += 1,
-                        Resp::Array(parts) if parts.len() == 3 && parts[0] == b"message" => on_payload(parts[2]),
-                        Resp::Error(e) => stats.errors.push(String::from_utf8_lossy(e).into_owned()),
+                        Resp::Array(parts) if parts.len() == 3 && parts[0] == b"message" => {
+                            on_payload(parts[2])
+                        }
+                        Resp::Error(e) => {
+                            stats.errors.push(String::from_utf8_lossy(e).into_owned())
+                        }
                         _ => {}
                     }
                     at += used;

@@ -7,7 +7,7 @@
 //! malformed queues an `Error` frame and moves the connection to `Closing`: the driver writes the
 //! remaining output and closes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 
@@ -68,6 +68,23 @@ enum State {
     Closing,
 }
 
+/// Outcome of [`ServerConn::answer_proofs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProofTally {
+    pub accepted: u32,
+    pub failed: u32,
+}
+
+/// Outcome of [`ServerConn::push_deliver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The send queue is full; the packet was not queued (and was counted).
+    QueueFull,
+    /// The connection is closing; it takes no more packets.
+    Closing,
+}
+
 /// What a server connection hands to its shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerEvent {
@@ -102,7 +119,8 @@ pub struct ServerConn {
     challenge: [u8; 32],
     challenge_issued_ms: u64,
     proven: HashSet<(Dest, u8)>,
-    subscriptions: HashSet<Dest>,
+    /// dest → confirmed by its owner shard.
+    subscriptions: HashMap<Dest, bool>,
     proof_failures: u32,
     opened_ms: u64,
     last_rx_ms: u64,
@@ -111,8 +129,12 @@ pub struct ServerConn {
     ping_sent_ms: Option<u64>,
     ping_nonce: u64,
     close_code: Option<ErrorCode>,
+    /// Closing, and the socket has not taken our output in time: the driver must shut it.
+    aborted: bool,
     /// Deliveries dropped because the send queue was full.
     pub dropped_queue_full: u64,
+    /// Whole frames received (every type, the handshake and pings included).
+    pub frames_in: u64,
 }
 
 impl ServerConn {
@@ -134,7 +156,7 @@ impl ServerConn {
             challenge,
             challenge_issued_ms: now.mono_ms,
             proven: HashSet::new(),
-            subscriptions: HashSet::new(),
+            subscriptions: HashMap::new(),
             proof_failures: 0,
             opened_ms: now.mono_ms,
             last_rx_ms: now.mono_ms,
@@ -143,7 +165,9 @@ impl ServerConn {
             ping_sent_ms: None,
             ping_nonce: 0,
             close_code: None,
+            aborted: false,
             dropped_queue_full: 0,
+            frames_in: 0,
         }
     }
 
@@ -154,9 +178,12 @@ impl ServerConn {
         }
         self.last_rx_ms = now.mono_ms;
         self.ping_sent_ms = None;
+        if self.inbuf.is_empty() {
+            // A frame starts now; it must be complete within frame_stall_timeout_ms, however
+            // slowly its bytes trickle in (slowloris).
+            self.partial_since_ms = Some(now.mono_ms);
+        }
         self.inbuf.extend_from_slice(data);
-        // Any progress on a partial frame resets the slowloris clock.
-        self.partial_since_ms = Some(now.mono_ms);
     }
 
     /// The next event for the shard, if a whole frame is buffered. Handshake, pings and protocol
@@ -167,7 +194,16 @@ impl ServerConn {
                 return None;
             }
             let body = match split_frame(&mut self.inbuf) {
-                Ok(Some(b)) => b,
+                Ok(Some(b)) => {
+                    self.frames_in += 1;
+                    // What is left belongs to the next frame, which starts now.
+                    self.partial_since_ms = if self.inbuf.is_empty() {
+                        None
+                    } else {
+                        Some(now.mono_ms)
+                    };
+                    b
+                }
                 Ok(None) => {
                     if self.inbuf.is_empty() {
                         self.partial_since_ms = None;
@@ -246,7 +282,7 @@ impl ServerConn {
             Frame::Unsubscribe { dests } => {
                 let dests: Vec<Dest> = dests
                     .into_iter()
-                    .filter(|d| self.subscriptions.remove(d))
+                    .filter(|d| self.subscriptions.remove(d).is_some())
                     .collect();
                 if dests.is_empty() {
                     None
@@ -285,14 +321,18 @@ impl ServerConn {
         for dest in dests {
             let status = if !self.proven.contains(&(dest, Op::Subscribe as u8)) {
                 SubscribeStatus::NotProven
-            } else if self.subscriptions.contains(&dest) {
+            } else if let Some(&confirmed) = self.subscriptions.get(&dest) {
+                if !confirmed {
+                    // Pending at the owner: its confirmation answers this request too.
+                    continue;
+                }
                 SubscribeStatus::Ok
             } else if self.subscriptions.len() >= self.limits.subscriptions_max {
                 SubscribeStatus::TooManySubscriptions
             } else {
                 // Answered by `on_subscribed` once the owner shard has the entry, so that "Ok"
                 // means packets sent from now on are delivered.
-                self.subscriptions.insert(dest);
+                self.subscriptions.insert(dest, false);
                 added.push(dest);
                 continue;
             };
@@ -310,7 +350,8 @@ impl ServerConn {
 
     /// The owner shard registered `dest` for this connection: confirm it to the client.
     pub fn on_subscribed(&mut self, dest: Dest) {
-        if self.subscriptions.contains(&dest) {
+        if let Some(confirmed) = self.subscriptions.get_mut(&dest) {
+            *confirmed = true;
             self.push_frame(&Frame::SubscribeResult {
                 items: vec![(dest, SubscribeStatus::Ok)],
             });
@@ -318,9 +359,10 @@ impl ServerConn {
     }
 
     /// Verifies proofs against this connection's challenge and answers them. Returns how many
-    /// failed (for the shard's per-address limit). Closes the connection once it has failed
-    /// `proof_failures_max` proofs.
-    pub fn answer_proofs(&mut self, now: Now, items: &[ProofItem]) -> u32 {
+    /// were accepted and how many failed (the failures count against the shard's per-address
+    /// limit; stale-challenge and too-many answers are neither). Closes the connection once it has
+    /// failed `proof_failures_max` proofs.
+    pub fn answer_proofs(&mut self, now: Now, items: &[ProofItem]) -> ProofTally {
         let stale = now.mono_ms.saturating_sub(self.challenge_issued_ms) > CHALLENGE_VALIDITY_MS;
         let statuses = if stale {
             vec![ProofStatus::StaleChallenge; items.len()]
@@ -328,6 +370,7 @@ impl ServerConn {
             verify_proofs(&self.node_id, &self.challenge, items)
         };
         let mut failures = 0u32;
+        let mut accepted = 0u32;
         let mut results = Vec::with_capacity(items.len());
         for (item, mut status) in items.iter().zip(statuses) {
             if status == ProofStatus::Ok {
@@ -337,6 +380,7 @@ impl ServerConn {
                     status = ProofStatus::TooMany;
                 } else {
                     self.proven.insert((item.dest, item.op));
+                    accepted += 1;
                 }
             } else if status != ProofStatus::StaleChallenge {
                 failures += 1;
@@ -348,7 +392,10 @@ impl ServerConn {
         if self.proof_failures >= self.limits.proof_failures_max {
             self.close_with(ErrorCode::TooManyProofFailures, "too many failed proofs");
         }
-        failures
+        ProofTally {
+            accepted,
+            failed: failures,
+        }
     }
 
     /// Answers proofs the shard refused to check (address over its failed-proof budget).
@@ -375,13 +422,14 @@ impl ServerConn {
         self.proven.contains(&(*dest, op as u8))
     }
 
+    /// Every dest this connection subscribed to (confirmed or still pending at its owner).
     pub fn subscriptions(&self) -> impl Iterator<Item = &Dest> {
-        self.subscriptions.iter()
+        self.subscriptions.keys()
     }
 
     /// Another connection took `dest` over: forget it and tell the client.
     pub fn on_taken_over(&mut self, dest: Dest) {
-        if self.subscriptions.remove(&dest) {
+        if self.subscriptions.remove(&dest).is_some() {
             self.push_frame(&Frame::Unsubscribed {
                 dest,
                 reason: UnsubscribeReason::TakenOver,
@@ -399,15 +447,15 @@ impl ServerConn {
 
     /// Queues a delivery. Returns `false` (and counts a drop) when the send queue is full: live
     /// relay drops rather than letting one slow reader grow the node's memory.
-    pub fn push_deliver(&mut self, dest: &Dest, msg_id: u64, flags: u8, payload: &[u8]) -> bool {
+    pub fn push_deliver(&mut self, dest: &Dest, msg_id: u64, flags: u8, payload: &[u8]) -> Push {
         if self.state == State::Closing {
-            return false;
+            return Push::Closing;
         }
         let frame_len =
             crate::limits::FRAME_PREFIX_BYTES + crate::limits::PACKET_HEADER_BYTES + payload.len();
         if self.queued_bytes() + frame_len > self.limits.send_queue_bytes_max {
             self.dropped_queue_full += 1;
-            return false;
+            return Push::QueueFull;
         }
         self.out.reserve(frame_len);
         put_packet_header(
@@ -419,7 +467,14 @@ impl ServerConn {
             payload.len(),
         );
         self.out.extend_from_slice(payload);
-        true
+        Push::Queued
+    }
+
+    /// Whether the driver should read more from this connection. Replies to a client's requests
+    /// (results, pongs) are never dropped, so a client that sends but does not read is stopped
+    /// from reading instead, until its output drains: its queue stays bounded.
+    pub fn wants_read(&self) -> bool {
+        self.queued_bytes() <= self.limits.send_queue_bytes_max
     }
 
     /// Queues a control frame. Control frames are small and bounded by the request that caused
@@ -452,6 +507,11 @@ impl ServerConn {
     }
     pub fn close_code(&self) -> Option<ErrorCode> {
         self.close_code
+    }
+    /// The connection's socket must be shut down without waiting for its output: it is closing
+    /// and has not accepted bytes for `write_stall_timeout_ms`.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted
     }
 
     /// Bytes queued or in flight towards the socket.
@@ -493,7 +553,13 @@ impl ServerConn {
     /// The earliest time `on_timeout` must run.
     pub fn poll_timeout(&self) -> Option<u64> {
         if self.state == State::Closing {
-            return None;
+            // Only the write stall matters now: the error frame must get out in time.
+            return if self.aborted {
+                None
+            } else {
+                self.write_stalled_since_ms
+                    .map(|w| w + self.limits.write_stall_timeout_ms)
+            };
         }
         let l = &self.limits;
         let mut t = if self.state == State::AwaitHello {
@@ -520,6 +586,13 @@ impl ServerConn {
         let l = self.limits.clone();
         let t = now.mono_ms;
         match self.state {
+            State::Closing
+                if self
+                    .write_stalled_since_ms
+                    .is_some_and(|w| t >= w + l.write_stall_timeout_ms) =>
+            {
+                self.aborted = true;
+            }
             State::Closing => {}
             State::AwaitHello if t >= self.opened_ms + l.handshake_timeout_ms => {
                 self.close_with(ErrorCode::HandshakeTimeout, "no ClientHello in time");
@@ -532,6 +605,8 @@ impl ServerConn {
                 .is_some_and(|w| t >= w + l.write_stall_timeout_ms) =>
             {
                 self.close_with(ErrorCode::SlowReader, "not reading its data");
+                // Its socket is not draining: the error frame will not get through either.
+                self.aborted = true;
             }
             _ if self
                 .partial_since_ms

@@ -98,8 +98,6 @@ wire_enum!(
         NoSubscriber = 1,
         /// A queue on the way (cross-core hop or the recipient's send queue) was full.
         Congested = 2,
-        /// The node is shutting down.
-        ShuttingDown = 3,
     }
 );
 

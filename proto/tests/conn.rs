@@ -3,14 +3,17 @@
 #![allow(clippy::unwrap_used)]
 
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
-use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now, ServerConn, ServerEvent};
+use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now, Push, ServerConn, ServerEvent};
 use ferry_proto::frame::{ErrorCode, Frame, Op, ProofStatus, SubscribeStatus};
 use ferry_proto::limits::CHALLENGE_VALIDITY_MS;
 
 const NODE: [u8; 32] = [5; 32];
 
 fn at(ms: u64) -> Now {
-    Now { mono_ms: ms, unix_s: 1_800_000_000 + ms / 1000 }
+    Now {
+        mono_ms: ms,
+        unix_s: 1_800_000_000 + ms / 1000,
+    }
 }
 
 struct Pair {
@@ -21,7 +24,11 @@ struct Pair {
 
 impl Pair {
     fn new(limits: ConnLimits) -> Pair {
-        let mut p = Pair { server: ServerConn::new(limits, NODE, 0, [7; 32], at(0)), client: ClientConn::new(), events: vec![] };
+        let mut p = Pair {
+            server: ServerConn::new(limits, NODE, 0, [7; 32], at(0)),
+            client: ClientConn::new(),
+            events: vec![],
+        };
         p.pump(at(0));
         p
     }
@@ -66,34 +73,68 @@ impl Pair {
 fn hello_prove_subscribe() {
     let mut p = Pair::new(ConnLimits::default());
     assert!(p.server.is_open());
-    let signer = MailboxSecret::from_seed(&[1; 32]).blinded_signer(&NamespaceId([2; 32]), None, 10).unwrap();
-    p.client.push(&Frame::Prove { items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)] });
-    p.client.push(&Frame::Subscribe { dests: vec![signer.dest()] });
+    let signer = MailboxSecret::from_seed(&[1; 32])
+        .blinded_signer(&NamespaceId([2; 32]), None, 10)
+        .unwrap();
+    p.client.push(&Frame::Prove {
+        items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)],
+    });
+    p.client.push(&Frame::Subscribe {
+        dests: vec![signer.dest()],
+    });
     let evs = p.pump(at(10));
-    assert!(evs.contains(&ClientEvent::ProveResult { items: vec![(signer.dest(), Op::Subscribe as u8, ProofStatus::Ok)] }));
-    assert!(evs.contains(&ClientEvent::SubscribeResult { items: vec![(signer.dest(), SubscribeStatus::Ok)] }));
+    assert!(evs.contains(&ClientEvent::ProveResult {
+        items: vec![(signer.dest(), Op::Subscribe as u8, ProofStatus::Ok)]
+    }));
+    assert!(evs.contains(&ClientEvent::SubscribeResult {
+        items: vec![(signer.dest(), SubscribeStatus::Ok)]
+    }));
 }
 
 #[test]
 fn a_challenge_older_than_sixty_seconds_is_stale_until_refreshed() {
-    let mut p = Pair::new(ConnLimits { idle_timeout_ms: 1_000_000, ping_interval_ms: 500_000, ..ConnLimits::default() });
-    let signer = MailboxSecret::from_seed(&[1; 32]).blinded_signer(&NamespaceId([2; 32]), None, 10).unwrap();
+    let mut p = Pair::new(ConnLimits {
+        idle_timeout_ms: 1_000_000,
+        ping_interval_ms: 500_000,
+        ..ConnLimits::default()
+    });
+    let signer = MailboxSecret::from_seed(&[1; 32])
+        .blinded_signer(&NamespaceId([2; 32]), None, 10)
+        .unwrap();
     let late = at(CHALLENGE_VALIDITY_MS + 1);
-    p.client.push(&Frame::Prove { items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)] });
+    p.client.push(&Frame::Prove {
+        items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)],
+    });
     let evs = p.pump(late);
-    assert!(evs.contains(&ClientEvent::ProveResult { items: vec![(signer.dest(), 1, ProofStatus::StaleChallenge)] }));
+    assert!(evs.contains(&ClientEvent::ProveResult {
+        items: vec![(signer.dest(), 1, ProofStatus::StaleChallenge)]
+    }));
     // A fresh challenge makes proofs work again; stale ones do not count as failures.
     p.server.issue_challenge(late, [8; 32]);
-    p.client.push(&Frame::Prove { items: vec![signer.prove(&NODE, &[8; 32], Op::Subscribe)] });
+    p.client.push(&Frame::Prove {
+        items: vec![signer.prove(&NODE, &[8; 32], Op::Subscribe)],
+    });
     let evs = p.pump(late);
-    assert!(evs.iter().any(|e| matches!(e, ClientEvent::Challenge { challenge: [8, ..], .. })));
-    assert!(evs.contains(&ClientEvent::ProveResult { items: vec![(signer.dest(), 1, ProofStatus::Ok)] }));
+    assert!(evs.iter().any(|e| matches!(
+        e,
+        ClientEvent::Challenge {
+            challenge: [8, ..],
+            ..
+        }
+    )));
+    assert!(evs.contains(&ClientEvent::ProveResult {
+        items: vec![(signer.dest(), 1, ProofStatus::Ok)]
+    }));
     assert!(p.server.is_proven(&signer.dest(), Op::Subscribe));
 }
 
 #[test]
 fn timers_ping_then_close_idle() {
-    let limits = ConnLimits { ping_interval_ms: 1_000, idle_timeout_ms: 3_000, ..ConnLimits::default() };
+    let limits = ConnLimits {
+        ping_interval_ms: 1_000,
+        idle_timeout_ms: 3_000,
+        ..ConnLimits::default()
+    };
     let mut p = Pair::new(limits);
     assert_eq!(p.server.poll_timeout(), Some(1_000));
     p.server.on_timeout(at(1_000));
@@ -119,24 +160,129 @@ fn handshake_timeout() {
     let out = s.take_output().unwrap();
     assert!(matches!(
         ferry_proto::frame::decode_frame(&mut bytes::BytesMut::from(&out[..])),
-        Ok(Some(Frame::Error { code: ErrorCode::HandshakeTimeout, .. }))
+        Ok(Some(Frame::Error {
+            code: ErrorCode::HandshakeTimeout,
+            ..
+        }))
     ));
 }
 
 #[test]
 fn send_queue_is_bounded() {
-    let limits = ConnLimits { send_queue_bytes_max: 200_000, ..ConnLimits::default() };
+    let limits = ConnLimits {
+        send_queue_bytes_max: 200_000,
+        ..ConnLimits::default()
+    };
     let mut p = Pair::new(limits);
     let payload = vec![0u8; 60_000];
     let d = ferry_proto::Dest([1; 16]);
-    assert!(p.server.push_deliver(&d, 1, 0, &payload));
-    assert!(p.server.push_deliver(&d, 2, 0, &payload));
-    assert!(p.server.push_deliver(&d, 3, 0, &payload));
-    assert!(!p.server.push_deliver(&d, 4, 0, &payload));
+    assert_eq!(p.server.push_deliver(&d, 1, 0, &payload), Push::Queued);
+    assert_eq!(p.server.push_deliver(&d, 2, 0, &payload), Push::Queued);
+    assert_eq!(p.server.push_deliver(&d, 3, 0, &payload), Push::Queued);
+    assert_eq!(p.server.push_deliver(&d, 4, 0, &payload), Push::QueueFull);
     assert_eq!(p.server.dropped_queue_full, 1);
     // Taken but not yet written still counts against the bound.
     let b = p.server.take_output().unwrap();
-    assert!(!p.server.push_deliver(&d, 5, 0, &payload));
+    assert_eq!(p.server.push_deliver(&d, 5, 0, &payload), Push::QueueFull);
     p.server.on_written(at(1), b.len());
-    assert!(p.server.push_deliver(&d, 6, 0, &payload));
+    assert_eq!(p.server.push_deliver(&d, 6, 0, &payload), Push::Queued);
+    // Replies are never dropped; past the bound the connection stops being read instead.
+    assert!(p.server.wants_read());
+    while p.server.queued_bytes() <= 200_000 {
+        p.server
+            .send_result(d, 7, ferry_proto::SendStatus::NoSubscriber);
+    }
+    assert!(!p.server.wants_read());
+    let b = p.server.take_output().unwrap();
+    p.server.on_written(at(2), b.len());
+    assert!(p.server.wants_read());
+}
+
+#[test]
+fn a_pending_subscription_is_answered_once_when_the_owner_confirms() {
+    let mut s = ServerConn::new(ConnLimits::default(), NODE, 0, [7; 32], at(0));
+    let mut c = ClientConn::new();
+    s.on_bytes(at(0), &c.take_output().unwrap());
+    assert!(s.poll_event(at(0)).is_none());
+    let signer = MailboxSecret::from_seed(&[1; 32])
+        .blinded_signer(&NamespaceId([2; 32]), None, 10)
+        .unwrap();
+    let d = signer.dest();
+    c.push(&Frame::Prove {
+        items: vec![signer.prove(&NODE, &[7; 32], Op::Subscribe)],
+    });
+    c.push(&Frame::Subscribe { dests: vec![d, d] });
+    c.push(&Frame::Subscribe { dests: vec![d] });
+    s.on_bytes(at(1), &c.take_output().unwrap());
+    let mut subscribed = Vec::new();
+    while let Some(ev) = s.poll_event(at(1)) {
+        match ev {
+            ServerEvent::Prove { items } => {
+                s.answer_proofs(at(1), &items);
+            }
+            ServerEvent::Subscribe { dests } => subscribed.extend(dests),
+            other => panic!("{other:?}"),
+        }
+    }
+    // One registration at the owner, and no answer before it confirms.
+    assert_eq!(subscribed, vec![d]);
+    c.on_bytes(&s.take_output().unwrap());
+    let mut results = 0;
+    while let Some(ev) = c.poll_event().unwrap() {
+        results += usize::from(matches!(ev, ClientEvent::SubscribeResult { .. }));
+    }
+    assert_eq!(results, 0);
+    s.on_subscribed(d);
+    c.on_bytes(&s.take_output().unwrap());
+    assert_eq!(
+        c.poll_event().unwrap(),
+        Some(ClientEvent::SubscribeResult {
+            items: vec![(d, SubscribeStatus::Ok)]
+        })
+    );
+    assert_eq!(c.poll_event().unwrap(), None);
+}
+
+#[test]
+fn a_frame_trickled_in_must_still_complete_in_time() {
+    let limits = ConnLimits {
+        frame_stall_timeout_ms: 1_000,
+        ..ConnLimits::default()
+    };
+    let mut s = ServerConn::new(limits, NODE, 0, [7; 32], at(0));
+    let mut c = ClientConn::new();
+    s.on_bytes(at(0), &c.take_output().unwrap());
+    assert!(s.poll_event(at(0)).is_none());
+    // A 100-byte Send announced, then one byte every 300 ms: each gap is short, the frame is not.
+    s.on_bytes(at(10), &[100, 0, 0, 0]);
+    let mut t = 10;
+    while !s.is_closing() && t < 5_000 {
+        t += 300;
+        s.on_bytes(at(t), &[6]);
+        assert!(s.poll_event(at(t)).is_none());
+        s.on_timeout(at(t));
+    }
+    assert_eq!(s.close_code(), Some(ErrorCode::SlowSender));
+    assert!(t <= 1_400, "closed only at {t} ms");
+}
+
+#[test]
+fn a_closing_connection_that_does_not_drain_is_aborted() {
+    let limits = ConnLimits {
+        write_stall_timeout_ms: 500,
+        ..ConnLimits::default()
+    };
+    let mut s = ServerConn::new(limits, NODE, 0, [7; 32], at(0));
+    let mut c = ClientConn::new();
+    s.on_bytes(at(0), &c.take_output().unwrap());
+    assert!(s.poll_event(at(0)).is_none());
+    let taken = s.take_output().unwrap();
+    s.on_write_blocked(at(1));
+    s.on_bytes(at(2), &[1, 0, 0, 0, 0x7e]); // unknown frame type: closing
+    assert!(s.poll_event(at(2)).is_none());
+    assert!(s.is_closing() && !s.is_aborted());
+    assert_eq!(s.poll_timeout(), Some(501));
+    s.on_timeout(at(501));
+    assert!(s.is_aborted());
+    drop(taken);
 }

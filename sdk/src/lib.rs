@@ -533,7 +533,9 @@ impl Client {
 
     /// Hands a plain-TCP connection over to another event loop (the load generator): the socket,
     /// the protocol state machine and any events already read. `None` for TLS connections.
-    pub fn into_plain_parts(mut self) -> Result<Option<(TcpStream, ClientConn, Vec<ClientEvent>)>, SdkError> {
+    pub fn into_plain_parts(
+        mut self,
+    ) -> Result<Option<(TcpStream, ClientConn, Vec<ClientEvent>)>, SdkError> {
         self.flush()?;
         match self.stream {
             Stream::Plain(s) => {

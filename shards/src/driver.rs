@@ -24,7 +24,8 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ahash::AHashMap;
@@ -57,7 +58,50 @@ pub struct DriverConfig {
 #[derive(Debug)]
 pub struct ListenerSpec {
     pub socket: std::net::TcpListener,
+    /// Serve TLS 1.3 on it, with the certificate currently in [`Reload`].
+    pub tls: bool,
+}
+
+/// What SIGHUP changes at run time: limits and the TLS certificate. The node stores a new
+/// version and bumps the generation; each shard's tick picks it up (a lock, but off the data
+/// path: once per tick, and only when the generation moved). Connections keep the limits they
+/// started with; new ones get the new limits and certificate.
+#[derive(Debug, Default)]
+pub struct Reload {
+    generation: AtomicU64,
+    current: Mutex<Option<Reloadable>>,
+}
+
+/// The reloadable part of the configuration.
+#[derive(Clone, Debug)]
+pub struct Reloadable {
+    pub conn_limits: ferry_proto::conn::ConnLimits,
+    pub ip_limits: crate::ratelimit::IpLimits,
+    /// Per shard.
+    pub connections_max: usize,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Reload {
+    pub fn new(initial: Reloadable) -> Self {
+        Reload {
+            generation: AtomicU64::new(1),
+            current: Mutex::new(Some(initial)),
+        }
+    }
+    /// Publishes a new version to every shard.
+    pub fn publish(&self, next: Reloadable) {
+        if let Ok(mut g) = self.current.lock() {
+            *g = Some(next);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+    fn get(&self) -> Option<Reloadable> {
+        self.current.lock().ok().and_then(|g| g.clone())
+    }
 }
 
 /// What the node keeps of each running shard.
@@ -76,6 +120,7 @@ pub fn start(
     driver: DriverConfig,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    reload: Arc<Reload>,
 ) -> std::io::Result<Vec<ShardHandle>> {
     assert_eq!(configs.len(), listeners.len());
     let n = configs.len();
@@ -90,21 +135,22 @@ pub fn start(
             None => Placement::Unbound,
         };
         // Sockets cross to the executor's thread as raw fds; each is owned by exactly one shard.
-        let fds: Vec<(RawFd, Option<Arc<rustls::ServerConfig>>)> = specs
+        let fds: Vec<(RawFd, bool)> = specs
             .into_iter()
             .map(|s| (s.socket.into_raw_fd(), s.tls))
             .collect();
-        let (m, r, s, d, mesh) = (
+        let (m, r, s, d, mesh, rl) = (
             metrics.clone(),
             ready.clone(),
             stop.clone(),
             driver.clone(),
             mesh.clone(),
+            reload.clone(),
         );
         let join = LocalExecutorBuilder::new(placement)
             .name(&format!("ferry-shard-{i}"))
             .io_memory(driver.io_memory_bytes)
-            .spawn(move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh).await })
+            .spawn(move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh, rl).await })
             .map_err(|e| std::io::Error::other(format!("shard {i}: cannot start executor: {e}")))?;
         handles.push(ShardHandle {
             metrics,
@@ -122,6 +168,8 @@ struct Ctx {
     flushers: Vec<Option<LocalSender<()>>>,
     scratch: RefCell<Vec<u64>>,
     driver: DriverConfig,
+    /// The certificate new TLS connections get (replaced on reload).
+    tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Ctx {
@@ -151,13 +199,14 @@ impl Ctx {
 #[allow(clippy::too_many_arguments)]
 async fn run_shard(
     mut cfg: ShardConfig,
-    fds: Vec<(RawFd, Option<Arc<rustls::ServerConfig>>)>,
+    fds: Vec<(RawFd, bool)>,
     driver: DriverConfig,
     clock: Clock,
     stop: Arc<AtomicBool>,
     metrics: Arc<ShardMetrics>,
     ready: Arc<AtomicBool>,
     mesh: MeshBuilder<Vec<HopMsg>, Full>,
+    reload: Arc<Reload>,
 ) {
     let (senders, receivers) = match mesh.join().await {
         Ok(sr) => sr,
@@ -191,7 +240,9 @@ async fn run_shard(
         flushers,
         scratch: RefCell::new(Vec::new()),
         driver,
+        tls: RefCell::new(reload.get().and_then(|r| r.tls)),
     });
+    let mut reload_seen = reload.generation();
 
     let mut tasks = Vec::new();
     for (p, rx) in flush_rx.into_iter().enumerate() {
@@ -228,6 +279,16 @@ async fn run_shard(
         ctx.shard.borrow_mut().on_tick(now);
         ctx.after_work();
         force_close_stuck(&ctx);
+        let generation = reload.generation();
+        if generation != reload_seen {
+            reload_seen = generation;
+            if let Some(r) = reload.get() {
+                ctx.shard
+                    .borrow_mut()
+                    .set_limits(r.conn_limits, r.ip_limits, r.connections_max);
+                *ctx.tls.borrow_mut() = r.tls;
+            }
+        }
     }
     ready.store(false, Ordering::Release);
     // Shut every connection down; their tasks end on the resulting errors.
@@ -291,12 +352,7 @@ async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer:
     }
 }
 
-async fn acceptor(
-    ctx: Rc<Ctx>,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    stop: Arc<AtomicBool>,
-) {
+async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: bool, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Acquire) {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -316,10 +372,21 @@ async fn acceptor(
         let accepted = ctx.shard.borrow_mut().accept(now, ip);
         match accepted {
             Accept::Ok(conn) => {
-                let tls_conn = match &tls {
+                let cfg = if tls { ctx.tls.borrow().clone() } else { None };
+                let tls_conn = match cfg {
+                    None if tls => {
+                        tracing::warn!("TLS listener without a certificate");
+                        ctx.shard.borrow_mut().on_closed(conn);
+                        continue;
+                    }
                     None => None,
-                    Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
-                        Ok(c) => Some(Rc::new(RefCell::new(c))),
+                    Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                        Ok(mut c) => {
+                            // Output is bounded by the connection's send queue, not by rustls:
+                            // its default 64 KiB limit would make write_all fail half-way.
+                            c.set_buffer_limit(None);
+                            Some(Rc::new(RefCell::new(c)))
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "TLS session setup failed");
                             ctx.shard.borrow_mut().on_closed(conn);
@@ -331,7 +398,7 @@ async fn acceptor(
             }
             Accept::Refused(bytes) => {
                 // Best effort, plaintext only: a TLS client would not understand it anyway.
-                let plaintext = tls.is_none();
+                let plaintext = !tls;
                 glommio::spawn_local(async move {
                     let mut s = stream;
                     if plaintext {
@@ -365,9 +432,20 @@ async fn read_loop(
     let mut buf = vec![0u8; ctx.driver.read_buffer_bytes.max(4096)];
     let mut plain = vec![0u8; 16 * 1024];
     loop {
-        // Backpressure: while an outbox towards another core is over half full, stop reading.
-        while ctx.shard.borrow().outbox_pressure() {
-            glommio::timer::sleep(Duration::from_micros(200)).await;
+        // Backpressure: stop reading while an outbox towards another core is over half full, or
+        // while this connection's own replies are backlogged (it sends but does not read).
+        loop {
+            let (pressure, wants) = {
+                let sh = ctx.shard.borrow();
+                (sh.outbox_pressure(), sh.wants_read(conn))
+            };
+            if !pressure && wants {
+                break;
+            }
+            if !wants && !ctx.writers.borrow().contains_key(&conn) {
+                break; // closed meanwhile: let the read fail
+            }
+            glommio::timer::sleep(Duration::from_micros(if pressure { 200 } else { 1_000 })).await;
         }
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -459,7 +537,10 @@ async fn write_loop(
                     {
                         let mut t = t.borrow_mut();
                         if let Some(b) = &out.bytes {
-                            let _ = t.writer().write_all(b);
+                            // Cannot fail: the buffer limit is off (see the acceptor).
+                            if t.writer().write_all(b).is_err() {
+                                tracing::debug!("TLS writer refused plaintext");
+                            }
                         }
                         if out.close {
                             t.send_close_notify();

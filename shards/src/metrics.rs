@@ -36,7 +36,6 @@ metrics! {
     packets_no_subscriber: "counter", "ferry_packets_not_delivered_no_subscriber_total", "Packets answered NoSubscriber.";
     drops_send_queue_full: "counter", "ferry_drops_send_queue_full_total", "Packets dropped (and answered Congested): recipient send queue full.";
     drops_hop_queue_full: "counter", "ferry_drops_hop_queue_full_total", "Packets dropped (and answered Congested): cross-core hop queue full.";
-    drops_reply_lost: "counter", "ferry_drops_reply_lost_total", "SendResult replies lost because their hop queue was full.";
     read_pauses_rate: "counter", "ferry_read_pauses_rate_total", "Reads paused by the per-address byte rate.";
     hops_out: "counter", "ferry_hops_out_total", "Cross-core messages sent.";
     hop_batches_out: "counter", "ferry_hop_batches_out_total", "Cross-core batches sent (one channel send each).";

@@ -11,12 +11,15 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 use bytes::Bytes;
-use ferry_proto::conn::{ConnLimits, Now, ServerConn, ServerEvent};
+use ferry_proto::conn::{ConnLimits, Now, Push, ServerConn, ServerEvent};
 use ferry_proto::frame::{Dest, ErrorCode, FLAG_ACK, Frame, SendStatus};
 
 use crate::metrics::ShardMetrics;
 use crate::ratelimit::{IpKey, IpLimiter, IpLimits};
 use crate::table::{ConnRef, ForwardTable};
+
+/// Most messages in one cross-core batch (one channel send).
+pub const HOP_BATCH_MSGS_MAX: usize = 1024;
 
 /// What one shard needs to know; every limit here is a named node config key.
 #[derive(Clone, Debug)]
@@ -30,9 +33,10 @@ pub struct ShardConfig {
     pub ip_limits: IpLimits,
     /// Connections this shard accepts at once; more are refused with `ConnectionLimit`.
     pub connections_max: usize,
-    /// Data messages one outbox (towards one peer core) may hold. When full, a packet is answered
+    /// Packets one outbox (towards one peer core) may hold. When full, a packet is answered
     /// `Congested` and dropped; control messages (subscribe, unsubscribe) are bounded by
-    /// `connections_max × subscriptions_max` and never dropped.
+    /// `connections_max × subscriptions_max`, and send results by the packets they answer: neither
+    /// is ever dropped.
     pub hop_queue_msgs_max: usize,
 }
 
@@ -74,11 +78,10 @@ pub enum HopMsg {
 }
 
 impl HopMsg {
+    /// Packets, which may be refused when an outbox is full; everything else (replies and control)
+    /// is bounded by the packets and connections that caused it and is never dropped.
     fn is_data(&self) -> bool {
-        matches!(
-            self,
-            HopMsg::Route { .. } | HopMsg::Deliver { .. } | HopMsg::Result { .. }
-        )
+        matches!(self, HopMsg::Route { .. } | HopMsg::Deliver { .. })
     }
 }
 
@@ -104,6 +107,7 @@ struct Conn {
     ip: IpKey,
     in_ready: bool,
     close_counted: bool,
+    abort_sent: bool,
 }
 
 /// One core's share of the node.
@@ -213,6 +217,7 @@ impl Shard {
                 ip: key,
                 in_ready: false,
                 close_counted: false,
+                abort_sent: false,
             },
         );
         ShardMetrics::inc(&self.metrics.connections_accepted);
@@ -234,8 +239,17 @@ impl Shard {
             ShardMetrics::inc(&self.metrics.read_pauses_rate);
         }
         c.sm.on_bytes(now, data);
+        let frames_before = c.sm.frames_in;
         self.process(now, conn);
+        if let Some(c) = self.conns.get(&conn) {
+            ShardMetrics::add(&self.metrics.frames_in, c.sm.frames_in - frames_before);
+        }
         pause
+    }
+
+    /// Whether the driver should keep reading `conn` (its own output is not backlogged).
+    pub fn wants_read(&self, conn: u64) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.sm.wants_read())
     }
 
     fn process(&mut self, now: Now, conn: u64) {
@@ -246,7 +260,6 @@ impl Shard {
             let Some(ev) = c.sm.poll_event(now) else {
                 break;
             };
-            ShardMetrics::inc(&self.metrics.frames_in);
             let ip = c.ip;
             let from = ConnRef {
                 shard: self.cfg.shard,
@@ -282,14 +295,14 @@ impl Shard {
                         ShardMetrics::add(&self.metrics.proofs_rate_limited, items.len() as u64);
                         c.sm.refuse_proofs(&items);
                     } else {
-                        let failed = c.sm.answer_proofs(now, &items);
-                        ShardMetrics::add(&self.metrics.proofs_failed, u64::from(failed));
-                        ShardMetrics::add(
-                            &self.metrics.proofs_ok,
-                            items.len() as u64 - u64::from(failed),
+                        let tally = c.sm.answer_proofs(now, &items);
+                        ShardMetrics::add(&self.metrics.proofs_failed, u64::from(tally.failed));
+                        ShardMetrics::add(&self.metrics.proofs_ok, u64::from(tally.accepted));
+                        self.limiter.charge_proof_failures(
+                            ip,
+                            now.mono_ms,
+                            u64::from(tally.failed),
                         );
-                        self.limiter
-                            .charge_proof_failures(ip, now.mono_ms, u64::from(failed));
                     }
                 }
                 ServerEvent::Subscribe { dests } => {
@@ -380,14 +393,19 @@ impl Shard {
             .get_mut(&to)
             .map(|c| c.sm.push_deliver(&dest, msg_id, flags, payload));
         let status = match pushed {
-            Some(true) => {
+            Some(Push::Queued) => {
                 ShardMetrics::inc(&self.metrics.packets_delivered);
                 self.mark_ready(to);
                 SendStatus::Delivered
             }
-            Some(false) => {
+            Some(Push::QueueFull) => {
                 ShardMetrics::inc(&self.metrics.drops_send_queue_full);
                 SendStatus::Congested
+            }
+            Some(Push::Closing) => {
+                // Going away: its subscriptions are removed when its socket closes.
+                ShardMetrics::inc(&self.metrics.packets_no_subscriber);
+                SendStatus::NoSubscriber
             }
             None => {
                 // The subscriber closed and its unsubscribe is still on the way (or was lost to a
@@ -412,16 +430,15 @@ impl Shard {
                 c.sm.send_result(dest, msg_id, status);
                 self.mark_ready(to.conn);
             }
-        } else if !self.hop(
-            to.shard,
-            HopMsg::Result {
+        } else {
+            // Never dropped: a reply answers a packet that is itself bounded by the hop queues and
+            // channels on its way, so replies in flight are bounded too.
+            self.outbox[usize::from(to.shard)].push(HopMsg::Result {
                 to: to.conn,
                 dest,
                 msg_id,
                 status,
-            },
-        ) {
-            ShardMetrics::inc(&self.metrics.drops_reply_lost);
+            });
         }
     }
 
@@ -507,16 +524,18 @@ impl Shard {
                     | ErrorCode::UnknownFrameType
                     | ErrorCode::UnexpectedFrame,
                 ) => ShardMetrics::inc(&self.metrics.closes_protocol),
-                Some(ErrorCode::SlowReader) => {
-                    ShardMetrics::inc(&self.metrics.closes_timeout);
-                    // Its socket is not draining: the error frame will not get through either.
-                    self.force_close.push(conn);
-                }
                 Some(
-                    ErrorCode::HandshakeTimeout | ErrorCode::IdleTimeout | ErrorCode::SlowSender,
+                    ErrorCode::HandshakeTimeout
+                    | ErrorCode::IdleTimeout
+                    | ErrorCode::SlowReader
+                    | ErrorCode::SlowSender,
                 ) => ShardMetrics::inc(&self.metrics.closes_timeout),
                 _ => {}
             }
+        }
+        if c.sm.is_aborted() && !c.abort_sent {
+            c.abort_sent = true;
+            self.force_close.push(conn);
         }
         if !c.in_ready && (c.sm.has_output() || c.sm.is_closing()) {
             c.in_ready = true;
@@ -534,7 +553,7 @@ impl Shard {
         }
     }
 
-    /// Connections whose socket the driver must shut down now (slow readers).
+    /// Connections whose socket the driver must shut down now: closing, and not draining.
     pub fn take_force_close(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.force_close)
     }
@@ -618,7 +637,13 @@ impl Shard {
         if q.is_empty() {
             return None;
         }
-        let batch = std::mem::take(q);
+        // Messages in flight between two cores are at most hop_channel_batches × this.
+        let batch = if q.len() <= HOP_BATCH_MSGS_MAX {
+            std::mem::take(q)
+        } else {
+            let rest = q.split_off(HOP_BATCH_MSGS_MAX);
+            std::mem::replace(q, rest)
+        };
         ShardMetrics::inc(&self.metrics.hop_batches_out);
         ShardMetrics::add(&self.metrics.hops_out, batch.len() as u64);
         Some(batch)

@@ -82,16 +82,27 @@ impl Sim {
             shards,
             links: HashMap::new(),
             clients: Vec::new(),
-            now: Now { mono_ms: 1_000, unix_s: 1_800_000_000 },
+            now: Now {
+                mono_ms: 1_000,
+                unix_s: 1_800_000_000,
+            },
             rng: Rng(seed | 1),
         }
     }
 
     fn connect(&mut self, shard: usize) -> usize {
-        let Accept::Ok(conn) = self.shards[shard].accept(self.now, IpAddr::V4(Ipv4Addr::LOCALHOST)) else {
+        let Accept::Ok(conn) = self.shards[shard].accept(self.now, IpAddr::V4(Ipv4Addr::LOCALHOST))
+        else {
             panic!("refused")
         };
-        self.clients.push(SimClient { shard, conn, cc: ClientConn::new(), events: Vec::new(), open: true, challenge: [0; 32] });
+        self.clients.push(SimClient {
+            shard,
+            conn,
+            cc: ClientConn::new(),
+            events: Vec::new(),
+            open: true,
+            challenge: [0; 32],
+        });
         let id = self.clients.len() - 1;
         self.run();
         let ch = self.clients[id].events.iter().find_map(|e| match e {
@@ -136,8 +147,12 @@ impl Sim {
                 }
             }
             // Links → shards: a random non-empty link delivers its oldest batch.
-            let nonempty: Vec<(usize, usize)> =
-                self.links.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
+            let nonempty: Vec<(usize, usize)> = self
+                .links
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
             if !nonempty.is_empty() {
                 let mut keys = nonempty;
                 keys.sort();
@@ -153,7 +168,11 @@ impl Sim {
                 for conn in ready {
                     let out = self.shards[s].take_output(conn);
                     let n = out.bytes.as_ref().map_or(0, |b| b.len());
-                    if let Some(c) = self.clients.iter_mut().find(|c| c.shard == s && c.conn == conn && c.open) {
+                    if let Some(c) = self
+                        .clients
+                        .iter_mut()
+                        .find(|c| c.shard == s && c.conn == conn && c.open)
+                    {
                         if let Some(b) = &out.bytes {
                             c.cc.on_bytes(b);
                             while let Some(ev) = c.cc.poll_event().unwrap() {
@@ -180,12 +199,16 @@ impl Sim {
     }
 
     fn listen(&mut self, client: usize, secret: &MailboxSecret, epoch: u64) -> (Dest, bool) {
-        let signer = secret.blinded_signer(&NamespaceId([1; 32]), None, epoch).unwrap();
+        let signer = secret
+            .blinded_signer(&NamespaceId([1; 32]), None, epoch)
+            .unwrap();
         let ch = self.clients[client].challenge;
         let item = signer.prove(&NODE_ID, &ch, Op::Subscribe);
         let c = &mut self.clients[client];
         c.cc.push(&Frame::Prove { items: vec![item] });
-        c.cc.push(&Frame::Subscribe { dests: vec![signer.dest()] });
+        c.cc.push(&Frame::Subscribe {
+            dests: vec![signer.dest()],
+        });
         self.run();
         let ok = self.clients[client].events.iter().any(|e| {
             matches!(e, ClientEvent::SubscribeResult { items } if items.iter().any(|(d, s)| *d == signer.dest() && *s == SubscribeStatus::Ok))
@@ -213,7 +236,11 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0usize..6, 0u32..4).prop_map(|(who, mbox)| Step::Listen { who, mbox }),
-        (0usize..6, 0u32..4, 1u8..20).prop_map(|(who, mbox, count)| Step::Send { who, mbox, count }),
+        (0usize..6, 0u32..4, 1u8..20).prop_map(|(who, mbox, count)| Step::Send {
+            who,
+            mbox,
+            count
+        }),
         (0usize..6).prop_map(|who| Step::Close { who }),
     ]
 }
@@ -234,10 +261,18 @@ fn check_schedule(shards: usize, seed: u64, steps: &[Step], hop_queue_msgs_max: 
                 dest_of.insert(mbox, dest);
             }
             Step::Send { who, mbox, count } if sim.clients[clients[who]].open => {
-                let dest = secret(mbox).public().dest(&NamespaceId([1; 32]), None, epoch).unwrap();
+                let dest = secret(mbox)
+                    .public()
+                    .dest(&NamespaceId([1; 32]), None, epoch)
+                    .unwrap();
                 for _ in 0..count {
                     next_id += 1;
-                    sim.clients[clients[who]].cc.send(dest, next_id, FLAG_ACK, &next_id.to_le_bytes());
+                    sim.clients[clients[who]].cc.send(
+                        dest,
+                        next_id,
+                        FLAG_ACK,
+                        &next_id.to_le_bytes(),
+                    );
                     sent.insert(next_id, (who, dest));
                 }
                 sim.run();
@@ -253,7 +288,10 @@ fn check_schedule(shards: usize, seed: u64, steps: &[Step], hop_queue_msgs_max: 
         for ev in &sim.clients[cid].events {
             if let ClientEvent::SendResult { msg_id, status, .. } = ev {
                 assert_eq!(sent[msg_id].0, who, "result went to the wrong client");
-                assert!(answered.insert(*msg_id, *status).is_none(), "two results for {msg_id}");
+                assert!(
+                    answered.insert(*msg_id, *status).is_none(),
+                    "two results for {msg_id}"
+                );
             }
         }
     }
@@ -268,7 +306,10 @@ fn check_schedule(shards: usize, seed: u64, steps: &[Step], hop_queue_msgs_max: 
         let mut last: HashMap<(usize, Dest), u64> = HashMap::new();
         for ev in &sim.clients[cid].events {
             if let ClientEvent::Deliver { dest, msg_id, .. } = ev {
-                assert!(seen.insert(*msg_id, rc).is_none(), "delivered twice: {msg_id}");
+                assert!(
+                    seen.insert(*msg_id, rc).is_none(),
+                    "delivered twice: {msg_id}"
+                );
                 let (sender, d) = sent[msg_id];
                 assert_eq!(d, *dest);
                 let prev = last.insert((sender, d), *msg_id).unwrap_or(0);
@@ -291,7 +332,11 @@ fn check_schedule(shards: usize, seed: u64, steps: &[Step], hop_queue_msgs_max: 
         }
     }
     for s in &sim.shards {
-        assert!(s.table().is_empty(), "stale forward-table entries on shard {}", s.id());
+        assert!(
+            s.table().is_empty(),
+            "stale forward-table entries on shard {}",
+            s.id()
+        );
         assert_eq!(s.connections(), 0);
     }
 }
@@ -326,14 +371,34 @@ fn take_over_moves_delivery_to_the_newest_subscriber() {
     let tx = sim.connect(2);
     let (dest, _) = sim.listen(a, &secret(1), 9);
     sim.listen(b, &secret(1), 9);
-    assert!(sim.clients[a].events.iter().any(|e| matches!(e, ClientEvent::Unsubscribed { .. })));
+    assert!(
+        sim.clients[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Unsubscribed { .. }))
+    );
     sim.clients[tx].cc.send(dest, 1, 0, b"x");
     sim.run();
-    assert!(sim.clients[b].events.iter().any(|e| matches!(e, ClientEvent::Deliver { msg_id: 1, .. })));
-    assert!(!sim.clients[a].events.iter().any(|e| matches!(e, ClientEvent::Deliver { .. })));
+    assert!(
+        sim.clients[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Deliver { msg_id: 1, .. }))
+    );
+    assert!(
+        !sim.clients[a]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Deliver { .. }))
+    );
     // The old subscriber closing must not remove the new one's entry.
     sim.close(a);
     sim.clients[tx].cc.send(dest, 2, 0, b"y");
     sim.run();
-    assert!(sim.clients[b].events.iter().any(|e| matches!(e, ClientEvent::Deliver { msg_id: 2, .. })));
+    assert!(
+        sim.clients[b]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Deliver { msg_id: 2, .. }))
+    );
 }
