@@ -29,8 +29,8 @@ metrics! {
     closes_protocol: "counter", "ferry_connections_closed_protocol_total", "Of those: malformed, oversized, unknown or unexpected frames.";
     closes_timeout: "counter", "ferry_connections_closed_timeout_total", "Of those: handshake, idle, slow reader or slow sender timeouts.";
     frames_in: "counter", "ferry_frames_in_total", "Frames received from clients.";
-    bytes_in: "counter", "ferry_bytes_in_total", "Bytes received from clients (after TLS).";
-    bytes_out: "counter", "ferry_bytes_out_total", "Bytes written to clients (after TLS).";
+    bytes_in: "counter", "ferry_bytes_in_total", "Plaintext bytes received from clients (after TLS decryption).";
+    bytes_out: "counter", "ferry_bytes_out_total", "Plaintext bytes handed to client connections (before TLS encryption).";
     packets_sent: "counter", "ferry_packets_sent_total", "Send frames received.";
     packets_delivered: "counter", "ferry_packets_delivered_total", "Packets queued to a live subscriber.";
     packets_no_subscriber: "counter", "ferry_packets_not_delivered_no_subscriber_total", "Packets answered NoSubscriber.";

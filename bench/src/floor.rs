@@ -1,0 +1,97 @@
+//! The floor: the least work a relay can do. One glommio executor (io_uring) pinned to a core;
+//! each sender's bytes are copied to its paired receiver in 64 KiB reads, with no parsing, no
+//! lookup, no crypto. ferry's efficiency is measured against this, same workload, same core.
+//!
+//! Wire: every connection first sends 8 bytes, `FLRR` (receiver) or `FLRS` (sender) followed by a
+//! pair id (u32 LE); after that a sender's bytes go to its receiver unchanged.
+//!
+//! `ferry-floor [--listen 127.0.0.1:7900] [--cpu N]`
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+
+type Receivers = Rc<RefCell<HashMap<u32, TcpStream>>>;
+
+async fn serve(stream: TcpStream, receivers: Receivers) {
+    let mut stream = stream;
+    let _ = stream.set_nodelay(true);
+    let mut hello = [0u8; 8];
+    if stream.read_exact(&mut hello).await.is_err() {
+        return;
+    }
+    let pair = u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]);
+    match &hello[..4] {
+        b"FLRR" => {
+            receivers.borrow_mut().insert(pair, stream);
+        }
+        b"FLRS" => {
+            let Some(mut target) = receivers.borrow_mut().remove(&pair) else {
+                return;
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if target.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn main() {
+    let mut listen = "127.0.0.1:7900".to_string();
+    let mut cpu = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next().unwrap_or(listen),
+            "--cpu" => cpu = args.next().and_then(|c| c.parse::<usize>().ok()),
+            other => {
+                eprintln!("ferry-floor: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+    let handle = LocalExecutorBuilder::new(placement)
+        .name("ferry-floor")
+        .spawn(move || async move {
+            let listener = match TcpListener::bind(listen.as_str()) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("ferry-floor: bind {listen}: {e}");
+                    std::process::exit(1);
+                }
+            };
+            println!(
+                "ferry-floor listening {}",
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            let receivers: Receivers = Rc::new(RefCell::new(HashMap::new()));
+            while let Ok(s) = listener.accept().await {
+                glommio::spawn_local(serve(s, receivers.clone())).detach();
+            }
+        });
+    match handle {
+        Ok(h) => {
+            let _ = h.join();
+        }
+        Err(e) => {
+            eprintln!("ferry-floor: cannot start executor: {e}");
+            std::process::exit(1);
+        }
+    }
+}
