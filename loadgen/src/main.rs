@@ -119,6 +119,12 @@ fn read_until(s: &mut TcpStream, needle: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(got)
 }
 
+/// Bytes a set-up client state machine had read but not yet parsed (none in practice: set-up
+/// ends on a complete answer), handed to the scanner so nothing is lost.
+fn pending_bytes(cc: ferry_proto::conn::ClientConn) -> Vec<u8> {
+    cc.into_unread()
+}
+
 /// One connection of the run, set up and ready for the event loop.
 struct Conn {
     stream: MioStream,
@@ -151,7 +157,7 @@ fn open_receiver(
             let epoch = c.epoch();
             let dest = c.listen(&mailbox(seed, i), [epoch, epoch + 1])?[0];
             let (s, cc, _) = c.into_plain_parts()?.context("plain connection")?;
-            Ok((s, Parser::Ferry(Box::new(cc)), Route::Ferry(dest)))
+            Ok((s, Parser::Ferry(pending_bytes(cc)), Route::Ferry(dest)))
         }
         Kind::Nats => {
             let mut s = TcpStream::connect(addr)?;
@@ -198,7 +204,7 @@ fn open_sender(
         Kind::Ferry => {
             let c = Client::connect(addr)?;
             let (s, cc, _) = c.into_plain_parts()?.context("plain connection")?;
-            Ok((s, Parser::Ferry(Box::new(cc))))
+            Ok((s, Parser::Ferry(pending_bytes(cc))))
         }
         Kind::Nats => {
             let mut s = TcpStream::connect(addr)?;
@@ -338,6 +344,7 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
     let drain_ns = end_ns + 2_000_000_000;
     let usage_start_at = std::cell::Cell::new(None);
     let mut usage_start = None;
+    let mut own_start = None;
     let mut rss_max = 0u64;
     let mut last_progress = 0u64;
     let mut window_sent = 0u64;
@@ -347,6 +354,7 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         let now = now_ns();
         if usage_start.is_none() && now >= warm_ns {
             usage_start = args.server_pid.and_then(server_usage);
+            own_start = server_usage(std::process::id());
             usage_start_at.set(Some(Instant::now()));
         }
         if now >= drain_ns || (now >= end_ns && totals.delivered + totals.rejected >= window_sent) {
@@ -474,6 +482,7 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         }
     }
     let usage_end = args.server_pid.and_then(server_usage);
+    let own_end = server_usage(std::process::id());
     let elapsed = usage_start_at
         .get()
         .map(|t| t.elapsed().as_secs_f64())
@@ -507,6 +516,10 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         "latency_us": q(&totals.corrected),
         "latency_raw_us": q(&totals.raw),
     });
+    if let (Some((u0, s0, _)), Some((u1, s1, _))) = (own_start, own_end) {
+        // Near 1.0 means the generator, not the server, set the pace.
+        out["loadgen_cpu_cores"] = serde_json::json!(((u1 - u0) + (s1 - s0)) / elapsed);
+    }
     if let (Some((u0, s0, _)), Some((u1, s1, rss))) = (usage_start, usage_end) {
         let cpu = (u1 - u0) + (s1 - s0);
         out["server_cpu_user_s"] = serde_json::json!(u1 - u0);

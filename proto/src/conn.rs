@@ -150,7 +150,7 @@ impl ServerConn {
             node_id,
             shard,
             state: State::AwaitHello,
-            inbuf: BytesMut::with_capacity(4096),
+            inbuf: BytesMut::new(),
             out: BytesMut::new(),
             in_flight_bytes: 0,
             challenge,
@@ -207,6 +207,9 @@ impl ServerConn {
                 Ok(None) => {
                     if self.inbuf.is_empty() {
                         self.partial_since_ms = None;
+                        // Idle connections hold no input buffer (payloads already split off keep
+                        // their own reference to it).
+                        self.inbuf = BytesMut::new();
                     }
                     return None;
                 }
@@ -736,6 +739,10 @@ impl ClientConn {
     }
     pub fn on_bytes(&mut self, data: &[u8]) {
         self.inbuf.extend_from_slice(data);
+    }
+    /// Received bytes not yet parsed, for handing the connection to another parser.
+    pub fn into_unread(self) -> Vec<u8> {
+        self.inbuf.to_vec()
     }
     pub fn poll_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
         loop {

@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ahash::AHashMap;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
@@ -170,6 +171,10 @@ struct Ctx {
     driver: DriverConfig,
     /// The certificate new TLS connections get (replaced on reload).
     tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// The shard's read buffer, shared by every connection (see `read_loop`).
+    read_buf: RefCell<Vec<u8>>,
+    /// Decrypted TLS records land here before the shard parses them.
+    plain_buf: RefCell<Vec<u8>>,
 }
 
 impl Ctx {
@@ -239,8 +244,10 @@ async fn run_shard(
         writers: RefCell::new(AHashMap::new()),
         flushers,
         scratch: RefCell::new(Vec::new()),
-        driver,
         tls: RefCell::new(reload.get().and_then(|r| r.tls)),
+        read_buf: RefCell::new(vec![0u8; driver.read_buffer_bytes.max(4096)]),
+        plain_buf: RefCell::new(vec![0u8; 16 * 1024]),
+        driver,
     });
     let mut reload_seen = reload.generation();
 
@@ -429,8 +436,6 @@ async fn read_loop(
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
     tls: Option<Tls>,
 ) {
-    let mut buf = vec![0u8; ctx.driver.read_buffer_bytes.max(4096)];
-    let mut plain = vec![0u8; 16 * 1024];
     loop {
         // Backpressure: stop reading while an outbox towards another core is over half full, or
         // while this connection's own replies are backlogged (it sends but does not read).
@@ -447,24 +452,19 @@ async fn read_loop(
             }
             glommio::timer::sleep(Duration::from_micros(if pressure { 200 } else { 1_000 })).await;
         }
-        let n = match reader.read(&mut buf).await {
+        // One read buffer per shard, not per connection: glommio's poll_read uses the buffer
+        // only during the poll (a direct recv, or arming a readiness poll when it would block),
+        // so the borrow never spans a suspension and an idle connection holds no buffer.
+        let read = std::future::poll_fn(|cx| {
+            let mut buf = ctx.read_buf.borrow_mut();
+            Pin::new(&mut reader).poll_read(cx, &mut buf)
+        })
+        .await;
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let now = ctx.clock.now();
-        let pause = match &tls {
-            None => ctx.shard.borrow_mut().on_bytes(now, conn, &buf[..n]),
-            Some(t) => match tls_input(&ctx, conn, t, &buf[..n], &mut plain) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(error = %e, "TLS error");
-                    ctx.shard
-                        .borrow_mut()
-                        .close(conn, ErrorCode::TlsError, "TLS error");
-                    0
-                }
-            },
-        };
+        let pause = feed(&ctx, conn, tls.as_ref(), n);
         ctx.after_work();
         if pause > 0 {
             glommio::timer::sleep(Duration::from_millis(pause)).await;
@@ -475,6 +475,26 @@ async fn read_loop(
     ctx.after_work();
     if let Some((w, _)) = ctx.writers.borrow().get(&conn) {
         let _ = w.try_send(());
+    }
+}
+
+/// Hands the first `n` bytes of the shard's read buffer to the connection (through TLS when it
+/// has it). Returns the read pause (ms).
+fn feed(ctx: &Ctx, conn: u64, tls: Option<&Tls>, n: usize) -> u64 {
+    let now = ctx.clock.now();
+    let buf = ctx.read_buf.borrow();
+    match tls {
+        None => ctx.shard.borrow_mut().on_bytes(now, conn, &buf[..n]),
+        Some(t) => match tls_input(ctx, conn, t, &buf[..n], &mut ctx.plain_buf.borrow_mut()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS error");
+                ctx.shard
+                    .borrow_mut()
+                    .close(conn, ErrorCode::TlsError, "TLS error");
+                0
+            }
+        },
     }
 }
 
