@@ -14,4 +14,6 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Binaries first: tests/loadgen.rs runs ferry-loadgen, which `cargo test` alone does not rebuild.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -75,6 +75,12 @@ struct Args {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// For ferry+tls://: PEM file with the certificate or CA to trust.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// For ferry+tls://: the name the certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
 }
 
 /// Bytes a sender may buffer when the server stops reading; beyond it messages are counted lost.
@@ -89,7 +95,12 @@ fn parse_target(t: &str) -> anyhow::Result<(Kind, SocketAddr)> {
         "nats" => Kind::Nats,
         "redis" => Kind::Redis,
         "floor" => Kind::Floor,
-        "ferry+tls" => bail!("ferry+tls is not supported by the load generator yet"),
+        "ferry+tls" => {
+            if TLS.get().is_none_or(|t| t.is_none()) {
+                bail!("ferry+tls:// needs --tls-ca (the PEM certificate or CA to trust)");
+            }
+            Kind::Ferry
+        }
         other => bail!("unknown scheme {other}"),
     };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)?
@@ -128,6 +139,8 @@ fn pending_bytes(cc: ferry_proto::conn::ClientConn) -> Vec<u8> {
 /// One connection of the run, set up and ready for the event loop.
 struct Conn {
     stream: MioStream,
+    /// `ferry+tls`: the session; `out` holds plaintext until rustls takes it.
+    tls: Option<Box<rustls::ClientConnection>>,
     parser: Parser,
     out: Vec<u8>,
     sender: Option<Sender>,
@@ -143,6 +156,42 @@ struct Sender {
     seq: u64,
 }
 
+/// TLS settings for `ferry+tls://` targets, set once from the command line.
+static TLS: std::sync::OnceLock<Option<ferry_sdk::ConnectOptions>> = std::sync::OnceLock::new();
+
+/// A connection after set-up: socket, TLS session for `ferry+tls`, and the parser of its input.
+struct Opened {
+    socket: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
+    parser: Parser,
+}
+
+impl Opened {
+    fn plain(socket: TcpStream, parser: Parser) -> Self {
+        Opened {
+            socket,
+            tls: None,
+            parser,
+        }
+    }
+}
+
+fn ferry_connect(addr: SocketAddr) -> anyhow::Result<Client> {
+    Ok(match TLS.get().and_then(|t| t.as_ref()) {
+        Some(opts) => Client::connect_with(addr, opts)?,
+        None => Client::connect(addr)?,
+    })
+}
+
+fn ferry_opened(c: Client) -> anyhow::Result<Opened> {
+    let parts = c.into_parts()?;
+    Ok(Opened {
+        socket: parts.socket,
+        tls: parts.tls,
+        parser: Parser::Ferry(pending_bytes(parts.conn)),
+    })
+}
+
 /// Opens a receiver subscribed to stream `i`; returns the connection and the route to it.
 fn open_receiver(
     kind: Kind,
@@ -150,14 +199,13 @@ fn open_receiver(
     seed: u64,
     i: usize,
     size: usize,
-) -> anyhow::Result<(TcpStream, Parser, Route)> {
+) -> anyhow::Result<(Opened, Route)> {
     match kind {
         Kind::Ferry => {
-            let mut c = Client::connect(addr)?;
+            let mut c = ferry_connect(addr)?;
             let epoch = c.epoch();
             let dest = c.listen(&mailbox(seed, i), [epoch, epoch + 1])?[0];
-            let (s, cc, _) = c.into_plain_parts()?.context("plain connection")?;
-            Ok((s, Parser::Ferry(pending_bytes(cc)), Route::Ferry(dest)))
+            Ok((ferry_opened(c)?, Route::Ferry(dest)))
         }
         Kind::Nats => {
             let mut s = TcpStream::connect(addr)?;
@@ -168,14 +216,20 @@ fn open_receiver(
                 "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false}}\r\nSUB {subject} {i}\r\nPING\r\n"
             )?;
             read_until(&mut s, b"PONG\r\n")?;
-            Ok((s, Parser::Nats(Vec::new()), Route::Subject(subject)))
+            Ok((
+                Opened::plain(s, Parser::Nats(Vec::new())),
+                Route::Subject(subject),
+            ))
         }
         Kind::Redis => {
             let mut s = TcpStream::connect(addr)?;
             let ch = format!("ferry.bench.{seed}.{i}");
             write!(s, "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{ch}\r\n", ch.len())?;
             read_until(&mut s, b":1\r\n")?;
-            Ok((s, Parser::Redis(Vec::new()), Route::Subject(ch)))
+            Ok((
+                Opened::plain(s, Parser::Redis(Vec::new())),
+                Route::Subject(ch),
+            ))
         }
         Kind::Floor => {
             let mut s = TcpStream::connect(addr)?;
@@ -183,43 +237,39 @@ fn open_receiver(
             hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
             s.write_all(&hello)?;
             Ok((
-                s,
-                Parser::Floor {
-                    buf: Vec::new(),
-                    size,
-                },
+                Opened::plain(
+                    s,
+                    Parser::Floor {
+                        buf: Vec::new(),
+                        size,
+                    },
+                ),
                 Route::Floor,
             ))
         }
     }
 }
 
-fn open_sender(
-    kind: Kind,
-    addr: SocketAddr,
-    i: usize,
-    size: usize,
-) -> anyhow::Result<(TcpStream, Parser)> {
+fn open_sender(kind: Kind, addr: SocketAddr, i: usize, size: usize) -> anyhow::Result<Opened> {
     match kind {
-        Kind::Ferry => {
-            let c = Client::connect(addr)?;
-            let (s, cc, _) = c.into_plain_parts()?.context("plain connection")?;
-            Ok((s, Parser::Ferry(pending_bytes(cc))))
-        }
+        Kind::Ferry => ferry_opened(ferry_connect(addr)?),
         Kind::Nats => {
             let mut s = TcpStream::connect(addr)?;
             read_until(&mut s, b"\r\n")?;
             s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")?;
             read_until(&mut s, b"PONG\r\n")?;
-            Ok((s, Parser::Nats(Vec::new())))
+            Ok(Opened::plain(s, Parser::Nats(Vec::new())))
         }
-        Kind::Redis => Ok((TcpStream::connect(addr)?, Parser::Redis(Vec::new()))),
+        Kind::Redis => Ok(Opened::plain(
+            TcpStream::connect(addr)?,
+            Parser::Redis(Vec::new()),
+        )),
         Kind::Floor => {
             let mut s = TcpStream::connect(addr)?;
             let mut hello = b"FLRS".to_vec();
             hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
             s.write_all(&hello)?;
-            Ok((
+            Ok(Opened::plain(
                 s,
                 Parser::Floor {
                     buf: Vec::new(),
@@ -270,12 +320,13 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
     let mut conns: Vec<Conn> = Vec::new();
     let mut routes = Vec::new();
     for i in 0..receivers {
-        let (s, parser, route) = open_receiver(kind, addr, args.seed, i, args.size)?;
-        s.set_nonblocking(true)?;
-        s.set_nodelay(true)?;
+        let (o, route) = open_receiver(kind, addr, args.seed, i, args.size)?;
+        o.socket.set_nonblocking(true)?;
+        o.socket.set_nodelay(true)?;
         conns.push(Conn {
-            stream: MioStream::from_std(s),
-            parser,
+            stream: MioStream::from_std(o.socket),
+            tls: o.tls,
+            parser: o.parser,
             out: Vec::new(),
             sender: None,
             counts_for: vec![i],
@@ -290,13 +341,14 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         .checked_div(args.rate)
         .map_or(0, |i| i.max(1));
     for i in 0..p {
-        let (s, parser) = open_sender(kind, addr, i, args.size)?;
-        s.set_nonblocking(true)?;
-        s.set_nodelay(true)?;
+        let o = open_sender(kind, addr, i, args.size)?;
+        o.socket.set_nonblocking(true)?;
+        o.socket.set_nodelay(true)?;
         let route = routes[if fanin { 0 } else { i }].clone();
         conns.push(Conn {
-            stream: MioStream::from_std(s),
-            parser,
+            stream: MioStream::from_std(o.socket),
+            tls: o.tls,
+            parser: o.parser,
             out: Vec::new(),
             sender: Some(Sender {
                 route,
@@ -334,6 +386,7 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
     let mut payload = vec![0x42u8; args.size];
     let mut rbuf = vec![0u8; 256 * 1024];
     let mut reply = Vec::new();
+    let mut plain = Vec::new();
 
     let origin = Instant::now();
     let now_ns = || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -427,7 +480,14 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
                     Ok(n) => {
                         let recv_ns = now_ns();
                         let counts_for = c.counts_for.first().copied();
-                        c.parser.feed(&rbuf[..n], &mut reply, &mut stats, |m| {
+                        let input: &[u8] = match c.tls.as_mut() {
+                            None => &rbuf[..n],
+                            Some(t) => {
+                                decrypt(t, &rbuf[..n], &mut plain)?;
+                                &plain
+                            }
+                        };
+                        c.parser.feed(input, &mut reply, &mut stats, |m| {
                             let Some((intended, sent, _seq)) = wire::get_header(m) else {
                                 return;
                             };
@@ -537,6 +597,26 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
 }
 
 fn flush(c: &mut Conn) -> anyhow::Result<()> {
+    if let Some(t) = c.tls.as_mut() {
+        // Plaintext moves into rustls only once its previous records are on the wire, so the
+        // backlog stays visible (and bounded) in `out`.
+        loop {
+            while t.wants_write() {
+                match t.write_tls(&mut c.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if c.out.is_empty() {
+                return Ok(());
+            }
+            // 16 KiB: one TLS record, well inside rustls's default 64 KiB buffer.
+            let n = c.out.len().min(16 * 1024);
+            t.writer().write_all(&c.out[..n])?;
+            c.out.drain(..n);
+        }
+    }
     while !c.out.is_empty() {
         match c.stream.write(&c.out) {
             Ok(0) => bail!("write returned 0"),
@@ -545,6 +625,29 @@ fn flush(c: &mut Conn) -> anyhow::Result<()> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// TLS records in, plaintext out (into `plain`, replacing its contents).
+fn decrypt(
+    t: &mut rustls::ClientConnection,
+    mut data: &[u8],
+    plain: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    plain.clear();
+    while !data.is_empty() {
+        t.read_tls(&mut data)?;
+        t.process_new_packets()?;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match t.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(k) => plain.extend_from_slice(&chunk[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(())
@@ -563,8 +666,7 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
                 let mut i = t * 1_000_000;
                 while Instant::now() < end {
                     let t0 = Instant::now();
-                    let (s, _, _) = open_receiver(kind, addr, seed, i, size)?;
-                    drop(s);
+                    drop(open_receiver(kind, addr, seed, i, size)?);
                     if t0 >= warm {
                         h.record(
                             u64::try_from(t0.elapsed().as_nanos())
@@ -608,13 +710,8 @@ fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_j
     let mut conns = Vec::with_capacity(args.pairs);
     for i in 0..args.pairs {
         let s = match kind {
-            Kind::Ferry => {
-                Client::connect(addr)?
-                    .into_plain_parts()?
-                    .context("plain")?
-                    .0
-            }
-            _ => open_sender(kind, addr, i, args.size)?.0,
+            Kind::Ferry => ferry_connect(addr)?.into_parts()?.socket,
+            _ => open_sender(kind, addr, i, args.size)?.socket,
         };
         conns.push(s);
         if !args.quiet && i % 5000 == 4999 {
@@ -654,6 +751,21 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     raise_nofile();
     let result = (|| -> anyhow::Result<serde_json::Value> {
+        let tls = match &args.tls_ca {
+            None => None,
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)? {
+                    roots.add(cert?)?;
+                }
+                Some(ferry_sdk::ConnectOptions {
+                    tls: Some((args.tls_name.clone(), std::sync::Arc::new(roots))),
+                    ..Default::default()
+                })
+            }
+        };
+        let _ = TLS.set(tls);
         let (kind, addr) = parse_target(&args.target)?;
         match args.workload {
             Workload::Pairs | Workload::Fanin | Workload::Overload => run_stream(&args, kind, addr),

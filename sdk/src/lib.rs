@@ -184,6 +184,16 @@ impl Stream {
     }
 }
 
+/// A set-up connection taken apart by [`Client::into_parts`].
+#[derive(Debug)]
+pub struct Parts {
+    pub socket: TcpStream,
+    /// The TLS session (already past its handshake) for `ferry+tls` connections.
+    pub tls: Option<Box<rustls::ClientConnection>>,
+    pub conn: ClientConn,
+    pub events: Vec<ClientEvent>,
+}
+
 /// What the node said in its hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -531,19 +541,32 @@ impl Client {
         self.conn.send(dest, msg_id, flags, payload);
     }
 
-    /// Hands a plain-TCP connection over to another event loop (the load generator): the socket,
-    /// the protocol state machine and any events already read. `None` for TLS connections.
-    pub fn into_plain_parts(
-        mut self,
-    ) -> Result<Option<(TcpStream, ClientConn, Vec<ClientEvent>)>, SdkError> {
+    /// Hands the connection over to another event loop (the load generator): the socket, the TLS
+    /// session if there is one, the protocol state machine and any events already read.
+    pub fn into_parts(mut self) -> Result<Parts, SdkError> {
         self.flush()?;
-        match self.stream {
+        let events = self.events.into_iter().collect();
+        Ok(match self.stream {
             Stream::Plain(s) => {
                 s.set_read_timeout(None)?;
-                Ok(Some((s, self.conn, self.events.into_iter().collect())))
+                Parts {
+                    socket: s,
+                    tls: None,
+                    conn: self.conn,
+                    events,
+                }
             }
-            Stream::Tls(_) => Ok(None),
-        }
+            Stream::Tls(t) => {
+                let t = *t;
+                t.sock.set_read_timeout(None)?;
+                Parts {
+                    socket: t.sock,
+                    tls: Some(Box::new(t.conn)),
+                    conn: self.conn,
+                    events,
+                }
+            }
+        })
     }
 
     /// Sends a ping and waits for its pong.
