@@ -162,6 +162,9 @@ pub fn start(
     Ok(handles)
 }
 
+/// Accept failures are logged at most this often (all are counted).
+const ACCEPT_WARN_INTERVAL_MS: u64 = 10_000;
+
 struct Ctx {
     shard: RefCell<Shard>,
     clock: Clock,
@@ -360,12 +363,19 @@ async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer:
 }
 
 async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: bool, stop: Arc<AtomicBool>) {
+    let mut last_warn_ms = 0u64;
     while !stop.load(Ordering::Acquire) {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: back off instead of spinning, count every failure, and log
+                // at most once per ACCEPT_WARN_INTERVAL so a full fd table cannot flood the log.
+                ShardMetrics::inc(&ctx.shard.borrow().metrics().accept_errors);
+                let now = ctx.clock.now().mono_ms;
+                if now >= last_warn_ms.saturating_add(ACCEPT_WARN_INTERVAL_MS) {
+                    last_warn_ms = now;
+                    tracing::warn!(error = %e, "accept failed (raise the open-files limit if this is EMFILE)");
+                }
                 glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -25,6 +25,7 @@ metrics! {
     connections_open: "gauge", "ferry_connections_open", "Connections open now.";
     connections_refused_limit: "counter", "ferry_connections_refused_limit_total", "Connections refused: node connection limit.";
     connections_refused_rate: "counter", "ferry_connections_refused_rate_total", "Connections refused: per-address connection rate.";
+    accept_errors: "counter", "ferry_accept_errors_total", "accept() failures (e.g. EMFILE: the open-files limit is too low).";
     closes_error: "counter", "ferry_connections_closed_error_total", "Connections closed by the node with an error frame.";
     closes_protocol: "counter", "ferry_connections_closed_protocol_total", "Of those: malformed, oversized, unknown or unexpected frames.";
     closes_timeout: "counter", "ferry_connections_closed_timeout_total", "Of those: handshake, idle, slow reader or slow sender timeouts.";
