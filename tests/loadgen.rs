@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Node, temp_dir};
+use common::{Node, TlsFiles, args_with, temp_dir};
 
 /// `ferry-loadgen` is built beside `ferry` by `cargo build --workspace --bins` (tests/run-all.sh).
 fn loadgen_bin() -> PathBuf {
@@ -59,23 +59,9 @@ fn check_stream(v: &serde_json::Value) {
 #[test]
 fn loadgen_drives_every_workload_against_a_node() {
     let dir = temp_dir("lg");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
-    let cert_path = dir.join("cert.pem");
-    let node = Node::start(
-        &[
-            "--shards",
-            "2",
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            dir.join("key.pem").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let tls_files = TlsFiles::write(&dir);
+    let cert_path = tls_files.cert_path.clone();
+    let node = Node::start(&args_with(&["--shards", "2"], &tls_files.node_args()), &[]);
     let plain = format!("ferry://{}", node.addr());
     let tls = format!("ferry+tls://{}", node.tls.unwrap());
     let pid = node.pid().to_string();

@@ -9,36 +9,16 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, ferry_bin, mailbox, temp_dir};
+use common::{Node, TlsFiles, args_with, ferry_bin, mailbox, temp_dir};
 use ferry_proto::conn::ClientEvent;
 use ferry_sdk::{Client, ConnectOptions};
 
 #[test]
 fn tls_and_plain_clients_talk_through_one_node() {
-    let dir = temp_dir("tls");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let node = Node::start(
-        &[
-            "--shards",
-            "2",
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert_path.to_str().unwrap(),
-            "--tls-key",
-            key_path.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let opts = ConnectOptions {
-        tls: Some(("localhost".into(), Arc::new(roots))),
-        ..Default::default()
-    };
+    let tls = TlsFiles::write(&temp_dir("tls"));
+    let tls_args = tls.node_args();
+    let node = Node::start(&args_with(&["--shards", "2"], &tls_args), &[]);
+    let opts = tls.client_opts();
     let mut rx = Client::connect_with(node.tls.unwrap(), &opts).unwrap();
     let dest = rx.listen(&mailbox(1), [rx.epoch()]).unwrap()[0];
     let mut tx = node.client();
@@ -196,49 +176,26 @@ fn metrics_need_the_token_when_one_is_set() {
     assert_eq!(node.http_get("/healthz").0, 200);
 }
 
-fn write_cert(dir: &std::path::Path) -> rcgen::CertifiedKey {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
-    cert
-}
-
-fn tls_opts(cert: &rcgen::CertifiedKey) -> ConnectOptions {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    ConnectOptions {
-        tls: Some(("localhost".into(), Arc::new(roots))),
-        ..Default::default()
-    }
-}
-
 #[test]
 fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
     let dir = temp_dir("hup");
-    let first = write_cert(&dir);
+    let first = TlsFiles::write(&dir);
+    let tls_args = first.node_args();
     let file = dir.join("ferry.toml");
     std::fs::write(&file, "[limits]\nconnections_max = 100\n").unwrap();
     let node = Node::start(
-        &[
-            "--shards",
-            "1",
-            "--config",
-            file.to_str().unwrap(),
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tls-cert",
-            dir.join("cert.pem").to_str().unwrap(),
-            "--tls-key",
-            dir.join("key.pem").to_str().unwrap(),
-        ],
+        &args_with(
+            &["--shards", "1", "--config", file.to_str().unwrap()],
+            &tls_args,
+        ),
         &[],
     );
     let mut a = node.client();
-    let mut t = Client::connect_with(node.tls.unwrap(), &tls_opts(&first)).unwrap();
+    let mut t = Client::connect_with(node.tls.unwrap(), &first.client_opts()).unwrap();
 
     // New limit and new certificate, then SIGHUP.
     std::fs::write(&file, "[limits]\nconnections_max = 2\n").unwrap();
-    let second = write_cert(&dir);
+    let second = TlsFiles::write(&dir);
     let hup = Command::new("kill")
         .args(["-HUP", &node.pid().to_string()])
         .status()
@@ -266,8 +223,8 @@ fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
     t.ping(2).unwrap();
     drop(a);
     // New TLS connections get the new certificate.
-    assert!(Client::connect_with(node.tls.unwrap(), &tls_opts(&first)).is_err());
-    let mut fresh = Client::connect_with(node.tls.unwrap(), &tls_opts(&second)).unwrap();
+    assert!(Client::connect_with(node.tls.unwrap(), &first.client_opts()).is_err());
+    let mut fresh = Client::connect_with(node.tls.unwrap(), &second.client_opts()).unwrap();
     fresh.ping(3).unwrap();
 
     // A broken file on SIGHUP is refused and the running configuration stays.

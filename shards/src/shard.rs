@@ -472,10 +472,11 @@ impl Shard {
                 msg_id,
                 status,
             } => {
-                if let Some(c) = self.conns.get_mut(&to) {
-                    c.sm.send_result(dest, msg_id, status);
-                    self.mark_ready(to);
-                }
+                let here = ConnRef {
+                    shard: self.cfg.shard,
+                    conn: to,
+                };
+                self.reply(here, dest, msg_id, status);
             }
             HopMsg::Subscribe { dest, sub } => {
                 debug_assert_eq!(self.owner(&dest), self.cfg.shard);

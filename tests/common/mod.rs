@@ -215,3 +215,54 @@ pub fn mailbox_owned_by(shard: usize, shards: usize, epoch: u64, start: u32) -> 
     }
     panic!("no mailbox for shard {shard}");
 }
+
+/// A self-signed certificate for "localhost", written as `cert.pem` and `key.pem` in `dir`.
+pub struct TlsFiles {
+    pub cert: rcgen::CertifiedKey,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn write(dir: &std::path::Path) -> TlsFiles {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        TlsFiles {
+            cert,
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// Flags for a TLS listener on an ephemeral loopback port with this certificate.
+    pub fn node_args(&self) -> Vec<String> {
+        vec![
+            "--listen-tls".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            self.cert_path.display().to_string(),
+            "--tls-key".into(),
+            self.key_path.display().to_string(),
+        ]
+    }
+
+    /// Client options that trust exactly this certificate.
+    pub fn client_opts(&self) -> ferry_sdk::ConnectOptions {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.cert.der().clone()).unwrap();
+        ferry_sdk::ConnectOptions {
+            tls: Some(("localhost".into(), std::sync::Arc::new(roots))),
+            ..Default::default()
+        }
+    }
+}
+
+/// `args` followed by `more`, as the `&[&str]` that [`Node::start`] takes.
+pub fn args_with<'a>(args: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
+    args.iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect()
+}
