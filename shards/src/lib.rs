@@ -12,6 +12,7 @@ pub mod driver;
 pub mod metrics;
 pub mod ratelimit;
 pub mod shard;
+pub mod store;
 pub mod table;
 
 pub use shard::{Accept, HopMsg, Output, Shard, ShardConfig};

@@ -1,0 +1,664 @@
+//! The store-and-forward log of one shard (docs/STORAGE.md).
+//!
+//! Data flow: `append` writes a record to the active segment and indexes it under its dest →
+//! `sync` (per the fsync policy) makes appends durable and advances `durable_seq`; a sender is told
+//! "stored" only for appends at or below it → `drain` lists a dest's live blobs in order → `ack`
+//! writes a tombstone and unindexes the blob → a segment whose blobs are all acked or expired,
+//! and whose tombstones no longer matter, is deleted whole. `open` replays every segment: a torn
+//! tail ends a segment, a corrupt record followed by valid ones is quarantined (skipped, counted).
+//!
+//! Not wired to the wire protocol yet: the node still answers `NoSubscriber` for offline
+//! recipients (issue 4 tracks the rest).
+
+pub mod backend;
+pub mod format;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ahash::{AHashMap, AHashSet};
+use ferry_proto::Dest;
+
+use backend::{Backend, Segment};
+use format::{Kind, Pos, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_HEADER_BYTES, Scan};
+
+/// When appends become durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every append is synced before it is acknowledged.
+    Always,
+    /// Group commit: sync at most every `ms`; appends are acknowledged at the next sync.
+    Interval { ms: u64 },
+    /// Never sync explicitly; acknowledged once in the page cache.
+    None,
+}
+
+/// Named limits of the store.
+#[derive(Clone, Debug)]
+pub struct StoreLimits {
+    pub segment_bytes: usize,
+    /// A segment older than this is closed for appends (segments roll by time).
+    pub segment_roll_s: u64,
+    pub ttl_max_s: u64,
+    pub dest_blobs_max: usize,
+    pub dest_bytes_max: u64,
+    /// Bytes of segments this shard may hold.
+    pub disk_bytes_max: u64,
+    /// Above this share of `disk_bytes_max`, new blobs are refused (tombstones still fit).
+    pub high_water_percent: u8,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            segment_bytes: 64 << 20,
+            segment_roll_s: 3_600,
+            ttl_max_s: 72 * 3_600,
+            dest_blobs_max: 10_000,
+            dest_bytes_max: 64 << 20,
+            disk_bytes_max: 8 << 30,
+            high_water_percent: 90,
+        }
+    }
+}
+
+/// Why the store refused or failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The disk budget's high-water mark is reached, or the disk itself is full.
+    StoreFull,
+    /// This dest holds its maximum number of blobs or bytes.
+    DestQuota,
+    /// The blob does not fit in a segment.
+    TooLarge { payload_len: usize },
+    /// A write failed; the record is not stored.
+    Io(std::io::Error),
+    /// An fsync failed: durability is unknown, the node must stop.
+    SyncFailed(std::io::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::StoreFull => write!(f, "store full"),
+            StoreError::DestQuota => write!(f, "destination quota reached"),
+            StoreError::TooLarge { payload_len } => {
+                write!(f, "blob of {payload_len} bytes does not fit a segment")
+            }
+            StoreError::Io(e) => write!(f, "store write failed: {e}"),
+            StoreError::SyncFailed(e) => write!(f, "fsync failed, durability unknown: {e}"),
+        }
+    }
+}
+impl std::error::Error for StoreError {}
+
+/// One live blob in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub pos: Pos,
+    pub msg_id: u64,
+    pub expiry_unix_s: u64,
+    pub payload_len: u32,
+    /// Append sequence number (durable once `durable_seq() >= seq`).
+    pub seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct DestQueue {
+    entries: VecDeque<Entry>,
+    msg_ids: AHashSet<u64>,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct SegState<S> {
+    seg: S,
+    write_at: usize,
+    created_unix_s: u64,
+    live_blobs: u32,
+    /// Segments holding blobs this segment's tombstones kill: it must outlive them.
+    tomb_targets: BTreeSet<u64>,
+    sealed: bool,
+}
+
+/// What `open` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    pub blobs: usize,
+    pub tombstones: usize,
+    /// Corrupt records skipped because valid records follow them.
+    pub quarantined: usize,
+    /// Segments whose tail was torn (ended early).
+    pub torn_tails: usize,
+    /// Segments with an unreadable header, left on disk and not used.
+    pub bad_segments: usize,
+}
+
+/// Outcome of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub pos: Pos,
+    pub seq: u64,
+    /// The same (dest, msg_id) was already stored: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// One shard's log over a backend.
+#[derive(Debug)]
+pub struct Log<B: Backend> {
+    backend: B,
+    shard: u16,
+    limits: StoreLimits,
+    policy: FsyncPolicy,
+    segments: BTreeMap<u64, SegState<B::Seg>>,
+    bad_segments: BTreeSet<u64>,
+    active: Option<u64>,
+    index: AHashMap<Dest, DestQueue>,
+    next_seq: u64,
+    durable_seq: u64,
+    dirty: bool,
+    last_sync_ms: u64,
+    scratch: Vec<u8>,
+}
+
+impl<B: Backend> Log<B> {
+    /// Opens the log, replaying every segment.
+    pub fn open(
+        backend: B,
+        shard: u16,
+        limits: StoreLimits,
+        policy: FsyncPolicy,
+        now_unix_s: u64,
+    ) -> Result<(Self, Recovery), StoreError> {
+        assert!(limits.segment_bytes > SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES);
+        assert!(limits.high_water_percent <= 100);
+        let mut log = Log {
+            shard,
+            limits,
+            policy,
+            segments: BTreeMap::new(),
+            bad_segments: BTreeSet::new(),
+            active: None,
+            index: AHashMap::new(),
+            next_seq: 1,
+            durable_seq: 0,
+            dirty: false,
+            last_sync_ms: 0,
+            scratch: Vec::new(),
+            backend,
+        };
+        let mut rec = Recovery::default();
+        let seqs = log.backend.list().map_err(StoreError::Io)?;
+        // Every blob record in replay order (segment, then offset = append order), and every
+        // tombstone. Tombstones and expiry are applied before de-duplication: a blob re-sent after
+        // its first copy was acked or expired is a new, live blob.
+        let mut blobs: Vec<(Dest, Entry)> = Vec::new();
+        let mut tombstones: Vec<(u64, Pos)> = Vec::new();
+        for seq in seqs {
+            let seg = log.backend.open(seq).map_err(StoreError::Io)?;
+            let Some((_, _, created)) = format::decode_segment_header(seg.bytes()) else {
+                rec.bad_segments += 1;
+                log.bad_segments.insert(seq);
+                continue;
+            };
+            rec.segments += 1;
+            let (write_at, torn, quarantined) =
+                replay_segment(seg.bytes(), seq, &mut |h, pos, payload_len| match h.kind {
+                    Kind::Blob => {
+                        rec.blobs += 1;
+                        let entry = Entry {
+                            pos,
+                            msg_id: h.msg_id,
+                            expiry_unix_s: h.expiry_unix_s,
+                            payload_len,
+                            seq: 0,
+                        };
+                        blobs.push((h.dest, entry));
+                    }
+                    Kind::Tombstone => {
+                        rec.tombstones += 1;
+                        tombstones.push((seq, Pos::from_u64(h.target)));
+                    }
+                });
+            rec.torn_tails += usize::from(torn);
+            rec.quarantined += quarantined;
+            // Recovered segments are never appended to again: appends go to a fresh segment.
+            log.segments.insert(
+                seq,
+                SegState {
+                    seg,
+                    write_at,
+                    created_unix_s: created,
+                    live_blobs: 0,
+                    tomb_targets: BTreeSet::new(),
+                    sealed: true,
+                },
+            );
+        }
+        let dead: AHashSet<Pos> = tombstones.iter().map(|(_, p)| *p).collect();
+        for (seg, target) in &tombstones {
+            if target.segment != *seg && log.segments.contains_key(&target.segment) {
+                if let Some(s) = log.segments.get_mut(seg) {
+                    s.tomb_targets.insert(target.segment);
+                }
+            }
+        }
+        for (dest, e) in blobs {
+            if dead.contains(&e.pos) || e.expiry_unix_s <= now_unix_s {
+                continue;
+            }
+            let q = log.index.entry(dest).or_default();
+            if q.msg_ids.insert(e.msg_id) {
+                q.bytes += u64::from(e.payload_len);
+                q.entries.push_back(e);
+                if let Some(s) = log.segments.get_mut(&e.pos.segment) {
+                    s.live_blobs += 1;
+                }
+            }
+        }
+        log.next_seq = 1;
+        log.durable_seq = 0;
+        log.reclaim()?;
+        Ok((log, rec))
+    }
+
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// Bytes of segments on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        (self.segments.len() * self.limits.segment_bytes) as u64
+    }
+
+    fn above_high_water(&self, extra: u64) -> bool {
+        let hw = self.limits.disk_bytes_max / 100 * u64::from(self.limits.high_water_percent);
+        self.disk_bytes() + extra > hw
+    }
+
+    /// Whether a new segment would cross the high-water mark, i.e. a blob that does not fit the
+    /// active segment is refused with `StoreFull` (readiness reports it).
+    pub fn is_full(&self) -> bool {
+        self.above_high_water(self.limits.segment_bytes as u64)
+    }
+
+    /// Makes room for `bytes` in the active segment, rolling to a new one when needed.
+    fn active_for(
+        &mut self,
+        now_unix_s: u64,
+        bytes: usize,
+        tombstone: bool,
+    ) -> Result<u64, StoreError> {
+        if let Some(a) = self.active {
+            let s = &self.segments[&a];
+            let fits = s.write_at + bytes <= self.limits.segment_bytes;
+            let young = now_unix_s < s.created_unix_s.saturating_add(self.limits.segment_roll_s);
+            if fits && young {
+                return Ok(a);
+            }
+            if let Some(s) = self.segments.get_mut(&a) {
+                s.sealed = true;
+            }
+            // The sealed segment's tail must be durable before appends move on (interval sync
+            // covers only the active segment).
+            self.sync_segment(a)?;
+        }
+        let seg_bytes = self.limits.segment_bytes as u64;
+        let over_budget = self.disk_bytes() + seg_bytes > self.limits.disk_bytes_max;
+        if over_budget || (!tombstone && self.above_high_water(seg_bytes)) {
+            return Err(StoreError::StoreFull);
+        }
+        let seq = self
+            .segments
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.bad_segments.last().copied().unwrap_or(0))
+            + 1;
+        let mut seg = match self.backend.create(seq, self.limits.segment_bytes) {
+            Ok(s) => s,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOSPC)
+                    || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
+                return Err(StoreError::StoreFull);
+            }
+            Err(e) => return Err(StoreError::Io(e)),
+        };
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        format::encode_segment_header(&mut header, self.shard, seq, now_unix_s);
+        seg.write(0, &header).map_err(StoreError::Io)?;
+        self.segments.insert(
+            seq,
+            SegState {
+                seg,
+                write_at: SEGMENT_HEADER_BYTES,
+                created_unix_s: now_unix_s,
+                live_blobs: 0,
+                tomb_targets: BTreeSet::new(),
+                sealed: false,
+            },
+        );
+        self.active = Some(seq);
+        Ok(seq)
+    }
+
+    fn write_record(
+        &mut self,
+        now_unix_s: u64,
+        h: &RecordHeader,
+        payload: &[u8],
+        tombstone: bool,
+    ) -> Result<Pos, StoreError> {
+        let n = format::record_bytes(payload.len());
+        if SEGMENT_HEADER_BYTES + n > self.limits.segment_bytes {
+            return Err(StoreError::TooLarge {
+                payload_len: payload.len(),
+            });
+        }
+        let seq = self.active_for(now_unix_s, n, tombstone)?;
+        self.scratch.resize(n, 0);
+        format::encode_record(&mut self.scratch, h, payload);
+        let s = self.segments.get_mut(&seq).ok_or(StoreError::StoreFull)?;
+        let offset = s.write_at;
+        if let Err(e) = s.seg.write(offset, &self.scratch) {
+            // The bytes may be torn on disk; never write after them in this segment.
+            s.sealed = true;
+            self.active = None;
+            return Err(StoreError::Io(e));
+        }
+        s.write_at += n;
+        self.dirty = true;
+        Ok(Pos {
+            segment: seq,
+            offset: u32::try_from(offset).map_err(|_| StoreError::TooLarge {
+                payload_len: payload.len(),
+            })?,
+        })
+    }
+
+    /// Stores a blob for `dest`. With `FsyncPolicy::Always` it is durable when this returns.
+    pub fn append(
+        &mut self,
+        now_unix_s: u64,
+        dest: Dest,
+        msg_id: u64,
+        ttl_s: u64,
+        payload: &[u8],
+    ) -> Result<Appended, StoreError> {
+        if let Some(q) = self.index.get(&dest) {
+            if q.msg_ids.contains(&msg_id) {
+                let e = q.entries.iter().find(|e| e.msg_id == msg_id).copied();
+                if let Some(e) = e {
+                    return Ok(Appended {
+                        pos: e.pos,
+                        seq: e.seq,
+                        duplicate: true,
+                    });
+                }
+            }
+            if q.entries.len() >= self.limits.dest_blobs_max
+                || q.bytes + payload.len() as u64 > self.limits.dest_bytes_max
+            {
+                return Err(StoreError::DestQuota);
+            }
+        }
+        let ttl = ttl_s.min(self.limits.ttl_max_s);
+        let expiry = now_unix_s.saturating_add(ttl);
+        let h = RecordHeader {
+            len: 0,
+            kind: Kind::Blob,
+            expiry_unix_s: expiry,
+            dest,
+            msg_id,
+            target: 0,
+        };
+        let pos = self.write_record(now_unix_s, &h, payload, false)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Entry {
+            pos,
+            msg_id,
+            expiry_unix_s: expiry,
+            payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            seq,
+        };
+        let q = self.index.entry(dest).or_default();
+        q.msg_ids.insert(msg_id);
+        q.bytes += payload.len() as u64;
+        q.entries.push_back(entry);
+        if let Some(s) = self.segments.get_mut(&pos.segment) {
+            s.live_blobs += 1;
+        }
+        match self.policy {
+            FsyncPolicy::Always => self.sync_now()?,
+            FsyncPolicy::None => self.durable_seq = seq,
+            FsyncPolicy::Interval { .. } => {}
+        }
+        Ok(Appended {
+            pos,
+            seq,
+            duplicate: false,
+        })
+    }
+
+    /// Appends at or below this sequence number are durable under the policy.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    fn sync_segment(&mut self, seq: u64) -> Result<(), StoreError> {
+        if let Some(s) = self.segments.get_mut(&seq) {
+            s.seg.sync().map_err(StoreError::SyncFailed)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs now (group commit point). An error is fatal for the node.
+    pub fn sync_now(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            if let Some(a) = self.active {
+                self.sync_segment(a)?;
+            }
+            self.dirty = false;
+        }
+        self.durable_seq = self.next_seq - 1;
+        Ok(())
+    }
+
+    /// Call on every tick: syncs when the interval policy says so.
+    pub fn poll_sync(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        if let FsyncPolicy::Interval { ms } = self.policy {
+            if self.dirty && now_ms >= self.last_sync_ms.saturating_add(ms) {
+                self.last_sync_ms = now_ms;
+                self.sync_now()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which of `dests` hold live blobs (the cheap question a client asks before any proof).
+    pub fn holding(&self, dests: &[Dest], now_unix_s: u64) -> Vec<Dest> {
+        dests
+            .iter()
+            .filter(|d| {
+                self.index
+                    .get(*d)
+                    .is_some_and(|q| q.entries.iter().any(|e| e.expiry_unix_s > now_unix_s))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Live blobs of `dest`, oldest first: (entry, payload).
+    pub fn drain(&self, dest: &Dest, now_unix_s: u64) -> Vec<(Entry, &[u8])> {
+        let Some(q) = self.index.get(dest) else {
+            return Vec::new();
+        };
+        q.entries
+            .iter()
+            .filter(|e| e.expiry_unix_s > now_unix_s)
+            .filter_map(|e| {
+                let s = self.segments.get(&e.pos.segment)?;
+                match format::scan(s.seg.bytes(), e.pos.offset as usize) {
+                    Scan::Record(_, payload) => Some((*e, payload)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Acknowledges the blob at `pos` of `dest`: writes a tombstone and forgets the blob.
+    /// Returns `false` when there is no such live blob (already acked, expired, unknown).
+    pub fn ack(&mut self, now_unix_s: u64, dest: &Dest, pos: Pos) -> Result<bool, StoreError> {
+        let Some(q) = self.index.get(dest) else {
+            return Ok(false);
+        };
+        let Some(i) = q.entries.iter().position(|e| e.pos == pos) else {
+            return Ok(false);
+        };
+        let entry = q.entries[i];
+        let h = RecordHeader {
+            len: 0,
+            kind: Kind::Tombstone,
+            expiry_unix_s: entry.expiry_unix_s,
+            dest: *dest,
+            msg_id: entry.msg_id,
+            target: pos.to_u64(),
+        };
+        let tomb = self.write_record(now_unix_s, &h, &[], true)?;
+        if tomb.segment != pos.segment {
+            if let Some(s) = self.segments.get_mut(&tomb.segment) {
+                s.tomb_targets.insert(pos.segment);
+            }
+        }
+        self.forget(dest, i);
+        if self.policy == FsyncPolicy::Always {
+            self.sync_now()?;
+        }
+        self.reclaim()?;
+        Ok(true)
+    }
+
+    fn forget(&mut self, dest: &Dest, i: usize) {
+        let Some(q) = self.index.get_mut(dest) else {
+            return;
+        };
+        let Some(e) = q.entries.remove(i) else { return };
+        q.msg_ids.remove(&e.msg_id);
+        q.bytes -= u64::from(e.payload_len);
+        if q.entries.is_empty() {
+            self.index.remove(dest);
+        }
+        if let Some(s) = self.segments.get_mut(&e.pos.segment) {
+            s.live_blobs = s.live_blobs.saturating_sub(1);
+        }
+    }
+
+    /// Drops expired blobs from the index and deletes segments that hold nothing live.
+    pub fn expire(&mut self, now_unix_s: u64) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for (dest, q) in &self.index {
+            for (i, e) in q.entries.iter().enumerate().rev() {
+                if e.expiry_unix_s <= now_unix_s {
+                    expired.push((*dest, i));
+                }
+            }
+        }
+        let n = expired.len();
+        for (dest, i) in expired {
+            self.forget(&dest, i);
+        }
+        // A time-rolled active segment should not block reclaim forever.
+        if let Some(a) = self.active {
+            if now_unix_s
+                >= self.segments[&a]
+                    .created_unix_s
+                    .saturating_add(self.limits.segment_roll_s)
+            {
+                self.sync_segment(a)?;
+                if let Some(s) = self.segments.get_mut(&a) {
+                    s.sealed = true;
+                }
+                self.active = None;
+            }
+        }
+        self.reclaim()?;
+        Ok(n)
+    }
+
+    /// Deletes sealed segments with no live blob whose tombstones' targets are all gone.
+    fn reclaim(&mut self) -> Result<(), StoreError> {
+        loop {
+            let present: BTreeSet<u64> = self.segments.keys().copied().collect();
+            let victim = self.segments.iter().find(|(seq, s)| {
+                s.sealed
+                    && Some(**seq) != self.active
+                    && s.live_blobs == 0
+                    && s.tomb_targets
+                        .iter()
+                        .all(|t| !present.contains(t) || t == *seq)
+            });
+            let Some((&seq, _)) = victim else {
+                return Ok(());
+            };
+            self.segments.remove(&seq);
+            self.backend.remove(seq).map_err(StoreError::Io)?;
+        }
+    }
+
+    /// Live blobs in the index (all dests).
+    pub fn blobs(&self) -> usize {
+        self.index.values().map(|q| q.entries.len()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+type OnRecord<'a> = dyn FnMut(&RecordHeader, Pos, u32) + 'a;
+
+/// Replays one segment's records. Returns (end of valid data, torn tail?, quarantined count).
+fn replay_segment(bytes: &[u8], seq: u64, on_record: &mut OnRecord<'_>) -> (usize, bool, usize) {
+    let mut at = SEGMENT_HEADER_BYTES;
+    let mut quarantined = 0;
+    loop {
+        match format::scan(bytes, at) {
+            Scan::Record(h, payload) => {
+                let pos = Pos {
+                    segment: seq,
+                    offset: u32::try_from(at).unwrap_or(u32::MAX),
+                };
+                on_record(&h, pos, u32::try_from(payload.len()).unwrap_or(u32::MAX));
+                at += h.len as usize;
+            }
+            Scan::End => return (at, false, quarantined),
+            Scan::Invalid { .. } => {
+                // Is there a valid record later in this segment? Then this one is corrupt, not
+                // torn: quarantine it and go on from the next valid record.
+                match resync(bytes, at + format::RECORD_ALIGN) {
+                    Some(next) => {
+                        quarantined += 1;
+                        at = next;
+                    }
+                    None => return (at, true, quarantined),
+                }
+            }
+        }
+    }
+}
+
+/// The next aligned offset at or after `from` holding a valid record.
+fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from.div_ceil(format::RECORD_ALIGN) * format::RECORD_ALIGN;
+    while at + RECORD_HEADER_BYTES <= bytes.len() {
+        if let Scan::Record(..) = format::scan(bytes, at) {
+            return Some(at);
+        }
+        at += format::RECORD_ALIGN;
+    }
+    None
+}

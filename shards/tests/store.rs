@@ -1,0 +1,477 @@
+//! The store-and-forward log: scenarios, and a model-based property test against an in-memory
+//! model through a backend that fails the Nth write or sync, tears writes, and crashes.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::collections::BTreeMap;
+
+use ferry_proto::Dest;
+use ferry_shards::store::backend::{MemBackend, MmapBackend};
+use ferry_shards::store::{FsyncPolicy, Log, StoreError, StoreLimits};
+use proptest::prelude::*;
+
+const T0: u64 = 1_800_000_000;
+
+fn limits() -> StoreLimits {
+    StoreLimits {
+        segment_bytes: 4096,
+        segment_roll_s: 3_600,
+        ttl_max_s: 72 * 3_600,
+        dest_blobs_max: 50,
+        dest_bytes_max: 64 * 1024,
+        disk_bytes_max: 4096 * 64,
+        high_water_percent: 90,
+    }
+}
+
+fn d(i: u8) -> Dest {
+    Dest([i; 16])
+}
+
+fn open(b: &MemBackend, policy: FsyncPolicy, now: u64) -> Log<MemBackend> {
+    Log::open(b.clone(), 0, limits(), policy, now).unwrap().0
+}
+
+fn payloads(log: &Log<MemBackend>, dest: Dest, now: u64) -> Vec<Vec<u8>> {
+    log.drain(&dest, now)
+        .into_iter()
+        .map(|(_, p)| p.to_vec())
+        .collect()
+}
+
+#[test]
+fn append_drain_ack_and_duplicates() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    let a = log.append(T0, d(1), 10, 3600, b"one").unwrap();
+    assert!(!a.duplicate);
+    assert!(log.durable_seq() >= a.seq);
+    log.append(T0, d(1), 11, 3600, b"two").unwrap();
+    assert!(
+        log.append(T0, d(1), 10, 3600, b"one again")
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(
+        payloads(&log, d(1), T0),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    assert_eq!(log.holding(&[d(1), d(2)], T0), vec![d(1)]);
+    // Acked blobs are gone, unacked ones stay, and both survive a reopen.
+    assert!(log.ack(T0, &d(1), a.pos).unwrap());
+    assert!(!log.ack(T0, &d(1), a.pos).unwrap());
+    drop(log);
+    let log = open(&b, FsyncPolicy::Always, T0);
+    assert_eq!(payloads(&log, d(1), T0), vec![b"two".to_vec()]);
+}
+
+#[test]
+fn quotas_and_limits_give_clear_errors() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::None, T0);
+    for i in 0..50 {
+        log.append(T0, d(1), i, 60, b"x").unwrap();
+    }
+    assert!(matches!(
+        log.append(T0, d(1), 99, 60, b"x"),
+        Err(StoreError::DestQuota)
+    ));
+    assert!(matches!(
+        log.append(T0, d(2), 1, 60, &vec![0u8; 8192]),
+        Err(StoreError::TooLarge { .. })
+    ));
+    // Other dests still work.
+    log.append(T0, d(2), 1, 60, b"y").unwrap();
+}
+
+#[test]
+fn high_water_and_a_full_disk_answer_store_full() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::None, T0);
+    let big = vec![7u8; 1500];
+    let mut stored = 0u64;
+    let err = loop {
+        match log.append(T0, d((stored % 200) as u8), stored, 60, &big) {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000);
+    };
+    assert!(matches!(err, StoreError::StoreFull), "{err}");
+    assert!(log.is_full());
+    // Acks (tombstones) still fit above the high-water mark.
+    let first = log.drain(&d(0), T0)[0].0;
+    assert!(log.ack(T0, &d(0), first.pos).unwrap());
+
+    // A disk that refuses to allocate a segment: StoreFull, not a crash.
+    let b = MemBackend::default();
+    b.disk.borrow_mut().faults.fail_create = true;
+    let mut log = open(&b, FsyncPolicy::None, T0);
+    assert!(matches!(
+        log.append(T0, d(1), 1, 60, b"z"),
+        Err(StoreError::StoreFull)
+    ));
+}
+
+#[test]
+fn ttl_expiry_with_an_injected_clock_reclaims_segments() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::None, T0);
+    for i in 0..40u64 {
+        log.append(T0, d((i % 4) as u8), i, 100, &[1u8; 300])
+            .unwrap();
+    }
+    assert!(log.segment_count() > 2);
+    assert_eq!(log.expire(T0 + 50).unwrap(), 0);
+    assert_eq!(
+        payloads(&log, d(0), T0 + 101).len(),
+        0,
+        "expired blobs are not drained"
+    );
+    assert_eq!(log.expire(T0 + 3_601).unwrap(), 40);
+    assert_eq!(log.blobs(), 0);
+    assert_eq!(log.segment_count(), 0, "segments reclaimed");
+    assert!(b.disk.borrow().segments().is_empty());
+    // TTL is capped by the node's maximum.
+    let a = log.append(T0, d(9), 1, u64::MAX, b"x").unwrap();
+    assert_eq!(log.drain(&d(9), T0)[0].0.expiry_unix_s, T0 + 72 * 3_600);
+    let _ = a;
+}
+
+#[test]
+fn a_corrupt_record_in_the_middle_is_quarantined_and_the_rest_recovered() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    for i in 0..5u64 {
+        log.append(T0, d(1), i, 3600, format!("blob {i}").as_bytes())
+            .unwrap();
+    }
+    let second = log.drain(&d(1), T0)[1].0.pos;
+    drop(log);
+    // A byte of the payload ("blob 1" starts right after the 64-byte record header).
+    b.disk
+        .borrow_mut()
+        .corrupt(second.segment, second.offset as usize + 66);
+    let (log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, T0).unwrap();
+    assert_eq!(rec.quarantined, 1);
+    assert_eq!(
+        payloads(&log, d(1), T0),
+        ["blob 0", "blob 2", "blob 3", "blob 4"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_appends_continue() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    log.append(T0, d(1), 1, 3600, b"kept").unwrap();
+    let next = b.disk.borrow().faults.writes + 1;
+    b.disk.borrow_mut().faults.fail_write = Some(next);
+    assert!(matches!(
+        log.append(T0, d(1), 2, 3600, b"torn in half by the disk"),
+        Err(StoreError::Io(_))
+    ));
+    b.disk.borrow_mut().faults.fail_write = None;
+    // The failed append is not indexed; later appends go to a fresh segment.
+    log.append(T0, d(1), 3, 3600, b"after").unwrap();
+    drop(log);
+    b.disk.borrow_mut().crash(|_| 0);
+    let (log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, T0).unwrap();
+    assert_eq!(rec.torn_tails, 1);
+    assert_eq!(
+        payloads(&log, d(1), T0),
+        vec![b"kept".to_vec(), b"after".to_vec()]
+    );
+}
+
+#[test]
+fn an_fsync_failure_is_reported_as_fatal() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    log.append(T0, d(1), 1, 3600, b"a").unwrap();
+    let next = b.disk.borrow().faults.syncs + 1;
+    b.disk.borrow_mut().faults.fail_sync = Some(next);
+    assert!(matches!(
+        log.append(T0, d(1), 2, 3600, b"b"),
+        Err(StoreError::SyncFailed(_))
+    ));
+}
+
+#[test]
+fn interval_policy_acknowledges_at_the_next_sync() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Interval { ms: 10 }, T0);
+    let a = log.append(T0, d(1), 1, 3600, b"a").unwrap();
+    assert!(log.durable_seq() < a.seq);
+    log.poll_sync(5).unwrap(); // 5 ms after the last sync at 0: not yet
+    assert!(log.durable_seq() < a.seq);
+    log.poll_sync(10).unwrap();
+    assert!(log.durable_seq() >= a.seq);
+}
+
+#[test]
+fn real_files_survive_reopen() {
+    let dir = std::env::temp_dir().join(format!("ferry-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let lim = StoreLimits {
+        segment_bytes: 1 << 16,
+        ..limits()
+    };
+    {
+        let (mut log, _) = Log::open(
+            MmapBackend::new(&dir).unwrap(),
+            0,
+            lim.clone(),
+            FsyncPolicy::Always,
+            T0,
+        )
+        .unwrap();
+        for i in 0..100u64 {
+            log.append(
+                T0,
+                d((i % 3) as u8),
+                i,
+                3600,
+                format!("payload {i}").as_bytes(),
+            )
+            .unwrap();
+        }
+        let first = log.drain(&d(0), T0)[0].0.pos;
+        log.ack(T0, &d(0), first).unwrap();
+    }
+    let (log, rec) = Log::open(
+        MmapBackend::new(&dir).unwrap(),
+        0,
+        lim,
+        FsyncPolicy::Always,
+        T0,
+    )
+    .unwrap();
+    assert_eq!(rec.blobs, 100);
+    assert_eq!(rec.tombstones, 1);
+    assert_eq!(log.blobs(), 99);
+    assert_eq!(payloads_mmap(&log, d(0))[0], b"payload 3".to_vec());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn payloads_mmap(log: &Log<MmapBackend>, dest: Dest) -> Vec<Vec<u8>> {
+    log.drain(&dest, T0)
+        .into_iter()
+        .map(|(_, p)| p.to_vec())
+        .collect()
+}
+
+// ---- model-based property test ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append { dest: u8, msg_id: u8, len: u16 },
+    Ack { dest: u8, nth: u8 },
+    FailNextWrite,
+    FailNextSync,
+    Advance { s: u16 },
+    Crash { seed: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..4, any::<u8>(), 0u16..900).prop_map(|(dest, msg_id, len)| Op::Append { dest, msg_id, len }),
+        3 => (0u8..4, any::<u8>()).prop_map(|(dest, nth)| Op::Ack { dest, nth }),
+        1 => Just(Op::FailNextWrite),
+        1 => Just(Op::FailNextSync),
+        1 => (0u16..2000).prop_map(|s| Op::Advance { s }),
+        1 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
+    ]
+}
+
+/// What the model knows about a blob.
+#[derive(Clone, Debug, PartialEq)]
+struct Blob {
+    msg_id: u64,
+    payload: Vec<u8>,
+    expiry: u64,
+    /// Durable for sure (acknowledged as stored) or maybe (a sync failed around it).
+    sure: bool,
+}
+
+fn payload_of(dest: u8, msg_id: u8, len: u16) -> Vec<u8> {
+    (0..len).map(|i| dest ^ msg_id ^ (i as u8)).collect()
+}
+
+fn check(log: &Log<MemBackend>, model: &BTreeMap<u8, Vec<Blob>>, now: u64) {
+    for dest in 0u8..4 {
+        let got: Vec<(u64, Vec<u8>)> = log
+            .drain(&d(dest), now)
+            .into_iter()
+            .map(|(e, p)| (e.msg_id, p.to_vec()))
+            .collect();
+        let want: Vec<&Blob> = model
+            .get(&dest)
+            .map(|v| v.iter().filter(|b| b.expiry > now).collect())
+            .unwrap_or_default();
+        // Every sure blob is there, in order; maybe-blobs may be there; nothing else is.
+        let mut w = want.iter().peekable();
+        for (msg_id, payload) in &got {
+            loop {
+                let Some(b) = w.next() else {
+                    panic!("dest {dest}: unexpected blob {msg_id}")
+                };
+                if b.msg_id == *msg_id {
+                    assert_eq!(&b.payload, payload, "dest {dest} blob {msg_id} corrupted");
+                    break;
+                }
+                assert!(!b.sure, "dest {dest}: durable blob {} lost", b.msg_id);
+            }
+        }
+        for b in w {
+            assert!(
+                !b.sure,
+                "dest {dest}: durable blob {} lost at the end",
+                b.msg_id
+            );
+        }
+    }
+}
+
+fn run_model(ops: &[Op]) {
+    let b = MemBackend::default();
+    let mut now = T0;
+    let mut log = open(&b, FsyncPolicy::Always, now);
+    let mut model: BTreeMap<u8, Vec<Blob>> = BTreeMap::new();
+    for op in ops {
+        match *op {
+            Op::Append { dest, msg_id, len } => {
+                let payload = payload_of(dest, msg_id, len);
+                let known = model.get(&dest).is_some_and(|v| {
+                    v.iter()
+                        .any(|x| x.msg_id == u64::from(msg_id) && x.expiry > now)
+                });
+                match log.append(now, d(dest), u64::from(msg_id), 600, &payload) {
+                    Ok(a) => {
+                        assert_eq!(a.duplicate, known, "duplicate detection");
+                        if !a.duplicate {
+                            model.entry(dest).or_default().push(Blob {
+                                msg_id: u64::from(msg_id),
+                                payload,
+                                expiry: now + 600,
+                                sure: true,
+                            });
+                        }
+                    }
+                    Err(StoreError::SyncFailed(_)) => {
+                        // Durability unknown: the node would stop here. Crash and reopen.
+                        model.entry(dest).or_default().push(Blob {
+                            msg_id: u64::from(msg_id),
+                            payload,
+                            expiry: now + 600,
+                            sure: false,
+                        });
+                        drop(log);
+                        b.disk.borrow_mut().crash(|k| (k % 3) as u8);
+                        log = open(&b, FsyncPolicy::Always, now);
+                        resync_model(&log, &mut model, now);
+                    }
+                    Err(StoreError::Io(_)) => {} // not stored, and must never appear
+                    Err(StoreError::DestQuota | StoreError::StoreFull) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Op::Ack { dest, nth } => {
+                let live = log.drain(&d(dest), now);
+                if live.is_empty() {
+                    continue;
+                }
+                let (e, _) = live[nth as usize % live.len()];
+                match log.ack(now, &d(dest), e.pos) {
+                    Ok(true) => {
+                        let v = model.get_mut(&dest).unwrap();
+                        v.retain(|x| x.msg_id != e.msg_id);
+                    }
+                    Ok(false) => panic!("live blob not ackable"),
+                    Err(StoreError::SyncFailed(_)) => {
+                        // The tombstone may or may not be durable: the blob is now a maybe.
+                        if let Some(x) = model
+                            .get_mut(&dest)
+                            .unwrap()
+                            .iter_mut()
+                            .find(|x| x.msg_id == e.msg_id)
+                        {
+                            x.sure = false;
+                        }
+                        drop(log);
+                        b.disk.borrow_mut().crash(|k| (k % 3) as u8);
+                        log = open(&b, FsyncPolicy::Always, now);
+                        resync_model(&log, &mut model, now);
+                    }
+                    Err(StoreError::Io(_) | StoreError::StoreFull) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Op::FailNextWrite => {
+                let n = b.disk.borrow().faults.writes + 1;
+                b.disk.borrow_mut().faults.fail_write = Some(n);
+            }
+            Op::FailNextSync => {
+                let n = b.disk.borrow().faults.syncs + 1;
+                b.disk.borrow_mut().faults.fail_sync = Some(n);
+            }
+            Op::Advance { s } => {
+                now += u64::from(s);
+                for v in model.values_mut() {
+                    v.retain(|x| x.expiry > now);
+                }
+                match log.expire(now) {
+                    Ok(_) => {}
+                    Err(StoreError::SyncFailed(_)) => {
+                        drop(log);
+                        b.disk.borrow_mut().crash(|k| (k % 3) as u8);
+                        log = open(&b, FsyncPolicy::Always, now);
+                        resync_model(&log, &mut model, now);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Op::Crash { seed } => {
+                drop(log);
+                let mut x = seed | 1;
+                b.disk.borrow_mut().crash(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 3) as u8
+                });
+                log = open(&b, FsyncPolicy::Always, now);
+                resync_model(&log, &mut model, now);
+            }
+        }
+        check(&log, &model, now);
+    }
+}
+
+/// After a reopen, settle each maybe-blob to what the log holds (both outcomes were allowed).
+fn resync_model(log: &Log<MemBackend>, model: &mut BTreeMap<u8, Vec<Blob>>, now: u64) {
+    check(log, model, now);
+    for (dest, v) in model.iter_mut() {
+        let present: Vec<u64> = log
+            .drain(&d(*dest), now)
+            .iter()
+            .map(|(e, _)| e.msg_id)
+            .collect();
+        v.retain(|x| x.sure || present.contains(&x.msg_id));
+        for x in v.iter_mut() {
+            x.sure = true;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_log_matches_its_model_through_faults_and_crashes(ops in prop::collection::vec(op(), 1..80)) {
+        run_model(&ops);
+    }
+}
