@@ -34,6 +34,10 @@ pub struct Config {
     pub shards: usize,
     /// Seconds added to the wall clock (tests inject time with it; leave 0 in production).
     pub clock_offset_s: i64,
+    /// Store blobs for offline recipients (in `data_dir/store`). Off: they get `NoSubscriber`.
+    pub store_enabled: bool,
+    /// When a stored blob is durable: `always`, `interval=<ms>` (group commit) or `none`.
+    pub store_fsync: String,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
     pub limits: Limits,
@@ -73,6 +77,18 @@ pub struct Limits {
     pub tick_ms: u64,
     /// Memory each shard's io_uring registers (counts against `ulimit -l`).
     pub io_memory_bytes: usize,
+    /// Size of one store segment file (preallocated).
+    pub store_segment_bytes: usize,
+    /// A store segment older than this stops taking appends.
+    pub store_segment_roll_s: u64,
+    /// Longest time a blob is kept (a sender's TTL is capped by it).
+    pub store_ttl_max_s: u64,
+    pub store_dest_blobs_max: usize,
+    pub store_dest_bytes_max: u64,
+    /// Disk the whole node's store may use (split evenly across shards).
+    pub store_disk_bytes_max: u64,
+    /// Above this share of the budget new blobs get `StoreFull` (acks still work).
+    pub store_high_water_percent: u8,
 }
 
 impl Default for Config {
@@ -88,6 +104,8 @@ impl Default for Config {
             data_dir: PathBuf::from("ferry-data"),
             shards: 0,
             clock_offset_s: 0,
+            store_enabled: true,
+            store_fsync: "interval=10".into(),
             log_format: "text".into(),
             limits: Limits::default(),
         }
@@ -119,6 +137,13 @@ impl Default for Limits {
             listen_backlog: 4_096,
             tick_ms: 100,
             io_memory_bytes: 512 * 1024,
+            store_segment_bytes: 64 << 20,
+            store_segment_roll_s: 3_600,
+            store_ttl_max_s: 72 * 3_600,
+            store_dest_blobs_max: 10_000,
+            store_dest_bytes_max: 64 << 20,
+            store_disk_bytes_max: 16 << 30,
+            store_high_water_percent: 90,
         }
     }
 }
@@ -233,6 +258,18 @@ impl Config {
         {
             bail!("limits.tick_ms must not exceed the shortest timeout");
         }
+        self.fsync_policy()?;
+        if l.store_segment_bytes < 64 * 1024 || l.store_segment_bytes > (1 << 31) {
+            bail!("limits.store_segment_bytes must be between 64 KiB and 2 GiB");
+        }
+        if l.store_high_water_percent == 0 || l.store_high_water_percent > 100 {
+            bail!("limits.store_high_water_percent must be 1..=100");
+        }
+        if l.store_ttl_max_s == 0 || l.store_dest_blobs_max == 0 || l.store_dest_bytes_max == 0 {
+            bail!(
+                "limits.store_ttl_max_s, store_dest_blobs_max and store_dest_bytes_max must be at least 1"
+            );
+        }
         if l.read_buffer_bytes < 4096 {
             bail!("limits.read_buffer_bytes must be at least 4096");
         }
@@ -246,6 +283,27 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `store_fsync` parsed.
+    pub fn fsync_policy(&self) -> anyhow::Result<ferry_shards::store::FsyncPolicy> {
+        use ferry_shards::store::FsyncPolicy;
+        let v = self.store_fsync.trim();
+        Ok(match v {
+            "always" => FsyncPolicy::Always,
+            "none" => FsyncPolicy::None,
+            _ => match v
+                .strip_prefix("interval=")
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                Some(ms) if ms > 0 => FsyncPolicy::Interval { ms },
+                _ => bail!(
+                    "store_fsync must be `always`, `interval=<ms>` (ms ≥ 1) or `none`, not `{v}`"
+                ),
+            },
+        })
     }
 }
 

@@ -18,6 +18,8 @@ use ferry_shards::ShardConfig;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{self, DriverConfig, ListenerSpec, Reload, Reloadable};
 use ferry_shards::ratelimit::{IpLimits, Rate};
+use ferry_shards::shard::StoreSpec;
+use ferry_shards::store::StoreLimits;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::{self, AdminState};
@@ -172,6 +174,25 @@ fn shard_configs(
     shards: usize,
     node_id: [u8; 32],
 ) -> anyhow::Result<Vec<ShardConfig>> {
+    let l = &cfg.limits;
+    let store = if cfg.store_enabled {
+        let per = |v: u64| (v / shards as u64).max(1);
+        Some(StoreSpec {
+            dir: cfg.data_dir.join("store"),
+            limits: StoreLimits {
+                segment_bytes: l.store_segment_bytes,
+                segment_roll_s: l.store_segment_roll_s,
+                ttl_max_s: l.store_ttl_max_s,
+                dest_blobs_max: l.store_dest_blobs_max,
+                dest_bytes_max: l.store_dest_bytes_max,
+                disk_bytes_max: per(l.store_disk_bytes_max),
+                high_water_percent: l.store_high_water_percent,
+            },
+            policy: cfg.fsync_policy()?,
+        })
+    } else {
+        None
+    };
     (0..shards)
         .map(|i| {
             let mut seed = [0u8; 32];
@@ -185,6 +206,7 @@ fn shard_configs(
                 ip_limits: r.ip_limits,
                 connections_max: r.connections_max,
                 hop_queue_msgs_max: cfg.limits.hop_queue_msgs_max,
+                store: store.clone(),
             })
         })
         .collect()
@@ -205,6 +227,9 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     let node_seed = load_or_create_node_key(&cfg.data_dir)?;
     let node_id = ferry_proto::addr::ed25519_public(&node_seed);
     let initial = reloadable(&cfg, shards)?;
+    if cfg.store_enabled {
+        check_store_shards(&cfg.data_dir.join("store"), shards)?;
+    }
 
     let mut per_shard: Vec<Vec<ListenerSpec>> = (0..shards).map(|_| Vec::new()).collect();
     let mut lines = Vec::new();
@@ -320,6 +345,35 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     }
     admin_stop.store(true, Ordering::Release);
     let _ = service.join();
+    Ok(())
+}
+
+/// Dests are owned by `dest % shards`, so a store written with another shard count cannot be
+/// served: the store directory records the count (written atomically before any shard starts).
+fn check_store_shards(dir: &Path, shards: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating store dir {}", dir.display()))?;
+    let marker = dir.join("shards");
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            if text.trim() != shards.to_string() {
+                bail!(
+                    "the store in {} was written by {} shards; start with --shards {} (or move the store away)",
+                    dir.display(),
+                    text.trim(),
+                    text.trim()
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join("shards.tmp");
+            std::fs::write(&tmp, format!("{shards}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &marker)?;
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", marker.display())),
+    }
     Ok(())
 }
 

@@ -76,7 +76,7 @@ fn ten_thousand_packets_across_shards_arrive_once_and_in_order() {
 
 #[test]
 fn send_without_subscriber_is_answered_not_delivered() {
-    let node = Node::start(&["--shards", "2"], &[]);
+    let node = Node::start(&["--shards", "2"], &[("FERRY_STORE_ENABLED", "false")]);
     let mut tx = node.client();
     let dest = mailbox(1).dest(tx.epoch()).unwrap();
     tx.send(dest, 99, 0, b"hello");
@@ -222,7 +222,7 @@ fn too_many_failed_proofs_close_the_connection() {
 
 #[test]
 fn newest_subscriber_takes_over_and_closing_removes_entries_everywhere() {
-    let node = Node::start(&["--shards", "3"], &[]);
+    let node = Node::start(&["--shards", "3"], &[("FERRY_STORE_ENABLED", "false")]);
     let mut first = node.client_on_shard(0);
     let epoch = first.epoch();
     let (mb, _) = mailbox_owned_by(2, 3, epoch, 100);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::addr::{MailboxSecret, NamespaceId, verify_proof, verify_proofs};
-use ferry_proto::frame::{Dest, Frame, Op, decode_frame, frame_type, put_packet_header};
+use ferry_proto::frame::{Dest, Frame, Op, decode_frame, put_send_header};
 use ferry_shards::{ConnRef, ForwardTable};
 
 /// Runs `f(iters)` for `rounds` rounds; returns (median, min, max) ns per iteration.
@@ -51,7 +51,7 @@ fn main() {
             measure(rounds, 200_000 * k, |n| {
                 for i in 0..n {
                     out.clear();
-                    put_packet_header(&mut out, frame_type::SEND, &dest, i, 0, payload.len());
+                    put_send_header(&mut out, &dest, i, 0, 0, payload.len());
                     out.extend_from_slice(&payload);
                     black_box(&out);
                 }
@@ -61,6 +61,7 @@ fn main() {
             dest,
             msg_id: 1,
             flags: 0,
+            ttl_s: 0,
             payload: payload.clone(),
         }
         .to_bytes();

@@ -145,6 +145,7 @@ impl Driver {
                 msg_id,
                 flags,
                 payload,
+                ..
             } => {
                 let status = if !self.conn.subscriptions().any(|d| *d == dest) {
                     SendStatus::NoSubscriber

@@ -3,7 +3,7 @@
 //! `intended_ns:u64 | sent_ns:u64 | seq:u64` (little-endian), padded to the requested size.
 
 use bytes::BufMut;
-use ferry_proto::frame::{Dest, SendStatus, frame_type, put_packet_header};
+use ferry_proto::frame::{Dest, SendStatus, frame_type, put_send_header};
 use ferry_proto::limits::PACKET_HEADER_BYTES;
 
 pub const HEADER_BYTES: usize = 24;
@@ -49,7 +49,7 @@ pub fn get_header(payload: &[u8]) -> Option<(u64, u64, u64)> {
 pub fn encode(route: &Route, kind: Kind, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     match (kind, route) {
         (Kind::Ferry, Route::Ferry(dest)) => {
-            put_packet_header(out, frame_type::SEND, dest, seq, 0, payload.len());
+            put_send_header(out, dest, seq, 0, 0, payload.len());
             out.extend_from_slice(payload);
         }
         (Kind::Nats, Route::Subject(s)) => {

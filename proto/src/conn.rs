@@ -13,8 +13,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::addr::verify_proofs;
 use crate::frame::{
-    DecodeError, Dest, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus,
-    UnsubscribeReason, decode_frame, frame_type, put_packet_header, split_frame,
+    DecodeError, Dest, DrainStatus, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus,
+    SubscribeStatus, UnsubscribeReason, decode_frame, frame_type, put_packet_header,
+    put_send_header, split_frame,
 };
 use crate::limits::{
     CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROVEN_PER_CONN_MAX, VERSION_MAX, VERSION_MIN,
@@ -93,8 +94,15 @@ pub enum ServerEvent {
         dest: Dest,
         msg_id: u64,
         flags: u8,
+        ttl_s: u32,
         payload: Bytes,
     },
+    /// Which of these dests hold stored blobs (no proof needed: the answer is only "some").
+    Query { dests: Vec<Dest> },
+    /// Stream the stored blobs of `dest` (proven for `Op::Drain`).
+    Drain { dest: Dest },
+    /// Delete these stored blobs (each dest proven for `Op::Drain`; unproven ones are dropped).
+    Ack { items: Vec<(Dest, u64)> },
     /// Proofs to check. The shard may refuse them (rate limit) or call [`ServerConn::answer_proofs`].
     Prove { items: Vec<ProofItem> },
     /// Newly subscribed dests (already proven and counted); the shard registers them with owners.
@@ -273,13 +281,38 @@ impl ServerConn {
                 dest,
                 msg_id,
                 flags,
+                ttl_s,
                 payload,
             } => Some(ServerEvent::Send {
                 dest,
                 msg_id,
                 flags,
+                ttl_s,
                 payload,
             }),
+            Frame::Query { dests } => Some(ServerEvent::Query { dests }),
+            Frame::Drain { dest } => {
+                if self.is_proven(&dest, Op::Drain) {
+                    Some(ServerEvent::Drain { dest })
+                } else {
+                    self.push_frame(&Frame::DrainEnd {
+                        dest,
+                        status: DrainStatus::NotProven,
+                    });
+                    None
+                }
+            }
+            Frame::Ack { items } => {
+                let items: Vec<(Dest, u64)> = items
+                    .into_iter()
+                    .filter(|(d, _)| self.is_proven(d, Op::Drain))
+                    .collect();
+                if items.is_empty() {
+                    None
+                } else {
+                    Some(ServerEvent::Ack { items })
+                }
+            }
             Frame::Prove { items } => Some(ServerEvent::Prove { items }),
             Frame::Subscribe { dests } => self.on_subscribe(dests),
             Frame::Unsubscribe { dests } => {
@@ -470,6 +503,27 @@ impl ServerConn {
             payload.len(),
         );
         self.out.extend_from_slice(payload);
+        Push::Queued
+    }
+
+    /// Queues a stored blob (a drain, or the hand-over on subscribe). Bounded like deliveries: on
+    /// `QueueFull` the blob stays in the store and comes again on the next drain.
+    pub fn push_stored(&mut self, dest: &Dest, pos: u64, msg_id: u64, payload: &[u8]) -> Push {
+        if self.state == State::Closing {
+            return Push::Closing;
+        }
+        let frame_len = crate::limits::FRAME_PREFIX_BYTES + 1 + 16 + 8 + 8 + payload.len();
+        if self.queued_bytes() + frame_len > self.limits.send_queue_bytes_max {
+            self.dropped_queue_full += 1;
+            return Push::QueueFull;
+        }
+        Frame::Stored {
+            dest: *dest,
+            pos,
+            msg_id,
+            payload: Bytes::copy_from_slice(payload),
+        }
+        .encode(&mut self.out);
         Push::Queued
     }
 
@@ -669,6 +723,19 @@ pub enum ClientEvent {
     Pong {
         nonce: u64,
     },
+    QueryResult {
+        dests: Vec<Dest>,
+    },
+    Stored {
+        dest: Dest,
+        pos: u64,
+        msg_id: u64,
+        payload: Bytes,
+    },
+    DrainEnd {
+        dest: Dest,
+        status: DrainStatus,
+    },
     /// The node closed the connection with this error.
     Error {
         code: ErrorCode,
@@ -719,15 +786,9 @@ impl ClientConn {
     pub fn push(&mut self, frame: &Frame) {
         frame.encode(&mut self.out);
     }
-    pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, payload: &[u8]) {
-        put_packet_header(
-            &mut self.out,
-            frame_type::SEND,
-            &dest,
-            msg_id,
-            flags,
-            payload.len(),
-        );
+    /// Queues a Send; `ttl_s` 0 = the node's maximum storage time.
+    pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, ttl_s: u32, payload: &[u8]) {
+        put_send_header(&mut self.out, &dest, msg_id, flags, ttl_s, payload.len());
         self.out.extend_from_slice(payload);
     }
     pub fn take_output(&mut self) -> Option<Bytes> {
@@ -800,6 +861,19 @@ impl ClientConn {
                     continue;
                 }
                 Frame::Pong { nonce } => ClientEvent::Pong { nonce },
+                Frame::QueryResult { dests } => ClientEvent::QueryResult { dests },
+                Frame::Stored {
+                    dest,
+                    pos,
+                    msg_id,
+                    payload,
+                } => ClientEvent::Stored {
+                    dest,
+                    pos,
+                    msg_id,
+                    payload,
+                },
+                Frame::DrainEnd { dest, status } => ClientEvent::DrainEnd { dest, status },
                 other => {
                     return Err(ClientError::Unexpected {
                         frame_type: other.frame_type(),

@@ -7,6 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::limits::{
     DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES, HELLO_MAGIC,
     PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX, PROOF_ITEM_BYTES, PROOFS_PER_FRAME_MAX,
+    SEND_HEADER_BYTES,
 };
 
 /// A 16-byte destination hash: the only routing key a node ever sees.
@@ -98,6 +99,26 @@ wire_enum!(
         NoSubscriber = 1,
         /// A queue on the way (cross-core hop or the recipient's send queue) was full.
         Congested = 2,
+        /// No live subscriber: the packet is stored (durably, under the node's fsync policy) for
+        /// the recipient to drain. Always reported, ACK flag or not.
+        Stored = 3,
+        /// No live subscriber and the node's store is full: not stored.
+        StoreFull = 4,
+        /// No live subscriber and this dest's storage quota is used up: not stored.
+        QuotaExceeded = 5,
+    }
+);
+
+wire_enum!(
+    /// How a `Drain` ended.
+    DrainStatus {
+        /// Every stored blob of the dest was sent (possibly none).
+        Done = 0,
+        /// No `Drain` proof for this dest on this connection.
+        NotProven = 1,
+        /// A batch was sent but more blobs remain (or some did not fit the send queue): drain
+        /// again after acking these.
+        More = 2,
     }
 );
 
@@ -184,6 +205,9 @@ pub mod frame_type {
     pub const SEND: u8 = 0x06;
     pub const PING: u8 = 0x07;
     pub const PONG: u8 = 0x08;
+    pub const QUERY: u8 = 0x09;
+    pub const DRAIN: u8 = 0x0A;
+    pub const ACK: u8 = 0x0B;
     /// Reserved for fixed-size onion (Sphinx) cells of the mesh layer.
     pub const CELL: u8 = 0x40;
     pub const SERVER_HELLO: u8 = 0x81;
@@ -193,6 +217,9 @@ pub mod frame_type {
     pub const DELIVER: u8 = 0x85;
     pub const SEND_RESULT: u8 = 0x86;
     pub const UNSUBSCRIBED: u8 = 0x87;
+    pub const QUERY_RESULT: u8 = 0x88;
+    pub const STORED: u8 = 0x89;
+    pub const DRAIN_END: u8 = 0x8A;
     pub const ERROR: u8 = 0x8F;
 }
 use frame_type as ft;
@@ -218,7 +245,22 @@ pub enum Frame {
         dest: Dest,
         msg_id: u64,
         flags: u8,
+        /// How long the node may store the packet for an offline recipient; 0 = the node's
+        /// maximum. Capped by the node's maximum.
+        ttl_s: u32,
         payload: Bytes,
+    },
+    /// Which of these dests hold stored blobs? Needs no proof.
+    Query {
+        dests: Vec<Dest>,
+    },
+    /// Send me the stored blobs of `dest` (needs a `Drain` proof for it).
+    Drain {
+        dest: Dest,
+    },
+    /// These stored blobs were received: delete them (needs a `Drain` proof for each dest).
+    Ack {
+        items: Vec<(Dest, u64)>,
     },
     Ping {
         nonce: u64,
@@ -261,6 +303,22 @@ pub enum Frame {
     Unsubscribed {
         dest: Dest,
         reason: UnsubscribeReason,
+    },
+    /// The dests of a `Query` (among those asked) that hold stored blobs. One per owner core.
+    QueryResult {
+        dests: Vec<Dest>,
+    },
+    /// A stored blob: `pos` identifies it for `Ack`.
+    Stored {
+        dest: Dest,
+        pos: u64,
+        msg_id: u64,
+        payload: Bytes,
+    },
+    /// The end of a `Drain` (or of the stored blobs sent on `Subscribe`).
+    DrainEnd {
+        dest: Dest,
+        status: DrainStatus,
     },
     Error {
         code: ErrorCode,
@@ -367,6 +425,26 @@ pub fn put_packet_header(
     out.put_u8(flags);
 }
 
+/// Writes the header of a `Send` frame (it carries a TTL, unlike `Deliver`); the caller appends
+/// `payload_len` bytes.
+#[inline]
+pub fn put_send_header(
+    out: &mut impl BufMut,
+    dest: &Dest,
+    msg_id: u64,
+    flags: u8,
+    ttl_s: u32,
+    payload_len: usize,
+) {
+    assert!(payload_len <= PACKET_PAYLOAD_BYTES_MAX);
+    out.put_u32_le(u32_of(SEND_HEADER_BYTES + payload_len));
+    out.put_u8(ft::SEND);
+    out.put_slice(&dest.0);
+    out.put_u64_le(msg_id);
+    out.put_u8(flags);
+    out.put_u32_le(ttl_s);
+}
+
 impl Frame {
     pub fn frame_type(&self) -> u8 {
         match self {
@@ -376,6 +454,12 @@ impl Frame {
             Frame::Subscribe { .. } => ft::SUBSCRIBE,
             Frame::Unsubscribe { .. } => ft::UNSUBSCRIBE,
             Frame::Send { .. } => ft::SEND,
+            Frame::Query { .. } => ft::QUERY,
+            Frame::Drain { .. } => ft::DRAIN,
+            Frame::Ack { .. } => ft::ACK,
+            Frame::QueryResult { .. } => ft::QUERY_RESULT,
+            Frame::Stored { .. } => ft::STORED,
+            Frame::DrainEnd { .. } => ft::DRAIN_END,
             Frame::Ping { .. } => ft::PING,
             Frame::Pong { .. } => ft::PONG,
             Frame::Cell { .. } => ft::CELL,
@@ -396,9 +480,13 @@ impl Frame {
             Frame::ChallengeRequest => 0,
             Frame::Prove { items } => 2 + items.len() * PROOF_ITEM_BYTES,
             Frame::Subscribe { dests } | Frame::Unsubscribe { dests } => 2 + dests.len() * 16,
-            Frame::Send { payload, .. } | Frame::Deliver { payload, .. } => {
-                PACKET_HEADER_BYTES - 1 + payload.len()
-            }
+            Frame::Send { payload, .. } => SEND_HEADER_BYTES - 1 + payload.len(),
+            Frame::Deliver { payload, .. } => PACKET_HEADER_BYTES - 1 + payload.len(),
+            Frame::Query { dests } | Frame::QueryResult { dests } => 2 + dests.len() * 16,
+            Frame::Drain { .. } => 16,
+            Frame::Ack { items } => 2 + items.len() * 24,
+            Frame::Stored { payload, .. } => 16 + 8 + 8 + payload.len(),
+            Frame::DrainEnd { .. } => 16 + 1,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Cell { payload } => payload.len(),
             Frame::ServerHello { .. } => 2 + 2 + 32 + 32 + 8 + 4,
@@ -431,9 +519,14 @@ impl Frame {
                 dest,
                 msg_id,
                 flags,
+                ttl_s,
                 payload,
+            } => {
+                put_send_header(out, dest, *msg_id, *flags, *ttl_s, payload.len());
+                out.put_slice(payload);
+                return;
             }
-            | Frame::Deliver {
+            Frame::Deliver {
                 dest,
                 msg_id,
                 flags,
@@ -534,6 +627,37 @@ impl Frame {
                 out.put_u16_le(u16_of(message.len()));
                 out.put_slice(message.as_bytes());
             }
+            Frame::Query { dests } | Frame::QueryResult { dests } => {
+                assert!(dests.len() <= DESTS_PER_FRAME_MAX);
+                out.put_u16_le(u16_of(dests.len()));
+                for dest in dests {
+                    out.put_slice(&dest.0);
+                }
+            }
+            Frame::Drain { dest } => out.put_slice(&dest.0),
+            Frame::Ack { items } => {
+                assert!(items.len() <= DESTS_PER_FRAME_MAX);
+                out.put_u16_le(u16_of(items.len()));
+                for (dest, pos) in items {
+                    out.put_slice(&dest.0);
+                    out.put_u64_le(*pos);
+                }
+            }
+            Frame::Stored {
+                dest,
+                pos,
+                msg_id,
+                payload,
+            } => {
+                out.put_slice(&dest.0);
+                out.put_u64_le(*pos);
+                out.put_u64_le(*msg_id);
+                out.put_slice(payload);
+            }
+            Frame::DrainEnd { dest, status } => {
+                out.put_slice(&dest.0);
+                out.put_u8(*status as u8);
+            }
             Frame::Send { .. } | Frame::Deliver { .. } => unreachable!("handled above"),
         }
     }
@@ -603,15 +727,18 @@ impl Frame {
                         field: "flags",
                     });
                 }
-                let payload = r.rest();
                 if t == ft::SEND {
+                    let ttl_s = r.u32()?;
+                    let payload = r.rest();
                     Frame::Send {
                         dest,
                         msg_id,
                         flags,
+                        ttl_s,
                         payload,
                     }
                 } else {
+                    let payload = r.rest();
                     Frame::Deliver {
                         dest,
                         msg_id,
@@ -620,6 +747,39 @@ impl Frame {
                     }
                 }
             }
+            ft::QUERY | ft::QUERY_RESULT => {
+                let n = r.count(DESTS_PER_FRAME_MAX, 16)?;
+                let mut dests = Vec::with_capacity(n);
+                for _ in 0..n {
+                    dests.push(Dest(r.array()?));
+                }
+                if t == ft::QUERY {
+                    Frame::Query { dests }
+                } else {
+                    Frame::QueryResult { dests }
+                }
+            }
+            ft::DRAIN => Frame::Drain {
+                dest: Dest(r.array()?),
+            },
+            ft::ACK => {
+                let n = r.count(DESTS_PER_FRAME_MAX, 24)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push((Dest(r.array()?), r.u64()?));
+                }
+                Frame::Ack { items }
+            }
+            ft::STORED => Frame::Stored {
+                dest: Dest(r.array()?),
+                pos: r.u64()?,
+                msg_id: r.u64()?,
+                payload: r.rest(),
+            },
+            ft::DRAIN_END => Frame::DrainEnd {
+                dest: Dest(r.array()?),
+                status: r.enum_u8(DrainStatus::from_u8, "status")?,
+            },
             ft::PING => Frame::Ping { nonce: r.u64()? },
             ft::PONG => Frame::Pong { nonce: r.u64()? },
             ft::CELL => Frame::Cell { payload: r.rest() },

@@ -11,4 +11,6 @@ pub mod conn;
 pub mod frame;
 pub mod limits;
 
-pub use frame::{Dest, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus};
+pub use frame::{
+    Dest, DrainStatus, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus,
+};

@@ -7,8 +7,10 @@ pub const FRAME_PREFIX_BYTES: usize = 4;
 pub const FRAME_BYTES_MAX: usize = 64 * 1024;
 /// Bytes a `Send` or `Deliver` frame spends before its payload: type(1) dest(16) msg_id(8) flags(1).
 pub const PACKET_HEADER_BYTES: usize = 1 + 16 + 8 + 1;
-/// Largest packet payload: whatever is left of a maximal frame after the packet header.
-pub const PACKET_PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - PACKET_HEADER_BYTES;
+/// Bytes a `Send` frame spends before its payload: the packet header plus ttl_s(4).
+pub const SEND_HEADER_BYTES: usize = PACKET_HEADER_BYTES + 4;
+/// Largest packet payload: whatever is left of a maximal frame after the larger (Send) header.
+pub const PACKET_PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - SEND_HEADER_BYTES;
 /// Most proofs in one `Prove` frame (one batch verification).
 pub const PROOFS_PER_FRAME_MAX: usize = 128;
 /// Most destinations in one `Subscribe` or `Unsubscribe` frame.

@@ -49,14 +49,32 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|dests| Frame::Subscribe { dests }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
             .prop_map(|dests| Frame::Unsubscribe { dests }),
-        (dest(), any::<u64>(), flags(), payload(2048)).prop_map(
-            |(dest, msg_id, flags, payload)| Frame::Send {
+        (dest(), any::<u64>(), flags(), any::<u32>(), payload(2048)).prop_map(
+            |(dest, msg_id, flags, ttl_s, payload)| Frame::Send {
                 dest,
                 msg_id,
                 flags,
+                ttl_s,
                 payload
             }
         ),
+        prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
+            .prop_map(|dests| Frame::Query { dests }),
+        prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
+            .prop_map(|dests| Frame::QueryResult { dests }),
+        dest().prop_map(|dest| Frame::Drain { dest }),
+        prop::collection::vec((dest(), any::<u64>()), 0..DESTS_PER_FRAME_MAX)
+            .prop_map(|items| Frame::Ack { items }),
+        (dest(), any::<u64>(), any::<u64>(), payload(2048)).prop_map(
+            |(dest, pos, msg_id, payload)| Frame::Stored {
+                dest,
+                pos,
+                msg_id,
+                payload
+            }
+        ),
+        (dest(), pick(DrainStatus::ALL))
+            .prop_map(|(dest, status)| Frame::DrainEnd { dest, status }),
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
         payload(2048).prop_map(|payload| Frame::Cell { payload }),
@@ -172,6 +190,7 @@ fn largest_packet_fits_and_one_more_byte_does_not() {
         dest: Dest([1; 16]),
         msg_id: 1,
         flags: 0,
+        ttl_s: 0,
         payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]),
     };
     assert_eq!(f.encoded_len(), FRAME_PREFIX_BYTES + FRAME_BYTES_MAX);
@@ -194,6 +213,7 @@ fn lying_counts_and_bad_values_are_errors() {
         dest: Dest([0; 16]),
         msg_id: 0,
         flags: 0,
+        ttl_s: 0,
         payload: Bytes::new(),
     }
     .to_bytes()

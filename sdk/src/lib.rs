@@ -184,6 +184,15 @@ impl Stream {
     }
 }
 
+/// A blob the node stored for an offline recipient; `pos` identifies it for [`Client::ack`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBlob {
+    pub dest: Dest,
+    pub pos: u64,
+    pub msg_id: u64,
+    pub payload: bytes::Bytes,
+}
+
 /// A set-up connection taken apart by [`Client::into_parts`].
 #[derive(Debug)]
 pub struct Parts {
@@ -538,7 +547,92 @@ impl Client {
             payload.len() <= PACKET_PAYLOAD_BYTES_MAX,
             "payload over PACKET_PAYLOAD_BYTES_MAX"
         );
-        self.conn.send(dest, msg_id, flags, payload);
+        self.conn.send(dest, msg_id, flags, 0, payload);
+    }
+
+    /// Like [`Client::send`], with how long the node may store the packet if the recipient is
+    /// offline (capped by the node's maximum; 0 = the maximum).
+    pub fn send_with_ttl(
+        &mut self,
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        ttl_s: u32,
+        payload: &[u8],
+    ) {
+        assert!(
+            payload.len() <= PACKET_PAYLOAD_BYTES_MAX,
+            "payload over PACKET_PAYLOAD_BYTES_MAX"
+        );
+        self.conn.send(dest, msg_id, flags, ttl_s, payload);
+    }
+
+    /// Which of `dests` hold stored blobs. Needs no proof: ask first, prove only those.
+    pub fn query(&mut self, dests: &[Dest]) -> Result<Vec<Dest>, SdkError> {
+        let mut out = Vec::new();
+        for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {
+            self.conn.push(&Frame::Query {
+                dests: chunk.to_vec(),
+            });
+            self.flush()?;
+            out.extend(self.wait_for(Duration::from_secs(10), |ev| match ev {
+                ClientEvent::QueryResult { dests } => Some(dests.clone()),
+                _ => None,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Fetches stored blobs of `dest` (proven for `Op::Drain` first), oldest first, at most one
+    /// batch: the flag says whether more remain (ack these, then drain again). Blobs stay stored
+    /// until acked.
+    pub fn drain(&mut self, dest: Dest) -> Result<(Vec<StoredBlob>, bool), SdkError> {
+        self.conn.push(&Frame::Drain { dest });
+        self.flush()?;
+        let mut blobs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.next_event(deadline)? {
+                ClientEvent::Stored {
+                    dest: d,
+                    pos,
+                    msg_id,
+                    payload,
+                } if d == dest => {
+                    blobs.push(StoredBlob {
+                        dest: d,
+                        pos,
+                        msg_id,
+                        payload,
+                    });
+                }
+                ClientEvent::DrainEnd { dest: d, status } if d == dest => {
+                    return match status {
+                        ferry_proto::DrainStatus::NotProven => Err(SdkError::Node {
+                            code: ErrorCode::Unsupported,
+                            message: "drain not proven".into(),
+                        }),
+                        ferry_proto::DrainStatus::More => Ok((blobs, true)),
+                        ferry_proto::DrainStatus::Done => Ok((blobs, false)),
+                    };
+                }
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
+                other => self.queue(other)?,
+            }
+        }
+    }
+
+    /// Deletes stored blobs that were received (their dests proven for `Op::Drain`).
+    pub fn ack(&mut self, blobs: &[StoredBlob]) -> Result<(), SdkError> {
+        let items: Vec<(Dest, u64)> = blobs.iter().map(|b| (b.dest, b.pos)).collect();
+        for chunk in items.chunks(DESTS_PER_FRAME_MAX) {
+            self.conn.push(&Frame::Ack {
+                items: chunk.to_vec(),
+            });
+        }
+        self.flush()
     }
 
     /// Hands the connection over to another event loop (the load generator): the socket, the TLS

@@ -241,8 +241,23 @@ async fn run_shard(
             flush_rx.push(Some(rx));
         }
     }
+    let store = match &cfg.store {
+        None => None,
+        Some(spec) => match open_store(spec, me, &clock, &metrics) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                // Nothing can be promised durable: refuse to serve at all.
+                eprintln!("ferry: shard {me}: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    let mut shard = Shard::new(cfg, metrics);
+    if let Some(log) = store {
+        shard = shard.with_store(log);
+    }
     let ctx = Rc::new(Ctx {
-        shard: RefCell::new(Shard::new(cfg, metrics)),
+        shard: RefCell::new(shard),
         clock,
         writers: RefCell::new(AHashMap::new()),
         flushers,
@@ -287,6 +302,11 @@ async fn run_shard(
         glommio::timer::sleep(tick).await;
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_tick(now);
+        if let Some(why) = ctx.shard.borrow().fatal() {
+            // An fsync failed: acknowledging anything more could be a lie. Stop the node.
+            eprintln!("ferry: stopping: {why}");
+            std::process::exit(1);
+        }
         ctx.after_work();
         force_close_stuck(&ctx);
         let generation = reload.generation();
@@ -301,6 +321,10 @@ async fn run_shard(
         }
     }
     ready.store(false, Ordering::Release);
+    if let Err(e) = ctx.shard.borrow_mut().flush_store() {
+        eprintln!("ferry: final store sync failed: {e}");
+        std::process::exit(1);
+    }
     // Shut every connection down; their tasks end on the resulting errors.
     let conns: Vec<u64> = ctx.writers.borrow().keys().copied().collect();
     for conn in conns {
@@ -314,6 +338,46 @@ async fn run_shard(
         shutdown_fd(*fd);
     }
     drop(tasks); // dropping a glommio task cancels it
+}
+
+/// Opens (and replays) this shard's log in `spec.dir/shard-<id>`. (The node checked before the
+/// shards started that the store was written with this shard count.)
+fn open_store(
+    spec: &crate::shard::StoreSpec,
+    shard: usize,
+    clock: &Clock,
+    metrics: &ShardMetrics,
+) -> Result<crate::store::Log<crate::store::backend::MmapBackend>, String> {
+    let dir = spec.dir.join(format!("shard-{shard}"));
+    let backend = crate::store::backend::MmapBackend::new(&dir)
+        .map_err(|e| format!("store {}: {e}", dir.display()))?;
+    let shard16 = u16::try_from(shard).unwrap_or(u16::MAX);
+    let (log, rec) = crate::store::Log::open(
+        backend,
+        shard16,
+        spec.limits.clone(),
+        spec.policy,
+        clock.now().unix_s,
+    )
+    .map_err(|e| format!("store {}: {e}", dir.display()))?;
+    ShardMetrics::add(&metrics.store_quarantined, rec.quarantined as u64);
+    ShardMetrics::add(&metrics.store_torn_tails, rec.torn_tails as u64);
+    if rec.quarantined > 0 || rec.torn_tails > 0 || rec.bad_segments > 0 {
+        tracing::warn!(
+            shard,
+            quarantined = rec.quarantined,
+            torn_tails = rec.torn_tails,
+            bad_segments = rec.bad_segments,
+            "store recovered with damage"
+        );
+    }
+    tracing::info!(
+        shard,
+        blobs = log.blobs(),
+        segments = rec.segments,
+        "store replayed"
+    );
+    Ok(log)
 }
 
 /// Connections the shard closed while their writer is stuck on a full socket: shut the socket so
@@ -357,7 +421,8 @@ async fn flusher(
 
 async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer: usize) {
     while let Ok(Some(batch)) = receivers.recv_from(peer).await {
-        ctx.shard.borrow_mut().on_hops(batch);
+        let now = ctx.clock.now();
+        ctx.shard.borrow_mut().on_hops(now, batch);
         ctx.after_work();
     }
 }

@@ -44,6 +44,15 @@ metrics! {
     proofs_failed: "counter", "ferry_proofs_failed_total", "Ownership proofs refused (bad key, dest or signature).";
     proofs_rate_limited: "counter", "ferry_proofs_rate_limited_total", "Proofs refused unchecked: address over its failed-proof budget.";
     subscriptions: "gauge", "ferry_subscriptions", "Forward-table entries owned by this shard.";
+    store_blobs: "gauge", "ferry_store_blobs", "Blobs stored for offline recipients (live: not acked, not expired).";
+    store_appends: "counter", "ferry_store_appends_total", "Blobs stored (duplicates not counted).";
+    store_acks: "counter", "ferry_store_acks_total", "Stored blobs acknowledged and deleted.";
+    store_expired: "counter", "ferry_store_expired_total", "Stored blobs that expired unacknowledged.";
+    store_drains: "counter", "ferry_store_drains_total", "Drain requests.";
+    store_refused_full: "counter", "ferry_store_refused_full_total", "Sends answered StoreFull.";
+    store_refused_quota: "counter", "ferry_store_refused_quota_total", "Sends answered QuotaExceeded (per-destination quota).";
+    store_quarantined: "counter", "ferry_store_quarantined_records_total", "Corrupt records skipped at replay.";
+    store_torn_tails: "counter", "ferry_store_torn_tails_total", "Segments whose tail was torn at replay.";
 }
 
 impl ShardMetrics {

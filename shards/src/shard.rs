@@ -9,10 +9,16 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ahash::AHashMap;
+use std::collections::VecDeque;
+
+use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 use ferry_proto::conn::{ConnLimits, Now, Push, ServerConn, ServerEvent};
-use ferry_proto::frame::{Dest, ErrorCode, FLAG_ACK, Frame, SendStatus};
+use ferry_proto::frame::{Dest, DrainStatus, ErrorCode, FLAG_ACK, Frame, SendStatus};
+
+use crate::store::backend::MmapBackend;
+use crate::store::format::Pos;
+use crate::store::{Log, StoreError};
 
 use crate::metrics::ShardMetrics;
 use crate::ratelimit::{IpKey, IpLimiter, IpLimits};
@@ -20,6 +26,11 @@ use crate::table::{ConnRef, ForwardTable};
 
 /// Most messages in one cross-core batch (one channel send).
 pub const HOP_BATCH_MSGS_MAX: usize = 1024;
+/// Most stored blobs sent for one `Drain` (or one subscribe hand-over); `DrainEnd` says `More`
+/// when some are left. Bounds what one request can put in flight.
+pub const DRAIN_BLOBS_MAX: usize = 256;
+/// Expired blobs are removed (and segments reclaimed) at most this often.
+pub const STORE_EXPIRE_INTERVAL_S: u64 = 1;
 
 /// What one shard needs to know; every limit here is a named node config key.
 #[derive(Clone, Debug)]
@@ -38,17 +49,29 @@ pub struct ShardConfig {
     /// `connections_max × subscriptions_max`, and send results by the packets they answer: neither
     /// is ever dropped.
     pub hop_queue_msgs_max: usize,
+    /// Where and how this shard stores blobs for offline recipients; `None` = no store (offline
+    /// recipients get `NoSubscriber`).
+    pub store: Option<StoreSpec>,
+}
+
+/// The store settings of the node; each shard keeps its log in `dir/shard-<id>`.
+#[derive(Clone, Debug)]
+pub struct StoreSpec {
+    pub dir: std::path::PathBuf,
+    pub limits: crate::store::StoreLimits,
+    pub policy: crate::store::FsyncPolicy,
 }
 
 /// A message between cores. Batches of them travel over the bounded mesh channels.
 #[derive(Clone, Debug)]
 pub enum HopMsg {
-    /// Sender's core → owner: look `dest` up.
+    /// Sender's core → owner: look `dest` up (and store the packet if nobody listens).
     Route {
         dest: Dest,
         from: ConnRef,
         msg_id: u64,
         flags: u8,
+        ttl_s: u32,
         payload: Bytes,
     },
     /// Owner → subscriber's core: write to connection `to`.
@@ -75,6 +98,32 @@ pub enum HopMsg {
     TakenOver { to: u64, dest: Dest },
     /// Owner → subscriber's core: the entry is in the forward table.
     Subscribed { to: u64, dest: Dest },
+    /// Asker's core → owner: which of these (owned) dests hold stored blobs?
+    Query {
+        dests: Vec<Dest>,
+        from: ConnRef,
+        query: u64,
+    },
+    /// Owner → asker's core: the part of the answer this owner knows.
+    QueryResult {
+        to: u64,
+        query: u64,
+        dests: Vec<Dest>,
+    },
+    /// Drainer's core → owner: send the stored blobs of `dest`.
+    Drain { dest: Dest, from: ConnRef },
+    /// Owner → drainer's (or new subscriber's) core: one stored blob.
+    StoredBlob {
+        to: u64,
+        dest: Dest,
+        pos: u64,
+        msg_id: u64,
+        payload: Bytes,
+    },
+    /// Owner → drainer's core: that was all (`Done`) or the batch limit (`More`).
+    DrainEnd { to: u64, dest: Dest, more: bool },
+    /// Acker's core → owner: delete these stored blobs.
+    Ack { items: Vec<(Dest, u64)> },
 }
 
 impl HopMsg {
@@ -123,6 +172,20 @@ pub struct Shard {
     limiter: IpLimiter,
     metrics: Arc<ShardMetrics>,
     challenge_counter: u64,
+    /// The store-and-forward log of the dests this shard owns (none: offline = NoSubscriber).
+    store: Option<Log<MmapBackend>>,
+    /// "Stored" replies waiting for their append to be durable: (append seq, sender, dest, msg id).
+    pending_stored: VecDeque<(u64, ConnRef, Dest, u64)>,
+    /// Queries of local connections waiting for owner answers: id → (conn, owners left, dests).
+    queries: AHashMap<u64, (u64, usize, Vec<Dest>)>,
+    next_query: u64,
+    /// (conn, dest) whose drain lost a blob to a full send queue: its DrainEnd says More.
+    drain_short: AHashSet<(u64, Dest)>,
+    last_expire_unix_s: u64,
+    /// Set when the store can no longer promise durability: the node must stop.
+    fatal: Option<String>,
+    /// The time of the input being handled (hop batches carry none of their own).
+    now: Now,
 }
 
 impl Shard {
@@ -139,7 +202,40 @@ impl Shard {
             force_close: Vec::new(),
             metrics,
             challenge_counter: 0,
+            store: None,
+            pending_stored: VecDeque::new(),
+            queries: AHashMap::new(),
+            next_query: 1,
+            drain_short: AHashSet::new(),
+            last_expire_unix_s: 0,
+            fatal: None,
+            now: Now {
+                mono_ms: 0,
+                unix_s: 0,
+            },
             cfg,
+        }
+    }
+
+    /// Gives this shard its store (opened and replayed by the driver before the shard serves).
+    pub fn with_store(mut self, log: Log<MmapBackend>) -> Self {
+        self.metrics
+            .store_blobs
+            .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.store = Some(log);
+        self
+    }
+
+    /// Why the node must stop (an fsync failed), if it must.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// Syncs the store one last time (shutdown).
+    pub fn flush_store(&mut self) -> Result<(), String> {
+        match self.store.as_mut() {
+            Some(log) => log.sync_now().map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -253,6 +349,7 @@ impl Shard {
     }
 
     fn process(&mut self, now: Now, conn: u64) {
+        self.now = now;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
@@ -270,12 +367,13 @@ impl Shard {
                     dest,
                     msg_id,
                     flags,
+                    ttl_s,
                     payload,
                 } => {
                     ShardMetrics::inc(&self.metrics.packets_sent);
                     let owner = self.owner(&dest);
                     if owner == self.cfg.shard {
-                        self.route(dest, from, msg_id, flags, payload);
+                        self.route(now, dest, from, msg_id, flags, ttl_s, payload);
                     } else if !self.hop(
                         owner,
                         HopMsg::Route {
@@ -283,6 +381,7 @@ impl Shard {
                             from,
                             msg_id,
                             flags,
+                            ttl_s,
                             payload,
                         },
                     ) {
@@ -313,6 +412,20 @@ impl Shard {
                 ServerEvent::Unsubscribe { dests } => {
                     for dest in dests {
                         self.control(self.owner(&dest), HopMsg::Unsubscribe { dest, sub: from });
+                    }
+                }
+                ServerEvent::Query { dests } => self.query(now, conn, dests),
+                ServerEvent::Drain { dest } => {
+                    ShardMetrics::inc(&self.metrics.store_drains);
+                    self.control(self.owner(&dest), HopMsg::Drain { dest, from });
+                }
+                ServerEvent::Ack { items } => {
+                    let mut by_owner: AHashMap<u16, Vec<(Dest, u64)>> = AHashMap::new();
+                    for item in items {
+                        by_owner.entry(self.owner(&item.0)).or_default().push(item);
+                    }
+                    for (owner, items) in by_owner {
+                        self.control(owner, HopMsg::Ack { items });
                     }
                 }
                 ServerEvent::ChallengeRequested => {
@@ -352,12 +465,19 @@ impl Shard {
     }
 
     /// Owner side of a packet.
-    fn route(&mut self, dest: Dest, from: ConnRef, msg_id: u64, flags: u8, payload: Bytes) {
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &mut self,
+        now: Now,
+        dest: Dest,
+        from: ConnRef,
+        msg_id: u64,
+        flags: u8,
+        ttl_s: u32,
+        payload: Bytes,
+    ) {
         match self.table.lookup(&dest) {
-            None => {
-                ShardMetrics::inc(&self.metrics.packets_no_subscriber);
-                self.reply(from, dest, msg_id, SendStatus::NoSubscriber);
-            }
+            None => self.store_packet(now, dest, from, msg_id, ttl_s, &payload),
             Some(sub) if sub.shard == self.cfg.shard => {
                 self.deliver(dest, sub.conn, from, msg_id, flags, &payload);
             }
@@ -424,6 +544,140 @@ impl Shard {
         }
     }
 
+    /// No live subscriber: store the packet (or say NoSubscriber when the node has no store).
+    fn store_packet(
+        &mut self,
+        now: Now,
+        dest: Dest,
+        from: ConnRef,
+        msg_id: u64,
+        ttl_s: u32,
+        payload: &[u8],
+    ) {
+        let Some(log) = self.store.as_mut() else {
+            ShardMetrics::inc(&self.metrics.packets_no_subscriber);
+            self.reply(from, dest, msg_id, SendStatus::NoSubscriber);
+            return;
+        };
+        let ttl = if ttl_s == 0 {
+            u64::MAX
+        } else {
+            u64::from(ttl_s)
+        };
+        let status = match log.append(now.unix_s, dest, msg_id, ttl, payload) {
+            Ok(a) => {
+                if !a.duplicate {
+                    ShardMetrics::inc(&self.metrics.store_appends);
+                    ShardMetrics::inc(&self.metrics.store_blobs);
+                }
+                if a.seq > log.durable_seq() {
+                    // Answered once the group commit covers it (on_tick).
+                    self.pending_stored.push_back((a.seq, from, dest, msg_id));
+                    return;
+                }
+                SendStatus::Stored
+            }
+            Err(StoreError::DestQuota) => {
+                ShardMetrics::inc(&self.metrics.store_refused_quota);
+                SendStatus::QuotaExceeded
+            }
+            Err(StoreError::SyncFailed(e)) => {
+                self.fatal = Some(format!("store fsync failed, durability unknown: {e}"));
+                return;
+            }
+            Err(e) => {
+                if !matches!(e, StoreError::StoreFull) {
+                    tracing::warn!(error = %e, "store append failed");
+                }
+                ShardMetrics::inc(&self.metrics.store_refused_full);
+                SendStatus::StoreFull
+            }
+        };
+        self.reply(from, dest, msg_id, status);
+    }
+
+    /// A local connection's query: answered here for owned dests, by owners for the rest, and
+    /// returned to the client as one QueryResult once every owner has answered.
+    fn query(&mut self, now: Now, conn: u64, dests: Vec<Dest>) {
+        let mut by_owner: AHashMap<u16, Vec<Dest>> = AHashMap::new();
+        for d in dests {
+            by_owner.entry(self.owner(&d)).or_default().push(d);
+        }
+        let id = self.next_query;
+        self.next_query += 1;
+        self.queries.insert(id, (conn, by_owner.len(), Vec::new()));
+        let from = ConnRef {
+            shard: self.cfg.shard,
+            conn,
+        };
+        if by_owner.is_empty() {
+            self.query_answer(id, Vec::new());
+        }
+        for (owner, dests) in by_owner {
+            if owner == self.cfg.shard {
+                let holding = self.holding(now, &dests);
+                self.query_answer(id, holding);
+            } else {
+                self.outbox[usize::from(owner)].push(HopMsg::Query {
+                    dests,
+                    from,
+                    query: id,
+                });
+            }
+        }
+    }
+
+    fn holding(&self, now: Now, dests: &[Dest]) -> Vec<Dest> {
+        self.store
+            .as_ref()
+            .map(|l| l.holding(dests, now.unix_s))
+            .unwrap_or_default()
+    }
+
+    fn query_answer(&mut self, id: u64, mut dests: Vec<Dest>) {
+        let Some(q) = self.queries.get_mut(&id) else {
+            return;
+        };
+        q.2.append(&mut dests);
+        q.1 = q.1.saturating_sub(1);
+        if q.1 == 0 {
+            let Some((conn, _, dests)) = self.queries.remove(&id) else {
+                return;
+            };
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.sm.push_frame(&Frame::QueryResult { dests });
+                self.mark_ready(conn);
+            }
+        }
+    }
+
+    /// Owner side of a drain: up to DRAIN_BLOBS_MAX stored blobs of `dest` to `to`, then DrainEnd.
+    fn send_stored(&mut self, now: Now, dest: Dest, to: ConnRef) {
+        let mut msgs = Vec::new();
+        let mut more = false;
+        if let Some(log) = self.store.as_ref() {
+            let blobs = log.drain(&dest, now.unix_s);
+            more = blobs.len() > DRAIN_BLOBS_MAX;
+            for (e, payload) in blobs.into_iter().take(DRAIN_BLOBS_MAX) {
+                msgs.push(HopMsg::StoredBlob {
+                    to: to.conn,
+                    dest,
+                    pos: e.pos.to_u64(),
+                    msg_id: e.msg_id,
+                    payload: Bytes::copy_from_slice(payload),
+                });
+            }
+        }
+        msgs.push(HopMsg::DrainEnd {
+            to: to.conn,
+            dest,
+            more,
+        });
+        for m in msgs {
+            self.control(to.shard, m);
+        }
+    }
+
     fn reply(&mut self, to: ConnRef, dest: Dest, msg_id: u64, status: SendStatus) {
         if to.shard == self.cfg.shard {
             if let Some(c) = self.conns.get_mut(&to.conn) {
@@ -443,21 +697,24 @@ impl Shard {
     }
 
     /// A batch of messages from another core.
-    pub fn on_hops(&mut self, msgs: Vec<HopMsg>) {
+    pub fn on_hops(&mut self, now: Now, msgs: Vec<HopMsg>) {
+        self.now = now;
         for msg in msgs {
             self.on_hop(msg);
         }
     }
 
     fn on_hop(&mut self, msg: HopMsg) {
+        let now = self.now;
         match msg {
             HopMsg::Route {
                 dest,
                 from,
                 msg_id,
                 flags,
+                ttl_s,
                 payload,
-            } => self.route(dest, from, msg_id, flags, payload),
+            } => self.route(now, dest, from, msg_id, flags, ttl_s, payload),
             HopMsg::Deliver {
                 dest,
                 to,
@@ -488,6 +745,15 @@ impl Shard {
                     self.table.len() as u64,
                     std::sync::atomic::Ordering::Relaxed,
                 );
+                // Hand-over: what was stored goes first, on the same FIFO path as the live
+                // packets that follow, so nothing is skipped in between.
+                if self
+                    .store
+                    .as_ref()
+                    .is_some_and(|l| !l.holding(&[dest], now.unix_s).is_empty())
+                {
+                    self.send_stored(now, dest, sub);
+                }
             }
             HopMsg::Unsubscribe { dest, sub } => {
                 self.table.unsubscribe(&dest, sub);
@@ -506,6 +772,75 @@ impl Shard {
                 if let Some(c) = self.conns.get_mut(&to) {
                     c.sm.on_subscribed(dest);
                     self.mark_ready(to);
+                }
+            }
+            HopMsg::Query { dests, from, query } => {
+                let dests = self.holding(now, &dests);
+                self.control(
+                    from.shard,
+                    HopMsg::QueryResult {
+                        to: from.conn,
+                        query,
+                        dests,
+                    },
+                );
+            }
+            HopMsg::QueryResult {
+                to: _,
+                query,
+                dests,
+            } => self.query_answer(query, dests),
+            HopMsg::Drain { dest, from } => self.send_stored(now, dest, from),
+            HopMsg::StoredBlob {
+                to,
+                dest,
+                pos,
+                msg_id,
+                payload,
+            } => {
+                let pushed = self
+                    .conns
+                    .get_mut(&to)
+                    .map(|c| c.sm.push_stored(&dest, pos, msg_id, &payload));
+                match pushed {
+                    Some(Push::Queued) => self.mark_ready(to),
+                    Some(_) => {
+                        // Still stored: the next drain brings it.
+                        self.drain_short.insert((to, dest));
+                    }
+                    None => {}
+                }
+            }
+            HopMsg::DrainEnd { to, dest, more } => {
+                let short = self.drain_short.remove(&(to, dest));
+                if let Some(c) = self.conns.get_mut(&to) {
+                    let status = if more || short {
+                        DrainStatus::More
+                    } else {
+                        DrainStatus::Done
+                    };
+                    c.sm.push_frame(&Frame::DrainEnd { dest, status });
+                    self.mark_ready(to);
+                }
+            }
+            HopMsg::Ack { items } => {
+                let Some(log) = self.store.as_mut() else {
+                    return;
+                };
+                for (dest, pos) in items {
+                    match log.ack(now.unix_s, &dest, Pos::from_u64(pos)) {
+                        Ok(true) => {
+                            ShardMetrics::inc(&self.metrics.store_acks);
+                            ShardMetrics::dec(&self.metrics.store_blobs);
+                        }
+                        Ok(false) => {}
+                        Err(StoreError::SyncFailed(e)) => {
+                            self.fatal =
+                                Some(format!("store fsync failed, durability unknown: {e}"));
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "store ack failed"),
+                    }
                 }
             }
         }
@@ -630,6 +965,50 @@ impl Shard {
             self.mark_ready(id);
         }
         self.limiter.evict_idle(now.mono_ms);
+        self.now = now;
+        self.store_tick(now);
+    }
+
+    /// Group commit, the "Stored" replies it releases, and expiry.
+    fn store_tick(&mut self, now: Now) {
+        let Some(log) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.poll_sync(now.mono_ms) {
+            self.fatal = Some(format!("store fsync failed, durability unknown: {e}"));
+            return;
+        }
+        let durable = log.durable_seq();
+        let mut released = Vec::new();
+        while self
+            .pending_stored
+            .front()
+            .is_some_and(|(seq, ..)| *seq <= durable)
+        {
+            if let Some(p) = self.pending_stored.pop_front() {
+                released.push(p);
+            }
+        }
+        if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
+            self.last_expire_unix_s = now.unix_s;
+            match log.expire(now.unix_s) {
+                Ok(n) => {
+                    if n > 0 {
+                        ShardMetrics::add(&self.metrics.store_expired, n as u64);
+                    }
+                    self.metrics
+                        .store_blobs
+                        .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(StoreError::SyncFailed(e)) => {
+                    self.fatal = Some(format!("store fsync failed, durability unknown: {e}"));
+                }
+                Err(e) => tracing::warn!(error = %e, "store expiry failed"),
+            }
+        }
+        for (_, from, dest, msg_id) in released {
+            self.reply(from, dest, msg_id, SendStatus::Stored);
+        }
     }
 
     /// The batch waiting for `peer`, if any.

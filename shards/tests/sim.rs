@@ -73,6 +73,7 @@ impl Sim {
                         },
                         connections_max: 1000,
                         hop_queue_msgs_max,
+                        store: None,
                     },
                     Arc::new(ShardMetrics::default()),
                 )
@@ -158,7 +159,7 @@ impl Sim {
                 keys.sort();
                 let k = keys[self.rng.below(keys.len())];
                 let batch = self.links.get_mut(&k).unwrap().pop_front().unwrap();
-                self.shards[k.1].on_hops(batch);
+                self.shards[k.1].on_hops(self.now, batch);
                 moved = true;
             }
             // Shards → clients.
@@ -271,6 +272,7 @@ fn check_schedule(shards: usize, seed: u64, steps: &[Step], hop_queue_msgs_max: 
                         dest,
                         next_id,
                         FLAG_ACK,
+                        0,
                         &next_id.to_le_bytes(),
                     );
                     sent.insert(next_id, (who, dest));
@@ -377,7 +379,7 @@ fn take_over_moves_delivery_to_the_newest_subscriber() {
             .iter()
             .any(|e| matches!(e, ClientEvent::Unsubscribed { .. }))
     );
-    sim.clients[tx].cc.send(dest, 1, 0, b"x");
+    sim.clients[tx].cc.send(dest, 1, 0, 0, b"x");
     sim.run();
     assert!(
         sim.clients[b]
@@ -393,7 +395,7 @@ fn take_over_moves_delivery_to_the_newest_subscriber() {
     );
     // The old subscriber closing must not remove the new one's entry.
     sim.close(a);
-    sim.clients[tx].cc.send(dest, 2, 0, b"y");
+    sim.clients[tx].cc.send(dest, 2, 0, 0, b"y");
     sim.run();
     assert!(
         sim.clients[b]

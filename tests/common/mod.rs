@@ -19,6 +19,9 @@ pub struct Node {
     pub admin: SocketAddr,
     pub dir: PathBuf,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    keep_dir: bool,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -38,7 +41,32 @@ pub fn ferry_bin() -> &'static str {
 impl Node {
     /// Starts a node on ephemeral loopback ports with extra args and env, and waits for "ready".
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Node {
-        let dir = temp_dir("node");
+        Self::start_in(temp_dir("node"), args, env)
+    }
+
+    /// Kills the node (SIGKILL when `kill9`, else SIGTERM) and starts it again on the same data
+    /// directory with the same arguments: new ephemeral ports.
+    pub fn restart(mut self, kill9: bool) -> Node {
+        if kill9 {
+            self.kill();
+        } else {
+            let status = self.terminate();
+            assert!(status.success(), "node did not stop cleanly: {status:?}");
+        }
+        let (dir, args, env) = (self.dir.clone(), self.args.clone(), self.env.clone());
+        self.keep_dir = true;
+        drop(self);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::start_in(dir, &args, &env)
+    }
+
+    pub fn start_in(dir: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Node {
+        let saved_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let saved_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut cmd = Command::new(ferry_bin());
         cmd.arg("run")
             .arg("--listen")
@@ -110,6 +138,9 @@ impl Node {
             admin: admin.unwrap(),
             dir,
             stderr,
+            args: saved_args,
+            env: saved_env,
+            keep_dir: false,
         }
     }
 
@@ -167,7 +198,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -1,0 +1,268 @@
+//! Store-and-forward through a real node: offline sends are stored and answered `Stored`, the
+//! recipient asks which dests hold blobs, drains them with a proof, acks them; duplicates are
+//! stored once; a subscriber gets stored blobs before live ones; blobs survive a restart and a
+//! kill -9 (fsync=always); quotas and a full store answer with their own status.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{Node, mailbox};
+use ferry_proto::conn::ClientEvent;
+use ferry_sdk::{Client, FLAG_ACK, Mailbox, Op, ProofStatus, SendStatus};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn send_and_status(
+    tx: &mut Client,
+    dest: ferry_sdk::Dest,
+    msg_id: u64,
+    payload: &[u8],
+) -> SendStatus {
+    tx.send(dest, msg_id, 0, payload);
+    tx.flush().unwrap();
+    loop {
+        match tx.recv(WAIT).unwrap() {
+            ClientEvent::SendResult {
+                msg_id: m, status, ..
+            } if m == msg_id => return status,
+            ClientEvent::SendResult { .. } | ClientEvent::Pong { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn prove_drain(c: &mut Client, mb: &Mailbox, epoch: u64) -> ferry_sdk::Dest {
+    let signer = mb.signer(epoch).unwrap();
+    assert_eq!(
+        c.prove(&[&signer], Op::Drain).unwrap(),
+        vec![ProofStatus::Ok]
+    );
+    signer.dest()
+}
+
+/// Drains and acks until the node says done; returns the msg ids in order.
+fn drain_all(c: &mut Client, dest: ferry_sdk::Dest) -> Vec<u64> {
+    let mut ids = Vec::new();
+    loop {
+        let (blobs, more) = c.drain(dest).unwrap();
+        ids.extend(blobs.iter().map(|b| b.msg_id));
+        c.ack(&blobs).unwrap();
+        if !more {
+            return ids;
+        }
+    }
+}
+
+#[test]
+fn offline_blobs_are_stored_queried_drained_in_order_and_acked() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let bob = mailbox(41);
+    let dest = bob.dest(epoch).unwrap();
+    for i in 1..=5u64 {
+        assert_eq!(
+            send_and_status(&mut tx, dest, i, format!("blob {i}").as_bytes()),
+            SendStatus::Stored
+        );
+    }
+    // The same message id again is stored once.
+    assert_eq!(
+        send_and_status(&mut tx, dest, 3, b"blob 3"),
+        SendStatus::Stored
+    );
+
+    let mut rx = node.client();
+    let other = mailbox(42).dest(epoch).unwrap();
+    assert_eq!(rx.query(&[dest, other]).unwrap(), vec![dest]);
+    // Draining needs a Drain proof for the dest.
+    assert!(rx.drain(dest).is_err());
+    prove_drain(&mut rx, &bob, epoch);
+    let (blobs, more) = rx.drain(dest).unwrap();
+    assert!(!more);
+    let got: Vec<(u64, Vec<u8>)> = blobs
+        .iter()
+        .map(|b| (b.msg_id, b.payload.to_vec()))
+        .collect();
+    let want: Vec<(u64, Vec<u8>)> = (1..=5u64)
+        .map(|i| (i, format!("blob {i}").into_bytes()))
+        .collect();
+    assert_eq!(got, want);
+    // Unacked blobs come again; acked ones do not.
+    rx.ack(&blobs[..2]).unwrap();
+    let (again, _) = rx.drain(dest).unwrap();
+    assert_eq!(
+        again.iter().map(|b| b.msg_id).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    rx.ack(&again).unwrap();
+    rx.ping(1).unwrap();
+    assert!(rx.query(&[dest]).unwrap().is_empty());
+    assert_eq!(node.metric("ferry_store_appends_total"), 5);
+    assert_eq!(node.metric("ferry_store_acks_total"), 5);
+}
+
+#[test]
+fn a_subscriber_gets_stored_blobs_first_then_live_traffic() {
+    let node = Node::start(&["--shards", "3"], &[]);
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let bob = mailbox(51);
+    let dest = bob.dest(epoch).unwrap();
+    for i in 1..=3u64 {
+        assert_eq!(
+            send_and_status(&mut tx, dest, i, b"stored"),
+            SendStatus::Stored
+        );
+    }
+    let mut rx = node.client();
+    rx.listen(&bob, [epoch]).unwrap();
+    tx.send(dest, 4, FLAG_ACK, b"live");
+    tx.flush().unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match rx.recv(WAIT).unwrap() {
+            ClientEvent::Stored { msg_id, .. } => seen.push(format!("stored {msg_id}")),
+            ClientEvent::DrainEnd { .. } => seen.push("end".into()),
+            ClientEvent::Deliver { msg_id, .. } => seen.push(format!("live {msg_id}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["stored 1", "stored 2", "stored 3", "end", "live 4"]
+    );
+}
+
+#[test]
+fn stored_blobs_survive_a_restart() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let bob = mailbox(61);
+    let dest = bob.dest(epoch).unwrap();
+    for i in 1..=20u64 {
+        assert_eq!(
+            send_and_status(&mut tx, dest, i, &[i as u8; 700]),
+            SendStatus::Stored
+        );
+    }
+    drop(tx);
+    let node = node.restart(false);
+    let mut rx = node.client();
+    assert_eq!(rx.query(&[dest]).unwrap(), vec![dest]);
+    prove_drain(&mut rx, &bob, epoch);
+    assert_eq!(drain_all(&mut rx, dest), (1..=20).collect::<Vec<u64>>());
+}
+
+#[test]
+fn kill_9_loses_nothing_acknowledged_as_stored() {
+    let node = Node::start(&["--shards", "2"], &[("FERRY_STORE_FSYNC", "always")]);
+    let epoch = node.client().epoch();
+    let bob = mailbox(71);
+    let dest = bob.dest(epoch).unwrap();
+    let addr = node.addr();
+    // A sender streams sends and records every Stored answer until the node dies.
+    let sender = std::thread::spawn(move || {
+        let mut tx = Client::connect(addr).unwrap();
+        let mut stored = BTreeSet::new();
+        let mut next = 1u64;
+        loop {
+            for _ in 0..8 {
+                tx.send(dest, next, 0, &next.to_le_bytes());
+                next += 1;
+            }
+            if tx.flush().is_err() {
+                return stored;
+            }
+            loop {
+                match tx.recv(Duration::from_millis(50)) {
+                    Ok(ClientEvent::SendResult {
+                        msg_id,
+                        status: SendStatus::Stored,
+                        ..
+                    }) => {
+                        stored.insert(msg_id);
+                    }
+                    Ok(ClientEvent::SendResult { status, .. }) => panic!("unexpected {status:?}"),
+                    Ok(_) => {}
+                    Err(ferry_sdk::SdkError::Timeout) => break,
+                    Err(_) => return stored,
+                }
+            }
+        }
+    });
+    let start = Instant::now();
+    while node.metric("ferry_store_appends_total") < 200 {
+        assert!(start.elapsed() < WAIT, "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let node = node.restart(true);
+    let stored = sender.join().unwrap();
+    assert!(
+        stored.len() >= 100,
+        "only {} stored before the kill",
+        stored.len()
+    );
+    let mut rx = node.client();
+    prove_drain(&mut rx, &bob, epoch);
+    let got = drain_all(&mut rx, dest);
+    let got_set: BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(got_set.len(), got.len(), "a blob was delivered twice");
+    let missing: Vec<&u64> = stored.difference(&got_set).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged as stored but lost: {missing:?}"
+    );
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
+    // After the acks nothing comes again.
+    assert!(drain_all(&mut rx, dest).is_empty());
+}
+
+#[test]
+fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
+    let node = Node::start(
+        &["--shards", "1"],
+        &[
+            ("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "3"),
+            ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "65536"),
+            ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "131072"),
+        ],
+    );
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let a = mailbox(81).dest(epoch).unwrap();
+    for i in 1..=3 {
+        assert_eq!(send_and_status(&mut tx, a, i, b"q"), SendStatus::Stored);
+    }
+    assert_eq!(
+        send_and_status(&mut tx, a, 4, b"q"),
+        SendStatus::QuotaExceeded
+    );
+    // Fill the store: one 64 KiB segment fits under the high-water mark, the second does not.
+    let mut i = 100u64;
+    let status = loop {
+        let d = mailbox(1000 + i as u32).dest(epoch).unwrap();
+        let s = send_and_status(&mut tx, d, i, &[9u8; 4000]);
+        if s != SendStatus::Stored {
+            break s;
+        }
+        i += 1;
+        assert!(i < 200, "store never filled");
+    };
+    assert_eq!(status, SendStatus::StoreFull);
+    assert!(node.metric("ferry_store_refused_full_total") >= 1);
+    // Live relay is unaffected.
+    let mut rx = node.client();
+    let live = rx.listen(&mailbox(90), [epoch]).unwrap()[0];
+    tx.send(live, 1, FLAG_ACK, b"still live");
+    tx.flush().unwrap();
+    assert!(matches!(
+        rx.recv(WAIT).unwrap(),
+        ClientEvent::Deliver { msg_id: 1, .. }
+    ));
+}
