@@ -241,3 +241,31 @@ fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
         node.stderr.lock().unwrap()
     );
 }
+
+#[test]
+fn a_store_written_with_another_shard_count_is_refused_with_one_line() {
+    let dir = temp_dir("shards");
+    std::fs::create_dir_all(dir.join("store")).unwrap();
+    std::fs::write(dir.join("store").join("shards"), "2\n").unwrap();
+    let out = Command::new(ferry_bin())
+        .args([
+            "run",
+            "--shards",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("written by 2 shards") && err.contains("--shards 2"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
