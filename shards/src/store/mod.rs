@@ -157,7 +157,9 @@ pub struct Log<B: Backend> {
     index: AHashMap<Dest, DestQueue>,
     next_seq: u64,
     durable_seq: u64,
-    dirty: bool,
+    /// Segments written since their last sync (the active one, and any sealed after a failed
+    /// write or a roll): a commit point syncs them all.
+    dirty: BTreeSet<u64>,
     last_sync_ms: u64,
     scratch: Vec<u8>,
 }
@@ -183,7 +185,7 @@ impl<B: Backend> Log<B> {
             index: AHashMap::new(),
             next_seq: 1,
             durable_seq: 0,
-            dirty: false,
+            dirty: BTreeSet::new(),
             last_sync_ms: 0,
             scratch: Vec::new(),
             backend,
@@ -300,9 +302,7 @@ impl<B: Backend> Log<B> {
             if let Some(s) = self.segments.get_mut(&a) {
                 s.sealed = true;
             }
-            // The sealed segment's tail must be durable before appends move on (interval sync
-            // covers only the active segment).
-            self.sync_segment(a)?;
+            // Its unsynced tail stays in `dirty`: the next commit point syncs it.
         }
         let seg_bytes = self.limits.segment_bytes as u64;
         let over_budget = self.disk_bytes() + seg_bytes > self.limits.disk_bytes_max;
@@ -363,6 +363,9 @@ impl<B: Backend> Log<B> {
         format::encode_record(&mut self.scratch, h, payload);
         let s = self.segments.get_mut(&seq).ok_or(StoreError::StoreFull)?;
         let offset = s.write_at;
+        // Dirty before the write: even a failed (torn) write leaves earlier records of this
+        // segment that the next commit point must sync.
+        self.dirty.insert(seq);
         if let Err(e) = s.seg.write(offset, &self.scratch) {
             // The bytes may be torn on disk; never write after them in this segment.
             s.sealed = true;
@@ -370,7 +373,6 @@ impl<B: Backend> Log<B> {
             return Err(StoreError::Io(e));
         }
         s.write_at += n;
-        self.dirty = true;
         Ok(Pos {
             segment: seq,
             offset: u32::try_from(offset).map_err(|_| StoreError::TooLarge {
@@ -458,11 +460,9 @@ impl<B: Backend> Log<B> {
 
     /// Syncs now (group commit point). An error is fatal for the node.
     pub fn sync_now(&mut self) -> Result<(), StoreError> {
-        if self.dirty {
-            if let Some(a) = self.active {
-                self.sync_segment(a)?;
-            }
-            self.dirty = false;
+        while let Some(&seq) = self.dirty.first() {
+            self.sync_segment(seq)?;
+            self.dirty.remove(&seq);
         }
         self.durable_seq = self.next_seq - 1;
         Ok(())
@@ -471,7 +471,7 @@ impl<B: Backend> Log<B> {
     /// Call on every tick: syncs when the interval policy says so.
     pub fn poll_sync(&mut self, now_ms: u64) -> Result<(), StoreError> {
         if let FsyncPolicy::Interval { ms } = self.policy {
-            if self.dirty && now_ms >= self.last_sync_ms.saturating_add(ms) {
+            if !self.dirty.is_empty() && now_ms >= self.last_sync_ms.saturating_add(ms) {
                 self.last_sync_ms = now_ms;
                 self.sync_now()?;
             }
@@ -578,7 +578,6 @@ impl<B: Backend> Log<B> {
                     .created_unix_s
                     .saturating_add(self.limits.segment_roll_s)
             {
-                self.sync_segment(a)?;
                 if let Some(s) = self.segments.get_mut(&a) {
                     s.sealed = true;
                 }
