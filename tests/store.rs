@@ -348,3 +348,72 @@ fn a_real_full_disk_answers_store_full_and_the_node_goes_on() {
     assert_eq!(drain_all(&mut rx, first.dest(epoch).unwrap()), vec![0]);
     drop(node);
 }
+
+#[test]
+fn a_large_hand_over_keeps_stored_before_live() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let bob = mailbox(95);
+    let dest = bob.dest(epoch).unwrap();
+    for i in 1..=300u64 {
+        tx.send(dest, i, 0, &i.to_le_bytes());
+    }
+    tx.flush().unwrap();
+    let mut stored = 0;
+    while stored < 300 {
+        if let ClientEvent::SendResult { status, .. } = tx.recv(WAIT).unwrap() {
+            assert_eq!(status, SendStatus::Stored);
+            stored += 1;
+        }
+    }
+    let mut rx = node.client();
+    rx.listen(&bob, [epoch]).unwrap();
+    prove_drain(&mut rx, &bob, epoch);
+    // The subscribe hand-over: one batch, then More.
+    let mut first = Vec::new();
+    loop {
+        match rx.recv(WAIT).unwrap() {
+            ClientEvent::Stored {
+                dest: d,
+                pos,
+                msg_id,
+                payload,
+            } => first.push(ferry_sdk::StoredBlob {
+                dest: d,
+                pos,
+                msg_id,
+                payload,
+            }),
+            ClientEvent::DrainEnd { status, .. } => {
+                assert_eq!(status, ferry_proto::DrainStatus::More);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(first.len(), 256);
+    // A packet sent now must not overtake the 44 still stored: it is stored behind them.
+    assert_eq!(
+        send_and_status(&mut tx, dest, 1000, b"mid hand-over"),
+        SendStatus::Stored
+    );
+    rx.ack(&first).unwrap();
+    let rest = drain_all(&mut rx, dest);
+    let mut want: Vec<u64> = (257..=300).collect();
+    want.push(1000);
+    assert_eq!(rest, want);
+    // Hand-over complete: live again.
+    tx.send(dest, 1001, FLAG_ACK, b"live");
+    tx.flush().unwrap();
+    let mut got_live = false;
+    while !got_live {
+        match rx.recv(WAIT).unwrap() {
+            ClientEvent::Deliver { msg_id, .. } => {
+                assert_eq!(msg_id, 1001);
+                got_live = true;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -181,6 +181,10 @@ pub struct Shard {
     next_query: u64,
     /// (conn, dest) whose drain lost a blob to a full send queue: its DrainEnd says More.
     drain_short: AHashSet<(u64, Dest)>,
+    /// Owned dests whose subscriber has not yet drained every stored blob: new packets for them
+    /// are stored too (behind the others) until a drain comes back complete, so the subscriber
+    /// sees stored blobs first and live traffic after, in order.
+    handover: AHashSet<Dest>,
     last_expire_unix_s: u64,
     /// Set when the store can no longer promise durability: the node must stop.
     fatal: Option<String>,
@@ -207,6 +211,7 @@ impl Shard {
             queries: AHashMap::new(),
             next_query: 1,
             drain_short: AHashSet::new(),
+            handover: AHashSet::new(),
             last_expire_unix_s: 0,
             fatal: None,
             now: Now {
@@ -478,6 +483,9 @@ impl Shard {
     ) {
         match self.table.lookup(&dest) {
             None => self.store_packet(now, dest, from, msg_id, ttl_s, &payload),
+            Some(_) if self.handover.contains(&dest) => {
+                self.store_packet(now, dest, from, msg_id, ttl_s, &payload)
+            }
             Some(sub) if sub.shard == self.cfg.shard => {
                 self.deliver(dest, sub.conn, from, msg_id, flags, &payload);
             }
@@ -668,6 +676,11 @@ impl Shard {
                 });
             }
         }
+        if more {
+            self.handover.insert(dest);
+        } else {
+            self.handover.remove(&dest);
+        }
         msgs.push(HopMsg::DrainEnd {
             to: to.conn,
             dest,
@@ -756,7 +769,10 @@ impl Shard {
                 }
             }
             HopMsg::Unsubscribe { dest, sub } => {
-                self.table.unsubscribe(&dest, sub);
+                if self.table.unsubscribe(&dest, sub) {
+                    // Offline again: new packets are stored anyway.
+                    self.handover.remove(&dest);
+                }
                 self.metrics.subscriptions.store(
                     self.table.len() as u64,
                     std::sync::atomic::Ordering::Relaxed,
