@@ -27,7 +27,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// File holding a bearer token `/metrics` requires; unset = no token.
     pub admin_token_file: Option<PathBuf>,
-    /// Where the node keeps its identity key (and, later, its store).
+    /// Where the node keeps its identity key and its store (`store/`).
     pub data_dir: PathBuf,
     /// Shard cores; 0 = every CPU in the process's affinity mask but one (the service core), at
     /// least one.
@@ -259,8 +259,13 @@ impl Config {
             bail!("limits.tick_ms must not exceed the shortest timeout");
         }
         self.fsync_policy()?;
-        if l.store_segment_bytes < 64 * 1024 || l.store_segment_bytes > (1 << 31) {
-            bail!("limits.store_segment_bytes must be between 64 KiB and 2 GiB");
+        if l.store_segment_bytes < 128 * 1024 || l.store_segment_bytes > (1 << 31) {
+            bail!(
+                "limits.store_segment_bytes must be between 128 KiB (room for the largest packet) and 2 GiB"
+            );
+        }
+        if l.store_segment_roll_s == 0 {
+            bail!("limits.store_segment_roll_s must be at least 1");
         }
         if l.store_high_water_percent == 0 || l.store_high_water_percent > 100 {
             bail!("limits.store_high_water_percent must be 1..=100");

@@ -220,8 +220,25 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     if cfg.shards > usize::from(u16::MAX) {
         bail!("at most {} shards", u16::MAX);
     }
-    let placement = place(&allowed, cfg.shards);
+    // With an automatic shard count, a node that already has a store keeps the count it was
+    // written with (dests are owned by `dest % shards`).
+    let recorded = if cfg.store_enabled && cfg.shards == 0 {
+        std::fs::read_to_string(cfg.data_dir.join("store").join("shards"))
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+    } else {
+        None
+    };
+    let placement = place(&allowed, recorded.unwrap_or(cfg.shards));
     let shards = placement.shard_cpus.len();
+    if cfg.store_enabled
+        && cfg.limits.store_disk_bytes_max / (shards as u64)
+            < 2 * cfg.limits.store_segment_bytes as u64
+    {
+        bail!(
+            "limits.store_disk_bytes_max gives each of the {shards} shards less than two segments of limits.store_segment_bytes; raise it or use smaller segments"
+        );
+    }
     sys::preflight(shards, cfg.limits.io_memory_bytes)?;
     let nofile = sys::raise_nofile();
     let node_seed = load_or_create_node_key(&cfg.data_dir)?;
@@ -263,10 +280,15 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     let admin_stop = Arc::new(AtomicBool::new(false));
 
     let l = &cfg.limits;
+    // Group commit happens on the shard tick: tick at least as often as the fsync interval.
+    let tick_ms = match cfg.fsync_policy()? {
+        ferry_shards::store::FsyncPolicy::Interval { ms } if cfg.store_enabled => l.tick_ms.min(ms),
+        _ => l.tick_ms,
+    };
     let driver_cfg = DriverConfig {
         cpus: Some(placement.shard_cpus.clone()),
         io_memory_bytes: l.io_memory_bytes,
-        tick_ms: l.tick_ms,
+        tick_ms,
         hop_channel_batches: l.hop_channel_batches,
         read_buffer_bytes: l.read_buffer_bytes,
     };

@@ -241,8 +241,8 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
         &["--shards", "1"],
         &[
             ("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "3"),
-            ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "65536"),
-            ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "131072"),
+            ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
+            ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
         ],
     );
     let mut tx = node.client();
@@ -255,7 +255,7 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
         send_and_status(&mut tx, a, 4, b"q"),
         SendStatus::QuotaExceeded
     );
-    // Fill the store: one 64 KiB segment fits under the high-water mark, the second does not.
+    // Fill the store: one 128 KiB segment fits under the high-water mark, the second does not.
     let mut i = 100u64;
     let status = loop {
         let d = mailbox(1000 + i as u32).dest(epoch).unwrap();
@@ -264,7 +264,7 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
             break s;
         }
         i += 1;
-        assert!(i < 200, "store never filled");
+        assert!(i < 400, "store never filled");
     };
     assert_eq!(status, SendStatus::StoreFull);
     assert!(node.metric("ferry_store_refused_full_total") >= 1);
@@ -416,4 +416,25 @@ fn a_large_hand_over_keeps_stored_before_live() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn a_maximal_packet_is_stored_and_drained_intact() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let bob = mailbox(97);
+    let dest = bob.dest(epoch).unwrap();
+    let big: Vec<u8> = (0..ferry_sdk::PACKET_PAYLOAD_BYTES_MAX)
+        .map(|i| i as u8)
+        .collect();
+    assert_eq!(send_and_status(&mut tx, dest, 1, &big), SendStatus::Stored);
+    let mut rx = node.client();
+    prove_drain(&mut rx, &bob, epoch);
+    let (blobs, more) = rx.drain(dest).unwrap();
+    assert!(!more);
+    assert_eq!(blobs.len(), 1);
+    assert!(blobs[0].payload[..] == big[..]);
+    // And again (not acked), which used to be where an oversized blob would crash the shard.
+    assert_eq!(rx.drain(dest).unwrap().0.len(), 1);
 }

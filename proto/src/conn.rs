@@ -143,6 +143,8 @@ pub struct ServerConn {
     pub dropped_queue_full: u64,
     /// Whole frames received (every type, the handshake and pings included).
     pub frames_in: u64,
+    /// A `Drain` of this connection is being answered.
+    drain_pending: bool,
 }
 
 impl ServerConn {
@@ -176,6 +178,7 @@ impl ServerConn {
             aborted: false,
             dropped_queue_full: 0,
             frames_in: 0,
+            drain_pending: false,
         }
     }
 
@@ -292,7 +295,16 @@ impl ServerConn {
             }),
             Frame::Query { dests } => Some(ServerEvent::Query { dests }),
             Frame::Drain { dest } => {
-                if self.is_proven(&dest, Op::Drain) {
+                if self.drain_pending && self.is_proven(&dest, Op::Drain) {
+                    // One drain in flight per connection bounds what a client can make the node
+                    // copy into its queues.
+                    self.push_frame(&Frame::DrainEnd {
+                        dest,
+                        status: DrainStatus::Busy,
+                    });
+                    None
+                } else if self.is_proven(&dest, Op::Drain) {
+                    self.drain_pending = true;
                     Some(ServerEvent::Drain { dest })
                 } else {
                     self.push_frame(&Frame::DrainEnd {
@@ -525,6 +537,11 @@ impl ServerConn {
         }
         .encode(&mut self.out);
         Push::Queued
+    }
+
+    /// A drain (or a subscribe hand-over) of this connection ended: another may start.
+    pub fn on_drain_end(&mut self) {
+        self.drain_pending = false;
     }
 
     /// Whether the driver should read more from this connection. Replies to a client's requests

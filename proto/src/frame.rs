@@ -119,6 +119,8 @@ wire_enum!(
         /// A batch was sent but more blobs remain (or some did not fit the send queue): drain
         /// again after acking these.
         More = 2,
+        /// A drain is already in progress on this connection: wait for its `DrainEnd`.
+        Busy = 3,
     }
 );
 
@@ -336,6 +338,11 @@ pub enum DecodeError {
     },
     /// A length prefix of zero: no type byte.
     EmptyFrame,
+    /// A packet payload above [`PACKET_PAYLOAD_BYTES_MAX`] (it could not be handed back as
+    /// `Stored`).
+    PayloadTooLarge {
+        payload_len: u64,
+    },
     UnknownType {
         frame_type: u8,
     },
@@ -366,6 +373,12 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "frame of {frame_len} bytes exceeds {FRAME_BYTES_MAX}")
             }
             DecodeError::EmptyFrame => write!(f, "empty frame"),
+            DecodeError::PayloadTooLarge { payload_len } => {
+                write!(
+                    f,
+                    "packet payload of {payload_len} bytes exceeds {PACKET_PAYLOAD_BYTES_MAX}"
+                )
+            }
             DecodeError::UnknownType { frame_type } => {
                 write!(f, "unknown frame type {frame_type:#04x}")
             }
@@ -392,7 +405,9 @@ impl DecodeError {
     /// The error code a node answers this decode error with.
     pub fn code(&self) -> ErrorCode {
         match self {
-            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::FrameTooLarge { .. } | DecodeError::PayloadTooLarge { .. } => {
+                ErrorCode::FrameTooLarge
+            }
             DecodeError::UnknownType { .. } => ErrorCode::UnknownFrameType,
             _ => ErrorCode::MalformedFrame,
         }
@@ -730,6 +745,11 @@ impl Frame {
                 if t == ft::SEND {
                     let ttl_s = r.u32()?;
                     let payload = r.rest();
+                    if payload.len() > PACKET_PAYLOAD_BYTES_MAX {
+                        return Err(DecodeError::PayloadTooLarge {
+                            payload_len: payload.len() as u64,
+                        });
+                    }
                     Frame::Send {
                         dest,
                         msg_id,

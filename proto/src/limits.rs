@@ -9,8 +9,14 @@ pub const FRAME_BYTES_MAX: usize = 64 * 1024;
 pub const PACKET_HEADER_BYTES: usize = 1 + 16 + 8 + 1;
 /// Bytes a `Send` frame spends before its payload: the packet header plus ttl_s(4).
 pub const SEND_HEADER_BYTES: usize = PACKET_HEADER_BYTES + 4;
-/// Largest packet payload: whatever is left of a maximal frame after the larger (Send) header.
-pub const PACKET_PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - SEND_HEADER_BYTES;
+/// Bytes a `Stored` frame spends before its payload: type(1) dest(16) pos(8) msg_id(8).
+pub const STORED_HEADER_BYTES: usize = 1 + 16 + 8 + 8;
+/// Largest packet payload: what is left of a maximal frame after the largest header a packet
+/// travels under (it may come back as `Stored`), so every packet fits every frame that carries it.
+pub const PACKET_PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - STORED_HEADER_BYTES;
+
+const _: () = assert!(PACKET_HEADER_BYTES <= STORED_HEADER_BYTES);
+const _: () = assert!(SEND_HEADER_BYTES <= STORED_HEADER_BYTES);
 /// Most proofs in one `Prove` frame (one batch verification).
 pub const PROOFS_PER_FRAME_MAX: usize = 128;
 /// Most destinations in one `Subscribe` or `Unsubscribe` frame.

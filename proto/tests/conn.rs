@@ -286,3 +286,38 @@ fn a_closing_connection_that_does_not_drain_is_aborted() {
     assert!(s.is_aborted());
     drop(taken);
 }
+
+#[test]
+fn one_drain_at_a_time_per_connection() {
+    let mut p = Pair::new(ConnLimits::default());
+    let signer = MailboxSecret::from_seed(&[1; 32])
+        .blinded_signer(&NamespaceId([2; 32]), None, 10)
+        .unwrap();
+    let d = signer.dest();
+    p.client.push(&Frame::Prove {
+        items: vec![signer.prove(&NODE, &[7; 32], Op::Drain)],
+    });
+    p.client.push(&Frame::Drain { dest: d });
+    p.client.push(&Frame::Drain { dest: d });
+    let evs = p.pump(at(1));
+    let drains = p
+        .events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::Drain { .. }))
+        .count();
+    assert_eq!(drains, 1);
+    assert!(evs.contains(&ClientEvent::DrainEnd {
+        dest: d,
+        status: ferry_proto::DrainStatus::Busy
+    }));
+    p.server.on_drain_end();
+    p.client.push(&Frame::Drain { dest: d });
+    p.pump(at(2));
+    assert_eq!(
+        p.events
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::Drain { .. }))
+            .count(),
+        2
+    );
+}

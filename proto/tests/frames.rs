@@ -193,7 +193,28 @@ fn largest_packet_fits_and_one_more_byte_does_not() {
         ttl_s: 0,
         payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]),
     };
-    assert_eq!(f.encoded_len(), FRAME_PREFIX_BYTES + FRAME_BYTES_MAX);
+    assert_eq!(
+        f.encoded_len(),
+        FRAME_PREFIX_BYTES + FRAME_BYTES_MAX - (STORED_HEADER_BYTES - SEND_HEADER_BYTES)
+    );
+    // The same payload fits a Stored frame exactly.
+    let st = Frame::Stored {
+        dest: Dest([1; 16]),
+        pos: 7,
+        msg_id: 1,
+        payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]),
+    };
+    assert_eq!(st.encoded_len(), FRAME_PREFIX_BYTES + FRAME_BYTES_MAX);
+    // A Send with a few more payload bytes fits the frame limit but not the packet limit.
+    let mut raw = Vec::new();
+    put_send_header(&mut raw, &Dest([1; 16]), 1, 0, 0, PACKET_PAYLOAD_BYTES_MAX);
+    raw.extend(std::iter::repeat_n(0u8, PACKET_PAYLOAD_BYTES_MAX + 3));
+    let len = u32::try_from(raw.len() - 4).unwrap();
+    raw[..4].copy_from_slice(&len.to_le_bytes());
+    assert!(matches!(
+        decode_frame(&mut BytesMut::from(&raw[..])),
+        Err(DecodeError::PayloadTooLarge { .. })
+    ));
     let mut buf = BytesMut::from(&f.to_bytes()[..]);
     assert_eq!(decode_frame(&mut buf).unwrap().unwrap(), f);
 }

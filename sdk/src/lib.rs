@@ -48,6 +48,10 @@ pub enum SdkError {
     Timeout,
     /// Too many unread events buffered.
     Backlog,
+    /// The node wants a proof of ownership first (for a `Drain`: `Op::Drain`).
+    NotProven,
+    /// Another drain on this connection is still being answered.
+    Busy,
 }
 
 impl std::fmt::Display for SdkError {
@@ -61,6 +65,10 @@ impl std::fmt::Display for SdkError {
             SdkError::Closed => write!(f, "connection closed"),
             SdkError::Timeout => write!(f, "timed out"),
             SdkError::Backlog => write!(f, "too many unread events"),
+            SdkError::NotProven => {
+                write!(f, "not proven: prove ownership of the destination first")
+            }
+            SdkError::Busy => write!(f, "a drain is already in progress on this connection"),
         }
     }
 }
@@ -608,10 +616,8 @@ impl Client {
                 }
                 ClientEvent::DrainEnd { dest: d, status } if d == dest => {
                     return match status {
-                        ferry_proto::DrainStatus::NotProven => Err(SdkError::Node {
-                            code: ErrorCode::Unsupported,
-                            message: "drain not proven".into(),
-                        }),
+                        ferry_proto::DrainStatus::NotProven => Err(SdkError::NotProven),
+                        ferry_proto::DrainStatus::Busy => Err(SdkError::Busy),
                         ferry_proto::DrainStatus::More => Ok((blobs, true)),
                         ferry_proto::DrainStatus::Done => Ok((blobs, false)),
                     };

@@ -29,6 +29,8 @@ pub const HOP_BATCH_MSGS_MAX: usize = 1024;
 /// Most stored blobs sent for one `Drain` (or one subscribe hand-over); `DrainEnd` says `More`
 /// when some are left. Bounds what one request can put in flight.
 pub const DRAIN_BLOBS_MAX: usize = 256;
+/// Most payload bytes sent for one `Drain` (at least one blob is always sent).
+pub const DRAIN_BYTES_MAX: usize = 1 << 20;
 /// Expired blobs are removed (and segments reclaimed) at most this often.
 pub const STORE_EXPIRE_INTERVAL_S: u64 = 1;
 
@@ -665,8 +667,16 @@ impl Shard {
         let mut more = false;
         if let Some(log) = self.store.as_ref() {
             let blobs = log.drain(&dest, now.unix_s);
-            more = blobs.len() > DRAIN_BLOBS_MAX;
-            for (e, payload) in blobs.into_iter().take(DRAIN_BLOBS_MAX) {
+            let total = blobs.len();
+            let mut bytes = 0usize;
+            let mut sent = 0usize;
+            for (e, payload) in blobs {
+                if sent == DRAIN_BLOBS_MAX || (sent > 0 && bytes + payload.len() > DRAIN_BYTES_MAX)
+                {
+                    break;
+                }
+                sent += 1;
+                bytes += payload.len();
                 msgs.push(HopMsg::StoredBlob {
                     to: to.conn,
                     dest,
@@ -675,6 +685,7 @@ impl Shard {
                     payload: Bytes::copy_from_slice(payload),
                 });
             }
+            more = sent < total;
         }
         if more {
             self.handover.insert(dest);
@@ -830,6 +841,7 @@ impl Shard {
             HopMsg::DrainEnd { to, dest, more } => {
                 let short = self.drain_short.remove(&(to, dest));
                 if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.on_drain_end();
                     let status = if more || short {
                         DrainStatus::More
                     } else {

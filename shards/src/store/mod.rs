@@ -7,8 +7,8 @@
 //! and whose tombstones no longer matter, is deleted whole. `open` replays every segment: a torn
 //! tail ends a segment, a corrupt record followed by valid ones is quarantined (skipped, counted).
 //!
-//! Not wired to the wire protocol yet: the node still answers `NoSubscriber` for offline
-//! recipients (issue 4 tracks the rest).
+//! The shard (shard.rs) drives it: offline sends are appended on the owner shard, `Stored` is
+//! answered once `durable_seq` covers them, and drains and acks come through the protocol.
 
 pub mod backend;
 pub mod format;
@@ -280,7 +280,7 @@ impl<B: Backend> Log<B> {
     }
 
     /// Whether a new segment would cross the high-water mark, i.e. a blob that does not fit the
-    /// active segment is refused with `StoreFull` (readiness reports it).
+    /// active segment is refused with `StoreFull`.
     pub fn is_full(&self) -> bool {
         self.above_high_water(self.limits.segment_bytes as u64)
     }
@@ -406,6 +406,9 @@ impl<B: Backend> Log<B> {
             {
                 return Err(StoreError::DestQuota);
             }
+        }
+        if payload.len() as u64 > self.limits.dest_bytes_max {
+            return Err(StoreError::DestQuota);
         }
         let ttl = ttl_s.min(self.limits.ttl_max_s);
         let expiry = now_unix_s.saturating_add(ttl);
