@@ -136,6 +136,11 @@ impl HopMsg {
     }
 }
 
+/// The message that stops the node when the store cannot sync.
+fn sync_failure(e: &dyn std::fmt::Display) -> String {
+    format!("store fsync failed, durability unknown: {e}")
+}
+
 /// Answer to a new connection.
 #[derive(Debug)]
 pub enum Accept {
@@ -592,7 +597,7 @@ impl Shard {
                 SendStatus::QuotaExceeded
             }
             Err(StoreError::SyncFailed(e)) => {
-                self.fatal = Some(format!("store fsync failed, durability unknown: {e}"));
+                self.fatal = Some(sync_failure(&e));
                 return;
             }
             Err(e) => {
@@ -863,8 +868,7 @@ impl Shard {
                         }
                         Ok(false) => {}
                         Err(StoreError::SyncFailed(e)) => {
-                            self.fatal =
-                                Some(format!("store fsync failed, durability unknown: {e}"));
+                            self.fatal = Some(sync_failure(&e));
                             return;
                         }
                         Err(e) => tracing::warn!(error = %e, "store ack failed"),
@@ -1003,7 +1007,7 @@ impl Shard {
             return;
         };
         if let Err(e) = log.poll_sync(now.mono_ms) {
-            self.fatal = Some(format!("store fsync failed, durability unknown: {e}"));
+            self.fatal = Some(sync_failure(&e));
             return;
         }
         let durable = log.durable_seq();
@@ -1029,7 +1033,7 @@ impl Shard {
                         .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(StoreError::SyncFailed(e)) => {
-                    self.fatal = Some(format!("store fsync failed, durability unknown: {e}"));
+                    self.fatal = Some(sync_failure(&e));
                 }
                 Err(e) => tracing::warn!(error = %e, "store expiry failed"),
             }

@@ -393,10 +393,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                             seq: u64::MAX,
                             ghost: false,
                         });
-                        drop(log);
-                        b.disk.borrow_mut().crash(|k| (k % 3) as u8);
-                        log = open(&b, policy, now);
-                        resync_model(&log, &mut model, now);
+                        crash_and_reopen(&b, &mut log, &mut model, policy, now);
                     }
                     Err(StoreError::Io(_)) => {} // not stored, and must never appear
                     Err(StoreError::DestQuota | StoreError::StoreFull) => {}
@@ -433,10 +430,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                         {
                             x.sure = false;
                         }
-                        drop(log);
-                        b.disk.borrow_mut().crash(|k| (k % 3) as u8);
-                        log = open(&b, policy, now);
-                        resync_model(&log, &mut model, now);
+                        crash_and_reopen(&b, &mut log, &mut model, policy, now);
                     }
                     Err(StoreError::Io(_) | StoreError::StoreFull) => {}
                     Err(e) => panic!("{e}"),
@@ -458,10 +452,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                 match log.expire(now) {
                     Ok(_) => {}
                     Err(StoreError::SyncFailed(_)) => {
-                        drop(log);
-                        b.disk.borrow_mut().crash(|k| (k % 3) as u8);
-                        log = open(&b, policy, now);
-                        resync_model(&log, &mut model, now);
+                        crash_and_reopen(&b, &mut log, &mut model, policy, now);
                     }
                     Err(e) => panic!("{e}"),
                 }
@@ -479,10 +470,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                     }
                 }
                 Err(StoreError::SyncFailed(_)) => {
-                    drop(log);
-                    b.disk.borrow_mut().crash(|k| (k % 3) as u8);
-                    log = open(&b, policy, now);
-                    resync_model(&log, &mut model, now);
+                    crash_and_reopen(&b, &mut log, &mut model, policy, now);
                 }
                 Err(e) => panic!("{e}"),
             },
@@ -501,6 +489,19 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
         }
         check(&log, &model, now);
     }
+}
+
+/// Power loss (every third unsynced write kept, torn or lost), reopen, and settle the model.
+fn crash_and_reopen(
+    b: &MemBackend,
+    log: &mut Log<MemBackend>,
+    model: &mut BTreeMap<u8, Vec<Blob>>,
+    policy: FsyncPolicy,
+    now: u64,
+) {
+    b.disk.borrow_mut().crash(|k| (k % 3) as u8);
+    *log = open(b, policy, now);
+    resync_model(log, model, now);
 }
 
 /// After a reopen, settle each maybe-blob to what the log holds (both outcomes were allowed).
