@@ -16,4 +16,11 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Binaries first: tests/loadgen.rs runs ferry-loadgen, which `cargo test` alone does not rebuild.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+
+# One closing line for the whole suite (cargo's last line is a crate's doc-test summary).
+awk '/^test result:/ { p += $4; f += $6 }
+     /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
