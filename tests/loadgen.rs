@@ -116,6 +116,20 @@ fn loadgen_drives_every_workload_against_a_node() {
         "--target",
         &plain,
         "--workload",
+        "offline",
+        "--pairs",
+        "2",
+        "--messages",
+        "300",
+    ]);
+    assert_eq!(v["stored"].as_u64().unwrap(), 600, "{v}");
+    assert_eq!(v["drained"].as_u64().unwrap(), 600, "{v}");
+    assert_eq!(v["lost"].as_u64().unwrap(), 0, "{v}");
+
+    let v = run(&[
+        "--target",
+        &plain,
+        "--workload",
         "churn",
         "--pairs",
         "2",

@@ -34,6 +34,9 @@ enum Workload {
     Idle,
     /// Pairs at a rate above saturation; also samples server RSS every second.
     Overload,
+    /// Store and forward (ferry only): P senders store `--messages` blobs each for offline
+    /// recipients, then the recipients reconnect, prove and drain them.
+    Offline,
 }
 
 #[derive(ClapParser, Debug)]
@@ -75,6 +78,9 @@ struct Args {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Offline workload: blobs per pair.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
     /// For ferry+tls://: PEM file with the certificate or CA to trust.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
@@ -701,6 +707,111 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
     }))
 }
 
+/// Offline: each of `pairs` threads stores `messages` blobs for its own offline mailbox, in
+/// windows of 256 outstanding sends, timing each send until its `Stored` answer; then each
+/// mailbox's owner connects, proves `Drain`, and drains and acks everything.
+fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    use ferry_proto::conn::ClientEvent;
+    if kind != Kind::Ferry {
+        bail!("--workload offline drives ferry's store only");
+    }
+    let n = args.messages;
+    let size = args.size.max(HEADER_BYTES);
+    let store_start = Instant::now();
+    let threads: Vec<_> = (0..args.pairs.max(1))
+        .map(|i| {
+            let seed = args.seed;
+            std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+                let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut c = ferry_connect(addr)?;
+                let dest = mailbox(seed, 1_000_000 + i).dest(c.epoch())?;
+                let payload = vec![0x5au8; size];
+                let mut sent_at = std::collections::HashMap::new();
+                let (mut next, mut stored) = (0u64, 0u64);
+                while stored < n {
+                    while next < n && sent_at.len() < 256 {
+                        c.send(dest, next, 0, &payload);
+                        sent_at.insert(next, Instant::now());
+                        next += 1;
+                    }
+                    c.flush()?;
+                    if let ClientEvent::SendResult { msg_id, status, .. } =
+                        c.recv(Duration::from_secs(30))?
+                    {
+                        if status != ferry_sdk::SendStatus::Stored {
+                            bail!("blob {msg_id}: {status:?}");
+                        }
+                        if let Some(t) = sent_at.remove(&msg_id) {
+                            h.record(
+                                u64::try_from(t.elapsed().as_nanos())
+                                    .unwrap_or(u64::MAX)
+                                    .max(1),
+                            )?;
+                        }
+                        stored += 1;
+                    }
+                }
+                Ok((h, stored))
+            })
+        })
+        .collect();
+    let mut store_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut stored = 0;
+    for t in threads {
+        let (h, s) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("offline sender panicked"))??;
+        store_h.add(&h)?;
+        stored += s;
+    }
+    let store_s = store_start.elapsed().as_secs_f64();
+    let drain_start = Instant::now();
+    let threads: Vec<_> = (0..args.pairs.max(1))
+        .map(|i| {
+            let seed = args.seed;
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut c = ferry_connect(addr)?;
+                let epoch = c.epoch();
+                let mb = mailbox(seed, 1_000_000 + i);
+                let signer = mb.signer(epoch)?;
+                c.prove(&[&signer], ferry_sdk::Op::Drain)?;
+                let mut got = 0;
+                loop {
+                    let (blobs, more) = c.drain(signer.dest())?;
+                    got += blobs.len() as u64;
+                    c.ack(&blobs)?;
+                    if !more {
+                        return Ok(got);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut drained = 0;
+    for t in threads {
+        drained += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("offline drainer panicked"))??;
+    }
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "target": args.target,
+        "workload": "offline",
+        "pairs": args.pairs,
+        "size": size,
+        "stored": stored,
+        "stored_per_s": stored as f64 / store_s,
+        "time_to_stored_us": {
+            "p50": store_h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99": store_h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": store_h.max() as f64 / 1000.0,
+        },
+        "drained": drained,
+        "drained_per_s": drained as f64 / drain_s,
+        "lost": stored.saturating_sub(drained),
+    }))
+}
+
 /// Holds `pairs` idle connections and reports the server's RSS growth per connection.
 fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let pid = args
@@ -770,6 +881,7 @@ fn main() -> std::process::ExitCode {
         match args.workload {
             Workload::Pairs | Workload::Fanin | Workload::Overload => run_stream(&args, kind, addr),
             Workload::Churn => run_churn(&args, kind, addr),
+            Workload::Offline => run_offline(&args, kind, addr),
             Workload::Idle => run_idle(&args, kind, addr),
         }
     })();
