@@ -671,17 +671,10 @@ impl Shard {
         let mut msgs = Vec::new();
         let mut more = false;
         if let Some(log) = self.store.as_ref() {
-            let blobs = log.drain(&dest, now.unix_s);
-            let total = blobs.len();
-            let mut bytes = 0usize;
-            let mut sent = 0usize;
+            let (blobs, rest) =
+                log.drain_batch(&dest, now.unix_s, DRAIN_BLOBS_MAX, DRAIN_BYTES_MAX);
+            more = rest;
             for (e, payload) in blobs {
-                if sent == DRAIN_BLOBS_MAX || (sent > 0 && bytes + payload.len() > DRAIN_BYTES_MAX)
-                {
-                    break;
-                }
-                sent += 1;
-                bytes += payload.len();
                 msgs.push(HopMsg::StoredBlob {
                     to: to.conn,
                     dest,
@@ -690,7 +683,6 @@ impl Shard {
                     payload: Bytes::copy_from_slice(payload),
                 });
             }
-            more = sent < total;
         }
         if more {
             self.handover.insert(dest);
@@ -782,6 +774,9 @@ impl Shard {
                     .is_some_and(|l| !l.holding(&[dest], now.unix_s).is_empty())
                 {
                     self.send_stored(now, dest, sub);
+                } else {
+                    // Nothing (left) to hand over: live from now on.
+                    self.handover.remove(&dest);
                 }
             }
             HopMsg::Unsubscribe { dest, sub } => {
@@ -1031,6 +1026,10 @@ impl Shard {
                     self.metrics
                         .store_blobs
                         .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
+                    // Hand-overs whose blobs all expired are over.
+                    let held: Vec<Dest> = self.handover.iter().copied().collect();
+                    let still = log.holding(&held, now.unix_s);
+                    self.handover.retain(|d| still.contains(d));
                 }
                 Err(StoreError::SyncFailed(e)) => {
                     self.fatal = Some(sync_failure(&e));

@@ -47,11 +47,12 @@ fn append_drain_ack_and_duplicates() {
     assert!(!a.duplicate);
     assert!(log.durable_seq() >= a.seq);
     log.append(T0, d(1), 11, 3600, b"two").unwrap();
-    assert!(
-        log.append(T0, d(1), 10, 3600, b"one again")
-            .unwrap()
-            .duplicate
-    );
+    // The same message id and payload again is stored once; the same id with another payload
+    // (another sender's message) is not a duplicate.
+    assert!(log.append(T0, d(1), 10, 3600, b"one").unwrap().duplicate);
+    let other = log.append(T0, d(1), 10, 3600, b"another sender").unwrap();
+    assert!(!other.duplicate);
+    assert!(log.ack(T0, &d(1), other.pos).unwrap());
     assert_eq!(
         payloads(&log, d(1), T0),
         vec![b"one".to_vec(), b"two".to_vec()]
@@ -130,8 +131,9 @@ fn ttl_expiry_with_an_injected_clock_reclaims_segments() {
     );
     assert_eq!(log.expire(T0 + 3_601).unwrap(), 40);
     assert_eq!(log.blobs(), 0);
-    assert_eq!(log.segment_count(), 0, "segments reclaimed");
-    assert!(b.disk.borrow().segments().is_empty());
+    // Every segment but the newest is deleted (the newest keeps segment numbers growing).
+    assert_eq!(log.segment_count(), 1, "segments reclaimed");
+    assert_eq!(b.disk.borrow().segments().len(), 1);
     // TTL is capped by the node's maximum.
     let a = log.append(T0, d(9), 1, u64::MAX, b"x").unwrap();
     assert_eq!(log.drain(&d(9), T0)[0].0.expiry_unix_s, T0 + 72 * 3_600);
@@ -339,7 +341,7 @@ fn check(log: &Log<MemBackend>, model: &BTreeMap<u8, Vec<Blob>>, now: u64) {
                 };
                 // A ghost (acked, tombstone not yet durable) may be absent even when a newer copy
                 // with the same message id is present.
-                if b.msg_id == *msg_id && (!b.ghost || b.payload == *payload) {
+                if b.msg_id == *msg_id && b.payload == *payload {
                     assert_eq!(&b.payload, payload, "dest {dest} blob {msg_id} corrupted");
                     break;
                 }
@@ -366,8 +368,12 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
             Op::Append { dest, msg_id, len } => {
                 let payload = payload_of(dest, msg_id, len);
                 let known = model.get(&dest).is_some_and(|v| {
-                    v.iter()
-                        .any(|x| x.msg_id == u64::from(msg_id) && x.expiry > now && !x.ghost)
+                    v.iter().any(|x| {
+                        x.msg_id == u64::from(msg_id)
+                            && x.payload == payload
+                            && x.expiry > now
+                            && !x.ghost
+                    })
                 });
                 match log.append(now, d(dest), u64::from(msg_id), 600, &payload) {
                     Ok(a) => {
@@ -405,14 +411,16 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                 if live.is_empty() {
                     continue;
                 }
-                let (e, _) = live[nth as usize % live.len()];
+                let (e, p) = live[nth as usize % live.len()];
+                let p = p.to_vec();
                 match log.ack(now, &d(dest), e.pos) {
                     Ok(true) => {
                         let v = model.get_mut(&dest).unwrap();
                         if log.policy() == FsyncPolicy::Always {
-                            v.retain(|x| x.msg_id != e.msg_id || x.ghost);
-                        } else if let Some(x) =
-                            v.iter_mut().find(|x| x.msg_id == e.msg_id && !x.ghost)
+                            v.retain(|x| x.msg_id != e.msg_id || x.payload != p || x.ghost);
+                        } else if let Some(x) = v
+                            .iter_mut()
+                            .find(|x| x.msg_id == e.msg_id && x.payload == p && !x.ghost)
                         {
                             // The tombstone is durable only at the next sync.
                             x.ghost = true;
@@ -426,7 +434,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                             .get_mut(&dest)
                             .unwrap()
                             .iter_mut()
-                            .find(|x| x.msg_id == e.msg_id)
+                            .find(|x| x.msg_id == e.msg_id && x.payload == p)
                         {
                             x.sure = false;
                         }
@@ -483,6 +491,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                     x ^= x << 17;
                     (x % 3) as u8
                 });
+                reset_faults(&b);
                 log = open(&b, policy, now);
                 resync_model(&log, &mut model, now);
             }
@@ -492,6 +501,12 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
 }
 
 /// Power loss (every third unsynced write kept, torn or lost), reopen, and settle the model.
+fn reset_faults(b: &MemBackend) {
+    let mut disk = b.disk.borrow_mut();
+    disk.faults.fail_write = None;
+    disk.faults.fail_sync = None;
+}
+
 fn crash_and_reopen(
     b: &MemBackend,
     log: &mut Log<MemBackend>,
@@ -500,6 +515,8 @@ fn crash_and_reopen(
     now: u64,
 ) {
     b.disk.borrow_mut().crash(|k| (k % 3) as u8);
+    // A crash is a reboot: injected faults of the previous boot are gone.
+    reset_faults(b);
     *log = open(b, policy, now);
     resync_model(log, model, now);
 }
@@ -508,12 +525,12 @@ fn crash_and_reopen(
 fn resync_model(log: &Log<MemBackend>, model: &mut BTreeMap<u8, Vec<Blob>>, now: u64) {
     check(log, model, now);
     for (dest, v) in model.iter_mut() {
-        let present: Vec<u64> = log
+        let present: Vec<(u64, Vec<u8>)> = log
             .drain(&d(*dest), now)
             .iter()
-            .map(|(e, _)| e.msg_id)
+            .map(|(e, p)| (e.msg_id, p.to_vec()))
             .collect();
-        v.retain(|x| x.sure || present.contains(&x.msg_id));
+        v.retain(|x| x.sure || present.contains(&(x.msg_id, x.payload.clone())));
         for x in v.iter_mut() {
             // Whatever survived was durable: it is sure now, and a ghost that came back is live.
             x.sure = true;
@@ -537,4 +554,45 @@ proptest! {
     fn with_group_commit_a_crash_loses_at_most_the_window(ops in prop::collection::vec(op(), 1..80)) {
         run_model(&ops, FsyncPolicy::Interval { ms: 1_000_000 });
     }
+}
+
+#[test]
+fn blob_positions_are_never_reused_even_after_reclaim_and_reopen() {
+    let b = MemBackend::default();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut now = T0;
+    for round in 0..4u64 {
+        let mut log = open(&b, FsyncPolicy::Always, now);
+        for i in 0..30u64 {
+            let a = log
+                .append(now, d(1), round * 100 + i, 10, &[1u8; 300])
+                .unwrap();
+            assert!(seen.insert(a.pos), "position {:?} issued twice", a.pos);
+            assert!(log.ack(now, &d(1), a.pos).unwrap());
+        }
+        // Everything acked, and time moves past every roll: all but the newest segment go.
+        now += 7_200;
+        log.expire(now).unwrap();
+        assert!(log.segment_count() <= 1);
+    }
+}
+
+#[test]
+fn a_failed_sync_is_sticky() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    log.append(T0, d(1), 1, 3600, b"a").unwrap();
+    let next = b.disk.borrow().faults.syncs + 1;
+    b.disk.borrow_mut().faults.fail_sync = Some(next);
+    assert!(matches!(
+        log.append(T0, d(1), 2, 3600, b"b"),
+        Err(StoreError::SyncFailed(_))
+    ));
+    // The disk would "succeed" now; the log must not believe it.
+    b.disk.borrow_mut().faults.fail_sync = None;
+    assert!(matches!(
+        log.append(T0, d(1), 3, 3600, b"c"),
+        Err(StoreError::SyncFailed(_))
+    ));
+    assert!(matches!(log.sync_now(), Err(StoreError::SyncFailed(_))));
 }

@@ -19,6 +19,10 @@ pub trait Segment {
     fn write(&mut self, offset: usize, data: &[u8]) -> io::Result<()>;
     /// Makes every write so far durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// Makes the whole segment durable, including what an earlier process wrote (recovery).
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.sync()
+    }
 }
 
 /// A directory of segments, by sequence number.
@@ -152,6 +156,12 @@ impl Segment for MmapSegment {
         self.map[offset..end].copy_from_slice(data);
         self.dirty_from = self.dirty_from.min(offset);
         self.dirty_to = self.dirty_to.max(end);
+        Ok(())
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.map.flush()?;
+        self.dirty_from = usize::MAX;
+        self.dirty_to = 0;
         Ok(())
     }
     fn sync(&mut self) -> io::Result<()> {

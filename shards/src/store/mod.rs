@@ -101,12 +101,23 @@ pub struct Entry {
     pub payload_len: u32,
     /// Append sequence number (durable once `durable_seq() >= seq`).
     pub seq: u64,
+    /// First 8 bytes of blake3(payload): a duplicate is the same message id *and* payload, so two
+    /// senders that happen to pick the same id do not knock out each other's blobs.
+    pub digest: u64,
+}
+
+fn digest_of(payload: &[u8]) -> u64 {
+    let h = blake3::hash(payload);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
 }
 
 #[derive(Debug, Default)]
 struct DestQueue {
     entries: VecDeque<Entry>,
-    msg_ids: AHashSet<u64>,
+    /// (msg_id, digest) of every live entry.
+    keys: AHashSet<(u64, u64)>,
     bytes: u64,
 }
 
@@ -162,6 +173,12 @@ pub struct Log<B: Backend> {
     dirty: BTreeSet<u64>,
     last_sync_ms: u64,
     scratch: Vec<u8>,
+    /// The next segment's number. Numbers only grow (the newest segment is never reclaimed, so
+    /// this survives a restart): a blob's position is never reused.
+    next_segment: u64,
+    /// A sync failed: durability is unknown from here on, and every later write or sync reports
+    /// it again (a retried fsync can succeed after the kernel dropped the data).
+    failed: bool,
 }
 
 impl<B: Backend> Log<B> {
@@ -188,6 +205,8 @@ impl<B: Backend> Log<B> {
             dirty: BTreeSet::new(),
             last_sync_ms: 0,
             scratch: Vec::new(),
+            next_segment: 1,
+            failed: false,
             backend,
         };
         let mut rec = Recovery::default();
@@ -206,15 +225,16 @@ impl<B: Backend> Log<B> {
             };
             rec.segments += 1;
             let (write_at, torn, quarantined) =
-                replay_segment(seg.bytes(), seq, &mut |h, pos, payload_len| match h.kind {
+                replay_segment(seg.bytes(), seq, &mut |h, pos, payload| match h.kind {
                     Kind::Blob => {
                         rec.blobs += 1;
                         let entry = Entry {
                             pos,
                             msg_id: h.msg_id,
                             expiry_unix_s: h.expiry_unix_s,
-                            payload_len,
+                            payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
                             seq: 0,
+                            digest: digest_of(payload),
                         };
                         blobs.push((h.dest, entry));
                     }
@@ -251,13 +271,24 @@ impl<B: Backend> Log<B> {
                 continue;
             }
             let q = log.index.entry(dest).or_default();
-            if q.msg_ids.insert(e.msg_id) {
+            if q.keys.insert((e.msg_id, e.digest)) {
                 q.bytes += u64::from(e.payload_len);
                 q.entries.push_back(e);
                 if let Some(s) = log.segments.get_mut(&e.pos.segment) {
                     s.live_blobs += 1;
                 }
             }
+        }
+        log.next_segment = log
+            .segments
+            .keys()
+            .chain(log.bad_segments.iter())
+            .max()
+            .map_or(1, |m| m + 1);
+        // Replayed records count as durable (seq 0): make them so, whatever the page cache held
+        // when the previous process died.
+        for s in log.segments.values_mut() {
+            s.seg.sync_all().map_err(StoreError::SyncFailed)?;
         }
         log.next_seq = 1;
         log.durable_seq = 0;
@@ -309,14 +340,8 @@ impl<B: Backend> Log<B> {
         if over_budget || (!tombstone && self.above_high_water(seg_bytes)) {
             return Err(StoreError::StoreFull);
         }
-        let seq = self
-            .segments
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(self.bad_segments.last().copied().unwrap_or(0))
-            + 1;
+        let seq = self.next_segment;
+        self.next_segment += 1;
         let mut seg = match self.backend.create(seq, self.limits.segment_bytes) {
             Ok(s) => s,
             Err(e)
@@ -390,9 +415,15 @@ impl<B: Backend> Log<B> {
         ttl_s: u64,
         payload: &[u8],
     ) -> Result<Appended, StoreError> {
+        self.check_failed()?;
+        let digest = digest_of(payload);
         if let Some(q) = self.index.get(&dest) {
-            if q.msg_ids.contains(&msg_id) {
-                let e = q.entries.iter().find(|e| e.msg_id == msg_id).copied();
+            if q.keys.contains(&(msg_id, digest)) {
+                let e = q
+                    .entries
+                    .iter()
+                    .find(|e| e.msg_id == msg_id && e.digest == digest)
+                    .copied();
                 if let Some(e) = e {
                     return Ok(Appended {
                         pos: e.pos,
@@ -429,9 +460,10 @@ impl<B: Backend> Log<B> {
             expiry_unix_s: expiry,
             payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
             seq,
+            digest,
         };
         let q = self.index.entry(dest).or_default();
-        q.msg_ids.insert(msg_id);
+        q.keys.insert((msg_id, digest));
         q.bytes += payload.len() as u64;
         q.entries.push_back(entry);
         if let Some(s) = self.segments.get_mut(&pos.segment) {
@@ -455,14 +487,29 @@ impl<B: Backend> Log<B> {
     }
 
     fn sync_segment(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.check_failed()?;
         if let Some(s) = self.segments.get_mut(&seq) {
-            s.seg.sync().map_err(StoreError::SyncFailed)?;
+            if let Err(e) = s.seg.sync() {
+                self.failed = true;
+                return Err(StoreError::SyncFailed(e));
+            }
         }
         Ok(())
     }
 
+    fn check_failed(&self) -> Result<(), StoreError> {
+        if self.failed {
+            Err(StoreError::SyncFailed(std::io::Error::other(
+                "an earlier sync failed",
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Syncs now (group commit point). An error is fatal for the node.
     pub fn sync_now(&mut self) -> Result<(), StoreError> {
+        self.check_failed()?;
         while let Some(&seq) = self.dirty.first() {
             self.sync_segment(seq)?;
             self.dirty.remove(&seq);
@@ -513,9 +560,41 @@ impl<B: Backend> Log<B> {
             .collect()
     }
 
+    /// At most `blobs_max` live blobs of `dest` (and `bytes_max` payload bytes, but at least one),
+    /// oldest first, and whether more remain. Reads only what it returns.
+    pub fn drain_batch(
+        &self,
+        dest: &Dest,
+        now_unix_s: u64,
+        blobs_max: usize,
+        bytes_max: usize,
+    ) -> (Vec<(Entry, &[u8])>, bool) {
+        let Some(q) = self.index.get(dest) else {
+            return (Vec::new(), false);
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut live = q.entries.iter().filter(|e| e.expiry_unix_s > now_unix_s);
+        for e in live.by_ref() {
+            let len = e.payload_len as usize;
+            if out.len() == blobs_max || (!out.is_empty() && bytes + len > bytes_max) {
+                return (out, true);
+            }
+            let Some(s) = self.segments.get(&e.pos.segment) else {
+                continue;
+            };
+            if let Scan::Record(_, payload) = format::scan(s.seg.bytes(), e.pos.offset as usize) {
+                bytes += payload.len();
+                out.push((*e, payload));
+            }
+        }
+        (out, false)
+    }
+
     /// Acknowledges the blob at `pos` of `dest`: writes a tombstone and forgets the blob.
     /// Returns `false` when there is no such live blob (already acked, expired, unknown).
     pub fn ack(&mut self, now_unix_s: u64, dest: &Dest, pos: Pos) -> Result<bool, StoreError> {
+        self.check_failed()?;
         let Some(q) = self.index.get(dest) else {
             return Ok(false);
         };
@@ -550,7 +629,7 @@ impl<B: Backend> Log<B> {
             return;
         };
         let Some(e) = q.entries.remove(i) else { return };
-        q.msg_ids.remove(&e.msg_id);
+        q.keys.remove(&(e.msg_id, e.digest));
         q.bytes -= u64::from(e.payload_len);
         if q.entries.is_empty() {
             self.index.remove(dest);
@@ -595,9 +674,13 @@ impl<B: Backend> Log<B> {
     fn reclaim(&mut self) -> Result<(), StoreError> {
         loop {
             let present: BTreeSet<u64> = self.segments.keys().copied().collect();
+            // The newest segment stays, so segment numbers (and blob positions) never repeat,
+            // also across a restart.
+            let newest = present.last().copied();
             let victim = self.segments.iter().find(|(seq, s)| {
                 s.sealed
                     && Some(**seq) != self.active
+                    && Some(**seq) != newest
                     && s.live_blobs == 0
                     && s.tomb_targets
                         .iter()
@@ -606,8 +689,10 @@ impl<B: Backend> Log<B> {
             let Some((&seq, _)) = victim else {
                 return Ok(());
             };
-            self.segments.remove(&seq);
+            // Forget it only once its file is gone: a segment whose delete failed still counts.
             self.backend.remove(seq).map_err(StoreError::Io)?;
+            self.segments.remove(&seq);
+            self.dirty.remove(&seq);
         }
     }
 
@@ -621,7 +706,7 @@ impl<B: Backend> Log<B> {
     }
 }
 
-type OnRecord<'a> = dyn FnMut(&RecordHeader, Pos, u32) + 'a;
+type OnRecord<'a> = dyn FnMut(&RecordHeader, Pos, &[u8]) + 'a;
 
 /// Replays one segment's records. Returns (end of valid data, torn tail?, quarantined count).
 fn replay_segment(bytes: &[u8], seq: u64, on_record: &mut OnRecord<'_>) -> (usize, bool, usize) {
@@ -634,7 +719,7 @@ fn replay_segment(bytes: &[u8], seq: u64, on_record: &mut OnRecord<'_>) -> (usiz
                     segment: seq,
                     offset: u32::try_from(at).unwrap_or(u32::MAX),
                 };
-                on_record(&h, pos, u32::try_from(payload.len()).unwrap_or(u32::MAX));
+                on_record(&h, pos, payload);
                 at += h.len as usize;
             }
             Scan::End => return (at, false, quarantined),
