@@ -122,7 +122,11 @@ impl Driver {
         }
         if self.conn.is_closing() {
             assert!(self.error_seen.is_some(), "closing without an Error frame");
-            assert_eq!(self.conn.poll_timeout(), None);
+            // The only deadline left while closing: output that the socket is not taking (then
+            // the connection is aborted at the write-stall timeout).
+            if self.conn.poll_timeout().is_some() {
+                assert!(self.conn.queued_bytes() > 0, "closing with a deadline but nothing queued");
+            }
             assert_eq!(self.conn.poll_event(self.now), None);
         } else {
             assert_eq!(self.conn.close_code(), None);
@@ -187,6 +191,24 @@ impl Driver {
                 for d in dests {
                     assert!(!self.conn.subscriptions().any(|s| *s == d));
                 }
+            }
+            ServerEvent::Query { dests } => {
+                // Owner shards answer: here nothing is stored.
+                assert!(dests.len() <= ferry_proto::limits::DESTS_PER_FRAME_MAX);
+                self.conn.push_frame(&ferry_proto::Frame::QueryResult { dests: Vec::new() });
+            }
+            ServerEvent::Drain { dest } => {
+                assert!(self.conn.is_proven(&dest, Op::Drain));
+                // One stored blob, then the end of the drain.
+                let _ = self.conn.push_stored(&dest, 64, 1, b"stored");
+                self.conn.on_drain_end();
+                self.conn.push_frame(&ferry_proto::Frame::DrainEnd {
+                    dest,
+                    status: ferry_proto::DrainStatus::Done,
+                });
+            }
+            ServerEvent::Ack { items } => {
+                assert!(items.iter().all(|(d, _)| self.conn.is_proven(d, Op::Drain)));
             }
             ServerEvent::ChallengeRequested => {
                 self.challenges = self.challenges.wrapping_add(1);
