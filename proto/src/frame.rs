@@ -721,11 +721,7 @@ impl Frame {
                 Frame::Prove { items }
             }
             ft::SUBSCRIBE | ft::UNSUBSCRIBE => {
-                let n = r.count(DESTS_PER_FRAME_MAX, 16)?;
-                let mut dests = Vec::with_capacity(n);
-                for _ in 0..n {
-                    dests.push(Dest(r.array()?));
-                }
+                let dests = r.dests()?;
                 if t == ft::SUBSCRIBE {
                     Frame::Subscribe { dests }
                 } else {
@@ -768,11 +764,7 @@ impl Frame {
                 }
             }
             ft::QUERY | ft::QUERY_RESULT => {
-                let n = r.count(DESTS_PER_FRAME_MAX, 16)?;
-                let mut dests = Vec::with_capacity(n);
-                for _ in 0..n {
-                    dests.push(Dest(r.array()?));
-                }
+                let dests = r.dests()?;
                 if t == ft::QUERY {
                     Frame::Query { dests }
                 } else {
@@ -938,6 +930,15 @@ impl Reader {
         }
         self.need(n * item_bytes)?;
         Ok(n)
+    }
+    /// A u16 count of destination hashes, then the hashes.
+    fn dests(&mut self) -> Result<Vec<Dest>, DecodeError> {
+        let n = self.count(DESTS_PER_FRAME_MAX, 16)?;
+        let mut dests = Vec::with_capacity(n);
+        for _ in 0..n {
+            dests.push(Dest(self.array()?));
+        }
+        Ok(dests)
     }
     fn enum_u8<T>(
         &mut self,

@@ -107,11 +107,7 @@ pub enum HopMsg {
         query: u64,
     },
     /// Owner → asker's core: the part of the answer this owner knows.
-    QueryResult {
-        to: u64,
-        query: u64,
-        dests: Vec<Dest>,
-    },
+    QueryResult { query: u64, dests: Vec<Dest> },
     /// Drainer's core → owner: send the stored blobs of `dest`.
     Drain { dest: Dest, from: ConnRef },
     /// Owner → drainer's (or new subscriber's) core: one stored blob.
@@ -803,20 +799,9 @@ impl Shard {
             }
             HopMsg::Query { dests, from, query } => {
                 let dests = self.holding(now, &dests);
-                self.control(
-                    from.shard,
-                    HopMsg::QueryResult {
-                        to: from.conn,
-                        query,
-                        dests,
-                    },
-                );
+                self.control(from.shard, HopMsg::QueryResult { query, dests });
             }
-            HopMsg::QueryResult {
-                to: _,
-                query,
-                dests,
-            } => self.query_answer(query, dests),
+            HopMsg::QueryResult { query, dests } => self.query_answer(query, dests),
             HopMsg::Drain { dest, from } => self.send_stored(now, dest, from),
             HopMsg::StoredBlob {
                 to,
