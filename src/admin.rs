@@ -17,6 +17,7 @@ pub struct AdminState {
     pub shard_ready: Vec<Arc<AtomicBool>>,
     pub draining: Arc<AtomicBool>,
     pub token: Option<String>,
+    pub service_metrics: Arc<crate::service::ServiceMetrics>,
 }
 
 /// Bytes of a request head the endpoint reads at most.
@@ -128,5 +129,6 @@ pub fn render(state: &AdminState) -> String {
             ));
         }
     }
+    state.service_metrics.render(&mut out);
     out
 }

@@ -41,6 +41,132 @@ pub struct Config {
     /// `text` or `json` logs on stderr.
     pub log_format: String,
     pub limits: Limits,
+    pub prekeys: PrekeysConfig,
+    pub push: PushConfig,
+}
+
+/// The prekey directory on the service core (`[prekeys]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrekeysConfig {
+    /// Serve the directory (kept in `data_dir/service/prekeys.journal`).
+    pub enabled: bool,
+    pub slots_max: usize,
+    /// Bytes of keys the directory may hold (a slot with 100 + 100 one-time keys is ~170 KB).
+    pub bytes_max: usize,
+    /// A slot nobody uploaded to for this long is dropped.
+    pub slot_ttl_s: u64,
+    /// Bundle fetches per second from one address (IPv6: /64), and the burst; 0 = unlimited.
+    pub fetch_per_addr_per_s: u64,
+    pub fetch_per_addr_burst: u64,
+    /// Bundle fetches per second for one dest, and the burst (so one-time keys cannot be
+    /// drained); 0 = unlimited.
+    pub fetch_per_target_per_s: u64,
+    pub fetch_per_target_burst: u64,
+    /// Addresses and dests tracked by each fetch limiter.
+    pub rate_entries_max: usize,
+}
+
+/// Push wakes on the service core (`[push]`). A provider is enabled by giving its credentials.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// At most one wake per device within this window.
+    pub coalesce_window_s: u64,
+    /// Longest registration (a longer requested TTL is cut).
+    pub registration_ttl_max_s: u64,
+    /// Devices registered at once.
+    pub registrations_max: usize,
+    pub dests_per_token_max: usize,
+    /// Wakes waiting to be sent (beyond: dropped and counted), requests in flight, retries.
+    pub queue_max: usize,
+    pub inflight_max: usize,
+    pub retries_max: u32,
+    pub retry_base_ms: u64,
+    /// PEM roots trusted for the providers instead of the built-in Mozilla roots ("" = built-in).
+    pub ca_file: String,
+    /// APNs: the .p8 key (PKCS#8 PEM), its key id, the team id, the app's bundle id (topic).
+    pub apns_key_file: String,
+    pub apns_key_id: String,
+    pub apns_team_id: String,
+    pub apns_topic: String,
+    /// `https://api.push.apple.com`, or `https://api.sandbox.push.apple.com` for development.
+    pub apns_url: String,
+    /// A provider token is reused this long (Apple allows 20 to 60 minutes).
+    pub apns_token_refresh_s: u64,
+    pub apns_rate_per_s: u64,
+    /// FCM: the service-account JSON (its key signs the OAuth2 assertion).
+    pub fcm_service_account_file: String,
+    pub fcm_url: String,
+    /// OAuth2 token endpoint; "" = the service account's `token_uri`.
+    pub fcm_token_url: String,
+    /// `high` (only if the app shows a notification for what it fetches) or `normal`.
+    pub fcm_priority: String,
+    pub fcm_ttl_s: u64,
+    pub fcm_rate_per_s: u64,
+    /// Web Push: the VAPID P-256 private key (PEM), the `sub` contact (`mailto:` or `https:`).
+    pub webpush_vapid_key_file: String,
+    pub webpush_subject: String,
+    /// Push services a subscription endpoint may point at (`https://host[:port]`, or
+    /// `https://*.suffix`): the node never POSTs anywhere else.
+    pub webpush_origins_allowed: Vec<String>,
+    pub webpush_ttl_s: u64,
+    pub webpush_rate_per_s: u64,
+}
+
+impl Default for PrekeysConfig {
+    fn default() -> Self {
+        PrekeysConfig {
+            enabled: true,
+            slots_max: 100_000,
+            bytes_max: 1 << 30,
+            slot_ttl_s: 30 * 86_400,
+            fetch_per_addr_per_s: 2,
+            fetch_per_addr_burst: 60,
+            fetch_per_target_per_s: 1,
+            fetch_per_target_burst: 20,
+            rate_entries_max: 65_536,
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            coalesce_window_s: 60,
+            registration_ttl_max_s: 30 * 86_400,
+            registrations_max: 1_000_000,
+            dests_per_token_max: 256,
+            queue_max: 10_000,
+            inflight_max: 256,
+            retries_max: 4,
+            retry_base_ms: 1_000,
+            ca_file: String::new(),
+            apns_key_file: String::new(),
+            apns_key_id: String::new(),
+            apns_team_id: String::new(),
+            apns_topic: String::new(),
+            apns_url: "https://api.push.apple.com".into(),
+            apns_token_refresh_s: 40 * 60,
+            apns_rate_per_s: 1_000,
+            fcm_service_account_file: String::new(),
+            fcm_url: "https://fcm.googleapis.com".into(),
+            fcm_token_url: String::new(),
+            fcm_priority: "high".into(),
+            fcm_ttl_s: 259_200,
+            fcm_rate_per_s: 1_000,
+            webpush_vapid_key_file: String::new(),
+            webpush_subject: String::new(),
+            webpush_origins_allowed: vec![
+                "https://fcm.googleapis.com".into(),
+                "https://updates.push.services.mozilla.com".into(),
+                "https://web.push.apple.com".into(),
+                "https://*.notify.windows.com".into(),
+            ],
+            webpush_ttl_s: 86_400,
+            webpush_rate_per_s: 1_000,
+        }
+    }
 }
 
 /// Named limits: noun first, unit last.
@@ -89,6 +215,11 @@ pub struct Limits {
     pub store_disk_bytes_max: u64,
     /// Above this share of the budget new blobs get `StoreFull` (acks still work).
     pub store_high_water_percent: u8,
+    /// Requests (prekeys, push registrations, wakes) queued from the shards to the service core;
+    /// beyond it clients are answered `Busy` and wakes dropped.
+    pub service_queue_msgs_max: usize,
+    /// Replies queued from the service core towards one shard.
+    pub service_replies_msgs_max: usize,
 }
 
 impl Default for Config {
@@ -108,6 +239,8 @@ impl Default for Config {
             store_fsync: "interval=10".into(),
             log_format: "text".into(),
             limits: Limits::default(),
+            prekeys: PrekeysConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -144,6 +277,8 @@ impl Default for Limits {
             store_dest_bytes_max: 64 << 20,
             store_disk_bytes_max: 16 << 30,
             store_high_water_percent: 90,
+            service_queue_msgs_max: 16_384,
+            service_replies_msgs_max: 4_096,
         }
     }
 }
@@ -281,6 +416,10 @@ impl Config {
         if l.ping_interval_ms >= l.idle_timeout_ms {
             bail!("limits.ping_interval_ms must be below limits.idle_timeout_ms");
         }
+        if l.service_queue_msgs_max == 0 || l.service_replies_msgs_max == 0 {
+            bail!("limits.service_queue_msgs_max and service_replies_msgs_max must be at least 1");
+        }
+        self.validate_service()?;
         if l.send_queue_bytes_max < 2 * ferry_proto::limits::FRAME_BYTES_MAX {
             bail!(
                 "limits.send_queue_bytes_max must hold at least two maximal frames ({} bytes)",
@@ -292,6 +431,67 @@ impl Config {
 }
 
 impl Config {
+    fn validate_service(&self) -> anyhow::Result<()> {
+        let k = &self.prekeys;
+        if k.enabled && (k.slots_max == 0 || k.bytes_max == 0 || k.slot_ttl_s == 0) {
+            bail!("prekeys.slots_max, bytes_max and slot_ttl_s must be at least 1");
+        }
+        if k.rate_entries_max == 0 {
+            bail!("prekeys.rate_entries_max must be at least 1");
+        }
+        for (rate, burst, name) in [
+            (
+                k.fetch_per_addr_per_s,
+                k.fetch_per_addr_burst,
+                "fetch_per_addr",
+            ),
+            (
+                k.fetch_per_target_per_s,
+                k.fetch_per_target_burst,
+                "fetch_per_target",
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                bail!("prekeys.{name}_burst must be at least 1 when prekeys.{name}_per_s is set");
+            }
+        }
+        let p = &self.push;
+        if p.registrations_max == 0
+            || p.dests_per_token_max == 0
+            || p.queue_max == 0
+            || p.inflight_max == 0
+            || p.registration_ttl_max_s == 0
+        {
+            bail!(
+                "push.registrations_max, dests_per_token_max, queue_max, inflight_max and registration_ttl_max_s must be at least 1"
+            );
+        }
+        if !p.apns_key_file.is_empty()
+            && (p.apns_key_id.is_empty() || p.apns_team_id.is_empty() || p.apns_topic.is_empty())
+        {
+            bail!("push.apns_key_file needs push.apns_key_id, apns_team_id and apns_topic");
+        }
+        if !(1_200..=3_600).contains(&p.apns_token_refresh_s) {
+            bail!(
+                "push.apns_token_refresh_s must be 1200..=3600 (Apple refuses tokens refreshed more often than every 20 minutes or older than an hour)"
+            );
+        }
+        if !matches!(p.fcm_priority.as_str(), "high" | "normal") {
+            bail!("push.fcm_priority must be `high` or `normal`");
+        }
+        let subject_ok =
+            p.webpush_subject.starts_with("mailto:") || p.webpush_subject.starts_with("https:");
+        if !p.webpush_vapid_key_file.is_empty() && !subject_ok {
+            bail!("push.webpush_subject must be a `mailto:` or `https:` contact (RFC 8292)");
+        }
+        for o in &p.webpush_origins_allowed {
+            if !o.starts_with("https://") {
+                bail!("push.webpush_origins_allowed: `{o}` is not an https origin");
+            }
+        }
+        Ok(())
+    }
+
     /// `store_fsync` parsed.
     pub fn fsync_policy(&self) -> anyhow::Result<ferry_shards::store::FsyncPolicy> {
         use ferry_shards::store::FsyncPolicy;

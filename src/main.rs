@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod node;
+mod service;
 mod sys;
 mod tls;
 

@@ -292,6 +292,13 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         hop_channel_batches: l.hop_channel_batches,
         read_buffer_bytes: l.read_buffer_bytes,
     };
+    let service = crate::service::start(service_config(
+        &cfg,
+        shards,
+        placement.service_cpu,
+        Clock::new(cfg.clock_offset_s),
+    )?)
+    .context("starting the service core")?;
     let reload = Arc::new(Reload::new(initial.clone()));
     let handles = driver::start(
         shard_configs(&cfg, &initial, shards, node_id)?,
@@ -300,6 +307,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         Clock::new(cfg.clock_offset_s),
         shard_stop.clone(),
         reload.clone(),
+        Some(service.links.clone()),
     )
     .context("starting shard executors")?;
 
@@ -308,11 +316,12 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         shard_ready: handles.iter().map(|h| h.ready.clone()).collect(),
         draining: Arc::new(AtomicBool::new(false)),
         token: admin_token(&cfg)?,
+        service_metrics: service.metrics.clone(),
     });
     let service_cpu = placement.service_cpu;
     let (st, sst) = (admin_state.clone(), admin_stop.clone());
-    let service = std::thread::Builder::new()
-        .name("ferry-service".into())
+    let admin = std::thread::Builder::new()
+        .name("ferry-admin".into())
         .spawn(move || {
             if let Some(cpu) = service_cpu {
                 sys::pin_current_thread(cpu);
@@ -365,9 +374,100 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     for h in handles {
         let _ = h.join.join();
     }
+    // The shards are gone: the service core syncs its journals and exits.
+    service.stop();
     admin_stop.store(true, Ordering::Release);
-    let _ = service.join();
+    let _ = admin.join();
     Ok(())
+}
+
+/// The service core's settings from the node configuration (reads the push credentials: a
+/// missing or malformed key file stops start-up with its name).
+fn service_config(
+    cfg: &Config,
+    shards: usize,
+    cpu: Option<usize>,
+    clock: Clock,
+) -> anyhow::Result<crate::service::ServiceConfig> {
+    use crate::service::{prekeys::DirectoryLimits, providers, push::PushLimits};
+    use ferry_shards::ratelimit::Rate;
+    let k = &cfg.prekeys;
+    let p = &cfg.push;
+    let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    let mut prov = providers::Providers::default();
+    if let Some(f) = path(&p.apns_key_file) {
+        prov.apns = Some(providers::ApnsConfig {
+            key: crate::service::load_p256(&f).context("push.apns_key_file")?,
+            key_id: p.apns_key_id.clone(),
+            team_id: p.apns_team_id.clone(),
+            topic: p.apns_topic.clone(),
+            url: p.apns_url.clone(),
+            token_refresh_s: p.apns_token_refresh_s,
+        });
+    }
+    if let Some(f) = path(&p.fcm_service_account_file) {
+        let (key, client_email, project_id, token_uri) =
+            crate::service::load_service_account(&f).context("push.fcm_service_account_file")?;
+        prov.fcm = Some(providers::FcmConfig {
+            key,
+            client_email,
+            project_id,
+            token_url: if p.fcm_token_url.is_empty() {
+                token_uri
+            } else {
+                p.fcm_token_url.clone()
+            },
+            url: p.fcm_url.clone(),
+            priority: p.fcm_priority.clone(),
+            ttl_s: p.fcm_ttl_s,
+        });
+    }
+    if let Some(f) = path(&p.webpush_vapid_key_file) {
+        prov.webpush = Some(providers::WebPushConfig {
+            key: crate::service::load_p256(&f).context("push.webpush_vapid_key_file")?,
+            subject: p.webpush_subject.clone(),
+            ttl_s: p.webpush_ttl_s,
+        });
+    }
+    Ok(crate::service::ServiceConfig {
+        dir: cfg.data_dir.join("service"),
+        shards,
+        cpu,
+        queue_max: cfg.limits.service_queue_msgs_max,
+        replies_max: cfg.limits.service_replies_msgs_max,
+        prekeys: k.enabled.then_some(DirectoryLimits {
+            slots_max: k.slots_max,
+            bytes_max: k.bytes_max,
+            slot_ttl_s: k.slot_ttl_s,
+            fetch_per_addr: Rate {
+                per_s: k.fetch_per_addr_per_s,
+                burst: k.fetch_per_addr_burst,
+            },
+            fetch_per_target: Rate {
+                per_s: k.fetch_per_target_per_s,
+                burst: k.fetch_per_target_burst,
+            },
+            rate_entries_max: k.rate_entries_max,
+        }),
+        push: PushLimits {
+            registrations_max: p.registrations_max,
+            dests_per_token_max: p.dests_per_token_max,
+            registration_ttl_max_s: p.registration_ttl_max_s,
+            coalesce_window_ms: p.coalesce_window_s.saturating_mul(1000),
+            webpush_origins_allowed: p.webpush_origins_allowed.clone(),
+            enabled: prov.enabled(),
+        },
+        send: crate::service::SendLimits {
+            rate_per_s: [p.apns_rate_per_s, p.fcm_rate_per_s, p.webpush_rate_per_s],
+            queue_max: p.queue_max,
+            inflight_max: p.inflight_max,
+            retries_max: p.retries_max,
+            retry_base_ms: p.retry_base_ms,
+        },
+        providers: prov,
+        ca_file: path(&p.ca_file),
+        clock,
+    })
 }
 
 /// Dests are owned by `dest % shards`, so a store written with another shard count cannot be

@@ -13,9 +13,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::addr::verify_proofs;
 use crate::frame::{
-    DecodeError, Dest, DrainStatus, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus,
-    SubscribeStatus, UnsubscribeReason, decode_frame, frame_type, put_packet_header,
-    put_send_header, split_frame,
+    DecodeError, Dest, DrainStatus, ErrorCode, Frame, Op, PrekeyStatus, ProofItem, ProofStatus,
+    PushProvider, PushStatus, SendStatus, SubscribeStatus, UnsubscribeReason, decode_frame,
+    frame_type, put_packet_header, put_send_header, split_frame,
 };
 use crate::limits::{
     CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROVEN_PER_CONN_MAX, VERSION_MAX, VERSION_MIN,
@@ -111,6 +111,19 @@ pub enum ServerEvent {
     Unsubscribe { dests: Vec<Dest> },
     /// The client wants a fresh challenge: call [`ServerConn::issue_challenge`].
     ChallengeRequested,
+    /// A prekey upload for a dest proven for `Op::PrekeyUpdate` (checked on the service core).
+    PrekeyUpload { upload: Box<crate::prekey::Upload> },
+    /// A bundle fetch (no proof needed; rate-limited by the service core).
+    PrekeyFetch { dest: Dest },
+    /// How many one-time keys are left, for a dest proven for `Op::PrekeyUpdate`.
+    PrekeyCount { dest: Dest },
+    /// A push registration; every dest is proven for `Op::PushRegister`.
+    PushRegister {
+        provider: PushProvider,
+        ttl_s: u32,
+        token: Bytes,
+        dests: Vec<Dest>,
+    },
 }
 
 /// Server side of one client connection.
@@ -326,6 +339,44 @@ impl ServerConn {
                 }
             }
             Frame::Prove { items } => Some(ServerEvent::Prove { items }),
+            Frame::PrekeyUpload { upload } => {
+                if self.is_proven(&upload.dest, Op::PrekeyUpdate) {
+                    Some(ServerEvent::PrekeyUpload { upload })
+                } else {
+                    self.push_frame(&prekey_refusal(upload.dest, PrekeyStatus::NotProven));
+                    None
+                }
+            }
+            Frame::PrekeyCount { dest } => {
+                if self.is_proven(&dest, Op::PrekeyUpdate) {
+                    Some(ServerEvent::PrekeyCount { dest })
+                } else {
+                    self.push_frame(&prekey_refusal(dest, PrekeyStatus::NotProven));
+                    None
+                }
+            }
+            Frame::PrekeyFetch { dest } => Some(ServerEvent::PrekeyFetch { dest }),
+            Frame::PushRegister {
+                provider,
+                ttl_s,
+                token,
+                dests,
+            } => {
+                if !dests.is_empty() && dests.iter().all(|d| self.is_proven(d, Op::PushRegister)) {
+                    Some(ServerEvent::PushRegister {
+                        provider,
+                        ttl_s,
+                        token,
+                        dests,
+                    })
+                } else {
+                    self.push_frame(&Frame::PushResult {
+                        status: PushStatus::NotProven,
+                        dests_registered: 0,
+                    });
+                    None
+                }
+            }
             Frame::Subscribe { dests } => self.on_subscribe(dests),
             Frame::Unsubscribe { dests } => {
                 let dests: Vec<Dest> = dests
@@ -702,6 +753,18 @@ impl ServerConn {
     }
 }
 
+/// A `PrekeyResult` that refuses a request as a whole (no key at fault, no counts).
+pub fn prekey_refusal(dest: Dest, status: PrekeyStatus) -> Frame {
+    Frame::PrekeyResult {
+        dest,
+        status,
+        kind: crate::prekey::KeyKind::None,
+        index: 0,
+        ec_left: 0,
+        pq_left: 0,
+    }
+}
+
 /// What a client connection reports to its application.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
@@ -752,6 +815,23 @@ pub enum ClientEvent {
     DrainEnd {
         dest: Dest,
         status: DrainStatus,
+    },
+    PrekeyResult {
+        dest: Dest,
+        status: PrekeyStatus,
+        kind: crate::prekey::KeyKind,
+        index: u16,
+        ec_left: u16,
+        pq_left: u16,
+    },
+    PrekeyBundle {
+        dest: Dest,
+        status: PrekeyStatus,
+        bundle: Option<Box<crate::prekey::Bundle>>,
+    },
+    PushResult {
+        status: PushStatus,
+        dests_registered: u16,
     },
     /// The node closed the connection with this error.
     Error {
@@ -891,6 +971,37 @@ impl ClientConn {
                     payload,
                 },
                 Frame::DrainEnd { dest, status } => ClientEvent::DrainEnd { dest, status },
+                Frame::PrekeyResult {
+                    dest,
+                    status,
+                    kind,
+                    index,
+                    ec_left,
+                    pq_left,
+                } => ClientEvent::PrekeyResult {
+                    dest,
+                    status,
+                    kind,
+                    index,
+                    ec_left,
+                    pq_left,
+                },
+                Frame::PrekeyBundle {
+                    dest,
+                    status,
+                    bundle,
+                } => ClientEvent::PrekeyBundle {
+                    dest,
+                    status,
+                    bundle,
+                },
+                Frame::PushResult {
+                    status,
+                    dests_registered,
+                } => ClientEvent::PushResult {
+                    status,
+                    dests_registered,
+                },
                 other => {
                     return Err(ClientError::Unexpected {
                         frame_type: other.frame_type(),

@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::limits::{
     DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES, HELLO_MAGIC,
     PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX, PROOF_ITEM_BYTES, PROOFS_PER_FRAME_MAX,
-    SEND_HEADER_BYTES,
+    PUSH_TOKEN_BYTES_MAX, SEND_HEADER_BYTES,
 };
 
 /// A 16-byte destination hash: the only routing key a node ever sees.
@@ -125,6 +125,67 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// Outcome of a prekey upload, fetch or count.
+    PrekeyStatus {
+        Ok = 0,
+        /// No `PrekeyUpdate` proof for this dest on this connection (upload and count only).
+        NotProven = 1,
+        /// A key is malformed (type byte, non-canonical X25519 u, ML-KEM modulus check); the
+        /// result names which.
+        BadKey = 2,
+        /// An XEdDSA signature does not verify under the identity key; the result names which.
+        BadSignature = 3,
+        /// The slot's first upload must carry the signed part.
+        NoSignedPrekey = 4,
+        /// More one-time keys than a slot holds (`ONE_TIME_KEYS_MAX` of each kind).
+        TooMany = 5,
+        /// A one-time key id is already in the slot or repeated in the upload.
+        DuplicateId = 6,
+        /// The node's directory is at its slot or byte budget.
+        DirectoryFull = 7,
+        /// Too many fetches from this address or for this dest: retry later.
+        RateLimited = 8,
+        /// No bundle is stored for this dest.
+        NotFound = 9,
+        /// The node's service core is overloaded: retry later.
+        Busy = 10,
+        /// This node runs no prekey directory.
+        Unavailable = 11,
+    }
+);
+
+wire_enum!(
+    /// Outcome of a push registration.
+    PushStatus {
+        Ok = 0,
+        /// A dest of the request has no `PushRegister` proof on this connection.
+        NotProven = 1,
+        /// The token is malformed for its provider (or a Web Push endpoint is not allowed).
+        BadToken = 2,
+        /// The node has no credentials for this provider.
+        ProviderDisabled = 3,
+        /// More dests per token, or more registrations, than the node allows.
+        TooMany = 4,
+        /// The node's service core is overloaded: retry later.
+        Busy = 5,
+        /// This node sends no push wakes.
+        Unavailable = 6,
+    }
+);
+
+wire_enum!(
+    /// A push provider.
+    PushProvider {
+        /// Apple Push Notification service; the token is the device token in hex.
+        Apns = 1,
+        /// Firebase Cloud Messaging HTTP v1; the token is the registration token.
+        Fcm = 2,
+        /// Web Push (RFC 8030); the token is the subscription's endpoint URL.
+        WebPush = 3,
+    }
+);
+
+wire_enum!(
     /// Why the node dropped a subscription without being asked.
     UnsubscribeReason {
         /// Another connection subscribed to the same dest (the newest subscriber wins).
@@ -210,6 +271,10 @@ pub mod frame_type {
     pub const QUERY: u8 = 0x09;
     pub const DRAIN: u8 = 0x0A;
     pub const ACK: u8 = 0x0B;
+    pub const PREKEY_UPLOAD: u8 = 0x0C;
+    pub const PREKEY_FETCH: u8 = 0x0D;
+    pub const PREKEY_COUNT: u8 = 0x0E;
+    pub const PUSH_REGISTER: u8 = 0x0F;
     /// Reserved for fixed-size onion (Sphinx) cells of the mesh layer.
     pub const CELL: u8 = 0x40;
     pub const SERVER_HELLO: u8 = 0x81;
@@ -222,6 +287,9 @@ pub mod frame_type {
     pub const QUERY_RESULT: u8 = 0x88;
     pub const STORED: u8 = 0x89;
     pub const DRAIN_END: u8 = 0x8A;
+    pub const PREKEY_RESULT: u8 = 0x8B;
+    pub const PREKEY_BUNDLE: u8 = 0x8C;
+    pub const PUSH_RESULT: u8 = 0x8D;
     pub const ERROR: u8 = 0x8F;
 }
 use frame_type as ft;
@@ -263,6 +331,26 @@ pub enum Frame {
     /// These stored blobs were received: delete them (needs a `Drain` proof for each dest).
     Ack {
         items: Vec<(Dest, u64)>,
+    },
+    /// Store prekeys in the bundle slot of `upload.dest` (needs a `PrekeyUpdate` proof).
+    PrekeyUpload {
+        upload: Box<crate::prekey::Upload>,
+    },
+    /// Take one bundle from the slot of `dest` (consumes one-time keys; needs no proof).
+    PrekeyFetch {
+        dest: Dest,
+    },
+    /// How many one-time keys are left in the slot of `dest` (needs a `PrekeyUpdate` proof).
+    PrekeyCount {
+        dest: Dest,
+    },
+    /// Register (or with `ttl_s` 0 remove) a push token for `dests` (each needs a `PushRegister`
+    /// proof).
+    PushRegister {
+        provider: PushProvider,
+        ttl_s: u32,
+        token: Bytes,
+        dests: Vec<Dest>,
     },
     Ping {
         nonce: u64,
@@ -321,6 +409,27 @@ pub enum Frame {
     DrainEnd {
         dest: Dest,
         status: DrainStatus,
+    },
+    /// The answer to `PrekeyUpload` or `PrekeyCount`: the first bad key (`kind`, `index`) when
+    /// refused, and the one-time keys left in the slot.
+    PrekeyResult {
+        dest: Dest,
+        status: PrekeyStatus,
+        kind: crate::prekey::KeyKind,
+        index: u16,
+        ec_left: u16,
+        pq_left: u16,
+    },
+    /// The answer to `PrekeyFetch`: a bundle when `status` is `Ok`.
+    PrekeyBundle {
+        dest: Dest,
+        status: PrekeyStatus,
+        bundle: Option<Box<crate::prekey::Bundle>>,
+    },
+    /// The answer to `PushRegister`: the dests the token is now registered for.
+    PushResult {
+        status: PushStatus,
+        dests_registered: u16,
     },
     Error {
         code: ErrorCode,
@@ -475,6 +584,13 @@ impl Frame {
             Frame::QueryResult { .. } => ft::QUERY_RESULT,
             Frame::Stored { .. } => ft::STORED,
             Frame::DrainEnd { .. } => ft::DRAIN_END,
+            Frame::PrekeyUpload { .. } => ft::PREKEY_UPLOAD,
+            Frame::PrekeyFetch { .. } => ft::PREKEY_FETCH,
+            Frame::PrekeyCount { .. } => ft::PREKEY_COUNT,
+            Frame::PushRegister { .. } => ft::PUSH_REGISTER,
+            Frame::PrekeyResult { .. } => ft::PREKEY_RESULT,
+            Frame::PrekeyBundle { .. } => ft::PREKEY_BUNDLE,
+            Frame::PushResult { .. } => ft::PUSH_RESULT,
             Frame::Ping { .. } => ft::PING,
             Frame::Pong { .. } => ft::PONG,
             Frame::Cell { .. } => ft::CELL,
@@ -502,6 +618,16 @@ impl Frame {
             Frame::Ack { items } => 2 + items.len() * 24,
             Frame::Stored { payload, .. } => 16 + 8 + 8 + payload.len(),
             Frame::DrainEnd { .. } => 16 + 1,
+            Frame::PrekeyUpload { upload } => upload.body_len(),
+            Frame::PrekeyFetch { .. } | Frame::PrekeyCount { .. } => 16,
+            Frame::PushRegister { token, dests, .. } => {
+                1 + 4 + 2 + token.len() + 2 + dests.len() * 16
+            }
+            Frame::PrekeyResult { .. } => 16 + 1 + 1 + 2 + 2 + 2,
+            Frame::PrekeyBundle { bundle, .. } => {
+                16 + 1 + bundle.as_ref().map_or(0, |b| b.body_len())
+            }
+            Frame::PushResult { .. } => 1 + 2,
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Cell { payload } => payload.len(),
             Frame::ServerHello { .. } => 2 + 2 + 32 + 32 + 8 + 4,
@@ -673,6 +799,58 @@ impl Frame {
                 out.put_slice(&dest.0);
                 out.put_u8(*status as u8);
             }
+            Frame::PrekeyUpload { upload } => upload.encode(out),
+            Frame::PrekeyFetch { dest } | Frame::PrekeyCount { dest } => out.put_slice(&dest.0),
+            Frame::PushRegister {
+                provider,
+                ttl_s,
+                token,
+                dests,
+            } => {
+                assert!(token.len() <= PUSH_TOKEN_BYTES_MAX && dests.len() <= DESTS_PER_FRAME_MAX);
+                out.put_u8(*provider as u8);
+                out.put_u32_le(*ttl_s);
+                out.put_u16_le(u16_of(token.len()));
+                out.put_slice(token);
+                out.put_u16_le(u16_of(dests.len()));
+                for dest in dests {
+                    out.put_slice(&dest.0);
+                }
+            }
+            Frame::PrekeyResult {
+                dest,
+                status,
+                kind,
+                index,
+                ec_left,
+                pq_left,
+            } => {
+                out.put_slice(&dest.0);
+                out.put_u8(*status as u8);
+                out.put_u8(*kind as u8);
+                out.put_u16_le(*index);
+                out.put_u16_le(*ec_left);
+                out.put_u16_le(*pq_left);
+            }
+            Frame::PrekeyBundle {
+                dest,
+                status,
+                bundle,
+            } => {
+                assert_eq!(bundle.is_some(), *status == PrekeyStatus::Ok);
+                out.put_slice(&dest.0);
+                out.put_u8(*status as u8);
+                if let Some(b) = bundle {
+                    b.encode(out);
+                }
+            }
+            Frame::PushResult {
+                status,
+                dests_registered,
+            } => {
+                out.put_u8(*status as u8);
+                out.put_u16_le(*dests_registered);
+            }
             Frame::Send { .. } | Frame::Deliver { .. } => unreachable!("handled above"),
         }
     }
@@ -792,6 +970,54 @@ impl Frame {
                 dest: Dest(r.array()?),
                 status: r.enum_u8(DrainStatus::from_u8, "status")?,
             },
+            ft::PREKEY_UPLOAD => Frame::PrekeyUpload {
+                upload: Box::new(crate::prekey::Upload::decode(&mut r)?),
+            },
+            ft::PREKEY_FETCH => Frame::PrekeyFetch {
+                dest: Dest(r.array()?),
+            },
+            ft::PREKEY_COUNT => Frame::PrekeyCount {
+                dest: Dest(r.array()?),
+            },
+            ft::PUSH_REGISTER => {
+                let provider = r.enum_u8(PushProvider::from_u8, "provider")?;
+                let ttl_s = r.u32()?;
+                let n = r.count(PUSH_TOKEN_BYTES_MAX, 1)?;
+                let token = r.take(n)?;
+                let dests = r.dests()?;
+                Frame::PushRegister {
+                    provider,
+                    ttl_s,
+                    token,
+                    dests,
+                }
+            }
+            ft::PREKEY_RESULT => Frame::PrekeyResult {
+                dest: Dest(r.array()?),
+                status: r.enum_u8(PrekeyStatus::from_u8, "status")?,
+                kind: r.enum_u8(crate::prekey::KeyKind::from_u8, "kind")?,
+                index: r.u16()?,
+                ec_left: r.u16()?,
+                pq_left: r.u16()?,
+            },
+            ft::PREKEY_BUNDLE => {
+                let dest = Dest(r.array()?);
+                let status = r.enum_u8(PrekeyStatus::from_u8, "status")?;
+                let bundle = if status == PrekeyStatus::Ok {
+                    Some(Box::new(crate::prekey::Bundle::decode(&mut r)?))
+                } else {
+                    None
+                };
+                Frame::PrekeyBundle {
+                    dest,
+                    status,
+                    bundle,
+                }
+            }
+            ft::PUSH_RESULT => Frame::PushResult {
+                status: r.enum_u8(PushStatus::from_u8, "status")?,
+                dests_registered: r.u16()?,
+            },
             ft::PING => Frame::Ping { nonce: r.u64()? },
             ft::PONG => Frame::Pong { nonce: r.u64()? },
             ft::CELL => Frame::Cell { payload: r.rest() },
@@ -876,51 +1102,74 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-struct Reader {
+pub(crate) struct Reader {
     buf: Bytes,
     t: u8,
 }
 
 impl Reader {
-    fn need(&self, n: usize) -> Result<(), DecodeError> {
+    pub(crate) fn new(buf: Bytes, t: u8) -> Reader {
+        Reader { buf, t }
+    }
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        if self.buf.has_remaining() {
+            Err(DecodeError::TrailingBytes { frame_type: self.t })
+        } else {
+            Ok(())
+        }
+    }
+    pub(crate) fn invalid(&self, field: &'static str) -> DecodeError {
+        DecodeError::InvalidValue {
+            frame_type: self.t,
+            field,
+        }
+    }
+    pub(crate) fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.invalid(field)),
+        }
+    }
+    pub(crate) fn need(&self, n: usize) -> Result<(), DecodeError> {
         if self.buf.remaining() < n {
             Err(DecodeError::Truncated { frame_type: self.t })
         } else {
             Ok(())
         }
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         Ok(self.buf.get_u16_le())
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         self.need(4)?;
         Ok(self.buf.get_u32_le())
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         self.need(8)?;
         Ok(self.buf.get_u64_le())
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         self.need(N)?;
         let mut a = [0u8; N];
         self.buf.copy_to_slice(&mut a);
         Ok(a)
     }
-    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         self.need(n)?;
         Ok(self.buf.split_to(n))
     }
-    fn rest(&mut self) -> Bytes {
+    pub(crate) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)
     }
     /// Reads a u16 count, checks it against `max` and against the bytes actually present, so that
     /// a lying count cannot make us allocate.
-    fn count(&mut self, max: usize, item_bytes: usize) -> Result<usize, DecodeError> {
+    pub(crate) fn count(&mut self, max: usize, item_bytes: usize) -> Result<usize, DecodeError> {
         let n = usize::from(self.u16()?);
         if n > max {
             return Err(DecodeError::CountTooLarge {
@@ -932,7 +1181,7 @@ impl Reader {
         Ok(n)
     }
     /// A u16 count of destination hashes, then the hashes.
-    fn dests(&mut self) -> Result<Vec<Dest>, DecodeError> {
+    pub(crate) fn dests(&mut self) -> Result<Vec<Dest>, DecodeError> {
         let n = self.count(DESTS_PER_FRAME_MAX, 16)?;
         let mut dests = Vec::with_capacity(n);
         for _ in 0..n {
@@ -940,7 +1189,7 @@ impl Reader {
         }
         Ok(dests)
     }
-    fn enum_u8<T>(
+    pub(crate) fn enum_u8<T>(
         &mut self,
         f: fn(u8) -> Option<T>,
         field: &'static str,

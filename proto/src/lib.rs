@@ -10,7 +10,10 @@ pub mod addr;
 pub mod conn;
 pub mod frame;
 pub mod limits;
+pub mod prekey;
+pub mod xeddsa;
 
 pub use frame::{
-    Dest, DrainStatus, ErrorCode, Frame, Op, ProofItem, ProofStatus, SendStatus, SubscribeStatus,
+    Dest, DrainStatus, ErrorCode, Frame, Op, PrekeyStatus, ProofItem, ProofStatus, PushProvider,
+    PushStatus, SendStatus, SubscribeStatus,
 };

@@ -35,6 +35,10 @@ pub const VERSION_MAX: u16 = 1;
 /// The four bytes every `ClientHello` opens with.
 pub const HELLO_MAGIC: [u8; 4] = *b"FRY\x01";
 
+/// Bytes of a push token (an APNs device token in hex, an FCM registration token, a Web Push
+/// endpoint URL).
+pub const PUSH_TOKEN_BYTES_MAX: usize = 2_048;
+
 /// Size of one proof item on the wire: dest(16) op(1) blinded key(32) signature(64).
 pub const PROOF_ITEM_BYTES: usize = 16 + 1 + 32 + 64;
 
@@ -46,3 +50,10 @@ const _: () = assert!(1 + 2 + DESTS_PER_FRAME_MAX * 17 <= FRAME_BYTES_MAX);
 const _: () = assert!(VERSION_MIN <= VERSION_MAX);
 // A proven set must hold at least one full Prove frame.
 const _: () = assert!(PROVEN_PER_CONN_MAX >= PROOFS_PER_FRAME_MAX);
+// A slot's signed part plus at least 30 PQ one-time keys fit one PrekeyUpload frame.
+const _: () = assert!(
+    1 + 16 + 1 + crate::prekey::SIGNED_PART_BYTES + 4 + 30 * crate::prekey::PQ_ITEM_BYTES
+        <= FRAME_BYTES_MAX
+);
+const _: () =
+    assert!(1 + 1 + 4 + 2 + PUSH_TOKEN_BYTES_MAX + 2 + DESTS_PER_FRAME_MAX * 16 <= FRAME_BYTES_MAX);

@@ -36,8 +36,133 @@ fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy
     prop::sample::select(all)
 }
 
+fn sig() -> impl Strategy<Value = [u8; 64]> {
+    prop::collection::vec(any::<u8>(), 64).prop_map(|v| {
+        let mut a = [0u8; 64];
+        a.copy_from_slice(&v);
+        a
+    })
+}
+fn ec_key() -> impl Strategy<Value = [u8; 33]> {
+    prop::collection::vec(any::<u8>(), 33).prop_map(|v| {
+        let mut a = [0u8; 33];
+        a.copy_from_slice(&v);
+        a
+    })
+}
+fn kem(id: u32, fill: u8, sig: [u8; 64]) -> ferry_proto::prekey::KemPrekey {
+    ferry_proto::prekey::KemPrekey {
+        id,
+        key: Bytes::from(vec![fill; ferry_proto::prekey::KEM_KEY_BYTES]),
+        sig,
+    }
+}
+fn upload() -> impl Strategy<Value = ferry_proto::prekey::Upload> {
+    use ferry_proto::prekey::*;
+    (
+        dest(),
+        any::<bool>(),
+        prop::option::of((ec_key(), any::<u32>(), ec_key(), sig(), any::<u32>(), sig())),
+        prop::collection::vec((any::<u32>(), ec_key()), 0..5),
+        prop::collection::vec((any::<u32>(), any::<u8>(), sig()), 0..4),
+    )
+        .prop_map(|(dest, replace_one_time, signed, ec, pq)| Upload {
+            dest,
+            replace_one_time,
+            signed: signed.map(
+                |(identity, spk_id, spk, spk_sig, lr_id, lr_sig)| SignedPart {
+                    identity,
+                    spk: SignedEcPrekey {
+                        id: spk_id,
+                        key: spk,
+                        sig: spk_sig,
+                    },
+                    last_resort: kem(lr_id, 3, lr_sig),
+                },
+            ),
+            ec: ec
+                .into_iter()
+                .map(|(id, key)| EcPrekey { id, key })
+                .collect(),
+            pq: pq.into_iter().map(|(id, f, s)| kem(id, f, s)).collect(),
+        })
+}
+fn bundle() -> impl Strategy<Value = ferry_proto::prekey::Bundle> {
+    use ferry_proto::prekey::*;
+    (
+        ec_key(),
+        (any::<u32>(), ec_key(), sig()),
+        (any::<u32>(), any::<u8>(), sig()),
+        any::<bool>(),
+        prop::option::of((any::<u32>(), ec_key())),
+    )
+        .prop_map(
+            |(identity, (id, key, s), (pid, f, ps), pq_last_resort, ec)| Bundle {
+                identity,
+                spk: SignedEcPrekey { id, key, sig: s },
+                pq: kem(pid, f, ps),
+                pq_last_resort,
+                ec: ec.map(|(id, key)| EcPrekey { id, key }),
+            },
+        )
+}
+
+fn service_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        upload().prop_map(|u| Frame::PrekeyUpload {
+            upload: Box::new(u)
+        }),
+        dest().prop_map(|dest| Frame::PrekeyFetch { dest }),
+        dest().prop_map(|dest| Frame::PrekeyCount { dest }),
+        (
+            pick(PushProvider::ALL),
+            any::<u32>(),
+            payload(300),
+            prop::collection::vec(dest(), 0..8)
+        )
+            .prop_map(|(provider, ttl_s, token, dests)| Frame::PushRegister {
+                provider,
+                ttl_s,
+                token,
+                dests
+            }),
+        (
+            dest(),
+            pick(PrekeyStatus::ALL),
+            0u8..6,
+            any::<u16>(),
+            any::<u16>(),
+            any::<u16>()
+        )
+            .prop_map(|(dest, status, kind, index, ec_left, pq_left)| {
+                Frame::PrekeyResult {
+                    dest,
+                    status,
+                    kind: ferry_proto::prekey::KeyKind::from_u8(kind).expect("0..6 are kinds"),
+                    index,
+                    ec_left,
+                    pq_left,
+                }
+            }),
+        (dest(), pick(PrekeyStatus::ALL), bundle()).prop_map(|(dest, status, b)| {
+            Frame::PrekeyBundle {
+                dest,
+                status,
+                bundle: (status == PrekeyStatus::Ok).then(|| Box::new(b)),
+            }
+        }),
+        (pick(PushStatus::ALL), any::<u16>()).prop_map(|(status, dests_registered)| {
+            Frame::PushResult {
+                status,
+                dests_registered,
+            }
+        }),
+    ]
+}
+
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
+        service_frame(),
         (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Frame::ClientHello {
             version_min: a,
             version_max: b

@@ -8,6 +8,8 @@
 //!
 //! Payloads are opaque to the node: applications encrypt before [`Client::send`].
 
+pub mod prekeys;
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -52,6 +54,16 @@ pub enum SdkError {
     NotProven,
     /// Another drain on this connection is still being answered.
     Busy,
+    /// The prekey directory refused the request; `kind` and `index` name the key at fault.
+    Prekey {
+        status: ferry_proto::frame::PrekeyStatus,
+        kind: ferry_proto::prekey::KeyKind,
+        index: u16,
+    },
+    /// A fetched bundle's signatures do not verify: do not use it.
+    BadBundle(ferry_proto::prekey::Fault),
+    /// The node refused the push registration.
+    Push(ferry_proto::frame::PushStatus),
 }
 
 impl std::fmt::Display for SdkError {
@@ -69,6 +81,13 @@ impl std::fmt::Display for SdkError {
                 write!(f, "not proven: prove ownership of the destination first")
             }
             SdkError::Busy => write!(f, "a drain is already in progress on this connection"),
+            SdkError::Prekey {
+                status,
+                kind,
+                index,
+            } => write!(f, "prekey directory: {status:?} ({kind:?} #{index})"),
+            SdkError::BadBundle(fault) => write!(f, "prekey bundle does not verify: {fault:?}"),
+            SdkError::Push(status) => write!(f, "push registration refused: {status:?}"),
         }
     }
 }
@@ -589,6 +608,107 @@ impl Client {
             })?);
         }
         Ok(out)
+    }
+
+    /// Sends prekey uploads (made by [`prekeys::generate`]) for a dest proven for
+    /// `Op::PrekeyUpdate`, in order, each answered before the next. Returns the one-time keys
+    /// (EC, PQ) in the slot after the last one.
+    pub fn upload_prekeys(
+        &mut self,
+        uploads: &[ferry_proto::prekey::Upload],
+    ) -> Result<(u16, u16), SdkError> {
+        let mut counts = (0, 0);
+        for u in uploads {
+            self.conn.push(&Frame::PrekeyUpload {
+                upload: Box::new(u.clone()),
+            });
+            self.flush()?;
+            counts = self.prekey_answer(u.dest)?;
+        }
+        Ok(counts)
+    }
+
+    /// One-time keys (EC, PQ) left in the slot of a dest proven for `Op::PrekeyUpdate`.
+    pub fn prekey_count(&mut self, dest: Dest) -> Result<(u16, u16), SdkError> {
+        self.conn.push(&Frame::PrekeyCount { dest });
+        self.flush()?;
+        self.prekey_answer(dest)
+    }
+
+    fn prekey_answer(&mut self, dest: Dest) -> Result<(u16, u16), SdkError> {
+        use ferry_proto::frame::PrekeyStatus;
+        self.wait_for(Duration::from_secs(10), |ev| match ev {
+            ClientEvent::PrekeyResult {
+                dest: d,
+                status,
+                kind,
+                index,
+                ec_left,
+                pq_left,
+            } if *d == dest => Some(if *status == PrekeyStatus::Ok {
+                Ok((*ec_left, *pq_left))
+            } else {
+                Err(SdkError::Prekey {
+                    status: *status,
+                    kind: *kind,
+                    index: *index,
+                })
+            }),
+            _ => None,
+        })?
+    }
+
+    /// Fetches one prekey bundle for `dest` (someone's intro mailbox) and checks its signatures.
+    pub fn fetch_prekeys(&mut self, dest: Dest) -> Result<ferry_proto::prekey::Bundle, SdkError> {
+        self.conn.push(&Frame::PrekeyFetch { dest });
+        self.flush()?;
+        let bundle = self.wait_for(Duration::from_secs(10), |ev| match ev {
+            ClientEvent::PrekeyBundle {
+                dest: d,
+                status,
+                bundle,
+            } if *d == dest => Some(match bundle {
+                Some(b) => Ok(b.as_ref().clone()),
+                None => Err(SdkError::Prekey {
+                    status: *status,
+                    kind: ferry_proto::prekey::KeyKind::None,
+                    index: 0,
+                }),
+            }),
+            _ => None,
+        })??;
+        bundle.verify().map_err(SdkError::BadBundle)?;
+        Ok(bundle)
+    }
+
+    /// Registers a push token for dests proven for `Op::PushRegister` for `ttl_s` seconds (0
+    /// removes them). Returns how many dests the token is registered for now.
+    pub fn push_register(
+        &mut self,
+        provider: ferry_proto::frame::PushProvider,
+        token: &[u8],
+        dests: &[Dest],
+        ttl_s: u32,
+    ) -> Result<u16, SdkError> {
+        use ferry_proto::frame::PushStatus;
+        self.conn.push(&Frame::PushRegister {
+            provider,
+            ttl_s,
+            token: bytes::Bytes::copy_from_slice(token),
+            dests: dests.to_vec(),
+        });
+        self.flush()?;
+        self.wait_for(Duration::from_secs(10), |ev| match ev {
+            ClientEvent::PushResult {
+                status,
+                dests_registered,
+            } => Some(if *status == PushStatus::Ok {
+                Ok(*dests_registered)
+            } else {
+                Err(SdkError::Push(*status))
+            }),
+            _ => None,
+        })?
     }
 
     /// Fetches stored blobs of `dest` (proven for `Op::Drain` first), oldest first, at most one

@@ -105,6 +105,23 @@ impl Reload {
     }
 }
 
+/// A shard's connection to the service core: the sink for requests, the bounded channel of
+/// replies, and a doorbell socket the service writes a byte to after queueing replies (the
+/// service thread is not a glommio executor, so this is how it wakes the shard's io_uring).
+#[derive(Debug)]
+pub struct ServiceLink {
+    pub sink: Arc<dyn crate::service::ServiceSink>,
+    pub replies: crossbeam_channel::Receiver<crate::service::ServiceReply>,
+    pub doorbell: std::os::unix::net::UnixStream,
+}
+
+/// One link per shard, indexed by shard id (a shard's id is only known once the mesh is joined,
+/// so each shard takes its own link from the shared list).
+pub type ServiceLinks = Arc<Mutex<Vec<Option<ServiceLink>>>>;
+
+/// Replies handled per doorbell ring before the shard yields to its other tasks.
+const SERVICE_REPLIES_PER_TURN: usize = 1024;
+
 /// What the node keeps of each running shard.
 #[derive(Debug)]
 pub struct ShardHandle {
@@ -122,6 +139,7 @@ pub fn start(
     clock: Clock,
     stop: Arc<AtomicBool>,
     reload: Arc<Reload>,
+    service: Option<ServiceLinks>,
 ) -> std::io::Result<Vec<ShardHandle>> {
     assert_eq!(configs.len(), listeners.len());
     let n = configs.len();
@@ -140,18 +158,21 @@ pub fn start(
             .into_iter()
             .map(|s| (s.socket.into_raw_fd(), s.tls))
             .collect();
-        let (m, r, s, d, mesh, rl) = (
+        let (m, r, s, d, mesh, rl, sv) = (
             metrics.clone(),
             ready.clone(),
             stop.clone(),
             driver.clone(),
             mesh.clone(),
             reload.clone(),
+            service.clone(),
         );
         let join = LocalExecutorBuilder::new(placement)
             .name(&format!("ferry-shard-{i}"))
             .io_memory(driver.io_memory_bytes)
-            .spawn(move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh, rl).await })
+            .spawn(
+                move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh, rl, sv).await },
+            )
             .map_err(|e| std::io::Error::other(format!("shard {i}: cannot start executor: {e}")))?;
         handles.push(ShardHandle {
             metrics,
@@ -215,6 +236,7 @@ async fn run_shard(
     ready: Arc<AtomicBool>,
     mesh: MeshBuilder<Vec<HopMsg>, Full>,
     reload: Arc<Reload>,
+    service: Option<ServiceLinks>,
 ) {
     let (senders, receivers) = match mesh.join().await {
         Ok(sr) => sr,
@@ -256,6 +278,14 @@ async fn run_shard(
     if let Some(log) = store {
         shard = shard.with_store(log);
     }
+    let link = service.and_then(|links| links.lock().ok().and_then(|mut l| l.get_mut(me)?.take()));
+    let mut service_rx = None;
+    if let Some(link) = link {
+        shard = shard.with_service(link.sink);
+        // SAFETY: the fd comes from a std UnixStream this shard alone now owns.
+        let bell = unsafe { glommio::net::UnixStream::from_raw_fd(link.doorbell.into_raw_fd()) };
+        service_rx = Some((link.replies, bell));
+    }
     let ctx = Rc::new(Ctx {
         shard: RefCell::new(shard),
         clock,
@@ -282,6 +312,13 @@ async fn run_shard(
             ctx.clone(),
             receivers.clone(),
             p,
+        )));
+    }
+    if let Some((replies, bell)) = service_rx {
+        tasks.push(glommio::spawn_local(service_receiver(
+            ctx.clone(),
+            replies,
+            bell,
         )));
     }
     for (fd, tls) in fds {
@@ -400,6 +437,41 @@ fn shutdown_fd(fd: RawFd) {
     // is dropped, and everything runs on this one thread.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = socket2::SockRef::from(&borrowed).shutdown(Shutdown::Both);
+}
+
+/// Feeds the service core's replies to the shard whenever the service rings the doorbell.
+async fn service_receiver(
+    ctx: Rc<Ctx>,
+    replies: crossbeam_channel::Receiver<crate::service::ServiceReply>,
+    mut bell: glommio::net::UnixStream,
+) {
+    use futures_lite::AsyncReadExt;
+    let mut rung = [0u8; 64];
+    loop {
+        match bell.read(&mut rung).await {
+            Ok(0) | Err(_) => return, // the service core is gone: the node is stopping
+            Ok(_) => {}
+        }
+        loop {
+            let now = ctx.clock.now();
+            let mut n = 0;
+            {
+                let mut shard = ctx.shard.borrow_mut();
+                while let Ok(r) = replies.try_recv() {
+                    shard.on_service(now, r);
+                    n += 1;
+                    if n == SERVICE_REPLIES_PER_TURN {
+                        break;
+                    }
+                }
+            }
+            ctx.after_work();
+            if n < SERVICE_REPLIES_PER_TURN {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
 }
 
 async fn flusher(

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod driver;
 pub mod metrics;
 pub mod ratelimit;
+pub mod service;
 pub mod shard;
 pub mod store;
 pub mod table;

@@ -52,6 +52,8 @@ metrics! {
     store_refused_full: "counter", "ferry_store_refused_full_total", "Sends answered StoreFull.";
     store_refused_quota: "counter", "ferry_store_refused_quota_total", "Sends answered QuotaExceeded (per-destination quota).";
     store_quarantined: "counter", "ferry_store_quarantined_records_total", "Corrupt records skipped at replay.";
+    service_requests: "counter", "ferry_service_requests_total", "Requests handed to the service core (prekeys, push registrations, wakes).";
+    service_queue_full: "counter", "ferry_service_queue_full_total", "Requests refused (clients answered Busy, wakes dropped): service queue full.";
     store_torn_tails: "counter", "ferry_store_torn_tails_total", "Segments whose tail was torn at replay.";
 }
 

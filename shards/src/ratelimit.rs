@@ -88,6 +88,53 @@ impl Bucket {
     }
 }
 
+/// One token bucket per key (a requester, a target), in a bounded table: when full, buckets that
+/// have refilled are evicted; if none has, new keys are refused (fail closed).
+#[derive(Debug)]
+pub struct KeyedLimiter<K> {
+    rate: Rate,
+    entries_max: usize,
+    buckets: AHashMap<K, Bucket>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
+    pub fn new(rate: Rate, entries_max: usize) -> Self {
+        assert!(entries_max > 0);
+        KeyedLimiter {
+            rate,
+            entries_max,
+            buckets: AHashMap::new(),
+        }
+    }
+    /// Takes one token for `key`; `false` when its bucket is empty. A zero rate never limits.
+    pub fn allow(&mut self, key: K, now_ms: u64) -> bool {
+        if self.rate.per_s == 0 {
+            return true;
+        }
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.entries_max {
+            let rate = self.rate;
+            self.buckets.retain(|_, b| {
+                b.refill(rate, now_ms);
+                !b.is_full(rate)
+            });
+            if self.buckets.len() >= self.entries_max {
+                return false;
+            }
+        }
+        let rate = self.rate;
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| Bucket::full(rate, now_ms))
+            .take(rate, now_ms, 1)
+    }
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     conns: Bucket,
@@ -272,6 +319,23 @@ mod tests {
         // After refill both are idle and evictable.
         assert!(l.allow_connection(IpKey::V4([1, 0, 0, 3]), 10_000));
         assert!(l.len() <= 2);
+    }
+
+    #[test]
+    fn keyed_limiter_is_bounded_and_fails_closed() {
+        let rate = Rate { per_s: 1, burst: 2 };
+        let mut l = KeyedLimiter::new(rate, 2);
+        assert!(l.allow(1u32, 0) && l.allow(1, 0));
+        assert!(!l.allow(1, 0), "burst spent");
+        assert!(l.allow(1, 1_000), "refilled one token");
+        assert!(l.allow(2, 1_000));
+        // Table full of non-idle buckets: a third key is refused.
+        assert!(!l.allow(3, 1_000));
+        // Once buckets have refilled they are evicted to make room.
+        assert!(l.allow(3, 10_000));
+        assert!(l.len() <= 2);
+        let mut off = KeyedLimiter::new(Rate { per_s: 0, burst: 0 }, 1);
+        assert!((0..100).all(|k| off.allow(k, 0)));
     }
 
     #[test]

@@ -193,6 +193,11 @@ pub struct Shard {
     fatal: Option<String>,
     /// The time of the input being handled (hop batches carry none of their own).
     now: Now,
+    /// The way into the service core (prekeys, push); `None`: answered `Unavailable`.
+    service: Option<Arc<dyn crate::service::ServiceSink>>,
+    /// Owned dests with push registrations → until when (Unix s): a blob stored for one of them
+    /// while nobody listens asks the service core for a wake. Maintained by the service core.
+    push_armed: AHashMap<Dest, u64>,
 }
 
 impl Shard {
@@ -221,8 +226,80 @@ impl Shard {
                 mono_ms: 0,
                 unix_s: 0,
             },
+            service: None,
+            push_armed: AHashMap::new(),
             cfg,
         }
+    }
+
+    /// Connects this shard to the service core.
+    pub fn with_service(mut self, sink: Arc<dyn crate::service::ServiceSink>) -> Self {
+        self.service = Some(sink);
+        self
+    }
+
+    /// Hands work to the service core without ever waiting: a full queue answers the client
+    /// `Busy` (a wake is dropped) and counts.
+    fn hand_to_service(&mut self, from: ConnRef, work: crate::service::ServiceWork) {
+        let req = crate::service::ServiceRequest { from, work };
+        let refused = match self.service.as_ref() {
+            None => req.refusal(false),
+            Some(sink) => match sink.offer(req) {
+                Ok(()) => {
+                    ShardMetrics::inc(&self.metrics.service_requests);
+                    return;
+                }
+                Err(req) => {
+                    ShardMetrics::inc(&self.metrics.service_queue_full);
+                    req.refusal(true)
+                }
+            },
+        };
+        if let Some(frame) = refused {
+            if let Some(c) = self.conns.get_mut(&from.conn) {
+                c.sm.push_frame(&frame);
+                self.mark_ready(from.conn);
+            }
+        }
+    }
+
+    /// An answer from the service core.
+    pub fn on_service(&mut self, now: Now, reply: crate::service::ServiceReply) {
+        self.now = now;
+        match reply {
+            crate::service::ServiceReply::Frame { to, frame } => {
+                if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.push_frame(&frame);
+                    self.mark_ready(to);
+                }
+            }
+            crate::service::ServiceReply::PushArm { dest, until_unix_s } => {
+                debug_assert_eq!(self.owner(&dest), self.cfg.shard);
+                if until_unix_s > now.unix_s {
+                    self.push_armed.insert(dest, until_unix_s);
+                } else {
+                    self.push_armed.remove(&dest);
+                }
+            }
+        }
+    }
+
+    /// A blob was just stored for `dest` while nobody listens: ask for a push wake if the dest
+    /// has registrations. The service core coalesces per device.
+    fn maybe_wake(&mut self, now: Now, dest: Dest) {
+        match self.push_armed.get(&dest) {
+            None => return,
+            Some(&until) if until <= now.unix_s => {
+                self.push_armed.remove(&dest);
+                return;
+            }
+            Some(_) => {}
+        }
+        let from = ConnRef {
+            shard: self.cfg.shard,
+            conn: 0,
+        };
+        self.hand_to_service(from, crate::service::ServiceWork::Wake { dest });
     }
 
     /// Gives this shard its store (opened and replayed by the driver before the shard serves).
@@ -436,6 +513,33 @@ impl Shard {
                         self.control(owner, HopMsg::Ack { items });
                     }
                 }
+                ServerEvent::PrekeyUpload { upload } => {
+                    self.hand_to_service(from, crate::service::ServiceWork::PrekeyUpload(upload));
+                }
+                ServerEvent::PrekeyFetch { dest } => {
+                    let work = crate::service::ServiceWork::PrekeyFetch {
+                        dest,
+                        requester: ip,
+                    };
+                    self.hand_to_service(from, work);
+                }
+                ServerEvent::PrekeyCount { dest } => {
+                    self.hand_to_service(from, crate::service::ServiceWork::PrekeyCount { dest });
+                }
+                ServerEvent::PushRegister {
+                    provider,
+                    ttl_s,
+                    token,
+                    dests,
+                } => {
+                    let work = crate::service::ServiceWork::PushRegister {
+                        provider,
+                        ttl_s,
+                        token,
+                        dests,
+                    };
+                    self.hand_to_service(from, work);
+                }
                 ServerEvent::ChallengeRequested => {
                     let ch = self.next_challenge();
                     if let Some(c) = self.conns.get_mut(&conn) {
@@ -580,8 +684,12 @@ impl Shard {
                 if !a.duplicate {
                     ShardMetrics::inc(&self.metrics.store_appends);
                     ShardMetrics::inc(&self.metrics.store_blobs);
+                    if self.table.lookup(&dest).is_none() {
+                        self.maybe_wake(now, dest);
+                    }
                 }
-                if a.seq > log.durable_seq() {
+                let durable = self.store.as_ref().map_or(u64::MAX, |l| l.durable_seq());
+                if a.seq > durable {
                     // Answered once the group commit covers it (on_tick).
                     self.pending_stored.push_back((a.seq, from, dest, msg_id));
                     return;

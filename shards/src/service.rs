@@ -1,0 +1,86 @@
+//! The shards' side of the service core (push wakes and the prekey directory, on their own
+//! low-priority thread). Shards hand it [`ServiceRequest`]s through a [`ServiceSink`] that never
+//! blocks: when the service's bounded queue is full the request is refused on the spot, the
+//! client is answered `Busy` (a wake is dropped), and the refusal is counted. The service answers
+//! with [`ServiceReply`]s on a bounded channel per shard, which the driver feeds to
+//! [`crate::Shard::on_service`].
+
+use bytes::Bytes;
+use ferry_proto::conn::prekey_refusal;
+use ferry_proto::frame::{Dest, Frame, PrekeyStatus, PushProvider, PushStatus};
+use ferry_proto::prekey::Upload;
+
+use crate::ratelimit::IpKey;
+use crate::table::ConnRef;
+
+/// Work for the service core.
+#[derive(Clone, Debug)]
+pub enum ServiceWork {
+    /// Check and store prekeys (the connection proved `PrekeyUpdate` for the dest).
+    PrekeyUpload(Box<Upload>),
+    /// Hand out one bundle; `requester` keys the per-address fetch limit.
+    PrekeyFetch { dest: Dest, requester: IpKey },
+    /// Count the one-time keys left (the connection proved `PrekeyUpdate` for the dest).
+    PrekeyCount { dest: Dest },
+    /// Register (`ttl_s` > 0) or remove (`ttl_s` = 0) a push token for proven dests.
+    PushRegister {
+        provider: PushProvider,
+        ttl_s: u32,
+        token: Bytes,
+        dests: Vec<Dest>,
+    },
+    /// A blob was stored for `dest`, which has push registrations and no live subscriber.
+    Wake { dest: Dest },
+}
+
+/// One request: `from` is the connection to answer (for `Wake`, the owner shard and conn 0).
+#[derive(Clone, Debug)]
+pub struct ServiceRequest {
+    pub from: ConnRef,
+    pub work: ServiceWork,
+}
+
+impl ServiceRequest {
+    /// The answer a client gets when the request cannot reach the service (`busy`: its queue is
+    /// full; otherwise the node runs no service core). `None` for wakes, which answer nobody.
+    pub fn refusal(&self, busy: bool) -> Option<Frame> {
+        let prekey = if busy {
+            PrekeyStatus::Busy
+        } else {
+            PrekeyStatus::Unavailable
+        };
+        match &self.work {
+            ServiceWork::PrekeyUpload(u) => Some(prekey_refusal(u.dest, prekey)),
+            ServiceWork::PrekeyCount { dest } => Some(prekey_refusal(*dest, prekey)),
+            ServiceWork::PrekeyFetch { dest, .. } => Some(Frame::PrekeyBundle {
+                dest: *dest,
+                status: prekey,
+                bundle: None,
+            }),
+            ServiceWork::PushRegister { .. } => Some(Frame::PushResult {
+                status: if busy {
+                    PushStatus::Busy
+                } else {
+                    PushStatus::Unavailable
+                },
+                dests_registered: 0,
+            }),
+            ServiceWork::Wake { .. } => None,
+        }
+    }
+}
+
+/// What the service core sends back to a shard.
+#[derive(Clone, Debug)]
+pub enum ServiceReply {
+    /// Write `frame` to connection `to` of this shard.
+    Frame { to: u64, frame: Frame },
+    /// `dest` (owned by this shard) has push registrations until `until_unix_s`; 0 = none left.
+    PushArm { dest: Dest, until_unix_s: u64 },
+}
+
+/// The non-blocking way into the service core's bounded queue.
+pub trait ServiceSink: Send + Sync + std::fmt::Debug {
+    /// Queues `req`, or gives it back at once when the queue is full or the service is gone.
+    fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest>;
+}

@@ -1,0 +1,864 @@
+//! The service core: push wakes and the prekey directory, on one thread of low scheduling
+//! priority pinned apart from the shards (where the machine has a spare core), running a tokio
+//! current-thread runtime for the providers' HTTP/2 clients.
+//!
+//! Shards → service: one bounded queue ([`Sink`]); a full queue refuses at once (the shard
+//! answers `Busy`, or drops a wake) and never blocks a shard. Service → shard: one bounded
+//! channel per shard plus a doorbell socket; replies that do not fit wait here (the service may
+//! wait, a shard may not). Per loop turn: take up to [`BATCH_MAX`] requests, apply them to the
+//! directory and the registry, append their journal records, sync the journals once (group
+//! commit), and only then release the replies, so an acknowledged upload is durable and a
+//! consumed one-time key is never handed out twice, even across a crash. Wakes go out as
+//! separate tasks under a per-provider rate cap and an in-flight limit, with retries and backoff.
+
+pub mod journal;
+pub mod prekeys;
+pub mod providers;
+pub mod push;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_proto::conn::{Now, prekey_refusal};
+use ferry_proto::frame::{Frame, PrekeyStatus, PushProvider, PushStatus};
+use ferry_proto::prekey::KeyKind;
+use ferry_shards::clock::Clock;
+use ferry_shards::driver::{ServiceLink, ServiceLinks};
+use ferry_shards::ratelimit::{KeyedLimiter, Rate};
+use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
+
+use journal::Journal;
+use prekeys::{Directory, DirectoryLimits};
+use providers::{Outcome, Providers, Sender};
+use push::{PushLimits, Registry, Wake};
+
+/// Requests applied per loop turn (one journal sync covers them all).
+pub const BATCH_MAX: usize = 256;
+/// A journal is compacted when it grows past this many times its live state (and this minimum).
+const COMPACT_FACTOR: u64 = 4;
+const COMPACT_MIN_BYTES: u64 = 16 << 20;
+
+/// How wakes are sent (named config keys under `[push]`).
+#[derive(Clone, Debug)]
+pub struct SendLimits {
+    /// Wakes per second to each provider (APNs, FCM, Web Push); 0 = no cap.
+    pub rate_per_s: [u64; 3],
+    /// Wakes waiting to be sent; beyond it new wakes are dropped and counted.
+    pub queue_max: usize,
+    /// Provider requests in flight at once.
+    pub inflight_max: usize,
+    /// Retries after 429/5xx/network errors, with exponential backoff from `retry_base_ms`.
+    pub retries_max: u32,
+    pub retry_base_ms: u64,
+}
+
+/// Everything the service core needs.
+#[derive(Debug)]
+pub struct ServiceConfig {
+    pub dir: PathBuf,
+    pub shards: usize,
+    pub cpu: Option<usize>,
+    /// Requests queued from all shards.
+    pub queue_max: usize,
+    /// Replies queued towards one shard.
+    pub replies_max: usize,
+    /// `None`: no prekey directory (fetches answered `Unavailable`).
+    pub prekeys: Option<DirectoryLimits>,
+    pub push: PushLimits,
+    pub send: SendLimits,
+    pub providers: Providers,
+    pub ca_file: Option<PathBuf>,
+    pub clock: Clock,
+}
+
+/// Counters and gauges of the service core (rendered by the admin endpoint).
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    pub prekey_uploads: AtomicU64,
+    pub prekey_uploads_refused: AtomicU64,
+    pub prekey_fetches: AtomicU64,
+    pub prekey_fetches_last_resort: AtomicU64,
+    pub prekey_fetches_not_found: AtomicU64,
+    pub prekey_fetches_rate_limited: AtomicU64,
+    pub prekey_slots: AtomicU64,
+    pub prekey_bytes: AtomicU64,
+    pub push_registrations: AtomicU64,
+    pub push_registrations_refused: AtomicU64,
+    pub push_wakes_requested: AtomicU64,
+    pub push_wakes_coalesced: AtomicU64,
+    pub push_wakes_dropped: AtomicU64,
+    pub push_wakes_retried: AtomicU64,
+    pub push_tokens_deleted: AtomicU64,
+    pub push_queue: AtomicU64,
+    /// Per provider (APNs, FCM, Web Push).
+    pub push_sent: [AtomicU64; 3],
+    pub push_failed: [AtomicU64; 3],
+    pub journal_syncs: AtomicU64,
+}
+
+impl ServiceMetrics {
+    /// Prometheus text for these metrics.
+    pub fn render(&self, out: &mut String) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        one(
+            out,
+            "ferry_prekey_uploads_total",
+            "counter",
+            "Prekey uploads accepted.",
+            g(&self.prekey_uploads),
+        );
+        one(
+            out,
+            "ferry_prekey_uploads_refused_total",
+            "counter",
+            "Prekey uploads refused (bad key or signature, duplicate id, too many keys, directory full).",
+            g(&self.prekey_uploads_refused),
+        );
+        one(
+            out,
+            "ferry_prekey_fetches_total",
+            "counter",
+            "Prekey bundles handed out.",
+            g(&self.prekey_fetches),
+        );
+        one(
+            out,
+            "ferry_prekey_fetches_last_resort_total",
+            "counter",
+            "Of those: with the last-resort PQ prekey (no one-time PQ key left).",
+            g(&self.prekey_fetches_last_resort),
+        );
+        one(
+            out,
+            "ferry_prekey_fetches_not_found_total",
+            "counter",
+            "Fetches for a dest with no bundle.",
+            g(&self.prekey_fetches_not_found),
+        );
+        one(
+            out,
+            "ferry_prekey_fetches_rate_limited_total",
+            "counter",
+            "Fetches refused by the per-address or per-dest rate.",
+            g(&self.prekey_fetches_rate_limited),
+        );
+        one(
+            out,
+            "ferry_prekey_slots",
+            "gauge",
+            "Bundle slots in the directory.",
+            g(&self.prekey_slots),
+        );
+        one(
+            out,
+            "ferry_prekey_bytes",
+            "gauge",
+            "Bytes of keys in the directory.",
+            g(&self.prekey_bytes),
+        );
+        one(
+            out,
+            "ferry_push_registrations",
+            "gauge",
+            "Devices (push tokens) registered.",
+            g(&self.push_registrations),
+        );
+        one(
+            out,
+            "ferry_push_registrations_refused_total",
+            "counter",
+            "Push registrations refused (bad token, provider disabled, too many).",
+            g(&self.push_registrations_refused),
+        );
+        one(
+            out,
+            "ferry_push_wakes_requested_total",
+            "counter",
+            "Blobs stored for a dest with registrations and no subscriber.",
+            g(&self.push_wakes_requested),
+        );
+        one(
+            out,
+            "ferry_push_wakes_coalesced_total",
+            "counter",
+            "Wakes not sent: the device was woken within the coalescing window.",
+            g(&self.push_wakes_coalesced),
+        );
+        one(
+            out,
+            "ferry_push_wakes_dropped_total",
+            "counter",
+            "Wakes dropped: the wake queue was full.",
+            g(&self.push_wakes_dropped),
+        );
+        one(
+            out,
+            "ferry_push_wakes_retried_total",
+            "counter",
+            "Wake retries after 429, 5xx or a network error.",
+            g(&self.push_wakes_retried),
+        );
+        one(
+            out,
+            "ferry_push_tokens_deleted_total",
+            "counter",
+            "Tokens deleted because the provider said they are gone.",
+            g(&self.push_tokens_deleted),
+        );
+        one(
+            out,
+            "ferry_push_queue",
+            "gauge",
+            "Wakes waiting (rate cap, backoff or in-flight limit).",
+            g(&self.push_queue),
+        );
+        one(
+            out,
+            "ferry_service_journal_syncs_total",
+            "counter",
+            "Journal syncs (one per batch of directory or registry changes).",
+            g(&self.journal_syncs),
+        );
+        for (metric, arr, help) in [
+            (
+                "ferry_push_wakes_sent_total",
+                &self.push_sent,
+                "Wakes the provider accepted.",
+            ),
+            (
+                "ferry_push_wakes_failed_total",
+                &self.push_failed,
+                "Wakes that failed for good (refused, or out of retries).",
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {metric} {help}\n# TYPE {metric} counter\n"
+            ));
+            for (i, p) in ["apns", "fcm", "webpush"].iter().enumerate() {
+                out.push_str(&format!("{metric}{{provider=\"{p}\"}} {}\n", g(&arr[i])));
+            }
+        }
+    }
+}
+
+/// The shards' way into the service's queue.
+#[derive(Debug)]
+struct Sink(tokio::sync::mpsc::Sender<ServiceRequest>);
+
+impl ServiceSink for Sink {
+    fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest> {
+        self.0.try_send(req).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(r)
+            | tokio::sync::mpsc::error::TrySendError::Closed(r) => r,
+        })
+    }
+}
+
+/// What the node keeps of the running service core.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    pub links: ServiceLinks,
+    pub metrics: Arc<ServiceMetrics>,
+    stop: Arc<AtomicBool>,
+    join: std::thread::JoinHandle<()>,
+}
+
+impl ServiceHandle {
+    /// Asks the service to finish its turn, sync its journals and exit; waits for it.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.join.join();
+    }
+}
+
+fn provider_index(p: PushProvider) -> usize {
+    match p {
+        PushProvider::Apns => 0,
+        PushProvider::Fcm => 1,
+        PushProvider::WebPush => 2,
+    }
+}
+
+/// Replies on their way to the shards.
+struct Outlet {
+    txs: Vec<crossbeam_channel::Sender<ServiceReply>>,
+    bells: Vec<std::os::unix::net::UnixStream>,
+    pending: Vec<VecDeque<ServiceReply>>,
+}
+
+impl Outlet {
+    fn push(&mut self, shard: usize, reply: ServiceReply) {
+        if let Some(q) = self.pending.get_mut(shard) {
+            q.push_back(reply);
+        }
+    }
+    fn has_pending(&self) -> bool {
+        self.pending.iter().any(|q| !q.is_empty())
+    }
+    /// Moves pending replies into the shards' channels and rings their doorbells.
+    fn flush(&mut self) {
+        for (i, q) in self.pending.iter_mut().enumerate() {
+            let mut sent = false;
+            while let Some(r) = q.pop_front() {
+                match self.txs[i].try_send(r) {
+                    Ok(()) => sent = true,
+                    Err(crossbeam_channel::TrySendError::Full(r)) => {
+                        q.push_front(r);
+                        break;
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        q.clear();
+                        break;
+                    }
+                }
+            }
+            if sent {
+                // WouldBlock = the shard has unread rings already; it will drain the channel.
+                let _ = self.bells[i].write(&[1]);
+            }
+        }
+    }
+}
+
+/// A wake waiting to be sent.
+#[derive(Debug)]
+struct Job {
+    wake: Wake,
+    attempt: u32,
+    not_before_ms: u64,
+    refreshed: bool,
+}
+
+struct Done {
+    job: Job,
+    outcome: Outcome,
+}
+
+struct State {
+    shards: usize,
+    clock: Clock,
+    directory: Option<(Directory, Journal)>,
+    registry: (Registry, Journal),
+    outlet: Outlet,
+    sender: Option<Sender>,
+    send: SendLimits,
+    queue: VecDeque<Job>,
+    inflight: usize,
+    /// One bucket each (key 0): the provider's wake rate cap.
+    provider_rate: [KeyedLimiter<u8>; 3],
+    metrics: Arc<ServiceMetrics>,
+}
+
+/// Starts the service core: opens and replays its journals (errors stop the node's start-up),
+/// then runs on its own thread. Returns the shards' links.
+pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
+    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
+    let directory = match &cfg.prekeys {
+        None => None,
+        Some(limits) => {
+            let path = cfg.dir.join("prekeys.journal");
+            let (j, replay) =
+                Journal::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let mut d = Directory::new(limits.clone());
+            let bad = d.replay(&replay.records);
+            if bad > 0 || replay.cut_bytes > 0 {
+                tracing::warn!(
+                    bad_records = bad,
+                    cut_bytes = replay.cut_bytes,
+                    "prekey journal recovered with damage"
+                );
+            }
+            tracing::info!(slots = d.slots(), "prekey directory replayed");
+            Some((d, j))
+        }
+    };
+    let path = cfg.dir.join("push.journal");
+    let (pj, replay) =
+        Journal::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut push_limits = cfg.push.clone();
+    push_limits.enabled = cfg.providers.enabled();
+    let mut registry = Registry::new(push_limits);
+    let bad = registry.replay(&replay.records);
+    if bad > 0 || replay.cut_bytes > 0 {
+        tracing::warn!(
+            bad_records = bad,
+            cut_bytes = replay.cut_bytes,
+            "push journal recovered with damage"
+        );
+    }
+    let sender = if cfg.providers.enabled().iter().any(|e| *e) {
+        let client = providers::https_client(cfg.ca_file.as_deref())?;
+        Some((client, Arc::new(cfg.providers)))
+    } else {
+        None
+    };
+
+    let (tx, rx) = tokio::sync::mpsc::channel(cfg.queue_max.max(1));
+    let sink: Arc<dyn ServiceSink> = Arc::new(Sink(tx));
+    let mut links = Vec::with_capacity(cfg.shards);
+    let mut txs = Vec::with_capacity(cfg.shards);
+    let mut bells = Vec::with_capacity(cfg.shards);
+    for _ in 0..cfg.shards {
+        let (rtx, rrx) = crossbeam_channel::bounded(cfg.replies_max.max(1));
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        links.push(Some(ServiceLink {
+            sink: sink.clone(),
+            replies: rrx,
+            doorbell: theirs,
+        }));
+        txs.push(rtx);
+        bells.push(ours);
+    }
+    drop(sink);
+    let mut outlet = Outlet {
+        pending: (0..cfg.shards).map(|_| VecDeque::new()).collect(),
+        txs,
+        bells,
+    };
+    // Tell the owner shards which dests have registrations.
+    for (dest, until) in registry.all_armed() {
+        outlet.push(
+            dest.owner(cfg.shards),
+            ServiceReply::PushArm {
+                dest,
+                until_unix_s: until,
+            },
+        );
+    }
+    let metrics = Arc::new(ServiceMetrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let rate = |per_s: u64| {
+        KeyedLimiter::new(
+            Rate {
+                per_s,
+                burst: per_s.max(1),
+            },
+            4,
+        )
+    };
+    let send = cfg.send.clone();
+    let clock = cfg.clock;
+    let (m, s) = (metrics.clone(), stop.clone());
+    let shards = cfg.shards;
+    let cpu = cfg.cpu;
+    let join = std::thread::Builder::new()
+        .name("ferry-service".into())
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                crate::sys::pin_current_thread(cpu);
+            }
+            crate::sys::lower_thread_priority(10);
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ferry: service core: cannot start its runtime: {e}");
+                    std::process::exit(1);
+                }
+            };
+            rt.block_on(async move {
+                let st = State {
+                    shards,
+                    clock,
+                    directory,
+                    registry: (registry, pj),
+                    outlet,
+                    sender: sender.map(|(c, p)| Sender::new(c, p, clock)),
+                    provider_rate: [
+                        rate(send.rate_per_s[0]),
+                        rate(send.rate_per_s[1]),
+                        rate(send.rate_per_s[2]),
+                    ],
+                    send,
+                    queue: VecDeque::new(),
+                    inflight: 0,
+                    metrics: m,
+                };
+                run(st, rx, s).await;
+            });
+        })?;
+    Ok(ServiceHandle {
+        links: Arc::new(Mutex::new(links)),
+        metrics,
+        stop,
+        join,
+    })
+}
+
+async fn run(
+    mut st: State,
+    mut rx: tokio::sync::mpsc::Receiver<ServiceRequest>,
+    stop: Arc<AtomicBool>,
+) {
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let busy = st.outlet.has_pending() || !st.queue.is_empty();
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH_MAX) => {
+                if n == 0 {
+                    break; // every shard is gone
+                }
+                let now = st.clock.now();
+                for req in batch.drain(..) {
+                    st.handle(now, req);
+                }
+            }
+            Some(done) = done_rx.recv() => {
+                st.inflight -= 1;
+                st.on_done(done);
+            }
+            _ = tick.tick() => {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                st.maintain();
+            }
+            _ = tokio::time::sleep(Duration::from_millis(2)), if busy => {}
+        }
+        st.commit();
+        st.outlet.flush();
+        st.dispatch(&done_tx);
+        st.publish();
+    }
+    st.commit();
+    st.outlet.flush();
+}
+
+impl State {
+    fn reply(&mut self, to: ferry_shards::ConnRef, frame: Frame) {
+        self.outlet.push(
+            usize::from(to.shard),
+            ServiceReply::Frame { to: to.conn, frame },
+        );
+    }
+
+    fn arm(&mut self, arms: Vec<(ferry_proto::Dest, u64)>) {
+        for (dest, until_unix_s) in arms {
+            self.outlet.push(
+                dest.owner(self.shards),
+                ServiceReply::PushArm { dest, until_unix_s },
+            );
+        }
+    }
+
+    fn handle(&mut self, now: Now, req: ServiceRequest) {
+        let from = req.from;
+        match req.work {
+            ServiceWork::PrekeyUpload(upload) => {
+                let frame = match self.directory.as_mut() {
+                    None => prekey_refusal(upload.dest, PrekeyStatus::Unavailable),
+                    Some((d, _)) => match d.upload(now.unix_s, &upload) {
+                        Ok((ec_left, pq_left)) => Frame::PrekeyResult {
+                            dest: upload.dest,
+                            status: PrekeyStatus::Ok,
+                            kind: KeyKind::None,
+                            index: 0,
+                            ec_left,
+                            pq_left,
+                        },
+                        Err(r) => Frame::PrekeyResult {
+                            dest: upload.dest,
+                            status: r.status,
+                            kind: r.kind,
+                            index: r.index,
+                            ec_left: 0,
+                            pq_left: 0,
+                        },
+                    },
+                };
+                self.reply(from, frame);
+            }
+            ServiceWork::PrekeyFetch { dest, requester } => {
+                let (status, bundle) = match self.directory.as_mut() {
+                    None => (PrekeyStatus::Unavailable, None),
+                    Some((d, _)) => match d.fetch(now.unix_s, now.mono_ms, dest, requester) {
+                        Ok(b) => (PrekeyStatus::Ok, Some(Box::new(b))),
+                        Err(s) => (s, None),
+                    },
+                };
+                self.reply(
+                    from,
+                    Frame::PrekeyBundle {
+                        dest,
+                        status,
+                        bundle,
+                    },
+                );
+            }
+            ServiceWork::PrekeyCount { dest } => {
+                let frame = match self.directory.as_ref() {
+                    None => prekey_refusal(dest, PrekeyStatus::Unavailable),
+                    Some((d, _)) => match d.count(now.unix_s, &dest) {
+                        Some((ec_left, pq_left)) => Frame::PrekeyResult {
+                            dest,
+                            status: PrekeyStatus::Ok,
+                            kind: KeyKind::None,
+                            index: 0,
+                            ec_left,
+                            pq_left,
+                        },
+                        None => prekey_refusal(dest, PrekeyStatus::NotFound),
+                    },
+                };
+                self.reply(from, frame);
+            }
+            ServiceWork::PushRegister {
+                provider,
+                ttl_s,
+                token,
+                dests,
+            } => {
+                let r = self
+                    .registry
+                    .0
+                    .register(now.unix_s, provider, &token, ttl_s, &dests);
+                let frame = match r {
+                    Ok((n, arms)) => {
+                        self.arm(arms);
+                        Frame::PushResult {
+                            status: PushStatus::Ok,
+                            dests_registered: n,
+                        }
+                    }
+                    Err(status) => Frame::PushResult {
+                        status,
+                        dests_registered: 0,
+                    },
+                };
+                self.reply(from, frame);
+            }
+            ServiceWork::Wake { dest } => {
+                for wake in self.registry.0.wake(now.unix_s, now.mono_ms, &dest) {
+                    self.enqueue(Job {
+                        wake,
+                        attempt: 0,
+                        not_before_ms: 0,
+                        refreshed: false,
+                    });
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        if self.queue.len() >= self.send.queue_max {
+            ShardlessMetrics::inc(&self.metrics.push_wakes_dropped);
+            return;
+        }
+        self.queue.push_back(job);
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let Done { mut job, outcome } = done;
+        let i = provider_index(job.wake.provider);
+        match outcome {
+            Outcome::Sent => ShardlessMetrics::inc(&self.metrics.push_sent[i]),
+            Outcome::Gone => {
+                let arms = self
+                    .registry
+                    .0
+                    .delete_token(job.wake.provider, &job.wake.token);
+                self.arm(arms);
+            }
+            Outcome::Refresh if !job.refreshed => {
+                job.refreshed = true;
+                job.not_before_ms = 0;
+                self.queue.push_front(job);
+            }
+            Outcome::Retry { after_s } if job.attempt < self.send.retries_max => {
+                ShardlessMetrics::inc(&self.metrics.push_wakes_retried);
+                let backoff = self
+                    .send
+                    .retry_base_ms
+                    .saturating_mul(1 << job.attempt.min(16))
+                    .min(300_000);
+                let wait = after_s.map_or(backoff, |s| s.saturating_mul(1000).min(3_600_000));
+                job.attempt += 1;
+                job.not_before_ms = self.clock.now().mono_ms + wait;
+                self.enqueue(job);
+            }
+            Outcome::Refresh | Outcome::Retry { .. } | Outcome::Failed => {
+                ShardlessMetrics::inc(&self.metrics.push_failed[i]);
+            }
+        }
+    }
+
+    /// Starts the wakes that are due, within the rate caps and the in-flight limit.
+    fn dispatch(&mut self, done_tx: &tokio::sync::mpsc::UnboundedSender<Done>) {
+        let Some(sender) = self.sender.as_ref() else {
+            self.queue.clear();
+            return;
+        };
+        let now_ms = self.clock.now().mono_ms;
+        let mut waiting = VecDeque::new();
+        while let Some(job) = self.queue.pop_front() {
+            if self.inflight >= self.send.inflight_max {
+                waiting.push_back(job);
+                waiting.extend(self.queue.drain(..));
+                break;
+            }
+            let p = provider_index(job.wake.provider);
+            if job.not_before_ms > now_ms || !self.provider_rate[p].allow(0, now_ms) {
+                waiting.push_back(job);
+                continue;
+            }
+            self.inflight += 1;
+            let (s, tx) = (sender.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let outcome = s.send(&job.wake, job.refreshed).await;
+                let _ = tx.send(Done { job, outcome });
+            });
+        }
+        self.queue = waiting;
+    }
+
+    /// Once a second: expiry and compaction.
+    fn maintain(&mut self) {
+        let now = self.clock.now();
+        if let Some((d, j)) = self.directory.as_mut() {
+            d.expire(now.unix_s);
+            if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * d.bytes() as u64) {
+                compact(j, &d.snapshot(), "prekey");
+            }
+        }
+        let arms = self.registry.0.expire(now.unix_s);
+        self.arm(arms);
+        let (r, j) = &mut self.registry;
+        let live = r.devices() as u64 * 256;
+        if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * live) {
+            // Records of this turn are in the snapshot: drop them instead of appending.
+            let _ = r.take_records();
+            compact(j, &r.snapshot(), "push");
+        }
+    }
+
+    /// Makes this turn's changes durable before any reply leaves. A journal that cannot sync
+    /// stops the node: answering would promise what the disk may not hold.
+    fn commit(&mut self) {
+        let mut synced = 0;
+        if let Some((d, j)) = self.directory.as_mut() {
+            let records = d.take_records();
+            if !records.is_empty() {
+                for r in &records {
+                    j.append(r);
+                }
+                fatal_on_err(j.commit(), "prekey journal");
+                synced += 1;
+            }
+        }
+        let (r, j) = &mut self.registry;
+        let records = r.take_records();
+        if !records.is_empty() {
+            for rec in &records {
+                j.append(rec);
+            }
+            fatal_on_err(j.commit(), "push journal");
+            synced += 1;
+        }
+        ShardlessMetrics::add(&self.metrics.journal_syncs, synced);
+    }
+
+    fn publish(&self) {
+        let m = &self.metrics;
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        if let Some((d, _)) = &self.directory {
+            let s = d.stats;
+            set(&m.prekey_uploads, s.uploads_ok);
+            set(&m.prekey_uploads_refused, s.uploads_refused);
+            set(&m.prekey_fetches, s.fetches_ok);
+            set(&m.prekey_fetches_last_resort, s.fetches_last_resort);
+            set(&m.prekey_fetches_not_found, s.fetches_not_found);
+            set(&m.prekey_fetches_rate_limited, s.fetches_rate_limited);
+            set(&m.prekey_slots, d.slots() as u64);
+            set(&m.prekey_bytes, d.bytes() as u64);
+        }
+        let r = &self.registry.0;
+        let s = r.stats;
+        set(&m.push_registrations, r.devices() as u64);
+        set(&m.push_registrations_refused, s.registrations_refused);
+        set(&m.push_wakes_requested, s.wakes_requested);
+        set(&m.push_wakes_coalesced, s.wakes_coalesced);
+        set(&m.push_tokens_deleted, s.tokens_deleted);
+        set(&m.push_queue, (self.queue.len() + self.inflight) as u64);
+    }
+}
+
+/// Counter helpers for the service's own metrics.
+struct ShardlessMetrics;
+impl ShardlessMetrics {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn fatal_on_err(r: std::io::Result<()>, what: &str) {
+    if let Err(e) = r {
+        eprintln!("ferry: stopping: {what} sync failed, durability unknown: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn compact(j: &mut Journal, snapshot: &[Vec<u8>], what: &str) {
+    let before = j.bytes();
+    match j.rewrite(snapshot.iter().map(|r| r.as_slice())) {
+        Ok(()) => tracing::info!(before, after = j.bytes(), "{what} journal compacted"),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} journal compaction failed; keeping the old one")
+        }
+    }
+}
+
+/// Reads a PEM P-256 private key (PKCS#8, as Apple's .p8, or SEC1).
+pub fn load_p256(path: &Path) -> anyhow::Result<p256::ecdsa::SigningKey> {
+    use p256::pkcs8::DecodePrivateKey;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(&text) {
+        return Ok(k);
+    }
+    let sk = p256::SecretKey::from_sec1_pem(&text)
+        .map_err(|_| anyhow::anyhow!("{}: not a PEM P-256 private key", path.display()))?;
+    Ok(sk.into())
+}
+
+/// Reads an FCM service-account JSON file: (key, client email, project id, token URI).
+pub fn load_service_account(
+    path: &Path,
+) -> anyhow::Result<(rsa::RsaPrivateKey, String, String, String)> {
+    use rsa::pkcs8::DecodePrivateKey;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let field = |k: &str| -> anyhow::Result<String> {
+        v[k].as_str()
+            .map(str::to_string)
+            .with_context(|| format!("{}: no `{k}`", path.display()))
+    };
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&field("private_key")?)
+        .map_err(|_| anyhow::anyhow!("{}: private_key is not a PKCS#8 RSA key", path.display()))?;
+    Ok((
+        key,
+        field("client_email")?,
+        field("project_id")?,
+        field("token_uri")?,
+    ))
+}

@@ -1,0 +1,620 @@
+//! The prekey directory, sans-IO: one bundle slot per intro-mailbox `dest`, written only by a
+//! connection that proved `PrekeyUpdate` for it (checked by the shard), read by anyone through a
+//! fetch that consumes one EC and one PQ one-time key (falling back to the last-resort PQ key).
+//! Every change becomes a journal record in [`Directory::take_records`]; the service core makes
+//! them durable before it answers (so a consumed one-time key is never handed out twice, even
+//! across a crash), and [`Directory::replay`] rebuilds the state at start-up.
+//!
+//! Records: `U expires:u64 upload` (an accepted upload, applied again without the checks),
+//! `T dest taken:u8 ec_id:u32 pq_id:u32` (a fetch), `D dest` (slot expired).
+
+use std::collections::VecDeque;
+
+use ahash::{AHashMap, AHashSet};
+use bytes::{BufMut, Bytes};
+use ferry_proto::frame::{Dest, PrekeyStatus};
+use ferry_proto::prekey::{
+    self, Bundle, EC_ITEM_BYTES, EcPrekey, KemPrekey, KeyKind, ONE_TIME_KEYS_MAX, PQ_ITEM_BYTES,
+    SIGNED_PART_BYTES, SignedPart, Upload,
+};
+use ferry_shards::ratelimit::{IpKey, KeyedLimiter, Rate};
+
+/// Directory limits (named config keys under `[prekeys]`).
+#[derive(Clone, Debug)]
+pub struct DirectoryLimits {
+    pub slots_max: usize,
+    /// Bytes of keys the whole directory may hold (in memory and in its journal).
+    pub bytes_max: usize,
+    /// A slot not uploaded to for this long is dropped.
+    pub slot_ttl_s: u64,
+    /// Fetches per second (and burst) from one address, and for one dest.
+    pub fetch_per_addr: Rate,
+    pub fetch_per_target: Rate,
+    /// Buckets tracked by each fetch limiter.
+    pub rate_entries_max: usize,
+}
+
+impl Default for DirectoryLimits {
+    fn default() -> Self {
+        DirectoryLimits {
+            slots_max: 100_000,
+            bytes_max: 1 << 30,
+            slot_ttl_s: 30 * 86_400,
+            fetch_per_addr: Rate {
+                per_s: 2,
+                burst: 60,
+            },
+            fetch_per_target: Rate {
+                per_s: 1,
+                burst: 20,
+            },
+            rate_entries_max: 65_536,
+        }
+    }
+}
+
+/// Why an upload was refused, and which key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: PrekeyStatus,
+    pub kind: KeyKind,
+    pub index: u16,
+}
+
+fn refuse(status: PrekeyStatus, kind: KeyKind, index: usize) -> Refusal {
+    Refusal {
+        status,
+        kind,
+        index: u16::try_from(index).unwrap_or(u16::MAX),
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    signed: SignedPart,
+    ec: VecDeque<EcPrekey>,
+    pq: VecDeque<KemPrekey>,
+    expires_unix_s: u64,
+}
+
+impl Slot {
+    fn bytes(&self) -> usize {
+        SIGNED_PART_BYTES + self.ec.len() * EC_ITEM_BYTES + self.pq.len() * PQ_ITEM_BYTES
+    }
+    fn counts(&self) -> (u16, u16) {
+        (
+            u16::try_from(self.ec.len()).unwrap_or(u16::MAX),
+            u16::try_from(self.pq.len()).unwrap_or(u16::MAX),
+        )
+    }
+}
+
+/// Counters the service exports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirectoryStats {
+    pub uploads_ok: u64,
+    pub uploads_refused: u64,
+    pub fetches_ok: u64,
+    pub fetches_last_resort: u64,
+    pub fetches_not_found: u64,
+    pub fetches_rate_limited: u64,
+}
+
+#[derive(Debug)]
+pub struct Directory {
+    limits: DirectoryLimits,
+    slots: AHashMap<Dest, Slot>,
+    bytes: usize,
+    by_addr: KeyedLimiter<IpKey>,
+    by_target: KeyedLimiter<Dest>,
+    records: Vec<Vec<u8>>,
+    pub stats: DirectoryStats,
+}
+
+impl Directory {
+    pub fn new(limits: DirectoryLimits) -> Self {
+        Directory {
+            by_addr: KeyedLimiter::new(limits.fetch_per_addr, limits.rate_entries_max),
+            by_target: KeyedLimiter::new(limits.fetch_per_target, limits.rate_entries_max),
+            limits,
+            slots: AHashMap::new(),
+            bytes: 0,
+            records: Vec::new(),
+            stats: DirectoryStats::default(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Journal records produced since the last call (append them, then commit, then answer).
+    pub fn take_records(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Rebuilds the state from journal records (start-up). Returns records it could not parse.
+    pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
+        let mut bad = 0;
+        for r in records {
+            if self.apply_record(r).is_none() {
+                bad += 1;
+            }
+        }
+        self.records.clear();
+        bad
+    }
+
+    fn apply_record(&mut self, r: &[u8]) -> Option<()> {
+        let (&kind, rest) = r.split_first()?;
+        match kind {
+            b'U' => {
+                let expires = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+                let upload = Upload::decode_record(Bytes::copy_from_slice(rest.get(8..)?)).ok()?;
+                self.apply_upload(&upload, expires);
+            }
+            b'T' => {
+                let dest = Dest(rest.get(..16)?.try_into().ok()?);
+                let taken = *rest.get(16)?;
+                let ec_id = u32::from_le_bytes(rest.get(17..21)?.try_into().ok()?);
+                let pq_id = u32::from_le_bytes(rest.get(21..25)?.try_into().ok()?);
+                if let Some(slot) = self.slots.get_mut(&dest) {
+                    let before = slot.bytes();
+                    if taken & 1 != 0 {
+                        slot.ec.retain(|k| k.id != ec_id);
+                    }
+                    if taken & 2 != 0 {
+                        slot.pq.retain(|k| k.id != pq_id);
+                    }
+                    self.bytes -= before - slot.bytes();
+                }
+            }
+            b'D' => {
+                let dest = Dest(rest.get(..16)?.try_into().ok()?);
+                if let Some(slot) = self.slots.remove(&dest) {
+                    self.bytes -= slot.bytes();
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+
+    fn upload_record(upload: &Upload, expires: u64) -> Vec<u8> {
+        let mut r = Vec::with_capacity(9 + 16 + SIGNED_PART_BYTES);
+        r.push(b'U');
+        r.put_u64_le(expires);
+        upload.encode(&mut r);
+        r
+    }
+
+    /// Applies a checked upload (or a replayed one).
+    fn apply_upload(&mut self, upload: &Upload, expires: u64) {
+        let before = self.slots.get(&upload.dest).map_or(0, Slot::bytes);
+        let slot = match (self.slots.get_mut(&upload.dest), &upload.signed) {
+            (Some(slot), signed) => {
+                if let Some(s) = signed {
+                    if s.identity != slot.signed.identity {
+                        // One-time PQ keys are signed by the old identity: they go with it.
+                        slot.ec.clear();
+                        slot.pq.clear();
+                    }
+                    slot.signed = s.clone();
+                }
+                slot
+            }
+            (None, Some(s)) => self.slots.entry(upload.dest).or_insert(Slot {
+                signed: s.clone(),
+                ec: VecDeque::new(),
+                pq: VecDeque::new(),
+                expires_unix_s: expires,
+            }),
+            (None, None) => return,
+        };
+        if upload.replace_one_time {
+            slot.ec.clear();
+            slot.pq.clear();
+        }
+        slot.ec.extend(upload.ec.iter().cloned());
+        slot.pq.extend(upload.pq.iter().cloned());
+        slot.expires_unix_s = expires;
+        let after = slot.bytes();
+        self.bytes = self.bytes + after - before;
+    }
+
+    /// Checks and stores an upload. `Ok` carries the one-time keys now in the slot.
+    pub fn upload(&mut self, now_unix_s: u64, upload: &Upload) -> Result<(u16, u16), Refusal> {
+        let r = self.check(upload);
+        if let Err(refusal) = r {
+            self.stats.uploads_refused += 1;
+            return Err(refusal);
+        }
+        let expires = now_unix_s.saturating_add(self.limits.slot_ttl_s);
+        self.apply_upload(upload, expires);
+        self.records.push(Self::upload_record(upload, expires));
+        self.stats.uploads_ok += 1;
+        Ok(self.slots.get(&upload.dest).map_or((0, 0), Slot::counts))
+    }
+
+    fn check(&self, upload: &Upload) -> Result<(), Refusal> {
+        let slot = self.slots.get(&upload.dest);
+        if upload.signed.is_none() && slot.is_none() {
+            return Err(refuse(
+                PrekeyStatus::NoSignedPrekey,
+                KeyKind::SignedPrekey,
+                0,
+            ));
+        }
+        prekey::check_upload(upload, slot.map(|s| &s.signed.identity)).map_err(|f| {
+            let status = if f.bad_signature {
+                PrekeyStatus::BadSignature
+            } else {
+                PrekeyStatus::BadKey
+            };
+            refuse(status, f.kind, usize::from(f.index))
+        })?;
+        // What stays of the slot's one-time keys.
+        let identity_changes = match (slot, &upload.signed) {
+            (Some(s), Some(u)) => s.signed.identity != u.identity,
+            _ => false,
+        };
+        let keep = slot.filter(|_| !upload.replace_one_time && !identity_changes);
+        let mut ec_ids: AHashSet<u32> =
+            keep.map_or_else(AHashSet::new, |s| s.ec.iter().map(|k| k.id).collect());
+        for (i, k) in upload.ec.iter().enumerate() {
+            if !ec_ids.insert(k.id) {
+                return Err(refuse(PrekeyStatus::DuplicateId, KeyKind::OneTimeEc, i));
+            }
+        }
+        let mut pq_ids: AHashSet<u32> =
+            keep.map_or_else(AHashSet::new, |s| s.pq.iter().map(|k| k.id).collect());
+        for (i, k) in upload.pq.iter().enumerate() {
+            if !pq_ids.insert(k.id) {
+                return Err(refuse(PrekeyStatus::DuplicateId, KeyKind::OneTimePq, i));
+            }
+        }
+        if ec_ids.len() > ONE_TIME_KEYS_MAX {
+            return Err(refuse(
+                PrekeyStatus::TooMany,
+                KeyKind::OneTimeEc,
+                ec_ids.len() - 1,
+            ));
+        }
+        if pq_ids.len() > ONE_TIME_KEYS_MAX {
+            return Err(refuse(
+                PrekeyStatus::TooMany,
+                KeyKind::OneTimePq,
+                pq_ids.len() - 1,
+            ));
+        }
+        let after = SIGNED_PART_BYTES + ec_ids.len() * EC_ITEM_BYTES + pq_ids.len() * PQ_ITEM_BYTES;
+        let before = slot.map_or(0, Slot::bytes);
+        if slot.is_none() && self.slots.len() >= self.limits.slots_max
+            || self.bytes - before + after > self.limits.bytes_max
+        {
+            return Err(refuse(PrekeyStatus::DirectoryFull, KeyKind::None, 0));
+        }
+        Ok(())
+    }
+
+    /// One bundle for `dest`, consuming its one-time keys.
+    pub fn fetch(
+        &mut self,
+        now_unix_s: u64,
+        now_ms: u64,
+        dest: Dest,
+        requester: IpKey,
+    ) -> Result<Bundle, PrekeyStatus> {
+        if !self.by_addr.allow(requester, now_ms) {
+            self.stats.fetches_rate_limited += 1;
+            return Err(PrekeyStatus::RateLimited);
+        }
+        let Some(slot) = self
+            .slots
+            .get_mut(&dest)
+            .filter(|s| s.expires_unix_s > now_unix_s)
+        else {
+            self.stats.fetches_not_found += 1;
+            return Err(PrekeyStatus::NotFound);
+        };
+        if !self.by_target.allow(dest, now_ms) {
+            self.stats.fetches_rate_limited += 1;
+            return Err(PrekeyStatus::RateLimited);
+        }
+        let before = slot.bytes();
+        let ec = slot.ec.pop_front();
+        let one_time_pq = slot.pq.pop_front();
+        let pq_last_resort = one_time_pq.is_none();
+        let pq = one_time_pq.unwrap_or_else(|| slot.signed.last_resort.clone());
+        let bundle = Bundle {
+            identity: slot.signed.identity,
+            spk: slot.signed.spk.clone(),
+            pq,
+            pq_last_resort,
+            ec,
+        };
+        self.bytes -= before - slot.bytes();
+        let mut r = Vec::with_capacity(26);
+        r.push(b'T');
+        r.extend_from_slice(&dest.0);
+        let taken = u8::from(bundle.ec.is_some()) | (u8::from(!pq_last_resort) << 1);
+        r.push(taken);
+        r.put_u32_le(bundle.ec.as_ref().map_or(0, |k| k.id));
+        r.put_u32_le(if pq_last_resort { 0 } else { bundle.pq.id });
+        self.records.push(r);
+        self.stats.fetches_ok += 1;
+        if pq_last_resort {
+            self.stats.fetches_last_resort += 1;
+        }
+        Ok(bundle)
+    }
+
+    /// One-time keys left in the slot of `dest`.
+    pub fn count(&self, now_unix_s: u64, dest: &Dest) -> Option<(u16, u16)> {
+        self.slots
+            .get(dest)
+            .filter(|s| s.expires_unix_s > now_unix_s)
+            .map(Slot::counts)
+    }
+
+    /// Drops expired slots.
+    pub fn expire(&mut self, now_unix_s: u64) -> usize {
+        let dead: Vec<Dest> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.expires_unix_s <= now_unix_s)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in &dead {
+            if let Some(slot) = self.slots.remove(d) {
+                self.bytes -= slot.bytes();
+            }
+            let mut r = vec![b'D'];
+            r.extend_from_slice(&d.0);
+            self.records.push(r);
+        }
+        dead.len()
+    }
+
+    /// The whole live state as journal records (compaction).
+    pub fn snapshot(&self) -> Vec<Vec<u8>> {
+        self.slots
+            .iter()
+            .map(|(dest, s)| {
+                let upload = Upload {
+                    dest: *dest,
+                    replace_one_time: true,
+                    signed: Some(s.signed.clone()),
+                    ec: s.ec.iter().cloned().collect(),
+                    pq: s.pq.iter().cloned().collect(),
+                };
+                Self::upload_record(&upload, s.expires_unix_s)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_sdk::prekeys::{IdentityKey, PrekeyPlan, generate};
+
+    const ADDR: IpKey = IpKey::V4([127, 0, 0, 1]);
+
+    fn open_limits() -> DirectoryLimits {
+        DirectoryLimits {
+            fetch_per_addr: Rate { per_s: 0, burst: 0 },
+            fetch_per_target: Rate { per_s: 0, burst: 0 },
+            ..DirectoryLimits::default()
+        }
+    }
+
+    fn plan(signed: bool, ec: usize, pq: usize, first_id: u32) -> PrekeyPlan {
+        PrekeyPlan {
+            signed,
+            one_time_ec: ec,
+            one_time_pq: pq,
+            first_id,
+            replace_one_time: false,
+        }
+    }
+
+    #[test]
+    fn upload_fetch_to_exhaustion_then_last_resort() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([1; 16]);
+        let mut d = Directory::new(open_limits());
+        let (ups, _) = generate(&id, dest, plan(false, 2, 0, 10)).unwrap();
+        assert_eq!(
+            d.upload(0, &ups[0]).unwrap_err().status,
+            PrekeyStatus::NoSignedPrekey
+        );
+        let (ups, _) = generate(&id, dest, plan(true, 2, 3, 1)).unwrap();
+        assert_eq!(d.upload(0, &ups[0]).unwrap(), (2, 3));
+        assert_eq!(d.count(0, &dest), Some((2, 3)));
+        let mut ec_ids = Vec::new();
+        let mut pq_ids = Vec::new();
+        for _ in 0..3 {
+            let b = d.fetch(0, 0, dest, ADDR).unwrap();
+            b.verify().unwrap();
+            assert!(!b.pq_last_resort);
+            ec_ids.extend(b.ec.map(|k| k.id));
+            pq_ids.push(b.pq.id);
+        }
+        assert_eq!(ec_ids.len(), 2, "two EC one-time keys, then none");
+        let all: AHashSet<u32> = pq_ids.iter().copied().collect();
+        assert_eq!(all.len(), 3, "every PQ one-time key handed out once");
+        let b = d.fetch(0, 0, dest, ADDR).unwrap();
+        assert!(b.pq_last_resort && b.ec.is_none());
+        assert_eq!(b.pq.id, ups[0].signed.as_ref().unwrap().last_resort.id);
+        assert_eq!(d.count(0, &dest), Some((0, 0)));
+        assert_eq!(
+            d.fetch(0, 0, Dest([2; 16]), ADDR).unwrap_err(),
+            PrekeyStatus::NotFound
+        );
+        assert_eq!(d.stats.fetches_last_resort, 1);
+    }
+
+    #[test]
+    fn bad_keys_and_signatures_are_refused_with_their_index() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([3; 16]);
+        let mut d = Directory::new(open_limits());
+        let (ups, _) = generate(&id, dest, plan(true, 3, 3, 1)).unwrap();
+        let mut bad = ups[0].clone();
+        bad.pq[2].sig[10] ^= 0x40;
+        let r = d.upload(0, &bad).unwrap_err();
+        assert_eq!(
+            (r.status, r.kind, r.index),
+            (PrekeyStatus::BadSignature, KeyKind::OneTimePq, 2)
+        );
+        let mut bad = ups[0].clone();
+        bad.signed.as_mut().unwrap().spk.sig[0] ^= 1;
+        let r = d.upload(0, &bad).unwrap_err();
+        assert_eq!(
+            (r.status, r.kind),
+            (PrekeyStatus::BadSignature, KeyKind::SignedPrekey)
+        );
+        // An ML-KEM key failing the modulus check, signed correctly: BadKey, not BadSignature.
+        let mut bad = ups[0].clone();
+        let mut key = bad.pq[1].key.to_vec();
+        key[1] = 0xFF;
+        key[2] |= 0x0F;
+        bad.pq[1].key = Bytes::from(key);
+        bad.pq[1].sig = id.sign(&bad.pq[1].key).unwrap();
+        let r = d.upload(0, &bad).unwrap_err();
+        assert_eq!(
+            (r.status, r.kind, r.index),
+            (PrekeyStatus::BadKey, KeyKind::OneTimePq, 1)
+        );
+        let mut bad = ups[0].clone();
+        bad.ec[1].key[0] = 0x07;
+        let r = d.upload(0, &bad).unwrap_err();
+        assert_eq!(
+            (r.status, r.kind, r.index),
+            (PrekeyStatus::BadKey, KeyKind::OneTimeEc, 1)
+        );
+        // Another identity's signatures do not pass under this slot's identity.
+        d.upload(0, &ups[0]).unwrap();
+        let other = IdentityKey::generate().unwrap();
+        let (more, _) = generate(&other, dest, plan(false, 0, 1, 50)).unwrap();
+        let r = d.upload(0, &more[0]).unwrap_err();
+        assert_eq!(r.status, PrekeyStatus::BadSignature);
+        assert_eq!(d.stats.uploads_refused, 5);
+        assert_eq!(d.count(0, &dest), Some((3, 3)), "refusals change nothing");
+    }
+
+    #[test]
+    fn duplicates_capacity_budget_and_identity_change() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([4; 16]);
+        let limits = DirectoryLimits {
+            slots_max: 1,
+            ..open_limits()
+        };
+        let mut d = Directory::new(limits);
+        let (ups, _) = generate(&id, dest, plan(true, 100, 1, 1)).unwrap();
+        d.upload(0, &ups[0]).unwrap();
+        // Same ids again: duplicates.
+        let (again, _) = generate(&id, dest, plan(false, 1, 0, 3)).unwrap();
+        let r = d.upload(0, &again[0]).unwrap_err();
+        assert_eq!(
+            (r.status, r.kind),
+            (PrekeyStatus::DuplicateId, KeyKind::OneTimeEc)
+        );
+        let (extra, _) = generate(&id, dest, plan(false, 1, 0, 1_000)).unwrap();
+        assert_eq!(
+            d.upload(0, &extra[0]).unwrap_err().status,
+            PrekeyStatus::TooMany
+        );
+        // Replacing is fine.
+        let mut replace = extra[0].clone();
+        replace.replace_one_time = true;
+        assert_eq!(
+            d.upload(0, &replace).unwrap(),
+            (1, 0),
+            "both kinds replaced"
+        );
+        // A second slot does not fit slots_max = 1.
+        let (other, _) = generate(&id, Dest([5; 16]), plan(true, 0, 0, 1)).unwrap();
+        assert_eq!(
+            d.upload(0, &other[0]).unwrap_err().status,
+            PrekeyStatus::DirectoryFull
+        );
+        // A new identity drops the old one-time keys.
+        let id2 = IdentityKey::generate().unwrap();
+        let (fresh, _) = generate(&id2, dest, plan(true, 0, 0, 500)).unwrap();
+        assert_eq!(d.upload(0, &fresh[0]).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn fetches_are_rate_limited_per_address_and_per_target() {
+        let id = IdentityKey::generate().unwrap();
+        let limits = DirectoryLimits {
+            fetch_per_addr: Rate { per_s: 1, burst: 3 },
+            fetch_per_target: Rate { per_s: 1, burst: 2 },
+            ..DirectoryLimits::default()
+        };
+        let mut d = Directory::new(limits);
+        for i in 0..3u8 {
+            let (ups, _) = generate(&id, Dest([i; 16]), plan(true, 5, 0, 1)).unwrap();
+            d.upload(0, &ups[0]).unwrap();
+        }
+        let other = IpKey::V4([10, 0, 0, 2]);
+        assert!(d.fetch(0, 0, Dest([0; 16]), ADDR).is_ok());
+        assert!(d.fetch(0, 0, Dest([0; 16]), other).is_ok());
+        // Target 0 has spent its burst of 2, whoever asks.
+        assert_eq!(
+            d.fetch(0, 0, Dest([0; 16]), IpKey::V4([10, 0, 0, 3]))
+                .unwrap_err(),
+            PrekeyStatus::RateLimited
+        );
+        assert!(d.fetch(0, 0, Dest([1; 16]), ADDR).is_ok());
+        assert!(d.fetch(0, 0, Dest([2; 16]), ADDR).is_ok());
+        // ADDR has spent its burst of 3.
+        assert_eq!(
+            d.fetch(0, 0, Dest([2; 16]), ADDR).unwrap_err(),
+            PrekeyStatus::RateLimited
+        );
+        assert!(d.fetch(0, 1_000, Dest([2; 16]), ADDR).is_ok(), "refilled");
+        assert_eq!(d.stats.fetches_rate_limited, 2);
+        assert_eq!(
+            d.count(0, &Dest([0; 16])),
+            Some((3, 0)),
+            "limited fetches consume nothing"
+        );
+    }
+
+    #[test]
+    fn replay_and_snapshot_rebuild_the_same_directory() {
+        let id = IdentityKey::generate().unwrap();
+        let mut d = Directory::new(open_limits());
+        let mut all = Vec::new();
+        for i in 0..3u8 {
+            let (ups, _) = generate(&id, Dest([i; 16]), plan(true, 4, 45, 1)).unwrap();
+            for u in &ups {
+                d.upload(100, u).unwrap();
+            }
+        }
+        for _ in 0..5 {
+            d.fetch(100, 0, Dest([1; 16]), ADDR).unwrap();
+        }
+        all.extend(d.take_records());
+        let mut again = Directory::new(open_limits());
+        assert_eq!(again.replay(&all), 0);
+        let mut snap = Directory::new(open_limits());
+        assert_eq!(snap.replay(&d.snapshot()), 0);
+        for dir in [&again, &snap] {
+            assert_eq!(dir.count(100, &Dest([0; 16])), Some((4, 45)));
+            assert_eq!(dir.count(100, &Dest([1; 16])), Some((0, 40)));
+            assert_eq!(dir.bytes(), d.bytes());
+        }
+        // Expiry drops slots and journals it.
+        assert_eq!(again.expire(100 + DirectoryLimits::default().slot_ttl_s), 3);
+        assert_eq!(again.take_records().len(), 3);
+        assert_eq!(again.bytes(), 0);
+    }
+}
