@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use ferry_proto::addr::NamespaceId;
 use ferry_sdk::{Client, Mailbox};
 
+pub mod push;
+
 pub struct Node {
     child: Child,
     pub plain: Option<SocketAddr>,

@@ -1,0 +1,360 @@
+//! Push wakes end to end: a real node, the real SDK, and `ferry-pushmock` standing in for APNs,
+//! FCM (with its OAuth2 endpoint) and a Web Push service over HTTP/2 + TLS. The mock verifies
+//! every JWT with the test keys and checks that no wake carries content, a sender or a
+//! destination.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::push::{PushKeys, PushMock};
+use common::{Node, mailbox, temp_dir};
+use ferry_proto::conn::ClientEvent;
+use ferry_proto::frame::{Op, PushProvider, PushStatus, SendStatus};
+use ferry_sdk::{Client, Mailbox, SdkError};
+
+const WAIT: Duration = Duration::from_secs(10);
+const APNS_OK: &str = "aaaaaaaa00000000000000000000000000000000000000000000000000000001";
+const APNS_GONE: &str = "bbbbbbbb00000000000000000000000000000000000000000000000000000002";
+const APNS_BUSY: &str = "cccccccc00000000000000000000000000000000000000000000000000000003";
+const APNS_STALE_JWT: &str = "dddddddd00000000000000000000000000000000000000000000000000000004";
+const FCM_OK: &str = "fcm-token-ok:APA91b_xyz";
+const PAYLOAD: &[u8] = b"secret message body 7f3e";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn send(tx: &mut Client, dest: ferry_sdk::Dest, msg_id: u64) -> SendStatus {
+    tx.send(dest, msg_id, 0, PAYLOAD);
+    tx.flush().unwrap();
+    loop {
+        match tx.recv(WAIT).unwrap() {
+            ClientEvent::SendResult {
+                msg_id: m, status, ..
+            } if m == msg_id => return status,
+            _ => {}
+        }
+    }
+}
+
+/// Proves `Op::PushRegister` for the mailbox's current dest and registers `token` for it.
+fn register(
+    c: &mut Client,
+    mb: &Mailbox,
+    provider: PushProvider,
+    token: &str,
+    ttl_s: u32,
+) -> Result<(ferry_sdk::Dest, u16), SdkError> {
+    let epoch = c.epoch();
+    let signer = mb.signer(epoch).unwrap();
+    c.prove(&[&signer], Op::PushRegister).unwrap();
+    let dest = mb.dest(epoch).unwrap();
+    c.push_register(provider, token.as_bytes(), &[dest], ttl_s)
+        .map(|n| (dest, n))
+}
+
+struct Setup {
+    dir: std::path::PathBuf,
+    mock: PushMock,
+    node: Node,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup(script: &[(&str, &str)], window_s: u32, forbid: &[String]) -> Setup {
+    let dir = temp_dir("push");
+    let keys = PushKeys::write(&dir);
+    let mock = PushMock::start(&dir, &keys, script, forbid);
+    let mut env = mock.node_env(&keys);
+    env.push(("FERRY_PUSH_COALESCE_WINDOW_S".into(), window_s.to_string()));
+    env.push(("FERRY_PUSH_RETRY_BASE_MS".into(), "50".into()));
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = Node::start(&["--shards", "2"], &env);
+    Setup { dir, mock, node }
+}
+
+fn no_violations(records: &[serde_json::Value]) {
+    for r in records {
+        assert_eq!(
+            r["violations"],
+            serde_json::json!([]),
+            "the mock found violations: {r}"
+        );
+    }
+}
+
+#[test]
+fn an_offline_recipient_gets_exactly_one_content_free_wake_per_window() {
+    // The dest and the payload must never reach a provider.
+    let dests: Vec<String> = (0..4u32)
+        .map(|i| hex(&mailbox(900 + i).dest(0).unwrap().0))
+        .collect();
+    let mut forbid = vec![String::from_utf8_lossy(PAYLOAD).to_string()];
+    forbid.extend(dests);
+    let s = setup(&[], 3, &forbid);
+    let mb = mailbox(900);
+    let mut owner = s.node.client();
+    let (dest, n) = register(&mut owner, &mb, PushProvider::Apns, APNS_OK, 3_600).unwrap();
+    assert_eq!(n, 1);
+    drop(owner); // offline: nobody subscribed
+
+    let mut tx = s.node.client();
+    assert_eq!(send(&mut tx, dest, 1), SendStatus::Stored);
+    let got = s.mock.wait_for(1, WAIT, |r| r["provider"] == "apns");
+    assert_eq!(got.len(), 1, "one wake");
+    assert_eq!(got[0]["token"], APNS_OK);
+    assert_eq!(got[0]["status"], 200);
+    // A second message inside the window: no second wake.
+    assert_eq!(send(&mut tx, dest, 2), SendStatus::Stored);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        s.mock
+            .wait_for(2, Duration::ZERO, |r| r["provider"] == "apns")
+            .len(),
+        1
+    );
+    assert!(s.node.metric("ferry_push_wakes_coalesced_total") >= 1);
+    // After the window, the next stored message wakes the device again.
+    std::thread::sleep(Duration::from_millis(1_600));
+    assert_eq!(send(&mut tx, dest, 3), SendStatus::Stored);
+    assert_eq!(
+        s.mock.wait_for(2, WAIT, |r| r["provider"] == "apns").len(),
+        2
+    );
+
+    // A live subscriber gets the packet and the device no wake.
+    let mut live = s.node.client();
+    let epoch = live.epoch();
+    live.listen(&mb, [epoch]).unwrap();
+    std::thread::sleep(Duration::from_millis(3_100));
+    let before = s.mock.records().len();
+    tx.send(dest, 4, ferry_proto::frame::FLAG_ACK, PAYLOAD);
+    tx.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        s.mock.records().len(),
+        before,
+        "no wake for a live subscriber"
+    );
+    no_violations(&s.mock.records());
+
+    // Tokens never reach the logs or the metrics.
+    let (_, metrics) = s.node.http_get("/metrics");
+    assert!(!metrics.contains(APNS_OK));
+    assert!(!s.node.stderr.lock().unwrap().contains(APNS_OK));
+}
+
+#[test]
+fn provider_statuses_delete_retry_and_refresh() {
+    let s = setup(
+        &[
+            (APNS_GONE, "410"),
+            (APNS_BUSY, "429,503,200"),
+            (APNS_STALE_JWT, "403,200"),
+        ],
+        1,
+        &[],
+    );
+    let mut tx = s.node.client();
+    let mut owner = s.node.client();
+    let mut dests = Vec::new();
+    for (i, token) in (910u32..).zip([APNS_GONE, APNS_BUSY, APNS_STALE_JWT]) {
+        let mb = mailbox(i);
+        dests.push(
+            register(&mut owner, &mb, PushProvider::Apns, token, 600)
+                .unwrap()
+                .0,
+        );
+    }
+    drop(owner);
+    assert_eq!(s.node.metric("ferry_push_registrations"), 3);
+    for (i, d) in dests.iter().enumerate() {
+        assert_eq!(send(&mut tx, *d, 10 + i as u64), SendStatus::Stored);
+    }
+    // 410: one request, then the token is gone.
+    let gone = s.mock.wait_for(1, WAIT, |r| r["token"] == APNS_GONE);
+    assert_eq!(gone[0]["status"], 410);
+    // 429 and 503 are retried with backoff until the 200.
+    let busy = s.mock.wait_for(3, WAIT, |r| r["token"] == APNS_BUSY);
+    let statuses: Vec<_> = busy.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, vec![429, 503, 200]);
+    // 403 ExpiredProviderToken: a fresh JWT and one more try.
+    let stale = s.mock.wait_for(2, WAIT, |r| r["token"] == APNS_STALE_JWT);
+    let statuses: Vec<_> = stale
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![403, 200]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.node.metric("ferry_push_tokens_deleted_total") < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "410 did not delete the token"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.node.metric("ferry_push_registrations"), 2);
+    assert!(s.node.metric("ferry_push_wakes_retried_total") >= 2);
+    // The deleted token is never woken again.
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert_eq!(send(&mut tx, dests[0], 20), SendStatus::Stored);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        s.mock
+            .wait_for(2, Duration::ZERO, |r| r["token"] == APNS_GONE)
+            .len(),
+        1
+    );
+    no_violations(&s.mock.records());
+}
+
+#[test]
+fn fcm_and_web_push_wakes_and_registration_errors() {
+    let s = setup(&[("wp/gone", "410")], 1, &[]);
+    let endpoint = format!("{}/wp/sub-1", s.mock.origin());
+    let gone_endpoint = format!("{}/wp/gone-2", s.mock.origin());
+    let mut owner = s.node.client();
+    let d_fcm = register(&mut owner, &mailbox(920), PushProvider::Fcm, FCM_OK, 600)
+        .unwrap()
+        .0;
+    let d_wp = register(
+        &mut owner,
+        &mailbox(921),
+        PushProvider::WebPush,
+        &endpoint,
+        600,
+    )
+    .unwrap()
+    .0;
+    let d_gone = register(
+        &mut owner,
+        &mailbox(922),
+        PushProvider::WebPush,
+        &gone_endpoint,
+        600,
+    )
+    .unwrap()
+    .0;
+    // Refusals: an endpoint outside the allowed origins, a malformed APNs token, no proof.
+    let evil = register(
+        &mut owner,
+        &mailbox(923),
+        PushProvider::WebPush,
+        "https://evil.example/wp/x",
+        600,
+    );
+    assert!(
+        matches!(evil, Err(SdkError::Push(PushStatus::BadToken))),
+        "{evil:?}"
+    );
+    let bad = register(
+        &mut owner,
+        &mailbox(924),
+        PushProvider::Apns,
+        "not-hex!",
+        600,
+    );
+    assert!(
+        matches!(bad, Err(SdkError::Push(PushStatus::BadToken))),
+        "{bad:?}"
+    );
+    let unproven = owner.push_register(
+        PushProvider::Fcm,
+        FCM_OK.as_bytes(),
+        &[mailbox(925).dest(owner.epoch()).unwrap()],
+        600,
+    );
+    assert!(matches!(
+        unproven,
+        Err(SdkError::Push(PushStatus::NotProven))
+    ));
+    // Removal (ttl 0): no wakes for that dest afterwards.
+    let d_removed = register(
+        &mut owner,
+        &mailbox(926),
+        PushProvider::Fcm,
+        "fcm-removed",
+        600,
+    )
+    .unwrap()
+    .0;
+    let (_, n) = register(
+        &mut owner,
+        &mailbox(926),
+        PushProvider::Fcm,
+        "fcm-removed",
+        0,
+    )
+    .unwrap();
+    assert_eq!(n, 0);
+    drop(owner);
+
+    let mut tx = s.node.client();
+    for (i, d) in [d_fcm, d_wp, d_gone, d_removed].iter().enumerate() {
+        assert_eq!(send(&mut tx, *d, 30 + i as u64), SendStatus::Stored);
+    }
+    let fcm = s.mock.wait_for(1, WAIT, |r| r["provider"] == "fcm");
+    assert_eq!((fcm.len(), fcm[0]["token"].as_str()), (1, Some(FCM_OK)));
+    assert_eq!(fcm[0]["status"], 200);
+    assert_eq!(
+        s.mock.wait_for(1, WAIT, |r| r["provider"] == "oauth").len(),
+        1,
+        "one OAuth2 exchange, then the cached access token"
+    );
+    let wp = s
+        .mock
+        .wait_for(1, WAIT, |r| r["token"] == endpoint.as_str());
+    assert_eq!(wp[0]["status"], 201);
+    let gone = s
+        .mock
+        .wait_for(1, WAIT, |r| r["token"] == gone_endpoint.as_str());
+    assert_eq!(gone[0]["status"], 410);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.mock.records().iter().all(|r| r["token"] != "fcm-removed"),
+        "a removed registration is not woken"
+    );
+    // A second FCM wake reuses the cached OAuth2 token.
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert_eq!(send(&mut tx, d_fcm, 40), SendStatus::Stored);
+    assert_eq!(
+        s.mock.wait_for(2, WAIT, |r| r["provider"] == "fcm").len(),
+        2
+    );
+    assert_eq!(
+        s.mock
+            .wait_for(2, Duration::ZERO, |r| r["provider"] == "oauth")
+            .len(),
+        1
+    );
+    no_violations(&s.mock.records());
+}
+
+#[test]
+fn registrations_survive_a_restart() {
+    let dir = temp_dir("push-restart");
+    let keys = PushKeys::write(&dir);
+    let mock = PushMock::start(&dir, &keys, &[], &[]);
+    let env = mock.node_env(&keys);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = Node::start(&["--shards", "2"], &env);
+    let mut owner = node.client();
+    let (dest, _) = register(&mut owner, &mailbox(930), PushProvider::Apns, APNS_OK, 600).unwrap();
+    drop(owner);
+    let node = node.restart(true); // kill -9
+    assert_eq!(node.metric("ferry_push_registrations"), 1);
+    let mut tx = node.client();
+    assert_eq!(send(&mut tx, dest, 1), SendStatus::Stored);
+    assert_eq!(mock.wait_for(1, WAIT, |r| r["token"] == APNS_OK).len(), 1);
+    no_violations(&mock.records());
+    drop((tx, node, mock));
+    let _ = std::fs::remove_dir_all(&dir);
+}
