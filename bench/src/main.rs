@@ -117,6 +117,48 @@ fn main() {
         "µs",
         (m / 73.0, lo / 73.0, hi / 73.0),
     );
+    // Prekey directory: what the service core spends on an upload.
+    let ik = ferry_sdk::prekeys::IdentityKey::from_secret([11; 32]);
+    let kem_key = {
+        let plan = ferry_sdk::prekeys::PrekeyPlan {
+            signed: true,
+            one_time_ec: 0,
+            one_time_pq: 36,
+            first_id: 1,
+            replace_one_time: false,
+        };
+        ferry_sdk::prekeys::generate(&ik, Dest([3; 16]), plan).expect("prekeys")
+    };
+    let upload = &kem_key.0[0];
+    let lr = &upload.signed.as_ref().expect("signed").last_resort;
+    let u = ferry_proto::xeddsa::public_key(ik.secret());
+    report(
+        "XEdDSA verify (a signed prekey)",
+        "µs",
+        measure(rounds, 300 * k, |n| {
+            for _ in 0..n {
+                black_box(ferry_proto::xeddsa::verify(&u, &lr.key, &lr.sig));
+            }
+        }),
+    );
+    report(
+        "ML-KEM-1024 key check (FIPS 203 modulus)",
+        "µs",
+        measure(rounds, 3_000 * k, |n| {
+            for _ in 0..n {
+                black_box(ferry_proto::prekey::kem_key_valid(&lr.key));
+            }
+        }),
+    );
+    report(
+        "prekey upload check, full frame (38 signatures)",
+        "µs",
+        measure(rounds, 10 * k, |n| {
+            for _ in 0..n {
+                black_box(ferry_proto::prekey::check_upload(upload, None).is_ok());
+            }
+        }),
+    );
     let public = *MailboxSecret::from_seed(&[9; 32]).public();
     report(
         "sender: dest of a contact for one epoch",

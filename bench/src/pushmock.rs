@@ -6,10 +6,11 @@
 //! statuses per token, and writes one JSON line per request to `--log`.
 //!
 //! ```text
+//! ferry-pushmock --gen DIR   # writes a certificate and test keys for every provider, then exits
 //! ferry-pushmock --cert C --key K [--listen 127.0.0.1:0] [--log FILE]
 //!   [--apns-key P8 --apns-key-id KID --apns-team TEAM --apns-topic TOPIC]
 //!   [--fcm-account SERVICE_ACCOUNT.json] [--vapid-key PEM]
-//!   [--script TOKEN_PART=STATUS[,STATUS…]]… [--forbid TEXT]… [--delay-ms N]
+//!   [--script TOKEN_PART=STATUS[,STATUS…]]… [--forbid TEXT]… [--delay-ms N] [--no-verify]
 //! ```
 //! Paths: `/3/device/<token>` (APNs), `/token` (OAuth2), `/v1/projects/<id>/messages:send`
 //! (FCM), anything under `/wp/` (Web Push endpoints).
@@ -46,6 +47,9 @@ struct Args {
     script: Vec<(String, Vec<u16>)>,
     forbid: Vec<String>,
     delay_ms: u64,
+    /// Skip the signature checks (benchmarks: an ES256 verify per request would make the mock,
+    /// not the node, the bottleneck on a small machine). Headers and bodies are still checked.
+    no_verify: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
             "--vapid-key" => a.vapid_key = Some(val()?),
             "--forbid" => a.forbid.push(val()?),
             "--delay-ms" => a.delay_ms = val()?.parse().map_err(|_| "bad --delay-ms")?,
+            "--no-verify" => a.no_verify = true,
             "--script" => {
                 let v = val()?;
                 let (tok, statuses) = v.split_once('=').ok_or("--script TOKEN=STATUS,…")?;
@@ -216,6 +221,7 @@ impl State {
             v.provider = "apns";
             v.token = token.to_string();
             match (&self.apns, h("authorization").strip_prefix("bearer ")) {
+                (Some(_), Some(_)) if self.args.no_verify => {}
                 (Some(key), Some(jwt)) => match verify_es256(key, jwt) {
                     Ok((hd, c)) => {
                         if hd["kid"] != self.args.apns_key_id.as_str() {
@@ -434,7 +440,53 @@ async fn handle(
     Ok(resp)
 }
 
+/// `--gen DIR`: writes a self-signed certificate for 127.0.0.1 and test keys for every provider
+/// (`cert.pem`, `key.pem`, `apns.p8`, `vapid.pem`, `fcm.json`), for benchmarks and manual runs.
+fn generate_keys(dir: &std::path::Path) -> Result<(), String> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let w = |name: &str, data: &[u8]| {
+        std::fs::write(dir.join(name), data).map_err(|e| format!("{name}: {e}"))
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .map_err(|e| e.to_string())?;
+    w("cert.pem", cert.cert.pem().as_bytes())?;
+    w("key.pem", cert.key_pair.serialize_pem().as_bytes())?;
+    for name in ["apns.p8", "vapid.pem"] {
+        let sk = p256::SecretKey::random(&mut rand_core::OsRng);
+        w(
+            name,
+            sk.to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| e.to_string())?
+                .as_bytes(),
+        )?;
+    }
+    let rsa = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
+    let pem = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&rsa, rsa::pkcs8::LineEnding::LF)
+        .map_err(|e| e.to_string())?;
+    let account = serde_json::json!({
+        "type": "service_account",
+        "project_id": "ferry-bench",
+        "private_key": pem.as_str(),
+        "client_email": "ferry@ferry-bench.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    w("fcm.json", account.to_string().as_bytes())
+}
+
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--gen") {
+        let Some(dir) = argv.get(2) else {
+            eprintln!("ferry-pushmock: --gen DIR");
+            std::process::exit(2);
+        };
+        if let Err(e) = generate_keys(std::path::Path::new(dir)) {
+            eprintln!("ferry-pushmock: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

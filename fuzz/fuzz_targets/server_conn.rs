@@ -210,6 +210,36 @@ impl Driver {
             ServerEvent::Ack { items } => {
                 assert!(items.iter().all(|(d, _)| self.conn.is_proven(d, Op::Drain)));
             }
+            ServerEvent::PrekeyUpload { upload } => {
+                // The service core answers; here: refused, naming nothing.
+                assert!(self.conn.is_proven(&upload.dest, Op::PrekeyUpdate));
+                self.conn.push_frame(&ferry_proto::conn::prekey_refusal(
+                    upload.dest,
+                    ferry_proto::PrekeyStatus::Busy,
+                ));
+            }
+            ServerEvent::PrekeyCount { dest } => {
+                assert!(self.conn.is_proven(&dest, Op::PrekeyUpdate));
+                self.conn.push_frame(&ferry_proto::conn::prekey_refusal(
+                    dest,
+                    ferry_proto::PrekeyStatus::NotFound,
+                ));
+            }
+            ServerEvent::PrekeyFetch { dest } => {
+                self.conn.push_frame(&ferry_proto::Frame::PrekeyBundle {
+                    dest,
+                    status: ferry_proto::PrekeyStatus::NotFound,
+                    bundle: None,
+                });
+            }
+            ServerEvent::PushRegister { dests, .. } => {
+                assert!(!dests.is_empty());
+                assert!(dests.iter().all(|d| self.conn.is_proven(d, Op::PushRegister)));
+                self.conn.push_frame(&ferry_proto::Frame::PushResult {
+                    status: ferry_proto::PushStatus::Ok,
+                    dests_registered: 1,
+                });
+            }
             ServerEvent::ChallengeRequested => {
                 self.challenges = self.challenges.wrapping_add(1);
                 self.conn.issue_challenge(self.now, [self.challenges; 32]);

@@ -148,6 +148,26 @@ mod tests {
         assert!(!verify(&u, b"m", &big_s));
     }
 
+    /// An XEdDSA signature is an Ed25519 signature under the Edwards form of the Montgomery key
+    /// with sign bit 0: ed25519-dalek's own `verify_strict` must accept what `sign` makes.
+    #[test]
+    fn signatures_are_ed25519_under_the_converted_key() {
+        for n in 0..16u8 {
+            let k = secret(n.wrapping_mul(17));
+            let u = public_key(&k);
+            let a = MontgomeryPoint(u)
+                .to_edwards(0)
+                .unwrap()
+                .compress()
+                .to_bytes();
+            let vk = ed25519_dalek::VerifyingKey::from_bytes(&a).unwrap();
+            let msg = [n; 33];
+            let sig = sign(&k, &msg, &[n; 64]);
+            vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
+                .unwrap();
+        }
+    }
+
     #[test]
     fn signatures_differ_with_z_but_both_verify() {
         let k = secret(9);
