@@ -63,7 +63,11 @@ pub struct PrekeysConfig {
     /// drained); 0 = unlimited.
     pub fetch_per_target_per_s: u64,
     pub fetch_per_target_burst: u64,
-    /// Addresses and dests tracked by each fetch limiter.
+    /// Uploads per second from one address, and the burst (each upload frame costs up to 38
+    /// signature checks on the service core); 0 = unlimited.
+    pub upload_per_addr_per_s: u64,
+    pub upload_per_addr_burst: u64,
+    /// Addresses and dests tracked by each fetch and upload limiter.
     pub rate_entries_max: usize,
 }
 
@@ -125,6 +129,8 @@ impl Default for PrekeysConfig {
             fetch_per_addr_burst: 60,
             fetch_per_target_per_s: 1,
             fetch_per_target_burst: 20,
+            upload_per_addr_per_s: 1,
+            upload_per_addr_burst: 30,
             rate_entries_max: 65_536,
         }
     }
@@ -465,6 +471,12 @@ impl Config {
             bail!(
                 "push.registrations_max, dests_per_token_max, queue_max, inflight_max and registration_ttl_max_s must be at least 1"
             );
+        }
+        if p.dests_per_token_max > 10_000 {
+            bail!("push.dests_per_token_max must be at most 10000");
+        }
+        if p.coalesce_window_s == 0 {
+            bail!("push.coalesce_window_s must be at least 1");
         }
         if !p.apns_key_file.is_empty()
             && (p.apns_key_id.is_empty() || p.apns_team_id.is_empty() || p.apns_topic.is_empty())

@@ -447,6 +447,10 @@ fn service_config(
                 per_s: k.fetch_per_target_per_s,
                 burst: k.fetch_per_target_burst,
             },
+            upload_per_addr: Rate {
+                per_s: k.upload_per_addr_per_s,
+                burst: k.upload_per_addr_burst,
+            },
             rate_entries_max: k.rate_entries_max,
         }),
         push: PushLimits {

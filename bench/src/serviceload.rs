@@ -1,7 +1,7 @@
 //! `ferry-serviceload`: background load for the service core, beside a throughput run.
 //!
 //! Set-up (through the SDK): `--devices` mailboxes each register an APNs token for their current
-//! dest, and `--slots` prekey slots get a full bundle (100 EC + 100 ML-KEM one-time keys). Then,
+//! dest, and `--slots` (100) prekey slots get a full bundle (100 EC + 100 ML-KEM one-time keys). Then,
 //! for `--duration` seconds, paced open loop on two connections: stored messages round-robin to
 //! the devices (`--wakes-per-s`: with the node's coalescing window below `devices / rate` each
 //! one becomes a wake) and prekey fetches round-robin over the slots (`--fetches-per-s`). Prints
@@ -30,7 +30,7 @@ fn parse() -> Result<Args, String> {
     let mut a = Args {
         target: "127.0.0.1:7700".parse().map_err(|_| "addr")?,
         devices: 2_000,
-        slots: 20,
+        slots: 100,
         wakes_per_s: 1_000,
         fetches_per_s: 1_000,
         duration_s: 5.0,

@@ -109,10 +109,11 @@ fn kem_keypair(identity: &IdentityKey, id: u32) -> Result<(KemPrekey, Vec<u8>), 
     ))
 }
 
-/// PQ one-time keys that fit one frame beside the signed part (or without it).
-fn pq_per_frame(with_signed: bool) -> usize {
+/// PQ one-time keys that fit one frame beside the signed part (or without it) and `ec` EC
+/// one-time keys: 36 beside the signed part and 100 EC keys, 40 alone.
+fn pq_per_frame(with_signed: bool, ec: usize) -> usize {
     let fixed = 1 + 16 + 1 + 2 + 2 + if with_signed { SIGNED_PART_BYTES } else { 0 };
-    (FRAME_BYTES_MAX - fixed - ONE_TIME_KEYS_MAX * EC_ITEM_BYTES) / PQ_ITEM_BYTES
+    (FRAME_BYTES_MAX - fixed - ec * EC_ITEM_BYTES) / PQ_ITEM_BYTES
 }
 
 /// Generates prekeys for the slot of `dest` and packs them into uploads (send them in order: the
@@ -167,7 +168,7 @@ pub fn generate(
         pq.push(k);
     }
     let mut uploads = Vec::new();
-    let first_n = pq.len().min(pq_per_frame(signed.is_some()));
+    let first_n = pq.len().min(pq_per_frame(signed.is_some(), ec.len()));
     let rest = pq.split_off(first_n);
     uploads.push(Upload {
         dest,
@@ -176,7 +177,7 @@ pub fn generate(
         ec,
         pq,
     });
-    for chunk in rest.chunks(pq_per_frame(false)) {
+    for chunk in rest.chunks(pq_per_frame(false, 0)) {
         uploads.push(Upload {
             dest,
             replace_one_time: false,
@@ -204,7 +205,9 @@ mod tests {
             replace_one_time: false,
         };
         let (uploads, secrets) = generate(&id, Dest([7; 16]), plan).unwrap();
-        assert!(uploads.len() >= 3);
+        // 36 beside the signed part and 100 EC keys, then 40 and 24.
+        let sizes: Vec<usize> = uploads.iter().map(|u| u.pq.len()).collect();
+        assert_eq!(sizes, vec![36, 40, 24]);
         assert_eq!(secrets.one_time_pq.len(), 100);
         let mut pq = 0;
         for (i, u) in uploads.iter().enumerate() {

@@ -16,8 +16,12 @@ use crate::table::ConnRef;
 /// Work for the service core.
 #[derive(Clone, Debug)]
 pub enum ServiceWork {
-    /// Check and store prekeys (the connection proved `PrekeyUpdate` for the dest).
-    PrekeyUpload(Box<Upload>),
+    /// Check and store prekeys (the connection proved `PrekeyUpdate` for the dest);
+    /// `requester` keys the per-address upload limit.
+    PrekeyUpload {
+        upload: Box<Upload>,
+        requester: IpKey,
+    },
     /// Hand out one bundle; `requester` keys the per-address fetch limit.
     PrekeyFetch { dest: Dest, requester: IpKey },
     /// Count the one-time keys left (the connection proved `PrekeyUpdate` for the dest).
@@ -50,7 +54,7 @@ impl ServiceRequest {
             PrekeyStatus::Unavailable
         };
         match &self.work {
-            ServiceWork::PrekeyUpload(u) => Some(prekey_refusal(u.dest, prekey)),
+            ServiceWork::PrekeyUpload { upload, .. } => Some(prekey_refusal(upload.dest, prekey)),
             ServiceWork::PrekeyCount { dest } => Some(prekey_refusal(*dest, prekey)),
             ServiceWork::PrekeyFetch { dest, .. } => Some(Frame::PrekeyBundle {
                 dest: *dest,

@@ -31,6 +31,10 @@ pub const HOP_BATCH_MSGS_MAX: usize = 1024;
 pub const DRAIN_BLOBS_MAX: usize = 256;
 /// Most payload bytes sent for one `Drain` (at least one blob is always sent).
 pub const DRAIN_BYTES_MAX: usize = 1 << 20;
+/// A dest with push registrations asks the service core for a wake at most this often: a
+/// sender flooding one dest cannot flood the service queue (the service coalesces per device
+/// over a window of at least this).
+pub const WAKE_OFFER_INTERVAL_MS: u64 = 1_000;
 /// Expired blobs are removed (and segments reclaimed) at most this often.
 pub const STORE_EXPIRE_INTERVAL_S: u64 = 1;
 
@@ -195,9 +199,10 @@ pub struct Shard {
     now: Now,
     /// The way into the service core (prekeys, push); `None`: answered `Unavailable`.
     service: Option<Arc<dyn crate::service::ServiceSink>>,
-    /// Owned dests with push registrations → until when (Unix s): a blob stored for one of them
-    /// while nobody listens asks the service core for a wake. Maintained by the service core.
-    push_armed: AHashMap<Dest, u64>,
+    /// Owned dests with push registrations → (until when, Unix s; when a wake was last offered,
+    /// monotonic ms): a blob stored for one of them while nobody listens asks the service core
+    /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
+    push_armed: AHashMap<Dest, (u64, u64)>,
 }
 
 impl Shard {
@@ -276,7 +281,7 @@ impl Shard {
             crate::service::ServiceReply::PushArm { dest, until_unix_s } => {
                 debug_assert_eq!(self.owner(&dest), self.cfg.shard);
                 if until_unix_s > now.unix_s {
-                    self.push_armed.insert(dest, until_unix_s);
+                    self.push_armed.entry(dest).or_insert((0, 0)).0 = until_unix_s;
                 } else {
                     self.push_armed.remove(&dest);
                 }
@@ -287,13 +292,16 @@ impl Shard {
     /// A blob was just stored for `dest` while nobody listens: ask for a push wake if the dest
     /// has registrations. The service core coalesces per device.
     fn maybe_wake(&mut self, now: Now, dest: Dest) {
-        match self.push_armed.get(&dest) {
+        match self.push_armed.get_mut(&dest) {
             None => return,
-            Some(&until) if until <= now.unix_s => {
+            Some(&mut (until, _)) if until <= now.unix_s => {
                 self.push_armed.remove(&dest);
                 return;
             }
-            Some(_) => {}
+            Some((_, last)) if *last != 0 && now.mono_ms < *last + WAKE_OFFER_INTERVAL_MS => {
+                return;
+            }
+            Some((_, last)) => *last = now.mono_ms.max(1),
         }
         let from = ConnRef {
             shard: self.cfg.shard,
@@ -514,7 +522,11 @@ impl Shard {
                     }
                 }
                 ServerEvent::PrekeyUpload { upload } => {
-                    self.hand_to_service(from, crate::service::ServiceWork::PrekeyUpload(upload));
+                    let work = crate::service::ServiceWork::PrekeyUpload {
+                        upload,
+                        requester: ip,
+                    };
+                    self.hand_to_service(from, work);
                 }
                 ServerEvent::PrekeyFetch { dest } => {
                     let work = crate::service::ServiceWork::PrekeyFetch {

@@ -26,6 +26,8 @@ pub struct Replay {
     pub records: Vec<Vec<u8>>,
     /// Bytes cut from the end (a torn or corrupt tail).
     pub cut_bytes: u64,
+    /// Whole records inside the file whose check failed: skipped, the replay goes on.
+    pub quarantined: usize,
 }
 
 #[derive(Debug)]
@@ -39,11 +41,18 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating) the journal at `path` and replays it.
     pub fn open(path: &Path) -> std::io::Result<(Journal, Replay)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let existed = path.exists();
+        // Push tokens live in one of these: readable by the node's user only.
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(path)?;
+        if !existed {
+            sync_parent(path)?;
+        }
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         let mut replay = Replay::default();
@@ -56,11 +65,19 @@ impl Journal {
                 break;
             }
             let payload = &data[at + HEADER_BYTES..at + HEADER_BYTES + len];
+            let end = at + HEADER_BYTES + len;
             if data[at + 4..at + HEADER_BYTES] != check(payload) {
-                break;
+                if end == data.len() {
+                    break; // the last record: a torn write, cut below
+                }
+                // A damaged record inside the file (its length still frames it): skip it and
+                // keep what follows, rather than cutting every later change.
+                replay.quarantined += 1;
+                at = end;
+                continue;
             }
             replay.records.push(payload.to_vec());
-            at += HEADER_BYTES + len;
+            at = end;
         }
         let good = at as u64;
         replay.cut_bytes = data.len() as u64 - good;
@@ -116,26 +133,52 @@ impl Journal {
         self.len
     }
 
-    /// Replaces the journal with `records` (the live state), atomically.
-    pub fn rewrite<'a>(&mut self, records: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
+    /// Replaces the journal with `records` (the live state), atomically. `Err(Rewrite::Kept)`:
+    /// nothing changed, the old journal goes on. `Err(Rewrite::Broken)`: the rename happened but
+    /// the new file could not be reopened or the directory synced; the journal can no longer
+    /// promise durability and the caller must stop.
+    pub fn rewrite<'a>(&mut self, records: impl Iterator<Item = &'a [u8]>) -> Result<(), Rewrite> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.path.with_extension("journal.tmp");
         let mut buf = Vec::new();
         for r in records {
             Self::frame(&mut buf, r);
         }
-        {
-            let mut f = File::create(&tmp)?;
+        let write = || -> std::io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&buf)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
+            f.sync_all()
+        };
+        write().map_err(Rewrite::Kept)?;
+        std::fs::rename(&tmp, &self.path).map_err(Rewrite::Kept)?;
+        // From here the old file is gone: any failure is fatal.
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(Rewrite::Broken)?;
+        sync_parent(&self.path).map_err(Rewrite::Broken)?;
         self.len = buf.len() as u64;
         self.pending.clear();
         Ok(())
+    }
+}
+
+/// Why a rewrite failed (see [`Journal::rewrite`]).
+#[derive(Debug)]
+pub enum Rewrite {
+    Kept(std::io::Error),
+    Broken(std::io::Error),
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => Ok(()),
     }
 }
 
@@ -194,6 +237,31 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(r.records, vec![b"good".to_vec()]);
+        assert_eq!(r.cut_bytes, (HEADER_BYTES + 7) as u64);
+    }
+
+    #[test]
+    fn a_damaged_record_inside_the_file_is_skipped_and_the_rest_kept() {
+        let d = dir("middle");
+        let p = d.join("j");
+        {
+            let (mut j, _) = Journal::open(&p).unwrap();
+            j.append(b"one");
+            j.append(b"two");
+            j.append(b"three");
+            j.commit().unwrap();
+        }
+        let mut data = std::fs::read(&p).unwrap();
+        data[2 * HEADER_BYTES + 3 + 1] ^= 0x20; // inside "two"
+        std::fs::write(&p, &data).unwrap();
+        let (_, r) = Journal::open(&p).unwrap();
+        assert_eq!(r.records, vec![b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!((r.quarantined, r.cut_bytes), (1, 0));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -212,6 +280,6 @@ mod tests {
         drop(j);
         let (_, r) = Journal::open(&p).unwrap();
         assert_eq!(r.records, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
-        assert!(!d.join("j.tmp").exists());
+        assert!(!d.join("j.journal.tmp").exists());
     }
 }

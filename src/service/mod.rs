@@ -371,9 +371,10 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
                 Journal::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let mut d = Directory::new(limits.clone());
             let bad = d.replay(&replay.records);
-            if bad > 0 || replay.cut_bytes > 0 {
+            if bad > 0 || replay.cut_bytes > 0 || replay.quarantined > 0 {
                 tracing::warn!(
                     bad_records = bad,
+                    quarantined = replay.quarantined,
                     cut_bytes = replay.cut_bytes,
                     "prekey journal recovered with damage"
                 );
@@ -389,9 +390,10 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     push_limits.enabled = cfg.providers.enabled();
     let mut registry = Registry::new(push_limits);
     let bad = registry.replay(&replay.records);
-    if bad > 0 || replay.cut_bytes > 0 {
+    if bad > 0 || replay.cut_bytes > 0 || replay.quarantined > 0 {
         tracing::warn!(
             bad_records = bad,
+            quarantined = replay.quarantined,
             cut_bytes = replay.cut_bytes,
             "push journal recovered with damage"
         );
@@ -469,26 +471,33 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
                     std::process::exit(1);
                 }
             };
-            rt.block_on(async move {
-                let st = State {
-                    shards,
-                    clock,
-                    directory,
-                    registry: (registry, pj),
-                    outlet,
-                    sender: sender.map(|(c, p)| Sender::new(c, p, clock)),
-                    provider_rate: [
-                        rate(send.rate_per_s[0]),
-                        rate(send.rate_per_s[1]),
-                        rate(send.rate_per_s[2]),
-                    ],
-                    send,
-                    queue: VecDeque::new(),
-                    inflight: 0,
-                    metrics: m,
-                };
-                run(st, rx, s).await;
+            let run_all = std::panic::AssertUnwindSafe(|| {
+                rt.block_on(async move {
+                    let st = State {
+                        shards,
+                        clock,
+                        directory,
+                        registry: (registry, pj),
+                        outlet,
+                        sender: sender.map(|(c, p)| Sender::new(c, p, clock)),
+                        provider_rate: [
+                            rate(send.rate_per_s[0]),
+                            rate(send.rate_per_s[1]),
+                            rate(send.rate_per_s[2]),
+                        ],
+                        send,
+                        queue: VecDeque::new(),
+                        inflight: 0,
+                        metrics: m,
+                    };
+                    run(st, rx, s).await;
+                })
             });
+            // A panic here must not leave the shards answering `Busy` forever: stop the node.
+            if std::panic::catch_unwind(run_all).is_err() {
+                eprintln!("ferry: stopping: the service core panicked");
+                std::process::exit(1);
+            }
         })?;
     Ok(ServiceHandle {
         links: Arc::new(Mutex::new(links)),
@@ -506,8 +515,13 @@ async fn run(
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut next_dispatch: Option<u64> = None;
     loop {
-        let busy = st.outlet.has_pending() || !st.queue.is_empty();
+        // Replies that did not fit a shard's channel: retry soon. Waiting wakes: when due.
+        let wait_ms = match (st.outlet.has_pending(), next_dispatch) {
+            (true, n) => Some(n.unwrap_or(2).min(2)),
+            (false, n) => n,
+        };
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH_MAX) => {
                 if n == 0 {
@@ -528,11 +542,11 @@ async fn run(
                 }
                 st.maintain();
             }
-            _ = tokio::time::sleep(Duration::from_millis(2)), if busy => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms.unwrap_or(0).max(1))), if wait_ms.is_some() => {}
         }
         st.commit();
         st.outlet.flush();
-        st.dispatch(&done_tx);
+        next_dispatch = st.dispatch(&done_tx);
         st.publish();
     }
     st.commit();
@@ -559,10 +573,10 @@ impl State {
     fn handle(&mut self, now: Now, req: ServiceRequest) {
         let from = req.from;
         match req.work {
-            ServiceWork::PrekeyUpload(upload) => {
+            ServiceWork::PrekeyUpload { upload, requester } => {
                 let frame = match self.directory.as_mut() {
                     None => prekey_refusal(upload.dest, PrekeyStatus::Unavailable),
-                    Some((d, _)) => match d.upload(now.unix_s, &upload) {
+                    Some((d, _)) => match d.upload(now.unix_s, now.mono_ms, &upload, requester) {
                         Ok((ec_left, pq_left)) => Frame::PrekeyResult {
                             dest: upload.dest,
                             status: PrekeyStatus::Ok,
@@ -658,6 +672,7 @@ impl State {
     fn enqueue(&mut self, job: Job) {
         if self.queue.len() >= self.send.queue_max {
             ShardlessMetrics::inc(&self.metrics.push_wakes_dropped);
+            self.registry.0.wake_finished(&job.wake, true);
             return;
         }
         self.queue.push_back(job);
@@ -667,7 +682,10 @@ impl State {
         let Done { mut job, outcome } = done;
         let i = provider_index(job.wake.provider);
         match outcome {
-            Outcome::Sent => ShardlessMetrics::inc(&self.metrics.push_sent[i]),
+            Outcome::Sent => {
+                ShardlessMetrics::inc(&self.metrics.push_sent[i]);
+                self.registry.0.wake_finished(&job.wake, false);
+            }
             Outcome::Gone => {
                 let arms = self
                     .registry
@@ -694,18 +712,25 @@ impl State {
             }
             Outcome::Refresh | Outcome::Retry { .. } | Outcome::Failed => {
                 ShardlessMetrics::inc(&self.metrics.push_failed[i]);
+                self.registry.0.wake_finished(&job.wake, false);
             }
         }
     }
 
     /// Starts the wakes that are due, within the rate caps and the in-flight limit.
-    fn dispatch(&mut self, done_tx: &tokio::sync::mpsc::UnboundedSender<Done>) {
-        let Some(sender) = self.sender.as_ref() else {
-            self.queue.clear();
-            return;
+    /// Returns how long (ms) until a waiting job may be due; `None` when nothing waits or only
+    /// the in-flight limit holds them (a finished request wakes the loop).
+    fn dispatch(&mut self, done_tx: &tokio::sync::mpsc::UnboundedSender<Done>) -> Option<u64> {
+        let Some(sender) = self.sender.clone() else {
+            // No provider configured (registrations replayed from an earlier configuration).
+            for job in std::mem::take(&mut self.queue) {
+                self.registry.0.wake_finished(&job.wake, false);
+            }
+            return None;
         };
         let now_ms = self.clock.now().mono_ms;
         let mut waiting = VecDeque::new();
+        let mut next: Option<u64> = None;
         while let Some(job) = self.queue.pop_front() {
             if self.inflight >= self.send.inflight_max {
                 waiting.push_back(job);
@@ -713,7 +738,14 @@ impl State {
                 break;
             }
             let p = provider_index(job.wake.provider);
-            if job.not_before_ms > now_ms || !self.provider_rate[p].allow(0, now_ms) {
+            if job.not_before_ms > now_ms {
+                let wait = job.not_before_ms - now_ms;
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+                waiting.push_back(job);
+                continue;
+            }
+            if !self.provider_rate[p].allow(0, now_ms) {
+                next = Some(1); // the bucket refills by the millisecond
                 waiting.push_back(job);
                 continue;
             }
@@ -725,6 +757,7 @@ impl State {
             });
         }
         self.queue = waiting;
+        next
     }
 
     /// Once a second: expiry and compaction.
@@ -820,9 +853,10 @@ fn compact(j: &mut Journal, snapshot: &[Vec<u8>], what: &str) {
     let before = j.bytes();
     match j.rewrite(snapshot.iter().map(|r| r.as_slice())) {
         Ok(()) => tracing::info!(before, after = j.bytes(), "{what} journal compacted"),
-        Err(e) => {
+        Err(journal::Rewrite::Kept(e)) => {
             tracing::warn!(error = %e, "{what} journal compaction failed; keeping the old one")
         }
+        Err(journal::Rewrite::Broken(e)) => fatal_on_err(Err(e), &format!("{what} journal")),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct DirectoryLimits {
     /// Fetches per second (and burst) from one address, and for one dest.
     pub fetch_per_addr: Rate,
     pub fetch_per_target: Rate,
+    /// Uploads per second (and burst) from one address: each costs up to 38 signature checks.
+    pub upload_per_addr: Rate,
     /// Buckets tracked by each fetch limiter.
     pub rate_entries_max: usize,
 }
@@ -47,6 +49,10 @@ impl Default for DirectoryLimits {
             fetch_per_target: Rate {
                 per_s: 1,
                 burst: 20,
+            },
+            upload_per_addr: Rate {
+                per_s: 1,
+                burst: 30,
             },
             rate_entries_max: 65_536,
         }
@@ -107,6 +113,7 @@ pub struct Directory {
     bytes: usize,
     by_addr: KeyedLimiter<IpKey>,
     by_target: KeyedLimiter<Dest>,
+    uploads_by_addr: KeyedLimiter<IpKey>,
     records: Vec<Vec<u8>>,
     pub stats: DirectoryStats,
 }
@@ -116,6 +123,7 @@ impl Directory {
         Directory {
             by_addr: KeyedLimiter::new(limits.fetch_per_addr, limits.rate_entries_max),
             by_target: KeyedLimiter::new(limits.fetch_per_target, limits.rate_entries_max),
+            uploads_by_addr: KeyedLimiter::new(limits.upload_per_addr, limits.rate_entries_max),
             limits,
             slots: AHashMap::new(),
             bytes: 0,
@@ -226,7 +234,17 @@ impl Directory {
     }
 
     /// Checks and stores an upload. `Ok` carries the one-time keys now in the slot.
-    pub fn upload(&mut self, now_unix_s: u64, upload: &Upload) -> Result<(u16, u16), Refusal> {
+    pub fn upload(
+        &mut self,
+        now_unix_s: u64,
+        now_ms: u64,
+        upload: &Upload,
+        requester: IpKey,
+    ) -> Result<(u16, u16), Refusal> {
+        if !self.uploads_by_addr.allow(requester, now_ms) {
+            self.stats.uploads_refused += 1;
+            return Err(refuse(PrekeyStatus::RateLimited, KeyKind::None, 0));
+        }
         let r = self.check(upload);
         if let Err(refusal) = r {
             self.stats.uploads_refused += 1;
@@ -337,14 +355,17 @@ impl Directory {
             ec,
         };
         self.bytes -= before - slot.bytes();
-        let mut r = Vec::with_capacity(26);
-        r.push(b'T');
-        r.extend_from_slice(&dest.0);
         let taken = u8::from(bundle.ec.is_some()) | (u8::from(!pq_last_resort) << 1);
-        r.push(taken);
-        r.put_u32_le(bundle.ec.as_ref().map_or(0, |k| k.id));
-        r.put_u32_le(if pq_last_resort { 0 } else { bundle.pq.id });
-        self.records.push(r);
+        if taken != 0 {
+            // Nothing consumed (only the last-resort key handed out): nothing to journal.
+            let mut r = Vec::with_capacity(26);
+            r.push(b'T');
+            r.extend_from_slice(&dest.0);
+            r.push(taken);
+            r.put_u32_le(bundle.ec.as_ref().map_or(0, |k| k.id));
+            r.put_u32_le(if pq_last_resort { 0 } else { bundle.pq.id });
+            self.records.push(r);
+        }
         self.stats.fetches_ok += 1;
         if pq_last_resort {
             self.stats.fetches_last_resort += 1;
@@ -408,6 +429,7 @@ mod tests {
         DirectoryLimits {
             fetch_per_addr: Rate { per_s: 0, burst: 0 },
             fetch_per_target: Rate { per_s: 0, burst: 0 },
+            upload_per_addr: Rate { per_s: 0, burst: 0 },
             ..DirectoryLimits::default()
         }
     }
@@ -429,11 +451,11 @@ mod tests {
         let mut d = Directory::new(open_limits());
         let (ups, _) = generate(&id, dest, plan(false, 2, 0, 10)).unwrap();
         assert_eq!(
-            d.upload(0, &ups[0]).unwrap_err().status,
+            d.upload(0, 0, &ups[0], ADDR).unwrap_err().status,
             PrekeyStatus::NoSignedPrekey
         );
         let (ups, _) = generate(&id, dest, plan(true, 2, 3, 1)).unwrap();
-        assert_eq!(d.upload(0, &ups[0]).unwrap(), (2, 3));
+        assert_eq!(d.upload(0, 0, &ups[0], ADDR).unwrap(), (2, 3));
         assert_eq!(d.count(0, &dest), Some((2, 3)));
         let mut ec_ids = Vec::new();
         let mut pq_ids = Vec::new();
@@ -466,14 +488,14 @@ mod tests {
         let (ups, _) = generate(&id, dest, plan(true, 3, 3, 1)).unwrap();
         let mut bad = ups[0].clone();
         bad.pq[2].sig[10] ^= 0x40;
-        let r = d.upload(0, &bad).unwrap_err();
+        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind, r.index),
             (PrekeyStatus::BadSignature, KeyKind::OneTimePq, 2)
         );
         let mut bad = ups[0].clone();
         bad.signed.as_mut().unwrap().spk.sig[0] ^= 1;
-        let r = d.upload(0, &bad).unwrap_err();
+        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind),
             (PrekeyStatus::BadSignature, KeyKind::SignedPrekey)
@@ -485,23 +507,23 @@ mod tests {
         key[2] |= 0x0F;
         bad.pq[1].key = Bytes::from(key);
         bad.pq[1].sig = id.sign(&bad.pq[1].key).unwrap();
-        let r = d.upload(0, &bad).unwrap_err();
+        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind, r.index),
             (PrekeyStatus::BadKey, KeyKind::OneTimePq, 1)
         );
         let mut bad = ups[0].clone();
         bad.ec[1].key[0] = 0x07;
-        let r = d.upload(0, &bad).unwrap_err();
+        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind, r.index),
             (PrekeyStatus::BadKey, KeyKind::OneTimeEc, 1)
         );
         // Another identity's signatures do not pass under this slot's identity.
-        d.upload(0, &ups[0]).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
         let other = IdentityKey::generate().unwrap();
         let (more, _) = generate(&other, dest, plan(false, 0, 1, 50)).unwrap();
-        let r = d.upload(0, &more[0]).unwrap_err();
+        let r = d.upload(0, 0, &more[0], ADDR).unwrap_err();
         assert_eq!(r.status, PrekeyStatus::BadSignature);
         assert_eq!(d.stats.uploads_refused, 5);
         assert_eq!(d.count(0, &dest), Some((3, 3)), "refusals change nothing");
@@ -517,37 +539,37 @@ mod tests {
         };
         let mut d = Directory::new(limits);
         let (ups, _) = generate(&id, dest, plan(true, 100, 1, 1)).unwrap();
-        d.upload(0, &ups[0]).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
         // Same ids again: duplicates.
         let (again, _) = generate(&id, dest, plan(false, 1, 0, 3)).unwrap();
-        let r = d.upload(0, &again[0]).unwrap_err();
+        let r = d.upload(0, 0, &again[0], ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind),
             (PrekeyStatus::DuplicateId, KeyKind::OneTimeEc)
         );
         let (extra, _) = generate(&id, dest, plan(false, 1, 0, 1_000)).unwrap();
         assert_eq!(
-            d.upload(0, &extra[0]).unwrap_err().status,
+            d.upload(0, 0, &extra[0], ADDR).unwrap_err().status,
             PrekeyStatus::TooMany
         );
         // Replacing is fine.
         let mut replace = extra[0].clone();
         replace.replace_one_time = true;
         assert_eq!(
-            d.upload(0, &replace).unwrap(),
+            d.upload(0, 0, &replace, ADDR).unwrap(),
             (1, 0),
             "both kinds replaced"
         );
         // A second slot does not fit slots_max = 1.
         let (other, _) = generate(&id, Dest([5; 16]), plan(true, 0, 0, 1)).unwrap();
         assert_eq!(
-            d.upload(0, &other[0]).unwrap_err().status,
+            d.upload(0, 0, &other[0], ADDR).unwrap_err().status,
             PrekeyStatus::DirectoryFull
         );
         // A new identity drops the old one-time keys.
         let id2 = IdentityKey::generate().unwrap();
         let (fresh, _) = generate(&id2, dest, plan(true, 0, 0, 500)).unwrap();
-        assert_eq!(d.upload(0, &fresh[0]).unwrap(), (0, 0));
+        assert_eq!(d.upload(0, 0, &fresh[0], ADDR).unwrap(), (0, 0));
     }
 
     #[test]
@@ -556,13 +578,19 @@ mod tests {
         let limits = DirectoryLimits {
             fetch_per_addr: Rate { per_s: 1, burst: 3 },
             fetch_per_target: Rate { per_s: 1, burst: 2 },
+            upload_per_addr: Rate { per_s: 1, burst: 2 },
             ..DirectoryLimits::default()
         };
         let mut d = Directory::new(limits);
         for i in 0..3u8 {
             let (ups, _) = generate(&id, Dest([i; 16]), plan(true, 5, 0, 1)).unwrap();
-            d.upload(0, &ups[0]).unwrap();
+            // Uploads are limited per address too: a burst of 2, then one per second.
+            d.upload(0, u64::from(i) * 1_000, &ups[0], ADDR).unwrap();
         }
+        let (more, _) = generate(&id, Dest([9; 16]), plan(true, 0, 0, 1)).unwrap();
+        d.upload(0, 2_000, &more[0], ADDR).unwrap();
+        let r = d.upload(0, 2_000, &more[0], ADDR).unwrap_err();
+        assert_eq!(r.status, PrekeyStatus::RateLimited);
         let other = IpKey::V4([10, 0, 0, 2]);
         assert!(d.fetch(0, 0, Dest([0; 16]), ADDR).is_ok());
         assert!(d.fetch(0, 0, Dest([0; 16]), other).is_ok());
@@ -596,7 +624,7 @@ mod tests {
         for i in 0..3u8 {
             let (ups, _) = generate(&id, Dest([i; 16]), plan(true, 4, 45, 1)).unwrap();
             for u in &ups {
-                d.upload(100, u).unwrap();
+                d.upload(100, 0, u, ADDR).unwrap();
             }
         }
         for _ in 0..5 {

@@ -23,6 +23,10 @@ pub const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// How long one provider request may take.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// A credential younger than this is not replaced on a refusal: a burst of 403s (every request
+/// in flight with the same stale token) makes one new token, not one each (APNs answers too
+/// many token updates with 429 TooManyProviderTokenUpdates).
+pub const CREDENTIAL_REFRESH_MIN_AGE_S: u64 = 60;
 
 /// APNs credentials and settings.
 #[derive(Debug)]
@@ -146,6 +150,8 @@ struct Tokens {
     fcm: Option<(String, u64)>,
     /// origin → (JWT, expiry).
     vapid: ahash::AHashMap<String, (String, u64)>,
+    /// When the FCM access token was obtained.
+    fcm_obtained: u64,
 }
 
 /// Sends wakes. Cloned into each request task.
@@ -216,8 +222,11 @@ impl Sender {
     fn apns_jwt(&self, cfg: &ApnsConfig, refresh: bool) -> String {
         let now = self.unix_s();
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |iat: u64| now < iat + CREDENTIAL_REFRESH_MIN_AGE_S;
         match &t.apns {
-            Some((jwt, iat)) if !refresh && now < iat + cfg.token_refresh_s => jwt.clone(),
+            Some((jwt, iat)) if (!refresh || fresh(*iat)) && now < iat + cfg.token_refresh_s => {
+                jwt.clone()
+            }
             _ => {
                 let header = format!(r#"{{"alg":"ES256","kid":"{}"}}"#, cfg.key_id);
                 let claims = format!(r#"{{"iss":"{}","iat":{now}}}"#, cfg.team_id);
@@ -232,12 +241,15 @@ impl Sender {
         let now = self.unix_s();
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         // Valid 12 h (the limit is 24 h); renewed when less than an hour is left.
+        const VALID_S: u64 = 12 * 3_600;
         if let Some((jwt, exp)) = t.vapid.get(origin) {
-            if !refresh && now + 3_600 < *exp {
+            let issued = exp.saturating_sub(VALID_S);
+            let fresh = now < issued + CREDENTIAL_REFRESH_MIN_AGE_S;
+            if (!refresh || fresh) && now + 3_600 < *exp {
                 return jwt.clone();
             }
         }
-        let exp = now + 12 * 3_600;
+        let exp = now + VALID_S;
         let claims = format!(
             r#"{{"aud":"{origin}","exp":{exp},"sub":"{}"}}"#,
             cfg.subject
@@ -256,7 +268,8 @@ impl Sender {
         {
             let t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((tok, exp)) = &t.fcm {
-                if !refresh && now + 300 < *exp {
+                let fresh = now < t.fcm_obtained + CREDENTIAL_REFRESH_MIN_AGE_S;
+                if (!refresh || fresh) && now + 300 < *exp {
                     return Ok(tok.clone());
                 }
             }
@@ -292,6 +305,7 @@ impl Sender {
         let expires_in = v["expires_in"].as_u64().unwrap_or(3_600);
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         t.fcm = Some((tok.clone(), now + expires_in));
+        t.fcm_obtained = now;
         Ok(tok)
     }
 

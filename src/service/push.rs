@@ -44,13 +44,26 @@ struct Device {
     dests: AHashMap<Dest, u64>,
     /// When the last wake was queued (monotonic ms).
     last_wake_ms: Option<u64>,
+    /// A wake is queued, in flight or waiting to retry: no second one until it is done.
+    pending: bool,
 }
 
-/// One wake to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One wake to send. `Debug` does not print the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Wake {
     pub provider: PushProvider,
     pub token: String,
+}
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Wake({:?}, token of {} bytes)",
+            self.provider,
+            self.token.len()
+        )
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -121,7 +134,7 @@ impl Registry {
                 (16..=200).contains(&token.len()) && token.chars().all(|c| c.is_ascii_hexdigit())
             }
             PushProvider::Fcm => {
-                (1..=4096).contains(&token.len())
+                (1..=ferry_proto::limits::PUSH_TOKEN_BYTES_MAX).contains(&token.len())
                     && token
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
@@ -217,6 +230,7 @@ impl Registry {
                     .or_insert_with(|| Device {
                         dests: AHashMap::new(),
                         last_wake_ms: None,
+                        pending: false,
                     })
                     .dests
                     .insert(*dest, *until);
@@ -264,13 +278,15 @@ impl Registry {
             if dev.dests.get(dest).is_none_or(|&until| until <= now_unix_s) {
                 continue;
             }
-            if let Some(last) = dev.last_wake_ms {
-                if now_ms < last + self.limits.coalesce_window_ms {
-                    self.stats.wakes_coalesced += 1;
-                    continue;
-                }
+            let in_window = dev
+                .last_wake_ms
+                .is_some_and(|last| now_ms < last + self.limits.coalesce_window_ms);
+            if dev.pending || in_window {
+                self.stats.wakes_coalesced += 1;
+                continue;
             }
             dev.last_wake_ms = Some(now_ms);
+            dev.pending = true;
             let Some(provider) = PushProvider::from_u8(key.0) else {
                 continue;
             };
@@ -280,6 +296,18 @@ impl Registry {
             });
         }
         out
+    }
+
+    /// The wake of this device is done (sent, failed for good, or dropped): the next one may be
+    /// queued once the window has passed. `dropped`: it never left, so the window restarts now.
+    pub fn wake_finished(&mut self, wake: &Wake, dropped: bool) {
+        let key: DeviceKey = (wake.provider as u8, wake.token.clone());
+        if let Some(dev) = self.devices.get_mut(&key) {
+            dev.pending = false;
+            if dropped {
+                dev.last_wake_ms = None;
+            }
+        }
     }
 
     /// The provider said the token is gone: delete it. Returns the new armed-until of its dests.
@@ -328,6 +356,8 @@ impl Registry {
     }
 
     /// Rebuilds the registrations from journal records. Returns records it could not parse.
+    /// Tokens the current configuration no longer accepts (a Web Push origin taken off the
+    /// allowed list) are deleted, and their deletion journaled.
     pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
         let mut bad = 0;
         for r in records {
@@ -337,6 +367,16 @@ impl Registry {
                 }
                 None => bad += 1,
             }
+        }
+        let refused: Vec<(PushProvider, String)> = self
+            .devices
+            .keys()
+            .filter_map(|(p, t)| Some((PushProvider::from_u8(*p)?, t.clone())))
+            .filter(|(p, t)| !self.token_valid(*p, t))
+            .collect();
+        for (p, t) in refused {
+            self.delete_token(p, &t);
+            self.stats.tokens_deleted -= 1; // not the provider's doing
         }
         bad
     }
@@ -416,7 +456,22 @@ mod tests {
         assert_eq!(r.wake(100, 0, &d).len(), 1);
         assert!(r.wake(100, 59_999, &d).is_empty(), "inside the window");
         assert_eq!(r.stats.wakes_coalesced, 1);
+        // Still pending (say, retrying after a 429): no second wake after the window either.
+        assert!(r.wake(100, 60_000, &d).is_empty());
+        let w = Wake {
+            provider: PushProvider::Apns,
+            token: APNS.into(),
+        };
+        r.wake_finished(&w, false);
+        assert!(!format!("{w:?}").contains(APNS), "Debug hides the token");
         assert_eq!(r.wake(100, 60_000, &d).len(), 1);
+        r.wake_finished(&w, true);
+        assert_eq!(
+            r.wake(100, 60_001, &d).len(),
+            1,
+            "a dropped wake restarts the window"
+        );
+        r.wake_finished(&w, false);
         assert!(r.wake(151, 200_000, &d).is_empty(), "registration expired");
         assert!(r.wake(100, 0, &Dest([2; 16])).is_empty());
     }
@@ -507,5 +562,22 @@ mod tests {
         let mut third = Registry::new(limits());
         third.replay(&snap);
         assert_eq!(third.devices(), 2);
+        // A Web Push origin taken off the allowed list: its tokens go at replay.
+        let mut wp = Registry::new(limits());
+        wp.register(
+            0,
+            PushProvider::WebPush,
+            b"https://push.example:8443/s/1",
+            10,
+            &ds[..1],
+        )
+        .unwrap();
+        let records = wp.take_records();
+        let mut narrower = limits();
+        narrower.webpush_origins_allowed.clear();
+        let mut again = Registry::new(narrower);
+        again.replay(&records);
+        assert_eq!(again.devices(), 0);
+        assert_eq!(again.take_records().len(), 1, "the deletion is journaled");
     }
 }

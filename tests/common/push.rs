@@ -14,13 +14,15 @@ pub const APNS_TEAM: &str = "TEAM123456";
 pub const APNS_TOPIC: &str = "org.example.chat";
 pub const FCM_PROJECT: &str = "ferry-test";
 
-/// Key files for every provider, and the mock's certificate (which the node trusts).
+/// Key files for every provider, a self-signed certificate per provider's mock, and `ca`: the
+/// three certificates in one PEM file, which the node trusts.
 pub struct PushKeys {
     pub apns_key: PathBuf,
     pub fcm_account: PathBuf,
     pub vapid_key: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// (certificate, key) of the APNs, FCM and Web Push mocks.
+    pub certs: [(PathBuf, PathBuf); 3],
+    pub ca: PathBuf,
 }
 
 impl PushKeys {
@@ -46,16 +48,26 @@ impl PushKeys {
         });
         let fcm_account = dir.join("fcm.json");
         std::fs::write(&fcm_account, account.to_string()).unwrap();
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let (cert_path, key_path) = (dir.join("mock-cert.pem"), dir.join("mock-key.pem"));
-        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        let mut ca = String::new();
+        let certs = ["apns", "fcm", "webpush"].map(|name| {
+            let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+            let (c, k) = (
+                dir.join(format!("{name}-cert.pem")),
+                dir.join(format!("{name}-key.pem")),
+            );
+            std::fs::write(&c, cert.cert.pem()).unwrap();
+            std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+            ca.push_str(&cert.cert.pem());
+            (c, k)
+        });
+        let ca_path = dir.join("providers-ca.pem");
+        std::fs::write(&ca_path, ca).unwrap();
         PushKeys {
             apns_key,
             fcm_account,
             vapid_key,
-            cert: cert_path,
-            key: key_path,
+            certs,
+            ca: ca_path,
         }
     }
 }
@@ -77,26 +89,23 @@ pub struct PushMock {
 }
 
 impl PushMock {
-    /// Starts the mock; `script` maps token parts to status sequences, `forbid` lists strings
-    /// that must never appear in a request.
-    pub fn start(dir: &Path, keys: &PushKeys, script: &[(&str, &str)], forbid: &[String]) -> Self {
-        Self::start_with(dir, keys, script, forbid, 0)
-    }
-
-    pub fn start_with(
+    /// Starts the mock of one provider (0 APNs, 1 FCM, 2 Web Push: its own certificate);
+    /// `script` maps token parts to status sequences, `forbid` lists strings that must never
+    /// appear in a request.
+    pub fn start(
         dir: &Path,
         keys: &PushKeys,
+        provider: usize,
         script: &[(&str, &str)],
         forbid: &[String],
-        delay_ms: u64,
     ) -> Self {
-        let log = dir.join(format!("pushmock-{}.jsonl", std::process::id()));
+        let log = dir.join(format!("pushmock-{provider}.jsonl"));
         let _ = std::fs::remove_file(&log);
         let mut cmd = Command::new(pushmock_bin());
         cmd.arg("--cert")
-            .arg(&keys.cert)
+            .arg(&keys.certs[provider].0)
             .arg("--key")
-            .arg(&keys.key)
+            .arg(&keys.certs[provider].1)
             .arg("--log")
             .arg(&log)
             .arg("--apns-key")
@@ -106,8 +115,7 @@ impl PushMock {
             .arg("--fcm-account")
             .arg(&keys.fcm_account)
             .arg("--vapid-key")
-            .arg(&keys.vapid_key)
-            .args(["--delay-ms", &delay_ms.to_string()]);
+            .arg(&keys.vapid_key);
         for (tok, statuses) in script {
             cmd.arg("--script").arg(format!("{tok}={statuses}"));
         }
@@ -136,32 +144,6 @@ impl PushMock {
         format!("https://{}", self.addr)
     }
 
-    /// `FERRY_*` variables that point every provider of a node at this mock.
-    pub fn node_env(&self, keys: &PushKeys) -> Vec<(String, String)> {
-        let o = self.origin();
-        let p = |p: &Path| p.display().to_string();
-        [
-            ("FERRY_PUSH_CA_FILE", p(&keys.cert)),
-            ("FERRY_PUSH_APNS_KEY_FILE", p(&keys.apns_key)),
-            ("FERRY_PUSH_APNS_KEY_ID", APNS_KEY_ID.into()),
-            ("FERRY_PUSH_APNS_TEAM_ID", APNS_TEAM.into()),
-            ("FERRY_PUSH_APNS_TOPIC", APNS_TOPIC.into()),
-            ("FERRY_PUSH_APNS_URL", o.clone()),
-            ("FERRY_PUSH_FCM_SERVICE_ACCOUNT_FILE", p(&keys.fcm_account)),
-            ("FERRY_PUSH_FCM_URL", o.clone()),
-            ("FERRY_PUSH_FCM_TOKEN_URL", format!("{o}/token")),
-            ("FERRY_PUSH_WEBPUSH_VAPID_KEY_FILE", p(&keys.vapid_key)),
-            (
-                "FERRY_PUSH_WEBPUSH_SUBJECT",
-                "mailto:ops@example.com".into(),
-            ),
-            ("FERRY_PUSH_WEBPUSH_ORIGINS_ALLOWED", o),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
-
     /// Every request recorded so far.
     pub fn records(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
@@ -172,6 +154,80 @@ impl PushMock {
     }
 
     /// Waits until `n` recorded requests match `pred`; returns them.
+    pub fn wait_for(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got: Vec<_> = self.records().into_iter().filter(|r| pred(r)).collect();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One mock per provider, each on its own port with its own certificate.
+pub struct Mocks {
+    pub apns: PushMock,
+    pub fcm: PushMock,
+    pub webpush: PushMock,
+}
+
+impl Mocks {
+    pub fn start(dir: &Path, keys: &PushKeys, script: &[(&str, &str)], forbid: &[String]) -> Self {
+        Mocks {
+            apns: PushMock::start(dir, keys, 0, script, forbid),
+            fcm: PushMock::start(dir, keys, 1, script, forbid),
+            webpush: PushMock::start(dir, keys, 2, script, forbid),
+        }
+    }
+
+    pub fn webpush_origin(&self) -> String {
+        self.webpush.origin()
+    }
+
+    /// `FERRY_*` variables that point each provider of a node at its mock.
+    pub fn node_env(&self, keys: &PushKeys) -> Vec<(String, String)> {
+        let p = |p: &Path| p.display().to_string();
+        [
+            ("FERRY_PUSH_CA_FILE", p(&keys.ca)),
+            ("FERRY_PUSH_APNS_KEY_FILE", p(&keys.apns_key)),
+            ("FERRY_PUSH_APNS_KEY_ID", APNS_KEY_ID.into()),
+            ("FERRY_PUSH_APNS_TEAM_ID", APNS_TEAM.into()),
+            ("FERRY_PUSH_APNS_TOPIC", APNS_TOPIC.into()),
+            ("FERRY_PUSH_APNS_URL", self.apns.origin()),
+            ("FERRY_PUSH_FCM_SERVICE_ACCOUNT_FILE", p(&keys.fcm_account)),
+            ("FERRY_PUSH_FCM_URL", self.fcm.origin()),
+            (
+                "FERRY_PUSH_FCM_TOKEN_URL",
+                format!("{}/token", self.fcm.origin()),
+            ),
+            ("FERRY_PUSH_WEBPUSH_VAPID_KEY_FILE", p(&keys.vapid_key)),
+            (
+                "FERRY_PUSH_WEBPUSH_SUBJECT",
+                "mailto:ops@example.com".into(),
+            ),
+            ("FERRY_PUSH_WEBPUSH_ORIGINS_ALLOWED", self.webpush.origin()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Every request recorded by the three mocks.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let mut all = self.apns.records();
+        all.extend(self.fcm.records());
+        all.extend(self.webpush.records());
+        all
+    }
+
+    /// Waits until `n` recorded requests (over all three mocks) match `pred`; returns them.
     pub fn wait_for(
         &self,
         n: usize,
