@@ -359,6 +359,28 @@ struct State {
     metrics: Arc<ServiceMetrics>,
 }
 
+/// Opens `dir/<name>.journal` and replays it through `apply` (which returns the records it could
+/// not parse); damage found on the way is logged.
+fn open_journal(
+    dir: &Path,
+    name: &str,
+    apply: impl FnOnce(&[Vec<u8>]) -> usize,
+) -> anyhow::Result<Journal> {
+    let path = dir.join(format!("{name}.journal"));
+    let (j, replay) =
+        Journal::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let bad = apply(&replay.records);
+    if bad > 0 || replay.cut_bytes > 0 || replay.quarantined > 0 {
+        tracing::warn!(
+            bad_records = bad,
+            quarantined = replay.quarantined,
+            cut_bytes = replay.cut_bytes,
+            "{name} journal recovered with damage"
+        );
+    }
+    Ok(j)
+}
+
 /// Starts the service core: opens and replays its journals (errors stop the node's start-up),
 /// then runs on its own thread. Returns the shards' links.
 pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
@@ -366,38 +388,16 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     let directory = match &cfg.prekeys {
         None => None,
         Some(limits) => {
-            let path = cfg.dir.join("prekeys.journal");
-            let (j, replay) =
-                Journal::open(&path).with_context(|| format!("opening {}", path.display()))?;
             let mut d = Directory::new(limits.clone());
-            let bad = d.replay(&replay.records);
-            if bad > 0 || replay.cut_bytes > 0 || replay.quarantined > 0 {
-                tracing::warn!(
-                    bad_records = bad,
-                    quarantined = replay.quarantined,
-                    cut_bytes = replay.cut_bytes,
-                    "prekey journal recovered with damage"
-                );
-            }
+            let j = open_journal(&cfg.dir, "prekeys", |r| d.replay(r))?;
             tracing::info!(slots = d.slots(), "prekey directory replayed");
             Some((d, j))
         }
     };
-    let path = cfg.dir.join("push.journal");
-    let (pj, replay) =
-        Journal::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut push_limits = cfg.push.clone();
     push_limits.enabled = cfg.providers.enabled();
     let mut registry = Registry::new(push_limits);
-    let bad = registry.replay(&replay.records);
-    if bad > 0 || replay.cut_bytes > 0 || replay.quarantined > 0 {
-        tracing::warn!(
-            bad_records = bad,
-            quarantined = replay.quarantined,
-            cut_bytes = replay.cut_bytes,
-            "push journal recovered with damage"
-        );
-    }
+    let pj = open_journal(&cfg.dir, "push", |r| registry.replay(r))?;
     let sender = if cfg.providers.enabled().iter().any(|e| *e) {
         let client = providers::https_client(cfg.ca_file.as_deref())?;
         Some((client, Arc::new(cfg.providers)))

@@ -152,23 +152,6 @@ impl PushMock {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
-
-    /// Waits until `n` recorded requests match `pred`; returns them.
-    pub fn wait_for(
-        &self,
-        n: usize,
-        timeout: Duration,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got: Vec<_> = self.records().into_iter().filter(|r| pred(r)).collect();
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// One mock per provider, each on its own port with its own certificate.
