@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod driver;
+pub mod media;
 pub mod metrics;
 pub mod ratelimit;
 pub mod service;
