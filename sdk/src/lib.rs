@@ -8,6 +8,7 @@
 //!
 //! Payloads are opaque to the node: applications encrypt before [`Client::send`].
 
+pub mod media;
 pub mod prekeys;
 
 use std::collections::VecDeque;

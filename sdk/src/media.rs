@@ -1,0 +1,262 @@
+//! Media encryption on the device: a random 32-byte key per attachment, the bytes sealed with
+//! ChaCha20-Poly1305 in the STREAM construction (Hoang, Reyhanitabar, Rogaway, Vizár; `aead`'s
+//! `StreamBE32`: a 32-bit big-endian segment counter and a last-segment flag in the nonce), and
+//! the blob id = blake3 of the ciphertext, which the node stores and serves. The key and the id
+//! travel inside an end-to-end encrypted message; the node never sees the key.
+//!
+//! Ciphertext layout: plaintext segments of `SEGMENT_BYTES` (the last one shorter, possibly
+//! empty), each followed by its 16-byte tag. Segment `i` starts at `i × (SEGMENT_BYTES + 16)`, so
+//! any plaintext range maps to a ciphertext range that can be fetched (and verified against the
+//! id, see `ferry_shards::media::verify_range`) and decrypted on its own. Reordering,
+//! truncating or extending segments fails authentication: each segment's nonce carries its index,
+//! and only the real last segment is sealed with the last flag.
+//!
+//! Memory: one segment at a time, whatever the size. (Upload and download over the protocol are
+//! not built yet: issue 6.)
+
+use std::io::{Read, Write};
+
+use chacha20poly1305::aead::stream::{NewStream, StreamBE32, StreamPrimitive};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+
+use crate::SdkError;
+
+/// Plaintext bytes per STREAM segment.
+pub const SEGMENT_BYTES: usize = 64 * 1024;
+/// Tag bytes after each segment.
+pub const TAG_BYTES: usize = 16;
+const SEALED_SEGMENT_BYTES: u64 = (SEGMENT_BYTES + TAG_BYTES) as u64;
+
+/// The key of one attachment (never reused: the STREAM nonce prefix is fixed at zero).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MediaKey(pub [u8; 32]);
+
+impl std::fmt::Debug for MediaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MediaKey(…)")
+    }
+}
+
+impl MediaKey {
+    pub fn generate() -> Result<Self, SdkError> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        Ok(MediaKey(k))
+    }
+
+    fn stream(&self) -> StreamBE32<ChaCha20Poly1305> {
+        let aead = ChaCha20Poly1305::new(&self.0.into());
+        StreamBE32::from_aead(aead, &Default::default())
+    }
+}
+
+/// What `encrypt` produced: the blob id (blake3 of the ciphertext) and the sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    pub id: [u8; 32],
+    pub plaintext_bytes: u64,
+    pub ciphertext_bytes: u64,
+}
+
+fn bad() -> SdkError {
+    SdkError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "media segment does not authenticate",
+    ))
+}
+
+/// Reads up to `buf.len()` bytes (fewer only at the end of `r`).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Encrypts everything `plaintext` yields into `out`, one segment in memory at a time.
+pub fn encrypt(
+    key: &MediaKey,
+    mut plaintext: impl Read,
+    mut out: impl Write,
+) -> Result<Sealed, SdkError> {
+    let stream = key.stream();
+    let mut hasher = blake3::Hasher::new();
+    let (mut pt_bytes, mut ct_bytes) = (0u64, 0u64);
+    let mut cur = vec![0u8; SEGMENT_BYTES];
+    let mut next = vec![0u8; SEGMENT_BYTES];
+    let mut n = read_full(&mut plaintext, &mut cur)?;
+    let mut index: u32 = 0;
+    loop {
+        // Look ahead one segment: the last one is sealed with the last flag.
+        let m = if n == SEGMENT_BYTES {
+            read_full(&mut plaintext, &mut next)?
+        } else {
+            0
+        };
+        let last = n < SEGMENT_BYTES || m == 0;
+        let mut seg = cur[..n].to_vec();
+        stream
+            .encrypt_in_place(index, last, b"", &mut seg)
+            .map_err(|_| bad())?;
+        hasher.update(&seg);
+        out.write_all(&seg)?;
+        pt_bytes += n as u64;
+        ct_bytes += seg.len() as u64;
+        if last {
+            break;
+        }
+        std::mem::swap(&mut cur, &mut next);
+        n = m;
+        index = index.checked_add(1).ok_or_else(|| {
+            SdkError::Io(std::io::Error::other("attachment too large for STREAM"))
+        })?;
+    }
+    Ok(Sealed {
+        id: *hasher.finalize().as_bytes(),
+        plaintext_bytes: pt_bytes,
+        ciphertext_bytes: ct_bytes,
+    })
+}
+
+/// Plaintext size of a ciphertext of `ciphertext_bytes`, if that size is possible.
+pub fn plaintext_len(ciphertext_bytes: u64) -> Option<u64> {
+    let segments = ciphertext_bytes.div_ceil(SEALED_SEGMENT_BYTES).max(1);
+    ciphertext_bytes.checked_sub(segments * TAG_BYTES as u64)
+}
+
+/// The ciphertext byte range `(offset, len)` that holds plaintext `offset .. offset + len` of a
+/// blob of `ciphertext_bytes` (whole segments).
+pub fn ciphertext_range(
+    plain_offset: u64,
+    plain_len: u64,
+    ciphertext_bytes: u64,
+) -> Option<(u64, u64)> {
+    let total = plaintext_len(ciphertext_bytes)?;
+    let end = plain_offset.checked_add(plain_len)?;
+    if plain_len == 0 || end > total {
+        return None;
+    }
+    let first = plain_offset / SEGMENT_BYTES as u64;
+    let last = (end - 1) / SEGMENT_BYTES as u64;
+    let start = first * SEALED_SEGMENT_BYTES;
+    let stop = ((last + 1) * SEALED_SEGMENT_BYTES).min(ciphertext_bytes);
+    Some((start, stop - start))
+}
+
+/// Decrypts plaintext `plain_offset .. plain_offset + plain_len` from `sealed`, the ciphertext
+/// range [`ciphertext_range`] named (fetched and verified against the id first).
+pub fn decrypt_range(
+    key: &MediaKey,
+    ciphertext_bytes: u64,
+    plain_offset: u64,
+    plain_len: u64,
+    sealed: &[u8],
+) -> Result<Vec<u8>, SdkError> {
+    let (ct_off, ct_len) =
+        ciphertext_range(plain_offset, plain_len, ciphertext_bytes).ok_or_else(bad)?;
+    if sealed.len() as u64 != ct_len {
+        return Err(bad());
+    }
+    let stream = key.stream();
+    let segments = ciphertext_bytes.div_ceil(SEALED_SEGMENT_BYTES).max(1);
+    let first = ct_off / SEALED_SEGMENT_BYTES;
+    let mut plain = Vec::with_capacity(usize::try_from(plain_len).unwrap_or(0));
+    for (i, seg) in sealed
+        .chunks(usize::try_from(SEALED_SEGMENT_BYTES).unwrap_or(usize::MAX))
+        .enumerate()
+    {
+        let index = first + i as u64;
+        let mut buf = seg.to_vec();
+        let position = u32::try_from(index).map_err(|_| bad())?;
+        stream
+            .decrypt_in_place(position, index + 1 == segments, b"", &mut buf)
+            .map_err(|_| bad())?;
+        plain.extend_from_slice(&buf);
+    }
+    let skip = usize::try_from(plain_offset - first * SEGMENT_BYTES as u64).map_err(|_| bad())?;
+    let take = usize::try_from(plain_len).map_err(|_| bad())?;
+    Ok(plain[skip..skip + take].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::cast_possible_truncation)] // test sizes are a few segments
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn round_trip_any_size_and_any_range() {
+        for n in [
+            0,
+            1,
+            SEGMENT_BYTES - 1,
+            SEGMENT_BYTES,
+            SEGMENT_BYTES + 1,
+            3 * SEGMENT_BYTES + 77,
+        ] {
+            let key = MediaKey::generate().unwrap();
+            let pt = data(n);
+            let mut ct = Vec::new();
+            let sealed = encrypt(&key, &pt[..], &mut ct).unwrap();
+            assert_eq!(sealed.ciphertext_bytes, ct.len() as u64);
+            assert_eq!(sealed.id, *blake3::hash(&ct).as_bytes());
+            assert_eq!(plaintext_len(ct.len() as u64), Some(n as u64));
+            if n == 0 {
+                assert!(ciphertext_range(0, 1, ct.len() as u64).is_none());
+                continue;
+            }
+            for (off, len) in [
+                (0, n),
+                (n / 2, n - n / 2),
+                (n - 1, 1),
+                (n / 3, 1.max(n / 5)),
+            ] {
+                let (co, cl) = ciphertext_range(off as u64, len as u64, ct.len() as u64).unwrap();
+                let got = decrypt_range(
+                    &key,
+                    ct.len() as u64,
+                    off as u64,
+                    len as u64,
+                    &ct[co as usize..(co + cl) as usize],
+                )
+                .unwrap();
+                assert_eq!(got, &pt[off..off + len], "n={n} off={off} len={len}");
+            }
+        }
+    }
+
+    #[test]
+    fn tampering_truncation_and_the_wrong_key_fail() {
+        let key = MediaKey::generate().unwrap();
+        let pt = data(2 * SEGMENT_BYTES + 10);
+        let mut ct = Vec::new();
+        encrypt(&key, &pt[..], &mut ct).unwrap();
+        let n = ct.len() as u64;
+        let all = |ct: &[u8], k: &MediaKey| decrypt_range(k, n, 0, pt.len() as u64, ct);
+        assert!(all(&ct, &key).is_ok());
+        let mut bad = ct.clone();
+        bad[SEGMENT_BYTES + 100] ^= 1;
+        assert!(all(&bad, &key).is_err());
+        assert!(all(&ct, &MediaKey([9; 32])).is_err());
+        // Dropping the last segment: the new last one was not sealed as last.
+        let cut = 2 * SEALED_SEGMENT_BYTES as usize;
+        let shorter = &ct[..cut];
+        assert!(
+            decrypt_range(&key, cut as u64, 0, 2 * SEGMENT_BYTES as u64 - 32, shorter).is_err()
+        );
+        // Swapping two segments fails too.
+        let s = SEALED_SEGMENT_BYTES as usize;
+        let mut swapped = ct[s..2 * s].to_vec();
+        swapped.extend_from_slice(&ct[..s]);
+        swapped.extend_from_slice(&ct[2 * s..]);
+        assert!(all(&swapped, &key).is_err());
+        assert!(!format!("{key:?}").contains('9'));
+    }
+}
