@@ -10,6 +10,7 @@ pub mod addr;
 pub mod conn;
 pub mod frame;
 pub mod limits;
+pub mod media;
 pub mod prekey;
 pub mod xeddsa;
 

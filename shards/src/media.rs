@@ -19,20 +19,12 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use ahash::AHashMap;
+use bao_tree::BaoTree;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::{CreateOutboard, encode_ranges_validated};
-use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
-
-/// Blake3 chunks per bao group: 2^4 × 1 KiB = 16 KiB. The outboard costs 64 bytes per group
-/// (0.4 % of the blob), and a proof for a range needs one hash pair per tree level above it.
-pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
-/// Bytes per bao chunk group.
-pub const GROUP_BYTES: u64 = 16 * 1024;
+pub use ferry_proto::media::{BLOCK_SIZE, BlobId, GROUP_BYTES, chunk_ranges, verify_range};
 /// Bytes a `.part` grows by before it is synced and its durable length recorded.
 pub const SYNC_EVERY_BYTES: u64 = 8 << 20;
-
-/// A blob id: blake3 of the blob's bytes.
-pub type BlobId = [u8; 32];
 
 /// Named limits of the media store.
 #[derive(Clone, Debug)]
@@ -467,52 +459,6 @@ impl MediaStore {
         }
         dead.len() + stale.len()
     }
-}
-
-/// The 1 KiB chunks covering bytes `offset .. offset + len`.
-pub fn chunk_ranges(offset: u64, len: u64) -> ChunkRanges {
-    let start = ChunkNum(offset / 1024);
-    let end = ChunkNum((offset + len).div_ceil(1024));
-    ChunkRanges::from(start..end)
-}
-
-/// Checks a [`MediaStore::read_range`] answer against the blob id and size, and returns the
-/// verified bytes `offset .. offset + len`. Any tampered byte or hash fails.
-pub fn verify_range(
-    id: &BlobId,
-    size: u64,
-    offset: u64,
-    len: u64,
-    encoded: &[u8],
-) -> Result<Vec<u8>, MediaError> {
-    use bao_tree::io::sync::DecodeResponseIter;
-    use bao_tree::io::{BaoContentItem, Leaf};
-    if len == 0 || offset.checked_add(len).is_none_or(|end| end > size) {
-        return Err(MediaError::BadRange);
-    }
-    let ranges = chunk_ranges(offset, len);
-    let tree = BaoTree::new(size, BLOCK_SIZE);
-    let root = bao_tree::blake3::Hash::from_bytes(*id);
-    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    for item in DecodeResponseIter::new(root, tree, encoded, &ranges) {
-        match item {
-            Ok(BaoContentItem::Leaf(Leaf { offset: at, data })) => {
-                // Keep the part of this verified leaf that falls in the range.
-                let (lo, hi) = (at.max(offset), (at + data.len() as u64).min(offset + len));
-                if lo < hi {
-                    let s = usize::try_from(lo - at).unwrap_or(0);
-                    let e = usize::try_from(hi - at).unwrap_or(0);
-                    out.extend_from_slice(&data[s..e]);
-                }
-            }
-            Ok(BaoContentItem::Parent(_)) => {}
-            Err(_) => return Err(MediaError::Mismatch),
-        }
-    }
-    if out.len() as u64 != len {
-        return Err(MediaError::Mismatch);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
