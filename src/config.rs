@@ -43,6 +43,45 @@ pub struct Config {
     pub limits: Limits,
     pub prekeys: PrekeysConfig,
     pub push: PushConfig,
+    pub media: MediaConfig,
+}
+
+/// Encrypted media blobs (`[media]`), kept per owner core in `data_dir/media/shard-<id>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Store and serve blobs; `false`: media requests are answered `Unavailable`.
+    pub enabled: bool,
+    /// Largest blob.
+    pub blob_bytes_max: u64,
+    /// A blob (or an unfinished upload) is deleted this long after its upload began.
+    pub ttl_s: u64,
+    /// Disk the whole node's media may use (split evenly across shards).
+    pub disk_bytes_max: u64,
+    /// Bytes one connection may upload per second, and the burst; beyond: `RateLimited`.
+    pub upload_bytes_per_conn_per_s: u64,
+    pub upload_bytes_per_conn_burst: u64,
+    /// Requests queued to one core's media worker; beyond: `Busy`.
+    pub queue_msgs_max: usize,
+    /// Plain HTTP listener for `GET /blob/<id>` with `Range` (for a CDN or cache in front);
+    /// "" = off. Non-loopback needs `insecure_plaintext` (the blobs are ciphertext, but a
+    /// listener the operator did not mean to expose is still refused).
+    pub http_listen: String,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            enabled: true,
+            blob_bytes_max: 100 << 20,
+            ttl_s: 30 * 86_400,
+            disk_bytes_max: 16 << 30,
+            upload_bytes_per_conn_per_s: 64 << 20,
+            upload_bytes_per_conn_burst: 16 << 20,
+            queue_msgs_max: 256,
+            http_listen: String::new(),
+        }
+    }
 }
 
 /// The prekey directory on the service core (`[prekeys]`).
@@ -247,6 +286,7 @@ impl Default for Config {
             limits: Limits::default(),
             prekeys: PrekeysConfig::default(),
             push: PushConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -426,6 +466,7 @@ impl Config {
             bail!("limits.service_queue_msgs_max and service_replies_msgs_max must be at least 1");
         }
         self.validate_service()?;
+        self.validate_media()?;
         if l.send_queue_bytes_max < 2 * ferry_proto::limits::FRAME_BYTES_MAX {
             bail!(
                 "limits.send_queue_bytes_max must hold at least two maximal frames ({} bytes)",
@@ -437,6 +478,35 @@ impl Config {
 }
 
 impl Config {
+    fn validate_media(&self) -> anyhow::Result<()> {
+        let m = &self.media;
+        if m.blob_bytes_max == 0 || m.ttl_s == 0 || m.disk_bytes_max == 0 || m.queue_msgs_max == 0 {
+            bail!(
+                "media.blob_bytes_max, ttl_s, disk_bytes_max and queue_msgs_max must be at least 1"
+            );
+        }
+        if m.upload_bytes_per_conn_per_s > 0
+            && m.upload_bytes_per_conn_burst < ferry_proto::limits::FRAME_BYTES_MAX as u64
+        {
+            bail!(
+                "media.upload_bytes_per_conn_burst must hold at least one chunk ({} bytes)",
+                ferry_proto::limits::FRAME_BYTES_MAX
+            );
+        }
+        if !m.http_listen.is_empty() {
+            let a: SocketAddr = m
+                .http_listen
+                .parse()
+                .with_context(|| format!("media.http_listen `{}`", m.http_listen))?;
+            if !a.ip().is_loopback() && !self.insecure_plaintext {
+                bail!(
+                    "refusing media.http_listen on non-loopback {a}: put a TLS proxy or CDN in front and pass --insecure-plaintext"
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn validate_service(&self) -> anyhow::Result<()> {
         let k = &self.prekeys;
         if k.enabled && (k.slots_max == 0 || k.bytes_max == 0 || k.slot_ttl_s == 0) {

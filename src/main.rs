@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod media;
 mod node;
 mod service;
 mod sys;

@@ -207,6 +207,10 @@ fn shard_configs(
                 connections_max: r.connections_max,
                 hop_queue_msgs_max: cfg.limits.hop_queue_msgs_max,
                 store: store.clone(),
+                media_upload_rate: ferry_shards::ratelimit::Rate {
+                    per_s: cfg.media.upload_bytes_per_conn_per_s,
+                    burst: cfg.media.upload_bytes_per_conn_burst,
+                },
             })
         })
         .collect()
@@ -299,6 +303,44 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         Clock::new(cfg.clock_offset_s),
     )?)
     .context("starting the service core")?;
+    let media = if cfg.media.enabled {
+        let limits = ferry_shards::media::MediaLimits {
+            blob_bytes_max: cfg.media.blob_bytes_max,
+            ttl_s: cfg.media.ttl_s,
+            disk_bytes_max: cfg.media.disk_bytes_max,
+        };
+        let m = crate::media::start(
+            &cfg.data_dir.join("media"),
+            limits,
+            cfg.media.queue_msgs_max,
+            &placement.shard_cpus,
+            Clock::new(cfg.clock_offset_s),
+            &service.ports,
+        )
+        .context("starting the media workers")?;
+        if let Ok(mut links) = service.links.lock() {
+            for link in links.iter_mut().flatten() {
+                link.media = m.sinks.clone();
+            }
+        }
+        Some(m)
+    } else {
+        None
+    };
+    let media_http_stop = Arc::new(AtomicBool::new(false));
+    let media_http = if cfg.media.enabled && !cfg.media.http_listen.is_empty() {
+        let (addr, join) = crate::media::serve_http(
+            &cfg.media.http_listen,
+            cfg.data_dir.join("media"),
+            shards,
+            Clock::new(cfg.clock_offset_s),
+            media_http_stop.clone(),
+        )?;
+        lines.push(format!("ferry listening media-http {addr}"));
+        Some(join)
+    } else {
+        None
+    };
     let reload = Arc::new(Reload::new(initial.clone()));
     let handles = driver::start(
         shard_configs(&cfg, &initial, shards, node_id)?,
@@ -374,7 +416,15 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     for h in handles {
         let _ = h.join.join();
     }
-    // The shards are gone: the service core syncs its journals and exits.
+    // The shards are gone: the media workers finish their queues, the service core syncs its
+    // journals, and both exit.
+    if let Some(m) = media {
+        m.stop();
+    }
+    media_http_stop.store(true, Ordering::Release);
+    if let Some(j) = media_http {
+        let _ = j.join();
+    }
     service.stop();
     admin_stop.store(true, Ordering::Release);
     let _ = admin.join();

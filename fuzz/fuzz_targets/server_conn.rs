@@ -240,6 +240,15 @@ impl Driver {
                     dests_registered: 1,
                 });
             }
+            ServerEvent::Blob(op) => {
+                self.conn.push_frame(&ferry_proto::Frame::BlobStatus {
+                    id: *op.id(),
+                    op: op.kind(),
+                    status: ferry_proto::BlobStatus::Unavailable,
+                    offset: 0,
+                    size: 0,
+                });
+            }
             ServerEvent::ChallengeRequested => {
                 self.challenges = self.challenges.wrapping_add(1);
                 self.conn.issue_challenge(self.now, [self.challenges; 32]);

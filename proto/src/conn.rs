@@ -117,6 +117,8 @@ pub enum ServerEvent {
     PrekeyFetch { dest: Dest },
     /// How many one-time keys are left, for a dest proven for `Op::PrekeyUpdate`.
     PrekeyCount { dest: Dest },
+    /// A media request for the owner core of the blob id.
+    Blob(BlobOp),
     /// A push registration; every dest is proven for `Op::PushRegister`.
     PushRegister {
         provider: PushProvider,
@@ -124,6 +126,50 @@ pub enum ServerEvent {
         token: Bytes,
         dests: Vec<Dest>,
     },
+}
+
+/// A media request (no proof needed: blobs are addressed by their content; the node limits
+/// sizes, disk and per-connection upload rate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobOp {
+    Begin {
+        id: [u8; 32],
+        size: u64,
+    },
+    Chunk {
+        id: [u8; 32],
+        offset: u64,
+        data: Bytes,
+    },
+    Finish {
+        id: [u8; 32],
+    },
+    Get {
+        id: [u8; 32],
+        offset: u64,
+        len: u32,
+    },
+}
+
+impl BlobOp {
+    pub fn kind(&self) -> crate::frame::BlobOpKind {
+        use crate::frame::BlobOpKind as K;
+        match self {
+            BlobOp::Begin { .. } => K::Begin,
+            BlobOp::Chunk { .. } => K::Chunk,
+            BlobOp::Finish { .. } => K::Finish,
+            BlobOp::Get { .. } => K::Get,
+        }
+    }
+
+    pub fn id(&self) -> &[u8; 32] {
+        match self {
+            BlobOp::Begin { id, .. }
+            | BlobOp::Chunk { id, .. }
+            | BlobOp::Finish { id }
+            | BlobOp::Get { id, .. } => id,
+        }
+    }
 }
 
 /// Server side of one client connection.
@@ -356,6 +402,14 @@ impl ServerConn {
                 }
             }
             Frame::PrekeyFetch { dest } => Some(ServerEvent::PrekeyFetch { dest }),
+            Frame::BlobBegin { id, size } => Some(ServerEvent::Blob(BlobOp::Begin { id, size })),
+            Frame::BlobChunk { id, offset, data } => {
+                Some(ServerEvent::Blob(BlobOp::Chunk { id, offset, data }))
+            }
+            Frame::BlobFinish { id } => Some(ServerEvent::Blob(BlobOp::Finish { id })),
+            Frame::BlobGet { id, offset, len } => {
+                Some(ServerEvent::Blob(BlobOp::Get { id, offset, len }))
+            }
             Frame::PushRegister {
                 provider,
                 ttl_s,
@@ -833,6 +887,19 @@ pub enum ClientEvent {
         status: PushStatus,
         dests_registered: u16,
     },
+    BlobStatus {
+        id: [u8; 32],
+        op: crate::frame::BlobOpKind,
+        status: crate::frame::BlobStatus,
+        offset: u64,
+        size: u64,
+    },
+    BlobData {
+        id: [u8; 32],
+        offset: u64,
+        more: bool,
+        data: Bytes,
+    },
     /// The node closed the connection with this error.
     Error {
         code: ErrorCode,
@@ -1001,6 +1068,30 @@ impl ClientConn {
                 } => ClientEvent::PushResult {
                     status,
                     dests_registered,
+                },
+                Frame::BlobStatus {
+                    id,
+                    op,
+                    status,
+                    offset,
+                    size,
+                } => ClientEvent::BlobStatus {
+                    id,
+                    op,
+                    status,
+                    offset,
+                    size,
+                },
+                Frame::BlobData {
+                    id,
+                    offset,
+                    more,
+                    data,
+                } => ClientEvent::BlobData {
+                    id,
+                    offset,
+                    more,
+                    data,
                 },
                 other => {
                     return Err(ClientError::Unexpected {

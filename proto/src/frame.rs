@@ -5,9 +5,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::limits::{
-    DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES, HELLO_MAGIC,
-    PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX, PROOF_ITEM_BYTES, PROOFS_PER_FRAME_MAX,
-    PUSH_TOKEN_BYTES_MAX, SEND_HEADER_BYTES,
+    BLOB_GET_BYTES_MAX, DESTS_PER_FRAME_MAX, ERROR_MESSAGE_BYTES_MAX, FRAME_BYTES_MAX,
+    FRAME_PREFIX_BYTES, HELLO_MAGIC, PACKET_HEADER_BYTES, PACKET_PAYLOAD_BYTES_MAX,
+    PROOF_ITEM_BYTES, PROOFS_PER_FRAME_MAX, PUSH_TOKEN_BYTES_MAX, SEND_HEADER_BYTES,
 };
 
 /// A 16-byte destination hash: the only routing key a node ever sees.
@@ -174,6 +174,46 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// Outcome of a media request (`BlobBegin`, `BlobChunk`, `BlobFinish`, `BlobGet`).
+    BlobStatus {
+        /// Upload: send from `offset` (after `BlobBegin`, or the length after a `BlobChunk`).
+        /// Stat (`BlobGet` of length 0): the blob exists, `size` bytes.
+        Ok = 0,
+        /// The blob is stored and verified (`size` bytes): nothing (more) to send.
+        Complete = 1,
+        /// Declared size above the node's maximum.
+        TooLarge = 2,
+        /// The node's media storage is full.
+        DiskFull = 3,
+        /// The bytes do not hash to the id (the upload was discarded), or a size that differs
+        /// from the stored blob's.
+        Mismatch = 4,
+        /// No such blob (or no upload in progress for a chunk or finish).
+        NotFound = 5,
+        /// A chunk did not start where the upload stands: continue from `offset`.
+        BadOffset = 6,
+        /// A range outside the blob, or a chunk beyond the declared size.
+        BadRange = 7,
+        /// The media queue of the owner core is full: retry (resume with `BlobBegin`).
+        Busy = 8,
+        /// This node stores no media.
+        Unavailable = 9,
+        /// This connection is over its upload rate: slow down and resume with `BlobBegin`.
+        RateLimited = 10,
+    }
+);
+
+wire_enum!(
+    /// Which media request a `BlobStatus` answers.
+    BlobOpKind {
+        Begin = 1,
+        Chunk = 2,
+        Finish = 3,
+        Get = 4,
+    }
+);
+
+wire_enum!(
     /// A push provider.
     PushProvider {
         /// Apple Push Notification service; the token is the device token in hex.
@@ -275,6 +315,10 @@ pub mod frame_type {
     pub const PREKEY_FETCH: u8 = 0x0D;
     pub const PREKEY_COUNT: u8 = 0x0E;
     pub const PUSH_REGISTER: u8 = 0x0F;
+    pub const BLOB_BEGIN: u8 = 0x10;
+    pub const BLOB_CHUNK: u8 = 0x11;
+    pub const BLOB_FINISH: u8 = 0x12;
+    pub const BLOB_GET: u8 = 0x13;
     /// Reserved for fixed-size onion (Sphinx) cells of the mesh layer.
     pub const CELL: u8 = 0x40;
     pub const SERVER_HELLO: u8 = 0x81;
@@ -290,6 +334,8 @@ pub mod frame_type {
     pub const PREKEY_RESULT: u8 = 0x8B;
     pub const PREKEY_BUNDLE: u8 = 0x8C;
     pub const PUSH_RESULT: u8 = 0x8D;
+    pub const BLOB_STATUS: u8 = 0x8E;
+    pub const BLOB_DATA: u8 = 0x90;
     pub const ERROR: u8 = 0x8F;
 }
 use frame_type as ft;
@@ -351,6 +397,28 @@ pub enum Frame {
         ttl_s: u32,
         token: Bytes,
         dests: Vec<Dest>,
+    },
+    /// Start or resume uploading the blob `id` (blake3 of its `size` bytes).
+    BlobBegin {
+        id: [u8; 32],
+        size: u64,
+    },
+    /// Bytes of an upload, at `offset` (where the upload stands).
+    BlobChunk {
+        id: [u8; 32],
+        offset: u64,
+        data: Bytes,
+    },
+    /// All bytes sent: verify and store.
+    BlobFinish {
+        id: [u8; 32],
+    },
+    /// Bytes `offset .. offset + len` of a stored blob, bao-encoded with their proof (len 0:
+    /// only the size, in a `BlobStatus`).
+    BlobGet {
+        id: [u8; 32],
+        offset: u64,
+        len: u32,
     },
     Ping {
         nonce: u64,
@@ -425,6 +493,22 @@ pub enum Frame {
         dest: Dest,
         status: PrekeyStatus,
         bundle: Option<Box<crate::prekey::Bundle>>,
+    },
+    /// The answer to a media request (`op` says which).
+    BlobStatus {
+        id: [u8; 32],
+        op: BlobOpKind,
+        status: BlobStatus,
+        offset: u64,
+        size: u64,
+    },
+    /// Part of a `BlobGet` answer: the bao encoding of the range, split over frames in order;
+    /// `more` is false on the last.
+    BlobData {
+        id: [u8; 32],
+        offset: u64,
+        more: bool,
+        data: Bytes,
     },
     /// The answer to `PushRegister`: the dests the token is now registered for.
     PushResult {
@@ -591,6 +675,12 @@ impl Frame {
             Frame::PrekeyResult { .. } => ft::PREKEY_RESULT,
             Frame::PrekeyBundle { .. } => ft::PREKEY_BUNDLE,
             Frame::PushResult { .. } => ft::PUSH_RESULT,
+            Frame::BlobBegin { .. } => ft::BLOB_BEGIN,
+            Frame::BlobChunk { .. } => ft::BLOB_CHUNK,
+            Frame::BlobFinish { .. } => ft::BLOB_FINISH,
+            Frame::BlobGet { .. } => ft::BLOB_GET,
+            Frame::BlobStatus { .. } => ft::BLOB_STATUS,
+            Frame::BlobData { .. } => ft::BLOB_DATA,
             Frame::Ping { .. } => ft::PING,
             Frame::Pong { .. } => ft::PONG,
             Frame::Cell { .. } => ft::CELL,
@@ -628,6 +718,12 @@ impl Frame {
                 16 + 1 + bundle.as_ref().map_or(0, |b| b.body_len())
             }
             Frame::PushResult { .. } => 1 + 2,
+            Frame::BlobBegin { .. } => 32 + 8,
+            Frame::BlobChunk { data, .. } => 32 + 8 + data.len(),
+            Frame::BlobFinish { .. } => 32,
+            Frame::BlobGet { .. } => 32 + 8 + 4,
+            Frame::BlobStatus { .. } => 32 + 1 + 1 + 8 + 8,
+            Frame::BlobData { data, .. } => 32 + 8 + 1 + data.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 8,
             Frame::Cell { payload } => payload.len(),
             Frame::ServerHello { .. } => 2 + 2 + 32 + 32 + 8 + 4,
@@ -851,6 +947,45 @@ impl Frame {
                 out.put_u8(*status as u8);
                 out.put_u16_le(*dests_registered);
             }
+            Frame::BlobBegin { id, size } => {
+                out.put_slice(id);
+                out.put_u64_le(*size);
+            }
+            Frame::BlobChunk { id, offset, data } => {
+                out.put_slice(id);
+                out.put_u64_le(*offset);
+                out.put_slice(data);
+            }
+            Frame::BlobFinish { id } => out.put_slice(id),
+            Frame::BlobGet { id, offset, len } => {
+                out.put_slice(id);
+                out.put_u64_le(*offset);
+                out.put_u32_le(*len);
+            }
+            Frame::BlobStatus {
+                id,
+                op,
+                status,
+                offset,
+                size,
+            } => {
+                out.put_slice(id);
+                out.put_u8(*op as u8);
+                out.put_u8(*status as u8);
+                out.put_u64_le(*offset);
+                out.put_u64_le(*size);
+            }
+            Frame::BlobData {
+                id,
+                offset,
+                more,
+                data,
+            } => {
+                out.put_slice(id);
+                out.put_u64_le(*offset);
+                out.put_u8(u8::from(*more));
+                out.put_slice(data);
+            }
             Frame::Send { .. } | Frame::Deliver { .. } => unreachable!("handled above"),
         }
     }
@@ -1017,6 +1152,41 @@ impl Frame {
             ft::PUSH_RESULT => Frame::PushResult {
                 status: r.enum_u8(PushStatus::from_u8, "status")?,
                 dests_registered: r.u16()?,
+            },
+            ft::BLOB_BEGIN => Frame::BlobBegin {
+                id: r.array()?,
+                size: r.u64()?,
+            },
+            ft::BLOB_CHUNK => Frame::BlobChunk {
+                id: r.array()?,
+                offset: r.u64()?,
+                data: r.rest(),
+            },
+            ft::BLOB_FINISH => Frame::BlobFinish { id: r.array()? },
+            ft::BLOB_GET => {
+                let id = r.array()?;
+                let offset = r.u64()?;
+                let len = r.u32()?;
+                if len as usize > BLOB_GET_BYTES_MAX {
+                    return Err(DecodeError::CountTooLarge {
+                        frame_type: t,
+                        count: u64::from(len),
+                    });
+                }
+                Frame::BlobGet { id, offset, len }
+            }
+            ft::BLOB_STATUS => Frame::BlobStatus {
+                id: r.array()?,
+                op: r.enum_u8(BlobOpKind::from_u8, "op")?,
+                status: r.enum_u8(BlobStatus::from_u8, "status")?,
+                offset: r.u64()?,
+                size: r.u64()?,
+            },
+            ft::BLOB_DATA => Frame::BlobData {
+                id: r.array()?,
+                offset: r.u64()?,
+                more: r.bool("more")?,
+                data: r.rest(),
             },
             ft::PING => Frame::Ping { nonce: r.u64()? },
             ft::PONG => Frame::Pong { nonce: r.u64()? },

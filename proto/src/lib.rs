@@ -15,6 +15,6 @@ pub mod prekey;
 pub mod xeddsa;
 
 pub use frame::{
-    Dest, DrainStatus, ErrorCode, Frame, Op, PrekeyStatus, ProofItem, ProofStatus, PushProvider,
-    PushStatus, SendStatus, SubscribeStatus,
+    BlobOpKind, BlobStatus, Dest, DrainStatus, ErrorCode, Frame, Op, PrekeyStatus, ProofItem,
+    ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
 };

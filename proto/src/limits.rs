@@ -39,6 +39,15 @@ pub const HELLO_MAGIC: [u8; 4] = *b"FRY\x01";
 /// endpoint URL).
 pub const PUSH_TOKEN_BYTES_MAX: usize = 2_048;
 
+/// Most bytes one `BlobGet` may ask for (its answer comes as several `BlobData` frames).
+pub const BLOB_GET_BYTES_MAX: usize = 1 << 20;
+/// Bytes a `BlobChunk` frame spends before its data: type(1) id(32) offset(8).
+pub const BLOB_CHUNK_HEADER_BYTES: usize = 1 + 32 + 8;
+/// Most data in one `BlobChunk`.
+pub const BLOB_CHUNK_BYTES_MAX: usize = FRAME_BYTES_MAX - BLOB_CHUNK_HEADER_BYTES;
+/// Bytes a `BlobData` frame spends before its data: type(1) id(32) offset(8) more(1).
+pub const BLOB_DATA_HEADER_BYTES: usize = 1 + 32 + 8 + 1;
+
 /// Size of one proof item on the wire: dest(16) op(1) blinded key(32) signature(64).
 pub const PROOF_ITEM_BYTES: usize = 16 + 1 + 32 + 64;
 

@@ -151,6 +151,38 @@ fn service_frame() -> impl Strategy<Value = Frame> {
                 bundle: (status == PrekeyStatus::Ok).then(|| Box::new(b)),
             }
         }),
+        (any::<[u8; 32]>(), any::<u64>()).prop_map(|(id, size)| Frame::BlobBegin { id, size }),
+        (any::<[u8; 32]>(), any::<u64>(), payload(3000))
+            .prop_map(|(id, offset, data)| Frame::BlobChunk { id, offset, data }),
+        any::<[u8; 32]>().prop_map(|id| Frame::BlobFinish { id }),
+        (any::<[u8; 32]>(), any::<u64>(), 0u32..=(1u32 << 20))
+            .prop_map(|(id, offset, len)| Frame::BlobGet { id, offset, len }),
+        (
+            any::<[u8; 32]>(),
+            pick(BlobOpKind::ALL),
+            pick(BlobStatus::ALL),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(id, op, status, offset, size)| Frame::BlobStatus {
+                id,
+                op,
+                status,
+                offset,
+                size
+            }),
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<bool>(),
+            payload(3000)
+        )
+            .prop_map(|(id, offset, more, data)| Frame::BlobData {
+                id,
+                offset,
+                more,
+                data
+            }),
         (pick(PushStatus::ALL), any::<u16>()).prop_map(|(status, dests_registered)| {
             Frame::PushResult {
                 status,

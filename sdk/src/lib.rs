@@ -32,6 +32,10 @@ pub use ferry_proto::limits::{
 /// Events a client buffers while waiting for a specific answer; beyond it the wait fails rather
 /// than growing without bound.
 pub const PENDING_EVENTS_MAX: usize = 1 << 20;
+/// Upload chunks in flight (not yet acknowledged) per upload: about 1 MiB.
+pub const BLOB_WINDOW_CHUNKS: usize = 16;
+/// Refusals in a row (rate limit, busy owner core) after which an upload gives up.
+pub const BLOB_STALLS_MAX: u32 = 300;
 
 /// What can go wrong on the client side.
 #[derive(Debug)]
@@ -65,6 +69,8 @@ pub enum SdkError {
     BadBundle(ferry_proto::prekey::Fault),
     /// The node refused the push registration.
     Push(ferry_proto::frame::PushStatus),
+    /// The node refused a media request.
+    Blob(ferry_proto::frame::BlobStatus),
 }
 
 impl std::fmt::Display for SdkError {
@@ -89,6 +95,7 @@ impl std::fmt::Display for SdkError {
             } => write!(f, "prekey directory: {status:?} ({kind:?} #{index})"),
             SdkError::BadBundle(fault) => write!(f, "prekey bundle does not verify: {fault:?}"),
             SdkError::Push(status) => write!(f, "push registration refused: {status:?}"),
+            SdkError::Blob(status) => write!(f, "media request refused: {status:?}"),
         }
     }
 }
@@ -710,6 +717,245 @@ impl Client {
             }),
             _ => None,
         })?
+    }
+
+    /// Waits for the `BlobStatus` answering request `kind` for `id` (others, such as late
+    /// chunk acknowledgements after a restart, are skipped).
+    fn blob_status(
+        &mut self,
+        id: [u8; 32],
+        kind: ferry_proto::frame::BlobOpKind,
+    ) -> Result<(ferry_proto::frame::BlobStatus, u64, u64), SdkError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.next_event(deadline)? {
+                ClientEvent::BlobStatus {
+                    id: i,
+                    op,
+                    status,
+                    offset,
+                    size,
+                } if i == id => {
+                    if op == kind {
+                        return Ok((status, offset, size));
+                    }
+                }
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
+                other => self.queue(other)?,
+            }
+        }
+    }
+
+    /// Uploads `size` bytes from `data` as blob `id` (blake3 of those bytes), resuming where the
+    /// node's upload stands (after a disconnect or a node restart, call it again), with up to
+    /// `BLOB_WINDOW_CHUNKS` chunks in flight. Over the connection's upload rate (or with the
+    /// owner core busy) it waits and resumes. Returns once the node has verified the blob.
+    pub fn upload_blob<R: std::io::Read + std::io::Seek>(
+        &mut self,
+        id: [u8; 32],
+        size: u64,
+        data: &mut R,
+    ) -> Result<(), SdkError> {
+        use ferry_proto::frame::{BlobOpKind as K, BlobStatus as B};
+        use ferry_proto::limits::BLOB_CHUNK_BYTES_MAX;
+        // Consecutive refusals without progress.
+        let mut stalls = 0u32;
+        'resume: loop {
+            self.conn.push(&Frame::BlobBegin { id, size });
+            self.flush()?;
+            let (st, mut at, _) = self.blob_status(id, K::Begin)?;
+            match st {
+                B::Complete => return Ok(()),
+                B::Ok => {}
+                B::Busy if stalls < BLOB_STALLS_MAX => {
+                    stalls += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue 'resume;
+                }
+                other => return Err(SdkError::Blob(other)),
+            }
+            data.seek(std::io::SeekFrom::Start(at))?;
+            let mut in_flight = 0usize;
+            let mut buf = vec![0u8; BLOB_CHUNK_BYTES_MAX];
+            while at < size || in_flight > 0 {
+                while in_flight < BLOB_WINDOW_CHUNKS && at < size {
+                    let n = usize::try_from((size - at).min(BLOB_CHUNK_BYTES_MAX as u64))
+                        .unwrap_or(BLOB_CHUNK_BYTES_MAX);
+                    data.read_exact(&mut buf[..n])?;
+                    self.conn.push(&Frame::BlobChunk {
+                        id,
+                        offset: at,
+                        data: bytes::Bytes::copy_from_slice(&buf[..n]),
+                    });
+                    at += n as u64;
+                    in_flight += 1;
+                }
+                self.flush()?;
+                let (st, _, _) = self.blob_status(id, K::Chunk)?;
+                match st {
+                    B::Ok => {
+                        in_flight -= 1;
+                        stalls = 0;
+                    }
+                    B::Busy | B::RateLimited | B::BadOffset if stalls < BLOB_STALLS_MAX => {
+                        // Let the node catch up (or the rate refill), then ask where it stands;
+                        // the acks of chunks still in flight are skipped by kind.
+                        stalls += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue 'resume;
+                    }
+                    other => return Err(SdkError::Blob(other)),
+                }
+            }
+            self.conn.push(&Frame::BlobFinish { id });
+            self.flush()?;
+            let (st, _, _) = self.blob_status(id, K::Finish)?;
+            return match st {
+                B::Complete => Ok(()),
+                other => Err(SdkError::Blob(other)),
+            };
+        }
+    }
+
+    /// The size of stored blob `id`.
+    pub fn blob_size(&mut self, id: [u8; 32]) -> Result<u64, SdkError> {
+        use ferry_proto::frame::BlobStatus as B;
+        self.conn.push(&Frame::BlobGet {
+            id,
+            offset: 0,
+            len: 0,
+        });
+        self.flush()?;
+        match self.blob_status(id, ferry_proto::frame::BlobOpKind::Get)? {
+            (B::Ok, _, size) => Ok(size),
+            (st, _, _) => Err(SdkError::Blob(st)),
+        }
+    }
+
+    /// Bytes `offset .. offset + len` of blob `id` (of `size` bytes), each piece verified
+    /// against the id before it is returned (see `ferry_proto::media::verify_range`).
+    pub fn download_verified(
+        &mut self,
+        id: [u8; 32],
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, SdkError> {
+        use ferry_proto::limits::BLOB_GET_BYTES_MAX;
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(BLOB_GET_BYTES_MAX as u64);
+            let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+            self.conn.push(&Frame::BlobGet {
+                id,
+                offset: at,
+                len: n32,
+            });
+            self.flush()?;
+            let mut encoded = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match self.next_event(deadline)? {
+                    ClientEvent::BlobData {
+                        id: i,
+                        offset: o,
+                        more,
+                        data,
+                    } if i == id && o == at => {
+                        encoded.extend_from_slice(&data);
+                        if !more {
+                            break;
+                        }
+                    }
+                    ClientEvent::BlobStatus { id: i, status, .. } if i == id => {
+                        return Err(SdkError::Blob(status));
+                    }
+                    ClientEvent::Error { code, message } => {
+                        return Err(SdkError::Node { code, message });
+                    }
+                    other => self.queue(other)?,
+                }
+            }
+            let piece =
+                ferry_proto::media::verify_range(&id, size, at, n, &encoded).map_err(|e| {
+                    SdkError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                })?;
+            out.extend_from_slice(&piece);
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Encrypts `plaintext` with a fresh key (STREAM, one segment in memory at a time, through a
+    /// temporary file) and uploads the ciphertext. Returns what the recipient needs: the blob id,
+    /// the key and the ciphertext size (send them inside an end-to-end encrypted message).
+    pub fn encrypt_and_upload(
+        &mut self,
+        plaintext: impl std::io::Read,
+    ) -> Result<(media::Sealed, media::MediaKey), SdkError> {
+        let key = media::MediaKey::generate()?;
+        let mut name = [0u8; 8];
+        getrandom::fill(&mut name)
+            .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        let path = std::env::temp_dir().join(format!(
+            "ferry-upload-{}.tmp",
+            name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            let mut w = std::io::BufWriter::new(&mut f);
+            let sealed = media::encrypt(&key, plaintext, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            drop(w);
+            self.upload_blob(
+                sealed.id,
+                sealed.ciphertext_bytes,
+                &mut std::io::BufReader::new(&mut f),
+            )?;
+            Ok(sealed)
+        })();
+        let _ = std::fs::remove_file(&path);
+        result.map(|sealed| (sealed, key))
+    }
+
+    /// Downloads, verifies and decrypts plaintext `plain_offset .. plain_offset + plain_len` of
+    /// an attachment, whole STREAM segments at a time (about 1 MiB per request).
+    pub fn download_and_decrypt(
+        &mut self,
+        id: [u8; 32],
+        key: &media::MediaKey,
+        ciphertext_bytes: u64,
+        plain_offset: u64,
+        plain_len: u64,
+        mut out: impl std::io::Write,
+    ) -> Result<(), SdkError> {
+        let window = 15 * media::SEGMENT_BYTES as u64;
+        let end = plain_offset + plain_len;
+        let mut at = plain_offset;
+        while at < end {
+            // Up to the end of the window's last segment.
+            let stop = ((at / window) + 1) * window;
+            let n = stop.min(end) - at;
+            let (co, cl) = media::ciphertext_range(at, n, ciphertext_bytes)
+                .ok_or(SdkError::Blob(ferry_proto::frame::BlobStatus::BadRange))?;
+            let sealed = self.download_verified(id, ciphertext_bytes, co, cl)?;
+            out.write_all(&media::decrypt_range(
+                key,
+                ciphertext_bytes,
+                at,
+                n,
+                &sealed,
+            )?)?;
+            at += n;
+        }
+        Ok(())
     }
 
     /// Fetches stored blobs of `dest` (proven for `Op::Drain` first), oldest first, at most one

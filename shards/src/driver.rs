@@ -111,6 +111,8 @@ impl Reload {
 #[derive(Debug)]
 pub struct ServiceLink {
     pub sink: Arc<dyn crate::service::ServiceSink>,
+    /// The media worker of every core (index = owner core); empty = no media.
+    pub media: Vec<Arc<dyn crate::service::ServiceSink>>,
     pub replies: crossbeam_channel::Receiver<crate::service::ServiceReply>,
     pub doorbell: std::os::unix::net::UnixStream,
 }
@@ -282,6 +284,9 @@ async fn run_shard(
     let mut service_rx = None;
     if let Some(link) = link {
         shard = shard.with_service(link.sink);
+        if !link.media.is_empty() {
+            shard = shard.with_media(link.media);
+        }
         // SAFETY: the fd comes from a std UnixStream this shard alone now owns.
         let bell = unsafe { glommio::net::UnixStream::from_raw_fd(link.doorbell.into_raw_fd()) };
         service_rx = Some((link.replies, bell));

@@ -291,7 +291,7 @@ impl MediaStore {
         self.blobs.get(id).map(|b| b.size)
     }
 
-    /// Starts or resumes the upload of `size` bytes with id `id`.
+    /// Starts or resumes the upload of `size` bytes with id `id`: answers where to send from.
     pub fn begin(&mut self, id: BlobId, size: u64, now_unix_s: u64) -> Result<Begin, MediaError> {
         if let Some(b) = self.blobs.get(&id) {
             return if b.size == size {
@@ -301,8 +301,10 @@ impl MediaStore {
             };
         }
         if let Some(p) = self.partial.get(&id) {
+            // In this process the written bytes are all there (synced or not); after a restart
+            // `len` was cut back to the durable length at open.
             return if p.size == size {
-                Ok(Begin::From(p.durable))
+                Ok(Begin::From(p.len))
             } else {
                 Err(MediaError::Size)
             };

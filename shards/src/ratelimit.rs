@@ -108,6 +108,11 @@ impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
     }
     /// Takes one token for `key`; `false` when its bucket is empty. A zero rate never limits.
     pub fn allow(&mut self, key: K, now_ms: u64) -> bool {
+        self.allow_n(key, now_ms, 1)
+    }
+
+    /// Takes `n` tokens for `key` if it has them.
+    pub fn allow_n(&mut self, key: K, now_ms: u64, n: u64) -> bool {
         if self.rate.per_s == 0 {
             return true;
         }
@@ -125,7 +130,7 @@ impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
         self.buckets
             .entry(key)
             .or_insert_with(|| Bucket::full(rate, now_ms))
-            .take(rate, now_ms, 1)
+            .take(rate, now_ms, n)
     }
     pub fn len(&self) -> usize {
         self.buckets.len()

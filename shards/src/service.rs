@@ -35,6 +35,8 @@ pub enum ServiceWork {
     },
     /// A blob was stored for `dest`, which has push registrations and no live subscriber.
     Wake { dest: Dest },
+    /// A media request, for the media worker of the blob's owner core.
+    Blob(ferry_proto::conn::BlobOp),
 }
 
 /// One request: `from` is the connection to answer (for `Wake`, the owner shard and conn 0).
@@ -70,6 +72,17 @@ impl ServiceRequest {
                 dests_registered: 0,
             }),
             ServiceWork::Wake { .. } => None,
+            ServiceWork::Blob(op) => Some(Frame::BlobStatus {
+                id: *op.id(),
+                op: op.kind(),
+                status: if busy {
+                    ferry_proto::BlobStatus::Busy
+                } else {
+                    ferry_proto::BlobStatus::Unavailable
+                },
+                offset: 0,
+                size: 0,
+            }),
         }
     }
 }

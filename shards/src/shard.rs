@@ -58,6 +58,13 @@ pub struct ShardConfig {
     /// Where and how this shard stores blobs for offline recipients; `None` = no store (offline
     /// recipients get `NoSubscriber`).
     pub store: Option<StoreSpec>,
+    /// Media bytes one connection may upload per second, and the burst (`per_s` 0: unlimited).
+    pub media_upload_rate: crate::ratelimit::Rate,
+}
+
+/// The core that stores media blob `id`: its first 8 bytes, little-endian, modulo the shards.
+pub fn media_owner(id: &[u8; 32], shards: usize) -> usize {
+    ferry_proto::Dest(id[..16].try_into().unwrap_or([0; 16])).owner(shards)
 }
 
 /// The store settings of the node; each shard keeps its log in `dir/shard-<id>`.
@@ -199,6 +206,10 @@ pub struct Shard {
     now: Now,
     /// The way into the service core (prekeys, push); `None`: answered `Unavailable`.
     service: Option<Arc<dyn crate::service::ServiceSink>>,
+    /// The media workers, one per owner core (`None`: media requests answered `Unavailable`).
+    media: Option<Vec<Arc<dyn crate::service::ServiceSink>>>,
+    /// Blob bytes each connection may upload per second (token bucket per connection).
+    media_upload: crate::ratelimit::KeyedLimiter<u64>,
     /// Owned dests with push registrations → (until when, Unix s; when a wake was last offered,
     /// monotonic ms): a blob stored for one of them while nobody listens asks the service core
     /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
@@ -232,8 +243,76 @@ impl Shard {
                 unix_s: 0,
             },
             service: None,
+            media: None,
+            media_upload: crate::ratelimit::KeyedLimiter::new(
+                cfg.media_upload_rate,
+                cfg.connections_max,
+            ),
             push_armed: AHashMap::new(),
             cfg,
+        }
+    }
+
+    /// Connects this shard to the media workers (index = owner core).
+    pub fn with_media(mut self, sinks: Vec<Arc<dyn crate::service::ServiceSink>>) -> Self {
+        assert_eq!(sinks.len(), self.cfg.shards);
+        self.media = Some(sinks);
+        self
+    }
+
+    /// Hands a media request to the worker of the blob's owner core; refusals answer at once.
+    fn hand_to_media(&mut self, now: Now, from: ConnRef, op: ferry_proto::conn::BlobOp) {
+        use ferry_proto::conn::BlobOp;
+        let refuse = |status| Frame::BlobStatus {
+            id: *op.id(),
+            op: op.kind(),
+            status,
+            offset: 0,
+            size: 0,
+        };
+        let refused = match (&op, self.conns.get(&from.conn)) {
+            (BlobOp::Chunk { data, .. }, _)
+                if !self
+                    .media_upload
+                    .allow_n(from.conn, now.mono_ms, data.len() as u64) =>
+            {
+                Some(refuse(ferry_proto::BlobStatus::RateLimited))
+            }
+            // A range answer lands in this connection's queue: not while it is backed up.
+            (BlobOp::Get { .. }, Some(c))
+                if c.sm.queued_bytes() > self.cfg.conn_limits.send_queue_bytes_max =>
+            {
+                Some(refuse(ferry_proto::BlobStatus::Busy))
+            }
+            _ => None,
+        };
+        if let Some(frame) = refused {
+            if let Some(c) = self.conns.get_mut(&from.conn) {
+                c.sm.push_frame(&frame);
+                self.mark_ready(from.conn);
+            }
+            return;
+        }
+        let owner = media_owner(op.id(), self.cfg.shards);
+        let req = crate::service::ServiceRequest {
+            from,
+            work: crate::service::ServiceWork::Blob(op),
+        };
+        let refused = match self.media.as_ref().and_then(|m| m.get(owner)) {
+            None => req.refusal(false),
+            Some(sink) => match sink.offer(req) {
+                Ok(()) => return,
+                Err(req) => {
+                    ShardMetrics::inc(&self.metrics.media_queue_full);
+                    req.refusal(true)
+                }
+            },
+        };
+        if let Some(frame) = refused {
+            if let Some(c) = self.conns.get_mut(&from.conn) {
+                c.sm.push_frame(&frame);
+                self.mark_ready(from.conn);
+            }
         }
     }
 
@@ -552,6 +631,7 @@ impl Shard {
                     };
                     self.hand_to_service(from, work);
                 }
+                ServerEvent::Blob(op) => self.hand_to_media(now, from, op),
                 ServerEvent::ChallengeRequested => {
                     let ch = self.next_challenge();
                     if let Some(c) = self.conns.get_mut(&conn) {

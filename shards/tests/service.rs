@@ -57,6 +57,7 @@ fn shard() -> Shard {
             connections_max: 100,
             hop_queue_msgs_max: 100,
             store: None,
+            media_upload_rate: Rate { per_s: 0, burst: 0 },
         },
         Arc::new(ShardMetrics::default()),
     )

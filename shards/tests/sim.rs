@@ -74,6 +74,7 @@ impl Sim {
                         connections_max: 1000,
                         hop_queue_msgs_max,
                         store: None,
+                        media_upload_rate: Rate { per_s: 0, burst: 0 },
                     },
                     Arc::new(ShardMetrics::default()),
                 )

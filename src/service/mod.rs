@@ -264,10 +264,36 @@ impl ServiceSink for Sink {
     }
 }
 
+/// A shard's reply channel and doorbell, shared by every thread that answers it.
+#[derive(Debug)]
+pub struct ReplyPort {
+    pub tx: crossbeam_channel::Sender<ServiceReply>,
+    pub bell: std::os::unix::net::UnixStream,
+}
+
+impl ReplyPort {
+    /// Queues a reply (waiting while the shard's channel is full: only this thread waits) and
+    /// rings the shard.
+    pub fn send(&self, reply: ServiceReply) {
+        if self.tx.send(reply).is_ok() {
+            let _ = (&self.bell).write(&[1]);
+        }
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<ReplyPort> {
+        Ok(ReplyPort {
+            tx: self.tx.clone(),
+            bell: self.bell.try_clone()?,
+        })
+    }
+}
+
 /// What the node keeps of the running service core.
 #[derive(Debug)]
 pub struct ServiceHandle {
     pub links: ServiceLinks,
+    /// The way back to each shard, for other threads that answer shards (the media workers).
+    pub ports: Vec<ReplyPort>,
     pub metrics: Arc<ServiceMetrics>,
     stop: Arc<AtomicBool>,
     join: std::thread::JoinHandle<()>,
@@ -410,15 +436,21 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     let mut links = Vec::with_capacity(cfg.shards);
     let mut txs = Vec::with_capacity(cfg.shards);
     let mut bells = Vec::with_capacity(cfg.shards);
+    let mut ports = Vec::with_capacity(cfg.shards);
     for _ in 0..cfg.shards {
         let (rtx, rrx) = crossbeam_channel::bounded(cfg.replies_max.max(1));
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         links.push(Some(ServiceLink {
             sink: sink.clone(),
+            media: Vec::new(),
             replies: rrx,
             doorbell: theirs,
         }));
+        ports.push(ReplyPort {
+            tx: rtx.clone(),
+            bell: ours.try_clone()?,
+        });
         txs.push(rtx);
         bells.push(ours);
     }
@@ -501,6 +533,7 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
         })?;
     Ok(ServiceHandle {
         links: Arc::new(Mutex::new(links)),
+        ports,
         metrics,
         stop,
         join,
@@ -655,6 +688,20 @@ impl State {
                     },
                 };
                 self.reply(from, frame);
+            }
+            ServiceWork::Blob(op) => {
+                // Media goes to the media workers, never here.
+                debug_assert!(false, "media request on the service core");
+                self.reply(
+                    from,
+                    Frame::BlobStatus {
+                        id: *op.id(),
+                        op: op.kind(),
+                        status: ferry_proto::BlobStatus::Unavailable,
+                        offset: 0,
+                        size: 0,
+                    },
+                );
             }
             ServiceWork::Wake { dest } => {
                 for wake in self.registry.0.wake(now.unix_s, now.mono_ms, &dest) {

@@ -19,6 +19,8 @@ pub struct Node {
     pub plain: Option<SocketAddr>,
     pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// The media HTTP listener, when `media.http_listen` is set.
+    pub media_http: Option<SocketAddr>,
     pub dir: PathBuf,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
     args: Vec<String>,
@@ -113,7 +115,7 @@ impl Node {
                 }
             }
         });
-        let (mut plain, mut tls, mut admin) = (None, None, None);
+        let (mut plain, mut tls, mut admin, mut media_http) = (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -129,6 +131,7 @@ impl Node {
                 ["ferry", "listening", "plain", a] => plain = Some(a.parse().unwrap()),
                 ["ferry", "listening", "tls", a] => tls = Some(a.parse().unwrap()),
                 ["ferry", "listening", "admin", a] => admin = Some(a.parse().unwrap()),
+                ["ferry", "listening", "media-http", a] => media_http = Some(a.parse().unwrap()),
                 ["ferry", "ready", ..] => break,
                 _ => {}
             }
@@ -138,6 +141,7 @@ impl Node {
             plain,
             tls,
             admin: admin.unwrap(),
+            media_http,
             dir,
             stderr,
             args: saved_args,

@@ -1,0 +1,404 @@
+//! Media workers: one thread per shard core, pinned to that core, owning the core's media store
+//! (`data_dir/media/shard-<id>`, `ferry_shards::media::MediaStore`). A blob belongs to the core
+//! `media_owner(id)`; whichever core a client is connected to hands its requests to that core's
+//! worker over a bounded queue (full: `Busy`, never waiting), and the worker answers through the
+//! client's shard's reply channel and doorbell, as the service core does. File writes, syncs and
+//! the hashing of a finished upload run here, never on a shard's event loop.
+//!
+//! The optional HTTP listener (`media.http_listen`) serves `GET /blob/<id>` (with `Range`) and
+//! `GET /blob/<id>.obao` (the outboard, to verify ranges) straight from the files of complete
+//! blobs, for a CDN or cache in front.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_proto::conn::BlobOp;
+use ferry_proto::limits::{BLOB_DATA_HEADER_BYTES, FRAME_BYTES_MAX};
+use ferry_proto::{BlobOpKind, BlobStatus, Frame};
+use ferry_shards::clock::Clock;
+use ferry_shards::media::{Begin, MediaError, MediaLimits, MediaStore};
+use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
+
+use crate::service::ReplyPort;
+
+/// The HTTP listener serves at most this many connections at once; more wait in the backlog.
+const HTTP_CONNECTIONS_MAX: usize = 256;
+
+#[derive(Debug)]
+struct Sink(crossbeam_channel::Sender<ServiceRequest>);
+
+impl ServiceSink for Sink {
+    fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest> {
+        self.0.try_send(req).map_err(|e| e.into_inner())
+    }
+}
+
+/// The running media workers.
+#[derive(Debug)]
+pub struct MediaHandle {
+    /// One sink per owner core, handed to every shard.
+    pub sinks: Vec<Arc<dyn ServiceSink>>,
+    stop: Arc<AtomicBool>,
+    joins: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl MediaHandle {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        drop(self.sinks);
+        for j in self.joins {
+            let _ = j.join();
+        }
+    }
+}
+
+/// Directory of core `shard`'s media.
+pub fn shard_dir(dir: &Path, shard: usize) -> PathBuf {
+    dir.join(format!("shard-{shard}"))
+}
+
+/// Opens every core's store (start-up fails with the directory named) and starts the workers.
+pub fn start(
+    dir: &Path,
+    limits: MediaLimits,
+    queue_max: usize,
+    cpus: &[usize],
+    clock: Clock,
+    ports: &[ReplyPort],
+) -> anyhow::Result<MediaHandle> {
+    let shards = ports.len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sinks: Vec<Arc<dyn ServiceSink>> = Vec::with_capacity(shards);
+    let mut joins = Vec::with_capacity(shards);
+    let per_shard = MediaLimits {
+        disk_bytes_max: (limits.disk_bytes_max / shards.max(1) as u64).max(1),
+        ..limits
+    };
+    for shard in 0..shards {
+        let d = shard_dir(dir, shard);
+        let store = MediaStore::open(&d, per_shard.clone(), clock.now().unix_s)
+            .map_err(|e| anyhow::anyhow!("media store {}: {e}", d.display()))?;
+        let (tx, rx) = crossbeam_channel::bounded(queue_max.max(1));
+        sinks.push(Arc::new(Sink(tx)));
+        let ports: Vec<ReplyPort> = ports
+            .iter()
+            .map(ReplyPort::try_clone)
+            .collect::<std::io::Result<_>>()?;
+        let cpu = cpus.get(shard).copied();
+        let stop = stop.clone();
+        joins.push(
+            std::thread::Builder::new()
+                .name(format!("ferry-media-{shard}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        crate::sys::pin_current_thread(cpu);
+                    }
+                    worker(store, rx, ports, clock, stop);
+                })?,
+        );
+    }
+    Ok(MediaHandle { sinks, stop, joins })
+}
+
+fn status(id: [u8; 32], op: BlobOpKind, status: BlobStatus, offset: u64, size: u64) -> Frame {
+    Frame::BlobStatus {
+        id,
+        op,
+        status,
+        offset,
+        size,
+    }
+}
+
+fn refusal(id: [u8; 32], op: BlobOpKind, e: &MediaError) -> Frame {
+    let (s, offset) = match e {
+        MediaError::TooLarge => (BlobStatus::TooLarge, 0),
+        MediaError::DiskFull => (BlobStatus::DiskFull, 0),
+        MediaError::Mismatch => (BlobStatus::Mismatch, 0),
+        MediaError::Offset { expected } => (BlobStatus::BadOffset, *expected),
+        MediaError::Size | MediaError::BadRange => (BlobStatus::BadRange, 0),
+        MediaError::NoUpload | MediaError::NotFound => (BlobStatus::NotFound, 0),
+        MediaError::Io(err) => {
+            tracing::warn!(error = %err, "media store i/o error");
+            (BlobStatus::Unavailable, 0)
+        }
+    };
+    status(id, op, s, offset, 0)
+}
+
+/// Answers one request: the frames for the client.
+fn handle(store: &mut MediaStore, now_unix_s: u64, op: BlobOp) -> Vec<Frame> {
+    use BlobOpKind as K;
+    match op {
+        BlobOp::Begin { id, size } => vec![match store.begin(id, size, now_unix_s) {
+            Ok(Begin::From(off)) => status(id, K::Begin, BlobStatus::Ok, off, size),
+            Ok(Begin::Complete) => status(id, K::Begin, BlobStatus::Complete, size, size),
+            Err(e) => refusal(id, K::Begin, &e),
+        }],
+        BlobOp::Chunk { id, offset, data } => match store.write(&id, offset, &data) {
+            Ok(len) => vec![status(id, K::Chunk, BlobStatus::Ok, len, 0)],
+            Err(e) => vec![refusal(id, K::Chunk, &e)],
+        },
+        BlobOp::Finish { id } => vec![match store.finish(&id) {
+            Ok(size) => status(id, K::Finish, BlobStatus::Complete, size, size),
+            Err(MediaError::NoUpload) => match store.size(&id) {
+                Some(size) => status(id, K::Finish, BlobStatus::Complete, size, size),
+                None => status(id, K::Finish, BlobStatus::NotFound, 0, 0),
+            },
+            Err(e) => refusal(id, K::Finish, &e),
+        }],
+        BlobOp::Get { id, offset, len } => {
+            let Some(size) = store.size(&id) else {
+                return vec![status(id, K::Get, BlobStatus::NotFound, 0, 0)];
+            };
+            if len == 0 {
+                return vec![status(id, K::Get, BlobStatus::Ok, offset, size)];
+            }
+            match store.read_range(&id, offset, u64::from(len)) {
+                Ok(encoded) => {
+                    let piece = FRAME_BYTES_MAX - BLOB_DATA_HEADER_BYTES;
+                    let n = encoded.len().div_ceil(piece);
+                    encoded
+                        .chunks(piece)
+                        .enumerate()
+                        .map(|(i, c)| Frame::BlobData {
+                            id,
+                            offset,
+                            more: i + 1 < n,
+                            data: bytes::Bytes::copy_from_slice(c),
+                        })
+                        .collect()
+                }
+                Err(e) => vec![refusal(id, K::Get, &e)],
+            }
+        }
+    }
+}
+
+fn worker(
+    mut store: MediaStore,
+    rx: crossbeam_channel::Receiver<ServiceRequest>,
+    ports: Vec<ReplyPort>,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_expire = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(req) => {
+                let ServiceWork::Blob(op) = req.work else {
+                    continue;
+                };
+                let now = clock.now().unix_s;
+                let port = ports.get(usize::from(req.from.shard));
+                for frame in handle(&mut store, now, op) {
+                    if let Some(p) = port {
+                        p.send(ServiceReply::Frame {
+                            to: req.from.conn,
+                            frame,
+                        });
+                    }
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        let now = clock.now().unix_s;
+        if now != last_expire {
+            last_expire = now;
+            store.expire(now);
+        }
+        if stop.load(Ordering::Acquire) && rx.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Starts the HTTP listener for complete blobs.
+pub fn serve_http(
+    addr: &str,
+    dir: PathBuf,
+    shards: usize,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("cannot bind media.http_listen {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
+    let join = std::thread::Builder::new()
+        .name("ferry-media-http".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((s, _)) if active.load(Ordering::Acquire) < HTTP_CONNECTIONS_MAX => {
+                        active.fetch_add(1, Ordering::AcqRel);
+                        let (dir, active) = (dir.clone(), active.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("ferry-media-get".into())
+                            .spawn(move || {
+                                let _ = http_one(s, &dir, shards, clock);
+                                active.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if spawned.is_err() {
+                            tracing::warn!("media http: cannot start a connection thread");
+                        }
+                    }
+                    Ok((s, _)) => drop(s), // at the limit: the client retries
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })?;
+    Ok((local, join))
+}
+
+fn http_reply(
+    s: &mut TcpStream,
+    code: u16,
+    reason: &str,
+    extra: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    write!(
+        s,
+        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)
+}
+
+/// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: (start, end exclusive).
+fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // one range per request
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (size.saturating_sub(n), size)
+        }
+        (a, "") => (a.parse().ok()?, size),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<u64>().ok()?.saturating_add(1).min(size),
+        ),
+    };
+    (start < end && start < size).then_some((start, end))
+}
+
+fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(s.try_clone()?.take(16 * 1024));
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            }
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" && method != "HEAD" {
+        return http_reply(&mut s, 405, "Method Not Allowed", "", b"");
+    }
+    let Some(name) = path.strip_prefix("/blob/") else {
+        return http_reply(&mut s, 404, "Not Found", "", b"");
+    };
+    let (hexid, ext) = match name.strip_suffix(".obao") {
+        Some(h) => (h, "obao"),
+        None => (name, "blob"),
+    };
+    let Some(id) = unhex(hexid) else {
+        return http_reply(&mut s, 404, "Not Found", "", b"");
+    };
+    let d = shard_dir(dir, ferry_shards::shard::media_owner(&id, shards));
+    // Complete and not expired: the meta file says so.
+    let meta = std::fs::read(d.join(format!("{hexid}.meta"))).unwrap_or_default();
+    let expires = meta
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    if expires <= clock.now().unix_s {
+        return http_reply(&mut s, 404, "Not Found", "", b"");
+    }
+    let Ok(mut f) = std::fs::File::open(d.join(format!("{hexid}.{ext}"))) else {
+        return http_reply(&mut s, 404, "Not Found", "", b"");
+    };
+    let size = f.metadata()?.len();
+    let (start, end, code, extra) = match range.as_deref() {
+        None => (0, size, 200, String::new()),
+        Some(r) => match parse_range(r, size) {
+            Some((a, b)) => (
+                a,
+                b,
+                206,
+                format!("content-range: bytes {a}-{}/{size}\r\n", b - 1),
+            ),
+            None => {
+                let extra = format!("content-range: bytes */{size}\r\n");
+                return http_reply(&mut s, 416, "Range Not Satisfiable", &extra, b"");
+            }
+        },
+    };
+    let reason = if code == 200 { "OK" } else { "Partial Content" };
+    write!(
+        s,
+        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\netag: \"{hexid}\"\r\ncache-control: public, max-age=31536000, immutable\r\n{extra}connection: close\r\n\r\n",
+        end - start
+    )?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    f.seek(SeekFrom::Start(start))?;
+    // std::io::copy uses sendfile/splice between a file and a socket on Linux.
+    std::io::copy(&mut f.take(end - start), &mut s)?;
+    Ok(())
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_like_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-5", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=50-1000", 100), Some((50, 100)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-1", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

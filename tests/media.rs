@@ -1,0 +1,365 @@
+//! Encrypted media end to end: the SDK encrypts (STREAM) and uploads through a real node, which
+//! stores the ciphertext on the owner core, verifies it against its id and serves verified
+//! ranges over the protocol and over HTTP with `Range`.
+
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Node;
+use ferry_proto::frame::{BlobStatus, Frame};
+use ferry_sdk::SdkError;
+use ferry_sdk::media::SEGMENT_BYTES;
+
+/// Deterministic bytes, generated as they are read (no copy in memory).
+struct Gen {
+    left: u64,
+    x: u64,
+}
+
+impl Read for Gen {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        for b in &mut buf[..n] {
+            self.x = self
+                .x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (self.x >> 56) as u8;
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn source(len: u64, seed: u64) -> Gen {
+    Gen { left: len, x: seed }
+}
+
+fn bytes(len: u64, seed: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    source(len, seed).read_to_end(&mut v).unwrap();
+    v
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A writer that only hashes what it is given.
+struct HashSink(blake3::Hasher, u64);
+impl Write for HashSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        self.1 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const FAST: [(&str, &str); 2] = [
+    ("FERRY_MEDIA_BLOB_BYTES_MAX", "314572800"),
+    ("FERRY_MEDIA_UPLOAD_BYTES_PER_CONN_PER_S", "0"),
+];
+
+#[test]
+fn a_200_mib_attachment_streams_through_with_bounded_node_memory() {
+    let node = Node::start(&["--shards", "2"], &FAST);
+    let pid = node.pid();
+    let before = rss_kb(pid);
+    let peak = Arc::new(AtomicU64::new(before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    const LEN: u64 = 200 << 20;
+    let mut c = node.client();
+    let (sealed, key) = c.encrypt_and_upload(source(LEN, 42)).unwrap();
+    assert_eq!(sealed.plaintext_bytes, LEN);
+    assert_eq!(c.blob_size(sealed.id).unwrap(), sealed.ciphertext_bytes);
+    let mut sink = HashSink(blake3::Hasher::new(), 0);
+    c.download_and_decrypt(sealed.id, &key, sealed.ciphertext_bytes, 0, LEN, &mut sink)
+        .unwrap();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let mut want = blake3::Hasher::new();
+    std::io::copy(&mut source(LEN, 42), &mut want).unwrap();
+    assert_eq!(sink.1, LEN);
+    assert_eq!(
+        sink.0.finalize(),
+        want.finalize(),
+        "the plaintext came back"
+    );
+    let growth_mib = (peak.load(Ordering::Relaxed).saturating_sub(before)) / 1024;
+    assert!(growth_mib < 64, "node RSS grew by {growth_mib} MiB");
+}
+
+#[test]
+fn interrupted_uploads_resume_after_a_disconnect_and_after_kill_9() {
+    let node = Node::start(&["--shards", "2"], &FAST);
+    let data = bytes(20 << 20, 7);
+    let id = *blake3::hash(&data).as_bytes();
+    let size = data.len() as u64;
+    // 12 MiB, then the connection drops.
+    let send_part = |c: &mut ferry_sdk::Client, upto: usize| {
+        c.write_raw(&Frame::BlobBegin { id, size }.to_bytes())
+            .unwrap();
+        for (i, chunk) in data[..upto].chunks(60_000).enumerate() {
+            let f = Frame::BlobChunk {
+                id,
+                offset: (i * 60_000) as u64,
+                data: bytes::Bytes::copy_from_slice(chunk),
+            };
+            c.write_raw(&f.to_bytes()).unwrap();
+        }
+        // Let the owner core write them.
+        c.ping(1).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut a = node.client();
+    send_part(&mut a, 12 << 20);
+    drop(a);
+    // Another connection resumes where the node stands.
+    let mut b = node.client();
+    b.write_raw(&Frame::BlobBegin { id, size }.to_bytes())
+        .unwrap();
+    let at = loop {
+        if let ferry_proto::conn::ClientEvent::BlobStatus {
+            op: ferry_proto::BlobOpKind::Begin,
+            offset,
+            ..
+        } = b.recv(Duration::from_secs(10)).unwrap()
+        {
+            break offset;
+        }
+    };
+    assert_eq!(at, 12 << 20, "resumes after the 12 MiB already sent");
+    drop(b);
+
+    // A second blob: 12 MiB sent, then kill -9. What was synced (every 8 MiB) survives.
+    let data2 = bytes(20 << 20, 8);
+    let id2 = *blake3::hash(&data2).as_bytes();
+    let mut c = node.client();
+    c.write_raw(&Frame::BlobBegin { id: id2, size }.to_bytes())
+        .unwrap();
+    for (i, chunk) in data2[..12 << 20].chunks(60_000).enumerate() {
+        let f = Frame::BlobChunk {
+            id: id2,
+            offset: (i * 60_000) as u64,
+            data: bytes::Bytes::copy_from_slice(chunk),
+        };
+        c.write_raw(&f.to_bytes()).unwrap();
+    }
+    c.ping(2).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(c);
+    let node = node.restart(true);
+    let mut c = node.client();
+    c.write_raw(&Frame::BlobBegin { id: id2, size }.to_bytes())
+        .unwrap();
+    let at2 = loop {
+        if let ferry_proto::conn::ClientEvent::BlobStatus {
+            op: ferry_proto::BlobOpKind::Begin,
+            offset,
+            ..
+        } = c.recv(Duration::from_secs(10)).unwrap()
+        {
+            break offset;
+        }
+    };
+    assert!(
+        (8 << 20..=12 << 20).contains(&at2),
+        "resumes from the durable length, got {at2}"
+    );
+    // Both complete through the SDK, which resumes by itself, and read back verified.
+    c.upload_blob(id, size, &mut std::io::Cursor::new(&data))
+        .unwrap();
+    c.upload_blob(id2, size, &mut std::io::Cursor::new(&data2))
+        .unwrap();
+    assert_eq!(c.download_verified(id, size, 0, size).unwrap(), data);
+    assert_eq!(
+        c.download_verified(id2, size, 5_000_000, 1_000_000)
+            .unwrap(),
+        &data2[5_000_000..6_000_000]
+    );
+}
+
+#[test]
+fn wrong_ids_limits_and_random_verified_ranges() {
+    let node = Node::start(
+        &[],
+        &[
+            ("FERRY_MEDIA_BLOB_BYTES_MAX", "4194304"),
+            ("FERRY_MEDIA_UPLOAD_BYTES_PER_CONN_PER_S", "0"),
+        ],
+    );
+    let mut c = node.client();
+    // A blob whose bytes do not hash to the id it claims.
+    let data = bytes(100_000, 1);
+    let mut wrong = *blake3::hash(&data).as_bytes();
+    wrong[5] ^= 1;
+    let r = c.upload_blob(wrong, data.len() as u64, &mut std::io::Cursor::new(&data));
+    assert!(
+        matches!(r, Err(SdkError::Blob(BlobStatus::Mismatch))),
+        "{r:?}"
+    );
+    assert!(matches!(
+        c.blob_size(wrong),
+        Err(SdkError::Blob(BlobStatus::NotFound))
+    ));
+    // Above the node's maximum size.
+    let big = c.upload_blob([9; 32], 5 << 20, &mut std::io::Cursor::new(vec![0u8; 10]));
+    assert!(
+        matches!(big, Err(SdkError::Blob(BlobStatus::TooLarge))),
+        "{big:?}"
+    );
+    // An attachment, then random plaintext ranges: each fetched, verified and decrypted alone.
+    let pt = bytes(3 * SEGMENT_BYTES as u64 + 12_345, 2);
+    let (sealed, key) = c.encrypt_and_upload(&pt[..]).unwrap();
+    let mut x = 99u64;
+    for _ in 0..20 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let off = (x >> 11) % pt.len() as u64;
+        let len = 1 + (x >> 37) % (pt.len() as u64 - off);
+        let mut out = Vec::new();
+        c.download_and_decrypt(sealed.id, &key, sealed.ciphertext_bytes, off, len, &mut out)
+            .unwrap();
+        assert_eq!(out, &pt[off as usize..(off + len) as usize]);
+    }
+    // The wrong key does not decrypt.
+    let mut out = Vec::new();
+    let bad_key = ferry_sdk::media::MediaKey([0; 32]);
+    assert!(
+        c.download_and_decrypt(
+            sealed.id,
+            &bad_key,
+            sealed.ciphertext_bytes,
+            0,
+            10,
+            &mut out
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn uploads_are_rate_limited_per_connection() {
+    let node = Node::start(
+        &[],
+        &[
+            ("FERRY_MEDIA_UPLOAD_BYTES_PER_CONN_PER_S", "1048576"),
+            ("FERRY_MEDIA_UPLOAD_BYTES_PER_CONN_BURST", "1048576"),
+        ],
+    );
+    let data = bytes(3 << 20, 3);
+    let id = *blake3::hash(&data).as_bytes();
+    let mut c = node.client();
+    let t = Instant::now();
+    c.upload_blob(id, data.len() as u64, &mut std::io::Cursor::new(&data))
+        .unwrap();
+    // 1 MiB of burst, then 1 MiB/s: at least about 2 s for 3 MiB, and it still completes.
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        c.download_verified(id, data.len() as u64, 0, 100).unwrap(),
+        &data[..100]
+    );
+}
+
+#[test]
+fn blobs_expire_with_the_injected_clock() {
+    let dir = common::temp_dir("media-ttl");
+    let env = [("FERRY_MEDIA_TTL_S", "100")];
+    let node = Node::start_in(dir.clone(), &[], &env);
+    let data = bytes(50_000, 4);
+    let id = *blake3::hash(&data).as_bytes();
+    let mut c = node.client();
+    c.upload_blob(id, data.len() as u64, &mut std::io::Cursor::new(&data))
+        .unwrap();
+    assert_eq!(c.blob_size(id).unwrap(), 50_000);
+    drop(c);
+    let mut node = node;
+    node.terminate();
+    // 200 s later, by the node's clock: gone, and its files with it.
+    let later = Node::start_in(dir.clone(), &["--clock-offset-s", "200"], &env);
+    let mut c = later.client();
+    assert!(matches!(
+        c.blob_size(id),
+        Err(SdkError::Blob(BlobStatus::NotFound))
+    ));
+    let left: usize = std::fs::read_dir(dir.join("media"))
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(left, 0, "expired files deleted");
+}
+
+fn http(addr: std::net::SocketAddr, path: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let range = range.map(|r| format!("range: {r}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n{range}\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, head, resp[split + 4..].to_vec())
+}
+
+#[test]
+fn http_get_serves_complete_blobs_with_ranges() {
+    let node = Node::start(&[], &[("FERRY_MEDIA_HTTP_LISTEN", "127.0.0.1:0")]);
+    let addr = node.media_http.expect("media-http listener");
+    let data = bytes(300_000, 5);
+    let id = *blake3::hash(&data).as_bytes();
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let (code, _, _) = http(addr, &format!("/blob/{hex}"), None);
+    assert_eq!(code, 404, "not uploaded yet");
+    let mut c = node.client();
+    c.upload_blob(id, data.len() as u64, &mut std::io::Cursor::new(&data))
+        .unwrap();
+    let (code, head, body) = http(addr, &format!("/blob/{hex}"), None);
+    assert_eq!((code, body.len()), (200, data.len()));
+    assert!(head.contains("accept-ranges: bytes"));
+    assert_eq!(body, data);
+    let (code, head, body) = http(addr, &format!("/blob/{hex}"), Some("bytes=1000-1999"));
+    assert_eq!(code, 206);
+    assert!(
+        head.contains("content-range: bytes 1000-1999/300000"),
+        "{head}"
+    );
+    assert_eq!(body, &data[1000..2000]);
+    let (code, _, body) = http(addr, &format!("/blob/{hex}"), Some("bytes=-10"));
+    assert_eq!((code, body.as_slice()), (206, &data[data.len() - 10..]));
+    let (code, _, _) = http(addr, &format!("/blob/{hex}"), Some("bytes=400000-"));
+    assert_eq!(code, 416);
+    // The outboard lets an HTTP client verify what it fetched.
+    let (code, _, obao) = http(addr, &format!("/blob/{hex}.obao"), None);
+    assert_eq!(code, 200);
+    assert_eq!(obao.len() as u64, (300_000u64.div_ceil(16 * 1024) - 1) * 64);
+    let (code, _, _) = http(addr, "/blob/zz", None);
+    assert_eq!(code, 404);
+}
