@@ -63,6 +63,10 @@ pub struct MediaConfig {
     pub upload_bytes_per_conn_burst: u64,
     /// Requests queued to one core's media worker; beyond: `Busy`.
     pub queue_msgs_max: usize,
+    /// Unfinished uploads per core at once (each reserves its declared size); beyond: `Busy`.
+    pub uploads_per_core_max: usize,
+    /// An unfinished upload that received nothing for this long is dropped.
+    pub upload_idle_s: u64,
     /// Plain HTTP listener for `GET /blob/<id>` with `Range` (for a CDN or cache in front);
     /// "" = off. Non-loopback needs `insecure_plaintext` (the blobs are ciphertext, but a
     /// listener the operator did not mean to expose is still refused).
@@ -79,6 +83,8 @@ impl Default for MediaConfig {
             upload_bytes_per_conn_per_s: 64 << 20,
             upload_bytes_per_conn_burst: 16 << 20,
             queue_msgs_max: 256,
+            uploads_per_core_max: 256,
+            upload_idle_s: 3_600,
             http_listen: String::new(),
         }
     }

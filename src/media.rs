@@ -123,6 +123,10 @@ fn refusal(id: [u8; 32], op: BlobOpKind, e: &MediaError) -> Frame {
         MediaError::Offset { expected } => (BlobStatus::BadOffset, *expected),
         MediaError::Size | MediaError::BadRange => (BlobStatus::BadRange, 0),
         MediaError::NoUpload | MediaError::NotFound => (BlobStatus::NotFound, 0),
+        MediaError::TooManyUploads => (BlobStatus::Busy, 0),
+        MediaError::Io(err) if err.kind() == std::io::ErrorKind::StorageFull => {
+            (BlobStatus::DiskFull, 0)
+        }
         MediaError::Io(err) => {
             tracing::warn!(error = %err, "media store i/o error");
             (BlobStatus::Unavailable, 0)
@@ -140,10 +144,12 @@ fn handle(store: &mut MediaStore, now_unix_s: u64, op: BlobOp) -> Vec<Frame> {
             Ok(Begin::Complete) => status(id, K::Begin, BlobStatus::Complete, size, size),
             Err(e) => refusal(id, K::Begin, &e),
         }],
-        BlobOp::Chunk { id, offset, data } => match store.write(&id, offset, &data) {
-            Ok(len) => vec![status(id, K::Chunk, BlobStatus::Ok, len, 0)],
-            Err(e) => vec![refusal(id, K::Chunk, &e)],
-        },
+        BlobOp::Chunk { id, offset, data } => {
+            match store.write_at_time(&id, offset, &data, Some(now_unix_s)) {
+                Ok(len) => vec![status(id, K::Chunk, BlobStatus::Ok, len, 0)],
+                Err(e) => vec![refusal(id, K::Chunk, &e)],
+            }
+        }
         BlobOp::Finish { id } => vec![match store.finish(&id) {
             Ok(size) => status(id, K::Finish, BlobStatus::Complete, size, size),
             Err(MediaError::NoUpload) => match store.size(&id) {
@@ -174,7 +180,13 @@ fn handle(store: &mut MediaStore, now_unix_s: u64, op: BlobOp) -> Vec<Frame> {
                         })
                         .collect()
                 }
-                Err(e) => vec![refusal(id, K::Get, &e)],
+                Err(e) => {
+                    let mut f = refusal(id, K::Get, &e);
+                    if let Frame::BlobStatus { offset: o, .. } = &mut f {
+                        *o = offset;
+                    }
+                    vec![f]
+                }
             }
         }
     }
@@ -304,7 +316,12 @@ fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::i
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut range = None;
+    // The whole head within 10 s, however slowly it trickles in (slowloris).
+    let head_deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
+        if std::time::Instant::now() > head_deadline {
+            return http_reply(&mut s, 408, "Request Timeout", "", b"");
+        }
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
             break;
@@ -332,15 +349,20 @@ fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::i
     };
     let d = shard_dir(dir, ferry_shards::shard::media_owner(&id, shards));
     // Complete and not expired: the meta file says so.
-    let meta = std::fs::read(d.join(format!("{hexid}.meta"))).unwrap_or_default();
+    let meta = std::fs::read(d.join(format!("{}.meta", hex(&id)))).unwrap_or_default();
     let expires = meta
         .get(8..16)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
         .unwrap_or(0);
-    if expires <= clock.now().unix_s {
+    let now = clock.now().unix_s;
+    if expires <= now {
         return http_reply(&mut s, 404, "Not Found", "", b"");
     }
+    // A cache may keep it until the node deletes it, not longer.
+    let max_age = expires - now;
+    // Normalised: the file name comes from the parsed id, never from the request's text.
+    let hexid = hex(&id);
     let Ok(mut f) = std::fs::File::open(d.join(format!("{hexid}.{ext}"))) else {
         return http_reply(&mut s, 404, "Not Found", "", b"");
     };
@@ -363,7 +385,7 @@ fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::i
     let reason = if code == 200 { "OK" } else { "Partial Content" };
     write!(
         s,
-        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\netag: \"{hexid}\"\r\ncache-control: public, max-age=31536000, immutable\r\n{extra}connection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\netag: \"{hexid}\"\r\ncache-control: public, max-age={max_age}, immutable\r\n{extra}connection: close\r\n\r\n",
         end - start
     )?;
     if method == "HEAD" {
@@ -375,8 +397,16 @@ fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::i
     Ok(())
 }
 
+fn hex(id: &[u8; 32]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    if s.len() != 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let mut id = [0u8; 32];

@@ -308,7 +308,11 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             blob_bytes_max: cfg.media.blob_bytes_max,
             ttl_s: cfg.media.ttl_s,
             disk_bytes_max: cfg.media.disk_bytes_max,
+            uploads_max: cfg.media.uploads_per_core_max,
+            upload_idle_s: cfg.media.upload_idle_s,
         };
+        // Blobs are owned by `id % shards`, like the store's dests: record the count.
+        check_store_shards(&cfg.data_dir.join("media"), shards)?;
         let m = crate::media::start(
             &cfg.data_dir.join("media"),
             limits,

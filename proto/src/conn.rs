@@ -18,7 +18,8 @@ use crate::frame::{
     frame_type, put_packet_header, put_send_header, split_frame,
 };
 use crate::limits::{
-    CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROVEN_PER_CONN_MAX, VERSION_MAX, VERSION_MIN,
+    BLOB_GETS_IN_FLIGHT_MAX, CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROVEN_PER_CONN_MAX,
+    VERSION_MAX, VERSION_MIN,
 };
 
 /// The two clocks every state machine needs, read once per event by the driver.
@@ -162,6 +163,15 @@ impl BlobOp {
         }
     }
 
+    /// The offset a request names (0 for begin and finish): refusals echo it, so a client can
+    /// tell which of its pipelined requests was refused.
+    pub fn offset(&self) -> u64 {
+        match self {
+            BlobOp::Chunk { offset, .. } | BlobOp::Get { offset, .. } => *offset,
+            BlobOp::Begin { .. } | BlobOp::Finish { .. } => 0,
+        }
+    }
+
     pub fn id(&self) -> &[u8; 32] {
         match self {
             BlobOp::Begin { id, .. }
@@ -204,6 +214,8 @@ pub struct ServerConn {
     pub frames_in: u64,
     /// A `Drain` of this connection is being answered.
     drain_pending: bool,
+    /// `BlobGet`s handed on and not yet answered in full.
+    blob_gets_in_flight: u32,
 }
 
 impl ServerConn {
@@ -238,6 +250,7 @@ impl ServerConn {
             dropped_queue_full: 0,
             frames_in: 0,
             drain_pending: false,
+            blob_gets_in_flight: 0,
         }
     }
 
@@ -408,7 +421,21 @@ impl ServerConn {
             }
             Frame::BlobFinish { id } => Some(ServerEvent::Blob(BlobOp::Finish { id })),
             Frame::BlobGet { id, offset, len } => {
-                Some(ServerEvent::Blob(BlobOp::Get { id, offset, len }))
+                if self.blob_gets_in_flight >= BLOB_GETS_IN_FLIGHT_MAX {
+                    // Each answer is up to 1 MiB: a connection may not queue more of them.
+                    Frame::BlobStatus {
+                        id,
+                        op: crate::frame::BlobOpKind::Get,
+                        status: crate::frame::BlobStatus::Busy,
+                        offset,
+                        size: 0,
+                    }
+                    .encode(&mut self.out);
+                    None
+                } else {
+                    self.blob_gets_in_flight += 1;
+                    Some(ServerEvent::Blob(BlobOp::Get { id, offset, len }))
+                }
             }
             Frame::PushRegister {
                 provider,
@@ -659,6 +686,18 @@ impl ServerConn {
     /// Queues a control frame. Control frames are small and bounded by the request that caused
     /// them, so they are never dropped.
     pub fn push_frame(&mut self, frame: &Frame) {
+        // The last frame of a `BlobGet` answer frees its slot.
+        let get_done = matches!(
+            frame,
+            Frame::BlobData { more: false, .. }
+                | Frame::BlobStatus {
+                    op: crate::frame::BlobOpKind::Get,
+                    ..
+                }
+        );
+        if get_done {
+            self.blob_gets_in_flight = self.blob_gets_in_flight.saturating_sub(1);
+        }
         if self.state == State::Closing && !matches!(frame, Frame::Error { .. }) {
             return;
         }

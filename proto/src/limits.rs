@@ -41,6 +41,9 @@ pub const PUSH_TOKEN_BYTES_MAX: usize = 2_048;
 
 /// Most bytes one `BlobGet` may ask for (its answer comes as several `BlobData` frames).
 pub const BLOB_GET_BYTES_MAX: usize = 1 << 20;
+/// `BlobGet`s one connection may have in flight (each answer is up to 1 MiB plus its proof);
+/// more are answered `Busy`.
+pub const BLOB_GETS_IN_FLIGHT_MAX: u32 = 4;
 /// Bytes a `BlobChunk` frame spends before its data: type(1) id(32) offset(8).
 pub const BLOB_CHUNK_HEADER_BYTES: usize = 1 + 32 + 8;
 /// Most data in one `BlobChunk`.

@@ -79,3 +79,57 @@ pub fn verify_range(
     }
     Ok(out)
 }
+
+/// Bytes `offset ..` of a blob held in memory, for checking them against an outboard.
+struct Window<'a> {
+    offset: u64,
+    data: &'a [u8],
+}
+
+impl bao_tree::io::sync::ReadAt for Window<'_> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let missing =
+            || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "outside the window");
+        let start = pos.checked_sub(self.offset).ok_or_else(missing)?;
+        let start = usize::try_from(start).map_err(|_| missing())?;
+        let end = start
+            .checked_add(buf.len())
+            .filter(|e| *e <= self.data.len());
+        let end = end.ok_or_else(missing)?;
+        buf.copy_from_slice(&self.data[start..end]);
+        Ok(buf.len())
+    }
+}
+
+/// Checks raw bytes `offset .. offset + data.len()` of a blob (fetched over HTTP, say) against
+/// the blob's id and its outboard (`GET /blob/<id>.obao`): the bytes must cover whole 16 KiB
+/// chunk groups (`offset` a multiple of `GROUP_BYTES`, the end one too or the end of the blob).
+pub fn verify_with_outboard(
+    id: &BlobId,
+    size: u64,
+    outboard: &[u8],
+    offset: u64,
+    data: &[u8],
+) -> Result<(), VerifyError> {
+    use bao_tree::io::outboard::PreOrderOutboard;
+    let end = offset
+        .checked_add(data.len() as u64)
+        .ok_or(VerifyError::BadRange)?;
+    if data.is_empty() || end > size || offset % GROUP_BYTES != 0 {
+        return Err(VerifyError::BadRange);
+    }
+    if end % GROUP_BYTES != 0 && end != size {
+        return Err(VerifyError::BadRange);
+    }
+    let ob = PreOrderOutboard {
+        root: bao_tree::blake3::Hash::from_bytes(*id),
+        tree: BaoTree::new(size, BLOCK_SIZE),
+        data: outboard,
+    };
+    let window = Window { offset, data };
+    let ranges = chunk_ranges(offset, data.len() as u64);
+    // Encoding with validation checks every leaf against the outboard and every outboard hash
+    // on the way up against the id; the encoding itself is thrown away.
+    bao_tree::io::sync::encode_ranges_validated(&window, &ob, &ranges, std::io::sink())
+        .map_err(|_| VerifyError::Mismatch)
+}

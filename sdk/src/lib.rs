@@ -32,8 +32,8 @@ pub use ferry_proto::limits::{
 /// Events a client buffers while waiting for a specific answer; beyond it the wait fails rather
 /// than growing without bound.
 pub const PENDING_EVENTS_MAX: usize = 1 << 20;
-/// Upload chunks in flight (not yet acknowledged) per upload: about 1 MiB.
-pub const BLOB_WINDOW_CHUNKS: usize = 16;
+/// Upload chunks in flight (not yet acknowledged) per upload: about 2 MiB.
+pub const BLOB_WINDOW_CHUNKS: usize = 32;
 /// Refusals in a row (rate limit, busy owner core) after which an upload gives up.
 pub const BLOB_STALLS_MAX: u32 = 300;
 
@@ -834,8 +834,10 @@ impl Client {
         }
     }
 
-    /// Bytes `offset .. offset + len` of blob `id` (of `size` bytes), each piece verified
-    /// against the id before it is returned (see `ferry_proto::media::verify_range`).
+    /// Bytes `offset .. offset + len` of blob `id` (of `size` bytes: take it from the message
+    /// that named the blob, not from the node), each piece of up to 1 MiB verified against the
+    /// id before it is returned (`ferry_proto::media::verify_range`). Up to
+    /// `BLOB_GETS_IN_FLIGHT_MAX` requests are kept in flight.
     pub fn download_verified(
         &mut self,
         id: [u8; 32],
@@ -843,48 +845,75 @@ impl Client {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, SdkError> {
-        use ferry_proto::limits::BLOB_GET_BYTES_MAX;
+        use ferry_proto::frame::{BlobOpKind as K, BlobStatus as B};
+        use ferry_proto::limits::{BLOB_GET_BYTES_MAX, BLOB_GETS_IN_FLIGHT_MAX};
+        let end = offset + len;
         let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        let mut at = offset;
-        while at < offset + len {
-            let n = (offset + len - at).min(BLOB_GET_BYTES_MAX as u64);
-            let n32 = u32::try_from(n).unwrap_or(u32::MAX);
-            self.conn.push(&Frame::BlobGet {
-                id,
-                offset: at,
-                len: n32,
-            });
+        // Requests in order: (offset, length, encoded answer so far, complete).
+        let mut pending: std::collections::VecDeque<(u64, u64, Vec<u8>, bool)> =
+            std::collections::VecDeque::new();
+        let mut next = offset;
+        let mut stalls = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while out.len() as u64 != len {
+            while next < end && pending.len() < BLOB_GETS_IN_FLIGHT_MAX as usize {
+                let n = (end - next).min(BLOB_GET_BYTES_MAX as u64);
+                self.conn.push(&Frame::BlobGet {
+                    id,
+                    offset: next,
+                    len: u32::try_from(n).unwrap_or(u32::MAX),
+                });
+                pending.push_back((next, n, Vec::new(), false));
+                next += n;
+            }
             self.flush()?;
-            let mut encoded = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                match self.next_event(deadline)? {
-                    ClientEvent::BlobData {
-                        id: i,
-                        offset: o,
-                        more,
-                        data,
-                    } if i == id && o == at => {
-                        encoded.extend_from_slice(&data);
-                        if !more {
-                            break;
-                        }
+            match self.next_event(deadline)? {
+                ClientEvent::BlobData {
+                    id: i,
+                    offset: o,
+                    more,
+                    data,
+                } if i == id => {
+                    if let Some(p) = pending.iter_mut().find(|p| p.0 == o && !p.3) {
+                        p.2.extend_from_slice(&data);
+                        p.3 = !more;
                     }
-                    ClientEvent::BlobStatus { id: i, status, .. } if i == id => {
+                }
+                ClientEvent::BlobStatus {
+                    id: i,
+                    op: K::Get,
+                    status,
+                    offset: o,
+                    ..
+                } if i == id => {
+                    if status != B::Busy || stalls >= BLOB_STALLS_MAX {
                         return Err(SdkError::Blob(status));
                     }
-                    ClientEvent::Error { code, message } => {
-                        return Err(SdkError::Node { code, message });
+                    // Refused for now: ask again for that piece.
+                    stalls += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                    if let Some(p) = pending.iter().find(|p| p.0 == o && !p.3) {
+                        self.conn.push(&Frame::BlobGet {
+                            id,
+                            offset: p.0,
+                            len: u32::try_from(p.1).unwrap_or(u32::MAX),
+                        });
                     }
-                    other => self.queue(other)?,
+                }
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
+                other => self.queue(other)?,
+            }
+            while pending.front().is_some_and(|p| p.3) {
+                if let Some((at, n, encoded, _)) = pending.pop_front() {
+                    let piece = ferry_proto::media::verify_range(&id, size, at, n, &encoded)
+                        .map_err(|e| {
+                            SdkError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                        })?;
+                    out.extend_from_slice(&piece);
                 }
             }
-            let piece =
-                ferry_proto::media::verify_range(&id, size, at, n, &encoded).map_err(|e| {
-                    SdkError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-                })?;
-            out.extend_from_slice(&piece);
-            at += n;
         }
         Ok(out)
     }
@@ -926,7 +955,8 @@ impl Client {
     }
 
     /// Downloads, verifies and decrypts plaintext `plain_offset .. plain_offset + plain_len` of
-    /// an attachment, whole STREAM segments at a time (about 1 MiB per request).
+    /// an attachment, whole STREAM segments at a time (about 4 MiB per window, 1 MiB per
+    /// request, four requests in flight). `ciphertext_bytes` comes from the message.
     pub fn download_and_decrypt(
         &mut self,
         id: [u8; 32],
@@ -936,7 +966,8 @@ impl Client {
         plain_len: u64,
         mut out: impl std::io::Write,
     ) -> Result<(), SdkError> {
-        let window = 15 * media::SEGMENT_BYTES as u64;
+        // About 4 MiB of sealed segments per window: four 1 MiB requests in flight.
+        let window = 60 * media::SEGMENT_BYTES as u64;
         let end = plain_offset + plain_len;
         let mut at = plain_offset;
         while at < end {

@@ -7,12 +7,13 @@
 //! Ciphertext layout: plaintext segments of `SEGMENT_BYTES` (the last one shorter, possibly
 //! empty), each followed by its 16-byte tag. Segment `i` starts at `i × (SEGMENT_BYTES + 16)`, so
 //! any plaintext range maps to a ciphertext range that can be fetched (and verified against the
-//! id, see `ferry_shards::media::verify_range`) and decrypted on its own. Reordering,
+//! id, see `ferry_proto::media::verify_range`) and decrypted on its own. Reordering,
 //! truncating or extending segments fails authentication: each segment's nonce carries its index,
 //! and only the real last segment is sealed with the last flag.
 //!
-//! Memory: one segment at a time, whatever the size. (Upload and download over the protocol are
-//! not built yet: issue 6.)
+//! Memory: one segment at a time, whatever the size. `Client::encrypt_and_upload` and
+//! `Client::download_and_decrypt` carry it over the protocol. The ciphertext size must come from
+//! the message that names the blob (with the id and the key), not from the node.
 
 use std::io::{Read, Write};
 

@@ -10,9 +10,7 @@
 //! * `<id>.blob`: a complete, verified blob; `<id>.obao`: its pre-order outboard (the hash pairs
 //!   of the tree above 16 KiB chunk groups, 64 bytes per group); `<id>.meta`: size and expiry.
 //!
-//! Status: the store, its crash recovery and verified range reads are built and tested here; the
-//! wire frames, the HTTP listener, the SDK's streaming AEAD and the node integration are not
-//! (issue 6).
+//! The node runs one store per core on that core's media worker (`src/media.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -33,6 +31,10 @@ pub struct MediaLimits {
     pub ttl_s: u64,
     /// Disk the store may use (complete and partial blobs, outboards included).
     pub disk_bytes_max: u64,
+    /// Unfinished uploads at once (each holds its declared size of the budget and a file).
+    pub uploads_max: usize,
+    /// An unfinished upload that received nothing for this long is dropped.
+    pub upload_idle_s: u64,
 }
 
 impl Default for MediaLimits {
@@ -40,7 +42,9 @@ impl Default for MediaLimits {
         MediaLimits {
             blob_bytes_max: 100 << 20,
             ttl_s: 30 * 86_400,
-            disk_bytes_max: 64 << 30,
+            disk_bytes_max: 16 << 30,
+            uploads_max: 256,
+            upload_idle_s: 3_600,
         }
     }
 }
@@ -64,6 +68,8 @@ pub enum MediaError {
     NoUpload,
     /// No complete blob with this id.
     NotFound,
+    /// Too many unfinished uploads on this core: retry later.
+    TooManyUploads,
     /// A range outside the blob.
     BadRange,
     Io(std::io::Error),
@@ -79,6 +85,7 @@ impl std::fmt::Display for MediaError {
             MediaError::Size => write!(f, "size differs from the upload's declared size"),
             MediaError::NoUpload => write!(f, "no upload in progress for this id"),
             MediaError::NotFound => write!(f, "no such blob"),
+            MediaError::TooManyUploads => write!(f, "too many unfinished uploads"),
             MediaError::BadRange => write!(f, "range outside the blob"),
             MediaError::Io(e) => write!(f, "i/o: {e}"),
         }
@@ -109,6 +116,8 @@ struct Partial {
     /// Bytes written to `.part` (`durable` of them synced and recorded).
     len: u64,
     durable: u64,
+    /// When the upload last received bytes (or began, or the store opened).
+    active_unix_s: u64,
     file: File,
 }
 
@@ -150,14 +159,19 @@ fn outboard_bytes(size: u64) -> u64 {
 
 /// Writes `data` to `path` atomically (temp file, sync, rename, directory sync).
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_file_synced(path, data)?;
+    sync_dir(path)
+}
+
+/// Temp file, sync, rename: the directory sync is the caller's.
+fn write_file_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)
+    std::fs::rename(&tmp, path)
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
@@ -202,14 +216,25 @@ impl MediaStore {
             match name.split_once('.') {
                 Some((h, ext)) => match unhex(h) {
                     Some(id) => names.push((id, ext.to_string())),
-                    None => std::fs::remove_file(dir.join(&name))?,
+                    None => {
+                        let _ = std::fs::remove_file(dir.join(&name));
+                    }
                 },
-                None => std::fs::remove_file(dir.join(&name))?,
+                None => {
+                    let _ = std::fs::remove_file(dir.join(&name));
+                }
             }
         }
         for (id, ext) in &names {
             match ext.as_str() {
                 "meta" => {
+                    // A crash after the meta file but before the rename: the verified part
+                    // becomes the blob now.
+                    let part = s.path(id, "part");
+                    if !s.path(id, "blob").exists() && part.exists() {
+                        let _ = std::fs::rename(&part, s.path(id, "blob"));
+                        let _ = std::fs::remove_file(s.path(id, "pmeta"));
+                    }
                     let ok = read_meta(&s.path(id, "meta"), 2).filter(|m| {
                         m[1] > now_unix_s
                             && s.path(id, "blob").exists()
@@ -247,6 +272,7 @@ impl MediaStore {
                                     expires_unix_s: m[1],
                                     len: m[2],
                                     durable: m[2],
+                                    active_unix_s: now_unix_s,
                                     file,
                                 },
                             );
@@ -257,6 +283,7 @@ impl MediaStore {
                 _ => {}
             }
         }
+        sync_dir(&s.dir.join("x"))?;
         // Files without their metadata (a crash between two renames) go.
         for (id, ext) in &names {
             let known = match ext.as_str() {
@@ -293,12 +320,19 @@ impl MediaStore {
 
     /// Starts or resumes the upload of `size` bytes with id `id`: answers where to send from.
     pub fn begin(&mut self, id: BlobId, size: u64, now_unix_s: u64) -> Result<Begin, MediaError> {
-        if let Some(b) = self.blobs.get(&id) {
-            return if b.size == size {
-                Ok(Begin::Complete)
-            } else {
-                Err(MediaError::Mismatch)
-            };
+        if let Some(b) = self.blobs.get(&id).copied() {
+            if b.size != size {
+                return Err(MediaError::Mismatch);
+            }
+            // Uploaded again (a forwarded attachment): it lives a full TTL from now.
+            let expires = now_unix_s.saturating_add(self.limits.ttl_s);
+            if expires > b.expires_unix_s {
+                write_atomic(&self.path(&id, "meta"), &meta_bytes(&[size, expires]))?;
+                if let Some(b) = self.blobs.get_mut(&id) {
+                    b.expires_unix_s = expires;
+                }
+            }
+            return Ok(Begin::Complete);
         }
         if let Some(p) = self.partial.get(&id) {
             // In this process the written bytes are all there (synced or not); after a restart
@@ -315,6 +349,9 @@ impl MediaStore {
         if self.used + size + outboard_bytes(size) > self.limits.disk_bytes_max {
             return Err(MediaError::DiskFull);
         }
+        if self.partial.len() >= self.limits.uploads_max {
+            return Err(MediaError::TooManyUploads);
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -322,7 +359,8 @@ impl MediaStore {
             .truncate(true)
             .open(self.path(&id, "part"))?;
         let expires = now_unix_s.saturating_add(self.limits.ttl_s);
-        write_atomic(&self.path(&id, "pmeta"), &meta_bytes(&[size, expires, 0]))?;
+        // No `.pmeta` yet: nothing is durable until the first sync writes it (a part without
+        // one is dropped at open).
         self.used += size;
         self.partial.insert(
             id,
@@ -331,6 +369,7 @@ impl MediaStore {
                 expires_unix_s: expires,
                 len: 0,
                 durable: 0,
+                active_unix_s: now_unix_s,
                 file,
             },
         );
@@ -340,7 +379,21 @@ impl MediaStore {
     /// Appends `data` at `offset` (which must be where the upload stands). Every
     /// `SYNC_EVERY_BYTES` the part is synced and its durable length recorded. Returns the length.
     pub fn write(&mut self, id: &BlobId, offset: u64, data: &[u8]) -> Result<u64, MediaError> {
+        self.write_at_time(id, offset, data, None)
+    }
+
+    /// [`MediaStore::write`], noting the time for the idle limit.
+    pub fn write_at_time(
+        &mut self,
+        id: &BlobId,
+        offset: u64,
+        data: &[u8],
+        now_unix_s: Option<u64>,
+    ) -> Result<u64, MediaError> {
         let p = self.partial.get_mut(id).ok_or(MediaError::NoUpload)?;
+        if let Some(now) = now_unix_s {
+            p.active_unix_s = now;
+        }
         if offset != p.len {
             return Err(MediaError::Offset { expected: p.len });
         }
@@ -388,10 +441,20 @@ impl MediaStore {
             self.abort(id);
             return Err(MediaError::Mismatch);
         }
-        write_atomic(&self.path(id, "obao"), &ob.data)?;
-        std::fs::rename(self.path(id, "part"), self.path(id, "blob"))?;
-        // The meta file makes the blob exist: written last.
-        write_atomic(&self.path(id, "meta"), &meta_bytes(&[size, expires]))?;
+        // Outboard, then the meta file (which makes the blob exist; at open a meta file whose
+        // blob is still named `.part` completes the rename), then the rename; one directory
+        // sync covers them all.
+        let commit = || -> std::io::Result<()> {
+            write_file_synced(&self.path(id, "obao"), &ob.data)?;
+            write_file_synced(&self.path(id, "meta"), &meta_bytes(&[size, expires]))?;
+            std::fs::rename(self.path(id, "part"), self.path(id, "blob"))?;
+            sync_dir(&self.path(id, "blob"))
+        };
+        if let Err(e) = commit() {
+            self.abort(id);
+            self.remove_files(id, &["obao", "meta", "blob"]);
+            return Err(e.into());
+        }
         let _ = std::fs::remove_file(self.path(id, "pmeta"));
         self.partial.remove(id);
         self.used += outboard_bytes(size);
@@ -430,6 +493,8 @@ impl MediaStore {
         };
         let ranges = chunk_ranges(offset, len);
         let mut out = Vec::new();
+        // Validated as it is encoded (this also encodes partial chunk groups the way the
+        // client's decoder expects): damage at rest is refused here as well as by the client.
         encode_ranges_validated(&data, &outboard, &ranges, &mut out)
             .map_err(|e| MediaError::Io(std::io::Error::other(format!("encoding a range: {e}"))))?;
         Ok(out)
@@ -450,10 +515,13 @@ impl MediaStore {
             // The meta file first: without it the rest is an orphan, removed at the next open.
             self.remove_files(id, &["meta", "blob", "obao"]);
         }
+        let idle = self.limits.upload_idle_s;
         let stale: Vec<BlobId> = self
             .partial
             .iter()
-            .filter(|(_, p)| p.expires_unix_s <= now_unix_s)
+            .filter(|(_, p)| {
+                p.expires_unix_s <= now_unix_s || now_unix_s >= p.active_unix_s.saturating_add(idle)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in &stale {
@@ -603,6 +671,8 @@ mod tests {
             blob_bytes_max: 100_000,
             ttl_s: 10,
             disk_bytes_max: 150_000,
+            uploads_max: 2,
+            upload_idle_s: 3,
         };
         let mut s = MediaStore::open(&d, limits.clone(), 0).unwrap();
         assert!(matches!(
@@ -625,10 +695,19 @@ mod tests {
         assert_eq!(s.expire(10), 1, "expired: deleted, space reclaimed");
         assert_eq!(s.used_bytes(), 0);
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
-        // Expired uploads in progress are dropped at open.
+        // Unfinished uploads: at most `uploads_max`; idle ones are dropped.
         s.begin([4; 32], 10, 20).unwrap();
+        s.begin([5; 32], 10, 20).unwrap();
+        assert!(matches!(
+            s.begin([6; 32], 10, 20),
+            Err(MediaError::TooManyUploads)
+        ));
+        s.write_at_time(&[5; 32], 0, b"0123", Some(22)).unwrap();
+        assert_eq!(s.expire(24), 1, "the idle one");
+        assert!(s.begin([6; 32], 10, 21).is_ok());
+        // Never synced: nothing durable, dropped at open.
         drop(s);
-        let s = MediaStore::open(&d, limits, 31).unwrap();
+        let s = MediaStore::open(&d, limits, 22).unwrap();
         assert_eq!(s.used_bytes(), 0);
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -80,7 +80,7 @@ impl ServiceRequest {
                 } else {
                     ferry_proto::BlobStatus::Unavailable
                 },
-                offset: 0,
+                offset: op.offset(),
                 size: 0,
             }),
         }

@@ -267,7 +267,7 @@ impl Shard {
             id: *op.id(),
             op: op.kind(),
             status,
-            offset: 0,
+            offset: op.offset(),
             size: 0,
         };
         let refused = match (&op, self.conns.get(&from.conn)) {
