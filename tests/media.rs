@@ -383,13 +383,13 @@ fn http_get_serves_complete_blobs_with_ranges() {
 
 #[test]
 fn pipelined_downloads_recover_from_busy_answers() {
-    // A send queue of two frames' worth: most pipelined range answers find it backed up and are
-    // refused `Busy` at first; the SDK asks again for exactly those pieces.
+    // A media queue of one request: pipelined range requests find it full and are refused
+    // `Busy` (as are pipelined upload chunks); the SDK asks again for exactly those pieces.
     let node = Node::start(
         &["--shards", "2"],
         &[
             ("FERRY_MEDIA_UPLOAD_BYTES_PER_CONN_PER_S", "0"),
-            ("FERRY_LIMITS_SEND_QUEUE_BYTES_MAX", "131072"),
+            ("FERRY_MEDIA_QUEUE_MSGS_MAX", "1"),
         ],
     );
     let data = bytes(12 << 20, 17);

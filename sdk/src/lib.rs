@@ -891,7 +891,7 @@ impl Client {
                     }
                     // Refused for now: ask again for that piece.
                     stalls += 1;
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(5));
                     if let Some(p) = pending.iter().find(|p| p.0 == o && !p.3) {
                         self.conn.push(&Frame::BlobGet {
                             id,
@@ -921,6 +921,10 @@ impl Client {
     /// Encrypts `plaintext` with a fresh key (STREAM, one segment in memory at a time, through a
     /// temporary file) and uploads the ciphertext. Returns what the recipient needs: the blob id,
     /// the key and the ciphertext size (send them inside an end-to-end encrypted message).
+    ///
+    /// If this process may die mid-upload of a large file, encrypt to a file the application
+    /// keeps (`media::encrypt`) and upload it with [`Client::upload_blob`], which resumes where
+    /// the node stands; this helper deletes its temporary file and key on any error.
     pub fn encrypt_and_upload(
         &mut self,
         plaintext: impl std::io::Read,

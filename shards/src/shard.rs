@@ -270,19 +270,13 @@ impl Shard {
             offset: op.offset(),
             size: 0,
         };
-        let refused = match (&op, self.conns.get(&from.conn)) {
-            (BlobOp::Chunk { data, .. }, _)
+        let refused = match &op {
+            BlobOp::Chunk { data, .. }
                 if !self
                     .media_upload
                     .allow_n(from.conn, now.mono_ms, data.len() as u64) =>
             {
                 Some(refuse(ferry_proto::BlobStatus::RateLimited))
-            }
-            // A range answer lands in this connection's queue: not while it is backed up.
-            (BlobOp::Get { .. }, Some(c))
-                if c.sm.queued_bytes() > self.cfg.conn_limits.send_queue_bytes_max =>
-            {
-                Some(refuse(ferry_proto::BlobStatus::Busy))
             }
             _ => None,
         };
