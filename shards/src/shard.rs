@@ -281,10 +281,7 @@ impl Shard {
             _ => None,
         };
         if let Some(frame) = refused {
-            if let Some(c) = self.conns.get_mut(&from.conn) {
-                c.sm.push_frame(&frame);
-                self.mark_ready(from.conn);
-            }
+            self.answer(from.conn, &frame);
             return;
         }
         let owner = media_owner(op.id(), self.cfg.shards);
@@ -303,10 +300,15 @@ impl Shard {
             },
         };
         if let Some(frame) = refused {
-            if let Some(c) = self.conns.get_mut(&from.conn) {
-                c.sm.push_frame(&frame);
-                self.mark_ready(from.conn);
-            }
+            self.answer(from.conn, &frame);
+        }
+    }
+
+    /// Queues `frame` on local connection `conn`, if it is still open.
+    fn answer(&mut self, conn: u64, frame: &Frame) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sm.push_frame(frame);
+            self.mark_ready(conn);
         }
     }
 
@@ -334,10 +336,7 @@ impl Shard {
             },
         };
         if let Some(frame) = refused {
-            if let Some(c) = self.conns.get_mut(&from.conn) {
-                c.sm.push_frame(&frame);
-                self.mark_ready(from.conn);
-            }
+            self.answer(from.conn, &frame);
         }
     }
 
@@ -345,12 +344,7 @@ impl Shard {
     pub fn on_service(&mut self, now: Now, reply: crate::service::ServiceReply) {
         self.now = now;
         match reply {
-            crate::service::ServiceReply::Frame { to, frame } => {
-                if let Some(c) = self.conns.get_mut(&to) {
-                    c.sm.push_frame(&frame);
-                    self.mark_ready(to);
-                }
-            }
+            crate::service::ServiceReply::Frame { to, frame } => self.answer(to, &frame),
             crate::service::ServiceReply::PushArm { dest, until_unix_s } => {
                 debug_assert_eq!(self.owner(&dest), self.cfg.shard);
                 if until_unix_s > now.unix_s {
