@@ -1,5 +1,7 @@
 //! `ferry`: the node binary. Subcommands: `run` (the node), `check-config` (print the effective
-//! configuration), `healthcheck` (probe a running node's admin endpoint; for Docker HEALTHCHECK).
+//! configuration), `tune --check` (report the host's kernel settings against the
+//! recommendations), `healthcheck` (probe a running node's admin endpoint; for Docker
+//! HEALTHCHECK).
 
 mod admin;
 mod config;
@@ -8,6 +10,7 @@ mod node;
 mod service;
 mod sys;
 mod tls;
+mod tune;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -36,6 +39,20 @@ enum Command {
     Run(Overrides),
     /// Validate the configuration and print the effective result as TOML.
     CheckConfig(Overrides),
+    /// Report the kernel settings and limits a node host should have: each with its current
+    /// value, the recommendation and why. Changes nothing.
+    Tune {
+        /// Report only (the one mode: ferry never changes the system).
+        #[arg(long)]
+        check: bool,
+        /// Shards the host will run (for the locked-memory check); default: the CPUs in the
+        /// affinity mask but one.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Root of the file system to read (tests).
+        #[arg(long, hide = true, default_value = "/")]
+        root: PathBuf,
+    },
     /// Exit 0 if the node's admin endpoint answers /readyz with 200.
     Healthcheck {
         #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:7701")]
@@ -132,6 +149,26 @@ fn main() -> ExitCode {
             init_logging(&c.log_format);
             node::run(c, move || o.clone().resolve())
         }),
+        Command::Tune {
+            check,
+            shards,
+            root,
+        } => {
+            if check {
+                let shards =
+                    shards.unwrap_or_else(|| sys::allowed_cpus().len().saturating_sub(1).max(1));
+                tune::print(&tune::check(
+                    &root,
+                    shards,
+                    config::Limits::default().io_memory_bytes as u64,
+                ));
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "ferry tune only reports (--check); apply tuning/99-ferry.conf and tuning/TUNING.md yourself"
+                ))
+            }
+        }
         Command::Healthcheck { admin_listen } => match healthcheck(admin_listen) {
             Ok(true) => Ok(()),
             Ok(false) => Err(anyhow::anyhow!("node at {admin_listen} is not ready")),

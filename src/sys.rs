@@ -15,6 +15,11 @@ fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
     (rc == 0).then_some((r.rlim_cur, r.rlim_max))
 }
 
+/// (soft, hard) of a resource limit; (0, 0) if it cannot be read.
+pub fn limits(resource: libc::__rlimit_resource_t) -> (u64, u64) {
+    rlimit(resource).unwrap_or((0, 0))
+}
+
 /// Raises the soft open-files limit to the hard one (as nats-server and redis do); returns it.
 pub fn raise_nofile() -> u64 {
     let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {

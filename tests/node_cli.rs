@@ -281,3 +281,68 @@ fn a_store_written_with_another_shard_count_is_refused_with_one_line() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// `ferry tune --check` reads the system and reports; it writes nothing.
+#[test]
+fn tune_check_reports_every_setting_and_changes_nothing() {
+    let root = temp_dir("tune-root");
+    let put = |path: &str, v: &str| {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v).unwrap();
+    };
+    put("proc/sys/kernel/io_uring_disabled", "2\n");
+    put("proc/sys/net/core/somaxconn", "128\n");
+    put("proc/sys/vm/swappiness", "1\n");
+    put("proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t16777216\n");
+    put(
+        "sys/kernel/mm/transparent_hugepage/enabled",
+        "[always] madvise never\n",
+    );
+    let before: Vec<_> = walk(&root);
+    let out = Command::new(common::ferry_bin())
+        .args(["tune", "--check", "--shards", "2", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .to_string()
+    };
+    assert!(line("kernel.io_uring_disabled").starts_with("TUNE"));
+    assert!(
+        line("net.core.somaxconn").starts_with("TUNE")
+            && line("net.core.somaxconn").contains("128")
+    );
+    assert!(line("vm.swappiness").starts_with("ok"));
+    assert!(line("net.ipv4.tcp_rmem").starts_with("ok"));
+    assert!(line("transparent_hugepage").starts_with("TUNE"));
+    assert!(line("vm.max_map_count").starts_with("n/a"));
+    assert!(text.contains("nothing was changed"));
+    assert_eq!(walk(&root), before, "tune --check wrote nothing");
+    // Without --check it refuses, with the reason.
+    let out = Command::new(common::ferry_bin())
+        .arg("tune")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only reports"));
+}
+
+fn walk(d: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
