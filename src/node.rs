@@ -245,6 +245,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     }
     sys::preflight(shards, cfg.limits.io_memory_bytes)?;
     let nofile = sys::raise_nofile();
+    sys::check_nofile(nofile, cfg.limits.connections_max)?;
     let node_seed = load_or_create_node_key(&cfg.data_dir)?;
     let node_id = ferry_proto::addr::ed25519_public(&node_seed);
     let initial = reloadable(&cfg, shards)?;

@@ -346,3 +346,34 @@ fn walk(d: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Start-up self-checks end start-up with one line naming the fix, not a panic: too few file
+/// descriptors, too little locked memory (limits lowered in a child shell).
+#[test]
+fn too_few_files_or_too_little_locked_memory_end_start_up_with_the_fix() {
+    for (ulimit, expect) in [
+        ("ulimit -n 1000", ["open-files limit is 1000", "ulimit -n"]),
+        (
+            "ulimit -l 64",
+            ["locked-memory limit is 64 KiB", "ulimit -l"],
+        ),
+    ] {
+        let dir = temp_dir("limits");
+        let script = format!(
+            "{ulimit} && exec {} run --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --data-dir {}",
+            ferry_bin(),
+            dir.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(!out.status.success(), "{ulimit}: started anyway");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for e in expect {
+            assert!(err.contains(e), "{ulimit}: {err}");
+        }
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}
