@@ -245,7 +245,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     }
     sys::preflight(shards, cfg.limits.io_memory_bytes)?;
     let nofile = sys::raise_nofile();
-    sys::check_nofile(nofile, cfg.limits.connections_max)?;
+    let nofile_warning = sys::check_nofile(nofile, cfg.limits.connections_max)?;
     let node_seed = load_or_create_node_key(&cfg.data_dir)?;
     let node_id = ferry_proto::addr::ed25519_public(&node_seed);
     let initial = reloadable(&cfg, shards)?;
@@ -400,6 +400,9 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     out.flush()?;
     drop(out);
     tracing::info!(shards, ?service_cpu, "ferry node ready");
+    if let Some(w) = nofile_warning {
+        tracing::warn!("{w}");
+    }
 
     while !signal_stop.load(Ordering::Acquire) {
         if signal_reload.swap(false, Ordering::AcqRel) {

@@ -42,21 +42,21 @@ pub fn raise_nofile() -> u64 {
 /// few thousand connections.
 pub const NOFILE_MIN: u64 = 4_096;
 
-/// Refuses to start with too few file descriptors (one clear line naming the fix), and warns
-/// when the limit, not `connections_max`, will cap the connections.
-pub fn check_nofile(nofile: u64, connections_max: usize) -> anyhow::Result<()> {
+/// Refuses to start with too few file descriptors (one clear line naming the fix). Returns a
+/// warning to log once the node is up when the limit, not `connections_max`, will cap the
+/// connections (start-up failures stay one line).
+pub fn check_nofile(nofile: u64, connections_max: usize) -> anyhow::Result<Option<String>> {
     const FIX: &str = "ulimit -n 1048576, LimitNOFILE=1048576 in systemd, --ulimit nofile=1048576:1048576 in Docker";
     if nofile < NOFILE_MIN {
         bail!(
             "open-files limit is {nofile} but ferry needs at least {NOFILE_MIN} (one per connection, plus listeners, store segments and media files): raise it ({FIX})"
         );
     }
-    if nofile < connections_max as u64 + 1_024 {
-        tracing::warn!(
+    Ok((nofile < connections_max as u64 + 1_024).then(|| {
+        format!(
             "open-files limit {nofile} caps this node below limits.connections_max ({connections_max}); raise it ({FIX})"
-        );
-    }
-    Ok(())
+        )
+    }))
 }
 
 /// Lowers the calling thread's scheduling priority (the service core yields to shards).
