@@ -21,7 +21,7 @@ use ferry_proto::conn::BlobOp;
 use ferry_proto::limits::{BLOB_DATA_HEADER_BYTES, FRAME_BYTES_MAX};
 use ferry_proto::{BlobOpKind, BlobStatus, Frame};
 use ferry_shards::clock::Clock;
-use ferry_shards::media::{Begin, MediaError, MediaLimits, MediaStore};
+use ferry_shards::media::{Begin, MediaError, MediaLimits, MediaStore, hex, unhex};
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
 use crate::service::ReplyPort;
@@ -395,25 +395,6 @@ fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::i
     // std::io::copy uses sendfile/splice between a file and a socket on Linux.
     std::io::copy(&mut f.take(end - start), &mut s)?;
     Ok(())
-}
-
-fn hex(id: &[u8; 32]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    let mut id = [0u8; 32];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
 }
 
 #[cfg(test)]

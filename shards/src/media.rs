@@ -138,12 +138,18 @@ pub struct MediaStore {
     used: u64,
 }
 
-fn hex(id: &BlobId) -> String {
+/// A blob id as its file names spell it: 64 lowercase hex digits.
+pub fn hex(id: &BlobId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<BlobId> {
-    if s.len() != 64 {
+/// The id a file name (or an HTTP path) spells, in exactly the form [`hex`] writes.
+pub fn unhex(s: &str) -> Option<BlobId> {
+    if s.len() != 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let mut id = [0u8; 32];
