@@ -3,14 +3,19 @@
 # as a non-root user with a read-only root filesystem and one writable volume, /data.
 #
 #   docker build -t ferry .
-#   docker run -d --name ferry --read-only --ulimit memlock=-1 --ulimit nofile=1048576 \
-#     --security-opt seccomp=/path/to/profile-allowing-io_uring.json \
-#     -v ferry-data:/data -v /etc/ferry/certs:/certs:ro -p 7443:7443 ferry
+#   docker run -d --name ferry --read-only --cap-drop ALL \
+#     --security-opt seccomp=tuning/seccomp-io_uring.json \
+#     --ulimit memlock=-1 --ulimit nofile=1048576 \
+#     -v ferry-data:/data -v "$PWD/certs:/certs:ro" -p 7443:7443 ferry
+#
+# or: docker compose -f tuning/compose.yaml up -d
 #
 # io_uring needs a seccomp profile that allows io_uring_setup, io_uring_enter and
-# io_uring_register (Docker's default profile blocks them; never use `unconfined`) and
-# locked memory (glommio registers about 1 MiB per shard): the node exits with one line naming
-# the fix when either is missing.
+# io_uring_register (Docker's default profile blocks them; never use `unconfined`):
+# tuning/seccomp-io_uring.json is the default-deny profile with them added. It also needs locked
+# memory (glommio registers about 1 MiB per shard). The node exits with one line naming the fix
+# when either is missing. `docker stop` sends SIGTERM: the node drains within stop_timeout_s
+# (8 s, inside docker's 10 s default).
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -32,6 +37,7 @@ ENV FERRY_DATA_DIR=/data \
     FERRY_ADMIN_LISTEN=127.0.0.1:7701
 EXPOSE 7443
 USER nonroot
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/ferry", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/ferry"]

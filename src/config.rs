@@ -40,6 +40,10 @@ pub struct Config {
     pub store_fsync: String,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
+    /// On SIGTERM/SIGINT the drain (stop accepting, last store sync, `ShuttingDown` to clients,
+    /// media and journal syncs) must end within this many seconds, else the process exits 1.
+    /// Keep it below the supervisor's own grace (`docker stop -t`, systemd `TimeoutStopSec=`).
+    pub stop_timeout_s: u64,
     pub limits: Limits,
     pub prekeys: PrekeysConfig,
     pub push: PushConfig,
@@ -286,6 +290,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ferry-data"),
             shards: 0,
             clock_offset_s: 0,
+            stop_timeout_s: 8,
             store_enabled: true,
             store_fsync: "interval=10".into(),
             log_format: "text".into(),
@@ -386,6 +391,9 @@ impl Config {
                 "log_format must be `text` or `json`, not `{}`",
                 self.log_format
             );
+        }
+        if self.stop_timeout_s == 0 {
+            bail!("stop_timeout_s must be at least 1");
         }
         let l = &self.limits;
         for (name, v) in [

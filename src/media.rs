@@ -218,7 +218,7 @@ fn worker(
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         let now = clock.now().unix_s;
         if now != last_expire {
@@ -226,8 +226,15 @@ fn worker(
             store.expire(now);
         }
         if stop.load(Ordering::Acquire) && rx.is_empty() {
-            return;
+            break;
         }
+    }
+    // The drain: what was acknowledged chunk by chunk becomes durable, so an upload resumes
+    // after the restart where its acknowledgements ended.
+    match store.sync_all() {
+        Ok(n) if n > 0 => tracing::info!(uploads = n, "media uploads synced for the restart"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "media upload sync failed at stop"),
     }
 }
 

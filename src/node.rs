@@ -400,12 +400,14 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     out.flush()?;
     drop(out);
     tracing::info!(shards, ?service_cpu, "ferry node ready");
+    sys::sd_notify("READY=1\nSTATUS=serving");
     if let Some(w) = nofile_warning {
         tracing::warn!("{w}");
     }
 
     while !signal_stop.load(Ordering::Acquire) {
         if signal_reload.swap(false, Ordering::AcqRel) {
+            sys::sd_notify("RELOADING=1");
             match reresolve().and_then(|c| reloadable(&c, shards)) {
                 Ok(next) => {
                     reload.publish(next);
@@ -415,11 +417,27 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
                     tracing::error!("reload refused, keeping the running configuration: {e:#}")
                 }
             }
+            sys::sd_notify("READY=1");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    tracing::info!("stopping");
+    tracing::info!(stop_timeout_s = cfg.stop_timeout_s, "draining");
+    sys::sd_notify("STOPPING=1\nSTATUS=draining");
     admin_state.draining.store(true, Ordering::Release);
+    // The drain is bounded: past stop_timeout_s the process exits 1. `Stored`, prekey and push
+    // answers already follow their syncs; what the bound can cost is media chunks acknowledged
+    // since their upload's last 8 MiB sync (they are resent when the upload resumes).
+    let timeout = Duration::from_secs(cfg.stop_timeout_s);
+    std::thread::Builder::new()
+        .name("ferry-stop-timer".into())
+        .spawn(move || {
+            std::thread::sleep(timeout);
+            eprintln!(
+                "ferry: the drain did not finish within stop_timeout_s = {}; exiting",
+                timeout.as_secs()
+            );
+            std::process::exit(1);
+        })?;
     shard_stop.store(true, Ordering::Release);
     for h in handles {
         let _ = h.join.join();
@@ -436,6 +454,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     service.stop();
     admin_stop.store(true, Ordering::Release);
     let _ = admin.join();
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -121,6 +121,7 @@ pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
             );
         }
     }
+    probe_io_uring()?;
     // glommio registers io_memory plus its rings with the kernel for each executor.
     let per_executor = io_memory_bytes as u64 + 512 * 1024;
     let need = per_executor * shards as u64;
@@ -134,6 +135,57 @@ pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates (and closes) a one-entry io_uring, so a refusal ends start-up with its cause instead
+/// of failing later inside an executor. Docker's and containerd's default seccomp profiles, and
+/// systemd units whose `SystemCallFilter=` lacks them, refuse the io_uring system calls.
+fn probe_io_uring() -> anyhow::Result<()> {
+    // struct io_uring_params is 120 bytes; the kernel requires it zeroed apart from the flags.
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup reads and writes `params` (120 valid, writable bytes) and returns a
+    // new fd or -1; nothing else is touched.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        if let Ok(fd) = libc::c_int::try_from(fd) {
+            // SAFETY: `fd` is the ring this function just created and owns.
+            unsafe { libc::close(fd) };
+        }
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSYS) => bail!(
+            "io_uring is refused ({err}): a seccomp filter blocks io_uring_setup, io_uring_enter and io_uring_register; in Docker run with --security-opt seccomp=tuning/seccomp-io_uring.json (never unconfined), under systemd add them to SystemCallFilter= (see tuning/ferry.service), or the kernel lacks io_uring (CONFIG_IO_URING)"
+        ),
+        // ENOMEM and the like: not a policy refusal; glommio will report what it finds.
+        _ => Ok(()),
+    }
+}
+
+/// Tells the service manager about the node's state (`READY=1`, `STOPPING=1`, ...) when it was
+/// started by systemd with `Type=notify` (`NOTIFY_SOCKET` set); does nothing otherwise. A
+/// socket path starting with `@` is in the abstract namespace.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), std::path::Path::new(&path))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 #[cfg(test)]

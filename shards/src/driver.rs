@@ -187,6 +187,9 @@ pub fn start(
 
 /// Accept failures are logged at most this often (all are counted).
 const ACCEPT_WARN_INTERVAL_MS: u64 = 10_000;
+/// After `ShuttingDown` is queued to every client, how long the drain waits before it shuts the
+/// sockets down.
+const DRAIN_GRACE_MS: u64 = 100;
 
 struct Ctx {
     shard: RefCell<Shard>,
@@ -326,10 +329,11 @@ async fn run_shard(
             bell,
         )));
     }
+    let mut acceptors = Vec::new();
     for (fd, tls) in fds {
         // SAFETY: the fd came from a bound, listening std TcpListener handed to this shard alone.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        tasks.push(glommio::spawn_local(acceptor(
+        acceptors.push(glommio::spawn_local(acceptor(
             ctx.clone(),
             listener,
             tls,
@@ -362,20 +366,26 @@ async fn run_shard(
             }
         }
     }
+    // Drain. Stop accepting: dropping the acceptors closes this shard's listening sockets.
     ready.store(false, Ordering::Release);
-    if let Err(e) = ctx.shard.borrow_mut().flush_store() {
-        eprintln!("ferry: final store sync failed: {e}");
-        std::process::exit(1);
-    }
-    // Shut every connection down; their tasks end on the resulting errors.
-    let conns: Vec<u64> = ctx.writers.borrow().keys().copied().collect();
-    for conn in conns {
-        ctx.shard
-            .borrow_mut()
-            .close(conn, ErrorCode::ShuttingDown, "node is stopping");
+    drop(acceptors);
+    // Then, with no await in between (so no reader runs): the last sync, which answers `Stored`
+    // for everything it covers, then `ShuttingDown` to every client behind those answers.
+    {
+        let mut shard = ctx.shard.borrow_mut();
+        if let Err(e) = shard.flush_store() {
+            eprintln!("ferry: final store sync failed: {e}");
+            std::process::exit(1);
+        }
+        let conns: Vec<u64> = ctx.writers.borrow().keys().copied().collect();
+        for conn in conns {
+            shard.close(conn, ErrorCode::ShuttingDown, "node is restarting");
+        }
     }
     ctx.after_work();
-    glommio::timer::sleep(Duration::from_millis(100)).await;
+    // A grace for those frames to reach the sockets, then every connection is shut down (their
+    // tasks end on the resulting errors).
+    glommio::timer::sleep(Duration::from_millis(DRAIN_GRACE_MS)).await;
     for (_, fd) in ctx.writers.borrow().values() {
         shutdown_fd(*fd);
     }
@@ -505,7 +515,8 @@ async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer:
 }
 
 async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: bool, stop: Arc<AtomicBool>) {
-    let mut last_warn_ms = 0u64;
+    // When a warning was last logged (each kind at most once per ACCEPT_WARN_INTERVAL_MS).
+    let mut last_warn_ms: Option<u64> = None;
     while !stop.load(Ordering::Acquire) {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -514,8 +525,8 @@ async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: bool, stop: Arc<Atom
                 // at most once per ACCEPT_WARN_INTERVAL so a full fd table cannot flood the log.
                 ShardMetrics::inc(&ctx.shard.borrow().metrics().accept_errors);
                 let now = ctx.clock.now().mono_ms;
-                if now >= last_warn_ms.saturating_add(ACCEPT_WARN_INTERVAL_MS) {
-                    last_warn_ms = now;
+                if last_warn_ms.is_none_or(|t| now >= t.saturating_add(ACCEPT_WARN_INTERVAL_MS)) {
+                    last_warn_ms = Some(now);
                     tracing::warn!(error = %e, "accept failed (raise the open-files limit if this is EMFILE)");
                 }
                 glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -534,7 +545,15 @@ async fn acceptor(ctx: Rc<Ctx>, listener: TcpListener, tls: bool, stop: Arc<Atom
                 let cfg = if tls { ctx.tls.borrow().clone() } else { None };
                 let tls_conn = match cfg {
                     None if tls => {
-                        tracing::warn!("TLS listener without a certificate");
+                        let now = ctx.clock.now().mono_ms;
+                        if last_warn_ms
+                            .is_none_or(|t| now >= t.saturating_add(ACCEPT_WARN_INTERVAL_MS))
+                        {
+                            last_warn_ms = Some(now);
+                            tracing::warn!(
+                                "TLS listener without a certificate: closing new connections (set tls_cert and tls_key, then SIGHUP)"
+                            );
+                        }
                         ctx.shard.borrow_mut().on_closed(conn);
                         continue;
                     }

@@ -426,6 +426,29 @@ impl MediaStore {
         Ok(p.durable)
     }
 
+    /// Syncs every unfinished upload with bytes beyond its durable length (the drain on
+    /// SIGTERM), so each resumes after a restart where its sender's acknowledged chunks end.
+    /// Returns how many were synced; the first failure is returned after trying them all.
+    pub fn sync_all(&mut self) -> Result<usize, MediaError> {
+        let dirty: Vec<BlobId> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| p.len > p.durable)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut first_err = None;
+        let mut n = 0;
+        for id in dirty {
+            match self.sync(&id) {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(n), Err)
+    }
+
     /// Completes an upload: the whole part must hash to the id (streamed, bounded memory). On a
     /// mismatch the upload is discarded. Then the outboard is built and the blob made readable.
     pub fn finish(&mut self, id: &BlobId) -> Result<u64, MediaError> {

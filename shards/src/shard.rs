@@ -392,11 +392,16 @@ impl Shard {
     }
 
     /// Syncs the store one last time (shutdown).
+    /// Syncs the store now (the drain on SIGTERM) and answers `Stored` to the senders that sync
+    /// covers, so a stop acknowledges everything it made durable.
     pub fn flush_store(&mut self) -> Result<(), String> {
-        match self.store.as_mut() {
-            Some(log) => log.sync_now().map_err(|e| e.to_string()),
-            None => Ok(()),
-        }
+        let Some(log) = self.store.as_mut() else {
+            return Ok(());
+        };
+        log.sync_now().map_err(|e| e.to_string())?;
+        let durable = log.durable_seq();
+        self.release_stored(durable);
+        Ok(())
     }
 
     pub fn id(&self) -> u16 {
@@ -1179,16 +1184,6 @@ impl Shard {
             return;
         }
         let durable = log.durable_seq();
-        let mut released = Vec::new();
-        while self
-            .pending_stored
-            .front()
-            .is_some_and(|(seq, ..)| *seq <= durable)
-        {
-            if let Some(p) = self.pending_stored.pop_front() {
-                released.push(p);
-            }
-        }
         if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
             self.last_expire_unix_s = now.unix_s;
             match log.expire(now.unix_s) {
@@ -1210,8 +1205,19 @@ impl Shard {
                 Err(e) => tracing::warn!(error = %e, "store expiry failed"),
             }
         }
-        for (_, from, dest, msg_id) in released {
-            self.reply(from, dest, msg_id, SendStatus::Stored);
+        self.release_stored(durable);
+    }
+
+    /// Answers `Stored` to every sender whose append is covered by durable sequence `durable`.
+    fn release_stored(&mut self, durable: u64) {
+        while self
+            .pending_stored
+            .front()
+            .is_some_and(|(seq, ..)| *seq <= durable)
+        {
+            if let Some((_, from, dest, msg_id)) = self.pending_stored.pop_front() {
+                self.reply(from, dest, msg_id, SendStatus::Stored);
+            }
         }
     }
 

@@ -66,12 +66,30 @@ impl Node {
     }
 
     pub fn start_in(dir: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Node {
+        Self::start_wrapped(&[], dir, args, env)
+    }
+
+    /// Starts the node under `wrapper` (a program and its arguments, e.g. `strace -f`), which
+    /// must exec `ferry run ...` as its child. Empty: the node itself.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        dir: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
         let saved_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let saved_env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let mut cmd = Command::new(ferry_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(ferry_bin());
+                c
+            }
+            None => Command::new(ferry_bin()),
+        };
         cmd.arg("run")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -189,6 +207,11 @@ impl Node {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the process (or its wrapper) to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
     }
 
     /// Sends SIGTERM and waits for exit.
