@@ -16,6 +16,16 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Binaries first: tests/loadgen.rs runs ferry-loadgen, which `cargo test` alone does not rebuild.
 cargo build --workspace --bins --locked
+# The differential tests (crypto/tests/differential.rs) compare the crypto core with independent
+# implementations from PyPI (xeddsa, x3dh, doubleratchet), in a venv kept between runs.
+pyenv="${FERRY_PYENV:-/var/cache/ferry-pyenv}"
+if ! "$pyenv/bin/python" -c "import xeddsa, x3dh, doubleratchet" 2>/dev/null; then
+  rm -rf "$pyenv"
+  python3 -m venv "$pyenv"
+  "$pyenv/bin/pip" install -q xeddsa==1.2.0 x3dh==1.3.0 doubleratchet==1.3.0
+fi
+export FERRY_PYTHON="$pyenv/bin/python"
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

@@ -148,36 +148,12 @@ fn fault(bad_signature: bool, kind: KeyKind, index: usize) -> Fault {
 
 /// The Montgomery u of an encoded X25519 key, if it is well-formed (type byte, canonical u).
 pub fn ec_key_u(key: &[u8; EC_KEY_BYTES]) -> Option<[u8; 32]> {
-    if key[0] != EC_KEY_TYPE {
-        return None;
-    }
-    let mut u = [0u8; 32];
-    u.copy_from_slice(&key[1..]);
-    // u ≥ p is not a canonical encoding.
-    let mut p = [0xFFu8; 32];
-    p[0] = 0xED;
-    p[31] = 0x7F;
-    let below_p = u.iter().rev().zip(p.iter().rev()).find(|(a, b)| a != b);
-    match below_p {
-        Some((a, b)) if a < b => Some(u),
-        _ => None,
-    }
+    ferry_crypto::keys::decode_ec(key)
 }
 
-/// FIPS 203 §7.2 encapsulation-key check of an encoded ML-KEM-1024 key: the type byte, the
-/// length, and the modulus check (every 12-bit coefficient of t̂ below q = 3329).
-pub fn kem_key_valid(key: &[u8]) -> bool {
-    const Q: u16 = 3329;
-    if key.len() != KEM_KEY_BYTES || key[0] != KEM_KEY_TYPE {
-        return false;
-    }
-    let t_hat = &key[1..1 + KEM_EK_BYTES - 32];
-    t_hat.chunks_exact(3).all(|c| {
-        let a = u16::from(c[0]) | (u16::from(c[1] & 0x0F) << 8);
-        let b = u16::from(c[1] >> 4) | (u16::from(c[2]) << 4);
-        a < Q && b < Q
-    })
-}
+/// FIPS 203 §7.2 encapsulation-key check of an encoded ML-KEM-1024 key (type byte, length,
+/// modulus): the crypto core's.
+pub use ferry_crypto::pqxdh::kem_key_valid;
 
 /// Checks every key and signature of `upload`. `stored_identity` is the slot's identity when the
 /// upload carries no signed part (one-time PQ keys are then checked against it).
