@@ -15,7 +15,7 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Binaries first: tests/loadgen.rs runs ferry-loadgen, which `cargo test` alone does not rebuild.
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --examples --locked
 # The differential tests (crypto/tests/differential.rs) compare the crypto core with independent
 # implementations from PyPI (xeddsa, x3dh, doubleratchet), in a venv kept between runs.
 pyenv="${FERRY_PYENV:-/var/cache/ferry-pyenv}"

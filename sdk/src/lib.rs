@@ -8,7 +8,9 @@
 //!
 //! Payloads are opaque to the node: applications encrypt before [`Client::send`].
 
+pub mod chat;
 pub mod media;
+pub mod messenger;
 pub mod prekeys;
 
 use std::collections::VecDeque;

@@ -1,0 +1,241 @@
+//! Carries out a [`Messenger`]'s plans over a blocking [`Client`]: publish prekeys, start
+//! sessions from fetched bundles, send, drain the store's window on (re)connect, listen with the
+//! next hour proved before it starts, resend what the node has not acknowledged, and files
+//! through media storage. The `ferry-chat` example is this module plus a command line.
+
+use std::time::{Duration, Instant};
+
+use ferry_proto::addr::BlindedSigner;
+use ferry_proto::conn::ClientEvent;
+use ferry_proto::frame::{Op, ProofStatus, SubscribeStatus};
+
+use crate::messenger::{Body, Incoming, Messenger, MessengerError, Storage, Transmit};
+use crate::{Client, SdkError};
+
+/// Milliseconds on a monotonic clock for the outbox's retry times.
+fn now_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Proves `signers` for `op` on a fresh challenge; every proof must pass.
+fn prove_all(client: &mut Client, signers: &[BlindedSigner], op: Op) -> Result<(), MessengerError> {
+    if signers.is_empty() {
+        return Ok(());
+    }
+    client.refresh_challenge()?;
+    let refs: Vec<&BlindedSigner> = signers.iter().collect();
+    let statuses = client.prove(&refs, op)?;
+    if let Some(bad) = statuses.iter().find(|s| **s != ProofStatus::Ok) {
+        return Err(SdkError::Node {
+            code: ferry_proto::frame::ErrorCode::Unsupported,
+            message: format!("proof refused: {bad:?}"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Uploads a signed prekey, a last-resort KEM key and `one_time` one-time keys of each kind to
+/// this user's slot. Returns the one-time keys (EC, PQ) the slot holds after it.
+pub fn publish_prekeys<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+    one_time: usize,
+) -> Result<(u16, u16), MessengerError> {
+    let slot = m.prekey_slot()?;
+    prove_all(client, std::slice::from_ref(&slot), Op::PrekeyUpdate)?;
+    let uploads = m.prekey_uploads(true, one_time)?;
+    Ok(client.upload_prekeys(&uploads)?)
+}
+
+/// Tops the slot's one-time keys up when they run low.
+pub fn refill_prekeys<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+) -> Result<(), MessengerError> {
+    let slot = m.prekey_slot()?;
+    let (ec, pq) = client.prekey_count(slot.dest())?;
+    let uploads = m.refill(ec, pq)?;
+    if !uploads.is_empty() {
+        prove_all(client, std::slice::from_ref(&slot), Op::PrekeyUpdate)?;
+        client.upload_prekeys(&uploads)?;
+    }
+    Ok(())
+}
+
+/// Sends `body` to a contact, starting the session from its prekey bundle if there is none.
+/// Returns the node-visible message id (its `SendResult` ends the retries).
+pub fn send<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+    to: &[u8; 33],
+    body: &Body,
+    clock: Instant,
+) -> Result<u64, MessengerError> {
+    if !m.has_session(to) {
+        let slot = m.contact_prekey_slot(to)?;
+        let bundle = client.fetch_prekeys(slot)?;
+        m.start_session(to, &bundle)?;
+    }
+    let t = m.send(to, body, client.node_unix_s(), now_ms(clock))?;
+    transmit(client, std::slice::from_ref(&t))?;
+    Ok(t.msg_id)
+}
+
+fn transmit(client: &mut Client, ts: &[Transmit]) -> Result<(), SdkError> {
+    for t in ts {
+        client.send(t.dest, t.msg_id, 0, &t.payload);
+    }
+    client.flush()
+}
+
+/// Encrypts a file, uploads it to media storage and sends its id and key to a contact.
+pub fn send_file<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+    to: &[u8; 33],
+    name: &str,
+    file: impl std::io::Read,
+    clock: Instant,
+) -> Result<(), MessengerError> {
+    let (sealed, key) = client.encrypt_and_upload(file)?;
+    let body = Body::Attachment {
+        id: sealed.id,
+        key: key.0,
+        ciphertext_bytes: sealed.ciphertext_bytes,
+        plaintext_bytes: sealed.plaintext_bytes,
+        name: name.to_string(),
+    };
+    send(client, m, to, &body, clock)?;
+    Ok(())
+}
+
+/// Downloads and decrypts an attachment (each piece verified against the blob id).
+pub fn fetch_file(
+    client: &mut Client,
+    body: &Body,
+    out: impl std::io::Write,
+) -> Result<(), MessengerError> {
+    let Body::Attachment {
+        id,
+        key,
+        ciphertext_bytes,
+        plaintext_bytes,
+        ..
+    } = body
+    else {
+        return Err(MessengerError::Malformed("attachment"));
+    };
+    client.download_and_decrypt(
+        *id,
+        &crate::media::MediaKey(*key),
+        *ciphertext_bytes,
+        0,
+        *plaintext_bytes,
+        out,
+    )?;
+    Ok(())
+}
+
+/// What a sync found.
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub messages: Vec<Incoming>,
+    /// Packets that did not authenticate (or were not for this user): dropped.
+    pub dropped: usize,
+}
+
+/// On (re)connect: asks which of this user's dests of the last 72 hours hold stored blobs,
+/// proves and drains only those (acking what was read), then listens on the current hour (and
+/// the next, near the turn), then sends again everything not yet acknowledged.
+pub fn sync<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+) -> Result<Synced, MessengerError> {
+    let mut out = Synced::default();
+    let candidates = m.drain_candidates(client.node_unix_s())?;
+    let holding = client.query(&candidates)?;
+    let signers = m.drain_signers(&holding)?;
+    prove_all(client, &signers, Op::Drain)?;
+    for s in &signers {
+        loop {
+            let (blobs, more) = client.drain(s.dest())?;
+            for b in &blobs {
+                match m.receive(&b.payload) {
+                    Ok(Some(msg)) => out.messages.push(msg),
+                    Ok(None) => {}
+                    Err(_) => out.dropped += 1,
+                }
+            }
+            client.ack(&blobs)?;
+            if !more {
+                break;
+            }
+        }
+    }
+    listen(client, m)?;
+    resend(client, m)?;
+    Ok(out)
+}
+
+/// Sends again every message the node has not acknowledged (same bytes, same id).
+pub fn resend<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
+    let again = m.due(client.node_unix_s(), u64::MAX);
+    Ok(transmit(client, &again)?)
+}
+
+/// Proves and subscribes to the listen plan (this hour, and the next near its end).
+pub fn listen<S: Storage>(client: &mut Client, m: &Messenger<S>) -> Result<(), MessengerError> {
+    let signers = m.listen_plan(client.node_unix_s())?;
+    prove_all(client, &signers, Op::Subscribe)?;
+    let dests: Vec<_> = signers.iter().map(BlindedSigner::dest).collect();
+    let subs = client.subscribe(&dests)?;
+    if let Some(bad) = subs.iter().find(|s| **s != SubscribeStatus::Ok) {
+        return Err(SdkError::Node {
+            code: ferry_proto::frame::ErrorCode::Unsupported,
+            message: format!("subscribe refused: {bad:?}"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Handles what arrives for `wait`: live messages, send results (ending retries), retries that
+/// come due, and the next hour's listen when it is near. Returns the messages.
+pub fn pump<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+    wait: Duration,
+    clock: Instant,
+) -> Result<Synced, MessengerError> {
+    let mut out = Synced::default();
+    let deadline = Instant::now() + wait;
+    let mut next_listen = m.next_listen_s(client.node_unix_s());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(out);
+        }
+        match client.recv(left.min(Duration::from_millis(200))) {
+            Ok(ClientEvent::Deliver { payload, .. }) => match m.receive(&payload) {
+                Ok(Some(msg)) => out.messages.push(msg),
+                Ok(None) => {}
+                Err(_) => out.dropped += 1,
+            },
+            Ok(ClientEvent::SendResult { msg_id, status, .. }) => {
+                m.on_send_result(msg_id, status, now_ms(clock));
+            }
+            Ok(ClientEvent::Error { code, message }) => {
+                return Err(SdkError::Node { code, message }.into());
+            }
+            Ok(_) | Err(SdkError::Timeout) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let again = m.due(client.node_unix_s(), now_ms(clock));
+        transmit(client, &again)?;
+        if client.node_unix_s() >= next_listen {
+            listen(client, m)?;
+            next_listen = m.next_listen_s(client.node_unix_s());
+        }
+    }
+}

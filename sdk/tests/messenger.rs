@@ -1,0 +1,289 @@
+//! The session layer without a network: two messengers and a model of the node (dests, a
+//! store that keeps one copy per message id, a prekey slot). First contact through prekeys while
+//! the recipient is offline, replies on the contact mailbox, duplicates shown once, retries,
+//! restarts from storage mid-conversation, the listen and drain plans, forged packets dropped.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use ferry_proto::addr::{NamespaceId, epoch_of};
+use ferry_proto::frame::{Dest, SendStatus};
+use ferry_proto::prekey::{Bundle, Upload};
+use ferry_sdk::messenger::{
+    Address, Body, DirStorage, MemoryStorage, Messenger, MessengerError, STORE_WINDOW_EPOCHS,
+    Storage, Transmit,
+};
+
+const NS: NamespaceId = NamespaceId([0x42; 32]);
+/// 2026-11-27 10:20 UTC.
+const T0: u64 = 1_795_774_800;
+
+/// What the node keeps: stored packets per dest (one per message id), prekey slots.
+#[derive(Default)]
+struct Node {
+    store: BTreeMap<Dest, BTreeMap<u64, Vec<u8>>>,
+    slots: BTreeMap<Dest, Vec<Upload>>,
+}
+
+impl Node {
+    fn send(&mut self, t: &Transmit) {
+        self.store
+            .entry(t.dest)
+            .or_default()
+            .entry(t.msg_id)
+            .or_insert_with(|| t.payload.clone());
+    }
+    /// What `Client::query` answers.
+    fn query(&self, dests: &[Dest]) -> Vec<Dest> {
+        dests
+            .iter()
+            .filter(|d| self.store.get(d).is_some_and(|m| !m.is_empty()))
+            .copied()
+            .collect()
+    }
+    /// Drain and ack in one go.
+    fn drain(&mut self, d: &Dest) -> Vec<Vec<u8>> {
+        self.store
+            .remove(d)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default()
+    }
+    /// A bundle as the directory hands it out: one EC and one PQ one-time key consumed.
+    fn fetch(&mut self, slot: &Dest) -> Bundle {
+        let uploads = self.slots.get_mut(slot).unwrap();
+        let signed = uploads[0].signed.clone().unwrap();
+        let ec = uploads.iter_mut().find_map(|u| u.ec.pop());
+        let pq = uploads.iter_mut().find_map(|u| u.pq.pop());
+        Bundle {
+            identity: signed.identity,
+            spk: signed.spk,
+            pq_last_resort: pq.is_none(),
+            pq: pq.unwrap_or(signed.last_resort),
+            ec,
+        }
+    }
+}
+
+/// A user's full reconnect: drain the window and return what opened.
+fn sync<S: Storage>(node: &mut Node, m: &mut Messenger<S>, now: u64) -> Vec<Body> {
+    let candidates = m.drain_candidates(now).unwrap();
+    let holding = node.query(&candidates);
+    let signers = m.drain_signers(&holding).unwrap();
+    assert_eq!(signers.len(), holding.len());
+    let mut out = Vec::new();
+    for s in signers {
+        assert!(holding.contains(&s.dest()));
+        for p in node.drain(&s.dest()) {
+            if let Some(msg) = m.receive(&p).unwrap() {
+                out.push(msg.body);
+            }
+        }
+    }
+    out
+}
+
+fn publish<S: Storage>(node: &mut Node, m: &mut Messenger<S>) {
+    let slot = m.prekey_slot().unwrap().dest();
+    let uploads = m.prekey_uploads(true, 5).unwrap();
+    ferry_proto::prekey::check_upload(&uploads[0], None).unwrap();
+    node.slots.insert(slot, uploads);
+}
+
+fn text(s: &str) -> Body {
+    Body::Data(s.as_bytes().to_vec())
+}
+
+#[test]
+fn first_contact_offline_then_a_conversation_on_the_contact_mailbox() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(&mut node, &mut bob);
+
+    // Alice has Bob's address (out of band), fetches his bundle and writes while he is offline.
+    let bob_addr: Address = bob.address().to_string().parse().unwrap();
+    assert_eq!(bob_addr, bob.address());
+    alice.add_contact("bob", &bob_addr).unwrap();
+    let bob_id = bob_addr.identity;
+    assert!(matches!(
+        alice.send(&bob_id, &text("x"), T0, 0),
+        Err(MessengerError::NoSession)
+    ));
+    let slot = alice.contact_prekey_slot(&bob_id).unwrap();
+    let bundle = node.fetch(&slot);
+    alice.start_session(&bob_id, &bundle).unwrap();
+    let t1 = alice.send(&bob_id, &text("hello bob"), T0, 0).unwrap();
+    let t2 = alice.send(&bob_id, &text("second"), T0, 0).unwrap();
+    // Both to Bob's intro mailbox of this hour: Alice does not know his contact secret yet.
+    assert_eq!(t1.dest, t2.dest);
+    node.send(&t1);
+    node.send(&t2);
+    node.send(&t1); // a retry: the node keeps one copy
+    assert_eq!(alice.unacknowledged(), 2);
+    alice.on_send_result(t1.msg_id, SendStatus::Stored, 10);
+    alice.on_send_result(t2.msg_id, SendStatus::Stored, 10);
+    assert_eq!(alice.unacknowledged(), 0);
+
+    // An hour later Bob comes online and drains.
+    let got = sync(&mut node, &mut bob, T0 + 3600);
+    assert_eq!(got, vec![text("hello bob"), text("second")]);
+    // Bob learned Alice's card from the message and answers on her contact mailbox.
+    let alice_id = alice.address().identity;
+    let peer = bob
+        .contacts()
+        .find(|p| p.identity == alice_id)
+        .unwrap()
+        .clone();
+    assert_eq!(peer.mailbox, alice.address().mailbox);
+    assert!(peer.s_mbox.is_some());
+    let r = bob
+        .send(&alice_id, &text("hi alice"), T0 + 3600, 0)
+        .unwrap();
+    assert_ne!(
+        r.dest,
+        ferry_sdk::Contact::new(&peer.mailbox, NS, None)
+            .unwrap()
+            .dest(epoch_of(T0 + 3600))
+            .unwrap(),
+        "replies go to the contact mailbox, not the intro one"
+    );
+    node.send(&r);
+    assert_eq!(
+        sync(&mut node, &mut alice, T0 + 3700),
+        vec![text("hi alice")]
+    );
+    // Now Alice writes to Bob's contact mailbox too.
+    let t3 = alice
+        .send(&bob_id, &text("on contact"), T0 + 3700, 0)
+        .unwrap();
+    assert_ne!(t3.dest, t1.dest);
+    node.send(&t3);
+    assert_eq!(
+        sync(&mut node, &mut bob, T0 + 3800),
+        vec![text("on contact")]
+    );
+    // The same packet again (a node that delivers twice) is shown once.
+    assert_eq!(bob.receive(&t3.payload).unwrap(), None);
+}
+
+#[test]
+fn restarts_from_storage_mid_conversation_and_resends_what_was_not_acknowledged() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(DirStorage::open(tempdir("bob")).unwrap(), NS).unwrap();
+    publish(&mut node, &mut bob);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let bob_id = bob.address().identity;
+    let bundle = node.fetch(&alice.contact_prekey_slot(&bob_id).unwrap());
+    alice.start_session(&bob_id, &bundle).unwrap();
+    node.send(&alice.send(&bob_id, &text("one"), T0, 0).unwrap());
+    assert_eq!(sync(&mut node, &mut bob, T0), vec![text("one")]);
+
+    // Both restart from their storage.
+    let alice_store = alice.into_storage();
+    let mut alice = Messenger::open(alice_store, NS).unwrap();
+    let bob_dir = bob.into_storage();
+    let mut bob = Messenger::open(bob_dir, NS).unwrap();
+    let alice_id = alice.address().identity;
+    assert_eq!(bob.contacts().count(), 1);
+
+    // Bob answers; the node never acknowledges, so Bob resends after the backoff, with the same
+    // id and bytes, also after another restart.
+    let r = bob.send(&alice_id, &text("two"), T0, 1_000).unwrap();
+    assert!(bob.due(T0, 1_500).is_empty(), "not before the backoff");
+    let again = bob.due(T0, 2_000);
+    assert_eq!(again, vec![r.clone()]);
+    let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    let after_restart = bob.due(T0, u64::MAX);
+    assert_eq!(after_restart.len(), 1);
+    assert_eq!(after_restart[0].msg_id, r.msg_id);
+    assert_eq!(after_restart[0].payload, r.payload);
+    node.send(&after_restart[0]);
+    node.send(&r);
+    assert_eq!(sync(&mut node, &mut alice, T0 + 60), vec![text("two")]);
+    bob.on_send_result(r.msg_id, SendStatus::Delivered, 3_000);
+    assert_eq!(bob.unacknowledged(), 0);
+    let bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert_eq!(bob.unacknowledged(), 0, "the acknowledgement was persisted");
+}
+
+#[test]
+fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is_72_hours() {
+    let mut m = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let e = epoch_of(T0);
+    let start = e * 3600;
+    // Early in the hour: this hour only, both mailboxes.
+    assert_eq!(m.listen_plan(start + 10).unwrap().len(), 2);
+    assert_eq!(m.next_listen_s(start + 10), start + 3600 - 300);
+    // Within five minutes of the end: the next hour too.
+    let plan = m.listen_plan(start + 3600 - 299).unwrap();
+    assert_eq!(plan.len(), 4);
+    let next = m.listen_plan(start + 3600).unwrap();
+    assert!(next.iter().any(|s| s.dest() == plan[2].dest()));
+    assert_eq!(m.next_listen_s(start + 3600 - 100), start + 3600);
+
+    let c = m.drain_candidates(T0).unwrap();
+    assert_eq!(c.len() as u64, 2 * (STORE_WINDOW_EPOCHS + 3));
+    // Signers are made only for dests that were candidates, and prove exactly them.
+    let pick = [c[0], c[77], c[c.len() - 1], Dest([9; 16])];
+    let s = m.drain_signers(&pick).unwrap();
+    assert_eq!(s.len(), 3);
+    for (signer, d) in s.iter().zip(pick) {
+        assert_eq!(signer.dest(), d);
+    }
+    assert_eq!(m.push_plan(T0, 24).unwrap().len(), 48);
+}
+
+#[test]
+fn forged_or_foreign_packets_are_dropped_and_change_nothing() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut carol = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(&mut node, &mut bob);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let bob_id = bob.address().identity;
+    let bundle = node.fetch(&alice.contact_prekey_slot(&bob_id).unwrap());
+    alice.start_session(&bob_id, &bundle).unwrap();
+    let t = alice.send(&bob_id, &text("secret"), T0, 0).unwrap();
+    // Carol cannot open it, and it changes nothing for her.
+    let before = carol.storage().0.clone();
+    assert!(carol.receive(&t.payload).is_err());
+    assert_eq!(carol.storage().0, before);
+    // A flipped byte: dropped, nothing stored.
+    let before = bob.storage().0.clone();
+    let mut bad = t.payload.clone();
+    bad[100] ^= 4;
+    assert!(bob.receive(&bad).is_err());
+    assert_eq!(bob.storage().0, before);
+    assert_eq!(
+        bob.receive(&t.payload).unwrap().unwrap().body,
+        text("secret")
+    );
+    assert!(bob.has_session(&alice.address().identity));
+}
+
+#[test]
+fn a_bundle_of_another_identity_is_refused() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut mallory = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(&mut node, &mut bob);
+    publish(&mut node, &mut mallory);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    // The node answers Bob's slot with Mallory's (valid, but not Bob's) bundle.
+    let wrong = node.fetch(&mallory.prekey_slot().unwrap().dest());
+    assert!(matches!(
+        alice.start_session(&bob.address().identity, &wrong),
+        Err(MessengerError::IdentityMismatch)
+    ));
+    assert!("ferry:00".parse::<Address>().is_err());
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-messenger-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
