@@ -16,6 +16,8 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Binaries first: tests/loadgen.rs runs ferry-loadgen, which `cargo test` alone does not rebuild.
 cargo build --workspace --bins --examples --locked
+# The uniffi bindings and the wasm package that tests/bindings.rs drives.
+tests/build-bindings.sh
 # The differential tests (crypto/tests/differential.rs) compare the crypto core with independent
 # implementations from PyPI (xeddsa, x3dh, doubleratchet), in a venv kept between runs.
 pyenv="${FERRY_PYENV:-/var/cache/ferry-pyenv}"

@@ -1,0 +1,275 @@
+//! ferry for mobile and scripting languages: the SDK's messenger and a blocking connection,
+//! exported with uniffi (Kotlin and Swift for apps; Python, which the test suite drives).
+//!
+//! ```python
+//! m = Messenger.open("/app/private/ferry", NAMESPACE)   # keys and sessions live in this dir
+//! c = Connection.connect("relay.example:7700")
+//! c.publish_prekeys(m, 20)                               # once, and when running low
+//! m.add_contact("bob", "ferry:…")                        # bob's address, out of band
+//! c.send_text(m, "bob", "hello")                         # first contact through his prekeys
+//! for msg in c.sync(m): print(msg.from_name, msg.text)   # stored while offline, then live
+//! ```
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ferry_proto::addr::NamespaceId;
+use ferry_sdk::chat;
+use ferry_sdk::messenger::{self, Address, Body, DirStorage, Incoming};
+
+uniffi::setup_scaffolding!();
+
+/// Every failure, with its message.
+#[derive(Debug, uniffi::Error)]
+#[uniffi(flat_error)]
+pub enum FerryError {
+    Failed(String),
+}
+
+impl std::fmt::Display for FerryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FerryError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> FerryError {
+    FerryError::Failed(e.to_string())
+}
+
+/// A message that arrived, authenticated and decrypted.
+#[derive(Debug, uniffi::Record)]
+pub struct Message {
+    pub from_name: String,
+    /// The sender's encoded identity key (33 bytes).
+    pub from_identity: Vec<u8>,
+    /// The bytes sent (for text, UTF-8).
+    pub data: Vec<u8>,
+    /// The text, when the bytes are UTF-8 and not a file.
+    pub text: Option<String>,
+    /// For a file: its name; fetch it with `Connection.fetch_file`.
+    pub file_name: Option<String>,
+    pub file_bytes: u64,
+    /// The attachment descriptor to pass to `Connection.fetch_file`.
+    pub file_ref: Vec<u8>,
+}
+
+fn message(m: Incoming) -> Message {
+    let (data, text, file_name, file_bytes, file_ref) = match &m.body {
+        Body::Data(d) => (
+            d.clone(),
+            String::from_utf8(d.clone()).ok(),
+            None,
+            0,
+            Vec::new(),
+        ),
+        Body::Attachment {
+            id,
+            key,
+            ciphertext_bytes,
+            plaintext_bytes,
+            name,
+        } => {
+            let mut r = Vec::with_capacity(80);
+            r.extend_from_slice(id);
+            r.extend_from_slice(key);
+            r.extend_from_slice(&ciphertext_bytes.to_be_bytes());
+            r.extend_from_slice(&plaintext_bytes.to_be_bytes());
+            (Vec::new(), None, Some(name.clone()), *plaintext_bytes, r)
+        }
+    };
+    Message {
+        from_name: m.from_name,
+        from_identity: m.from.to_vec(),
+        data,
+        text,
+        file_name,
+        file_bytes,
+        file_ref,
+    }
+}
+
+/// One user's identity, contacts and sessions, kept in a directory the app owns.
+#[derive(uniffi::Object)]
+pub struct Messenger {
+    inner: Mutex<messenger::Messenger<DirStorage>>,
+}
+
+impl std::fmt::Debug for Messenger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messenger").finish_non_exhaustive()
+    }
+}
+
+impl Messenger {
+    fn lock(&self) -> Result<MutexGuard<'_, messenger::Messenger<DirStorage>>, FerryError> {
+        self.inner
+            .lock()
+            .map_err(|_| err("messenger poisoned by a panic"))
+    }
+}
+
+#[uniffi::export]
+impl Messenger {
+    /// Opens the messenger in `state_dir` (created with a new identity if empty). `namespace` is
+    /// the application's 32-byte namespace id.
+    #[uniffi::constructor]
+    pub fn open(state_dir: String, namespace: Vec<u8>) -> Result<Arc<Self>, FerryError> {
+        let ns: [u8; 32] = namespace
+            .try_into()
+            .map_err(|_| err("the namespace id must be 32 bytes"))?;
+        let storage = DirStorage::open(state_dir).map_err(err)?;
+        let m = messenger::Messenger::open(storage, NamespaceId(ns)).map_err(err)?;
+        Ok(Arc::new(Messenger {
+            inner: Mutex::new(m),
+        }))
+    }
+
+    /// This user's address, to share with contacts.
+    pub fn address(&self) -> Result<String, FerryError> {
+        Ok(self.lock()?.address().to_string())
+    }
+
+    /// Adds (or renames) a contact by address.
+    pub fn add_contact(&self, name: String, address: String) -> Result<(), FerryError> {
+        let a: Address = address.parse().map_err(err)?;
+        self.lock()?.add_contact(&name, &a).map_err(err)
+    }
+
+    /// Contact names.
+    pub fn contacts(&self) -> Result<Vec<String>, FerryError> {
+        Ok(self.lock()?.contacts().map(|p| p.name.clone()).collect())
+    }
+}
+
+/// A blocking connection to a node.
+#[derive(uniffi::Object)]
+pub struct Connection {
+    client: Mutex<ferry_sdk::Client>,
+    clock: Instant,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    fn lock(&self) -> Result<MutexGuard<'_, ferry_sdk::Client>, FerryError> {
+        self.client
+            .lock()
+            .map_err(|_| err("connection poisoned by a panic"))
+    }
+}
+
+fn contact_id(m: &messenger::Messenger<DirStorage>, name: &str) -> Result<[u8; 33], FerryError> {
+    m.contact(name)
+        .map(|p| p.identity)
+        .ok_or_else(|| err(format!("no contact named {name}")))
+}
+
+#[uniffi::export]
+impl Connection {
+    /// Connects (plain TCP) to `node` ("host:port").
+    #[uniffi::constructor]
+    pub fn connect(node: String) -> Result<Arc<Self>, FerryError> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&node)
+            .map_err(err)?
+            .next()
+            .ok_or_else(|| err(format!("{node}: no address")))?;
+        let client = ferry_sdk::Client::connect(addr).map_err(err)?;
+        Ok(Arc::new(Connection {
+            client: Mutex::new(client),
+            clock: Instant::now(),
+        }))
+    }
+
+    /// Publishes a signed prekey, a last-resort key and `one_time` one-time keys of each kind.
+    pub fn publish_prekeys(&self, m: Arc<Messenger>, one_time: u32) -> Result<(), FerryError> {
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        chat::publish_prekeys(&mut c, &mut m, one_time as usize).map_err(err)?;
+        Ok(())
+    }
+
+    /// Sends text to a contact (first contact through its prekeys).
+    pub fn send_text(
+        &self,
+        m: Arc<Messenger>,
+        contact: String,
+        text: String,
+    ) -> Result<(), FerryError> {
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        let to = contact_id(&m, &contact)?;
+        chat::send(
+            &mut c,
+            &mut m,
+            &to,
+            &Body::Data(text.into_bytes()),
+            self.clock,
+        )
+        .map_err(err)?;
+        Ok(())
+    }
+
+    /// Encrypts `data` as a file, uploads it to media storage and sends it to a contact.
+    pub fn send_file(
+        &self,
+        m: Arc<Messenger>,
+        contact: String,
+        name: String,
+        data: Vec<u8>,
+    ) -> Result<(), FerryError> {
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        let to = contact_id(&m, &contact)?;
+        chat::send_file(&mut c, &mut m, &to, &name, &data[..], self.clock).map_err(err)
+    }
+
+    /// Downloads and decrypts a file a message referred to.
+    pub fn fetch_file(&self, file_ref: Vec<u8>) -> Result<Vec<u8>, FerryError> {
+        if file_ref.len() != 80 {
+            return Err(err("not a file reference"));
+        }
+        let arr = |r: std::ops::Range<usize>| -> [u8; 32] {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&file_ref[r]);
+            a
+        };
+        let n = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&file_ref[r]);
+            u64::from_be_bytes(a)
+        };
+        let body = Body::Attachment {
+            id: arr(0..32),
+            key: arr(32..64),
+            ciphertext_bytes: n(64..72),
+            plaintext_bytes: n(72..80),
+            name: String::new(),
+        };
+        let mut out = Vec::new();
+        chat::fetch_file(&mut *self.lock()?, &body, &mut out).map_err(err)?;
+        Ok(out)
+    }
+
+    /// On (re)connect: what was stored for this user in the last 72 hours, then listening.
+    pub fn sync(&self, m: Arc<Messenger>) -> Result<Vec<Message>, FerryError> {
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        let s = chat::sync(&mut c, &mut m).map_err(err)?;
+        Ok(s.messages.into_iter().map(message).collect())
+    }
+
+    /// Waits up to `wait_ms` for live messages (and handles acknowledgements and retries).
+    pub fn pump(&self, m: Arc<Messenger>, wait_ms: u64) -> Result<Vec<Message>, FerryError> {
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        let s =
+            chat::pump(&mut c, &mut m, Duration::from_millis(wait_ms), self.clock).map_err(err)?;
+        Ok(s.messages.into_iter().map(message).collect())
+    }
+}
