@@ -361,3 +361,46 @@ fn registrations_survive_a_restart() {
     drop((tx, node, mock));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The session layer end to end: Bob's messenger registers its token for the next day of both
+/// its mailboxes; Alice's first-contact message to offline Bob is stored and wakes his device
+/// once, with no content; Bob then syncs and reads it.
+#[test]
+fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
+    use ferry_sdk::chat;
+    use ferry_sdk::messenger::{Body, MemoryStorage, Messenger};
+    let s = setup(&[], 60, &["first contact".to_string()]);
+    let ns = common::ns();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut cb = s.node.client();
+    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    let n = chat::register_push(&mut cb, &bob, PushProvider::Apns, APNS_OK.as_bytes(), 24).unwrap();
+    assert_eq!(n, 48, "24 hours of both mailboxes");
+    drop(cb);
+
+    let clock = std::time::Instant::now();
+    let mut ca = s.node.client();
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let to = bob.address().identity;
+    chat::send(
+        &mut ca,
+        &mut alice,
+        &to,
+        &Body::Data(b"first contact".to_vec()),
+        clock,
+    )
+    .unwrap();
+    let got = s.mock.wait_for(1, WAIT, |r| r["provider"] == "apns");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["token"], APNS_OK);
+    no_violations(&s.mock.records());
+
+    let mut cb = s.node.client();
+    let synced = chat::sync(&mut cb, &mut bob).unwrap();
+    assert_eq!(synced.messages.len(), 1);
+    assert_eq!(
+        synced.messages[0].body,
+        Body::Data(b"first contact".to_vec())
+    );
+}

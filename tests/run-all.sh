@@ -19,14 +19,15 @@ cargo build --workspace --bins --examples --locked
 # The uniffi bindings and the wasm package that tests/bindings.rs drives.
 tests/build-bindings.sh
 # The differential tests (crypto/tests/differential.rs) compare the crypto core with independent
-# implementations from PyPI (xeddsa, x3dh, doubleratchet), in a venv kept between runs.
-pyenv="${FERRY_PYENV:-/var/cache/ferry-pyenv}"
+# implementations from PyPI (xeddsa, x3dh, doubleratchet), in a venv kept between runs. (Not a
+# FERRY_* name: the nodes the tests start refuse unknown FERRY_* variables.)
+pyenv="${CRYPTO_REFERENCE_VENV:-/var/cache/ferry-pyenv}"
 if ! "$pyenv/bin/python" -c "import xeddsa, x3dh, doubleratchet" 2>/dev/null; then
   rm -rf "$pyenv"
   python3 -m venv "$pyenv"
   "$pyenv/bin/pip" install -q xeddsa==1.2.0 x3dh==1.3.0 doubleratchet==1.3.0
 fi
-export FERRY_PYTHON="$pyenv/bin/python"
+export CRYPTO_REFERENCE_PYTHON="$pyenv/bin/python"
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

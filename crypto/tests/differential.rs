@@ -5,7 +5,7 @@
 //! AEAD for the Double Ratchet, both directions, out of order.
 //!
 //! They need a Python with those packages: `tests/run-all.sh` makes one (a venv under
-//! /var/cache/ferry-pyenv, pinned versions) and sets `FERRY_PYTHON`. Without it the tests say so
+//! /var/cache/ferry-pyenv, pinned versions) and sets `CRYPTO_REFERENCE_PYTHON`. Without it the tests say so
 //! and do nothing.
 
 #![allow(clippy::unwrap_used)]
@@ -26,9 +26,9 @@ use rand_core::RngCore;
 use serde_json::{Value, json};
 
 fn python(req: &Value) -> Option<Value> {
-    let Some(py) = std::env::var_os("FERRY_PYTHON") else {
+    let Some(py) = std::env::var_os("CRYPTO_REFERENCE_PYTHON") else {
         eprintln!(
-            "FERRY_PYTHON is not set: differential tests skipped (tests/run-all.sh sets it up)"
+            "CRYPTO_REFERENCE_PYTHON is not set: differential tests skipped (tests/run-all.sh sets it up)"
         );
         return None;
     };

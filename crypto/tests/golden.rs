@@ -1,7 +1,7 @@
 //! A golden transcript: identities, prekeys, first contact and a conversation from a seeded RNG,
 //! every envelope committed in `tests/golden/transcript.json`. Any change to a wire format, a KDF
 //! label or the order randomness is drawn in shows up here. After a deliberate change, rewrite
-//! the file with `FERRY_BLESS=1 cargo test -p ferry-crypto --test golden` and say why in the
+//! the file with `GOLDEN_BLESS=1 cargo test -p ferry-crypto --test golden` and say why in the
 //! commit.
 
 #![allow(clippy::unwrap_used)]
@@ -81,7 +81,7 @@ fn transcript() -> serde_json::Value {
 #[test]
 fn the_transcript_is_byte_for_byte_the_committed_one() {
     let now = transcript();
-    if std::env::var_os("FERRY_BLESS").is_some() {
+    if std::env::var_os("GOLDEN_BLESS").is_some() {
         std::fs::create_dir_all(std::path::Path::new(PATH).parent().unwrap()).unwrap();
         std::fs::write(PATH, serde_json::to_string_pretty(&now).unwrap() + "\n").unwrap();
         return;

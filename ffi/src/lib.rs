@@ -65,19 +65,16 @@ fn message(m: Incoming) -> Message {
             Vec::new(),
         ),
         Body::Attachment {
-            id,
-            key,
-            ciphertext_bytes,
             plaintext_bytes,
             name,
-        } => {
-            let mut r = Vec::with_capacity(80);
-            r.extend_from_slice(id);
-            r.extend_from_slice(key);
-            r.extend_from_slice(&ciphertext_bytes.to_be_bytes());
-            r.extend_from_slice(&plaintext_bytes.to_be_bytes());
-            (Vec::new(), None, Some(name.clone()), *plaintext_bytes, r)
-        }
+            ..
+        } => (
+            Vec::new(),
+            None,
+            Some(name.clone()),
+            *plaintext_bytes,
+            m.body.to_bytes(),
+        ),
     };
     Message {
         from_name: m.from_name,
@@ -88,6 +85,14 @@ fn message(m: Incoming) -> Message {
         file_bytes,
         file_ref,
     }
+}
+
+/// A push provider.
+#[derive(Debug, Clone, Copy, uniffi::Enum)]
+pub enum PushKind {
+    Apns,
+    Fcm,
+    WebPush,
 }
 
 /// One user's identity, contacts and sessions, kept in a directory the app owns.
@@ -229,31 +234,34 @@ impl Connection {
         chat::send_file(&mut c, &mut m, &to, &name, &data[..], self.clock).map_err(err)
     }
 
-    /// Downloads and decrypts a file a message referred to.
+    /// Downloads and decrypts a file a message referred to (its `file_ref`).
     pub fn fetch_file(&self, file_ref: Vec<u8>) -> Result<Vec<u8>, FerryError> {
-        if file_ref.len() != 80 {
-            return Err(err("not a file reference"));
-        }
-        let arr = |r: std::ops::Range<usize>| -> [u8; 32] {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(&file_ref[r]);
-            a
-        };
-        let n = |r: std::ops::Range<usize>| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&file_ref[r]);
-            u64::from_be_bytes(a)
-        };
-        let body = Body::Attachment {
-            id: arr(0..32),
-            key: arr(32..64),
-            ciphertext_bytes: n(64..72),
-            plaintext_bytes: n(72..80),
-            name: String::new(),
+        let body = match Body::from_bytes(&file_ref) {
+            Some(b @ Body::Attachment { .. }) => b,
+            _ => return Err(err("not a file reference")),
         };
         let mut out = Vec::new();
         chat::fetch_file(&mut *self.lock()?, &body, &mut out).map_err(err)?;
         Ok(out)
+    }
+
+    /// Registers this device's push token (APNs, FCM or Web Push) for the user's dests of the
+    /// next `hours` hours; register again before they run out.
+    pub fn register_push(
+        &self,
+        m: Arc<Messenger>,
+        provider: PushKind,
+        token: Vec<u8>,
+        hours: u32,
+    ) -> Result<u16, FerryError> {
+        let mut c = self.lock()?;
+        let m = m.lock()?;
+        let p = match provider {
+            PushKind::Apns => ferry_proto::frame::PushProvider::Apns,
+            PushKind::Fcm => ferry_proto::frame::PushProvider::Fcm,
+            PushKind::WebPush => ferry_proto::frame::PushProvider::WebPush,
+        };
+        chat::register_push(&mut c, &m, p, &token, u64::from(hours)).map_err(err)
     }
 
     /// On (re)connect: what was stored for this user in the last 72 hours, then listening.

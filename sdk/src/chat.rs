@@ -137,6 +137,23 @@ pub fn fetch_file(
     Ok(())
 }
 
+/// Registers a device's push token for this user's dests (both mailboxes) of the next `hours`
+/// hours, so that a message stored for it while the app sleeps sends one silent wake; register
+/// again before they run out. Returns how many dests the token covers.
+pub fn register_push<S: Storage>(
+    client: &mut Client,
+    m: &Messenger<S>,
+    provider: ferry_proto::frame::PushProvider,
+    token: &[u8],
+    hours: u64,
+) -> Result<u16, MessengerError> {
+    let signers = m.push_plan(client.node_unix_s(), hours)?;
+    prove_all(client, &signers, Op::PushRegister)?;
+    let dests: Vec<_> = signers.iter().map(BlindedSigner::dest).collect();
+    let ttl_s = u32::try_from(hours.saturating_mul(3600)).unwrap_or(u32::MAX);
+    Ok(client.push_register(provider, token, &dests, ttl_s)?)
+}
+
 /// What a sync found.
 #[derive(Debug, Default)]
 pub struct Synced {

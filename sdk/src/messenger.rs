@@ -270,6 +270,18 @@ pub enum Body {
 }
 
 impl Body {
+    /// The body's encoding inside a session message (also what identifies an attachment to
+    /// fetch: see `ferry-ffi`'s `file_ref`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Body> {
+        Self::decode(b)
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Body::Data(d) => {
