@@ -254,6 +254,9 @@ pub struct Limits {
     /// Batches in flight per pair of cores.
     pub hop_channel_batches: usize,
     pub read_buffer_bytes: usize,
+    /// On SIGTERM, how long clients get to read `ShuttingDown` before the sockets are shut
+    /// down (part of the drain, so within `stop_timeout_s`).
+    pub drain_grace_ms: u64,
     pub listen_backlog: i32,
     pub tick_ms: u64,
     /// Memory each shard's io_uring registers (counts against `ulimit -l`).
@@ -324,6 +327,7 @@ impl Default for Limits {
             hop_queue_msgs_max: 65_536,
             hop_channel_batches: 64,
             read_buffer_bytes: 64 * 1024,
+            drain_grace_ms: 100,
             listen_backlog: 4_096,
             tick_ms: 100,
             io_memory_bytes: 512 * 1024,

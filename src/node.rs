@@ -296,6 +296,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         tick_ms,
         hop_channel_batches: l.hop_channel_batches,
         read_buffer_bytes: l.read_buffer_bytes,
+        drain_grace_ms: l.drain_grace_ms,
     };
     let service = crate::service::start(service_config(
         &cfg,

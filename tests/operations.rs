@@ -212,6 +212,89 @@ fn sigterm_drains_tells_clients_and_loses_nothing_acknowledged() {
     );
 }
 
+/// `GET path` on the admin endpoint; `None` when nothing answers.
+fn try_get(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.split(' ').nth(1)?.parse().ok()
+}
+
+/// While the drain runs (a 1.5 s grace here), `/readyz` answers 503 and the data port takes no
+/// new connection; the node then exits 0.
+#[test]
+fn readyz_turns_503_and_new_connections_are_refused_while_draining() {
+    let mut node = Node::start(
+        &["--shards", "2"],
+        &[("FERRY_LIMITS_DRAIN_GRACE_MS", "1500")],
+    );
+    let _connected = node.client();
+    assert_eq!(try_get(node.admin, "/readyz"), Some(200));
+    let t = Instant::now();
+    kill("TERM", node.pid());
+    let mut seen_503 = false;
+    while t.elapsed() < Duration::from_secs(1) {
+        match try_get(node.admin, "/readyz") {
+            Some(503) => {
+                seen_503 = true;
+                break;
+            }
+            Some(200) => std::thread::sleep(Duration::from_millis(2)),
+            other => panic!("readyz answered {other:?} while draining"),
+        }
+    }
+    assert!(seen_503, "readyz never answered 503");
+    // Within a tick every shard has closed its listening sockets.
+    let refused = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        Client::connect(node.addr()).is_err()
+    });
+    assert!(
+        refused,
+        "new connections were still accepted while draining"
+    );
+    assert_eq!(try_get(node.admin, "/readyz"), Some(503));
+    assert!(node.wait().success());
+}
+
+/// A drain that cannot finish within `stop_timeout_s` (here: a 5 s grace against a 1 s
+/// timeout) ends the process with exit status 1 and one line saying so.
+#[test]
+fn a_drain_past_stop_timeout_s_exits_1_on_time() {
+    let mut node = Node::start(
+        &["--shards", "1"],
+        &[
+            ("FERRY_STOP_TIMEOUT_S", "1"),
+            ("FERRY_LIMITS_DRAIN_GRACE_MS", "5000"),
+        ],
+    );
+    let _connected = node.client();
+    let t = Instant::now();
+    kill("TERM", node.pid());
+    let status = node.wait();
+    let took = t.elapsed();
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "exited after {took:?}"
+    );
+    // The stderr reader thread may still be catching up with the last line.
+    let want = "the drain did not finish within stop_timeout_s = 1";
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !node.stderr.lock().unwrap().contains(want) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = node.stderr.lock().unwrap().clone();
+    assert!(err.contains(want), "{err}");
+}
+
 #[test]
 fn a_zero_stop_timeout_is_refused() {
     let out = Command::new(ferry_bin())

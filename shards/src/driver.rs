@@ -53,6 +53,9 @@ pub struct DriverConfig {
     /// Batches in flight per (source, target) core pair.
     pub hop_channel_batches: usize,
     pub read_buffer_bytes: usize,
+    /// On stop: after `ShuttingDown` is queued to every client, how long the drain waits before
+    /// it shuts the sockets down.
+    pub drain_grace_ms: u64,
 }
 
 /// One listening socket handed to a shard: bound with `SO_REUSEPORT` by the caller.
@@ -187,9 +190,6 @@ pub fn start(
 
 /// Accept failures are logged at most this often (all are counted).
 const ACCEPT_WARN_INTERVAL_MS: u64 = 10_000;
-/// After `ShuttingDown` is queued to every client, how long the drain waits before it shuts the
-/// sockets down.
-const DRAIN_GRACE_MS: u64 = 100;
 
 struct Ctx {
     shard: RefCell<Shard>,
@@ -385,7 +385,7 @@ async fn run_shard(
     ctx.after_work();
     // A grace for those frames to reach the sockets, then every connection is shut down (their
     // tasks end on the resulting errors).
-    glommio::timer::sleep(Duration::from_millis(DRAIN_GRACE_MS)).await;
+    glommio::timer::sleep(Duration::from_millis(ctx.driver.drain_grace_ms)).await;
     for (_, fd) in ctx.writers.borrow().values() {
         shutdown_fd(*fd);
     }
