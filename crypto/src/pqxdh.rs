@@ -251,6 +251,8 @@ pub fn respond(
     let encoded =
         ml_kem::Encoded::<Dk>::try_from(pq_decapsulation_key).map_err(|_| PqxdhError::BadKey)?;
     let dk = Dk::from_bytes(&encoded);
+    let mut encoded = encoded;
+    zeroize::Zeroize::zeroize(encoded.as_mut_slice());
     let ct = ml_kem::Ciphertext::<MlKem1024>::try_from(&init.ct[..])
         .map_err(|_| PqxdhError::Malformed)?;
     // ML-KEM decapsulation never fails: a forged ciphertext yields an unrelated secret (implicit
@@ -281,7 +283,10 @@ pub fn kem_keypair(rng: &mut impl Rng) -> (Vec<u8>, Zeroizing<Vec<u8>>) {
     let mut public = Vec::with_capacity(KEM_KEY_BYTES);
     public.push(KEM_KEY_TYPE);
     public.extend_from_slice(&ek.as_bytes());
-    (public, Zeroizing::new(dk.as_bytes().to_vec()))
+    let mut encoded = dk.as_bytes();
+    let secret = Zeroizing::new(encoded.to_vec());
+    zeroize::Zeroize::zeroize(encoded.as_mut_slice());
+    (public, secret)
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 //! chain (`SKIP_PER_CHAIN_MAX`: a header further ahead is refused) and in total
 //! (`SKIPPED_KEYS_MAX`: the oldest are dropped). Every secret is zeroized when dropped.
 
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -96,6 +95,94 @@ struct Skipped {
     #[zeroize(skip)]
     n: u32,
     mk: [u8; 32],
+    /// Insertion order (the oldest goes first when full).
+    #[zeroize(skip)]
+    seq: u64,
+    /// A used or evicted slot is dead: its key is zeroed in place.
+    #[zeroize(skip)]
+    live: bool,
+}
+
+/// Skipped message keys in slots that never move: a used key is zeroed where it lies, and
+/// growing copies the slots and drops the old ones (each zeroizing itself), so no copy of a key
+/// is left behind in freed memory.
+#[derive(Clone, Default)]
+struct SkippedKeys {
+    slots: Vec<Skipped>,
+    next_seq: u64,
+    live: usize,
+}
+
+impl SkippedKeys {
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn find(&self, dh: &[u8; 32], n: u32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.live && s.n == n && s.dh == *dh)
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i)
+            && s.live
+        {
+            s.mk.zeroize();
+            s.live = false;
+            self.live -= 1;
+        }
+    }
+
+    /// Adds a key; when `SKIPPED_KEYS_MAX` are held, the oldest is dropped.
+    fn insert(&mut self, dh: [u8; 32], n: u32, mk: &[u8; 32]) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let new = Skipped {
+            dh,
+            n,
+            mk: *mk,
+            seq,
+            live: true,
+        };
+        let slot = match self.slots.iter().position(|s| !s.live) {
+            Some(i) => i,
+            None if self.slots.len() < SKIPPED_KEYS_MAX => {
+                if self.slots.len() == self.slots.capacity() {
+                    let cap = (self.slots.capacity() * 2).clamp(16, SKIPPED_KEYS_MAX);
+                    let mut grown = Vec::with_capacity(cap);
+                    grown.extend(self.slots.iter().cloned());
+                    // The old buffer's slots zeroize themselves as they drop.
+                    self.slots = grown;
+                }
+                self.slots.push(new);
+                self.live += 1;
+                return;
+            }
+            None => {
+                // Full: the oldest goes.
+                let oldest = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.seq)
+                    .map_or(0, |(i, _)| i);
+                self.kill(oldest);
+                oldest
+            }
+        };
+        // Assigning drops the dead slot's value (zeroized) in place.
+        self.slots[slot] = new;
+        self.live += 1;
+        debug_assert!(self.live <= SKIPPED_KEYS_MAX);
+    }
+
+    /// The live keys, oldest first.
+    fn live_in_order(&self) -> Vec<&Skipped> {
+        let mut v: Vec<&Skipped> = self.slots.iter().filter(|s| s.live).collect();
+        v.sort_by_key(|s| s.seq);
+        v
+    }
 }
 
 /// The part of the state one message may change (small: copied per decryption).
@@ -119,7 +206,7 @@ struct Chains {
 #[derive(Clone)]
 pub struct Ratchet {
     c: Chains,
-    skipped: VecDeque<Skipped>,
+    skipped: SkippedKeys,
 }
 
 impl core::fmt::Debug for Ratchet {
@@ -176,7 +263,7 @@ impl Ratchet {
                 nr: 0,
                 pn: 0,
             },
-            skipped: VecDeque::new(),
+            skipped: SkippedKeys::default(),
         })
     }
 
@@ -193,7 +280,7 @@ impl Ratchet {
                 nr: 0,
                 pn: 0,
             },
-            skipped: VecDeque::new(),
+            skipped: SkippedKeys::default(),
         }
     }
 
@@ -214,6 +301,13 @@ impl Ratchet {
         ad: &[u8],
     ) -> Result<([u8; HEADER_BYTES], Vec<u8>), RatchetError> {
         let cks = self.c.cks.as_ref().ok_or(RatchetError::NoSendingChain)?;
+        // 2^32 messages in one chain cannot happen before the other side answers; refuse
+        // (before anything changes) rather than wrap.
+        let ns_next = self
+            .c
+            .ns
+            .checked_add(1)
+            .ok_or(RatchetError::NoSendingChain)?;
         let (next, mk) = kdf_ck(cks);
         let header = Header {
             dh: *self.c.dhs.public(),
@@ -222,13 +316,7 @@ impl Ratchet {
         }
         .encode();
         self.c.cks = Some(next);
-        // 2^32 messages in one chain cannot happen before the other side answers; refuse
-        // rather than wrap.
-        self.c.ns = self
-            .c
-            .ns
-            .checked_add(1)
-            .ok_or(RatchetError::NoSendingChain)?;
+        self.c.ns = ns_next;
         let ct = seal(&mk, MESSAGE_INFO, &aad(ad, &header), plaintext);
         Ok((header, ct))
     }
@@ -247,16 +335,32 @@ impl Ratchet {
         let aad = aad(ad, &hb);
 
         // A skipped key: use it, and drop it only if the message opened.
-        if let Some(i) = self.skipped.iter().position(|s| s.dh == h.dh && s.n == h.n) {
-            let pt = open(&self.skipped[i].mk, MESSAGE_INFO, &aad, ciphertext)
+        if let Some(i) = self.skipped.find(&h.dh, h.n) {
+            let pt = open(&self.skipped.slots[i].mk, MESSAGE_INFO, &aad, ciphertext)
                 .ok_or(RatchetError::Decrypt)?;
-            self.skipped.remove(i);
+            self.skipped.kill(i);
             return Ok(pt);
         }
 
         let mut c = self.c.clone();
-        let mut staged: Vec<Skipped> = Vec::new();
-        if c.dhr != Some(h.dh) {
+        let new_dh = c.dhr != Some(h.dh);
+        // The bounds, and the exact room for the keys to skip, before any key is derived (a
+        // buffer that grew would leave copies of keys behind).
+        let first = if new_dh && c.ckr.is_some() {
+            if h.pn > c.nr.saturating_add(SKIP_PER_CHAIN_MAX) {
+                return Err(RatchetError::TooFarAhead);
+            }
+            h.pn.saturating_sub(c.nr)
+        } else {
+            0
+        };
+        let from = if new_dh { 0 } else { c.nr };
+        if h.n > from.saturating_add(SKIP_PER_CHAIN_MAX) {
+            return Err(RatchetError::TooFarAhead);
+        }
+        let mut staged: Vec<Skipped> =
+            Vec::with_capacity(first as usize + h.n.saturating_sub(from) as usize);
+        if new_dh {
             // The old receiving chain's remaining keys, then a DH ratchet step.
             skip(&mut c, h.pn, &mut staged)?;
             c.pn = c.ns;
@@ -279,13 +383,10 @@ impl Ratchet {
         c.nr = c.nr.checked_add(1).ok_or(RatchetError::TooFarAhead)?;
         let pt = open(&mk, MESSAGE_INFO, &aad, ciphertext).ok_or(RatchetError::Decrypt)?;
 
-        // Commit.
+        // Commit. (`staged` drops afterwards, zeroizing its copies.)
         self.c = c;
-        for s in staged {
-            if self.skipped.len() == SKIPPED_KEYS_MAX {
-                self.skipped.pop_front();
-            }
-            self.skipped.push_back(s);
+        for s in &staged {
+            self.skipped.insert(s.dh, s.n, &s.mk);
         }
         debug_assert!(self.skipped.len() <= SKIPPED_KEYS_MAX);
         Ok(pt)
@@ -311,7 +412,7 @@ impl Ratchet {
         }
         let n = u32::try_from(self.skipped.len()).unwrap_or(u32::MAX);
         b.extend_from_slice(&n.to_be_bytes());
-        for s in &self.skipped {
+        for s in self.skipped.live_in_order() {
             b.extend_from_slice(&s.dh);
             b.extend_from_slice(&s.n.to_be_bytes());
             b.extend_from_slice(&s.mk);
@@ -334,12 +435,13 @@ impl Ratchet {
         if n > SKIPPED_KEYS_MAX {
             return Err(RatchetError::BadState);
         }
-        let mut skipped = VecDeque::with_capacity(n);
+        let mut skipped = SkippedKeys::default();
         for _ in 0..n {
             let dh = r.key()?;
             let n = r.u32()?;
-            let mk = r.key()?;
-            skipped.push_back(Skipped { dh, n, mk });
+            let mut mk = r.key()?;
+            skipped.insert(dh, n, &mk);
+            mk.zeroize();
         }
         if r.at != b.len() {
             return Err(RatchetError::BadState);
@@ -371,10 +473,16 @@ fn skip(c: &mut Chains, until: u32, staged: &mut Vec<Skipped>) -> Result<(), Rat
     let dhr = c.dhr.unwrap_or([0u8; 32]);
     while c.nr < until {
         let (next, mk) = kdf_ck(&ck);
+        debug_assert!(
+            staged.len() < staged.capacity(),
+            "room reserved before skipping"
+        );
         staged.push(Skipped {
             dh: dhr,
             n: c.nr,
             mk: *mk,
+            seq: 0,
+            live: true,
         });
         ck.zeroize();
         ck = next;

@@ -309,6 +309,14 @@ impl Session {
     }
 }
 
+/// The id of the PQXDH `Init` a `Prekey` message carries (SHA-256 of it): what a responder
+/// remembers to refuse a replayed first contact once the session it started is gone.
+pub fn prekey_init_id(inner: &Inner) -> Option<[u8; 32]> {
+    (inner.kind == Kind::Prekey)
+        .then(|| inner.body.get(..INIT_BYTES).map(init_id))
+        .flatten()
+}
+
 /// An identity's encoded public key.
 pub fn identity_public(identity: &KeyPair) -> [u8; EC_KEY_BYTES] {
     encode_ec(identity.public())

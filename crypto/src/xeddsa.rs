@@ -16,6 +16,7 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::{Scalar, clamp_integer};
 use sha2::{Digest, Sha512};
+use zeroize::Zeroize;
 
 /// Bytes of an XEdDSA signature: R (32) ‖ s (32).
 pub const SIGNATURE_BYTES: usize = 64;
@@ -27,9 +28,12 @@ pub fn public_key(secret: &[u8; 32]) -> [u8; 32] {
 
 /// `calculate_key_pair`: the Edwards public key with sign bit 0 and the matching scalar.
 fn key_pair(secret: &[u8; 32]) -> ([u8; 32], Scalar) {
-    let k = Scalar::from_bytes_mod_order(clamp_integer(*secret));
+    let mut clamped = clamp_integer(*secret);
+    let mut k = Scalar::from_bytes_mod_order(clamped);
+    clamped.zeroize();
     let e = EdwardsPoint::mul_base(&k).compress().to_bytes();
     let a = if e[31] & 0x80 != 0 { -k } else { k };
+    k.zeroize();
     let mut big_a = e;
     big_a[31] &= 0x7F;
     (big_a, a)
@@ -46,13 +50,18 @@ fn hash_mod_q(parts: &[&[u8]]) -> Scalar {
 
 /// Signs `message` with the X25519 secret `secret`; `z` must be 64 fresh random bytes.
 pub fn sign(secret: &[u8; 32], message: &[u8], z: &[u8; 64]) -> [u8; SIGNATURE_BYTES] {
-    let (big_a, a) = key_pair(secret);
+    let (big_a, mut a) = key_pair(secret);
     let mut prefix = [0xFFu8; 32];
     prefix[0] = 0xFE;
-    let r = hash_mod_q(&[&prefix, a.as_bytes(), message, z]);
+    let mut r = hash_mod_q(&[&prefix, a.as_bytes(), message, z]);
     let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
     let h = hash_mod_q(&[&big_r, &big_a, message]);
-    let s = r + h * a;
+    let mut ha = h * a;
+    let s = r + ha;
+    // The signing scalar is the identity key in another form, and r with s reveals it.
+    a.zeroize();
+    r.zeroize();
+    ha.zeroize();
     let mut sig = [0u8; SIGNATURE_BYTES];
     sig[..32].copy_from_slice(&big_r);
     sig[32..].copy_from_slice(s.as_bytes());

@@ -7,7 +7,8 @@
 //! c.publish_prekeys(m, 20)                               # once, and when running low
 //! m.add_contact("bob", "ferry:…")                        # bob's address, out of band
 //! c.send_text(m, "bob", "hello")                         # first contact through his prekeys
-//! for msg in c.sync(m): print(msg.from_name, msg.text)   # stored while offline, then live
+//! for msg in c.sync(m): print(msg.from_name, msg.text)   # what was stored while offline
+//! for msg in c.pump(m, 1000): print(msg.text)             # then live, as it comes
 //! ```
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -148,11 +149,17 @@ impl Messenger {
     }
 }
 
+/// One monotonic clock for every connection: retry times in a messenger's outbox outlive the
+/// connection that set them.
+fn clock() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 /// A blocking connection to a node.
 #[derive(uniffi::Object)]
 pub struct Connection {
     client: Mutex<ferry_sdk::Client>,
-    clock: Instant,
 }
 
 impl std::fmt::Debug for Connection {
@@ -187,16 +194,24 @@ impl Connection {
         let client = ferry_sdk::Client::connect(addr).map_err(err)?;
         Ok(Arc::new(Connection {
             client: Mutex::new(client),
-            clock: Instant::now(),
         }))
     }
 
-    /// Publishes a signed prekey, a last-resort key and `one_time` one-time keys of each kind.
+    /// Publishes a new signed prekey, a last-resort key and `one_time` (at most 100) one-time
+    /// keys of each kind (the previous signed prekeys stay usable). Once is enough: then
+    /// `refill_prekeys`.
     pub fn publish_prekeys(&self, m: Arc<Messenger>, one_time: u32) -> Result<(), FerryError> {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
         chat::publish_prekeys(&mut c, &mut m, one_time as usize).map_err(err)?;
         Ok(())
+    }
+
+    /// Tops the one-time prekeys up when the directory says they run low.
+    pub fn refill_prekeys(&self, m: Arc<Messenger>) -> Result<(), FerryError> {
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        chat::refill_prekeys(&mut c, &mut m).map_err(err)
     }
 
     /// Sends text to a contact (first contact through its prekeys).
@@ -209,14 +224,7 @@ impl Connection {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
         let to = contact_id(&m, &contact)?;
-        chat::send(
-            &mut c,
-            &mut m,
-            &to,
-            &Body::Data(text.into_bytes()),
-            self.clock,
-        )
-        .map_err(err)?;
+        chat::send(&mut c, &mut m, &to, &Body::Data(text.into_bytes()), clock()).map_err(err)?;
         Ok(())
     }
 
@@ -231,7 +239,7 @@ impl Connection {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
         let to = contact_id(&m, &contact)?;
-        chat::send_file(&mut c, &mut m, &to, &name, &data[..], self.clock).map_err(err)
+        chat::send_file(&mut c, &mut m, &to, &name, &data[..], clock()).map_err(err)
     }
 
     /// Downloads and decrypts a file a message referred to (its `file_ref`).
@@ -254,6 +262,9 @@ impl Connection {
         token: Vec<u8>,
         hours: u32,
     ) -> Result<u16, FerryError> {
+        if token.len() > ferry_proto::limits::PUSH_TOKEN_BYTES_MAX {
+            return Err(err("push token too long"));
+        }
         let mut c = self.lock()?;
         let m = m.lock()?;
         let p = match provider {
@@ -276,8 +287,7 @@ impl Connection {
     pub fn pump(&self, m: Arc<Messenger>, wait_ms: u64) -> Result<Vec<Message>, FerryError> {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
-        let s =
-            chat::pump(&mut c, &mut m, Duration::from_millis(wait_ms), self.clock).map_err(err)?;
+        let s = chat::pump(&mut c, &mut m, Duration::from_millis(wait_ms), clock()).map_err(err)?;
         Ok(s.messages.into_iter().map(message).collect())
     }
 }

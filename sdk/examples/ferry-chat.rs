@@ -68,6 +68,9 @@ fn opts() -> Opts {
             "--state" => state = args.next().map(PathBuf::from),
             "--ns" => {
                 let v = args.next().unwrap_or_default();
+                if v.len() != 64 || !v.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    fail("--ns needs 64 hex digits");
+                }
                 let b: Vec<u8> = (0..v.len())
                     .step_by(2)
                     .filter_map(|i| v.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
@@ -115,7 +118,17 @@ fn print(m: &Incoming, save_dir: Option<&PathBuf>, client: &mut Client) {
                 .file_name()
                 .map_or_else(|| "file".into(), |n| n.to_os_string());
             let path = dir.join(base);
-            let out = std::fs::File::create(&path).unwrap_or_else(|e| fail(e));
+            let out = match std::fs::File::create(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    println!(
+                        "{} sent file {name}: cannot save {}: {e}",
+                        m.from_name,
+                        path.display()
+                    );
+                    return;
+                }
+            };
             match chat::fetch_file(client, &m.body, out) {
                 Ok(()) => println!(
                     "{} sent file {name} ({plaintext_bytes} bytes) saved {}",
@@ -144,8 +157,15 @@ fn main() {
     match rest.as_slice() {
         ["init"] => {
             let mut c = connect();
-            let (ec, pq) = chat::publish_prekeys(&mut c, &mut m, 20).unwrap_or_else(|e| fail(e));
-            eprintln!("prekeys published ({ec} + {pq} one-time keys)");
+            if m.has_prekeys() {
+                // Published before: top the one-time keys up (rotating the signed prekey on
+                // every start would only churn).
+                chat::refill_prekeys(&mut c, &mut m).unwrap_or_else(|e| fail(e));
+            } else {
+                let (ec, pq) =
+                    chat::publish_prekeys(&mut c, &mut m, 20).unwrap_or_else(|e| fail(e));
+                eprintln!("prekeys published ({ec} + {pq} one-time keys)");
+            }
             println!("{}", m.address());
         }
         ["address"] => println!("{}", m.address()),

@@ -82,9 +82,10 @@ pub fn send<S: Storage>(
     Ok(t.msg_id)
 }
 
+/// Sends with `FLAG_ACK`, so that live delivery is answered `Delivered` (and ends the retries).
 fn transmit(client: &mut Client, ts: &[Transmit]) -> Result<(), SdkError> {
     for t in ts {
-        client.send(t.dest, t.msg_id, 0, &t.payload);
+        client.send(t.dest, t.msg_id, crate::FLAG_ACK, &t.payload);
     }
     client.flush()
 }
@@ -157,19 +158,62 @@ pub fn register_push<S: Storage>(
 /// What a sync found.
 #[derive(Debug, Default)]
 pub struct Synced {
+    /// The messages, in the order they arrived (after any a failed call left in the inbox). They
+    /// are removed from the messenger's inbox as they are returned here.
     pub messages: Vec<Incoming>,
-    /// Packets that did not authenticate (or were not for this user): dropped.
+    /// Packets that did not authenticate (or were not for this user, or replays): dropped.
     pub dropped: usize,
 }
 
+impl Synced {
+    /// Starts with what an earlier, interrupted call left in the inbox.
+    fn from_inbox<S: Storage>(m: &Messenger<S>) -> Result<Self, MessengerError> {
+        Ok(Synced {
+            messages: m.inbox()?,
+            dropped: 0,
+        })
+    }
+
+    /// One packet that arrived. A storage failure stops the caller before the packet is
+    /// acknowledged to the node (it comes again); anything else that fails is dropped.
+    fn take<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        payload: &[u8],
+    ) -> Result<(), MessengerError> {
+        match m.receive(payload) {
+            Ok(Some(msg)) => {
+                if !self.messages.iter().any(|x| x.msg_id == msg.msg_id) {
+                    self.messages.push(msg);
+                }
+            }
+            Ok(None) => {}
+            Err(e @ MessengerError::Storage(_)) => return Err(e),
+            Err(_) => self.dropped += 1,
+        }
+        Ok(())
+    }
+
+    /// Hands the messages to the caller: out of the inbox.
+    fn finish<S: Storage>(self, m: &mut Messenger<S>) -> Result<Self, MessengerError> {
+        for msg in &self.messages {
+            m.done(&msg.msg_id)?;
+        }
+        Ok(self)
+    }
+}
+
 /// On (re)connect: asks which of this user's dests of the last 72 hours hold stored blobs,
-/// proves and drains only those (acking what was read), then listens on the current hour (and
-/// the next, near the turn), then sends again everything not yet acknowledged.
+/// proves and drains only those (acknowledging each batch to the node once it is stored here),
+/// then listens on the current hour (and the next, near the turn), then sends again everything
+/// not yet acknowledged. If it fails half-way, what was received stays in the inbox and comes
+/// with the next `sync` or `pump`.
 pub fn sync<S: Storage>(
     client: &mut Client,
     m: &mut Messenger<S>,
 ) -> Result<Synced, MessengerError> {
-    let mut out = Synced::default();
+    m.new_connection();
+    let mut out = Synced::from_inbox(m)?;
     let candidates = m.drain_candidates(client.node_unix_s())?;
     let holding = client.query(&candidates)?;
     let signers = m.drain_signers(&holding)?;
@@ -178,11 +222,7 @@ pub fn sync<S: Storage>(
         loop {
             let (blobs, more) = client.drain(s.dest())?;
             for b in &blobs {
-                match m.receive(&b.payload) {
-                    Ok(Some(msg)) => out.messages.push(msg),
-                    Ok(None) => {}
-                    Err(_) => out.dropped += 1,
-                }
+                out.take(m, &b.payload)?;
             }
             client.ack(&blobs)?;
             if !more {
@@ -192,22 +232,32 @@ pub fn sync<S: Storage>(
     }
     listen(client, m)?;
     resend(client, m)?;
-    Ok(out)
+    out.finish(m)
 }
 
 /// Sends again every message the node has not acknowledged (same bytes, same id).
 pub fn resend<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
-    let again = m.due(client.node_unix_s(), u64::MAX);
+    let again = m.due(client.node_unix_s(), 0, true);
     Ok(transmit(client, &again)?)
 }
 
-/// Proves and subscribes to the listen plan (this hour, and the next near its end).
-pub fn listen<S: Storage>(client: &mut Client, m: &Messenger<S>) -> Result<(), MessengerError> {
-    let signers = m.listen_plan(client.node_unix_s())?;
-    prove_all(client, &signers, Op::Subscribe)?;
-    let dests: Vec<_> = signers.iter().map(BlindedSigner::dest).collect();
+/// Follows the listen plan on this connection: proves (`Subscribe`, and `Drain` so that blobs
+/// handed over on subscribe can be acknowledged) and subscribes to this hour's dests, and the
+/// next hour's near the turn; unsubscribes from past hours.
+pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
+    let (add, drop) = m.listen_update(client.node_unix_s())?;
+    if !drop.is_empty() {
+        client.unsubscribe(&drop)?;
+    }
+    if add.is_empty() {
+        return Ok(());
+    }
+    prove_all(client, &add, Op::Subscribe)?;
+    prove_all(client, &add, Op::Drain)?;
+    let dests: Vec<_> = add.iter().map(BlindedSigner::dest).collect();
     let subs = client.subscribe(&dests)?;
     if let Some(bad) = subs.iter().find(|s| **s != SubscribeStatus::Ok) {
+        m.new_connection();
         return Err(SdkError::Node {
             code: ferry_proto::frame::ErrorCode::Unsupported,
             message: format!("subscribe refused: {bad:?}"),
@@ -217,28 +267,39 @@ pub fn listen<S: Storage>(client: &mut Client, m: &Messenger<S>) -> Result<(), M
     Ok(())
 }
 
-/// Handles what arrives for `wait`: live messages, send results (ending retries), retries that
-/// come due, and the next hour's listen when it is near. Returns the messages.
+/// Handles what arrives for `wait`: live messages, blobs the node hands over on subscribe,
+/// send results (ending retries), retries that come due, and the next hour's listen when it is
+/// near. Returns the messages (with any an interrupted call left in the inbox).
 pub fn pump<S: Storage>(
     client: &mut Client,
     m: &mut Messenger<S>,
     wait: Duration,
     clock: Instant,
 ) -> Result<Synced, MessengerError> {
-    let mut out = Synced::default();
+    let mut out = Synced::from_inbox(m)?;
     let deadline = Instant::now() + wait;
     let mut next_listen = m.next_listen_s(client.node_unix_s());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(out);
+            return out.finish(m);
         }
         match client.recv(left.min(Duration::from_millis(200))) {
-            Ok(ClientEvent::Deliver { payload, .. }) => match m.receive(&payload) {
-                Ok(Some(msg)) => out.messages.push(msg),
-                Ok(None) => {}
-                Err(_) => out.dropped += 1,
-            },
+            Ok(ClientEvent::Deliver { payload, .. }) => out.take(m, &payload)?,
+            Ok(ClientEvent::Stored {
+                dest,
+                pos,
+                msg_id,
+                payload,
+            }) => {
+                out.take(m, &payload)?;
+                client.ack(&[crate::StoredBlob {
+                    dest,
+                    pos,
+                    msg_id,
+                    payload,
+                }])?;
+            }
             Ok(ClientEvent::SendResult { msg_id, status, .. }) => {
                 m.on_send_result(msg_id, status, now_ms(clock));
             }
@@ -248,7 +309,7 @@ pub fn pump<S: Storage>(
             Ok(_) | Err(SdkError::Timeout) => {}
             Err(e) => return Err(e.into()),
         }
-        let again = m.due(client.node_unix_s(), now_ms(clock));
+        let again = m.due(client.node_unix_s(), now_ms(clock), false);
         transmit(client, &again)?;
         if client.node_unix_s() >= next_listen {
             listen(client, m)?;

@@ -39,7 +39,8 @@ pub const ROLLOVER_LEAD_S: u64 = 300;
 pub const SEEN_IDS_MAX: usize = 4096;
 /// Unacknowledged messages held for retry.
 pub const OUTBOX_MAX: usize = 1024;
-/// First retry after this long, doubling up to `RETRY_MAX_MS`.
+/// A message is sent again this long after its first send, then after twice as long each time,
+/// up to `RETRY_MAX_MS`.
 pub const RETRY_BASE_MS: u64 = 1_000;
 pub const RETRY_MAX_MS: u64 = 60_000;
 /// One-time prekeys uploaded per refill, and the level that asks for one.
@@ -64,6 +65,10 @@ pub enum MessengerError {
     OutboxFull,
     /// The application's storage failed: the state change was not made durable.
     Storage(std::io::Error),
+    /// A first-contact message whose session was accepted before: a replay, dropped.
+    Replay,
+    /// An argument out of range (the message says which).
+    InvalidArgument(&'static str),
 }
 
 impl std::fmt::Display for MessengerError {
@@ -82,6 +87,8 @@ impl std::fmt::Display for MessengerError {
             MessengerError::Malformed(what) => write!(f, "malformed {what}"),
             MessengerError::OutboxFull => write!(f, "outbox full"),
             MessengerError::Storage(e) => write!(f, "storage: {e}"),
+            MessengerError::Replay => write!(f, "a replayed first-contact message"),
+            MessengerError::InvalidArgument(m) => f.write_str(m),
         }
     }
 }
@@ -98,15 +105,18 @@ impl From<SdkError> for MessengerError {
 }
 
 /// Key-value storage the messenger keeps its state in. Keys are short ASCII paths
-/// (`identity`, `contact/<hex>`, `session/<hex>`, `prekeys`, `outbox/<hex>`, `seen`); values are
-/// opaque bytes, some of them secret: store them where the platform keeps secrets.
+/// (`identity`, `namespace`, `contact/<hex>`, `session/<hex>`, `prekeys`, `inits`,
+/// `outbox/<hex>`, `inbox/<hex>`, `seen`); values are opaque bytes, most of them secret (a
+/// contact record holds that contact's mailbox secret): store them where the platform keeps
+/// secrets. A read error must be an error, never "absent": the messenger would otherwise make a
+/// new identity.
 pub trait Storage {
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn get(&self, key: &str) -> std::io::Result<Option<Vec<u8>>>;
     /// Stores `value` durably before returning (a message may be acknowledged after it).
     fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()>;
     fn delete(&mut self, key: &str) -> std::io::Result<()>;
     /// Every key starting with `prefix`.
-    fn keys(&self, prefix: &str) -> Vec<String>;
+    fn keys(&self, prefix: &str) -> std::io::Result<Vec<String>>;
 }
 
 /// Storage in memory (tests, or an application that persists elsewhere).
@@ -114,8 +124,8 @@ pub trait Storage {
 pub struct MemoryStorage(pub BTreeMap<String, Vec<u8>>);
 
 impl Storage for MemoryStorage {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.get(key).cloned()
+    fn get(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
     }
     fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()> {
         self.0.insert(key.to_string(), value.to_vec());
@@ -125,27 +135,58 @@ impl Storage for MemoryStorage {
         self.0.remove(key);
         Ok(())
     }
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        self.0
+    fn keys(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        Ok(self
+            .0
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
-            .collect()
+            .collect())
     }
 }
 
-/// Storage in a directory: one file per key (`/` becomes a subdirectory), written atomically
-/// (temporary file, sync, rename), mode 0600.
-#[derive(Debug, Clone)]
+/// Storage in a directory: one file per key (`/` becomes a subdirectory, mode 0700), written
+/// atomically (temporary file, sync, rename, directory sync), mode 0600. The directory is
+/// locked while open: two processes on one state would reuse ratchet keys.
+#[derive(Debug)]
 pub struct DirStorage {
     dir: std::path::PathBuf,
+    _lock: std::fs::File,
+}
+
+fn make_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// An exclusive, non-blocking `flock` on `f` (released when the file is closed).
+#[allow(unsafe_code)]
+fn try_lock(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor this process owns for as long as `f` lives.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 impl DirStorage {
+    /// Opens (creating) the directory and locks it; a second open fails while the first lives.
     pub fn open(dir: impl Into<std::path::PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
-        Ok(DirStorage { dir })
+        make_dir(&dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        if !try_lock(&lock) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("{} is in use by another process", dir.display()),
+            ));
+        }
+        Ok(DirStorage { dir, _lock: lock })
     }
     fn path(&self, key: &str) -> std::path::PathBuf {
         self.dir.join(key)
@@ -153,15 +194,19 @@ impl DirStorage {
 }
 
 impl Storage for DirStorage {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.path(key)).ok()
+    fn get(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.path(key)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
     fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(key);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
-        std::fs::create_dir_all(&parent)?;
+        make_dir(&parent)?;
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -180,22 +225,26 @@ impl Storage for DirStorage {
             _ => Ok(()),
         }
     }
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let (dir, start) = match prefix.rsplit_once('/') {
-            Some((d, s)) => (self.dir.join(d), (format!("{d}/"), s.to_string())),
-            None => (self.dir.clone(), (String::new(), prefix.to_string())),
+    fn keys(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        let (dir, sub, start) = match prefix.rsplit_once('/') {
+            Some((d, s)) => (self.dir.join(d), format!("{d}/"), s.to_string()),
+            None => (self.dir.clone(), String::new(), prefix.to_string()),
         };
-        let mut out: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(&start.1) && !n.ends_with(".tmp"))
-                    .map(|n| format!("{}{n}", start.0))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let name = e?.file_name();
+            let Some(n) = name.to_str() else { continue };
+            if n.starts_with(&start) && !n.ends_with(".tmp") && !n.starts_with('.') {
+                out.push(format!("{sub}{n}"));
+            }
+        }
         out.sort();
-        out
+        Ok(out)
     }
 }
 
@@ -374,27 +423,51 @@ impl Peer {
     }
 }
 
+/// Signed prekeys (and last-resort KEM keys) kept after a rotation, so that bundles fetched
+/// before it, and first-contact messages stored up to 72 hours, still open.
+pub const SIGNED_PREKEYS_KEPT: usize = 4;
+/// Init ids of accepted first contacts remembered to refuse their replays.
+pub const ACCEPTED_INITS_MAX: usize = 1024;
+/// Sessions kept per contact (the newest is used to send; all are tried to receive), so that
+/// two people who start a conversation at the same moment end up in one session.
+pub const SESSIONS_PER_CONTACT_MAX: usize = 4;
+/// Hours one push registration may cover (both mailboxes: two dests an hour, under the node's
+/// default of 256 dests per token).
+pub const PUSH_HOURS_MAX: u64 = 127;
+const PREKEYS_VERSION: u8 = 2;
+
 /// This device's prekey secrets, by id.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Prekeys {
     next_id: u32,
-    spk: Option<(u32, [u8; 32])>,
+    /// Newest first, at most `SIGNED_PREKEYS_KEPT`.
+    spks: Vec<(u32, [u8; 32])>,
     one_time: BTreeMap<u32, [u8; 32]>,
     /// id → (decapsulation key, last resort)
     kem: BTreeMap<u32, (Zeroizing<Vec<u8>>, bool)>,
 }
 
+impl Drop for Prekeys {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for (_, s) in &mut self.spks {
+            s.zeroize();
+        }
+        for s in self.one_time.values_mut() {
+            s.zeroize();
+        }
+    }
+}
+
 impl Prekeys {
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut b = Zeroizing::new(Vec::new());
+        b.push(PREKEYS_VERSION);
         b.extend_from_slice(&self.next_id.to_be_bytes());
-        match &self.spk {
-            Some((id, s)) => {
-                b.push(1);
-                b.extend_from_slice(&id.to_be_bytes());
-                b.extend_from_slice(s);
-            }
-            None => b.push(0),
+        b.push(u8::try_from(self.spks.len()).unwrap_or(0));
+        for (id, s) in &self.spks {
+            b.extend_from_slice(&id.to_be_bytes());
+            b.extend_from_slice(s);
         }
         b.extend_from_slice(
             &u32::try_from(self.one_time.len())
@@ -423,13 +496,14 @@ impl Prekeys {
             Some(s)
         };
         let u32_of = |s: &[u8]| -> Option<u32> { Some(u32::from_be_bytes(s.try_into().ok()?)) };
-        let mut p = Prekeys {
-            next_id: u32_of(take(4)?)?,
-            ..Prekeys::default()
-        };
-        if take(1)?[0] == 1 {
+        if take(1)?[0] != PREKEYS_VERSION {
+            return None;
+        }
+        let mut p = Prekeys::default();
+        p.next_id = u32_of(take(4)?)?;
+        for _ in 0..take(1)?[0] {
             let id = u32_of(take(4)?)?;
-            p.spk = Some((id, take(32)?.try_into().ok()?));
+            p.spks.push((id, take(32)?.try_into().ok()?));
         }
         for _ in 0..u32_of(take(4)?)? {
             let id = u32_of(take(4)?)?;
@@ -443,13 +517,29 @@ impl Prekeys {
         }
         Some(p)
     }
+
+    /// Drops all but the newest `SIGNED_PREKEYS_KEPT` last-resort KEM keys.
+    fn prune_last_resort(&mut self) {
+        let mut last: Vec<u32> = self
+            .kem
+            .iter()
+            .filter(|(_, (_, l))| *l)
+            .map(|(id, _)| *id)
+            .collect();
+        last.sort_unstable();
+        while last.len() > SIGNED_PREKEYS_KEPT {
+            let id = last.remove(0);
+            self.kem.remove(&id);
+        }
+    }
 }
 
 impl PrekeyStore for Prekeys {
     fn signed_prekey(&self, id: u32) -> Option<KeyPair> {
-        self.spk
-            .filter(|(i, _)| *i == id)
-            .map(|(_, s)| KeyPair::from_secret(s))
+        self.spks
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, s)| KeyPair::from_secret(*s))
     }
     fn one_time_prekey(&self, id: u32) -> Option<KeyPair> {
         self.one_time.get(&id).map(|s| KeyPair::from_secret(*s))
@@ -459,7 +549,9 @@ impl PrekeyStore for Prekeys {
     }
     fn consume(&mut self, one_time_prekey: Option<u32>, kem_prekey: u32) {
         if let Some(id) = one_time_prekey {
-            self.one_time.remove(&id);
+            if let Some(mut s) = self.one_time.remove(&id) {
+                zeroize::Zeroize::zeroize(&mut s);
+            }
         }
         if self.kem.get(&kem_prekey).is_some_and(|(_, last)| !last) {
             self.kem.remove(&kem_prekey);
@@ -490,13 +582,18 @@ pub struct Messenger<S: Storage> {
     intro: Mailbox,
     contact_mailbox: Mailbox,
     peers: BTreeMap<[u8; EC_KEY_BYTES], Peer>,
-    sessions: BTreeMap<[u8; EC_KEY_BYTES], Session>,
+    /// Per contact, newest first.
+    sessions: BTreeMap<[u8; EC_KEY_BYTES], Vec<Session>>,
     prekeys: Prekeys,
     outbox: BTreeMap<u64, Outgoing>,
     seen: VecDeque<[u8; 16]>,
     seen_set: BTreeSet<[u8; 16]>,
+    inits: VecDeque<[u8; 32]>,
+    inits_set: BTreeSet<[u8; 32]>,
     /// The dests of the last drain plan: which mailbox and epoch each belongs to.
     candidates: BTreeMap<Dest, (Which, u64)>,
+    /// What the current connection is subscribed to.
+    listening: BTreeSet<Dest>,
 }
 
 impl<S: Storage> std::fmt::Debug for Messenger<S> {
@@ -516,11 +613,108 @@ pub fn node_msg_id(msg_id: &[u8; 16]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+fn st<T>(r: std::io::Result<T>) -> Result<T, MessengerError> {
+    r.map_err(MessengerError::Storage)
+}
+
+/// The first-retry delay after `tries` sends: `RETRY_BASE_MS`, doubling, capped.
+fn backoff(tries: u32) -> u64 {
+    RETRY_BASE_MS
+        .saturating_mul(1u64 << tries.saturating_sub(1).min(6))
+        .min(RETRY_MAX_MS)
+}
+
+fn encode_sessions(list: &[Session]) -> Zeroizing<Vec<u8>> {
+    let mut b = Zeroizing::new(Vec::new());
+    b.push(u8::try_from(list.len()).unwrap_or(0));
+    for s in list {
+        let one = s.to_bytes();
+        b.extend_from_slice(&u32::try_from(one.len()).unwrap_or(0).to_be_bytes());
+        b.extend_from_slice(&one);
+    }
+    b
+}
+
+fn decode_sessions(b: &[u8]) -> Result<Vec<Session>, MessengerError> {
+    let bad = MessengerError::Malformed("session record");
+    let (&n, mut rest) = b
+        .split_first()
+        .ok_or(MessengerError::Malformed("session record"))?;
+    let mut out = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        if rest.len() < 4 {
+            return Err(bad);
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let one = rest
+            .get(4..4 + len)
+            .ok_or(MessengerError::Malformed("session record"))?;
+        out.push(Session::from_bytes(one)?);
+        rest = &rest[4 + len..];
+    }
+    if !rest.is_empty() {
+        return Err(bad);
+    }
+    Ok(out)
+}
+
+fn encode_incoming(m: &Incoming) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&m.from);
+    b.extend_from_slice(&m.msg_id);
+    let name = m.from_name.as_bytes();
+    b.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
+    b.extend_from_slice(&name[..name.len().min(usize::from(u16::MAX))]);
+    b.extend_from_slice(&m.body.to_bytes());
+    b
+}
+
+fn decode_incoming(b: &[u8]) -> Option<Incoming> {
+    let from: [u8; EC_KEY_BYTES] = b.get(..EC_KEY_BYTES)?.try_into().ok()?;
+    let msg_id: [u8; 16] = b.get(EC_KEY_BYTES..EC_KEY_BYTES + 16)?.try_into().ok()?;
+    let at = EC_KEY_BYTES + 16;
+    let n = usize::from(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let from_name = String::from_utf8(b.get(at + 2..at + 2 + n)?.to_vec()).ok()?;
+    let body = Body::from_bytes(b.get(at + 2 + n..)?)?;
+    Some(Incoming {
+        from,
+        from_name,
+        msg_id,
+        body,
+    })
+}
+
+/// The sender's mailbox key, contact secret and body in a session plaintext.
+fn parse_payload(pt: &[u8]) -> Result<([u8; 32], [u8; 32], Body), MessengerError> {
+    if pt.len() < 65 || pt[0] != PAYLOAD_VERSION {
+        return Err(MessengerError::Malformed("payload"));
+    }
+    let body = Body::from_bytes(&pt[65..]).ok_or(MessengerError::Malformed("payload"))?;
+    let mut mailbox = [0u8; 32];
+    mailbox.copy_from_slice(&pt[1..33]);
+    let mut s_mbox = [0u8; 32];
+    s_mbox.copy_from_slice(&pt[33..65]);
+    if ferry_proto::addr::MailboxPublic::from_bytes(&mailbox).is_err() {
+        return Err(MessengerError::Malformed("payload"));
+    }
+    Ok((mailbox, s_mbox, body))
+}
+
 impl<S: Storage> Messenger<S> {
-    /// Opens the messenger kept in `storage`, creating a new identity if it holds none.
+    /// Opens the messenger kept in `storage`, creating a new identity if it holds none. A store
+    /// made for another namespace is refused.
     pub fn open(storage: S, ns: NamespaceId) -> Result<Self, MessengerError> {
         let mut storage = storage;
-        let id = match storage.get("identity") {
+        match st(storage.get("namespace"))? {
+            Some(b) if b[..] != ns.0[..] => {
+                return Err(MessengerError::InvalidArgument(
+                    "this state belongs to another namespace",
+                ));
+            }
+            Some(_) => {}
+            None => st(storage.put("namespace", &ns.0))?,
+        }
+        let id = match st(storage.get("identity"))? {
             Some(b) if b.len() == 96 => Zeroizing::new(b),
             Some(_) => return Err(MessengerError::Malformed("identity record")),
             None => {
@@ -528,20 +722,18 @@ impl<S: Storage> Messenger<S> {
                 b.extend_from_slice(&random::<32>()?);
                 b.extend_from_slice(&random::<32>()?);
                 b.extend_from_slice(&random::<32>()?);
-                storage
-                    .put("identity", &b)
-                    .map_err(MessengerError::Storage)?;
+                st(storage.put("identity", &b))?;
                 b
             }
         };
-        let arr = |r: std::ops::Range<usize>| -> [u8; 32] {
-            let mut a = [0u8; 32];
+        let arr = |r: std::ops::Range<usize>| -> Zeroizing<[u8; 32]> {
+            let mut a = Zeroizing::new([0u8; 32]);
             a.copy_from_slice(&id[r]);
             a
         };
-        let identity = KeyPair::from_secret(arr(0..32));
-        let mailbox_seed = Zeroizing::new(arr(32..64));
-        let s_mbox = Zeroizing::new(arr(64..96));
+        let identity = KeyPair::from_secret(*arr(0..32));
+        let mailbox_seed = arr(32..64);
+        let s_mbox = arr(64..96);
         let mut m = Messenger {
             intro: Mailbox::from_seed(&mailbox_seed, ns, None),
             contact_mailbox: Mailbox::from_seed(&mailbox_seed, ns, Some(*s_mbox)),
@@ -555,36 +747,47 @@ impl<S: Storage> Messenger<S> {
             outbox: BTreeMap::new(),
             seen: VecDeque::new(),
             seen_set: BTreeSet::new(),
+            inits: VecDeque::new(),
+            inits_set: BTreeSet::new(),
             candidates: BTreeMap::new(),
+            listening: BTreeSet::new(),
         };
         m.load()?;
         Ok(m)
     }
 
     fn load(&mut self) -> Result<(), MessengerError> {
-        for key in self.storage.keys("contact/") {
-            let identity = key_identity(&key)?;
-            let b = self.storage.get(&key).unwrap_or_default();
+        // Keys that do not parse (files an OS or a user left there) are skipped; records that do
+        // not parse are errors (they are this user's data).
+        for key in st(self.storage.keys("contact/"))? {
+            let Some(identity) = key_identity(&key) else {
+                continue;
+            };
+            let b = st(self.storage.get(&key))?.unwrap_or_default();
             let p =
                 Peer::decode(identity, &b).ok_or(MessengerError::Malformed("contact record"))?;
             self.peers.insert(identity, p);
         }
-        for key in self.storage.keys("session/") {
-            let identity = key_identity(&key)?;
-            let b = Zeroizing::new(self.storage.get(&key).unwrap_or_default());
-            self.sessions.insert(identity, Session::from_bytes(&b)?);
+        for key in st(self.storage.keys("session/"))? {
+            let Some(identity) = key_identity(&key) else {
+                continue;
+            };
+            let b = Zeroizing::new(st(self.storage.get(&key))?.unwrap_or_default());
+            self.sessions.insert(identity, decode_sessions(&b)?);
         }
-        if let Some(b) = self.storage.get("prekeys") {
+        if let Some(b) = st(self.storage.get("prekeys"))? {
             let b = Zeroizing::new(b);
             self.prekeys =
                 Prekeys::decode(&b).ok_or(MessengerError::Malformed("prekeys record"))?;
         }
-        for key in self.storage.keys("outbox/") {
-            let id = key
+        for key in st(self.storage.keys("outbox/"))? {
+            let Some(id) = key
                 .strip_prefix("outbox/")
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .ok_or(MessengerError::Malformed("outbox key"))?;
-            let b = self.storage.get(&key).unwrap_or_default();
+            else {
+                continue;
+            };
+            let b = st(self.storage.get(&key))?.unwrap_or_default();
             if b.len() < EC_KEY_BYTES {
                 return Err(MessengerError::Malformed("outbox record"));
             }
@@ -600,11 +803,18 @@ impl<S: Storage> Messenger<S> {
                 },
             );
         }
-        if let Some(b) = self.storage.get("seen") {
+        if let Some(b) = st(self.storage.get("seen"))? {
             for id in b.chunks_exact(16) {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(id);
                 self.remember(a);
+            }
+        }
+        if let Some(b) = st(self.storage.get("inits"))? {
+            for id in b.chunks_exact(32) {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(id);
+                self.remember_init(a);
             }
         }
         Ok(())
@@ -622,8 +832,17 @@ impl<S: Storage> Messenger<S> {
         self.ns
     }
 
-    /// Adds (or renames) a contact.
+    /// Adds (or renames) a contact. A name another contact has is refused.
     pub fn add_contact(&mut self, name: &str, address: &Address) -> Result<(), MessengerError> {
+        if self
+            .peers
+            .values()
+            .any(|p| p.name == name && p.identity != address.identity)
+        {
+            return Err(MessengerError::InvalidArgument(
+                "another contact has this name",
+            ));
+        }
         let peer = match self.peers.get(&address.identity) {
             Some(p) => Peer {
                 name: name.to_string(),
@@ -653,30 +872,28 @@ impl<S: Storage> Messenger<S> {
 
     /// Whether a session with `identity` exists.
     pub fn has_session(&self, identity: &[u8; EC_KEY_BYTES]) -> bool {
-        self.sessions.contains_key(identity)
+        self.sessions.get(identity).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Whether prekeys were published from this device (a signed prekey exists).
+    pub fn has_prekeys(&self) -> bool {
+        !self.prekeys.spks.is_empty()
     }
 
     fn save_peer(&mut self, p: &Peer) -> Result<(), MessengerError> {
-        self.storage
-            .put(&format!("contact/{}", hex(&p.identity)), &p.encode())
-            .map_err(MessengerError::Storage)
+        st(self
+            .storage
+            .put(&format!("contact/{}", hex(&p.identity)), &p.encode()))
     }
 
-    fn save_session(&mut self, identity: &[u8; EC_KEY_BYTES]) -> Result<(), MessengerError> {
-        if let Some(s) = self.sessions.get(identity) {
-            let b = s.to_bytes();
-            self.storage
-                .put(&format!("session/{}", hex(identity)), &b)
-                .map_err(MessengerError::Storage)?;
-        }
-        Ok(())
+    fn save_sessions(&mut self, identity: &[u8; EC_KEY_BYTES]) -> Result<(), MessengerError> {
+        let b = encode_sessions(self.sessions.get(identity).map_or(&[][..], Vec::as_slice));
+        st(self.storage.put(&format!("session/{}", hex(identity)), &b))
     }
 
     fn save_prekeys(&mut self) -> Result<(), MessengerError> {
         let b = self.prekeys.encode();
-        self.storage
-            .put("prekeys", &b)
-            .map_err(MessengerError::Storage)
+        st(self.storage.put("prekeys", &b))
     }
 
     fn remember(&mut self, id: [u8; 16]) -> bool {
@@ -691,6 +908,18 @@ impl<S: Storage> Messenger<S> {
         }
         debug_assert_eq!(self.seen.len(), self.seen_set.len());
         true
+    }
+
+    fn remember_init(&mut self, id: [u8; 32]) {
+        if !self.inits_set.insert(id) {
+            return;
+        }
+        self.inits.push_back(id);
+        if self.inits.len() > ACCEPTED_INITS_MAX {
+            if let Some(old) = self.inits.pop_front() {
+                self.inits_set.remove(&old);
+            }
+        }
     }
 
     // ---- prekeys ------------------------------------------------------------------------------
@@ -713,15 +942,21 @@ impl<S: Storage> Messenger<S> {
         Ok(Contact::new(&p.mailbox, self.ns, None)?.dest(0)?)
     }
 
-    /// New prekeys to upload: the signed part (a new signed prekey and last-resort KEM key) when
-    /// `signed` or when none exists yet, and `one_time` one-time keys of each kind. The secrets
-    /// are stored before the uploads are returned.
+    /// New prekeys to upload: with `signed` (or when none exists yet) a new signed prekey and
+    /// last-resort KEM key (the previous `SIGNED_PREKEYS_KEPT − 1` stay usable), and
+    /// `one_time` (at most 100) one-time keys of each kind. The secrets are stored before the
+    /// uploads are returned.
     pub fn prekey_uploads(
         &mut self,
         signed: bool,
         one_time: usize,
     ) -> Result<Vec<Upload>, MessengerError> {
-        let signed = signed || self.prekeys.spk.is_none();
+        if one_time > ferry_proto::prekey::ONE_TIME_KEYS_MAX {
+            return Err(MessengerError::InvalidArgument(
+                "at most 100 one-time prekeys per upload",
+            ));
+        }
+        let signed = signed || self.prekeys.spks.is_empty();
         let plan = crate::prekeys::PrekeyPlan {
             signed,
             one_time_ec: one_time,
@@ -732,25 +967,28 @@ impl<S: Storage> Messenger<S> {
         let identity = crate::prekeys::IdentityKey::from_secret(*self.identity.secret());
         let dest = self.intro.dest(0)?;
         let (uploads, secrets) = crate::prekeys::generate(&identity, dest, plan)?;
+        let mut next = self.prekeys.clone();
         let mut max_id = plan.first_id;
         if let Some((id, s)) = secrets.signed_prekey {
-            self.prekeys.spk = Some((id, s));
+            next.spks.insert(0, (id, s));
+            next.spks.truncate(SIGNED_PREKEYS_KEPT);
             max_id = max_id.max(id);
         }
         if let Some((id, dk)) = secrets.last_resort {
-            // An older last-resort key stays usable for bundles fetched before.
-            self.prekeys.kem.insert(id, (Zeroizing::new(dk), true));
+            next.kem.insert(id, (Zeroizing::new(dk), true));
             max_id = max_id.max(id);
         }
         for (id, s) in secrets.one_time_ec {
-            self.prekeys.one_time.insert(id, s);
+            next.one_time.insert(id, s);
             max_id = max_id.max(id);
         }
         for (id, dk) in secrets.one_time_pq {
-            self.prekeys.kem.insert(id, (Zeroizing::new(dk), false));
+            next.kem.insert(id, (Zeroizing::new(dk), false));
             max_id = max_id.max(id);
         }
-        self.prekeys.next_id = max_id.wrapping_add(1);
+        next.prune_last_resort();
+        next.next_id = max_id.wrapping_add(1);
+        self.prekeys = next;
         self.save_prekeys()?;
         Ok(uploads)
     }
@@ -790,8 +1028,10 @@ impl<S: Storage> Messenger<S> {
             opk: bundle.ec.as_ref().map(|k| (k.id, k.key)),
         };
         let s = Session::initiate(&mut rand_core::OsRng, &self.identity, &b)?;
-        self.sessions.insert(*identity, s);
-        self.save_session(identity)
+        let list = self.sessions.entry(*identity).or_default();
+        list.insert(0, s);
+        list.truncate(SESSIONS_PER_CONTACT_MAX);
+        self.save_sessions(identity)
     }
 
     /// The dest to reach `peer` at in `epoch`: its contact mailbox once known, else its intro
@@ -800,8 +1040,10 @@ impl<S: Storage> Messenger<S> {
         Ok(Contact::new(&peer.mailbox, self.ns, peer.s_mbox)?.dest(epoch)?)
     }
 
-    /// Encrypts `body` for a contact, puts it in the outbox and returns the packet to send now.
-    /// `now_unix_s` is the node's time; `now_ms` any monotonic clock (for retries).
+    /// Encrypts `body` for a contact, puts it in the outbox and returns the packet to send now
+    /// (send it with `FLAG_ACK`: the node answers `Delivered` for live delivery only then).
+    /// `now_unix_s` is the node's time; `now_ms` any monotonic clock (for retries). The session
+    /// is stored before the packet is returned, so a message key is never used twice.
     pub fn send(
         &mut self,
         to: &[u8; EC_KEY_BYTES],
@@ -824,16 +1066,18 @@ impl<S: Storage> Messenger<S> {
         pt.extend_from_slice(&*self.s_mbox);
         body.encode(&mut pt);
         let me = session::identity_public(&self.identity);
-        let session = self.sessions.get_mut(to).ok_or(MessengerError::NoSession)?;
+        let session = self
+            .sessions
+            .get_mut(to)
+            .and_then(|l| l.first_mut())
+            .ok_or(MessengerError::NoSession)?;
         let envelope = session.seal(&mut rand_core::OsRng, &me, msg_id, &pt)?;
-        self.save_session(to)?;
+        self.save_sessions(to)?;
         let id = node_msg_id(&msg_id);
         let mut rec = Vec::with_capacity(EC_KEY_BYTES + envelope.len());
         rec.extend_from_slice(to);
         rec.extend_from_slice(&envelope);
-        self.storage
-            .put(&format!("outbox/{id:016x}"), &rec)
-            .map_err(MessengerError::Storage)?;
+        st(self.storage.put(&format!("outbox/{id:016x}"), &rec))?;
         let t = Transmit {
             dest: self.dest_of(&peer, epoch_of(now_unix_s))?,
             msg_id: id,
@@ -845,7 +1089,7 @@ impl<S: Storage> Messenger<S> {
                 to: *to,
                 envelope,
                 tries: 1,
-                next_ms: now_ms + RETRY_BASE_MS,
+                next_ms: now_ms.saturating_add(backoff(1)),
             },
         );
         Ok(t)
@@ -864,10 +1108,7 @@ impl<S: Storage> Messenger<S> {
             }
             _ => {
                 if let Some(o) = self.outbox.get_mut(&msg_id) {
-                    let backoff = RETRY_BASE_MS
-                        .saturating_mul(1u64 << o.tries.min(6))
-                        .min(RETRY_MAX_MS);
-                    o.next_ms = now_ms + backoff;
+                    o.next_ms = now_ms.saturating_add(backoff(o.tries));
                 }
             }
         }
@@ -878,15 +1119,16 @@ impl<S: Storage> Messenger<S> {
         self.outbox.len()
     }
 
-    /// What to send again now: every unacknowledged message whose retry time has come (all of
-    /// them after a reconnect: pass `u64::MAX`), to the contact's dest of the current epoch.
-    pub fn due(&mut self, now_unix_s: u64, now_ms: u64) -> Vec<Transmit> {
+    /// What to send again now: every unacknowledged message whose retry time has come, or all
+    /// of them with `all` (after a reconnect), to the contact's dest of the current epoch. Each
+    /// is scheduled again with a growing backoff.
+    pub fn due(&mut self, now_unix_s: u64, now_ms: u64, all: bool) -> Vec<Transmit> {
         let epoch = epoch_of(now_unix_s);
         let mut out = Vec::new();
         let ids: Vec<u64> = self
             .outbox
             .iter()
-            .filter(|(_, o)| o.next_ms <= now_ms)
+            .filter(|(_, o)| all || o.next_ms <= now_ms)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -906,44 +1148,65 @@ impl<S: Storage> Messenger<S> {
             });
             if let Some(o) = self.outbox.get_mut(&id) {
                 o.tries = o.tries.saturating_add(1);
-                let backoff = RETRY_BASE_MS
-                    .saturating_mul(1u64 << o.tries.min(6))
-                    .min(RETRY_MAX_MS);
-                o.next_ms = now_ms.saturating_add(backoff);
+                o.next_ms = now_ms.saturating_add(backoff(o.tries));
             }
         }
         out
     }
 
-    /// Opens a packet that arrived (live or drained). `Ok(None)`: a duplicate, already shown.
-    /// An error means it did not authenticate (or is not for this user) and was dropped; no
-    /// state changed.
+    /// Opens a packet that arrived (live or drained). `Ok(None)`: a duplicate, already
+    /// received. An error means it did not authenticate, is not for this user, is a replayed
+    /// first contact, or could not be stored; nothing changed.
+    ///
+    /// What opened is stored in the inbox (`inbox()`, removed with `done`) before the session
+    /// moves on, so a crash at any point neither loses it nor shows it twice.
     pub fn receive(&mut self, payload: &[u8]) -> Result<Option<Incoming>, MessengerError> {
         let inner = envelope::open_with(&self.identity, payload).map_err(SessionError::from)?;
-        if self.seen_set.contains(&inner.msg_id) {
+        let inbox_key = format!("inbox/{}", hex(&inner.msg_id));
+        if self.seen_set.contains(&inner.msg_id) || st(self.storage.get(&inbox_key))?.is_some() {
             return Ok(None);
         }
         let sender = inner.sender;
-        let existing = self
-            .sessions
-            .get(&sender)
-            .is_some_and(|s| !s.is_new_contact(&inner));
-        let (received, new_session) = if existing {
-            let s = self
-                .sessions
-                .get_mut(&sender)
-                .ok_or(MessengerError::NoSession)?;
-            // Work on a copy so that a payload we cannot parse leaves the session as it was.
-            let mut copy = s.clone();
-            let r = copy.receive(&mut rand_core::OsRng, &inner)?;
-            (r, copy)
-        } else {
-            let mut prekeys = std::mem::take(&mut self.prekeys);
-            let res = Session::accept(&mut rand_core::OsRng, &self.identity, &mut prekeys, &inner);
-            self.prekeys = prekeys;
-            let (s, r) = res?;
-            self.save_prekeys()?;
-            (r, s)
+        let list = self.sessions.get(&sender).cloned().unwrap_or_default();
+        let mut rng = rand_core::OsRng;
+        // (index of the session that opened it, or None for a new one; the session after it;
+        // what opened; the prekeys after an accept)
+        let (index, session, received, prekeys) = match inner.kind {
+            envelope::Kind::Prekey => {
+                if let Some(i) = list.iter().position(|s| !s.is_new_contact(&inner)) {
+                    let mut s = list[i].clone();
+                    let r = s.receive(&mut rng, &inner)?;
+                    (Some(i), s, r, None)
+                } else {
+                    let init = session::prekey_init_id(&inner)
+                        .ok_or(MessengerError::Malformed("prekey message"))?;
+                    if self.inits_set.contains(&init) {
+                        return Err(MessengerError::Replay);
+                    }
+                    let mut pk = self.prekeys.clone();
+                    let (s, r) = Session::accept(&mut rng, &self.identity, &mut pk, &inner)?;
+                    (None, s, r, Some((pk, init)))
+                }
+            }
+            envelope::Kind::Message => {
+                let mut found = None;
+                let mut last_err = SessionError::Malformed;
+                for (i, s) in list.iter().enumerate() {
+                    let mut c = s.clone();
+                    match c.receive(&mut rng, &inner) {
+                        Ok(r) => {
+                            found = Some((Some(i), c, r, None));
+                            break;
+                        }
+                        Err(e) => last_err = e,
+                    }
+                }
+                match found {
+                    Some(f) => f,
+                    None if list.is_empty() => return Err(MessengerError::NoSession),
+                    None => return Err(MessengerError::Session(last_err)),
+                }
+            }
         };
         let Received {
             sender,
@@ -951,21 +1214,7 @@ impl<S: Storage> Messenger<S> {
             plaintext,
             ..
         } = received;
-        let pt = Zeroizing::new(plaintext);
-        if pt.len() < 65 || pt[0] != PAYLOAD_VERSION {
-            return Err(MessengerError::Malformed("payload"));
-        }
-        let body = Body::decode(&pt[65..]).ok_or(MessengerError::Malformed("payload"))?;
-        let mut mailbox = [0u8; 32];
-        mailbox.copy_from_slice(&pt[1..33]);
-        let mut s_mbox = [0u8; 32];
-        s_mbox.copy_from_slice(&pt[33..65]);
-        if ferry_proto::addr::MailboxPublic::from_bytes(&mailbox).is_err() {
-            return Err(MessengerError::Malformed("payload"));
-        }
-        // Authenticated: commit the session, learn (or refresh) the sender's card.
-        self.sessions.insert(sender, new_session);
-        self.save_session(&sender)?;
+        let (mailbox, s_mbox, body) = parse_payload(&Zeroizing::new(plaintext))?;
         let peer = match self.peers.get(&sender) {
             Some(p) => Peer {
                 mailbox,
@@ -979,22 +1228,54 @@ impl<S: Storage> Messenger<S> {
                 s_mbox: Some(s_mbox),
             },
         };
-        if self.peers.get(&sender) != Some(&peer) {
-            self.save_peer(&peer)?;
-        }
-        let from_name = peer.name.clone();
-        self.peers.insert(sender, peer);
-        self.remember(msg_id);
-        let seen: Vec<u8> = self.seen.iter().flatten().copied().collect();
-        self.storage
-            .put("seen", &seen)
-            .map_err(MessengerError::Storage)?;
-        Ok(Some(Incoming {
+        let incoming = Incoming {
             from: sender,
-            from_name,
+            from_name: peer.name.clone(),
             msg_id,
             body,
-        }))
+        };
+        // Commit, inbox first.
+        st(self.storage.put(&inbox_key, &encode_incoming(&incoming)))?;
+        let mut list = list;
+        if let Some(i) = index {
+            list.remove(i);
+        }
+        // The session that opened it becomes the one to send with.
+        list.insert(0, session);
+        list.truncate(SESSIONS_PER_CONTACT_MAX);
+        self.sessions.insert(sender, list);
+        self.save_sessions(&sender)?;
+        if let Some((pk, init)) = prekeys {
+            self.prekeys = pk;
+            self.save_prekeys()?;
+            self.remember_init(init);
+            let inits: Vec<u8> = self.inits.iter().flatten().copied().collect();
+            st(self.storage.put("inits", &inits))?;
+        }
+        if self.peers.get(&sender) != Some(&peer) {
+            self.save_peer(&peer)?;
+            self.peers.insert(sender, peer);
+        }
+        self.remember(msg_id);
+        let seen: Vec<u8> = self.seen.iter().flatten().copied().collect();
+        st(self.storage.put("seen", &seen))?;
+        Ok(Some(incoming))
+    }
+
+    /// Messages received and not yet marked `done`, oldest key first.
+    pub fn inbox(&self) -> Result<Vec<Incoming>, MessengerError> {
+        let mut out = Vec::new();
+        for key in st(self.storage.keys("inbox/"))? {
+            if let Some(b) = st(self.storage.get(&key))? {
+                out.push(decode_incoming(&b).ok_or(MessengerError::Malformed("inbox record"))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The application has the message: remove it from the inbox.
+    pub fn done(&mut self, msg_id: &[u8; 16]) -> Result<(), MessengerError> {
+        st(self.storage.delete(&format!("inbox/{}", hex(msg_id))))
     }
 
     // ---- what a connection proves, listens on and drains --------------------------------------
@@ -1021,6 +1302,29 @@ impl<S: Storage> Messenger<S> {
             out.push(self.signer(Which::Contact, ep)?);
         }
         Ok(out)
+    }
+
+    /// What the current connection must change to follow the listen plan: the signers of dests
+    /// to prove and subscribe to, and the dests of past hours to unsubscribe from. Call
+    /// [`Messenger::new_connection`] first on a new connection.
+    pub fn listen_update(
+        &mut self,
+        now_unix_s: u64,
+    ) -> Result<(Vec<BlindedSigner>, Vec<Dest>), MessengerError> {
+        let plan = self.listen_plan(now_unix_s)?;
+        let want: BTreeSet<Dest> = plan.iter().map(BlindedSigner::dest).collect();
+        let add: Vec<BlindedSigner> = plan
+            .into_iter()
+            .filter(|s| !self.listening.contains(&s.dest()))
+            .collect();
+        let drop: Vec<Dest> = self.listening.difference(&want).copied().collect();
+        self.listening = want;
+        Ok((add, drop))
+    }
+
+    /// A new connection listens on nothing yet.
+    pub fn new_connection(&mut self) {
+        self.listening.clear();
     }
 
     /// When the listen plan changes next (node time): `ROLLOVER_LEAD_S` before the hour ends,
@@ -1062,16 +1366,22 @@ impl<S: Storage> Messenger<S> {
             .collect()
     }
 
-    /// The signers to prove `Op::PushRegister` with, so that a push token covers this user's
-    /// dests for the next `hours` hours (register again before they run out).
+    /// The signers to prove `Op::PushRegister` with so that a token registered for
+    /// `hours × 3600` seconds covers this user's dests until it expires: both mailboxes, epochs
+    /// `e..=e+hours`. `hours` is 1 to `PUSH_HOURS_MAX`.
     pub fn push_plan(
         &self,
         now_unix_s: u64,
         hours: u64,
     ) -> Result<Vec<BlindedSigner>, MessengerError> {
+        if !(1..=PUSH_HOURS_MAX).contains(&hours) {
+            return Err(MessengerError::InvalidArgument(
+                "push registrations cover 1 to 127 hours",
+            ));
+        }
         let e = epoch_of(now_unix_s);
         let mut out = Vec::new();
-        for ep in e..e + hours.max(1) {
+        for ep in e..=e + hours {
             out.push(self.signer(Which::Intro, ep)?);
             out.push(self.signer(Which::Contact, ep)?);
         }
@@ -1089,10 +1399,9 @@ impl<S: Storage> Messenger<S> {
     }
 }
 
-fn key_identity(key: &str) -> Result<[u8; EC_KEY_BYTES], MessengerError> {
+fn key_identity(key: &str) -> Option<[u8; EC_KEY_BYTES]> {
     key.rsplit('/')
         .next()
         .and_then(unhex)
         .and_then(|b| <[u8; EC_KEY_BYTES]>::try_from(b).ok())
-        .ok_or(MessengerError::Malformed("storage key"))
 }

@@ -22,17 +22,17 @@ const T0: u64 = 1_795_774_800;
 /// What the node keeps: stored packets per dest (one per message id), prekey slots.
 #[derive(Default)]
 struct Node {
-    store: BTreeMap<Dest, BTreeMap<u64, Vec<u8>>>,
+    /// In arrival order, one per message id.
+    store: BTreeMap<Dest, Vec<(u64, Vec<u8>)>>,
     slots: BTreeMap<Dest, Vec<Upload>>,
 }
 
 impl Node {
     fn send(&mut self, t: &Transmit) {
-        self.store
-            .entry(t.dest)
-            .or_default()
-            .entry(t.msg_id)
-            .or_insert_with(|| t.payload.clone());
+        let q = self.store.entry(t.dest).or_default();
+        if !q.iter().any(|(id, _)| *id == t.msg_id) {
+            q.push((t.msg_id, t.payload.clone()));
+        }
     }
     /// What `Client::query` answers.
     fn query(&self, dests: &[Dest]) -> Vec<Dest> {
@@ -46,7 +46,7 @@ impl Node {
     fn drain(&mut self, d: &Dest) -> Vec<Vec<u8>> {
         self.store
             .remove(d)
-            .map(|m| m.into_values().collect())
+            .map(|q| q.into_iter().map(|(_, p)| p).collect())
             .unwrap_or_default()
     }
     /// A bundle as the directory hands it out: one EC and one PQ one-time key consumed.
@@ -76,6 +76,7 @@ fn sync<S: Storage>(node: &mut Node, m: &mut Messenger<S>, now: u64) -> Vec<Body
         assert!(holding.contains(&s.dest()));
         for p in node.drain(&s.dest()) {
             if let Some(msg) = m.receive(&p).unwrap() {
+                m.done(&msg.msg_id).unwrap();
                 out.push(msg.body);
             }
         }
@@ -191,11 +192,14 @@ fn restarts_from_storage_mid_conversation_and_resends_what_was_not_acknowledged(
     // Bob answers; the node never acknowledges, so Bob resends after the backoff, with the same
     // id and bytes, also after another restart.
     let r = bob.send(&alice_id, &text("two"), T0, 1_000).unwrap();
-    assert!(bob.due(T0, 1_500).is_empty(), "not before the backoff");
-    let again = bob.due(T0, 2_000);
+    assert!(
+        bob.due(T0, 1_500, false).is_empty(),
+        "not before the backoff"
+    );
+    let again = bob.due(T0, 2_000, false);
     assert_eq!(again, vec![r.clone()]);
     let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
-    let after_restart = bob.due(T0, u64::MAX);
+    let after_restart = bob.due(T0, 0, true);
     assert_eq!(after_restart.len(), 1);
     assert_eq!(after_restart[0].msg_id, r.msg_id);
     assert_eq!(after_restart[0].payload, r.payload);
@@ -232,7 +236,22 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
     for (signer, d) in s.iter().zip(pick) {
         assert_eq!(signer.dest(), d);
     }
-    assert_eq!(m.push_plan(T0, 24).unwrap().len(), 48);
+    // A token registered for 24 hours covers this hour and the next 24 (its expiry falls in
+    // the last): 25 hours of both mailboxes.
+    assert_eq!(m.push_plan(T0, 24).unwrap().len(), 50);
+    assert!(m.push_plan(T0, 0).is_err() && m.push_plan(T0, 128).is_err());
+
+    // On one connection: subscribe this hour's dests, then near the turn the next hour's, then
+    // drop the past hour's.
+    m.new_connection();
+    let (add, drop) = m.listen_update(start + 10).unwrap();
+    assert_eq!((add.len(), drop.len()), (2, 0));
+    let (add, drop) = m.listen_update(start + 3600 - 100).unwrap();
+    assert_eq!((add.len(), drop.len()), (2, 0));
+    let (add, drop) = m.listen_update(start + 3600 + 10).unwrap();
+    assert_eq!((add.len(), drop.len()), (0, 2));
+    m.new_connection();
+    assert_eq!(m.listen_update(start + 3600 + 10).unwrap().0.len(), 2);
 }
 
 #[test]
@@ -286,4 +305,153 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("ferry-messenger-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+/// Both write first at the same moment: each accepts the other's first contact and keeps its
+/// own session too; whichever session the other side answers in becomes the one both use.
+#[test]
+fn simultaneous_first_contacts_converge_on_one_session() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(&mut node, &mut alice);
+    publish(&mut node, &mut bob);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    bob.add_contact("alice", &alice.address()).unwrap();
+    let (a_id, b_id) = (alice.address().identity, bob.address().identity);
+    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
+    alice.start_session(&b_id, &bundle).unwrap();
+    let bundle = node.fetch(&bob.contact_prekey_slot(&a_id).unwrap());
+    bob.start_session(&a_id, &bundle).unwrap();
+    let ta = alice.send(&b_id, &text("from alice"), T0, 0).unwrap();
+    let tb = bob.send(&a_id, &text("from bob"), T0, 0).unwrap();
+    assert_eq!(
+        bob.receive(&ta.payload).unwrap().unwrap().body,
+        text("from alice")
+    );
+    assert_eq!(
+        alice.receive(&tb.payload).unwrap().unwrap().body,
+        text("from bob")
+    );
+    // A conversation goes on, both ways, several turns.
+    for i in 0..4 {
+        let m = alice.send(&b_id, &text(&format!("a{i}")), T0, 0).unwrap();
+        assert_eq!(
+            bob.receive(&m.payload).unwrap().unwrap().body,
+            text(&format!("a{i}"))
+        );
+        let r = bob.send(&a_id, &text(&format!("b{i}")), T0, 0).unwrap();
+        assert_eq!(
+            alice.receive(&r.payload).unwrap().unwrap().body,
+            text(&format!("b{i}"))
+        );
+    }
+}
+
+/// A first contact made without a one-time key (the directory ran out) can be replayed by the
+/// node; once accepted it is refused as a replay, also after the duplicate filter forgot it.
+#[test]
+fn a_replayed_first_contact_is_refused() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let slot = bob.prekey_slot().unwrap().dest();
+    let uploads = bob.prekey_uploads(true, 0).unwrap();
+    node.slots.insert(slot, uploads);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let b_id = bob.address().identity;
+    let bundle = node.fetch(&slot);
+    assert!(bundle.ec.is_none() && bundle.pq_last_resort);
+    alice.start_session(&b_id, &bundle).unwrap();
+    let t = alice.send(&b_id, &text("once"), T0, 0).unwrap();
+    assert!(bob.receive(&t.payload).unwrap().is_some());
+    assert_eq!(bob.receive(&t.payload).unwrap(), None, "a duplicate");
+    // Bob's state without the duplicate filter (as after 4096 newer messages): still refused.
+    let mut store = bob.into_storage();
+    store.0.remove("seen");
+    store.0.retain(|k, _| !k.starts_with("inbox/"));
+    let bob = Messenger::open(store, NS).unwrap();
+    let mut others = bob.storage().0.clone();
+    others.retain(|k, _| k.starts_with("session/"));
+    // The session is gone too (the worst case: only the accepted-init list remembers).
+    let mut store = bob.into_storage();
+    store.0.retain(|k, _| !k.starts_with("session/"));
+    let mut bob = Messenger::open(store, NS).unwrap();
+    assert!(matches!(
+        bob.receive(&t.payload),
+        Err(MessengerError::Replay)
+    ));
+    assert!(!others.is_empty());
+}
+
+/// A received message stays in the inbox until the application says it has it, also across
+/// a restart; the same packet again is a duplicate.
+#[test]
+fn the_inbox_keeps_messages_until_done() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(&mut node, &mut bob);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let b_id = bob.address().identity;
+    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
+    alice.start_session(&b_id, &bundle).unwrap();
+    let t = alice.send(&b_id, &text("keep me"), T0, 0).unwrap();
+    let got = bob.receive(&t.payload).unwrap().unwrap();
+    let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert_eq!(bob.inbox().unwrap(), vec![got.clone()]);
+    assert_eq!(bob.receive(&t.payload).unwrap(), None);
+    bob.done(&got.msg_id).unwrap();
+    assert!(bob.inbox().unwrap().is_empty());
+}
+
+/// Rotating the signed prekey keeps the previous ones: a bundle fetched before the rotation
+/// still starts a session.
+#[test]
+fn a_bundle_fetched_before_a_rotation_still_works() {
+    let mut node = Node::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(&mut node, &mut bob);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let b_id = bob.address().identity;
+    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
+    for _ in 0..3 {
+        bob.prekey_uploads(true, 1).unwrap();
+    }
+    alice.start_session(&b_id, &bundle).unwrap();
+    let t = alice.send(&b_id, &text("old bundle"), T0, 0).unwrap();
+    assert_eq!(
+        bob.receive(&t.payload).unwrap().unwrap().body,
+        text("old bundle")
+    );
+    assert!(matches!(
+        bob.prekey_uploads(false, 101),
+        Err(MessengerError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn storage_is_locked_tied_to_its_namespace_and_names_are_unique() {
+    let dir = tempdir("lock");
+    let m = Messenger::open(DirStorage::open(&dir).unwrap(), NS).unwrap();
+    assert!(
+        DirStorage::open(&dir).is_err(),
+        "a second process would reuse ratchet keys"
+    );
+    drop(m);
+    assert!(matches!(
+        Messenger::open(DirStorage::open(&dir).unwrap(), NamespaceId([1; 32])),
+        Err(MessengerError::InvalidArgument(_))
+    ));
+    // A stray file in a record directory is ignored.
+    std::fs::create_dir_all(dir.join("contact")).unwrap();
+    std::fs::write(dir.join("contact").join("notes.txt"), b"x").unwrap();
+    let mut m = Messenger::open(DirStorage::open(&dir).unwrap(), NS).unwrap();
+    let other = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let third = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    m.add_contact("pat", &other.address()).unwrap();
+    assert!(m.add_contact("pat", &third.address()).is_err());
+    m.add_contact("pat", &other.address()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -152,6 +152,75 @@ impl Prekeys {
         b
     }
 
+    /// The secrets, to persist (keep them where the platform keeps secrets): without them, a
+    /// first contact made with this bundle cannot be accepted after a reload.
+    #[wasm_bindgen(js_name = toBytes)]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.identity);
+        b.extend_from_slice(self.spk.secret());
+        b.extend_from_slice(&self.spk_sig);
+        b.extend_from_slice(
+            &u32::try_from(self.one_time.len())
+                .unwrap_or(0)
+                .to_be_bytes(),
+        );
+        for (id, k) in &self.one_time {
+            b.extend_from_slice(&id.to_be_bytes());
+            b.extend_from_slice(k.secret());
+        }
+        b.extend_from_slice(&u32::try_from(self.kem.len()).unwrap_or(0).to_be_bytes());
+        for (id, (public, secret, sig, last)) in &self.kem {
+            b.extend_from_slice(&id.to_be_bytes());
+            b.push(u8::from(*last));
+            b.extend_from_slice(public);
+            b.extend_from_slice(sig);
+            b.extend_from_slice(&u32::try_from(secret.len()).unwrap_or(0).to_be_bytes());
+            b.extend_from_slice(secret);
+        }
+        b
+    }
+
+    #[wasm_bindgen(js_name = fromBytes)]
+    pub fn from_bytes(b: &[u8]) -> Result<Prekeys, JsError> {
+        let bad = || JsError::new("not a prekeys record");
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], JsError> {
+            let s = b.get(at..at + n).ok_or_else(bad)?;
+            at += n;
+            Ok(s)
+        };
+        let u32_of = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+        let identity: [u8; EC_KEY_BYTES] = take(EC_KEY_BYTES)?.try_into().map_err(|_| bad())?;
+        let spk: [u8; 32] = take(32)?.try_into().map_err(|_| bad())?;
+        let spk_sig: [u8; 64] = take(64)?.try_into().map_err(|_| bad())?;
+        let mut p = Prekeys {
+            identity,
+            spk: KeyPair::from_secret(spk),
+            spk_sig,
+            one_time: BTreeMap::new(),
+            kem: BTreeMap::new(),
+        };
+        for _ in 0..u32_of(take(4)?) {
+            let id = u32_of(take(4)?);
+            let s: [u8; 32] = take(32)?.try_into().map_err(|_| bad())?;
+            p.one_time.insert(id, KeyPair::from_secret(s));
+        }
+        for _ in 0..u32_of(take(4)?) {
+            let id = u32_of(take(4)?);
+            let last = take(1)?[0] == 1;
+            let public = take(KEM_KEY_BYTES)?.to_vec();
+            let sig: [u8; 64] = take(64)?.try_into().map_err(|_| bad())?;
+            let n = u32_of(take(4)?) as usize;
+            let secret = Zeroizing::new(take(n)?.to_vec());
+            p.kem.insert(id, (public, secret, sig, last));
+        }
+        if at != b.len() {
+            return Err(bad());
+        }
+        Ok(p)
+    }
+
     /// One-time keys of each kind left (EC, PQ).
     pub fn left(&self) -> Vec<u32> {
         let pq = self.kem.values().filter(|k| !k.3).count();

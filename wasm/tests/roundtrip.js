@@ -21,10 +21,12 @@ const s = Session.initiate(alice, bobKeys.bundle());
 const first = s.seal(alice, enc.encode("hello bob"));
 assert.ok([256, 1024, 4096, 16384, 61440].includes(first.length), "a bucket size");
 const second = s.seal(alice, enc.encode("second"));
-const accepted = Session.accept(bob, bobKeys, first);
+// Bob's page reloads: his prekeys come back from storage.
+const bobKeysAgain = pkg.Prekeys.fromBytes(bobKeys.toBytes());
+const accepted = Session.accept(bob, bobKeysAgain, first);
 assert.equal(dec.decode(accepted.plaintext()), "hello bob");
 assert.deepEqual(Array.from(accepted.sender()), Array.from(alice.public()));
-assert.deepEqual(Array.from(bobKeys.left()), [2, 2], "one-time keys used up");
+assert.deepEqual(Array.from(bobKeysAgain.left()), [2, 2], "one-time keys used up");
 let b = accepted.session();
 assert.equal(dec.decode(b.open(bob, second)), "second");
 
