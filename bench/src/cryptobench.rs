@@ -13,7 +13,8 @@
 //! Medians of several rounds, with min and max.
 
 use std::hint::black_box;
-use std::time::Instant;
+mod measure;
+use measure::measure;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
@@ -26,19 +27,6 @@ use ferry_crypto::xeddsa;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use zeroize::Zeroizing;
-
-fn measure(rounds: usize, iters: u64, mut f: impl FnMut(u64)) -> (f64, f64, f64) {
-    f(iters / 10 + 1); // warm-up
-    let mut per: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            f(iters);
-            t.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    per.sort_by(|a, b| a.total_cmp(b));
-    (per[per.len() / 2], per[0], per[per.len() - 1])
-}
 
 fn report(name: &str, (med, min, max): (f64, f64, f64), floor: Option<f64>) {
     let ratio = floor.map_or(String::new(), |f| format!("  {:>6.2}× floor", med / f));

@@ -5,26 +5,13 @@
 //! Each figure is the median of several timed rounds; the spread (min–max) is printed beside it.
 
 use std::hint::black_box;
-use std::time::Instant;
+mod measure;
+use measure::measure;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::addr::{MailboxSecret, NamespaceId, verify_proof, verify_proofs};
 use ferry_proto::frame::{Dest, Frame, Op, decode_frame, put_send_header};
 use ferry_shards::{ConnRef, ForwardTable};
-
-/// Runs `f(iters)` for `rounds` rounds; returns (median, min, max) ns per iteration.
-fn measure(rounds: usize, iters: u64, mut f: impl FnMut(u64)) -> (f64, f64, f64) {
-    f(iters / 10 + 1); // warm-up
-    let mut per: Vec<f64> = (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            f(iters);
-            t.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    per.sort_by(|a, b| a.total_cmp(b));
-    (per[per.len() / 2], per[0], per[per.len() - 1])
-}
 
 fn report(name: &str, unit: &str, (med, min, max): (f64, f64, f64)) {
     let scale = if unit == "µs" { 1000.0 } else { 1.0 };

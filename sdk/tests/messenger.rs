@@ -91,6 +91,23 @@ fn publish<S: Storage>(node: &mut Node, m: &mut Messenger<S>) {
     node.slots.insert(slot, uploads);
 }
 
+type Mem = Messenger<MemoryStorage>;
+
+/// Alice and Bob, Bob's prekeys published, Bob in Alice's contacts; with `session`, Alice has
+/// fetched Bob's bundle and started a session. Returns Bob's identity too.
+fn introduced(node: &mut Node, session: bool) -> (Mem, Mem, [u8; 33]) {
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    publish(node, &mut bob);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let b_id = bob.address().identity;
+    if session {
+        let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
+        alice.start_session(&b_id, &bundle).unwrap();
+    }
+    (alice, bob, b_id)
+}
+
 fn text(s: &str) -> Body {
     Body::Data(s.as_bytes().to_vec())
 }
@@ -257,14 +274,8 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
 #[test]
 fn forged_or_foreign_packets_are_dropped_and_change_nothing() {
     let mut node = Node::default();
-    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let (mut alice, mut bob, bob_id) = introduced(&mut node, true);
     let mut carol = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    publish(&mut node, &mut bob);
-    alice.add_contact("bob", &bob.address()).unwrap();
-    let bob_id = bob.address().identity;
-    let bundle = node.fetch(&alice.contact_prekey_slot(&bob_id).unwrap());
-    alice.start_session(&bob_id, &bundle).unwrap();
     let t = alice.send(&bob_id, &text("secret"), T0, 0).unwrap();
     // Carol cannot open it, and it changes nothing for her.
     let before = carol.storage().0.clone();
@@ -389,13 +400,7 @@ fn a_replayed_first_contact_is_refused() {
 #[test]
 fn the_inbox_keeps_messages_until_done() {
     let mut node = Node::default();
-    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    publish(&mut node, &mut bob);
-    alice.add_contact("bob", &bob.address()).unwrap();
-    let b_id = bob.address().identity;
-    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
-    alice.start_session(&b_id, &bundle).unwrap();
+    let (mut alice, mut bob, b_id) = introduced(&mut node, true);
     let t = alice.send(&b_id, &text("keep me"), T0, 0).unwrap();
     let got = bob.receive(&t.payload).unwrap().unwrap();
     let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
@@ -410,11 +415,7 @@ fn the_inbox_keeps_messages_until_done() {
 #[test]
 fn a_bundle_fetched_before_a_rotation_still_works() {
     let mut node = Node::default();
-    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    publish(&mut node, &mut bob);
-    alice.add_contact("bob", &bob.address()).unwrap();
-    let b_id = bob.address().identity;
+    let (mut alice, mut bob, b_id) = introduced(&mut node, false);
     let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
     for _ in 0..3 {
         bob.prekey_uploads(true, 1).unwrap();
