@@ -56,6 +56,20 @@ fn register(
         .map(|n| (dest, n))
 }
 
+/// A registration reaches the dest's owner core a moment after its `PushResult` (the service
+/// core answers the client and arms the owner separately; docs/PUSH.md says so): wait until
+/// `n` dests are armed before sending, or the first blob may find its dest not armed yet.
+fn armed(node: &Node, n: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while node.metric("ferry_push_armed_dests") < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registrations never armed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 struct Setup {
     dir: std::path::PathBuf,
     mock: Mocks,
@@ -105,6 +119,7 @@ fn an_offline_recipient_gets_exactly_one_content_free_wake_per_window() {
     let (dest, n) = register(&mut owner, &mb, PushProvider::Apns, APNS_OK, 3_600).unwrap();
     assert_eq!(n, 1);
     drop(owner); // offline: nobody subscribed
+    armed(&s.node, 1);
 
     let mut tx = s.node.client();
     let t0 = std::time::Instant::now();
@@ -179,6 +194,7 @@ fn provider_statuses_delete_retry_and_refresh() {
     }
     drop(owner);
     assert_eq!(s.node.metric("ferry_push_registrations"), 3);
+    armed(&s.node, 3);
     for (i, d) in dests.iter().enumerate() {
         assert_eq!(send(&mut tx, *d, 10 + i as u64), SendStatus::Stored);
     }
@@ -299,6 +315,7 @@ fn fcm_and_web_push_wakes_and_registration_errors() {
     .unwrap();
     assert_eq!(n, 0);
     drop(owner);
+    armed(&s.node, 3);
 
     let mut tx = s.node.client();
     for (i, d) in [d_fcm, d_wp, d_gone, d_removed].iter().enumerate() {
@@ -354,6 +371,7 @@ fn registrations_survive_a_restart() {
     drop(owner);
     let node = node.restart(true); // kill -9
     assert_eq!(node.metric("ferry_push_registrations"), 1);
+    armed(&node, 1);
     let mut tx = node.client();
     assert_eq!(send(&mut tx, dest, 1), SendStatus::Stored);
     assert_eq!(mock.wait_for(1, WAIT, |r| r["token"] == APNS_OK).len(), 1);
@@ -378,6 +396,7 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     let n = chat::register_push(&mut cb, &bob, PushProvider::Apns, APNS_OK.as_bytes(), 24).unwrap();
     assert_eq!(n, 50, "this hour and the next 24, both mailboxes");
     drop(cb);
+    armed(&s.node, 50);
 
     let clock = std::time::Instant::now();
     let mut ca = s.node.client();

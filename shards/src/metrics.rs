@@ -54,6 +54,7 @@ metrics! {
     store_quarantined: "counter", "ferry_store_quarantined_records_total", "Corrupt records skipped at replay.";
     service_requests: "counter", "ferry_service_requests_total", "Requests handed to the service core (prekeys, push registrations, wakes).";
     service_queue_full: "counter", "ferry_service_queue_full_total", "Requests refused (clients answered Busy, wakes dropped): service queue full.";
+    push_armed: "gauge", "ferry_push_armed_dests", "Dests with push registrations this shard owns (a blob stored for one while nobody listens offers a wake).";
     media_queue_full: "counter", "ferry_media_queue_full_total", "Media requests refused (answered Busy): the owner core's media queue was full.";
     store_torn_tails: "counter", "ferry_store_torn_tails_total", "Segments whose tail was torn at replay.";
 }

@@ -352,6 +352,10 @@ impl Shard {
                 } else {
                     self.push_armed.remove(&dest);
                 }
+                self.metrics.push_armed.store(
+                    self.push_armed.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
         }
     }
@@ -363,6 +367,10 @@ impl Shard {
             None => return,
             Some(&mut (until, _)) if until <= now.unix_s => {
                 self.push_armed.remove(&dest);
+                self.metrics.push_armed.store(
+                    self.push_armed.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 return;
             }
             Some((_, last)) if *last != 0 && now.mono_ms < *last + WAKE_OFFER_INTERVAL_MS => {
