@@ -362,7 +362,7 @@ impl Ratchet {
             Vec::with_capacity(first as usize + h.n.saturating_sub(from) as usize);
         if new_dh {
             // The old receiving chain's remaining keys, then a DH ratchet step.
-            skip(&mut c, h.pn, &mut staged)?;
+            skip(&mut c, h.pn, &mut staged);
             c.pn = c.ns;
             c.ns = 0;
             c.nr = 0;
@@ -376,7 +376,7 @@ impl Ratchet {
             c.ckr = Some(ckr);
             c.cks = Some(cks);
         }
-        skip(&mut c, h.n, &mut staged)?;
+        skip(&mut c, h.n, &mut staged);
         let ckr = c.ckr.as_ref().ok_or(RatchetError::Decrypt)?;
         let (next, mk) = kdf_ck(ckr);
         c.ckr = Some(next);
@@ -462,14 +462,13 @@ impl Ratchet {
     }
 }
 
-/// Derives and stages the receiving chain's keys up to message `until`.
-fn skip(c: &mut Chains, until: u32, staged: &mut Vec<Skipped>) -> Result<(), RatchetError> {
+/// Derives and stages the receiving chain's keys up to message `until` (`decrypt` checked the
+/// bound and reserved the room before any key was derived).
+fn skip(c: &mut Chains, until: u32, staged: &mut Vec<Skipped>) {
     let Some(mut ck) = c.ckr else {
-        return Ok(());
+        return;
     };
-    if until > c.nr.saturating_add(SKIP_PER_CHAIN_MAX) {
-        return Err(RatchetError::TooFarAhead);
-    }
+    debug_assert!(until <= c.nr.saturating_add(SKIP_PER_CHAIN_MAX));
     let dhr = c.dhr.unwrap_or([0u8; 32]);
     while c.nr < until {
         let (next, mk) = kdf_ck(&ck);
@@ -490,7 +489,6 @@ fn skip(c: &mut Chains, until: u32, staged: &mut Vec<Skipped>) -> Result<(), Rat
     }
     c.ckr = Some(ck);
     ck.zeroize();
-    Ok(())
 }
 
 struct Reader<'a> {

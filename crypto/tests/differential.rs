@@ -63,6 +63,16 @@ fn arr<const N: usize>(v: &Value) -> [u8; N] {
     bytes(v).try_into().unwrap()
 }
 
+/// The plaintexts a `dr` command decrypted.
+fn plaintexts(out: &Value) -> Vec<Vec<u8>> {
+    out["plaintexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(bytes)
+        .collect()
+}
+
 #[test]
 fn xeddsa_and_x25519_agree_with_libxeddsa() {
     let mut rng = rng(11);
@@ -177,12 +187,7 @@ fn the_double_ratchet_interoperates_with_python_doubleratchet() {
     })) else {
         return;
     };
-    let pts: Vec<Vec<u8>> = out["plaintexts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(bytes)
-        .collect();
+    let pts = plaintexts(&out);
     assert_eq!(pts, order.iter().map(|&i| msg(i)).collect::<Vec<_>>());
     // Alice (Rust) reads Python's replies out of order.
     let replies = out["replies"].as_array().unwrap();
@@ -203,12 +208,7 @@ fn the_double_ratchet_interoperates_with_python_doubleratchet() {
         "replies": [hex(b"last")],
     }))
     .unwrap();
-    let pts: Vec<Vec<u8>> = out["plaintexts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(bytes)
-        .collect();
+    let pts = plaintexts(&out);
     assert_eq!(pts, vec![msg(5), msg(4)]);
     let r = &out["replies"][0];
     assert_eq!(

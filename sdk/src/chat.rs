@@ -182,11 +182,8 @@ impl Synced {
         payload: &[u8],
     ) -> Result<(), MessengerError> {
         match m.receive(payload) {
-            Ok(Some(msg)) => {
-                if !self.messages.iter().any(|x| x.msg_id == msg.msg_id) {
-                    self.messages.push(msg);
-                }
-            }
+            // Never one already in `messages`: `receive` answers `None` for what the inbox holds.
+            Ok(Some(msg)) => self.messages.push(msg),
             Ok(None) => {}
             Err(e @ MessengerError::Storage(_)) => return Err(e),
             Err(_) => self.dropped += 1,
