@@ -923,8 +923,7 @@ pub fn load_p256(path: &Path) -> anyhow::Result<p256::ecdsa::SigningKey> {
 /// Reads an FCM service-account JSON file: (key, client email, project id, token URI).
 pub fn load_service_account(
     path: &Path,
-) -> anyhow::Result<(rsa::RsaPrivateKey, String, String, String)> {
-    use rsa::pkcs8::DecodePrivateKey;
+) -> anyhow::Result<(ring::signature::RsaKeyPair, String, String, String)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
@@ -934,8 +933,8 @@ pub fn load_service_account(
             .map(str::to_string)
             .with_context(|| format!("{}: no `{k}`", path.display()))
     };
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&field("private_key")?)
-        .map_err(|_| anyhow::anyhow!("{}: private_key is not a PKCS#8 RSA key", path.display()))?;
+    let key = providers::rsa_key_from_pem(&field("private_key")?)
+        .with_context(|| format!("{}: private_key", path.display()))?;
     Ok((
         key,
         field("client_email")?,
