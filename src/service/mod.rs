@@ -11,6 +11,7 @@
 //! consumed one-time key is never handed out twice, even across a crash. Wakes go out as
 //! separate tasks under a per-provider rate cap and an in-flight limit, with retries and backoff.
 
+pub mod endpoint;
 pub mod journal;
 pub mod prekeys;
 pub mod providers;

@@ -16,7 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
-use super::push::{Wake, https_origin};
+use super::endpoint::AllowList;
+use super::push::Wake;
 
 /// The body of every APNs wake: a background push with no content.
 pub const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
@@ -67,6 +68,8 @@ pub struct WebPushConfig {
     /// `mailto:` or `https:` contact of the operator (the JWT `sub`).
     pub subject: String,
     pub ttl_s: u64,
+    /// `push.webpush_origins_allowed`: checked again right before each POST.
+    pub origins_allowed: AllowList,
 }
 
 /// What the service core can push through.
@@ -473,9 +476,14 @@ impl Sender {
             }
             PushProvider::WebPush => {
                 let cfg = p.webpush.as_ref().ok_or(Outcome::Failed)?;
-                let origin = https_origin(&wake.token).ok_or(Outcome::Gone)?;
-                let jwt = self.vapid_jwt(cfg, origin, refresh);
-                http::Request::post(wake.token.as_str())
+                // The registry only holds endpoints the list allows, normalised; checked again
+                // here, where the request is made, and only the parsed form is sent to.
+                let endpoint = cfg
+                    .origins_allowed
+                    .endpoint(&wake.token)
+                    .map_err(|_| Outcome::Gone)?;
+                let jwt = self.vapid_jwt(cfg, &endpoint.origin(), refresh);
+                http::Request::post(endpoint.uri().clone())
                     .header(
                         "authorization",
                         format!("vapid t={jwt}, k={}", vapid_public(&cfg.key)),
@@ -584,6 +592,7 @@ mod tests {
             key,
             subject: format!("mailto:{HOSTILE}"),
             ttl_s: 60,
+            origins_allowed: AllowList::default(),
         };
         let (h, c, _, _) = decode(&vapid_token(&webpush, "https://push.example", 99));
         assert_eq!(h, json!({"typ": "JWT", "alg": "ES256"}));

@@ -11,6 +11,9 @@
 use ahash::{AHashMap, AHashSet};
 use bytes::BufMut;
 use ferry_proto::frame::{Dest, PushProvider, PushStatus};
+use ferry_proto::limits::PUSH_TOKEN_BYTES_MAX;
+
+use super::endpoint::AllowList;
 
 /// Registration limits (named config keys under `[push]`).
 #[derive(Clone, Debug)]
@@ -23,8 +26,8 @@ pub struct PushLimits {
     pub registration_ttl_max_s: u64,
     /// At most one wake per device within this window.
     pub coalesce_window_ms: u64,
-    /// Web Push endpoints must have one of these origins (`https://host[:port]`).
-    pub webpush_origins_allowed: Vec<String>,
+    /// Web Push endpoints must be allowed by this list (`push.webpush_origins_allowed`).
+    pub webpush_origins_allowed: AllowList,
     /// Providers the node has credentials for (APNs, FCM, Web Push).
     pub enabled: [bool; 3],
 }
@@ -84,29 +87,6 @@ pub struct Registry {
     pub stats: PushStats,
 }
 
-/// The origin (`scheme://host[:port]`) of an `https` URL, if it is one.
-pub fn https_origin(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("https://")?;
-    let end = rest.find('/').unwrap_or(rest.len());
-    let host = &rest[..end];
-    if host.is_empty() || host.contains('@') || host.contains(char::is_whitespace) {
-        return None;
-    }
-    Some(&url[..8 + end])
-}
-
-/// Whether `origin` matches an allowed entry: an exact origin, or `https://*.suffix` for any
-/// host under `suffix`.
-pub fn origin_allowed(pattern: &str, origin: &str) -> bool {
-    let p = pattern.trim_end_matches('/');
-    match p.strip_prefix("https://*.") {
-        Some(suffix) => origin
-            .strip_prefix("https://")
-            .is_some_and(|h| h.ends_with(&format!(".{suffix}"))),
-        None => p == origin,
-    }
-}
-
 impl Registry {
     pub fn new(limits: PushLimits) -> Self {
         Registry {
@@ -126,29 +106,30 @@ impl Registry {
         std::mem::take(&mut self.records)
     }
 
-    /// Whether `token` is well-formed for `provider` (and, for Web Push, an allowed endpoint).
-    pub fn token_valid(&self, provider: PushProvider, token: &str) -> bool {
-        let printable = |c: char| c.is_ascii_graphic();
-        match provider {
+    /// `token` as the registry keeps it, if it is well-formed for `provider`: a Web Push
+    /// endpoint allowed by `push.webpush_origins_allowed`, normalised (the node stores, signs
+    /// for and POSTs to that form only), and APNs and FCM tokens as they are.
+    pub fn canonical_token(&self, provider: PushProvider, token: &str) -> Option<String> {
+        let ok = match provider {
             PushProvider::Apns => {
                 (16..=200).contains(&token.len()) && token.chars().all(|c| c.is_ascii_hexdigit())
             }
             PushProvider::Fcm => {
-                (1..=ferry_proto::limits::PUSH_TOKEN_BYTES_MAX).contains(&token.len())
+                (1..=PUSH_TOKEN_BYTES_MAX).contains(&token.len())
                     && token
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
             }
             PushProvider::WebPush => {
-                token.chars().all(printable)
-                    && https_origin(token).is_some_and(|o| {
-                        self.limits
-                            .webpush_origins_allowed
-                            .iter()
-                            .any(|a| origin_allowed(a, o))
-                    })
+                return self
+                    .limits
+                    .webpush_origins_allowed
+                    .endpoint(token)
+                    .ok()
+                    .map(|e| e.as_str().to_string());
             }
-        }
+        };
+        ok.then(|| token.to_string())
     }
 
     /// Registers (`ttl_s` > 0) or removes (`ttl_s` = 0) `token` for `dests`. Returns the dests
@@ -182,10 +163,10 @@ impl Registry {
             return Err(PushStatus::ProviderDisabled);
         }
         let token = std::str::from_utf8(token).map_err(|_| PushStatus::BadToken)?;
-        if !self.token_valid(provider, token) {
-            return Err(PushStatus::BadToken);
-        }
-        let key: DeviceKey = (provider as u8, token.to_string());
+        let token = self
+            .canonical_token(provider, token)
+            .ok_or(PushStatus::BadToken)?;
+        let key: DeviceKey = (provider as u8, token);
         let until = if ttl_s == 0 {
             0
         } else {
@@ -356,8 +337,9 @@ impl Registry {
     }
 
     /// Rebuilds the registrations from journal records. Returns records it could not parse.
-    /// Tokens the current configuration no longer accepts (a Web Push origin taken off the
-    /// allowed list) are deleted, and their deletion journaled.
+    /// Tokens the current configuration no longer accepts as they are stored (a Web Push origin
+    /// taken off the allowed list, an endpoint stored before it was normalised) are deleted, and
+    /// their deletion journaled.
     pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
         let mut bad = 0;
         for r in records {
@@ -372,7 +354,7 @@ impl Registry {
             .devices
             .keys()
             .filter_map(|(p, t)| Some((PushProvider::from_u8(*p)?, t.clone())))
-            .filter(|(p, t)| !self.token_valid(*p, t))
+            .filter(|(p, t)| self.canonical_token(*p, t).as_ref() != Some(t))
             .collect();
         for (p, t) in refused {
             self.delete_token(p, &t);
@@ -438,7 +420,7 @@ mod tests {
             dests_per_token_max: 4,
             registration_ttl_max_s: 1000,
             coalesce_window_ms: 60_000,
-            webpush_origins_allowed: vec!["https://push.example:8443".into()],
+            webpush_origins_allowed: AllowList::parse(&["https://push.example:8443"]).unwrap(),
             enabled: [true, true, true],
         }
     }
@@ -505,14 +487,6 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(origin_allowed(
-            "https://*.notify.windows.com",
-            "https://wns2-a.notify.windows.com"
-        ));
-        assert!(!origin_allowed(
-            "https://*.notify.windows.com",
-            "https://notify.windows.com.evil"
-        ));
         let mut off = limits();
         off.enabled = [false, true, true];
         let mut r = Registry::new(off);
@@ -520,6 +494,67 @@ mod tests {
             bad(&mut r, PushProvider::Apns, APNS),
             Err(PushStatus::ProviderDisabled)
         );
+    }
+
+    #[test]
+    fn web_push_endpoints_are_parsed_and_stored_normalised() {
+        let mut l = limits();
+        l.webpush_origins_allowed =
+            AllowList::parse(&["https://*.notify.windows.com", "https://push.example:8443"])
+                .unwrap();
+        let mut r = Registry::new(l);
+        let d = [Dest([1; 16])];
+        let wp =
+            |r: &mut Registry, t: &str| r.register(0, PushProvider::WebPush, t.as_bytes(), 10, &d);
+        // Hosts that end where the first `/` is not: the wake would go to attacker.example or
+        // to a local port. (endpoint.rs tests every other shape.)
+        for bypass in [
+            "https://attacker.example?.notify.windows.com/x",
+            "https://127.0.0.1:8080?.notify.windows.com/x",
+            "https://attacker.example#.notify.windows.com/x",
+            "https://attacker.example\\.notify.windows.com/x",
+            "https://a.notify.windows.com@attacker.example/x",
+            "https://notify.windows.com.evil/x",
+        ] {
+            assert_eq!(wp(&mut r, bypass), Err(PushStatus::BadToken), "{bypass}");
+        }
+        assert_eq!(r.devices(), 0);
+        // Two spellings of one endpoint are one device, kept (and woken) in the normalised form.
+        wp(&mut r, "HTTPS://Push.Example:8443/sub/1").unwrap();
+        wp(&mut r, "https://push.example:8443/sub/x/../1").unwrap();
+        assert_eq!(r.devices(), 1);
+        assert!(r.has_token(PushProvider::WebPush, "https://push.example:8443/sub/1"));
+        let wakes = r.wake(0, 0, &d[0]);
+        assert_eq!(wakes[0].token, "https://push.example:8443/sub/1");
+    }
+
+    #[test]
+    fn replay_deletes_endpoints_the_allow_list_does_not_pass_as_stored() {
+        let ds = [Dest([1; 16])];
+        // Journals written before endpoints were parsed may hold these.
+        let stored = [
+            "https://attacker.example?.notify.windows.com/x",
+            "https://push.example:8443/s/x/../1",
+            "https://push.example:8443/s/2",
+        ];
+        let records: Vec<Vec<u8>> = stored
+            .iter()
+            .map(|t| {
+                record(
+                    &(PushProvider::WebPush as u8, t.to_string()),
+                    &[(ds[0], 10)],
+                )
+            })
+            .collect();
+        let mut l = limits();
+        l.webpush_origins_allowed =
+            AllowList::parse(&["https://*.notify.windows.com", "https://push.example:8443"])
+                .unwrap();
+        let mut r = Registry::new(l);
+        assert_eq!(r.replay(&records), 0);
+        assert_eq!(r.devices(), 1);
+        assert!(r.has_token(PushProvider::WebPush, stored[2]));
+        assert_eq!(r.take_records().len(), 2, "both deletions journaled");
     }
 
     #[test]
@@ -574,7 +609,7 @@ mod tests {
         .unwrap();
         let records = wp.take_records();
         let mut narrower = limits();
-        narrower.webpush_origins_allowed.clear();
+        narrower.webpush_origins_allowed = AllowList::default();
         let mut again = Registry::new(narrower);
         again.replay(&records);
         assert_eq!(again.devices(), 0);
