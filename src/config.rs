@@ -560,8 +560,9 @@ impl Config {
                 "push.registrations_max, dests_per_token_max, queue_max, inflight_max and registration_ttl_max_s must be at least 1"
             );
         }
-        if p.dests_per_token_max > 10_000 {
-            bail!("push.dests_per_token_max must be at most 10000");
+        let dests_per_token_max = crate::service::push::DESTS_PER_TOKEN_MAX;
+        if p.dests_per_token_max > dests_per_token_max {
+            bail!("push.dests_per_token_max must be at most {dests_per_token_max}");
         }
         if p.coalesce_window_s == 0 {
             bail!("push.coalesce_window_s must be at least 1");
