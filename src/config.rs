@@ -560,8 +560,9 @@ impl Config {
                 "push.registrations_max, dests_per_token_max, queue_max, inflight_max and registration_ttl_max_s must be at least 1"
             );
         }
-        if p.dests_per_token_max > 10_000 {
-            bail!("push.dests_per_token_max must be at most 10000");
+        let dests_per_token_max = crate::service::push::DESTS_PER_TOKEN_MAX;
+        if p.dests_per_token_max > dests_per_token_max {
+            bail!("push.dests_per_token_max must be at most {dests_per_token_max}");
         }
         if p.coalesce_window_s == 0 {
             bail!("push.coalesce_window_s must be at least 1");
@@ -584,11 +585,7 @@ impl Config {
         if !p.webpush_vapid_key_file.is_empty() && !subject_ok {
             bail!("push.webpush_subject must be a `mailto:` or `https:` contact (RFC 8292)");
         }
-        for o in &p.webpush_origins_allowed {
-            if !o.starts_with("https://") {
-                bail!("push.webpush_origins_allowed: `{o}` is not an https origin");
-            }
-        }
+        crate::service::endpoint::AllowList::parse(&p.webpush_origins_allowed)?;
         Ok(())
     }
 
@@ -768,5 +765,30 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn webpush_origins_allowed_entries_are_parsed_at_load() {
+        let with = |entries: &[&str]| {
+            let mut c = Config::default();
+            c.push.webpush_origins_allowed = entries.iter().map(|e| e.to_string()).collect();
+            c.validate()
+        };
+        with(&["https://push.example:8443", "https://127.0.0.1:9443"]).unwrap();
+        for bad in [
+            "https://push.example/path",
+            "https://*.com",
+            "https://push.example?x",
+            "https://u@push.example",
+            "http://push.example",
+        ] {
+            let e = with(&["https://*.notify.windows.com", bad]).unwrap_err();
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            assert!(
+                chain[0].contains("push.webpush_origins_allowed") && chain[0].contains(bad),
+                "{chain:?}"
+            );
+            assert!(chain.len() > 1, "the reason follows: {chain:?}");
+        }
     }
 }

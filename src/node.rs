@@ -472,6 +472,8 @@ fn service_config(
     let k = &cfg.prekeys;
     let p = &cfg.push;
     let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    let webpush_origins_allowed =
+        crate::service::endpoint::AllowList::parse(&p.webpush_origins_allowed)?;
     let mut prov = providers::Providers::default();
     if let Some(f) = path(&p.apns_key_file) {
         prov.apns = Some(providers::ApnsConfig {
@@ -505,6 +507,7 @@ fn service_config(
             key: crate::service::load_p256(&f).context("push.webpush_vapid_key_file")?,
             subject: p.webpush_subject.clone(),
             ttl_s: p.webpush_ttl_s,
+            origins_allowed: webpush_origins_allowed.clone(),
         });
     }
     Ok(crate::service::ServiceConfig {
@@ -536,7 +539,7 @@ fn service_config(
             dests_per_token_max: p.dests_per_token_max,
             registration_ttl_max_s: p.registration_ttl_max_s,
             coalesce_window_ms: p.coalesce_window_s.saturating_mul(1000),
-            webpush_origins_allowed: p.webpush_origins_allowed.clone(),
+            webpush_origins_allowed,
             enabled: prov.enabled(),
         },
         send: crate::service::SendLimits {

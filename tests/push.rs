@@ -83,6 +83,16 @@ impl Drop for Setup {
 }
 
 fn setup(script: &[(&str, &str)], window_s: u32, forbid: &[String]) -> Setup {
+    setup_with(script, window_s, forbid, |_| Vec::new())
+}
+
+/// `setup`, with variables that `extra` derives from the mocks set last (so they win).
+fn setup_with(
+    script: &[(&str, &str)],
+    window_s: u32,
+    forbid: &[String],
+    extra: impl FnOnce(&Mocks) -> Vec<(String, String)>,
+) -> Setup {
     let dir = temp_dir("push");
     let keys = PushKeys::write(&dir);
     let mock = Mocks::start(&dir, &keys, script, forbid);
@@ -90,6 +100,7 @@ fn setup(script: &[(&str, &str)], window_s: u32, forbid: &[String]) -> Setup {
     env.push(("FERRY_PUSH_COALESCE_WINDOW_S".into(), window_s.to_string()));
     env.push(("FERRY_PUSH_RETRY_BASE_MS".into(), "50".into()));
     env.push(("RUST_LOG".into(), "debug".into()));
+    env.extend(extra(&mock));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let node = Node::start(&["--shards", "2"], &env);
     Setup { dir, mock, node }
@@ -356,6 +367,53 @@ fn fcm_and_web_push_wakes_and_registration_errors() {
         1
     );
     no_violations(&s.mock.records());
+}
+
+/// Issue 13.2, end to end. With only `https://*.notify.windows.com` allowed, the old origin
+/// check took everything up to the first `/` for the host, so `https://<mock>?.notify.windows.com/…`
+/// passed as a Windows endpoint and its wakes went to the mock's address (any host or local
+/// port). Every such shape is now refused at registration; the mock, allowed exactly by its
+/// IP literal and port in the other tests, hears nothing.
+#[test]
+fn web_push_endpoints_that_smuggle_another_host_are_refused() {
+    let s = setup_with(&[], 1, &[], |_| {
+        vec![(
+            "FERRY_PUSH_WEBPUSH_ORIGINS_ALLOWED".into(),
+            "https://*.notify.windows.com".into(),
+        )]
+    });
+    let mock = s.mock.webpush.addr;
+    let mut owner = s.node.client();
+    let mut dests = Vec::new();
+    for (i, endpoint) in (940u32..).zip([
+        format!("https://{mock}?.notify.windows.com/wp/ssrf"),
+        format!("https://{mock}#.notify.windows.com/wp/ssrf"),
+        format!("https://{mock}\\.notify.windows.com/wp/ssrf"),
+        format!("https://a.notify.windows.com@{mock}/wp/ssrf"),
+        format!("https://{mock}/wp/ssrf.notify.windows.com"),
+    ]) {
+        let got = register(
+            &mut owner,
+            &mailbox(i),
+            PushProvider::WebPush,
+            &endpoint,
+            600,
+        );
+        assert!(
+            matches!(got, Err(SdkError::Push(PushStatus::BadToken))),
+            "{endpoint}: {got:?}"
+        );
+        dests.push(mailbox(i).dest(owner.epoch()).unwrap());
+    }
+    drop(owner);
+    assert_eq!(s.node.metric("ferry_push_registrations"), 0);
+    assert_eq!(s.node.metric("ferry_push_armed_dests"), 0);
+    let mut tx = s.node.client();
+    for (i, d) in dests.iter().enumerate() {
+        assert_eq!(send(&mut tx, *d, 50 + i as u64), SendStatus::Stored);
+    }
+    let heard = s.mock.wait_for(1, Duration::from_millis(500), |_| true);
+    assert!(heard.is_empty(), "{heard:?}");
 }
 
 #[test]

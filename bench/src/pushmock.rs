@@ -106,7 +106,8 @@ fn p256_key(path: &str) -> Result<p256::ecdsa::VerifyingKey, String> {
 }
 
 struct Fcm {
-    key: rsa::RsaPublicKey,
+    /// The service account's public key (PKCS#1 `RSAPublicKey` DER), for ring's verifier.
+    key: Vec<u8>,
     client_email: String,
     project: String,
 }
@@ -166,18 +167,30 @@ fn verify_es256(
     Ok((h, c))
 }
 
-fn verify_rs256(key: &rsa::RsaPublicKey, jwt: &str) -> Result<serde_json::Value, String> {
-    use rsa::signature::Verifier;
+fn verify_rs256(key: &[u8], jwt: &str) -> Result<serde_json::Value, String> {
+    use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
     let (h, c, input, sig) = jwt_parts(jwt)?;
     if h["alg"] != "RS256" {
         return Err(format!("alg {} is not RS256", h["alg"]));
     }
-    let vk = rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha256>::new(key.clone());
-    let sig =
-        rsa::pkcs1v15::Signature::try_from(sig.as_slice()).map_err(|_| "bad RS256 signature")?;
-    vk.verify(input.as_bytes(), &sig)
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key)
+        .verify(input.as_bytes(), &sig)
         .map_err(|_| "RS256 signature does not verify with the test key".to_string())?;
     Ok(c)
+}
+
+/// The FCM test key: ring cannot generate RSA keys, so `--gen` writes this fixed one (made by
+/// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`; tests/common/push.rs uses it
+/// too). A test key only: never give it to a real service account.
+const FCM_TEST_KEY: &str = include_str!("fcm-test-key.pem");
+
+/// The public half of a PKCS#8 PEM RSA key, as ring's verifier takes it.
+fn rsa_public(pem: &str) -> Result<Vec<u8>, String> {
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PKCS#8 PEM key: {e}"))?;
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+        .map_err(|e| format!("not an RSA key: {e}"))?;
+    Ok(pair.public().as_ref().to_vec())
 }
 
 struct Verdict {
@@ -441,7 +454,8 @@ async fn handle(
 }
 
 /// `--gen DIR`: writes a self-signed certificate for 127.0.0.1 and test keys for every provider
-/// (`cert.pem`, `key.pem`, `apns.p8`, `vapid.pem`, `fcm.json`), for benchmarks and manual runs.
+/// (`cert.pem`, `key.pem`, `apns.p8`, `vapid.pem`, `fcm.json` with [`FCM_TEST_KEY`]), for
+/// benchmarks and manual runs.
 fn generate_keys(dir: &std::path::Path) -> Result<(), String> {
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -461,13 +475,10 @@ fn generate_keys(dir: &std::path::Path) -> Result<(), String> {
                 .as_bytes(),
         )?;
     }
-    let rsa = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
-    let pem = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&rsa, rsa::pkcs8::LineEnding::LF)
-        .map_err(|e| e.to_string())?;
     let account = serde_json::json!({
         "type": "service_account",
         "project_id": "ferry-bench",
-        "private_key": pem.as_str(),
+        "private_key": FCM_TEST_KEY,
         "client_email": "ferry@ferry-bench.iam.gserviceaccount.com",
         "token_uri": "https://oauth2.googleapis.com/token",
     });
@@ -523,13 +534,12 @@ fn run(args: Args) -> Result<(), String> {
     let fcm = match &args.fcm_account {
         None => None,
         Some(path) => {
-            use rsa::pkcs8::DecodePrivateKey;
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
             let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-            let sk = rsa::RsaPrivateKey::from_pkcs8_pem(j["private_key"].as_str().unwrap_or(""))
-                .map_err(|_| format!("{path}: private_key"))?;
+            let key = rsa_public(j["private_key"].as_str().unwrap_or(""))
+                .map_err(|e| format!("{path}: private_key: {e}"))?;
             Some(Fcm {
-                key: sk.to_public_key(),
+                key,
                 client_email: j["client_email"].as_str().unwrap_or("").into(),
                 project: j["project_id"].as_str().unwrap_or("").into(),
             })

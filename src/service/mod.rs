@@ -11,6 +11,7 @@
 //! consumed one-time key is never handed out twice, even across a crash. Wakes go out as
 //! separate tasks under a per-provider rate cap and an in-flight limit, with retries and backoff.
 
+pub mod endpoint;
 pub mod journal;
 pub mod prekeys;
 pub mod providers;
@@ -923,8 +924,7 @@ pub fn load_p256(path: &Path) -> anyhow::Result<p256::ecdsa::SigningKey> {
 /// Reads an FCM service-account JSON file: (key, client email, project id, token URI).
 pub fn load_service_account(
     path: &Path,
-) -> anyhow::Result<(rsa::RsaPrivateKey, String, String, String)> {
-    use rsa::pkcs8::DecodePrivateKey;
+) -> anyhow::Result<(ring::signature::RsaKeyPair, String, String, String)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
@@ -934,8 +934,8 @@ pub fn load_service_account(
             .map(str::to_string)
             .with_context(|| format!("{}: no `{k}`", path.display()))
     };
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&field("private_key")?)
-        .map_err(|_| anyhow::anyhow!("{}: private_key is not a PKCS#8 RSA key", path.display()))?;
+    let key = providers::rsa_key_from_pem(&field("private_key")?)
+        .with_context(|| format!("{}: private_key", path.display()))?;
     Ok((
         key,
         field("client_email")?,

@@ -14,8 +14,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde_json::json;
 
-use super::push::{Wake, https_origin};
+use super::endpoint::AllowList;
+use super::push::Wake;
 
 /// The body of every APNs wake: a background push with no content.
 pub const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
@@ -23,6 +25,10 @@ pub const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// How long one provider request may take.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Longest an FCM access token is cached, whatever `expires_in` says (Google's last an hour).
+pub const FCM_ACCESS_TOKEN_LIFETIME_MAX_S: u64 = 3_600;
+/// How long the FCM assertion (the service-account JWT) is valid (Google's maximum).
+pub const FCM_ASSERTION_LIFETIME_S: u64 = 3_600;
 /// A credential younger than this is not replaced on a refusal: a burst of 403s (every request
 /// in flight with the same stale token) makes one new token, not one each (APNs answers too
 /// many token updates with 429 TooManyProviderTokenUpdates).
@@ -44,7 +50,8 @@ pub struct ApnsConfig {
 /// FCM HTTP v1 credentials (from a service-account JSON file) and settings.
 #[derive(Debug)]
 pub struct FcmConfig {
-    pub key: rsa::RsaPrivateKey,
+    /// The service account's RSA key (PKCS#8), signing RS256 through ring.
+    pub key: ring::signature::RsaKeyPair,
     pub client_email: String,
     pub project_id: String,
     pub token_url: String,
@@ -61,6 +68,8 @@ pub struct WebPushConfig {
     /// `mailto:` or `https:` contact of the operator (the JWT `sub`).
     pub subject: String,
     pub ttl_s: u64,
+    /// `push.webpush_origins_allowed`: checked again right before each POST.
+    pub origins_allowed: AllowList,
 }
 
 /// What the service core can push through.
@@ -119,21 +128,97 @@ fn b64(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }
 
-/// An ES256 JWT (header and claims as JSON text).
-pub fn es256_jwt(key: &p256::ecdsa::SigningKey, header: &str, claims: &str) -> String {
+/// A JWT's signing input: header and claims serialised by serde_json (config strings and
+/// tokens become JSON strings, never text spliced into JSON), base64url, joined by a dot.
+fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+/// An ES256 JWT.
+pub fn es256_jwt(
+    key: &p256::ecdsa::SigningKey,
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+) -> String {
     use p256::ecdsa::signature::Signer;
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let input = signing_input(header, claims);
     let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
     format!("{input}.{}", b64(&sig.to_bytes()))
 }
 
-/// An RS256 JWT (header and claims as JSON text).
-pub fn rs256_jwt(key: &rsa::RsaPrivateKey, header: &str, claims: &str) -> String {
-    use rsa::signature::{SignatureEncoding, Signer};
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
-    let signer = rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(key.clone());
-    let sig = signer.sign(input.as_bytes());
-    format!("{input}.{}", b64(&sig.to_bytes()))
+/// RSASSA-PKCS1-v1_5 with SHA-256 (RS256), through ring. Fails only if the system RNG (which
+/// blinds the private-key operation) does.
+pub fn rs256_sign(
+    key: &ring::signature::RsaKeyPair,
+    message: &[u8],
+) -> Result<Vec<u8>, ring::error::Unspecified> {
+    let mut sig = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        message,
+        &mut sig,
+    )?;
+    Ok(sig)
+}
+
+/// An RS256 JWT.
+pub fn rs256_jwt(
+    key: &ring::signature::RsaKeyPair,
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+) -> Result<String, ring::error::Unspecified> {
+    let input = signing_input(header, claims);
+    let sig = rs256_sign(key, input.as_bytes())?;
+    Ok(format!("{input}.{}", b64(&sig)))
+}
+
+/// An RSA private key from PKCS#8 PEM (a service account's `private_key`).
+pub fn rsa_key_from_pem(pem: &str) -> anyhow::Result<ring::signature::RsaKeyPair> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .context("not a PKCS#8 PEM private key")?;
+    ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+        .map_err(|e| anyhow::anyhow!("not an RSA key of 2048 to 8192 bits ({e})"))
+}
+
+/// The APNs provider token: ES256, `kid` the key id, `iss` the team id.
+pub fn apns_provider_token(cfg: &ApnsConfig, now_unix_s: u64) -> String {
+    es256_jwt(
+        &cfg.key,
+        &json!({"alg": "ES256", "kid": cfg.key_id}),
+        &json!({"iss": cfg.team_id, "iat": now_unix_s}),
+    )
+}
+
+/// The FCM OAuth2 assertion: RS256, signed with the service account's key, valid
+/// [`FCM_ASSERTION_LIFETIME_S`].
+pub fn fcm_assertion(cfg: &FcmConfig, now_unix_s: u64) -> Result<String, ring::error::Unspecified> {
+    rs256_jwt(
+        &cfg.key,
+        &json!({"alg": "RS256", "typ": "JWT"}),
+        &json!({
+            "iss": cfg.client_email,
+            "scope": FCM_SCOPE,
+            "aud": cfg.token_url,
+            "iat": now_unix_s,
+            "exp": now_unix_s + FCM_ASSERTION_LIFETIME_S,
+        }),
+    )
+}
+
+/// The VAPID JWT (RFC 8292) for one push service: `aud` its origin, `sub` the operator's contact.
+pub fn vapid_token(cfg: &WebPushConfig, origin: &str, exp_unix_s: u64) -> String {
+    es256_jwt(
+        &cfg.key,
+        &json!({"typ": "JWT", "alg": "ES256"}),
+        &json!({"aud": origin, "exp": exp_unix_s, "sub": cfg.subject}),
+    )
 }
 
 /// The uncompressed P-256 public key of a VAPID key, base64url (the `k=` of the header).
@@ -228,9 +313,7 @@ impl Sender {
                 jwt.clone()
             }
             _ => {
-                let header = format!(r#"{{"alg":"ES256","kid":"{}"}}"#, cfg.key_id);
-                let claims = format!(r#"{{"iss":"{}","iat":{now}}}"#, cfg.team_id);
-                let jwt = es256_jwt(&cfg.key, &header, &claims);
+                let jwt = apns_provider_token(cfg, now);
                 t.apns = Some((jwt.clone(), now));
                 jwt
             }
@@ -250,11 +333,7 @@ impl Sender {
             }
         }
         let exp = now + VALID_S;
-        let claims = format!(
-            r#"{{"aud":"{origin}","exp":{exp},"sub":"{}"}}"#,
-            cfg.subject
-        );
-        let jwt = es256_jwt(&cfg.key, r#"{"typ":"JWT","alg":"ES256"}"#, &claims);
+        let jwt = vapid_token(cfg, origin, exp);
         if t.vapid.len() > 1_024 {
             t.vapid.clear();
         }
@@ -274,13 +353,10 @@ impl Sender {
                 }
             }
         }
-        let claims = format!(
-            r#"{{"iss":"{}","scope":"{FCM_SCOPE}","aud":"{}","iat":{now},"exp":{}}}"#,
-            cfg.client_email,
-            cfg.token_url,
-            now + 3_600
-        );
-        let assertion = rs256_jwt(&cfg.key, r#"{"alg":"RS256","typ":"JWT"}"#, &claims);
+        let assertion = fcm_assertion(cfg, now).map_err(|_| {
+            tracing::warn!("FCM assertion not signed: the system RNG failed");
+            Outcome::Retry { after_s: None }
+        })?;
         let body = format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
         );
@@ -302,7 +378,10 @@ impl Sender {
             .as_str()
             .ok_or(Outcome::Failed)?
             .to_string();
-        let expires_in = v["expires_in"].as_u64().unwrap_or(3_600);
+        let expires_in = v["expires_in"]
+            .as_u64()
+            .unwrap_or(FCM_ACCESS_TOKEN_LIFETIME_MAX_S)
+            .min(FCM_ACCESS_TOKEN_LIFETIME_MAX_S);
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         t.fcm = Some((tok.clone(), now + expires_in));
         t.fcm_obtained = now;
@@ -397,9 +476,14 @@ impl Sender {
             }
             PushProvider::WebPush => {
                 let cfg = p.webpush.as_ref().ok_or(Outcome::Failed)?;
-                let origin = https_origin(&wake.token).ok_or(Outcome::Gone)?;
-                let jwt = self.vapid_jwt(cfg, origin, refresh);
-                http::Request::post(wake.token.as_str())
+                // The registry only holds endpoints the list allows, normalised; checked again
+                // here, where the request is made, and only the parsed form is sent to.
+                let endpoint = cfg
+                    .origins_allowed
+                    .endpoint(&wake.token)
+                    .map_err(|_| Outcome::Gone)?;
+                let jwt = self.vapid_jwt(cfg, &endpoint.origin(), refresh);
+                http::Request::post(endpoint.uri().clone())
                     .header(
                         "authorization",
                         format!("vapid t={jwt}, k={}", vapid_public(&cfg.key)),
@@ -449,14 +533,120 @@ mod tests {
         }
     }
 
+    /// The test service account's key (bench/src/fcm-test-key.pem, made by `openssl genpkey`).
+    const FCM_TEST_KEY: &str = include_str!("../../bench/src/fcm-test-key.pem");
+    /// Its public key as OpenSSL derives it (`openssl rsa -RSAPublicKey_out -outform DER`),
+    /// base64url.
+    const FCM_TEST_PUBLIC: &str = "MIIBCgKCAQEAsM4vxnWwA2QdW0hZt4T01whtK3n6FYhH7jBLjB2gQiNbhUqKwzLrmd069mcTrdm15DJfSfIBdJEA_ektC6EzJkzLmQwVELBUSXPE1QLpbNHPO6CgO9DhCz4NxBIAij4Pkq5WmBBT48fQuUIql-AYX9CwaphueDLOyXDtmH9LnPLOtEapVeP4RR9t9dgB13rXlbLQP5tXokseqBfzlZyWp08Qio-kyWRkprhGeafmZjrsPzgpTd2pXx_4lvH96wprCJn_imq23BiDlJeQOttoh2Gdb0Fio-mfloDl1plhLUfIBrZjhjFt0WE2Y_VHKBfmH5iY5wEUYC2Q2bFxkc20_QIDAQAB";
+    /// `openssl dgst -sha256 -sign fcm-test-key.pem` of `ferry rs256 known answer`, base64url
+    /// (PKCS#1 v1.5 signatures are deterministic).
+    const FCM_TEST_SIGNATURE: &str = "hjoW2WM3ePA3d51KuQJSFIi7N-CqHoHYcvHlrSzxr5hBifi-hDqlkhdnPVfflckMgmgqUrmaT2LvzQLnp0dUW21h3FfsjqOCA0Ckn0pjSfnw-Q_3HiLxm8Im0yOXNHIPX__aGhxWj_j_kQ8_X427mb6u5dPffo8eu2KZC1TMAxUjUV7kkSaUzy2DPHN_ghDNRVv7F31zkKEoItcpURE0JFGMnvp2KLU1GHg8SjuudyEGfolSIgEy24TQfoT8XcE3rcgMK127I1Se1YYm6v1C6ZrygG12X1pGN4KD4wVwZDS7kn9ET0wUbpF_GbyD3OIxr-RyZ0uBIn2J0nK9Ww7oag";
+    /// A config string JSON splicing would break: quotes, backslashes, newlines, and what
+    /// would add a claim of its own.
+    const HOSTILE: &str = "a\"b\\c\nd\r\t\u{0}\",\"aud\":\"https://evil.example";
+
+    fn fcm_config(client_email: &str, token_url: &str) -> FcmConfig {
+        FcmConfig {
+            key: rsa_key_from_pem(FCM_TEST_KEY).unwrap(),
+            client_email: client_email.into(),
+            project_id: "p".into(),
+            token_url: token_url.into(),
+            url: "https://fcm.example".into(),
+            priority: "normal".into(),
+            ttl_s: 60,
+        }
+    }
+
+    /// (header, claims, signing input, signature) of a compact JWT.
+    fn decode(jwt: &str) -> (serde_json::Value, serde_json::Value, String, Vec<u8>) {
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3, "{jwt}");
+        let json = |p: &str| serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).unwrap()).unwrap();
+        (
+            json(parts[0]),
+            json(parts[1]),
+            format!("{}.{}", parts[0], parts[1]),
+            URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+        )
+    }
+
     #[test]
-    fn jwts_verify_with_the_public_key() {
+    fn jwts_carry_config_strings_as_exact_json_values() {
+        let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let apns = ApnsConfig {
+            key: key.clone(),
+            key_id: HOSTILE.into(),
+            team_id: format!("team{HOSTILE}"),
+            topic: "t".into(),
+            url: "https://apns.example".into(),
+            token_refresh_s: 1_200,
+        };
+        let (h, c, _, _) = decode(&apns_provider_token(&apns, 1_700_000_000));
+        assert_eq!(h, json!({"alg": "ES256", "kid": HOSTILE}));
+        assert_eq!(
+            c,
+            json!({"iss": format!("team{HOSTILE}"), "iat": 1_700_000_000u64})
+        );
+
+        let webpush = WebPushConfig {
+            key,
+            subject: format!("mailto:{HOSTILE}"),
+            ttl_s: 60,
+            origins_allowed: AllowList::default(),
+        };
+        let (h, c, _, _) = decode(&vapid_token(&webpush, "https://push.example", 99));
+        assert_eq!(h, json!({"typ": "JWT", "alg": "ES256"}));
+        assert_eq!(
+            c,
+            json!({"aud": "https://push.example", "exp": 99, "sub": format!("mailto:{HOSTILE}")})
+        );
+
+        let fcm = fcm_config(HOSTILE, &format!("https://oauth.example/{HOSTILE}"));
+        let (h, c, _, _) = decode(&fcm_assertion(&fcm, 1_000).unwrap());
+        assert_eq!(h, json!({"alg": "RS256", "typ": "JWT"}));
+        assert_eq!(
+            c,
+            json!({
+                "iss": HOSTILE,
+                "scope": FCM_SCOPE,
+                "aud": format!("https://oauth.example/{HOSTILE}"),
+                "iat": 1_000,
+                "exp": 1_000 + FCM_ASSERTION_LIFETIME_S,
+            })
+        );
+    }
+
+    #[test]
+    fn rs256_matches_openssl_and_verifies_with_its_public_key() {
+        use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        let key = rsa_key_from_pem(FCM_TEST_KEY).unwrap();
+        let openssl_public = URL_SAFE_NO_PAD.decode(FCM_TEST_PUBLIC).unwrap();
+        assert_eq!(key.public().as_ref(), openssl_public.as_slice());
+        // PKCS#1 v1.5 is deterministic: the very bytes OpenSSL signs.
+        assert_eq!(
+            b64(&rs256_sign(&key, b"ferry rs256 known answer").unwrap()),
+            FCM_TEST_SIGNATURE
+        );
+        let fcm = fcm_config("ferry@p.iam.gserviceaccount.com", "https://oauth.example/t");
+        let (_, _, input, sig) = decode(&fcm_assertion(&fcm, 1_000).unwrap());
+        let public = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &openssl_public);
+        public.verify(input.as_bytes(), &sig).unwrap();
+        let mut forged = input.into_bytes();
+        forged[0] ^= 1;
+        assert!(public.verify(&forged, &sig).is_err());
+        assert!(
+            rsa_key_from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn es256_jwts_verify_with_the_public_key() {
         use p256::ecdsa::signature::Verifier;
         let key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
-        let jwt = es256_jwt(&key, r#"{"alg":"ES256"}"#, r#"{"iss":"T"}"#);
-        let (input, sig) = jwt.rsplit_once('.').unwrap();
-        let sig =
-            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        let jwt = es256_jwt(&key, &json!({"alg": "ES256"}), &json!({"iss": "T"}));
+        let (_, _, input, sig) = decode(&jwt);
+        let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
         key.verifying_key().verify(input.as_bytes(), &sig).unwrap();
         assert_eq!(
             URL_SAFE_NO_PAD.decode(vapid_public(&key)).unwrap().len(),

@@ -11,20 +11,31 @@
 use ahash::{AHashMap, AHashSet};
 use bytes::BufMut;
 use ferry_proto::frame::{Dest, PushProvider, PushStatus};
+use ferry_proto::limits::PUSH_TOKEN_BYTES_MAX;
+
+use super::endpoint::AllowList;
+
+/// Most dests one token may be registered for, whatever `push.dests_per_token_max` says: one
+/// journal record holds them all behind a u16 count.
+pub const DESTS_PER_TOKEN_MAX: usize = 10_000;
+
+// A record's token length and dest count are u16.
+const _: () = assert!(PUSH_TOKEN_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(DESTS_PER_TOKEN_MAX <= u16::MAX as usize);
 
 /// Registration limits (named config keys under `[push]`).
 #[derive(Clone, Debug)]
 pub struct PushLimits {
     /// Devices (tokens) registered on the node at once.
     pub registrations_max: usize,
-    /// Dests one token may be registered for.
+    /// Dests one token may be registered for; at most [`DESTS_PER_TOKEN_MAX`].
     pub dests_per_token_max: usize,
     /// Longest registration; a longer requested TTL is cut to this.
     pub registration_ttl_max_s: u64,
     /// At most one wake per device within this window.
     pub coalesce_window_ms: u64,
-    /// Web Push endpoints must have one of these origins (`https://host[:port]`).
-    pub webpush_origins_allowed: Vec<String>,
+    /// Web Push endpoints must be allowed by this list (`push.webpush_origins_allowed`).
+    pub webpush_origins_allowed: AllowList,
     /// Providers the node has credentials for (APNs, FCM, Web Push).
     pub enabled: [bool; 3],
 }
@@ -84,31 +95,13 @@ pub struct Registry {
     pub stats: PushStats,
 }
 
-/// The origin (`scheme://host[:port]`) of an `https` URL, if it is one.
-pub fn https_origin(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("https://")?;
-    let end = rest.find('/').unwrap_or(rest.len());
-    let host = &rest[..end];
-    if host.is_empty() || host.contains('@') || host.contains(char::is_whitespace) {
-        return None;
-    }
-    Some(&url[..8 + end])
-}
-
-/// Whether `origin` matches an allowed entry: an exact origin, or `https://*.suffix` for any
-/// host under `suffix`.
-pub fn origin_allowed(pattern: &str, origin: &str) -> bool {
-    let p = pattern.trim_end_matches('/');
-    match p.strip_prefix("https://*.") {
-        Some(suffix) => origin
-            .strip_prefix("https://")
-            .is_some_and(|h| h.ends_with(&format!(".{suffix}"))),
-        None => p == origin,
-    }
-}
-
 impl Registry {
     pub fn new(limits: PushLimits) -> Self {
+        assert!(
+            limits.dests_per_token_max <= DESTS_PER_TOKEN_MAX,
+            "push.dests_per_token_max {} is over {DESTS_PER_TOKEN_MAX}: config validation lets none through",
+            limits.dests_per_token_max
+        );
         Registry {
             limits,
             devices: AHashMap::new(),
@@ -126,29 +119,30 @@ impl Registry {
         std::mem::take(&mut self.records)
     }
 
-    /// Whether `token` is well-formed for `provider` (and, for Web Push, an allowed endpoint).
-    pub fn token_valid(&self, provider: PushProvider, token: &str) -> bool {
-        let printable = |c: char| c.is_ascii_graphic();
-        match provider {
+    /// `token` as the registry keeps it, if it is well-formed for `provider`: a Web Push
+    /// endpoint allowed by `push.webpush_origins_allowed`, normalised (the node stores, signs
+    /// for and POSTs to that form only), and APNs and FCM tokens as they are.
+    pub fn canonical_token(&self, provider: PushProvider, token: &str) -> Option<String> {
+        let ok = match provider {
             PushProvider::Apns => {
                 (16..=200).contains(&token.len()) && token.chars().all(|c| c.is_ascii_hexdigit())
             }
             PushProvider::Fcm => {
-                (1..=ferry_proto::limits::PUSH_TOKEN_BYTES_MAX).contains(&token.len())
+                (1..=PUSH_TOKEN_BYTES_MAX).contains(&token.len())
                     && token
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
             }
             PushProvider::WebPush => {
-                token.chars().all(printable)
-                    && https_origin(token).is_some_and(|o| {
-                        self.limits
-                            .webpush_origins_allowed
-                            .iter()
-                            .any(|a| origin_allowed(a, o))
-                    })
+                return self
+                    .limits
+                    .webpush_origins_allowed
+                    .endpoint(token)
+                    .ok()
+                    .map(|e| e.as_str().to_string());
             }
-        }
+        };
+        ok.then(|| token.to_string())
     }
 
     /// Registers (`ttl_s` > 0) or removes (`ttl_s` = 0) `token` for `dests`. Returns the dests
@@ -182,10 +176,14 @@ impl Registry {
             return Err(PushStatus::ProviderDisabled);
         }
         let token = std::str::from_utf8(token).map_err(|_| PushStatus::BadToken)?;
-        if !self.token_valid(provider, token) {
-            return Err(PushStatus::BadToken);
+        let token = self
+            .canonical_token(provider, token)
+            .ok_or(PushStatus::BadToken)?;
+        let key: DeviceKey = (provider as u8, token);
+        // Also bounds a removal's record, and a request naming one dest many times.
+        if dests.len() > self.limits.dests_per_token_max {
+            return Err(PushStatus::TooMany);
         }
-        let key: DeviceKey = (provider as u8, token.to_string());
         let until = if ttl_s == 0 {
             0
         } else {
@@ -208,7 +206,7 @@ impl Registry {
         self.records.push(record(&key, &items));
         let arms = self.apply(&key, &items);
         let n = self.devices.get(&key).map_or(0, |d| d.dests.len());
-        Ok((u16::try_from(n).unwrap_or(u16::MAX), arms))
+        Ok((len_u16(n, DESTS_PER_TOKEN_MAX), arms))
     }
 
     /// Applies (dest, until) items to a device; returns the new armed-until per touched dest.
@@ -355,30 +353,49 @@ impl Registry {
             .collect()
     }
 
-    /// Rebuilds the registrations from journal records. Returns records it could not parse.
-    /// Tokens the current configuration no longer accepts (a Web Push origin taken off the
-    /// allowed list) are deleted, and their deletion journaled.
+    /// Rebuilds the registrations from journal records. Returns records it could not parse (or
+    /// that would take a token past [`DESTS_PER_TOKEN_MAX`], which no registration can).
+    /// Tokens the current configuration no longer accepts as they are stored (a Web Push origin
+    /// taken off the allowed list, an endpoint stored before it was normalised) are deleted, and
+    /// their deletion journaled.
     pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
         let mut bad = 0;
         for r in records {
             match parse_record(r) {
-                Some((key, items)) => {
+                Some((key, items)) if self.dests_after(&key, &items) <= DESTS_PER_TOKEN_MAX => {
                     self.apply(&key, &items);
                 }
-                None => bad += 1,
+                _ => bad += 1,
             }
         }
         let refused: Vec<(PushProvider, String)> = self
             .devices
             .keys()
             .filter_map(|(p, t)| Some((PushProvider::from_u8(*p)?, t.clone())))
-            .filter(|(p, t)| !self.token_valid(*p, t))
+            .filter(|(p, t)| self.canonical_token(*p, t).as_ref() != Some(t))
             .collect();
         for (p, t) in refused {
             self.delete_token(p, &t);
             self.stats.tokens_deleted -= 1; // not the provider's doing
         }
         bad
+    }
+
+    /// How many dests the device would have after `items`.
+    fn dests_after(&self, key: &DeviceKey, items: &[(Dest, u64)]) -> usize {
+        let mut dests: AHashSet<Dest> = self
+            .devices
+            .get(key)
+            .map(|d| d.dests.keys().copied().collect())
+            .unwrap_or_default();
+        for (dest, until) in items {
+            if *until == 0 {
+                dests.remove(dest);
+            } else {
+                dests.insert(*dest);
+            }
+        }
+        dests.len()
     }
 
     /// The live state as journal records (compaction).
@@ -393,13 +410,26 @@ impl Registry {
     }
 }
 
+/// `len` as a u16, asserting the registry's invariant `len <= max` (each `max` is const-asserted
+/// to fit a u16 above): a clamped length would write a record that never replays.
+fn len_u16(len: usize, max: usize) -> u16 {
+    assert!(
+        len <= max,
+        "push record field of {len}, over its limit {max}"
+    );
+    u16::try_from(len).unwrap_or_else(|_| unreachable!("limit {max} fits a u16"))
+}
+
+/// Every token in the registry passed `canonical_token` or `parse_record` (at most
+/// `PUSH_TOKEN_BYTES_MAX`), and every device holds at most `DESTS_PER_TOKEN_MAX` dests
+/// (`register` and `replay` see to it); a record's items are a device's dests or a request's.
 fn record(key: &DeviceKey, items: &[(Dest, u64)]) -> Vec<u8> {
     let mut r = Vec::with_capacity(6 + key.1.len() + items.len() * 24);
     r.push(b'R');
     r.push(key.0);
-    r.put_u16_le(u16::try_from(key.1.len()).unwrap_or(u16::MAX));
+    r.put_u16_le(len_u16(key.1.len(), PUSH_TOKEN_BYTES_MAX));
     r.extend_from_slice(key.1.as_bytes());
-    r.put_u16_le(u16::try_from(items.len()).unwrap_or(u16::MAX));
+    r.put_u16_le(len_u16(items.len(), DESTS_PER_TOKEN_MAX));
     for (d, u) in items {
         r.extend_from_slice(&d.0);
         r.put_u64_le(*u);
@@ -414,6 +444,9 @@ fn parse_record(r: &[u8]) -> Option<(DeviceKey, Vec<(Dest, u64)>)> {
     let provider = *r.get(1)?;
     PushProvider::from_u8(provider)?;
     let tl = usize::from(u16::from_le_bytes(r.get(2..4)?.try_into().ok()?));
+    if tl > PUSH_TOKEN_BYTES_MAX {
+        return None;
+    }
     let token = std::str::from_utf8(r.get(4..4 + tl)?).ok()?.to_string();
     let mut at = 4 + tl;
     let n = usize::from(u16::from_le_bytes(r.get(at..at + 2)?.try_into().ok()?));
@@ -438,7 +471,7 @@ mod tests {
             dests_per_token_max: 4,
             registration_ttl_max_s: 1000,
             coalesce_window_ms: 60_000,
-            webpush_origins_allowed: vec!["https://push.example:8443".into()],
+            webpush_origins_allowed: AllowList::parse(&["https://push.example:8443"]).unwrap(),
             enabled: [true, true, true],
         }
     }
@@ -505,14 +538,6 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(origin_allowed(
-            "https://*.notify.windows.com",
-            "https://wns2-a.notify.windows.com"
-        ));
-        assert!(!origin_allowed(
-            "https://*.notify.windows.com",
-            "https://notify.windows.com.evil"
-        ));
         let mut off = limits();
         off.enabled = [false, true, true];
         let mut r = Registry::new(off);
@@ -520,6 +545,134 @@ mod tests {
             bad(&mut r, PushProvider::Apns, APNS),
             Err(PushStatus::ProviderDisabled)
         );
+    }
+
+    #[test]
+    fn web_push_endpoints_are_parsed_and_stored_normalised() {
+        let mut l = limits();
+        l.webpush_origins_allowed =
+            AllowList::parse(&["https://*.notify.windows.com", "https://push.example:8443"])
+                .unwrap();
+        let mut r = Registry::new(l);
+        let d = [Dest([1; 16])];
+        let wp =
+            |r: &mut Registry, t: &str| r.register(0, PushProvider::WebPush, t.as_bytes(), 10, &d);
+        // Hosts that end where the first `/` is not: the wake would go to attacker.example or
+        // to a local port. (endpoint.rs tests every other shape.)
+        for bypass in [
+            "https://attacker.example?.notify.windows.com/x",
+            "https://127.0.0.1:8080?.notify.windows.com/x",
+            "https://attacker.example#.notify.windows.com/x",
+            "https://attacker.example\\.notify.windows.com/x",
+            "https://a.notify.windows.com@attacker.example/x",
+            "https://notify.windows.com.evil/x",
+        ] {
+            assert_eq!(wp(&mut r, bypass), Err(PushStatus::BadToken), "{bypass}");
+        }
+        assert_eq!(r.devices(), 0);
+        // Two spellings of one endpoint are one device, kept (and woken) in the normalised form.
+        wp(&mut r, "HTTPS://Push.Example:8443/sub/1").unwrap();
+        wp(&mut r, "https://push.example:8443/sub/x/../1").unwrap();
+        assert_eq!(r.devices(), 1);
+        assert!(r.has_token(PushProvider::WebPush, "https://push.example:8443/sub/1"));
+        let wakes = r.wake(0, 0, &d[0]);
+        assert_eq!(wakes[0].token, "https://push.example:8443/sub/1");
+    }
+
+    #[test]
+    fn replay_deletes_endpoints_the_allow_list_does_not_pass_as_stored() {
+        let ds = [Dest([1; 16])];
+        // Journals written before endpoints were parsed may hold these.
+        let stored = [
+            "https://attacker.example?.notify.windows.com/x",
+            "https://push.example:8443/s/x/../1",
+            "https://push.example:8443/s/2",
+        ];
+        let records: Vec<Vec<u8>> = stored
+            .iter()
+            .map(|t| {
+                record(
+                    &(PushProvider::WebPush as u8, t.to_string()),
+                    &[(ds[0], 10)],
+                )
+            })
+            .collect();
+        let mut l = limits();
+        l.webpush_origins_allowed =
+            AllowList::parse(&["https://*.notify.windows.com", "https://push.example:8443"])
+                .unwrap();
+        let mut r = Registry::new(l);
+        assert_eq!(r.replay(&records), 0);
+        assert_eq!(r.devices(), 1);
+        assert!(r.has_token(PushProvider::WebPush, stored[2]));
+        assert_eq!(r.take_records().len(), 2, "both deletions journaled");
+    }
+
+    #[test]
+    fn record_lengths_are_refused_or_asserted_never_clamped() {
+        let mut r = Registry::new(limits());
+        let d = Dest([1; 16]);
+        // A token longer than a record's u16 length (and than PUSH_TOKEN_BYTES_MAX).
+        let long = format!("https://push.example:8443/{}", "a".repeat(70_000));
+        assert_eq!(
+            r.register(0, PushProvider::WebPush, long.as_bytes(), 10, &[d]),
+            Err(PushStatus::BadToken)
+        );
+        let long_fcm = "a".repeat(PUSH_TOKEN_BYTES_MAX + 1);
+        assert_eq!(
+            r.register(0, PushProvider::Fcm, long_fcm.as_bytes(), 10, &[d]),
+            Err(PushStatus::BadToken)
+        );
+        // One dest named more times than a record's u16 count holds.
+        let many = vec![d; usize::from(u16::MAX) + 1];
+        assert_eq!(
+            r.register(0, PushProvider::Fcm, b"tok", 10, &many),
+            Err(PushStatus::TooMany)
+        );
+        assert_eq!(
+            r.register(0, PushProvider::Fcm, b"tok", 0, &many),
+            Err(PushStatus::TooMany)
+        );
+        // Whatever was accepted replays, record for record.
+        r.register(0, PushProvider::Fcm, b"tok", 10, &[d; 4])
+            .unwrap();
+        let records = r.take_records();
+        assert_eq!(Registry::new(limits()).replay(&records), 0);
+        // A journal record claiming a longer token than any registration can have is damage.
+        let mut forged = vec![b'R', PushProvider::Fcm as u8];
+        let token_len = PUSH_TOKEN_BYTES_MAX + 1;
+        forged.put_u16_le(u16::try_from(token_len).unwrap());
+        forged.extend(std::iter::repeat_n(b'a', token_len));
+        forged.put_u16_le(0);
+        assert_eq!(Registry::new(limits()).replay(&[forged]), 1);
+        // So is a device with more dests than any registration can give it.
+        let key = (PushProvider::Fcm as u8, "tok".to_string());
+        let items: Vec<(Dest, u64)> = (0..=DESTS_PER_TOKEN_MAX)
+            .map(|i| {
+                let mut dest = [0; 16];
+                dest[..8].copy_from_slice(&u64::try_from(i).unwrap().to_le_bytes());
+                (Dest(dest), 10)
+            })
+            .collect();
+        let halves = [
+            record(&key, &items[..DESTS_PER_TOKEN_MAX / 2]),
+            record(&key, &items[DESTS_PER_TOKEN_MAX / 2..]),
+        ];
+        let mut again = Registry::new(limits());
+        assert_eq!(again.replay(&halves), 1);
+        assert_eq!(
+            again.snapshot().len(),
+            1,
+            "compaction writes what replay kept"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "push.dests_per_token_max 10001 is over 10000")]
+    fn a_dests_limit_no_record_can_hold_is_a_programming_error() {
+        let mut l = limits();
+        l.dests_per_token_max = DESTS_PER_TOKEN_MAX + 1;
+        Registry::new(l);
     }
 
     #[test]
@@ -574,7 +727,7 @@ mod tests {
         .unwrap();
         let records = wp.take_records();
         let mut narrower = limits();
-        narrower.webpush_origins_allowed.clear();
+        narrower.webpush_origins_allowed = AllowList::default();
         let mut again = Registry::new(narrower);
         again.replay(&records);
         assert_eq!(again.devices(), 0);

@@ -13,6 +13,8 @@ pub const APNS_KEY_ID: &str = "KEYID12345";
 pub const APNS_TEAM: &str = "TEAM123456";
 pub const APNS_TOPIC: &str = "org.example.chat";
 pub const FCM_PROJECT: &str = "ferry-test";
+/// ring cannot generate RSA keys: the FCM service account uses the push mock's fixed test key.
+pub const FCM_TEST_KEY: &str = include_str!("../../bench/src/fcm-test-key.pem");
 
 /// Key files for every provider, a self-signed certificate per provider's mock, and `ca`: the
 /// three certificates in one PEM file, which the node trusts.
@@ -35,13 +37,10 @@ impl PushKeys {
         };
         let apns_key = p256_pem("apns.p8");
         let vapid_key = p256_pem("vapid.pem");
-        let rsa = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
-        let rsa_pem =
-            rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&rsa, rsa::pkcs8::LineEnding::LF).unwrap();
         let account = serde_json::json!({
             "type": "service_account",
             "project_id": FCM_PROJECT,
-            "private_key": rsa_pem.as_str(),
+            "private_key": FCM_TEST_KEY,
             "client_email": "ferry@ferry-test.iam.gserviceaccount.com",
             // Replaced by push.fcm_token_url in the tests (the mock's port is not known yet).
             "token_uri": "https://oauth2.googleapis.com/token",
