@@ -127,9 +127,9 @@ pub struct Entry {
 ///
 /// `now_unix_s` is the wall clock cut to whole seconds, so the append really happened somewhere in
 /// `[now_unix_s, now_unix_s + 1)`. The blob stays live through the whole second `now_unix_s +
-/// ttl_s` and is gone from `now_unix_s + ttl_s + 1` on: it lives at least `ttl_s` seconds and less
-/// than `ttl_s + 1` (seen by the same clock). Saturates at `u64::MAX` (never expires) rather
-/// than wrap into the past.
+/// ttl_s` and is gone from `now_unix_s + ttl_s + 1` on: it lives more than `ttl_s` seconds and at
+/// most `ttl_s + 1` (seen by the same clock). Saturates at `u64::MAX` (never expires) rather than
+/// wrap into the past.
 pub fn last_live_unix_s(now_unix_s: u64, ttl_s: u64) -> u64 {
     now_unix_s.saturating_add(ttl_s)
 }
