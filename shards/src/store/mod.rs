@@ -731,7 +731,10 @@ impl<B: Backend> Log<B> {
             self.index.remove(dest);
         }
         if let Some(s) = self.segments.get_mut(&e.pos.segment) {
-            s.live_blobs = s.live_blobs.saturating_sub(1);
+            s.live_blobs = s
+                .live_blobs
+                .checked_sub(1)
+                .expect("a segment's live count covers every blob indexed in it");
         }
     }
 
@@ -788,7 +791,10 @@ impl<B: Backend> Log<B> {
             // Forget it only once its file is gone: a segment whose delete failed still counts.
             self.backend.remove(seq).map_err(StoreError::Io)?;
             if let Some(s) = self.segments.remove(&seq) {
-                self.disk_bytes -= s.seg.bytes().len() as u64;
+                self.disk_bytes = self
+                    .disk_bytes
+                    .checked_sub(s.seg.bytes().len() as u64)
+                    .expect("the disk use covers every tracked segment");
             }
             self.dirty.remove(&seq);
         }
