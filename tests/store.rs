@@ -438,3 +438,57 @@ fn a_maximal_packet_is_stored_and_drained_intact() {
     // And again (not acked), which used to be where an oversized blob would crash the shard.
     assert_eq!(rx.drain(dest).unwrap().0.len(), 1);
 }
+
+/// The store's limits through a real node, each at its exact boundary (docs/CONFIGURATION.md,
+/// PROTOCOL.md §8.1): the byte quota holds for a dest's first blob too, and a budget of two
+/// segments at 50 % stores blobs until its first segment is full, not one blob fewer.
+#[test]
+fn store_limits_hold_at_their_exact_boundaries() {
+    const SEGMENT_BYTES: usize = 131_072;
+    let node = Node::start(
+        &["--shards", "1"],
+        &[
+            ("FERRY_LIMITS_STORE_DEST_BYTES_MAX", "3000"),
+            ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
+            ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
+            ("FERRY_LIMITS_STORE_HIGH_WATER_PERCENT", "50"),
+        ],
+    );
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let a = mailbox(301).dest(epoch).unwrap();
+    let b = mailbox(302).dest(epoch).unwrap();
+    // Exactly the quota is stored; one byte more is refused, also as a dest's first blob.
+    assert_eq!(
+        send_and_status(&mut tx, a, 1, &[1u8; 3000]),
+        SendStatus::Stored
+    );
+    assert_eq!(
+        send_and_status(&mut tx, a, 2, &[2u8; 1]),
+        SendStatus::QuotaExceeded
+    );
+    assert_eq!(
+        send_and_status(&mut tx, b, 1, &[1u8; 3001]),
+        SendStatus::QuotaExceeded
+    );
+    // Fill the one segment the high-water mark allows. Records are 64 bytes of header plus the
+    // payload, padded to 8; the segment header takes 64.
+    let record = |payload: usize| (64 + payload).div_ceil(8) * 8;
+    let fill_payload = 1408;
+    let room = SEGMENT_BYTES - 64 - record(3000);
+    let fits = room / record(fill_payload);
+    let mut stored = 0;
+    let status = loop {
+        let d = mailbox(2000 + stored as u32).dest(epoch).unwrap();
+        let s = send_and_status(&mut tx, d, 1, &vec![7u8; fill_payload]);
+        if s != SendStatus::Stored {
+            break s;
+        }
+        stored += 1;
+        assert!(stored <= fits, "stored past the high-water mark");
+    };
+    assert_eq!(status, SendStatus::StoreFull);
+    assert_eq!(stored, fits, "StoreFull before the first segment was full");
+    assert_eq!(node.metric("ferry_store_refused_full_total"), 1);
+    assert_eq!(node.metric("ferry_store_refused_quota_total"), 2);
+}

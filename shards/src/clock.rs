@@ -21,13 +21,37 @@ impl Clock {
         }
     }
 
+    /// Panics when the wall clock, shifted by the offset, reads before 1970: every expiry, epoch
+    /// and challenge would be wrong, and reading 0 instead hid that.
     pub fn now(&self) -> Now {
-        let mono_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mono_ms = u64::try_from(self.origin.elapsed().as_millis())
+            .expect("milliseconds since start fit a u64 (584 million years)");
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let unix_s = u64::try_from(i128::from(unix) + i128::from(self.unix_offset_s)).unwrap_or(0);
+            .expect("the wall clock reads after 1970")
+            .as_secs();
+        let unix_s = unix
+            .checked_add_signed(self.unix_offset_s)
+            .expect("the wall clock shifted by clock_offset_s reads after 1970");
         Now { mono_ms, unix_s }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_shifts_the_wall_clock() {
+        let base = Clock::new(0).now().unix_s;
+        let shifted = Clock::new(-3_600).now().unix_s;
+        assert!((base - 3_601..=base - 3_600 + 1).contains(&shifted));
+    }
+
+    /// An offset that takes the clock before 1970 used to read as 0 (the epoch) without a word.
+    #[test]
+    #[should_panic(expected = "clock_offset_s")]
+    fn an_offset_before_1970_is_refused() {
+        let _ = Clock::new(i64::MIN).now();
     }
 }

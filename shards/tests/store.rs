@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use ferry_proto::Dest;
-use ferry_shards::store::backend::{MemBackend, MmapBackend};
+use ferry_shards::store::backend::{CreateStep, MemBackend, MmapBackend};
 use ferry_shards::store::{FsyncPolicy, Log, StoreError, StoreLimits};
 use proptest::prelude::*;
 
@@ -136,7 +136,7 @@ fn ttl_expiry_with_an_injected_clock_reclaims_segments() {
     assert_eq!(b.disk.borrow().segments().len(), 1);
     // TTL is capped by the node's maximum.
     let a = log.append(T0, d(9), 1, u64::MAX, b"x").unwrap();
-    assert_eq!(log.drain(&d(9), T0)[0].0.expiry_unix_s, T0 + 72 * 3_600);
+    assert_eq!(log.drain(&d(9), T0)[0].0.last_live_unix_s, T0 + 72 * 3_600);
     let _ = a;
 }
 
@@ -308,7 +308,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct Blob {
     msg_id: u64,
     payload: Vec<u8>,
-    expiry: u64,
+    /// The last second it is live.
+    last_live: u64,
     /// Durable for sure (acknowledged as stored) or maybe (not yet synced, or a sync failed).
     sure: bool,
     /// Append sequence number (durable once the log's durable_seq reaches it).
@@ -330,7 +331,7 @@ fn check(log: &Log<MemBackend>, model: &BTreeMap<u8, Vec<Blob>>, now: u64) {
             .collect();
         let want: Vec<&Blob> = model
             .get(&dest)
-            .map(|v| v.iter().filter(|b| b.expiry > now).collect())
+            .map(|v| v.iter().filter(|b| b.last_live >= now).collect())
             .unwrap_or_default();
         // Every sure blob is there, in order; maybe-blobs may be there; nothing else is.
         let mut w = want.iter().peekable();
@@ -371,7 +372,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                     v.iter().any(|x| {
                         x.msg_id == u64::from(msg_id)
                             && x.payload == payload
-                            && x.expiry > now
+                            && x.last_live >= now
                             && !x.ghost
                     })
                 });
@@ -382,7 +383,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                             model.entry(dest).or_default().push(Blob {
                                 msg_id: u64::from(msg_id),
                                 payload,
-                                expiry: now + 600,
+                                last_live: now + 600,
                                 sure: a.seq <= log.durable_seq(),
                                 seq: a.seq,
                                 ghost: false,
@@ -394,7 +395,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
                         model.entry(dest).or_default().push(Blob {
                             msg_id: u64::from(msg_id),
                             payload,
-                            expiry: now + 600,
+                            last_live: now + 600,
                             sure: false,
                             seq: u64::MAX,
                             ghost: false,
@@ -455,7 +456,7 @@ fn run_model(ops: &[Op], policy: FsyncPolicy) {
             Op::Advance { s } => {
                 now += u64::from(s);
                 for v in model.values_mut() {
-                    v.retain(|x| x.expiry > now);
+                    v.retain(|x| x.last_live >= now);
                 }
                 match log.expire(now) {
                     Ok(_) => {}
@@ -595,4 +596,349 @@ fn a_failed_sync_is_sticky() {
         Err(StoreError::SyncFailed(_))
     ));
     assert!(matches!(log.sync_now(), Err(StoreError::SyncFailed(_))));
+}
+
+// ---- limits at their exact boundaries (issue 13.4) ----
+
+/// The wall clock reads whole seconds, so an append at `T0` may really happen at T0 + 0.999: a
+/// blob with a 1-second TTL must still be there when the clock reads T0 + 1, also after a reopen,
+/// and gone when it reads T0 + 2 (certainly more than a second after the append).
+#[test]
+fn a_blob_never_expires_before_its_ttl() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    log.append(T0, d(1), 1, 1, b"short-lived").unwrap();
+    assert_eq!(payloads(&log, d(1), T0 + 1), vec![b"short-lived".to_vec()]);
+    assert_eq!(log.holding(&[d(1)], T0 + 1), vec![d(1)]);
+    assert_eq!(log.drain_batch(&d(1), T0 + 1, 10, 1 << 20).0.len(), 1);
+    assert_eq!(log.expire(T0 + 1).unwrap(), 0);
+    drop(log);
+    let (mut log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, T0 + 1).unwrap();
+    assert_eq!(rec.blobs, 1);
+    assert_eq!(log.blobs(), 1, "replay at T0 + 1 keeps the blob");
+    assert!(payloads(&log, d(1), T0 + 2).is_empty());
+    assert!(log.holding(&[d(1)], T0 + 2).is_empty());
+    assert_eq!(log.expire(T0 + 2).unwrap(), 1);
+    drop(log);
+    let log = open(&b, FsyncPolicy::Always, T0 + 2);
+    assert_eq!(log.blobs(), 0, "replay at T0 + 2 drops the blob");
+}
+
+fn quota_limits() -> StoreLimits {
+    StoreLimits {
+        dest_blobs_max: 3,
+        dest_bytes_max: 3000,
+        ..limits()
+    }
+}
+
+/// A dest never holds more than `dest_bytes_max` payload bytes, its first blob included, nor more
+/// than `dest_blobs_max` blobs: reaching a limit exactly is accepted, one byte or blob more is not.
+#[test]
+fn dest_quotas_hold_at_their_exact_boundaries() {
+    let b = MemBackend::default();
+    let mut log = Log::open(b, 0, quota_limits(), FsyncPolicy::None, T0)
+        .unwrap()
+        .0;
+    // The first blob of an empty dest: exactly the limit fits, one byte more does not.
+    log.append(T0, d(1), 1, 60, &[1u8; 3000]).unwrap();
+    assert!(matches!(
+        log.append(T0, d(2), 1, 60, &[1u8; 3001]),
+        Err(StoreError::DestQuota)
+    ));
+    assert!(log.holding(&[d(2)], T0).is_empty());
+    // A dest that holds blobs: up to the limit exactly, then not one byte more.
+    log.append(T0, d(3), 1, 60, &[1u8; 1000]).unwrap();
+    log.append(T0, d(3), 2, 60, &[2u8; 2000]).unwrap();
+    assert!(matches!(
+        log.append(T0, d(3), 3, 60, &[3u8; 1]),
+        Err(StoreError::DestQuota)
+    ));
+    // The blob count: the third blob is accepted, the fourth is not.
+    for i in 0..3u64 {
+        log.append(T0, d(4), i, 60, b"n").unwrap();
+    }
+    assert!(matches!(
+        log.append(T0, d(4), 9, 60, b"n"),
+        Err(StoreError::DestQuota)
+    ));
+    // A duplicate of a stored blob is answered as one, even at the limit.
+    assert!(log.append(T0, d(4), 0, 60, b"n").unwrap().duplicate);
+    // An ack frees its bytes and its place.
+    let first = log.drain(&d(3), T0)[0].0.pos;
+    assert!(log.ack(T0, &d(3), first).unwrap());
+    log.append(T0, d(3), 4, 60, &[4u8; 1000]).unwrap();
+}
+
+fn budget_limits(segments_bytes: u64, high_water_percent: u8) -> StoreLimits {
+    StoreLimits {
+        disk_bytes_max: segments_bytes,
+        high_water_percent,
+        ..limits()
+    }
+}
+
+/// Blobs of this size fill a 4096-byte segment exactly, two to a segment (64-byte segment header,
+/// 64-byte record header).
+const HALF_SEGMENT_PAYLOAD: usize = (4096 - 64) / 2 - 64;
+
+/// Appends half-segment blobs until refused; returns how many were stored and the refusal.
+fn fill(log: &mut Log<MemBackend>) -> (u64, StoreError) {
+    let mut stored = 0u64;
+    loop {
+        match log.append(
+            T0,
+            d(stored as u8),
+            stored,
+            600,
+            &[5u8; HALF_SEGMENT_PAYLOAD],
+        ) {
+            Ok(_) => stored += 1,
+            Err(e) => return (stored, e),
+        }
+        assert!(stored < 1000);
+    }
+}
+
+/// `StoreFull` comes when a new segment would take the shard's segments *above* the high-water
+/// share of its budget: a budget that allows exactly k segments gets k full segments.
+#[test]
+fn store_full_comes_above_the_high_water_mark_not_at_it() {
+    // (budget, percent, segments allowed for blobs)
+    let cases: [(u64, u8, u64); 7] = [
+        (3 * 4096, 100, 3),
+        (3 * 4096 - 1, 100, 2),
+        (2 * 4096, 50, 1),
+        (2 * 4096 - 1, 50, 0),
+        (10 * 4096, 90, 9),
+        (10 * 4096, 89, 8),
+        (64 * 4096, 90, 57),
+    ];
+    for (budget, percent, segments) in cases {
+        let b = MemBackend::default();
+        let mut log = Log::open(
+            b.clone(),
+            0,
+            budget_limits(budget, percent),
+            FsyncPolicy::None,
+            T0,
+        )
+        .unwrap()
+        .0;
+        let (stored, err) = fill(&mut log);
+        assert!(matches!(err, StoreError::StoreFull), "{err}");
+        assert_eq!(
+            (stored, log.segment_count() as u64),
+            (2 * segments, segments),
+            "budget {budget} at {percent} %"
+        );
+        assert!(log.is_full());
+        // The refused blob is refused whatever its size: even one byte needs a new segment.
+        assert!(matches!(
+            log.append(T0, d(200), 1, 600, b"x"),
+            Err(StoreError::StoreFull)
+        ));
+    }
+}
+
+/// Acks (tombstones) may take a new segment up to the whole budget, not beyond it.
+#[test]
+fn tombstones_may_use_the_budget_above_the_high_water_mark() {
+    let b = MemBackend::default();
+    let mut log = Log::open(
+        b.clone(),
+        0,
+        budget_limits(2 * 4096, 50),
+        FsyncPolicy::None,
+        T0,
+    )
+    .unwrap()
+    .0;
+    let (stored, _) = fill(&mut log);
+    assert_eq!((stored, log.segment_count()), (2, 1));
+    // The first segment is full: this tombstone takes the second (and last) segment.
+    let pos = log.drain(&d(0), T0)[0].0.pos;
+    assert!(log.ack(T0, &d(0), pos).unwrap());
+    assert_eq!(log.segment_count(), 2);
+}
+
+// ---- segment files (issue 13.5) ----
+
+fn temp_store_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn open_mmap(dir: &std::path::Path, now: u64) -> (Log<MmapBackend>, ferry_shards::store::Recovery) {
+    let lim = StoreLimits {
+        segment_bytes: 1 << 16,
+        ..limits()
+    };
+    Log::open(
+        MmapBackend::new(dir).unwrap(),
+        0,
+        lim,
+        FsyncPolicy::Always,
+        now,
+    )
+    .unwrap()
+}
+
+/// What a crash in the middle of creating a segment used to leave: a preallocated file with a
+/// zero header (or a temporary file). Recovery removes such files (the newest is reused, so its
+/// number is not issued again), and they are not found again at the next start.
+#[test]
+fn leftovers_of_an_interrupted_segment_creation_are_cleaned_up() {
+    let dir = temp_store_dir("leftovers");
+    let pos = {
+        let (mut log, _) = open_mmap(&dir, T0);
+        log.append(T0, d(1), 1, 3600, b"kept").unwrap().pos
+    };
+    assert_eq!(pos.segment, 1);
+    std::fs::write(dir.join("seg-0000000000000002.log"), vec![0u8; 1 << 16]).unwrap();
+    std::fs::write(dir.join("seg-0000000000000003.log"), vec![0u8; 1 << 16]).unwrap();
+    std::fs::write(dir.join("seg-0000000000000004.tmp"), vec![0u8; 1 << 16]).unwrap();
+    std::fs::write(dir.join("seg-0000000000000005.tmp"), b"").unwrap();
+    let (mut log, rec) = open_mmap(&dir, T0);
+    assert_eq!(rec.bad_segments, 0, "{rec:?}");
+    assert_eq!(payloads_mmap(&log, d(1)), vec![b"kept".to_vec()]);
+    // A new segment gets a number never seen on disk: no position repeats.
+    log.ack(T0, &d(1), pos).unwrap();
+    let next = log.append(T0, d(1), 2, 3600, b"new").unwrap().pos;
+    assert!(next.segment > 5, "{next:?}");
+    drop(log);
+    assert!(
+        files_in(&dir).iter().all(|n| n.ends_with(".log")),
+        "{:?}",
+        files_in(&dir)
+    );
+    let (log, rec) = open_mmap(&dir, T0);
+    assert_eq!(rec.bad_segments, 0, "{rec:?}");
+    assert_eq!(payloads_mmap(&log, d(1)), vec![b"new".to_vec()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Segment files are private to the node whatever its umask.
+#[test]
+fn segment_files_are_created_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_store_dir("mode");
+    let (mut log, _) = open_mmap(&dir, T0);
+    log.append(T0, d(1), 1, 3600, b"private").unwrap();
+    let names = files_in(&dir);
+    assert_eq!(names.len(), 1);
+    for n in names {
+        let mode = std::fs::metadata(dir.join(&n))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{n}: {mode:o}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A crash (power loss) after each step of a segment's creation: recovery finds no bad segment and
+/// no temporary, every durable blob is there, and the next segment gets a number never used.
+#[test]
+fn a_crash_at_each_step_of_segment_creation_leaves_nothing_or_a_valid_segment() {
+    for step in CreateStep::ALL {
+        // Each way the unsynced writes and the rename may land: kept, torn, lost.
+        for outcome in 0..3u8 {
+            let b = MemBackend::default();
+            let mut log = open(&b, FsyncPolicy::Always, T0);
+            let kept = log.append(T0, d(1), 1, 7_200, b"durable").unwrap();
+            assert_eq!(kept.pos.segment, 1);
+            // Past the roll: the next append needs segment 2, and the disk dies while creating it.
+            let later = T0 + 3_600;
+            b.disk.borrow_mut().faults.crash_in_create = Some(step);
+            assert!(matches!(
+                log.append(later, d(1), 2, 7_200, b"lost"),
+                Err(StoreError::Io(_))
+            ));
+            drop(log);
+            b.disk.borrow_mut().crash(|_| outcome);
+            let (mut log, rec) =
+                Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, later).unwrap();
+            let what = format!("{step:?}, outcome {outcome}: {rec:?}");
+            assert_eq!(rec.bad_segments, 0, "{what}");
+            assert!(b.disk.borrow().temporaries().is_empty(), "{what}");
+            let renamed = b.disk.borrow().segments().contains(&2);
+            assert_eq!(rec.temporaries, usize::from(!renamed), "{what}");
+            assert_eq!(
+                payloads(&log, d(1), later),
+                vec![b"durable".to_vec()],
+                "{what}"
+            );
+            let next = log.append(later, d(1), 3, 7_200, b"next").unwrap();
+            assert!(next.pos.segment > 2, "{what}: {next:?}");
+            drop(log);
+            let (log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, later).unwrap();
+            assert_eq!((rec.bad_segments, rec.temporaries), (0, 0), "{what}");
+            assert_eq!(
+                payloads(&log, d(1), later),
+                vec![b"durable".to_vec(), b"next".to_vec()],
+                "{what}"
+            );
+        }
+    }
+}
+
+/// Zero-filled segment files, as an interrupted creation in earlier versions left them: removed,
+/// except the newest, which is given a header so its number stays taken.
+#[test]
+fn zero_filled_segments_are_removed_and_the_newest_is_reused() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    log.append(T0, d(1), 1, 3600, b"kept").unwrap();
+    drop(log);
+    b.disk.borrow_mut().put_zeroed(2, 4096);
+    b.disk.borrow_mut().put_zeroed(3, 4096);
+    let (mut log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, T0).unwrap();
+    assert_eq!((rec.bad_segments, rec.empty_segments), (0, 2), "{rec:?}");
+    assert_eq!(b.disk.borrow().segments(), vec![1, 3]);
+    assert_eq!(log.disk_bytes(), 2 * 4096);
+    let header = b.disk.borrow().segment_bytes(3).unwrap();
+    assert_eq!(
+        ferry_shards::store::format::decode_segment_header(&header),
+        Some((0, 3, T0))
+    );
+    assert_eq!(
+        log.append(T0, d(1), 2, 3600, b"new").unwrap().pos.segment,
+        4
+    );
+    drop(log);
+    let (log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, T0).unwrap();
+    assert_eq!((rec.bad_segments, rec.empty_segments), (0, 0), "{rec:?}");
+    assert_eq!(
+        payloads(&log, d(1), T0),
+        vec![b"kept".to_vec(), b"new".to_vec()]
+    );
+}
+
+/// A segment whose header is damaged but which holds data is kept for inspection, and its bytes
+/// count against the disk budget.
+#[test]
+fn a_damaged_segment_is_kept_and_counted_in_the_budget() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    log.append(T0, d(1), 1, 3600, b"in segment 1").unwrap();
+    log.append(T0 + 3_600, d(1), 2, 7_200, b"in segment 2")
+        .unwrap();
+    drop(log);
+    b.disk.borrow_mut().corrupt(1, 20);
+    let (log, rec) = Log::open(b.clone(), 0, limits(), FsyncPolicy::Always, T0 + 3_600).unwrap();
+    assert_eq!((rec.bad_segments, rec.segments), (1, 1), "{rec:?}");
+    assert_eq!(log.disk_bytes(), 2 * 4096);
+    assert_eq!(b.disk.borrow().segments(), vec![1, 2]);
 }

@@ -1,6 +1,10 @@
 //! Where segments live. Two implementations of one seam: [`MmapBackend`] (files preallocated with
 //! `posix_fallocate` and mapped with memmap2) and [`MemBackend`] (memory, with injected faults and
 //! simulated crashes, for the model-based tests).
+//!
+//! A segment is created under a temporary name and renamed into place only once its header is
+//! durable ([`CreateStep`]), so a crash at any moment leaves either no segment or a valid one, plus
+//! at most a temporary file that the next open removes.
 
 #![allow(unsafe_code)] // mmap and posix_fallocate; each use says why it is sound.
 
@@ -9,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -28,32 +33,147 @@ pub trait Segment {
 /// A directory of segments, by sequence number.
 pub trait Backend {
     type Seg: Segment;
-    /// Existing segment sequence numbers, ascending.
+    /// Existing segment sequence numbers, ascending (temporaries are not segments).
     fn list(&mut self) -> io::Result<Vec<u64>>;
-    /// A new zero-filled segment of `len` bytes, with its space reserved on disk.
-    fn create(&mut self, seq: u64, len: usize) -> io::Result<Self::Seg>;
+    /// Creates segment `seq`: `len` bytes reserved on disk, `header` at offset 0, zeros after it.
+    /// When this returns the segment and its header are durable; until then a crash leaves no
+    /// segment `seq`, at most a temporary that [`Backend::remove_temporaries`] deletes.
+    fn create(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<Self::Seg>;
     fn open(&mut self, seq: u64) -> io::Result<Self::Seg>;
     fn remove(&mut self, seq: u64) -> io::Result<()>;
+    /// Deletes what interrupted creations left behind; returns their sequence numbers.
+    fn remove_temporaries(&mut self) -> io::Result<Vec<u64>>;
 }
 
-/// Segments as files `seg-<seq:016x>.log` in one directory.
-#[derive(Debug)]
+/// The steps of creating a segment, in order. A crash after any of them leaves no segment file,
+/// or (after [`CreateStep::Renamed`]) a valid one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CreateStep {
+    /// `seg-<seq>.tmp` exists, empty.
+    TempCreated,
+    /// Its whole length is reserved (`posix_fallocate`): zeros.
+    Allocated,
+    /// The segment header is written (not yet durable).
+    HeaderWritten,
+    /// The file, header and length included, is durable (`fsync`).
+    TempSynced,
+    /// Renamed to `seg-<seq>.log` (the name is not yet durable).
+    Renamed,
+    /// The directory is synced: the segment exists for good.
+    DirSynced,
+}
+
+impl CreateStep {
+    pub const ALL: [CreateStep; 6] = [
+        CreateStep::TempCreated,
+        CreateStep::Allocated,
+        CreateStep::HeaderWritten,
+        CreateStep::TempSynced,
+        CreateStep::Renamed,
+        CreateStep::DirSynced,
+    ];
+}
+
+/// Mode of every file the store creates, whatever the process umask: blobs are ciphertext, but
+/// who talks to whom and when is not for other users of the host.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of the directories the store creates.
+pub const DIR_MODE: u32 = 0o700;
+
+type StepHook = Box<dyn FnMut(CreateStep) + Send>;
+
+/// Segments as files `seg-<seq:016x>.log` in one directory; `seg-<seq:016x>.tmp` while created.
 pub struct MmapBackend {
     dir: PathBuf,
+    /// Called after each step of a segment's creation: tests stop the process there.
+    step_hook: Option<StepHook>,
+}
+
+impl std::fmt::Debug for MmapBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmapBackend")
+            .field("dir", &self.dir)
+            .field("step_hook", &self.step_hook.is_some())
+            .finish()
+    }
 }
 
 impl MmapBackend {
     pub fn new(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)?;
         Ok(MmapBackend {
             dir: dir.to_path_buf(),
+            step_hook: None,
         })
+    }
+    /// Calls `hook` after each step of every segment creation (crash tests kill the process in
+    /// it).
+    #[must_use]
+    pub fn with_step_hook(mut self, hook: impl FnMut(CreateStep) + Send + 'static) -> Self {
+        self.step_hook = Some(Box::new(hook));
+        self
     }
     fn path(&self, seq: u64) -> PathBuf {
         self.dir.join(format!("seg-{seq:016x}.log"))
     }
+    fn temp_path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("seg-{seq:016x}.tmp"))
+    }
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+    fn step(&mut self, step: CreateStep) {
+        if let Some(hook) = self.step_hook.as_mut() {
+            hook(step);
+        }
+    }
+    /// `seq` from `seg-<seq:016x><suffix>`.
+    fn seqs_named(&self, suffix: &str) -> io::Result<Vec<u64>> {
+        let mut seqs = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(hex) = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.strip_suffix(suffix))
+            {
+                if hex.len() == 16 {
+                    if let Ok(seq) = u64::from_str_radix(hex, 16) {
+                        seqs.push(seq);
+                    }
+                }
+            }
+        }
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+    /// The temporary file of segment `seq`, allocated, with its header, durable (steps up to
+    /// [`CreateStep::TempSynced`]).
+    fn create_temp(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(self.temp_path(seq))?;
+        self.step(CreateStep::TempCreated);
+        let len_off =
+            libc::off_t::try_from(len).map_err(|_| io::Error::other("segment too large"))?;
+        // SAFETY: plain syscall on an fd we own; reserves the blocks so writes through the map
+        // cannot hit ENOSPC later.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        self.step(CreateStep::Allocated);
+        file.write_all_at(header, 0)?;
+        self.step(CreateStep::HeaderWritten);
+        file.sync_all()?;
+        self.step(CreateStep::TempSynced);
+        Ok(file)
     }
 }
 
@@ -77,42 +197,34 @@ impl Backend for MmapBackend {
     type Seg = MmapSegment;
 
     fn list(&mut self) -> io::Result<Vec<u64>> {
-        let mut seqs = Vec::new();
-        for e in std::fs::read_dir(&self.dir)? {
-            let name = e?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(hex) = name
-                .strip_prefix("seg-")
-                .and_then(|n| n.strip_suffix(".log"))
-            {
-                if let Ok(seq) = u64::from_str_radix(hex, 16) {
-                    seqs.push(seq);
-                }
-            }
-        }
-        seqs.sort_unstable();
-        Ok(seqs)
+        self.seqs_named(".log")
     }
 
-    fn create(&mut self, seq: u64, len: usize) -> io::Result<MmapSegment> {
-        let path = self.path(seq);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let len_off =
-            libc::off_t::try_from(len).map_err(|_| io::Error::other("segment too large"))?;
-        // SAFETY: plain syscall on an fd we own; reserves the blocks so writes through the map
-        // cannot hit ENOSPC later.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_off) };
-        if rc != 0 {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            return Err(io::Error::from_raw_os_error(rc));
+    fn create(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<MmapSegment> {
+        if header.len() > len {
+            return Err(io::Error::other("segment header longer than the segment"));
         }
-        file.sync_all()?;
-        self.sync_dir()?;
+        let temp = self.temp_path(seq);
+        let path = self.path(seq);
+        let file = match self.create_temp(seq, len, header) {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing named `seq` is in place; the next open would remove this too.
+                let _ = std::fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&temp, &path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.step(CreateStep::Renamed);
+        if let Err(e) = self.sync_dir() {
+            // The caller will not use this number again; leave no untracked segment behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        self.step(CreateStep::DirSynced);
         let map = map(&file)?;
         Ok(MmapSegment {
             map,
@@ -139,6 +251,17 @@ impl Backend for MmapBackend {
     fn remove(&mut self, seq: u64) -> io::Result<()> {
         std::fs::remove_file(self.path(seq))?;
         self.sync_dir()
+    }
+
+    fn remove_temporaries(&mut self) -> io::Result<Vec<u64>> {
+        let seqs = self.seqs_named(".tmp")?;
+        for seq in &seqs {
+            std::fs::remove_file(self.temp_path(*seq))?;
+        }
+        if !seqs.is_empty() {
+            self.sync_dir()?;
+        }
+        Ok(seqs)
     }
 }
 
@@ -185,6 +308,9 @@ pub struct Faults {
     pub fail_sync: Option<u64>,
     /// Fail segment creation (disk full).
     pub fail_create: bool,
+    /// Stop the next segment creation right after this step, as a crash there would: the call
+    /// fails and nothing is cleaned up (follow with [`MemDisk::crash`] and a reopen).
+    pub crash_in_create: Option<CreateStep>,
     pub writes: u64,
     pub syncs: u64,
 }
@@ -199,19 +325,42 @@ struct MemFile {
     unsynced: Vec<(usize, Vec<u8>)>,
 }
 
+impl MemFile {
+    fn zeroed(len: usize) -> MemFile {
+        MemFile {
+            durable: vec![0; len],
+            current: vec![0; len],
+            unsynced: Vec::new(),
+        }
+    }
+}
+
 /// The shared disk of [`MemBackend`]: survives the backend, so a test can crash and reopen.
 #[derive(Debug, Default)]
 pub struct MemDisk {
     files: BTreeMap<u64, MemFile>,
+    /// Segments being created (`seg-<seq>.tmp`).
+    temps: BTreeMap<u64, MemFile>,
+    /// Segments renamed into place whose directory entry is not yet durable.
+    renamed_unsynced: Vec<u64>,
     pub faults: Faults,
 }
 
 impl MemDisk {
     /// Simulates power loss: each unsynced write survives whole, torn (a prefix), or not at all,
-    /// as `choose(index) -> 0 | 1 | 2` decides.
+    /// and each rename not yet made durable survives or is undone, as `choose(index) -> 0 | 1 |
+    /// 2` decides (2: lost).
     pub fn crash(&mut self, mut choose: impl FnMut(usize) -> u8) {
         let mut k = 0;
-        for f in self.files.values_mut() {
+        for seq in std::mem::take(&mut self.renamed_unsynced) {
+            if choose(k) == 2 {
+                if let Some(f) = self.files.remove(&seq) {
+                    self.temps.insert(seq, f);
+                }
+            }
+            k += 1;
+        }
+        for f in self.files.values_mut().chain(self.temps.values_mut()) {
             for (off, data) in std::mem::take(&mut f.unsynced) {
                 match choose(k) {
                     0 => f.durable[off..off + data.len()].copy_from_slice(&data),
@@ -227,6 +376,12 @@ impl MemDisk {
         }
     }
 
+    /// Puts a zero-filled segment file in place, as a crash inside segment creation in versions
+    /// before the temporary name left it.
+    pub fn put_zeroed(&mut self, seq: u64, len: usize) {
+        self.files.insert(seq, MemFile::zeroed(len));
+    }
+
     /// Flips one byte of a segment's durable and current contents (corruption at rest).
     pub fn corrupt(&mut self, seq: u64, offset: usize) {
         if let Some(f) = self.files.get_mut(&seq) {
@@ -238,6 +393,19 @@ impl MemDisk {
     pub fn segments(&self) -> Vec<u64> {
         self.files.keys().copied().collect()
     }
+
+    pub fn temporaries(&self) -> Vec<u64> {
+        self.temps.keys().copied().collect()
+    }
+
+    /// The current bytes of segment `seq`.
+    pub fn segment_bytes(&self, seq: u64) -> Option<Vec<u8>> {
+        self.files.get(&seq).map(|f| f.current.clone())
+    }
+}
+
+fn injected_crash(step: CreateStep) -> io::Error {
+    io::Error::other(format!("injected crash after {step:?}"))
 }
 
 /// Segments in memory, on a [`MemDisk`] shared with the test.
@@ -260,27 +428,54 @@ impl Backend for MemBackend {
     fn list(&mut self) -> io::Result<Vec<u64>> {
         Ok(self.disk.borrow().segments())
     }
-    fn create(&mut self, seq: u64, len: usize) -> io::Result<MemSegment> {
+    fn create(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<MemSegment> {
         let mut d = self.disk.borrow_mut();
         if d.faults.fail_create {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        if d.files.contains_key(&seq) {
+        if header.len() > len {
+            return Err(io::Error::other("segment header longer than the segment"));
+        }
+        if d.files.contains_key(&seq) || d.temps.contains_key(&seq) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
-        let zero = vec![0u8; len];
-        d.files.insert(
-            seq,
-            MemFile {
-                durable: zero.clone(),
-                current: zero.clone(),
-                unsynced: Vec::new(),
-            },
-        );
+        let crash_at = d.faults.crash_in_create.take();
+        let stop = |step: CreateStep| crash_at == Some(step);
+        // The steps of MmapBackend::create, each one a place to crash.
+        d.temps.insert(seq, MemFile::zeroed(0));
+        if stop(CreateStep::TempCreated) {
+            return Err(injected_crash(CreateStep::TempCreated));
+        }
+        d.temps.insert(seq, MemFile::zeroed(len));
+        if stop(CreateStep::Allocated) {
+            return Err(injected_crash(CreateStep::Allocated));
+        }
+        let temp = d.temps.get_mut(&seq).ok_or(io::ErrorKind::NotFound)?;
+        temp.current[..header.len()].copy_from_slice(header);
+        temp.unsynced.push((0, header.to_vec()));
+        if stop(CreateStep::HeaderWritten) {
+            return Err(injected_crash(CreateStep::HeaderWritten));
+        }
+        temp.unsynced.clear();
+        temp.durable.clone_from(&temp.current);
+        if stop(CreateStep::TempSynced) {
+            return Err(injected_crash(CreateStep::TempSynced));
+        }
+        let f = d.temps.remove(&seq).ok_or(io::ErrorKind::NotFound)?;
+        let view = f.current.clone();
+        d.files.insert(seq, f);
+        d.renamed_unsynced.push(seq);
+        if stop(CreateStep::Renamed) {
+            return Err(injected_crash(CreateStep::Renamed));
+        }
+        d.renamed_unsynced.retain(|s| *s != seq);
+        if stop(CreateStep::DirSynced) {
+            return Err(injected_crash(CreateStep::DirSynced));
+        }
         Ok(MemSegment {
             seq,
             disk: self.disk.clone(),
-            view: zero,
+            view,
         })
     }
     fn open(&mut self, seq: u64) -> io::Result<MemSegment> {
@@ -296,8 +491,14 @@ impl Backend for MemBackend {
         })
     }
     fn remove(&mut self, seq: u64) -> io::Result<()> {
-        self.disk.borrow_mut().files.remove(&seq);
+        let mut d = self.disk.borrow_mut();
+        d.files.remove(&seq);
+        d.renamed_unsynced.retain(|s| *s != seq);
         Ok(())
+    }
+    fn remove_temporaries(&mut self) -> io::Result<Vec<u64>> {
+        let temps = std::mem::take(&mut self.disk.borrow_mut().temps);
+        Ok(temps.into_keys().collect())
     }
 }
 

@@ -11,10 +11,15 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"FRYLOG01";
 pub const SEGMENT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const RECORD_MAGIC: u32 = 0x4652_5943; // "CYRF" in file order
-/// magic(4) len(4) checksum(8) kind(1) flags(1) reserved(2) expiry_unix_s(8) dest(16) msg_id(8)
-/// target(8) = 60, padded to 64.
+/// magic(4) len(4) checksum(8) kind(1) flags(1) reserved(2) last_live_unix_s(8) dest(16)
+/// msg_id(8) target(8) payload_len(4) = 64.
 pub const RECORD_HEADER_BYTES: usize = 64;
 pub const RECORD_ALIGN: usize = 8;
+/// A position is `segment << 32 | offset` with a 32-bit offset, so a segment is at most this long
+/// (and a record length, which never exceeds its segment, fits its `u32` field).
+pub const SEGMENT_BYTES_MAX: usize = u32::MAX as usize;
+/// The segment number takes the upper 32 bits of a position.
+pub const SEGMENT_SEQ_MAX: u64 = u32::MAX as u64;
 
 const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
 const _: () = assert!(SEGMENT_HEADER_BYTES % RECORD_ALIGN == 0);
@@ -38,12 +43,17 @@ pub struct Pos {
 
 impl Pos {
     pub fn to_u64(self) -> u64 {
+        assert!(
+            self.segment <= SEGMENT_SEQ_MAX,
+            "segment number above SEGMENT_SEQ_MAX"
+        );
         (self.segment << 32) | u64::from(self.offset)
     }
     pub fn from_u64(v: u64) -> Pos {
+        let [o0, o1, o2, o3, ..] = v.to_le_bytes();
         Pos {
             segment: v >> 32,
-            offset: u32::try_from(v & 0xffff_ffff).unwrap_or(u32::MAX),
+            offset: u32::from_le_bytes([o0, o1, o2, o3]),
         }
     }
 }
@@ -53,7 +63,9 @@ impl Pos {
 pub struct RecordHeader {
     pub len: u32,
     pub kind: Kind,
-    pub expiry_unix_s: u64,
+    /// Blobs: the last whole Unix second in which the blob is live (`store::is_live`).
+    /// Tombstones: that of the blob they kill.
+    pub last_live_unix_s: u64,
     pub dest: Dest,
     pub msg_id: u64,
     /// Tombstones: the position of the blob they kill. Blobs: 0.
@@ -78,14 +90,14 @@ fn checksum(covered: &[u8]) -> u64 {
 pub fn encode_record(out: &mut [u8], h: &RecordHeader, payload: &[u8]) {
     let total = record_bytes(payload.len());
     assert_eq!(out.len(), total, "record buffer of the wrong size");
-    let total32 = u32::try_from(total).expect("record larger than 4 GiB");
-    let payload32 = u32::try_from(payload.len()).expect("payload larger than 4 GiB");
+    let total32 = u32::try_from(total).expect("a record fits a segment (SEGMENT_BYTES_MAX)");
+    let payload32 = u32::try_from(payload.len()).expect("a payload fits a segment");
     out.fill(0);
     out[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     out[4..8].copy_from_slice(&total32.to_le_bytes());
     out[16] = h.kind as u8;
     out[17] = 0;
-    out[20..28].copy_from_slice(&h.expiry_unix_s.to_le_bytes());
+    out[20..28].copy_from_slice(&h.last_live_unix_s.to_le_bytes());
     out[28..44].copy_from_slice(&h.dest.0);
     out[44..52].copy_from_slice(&h.msg_id.to_le_bytes());
     out[52..60].copy_from_slice(&h.target.to_le_bytes());
@@ -153,7 +165,7 @@ pub fn scan(seg: &[u8], offset: usize) -> Scan<'_> {
         RecordHeader {
             len,
             kind,
-            expiry_unix_s: u64_at(r, 20),
+            last_live_unix_s: u64_at(r, 20),
             dest: Dest(dest),
             msg_id: u64_at(r, 44),
             target: u64_at(r, 52),
@@ -202,7 +214,7 @@ mod tests {
         RecordHeader {
             len: 0,
             kind,
-            expiry_unix_s: 99,
+            last_live_unix_s: 99,
             dest: Dest([7; 16]),
             msg_id: 5,
             target: 0,
@@ -219,7 +231,7 @@ mod tests {
             Scan::Record(h, p) => {
                 assert_eq!(p, payload);
                 assert_eq!(h.len as usize, n);
-                assert_eq!((h.kind, h.expiry_unix_s, h.msg_id), (Kind::Blob, 99, 5));
+                assert_eq!((h.kind, h.last_live_unix_s, h.msg_id), (Kind::Blob, 99, 5));
             }
             other => panic!("{other:?}"),
         }
@@ -246,10 +258,28 @@ mod tests {
 
     #[test]
     fn positions_pack_into_u64() {
-        let p = Pos {
-            segment: 7,
-            offset: 4096,
-        };
-        assert_eq!(Pos::from_u64(p.to_u64()), p);
+        for p in [
+            Pos {
+                segment: 7,
+                offset: 4096,
+            },
+            Pos {
+                segment: SEGMENT_SEQ_MAX,
+                offset: u32::MAX,
+            },
+        ] {
+            assert_eq!(Pos::from_u64(p.to_u64()), p);
+        }
+    }
+
+    /// A segment number that does not fit its 32 bits would alias another segment's positions.
+    #[test]
+    #[should_panic(expected = "SEGMENT_SEQ_MAX")]
+    fn a_segment_number_past_its_bits_is_refused() {
+        let _ = Pos {
+            segment: SEGMENT_SEQ_MAX + 1,
+            offset: 0,
+        }
+        .to_u64();
     }
 }

@@ -5,7 +5,8 @@
 //! "stored" only for appends at or below it → `drain` lists a dest's live blobs in order → `ack`
 //! writes a tombstone and unindexes the blob → a segment whose blobs are all acked or expired,
 //! and whose tombstones no longer matter, is deleted whole. `open` replays every segment: a torn
-//! tail ends a segment, a corrupt record followed by valid ones is quarantined (skipped, counted).
+//! tail ends a segment, a corrupt record followed by valid ones is quarantined (skipped, counted),
+//! and what an interrupted segment creation left (a temporary, an empty segment) is removed.
 //!
 //! The shard (shard.rs) drives it: offline sends are appended on the owner shard, `Stored` is
 //! answered once `durable_seq` covers them, and drains and acks come through the protocol.
@@ -19,7 +20,10 @@ use ahash::{AHashMap, AHashSet};
 use ferry_proto::Dest;
 
 use backend::{Backend, Segment};
-use format::{Kind, Pos, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_HEADER_BYTES, Scan};
+use format::{
+    Kind, Pos, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES,
+    SEGMENT_SEQ_MAX, Scan,
+};
 
 /// When appends become durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,18 +36,24 @@ pub enum FsyncPolicy {
     None,
 }
 
-/// Named limits of the store.
+/// Named limits of the store. Each is a bound that is reached, never crossed: a blob that takes a
+/// count exactly to its limit is accepted, one byte (or blob) more is refused.
 #[derive(Clone, Debug)]
 pub struct StoreLimits {
+    /// Size of a segment file (at most [`SEGMENT_BYTES_MAX`]).
     pub segment_bytes: usize,
     /// A segment older than this is closed for appends (segments roll by time).
     pub segment_roll_s: u64,
+    /// Longest TTL a blob gets; a longer one is cut to this.
     pub ttl_max_s: u64,
+    /// Blobs one dest may hold.
     pub dest_blobs_max: usize,
+    /// Payload bytes one dest may hold, its first blob included.
     pub dest_bytes_max: u64,
-    /// Bytes of segments this shard may hold.
+    /// Bytes of segment files this shard may hold (tombstones may use all of it).
     pub disk_bytes_max: u64,
-    /// Above this share of `disk_bytes_max`, new blobs are refused (tombstones still fit).
+    /// Share of `disk_bytes_max` the segments may reach with blobs: a new segment for a blob is
+    /// created only if the segments, the new one included, stay within it.
     pub high_water_percent: u8,
 }
 
@@ -71,6 +81,8 @@ pub enum StoreError {
     DestQuota,
     /// The blob does not fit in a segment.
     TooLarge { payload_len: usize },
+    /// Every segment number a position can carry is used ([`SEGMENT_SEQ_MAX`]).
+    SegmentsExhausted,
     /// A write failed; the record is not stored.
     Io(std::io::Error),
     /// An fsync failed: durability is unknown, the node must stop.
@@ -85,6 +97,9 @@ impl std::fmt::Display for StoreError {
             StoreError::TooLarge { payload_len } => {
                 write!(f, "blob of {payload_len} bytes does not fit a segment")
             }
+            StoreError::SegmentsExhausted => {
+                write!(f, "segment numbers exhausted (above {SEGMENT_SEQ_MAX})")
+            }
             StoreError::Io(e) => write!(f, "store write failed: {e}"),
             StoreError::SyncFailed(e) => write!(f, "fsync failed, durability unknown: {e}"),
         }
@@ -97,13 +112,32 @@ impl std::error::Error for StoreError {}
 pub struct Entry {
     pub pos: Pos,
     pub msg_id: u64,
-    pub expiry_unix_s: u64,
+    /// The last whole second (of the truncated wall clock) in which the blob is live: see
+    /// [`is_live`].
+    pub last_live_unix_s: u64,
     pub payload_len: u32,
     /// Append sequence number (durable once `durable_seq() >= seq`).
     pub seq: u64,
     /// First 8 bytes of blake3(payload): a duplicate is the same message id *and* payload, so two
     /// senders that happen to pick the same id do not knock out each other's blobs.
     pub digest: u64,
+}
+
+/// The last second a blob appended at `now_unix_s` with `ttl_s` is live.
+///
+/// `now_unix_s` is the wall clock cut to whole seconds, so the append really happened somewhere in
+/// `[now_unix_s, now_unix_s + 1)`. The blob stays live through the whole second `now_unix_s +
+/// ttl_s` and is gone from `now_unix_s + ttl_s + 1` on: it lives more than `ttl_s` seconds and at
+/// most `ttl_s + 1` (seen by the same clock). Saturates at `u64::MAX` (never expires) rather than
+/// wrap into the past.
+pub fn last_live_unix_s(now_unix_s: u64, ttl_s: u64) -> u64 {
+    now_unix_s.saturating_add(ttl_s)
+}
+
+/// Whether a blob whose last live second is `last_live_unix_s` is live when the clock reads
+/// `now_unix_s`. Every expiry decision (index, drains, queries, replay) goes through here.
+pub fn is_live(last_live_unix_s: u64, now_unix_s: u64) -> bool {
+    now_unix_s <= last_live_unix_s
 }
 
 fn digest_of(payload: &[u8]) -> u64 {
@@ -142,8 +176,15 @@ pub struct Recovery {
     pub quarantined: usize,
     /// Segments whose tail was torn (ended early).
     pub torn_tails: usize,
-    /// Segments with an unreadable header, left on disk and not used.
+    /// Segments with an unreadable header that hold something, left on disk (counted in the
+    /// disk budget) and not used.
     pub bad_segments: usize,
+    /// Segment files that were all zeros (a creation interrupted by a version that wrote the
+    /// header after the file was in place): removed, or, the newest, given a header and kept
+    /// empty so that its number is not issued again.
+    pub empty_segments: usize,
+    /// Temporary files of interrupted segment creations, removed.
+    pub temporaries: usize,
 }
 
 /// Outcome of an append.
@@ -164,6 +205,8 @@ pub struct Log<B: Backend> {
     policy: FsyncPolicy,
     segments: BTreeMap<u64, SegState<B::Seg>>,
     bad_segments: BTreeSet<u64>,
+    /// Bytes of every segment file on disk: the tracked segments and the bad ones.
+    disk_bytes: u64,
     active: Option<u64>,
     index: AHashMap<Dest, DestQueue>,
     next_seq: u64,
@@ -191,6 +234,10 @@ impl<B: Backend> Log<B> {
         now_unix_s: u64,
     ) -> Result<(Self, Recovery), StoreError> {
         assert!(limits.segment_bytes > SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES);
+        assert!(
+            limits.segment_bytes <= SEGMENT_BYTES_MAX,
+            "segment_bytes above SEGMENT_BYTES_MAX"
+        );
         assert!(limits.high_water_percent <= 100);
         let mut log = Log {
             shard,
@@ -198,6 +245,7 @@ impl<B: Backend> Log<B> {
             policy,
             segments: BTreeMap::new(),
             bad_segments: BTreeSet::new(),
+            disk_bytes: 0,
             active: None,
             index: AHashMap::new(),
             next_seq: 1,
@@ -210,20 +258,48 @@ impl<B: Backend> Log<B> {
             backend,
         };
         let mut rec = Recovery::default();
+        let temps = log.backend.remove_temporaries().map_err(StoreError::Io)?;
+        rec.temporaries = temps.len();
+        // The highest segment number seen on disk, removed files included: never issued again.
+        let mut seq_seen = temps.iter().copied().max().unwrap_or(0);
         let seqs = log.backend.list().map_err(StoreError::Io)?;
+        let newest = seqs.last().copied();
         // Every blob record in replay order (segment, then offset = append order), and every
         // tombstone. Tombstones and expiry are applied before de-duplication: a blob re-sent after
         // its first copy was acked or expired is a new, live blob.
         let mut blobs: Vec<(Dest, Entry)> = Vec::new();
         let mut tombstones: Vec<(u64, Pos)> = Vec::new();
         for seq in seqs {
-            let seg = log.backend.open(seq).map_err(StoreError::Io)?;
-            let Some((_, _, created)) = format::decode_segment_header(seg.bytes()) else {
-                rec.bad_segments += 1;
-                log.bad_segments.insert(seq);
-                continue;
+            seq_seen = seq_seen.max(seq);
+            let mut seg = log.backend.open(seq).map_err(StoreError::Io)?;
+            let len = seg.bytes().len();
+            let header = format::decode_segment_header(seg.bytes());
+            let created = match header {
+                // Positions address at most SEGMENT_BYTES_MAX bytes: a longer file is not ours.
+                Some((_, _, created)) if len <= SEGMENT_BYTES_MAX => created,
+                None if seg.bytes().iter().all(|b| *b == 0) => {
+                    // Never held a record: its creation was interrupted before the header.
+                    rec.empty_segments += 1;
+                    if Some(seq) != newest {
+                        log.backend.remove(seq).map_err(StoreError::Io)?;
+                        continue;
+                    }
+                    // The newest keeps its number on disk (so it is not issued again after this
+                    // run), as an empty sealed segment that reclaim deletes once a newer exists.
+                    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+                    format::encode_segment_header(&mut header, log.shard, seq, now_unix_s);
+                    seg.write(0, &header).map_err(StoreError::Io)?;
+                    now_unix_s
+                }
+                _ => {
+                    rec.bad_segments += 1;
+                    log.bad_segments.insert(seq);
+                    log.disk_bytes += len as u64;
+                    continue;
+                }
             };
             rec.segments += 1;
+            log.disk_bytes += len as u64;
             let (write_at, torn, quarantined) =
                 replay_segment(seg.bytes(), seq, &mut |h, pos, payload| match h.kind {
                     Kind::Blob => {
@@ -231,8 +307,10 @@ impl<B: Backend> Log<B> {
                         let entry = Entry {
                             pos,
                             msg_id: h.msg_id,
-                            expiry_unix_s: h.expiry_unix_s,
-                            payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+                            last_live_unix_s: h.last_live_unix_s,
+                            payload_len: u32::try_from(payload.len()).expect(
+                                "a payload is shorter than its segment (SEGMENT_BYTES_MAX)",
+                            ),
                             seq: 0,
                             digest: digest_of(payload),
                         };
@@ -267,7 +345,7 @@ impl<B: Backend> Log<B> {
             }
         }
         for (dest, e) in blobs {
-            if dead.contains(&e.pos) || e.expiry_unix_s <= now_unix_s {
+            if dead.contains(&e.pos) || !is_live(e.last_live_unix_s, now_unix_s) {
                 continue;
             }
             let q = log.index.entry(dest).or_default();
@@ -279,12 +357,7 @@ impl<B: Backend> Log<B> {
                 }
             }
         }
-        log.next_segment = log
-            .segments
-            .keys()
-            .chain(log.bad_segments.iter())
-            .max()
-            .map_or(1, |m| m + 1);
+        log.next_segment = seq_seen + 1;
         // Replayed records count as durable (seq 0): make them so, whatever the page cache held
         // when the previous process died.
         for s in log.segments.values_mut() {
@@ -300,20 +373,32 @@ impl<B: Backend> Log<B> {
         self.policy
     }
 
-    /// Bytes of segments on disk.
+    /// Bytes of segment files on disk (bad segments included).
     pub fn disk_bytes(&self) -> u64 {
-        (self.segments.len() * self.limits.segment_bytes) as u64
+        self.disk_bytes
     }
 
-    fn above_high_water(&self, extra: u64) -> bool {
-        let hw = self.limits.disk_bytes_max / 100 * u64::from(self.limits.high_water_percent);
-        self.disk_bytes() + extra > hw
+    /// Whether the segments may grow by `extra` bytes: to at most `high_water_percent` of
+    /// `disk_bytes_max` for a blob, to at most `disk_bytes_max` for a tombstone. Exact (no
+    /// rounding of the percentage), so the mark itself is reachable.
+    fn segments_fit(&self, extra: u64, tombstone: bool) -> bool {
+        let percent = if tombstone {
+            100
+        } else {
+            self.limits.high_water_percent
+        };
+        let total = u128::from(self.disk_bytes) + u128::from(extra);
+        total * 100 <= u128::from(self.limits.disk_bytes_max) * u128::from(percent)
     }
 
-    /// Whether a new segment would cross the high-water mark, i.e. a blob that does not fit the
-    /// active segment is refused with `StoreFull`.
+    /// Whether a new segment would take the segments above the high-water mark, i.e. a blob that
+    /// does not fit the active segment is refused with `StoreFull`.
     pub fn is_full(&self) -> bool {
-        self.above_high_water(self.limits.segment_bytes as u64)
+        !self.segments_fit(self.segment_bytes(), false)
+    }
+
+    fn segment_bytes(&self) -> u64 {
+        self.limits.segment_bytes as u64
     }
 
     /// Makes room for `bytes` in the active segment, rolling to a new one when needed.
@@ -335,14 +420,18 @@ impl<B: Backend> Log<B> {
             }
             // Its unsynced tail stays in `dirty`: the next commit point syncs it.
         }
-        let seg_bytes = self.limits.segment_bytes as u64;
-        let over_budget = self.disk_bytes() + seg_bytes > self.limits.disk_bytes_max;
-        if over_budget || (!tombstone && self.above_high_water(seg_bytes)) {
+        if !self.segments_fit(self.segment_bytes(), tombstone) {
             return Err(StoreError::StoreFull);
         }
         let seq = self.next_segment;
+        if seq > SEGMENT_SEQ_MAX {
+            return Err(StoreError::SegmentsExhausted);
+        }
+        // Taken even if the creation fails: a number is never offered twice.
         self.next_segment += 1;
-        let mut seg = match self.backend.create(seq, self.limits.segment_bytes) {
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        format::encode_segment_header(&mut header, self.shard, seq, now_unix_s);
+        let seg = match self.backend.create(seq, self.limits.segment_bytes, &header) {
             Ok(s) => s,
             Err(e)
                 if e.raw_os_error() == Some(libc::ENOSPC)
@@ -352,9 +441,7 @@ impl<B: Backend> Log<B> {
             }
             Err(e) => return Err(StoreError::Io(e)),
         };
-        let mut header = [0u8; SEGMENT_HEADER_BYTES];
-        format::encode_segment_header(&mut header, self.shard, seq, now_unix_s);
-        seg.write(0, &header).map_err(StoreError::Io)?;
+        self.disk_bytes += self.segment_bytes();
         self.segments.insert(
             seq,
             SegState {
@@ -400,9 +487,8 @@ impl<B: Backend> Log<B> {
         s.write_at += n;
         Ok(Pos {
             segment: seq,
-            offset: u32::try_from(offset).map_err(|_| StoreError::TooLarge {
-                payload_len: payload.len(),
-            })?,
+            offset: u32::try_from(offset)
+                .expect("an offset is inside its segment (SEGMENT_BYTES_MAX)"),
         })
     }
 
@@ -416,37 +502,42 @@ impl<B: Backend> Log<B> {
         payload: &[u8],
     ) -> Result<Appended, StoreError> {
         self.check_failed()?;
+        let too_large = StoreError::TooLarge {
+            payload_len: payload.len(),
+        };
+        let payload_len = u32::try_from(payload.len()).map_err(|_| too_large)?;
         let digest = digest_of(payload);
-        if let Some(q) = self.index.get(&dest) {
-            if q.keys.contains(&(msg_id, digest)) {
-                let e = q
-                    .entries
-                    .iter()
-                    .find(|e| e.msg_id == msg_id && e.digest == digest)
-                    .copied();
-                if let Some(e) = e {
-                    return Ok(Appended {
-                        pos: e.pos,
-                        seq: e.seq,
-                        duplicate: true,
-                    });
+        let (blobs, bytes) = match self.index.get(&dest) {
+            Some(q) => {
+                if q.keys.contains(&(msg_id, digest)) {
+                    let e = q
+                        .entries
+                        .iter()
+                        .find(|e| e.msg_id == msg_id && e.digest == digest)
+                        .copied();
+                    if let Some(e) = e {
+                        return Ok(Appended {
+                            pos: e.pos,
+                            seq: e.seq,
+                            duplicate: true,
+                        });
+                    }
                 }
+                (q.entries.len(), q.bytes)
             }
-            if q.entries.len() >= self.limits.dest_blobs_max
-                || q.bytes + payload.len() as u64 > self.limits.dest_bytes_max
-            {
-                return Err(StoreError::DestQuota);
-            }
-        }
-        if payload.len() as u64 > self.limits.dest_bytes_max {
+            None => (0, 0),
+        };
+        // Both quotas hold for an empty dest too: a dest never holds more than its limits.
+        if blobs >= self.limits.dest_blobs_max
+            || bytes + u64::from(payload_len) > self.limits.dest_bytes_max
+        {
             return Err(StoreError::DestQuota);
         }
-        let ttl = ttl_s.min(self.limits.ttl_max_s);
-        let expiry = now_unix_s.saturating_add(ttl);
+        let last_live = last_live_unix_s(now_unix_s, ttl_s.min(self.limits.ttl_max_s));
         let h = RecordHeader {
             len: 0,
             kind: Kind::Blob,
-            expiry_unix_s: expiry,
+            last_live_unix_s: last_live,
             dest,
             msg_id,
             target: 0,
@@ -457,14 +548,14 @@ impl<B: Backend> Log<B> {
         let entry = Entry {
             pos,
             msg_id,
-            expiry_unix_s: expiry,
-            payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            last_live_unix_s: last_live,
+            payload_len,
             seq,
             digest,
         };
         let q = self.index.entry(dest).or_default();
         q.keys.insert((msg_id, digest));
-        q.bytes += payload.len() as u64;
+        q.bytes += u64::from(payload_len);
         q.entries.push_back(entry);
         if let Some(s) = self.segments.get_mut(&pos.segment) {
             s.live_blobs += 1;
@@ -534,9 +625,11 @@ impl<B: Backend> Log<B> {
         dests
             .iter()
             .filter(|d| {
-                self.index
-                    .get(*d)
-                    .is_some_and(|q| q.entries.iter().any(|e| e.expiry_unix_s > now_unix_s))
+                self.index.get(*d).is_some_and(|q| {
+                    q.entries
+                        .iter()
+                        .any(|e| is_live(e.last_live_unix_s, now_unix_s))
+                })
             })
             .copied()
             .collect()
@@ -549,7 +642,7 @@ impl<B: Backend> Log<B> {
         };
         q.entries
             .iter()
-            .filter(|e| e.expiry_unix_s > now_unix_s)
+            .filter(|e| is_live(e.last_live_unix_s, now_unix_s))
             .filter_map(|e| {
                 let s = self.segments.get(&e.pos.segment)?;
                 match format::scan(s.seg.bytes(), e.pos.offset as usize) {
@@ -574,7 +667,10 @@ impl<B: Backend> Log<B> {
         };
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let mut live = q.entries.iter().filter(|e| e.expiry_unix_s > now_unix_s);
+        let mut live = q
+            .entries
+            .iter()
+            .filter(|e| is_live(e.last_live_unix_s, now_unix_s));
         for e in live.by_ref() {
             let len = e.payload_len as usize;
             if out.len() == blobs_max || (!out.is_empty() && bytes + len > bytes_max) {
@@ -605,7 +701,7 @@ impl<B: Backend> Log<B> {
         let h = RecordHeader {
             len: 0,
             kind: Kind::Tombstone,
-            expiry_unix_s: entry.expiry_unix_s,
+            last_live_unix_s: entry.last_live_unix_s,
             dest: *dest,
             msg_id: entry.msg_id,
             target: pos.to_u64(),
@@ -635,7 +731,10 @@ impl<B: Backend> Log<B> {
             self.index.remove(dest);
         }
         if let Some(s) = self.segments.get_mut(&e.pos.segment) {
-            s.live_blobs = s.live_blobs.saturating_sub(1);
+            s.live_blobs = s
+                .live_blobs
+                .checked_sub(1)
+                .expect("a segment's live count covers every blob indexed in it");
         }
     }
 
@@ -644,7 +743,7 @@ impl<B: Backend> Log<B> {
         let mut expired = Vec::new();
         for (dest, q) in &self.index {
             for (i, e) in q.entries.iter().enumerate().rev() {
-                if e.expiry_unix_s <= now_unix_s {
+                if !is_live(e.last_live_unix_s, now_unix_s) {
                     expired.push((*dest, i));
                 }
             }
@@ -691,7 +790,12 @@ impl<B: Backend> Log<B> {
             };
             // Forget it only once its file is gone: a segment whose delete failed still counts.
             self.backend.remove(seq).map_err(StoreError::Io)?;
-            self.segments.remove(&seq);
+            if let Some(s) = self.segments.remove(&seq) {
+                self.disk_bytes = self
+                    .disk_bytes
+                    .checked_sub(s.seg.bytes().len() as u64)
+                    .expect("the disk use covers every tracked segment");
+            }
             self.dirty.remove(&seq);
         }
     }
@@ -717,7 +821,8 @@ fn replay_segment(bytes: &[u8], seq: u64, on_record: &mut OnRecord<'_>) -> (usiz
             Scan::Record(h, payload) => {
                 let pos = Pos {
                     segment: seq,
-                    offset: u32::try_from(at).unwrap_or(u32::MAX),
+                    offset: u32::try_from(at)
+                        .expect("replayed segments are at most SEGMENT_BYTES_MAX long"),
                 };
                 on_record(&h, pos, payload);
                 at += h.len as usize;
