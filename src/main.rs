@@ -178,8 +178,19 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, the whole cause chain, no backtrace.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line, the whole cause chain, no backtrace: a message that spans lines (a
+            // library's) is joined.
+            let chain: Vec<String> = e
+                .chain()
+                .map(|c| {
+                    c.to_string()
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
             eprintln!("ferry: {}", chain.join(": "));
             ExitCode::FAILURE
         }

@@ -23,7 +23,7 @@ use ferry_shards::store::StoreLimits;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, SHARDS_MAX};
 use crate::sys;
 
 /// Where shards and the service core run.
@@ -38,8 +38,9 @@ pub struct Placement {
 /// (useful for tests of cross-core paths on small machines).
 pub fn place(allowed: &[usize], shards: usize) -> Placement {
     assert!(!allowed.is_empty());
+    // Automatic: capped at SHARDS_MAX on hosts with more CPUs (the rest stay idle).
     let n = if shards == 0 {
-        allowed.len().saturating_sub(1).max(1)
+        allowed.len().saturating_sub(1).clamp(1, SHARDS_MAX)
     } else {
         shards
     };
@@ -119,7 +120,8 @@ pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     }
 }
 
-/// The part of the configuration SIGHUP can change, as each shard applies it.
+/// The part of the configuration SIGHUP can change, as each shard applies it (the keys it reads
+/// are `config::RELOADABLE_KEYS`: a reload names every other changed key as needing a restart).
 fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
     let l = &cfg.limits;
     let conn_limits = ConnLimits {
@@ -221,9 +223,6 @@ fn shard_configs(
 pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyhow::Result<()> {
     cfg.validate()?;
     let allowed = sys::allowed_cpus();
-    if cfg.shards > usize::from(u16::MAX) {
-        bail!("at most {} shards", u16::MAX);
-    }
     // With an automatic shard count, a node that already has a store keeps the count it was
     // written with (dests are owned by `dest % shards`).
     let recorded = if cfg.store_enabled && cfg.shards == 0 {
@@ -233,6 +232,12 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     } else {
         None
     };
+    if let Some(n) = recorded.filter(|n| *n > SHARDS_MAX) {
+        bail!(
+            "{} records {n} shards, more than the {SHARDS_MAX} a node runs: the file is damaged",
+            cfg.data_dir.join("store").join("shards").display()
+        );
+    }
     let placement = place(&allowed, recorded.unwrap_or(cfg.shards));
     let shards = placement.shard_cpus.len();
     if cfg.store_enabled
@@ -409,10 +414,18 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     while !signal_stop.load(Ordering::Acquire) {
         if signal_reload.swap(false, Ordering::AcqRel) {
             sys::sd_notify("RELOADING=1");
-            match reresolve().and_then(|c| reloadable(&c, shards)) {
-                Ok(next) => {
+            let next =
+                reresolve().and_then(|c| Ok((cfg.restart_keys(&c)?, reloadable(&c, shards)?)));
+            match next {
+                Ok((restart, next)) => {
                     reload.publish(next);
                     tracing::info!("configuration reloaded: limits and TLS certificate");
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            "configuration keys changed that only a restart applies; still running with the old values of: {}",
+                            restart.join(", ")
+                        );
+                    }
                 }
                 Err(e) => {
                     tracing::error!("reload refused, keeping the running configuration: {e:#}")
@@ -535,7 +548,10 @@ fn service_config(
             registrations_max: p.registrations_max,
             dests_per_token_max: p.dests_per_token_max,
             registration_ttl_max_s: p.registration_ttl_max_s,
-            coalesce_window_ms: p.coalesce_window_s.saturating_mul(1000),
+            coalesce_window_ms: p
+                .coalesce_window_s
+                .checked_mul(1000)
+                .context("push.coalesce_window_s is too large")?,
             webpush_origins_allowed: p.webpush_origins_allowed.clone(),
             enabled: prov.enabled(),
         },
