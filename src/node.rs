@@ -398,14 +398,16 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     for line in &lines {
         writeln!(out, "{line}")?;
     }
+    // `none`: the service thread is not pinned (no CPU left over for it).
+    let service_cpu = service_cpu.map_or_else(|| "none".to_string(), |c| c.to_string());
     writeln!(
         out,
-        "ferry ready shards={shards} service_cpu={service_cpu:?} nofile={nofile} node_id={}",
+        "ferry ready shards={shards} service_cpu={service_cpu} nofile={nofile} node_id={}",
         hex(&node_id)
     )?;
     out.flush()?;
     drop(out);
-    tracing::info!(shards, ?service_cpu, "ferry node ready");
+    tracing::info!(shards, %service_cpu, "ferry node ready");
     sys::sd_notify("READY=1\nSTATUS=serving");
     if let Some(w) = nofile_warning {
         tracing::warn!("{w}");

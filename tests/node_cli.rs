@@ -594,3 +594,74 @@ fn sighup_warns_about_changed_keys_that_need_a_restart() {
     drop(node);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What people read from the binary carries no Rust `Debug` text (`Some(1)`, `Os { code: .. }`)
+/// and no terminal colour codes in a log that goes to a file.
+#[test]
+fn output_for_people_has_no_debug_text_and_log_files_no_colour() {
+    let dir = temp_dir("human");
+    let log = dir.join("stderr.log");
+    let data = dir.join("data");
+    let (node, stdout) = start_logging_to(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "info")],
+        &log,
+    );
+    let ready = stdout.last().unwrap();
+    let cpu = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("service_cpu="))
+        .unwrap();
+    assert!(
+        cpu == "none" || cpu.parse::<usize>().is_ok(),
+        "service_cpu={cpu}"
+    );
+    let text = wait_for_log(&log, "ferry node ready");
+    let mut seen = stdout.join("\n") + "\n" + &text;
+    drop(node);
+
+    // A node that cannot start, a failed health check and a refused configuration.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // dropped: nothing listens there now
+    for args in [
+        vec!["healthcheck", "--admin-listen", &closed.to_string()],
+        vec!["check-config", "--shards", "99999"],
+        vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new(ferry_bin()).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        seen.push_str(&err);
+    }
+    assert!(seen.contains("Connection refused (os error 111)"), "{seen}");
+    for debug in ["Some(", "None", "Os {", "Kind(", "\x1b["] {
+        assert!(!seen.contains(debug), "`{debug}` in:\n{seen}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
