@@ -665,3 +665,90 @@ fn output_for_people_has_no_debug_text_and_log_files_no_colour() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn dev_cert_gives_a_chain_a_node_serves_and_a_client_trusting_ca_pem_accepts() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = temp_dir("devcert");
+    let out_dir = dir.join("certs");
+    let out = Command::new(ferry_bin())
+        .args(["dev-cert", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out_dir = out_dir.canonicalize().unwrap();
+    let (ca, cert, key) = (
+        out_dir.join("ca.pem"),
+        out_dir.join("cert.pem"),
+        out_dir.join("key.pem"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("tls_cert = \"{}\"", cert.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("tls_key = \"{}\"", key.display())),
+        "{text}"
+    );
+    assert!(text.contains(&ca.display().to_string()), "{text}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600, "the private key");
+
+    let node = Node::start(
+        &[
+            "--shards",
+            "1",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let roots = Arc::new(roots);
+    for name in ["localhost", "127.0.0.1"] {
+        let opts = ConnectOptions {
+            tls: Some((name.into(), roots.clone())),
+            ..Default::default()
+        };
+        let mut c = Client::connect_with(node.tls.unwrap(), &opts)
+            .unwrap_or_else(|e| panic!("as {name}: {e}"));
+        c.ping(1).unwrap();
+    }
+    // A name the certificate is not for is refused.
+    let opts = ConnectOptions {
+        tls: Some(("ferry.example".into(), roots)),
+        ..Default::default()
+    };
+    assert!(Client::connect_with(node.tls.unwrap(), &opts).is_err());
+
+    // A second run does not overwrite the key.
+    let before = std::fs::read(&key).unwrap();
+    let again = Command::new(ferry_bin())
+        .args(["dev-cert", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
