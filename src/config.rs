@@ -4,10 +4,11 @@
 //! `FERRY_LIMITS_<KEY>` for `[limits]`, upper-cased (`FERRY_SHARDS=4`,
 //! `FERRY_LIMITS_IDLE_TIMEOUT_MS=60000`); lists are comma-separated.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 /// The node's whole configuration. Every limit is a named key with a default.
@@ -344,33 +345,138 @@ impl Default for Limits {
     }
 }
 
+/// Most shard cores a node runs (shard ids are `u16` on the wire and in the store).
+pub const SHARDS_MAX: usize = 1_024;
+const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+
+/// Longest `store_fsync = "interval=<ms>"`.
+pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
+
+/// Optional top-level keys: absent from the serialised defaults, so listed here.
+const OPTIONAL_KEYS: [&str; 3] = ["tls_cert", "tls_key", "admin_token_file"];
+
+/// Keys SIGHUP applies (see `node::reloadable`); a change to any other key waits for a restart.
+const RELOADABLE_KEYS: [&str; 18] = [
+    "tls_cert",
+    "tls_key",
+    "limits.connections_max",
+    "limits.handshake_timeout_ms",
+    "limits.idle_timeout_ms",
+    "limits.ping_interval_ms",
+    "limits.frame_stall_timeout_ms",
+    "limits.write_stall_timeout_ms",
+    "limits.send_queue_bytes_max",
+    "limits.subscriptions_per_conn_max",
+    "limits.proof_failures_per_conn_max",
+    "limits.ip_connections_per_s",
+    "limits.ip_connections_burst",
+    "limits.ip_bytes_per_s",
+    "limits.ip_bytes_burst",
+    "limits.ip_proof_failures_per_s",
+    "limits.ip_proof_failures_burst",
+    "limits.ip_table_entries_max",
+];
+
+/// One numeric key's allowed range, inclusive. Every integer key has one (a unit test checks),
+/// so an absurd value (`shards = 99999999999`) is refused by name instead of starting a node
+/// that fails later or silently misbehaves.
+struct Bound {
+    key: &'static str,
+    /// `None`: the value does not fit an `i128` (cannot happen for the field types used).
+    value: Option<i128>,
+    min: i128,
+    max: i128,
+    /// Why the range is what it is, when the numbers alone do not say.
+    why: &'static str,
+}
+
+fn bound(key: &'static str, value: impl TryInto<i128>, min: i128, max: i128) -> Bound {
+    Bound {
+        key,
+        value: value.try_into().ok(),
+        min,
+        max,
+        why: "",
+    }
+}
+
+impl Bound {
+    fn because(self, why: &'static str) -> Bound {
+        Bound { why, ..self }
+    }
+}
+
+const KIB: i128 = 1 << 10;
+const MIB: i128 = 1 << 20;
+const GIB: i128 = 1 << 30;
+const TIB: i128 = 1 << 40;
+const PIB: i128 = 1 << 50;
+const MINUTE_S: i128 = 60;
+const HOUR_S: i128 = 3_600;
+const DAY_S: i128 = 86_400;
+const YEAR_S: i128 = 365 * DAY_S;
+/// Upper bound of every per-second rate counted in events (connections, fetches, wakes).
+const EVENTS_PER_S_MAX: i128 = 1_000_000;
+/// Upper bound of every table or queue counted in entries.
+const ENTRIES_MAX: i128 = 1 << 24;
+
 impl Config {
-    /// Defaults, then the TOML file, then `FERRY_*` variables from `env`.
+    /// Defaults, then the TOML file, then `FERRY_*` variables from `env`. Every error is one
+    /// line naming the file or variable and the key.
     pub fn load(
         file: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> anyhow::Result<Config> {
-        let mut value = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+        let defaults = toml::Value::try_from(Config::default()).context("serialising defaults")?;
+        let mut value = defaults.clone();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let file_value: toml::Value =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let file_value: toml::Value = toml::from_str(&text).map_err(|e| {
+                anyhow!(
+                    "parsing {}: {}",
+                    path.display(),
+                    parse_error_line(&text, &e)
+                )
+            })?;
+            check_keys(&file_value, &defaults, "")
+                .map_err(|e| anyhow!("{e} in {}{}", path.display(), e.suggestion()))?;
             merge(&mut value, file_value);
-            // Unknown keys are errors, with the file named.
+            // Wrong types are errors, with the file named.
             let _: Config = value
                 .clone()
                 .try_into()
-                .with_context(|| format!("invalid configuration in {}", path.display()))?;
+                .map_err(|e| anyhow!("{} in {}", de_error_line(&e), path.display()))?;
         }
         let env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("FERRY_")).collect();
         apply_env(&mut value, &env)?;
-        let cfg: Config = value.try_into().context("invalid configuration")?;
+        let cfg: Config = value
+            .try_into()
+            .map_err(|e| anyhow!("invalid configuration: {}", de_error_line(&e)))?;
         Ok(cfg)
     }
 
     /// Refuses configurations that would start a node in a state the operator did not ask for.
     pub fn validate(&self) -> anyhow::Result<()> {
+        for b in self.bounds() {
+            match b.value {
+                Some(v) if (b.min..=b.max).contains(&v) => {}
+                value => {
+                    let v = value.map_or_else(|| "(too large)".to_string(), |v| v.to_string());
+                    let why = if b.why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", b.why)
+                    };
+                    bail!(
+                        "{} = {v} is out of range: allowed {} to {}{why}",
+                        b.key,
+                        b.min,
+                        b.max
+                    );
+                }
+            }
+        }
         if self.listen.is_empty() && self.listen_tls.is_empty() {
             bail!("no listener: set `listen` or `listen_tls`");
         }
@@ -390,44 +496,14 @@ impl Config {
                 self.admin_listen
             );
         }
+        self.check_listeners_distinct()?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!(
                 "log_format must be `text` or `json`, not `{}`",
                 self.log_format
             );
         }
-        if self.stop_timeout_s == 0 {
-            bail!("stop_timeout_s must be at least 1");
-        }
         let l = &self.limits;
-        for (name, v) in [
-            ("connections_max", l.connections_max),
-            ("send_queue_bytes_max", l.send_queue_bytes_max),
-            ("subscriptions_per_conn_max", l.subscriptions_per_conn_max),
-            ("hop_queue_msgs_max", l.hop_queue_msgs_max),
-            ("hop_channel_batches", l.hop_channel_batches),
-            ("ip_table_entries_max", l.ip_table_entries_max),
-        ] {
-            if v == 0 {
-                bail!("limits.{name} must be at least 1");
-            }
-        }
-        for (name, v) in [
-            ("handshake_timeout_ms", l.handshake_timeout_ms),
-            ("idle_timeout_ms", l.idle_timeout_ms),
-            ("ping_interval_ms", l.ping_interval_ms),
-            ("frame_stall_timeout_ms", l.frame_stall_timeout_ms),
-            ("write_stall_timeout_ms", l.write_stall_timeout_ms),
-            ("tick_ms", l.tick_ms),
-            (
-                "proof_failures_per_conn_max",
-                u64::from(l.proof_failures_per_conn_max),
-            ),
-        ] {
-            if v == 0 {
-                bail!("limits.{name} must be at least 1");
-            }
-        }
         for (rate, burst, name) in [
             (
                 l.ip_connections_per_s,
@@ -447,9 +523,6 @@ impl Config {
                 );
             }
         }
-        if l.listen_backlog < 1 {
-            bail!("limits.listen_backlog must be at least 1");
-        }
         if l.tick_ms
             > l.handshake_timeout_ms
                 .min(l.frame_stall_timeout_ms)
@@ -458,51 +531,313 @@ impl Config {
             bail!("limits.tick_ms must not exceed the shortest timeout");
         }
         self.fsync_policy()?;
-        if l.store_segment_bytes < 128 * 1024 || l.store_segment_bytes > (1 << 31) {
-            bail!(
-                "limits.store_segment_bytes must be between 128 KiB (room for the largest packet) and 2 GiB"
-            );
-        }
-        if l.store_segment_roll_s == 0 {
-            bail!("limits.store_segment_roll_s must be at least 1");
-        }
-        if l.store_high_water_percent == 0 || l.store_high_water_percent > 100 {
-            bail!("limits.store_high_water_percent must be 1..=100");
-        }
-        if l.store_ttl_max_s == 0 || l.store_dest_blobs_max == 0 || l.store_dest_bytes_max == 0 {
-            bail!(
-                "limits.store_ttl_max_s, store_dest_blobs_max and store_dest_bytes_max must be at least 1"
-            );
-        }
-        if l.read_buffer_bytes < 4096 {
-            bail!("limits.read_buffer_bytes must be at least 4096");
-        }
         if l.ping_interval_ms >= l.idle_timeout_ms {
             bail!("limits.ping_interval_ms must be below limits.idle_timeout_ms");
         }
-        if l.service_queue_msgs_max == 0 || l.service_replies_msgs_max == 0 {
-            bail!("limits.service_queue_msgs_max and service_replies_msgs_max must be at least 1");
-        }
         self.validate_service()?;
         self.validate_media()?;
-        if l.send_queue_bytes_max < 2 * ferry_proto::limits::FRAME_BYTES_MAX {
-            bail!(
-                "limits.send_queue_bytes_max must hold at least two maximal frames ({} bytes)",
-                2 * ferry_proto::limits::FRAME_BYTES_MAX
-            );
+        Ok(())
+    }
+
+    /// Every numeric key with its allowed range.
+    fn bounds(&self) -> Vec<Bound> {
+        let (l, k, p, m) = (&self.limits, &self.prekeys, &self.push, &self.media);
+        let frame = ferry_proto::limits::FRAME_BYTES_MAX as i128;
+        vec![
+            bound("shards", self.shards, 0, SHARDS_MAX as i128).because("0 = one per CPU"),
+            bound("clock_offset_s", self.clock_offset_s, -100 * YEAR_S, 100 * YEAR_S),
+            bound("stop_timeout_s", self.stop_timeout_s, 1, HOUR_S),
+            bound("limits.connections_max", l.connections_max, 1, 100_000_000),
+            bound("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1, 600_000),
+            bound("limits.idle_timeout_ms", l.idle_timeout_ms, 1, DAY_S * 1000),
+            bound("limits.ping_interval_ms", l.ping_interval_ms, 1, DAY_S * 1000),
+            bound("limits.frame_stall_timeout_ms", l.frame_stall_timeout_ms, 1, 600_000),
+            bound("limits.write_stall_timeout_ms", l.write_stall_timeout_ms, 1, 600_000),
+            bound("limits.send_queue_bytes_max", l.send_queue_bytes_max, 2 * frame, GIB)
+                .because("at least two maximal frames"),
+            bound("limits.subscriptions_per_conn_max", l.subscriptions_per_conn_max, 1, 1_000_000),
+            bound("limits.proof_failures_per_conn_max", l.proof_failures_per_conn_max, 1, 1_000_000),
+            bound("limits.ip_connections_per_s", l.ip_connections_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("limits.ip_connections_burst", l.ip_connections_burst, 0, EVENTS_PER_S_MAX),
+            bound("limits.ip_bytes_per_s", l.ip_bytes_per_s, 0, TIB).because("0 = unlimited"),
+            bound("limits.ip_bytes_burst", l.ip_bytes_burst, 0, TIB),
+            bound("limits.ip_proof_failures_per_s", l.ip_proof_failures_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("limits.ip_proof_failures_burst", l.ip_proof_failures_burst, 0, EVENTS_PER_S_MAX),
+            bound("limits.ip_table_entries_max", l.ip_table_entries_max, 1, ENTRIES_MAX),
+            bound("limits.hop_queue_msgs_max", l.hop_queue_msgs_max, 1, ENTRIES_MAX),
+            bound("limits.hop_channel_batches", l.hop_channel_batches, 1, 65_536),
+            bound("limits.read_buffer_bytes", l.read_buffer_bytes, 4 * KIB, 16 * MIB),
+            bound("limits.drain_grace_ms", l.drain_grace_ms, 0, 60_000),
+            bound("limits.listen_backlog", l.listen_backlog, 1, 1 << 20),
+            bound("limits.tick_ms", l.tick_ms, 1, 10_000),
+            bound("limits.io_memory_bytes", l.io_memory_bytes, 64 * KIB, GIB),
+            bound("limits.store_segment_bytes", l.store_segment_bytes, 128 * KIB, 2 * GIB)
+                .because("the largest packet must fit a segment"),
+            bound("limits.store_segment_roll_s", l.store_segment_roll_s, 1, 30 * DAY_S),
+            bound("limits.store_ttl_max_s", l.store_ttl_max_s, 1, YEAR_S),
+            bound("limits.store_dest_blobs_max", l.store_dest_blobs_max, 1, 100_000_000),
+            bound("limits.store_dest_bytes_max", l.store_dest_bytes_max, 1, TIB),
+            bound("limits.store_disk_bytes_max", l.store_disk_bytes_max, 1, PIB),
+            bound("limits.store_high_water_percent", l.store_high_water_percent, 1, 100),
+            bound("limits.service_queue_msgs_max", l.service_queue_msgs_max, 1, ENTRIES_MAX),
+            bound("limits.service_replies_msgs_max", l.service_replies_msgs_max, 1, ENTRIES_MAX),
+            bound("prekeys.slots_max", k.slots_max, 1, 100_000_000),
+            bound("prekeys.bytes_max", k.bytes_max, 1, TIB),
+            bound("prekeys.slot_ttl_s", k.slot_ttl_s, 1, YEAR_S),
+            bound("prekeys.fetch_per_addr_per_s", k.fetch_per_addr_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("prekeys.fetch_per_addr_burst", k.fetch_per_addr_burst, 0, EVENTS_PER_S_MAX),
+            bound("prekeys.fetch_per_target_per_s", k.fetch_per_target_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("prekeys.fetch_per_target_burst", k.fetch_per_target_burst, 0, EVENTS_PER_S_MAX),
+            bound("prekeys.upload_per_addr_per_s", k.upload_per_addr_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("prekeys.upload_per_addr_burst", k.upload_per_addr_burst, 0, EVENTS_PER_S_MAX),
+            bound("prekeys.rate_entries_max", k.rate_entries_max, 1, ENTRIES_MAX),
+            bound("push.coalesce_window_s", p.coalesce_window_s, 1, DAY_S),
+            bound("push.registration_ttl_max_s", p.registration_ttl_max_s, 1, YEAR_S),
+            bound("push.registrations_max", p.registrations_max, 1, 100_000_000),
+            bound("push.dests_per_token_max", p.dests_per_token_max, 1, crate::service::push::DESTS_PER_TOKEN_MAX as i128),
+            bound("push.queue_max", p.queue_max, 1, ENTRIES_MAX),
+            bound("push.inflight_max", p.inflight_max, 1, 65_536),
+            bound("push.retries_max", p.retries_max, 0, 100),
+            bound("push.retry_base_ms", p.retry_base_ms, 1, HOUR_S * 1000),
+            bound("push.apns_token_refresh_s", p.apns_token_refresh_s, 20 * MINUTE_S, HOUR_S)
+                .because("Apple refuses tokens refreshed more often than every 20 minutes or older than an hour"),
+            bound("push.apns_rate_per_s", p.apns_rate_per_s, 0, EVENTS_PER_S_MAX),
+            bound("push.fcm_ttl_s", p.fcm_ttl_s, 0, 28 * DAY_S).because("FCM keeps a message at most 28 days"),
+            bound("push.fcm_rate_per_s", p.fcm_rate_per_s, 0, EVENTS_PER_S_MAX),
+            bound("push.webpush_ttl_s", p.webpush_ttl_s, 0, 28 * DAY_S),
+            bound("push.webpush_rate_per_s", p.webpush_rate_per_s, 0, EVENTS_PER_S_MAX),
+            bound("media.blob_bytes_max", m.blob_bytes_max, 1, 64 * GIB),
+            bound("media.ttl_s", m.ttl_s, 1, YEAR_S),
+            bound("media.disk_bytes_max", m.disk_bytes_max, 1, PIB),
+            bound("media.upload_bytes_per_conn_per_s", m.upload_bytes_per_conn_per_s, 0, TIB)
+                .because("0 = unlimited"),
+            bound("media.upload_bytes_per_conn_burst", m.upload_bytes_per_conn_burst, 0, TIB),
+            bound("media.queue_msgs_max", m.queue_msgs_max, 1, 1 << 20),
+            bound("media.uploads_per_core_max", m.uploads_per_core_max, 1, 65_536),
+            bound("media.upload_idle_s", m.upload_idle_s, 1, 30 * DAY_S),
+        ]
+    }
+
+    /// Two listeners on one address would share its port through `SO_REUSEPORT` (plain and TLS
+    /// connections mixed on one port), or fail later with a less clear error.
+    fn check_listeners_distinct(&self) -> anyhow::Result<()> {
+        let mut all: Vec<(SocketAddr, &str)> = Vec::new();
+        all.extend(self.listen.iter().map(|a| (*a, "listen")));
+        all.extend(self.listen_tls.iter().map(|a| (*a, "listen_tls")));
+        all.push((self.admin_listen, "admin_listen"));
+        if let Some(a) = self.media_http_addr()? {
+            all.push((a, "media.http_listen"));
+        }
+        for (i, (a, a_key)) in all.iter().enumerate() {
+            for (b, b_key) in &all[i + 1..] {
+                if overlaps(*a, *b) {
+                    bail!("{a_key} {a} and {b_key} {b} overlap: give every listener its own port");
+                }
+            }
         }
         Ok(())
     }
+
+    /// `media.http_listen` parsed; `None` when off.
+    pub fn media_http_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let h = &self.media.http_listen;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        h.parse()
+            .map(Some)
+            .map_err(|e| anyhow!("media.http_listen `{h}`: {e}"))
+    }
+
+    /// The keys whose value differs between `self` (running) and `next` that only a restart
+    /// applies, dotted (`listen`, `limits.tick_ms`), sorted.
+    pub fn restart_keys(&self, next: &Config) -> anyhow::Result<Vec<String>> {
+        let flat = |c: &Config| -> anyhow::Result<BTreeMap<String, toml::Value>> {
+            let mut out = Vec::new();
+            flatten(&toml::Value::try_from(c)?, "", &mut out);
+            Ok(out.into_iter().collect())
+        };
+        let (old, new) = (flat(self)?, flat(next)?);
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        Ok(keys
+            .into_iter()
+            .filter(|k| !RELOADABLE_KEYS.contains(&k.as_str()) && old.get(*k) != new.get(*k))
+            .cloned()
+            .collect())
+    }
+}
+
+/// Whether binding both would collide: the same port and family, and the same address or a
+/// wildcard. Port 0 is a fresh port each time.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn flatten(v: &toml::Value, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    if let toml::Value::Table(t) = v {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            flatten(v, &key, out);
+        }
+    } else {
+        out.push((prefix.to_string(), v.clone()));
+    }
+}
+
+/// A key the file sets that ferry does not know, with the nearest known one.
+#[derive(Debug)]
+struct UnknownKey {
+    key: String,
+    nearest: Option<String>,
+}
+
+impl std::fmt::Display for UnknownKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown key `{}`", self.key)
+    }
+}
+
+impl UnknownKey {
+    fn suggestion(&self) -> String {
+        self.nearest
+            .as_ref()
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default()
+    }
+}
+
+/// Refuses keys of `file` that are not in `known` (the serialised defaults), naming the nearest
+/// known key when one is close enough to be a typo: in the same table, or in another
+/// (`idle_timeout_ms` at the top level instead of in `[limits]`: `limits.idle_timeout_ms`).
+fn check_keys(file: &toml::Value, known: &toml::Value, prefix: &str) -> Result<(), UnknownKey> {
+    let (Some(file), Some(known_table)) = (file.as_table(), known.as_table()) else {
+        return Ok(()); // a table where a value belongs: the type check names it
+    };
+    for (k, v) in file {
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match known_table.get(k) {
+            Some(kv) => check_keys(v, kv, &full)?,
+            None if prefix.is_empty() && OPTIONAL_KEYS.contains(&k.as_str()) => {}
+            None => {
+                // Siblings first, so that a tie goes to the same table.
+                let mut candidates: Vec<(String, String)> =
+                    known_table.keys().map(|s| (s.clone(), s.clone())).collect();
+                if prefix.is_empty() {
+                    candidates.extend(OPTIONAL_KEYS.iter().map(|s| (s.to_string(), s.to_string())));
+                }
+                if let Ok(defaults) = toml::Value::try_from(Config::default()) {
+                    let mut all = Vec::new();
+                    flatten(&defaults, "", &mut all);
+                    candidates.extend(all.into_iter().map(|(path, _)| {
+                        let leaf = path.rsplit('.').next().unwrap_or_default().to_string();
+                        (leaf, path)
+                    }));
+                }
+                let leaves: Vec<&str> = candidates.iter().map(|(leaf, _)| leaf.as_str()).collect();
+                let nearest = nearest(k, &leaves)
+                    .and_then(|leaf| candidates.iter().find(|(l, _)| l == leaf))
+                    .map(|(leaf, path)| {
+                        if known_table.contains_key(leaf) {
+                            leaf.clone()
+                        } else {
+                            path.clone()
+                        }
+                    });
+                return Err(UnknownKey { key: full, nearest });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The candidate closest to `name` by edit distance (the first of equals), if close enough to
+/// be a typo.
+fn nearest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let (best, distance) = candidates
+        .iter()
+        .map(|c| (*c, strsim::damerau_levenshtein(name, c)))
+        .min_by_key(|(_, d)| *d)?;
+    (distance <= (name.len() / 4).max(2)).then_some(best)
+}
+
+/// A TOML syntax error as one line: "line 3, column 7: invalid array, expected `]`".
+fn parse_error_line(text: &str, e: &toml::de::Error) -> String {
+    let message = one_line(e.message());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// A type error as one line with the key first, in words rather than Rust type names:
+/// "`shards`: invalid value: integer `-1`, expected a whole number ≥ 0".
+fn de_error_line(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let mut key = None;
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix("in `").and_then(|k| k.strip_suffix('`')) {
+            Some(k) => key = Some(k.to_string()),
+            None => parts.push(line),
+        }
+    }
+    let mut message = parts.join(", ");
+    for (rust, words) in [
+        ("expected usize", "expected a whole number ≥ 0"),
+        ("expected u64", "expected a whole number ≥ 0"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        (
+            "expected i32",
+            "expected a whole number from -2147483648 to 2147483647",
+        ),
+        ("expected a sequence", "expected a list"),
+    ] {
+        message = message.replace(rust, words);
+    }
+    match key {
+        Some(k) => format!("`{k}`: {message}"),
+        None => message,
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Config {
     fn validate_media(&self) -> anyhow::Result<()> {
         let m = &self.media;
-        if m.blob_bytes_max == 0 || m.ttl_s == 0 || m.disk_bytes_max == 0 || m.queue_msgs_max == 0 {
-            bail!(
-                "media.blob_bytes_max, ttl_s, disk_bytes_max and queue_msgs_max must be at least 1"
-            );
-        }
         if m.upload_bytes_per_conn_per_s > 0
             && m.upload_bytes_per_conn_burst < ferry_proto::limits::FRAME_BYTES_MAX as u64
         {
@@ -511,11 +846,7 @@ impl Config {
                 ferry_proto::limits::FRAME_BYTES_MAX
             );
         }
-        if !m.http_listen.is_empty() {
-            let a: SocketAddr = m
-                .http_listen
-                .parse()
-                .with_context(|| format!("media.http_listen `{}`", m.http_listen))?;
+        if let Some(a) = self.media_http_addr()? {
             if !a.ip().is_loopback() && !self.insecure_plaintext {
                 bail!(
                     "refusing media.http_listen on non-loopback {a}: put a TLS proxy or CDN in front and pass --insecure-plaintext"
@@ -527,12 +858,6 @@ impl Config {
 
     fn validate_service(&self) -> anyhow::Result<()> {
         let k = &self.prekeys;
-        if k.enabled && (k.slots_max == 0 || k.bytes_max == 0 || k.slot_ttl_s == 0) {
-            bail!("prekeys.slots_max, bytes_max and slot_ttl_s must be at least 1");
-        }
-        if k.rate_entries_max == 0 {
-            bail!("prekeys.rate_entries_max must be at least 1");
-        }
         for (rate, burst, name) in [
             (
                 k.fetch_per_addr_per_s,
@@ -550,32 +875,10 @@ impl Config {
             }
         }
         let p = &self.push;
-        if p.registrations_max == 0
-            || p.dests_per_token_max == 0
-            || p.queue_max == 0
-            || p.inflight_max == 0
-            || p.registration_ttl_max_s == 0
-        {
-            bail!(
-                "push.registrations_max, dests_per_token_max, queue_max, inflight_max and registration_ttl_max_s must be at least 1"
-            );
-        }
-        let dests_per_token_max = crate::service::push::DESTS_PER_TOKEN_MAX;
-        if p.dests_per_token_max > dests_per_token_max {
-            bail!("push.dests_per_token_max must be at most {dests_per_token_max}");
-        }
-        if p.coalesce_window_s == 0 {
-            bail!("push.coalesce_window_s must be at least 1");
-        }
         if !p.apns_key_file.is_empty()
             && (p.apns_key_id.is_empty() || p.apns_team_id.is_empty() || p.apns_topic.is_empty())
         {
             bail!("push.apns_key_file needs push.apns_key_id, apns_team_id and apns_topic");
-        }
-        if !(1_200..=3_600).contains(&p.apns_token_refresh_s) {
-            bail!(
-                "push.apns_token_refresh_s must be 1200..=3600 (Apple refuses tokens refreshed more often than every 20 minutes or older than an hour)"
-            );
         }
         if !matches!(p.fcm_priority.as_str(), "high" | "normal") {
             bail!("push.fcm_priority must be `high` or `normal`");
@@ -600,9 +903,11 @@ impl Config {
                 .strip_prefix("interval=")
                 .and_then(|ms| ms.parse::<u64>().ok())
             {
-                Some(ms) if ms > 0 => FsyncPolicy::Interval { ms },
+                Some(ms) if (1..=FSYNC_INTERVAL_MS_MAX).contains(&ms) => {
+                    FsyncPolicy::Interval { ms }
+                }
                 _ => bail!(
-                    "store_fsync must be `always`, `interval=<ms>` (ms ≥ 1) or `none`, not `{v}`"
+                    "store_fsync must be `always`, `interval=<ms>` (ms from 1 to {FSYNC_INTERVAL_MS_MAX}) or `none`, not `{v}`"
                 ),
             },
         })
@@ -637,7 +942,12 @@ fn apply_env(value: &mut toml::Value, env: &[(String, String)]) -> anyhow::Resul
     for (name, raw) in env {
         let Some((path, kind)) = known.iter().find(|(p, _)| env_name(p) == *name) else {
             if name.starts_with("FERRY_") && !IGNORED_ENV.contains(&name.as_str()) {
-                bail!("unknown configuration variable {name}");
+                let names: Vec<String> = known.iter().map(|(p, _)| env_name(p)).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = nearest(name, &names)
+                    .map(|n| format!("; did you mean {n}?"))
+                    .unwrap_or_default();
+                bail!("unknown configuration variable {name}{hint}");
             }
             continue;
         };
@@ -790,5 +1100,149 @@ mod tests {
             );
             assert!(chain.len() > 1, "the reason follows: {chain:?}");
         }
+    }
+
+    /// A new numeric key without a bound fails here.
+    #[test]
+    fn every_numeric_key_has_a_bound() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut keys = Vec::new();
+        collect_keys(&defaults, &mut Vec::new(), &mut keys);
+        let ints: std::collections::BTreeSet<String> = keys
+            .iter()
+            .filter(|(_, kind)| kind == "int")
+            .map(|(path, _)| path.join("."))
+            .collect();
+        let bounded: std::collections::BTreeSet<String> = Config::default()
+            .bounds()
+            .iter()
+            .map(|b| b.key.to_string())
+            .collect();
+        assert_eq!(ints, bounded);
+    }
+
+    /// Each key one past either end of its range is refused with one line naming the key, the
+    /// value and the range.
+    #[test]
+    fn out_of_range_values_name_the_key_the_value_and_the_range() {
+        for b in Config::default().bounds() {
+            let mut outside = vec![b.max + 1];
+            if b.min > 0 || b.key == "clock_offset_s" {
+                outside.push(b.min - 1);
+            }
+            for v in outside {
+                let mut value = toml::Value::try_from(Config::default()).unwrap();
+                let mut at = &mut value;
+                let path: Vec<&str> = b.key.split('.').collect();
+                for seg in &path[..path.len() - 1] {
+                    at = at.get_mut(*seg).unwrap();
+                }
+                let raw = i64::try_from(v).unwrap();
+                at.as_table_mut()
+                    .unwrap()
+                    .insert(path[path.len() - 1].into(), toml::Value::Integer(raw));
+                let Ok(c) = value.try_into::<Config>() else {
+                    continue; // outside the field's type: refused when loading
+                };
+                let e = c.validate().unwrap_err().to_string();
+                let want = format!(
+                    "{} = {v} is out of range: allowed {} to {}",
+                    b.key, b.min, b.max
+                );
+                assert!(e.starts_with(&want), "{e}");
+                assert_eq!(e.lines().count(), 1);
+            }
+        }
+        let c = Config {
+            shards: 99_999_999_999,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "shards = 99999999999 is out of range: allowed 0 to 1024 (0 = one per CPU)"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_get_the_nearest_known_one() {
+        let dir = std::env::temp_dir().join(format!("ferry-cfg-near-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.toml");
+        for (text, key, hint) in [
+            (
+                "[limits]\nidle_timeut_ms = 5\n",
+                "limits.idle_timeut_ms",
+                Some("idle_timeout_ms"),
+            ),
+            (
+                "idle_timeout_ms = 5\n",
+                "idle_timeout_ms",
+                Some("limits.idle_timeout_ms"),
+            ),
+            ("shardz = 2\n", "shardz", Some("shards")),
+            ("tls_crt = \"x\"\n", "tls_crt", Some("tls_cert")),
+            ("[media]\nttl = 5\n", "media.ttl", Some("ttl_s")),
+            ("colour = true\n", "colour", None),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = Config::load(Some(&file), std::iter::empty())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("unknown key `{key}` in ")), "{e}");
+            match hint {
+                Some(h) => assert!(e.ends_with(&format!("; did you mean `{h}`?")), "{e}"),
+                None => assert!(!e.contains("did you mean"), "{e}"),
+            }
+        }
+        let env = vec![("FERRY_LIMITS_IDLE_TIMEUT_MS".to_string(), "1".to_string())];
+        let e = Config::load(None, env.into_iter()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("did you mean FERRY_LIMITS_IDLE_TIMEOUT_MS?"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn restart_keys_are_the_changed_keys_sighup_does_not_apply() {
+        let running = Config::default();
+        let mut next = running.clone();
+        assert!(running.restart_keys(&next).unwrap().is_empty());
+        next.listen = vec!["127.0.0.1:7800".parse().unwrap()];
+        next.log_format = "json".into();
+        next.admin_token_file = Some("/etc/ferry/token".into());
+        next.limits.tick_ms = 50;
+        next.limits.idle_timeout_ms = 60_000; // reloadable
+        next.tls_cert = Some("/etc/ferry/cert.pem".into()); // reloadable
+        assert_eq!(
+            running.restart_keys(&next).unwrap(),
+            ["admin_token_file", "limits.tick_ms", "listen", "log_format"]
+        );
+    }
+
+    #[test]
+    fn listeners_must_not_overlap() {
+        let c = Config {
+            listen_tls: vec!["0.0.0.0:7700".parse().unwrap()],
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("overlap"), "{e}");
+        let c = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        let c = Config {
+            listen: vec![
+                "[::1]:7700".parse().unwrap(),
+                "127.0.0.1:7700".parse().unwrap(),
+            ],
+            ..Config::default()
+        };
+        c.validate().unwrap();
     }
 }

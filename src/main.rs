@@ -1,7 +1,8 @@
 //! `ferry`: the node binary. Subcommands: `run` (the node), `check-config` (print the effective
 //! configuration), `tune --check` (report the host's kernel settings against the
 //! recommendations), `healthcheck` (probe a running node's admin endpoint; for Docker
-//! HEALTHCHECK).
+//! HEALTHCHECK), `dev-cert` (a local CA and a node certificate for TLS in tests). Only `run`
+//! touches the data directory.
 
 mod admin;
 mod config;
@@ -57,6 +58,16 @@ enum Command {
     Healthcheck {
         #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:7701")]
         admin_listen: SocketAddr,
+    },
+    /// Write a local CA (ca.pem) and a node certificate it signs (cert.pem, key.pem) for TLS on
+    /// a test or development node, and print how to use them. Not for production.
+    DevCert {
+        /// Directory to write into (created if missing); existing files are not overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS name or IP address the certificate is for (repeatable).
+        #[arg(long = "name", default_values = ["localhost", "127.0.0.1", "::1"])]
+        names: Vec<String>,
     },
 }
 
@@ -117,10 +128,14 @@ impl Overrides {
 }
 
 fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: never into a file, a pipe or a journal.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
@@ -174,14 +189,85 @@ fn main() -> ExitCode {
             Ok(false) => Err(anyhow::anyhow!("node at {admin_listen} is not ready")),
             Err(e) => Err(anyhow::anyhow!("node at {admin_listen} unreachable: {e}")),
         },
+        Command::DevCert { out, names } => dev_cert(&out, &names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, the whole cause chain, no backtrace.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            // One line, the whole cause chain, no backtrace: a message that spans lines (a
+            // library's) is joined.
+            let chain: Vec<String> = e
+                .chain()
+                .map(|c| {
+                    c.to_string()
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
             eprintln!("ferry: {}", chain.join(": "));
             ExitCode::FAILURE
         }
     }
+}
+
+fn dev_cert(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
+    let now_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("the clock is before 1970"))?
+        .as_secs();
+    let d = tls::dev_cert(out, names, now_unix_s)?;
+    // TOML strings, quoted and escaped as the configuration file needs them.
+    let quote = |p: &std::path::Path| toml::Value::String(p.display().to_string()).to_string();
+    let server_name = &names[0];
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "wrote a local CA and a node certificate for {} (valid until {}):",
+        names.join(", "),
+        d.not_after
+    )?;
+    writeln!(
+        o,
+        "  {}  the CA: clients trust this file (its private key was not kept)",
+        d.ca.display()
+    )?;
+    writeln!(o, "  {}  the node's certificate", d.cert.display())?;
+    writeln!(
+        o,
+        "  {}  the node's private key (mode 0600)",
+        d.key.display()
+    )?;
+    writeln!(o)?;
+    writeln!(o, "node configuration (TOML):")?;
+    writeln!(o, "  listen_tls = [\"127.0.0.1:7443\"]")?;
+    writeln!(o, "  tls_cert = {}", quote(&d.cert))?;
+    writeln!(o, "  tls_key = {}", quote(&d.key))?;
+    writeln!(
+        o,
+        "or: ferry run --listen-tls 127.0.0.1:7443 --tls-cert {} --tls-key {}",
+        d.cert.display(),
+        d.key.display()
+    )?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "clients trust ca.pem (not cert.pem) and connect to the name {server_name}:"
+    )?;
+    writeln!(
+        o,
+        "  SDK: a rustls RootCertStore holding ca.pem, in ConnectOptions {{ tls: Some((\"{server_name}\".into(), roots)), .. }}"
+    )?;
+    writeln!(
+        o,
+        "  openssl s_client -connect 127.0.0.1:7443 -servername {server_name} -CAfile {}",
+        d.ca.display()
+    )?;
+    writeln!(
+        o,
+        "local tests only: whoever holds key.pem can pose as {server_name} to clients that trust ca.pem"
+    )?;
+    Ok(())
 }

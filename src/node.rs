@@ -1,9 +1,11 @@
 //! Node start-up and shutdown: placement of shards and the service core, listeners, identity key.
 //!
-//! Start: config → preflight (io_uring, memlock, fds) → identity key → CPU placement → one
-//! `SO_REUSEPORT` socket per (listener, shard), bound here so every shard shares the port → shard
-//! executors → service core (admin endpoint, low priority) → "ready" lines on stdout. Stop: SIGTERM
-//! or SIGINT sets the stop flag; shards close their connections with `ShuttingDown` and exit.
+//! Start: config → umask 077 → data directory (created 0700, locked) → CPU placement → preflight
+//! (io_uring, memlock, fds) → identity key → listeners (each refused if another process serves
+//! it; then one `SO_REUSEPORT` socket per (listener, shard), bound here so every shard shares the
+//! port) → service core (admin endpoint, low priority) → shard executors → "ready" lines on
+//! stdout. Stop: SIGTERM or SIGINT sets the stop flag; shards close their connections with
+//! `ShuttingDown` and exit.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use ferry_shards::store::StoreLimits;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{Config, SHARDS_MAX};
 use crate::sys;
 
 /// Where shards and the service core run.
@@ -38,8 +40,9 @@ pub struct Placement {
 /// (useful for tests of cross-core paths on small machines).
 pub fn place(allowed: &[usize], shards: usize) -> Placement {
     assert!(!allowed.is_empty());
+    // Automatic: capped at SHARDS_MAX on hosts with more CPUs (the rest stay idle).
     let n = if shards == 0 {
-        allowed.len().saturating_sub(1).max(1)
+        allowed.len().saturating_sub(1).clamp(1, SHARDS_MAX)
     } else {
         shards
     };
@@ -51,13 +54,47 @@ pub fn place(allowed: &[usize], shards: usize) -> Placement {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
         Domain::IPV4
     };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+}
+
+/// The one line a listener that cannot be bound ends start-up with; `key` is its configuration
+/// key.
+fn bind_error(key: &str, addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "{key} {addr} is already in use by another process (another ferry node?): stop it or choose another address"
+        )
+    } else {
+        anyhow::anyhow!("cannot bind {key} {addr}: {e}")
+    }
+}
+
+/// Refuses `addr` when another process already has a socket on it. The shard sockets set
+/// `SO_REUSEPORT` so that every shard accepts on one port, and a second node on the same address
+/// could then bind as well and take a share of the connections. This probe does not set
+/// `SO_REUSEPORT`, so its bind fails on any socket bound there (`SO_REUSEADDR` lets it past
+/// connections in TIME_WAIT, so a restart is not refused). Port 0 needs no probe: the kernel
+/// picks a port no socket uses, `SO_REUSEPORT` or not.
+fn refuse_if_served(key: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let s = tcp_socket(addr)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into()).map_err(|e| bind_error(key, addr, e))
+}
+
+fn bind_reuseport(addr: SocketAddr, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
+    let s = tcp_socket(addr)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -84,10 +121,80 @@ fn bind_per_shard(
     Ok((actual, all))
 }
 
-/// The node's Ed25519 identity: a 32-byte seed in `data_dir/node.key`, created on first start.
+/// The lock file in the data directory; it holds the pid of the node that locks it.
+pub const LOCK_FILE: &str = "node.lock";
+
+/// The data directory, open to its owner only and locked for the life of the process.
+#[derive(Debug)]
+pub struct DataDir {
+    /// Holds the `flock`. The kernel releases it when the process exits, however it exits.
+    _lock: std::fs::File,
+    /// Set when the directory was open to other users: logged once the node is up (start-up
+    /// failures stay one line).
+    pub warning: Option<String>,
+}
+
+/// Creates the data directory (mode 0700) if missing, takes it back to 0700 if group or others
+/// could enter it, and locks it: a second node on the same directory would serve with the same
+/// identity key and open the same store twice, so it is refused, naming the holder's pid.
+pub fn open_data_dir(dir: &Path) -> anyhow::Result<DataDir> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading data dir {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    let warning = (mode & 0o077 != 0).then(|| {
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => format!(
+                "data directory {} was mode {mode:04o}, open to other users; changed it to 0700",
+                dir.display()
+            ),
+            Err(e) => format!(
+                "data directory {} is mode {mode:04o}, open to other users, and cannot be changed to 0700 ({e}): run chmod 700 on it",
+                dir.display()
+            ),
+        }
+    });
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let locked =
+        sys::try_lock_exclusive(&file).with_context(|| format!("locking {}", path.display()))?;
+    if !locked {
+        let holder = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .map_or_else(|| "pid unknown".to_string(), |pid| format!("pid {pid}"));
+        bail!(
+            "data directory {} is in use by another ferry node ({holder}, holding {}): stop it, or give this node its own data_dir",
+            dir.display(),
+            path.display()
+        );
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(DataDir {
+        _lock: file,
+        warning,
+    })
+}
+
+/// The node's Ed25519 identity: a 32-byte seed in `data_dir/node.key`, created on first start
+/// (the directory exists: [`open_data_dir`]).
 pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = data_dir.join("node.key");
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -119,7 +226,8 @@ pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
     }
 }
 
-/// The part of the configuration SIGHUP can change, as each shard applies it.
+/// The part of the configuration SIGHUP can change, as each shard applies it (the keys it reads
+/// are `config::RELOADABLE_KEYS`: a reload names every other changed key as needing a restart).
 fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
     let l = &cfg.limits;
     let conn_limits = ConnLimits {
@@ -220,10 +328,9 @@ fn shard_configs(
 /// sources (file, environment, flags) on SIGHUP.
 pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyhow::Result<()> {
     cfg.validate()?;
+    sys::restrict_umask();
+    let mut data_dir = open_data_dir(&cfg.data_dir)?;
     let allowed = sys::allowed_cpus();
-    if cfg.shards > usize::from(u16::MAX) {
-        bail!("at most {} shards", u16::MAX);
-    }
     // With an automatic shard count, a node that already has a store keeps the count it was
     // written with (dests are owned by `dest % shards`).
     let recorded = if cfg.store_enabled && cfg.shards == 0 {
@@ -233,6 +340,12 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     } else {
         None
     };
+    if let Some(n) = recorded.filter(|n| *n > SHARDS_MAX) {
+        bail!(
+            "{} records {n} shards, more than the {SHARDS_MAX} a node runs: the file is damaged",
+            cfg.data_dir.join("store").join("shards").display()
+        );
+    }
     let placement = place(&allowed, recorded.unwrap_or(cfg.shards));
     let shards = placement.shard_cpus.len();
     if cfg.store_enabled
@@ -253,13 +366,22 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         check_store_shards(&cfg.data_dir.join("store"), shards)?;
     }
 
+    // Every listener is refused if another process has its address, before anything is served:
+    // the admin endpoint and the media HTTP listener have no SO_REUSEPORT (their own bind is the
+    // check), each shard listener is probed before its sockets are bound.
+    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
+        .map_err(|e| bind_error("admin_listen", cfg.admin_listen, e))?;
+    if let Some(addr) = cfg.media_http_addr()?.filter(|_| cfg.media.enabled) {
+        refuse_if_served("media.http_listen", addr)?;
+    }
     let mut per_shard: Vec<Vec<ListenerSpec>> = (0..shards).map(|_| Vec::new()).collect();
     let mut lines = Vec::new();
-    for (addrs, tls, kind) in [
-        (&cfg.listen, false, "plain"),
-        (&cfg.listen_tls, true, "tls"),
+    for (addrs, tls, kind, key) in [
+        (&cfg.listen, false, "plain", "listen"),
+        (&cfg.listen_tls, true, "tls", "listen_tls"),
     ] {
         for addr in addrs {
+            refuse_if_served(key, *addr)?;
             let (actual, sockets) = bind_per_shard(*addr, shards, cfg.limits.listen_backlog)?;
             for (i, socket) in sockets.into_iter().enumerate() {
                 per_shard[i].push(ListenerSpec { socket, tls });
@@ -267,8 +389,6 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             lines.push(format!("ferry listening {kind} {actual}"));
         }
     }
-    let admin_listener = std::net::TcpListener::bind(cfg.admin_listen)
-        .with_context(|| format!("cannot bind admin endpoint {}", cfg.admin_listen))?;
     lines.push(format!(
         "ferry listening admin {}",
         admin_listener.local_addr()?
@@ -393,26 +513,39 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     for line in &lines {
         writeln!(out, "{line}")?;
     }
+    // `none`: the service thread is not pinned (no CPU left over for it).
+    let service_cpu = service_cpu.map_or_else(|| "none".to_string(), |c| c.to_string());
     writeln!(
         out,
-        "ferry ready shards={shards} service_cpu={service_cpu:?} nofile={nofile} node_id={}",
+        "ferry ready shards={shards} service_cpu={service_cpu} nofile={nofile} node_id={}",
         hex(&node_id)
     )?;
     out.flush()?;
     drop(out);
-    tracing::info!(shards, ?service_cpu, "ferry node ready");
+    tracing::info!(shards, %service_cpu, "ferry node ready");
     sys::sd_notify("READY=1\nSTATUS=serving");
-    if let Some(w) = nofile_warning {
+    for w in [nofile_warning, data_dir.warning.take()]
+        .into_iter()
+        .flatten()
+    {
         tracing::warn!("{w}");
     }
 
     while !signal_stop.load(Ordering::Acquire) {
         if signal_reload.swap(false, Ordering::AcqRel) {
             sys::sd_notify("RELOADING=1");
-            match reresolve().and_then(|c| reloadable(&c, shards)) {
-                Ok(next) => {
+            let next =
+                reresolve().and_then(|c| Ok((cfg.restart_keys(&c)?, reloadable(&c, shards)?)));
+            match next {
+                Ok((restart, next)) => {
                     reload.publish(next);
                     tracing::info!("configuration reloaded: limits and TLS certificate");
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            "configuration keys changed that only a restart applies; still running with the old values of: {}",
+                            restart.join(", ")
+                        );
+                    }
                 }
                 Err(e) => {
                     tracing::error!("reload refused, keeping the running configuration: {e:#}")
@@ -538,7 +671,10 @@ fn service_config(
             registrations_max: p.registrations_max,
             dests_per_token_max: p.dests_per_token_max,
             registration_ttl_max_s: p.registration_ttl_max_s,
-            coalesce_window_ms: p.coalesce_window_s.saturating_mul(1000),
+            coalesce_window_ms: p
+                .coalesce_window_s
+                .checked_mul(1000)
+                .context("push.coalesce_window_s is too large")?,
             webpush_origins_allowed,
             enabled: prov.enabled(),
         },

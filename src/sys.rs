@@ -1,7 +1,8 @@
 //! The few system calls the node makes outside the data plane: resource limits, scheduling
-//! priority, CPU affinity, and the io_uring availability check. Each failure is one clear line.
+//! priority, CPU affinity, the file-creation mask, the data directory's lock, and the io_uring
+//! availability check. Each failure is one clear line.
 
-#![allow(unsafe_code)] // getrlimit/setrlimit/setpriority: plain libc calls on local structs.
+#![allow(unsafe_code)] // getrlimit/setrlimit/setpriority/umask/flock: plain libc calls.
 
 use anyhow::bail;
 
@@ -59,12 +60,40 @@ pub fn check_nofile(nofile: u64, connections_max: usize) -> anyhow::Result<Optio
     }))
 }
 
-/// Lowers the calling thread's scheduling priority (the service core yields to shards).
-pub fn lower_thread_priority(nice: i32) {
-    // SAFETY: setpriority on the calling thread (who = 0 with PRIO_PROCESS on Linux = this tid).
-    unsafe {
-        let tid = libc::id_t::try_from(libc::syscall(libc::SYS_gettid)).unwrap_or(0);
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+/// Lowers the calling thread's scheduling priority (the service core yields to shards); false
+/// if the kernel refused.
+pub fn lower_thread_priority(nice: i32) -> bool {
+    // SAFETY: plain syscall on no memory. On Linux the nice value is per thread and
+    // `who = 0` with PRIO_PROCESS names the calling thread.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+}
+
+/// The process's file-creation mask: owner only. Everything the node writes (`node.key`, store
+/// segments, journals, media blobs, the lock file) is then 0600 and every directory 0700,
+/// whatever the mode each call site asks for.
+pub const UMASK: libc::mode_t = 0o077;
+
+/// Sets [`UMASK`] for the whole process (call before any thread starts).
+pub fn restrict_umask() {
+    // SAFETY: umask only swaps the process's mask; it cannot fail.
+    unsafe { libc::umask(UMASK) };
+}
+
+/// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` when another open file
+/// description (another process) holds it. The lock lasts until `file` is closed, and the
+/// kernel drops it when the process dies, however it dies.
+pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` owns for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
     }
 }
 
@@ -147,10 +176,10 @@ fn probe_io_uring() -> anyhow::Result<()> {
     // new fd or -1; nothing else is touched.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
     if fd >= 0 {
-        if let Ok(fd) = libc::c_int::try_from(fd) {
-            // SAFETY: `fd` is the ring this function just created and owns.
-            unsafe { libc::close(fd) };
-        }
+        let fd = libc::c_int::try_from(fd)
+            .map_err(|_| anyhow::anyhow!("io_uring_setup returned {fd}, not a file descriptor"))?;
+        // SAFETY: `fd` is the ring this function just created and owns.
+        unsafe { libc::close(fd) };
         return Ok(());
     }
     let err = std::io::Error::last_os_error();

@@ -377,3 +377,378 @@ fn too_few_files_or_too_little_locked_memory_end_start_up_with_the_fix() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
+
+/// Runs `ferry check-config` with `file` (when given) and `env`; returns (success, stderr).
+fn check_config(file: Option<&std::path::Path>, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.arg("check-config").env_remove("FERRY_CONFIG");
+    if let Some(f) = file {
+        cmd.arg("--config").arg(f);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn configuration_errors_are_one_line_and_an_unknown_key_names_the_nearest() {
+    let dir = temp_dir("cfg-errors");
+    let file = dir.join("ferry.toml");
+    let f = file.display().to_string();
+    for (text, want) in [
+        (
+            "[limits]\nidle_timeut_ms = 5000\n",
+            format!(
+                "ferry: unknown key `limits.idle_timeut_ms` in {f}; did you mean `idle_timeout_ms`?"
+            ),
+        ),
+        (
+            "idle_timeout_ms = 5000\n",
+            format!(
+                "ferry: unknown key `idle_timeout_ms` in {f}; did you mean `limits.idle_timeout_ms`?"
+            ),
+        ),
+        (
+            "shards = \"four\"\n",
+            format!(
+                "ferry: `shards`: invalid type: string \"four\", expected a whole number ≥ 0 in {f}"
+            ),
+        ),
+        (
+            "shards = [\n",
+            format!("ferry: parsing {f}: line 2, column 1: invalid array, expected `]`"),
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let (ok, err) = check_config(Some(&file), &[]);
+        assert!(!ok, "{text}");
+        assert_eq!(err, format!("{want}\n"), "{text}");
+    }
+    let (ok, err) = check_config(None, &[("FERRY_LIMITS_IDLE_TIMEUT_MS", "5000")]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "ferry: unknown configuration variable FERRY_LIMITS_IDLE_TIMEUT_MS; did you mean FERRY_LIMITS_IDLE_TIMEOUT_MS?\n"
+    );
+}
+
+#[test]
+fn out_of_range_values_are_refused_naming_the_key_the_value_and_the_range() {
+    let dir = temp_dir("cfg-range");
+    let file = dir.join("ferry.toml");
+    std::fs::write(&file, "shards = 99999999999\n").unwrap();
+    let (ok, err) = check_config(Some(&file), &[]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "ferry: shards = 99999999999 is out of range: allowed 0 to 1024 (0 = one per CPU)\n"
+    );
+    for (var, value, want) in [
+        (
+            "FERRY_LIMITS_IDLE_TIMEOUT_MS",
+            "0",
+            "limits.idle_timeout_ms = 0 is out of range: allowed 1 to 86400000",
+        ),
+        (
+            "FERRY_MEDIA_BLOB_BYTES_MAX",
+            "999999999999999",
+            "media.blob_bytes_max = 999999999999999 is out of range: allowed 1 to 68719476736",
+        ),
+        (
+            "FERRY_PUSH_RETRIES_MAX",
+            "1000",
+            "push.retries_max = 1000 is out of range: allowed 0 to 100",
+        ),
+    ] {
+        let (ok, err) = check_config(None, &[(var, value)]);
+        assert!(!ok, "{var}={value}");
+        assert_eq!(err, format!("ferry: {want}\n"), "{var}={value}");
+    }
+    // `run` refuses the same way, before it touches anything.
+    let out = Command::new(ferry_bin())
+        .args(["run", "--shards", "5000", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ferry: shards = 5000 is out of range: allowed 0 to 1024 (0 = one per CPU)\n"
+    );
+    assert!(!dir.join("data").exists());
+}
+
+/// A node process, killed when dropped (a failed assertion leaves no node behind).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A node started from `args` alone (its listeners from the configuration), with stderr going
+/// to the file `log`: returns the process and its stdout lines up to and including "ready".
+fn start_logging_to(
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> (Running, Vec<String>) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(ferry_bin());
+    cmd.arg("run")
+        .args(args)
+        .env_remove("FERRY_CONFIG")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = Running(cmd.spawn().unwrap());
+    let mut lines = Vec::new();
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let _ = child.0.wait();
+            panic!(
+                "node exited before ready: {}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        let ready = line.starts_with("ferry ready");
+        lines.push(line.trim_end().to_string());
+        if ready {
+            return (child, lines);
+        }
+    }
+}
+
+/// Waits until `log` contains `needle` (a node logs asynchronously); returns the log.
+fn wait_for_log(log: &std::path::Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{needle}` in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_warns_about_changed_keys_that_need_a_restart() {
+    let dir = temp_dir("hup-restart");
+    let file = dir.join("ferry.toml");
+    let log = dir.join("stderr.log");
+    let base = format!(
+        "admin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nshards = 1\n",
+        dir.join("data").display()
+    );
+    std::fs::write(
+        &file,
+        format!("{base}listen = [\"127.0.0.1:0\"]\nlog_format = \"text\"\n"),
+    )
+    .unwrap();
+    let (node, _) = start_logging_to(
+        &["--config", file.to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+        &log,
+    );
+    // `listen` and `log_format` need a restart; `idle_timeout_ms` is applied and not named.
+    std::fs::write(
+        &file,
+        format!(
+            "{base}listen = [\"127.0.0.1:1\"]\nlog_format = \"json\"\n[limits]\nidle_timeout_ms = 60000\n"
+        ),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &node.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let text = wait_for_log(&log, "only a restart applies");
+    let warning = text
+        .lines()
+        .find(|l| l.contains("only a restart applies"))
+        .unwrap();
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.ends_with("still running with the old values of: listen, log_format"),
+        "{warning}"
+    );
+    assert!(text.contains("configuration reloaded"), "{text}");
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What people read from the binary carries no Rust `Debug` text (`Some(1)`, `Os { code: .. }`)
+/// and no terminal colour codes in a log that goes to a file.
+#[test]
+fn output_for_people_has_no_debug_text_and_log_files_no_colour() {
+    let dir = temp_dir("human");
+    let log = dir.join("stderr.log");
+    let data = dir.join("data");
+    let (node, stdout) = start_logging_to(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "info")],
+        &log,
+    );
+    let ready = stdout.last().unwrap();
+    let cpu = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("service_cpu="))
+        .unwrap();
+    assert!(
+        cpu == "none" || cpu.parse::<usize>().is_ok(),
+        "service_cpu={cpu}"
+    );
+    let text = wait_for_log(&log, "ferry node ready");
+    let mut seen = stdout.join("\n") + "\n" + &text;
+    drop(node);
+
+    // A node that cannot start, a failed health check and a refused configuration.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // dropped: nothing listens there now
+    for args in [
+        vec!["healthcheck", "--admin-listen", &closed.to_string()],
+        vec!["check-config", "--shards", "99999"],
+        vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new(ferry_bin()).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        seen.push_str(&err);
+    }
+    assert!(seen.contains("Connection refused (os error 111)"), "{seen}");
+    for debug in ["Some(", "None", "Os {", "Kind(", "\x1b["] {
+        assert!(!seen.contains(debug), "`{debug}` in:\n{seen}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dev_cert_gives_a_chain_a_node_serves_and_a_client_trusting_ca_pem_accepts() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = temp_dir("devcert");
+    let out_dir = dir.join("certs");
+    let out = Command::new(ferry_bin())
+        .args(["dev-cert", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out_dir = out_dir.canonicalize().unwrap();
+    let (ca, cert, key) = (
+        out_dir.join("ca.pem"),
+        out_dir.join("cert.pem"),
+        out_dir.join("key.pem"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("tls_cert = \"{}\"", cert.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("tls_key = \"{}\"", key.display())),
+        "{text}"
+    );
+    assert!(text.contains(&ca.display().to_string()), "{text}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600, "the private key");
+
+    let node = Node::start(
+        &[
+            "--shards",
+            "1",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let roots = Arc::new(roots);
+    for name in ["localhost", "127.0.0.1"] {
+        let opts = ConnectOptions {
+            tls: Some((name.into(), roots.clone())),
+            ..Default::default()
+        };
+        let mut c = Client::connect_with(node.tls.unwrap(), &opts)
+            .unwrap_or_else(|e| panic!("as {name}: {e}"));
+        c.ping(1).unwrap();
+    }
+    // A name the certificate is not for is refused.
+    let opts = ConnectOptions {
+        tls: Some(("ferry.example".into(), roots)),
+        ..Default::default()
+    };
+    assert!(Client::connect_with(node.tls.unwrap(), &opts).is_err());
+
+    // A second run does not overwrite the key.
+    let before = std::fs::read(&key).unwrap();
+    let again = Command::new(ferry_bin())
+        .args(["dev-cert", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&dir);
+}
