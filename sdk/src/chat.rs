@@ -14,7 +14,7 @@ use crate::{Client, SdkError};
 
 /// Milliseconds on a monotonic clock for the outbox's retry times.
 fn now_ms(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(start.elapsed().as_millis()).expect("a process lives less than 2^64 ms")
 }
 
 /// Proves `signers` for `op` on a fresh challenge; every proof must pass.
@@ -148,10 +148,12 @@ pub fn register_push<S: Storage>(
     token: &[u8],
     hours: u64,
 ) -> Result<u16, MessengerError> {
+    // `push_plan` refuses hours outside 1 ..= PUSH_HOURS_MAX, whose seconds fit the u32 TTL.
     let signers = m.push_plan(client.node_unix_s(), hours)?;
+    const _: () = assert!(crate::messenger::PUSH_HOURS_MAX * 3600 <= u32::MAX as u64);
+    let ttl_s = u32::try_from(hours * 3600).expect("hours checked by push_plan");
     prove_all(client, &signers, Op::PushRegister)?;
     let dests: Vec<_> = signers.iter().map(BlindedSigner::dest).collect();
-    let ttl_s = u32::try_from(hours.saturating_mul(3600)).unwrap_or(u32::MAX);
     Ok(client.push_register(provider, token, &dests, ttl_s)?)
 }
 
