@@ -1,7 +1,7 @@
 //! Carries out a [`Messenger`]'s plans over a blocking [`Client`]: publish prekeys, start
 //! sessions from fetched bundles, send, drain the store's window on (re)connect, listen with the
 //! next hour proved before it starts, resend what the node has not acknowledged, and files
-//! through media storage. The `ferry-chat` example is this module plus a command line.
+//! through media storage (an attachment received stays kept until [`fetch_attachment`]). The `ferry-chat` example is this module plus a command line.
 
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,23 @@ pub fn fetch_file(
     Ok(())
 }
 
+/// Downloads and decrypts the attachment kept for message `msg_id` ([`Messenger::attachments`])
+/// into `out`, then forgets it. If the download fails the attachment stays kept (fetch it
+/// again); what was written to `out` by then is incomplete.
+pub fn fetch_attachment<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+    msg_id: &[u8; 16],
+    out: impl std::io::Write,
+) -> Result<Incoming, MessengerError> {
+    let msg = m
+        .attachment(msg_id)?
+        .ok_or(MessengerError::UnknownAttachment)?;
+    fetch_file(client, &msg.body, out)?;
+    m.forget_attachment(msg_id)?;
+    Ok(msg)
+}
+
 /// Registers a device's push token for this user's dests (both mailboxes) of the next `hours`
 /// hours, so that a message stored for it while the app sleeps sends one silent wake; register
 /// again before they run out. Returns how many dests the token covers.
@@ -161,7 +178,8 @@ pub fn register_push<S: Storage>(
 #[derive(Debug, Default)]
 pub struct Synced {
     /// The messages, in the order they arrived (after any a failed call left in the inbox). They
-    /// are removed from the messenger's inbox as they are returned here.
+    /// are removed from the messenger's inbox as they are returned here; an attachment stays
+    /// kept until fetched ([`fetch_attachment`]) or forgotten.
     pub messages: Vec<Incoming>,
     /// Packets that did not authenticate (or were not for this user, or replays): dropped.
     pub dropped: usize,

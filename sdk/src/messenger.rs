@@ -73,6 +73,9 @@ pub enum MessengerError {
     Replay,
     /// An argument out of range (the message says which).
     InvalidArgument(&'static str),
+    /// No attachment is kept for this message id (fetched and forgotten already, or never
+    /// received).
+    UnknownAttachment,
 }
 
 impl std::fmt::Display for MessengerError {
@@ -93,6 +96,9 @@ impl std::fmt::Display for MessengerError {
             MessengerError::Storage(e) => write!(f, "storage: {e}"),
             MessengerError::Replay => write!(f, "a replayed first-contact message"),
             MessengerError::InvalidArgument(m) => f.write_str(m),
+            MessengerError::UnknownAttachment => {
+                write!(f, "no attachment kept for this message id")
+            }
         }
     }
 }
@@ -110,7 +116,7 @@ impl From<SdkError> for MessengerError {
 
 /// Key-value storage the messenger keeps its state in. Keys are short ASCII paths
 /// (`identity`, `namespace`, `contact/<hex>`, `session/<hex>`, `prekeys`, `inits`,
-/// `outbox/<hex>`, `inbox/<hex>`, `seen`); values are opaque bytes, most of them secret (a
+/// `outbox/<hex>`, `inbox/<hex>`, `attachment/<hex>`, `seen`); values are opaque bytes, most of them secret (a
 /// contact record holds that contact's mailbox secret): store them where the platform keeps
 /// secrets. A read error must be an error, never "absent": the messenger would otherwise make a
 /// new identity.
@@ -1305,9 +1311,48 @@ impl<S: Storage> Messenger<S> {
         Ok(out)
     }
 
-    /// The application has the message: remove it from the inbox.
+    /// The application has the message: remove it from the inbox. An attachment's reference
+    /// (blob id, key, sizes, name, sender) is kept first ([`Messenger::attachments`]), so that a
+    /// file shown as received can still be fetched, also after a restart, until
+    /// [`Messenger::forget_attachment`] (`chat::fetch_attachment` fetches and forgets).
     pub fn done(&mut self, msg_id: &[u8; 16]) -> Result<(), MessengerError> {
-        st(self.storage.delete(&format!("inbox/{}", hex(msg_id))))
+        let key = format!("inbox/{}", hex(msg_id));
+        if let Some(b) = st(self.storage.get(&key))? {
+            let msg = decode_incoming(&b).ok_or(MessengerError::Malformed("inbox record"))?;
+            if matches!(msg.body, Body::Attachment { .. }) {
+                st(self.storage.put(&format!("attachment/{}", hex(msg_id)), &b))?;
+            }
+        }
+        st(self.storage.delete(&key))
+    }
+
+    /// Attachments received (and marked `done`) whose files were not fetched yet, by message
+    /// id. They stay until [`Messenger::forget_attachment`].
+    pub fn attachments(&self) -> Result<Vec<Incoming>, MessengerError> {
+        let mut out = Vec::new();
+        for key in st(self.storage.keys("attachment/"))? {
+            if let Some(b) = st(self.storage.get(&key))? {
+                out.push(
+                    decode_incoming(&b).ok_or(MessengerError::Malformed("attachment record"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kept attachment of message `msg_id`, if there is one.
+    pub fn attachment(&self, msg_id: &[u8; 16]) -> Result<Option<Incoming>, MessengerError> {
+        match st(self.storage.get(&format!("attachment/{}", hex(msg_id))))? {
+            None => Ok(None),
+            Some(b) => decode_incoming(&b)
+                .map(Some)
+                .ok_or(MessengerError::Malformed("attachment record")),
+        }
+    }
+
+    /// Forgets a kept attachment (its file fetched, or not wanted).
+    pub fn forget_attachment(&mut self, msg_id: &[u8; 16]) -> Result<(), MessengerError> {
+        st(self.storage.delete(&format!("attachment/{}", hex(msg_id))))
     }
 
     // ---- what a connection proves, listens on and drains --------------------------------------

@@ -495,3 +495,34 @@ fn a_contact_name_over_the_limit_is_refused_and_nothing_is_corrupted() {
     let inbox = bob.inbox().unwrap();
     assert!(inbox.len() == 2 && inbox.contains(&got), "{inbox:?}");
 }
+
+/// An attachment marked done stays kept, also across a restart, until it is forgotten; a
+/// message of text is not kept.
+#[test]
+fn an_attachment_is_kept_after_done_until_forgotten() {
+    let mut node = Node::default();
+    let (mut alice, mut bob, b_id) = introduced(&mut node, true);
+    let file = Body::Attachment {
+        id: [7; 32],
+        key: [9; 32],
+        ciphertext_bytes: 3_000_048,
+        plaintext_bytes: 3_000_000,
+        name: "photo.bin".into(),
+    };
+    let t1 = alice.send(&b_id, &file, T0, 0).unwrap();
+    let t2 = alice.send(&b_id, &text("and words"), T0, 0).unwrap();
+    let f = bob.receive(&t1.payload).unwrap().unwrap();
+    let w = bob.receive(&t2.payload).unwrap().unwrap();
+    bob.done(&f.msg_id).unwrap();
+    bob.done(&w.msg_id).unwrap();
+    assert!(bob.inbox().unwrap().is_empty());
+    let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert_eq!(bob.attachments().unwrap(), vec![f.clone()]);
+    assert_eq!(bob.attachment(&f.msg_id).unwrap(), Some(f.clone()));
+    assert_eq!(bob.attachment(&w.msg_id).unwrap(), None);
+    // Received again (a retry): a duplicate, not kept twice.
+    assert_eq!(bob.receive(&t1.payload).unwrap(), None);
+    bob.forget_attachment(&f.msg_id).unwrap();
+    let bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert!(bob.attachments().unwrap().is_empty());
+}
