@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Node, temp_dir};
+use common::{Node, TlsFiles, args_with, temp_dir, tls_url};
 
 /// The cargo target directory these tests were built in.
 fn target_dir() -> PathBuf {
@@ -41,20 +41,31 @@ fn uniffi_bindings_are_generated_and_the_python_ones_talk_to_a_node() {
     // The generated Kotlin and Swift expose the same API the Python test uses.
     let kt = std::fs::read_to_string(dir.join("kotlin/uniffi/ferry_ffi/ferry_ffi.kt")).unwrap();
     let swift = std::fs::read_to_string(dir.join("swift/ferry_ffi.swift")).unwrap();
-    for api in ["sendText", "publishPrekeys", "addContact", "fetchFile"] {
+    for api in [
+        "sendText",
+        "publishPrekeys",
+        "addContact",
+        "fetchFile",
+        "fetchAttachment",
+        "attachments",
+    ] {
         assert!(
             kt.contains(api) && swift.contains(api),
             "{api} not generated"
         );
     }
 
-    let node = Node::start(&["--shards", "2"], &[]);
     let tmp = temp_dir("ffi");
+    let tls = TlsFiles::write_ca_signed(&tmp);
+    let node = Node::start(&args_with(&["--shards", "2"], &tls.node_args()), &[]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ffi/tests/smoke.py");
+    // Alice connects by plain URL (the name resolved), Bob by TLS with the CA in a file.
     let out = Command::new("python3")
         .arg(script)
         .arg(dir.join("python"))
-        .arg(node.addr().to_string())
+        .arg(format!("ferry://localhost:{}", node.addr().port()))
+        .arg(tls_url(node.tls.unwrap()))
+        .arg(&tls.ca_path)
         .arg(&tmp)
         .output()
         .unwrap();

@@ -2,12 +2,14 @@
 //! through the prekey directory while the recipient is offline, the stored messages delivered when
 //! it returns, a reply, a file through media storage, a live chat between two running
 //! processes. Then the node's data directory and a capture of every byte between the clients and
-//! the node are searched for the plaintexts: none may appear.
+//! the node are searched for the plaintexts: none may appear. And over TLS by URL: files received
+//! without `--save-dir` stay kept, across processes, until `fetch` saves them.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, temp_dir};
+use common::{Node, TlsFiles, args_with, temp_dir, tls_url};
 
 /// The example binary, built beside this test (`cargo build --examples`, as tests/run-all.sh
 /// does; `cargo test` builds examples too).
@@ -72,18 +74,21 @@ fn recording_proxy(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc
 }
 
 struct Chat {
-    node: std::net::SocketAddr,
+    /// A node URL (or a bare IP:PORT).
+    node: String,
+    /// The CA to trust for a `ferry+tls` node.
+    tls_ca: Option<PathBuf>,
     state: PathBuf,
 }
 
 impl Chat {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(chat_bin());
-        c.arg("--node")
-            .arg(self.node.to_string())
-            .arg("--state")
-            .arg(&self.state)
-            .args(args);
+        c.arg("--node").arg(&self.node);
+        if let Some(ca) = &self.tls_ca {
+            c.arg("--tls-ca").arg(ca);
+        }
+        c.arg("--state").arg(&self.state).args(args);
         c
     }
     fn run(&self, args: &[&str]) -> String {
@@ -94,6 +99,12 @@ impl Chat {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+    /// Runs a command that must fail; returns its stderr.
+    fn refused(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(!out.status.success(), "ferry-chat {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
     }
 }
 
@@ -143,12 +154,15 @@ fn two_identities_chat_through_a_node_that_never_sees_a_plaintext() {
     let node = Node::start(&["--shards", "2"], &[]);
     let (proxy, capture) = recording_proxy(node.addr());
     let dir = temp_dir("chat");
+    // The bare IP:PORT a node URL may be written as.
     let alice = Chat {
-        node: proxy,
+        node: proxy.to_string(),
+        tls_ca: None,
         state: dir.join("alice"),
     };
     let bob = Chat {
-        node: proxy,
+        node: proxy.to_string(),
+        tls_ca: None,
         state: dir.join("bob"),
     };
     let a_addr = alice.run(&["init"]).trim().to_string();
@@ -263,6 +277,121 @@ fn two_identities_chat_through_a_node_that_never_sees_a_plaintext() {
                 f.display(),
                 String::from_utf8_lossy(n)
             );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Deterministic bytes that do not compress.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed;
+    while out.len() < len {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The ids `ferry-chat fetch` lists for the files kept, by file name.
+fn kept(bob: &Chat) -> BTreeMap<String, String> {
+    bob.run(&["fetch"])
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f[1], "alice", "{l}");
+            (f[2].to_string(), f[0].to_string())
+        })
+        .collect()
+}
+
+/// Files shown by a `recv` without `--save-dir` are kept, not lost: each command is a new
+/// process (a restart), and `fetch` lists them and saves each one exactly, by id or all at
+/// once, never over an existing file. Over TLS, by URL, with the CA in a file.
+#[test]
+fn files_received_without_save_dir_are_kept_until_fetch_saves_them() {
+    let dir = temp_dir("fetch");
+    let tls = TlsFiles::write_ca_signed(&dir);
+    let node = Node::start(&args_with(&["--shards", "2"], &tls.node_args()), &[]);
+    let chat = |name: &str| Chat {
+        node: tls_url(node.tls.unwrap()),
+        tls_ca: Some(tls.ca_path.clone()),
+        state: dir.join(name),
+    };
+    let (alice, bob) = (chat("alice"), chat("bob"));
+    let a_addr = alice.run(&["init"]).trim().to_string();
+    let b_addr = bob.run(&["init"]).trim().to_string();
+    alice.run(&["add", "bob", &b_addr]);
+    bob.run(&["add", "alice", &a_addr]);
+
+    let photo = content(3_000_000, 1);
+    let notes = content(10_000, 2);
+    std::fs::write(dir.join("photo.bin"), &photo).unwrap();
+    std::fs::write(dir.join("notes.txt"), &notes).unwrap();
+    for f in ["photo.bin", "notes.txt"] {
+        alice.run(&["send-file", "bob", dir.join(f).to_str().unwrap()]);
+    }
+    let out = bob.run(&["recv"]);
+    assert!(
+        out.contains("alice sent file photo.bin (3000000 bytes; kept: ferry-chat fetch "),
+        "{out}"
+    );
+    assert!(
+        out.contains("alice sent file notes.txt (10000 bytes"),
+        "{out}"
+    );
+    // Shown once; kept.
+    assert_eq!(bob.run(&["recv"]), "");
+    let ids = kept(&bob);
+    assert_eq!(ids.keys().collect::<Vec<_>>(), ["notes.txt", "photo.bin"]);
+    assert!(
+        out.contains(&format!("fetch {} ", ids["photo.bin"])),
+        "{out}"
+    );
+
+    let saved = dir.join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    let saved_s = saved.to_str().unwrap();
+    assert!(
+        bob.refused(&["fetch", &ids["photo.bin"]])
+            .contains("--save-dir")
+    );
+    let out = bob.run(&["fetch", &ids["photo.bin"], "--save-dir", saved_s]);
+    assert!(out.contains("photo.bin saved"), "{out}");
+    assert!(std::fs::read(saved.join("photo.bin")).unwrap() == photo);
+    assert_eq!(kept(&bob).keys().collect::<Vec<_>>(), ["notes.txt"]);
+    assert!(
+        bob.refused(&["fetch", &ids["photo.bin"], "--save-dir", saved_s])
+            .contains("no file kept")
+    );
+
+    // The same name again: not written over the first, still kept; then saved elsewhere.
+    alice.run(&["send-file", "bob", dir.join("notes.txt").to_str().unwrap()]);
+    std::fs::write(saved.join("notes.txt"), b"mine").unwrap();
+    let out = bob.run(&["recv", "--save-dir", saved_s]);
+    assert!(out.contains("not saved") && out.contains("exists"), "{out}");
+    assert_eq!(std::fs::read(saved.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(bob.run(&["fetch"]).lines().count(), 2);
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    // Both copies at once: the first is saved, the second finds its name taken.
+    let err = bob.refused(&["fetch", "--all", "--save-dir", elsewhere.to_str().unwrap()]);
+    assert!(
+        err.contains("exists") && err.contains("still kept"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(elsewhere.join("notes.txt")).unwrap(), notes);
+    assert_eq!(bob.run(&["fetch"]).lines().count(), 1);
+    std::fs::remove_file(saved.join("notes.txt")).unwrap();
+    bob.run(&["fetch", "--all", "--save-dir", saved_s]);
+    assert_eq!(std::fs::read(saved.join("notes.txt")).unwrap(), notes);
+    assert_eq!(bob.run(&["fetch"]), "");
+    // No partial files left behind.
+    for d in [&saved, &elsewhere] {
+        for e in std::fs::read_dir(d).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(!name.to_string_lossy().ends_with(".part"), "{name:?}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,14 +1,16 @@
 //! The load generator against a real node: every workload runs, loses nothing at a low rate, and
-//! writes the JSON fields the benchmark scripts read.
+//! writes the JSON fields the benchmark scripts read; its own CPU is measured with or without
+//! the server's pid; run lengths past its limit are refused.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failed set-up
 
 mod common;
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use common::{Node, TlsFiles, args_with, temp_dir};
+use common::{Node, TlsFiles, args_with, temp_dir, tls_url};
 
 /// `ferry-loadgen` is built beside `ferry` by `cargo build --workspace --bins` (tests/run-all.sh).
 fn loadgen_bin() -> PathBuf {
@@ -63,7 +65,7 @@ fn loadgen_drives_every_workload_against_a_node() {
     let cert_path = tls_files.cert_path.clone();
     let node = Node::start(&args_with(&["--shards", "2"], &tls_files.node_args()), &[]);
     let plain = format!("ferry://{}", node.addr());
-    let tls = format!("ferry+tls://{}", node.tls.unwrap());
+    let tls = tls_url(node.tls.unwrap());
     let pid = node.pid().to_string();
     let common_args = [
         "--rate",
@@ -105,8 +107,10 @@ fn loadgen_drives_every_workload_against_a_node() {
         serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
     assert_eq!(written, v);
 
+    // By host name.
+    let by_name = format!("ferry://localhost:{}", node.addr().port());
     let v = run(&[
-        &["--target", plain.as_str(), "--workload", "fanin"][..],
+        &["--target", by_name.as_str(), "--workload", "fanin"][..],
         &common_args[..],
     ]
     .concat());
@@ -165,4 +169,99 @@ fn loadgen_drives_every_workload_against_a_node() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-ca"));
+}
+
+/// Runs the load generator to its end; returns its JSON and the CPU seconds (user + system) the
+/// whole process used, as the kernel accounted them to its parent.
+#[allow(unsafe_code, clippy::zombie_processes)] // reaped by wait4, which also gives its rusage
+fn run_measured(args: &[&str]) -> (serde_json::Value, f64) {
+    let mut child = Command::new(loadgen_bin())
+        .args(args)
+        .arg("--quiet")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 on our own child, writing into locals.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "loadgen failed: {err}"
+    );
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (
+        serde_json::from_slice(&out).unwrap(),
+        s(usage.ru_utime) + s(usage.ru_stime),
+    )
+}
+
+/// Without `--server-pid` the generator still reports its own CPU (once, it reported 0.0: its
+/// start sample was taken again every turn of the loop while the server's was absent), and the
+/// number fits the run: above zero, at most the one core its event loop runs on, and no more
+/// CPU in the measured seconds than the whole process used.
+#[test]
+fn loadgen_reports_its_own_cpu_without_the_server_pid() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let target = format!("ferry://{}", node.addr());
+    for rate in ["2000", "0"] {
+        let (v, process_cpu_s) = run_measured(&[
+            "--target",
+            &target,
+            "--rate",
+            rate,
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--pairs",
+            "2",
+            "--window",
+            "64",
+        ]);
+        check_stream(&v);
+        assert!(v.get("server_cpu_cores").is_none(), "{v}");
+        let cores = v["loadgen_cpu_cores"].as_f64().unwrap();
+        assert!(cores > 0.0 && cores <= 1.05, "rate {rate}: {cores} in {v}");
+        let window_cpu_s = cores * v["duration_s"].as_f64().unwrap();
+        assert!(
+            window_cpu_s <= process_cpu_s + 0.01,
+            "rate {rate}: {window_cpu_s} s in the measured window, {process_cpu_s} s in all"
+        );
+    }
+}
+
+/// A run length the nanosecond clock could not hold (or a negative one) is refused up front,
+/// naming the flag; once it overflowed (a panic in debug builds, an empty run in release).
+#[test]
+fn loadgen_refuses_run_lengths_past_its_limit() {
+    for (flag, value) in [
+        ("--duration", "1e12"),
+        ("--duration", "NaN"),
+        ("--warmup", "-1"),
+        ("--warmup", "1e300"),
+    ] {
+        let out = Command::new(loadgen_bin())
+            .args(["--target", "ferry://127.0.0.1:1", "--quiet"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("86400"),
+            "{flag} {value}: {err}"
+        );
+    }
 }

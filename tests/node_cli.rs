@@ -6,12 +6,11 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, TlsFiles, args_with, ferry_bin, mailbox, temp_dir};
+use common::{Node, TlsFiles, args_with, ferry_bin, mailbox, temp_dir, tls_url};
 use ferry_proto::conn::ClientEvent;
-use ferry_sdk::{Client, ConnectOptions};
+use ferry_sdk::Client;
 
 #[test]
 fn tls_and_plain_clients_talk_through_one_node() {
@@ -19,7 +18,7 @@ fn tls_and_plain_clients_talk_through_one_node() {
     let tls_args = tls.node_args();
     let node = Node::start(&args_with(&["--shards", "2"], &tls_args), &[]);
     let opts = tls.client_opts();
-    let mut rx = Client::connect_with(node.tls.unwrap(), &opts).unwrap();
+    let mut rx = Client::connect_url(&tls_url(node.tls.unwrap()), &opts).unwrap();
     let dest = rx.listen(&mailbox(1), [rx.epoch()]).unwrap()[0];
     let mut tx = node.client();
     for i in 0..100u64 {
@@ -55,11 +54,8 @@ fn tls_and_plain_clients_talk_through_one_node() {
         }
     }
     // A TLS client that does not trust the certificate fails the handshake.
-    let opts = ConnectOptions {
-        tls: Some(("localhost".into(), Arc::new(rustls::RootCertStore::empty()))),
-        ..Default::default()
-    };
-    assert!(Client::connect_with(node.tls.unwrap(), &opts).is_err());
+    let other = TlsFiles::write(&temp_dir("other-tls")).client_opts();
+    assert!(Client::connect_url(&tls_url(node.tls.unwrap()), &other).is_err());
     // Plain bytes on the TLS port: closed, node unaffected.
     let mut plain_on_tls = std::net::TcpStream::connect(node.tls.unwrap()).unwrap();
     use std::io::{Read, Write};
@@ -191,7 +187,7 @@ fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
         &[],
     );
     let mut a = node.client();
-    let mut t = Client::connect_with(node.tls.unwrap(), &first.client_opts()).unwrap();
+    let mut t = Client::connect_url(&tls_url(node.tls.unwrap()), &first.client_opts()).unwrap();
 
     // New limit and new certificate, then SIGHUP.
     std::fs::write(&file, "[limits]\nconnections_max = 2\n").unwrap();
@@ -223,12 +219,12 @@ fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
     t.ping(2).unwrap();
     drop(a);
     // New TLS connections get the new certificate.
-    assert!(Client::connect_with(node.tls.unwrap(), &first.client_opts()).is_err());
+    assert!(Client::connect_url(&tls_url(node.tls.unwrap()), &first.client_opts()).is_err());
     // The slots of `a` and of the refused handshake free up once the shard has seen them close:
     // retry while the limit of 2 still counts them.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut fresh = loop {
-        match Client::connect_with(node.tls.unwrap(), &second.client_opts()) {
+        match Client::connect_url(&tls_url(node.tls.unwrap()), &second.client_opts()) {
             Ok(c) => break c,
             Err(e) => assert!(
                 std::time::Instant::now() < deadline,

@@ -3,20 +3,22 @@
 //!
 //! ```python
 //! m = Messenger.open("/app/private/ferry", NAMESPACE)   # keys and sessions live in this dir
-//! c = Connection.connect("relay.example:7700")
+//! c = Connection.connect("ferry+tls://relay.example")    # TLS, port 7443, public CAs
+//! # or Connection.connect("ferry+tls://relay.example:7443", "/app/ca.pem") for a private CA
 //! c.publish_prekeys(m, 20)                               # once, and when running low
 //! m.add_contact("bob", "ferry:…")                        # bob's address, out of band
 //! c.send_text(m, "bob", "hello")                         # first contact through his prekeys
 //! for msg in c.sync(m): print(msg.from_name, msg.text)   # what was stored while offline
 //! for msg in c.pump(m, 1000): print(msg.text)             # then live, as it comes
+//! for f in m.attachments(): open(f.file_name, "wb").write(c.fetch_attachment(m, f.id))
 //! ```
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ferry_proto::addr::NamespaceId;
 use ferry_sdk::chat;
 use ferry_sdk::messenger::{self, Address, Body, DirStorage, Incoming};
+use ferry_sdk::{ConnectOptions, NamespaceId, PushProvider, Trust};
 
 uniffi::setup_scaffolding!();
 
@@ -42,6 +44,8 @@ fn err(e: impl std::fmt::Display) -> FerryError {
 /// A message that arrived, authenticated and decrypted.
 #[derive(Debug, uniffi::Record)]
 pub struct Message {
+    /// The message id (16 bytes): a file is fetched by it with `Connection.fetch_attachment`.
+    pub id: Vec<u8>,
     pub from_name: String,
     /// The sender's encoded identity key (33 bytes).
     pub from_identity: Vec<u8>,
@@ -49,7 +53,8 @@ pub struct Message {
     pub data: Vec<u8>,
     /// The text, when the bytes are UTF-8 and not a file.
     pub text: Option<String>,
-    /// For a file: its name; fetch it with `Connection.fetch_file`.
+    /// For a file: its name. The file stays in `Messenger.attachments` until fetched with
+    /// `Connection.fetch_attachment` (or forgotten).
     pub file_name: Option<String>,
     pub file_bytes: u64,
     /// The attachment descriptor to pass to `Connection.fetch_file`.
@@ -78,6 +83,7 @@ fn message(m: Incoming) -> Message {
         ),
     };
     Message {
+        id: m.msg_id.to_vec(),
         from_name: m.from_name,
         from_identity: m.from.to_vec(),
         data,
@@ -147,6 +153,26 @@ impl Messenger {
     pub fn contacts(&self) -> Result<Vec<String>, FerryError> {
         Ok(self.lock()?.contacts().map(|p| p.name.clone()).collect())
     }
+
+    /// Files received and not fetched yet (kept across restarts).
+    pub fn attachments(&self) -> Result<Vec<Message>, FerryError> {
+        Ok(self
+            .lock()?
+            .attachments()
+            .map_err(err)?
+            .into_iter()
+            .map(message)
+            .collect())
+    }
+
+    /// Forgets a file received (not wanted) by its message id.
+    pub fn forget_attachment(&self, id: Vec<u8>) -> Result<(), FerryError> {
+        self.lock()?.forget_attachment(&msg_id(id)?).map_err(err)
+    }
+}
+
+fn msg_id(id: Vec<u8>) -> Result<[u8; 16], FerryError> {
+    id.try_into().map_err(|_| err("a message id is 16 bytes"))
 }
 
 /// One monotonic clock for every connection: retry times in a messenger's outbox outlive the
@@ -184,14 +210,16 @@ fn contact_id(m: &messenger::Messenger<DirStorage>, name: &str) -> Result<[u8; 3
 
 #[uniffi::export]
 impl Connection {
-    /// Connects (plain TCP) to `node` ("host:port").
-    #[uniffi::constructor]
-    pub fn connect(node: String) -> Result<Arc<Self>, FerryError> {
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&node)
-            .map_err(err)?
-            .next()
-            .ok_or_else(|| err(format!("{node}: no address")))?;
-        let client = ferry_sdk::Client::connect(addr).map_err(err)?;
+    /// Connects to the node at `url`: `ferry+tls://host[:port]` (TLS 1.3, port 7443 unless
+    /// given) or `ferry://host[:port]` (plain TCP, port 7700). A TLS node's certificate must
+    /// chain to a public CA, or to the PEM certificates in `ca_file` when given.
+    #[uniffi::constructor(default(ca_file = None))]
+    pub fn connect(url: String, ca_file: Option<String>) -> Result<Arc<Self>, FerryError> {
+        let opts = ConnectOptions {
+            trust: ca_file.map_or(Trust::PublicRoots, |f| Trust::CaFile(f.into())),
+            ..Default::default()
+        };
+        let client = ferry_sdk::Client::connect_url(&url, &opts).map_err(err)?;
         Ok(Arc::new(Connection {
             client: Mutex::new(client),
         }))
@@ -242,7 +270,19 @@ impl Connection {
         chat::send_file(&mut c, &mut m, &to, &name, &data[..], clock()).map_err(err)
     }
 
-    /// Downloads and decrypts a file a message referred to (its `file_ref`).
+    /// Downloads and decrypts a file received (`Message.id`, `Messenger.attachments`), then
+    /// forgets it. If the download fails the file stays kept: fetch it again.
+    pub fn fetch_attachment(&self, m: Arc<Messenger>, id: Vec<u8>) -> Result<Vec<u8>, FerryError> {
+        let id = msg_id(id)?;
+        let mut c = self.lock()?;
+        let mut m = m.lock()?;
+        let mut out = Vec::new();
+        chat::fetch_attachment(&mut c, &mut m, &id, &mut out).map_err(err)?;
+        Ok(out)
+    }
+
+    /// Downloads and decrypts a file a message referred to (its `file_ref`), without forgetting
+    /// it.
     pub fn fetch_file(&self, file_ref: Vec<u8>) -> Result<Vec<u8>, FerryError> {
         let body = match Body::from_bytes(&file_ref) {
             Some(b @ Body::Attachment { .. }) => b,
@@ -262,15 +302,15 @@ impl Connection {
         token: Vec<u8>,
         hours: u32,
     ) -> Result<u16, FerryError> {
-        if token.len() > ferry_proto::limits::PUSH_TOKEN_BYTES_MAX {
+        if token.len() > ferry_sdk::proto::limits::PUSH_TOKEN_BYTES_MAX {
             return Err(err("push token too long"));
         }
         let mut c = self.lock()?;
         let m = m.lock()?;
         let p = match provider {
-            PushKind::Apns => ferry_proto::frame::PushProvider::Apns,
-            PushKind::Fcm => ferry_proto::frame::PushProvider::Fcm,
-            PushKind::WebPush => ferry_proto::frame::PushProvider::WebPush,
+            PushKind::Apns => PushProvider::Apns,
+            PushKind::Fcm => PushProvider::Fcm,
+            PushKind::WebPush => PushProvider::WebPush,
         };
         chat::register_push(&mut c, &m, p, &token, u64::from(hours)).map_err(err)
     }

@@ -1,8 +1,11 @@
 """Smoke test of the uniffi Python bindings against a running node.
 
-usage: python3 smoke.py <dir with ferry_ffi.py and libferry_ffi.so> <node host:port> <tmpdir>
-Two users: Bob publishes prekeys; Alice adds him and writes (first contact); Bob syncs and
-reads it; Bob answers; Alice reads; a file through media storage. Exits non-zero on failure.
+usage: python3 smoke.py <dir with ferry_ffi.py and libferry_ffi.so> <plain node URL>
+                        <TLS node URL> <CA file> <tmpdir>
+Two users: Alice connects by the plain URL, Bob by the TLS one trusting the CA file. Bob
+publishes prekeys; Alice adds him and writes (first contact); Bob syncs and reads it; Bob
+answers; Alice reads; a file through media storage, kept until fetched. Wrong URLs and a
+missing CA are refused. Exits non-zero on failure.
 """
 import os
 import sys
@@ -10,12 +13,12 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import ferry_ffi as f  # noqa: E402
 
-node, tmp = sys.argv[2], sys.argv[3]
+plain_url, tls_url, ca_file, tmp = sys.argv[2:6]
 ns = bytes(range(32))
 alice = f.Messenger.open(os.path.join(tmp, "alice"), ns)
 bob = f.Messenger.open(os.path.join(tmp, "bob"), ns)
-ca = f.Connection.connect(node)
-cb = f.Connection.connect(node)
+ca = f.Connection.connect(plain_url)
+cb = f.Connection.connect(tls_url, ca_file)
 cb.publish_prekeys(bob, 5)
 alice.add_contact("bob", bob.address())
 bob.add_contact("alice", alice.address())
@@ -36,7 +39,23 @@ got = cb.pump(bob, 2000)
 files = [m for m in got if m.file_name]
 assert len(files) == 1 and files[0].file_name == "blob.bin", got
 assert cb.fetch_file(files[0].file_ref) == data
+# Kept (also for a Bob restarted now) until fetched by id.
+kept = bob.attachments()
+assert [(k.id, k.file_name) for k in kept] == [(files[0].id, "blob.bin")], kept
+assert cb.fetch_attachment(bob, files[0].id) == data
+assert bob.attachments() == []
 
+for bad in ["ferry:00", "relay.example:7700", "http://localhost:7700"]:
+    try:
+        f.Connection.connect(bad)
+        raise SystemExit(f"the URL {bad} was accepted")
+    except f.FerryError as e:
+        assert "URL" in str(e), e
+try:
+    f.Connection.connect(tls_url)
+    raise SystemExit("a TLS node was trusted without its CA")
+except f.FerryError as e:
+    assert "certificate" in str(e), e
 try:
     alice.add_contact("x", "ferry:00")
     raise SystemExit("a malformed address was accepted")

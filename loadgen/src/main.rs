@@ -18,8 +18,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
 
-use ferry_proto::addr::NamespaceId;
-use ferry_sdk::{Client, Mailbox};
+use ferry_sdk::{Client, ConnectOptions, Mailbox, NamespaceId, NodeUrl, Trust};
 use wire::{HEADER_BYTES, Kind, Parser, ReadStats, Route};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -45,7 +44,8 @@ enum Workload {
     about = "open-loop load generator for ferry, NATS, Redis and the floor"
 )]
 struct Args {
-    /// ferry://host:port, nats://host:port, redis://host:port or floor://host:port.
+    /// ferry://host[:port], ferry+tls://host[:port], nats://host:port, redis://host:port or
+    /// floor://host:port (a name is resolved once, to the first address that accepts).
     #[arg(long)]
     target: String,
     #[arg(long, value_enum, default_value = "pairs")]
@@ -59,10 +59,10 @@ struct Args {
     /// Payload bytes per message (at least 24).
     #[arg(long, default_value_t = 256)]
     size: usize,
-    /// Measured seconds.
+    /// Measured seconds (at most a day).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Seconds of load before measuring.
+    /// Seconds of load before measuring (at most a day).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     /// Messages in flight per pair in closed-loop mode.
@@ -81,38 +81,84 @@ struct Args {
     /// Offline workload: blobs per pair.
     #[arg(long, default_value_t = 10_000)]
     messages: u64,
-    /// For ferry+tls://: PEM file with the certificate or CA to trust.
+    /// For ferry+tls://: PEM file with the certificate or CA to trust (default: the public
+    /// CAs of Mozilla's list).
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
-    /// For ferry+tls://: the name the certificate must carry.
-    #[arg(long, default_value = "localhost")]
-    tls_name: String,
+    /// For ferry+tls://: the name the certificate must carry (default: the target's host).
+    #[arg(long)]
+    tls_name: Option<String>,
 }
 
 /// Bytes a sender may buffer when the server stops reading; beyond it messages are counted lost.
 const SEND_BUFFER_BYTES_MAX: usize = 64 << 20;
+/// The longest `--duration` and `--warmup`: a day, so that the run's nanosecond clock (u64,
+/// 584 years) never nears its end.
+const RUN_SECONDS_MAX: f64 = 86_400.0;
 
-fn parse_target(t: &str) -> anyhow::Result<(Kind, SocketAddr)> {
-    let (scheme, rest) = t
-        .split_once("://")
-        .context("target must look like ferry://host:port")?;
-    let kind = match scheme {
-        "ferry" => Kind::Ferry,
-        "nats" => Kind::Nats,
-        "redis" => Kind::Redis,
-        "floor" => Kind::Floor,
-        "ferry+tls" => {
-            if TLS.get().is_none_or(|t| t.is_none()) {
-                bail!("ferry+tls:// needs --tls-ca (the PEM certificate or CA to trust)");
-            }
-            Kind::Ferry
+/// `--duration` or `--warmup` in nanoseconds, refused outside 0 ..= `RUN_SECONDS_MAX`.
+fn run_ns(flag: &str, s: f64) -> anyhow::Result<u64> {
+    if !(0.0..=RUN_SECONDS_MAX).contains(&s) {
+        bail!("{flag} {s}: seconds from 0 to {RUN_SECONDS_MAX}");
+    }
+    Ok(nanos(Duration::from_secs_f64(s)))
+}
+
+/// Nanoseconds of a duration this process measured or was given (at most days: far from
+/// 2^64 ns, 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).expect("a duration under 584 years")
+}
+
+/// The target's kind and address: its host resolved once. For ferry the URL is the SDK's
+/// ([`NodeUrl`]), the connection settings are set here, and the address is the first one a
+/// client connects to (so `localhost` works whichever of 127.0.0.1 and ::1 the node is on);
+/// for the others, the first address.
+fn parse_target(args: &Args) -> anyhow::Result<(Kind, SocketAddr)> {
+    let t = args.target.as_str();
+    let scheme = t.split_once("://").map_or("", |(s, _)| s);
+    if scheme.starts_with("ferry") {
+        let node: NodeUrl = t.parse()?;
+        let mut connect = ConnectOptions::default();
+        if let Some(path) = &args.tls_ca {
+            // Read once: every connection of the run parses it, none reads the file.
+            let pem =
+                std::fs::read(path).with_context(|| format!("--tls-ca {}", path.display()))?;
+            connect.trust = Trust::CaPem(pem);
         }
-        other => bail!("unknown scheme {other}"),
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)?
-        .next()
-        .context("no address")?;
-    Ok((kind, addr))
+        // Connections go to the address found here; the certificate is checked for the name.
+        connect.server_name = Some(args.tls_name.clone().unwrap_or_else(|| node.host.clone()));
+        let _ = FERRY.set(Ferry {
+            tls: node.tls,
+            tls_ca: args.tls_ca.is_some(),
+            connect,
+        });
+        let mut last = None;
+        for addr in node.socket_addrs()? {
+            match ferry_connect(addr) {
+                Ok(_) => return Ok((Kind::Ferry, addr)),
+                Err(e) => last = Some(e),
+            }
+        }
+        return Err(last.unwrap_or_else(|| anyhow::anyhow!("{t}: no address")));
+    }
+    {
+        let u = url::Url::parse(t).with_context(|| format!("target {t:?}"))?;
+        let kind = match u.scheme() {
+            "nats" => Kind::Nats,
+            "redis" => Kind::Redis,
+            "floor" => Kind::Floor,
+            other => bail!("target {t:?}: unknown scheme {other:?}"),
+        };
+        let host = u.host_str().context("the target names no host")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = u.port().context("the target names no port")?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .with_context(|| format!("cannot resolve {host:?}"))?
+            .next()
+            .with_context(|| format!("{host:?} has no address"))?;
+        Ok((kind, addr))
+    }
 }
 
 fn mailbox(seed: u64, i: usize) -> Mailbox {
@@ -162,8 +208,15 @@ struct Sender {
     seq: u64,
 }
 
-/// TLS settings for `ferry+tls://` targets, set once from the command line.
-static TLS: std::sync::OnceLock<Option<ferry_sdk::ConnectOptions>> = std::sync::OnceLock::new();
+/// How every ferry connection of the run is made, set once from the command line.
+#[derive(Debug)]
+struct Ferry {
+    tls: bool,
+    /// `--tls-ca` was given (else a TLS failure hints at it).
+    tls_ca: bool,
+    connect: ConnectOptions,
+}
+static FERRY: std::sync::OnceLock<Ferry> = std::sync::OnceLock::new();
 
 /// A connection after set-up: socket, TLS session for `ferry+tls`, and the parser of its input.
 struct Opened {
@@ -183,10 +236,19 @@ impl Opened {
 }
 
 fn ferry_connect(addr: SocketAddr) -> anyhow::Result<Client> {
-    Ok(match TLS.get().and_then(|t| t.as_ref()) {
-        Some(opts) => Client::connect_with(addr, opts)?,
-        None => Client::connect(addr)?,
-    })
+    let f = FERRY.get().context("ferry settings missing")?;
+    let url = NodeUrl {
+        tls: f.tls,
+        host: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    match Client::connect_url(&url.to_string(), &f.connect) {
+        Err(e @ ferry_sdk::SdkError::Tls(_)) if !f.tls_ca => Err(anyhow::Error::new(e).context(
+            "ferry+tls:// trusts the public CAs unless --tls-ca names the node's CA (or its \
+             self-signed certificate)",
+        )),
+        c => Ok(c?),
+    }
 }
 
 fn ferry_opened(c: Client) -> anyhow::Result<Opened> {
@@ -284,6 +346,22 @@ fn open_sender(kind: Kind, addr: SocketAddr, i: usize, size: usize) -> anyhow::R
             ))
         }
     }
+}
+
+/// This process's CPU seconds (user + system, all threads) so far, to the microsecond.
+fn own_cpu_s() -> anyhow::Result<f64> {
+    let mut r = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage writes one rusage into memory this function owns.
+    let (rc, r) = unsafe {
+        let rc = libc::getrusage(libc::RUSAGE_SELF, r.as_mut_ptr());
+        (rc, r.assume_init())
+    };
+    if rc != 0 {
+        bail!("getrusage: {}", std::io::Error::last_os_error());
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(s(r.ru_utime) + s(r.ru_stime))
 }
 
 /// Server CPU seconds (user + system) and RSS in KiB from procfs.
@@ -395,13 +473,12 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
     let mut plain = Vec::new();
 
     let origin = Instant::now();
-    let now_ns = || u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let secs_ns =
-        |s: f64| u64::try_from(Duration::from_secs_f64(s.max(0.0)).as_nanos()).unwrap_or(u64::MAX);
-    let warm_ns = secs_ns(args.warmup);
-    let end_ns = warm_ns + secs_ns(args.duration);
+    let now_ns = || nanos(origin.elapsed());
+    let warm_ns = run_ns("--warmup", args.warmup)?;
+    let end_ns = warm_ns + run_ns("--duration", args.duration)?;
     let drain_ns = end_ns + 2_000_000_000;
-    let usage_start_at = std::cell::Cell::new(None);
+    // When measuring began (the end of the warm-up), and the CPU times then.
+    let mut measure_start: Option<Instant> = None;
     let mut usage_start = None;
     let mut own_start = None;
     let mut rss_max = 0u64;
@@ -411,10 +488,10 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
 
     loop {
         let now = now_ns();
-        if usage_start.is_none() && now >= warm_ns {
+        if measure_start.is_none() && now >= warm_ns {
             usage_start = args.server_pid.and_then(server_usage);
-            own_start = server_usage(std::process::id());
-            usage_start_at.set(Some(Instant::now()));
+            own_start = Some(own_cpu_s()?);
+            measure_start = Some(Instant::now());
         }
         if now >= drain_ns || (now >= end_ns && totals.delivered + totals.rejected >= window_sent) {
             break;
@@ -548,11 +625,8 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         }
     }
     let usage_end = args.server_pid.and_then(server_usage);
-    let own_end = server_usage(std::process::id());
-    let elapsed = usage_start_at
-        .get()
-        .map(|t| t.elapsed().as_secs_f64())
-        .unwrap_or(args.duration);
+    let own_end = own_cpu_s()?;
+    let elapsed = measure_start.map_or(args.duration, |t| t.elapsed().as_secs_f64());
     let dur = args.duration;
     let lost = totals.sent.saturating_sub(totals.delivered);
     let q = |h: &Histogram<u64>| {
@@ -582,9 +656,9 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         "latency_us": q(&totals.corrected),
         "latency_raw_us": q(&totals.raw),
     });
-    if let (Some((u0, s0, _)), Some((u1, s1, _))) = (own_start, own_end) {
+    if let Some(own_start) = own_start {
         // Near 1.0 means the generator, not the server, set the pace.
-        out["loadgen_cpu_cores"] = serde_json::json!(((u1 - u0) + (s1 - s0)) / elapsed);
+        out["loadgen_cpu_cores"] = serde_json::json!((own_end - own_start) / elapsed);
     }
     if let (Some((u0, s0, _)), Some((u1, s1, rss))) = (usage_start, usage_end) {
         let cpu = (u1 - u0) + (s1 - s0);
@@ -674,11 +748,7 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
                     let t0 = Instant::now();
                     drop(open_receiver(kind, addr, seed, i, size)?);
                     if t0 >= warm {
-                        h.record(
-                            u64::try_from(t0.elapsed().as_nanos())
-                                .unwrap_or(u64::MAX)
-                                .max(1),
-                        )?;
+                        h.record(nanos(t0.elapsed()).max(1))?;
                     }
                     i += 1;
                 }
@@ -742,11 +812,7 @@ fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serd
                             bail!("blob {msg_id}: {status:?}");
                         }
                         if let Some(t) = sent_at.remove(&msg_id) {
-                            h.record(
-                                u64::try_from(t.elapsed().as_nanos())
-                                    .unwrap_or(u64::MAX)
-                                    .max(1),
-                            )?;
+                            h.record(nanos(t.elapsed()).max(1))?;
                         }
                         stored += 1;
                     }
@@ -862,22 +928,9 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     raise_nofile();
     let result = (|| -> anyhow::Result<serde_json::Value> {
-        let tls = match &args.tls_ca {
-            None => None,
-            Some(path) => {
-                use rustls_pki_types::pem::PemObject;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)? {
-                    roots.add(cert?)?;
-                }
-                Some(ferry_sdk::ConnectOptions {
-                    tls: Some((args.tls_name.clone(), std::sync::Arc::new(roots))),
-                    ..Default::default()
-                })
-            }
-        };
-        let _ = TLS.set(tls);
-        let (kind, addr) = parse_target(&args.target)?;
+        run_ns("--duration", args.duration)?;
+        run_ns("--warmup", args.warmup)?;
+        let (kind, addr) = parse_target(&args)?;
         match args.workload {
             Workload::Pairs | Workload::Fanin | Workload::Overload => run_stream(&args, kind, addr),
             Workload::Churn => run_churn(&args, kind, addr),

@@ -2,6 +2,7 @@
 //! directory. Two terminals, two identities:
 //!
 //! ```text
+//! A$ alias ferry-chat='ferry-chat --node ferry+tls://relay.example:7443'  # the node, by URL
 //! A$ ferry-chat --state alice init            # prints alice's address, publishes her prekeys
 //! B$ ferry-chat --state bob init              # prints bob's address
 //! A$ ferry-chat --state alice add bob ferry:…  # bob's address, given out of band
@@ -9,25 +10,30 @@
 //! B$ ferry-chat --state bob recv              # bob was offline: drained from the node's store
 //! B$ ferry-chat --state bob chat alice        # interactive: lines typed go to alice
 //! A$ ferry-chat --state alice send-file bob photo.jpg
+//! B$ ferry-chat --state bob recv              # "alice sent file photo.jpg …": kept, not fetched
+//! B$ ferry-chat --state bob fetch --all --save-dir ~/Downloads
 //! ```
 //!
 //! The node only ever sees sealed envelopes addressed to rotating dests, and ciphertext blobs.
 
 use std::io::BufRead;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_proto::addr::NamespaceId;
-use ferry_sdk::Client;
 use ferry_sdk::chat;
 use ferry_sdk::messenger::{Address, Body, DirStorage, Incoming, Messenger};
+use ferry_sdk::{Client, ConnectOptions, NamespaceId, Trust};
 
 /// The example application's namespace id (a real application builds its own into its SDK
 /// configuration).
 const EXAMPLE_NS: [u8; 32] = *b"ferry-chat example namespace v1!";
 
-const USAGE: &str = "usage: ferry-chat [--node ADDR] --state DIR COMMAND
+const USAGE: &str = "usage: ferry-chat [--node URL] [--tls-ca PEM] --state DIR COMMAND
+  --node URL              ferry+tls://HOST[:PORT] (TLS, port 7443 by default) or
+                          ferry://HOST[:PORT] (plain TCP, port 7700); default
+                          ferry://127.0.0.1:7700
+  --tls-ca PEM            the CA (or self-signed certificate) a TLS node's certificate must
+                          chain to; default: the public CAs (Mozilla's list)
 commands:
   init                    create this identity (if new), publish prekeys, print the address
   address                 print the address
@@ -36,7 +42,11 @@ commands:
   send NAME TEXT          send a message
   send-file NAME PATH     encrypt a file, upload it to media storage, send it
   recv [--wait SECS] [--save-dir DIR]
-                          fetch what is stored, then wait for live messages (default 1 s)
+                          fetch what is stored, then wait for live messages (default 1 s);
+                          files are saved in DIR, or kept for `fetch` without it
+  fetch [ID | --all] [--save-dir DIR]
+                          files received and not fetched yet: listed without ID or --all;
+                          else downloaded into DIR (needed then)
   chat NAME               interactive: each line read is sent; messages are printed as they come";
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -45,7 +55,8 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 }
 
 struct Opts {
-    node: SocketAddr,
+    node: String,
+    connect: ConnectOptions,
     state: PathBuf,
     ns: NamespaceId,
     rest: Vec<String>,
@@ -53,7 +64,8 @@ struct Opts {
 
 fn opts() -> Opts {
     let mut args = std::env::args().skip(1);
-    let mut node: SocketAddr = "127.0.0.1:7700".parse().unwrap_or_else(|e| fail(e));
+    let mut node = "ferry://127.0.0.1:7700".to_string();
+    let mut connect = ConnectOptions::default();
     let mut state = None;
     let mut ns = NamespaceId(EXAMPLE_NS);
     let mut rest = Vec::new();
@@ -62,8 +74,14 @@ fn opts() -> Opts {
             "--node" => {
                 node = args
                     .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| fail("--node needs HOST:PORT"))
+                    .unwrap_or_else(|| fail("--node needs a URL (ferry+tls://HOST:PORT)"))
+            }
+            "--tls-ca" => {
+                connect.trust = Trust::CaFile(
+                    args.next()
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| fail("--tls-ca needs a PEM file")),
+                )
             }
             "--state" => state = args.next().map(PathBuf::from),
             "--ns" => {
@@ -90,55 +108,98 @@ fn opts() -> Opts {
             }
         }
     }
+    // A URL that does not parse fails here, whatever the command.
+    if let Err(e) = node.parse::<ferry_sdk::NodeUrl>() {
+        fail(e);
+    }
     Opts {
         node,
+        connect,
         state: state.unwrap_or_else(|| fail(USAGE)),
         ns,
         rest,
     }
 }
 
-fn print(m: &Incoming, save_dir: Option<&PathBuf>, client: &mut Client) {
+/// The short id a kept attachment is shown and fetched by: the message id's first 4 bytes.
+fn short_id(msg_id: &[u8; 16]) -> String {
+    msg_id[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn full_id(msg_id: &[u8; 16]) -> String {
+    msg_id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prints a message that arrived. With `save_dir` an attachment is fetched into it (and
+/// forgotten); without, or if that fails, it stays kept for `fetch`.
+fn print(
+    m: &Incoming,
+    save_dir: Option<&Path>,
+    client: &mut Client,
+    msgr: &mut Messenger<DirStorage>,
+) {
     match &m.body {
         Body::Data(d) => println!("{}: {}", m.from_name, String::from_utf8_lossy(d)),
         Body::Attachment {
             name,
             plaintext_bytes,
             ..
-        } => {
-            let Some(dir) = save_dir else {
-                println!(
-                    "{} sent file {name} ({plaintext_bytes} bytes; use --save-dir to fetch it)",
-                    m.from_name
-                );
-                return;
-            };
-            // Only the file name: a sender must not choose where it lands.
-            let base = std::path::Path::new(name)
-                .file_name()
-                .map_or_else(|| "file".into(), |n| n.to_os_string());
-            let path = dir.join(base);
-            let out = match std::fs::File::create(&path) {
-                Ok(f) => f,
-                Err(e) => {
-                    println!(
-                        "{} sent file {name}: cannot save {}: {e}",
-                        m.from_name,
-                        path.display()
-                    );
-                    return;
-                }
-            };
-            match chat::fetch_file(client, &m.body, out) {
-                Ok(()) => println!(
+        } => match save_dir {
+            None => println!(
+                "{} sent file {name} ({plaintext_bytes} bytes; kept: ferry-chat fetch {} \
+                 --save-dir DIR)",
+                m.from_name,
+                short_id(&m.msg_id)
+            ),
+            Some(dir) => match save(client, msgr, m, dir) {
+                Ok(path) => println!(
                     "{} sent file {name} ({plaintext_bytes} bytes) saved {}",
                     m.from_name,
                     path.display()
                 ),
-                Err(e) => println!("{} sent file {name}: download failed: {e}", m.from_name),
-            }
-        }
+                Err(e) => println!(
+                    "{} sent file {name}: not saved ({e}); kept: ferry-chat fetch {}",
+                    m.from_name,
+                    short_id(&m.msg_id)
+                ),
+            },
+        },
     }
+}
+
+/// Fetches kept attachment `m` into `dir` under its own name (the name only: a sender must not
+/// choose where it lands), never over an existing file, and forgets it. A failed download
+/// leaves no file behind and the attachment kept.
+fn save(
+    client: &mut Client,
+    msgr: &mut Messenger<DirStorage>,
+    m: &Incoming,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    let Body::Attachment { name, .. } = &m.body else {
+        return Err("not a file".into());
+    };
+    let base = Path::new(name)
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_os_string());
+    let path = dir.join(&base);
+    if path.exists() {
+        return Err(format!("{} exists", path.display()));
+    }
+    let part = dir.join(format!(".{}.part", full_id(&m.msg_id)));
+    let result = (|| {
+        let f = std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        chat::fetch_file(client, &m.body, &mut w).map_err(|e| e.to_string())?;
+        let f = w.into_inner().map_err(|e| e.to_string())?;
+        f.sync_all().map_err(|e| e.to_string())?;
+        // A hard link fails if the name was taken meanwhile: nothing is overwritten.
+        std::fs::hard_link(&part, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Forgotten only once the whole file is in place.
+        msgr.forget_attachment(&m.msg_id).map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_file(&part);
+    result.map(|()| path)
 }
 
 fn contact(m: &Messenger<DirStorage>, name: &str) -> [u8; 33] {
@@ -152,7 +213,7 @@ fn main() {
     let storage = DirStorage::open(&o.state).unwrap_or_else(|e| fail(e));
     let mut m = Messenger::open(storage, o.ns).unwrap_or_else(|e| fail(e));
     let clock = Instant::now();
-    let connect = || Client::connect(o.node).unwrap_or_else(|e| fail(format!("{}: {e}", o.node)));
+    let connect = || Client::connect_url(&o.node, &o.connect).unwrap_or_else(|e| fail(e));
     let rest: Vec<&str> = o.rest.iter().map(String::as_str).collect();
     match rest.as_slice() {
         ["init"] => {
@@ -233,11 +294,11 @@ fn main() {
             let mut c = connect();
             let s = chat::sync(&mut c, &mut m).unwrap_or_else(|e| fail(e));
             for msg in &s.messages {
-                print(msg, save_dir.as_ref(), &mut c);
+                print(msg, save_dir.as_deref(), &mut c, &mut m);
             }
             let s2 = chat::pump(&mut c, &mut m, wait, clock).unwrap_or_else(|e| fail(e));
             for msg in &s2.messages {
-                print(msg, save_dir.as_ref(), &mut c);
+                print(msg, save_dir.as_deref(), &mut c, &mut m);
             }
             if s.dropped + s2.dropped > 0 {
                 eprintln!(
@@ -247,12 +308,82 @@ fn main() {
             }
             let _ = chat::refill_prekeys(&mut c, &mut m);
         }
+        ["fetch", flags @ ..] => {
+            let mut which = None;
+            let mut all = false;
+            let mut save_dir = None;
+            let mut it = flags.iter();
+            while let Some(f) = it.next() {
+                match *f {
+                    "--all" => all = true,
+                    "--save-dir" => save_dir = it.next().map(PathBuf::from),
+                    other if other.starts_with('-') => fail(format!("unknown flag {other}")),
+                    id => which = Some(id.to_ascii_lowercase()),
+                }
+            }
+            let kept = m.attachments().unwrap_or_else(|e| fail(e));
+            if which.is_none() && !all {
+                for a in &kept {
+                    if let Body::Attachment {
+                        name,
+                        plaintext_bytes,
+                        ..
+                    } = &a.body
+                    {
+                        println!(
+                            "{} {} {name} ({plaintext_bytes} bytes)",
+                            short_id(&a.msg_id),
+                            a.from_name
+                        );
+                    }
+                }
+                return;
+            }
+            let dir = save_dir.unwrap_or_else(|| fail("fetch needs --save-dir DIR"));
+            let chosen: Vec<&Incoming> = match &which {
+                Some(id) => {
+                    let hits: Vec<&Incoming> = kept
+                        .iter()
+                        .filter(|a| full_id(&a.msg_id).starts_with(id.as_str()))
+                        .collect();
+                    match hits.len() {
+                        0 => fail(format!("no file kept with id {id} (see ferry-chat fetch)")),
+                        1 => hits,
+                        _ => fail(format!("id {id} names several files: give more digits")),
+                    }
+                }
+                None => kept.iter().collect(),
+            };
+            if chosen.is_empty() {
+                return;
+            }
+            let mut c = connect();
+            let mut failed = false;
+            for a in chosen {
+                let Body::Attachment { name, .. } = &a.body else {
+                    continue;
+                };
+                match save(&mut c, &mut m, a, &dir) {
+                    Ok(path) => println!("{} {name} saved {}", short_id(&a.msg_id), path.display()),
+                    Err(e) => {
+                        eprintln!(
+                            "{} {name}: not saved ({e}); still kept",
+                            short_id(&a.msg_id)
+                        );
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                std::process::exit(1);
+            }
+        }
         ["chat", name] => {
             let to = contact(&m, name);
             let mut c = connect();
             let s = chat::sync(&mut c, &mut m).unwrap_or_else(|e| fail(e));
             for msg in &s.messages {
-                print(msg, None, &mut c);
+                print(msg, None, &mut c, &mut m);
             }
             let (tx, rx) = std::sync::mpsc::channel::<String>();
             std::thread::spawn(move || {
@@ -279,7 +410,7 @@ fn main() {
                 let got = chat::pump(&mut c, &mut m, Duration::from_millis(100), clock)
                     .unwrap_or_else(|e| fail(e));
                 for msg in &got.messages {
-                    print(msg, None, &mut c);
+                    print(msg, None, &mut c, &mut m);
                 }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();

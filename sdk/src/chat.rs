@@ -1,7 +1,7 @@
 //! Carries out a [`Messenger`]'s plans over a blocking [`Client`]: publish prekeys, start
 //! sessions from fetched bundles, send, drain the store's window on (re)connect, listen with the
 //! next hour proved before it starts, resend what the node has not acknowledged, and files
-//! through media storage. The `ferry-chat` example is this module plus a command line.
+//! through media storage (an attachment received stays kept until [`fetch_attachment`]). The `ferry-chat` example is this module plus a command line.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use crate::{Client, SdkError};
 
 /// Milliseconds on a monotonic clock for the outbox's retry times.
 fn now_ms(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(start.elapsed().as_millis()).expect("a process lives less than 2^64 ms")
 }
 
 /// Proves `signers` for `op` on a fresh challenge; every proof must pass.
@@ -138,6 +138,23 @@ pub fn fetch_file(
     Ok(())
 }
 
+/// Downloads and decrypts the attachment kept for message `msg_id` ([`Messenger::attachments`])
+/// into `out`, then forgets it. If the download fails the attachment stays kept (fetch it
+/// again); what was written to `out` by then is incomplete.
+pub fn fetch_attachment<S: Storage>(
+    client: &mut Client,
+    m: &mut Messenger<S>,
+    msg_id: &[u8; 16],
+    out: impl std::io::Write,
+) -> Result<Incoming, MessengerError> {
+    let msg = m
+        .attachment(msg_id)?
+        .ok_or(MessengerError::UnknownAttachment)?;
+    fetch_file(client, &msg.body, out)?;
+    m.forget_attachment(msg_id)?;
+    Ok(msg)
+}
+
 /// Registers a device's push token for this user's dests (both mailboxes) of the next `hours`
 /// hours, so that a message stored for it while the app sleeps sends one silent wake; register
 /// again before they run out. Returns how many dests the token covers.
@@ -148,10 +165,12 @@ pub fn register_push<S: Storage>(
     token: &[u8],
     hours: u64,
 ) -> Result<u16, MessengerError> {
+    // `push_plan` refuses hours outside 1 ..= PUSH_HOURS_MAX, whose seconds fit the u32 TTL.
     let signers = m.push_plan(client.node_unix_s(), hours)?;
+    const _: () = assert!(crate::messenger::PUSH_HOURS_MAX * 3600 <= u32::MAX as u64);
+    let ttl_s = u32::try_from(hours * 3600).expect("hours checked by push_plan");
     prove_all(client, &signers, Op::PushRegister)?;
     let dests: Vec<_> = signers.iter().map(BlindedSigner::dest).collect();
-    let ttl_s = u32::try_from(hours.saturating_mul(3600)).unwrap_or(u32::MAX);
     Ok(client.push_register(provider, token, &dests, ttl_s)?)
 }
 
@@ -159,7 +178,8 @@ pub fn register_push<S: Storage>(
 #[derive(Debug, Default)]
 pub struct Synced {
     /// The messages, in the order they arrived (after any a failed call left in the inbox). They
-    /// are removed from the messenger's inbox as they are returned here.
+    /// are removed from the messenger's inbox as they are returned here; an attachment stays
+    /// kept until fetched ([`fetch_attachment`]) or forgotten.
     pub messages: Vec<Incoming>,
     /// Packets that did not authenticate (or were not for this user, or replays): dropped.
     pub dropped: usize,

@@ -1,14 +1,18 @@
 //! ferry's client library.
 //!
-//! Flow: [`Client::connect`] (TCP or TLS 1.3) → the node's hello gives its id, a challenge and its
-//! clock → [`Mailbox::dest`] computes the hourly destination hash of a mailbox → [`Client::prove`]
+//! Flow: [`Client::connect_url`] (`ferry+tls://host[:port]` for TLS 1.3, `ferry://` for plain
+//! TCP; [`NodeUrl`]) → the node's hello gives its id, a challenge and its clock → [`Mailbox::dest`] computes the hourly destination hash of a mailbox → [`Client::prove`]
 //! proves ownership of the dests to act on (one signature each, batch-checked by the node) →
 //! [`Client::subscribe`] → [`Client::send`] / [`Client::recv`]. The protocol itself is the sans-IO
 //! `ferry_proto::conn::ClientConn`; this crate adds the socket, the clock and blocking waits.
 //!
 //! Payloads are opaque to the node: applications encrypt before [`Client::send`].
+//!
+//! An application depends on this crate alone: the protocol types its API names are re-exported
+//! here (the common ones at the top, all of them under [`proto`]).
 
 pub mod chat;
+mod endpoint;
 pub mod media;
 pub mod messenger;
 pub mod prekeys;
@@ -16,20 +20,25 @@ pub mod prekeys;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use ferry_proto::addr::{
-    AddrError, BlindedSigner, MailboxPublic, MailboxSecret, NamespaceId, epoch_of,
+pub use endpoint::{
+    NodeUrl, PORT_PLAIN_DEFAULT, PORT_TLS_DEFAULT, SCHEME_PLAIN, SCHEME_TLS, Trust, UrlError,
 };
-use ferry_proto::conn::{ClientConn, ClientError, ClientEvent};
+/// The wire protocol, for every type the SDK's API names that is not re-exported below.
+pub use ferry_proto as proto;
+use ferry_proto::addr::MailboxSecret;
+pub use ferry_proto::addr::{AddrError, BlindedSigner, MailboxPublic, NamespaceId, epoch_of};
+pub use ferry_proto::conn::{ClientConn, ClientError, ClientEvent};
+use ferry_proto::frame::Frame;
 pub use ferry_proto::frame::{
-    Dest, ErrorCode, FLAG_ACK, Op, ProofStatus, SendStatus, SubscribeStatus,
+    BlobStatus, Dest, ErrorCode, FLAG_ACK, Op, PrekeyStatus, ProofItem, ProofStatus, PushProvider,
+    PushStatus, SendStatus, SubscribeStatus,
 };
-use ferry_proto::frame::{Frame, ProofItem};
 pub use ferry_proto::limits::{
-    DESTS_PER_FRAME_MAX, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX,
+    DESTS_PER_FRAME_MAX, EPOCH_SECONDS, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX,
 };
+pub use ferry_proto::prekey::{Bundle, Upload};
 
 /// Events a client buffers while waiting for a specific answer; beyond it the wait fails rather
 /// than growing without bound.
@@ -73,6 +82,27 @@ pub enum SdkError {
     Push(ferry_proto::frame::PushStatus),
     /// The node refused a media request.
     Blob(ferry_proto::frame::BlobStatus),
+    /// The node URL does not parse.
+    Url(UrlError),
+    /// The node's host name has no address (or the lookup failed).
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    /// The CA certificates to trust could not be loaded from `origin` (a file, or the PEM
+    /// given).
+    Ca {
+        origin: String,
+        reason: String,
+    },
+    /// The name to check the node's certificate for is not a DNS name or an IP address.
+    ServerName {
+        name: String,
+    },
+    /// The node's clock says a time past [`NODE_UNIX_S_MAX`]: the node is broken.
+    NodeClock {
+        unix_s: u64,
+    },
 }
 
 impl std::fmt::Display for SdkError {
@@ -98,13 +128,47 @@ impl std::fmt::Display for SdkError {
             SdkError::BadBundle(fault) => write!(f, "prekey bundle does not verify: {fault:?}"),
             SdkError::Push(status) => write!(f, "push registration refused: {status:?}"),
             SdkError::Blob(status) => write!(f, "media request refused: {status:?}"),
+            SdkError::Url(e) => write!(f, "{e}"),
+            SdkError::Resolve { host, source } => write!(f, "cannot resolve {host:?}: {source}"),
+            SdkError::Ca { origin, reason } => {
+                write!(f, "CA certificates to trust, from {origin}: {reason}")
+            }
+            SdkError::ServerName { name } => write!(
+                f,
+                "{name:?} is not a name a TLS certificate can carry (a DNS name or an IP address)"
+            ),
+            SdkError::NodeClock { unix_s } => write!(
+                f,
+                "the node's clock says {unix_s} s since 1970, past NODE_UNIX_S_MAX"
+            ),
         }
     }
 }
-impl std::error::Error for SdkError {}
+impl std::error::Error for SdkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SdkError::Io(e) | SdkError::Resolve { source: e, .. } => Some(e),
+            SdkError::Tls(e) => Some(e),
+            SdkError::Url(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+impl From<UrlError> for SdkError {
+    fn from(e: UrlError) -> Self {
+        SdkError::Url(e)
+    }
+}
 impl From<std::io::Error> for SdkError {
+    /// A TLS failure (rustls reports it through `std::io`) becomes [`SdkError::Tls`].
     fn from(e: std::io::Error) -> Self {
-        SdkError::Io(e)
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => SdkError::Tls(tls.clone()),
+            None => SdkError::Io(e),
+        }
     }
 }
 impl From<AddrError> for SdkError {
@@ -113,12 +177,9 @@ impl From<AddrError> for SdkError {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+/// The latest node time (Unix seconds) a client accepts in a hello or a challenge: about 34 800
+/// years after 1970. A node past it is broken; below it the client's clock arithmetic is exact.
+pub const NODE_UNIX_S_MAX: u64 = 1 << 40;
 
 /// A mailbox: the owner's key pair within one application namespace.
 pub struct Mailbox {
@@ -255,8 +316,8 @@ pub struct Client {
     conn: ClientConn,
     info: NodeInfo,
     challenge: [u8; 32],
-    /// node Unix time − local Unix time, from the latest hello or challenge.
-    clock_offset_s: i64,
+    /// The node's Unix time in its latest hello or challenge, and the local time it arrived.
+    node_clock: (u64, SystemTime),
     events: VecDeque<ClientEvent>,
     buf: Vec<u8>,
 }
@@ -269,47 +330,79 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// Connection options.
+/// How to connect: timeouts and, for `ferry+tls`, whom to trust.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
+    /// For each TCP connect and for the node's hello.
     pub timeout: Duration,
-    /// TLS: the server name to verify and the roots to trust. `None` = plain TCP.
-    pub tls: Option<(String, Arc<rustls::RootCertStore>)>,
+    /// `ferry+tls`: the CAs the node's certificate must chain to.
+    pub trust: Trust,
+    /// `ferry+tls`: the name the node's certificate must carry, when it is not the URL's host
+    /// (a node reached by IP address or through a tunnel).
+    pub server_name: Option<String>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             timeout: Duration::from_secs(10),
-            tls: None,
+            trust: Trust::PublicRoots,
+            server_name: None,
         }
     }
 }
 
 impl Client {
-    /// Plain TCP (loopback, or behind a TLS-terminating proxy).
+    /// Plain TCP to an address (loopback tests; applications use [`Client::connect_url`]).
     pub fn connect(addr: SocketAddr) -> Result<Client, SdkError> {
-        Self::connect_with(addr, &ConnectOptions::default())
+        let opts = ConnectOptions::default();
+        let tcp = TcpStream::connect_timeout(&addr, opts.timeout)?;
+        Self::start(tcp, None, opts.timeout)
     }
 
-    pub fn connect_with(addr: SocketAddr, opts: &ConnectOptions) -> Result<Client, SdkError> {
-        let tcp = TcpStream::connect_timeout(&addr, opts.timeout)?;
-        tcp.set_nodelay(true)?;
-        let stream = match &opts.tls {
-            None => Stream::Plain(tcp),
-            Some((name, roots)) => {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .map_err(SdkError::Tls)?
-                    .with_root_certificates(roots.clone())
-                    .with_no_client_auth();
-                let server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
-                let conn = rustls::ClientConnection::new(Arc::new(cfg), server_name)
-                    .map_err(SdkError::Tls)?;
-                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+    /// Connects to the node at `url` ([`NodeUrl`]): `ferry+tls://host[:port]` is TLS 1.3 with
+    /// the certificate checked against `opts.trust` for `opts.server_name` or else the host;
+    /// `ferry://host[:port]` is plain TCP. A host name is resolved and its addresses are tried
+    /// in turn. Returns once the node's hello has arrived.
+    ///
+    /// ```no_run
+    /// use ferry_sdk::{Client, ConnectOptions, Trust};
+    /// let opts = ConnectOptions { trust: Trust::CaFile("ca.pem".into()), ..Default::default() };
+    /// let client = Client::connect_url("ferry+tls://relay.example:7443", &opts)?;
+    /// # Ok::<(), ferry_sdk::SdkError>(())
+    /// ```
+    pub fn connect_url(url: &str, opts: &ConnectOptions) -> Result<Client, SdkError> {
+        let node: NodeUrl = url.parse()?;
+        // The trust anchors first: a bad CA file fails before any traffic.
+        let tls = if node.tls {
+            let name = opts.server_name.as_deref().unwrap_or(&node.host);
+            Some(endpoint::tls_session(&opts.trust, name)?)
+        } else {
+            None
+        };
+        let mut last = None;
+        for addr in node.socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, opts.timeout) {
+                Ok(tcp) => return Self::start(tcp, tls, opts.timeout),
+                Err(e) => last = Some(e),
             }
+        }
+        // `socket_addrs` never returns an empty list.
+        Err(SdkError::Io(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+        })))
+    }
+
+    /// Speaks ferry over a connected socket (inside `tls` when given) until the node's hello.
+    fn start(
+        tcp: TcpStream,
+        tls: Option<rustls::ClientConnection>,
+        timeout: Duration,
+    ) -> Result<Client, SdkError> {
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(conn) => Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))),
         };
         let mut c = Client {
             stream,
@@ -320,12 +413,12 @@ impl Client {
                 node_id: [0; 32],
             },
             challenge: [0; 32],
-            clock_offset_s: 0,
+            node_clock: (0, SystemTime::now()),
             events: VecDeque::new(),
             buf: vec![0u8; 64 * 1024],
         };
         c.flush()?;
-        let deadline = Instant::now() + opts.timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             match c.next_event(deadline)? {
                 ClientEvent::Ready {
@@ -340,7 +433,7 @@ impl Client {
                         shard,
                         node_id,
                     };
-                    c.set_challenge(challenge, unix_time_s);
+                    c.set_challenge(challenge, unix_time_s)?;
                     return Ok(c);
                 }
                 ClientEvent::Error { code, message } => {
@@ -351,10 +444,15 @@ impl Client {
         }
     }
 
-    fn set_challenge(&mut self, challenge: [u8; 32], node_unix_s: u64) {
+    fn set_challenge(&mut self, challenge: [u8; 32], node_unix_s: u64) -> Result<(), SdkError> {
+        if node_unix_s > NODE_UNIX_S_MAX {
+            return Err(SdkError::NodeClock {
+                unix_s: node_unix_s,
+            });
+        }
         self.challenge = challenge;
-        self.clock_offset_s =
-            i64::try_from(i128::from(node_unix_s) - i128::from(unix_now())).unwrap_or(0);
+        self.node_clock = (node_unix_s, SystemTime::now());
+        Ok(())
     }
 
     pub fn info(&self) -> NodeInfo {
@@ -363,9 +461,16 @@ impl Client {
     pub fn challenge(&self) -> [u8; 32] {
         self.challenge
     }
-    /// The node's Unix time as this client estimates it (local clock + offset from the hello).
+    /// The node's Unix time as this client estimates it: the time in its latest hello or
+    /// challenge plus the local time elapsed since (the wall clock, which goes on during a
+    /// device's sleep; a local clock set back counts as no time elapsed).
     pub fn node_unix_s(&self) -> u64 {
-        u64::try_from(i128::from(unix_now()) + i128::from(self.clock_offset_s)).unwrap_or(0)
+        let (at_s, at) = self.node_clock;
+        let elapsed_s = SystemTime::now()
+            .duration_since(at)
+            .map_or(0, |d| d.as_secs());
+        // `at_s` ≤ NODE_UNIX_S_MAX (2^40) and no device's clock runs 2^63 s ahead.
+        at_s + elapsed_s
     }
     /// The current epoch on the node's clock.
     pub fn epoch(&self) -> u64 {
@@ -422,7 +527,7 @@ impl Client {
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Err(SdkError::Closed);
                 }
-                Err(e) => return Err(SdkError::Io(e)),
+                Err(e) => return Err(e.into()),
             };
             self.conn.on_bytes(&self.buf[..n]);
         }
@@ -573,7 +678,7 @@ impl Client {
             } => Some((*challenge, *unix_time_s)),
             _ => None,
         })?;
-        self.set_challenge(ch, t);
+        self.set_challenge(ch, t)?;
         Ok(ch)
     }
 
@@ -783,8 +888,9 @@ impl Client {
             let mut buf = vec![0u8; BLOB_CHUNK_BYTES_MAX];
             while at < size || in_flight > 0 {
                 while in_flight < BLOB_WINDOW_CHUNKS && at < size {
-                    let n = usize::try_from((size - at).min(BLOB_CHUNK_BYTES_MAX as u64))
-                        .unwrap_or(BLOB_CHUNK_BYTES_MAX);
+                    // What is left, or a whole chunk when that does not even fit a usize.
+                    let n = usize::try_from(size - at)
+                        .map_or(BLOB_CHUNK_BYTES_MAX, |left| left.min(BLOB_CHUNK_BYTES_MAX));
                     data.read_exact(&mut buf[..n])?;
                     self.conn.push(&Frame::BlobChunk {
                         id,
@@ -849,24 +955,31 @@ impl Client {
     ) -> Result<Vec<u8>, SdkError> {
         use ferry_proto::frame::{BlobOpKind as K, BlobStatus as B};
         use ferry_proto::limits::{BLOB_GET_BYTES_MAX, BLOB_GETS_IN_FLIGHT_MAX};
-        let end = offset + len;
-        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        // BLOB_GET_BYTES_MAX as the request's u32 length field.
+        const GET_BYTES_MAX: u32 = 1 << 20;
+        const _: () = assert!(GET_BYTES_MAX as usize == BLOB_GET_BYTES_MAX);
+        let (Some(end), Ok(len_bytes)) = (offset.checked_add(len), usize::try_from(len)) else {
+            return Err(SdkError::Blob(B::BadRange));
+        };
+        let mut out = Vec::with_capacity(len_bytes);
         // Requests in order: (offset, length, encoded answer so far, complete).
-        let mut pending: std::collections::VecDeque<(u64, u64, Vec<u8>, bool)> =
+        let mut pending: std::collections::VecDeque<(u64, u32, Vec<u8>, bool)> =
             std::collections::VecDeque::new();
         let mut next = offset;
         let mut stalls = 0u32;
         let deadline = Instant::now() + Duration::from_secs(300);
         while out.len() as u64 != len {
             while next < end && pending.len() < BLOB_GETS_IN_FLIGHT_MAX as usize {
-                let n = (end - next).min(BLOB_GET_BYTES_MAX as u64);
+                // What is left, or a whole request when that does not even fit a u32.
+                let n =
+                    u32::try_from(end - next).map_or(GET_BYTES_MAX, |left| left.min(GET_BYTES_MAX));
                 self.conn.push(&Frame::BlobGet {
                     id,
                     offset: next,
-                    len: u32::try_from(n).unwrap_or(u32::MAX),
+                    len: n,
                 });
                 pending.push_back((next, n, Vec::new(), false));
-                next += n;
+                next += u64::from(n);
             }
             self.flush()?;
             match self.next_event(deadline)? {
@@ -898,7 +1011,7 @@ impl Client {
                         self.conn.push(&Frame::BlobGet {
                             id,
                             offset: p.0,
-                            len: u32::try_from(p.1).unwrap_or(u32::MAX),
+                            len: p.1,
                         });
                     }
                 }
@@ -909,10 +1022,14 @@ impl Client {
             }
             while pending.front().is_some_and(|p| p.3) {
                 if let Some((at, n, encoded, _)) = pending.pop_front() {
-                    let piece = ferry_proto::media::verify_range(&id, size, at, n, &encoded)
-                        .map_err(|e| {
-                            SdkError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-                        })?;
+                    let piece =
+                        ferry_proto::media::verify_range(&id, size, at, u64::from(n), &encoded)
+                            .map_err(|e| {
+                                SdkError::Io(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    e,
+                                ))
+                            })?;
                     out.extend_from_slice(&piece);
                 }
             }

@@ -165,11 +165,9 @@ pub fn decrypt_range(
     let stream = key.stream();
     let segments = ciphertext_bytes.div_ceil(SEALED_SEGMENT_BYTES).max(1);
     let first = ct_off / SEALED_SEGMENT_BYTES;
-    let mut plain = Vec::with_capacity(usize::try_from(plain_len).unwrap_or(0));
-    for (i, seg) in sealed
-        .chunks(usize::try_from(SEALED_SEGMENT_BYTES).unwrap_or(usize::MAX))
-        .enumerate()
-    {
+    // The segments' plaintext is shorter than `sealed`.
+    let mut plain = Vec::with_capacity(sealed.len());
+    for (i, seg) in sealed.chunks(SEGMENT_BYTES + TAG_BYTES).enumerate() {
         let index = first + i as u64;
         let mut buf = seg.to_vec();
         let position = u32::try_from(index).map_err(|_| bad())?;

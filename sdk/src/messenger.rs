@@ -46,6 +46,10 @@ pub const RETRY_MAX_MS: u64 = 60_000;
 /// One-time prekeys uploaded per refill, and the level that asks for one.
 pub const PREKEYS_PER_REFILL: usize = 50;
 pub const PREKEYS_LOW: u16 = 10;
+/// The longest contact name, in UTF-8 bytes (`add_contact` refuses longer ones). A stored
+/// message carries its sender's name behind a u16 length.
+pub const CONTACT_NAME_BYTES_MAX: usize = 1024;
+const _: () = assert!(CONTACT_NAME_BYTES_MAX <= u16::MAX as usize);
 
 /// What can go wrong in the session layer.
 #[derive(Debug)]
@@ -69,6 +73,9 @@ pub enum MessengerError {
     Replay,
     /// An argument out of range (the message says which).
     InvalidArgument(&'static str),
+    /// No attachment is kept for this message id (fetched and forgotten already, or never
+    /// received).
+    UnknownAttachment,
 }
 
 impl std::fmt::Display for MessengerError {
@@ -89,6 +96,9 @@ impl std::fmt::Display for MessengerError {
             MessengerError::Storage(e) => write!(f, "storage: {e}"),
             MessengerError::Replay => write!(f, "a replayed first-contact message"),
             MessengerError::InvalidArgument(m) => f.write_str(m),
+            MessengerError::UnknownAttachment => {
+                write!(f, "no attachment kept for this message id")
+            }
         }
     }
 }
@@ -106,7 +116,7 @@ impl From<SdkError> for MessengerError {
 
 /// Key-value storage the messenger keeps its state in. Keys are short ASCII paths
 /// (`identity`, `namespace`, `contact/<hex>`, `session/<hex>`, `prekeys`, `inits`,
-/// `outbox/<hex>`, `inbox/<hex>`, `seen`); values are opaque bytes, most of them secret (a
+/// `outbox/<hex>`, `inbox/<hex>`, `attachment/<hex>`, `seen`); values are opaque bytes, most of them secret (a
 /// contact record holds that contact's mailbox secret): store them where the platform keeps
 /// secrets. A read error must be an error, never "absent": the messenger would otherwise make a
 /// new identity.
@@ -418,7 +428,9 @@ impl Peer {
                 1 => Some(b[33..65].try_into().ok()?),
                 _ => return None,
             },
-            name: String::from_utf8(b[65..].to_vec()).ok()?,
+            name: String::from_utf8(b.get(65..)?.to_vec())
+                .ok()
+                .filter(|n| n.len() <= CONTACT_NAME_BYTES_MAX)?,
         })
     }
 }
@@ -434,6 +446,9 @@ pub const SESSIONS_PER_CONTACT_MAX: usize = 4;
 /// Hours one push registration may cover (both mailboxes: two dests an hour, under the node's
 /// default of 256 dests per token).
 pub const PUSH_HOURS_MAX: u64 = 127;
+// Record counts written in one byte.
+const _: () = assert!(SIGNED_PREKEYS_KEPT <= u8::MAX as usize);
+const _: () = assert!(SESSIONS_PER_CONTACT_MAX <= u8::MAX as usize);
 const PREKEYS_VERSION: u8 = 2;
 
 /// This device's prekey secrets, by id.
@@ -464,25 +479,22 @@ impl Prekeys {
         let mut b = Zeroizing::new(Vec::new());
         b.push(PREKEYS_VERSION);
         b.extend_from_slice(&self.next_id.to_be_bytes());
-        b.push(u8::try_from(self.spks.len()).unwrap_or(0));
+        assert!(self.spks.len() <= SIGNED_PREKEYS_KEPT);
+        b.push(u8::try_from(self.spks.len()).expect("SIGNED_PREKEYS_KEPT fits a u8"));
         for (id, s) in &self.spks {
             b.extend_from_slice(&id.to_be_bytes());
             b.extend_from_slice(s);
         }
-        b.extend_from_slice(
-            &u32::try_from(self.one_time.len())
-                .unwrap_or(0)
-                .to_be_bytes(),
-        );
+        b.extend_from_slice(&prefix_u32(self.one_time.len()));
         for (id, s) in &self.one_time {
             b.extend_from_slice(&id.to_be_bytes());
             b.extend_from_slice(s);
         }
-        b.extend_from_slice(&u32::try_from(self.kem.len()).unwrap_or(0).to_be_bytes());
+        b.extend_from_slice(&prefix_u32(self.kem.len()));
         for (id, (dk, last)) in &self.kem {
             b.extend_from_slice(&id.to_be_bytes());
             b.push(u8::from(*last));
-            b.extend_from_slice(&u32::try_from(dk.len()).unwrap_or(0).to_be_bytes());
+            b.extend_from_slice(&prefix_u32(dk.len()));
             b.extend_from_slice(dk);
         }
         b
@@ -624,12 +636,23 @@ fn backoff(tries: u32) -> u64 {
         .min(RETRY_MAX_MS)
 }
 
+/// A count or length written as a big-endian u32 in a stored record. Each is far below 2^32 (a
+/// session with `SKIPPED_KEYS_MAX` skipped keys is under 200 KiB, an ML-KEM key 3 168 bytes,
+/// prekeys come at most 100 per upload), and one that is not would make the record lie about
+/// what follows: that is a bug, so it stops here.
+fn prefix_u32(n: usize) -> [u8; 4] {
+    u32::try_from(n)
+        .expect("a record's count or length over u32::MAX")
+        .to_be_bytes()
+}
+
 fn encode_sessions(list: &[Session]) -> Zeroizing<Vec<u8>> {
     let mut b = Zeroizing::new(Vec::new());
-    b.push(u8::try_from(list.len()).unwrap_or(0));
+    assert!(list.len() <= SESSIONS_PER_CONTACT_MAX);
+    b.push(u8::try_from(list.len()).expect("SESSIONS_PER_CONTACT_MAX fits a u8"));
     for s in list {
         let one = s.to_bytes();
-        b.extend_from_slice(&u32::try_from(one.len()).unwrap_or(0).to_be_bytes());
+        b.extend_from_slice(&prefix_u32(one.len()));
         b.extend_from_slice(&one);
     }
     b
@@ -662,9 +685,18 @@ fn encode_incoming(m: &Incoming) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&m.from);
     b.extend_from_slice(&m.msg_id);
+    // Names come from `add_contact` and stored contact records, both held to the limit.
     let name = m.from_name.as_bytes();
-    b.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
-    b.extend_from_slice(&name[..name.len().min(usize::from(u16::MAX))]);
+    assert!(
+        name.len() <= CONTACT_NAME_BYTES_MAX,
+        "contact name over CONTACT_NAME_BYTES_MAX"
+    );
+    b.extend_from_slice(
+        &u16::try_from(name.len())
+            .expect("CONTACT_NAME_BYTES_MAX fits a u16")
+            .to_be_bytes(),
+    );
+    b.extend_from_slice(name);
     b.extend_from_slice(&m.body.to_bytes());
     b
 }
@@ -832,8 +864,14 @@ impl<S: Storage> Messenger<S> {
         self.ns
     }
 
-    /// Adds (or renames) a contact. A name another contact has is refused.
+    /// Adds (or renames) a contact. A name another contact has, or one over
+    /// `CONTACT_NAME_BYTES_MAX` bytes, is refused.
     pub fn add_contact(&mut self, name: &str, address: &Address) -> Result<(), MessengerError> {
+        if name.len() > CONTACT_NAME_BYTES_MAX {
+            return Err(MessengerError::InvalidArgument(
+                "contact names are at most CONTACT_NAME_BYTES_MAX (1024) bytes",
+            ));
+        }
         if self
             .peers
             .values()
@@ -1273,9 +1311,48 @@ impl<S: Storage> Messenger<S> {
         Ok(out)
     }
 
-    /// The application has the message: remove it from the inbox.
+    /// The application has the message: remove it from the inbox. An attachment's reference
+    /// (blob id, key, sizes, name, sender) is kept first ([`Messenger::attachments`]), so that a
+    /// file shown as received can still be fetched, also after a restart, until
+    /// [`Messenger::forget_attachment`] (`chat::fetch_attachment` fetches and forgets).
     pub fn done(&mut self, msg_id: &[u8; 16]) -> Result<(), MessengerError> {
-        st(self.storage.delete(&format!("inbox/{}", hex(msg_id))))
+        let key = format!("inbox/{}", hex(msg_id));
+        if let Some(b) = st(self.storage.get(&key))? {
+            let msg = decode_incoming(&b).ok_or(MessengerError::Malformed("inbox record"))?;
+            if matches!(msg.body, Body::Attachment { .. }) {
+                st(self.storage.put(&format!("attachment/{}", hex(msg_id)), &b))?;
+            }
+        }
+        st(self.storage.delete(&key))
+    }
+
+    /// Attachments received (and marked `done`) whose files were not fetched yet, by message
+    /// id. They stay until [`Messenger::forget_attachment`].
+    pub fn attachments(&self) -> Result<Vec<Incoming>, MessengerError> {
+        let mut out = Vec::new();
+        for key in st(self.storage.keys("attachment/"))? {
+            if let Some(b) = st(self.storage.get(&key))? {
+                out.push(
+                    decode_incoming(&b).ok_or(MessengerError::Malformed("attachment record"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kept attachment of message `msg_id`, if there is one.
+    pub fn attachment(&self, msg_id: &[u8; 16]) -> Result<Option<Incoming>, MessengerError> {
+        match st(self.storage.get(&format!("attachment/{}", hex(msg_id))))? {
+            None => Ok(None),
+            Some(b) => decode_incoming(&b)
+                .map(Some)
+                .ok_or(MessengerError::Malformed("attachment record")),
+        }
+    }
+
+    /// Forgets a kept attachment (its file fetched, or not wanted).
+    pub fn forget_attachment(&mut self, msg_id: &[u8; 16]) -> Result<(), MessengerError> {
+        st(self.storage.delete(&format!("attachment/{}", hex(msg_id))))
     }
 
     // ---- what a connection proves, listens on and drains --------------------------------------

@@ -456,3 +456,73 @@ fn storage_is_locked_tied_to_its_namespace_and_names_are_unique() {
     m.add_contact("pat", &other.address()).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A contact name longer than its stored length field can say is refused with the limit named,
+/// and nothing stored changes: the contact keeps its name and what arrives from it is stored in
+/// records that read back (once, a 70 000-byte name wrote a u16 length of 0 in front of 65 535
+/// name bytes, and the inbox no longer parsed).
+#[test]
+fn a_contact_name_over_the_limit_is_refused_and_nothing_is_corrupted() {
+    use ferry_sdk::messenger::CONTACT_NAME_BYTES_MAX;
+    let mut node = Node::default();
+    let (mut alice, mut bob, b_id) = introduced(&mut node, true);
+    bob.add_contact("alice", &alice.address()).unwrap();
+    let before = bob.storage().clone();
+    for len in [CONTACT_NAME_BYTES_MAX + 1, 70_000] {
+        match bob.add_contact(&"n".repeat(len), &alice.address()) {
+            Err(e @ MessengerError::InvalidArgument(_)) => {
+                assert!(e.to_string().contains("CONTACT_NAME_BYTES_MAX"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(bob.storage().0, before.0, "a refused name changed nothing");
+    let t = alice.send(&b_id, &text("still fine"), T0, 0).unwrap();
+    let got = bob.receive(&t.payload).unwrap().unwrap();
+    assert_eq!(got.from_name, "alice");
+    let bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert_eq!(bob.inbox().unwrap(), vec![got]);
+
+    // The longest name allowed goes through the inbox record and back.
+    let long = "é".repeat(CONTACT_NAME_BYTES_MAX / 2);
+    let mut bob = bob;
+    bob.add_contact(&long, &alice.address()).unwrap();
+    let t = alice.send(&b_id, &text("long name"), T0, 0).unwrap();
+    let got = bob.receive(&t.payload).unwrap().unwrap();
+    assert_eq!(got.from_name, long);
+    let bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    // The inbox is in message-id order: both messages, this one among them.
+    let inbox = bob.inbox().unwrap();
+    assert!(inbox.len() == 2 && inbox.contains(&got), "{inbox:?}");
+}
+
+/// An attachment marked done stays kept, also across a restart, until it is forgotten; a
+/// message of text is not kept.
+#[test]
+fn an_attachment_is_kept_after_done_until_forgotten() {
+    let mut node = Node::default();
+    let (mut alice, mut bob, b_id) = introduced(&mut node, true);
+    let file = Body::Attachment {
+        id: [7; 32],
+        key: [9; 32],
+        ciphertext_bytes: 3_000_048,
+        plaintext_bytes: 3_000_000,
+        name: "photo.bin".into(),
+    };
+    let t1 = alice.send(&b_id, &file, T0, 0).unwrap();
+    let t2 = alice.send(&b_id, &text("and words"), T0, 0).unwrap();
+    let f = bob.receive(&t1.payload).unwrap().unwrap();
+    let w = bob.receive(&t2.payload).unwrap().unwrap();
+    bob.done(&f.msg_id).unwrap();
+    bob.done(&w.msg_id).unwrap();
+    assert!(bob.inbox().unwrap().is_empty());
+    let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert_eq!(bob.attachments().unwrap(), vec![f.clone()]);
+    assert_eq!(bob.attachment(&f.msg_id).unwrap(), Some(f.clone()));
+    assert_eq!(bob.attachment(&w.msg_id).unwrap(), None);
+    // Received again (a retry): a duplicate, not kept twice.
+    assert_eq!(bob.receive(&t1.payload).unwrap(), None);
+    bob.forget_attachment(&f.msg_id).unwrap();
+    let bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert!(bob.attachments().unwrap().is_empty());
+}

@@ -278,21 +278,57 @@ pub fn mailbox_owned_by(shard: usize, shards: usize, epoch: u64, start: u32) -> 
     panic!("no mailbox for shard {shard}");
 }
 
-/// A self-signed certificate for "localhost", written as `cert.pem` and `key.pem` in `dir`.
+/// A certificate for "localhost" and its key, written as `cert.pem` and `key.pem` in `dir`, and
+/// the CA a client trusts for it (`ca_pem`, also in the file `ca_path`).
 pub struct TlsFiles {
-    pub cert: rcgen::CertifiedKey,
+    pub ca_pem: String,
+    pub ca_path: PathBuf,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
 }
 
 impl TlsFiles {
+    /// A self-signed certificate: its own CA (`ca_path` is `cert_path`).
     pub fn write(dir: &std::path::Path) -> TlsFiles {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert_path, cert.cert.pem()).unwrap();
         std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
         TlsFiles {
-            cert,
+            ca_pem: cert.cert.pem(),
+            ca_path: cert_path.clone(),
+            cert_path,
+            key_path,
+        }
+    }
+
+    /// A CA (`ca.pem`) and a leaf certificate for "localhost" it signed (`cert.pem`: the leaf,
+    /// then the CA), as a node on the internet has.
+    pub fn write_ca_signed(dir: &std::path::Path) -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "ferry test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf = leaf.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let (ca_path, cert_path, key_path) = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+        TlsFiles {
+            ca_pem: ca.pem(),
+            ca_path,
             cert_path,
             key_path,
         }
@@ -310,15 +346,19 @@ impl TlsFiles {
         ]
     }
 
-    /// Client options that trust exactly this certificate.
+    /// Client options that trust exactly this certificate's CA (as written, even if the files
+    /// are replaced since).
     pub fn client_opts(&self) -> ferry_sdk::ConnectOptions {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert.cert.der().clone()).unwrap();
         ferry_sdk::ConnectOptions {
-            tls: Some(("localhost".into(), std::sync::Arc::new(roots))),
+            trust: ferry_sdk::Trust::CaPem(self.ca_pem.clone().into_bytes()),
             ..Default::default()
         }
     }
+}
+
+/// The URL of a node's TLS listener at `addr`, by the name its test certificates carry.
+pub fn tls_url(addr: SocketAddr) -> String {
+    format!("ferry+tls://localhost:{}", addr.port())
 }
 
 /// `args` followed by `more`, as the `&[&str]` that [`Node::start`] takes.
