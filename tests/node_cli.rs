@@ -664,8 +664,6 @@ fn output_for_people_has_no_debug_text_and_log_files_no_colour() {
 
 #[test]
 fn dev_cert_gives_a_chain_a_node_serves_and_a_client_trusting_ca_pem_accepts() {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
     use std::os::unix::fs::PermissionsExt;
 
     let dir = temp_dir("devcert");
@@ -712,26 +710,24 @@ fn dev_cert_gives_a_chain_a_node_serves_and_a_client_trusting_ca_pem_accepts() {
         ],
         &[],
     );
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let roots = Arc::new(roots);
-    for name in ["localhost", "127.0.0.1"] {
-        let opts = ConnectOptions {
-            tls: Some((name.into(), roots.clone())),
-            ..Default::default()
-        };
-        let mut c = Client::connect_with(node.tls.unwrap(), &opts)
-            .unwrap_or_else(|e| panic!("as {name}: {e}"));
+    // What the README shows: connect by URL, trusting ca.pem, by name and by address.
+    let port = node.tls.unwrap().port();
+    let trusting = |server_name: Option<&str>| ferry_sdk::ConnectOptions {
+        trust: ferry_sdk::Trust::CaFile(ca.clone()),
+        server_name: server_name.map(str::to_string),
+        ..Default::default()
+    };
+    for url in [
+        format!("ferry+tls://localhost:{port}"),
+        format!("ferry+tls://127.0.0.1:{port}"),
+    ] {
+        let mut c =
+            Client::connect_url(&url, &trusting(None)).unwrap_or_else(|e| panic!("{url}: {e}"));
         c.ping(1).unwrap();
     }
     // A name the certificate is not for is refused.
-    let opts = ConnectOptions {
-        tls: Some(("ferry.example".into(), roots)),
-        ..Default::default()
-    };
-    assert!(Client::connect_with(node.tls.unwrap(), &opts).is_err());
+    let url = format!("ferry+tls://localhost:{port}");
+    assert!(Client::connect_url(&url, &trusting(Some("ferry.example"))).is_err());
 
     // A second run does not overwrite the key.
     let before = std::fs::read(&key).unwrap();
