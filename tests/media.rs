@@ -24,9 +24,8 @@ struct Gen {
 
 impl Read for Gen {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        // More left than a usize can count is more than any buffer holds.
+        let n = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
         for b in &mut buf[..n] {
             self.x = self
                 .x

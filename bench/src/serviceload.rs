@@ -119,11 +119,13 @@ fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
 
 /// How many of `rate` per second are due after `elapsed` (pacing).
 fn due(elapsed: Duration, rate: u64) -> u64 {
-    u64::try_from(elapsed.as_millis() * u128::from(rate) / 1000).unwrap_or(u64::MAX)
+    let due = elapsed.as_millis().saturating_mul(u128::from(rate)) / 1000;
+    // Saturating: more than u64::MAX due means every message is due; the sender is behind anyway.
+    u64::try_from(due).unwrap_or(u64::MAX)
 }
 
 fn pick(list: &[Dest], n: u64) -> Dest {
-    list[usize::try_from(n % list.len() as u64).unwrap_or(0)]
+    list[usize::try_from(n % list.len() as u64).expect("below the list's length, a usize")]
 }
 
 /// Paced stored sends; returns (sent, stored).
@@ -137,8 +139,11 @@ fn wakes(a: &Args, dests: &[Dest]) -> Result<(u64, u64), String> {
     // stores once, and a duplicate wakes nobody.
     let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(1);
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .ok_or(
+            "the system clock is not between 1970 and 2554: message ids would repeat across runs",
+        )?;
     while Instant::now() < end {
         let due = due(start.elapsed(), a.wakes_per_s);
         while sent < due {
@@ -176,6 +181,7 @@ fn fetches(a: &Args, slots: &[Dest]) -> Result<(u64, u64, u64, u64, Vec<u64>), S
     let mut on_event = |ev: ClientEvent, in_flight: &mut VecDeque<Instant>| {
         if let ClientEvent::PrekeyBundle { status, bundle, .. } = ev {
             if let Some(t) = in_flight.pop_front() {
+                // Saturating: a latency past u64::MAX µs (584 000 years) is the histogram's top.
                 lat.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
             }
             match (status, bundle) {

@@ -55,7 +55,8 @@ fn main() {
         log.append(now, Dest(d), i, 3_600, &payload)
             .unwrap_or_else(|e| panic!("append {i}: {e}"));
         if i % 4096 == 0 {
-            let ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let ms = u64::try_from(t.elapsed().as_millis())
+                .expect("milliseconds since the run started fit a u64 (584 million years)");
             log.poll_sync(ms).unwrap_or_else(|e| panic!("sync: {e}"));
         }
     }

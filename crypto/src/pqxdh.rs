@@ -34,6 +34,9 @@ pub const KEM_EK_BYTES: usize = 1568;
 pub const KEM_KEY_BYTES: usize = 1 + KEM_EK_BYTES;
 /// Bytes of an ML-KEM-1024 ciphertext.
 pub const KEM_CT_BYTES: usize = 1568;
+/// Bytes of an ML-KEM-1024 decapsulation key as [`kem_keypair`] returns it (FIPS 203: 768·k + 96,
+/// k = 4).
+pub const KEM_DK_BYTES: usize = 3168;
 /// Bytes of the associated data: Encode(IKa) ‖ Encode(IKb).
 pub const AD_BYTES: usize = 2 * EC_KEY_BYTES;
 /// Bytes of an encoded [`Init`].
@@ -340,6 +343,13 @@ mod tests {
                 opk: with_opk.then(|| (11, encode_ec(self.opk.public()))),
             }
         }
+    }
+
+    #[test]
+    fn kem_key_pairs_have_the_named_sizes() {
+        let (public, secret) = kem_keypair(&mut ChaCha20Rng::seed_from_u64(3));
+        assert_eq!(public.len(), KEM_KEY_BYTES);
+        assert_eq!(secret.len(), KEM_DK_BYTES);
     }
 
     #[test]

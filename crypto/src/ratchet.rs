@@ -30,6 +30,8 @@ pub const HEADER_BYTES: usize = 1 + 32 + 4 + 4;
 pub const SKIP_PER_CHAIN_MAX: u32 = 1000;
 /// The most skipped message keys a session keeps (the oldest go first).
 pub const SKIPPED_KEYS_MAX: usize = 2000;
+// The serialised state counts its skipped keys in a u32.
+const _: () = assert!(SKIPPED_KEYS_MAX <= u32::MAX as usize);
 /// HKDF info of the root chain.
 pub const ROOT_INFO: &[u8] = b"ferry_ratchet_root_v1";
 /// HKDF info of a message key's AEAD key and nonce.
@@ -410,7 +412,8 @@ impl Ratchet {
         for v in [c.ns, c.nr, c.pn] {
             b.extend_from_slice(&v.to_be_bytes());
         }
-        let n = u32::try_from(self.skipped.len()).unwrap_or(u32::MAX);
+        let n = u32::try_from(self.skipped.len())
+            .expect("at most SKIPPED_KEYS_MAX skipped keys, which fits a u32");
         b.extend_from_slice(&n.to_be_bytes());
         for s in self.skipped.live_in_order() {
             b.extend_from_slice(&s.dh);
@@ -431,7 +434,7 @@ impl Ratchet {
         let cks = r.opt()?;
         let ckr = r.opt()?;
         let (ns, nr, pn) = (r.u32()?, r.u32()?, r.u32()?);
-        let n = r.u32()? as usize;
+        let n = usize::try_from(r.u32()?).map_err(|_| RatchetError::BadState)?;
         if n > SKIPPED_KEYS_MAX {
             return Err(RatchetError::BadState);
         }

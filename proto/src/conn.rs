@@ -347,7 +347,7 @@ impl ServerConn {
                 node_id: self.node_id,
                 challenge: self.challenge,
                 unix_time_s: now.unix_s,
-                frame_bytes_max: u32::try_from(FRAME_BYTES_MAX).unwrap_or(u32::MAX),
+                frame_bytes_max: crate::frame::frame_len_u32(FRAME_BYTES_MAX),
             });
             return None;
         }

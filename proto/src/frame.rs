@@ -31,9 +31,9 @@ impl Dest {
         assert!(shards > 0);
         let mut head = [0u8; 8];
         head.copy_from_slice(&self.0[..8]);
-        let shards_u64 = u64::try_from(shards).unwrap_or(u64::MAX);
-        // The remainder is < shards, which came from a usize.
-        usize::try_from(u64::from_le_bytes(head) % shards_u64).unwrap_or(0)
+        let shards_u64 = u64::try_from(shards).expect("a usize fits a u64 on every target");
+        usize::try_from(u64::from_le_bytes(head) % shards_u64)
+            .expect("the remainder is below `shards`, a usize")
     }
 }
 
@@ -607,11 +607,21 @@ impl DecodeError {
     }
 }
 
-fn u16_of(n: usize) -> u16 {
-    u16::try_from(n).unwrap_or(u16::MAX)
+/// `n` as the u16 count or length field that announces it, asserting its limit `max` (each such
+/// limit is const-asserted to fit a u16 in `limits.rs`): a clamped count would announce fewer
+/// items than follow it, and the stream would lose its framing.
+pub(crate) fn count_u16(n: usize, max: usize) -> u16 {
+    assert!(n <= max, "count or length {n} over its limit {max}");
+    u16::try_from(n).expect("every count limit fits a u16 (limits.rs)")
 }
-fn u32_of(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+
+/// A frame's length (type byte and body) as its u32 prefix, asserting [`FRAME_BYTES_MAX`].
+pub(crate) fn frame_len_u32(frame_len: usize) -> u32 {
+    assert!(
+        frame_len <= FRAME_BYTES_MAX,
+        "frame of {frame_len} bytes over FRAME_BYTES_MAX ({FRAME_BYTES_MAX})"
+    );
+    u32::try_from(frame_len).expect("FRAME_BYTES_MAX fits a u32 (limits.rs)")
 }
 
 /// Writes the header of a `Send` or `Deliver` frame; the caller appends `payload_len` bytes.
@@ -626,7 +636,7 @@ pub fn put_packet_header(
     payload_len: usize,
 ) {
     assert!(payload_len <= PACKET_PAYLOAD_BYTES_MAX);
-    out.put_u32_le(u32_of(PACKET_HEADER_BYTES + payload_len));
+    out.put_u32_le(frame_len_u32(PACKET_HEADER_BYTES + payload_len));
     out.put_u8(frame_type);
     out.put_slice(&dest.0);
     out.put_u64_le(msg_id);
@@ -645,7 +655,7 @@ pub fn put_send_header(
     payload_len: usize,
 ) {
     assert!(payload_len <= PACKET_PAYLOAD_BYTES_MAX);
-    out.put_u32_le(u32_of(SEND_HEADER_BYTES + payload_len));
+    out.put_u32_le(frame_len_u32(SEND_HEADER_BYTES + payload_len));
     out.put_u8(ft::SEND);
     out.put_slice(&dest.0);
     out.put_u64_le(msg_id);
@@ -775,7 +785,7 @@ impl Frame {
             }
             _ => {}
         }
-        out.put_u32_le(u32_of(frame_len));
+        out.put_u32_le(frame_len_u32(frame_len));
         out.put_u8(self.frame_type());
         match self {
             Frame::ClientHello {
@@ -788,8 +798,7 @@ impl Frame {
             }
             Frame::ChallengeRequest => {}
             Frame::Prove { items } => {
-                assert!(items.len() <= PROOFS_PER_FRAME_MAX);
-                out.put_u16_le(u16_of(items.len()));
+                out.put_u16_le(count_u16(items.len(), PROOFS_PER_FRAME_MAX));
                 for item in items {
                     out.put_slice(&item.dest.0);
                     out.put_u8(item.op);
@@ -798,8 +807,7 @@ impl Frame {
                 }
             }
             Frame::Subscribe { dests } | Frame::Unsubscribe { dests } => {
-                assert!(dests.len() <= DESTS_PER_FRAME_MAX);
-                out.put_u16_le(u16_of(dests.len()));
+                out.put_u16_le(count_u16(dests.len(), DESTS_PER_FRAME_MAX));
                 for dest in dests {
                     out.put_slice(&dest.0);
                 }
@@ -829,8 +837,7 @@ impl Frame {
                 out.put_u64_le(*unix_time_s);
             }
             Frame::ProveResult { items } => {
-                assert!(items.len() <= PROOFS_PER_FRAME_MAX);
-                out.put_u16_le(u16_of(items.len()));
+                out.put_u16_le(count_u16(items.len(), PROOFS_PER_FRAME_MAX));
                 for (dest, op, status) in items {
                     out.put_slice(&dest.0);
                     out.put_u8(*op);
@@ -838,8 +845,7 @@ impl Frame {
                 }
             }
             Frame::SubscribeResult { items } => {
-                assert!(items.len() <= DESTS_PER_FRAME_MAX);
-                out.put_u16_le(u16_of(items.len()));
+                out.put_u16_le(count_u16(items.len(), DESTS_PER_FRAME_MAX));
                 for (dest, status) in items {
                     out.put_slice(&dest.0);
                     out.put_u8(*status as u8);
@@ -861,20 +867,18 @@ impl Frame {
             Frame::Error { code, message } => {
                 let message = truncate_utf8(message, ERROR_MESSAGE_BYTES_MAX);
                 out.put_u16_le(*code as u16);
-                out.put_u16_le(u16_of(message.len()));
+                out.put_u16_le(count_u16(message.len(), ERROR_MESSAGE_BYTES_MAX));
                 out.put_slice(message.as_bytes());
             }
             Frame::Query { dests } | Frame::QueryResult { dests } => {
-                assert!(dests.len() <= DESTS_PER_FRAME_MAX);
-                out.put_u16_le(u16_of(dests.len()));
+                out.put_u16_le(count_u16(dests.len(), DESTS_PER_FRAME_MAX));
                 for dest in dests {
                     out.put_slice(&dest.0);
                 }
             }
             Frame::Drain { dest } => out.put_slice(&dest.0),
             Frame::Ack { items } => {
-                assert!(items.len() <= DESTS_PER_FRAME_MAX);
-                out.put_u16_le(u16_of(items.len()));
+                out.put_u16_le(count_u16(items.len(), DESTS_PER_FRAME_MAX));
                 for (dest, pos) in items {
                     out.put_slice(&dest.0);
                     out.put_u64_le(*pos);
@@ -903,12 +907,11 @@ impl Frame {
                 token,
                 dests,
             } => {
-                assert!(token.len() <= PUSH_TOKEN_BYTES_MAX && dests.len() <= DESTS_PER_FRAME_MAX);
                 out.put_u8(*provider as u8);
                 out.put_u32_le(*ttl_s);
-                out.put_u16_le(u16_of(token.len()));
+                out.put_u16_le(count_u16(token.len(), PUSH_TOKEN_BYTES_MAX));
                 out.put_slice(token);
-                out.put_u16_le(u16_of(dests.len()));
+                out.put_u16_le(count_u16(dests.len(), DESTS_PER_FRAME_MAX));
                 for dest in dests {
                     out.put_slice(&dest.0);
                 }
@@ -1167,7 +1170,7 @@ impl Frame {
                 let id = r.array()?;
                 let offset = r.u64()?;
                 let len = r.u32()?;
-                if len as usize > BLOB_GET_BYTES_MAX {
+                if !usize::try_from(len).is_ok_and(|n| n <= BLOB_GET_BYTES_MAX) {
                     return Err(DecodeError::CountTooLarge {
                         frame_type: t,
                         count: u64::from(len),
@@ -1391,15 +1394,17 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, DecodeError> {
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     prefix.copy_from_slice(&buf[..FRAME_PREFIX_BYTES]);
     let frame_len = u32::from_le_bytes(prefix);
-    let frame_len_usize = usize::try_from(frame_len).unwrap_or(usize::MAX);
     if frame_len == 0 {
         return Err(DecodeError::EmptyFrame);
     }
-    if frame_len_usize > FRAME_BYTES_MAX {
-        return Err(DecodeError::FrameTooLarge {
-            frame_len: u64::from(frame_len),
-        });
-    }
+    let frame_len_usize = match usize::try_from(frame_len) {
+        Ok(n) if n <= FRAME_BYTES_MAX => n,
+        _ => {
+            return Err(DecodeError::FrameTooLarge {
+                frame_len: u64::from(frame_len),
+            });
+        }
+    };
     if buf.len() < FRAME_PREFIX_BYTES + frame_len_usize {
         buf.reserve(FRAME_PREFIX_BYTES + frame_len_usize - buf.len());
         return Ok(None);

@@ -55,7 +55,14 @@ pub const BLOB_DATA_HEADER_BYTES: usize = 1 + 32 + 8 + 1;
 pub const PROOF_ITEM_BYTES: usize = 16 + 1 + 32 + 64;
 
 const _: () = assert!(PACKET_PAYLOAD_BYTES_MAX > 60 * 1024);
+// The length prefix is a u32.
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+// Counts and lengths inside frames are u16: every limit behind one fits it.
+const _: () = assert!(PROOFS_PER_FRAME_MAX <= u16::MAX as usize);
+const _: () = assert!(DESTS_PER_FRAME_MAX <= u16::MAX as usize);
+const _: () = assert!(ERROR_MESSAGE_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(PUSH_TOKEN_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(crate::prekey::ONE_TIME_KEYS_MAX <= u16::MAX as usize);
 // A full Prove frame must fit in one frame.
 const _: () = assert!(1 + 2 + PROOFS_PER_FRAME_MAX * PROOF_ITEM_BYTES <= FRAME_BYTES_MAX);
 const _: () = assert!(1 + 2 + DESTS_PER_FRAME_MAX * 17 <= FRAME_BYTES_MAX);

@@ -55,18 +55,22 @@ pub fn verify_range(
     if len == 0 || offset.checked_add(len).is_none_or(|end| end > size) {
         return Err(VerifyError::BadRange);
     }
+    // The verified bytes are returned in memory: a range this target cannot address is refused.
+    let len_usize = usize::try_from(len).map_err(|_| VerifyError::BadRange)?;
     let ranges = chunk_ranges(offset, len);
     let tree = BaoTree::new(size, BLOCK_SIZE);
     let root = bao_tree::blake3::Hash::from_bytes(*id);
-    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // No more than the answer holds, whatever `len` claims.
+    let mut out = Vec::with_capacity(len_usize.min(encoded.len()));
     for item in DecodeResponseIter::new(root, tree, encoded, &ranges) {
         match item {
             Ok(BaoContentItem::Leaf(Leaf { offset: at, data })) => {
                 // Keep the part of this verified leaf that falls in the range.
                 let (lo, hi) = (at.max(offset), (at + data.len() as u64).min(offset + len));
                 if lo < hi {
-                    let s = usize::try_from(lo - at).unwrap_or(0);
-                    let e = usize::try_from(hi - at).unwrap_or(0);
+                    // at <= lo < hi <= at + data.len(): both fit the leaf's usize length.
+                    let s = usize::try_from(lo - at).expect("inside the leaf");
+                    let e = usize::try_from(hi - at).expect("inside the leaf");
                     out.extend_from_slice(&data[s..e]);
                 }
             }
@@ -74,7 +78,7 @@ pub fn verify_range(
             Err(_) => return Err(VerifyError::Mismatch),
         }
     }
-    if out.len() as u64 != len {
+    if out.len() != len_usize {
         return Err(VerifyError::Mismatch);
     }
     Ok(out)

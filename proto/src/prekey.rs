@@ -130,7 +130,8 @@ impl KeyKind {
     }
 }
 
-/// Why an upload was refused: the first bad key, by kind and index within its list.
+/// Why an upload was refused: the first bad key, by kind and index within its list. A list
+/// longer than [`ONE_TIME_KEYS_MAX`] is refused at its first key past the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     pub bad_signature: bool,
@@ -138,11 +139,13 @@ pub struct Fault {
     pub index: u16,
 }
 
+/// `index` is at most `ONE_TIME_KEYS_MAX` (const-asserted to fit a u16 in `limits.rs`):
+/// `check_upload` looks at no key past it.
 fn fault(bad_signature: bool, kind: KeyKind, index: usize) -> Fault {
     Fault {
         bad_signature,
         kind,
-        index: u16::try_from(index).unwrap_or(u16::MAX),
+        index: crate::frame::count_u16(index, ONE_TIME_KEYS_MAX),
     }
 }
 
@@ -155,9 +158,16 @@ pub fn ec_key_u(key: &[u8; EC_KEY_BYTES]) -> Option<[u8; 32]> {
 /// modulus): the crypto core's.
 pub use ferry_crypto::pqxdh::kem_key_valid;
 
-/// Checks every key and signature of `upload`. `stored_identity` is the slot's identity when the
-/// upload carries no signed part (one-time PQ keys are then checked against it).
+/// Checks every key and signature of `upload`, and that neither one-time list is longer than
+/// [`ONE_TIME_KEYS_MAX`] (what one upload can carry). `stored_identity` is the slot's identity when
+/// the upload carries no signed part (one-time PQ keys are then checked against it).
 pub fn check_upload(upload: &Upload, stored_identity: Option<&[u8; 33]>) -> Result<(), Fault> {
+    if upload.ec.len() > ONE_TIME_KEYS_MAX {
+        return Err(fault(false, KeyKind::OneTimeEc, ONE_TIME_KEYS_MAX));
+    }
+    if upload.pq.len() > ONE_TIME_KEYS_MAX {
+        return Err(fault(false, KeyKind::OneTimePq, ONE_TIME_KEYS_MAX));
+    }
     let identity = match &upload.signed {
         Some(s) => &s.identity,
         None => match stored_identity {
@@ -228,7 +238,13 @@ impl Upload {
 
     /// Appends the upload's wire encoding (also what the node's directory journal records).
     pub fn encode(&self, out: &mut impl BufMut) {
-        assert!(self.ec.len() <= ONE_TIME_KEYS_MAX && self.pq.len() <= ONE_TIME_KEYS_MAX);
+        // Checked before any byte is written.
+        assert!(
+            self.ec.len() <= ONE_TIME_KEYS_MAX && self.pq.len() <= ONE_TIME_KEYS_MAX,
+            "an upload of {} EC and {} PQ one-time keys: over its limit ONE_TIME_KEYS_MAX ({ONE_TIME_KEYS_MAX})",
+            self.ec.len(),
+            self.pq.len()
+        );
         out.put_slice(&self.dest.0);
         let mut flags = 0;
         if self.signed.is_some() {
@@ -245,12 +261,12 @@ impl Upload {
             out.put_slice(&s.spk.sig);
             put_kem(out, &s.last_resort);
         }
-        out.put_u16_le(u16::try_from(self.ec.len()).unwrap_or(u16::MAX));
+        out.put_u16_le(crate::frame::count_u16(self.ec.len(), ONE_TIME_KEYS_MAX));
         for k in &self.ec {
             out.put_u32_le(k.id);
             out.put_slice(&k.key);
         }
-        out.put_u16_le(u16::try_from(self.pq.len()).unwrap_or(u16::MAX));
+        out.put_u16_le(crate::frame::count_u16(self.pq.len(), ONE_TIME_KEYS_MAX));
         for k in &self.pq {
             put_kem(out, k);
         }
@@ -418,5 +434,67 @@ mod tests {
         assert!(ec_key_u(&p).is_none());
         p[1] = 0xEC;
         assert!(ec_key_u(&p).is_some());
+    }
+
+    /// A list longer than one upload may carry is refused at its first key past
+    /// `ONE_TIME_KEYS_MAX`. (The fault's u16 index once clamped: 70 000 keys with the last one
+    /// bad were refused at index 65 535, a key that was fine.)
+    #[test]
+    fn one_time_lists_past_the_limit_are_refused_not_clamped() {
+        let mut good = [0u8; EC_KEY_BYTES];
+        good[0] = EC_KEY_TYPE;
+        good[1] = 9;
+        let mut bad = good;
+        bad[0] = 0x06;
+        let upload = |n: usize, last: [u8; EC_KEY_BYTES]| Upload {
+            dest: Dest::default(),
+            replace_one_time: false,
+            signed: None,
+            ec: (0..n)
+                .map(|i| EcPrekey {
+                    id: u32::try_from(i).unwrap(),
+                    key: if i + 1 == n { last } else { good },
+                })
+                .collect(),
+            pq: Vec::new(),
+        };
+        let at = |index: usize| Fault {
+            bad_signature: false,
+            kind: KeyKind::OneTimeEc,
+            index: u16::try_from(index).unwrap(),
+        };
+        assert_eq!(
+            check_upload(&upload(ONE_TIME_KEYS_MAX, good), Some(&good)),
+            Ok(())
+        );
+        assert_eq!(
+            check_upload(&upload(ONE_TIME_KEYS_MAX, bad), Some(&good)),
+            Err(at(ONE_TIME_KEYS_MAX - 1))
+        );
+        assert_eq!(
+            check_upload(&upload(ONE_TIME_KEYS_MAX + 1, good), Some(&good)),
+            Err(at(ONE_TIME_KEYS_MAX))
+        );
+        assert_eq!(
+            check_upload(&upload(70_000, bad), Some(&good)),
+            Err(at(ONE_TIME_KEYS_MAX))
+        );
+    }
+
+    /// An upload that breaks its limit is a programming error at `encode`, never a count that
+    /// disagrees with the keys after it.
+    #[test]
+    #[should_panic(expected = "over its limit")]
+    fn encoding_more_one_time_keys_than_the_count_may_say_panics() {
+        let mut key = [0u8; EC_KEY_BYTES];
+        key[0] = EC_KEY_TYPE;
+        let upload = Upload {
+            dest: Dest::default(),
+            replace_one_time: false,
+            signed: None,
+            ec: vec![EcPrekey { id: 1, key }; usize::from(u16::MAX) + 1],
+            pq: Vec::new(),
+        };
+        upload.encode(&mut Vec::new());
     }
 }

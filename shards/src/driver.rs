@@ -40,7 +40,7 @@ use ferry_proto::frame::ErrorCode;
 
 use crate::clock::Clock;
 use crate::metrics::ShardMetrics;
-use crate::shard::{Accept, HopMsg, Shard, ShardConfig};
+use crate::shard::{Accept, HopMsg, SHARDS_MAX, Shard, ShardConfig, shard_index};
 
 /// Driver settings (named node config keys).
 #[derive(Clone, Debug)]
@@ -148,6 +148,10 @@ pub fn start(
 ) -> std::io::Result<Vec<ShardHandle>> {
     assert_eq!(configs.len(), listeners.len());
     let n = configs.len();
+    assert!(
+        n <= SHARDS_MAX,
+        "{n} shards: at most SHARDS_MAX ({SHARDS_MAX})"
+    );
     let mesh: MeshBuilder<Vec<HopMsg>, Full> =
         MeshBuilder::full(n, driver.hop_channel_batches.max(1));
     let mut handles = Vec::with_capacity(n);
@@ -251,7 +255,8 @@ async fn run_shard(
         }
     };
     let me = senders.peer_id();
-    cfg.shard = u16::try_from(me).unwrap_or(0);
+    // Below the mesh's size, which `start` holds to SHARDS_MAX.
+    cfg.shard = shard_index(me);
     let peers = senders.nr_consumers();
     let senders = Rc::new(senders);
     let receivers = Rc::new(receivers);
@@ -270,7 +275,7 @@ async fn run_shard(
     }
     let store = match &cfg.store {
         None => None,
-        Some(spec) => match open_store(spec, me, &clock, &metrics) {
+        Some(spec) => match open_store(spec, cfg.shard, &clock, &metrics) {
             Ok(log) => Some(log),
             Err(e) => {
                 // Nothing can be promised durable: refuse to serve at all.
@@ -396,17 +401,16 @@ async fn run_shard(
 /// shards started that the store was written with this shard count.)
 fn open_store(
     spec: &crate::shard::StoreSpec,
-    shard: usize,
+    shard: u16,
     clock: &Clock,
     metrics: &ShardMetrics,
 ) -> Result<crate::store::Log<crate::store::backend::MmapBackend>, String> {
     let dir = spec.dir.join(format!("shard-{shard}"));
     let backend = crate::store::backend::MmapBackend::new(&dir)
         .map_err(|e| format!("store {}: {e}", dir.display()))?;
-    let shard16 = u16::try_from(shard).unwrap_or(u16::MAX);
     let (log, rec) = crate::store::Log::open(
         backend,
-        shard16,
+        shard,
         spec.limits.clone(),
         spec.policy,
         clock.now().unix_s,
@@ -414,12 +418,14 @@ fn open_store(
     .map_err(|e| format!("store {}: {e}", dir.display()))?;
     ShardMetrics::add(&metrics.store_quarantined, rec.quarantined as u64);
     ShardMetrics::add(&metrics.store_torn_tails, rec.torn_tails as u64);
-    if rec.quarantined > 0 || rec.torn_tails > 0 || rec.bad_segments > 0 {
+    if recovered_with_damage(&rec) {
         tracing::warn!(
             shard,
             quarantined = rec.quarantined,
             torn_tails = rec.torn_tails,
             bad_segments = rec.bad_segments,
+            temporaries = rec.temporaries,
+            empty_segments = rec.empty_segments,
             "store recovered with damage"
         );
     }
@@ -430,6 +436,16 @@ fn open_store(
         "store replayed"
     );
     Ok(log)
+}
+
+/// Whether a replay has something to report: records or segments skipped or left aside, or the
+/// remains of interrupted segment creations (temporary files, all-zero segments) removed.
+fn recovered_with_damage(rec: &crate::store::Recovery) -> bool {
+    rec.quarantined > 0
+        || rec.torn_tails > 0
+        || rec.bad_segments > 0
+        || rec.temporaries > 0
+        || rec.empty_segments > 0
 }
 
 /// Connections the shard closed while their writer is stuck on a full socket: shut the socket so
@@ -783,4 +799,35 @@ async fn write_with_stall_clock(
         .borrow_mut()
         .on_write_blocked(ctx.clock.now(), conn);
     writer.write_all(bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Recovery;
+
+    /// The remains of interrupted segment creations are reported too (once only quarantined
+    /// records, torn tails and bad segments were).
+    #[test]
+    fn interrupted_segment_creations_are_reported_with_the_damage() {
+        let clean = Recovery {
+            segments: 3,
+            blobs: 10,
+            tombstones: 2,
+            ..Recovery::default()
+        };
+        assert!(!recovered_with_damage(&clean));
+        let damaged: [fn(&mut Recovery); 5] = [
+            |r| r.quarantined = 1,
+            |r| r.torn_tails = 1,
+            |r| r.bad_segments = 1,
+            |r| r.temporaries = 1,
+            |r| r.empty_segments = 1,
+        ];
+        for damage in damaged {
+            let mut r = clean.clone();
+            damage(&mut r);
+            assert!(recovered_with_damage(&r), "{r:?}");
+        }
+    }
 }

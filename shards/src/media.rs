@@ -199,7 +199,7 @@ fn read_meta(path: &Path, n: usize) -> Option<Vec<u64>> {
     }
     Some(
         data.chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks_exact(8) yields 8 bytes")))
             .collect(),
     )
 }

@@ -26,6 +26,19 @@ use crate::table::{ConnRef, ForwardTable};
 
 /// Most messages in one cross-core batch (one channel send).
 pub const HOP_BATCH_MSGS_MAX: usize = 1024;
+/// Most shards one node runs: a shard's index is a u16 in `ServerHello`, in a `ConnRef` and in
+/// the store's segment headers.
+pub const SHARDS_MAX: usize = 1 << 16;
+const _: () = assert!(SHARDS_MAX - 1 <= u16::MAX as usize);
+
+/// Shard index `i` as the u16 it travels as, asserting `i < SHARDS_MAX` (`Shard::new` and
+/// `driver::start` refuse more shards): a clamped index would route to the wrong core.
+pub fn shard_index(i: usize) -> u16 {
+    u16::try_from(i)
+        .ok()
+        .filter(|_| i < SHARDS_MAX)
+        .unwrap_or_else(|| panic!("shard index {i} past SHARDS_MAX ({SHARDS_MAX})"))
+}
 /// Most stored blobs sent for one `Drain` (or one subscribe hand-over); `DrainEnd` says `More`
 /// when some are left. Bounds what one request can put in flight.
 pub const DRAIN_BLOBS_MAX: usize = 256;
@@ -64,7 +77,9 @@ pub struct ShardConfig {
 
 /// The core that stores media blob `id`: its first 8 bytes, little-endian, modulo the shards.
 pub fn media_owner(id: &[u8; 32], shards: usize) -> usize {
-    ferry_proto::Dest(id[..16].try_into().unwrap_or([0; 16])).owner(shards)
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&id[..16]);
+    ferry_proto::Dest(head).owner(shards)
 }
 
 /// The store settings of the node; each shard keeps its log in `dir/shard-<id>`.
@@ -218,7 +233,12 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(cfg: ShardConfig, metrics: Arc<ShardMetrics>) -> Self {
-        assert!(cfg.shards > 0 && usize::from(cfg.shard) < cfg.shards);
+        assert!(
+            cfg.shards > 0 && cfg.shards <= SHARDS_MAX,
+            "{} shards: from 1 to SHARDS_MAX ({SHARDS_MAX})",
+            cfg.shards
+        );
+        assert!(usize::from(cfg.shard) < cfg.shards);
         assert!(cfg.hop_queue_msgs_max > 0 && cfg.connections_max > 0);
         Shard {
             outbox: (0..cfg.shards).map(|_| Vec::new()).collect(),
@@ -645,7 +665,8 @@ impl Shard {
     }
 
     fn owner(&self, dest: &Dest) -> u16 {
-        u16::try_from(dest.owner(self.cfg.shards)).unwrap_or(0)
+        // Below `shards`, which `new` holds to SHARDS_MAX.
+        shard_index(dest.owner(self.cfg.shards))
     }
 
     /// Queues a data message for `peer`; `false` when its outbox is full.
@@ -1261,5 +1282,59 @@ impl Shard {
     pub fn outbox_pressure(&self) -> bool {
         let half = self.cfg.hop_queue_msgs_max / 2;
         self.outbox.iter().any(|q| q.len() >= half.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::Rate;
+
+    fn config(shard: u16, shards: usize) -> ShardConfig {
+        let open = Rate { per_s: 0, burst: 0 };
+        ShardConfig {
+            shard,
+            shards,
+            node_id: [1; 32],
+            seed: [2; 32],
+            conn_limits: ConnLimits::default(),
+            ip_limits: IpLimits {
+                conns: open,
+                bytes: open,
+                proof_failures: open,
+                entries_max: 16,
+            },
+            connections_max: 16,
+            hop_queue_msgs_max: 16,
+            store: None,
+            media_upload_rate: open,
+        }
+    }
+
+    #[test]
+    fn shard_indexes_fit_their_u16_up_to_the_limit() {
+        assert_eq!(shard_index(0), 0);
+        assert_eq!(shard_index(SHARDS_MAX - 1), u16::MAX);
+        let last = Shard::new(
+            config(u16::MAX, SHARDS_MAX),
+            Arc::new(ShardMetrics::default()),
+        );
+        // The first 8 bytes of the dest, little-endian, modulo the shards.
+        let mut d = [0u8; 16];
+        d[..2].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(last.owner(&Dest(d)), u16::MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "past SHARDS_MAX")]
+    fn a_shard_index_past_the_limit_is_a_programming_error() {
+        shard_index(SHARDS_MAX);
+    }
+
+    /// Once an owner past u16 was read as shard 0: every dest it owned went to the wrong core.
+    #[test]
+    #[should_panic(expected = "SHARDS_MAX")]
+    fn more_shards_than_an_index_can_name_are_refused() {
+        Shard::new(config(0, SHARDS_MAX + 1), Arc::new(ShardMetrics::default()));
     }
 }

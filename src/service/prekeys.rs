@@ -67,11 +67,23 @@ pub struct Refusal {
     pub index: u16,
 }
 
+/// Largest index a refusal names: a key of the upload (below `ONE_TIME_KEYS_MAX`:
+/// `check_upload` refuses a longer list at its first key past the limit, index
+/// `ONE_TIME_KEYS_MAX`), or, for `TooMany`, the last of a slot's kept and uploaded keys (below
+/// `2 × ONE_TIME_KEYS_MAX`: a slot holds at most `ONE_TIME_KEYS_MAX` of each kind).
+const REFUSAL_INDEX_MAX: usize = 2 * ONE_TIME_KEYS_MAX;
+// A refusal's index, and a slot's counts (at most ONE_TIME_KEYS_MAX), are u16 on the wire.
+const _: () = assert!(REFUSAL_INDEX_MAX <= u16::MAX as usize);
+
 fn refuse(status: PrekeyStatus, kind: KeyKind, index: usize) -> Refusal {
+    assert!(
+        index <= REFUSAL_INDEX_MAX,
+        "refusal index {index} over REFUSAL_INDEX_MAX ({REFUSAL_INDEX_MAX})"
+    );
     Refusal {
         status,
         kind,
-        index: u16::try_from(index).unwrap_or(u16::MAX),
+        index: u16::try_from(index).expect("REFUSAL_INDEX_MAX fits a u16"),
     }
 }
 
@@ -87,11 +99,17 @@ impl Slot {
     fn bytes(&self) -> usize {
         SIGNED_PART_BYTES + self.ec.len() * EC_ITEM_BYTES + self.pq.len() * PQ_ITEM_BYTES
     }
+    /// The one-time keys left of each kind: at most `ONE_TIME_KEYS_MAX` (`check` holds a new
+    /// upload to it, `apply_record` a replayed one).
     fn counts(&self) -> (u16, u16) {
-        (
-            u16::try_from(self.ec.len()).unwrap_or(u16::MAX),
-            u16::try_from(self.pq.len()).unwrap_or(u16::MAX),
-        )
+        let count = |n: usize| {
+            assert!(
+                n <= ONE_TIME_KEYS_MAX,
+                "a slot of {n} one-time keys, over ONE_TIME_KEYS_MAX ({ONE_TIME_KEYS_MAX})"
+            );
+            u16::try_from(n).expect("ONE_TIME_KEYS_MAX fits a u16")
+        };
+        (count(self.ec.len()), count(self.pq.len()))
     }
 }
 
@@ -144,7 +162,9 @@ impl Directory {
         std::mem::take(&mut self.records)
     }
 
-    /// Rebuilds the state from journal records (start-up). Returns records it could not parse.
+    /// Rebuilds the state from journal records (start-up). Returns records it could not parse,
+    /// or that would take a slot past `ONE_TIME_KEYS_MAX` keys of a kind (which no accepted
+    /// upload can).
     pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
         let mut bad = 0;
         for r in records {
@@ -162,6 +182,10 @@ impl Directory {
             b'U' => {
                 let expires = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
                 let upload = Upload::decode_record(Bytes::copy_from_slice(rest.get(8..)?)).ok()?;
+                let (ec, pq) = self.one_time_after(&upload);
+                if ec > ONE_TIME_KEYS_MAX || pq > ONE_TIME_KEYS_MAX {
+                    return None;
+                }
                 self.apply_upload(&upload, expires);
             }
             b'T' => {
@@ -197,6 +221,22 @@ impl Directory {
         r.put_u64_le(expires);
         upload.encode(&mut r);
         r
+    }
+
+    /// The one-time keys of each kind the slot of `upload.dest` holds after `apply_upload`.
+    fn one_time_after(&self, upload: &Upload) -> (usize, usize) {
+        let kept = match (self.slots.get(&upload.dest), &upload.signed) {
+            (Some(slot), signed)
+                if !upload.replace_one_time
+                    && signed
+                        .as_ref()
+                        .is_none_or(|s| s.identity == slot.signed.identity) =>
+            {
+                (slot.ec.len(), slot.pq.len())
+            }
+            _ => (0, 0),
+        };
+        (kept.0 + upload.ec.len(), kept.1 + upload.pq.len())
     }
 
     /// Applies a checked upload (or a replayed one).
@@ -644,5 +684,35 @@ mod tests {
         assert_eq!(again.expire(100 + DirectoryLimits::default().slot_ttl_s), 3);
         assert_eq!(again.take_records().len(), 3);
         assert_eq!(again.bytes(), 0);
+    }
+
+    /// Replayed records get no checks but this one: a record that would take a slot past
+    /// ONE_TIME_KEYS_MAX is counted bad. (Once a journal could build a slot of any size: its
+    /// counts clamped at 65 535, and compaction's snapshot panicked encoding it.)
+    #[test]
+    fn replay_never_takes_a_slot_past_the_one_time_limit() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([6; 16]);
+        let full = u16::try_from(ONE_TIME_KEYS_MAX).unwrap();
+        let (first, _) = generate(&id, dest, plan(true, ONE_TIME_KEYS_MAX, 1, 1)).unwrap();
+        let (second, _) = generate(&id, dest, plan(false, ONE_TIME_KEYS_MAX, 0, 1_000)).unwrap();
+        let records = [
+            Directory::upload_record(&first[0], 200),
+            Directory::upload_record(&second[0], 200),
+        ];
+        let mut d = Directory::new(open_limits());
+        assert_eq!(d.replay(&records), 1, "the second record is one too many");
+        assert_eq!(d.count(100, &dest), Some((full, 1)));
+        let mut snap = Directory::new(open_limits());
+        assert_eq!(snap.replay(&d.snapshot()), 0);
+        assert_eq!(snap.count(100, &dest), Some((full, 1)));
+        assert_eq!(snap.bytes(), d.bytes());
+        // Replacing the one-time keys starts the count again.
+        let mut replace = second[0].clone();
+        replace.replace_one_time = true;
+        let mut d = Directory::new(open_limits());
+        let records = [records[0].clone(), Directory::upload_record(&replace, 200)];
+        assert_eq!(d.replay(&records), 0);
+        assert_eq!(d.count(100, &dest), Some((full, 0)));
     }
 }

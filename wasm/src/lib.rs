@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use ferry_crypto::envelope;
 use ferry_crypto::keys::{EC_KEY_BYTES, KeyPair, encode_ec};
-use ferry_crypto::pqxdh::{self, KEM_KEY_BYTES};
+use ferry_crypto::pqxdh::{self, KEM_DK_BYTES, KEM_KEY_BYTES};
 use ferry_crypto::session::{self, PrekeyStore};
 use rand_core::{OsRng, RngCore};
 use wasm_bindgen::prelude::*;
@@ -28,6 +28,23 @@ use zeroize::Zeroizing;
 
 fn js_err(e: impl std::fmt::Debug) -> JsError {
     JsError::new(&format!("{e:?}"))
+}
+
+/// Most one-time keys of each kind one `Prekeys` holds (each pair costs about 4.8 KB of wasm
+/// memory): `makePrekeys` refuses more, and a stored record that announces more is not one.
+pub const ONE_TIME_PREKEYS_MAX: u32 = 10_000;
+// A record counts the one-time EC keys, and the KEM keys (the one-time ones and the last-resort
+// one), in a u32.
+const _: () = assert!(ONE_TIME_PREKEYS_MAX < u32::MAX);
+
+/// `n` as the u32 count or length that announces it in a record, asserting `n <= max` (every
+/// `max` is const-asserted to fit a u32): a clamped count would write a record that no longer
+/// parses.
+fn record_u32(n: usize, max: u32) -> u32 {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= max)
+        .unwrap_or_else(|| panic!("prekeys record field of {n}, over its limit {max}"))
 }
 
 /// An X25519 identity key that also signs (XEdDSA).
@@ -69,9 +86,23 @@ impl Identity {
         encode_ec(self.kp.public()).to_vec()
     }
 
-    /// A signed prekey, a last-resort ML-KEM-1024 key and `one_time` one-time keys of each kind.
+    /// A signed prekey, a last-resort ML-KEM-1024 key and `one_time` one-time keys of each kind
+    /// (at most `ONE_TIME_PREKEYS_MAX`; throws for more).
     #[wasm_bindgen(js_name = makePrekeys)]
-    pub fn make_prekeys(&self, one_time: u32) -> Prekeys {
+    pub fn make_prekeys(&self, one_time: u32) -> Result<Prekeys, JsError> {
+        if one_time > ONE_TIME_PREKEYS_MAX {
+            return Err(JsError::new(&format!(
+                "{one_time} one-time prekeys asked for: at most {ONE_TIME_PREKEYS_MAX}"
+            )));
+        }
+        Ok(self.prekeys(one_time))
+    }
+}
+
+impl Identity {
+    /// `make_prekeys` after its check.
+    fn prekeys(&self, one_time: u32) -> Prekeys {
+        debug_assert!(one_time <= ONE_TIME_PREKEYS_MAX);
         let sign = |m: &[u8]| {
             let mut z = [0u8; 64];
             OsRng.fill_bytes(&mut z);
@@ -154,28 +185,31 @@ impl Prekeys {
 
     /// The secrets, to persist (keep them where the platform keeps secrets): without them, a
     /// first contact made with this bundle cannot be accepted after a reload.
+    ///
+    /// Record: identity ‖ spk secret ‖ spk sig ‖ n_ec:u32 ‖ n_ec × (id:u32 ‖ secret) ‖
+    /// n_kem:u32 ‖ n_kem × (id:u32 ‖ last:u8 ‖ public ‖ sig ‖ len:u32 ‖ secret), big-endian.
     #[wasm_bindgen(js_name = toBytes)]
     pub fn to_bytes(&self) -> Vec<u8> {
+        // Every `Prekeys` came from `make_prekeys` or `decode`, which hold each count to
+        // ONE_TIME_PREKEYS_MAX (plus the last-resort KEM key) and each KEM secret to KEM_DK_BYTES;
+        // accepting a first message only removes keys.
         let mut b = Vec::new();
         b.extend_from_slice(&self.identity);
         b.extend_from_slice(self.spk.secret());
         b.extend_from_slice(&self.spk_sig);
-        b.extend_from_slice(
-            &u32::try_from(self.one_time.len())
-                .unwrap_or(0)
-                .to_be_bytes(),
-        );
+        b.extend_from_slice(&record_u32(self.one_time.len(), ONE_TIME_PREKEYS_MAX).to_be_bytes());
         for (id, k) in &self.one_time {
             b.extend_from_slice(&id.to_be_bytes());
             b.extend_from_slice(k.secret());
         }
-        b.extend_from_slice(&u32::try_from(self.kem.len()).unwrap_or(0).to_be_bytes());
+        b.extend_from_slice(&record_u32(self.kem.len(), ONE_TIME_PREKEYS_MAX + 1).to_be_bytes());
         for (id, (public, secret, sig, last)) in &self.kem {
             b.extend_from_slice(&id.to_be_bytes());
             b.push(u8::from(*last));
             b.extend_from_slice(public);
             b.extend_from_slice(sig);
-            b.extend_from_slice(&u32::try_from(secret.len()).unwrap_or(0).to_be_bytes());
+            assert_eq!(secret.len(), KEM_DK_BYTES, "a KEM secret of another size");
+            b.extend_from_slice(&KEM_DK_BYTES_U32.to_be_bytes());
             b.extend_from_slice(secret);
         }
         b
@@ -183,17 +217,40 @@ impl Prekeys {
 
     #[wasm_bindgen(js_name = fromBytes)]
     pub fn from_bytes(b: &[u8]) -> Result<Prekeys, JsError> {
-        let bad = || JsError::new("not a prekeys record");
+        Prekeys::decode(b).ok_or_else(|| JsError::new("not a prekeys record"))
+    }
+
+    /// One-time keys of each kind left (EC, PQ).
+    pub fn left(&self) -> Vec<u32> {
+        let pq = self.kem.values().filter(|k| !k.3).count();
+        vec![
+            record_u32(self.one_time.len(), ONE_TIME_PREKEYS_MAX),
+            record_u32(pq, ONE_TIME_PREKEYS_MAX),
+        ]
+    }
+}
+
+/// [`KEM_DK_BYTES`], the length a record gives every KEM secret.
+const KEM_DK_BYTES_U32: u32 = 3168;
+const _: () = assert!(KEM_DK_BYTES_U32 as usize == KEM_DK_BYTES);
+
+impl Prekeys {
+    /// Parses a record of [`Prekeys::to_bytes`]; `None` when it is not one: cut short, trailing
+    /// bytes, a count over `ONE_TIME_PREKEYS_MAX`, a KEM secret that is not `KEM_DK_BYTES` long,
+    /// or no last-resort KEM key.
+    fn decode(b: &[u8]) -> Option<Prekeys> {
         let mut at = 0usize;
-        let mut take = |n: usize| -> Result<&[u8], JsError> {
-            let s = b.get(at..at + n).ok_or_else(bad)?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = b.get(at..at.checked_add(n)?)?;
             at += n;
-            Ok(s)
+            Some(s)
         };
-        let u32_of = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
-        let identity: [u8; EC_KEY_BYTES] = take(EC_KEY_BYTES)?.try_into().map_err(|_| bad())?;
-        let spk: [u8; 32] = take(32)?.try_into().map_err(|_| bad())?;
-        let spk_sig: [u8; 64] = take(64)?.try_into().map_err(|_| bad())?;
+        fn u32_of(s: &[u8]) -> Option<u32> {
+            Some(u32::from_be_bytes(s.try_into().ok()?))
+        }
+        let identity: [u8; EC_KEY_BYTES] = take(EC_KEY_BYTES)?.try_into().ok()?;
+        let spk: [u8; 32] = take(32)?.try_into().ok()?;
+        let spk_sig: [u8; 64] = take(64)?.try_into().ok()?;
         let mut p = Prekeys {
             identity,
             spk: KeyPair::from_secret(spk),
@@ -201,33 +258,35 @@ impl Prekeys {
             one_time: BTreeMap::new(),
             kem: BTreeMap::new(),
         };
-        for _ in 0..u32_of(take(4)?) {
-            let id = u32_of(take(4)?);
-            let s: [u8; 32] = take(32)?.try_into().map_err(|_| bad())?;
+        let n_ec = u32_of(take(4)?)?;
+        if n_ec > ONE_TIME_PREKEYS_MAX {
+            return None;
+        }
+        for _ in 0..n_ec {
+            let id = u32_of(take(4)?)?;
+            let s: [u8; 32] = take(32)?.try_into().ok()?;
             p.one_time.insert(id, KeyPair::from_secret(s));
         }
-        for _ in 0..u32_of(take(4)?) {
-            let id = u32_of(take(4)?);
+        let n_kem = u32_of(take(4)?)?;
+        if n_kem > ONE_TIME_PREKEYS_MAX + 1 {
+            return None;
+        }
+        for _ in 0..n_kem {
+            let id = u32_of(take(4)?)?;
             let last = take(1)?[0] == 1;
             let public = take(KEM_KEY_BYTES)?.to_vec();
-            let sig: [u8; 64] = take(64)?.try_into().map_err(|_| bad())?;
-            let n = u32_of(take(4)?) as usize;
-            let secret = Zeroizing::new(take(n)?.to_vec());
+            let sig: [u8; 64] = take(64)?.try_into().ok()?;
+            if u32_of(take(4)?)? != KEM_DK_BYTES_U32 {
+                return None;
+            }
+            let secret = Zeroizing::new(take(KEM_DK_BYTES)?.to_vec());
             p.kem.insert(id, (public, secret, sig, last));
         }
-        if at != b.len() {
-            return Err(bad());
+        // Exactly one last-resort key, so at most ONE_TIME_PREKEYS_MAX one-time ones.
+        if at != b.len() || p.kem.values().filter(|k| k.3).count() != 1 {
+            return None;
         }
-        Ok(p)
-    }
-
-    /// One-time keys of each kind left (EC, PQ).
-    pub fn left(&self) -> Vec<u32> {
-        let pq = self.kem.values().filter(|k| !k.3).count();
-        vec![
-            u32::try_from(self.one_time.len()).unwrap_or(u32::MAX),
-            u32::try_from(pq).unwrap_or(u32::MAX),
-        ]
+        Some(p)
     }
 }
 
@@ -403,5 +462,61 @@ impl Session {
         Ok(Session {
             s: session::Session::from_bytes(b).map_err(js_err)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// identity ‖ spk secret ‖ spk sig: where a record's counts begin.
+    const HEAD_BYTES: usize = EC_KEY_BYTES + 32 + 64;
+
+    #[test]
+    fn a_prekeys_record_round_trips() {
+        let p = Identity::new().prekeys(2);
+        let bytes = p.to_bytes();
+        let q = Prekeys::decode(&bytes).unwrap();
+        assert_eq!(q.to_bytes(), bytes);
+        assert_eq!(q.left(), [2, 2]);
+        assert_eq!(q.bundle(), p.bundle());
+    }
+
+    /// A stored record is checked against the limits every `Prekeys` keeps, so that writing it
+    /// again never needs a count or a length that does not fit (once: a KEM secret's length, or
+    /// a count past u32, was written as 0 before the bytes it did not count).
+    #[test]
+    fn a_record_past_its_limits_is_not_one() {
+        let bytes = Identity::new().prekeys(0).to_bytes();
+        let (head, kem) = (&bytes[..HEAD_BYTES], &bytes[HEAD_BYTES + 4..]);
+        assert_eq!(
+            bytes[HEAD_BYTES..HEAD_BYTES + 4],
+            [0; 4],
+            "no one-time EC keys"
+        );
+        let with_ec = |n: u32, entries: u32| {
+            let mut b = head.to_vec();
+            b.extend_from_slice(&n.to_be_bytes());
+            for id in 0..entries {
+                b.extend_from_slice(&id.to_be_bytes());
+                b.extend_from_slice(&[7; 32]);
+            }
+            b.extend_from_slice(kem);
+            b
+        };
+        assert!(Prekeys::decode(&with_ec(1, 1)).is_some());
+        let over = ONE_TIME_PREKEYS_MAX + 1;
+        assert!(Prekeys::decode(&with_ec(over, over)).is_none());
+        // A KEM secret one byte short, its length saying so.
+        let len_at = bytes.len() - KEM_DK_BYTES - 4;
+        let mut short = bytes.clone();
+        short[len_at..len_at + 4].copy_from_slice(&(KEM_DK_BYTES_U32 - 1).to_be_bytes());
+        short.pop();
+        assert!(Prekeys::decode(&short).is_none());
+        // No last-resort KEM key: its bundle could not be built.
+        let mut none = bytes[..HEAD_BYTES + 4].to_vec();
+        none.extend_from_slice(&0u32.to_be_bytes());
+        assert!(Prekeys::decode(&none).is_none());
+        assert!(Prekeys::decode(&bytes).is_some());
     }
 }
