@@ -346,8 +346,10 @@ impl Default for Limits {
 }
 
 /// Most shard cores a node runs (shard ids are `u16` on the wire and in the store).
+/// The most shards a node runs (a sanity bound for operators); the shards' own index limit
+/// (`ferry_shards::shard::SHARDS_MAX`, what a `u16` shard index can name) is above it.
 pub const SHARDS_MAX: usize = 1_024;
-const _: () = assert!(SHARDS_MAX <= u16::MAX as usize);
+const _: () = assert!(SHARDS_MAX <= ferry_shards::shard::SHARDS_MAX);
 
 /// Longest `store_fsync = "interval=<ms>"`.
 pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
