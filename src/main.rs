@@ -258,7 +258,13 @@ fn dev_cert(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
     )?;
     writeln!(
         o,
-        "  SDK: a rustls RootCertStore holding ca.pem, in ConnectOptions {{ tls: Some((\"{server_name}\".into(), roots)), .. }}"
+        "  hello example: hello ferry+tls://{server_name}:7443 --tls-ca {}",
+        d.ca.display()
+    )?;
+    writeln!(
+        o,
+        "  SDK: Client::connect_url(\"ferry+tls://{server_name}:7443\", &ConnectOptions {{ trust: Trust::CaFile(\"{}\".into()), ..Default::default() }})",
+        d.ca.display()
     )?;
     writeln!(
         o,
