@@ -249,6 +249,18 @@ pub struct Limits {
     pub ip_proof_failures_burst: u64,
     /// Addresses tracked per shard by the rate limiter.
     pub ip_table_entries_max: usize,
+    /// Connections one address may hold open at once (split across shards); beyond it new ones
+    /// get `ConnectionLimit`. 0 = unlimited.
+    pub ip_connections_max: usize,
+    /// Proof signatures checked per second per address (valid or not), and the burst; beyond,
+    /// proofs are answered `RateLimited` unchecked. 0 = unlimited.
+    pub ip_proofs_per_s: u64,
+    pub ip_proofs_burst: u64,
+    /// The same per connection; the burst covers an honest connection's worst case (drains of
+    /// two mailboxes over the store's 72 hours, 150; a 127-hour push registration, 256). 0 =
+    /// unlimited.
+    pub proofs_per_conn_per_s: u64,
+    pub proofs_per_conn_burst: u64,
     /// Data messages queued towards one peer core before packets are answered `Congested`.
     pub hop_queue_msgs_max: usize,
     /// Batches in flight per pair of cores.
@@ -324,6 +336,11 @@ impl Default for Limits {
             ip_proof_failures_per_s: 10,
             ip_proof_failures_burst: 100,
             ip_table_entries_max: 65_536,
+            ip_connections_max: 256,
+            ip_proofs_per_s: 100,
+            ip_proofs_burst: 8_192,
+            proofs_per_conn_per_s: 1,
+            proofs_per_conn_burst: 512,
             hop_queue_msgs_max: 65_536,
             hop_channel_batches: 64,
             read_buffer_bytes: 64 * 1024,
@@ -439,6 +456,12 @@ impl Config {
                 l.ip_proof_failures_per_s,
                 l.ip_proof_failures_burst,
                 "ip_proof_failures",
+            ),
+            (l.ip_proofs_per_s, l.ip_proofs_burst, "ip_proofs"),
+            (
+                l.proofs_per_conn_per_s,
+                l.proofs_per_conn_burst,
+                "proofs_per_conn",
             ),
         ] {
             if rate > 0 && burst == 0 {

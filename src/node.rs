@@ -150,9 +150,22 @@ fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
             per_s: per(l.ip_bytes_per_s),
             burst: per(l.ip_bytes_burst),
         },
+        proofs: Rate {
+            per_s: per(l.ip_proofs_per_s),
+            burst: per(l.ip_proofs_burst),
+        },
+        proofs_per_conn: Rate {
+            per_s: l.proofs_per_conn_per_s,
+            burst: l.proofs_per_conn_burst,
+        },
         proof_failures: Rate {
             per_s: per(l.ip_proof_failures_per_s),
             burst: per(l.ip_proof_failures_burst),
+        },
+        connections_open_max: if l.ip_connections_max == 0 {
+            0
+        } else {
+            (l.ip_connections_max / shards).max(1)
         },
         entries_max: l.ip_table_entries_max,
     };

@@ -623,6 +623,13 @@ async fn read_loop(
             }
             glommio::timer::sleep(Duration::from_micros(if pressure { 200 } else { 1_000 })).await;
         }
+        // The byte rate is per address: while another connection of this address has put the
+        // address's bucket in debt, this one waits too.
+        let pause = ctx.shard.borrow_mut().read_pause_ms(ctx.clock.now(), conn);
+        if pause > 0 {
+            glommio::timer::sleep(Duration::from_millis(pause)).await;
+            continue;
+        }
         // One read buffer per shard, not per connection: glommio's poll_read uses the buffer
         // only during the poll (a direct recv, or arming a readiness poll when it would block),
         // so the borrow never spans a suspension and an idle connection holds no buffer.
