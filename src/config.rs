@@ -261,6 +261,9 @@ pub struct Limits {
     /// unlimited.
     pub proofs_per_conn_per_s: u64,
     pub proofs_per_conn_burst: u64,
+    /// File descriptors kept free of client connections (store segments, media files, journals,
+    /// the admin endpoint, refusals): the shards accept at most `open-files limit − this`.
+    pub fds_reserved: u64,
     /// Data messages queued towards one peer core before packets are answered `Congested`.
     pub hop_queue_msgs_max: usize,
     /// Batches in flight per pair of cores.
@@ -341,6 +344,7 @@ impl Default for Limits {
             ip_proofs_burst: 8_192,
             proofs_per_conn_per_s: 1,
             proofs_per_conn_burst: 512,
+            fds_reserved: 1_024,
             hop_queue_msgs_max: 65_536,
             hop_channel_batches: 64,
             read_buffer_bytes: 64 * 1024,

@@ -365,7 +365,7 @@ fn slow_reader_is_dropped_and_counted_not_buffered() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Connections per address
+// Connections per address and file descriptors
 
 /// How a raw hello from a connection ended.
 #[derive(Debug)]
@@ -450,6 +450,116 @@ fn one_address_over_its_connection_cap_is_refused_while_another_connects() {
             Hello::Refused(ErrorCode::ConnectionLimit) if Instant::now() < deadline => {}
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[allow(unsafe_code)]
+fn raise_nofile(want: u64) {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        assert!(
+            r.rlim_max >= want,
+            "this test needs an open-files hard limit of at least {want}, not {}",
+            r.rlim_max
+        );
+        if r.rlim_cur < want {
+            r.rlim_cur = want;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// The open-files limit the node runs under in the descriptor tests: the least it starts with.
+const NODE_NOFILE: &str = "4096";
+
+/// A node whose open-files limit is `NODE_NOFILE` (set by a shell in the child before it execs
+/// the node), with no per-address limits in the way of one address opening thousands.
+fn node_with_few_fds(env: &[(&str, &str)]) -> Node {
+    // The node's connections are this process's too, and tests run side by side.
+    raise_nofile(16_384);
+    let mut env = env.to_vec();
+    env.extend([
+        ("FERRY_LIMITS_IP_CONNECTIONS_MAX", "0"),
+        ("FERRY_LIMITS_IP_CONNECTIONS_PER_S", "0"),
+    ]);
+    let script = format!("ulimit -n {NODE_NOFILE} && exec \"$@\"");
+    Node::start_wrapped(
+        &["sh", "-c", &script, "sh"],
+        common::temp_dir("nofile"),
+        &["--shards", "1"],
+        &env,
+    )
+}
+
+/// Opens connections from one address until one is refused; returns the open ones and the
+/// refusal. Panics if some connection is left unanswered.
+fn fill(node: &Node) -> (Vec<TcpStream>, Hello) {
+    let mut open = Vec::new();
+    loop {
+        match hello_from(node, loopback(1)) {
+            Hello::Open(s, ..) => open.push(s),
+            refused => return (open, refused),
+        }
+        assert!(open.len() < 5_000, "never refused");
+    }
+}
+
+/// The finding: at the descriptor limit, refused clients got a completed TCP handshake and then
+/// silence, and `/metrics` stopped answering. The shards now stop `fds_reserved` (1024) short of
+/// the limit, with `ConnectionLimit`.
+#[test]
+fn the_shards_stop_short_of_the_descriptor_limit_with_connection_limit() {
+    let node = node_with_few_fds(&[]);
+    let (open, refused) = fill(&node);
+    assert!(
+        matches!(refused, Hello::Refused(ErrorCode::ConnectionLimit)),
+        "{refused:?}"
+    );
+    assert_eq!(open.len(), 4096 - 1024);
+    for _ in 0..10 {
+        assert!(matches!(
+            hello_from(&node, loopback(1)),
+            Hello::Refused(ErrorCode::ConnectionLimit)
+        ));
+    }
+    assert_eq!(node.metric("ferry_connections_open"), 4096 - 1024);
+    assert_eq!(node.metric("ferry_connections_refused_limit_total"), 11);
+    assert_eq!(node.metric("ferry_accept_errors_total"), 0);
+}
+
+/// With no descriptors kept back (`fds_reserved = 0`), the process itself runs out: accept fails
+/// with EMFILE. Clients beyond the limit are still refused at once, with a frame, through the
+/// acceptor's reserve descriptor; `/metrics` answers through the admin endpoint's; and once
+/// clients leave, new ones are served again.
+#[test]
+fn at_the_descriptor_limit_clients_are_refused_not_left_hanging() {
+    let node = node_with_few_fds(&[("FERRY_LIMITS_FDS_RESERVED", "0")]);
+    let (mut open, refused) = fill(&node);
+    assert!(
+        matches!(refused, Hello::Refused(ErrorCode::ConnectionLimit)),
+        "{refused:?}"
+    );
+    assert!(open.len() > 3_000, "only {} connections", open.len());
+    for _ in 0..10 {
+        match hello_from(&node, loopback(1)) {
+            Hello::Refused(ErrorCode::ConnectionLimit) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(node.metric("ferry_connections_refused_fd_limit_total"), 11);
+    assert!(node.metric("ferry_accept_errors_total") >= 1);
+    assert_eq!(node.metric("ferry_connections_open"), open.len() as u64);
+    // Clients leave; the node serves new ones again.
+    open.truncate(open.len() - 50);
+    let deadline = Instant::now() + WAIT;
+    while !matches!(hello_from(&node, loopback(1)), Hello::Open(..)) {
+        assert!(Instant::now() < deadline, "no recovery after clients left");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -26,6 +26,7 @@ metrics! {
     connections_refused_limit: "counter", "ferry_connections_refused_limit_total", "Connections refused: node connection limit.";
     connections_refused_rate: "counter", "ferry_connections_refused_rate_total", "Connections refused: per-address connection rate.";
     connections_refused_ip_limit: "counter", "ferry_connections_refused_ip_limit_total", "Connections refused: the address holds its most open connections (ip_connections_max).";
+    connections_refused_fd_limit: "counter", "ferry_connections_refused_fd_limit_total", "Connections accepted with a reserve descriptor only to be refused: the process is out of file descriptors.";
     accept_errors: "counter", "ferry_accept_errors_total", "accept() failures (e.g. EMFILE: the open-files limit is too low).";
     closes_error: "counter", "ferry_connections_closed_error_total", "Connections closed by the node with an error frame.";
     closes_protocol: "counter", "ferry_connections_closed_protocol_total", "Of those: malformed, oversized, unknown or unexpected frames.";
