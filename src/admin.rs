@@ -26,6 +26,10 @@ const REQUEST_TIMEOUT_MS: u64 = 2_000;
 
 pub fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Arc<AtomicBool>) {
     let _ = listener.set_nonblocking(true);
+    // A descriptor held back for the endpoint itself: when the process is out of them (the
+    // shards stop short of that, `limits.fds_reserved`, but media files and store segments do
+    // not), it is given up for one request and taken back, so `/metrics` still answers.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -34,6 +38,21 @@ pub fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Arc<AtomicBool
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                let served = reserve.take().is_some()
+                    && match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = handle(stream, &state);
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                reserve = std::fs::File::open("/dev/null").ok();
+                if !served {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }

@@ -250,6 +250,21 @@ pub struct Limits {
     pub ip_proof_failures_burst: u64,
     /// Addresses tracked per shard by the rate limiter.
     pub ip_table_entries_max: usize,
+    /// Connections one address may hold open at once (split across shards); beyond it new ones
+    /// get `ConnectionLimit`. 0 = unlimited.
+    pub ip_connections_max: usize,
+    /// Proof signatures checked per second per address (valid or not), and the burst; beyond,
+    /// proofs are answered `RateLimited` unchecked. 0 = unlimited.
+    pub ip_proofs_per_s: u64,
+    pub ip_proofs_burst: u64,
+    /// The same per connection; the burst covers an honest connection's worst case (drains of
+    /// two mailboxes over the store's 72 hours, 150; a 127-hour push registration, 256). 0 =
+    /// unlimited.
+    pub proofs_per_conn_per_s: u64,
+    pub proofs_per_conn_burst: u64,
+    /// File descriptors kept free of client connections (store segments, media files, journals,
+    /// the admin endpoint, refusals): the shards accept at most `open-files limit − this`.
+    pub fds_reserved: u64,
     /// Data messages queued towards one peer core before packets are answered `Congested`.
     pub hop_queue_msgs_max: usize,
     /// Batches in flight per pair of cores.
@@ -325,6 +340,12 @@ impl Default for Limits {
             ip_proof_failures_per_s: 10,
             ip_proof_failures_burst: 100,
             ip_table_entries_max: 65_536,
+            ip_connections_max: 256,
+            ip_proofs_per_s: 100,
+            ip_proofs_burst: 8_192,
+            proofs_per_conn_per_s: 1,
+            proofs_per_conn_burst: 512,
+            fds_reserved: 1_024,
             hop_queue_msgs_max: 65_536,
             hop_channel_batches: 64,
             read_buffer_bytes: 64 * 1024,
@@ -358,7 +379,7 @@ pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
 const OPTIONAL_KEYS: [&str; 3] = ["tls_cert", "tls_key", "admin_token_file"];
 
 /// Keys SIGHUP applies (see `node::reloadable`); a change to any other key waits for a restart.
-const RELOADABLE_KEYS: [&str; 18] = [
+const RELOADABLE_KEYS: [&str; 23] = [
     "tls_cert",
     "tls_key",
     "limits.connections_max",
@@ -377,6 +398,11 @@ const RELOADABLE_KEYS: [&str; 18] = [
     "limits.ip_proof_failures_per_s",
     "limits.ip_proof_failures_burst",
     "limits.ip_table_entries_max",
+    "limits.ip_connections_max",
+    "limits.ip_proofs_per_s",
+    "limits.ip_proofs_burst",
+    "limits.proofs_per_conn_per_s",
+    "limits.proofs_per_conn_burst",
 ];
 
 /// One numeric key's allowed range, inclusive. Every integer key has one (a unit test checks),
@@ -518,6 +544,12 @@ impl Config {
                 l.ip_proof_failures_burst,
                 "ip_proof_failures",
             ),
+            (l.ip_proofs_per_s, l.ip_proofs_burst, "ip_proofs"),
+            (
+                l.proofs_per_conn_per_s,
+                l.proofs_per_conn_burst,
+                "proofs_per_conn",
+            ),
         ] {
             if rate > 0 && burst == 0 {
                 bail!(
@@ -568,6 +600,15 @@ impl Config {
                 .because("0 = unlimited"),
             bound("limits.ip_proof_failures_burst", l.ip_proof_failures_burst, 0, EVENTS_PER_S_MAX),
             bound("limits.ip_table_entries_max", l.ip_table_entries_max, 1, ENTRIES_MAX),
+            bound("limits.ip_connections_max", l.ip_connections_max, 0, 100_000_000)
+                .because("0 = unlimited"),
+            bound("limits.ip_proofs_per_s", l.ip_proofs_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("limits.ip_proofs_burst", l.ip_proofs_burst, 0, EVENTS_PER_S_MAX),
+            bound("limits.proofs_per_conn_per_s", l.proofs_per_conn_per_s, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("limits.proofs_per_conn_burst", l.proofs_per_conn_burst, 0, EVENTS_PER_S_MAX),
+            bound("limits.fds_reserved", l.fds_reserved, 0, 1_000_000),
             bound("limits.hop_queue_msgs_max", l.hop_queue_msgs_max, 1, ENTRIES_MAX),
             bound("limits.hop_channel_batches", l.hop_channel_batches, 1, 65_536),
             bound("limits.read_buffer_bytes", l.read_buffer_bytes, 4 * KIB, 16 * MIB),

@@ -258,11 +258,30 @@ fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
             per_s: per(l.ip_bytes_per_s),
             burst: per(l.ip_bytes_burst),
         },
+        proofs: Rate {
+            per_s: per(l.ip_proofs_per_s),
+            burst: per(l.ip_proofs_burst),
+        },
+        proofs_per_conn: Rate {
+            per_s: l.proofs_per_conn_per_s,
+            burst: l.proofs_per_conn_burst,
+        },
         proof_failures: Rate {
             per_s: per(l.ip_proof_failures_per_s),
             burst: per(l.ip_proof_failures_burst),
         },
+        connections_open_max: if l.ip_connections_max == 0 {
+            0
+        } else {
+            (l.ip_connections_max / shards).max(1)
+        },
         entries_max: l.ip_table_entries_max,
+    };
+    // Client connections stop `fds_reserved` short of the open-files limit, so the store, media,
+    // the admin endpoint and refusals still get descriptors when clients hold all they may.
+    let fds_for_connections = match sys::limits(libc::RLIMIT_NOFILE).0 {
+        0 => usize::MAX, // unreadable: start-up already refused that
+        nofile => usize::try_from(nofile.saturating_sub(l.fds_reserved)).unwrap_or(usize::MAX),
     };
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) if !cfg.listen_tls.is_empty() => Some(crate::tls::server_config(c, k)?),
@@ -271,7 +290,7 @@ fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
     Ok(Reloadable {
         conn_limits,
         ip_limits,
-        connections_max: (l.connections_max / shards).max(1),
+        connections_max: (l.connections_max.min(fds_for_connections) / shards).max(1),
         tls,
     })
 }
@@ -359,6 +378,12 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     sys::preflight(shards, cfg.limits.io_memory_bytes)?;
     let nofile = sys::raise_nofile();
     let nofile_warning = sys::check_nofile(nofile, cfg.limits.connections_max)?;
+    if cfg.limits.fds_reserved >= nofile {
+        bail!(
+            "limits.fds_reserved ({}) leaves no file descriptors for connections under the open-files limit {nofile}",
+            cfg.limits.fds_reserved
+        );
+    }
     let node_seed = load_or_create_node_key(&cfg.data_dir)?;
     let node_id = ferry_proto::addr::ed25519_public(&node_seed);
     let initial = reloadable(&cfg, shards)?;

@@ -18,8 +18,8 @@ use crate::frame::{
     frame_type, put_packet_header, put_send_header, split_frame,
 };
 use crate::limits::{
-    BLOB_GETS_IN_FLIGHT_MAX, CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROVEN_PER_CONN_MAX,
-    VERSION_MAX, VERSION_MIN,
+    BLOB_GETS_IN_FLIGHT_MAX, CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, PROOF_CACHE_ENTRIES_MAX,
+    PROVEN_PER_CONN_MAX, VERSION_MAX, VERSION_MIN,
 };
 
 /// The two clocks every state machine needs, read once per event by the driver.
@@ -73,8 +73,15 @@ enum State {
 /// Outcome of [`ServerConn::answer_proofs`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ProofTally {
+    /// Answered `Ok` (those from the cache included).
     pub accepted: u32,
     pub failed: u32,
+    /// Handed to signature verification (each is one check the node paid for).
+    pub verified: u32,
+    /// Answered `Ok` from the connection's cache of proofs it already verified, unchecked.
+    pub cached: u32,
+    /// Answered `RateLimited` unchecked: over the budget the shard gave.
+    pub rate_limited: u32,
 }
 
 /// Outcome of [`ServerConn::push_deliver`].
@@ -196,6 +203,10 @@ pub struct ServerConn {
     challenge: [u8; 32],
     challenge_issued_ms: u64,
     proven: HashSet<(Dest, u8)>,
+    /// (dest, op) → (blinded key, signature) of proofs verified `Ok` under the current challenge:
+    /// the same item again is answered from here, not checked again. At most
+    /// `PROOF_CACHE_ENTRIES_MAX` entries (emptied when full), emptied with every new challenge.
+    proof_cache: HashMap<(Dest, u8), ([u8; 32], [u8; 64])>,
     /// dest → confirmed by its owner shard.
     subscriptions: HashMap<Dest, bool>,
     proof_failures: u32,
@@ -237,6 +248,7 @@ impl ServerConn {
             challenge,
             challenge_issued_ms: now.mono_ms,
             proven: HashSet::new(),
+            proof_cache: HashMap::new(),
             subscriptions: HashMap::new(),
             proof_failures: 0,
             opened_ms: now.mono_ms,
@@ -538,19 +550,78 @@ impl ServerConn {
         }
     }
 
-    /// Verifies proofs against this connection's challenge and answers them. Returns how many
-    /// were accepted and how many failed (the failures count against the shard's per-address
-    /// limit; stale-challenge and too-many answers are neither). Closes the connection once it has
-    /// failed `proof_failures_max` proofs.
+    fn challenge_is_stale(&self, now: Now) -> bool {
+        now.mono_ms.saturating_sub(self.challenge_issued_ms) > CHALLENGE_VALIDITY_MS
+    }
+
+    /// Whether `item` was verified `Ok` under the current challenge already.
+    fn is_cached(&self, item: &ProofItem) -> bool {
+        self.proof_cache
+            .get(&(item.dest, item.op))
+            .is_some_and(|(key, sig)| *key == item.blinded_key && *sig == item.signature)
+    }
+
+    /// How many of `items` [`ServerConn::answer_proofs_within`] would hand to signature
+    /// verification now: those not answered from the cache (none while the challenge is stale).
+    /// The shard sizes its budget by it.
+    pub fn proofs_to_verify(&self, now: Now, items: &[ProofItem]) -> usize {
+        if self.challenge_is_stale(now) {
+            return 0;
+        }
+        items.iter().filter(|i| !self.is_cached(i)).count()
+    }
+
+    /// [`ServerConn::answer_proofs_within`] with no budget.
     pub fn answer_proofs(&mut self, now: Now, items: &[ProofItem]) -> ProofTally {
-        let stale = now.mono_ms.saturating_sub(self.challenge_issued_ms) > CHALLENGE_VALIDITY_MS;
-        let statuses = if stale {
-            vec![ProofStatus::StaleChallenge; items.len()]
-        } else {
-            verify_proofs(&self.node_id, &self.challenge, items)
-        };
-        let mut failures = 0u32;
-        let mut accepted = 0u32;
+        self.answer_proofs_within(now, items, usize::MAX)
+    }
+
+    /// Verifies proofs against this connection's challenge and answers them: items this
+    /// connection already proved with the same key and signature under this challenge are `Ok`
+    /// from the cache; of the rest, the first `verify_max` are checked and the others answered
+    /// `RateLimited` unchecked. Returns the counts (failures count against the shard's
+    /// per-address limit; stale-challenge, rate-limited and too-many answers are not failures).
+    /// Closes the connection once it has failed `proof_failures_max` proofs.
+    pub fn answer_proofs_within(
+        &mut self,
+        now: Now,
+        items: &[ProofItem],
+        verify_max: usize,
+    ) -> ProofTally {
+        let mut tally = ProofTally::default();
+        let mut statuses = vec![ProofStatus::StaleChallenge; items.len()];
+        if !self.challenge_is_stale(now) {
+            let mut fresh = Vec::new();
+            let mut fresh_at = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if self.is_cached(item) {
+                    statuses[i] = ProofStatus::Ok;
+                    tally.cached += 1;
+                } else if fresh.len() < verify_max {
+                    fresh.push(*item);
+                    fresh_at.push(i);
+                } else {
+                    statuses[i] = ProofStatus::RateLimited;
+                    tally.rate_limited += 1;
+                }
+            }
+            if !fresh.is_empty() {
+                tally.verified = u32::try_from(fresh.len()).expect("a frame's proofs fit a u32");
+                let verdicts = verify_proofs(&self.node_id, &self.challenge, &fresh);
+                for (&i, status) in fresh_at.iter().zip(verdicts) {
+                    statuses[i] = status;
+                }
+                if self.proof_cache.len() + fresh.len() > PROOF_CACHE_ENTRIES_MAX {
+                    self.proof_cache.clear();
+                }
+                for (&i, item) in fresh_at.iter().zip(&fresh) {
+                    if statuses[i] == ProofStatus::Ok {
+                        self.proof_cache
+                            .insert((item.dest, item.op), (item.blinded_key, item.signature));
+                    }
+                }
+            }
+        }
         let mut results = Vec::with_capacity(items.len());
         for (item, mut status) in items.iter().zip(statuses) {
             if status == ProofStatus::Ok {
@@ -560,22 +631,22 @@ impl ServerConn {
                     status = ProofStatus::TooMany;
                 } else {
                     self.proven.insert((item.dest, item.op));
-                    accepted += 1;
+                    tally.accepted += 1;
                 }
-            } else if status != ProofStatus::StaleChallenge {
-                failures += 1;
+            } else if !matches!(
+                status,
+                ProofStatus::StaleChallenge | ProofStatus::RateLimited
+            ) {
+                tally.failed += 1;
             }
             results.push((item.dest, item.op, status));
         }
         self.push_frame(&Frame::ProveResult { items: results });
-        self.proof_failures = self.proof_failures.saturating_add(failures);
+        self.proof_failures = self.proof_failures.saturating_add(tally.failed);
         if self.proof_failures >= self.limits.proof_failures_max {
             self.close_with(ErrorCode::TooManyProofFailures, "too many failed proofs");
         }
-        ProofTally {
-            accepted,
-            failed: failures,
-        }
+        tally
     }
 
     /// Answers proofs the shard refused to check (address over its failed-proof budget).
@@ -590,6 +661,8 @@ impl ServerConn {
     /// Replaces the challenge (the old one is invalid from now on) and sends it.
     pub fn issue_challenge(&mut self, now: Now, challenge: [u8; 32]) {
         self.challenge = challenge;
+        // Proofs are bound to the challenge: none verified before holds for the new one.
+        self.proof_cache.clear();
         self.challenge_issued_ms = now.mono_ms;
         self.push_frame(&Frame::Challenge {
             challenge,

@@ -27,6 +27,9 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
 pub const CHALLENGE_VALIDITY_MS: u64 = 60_000;
 /// Length of an epoch (destination hashes rotate every epoch).
 pub const EPOCH_SECONDS: u64 = 3_600;
+/// Proofs a connection remembers as verified under its current challenge, so a repeated
+/// identical proof is answered without another signature check.
+pub const PROOF_CACHE_ENTRIES_MAX: usize = PROOFS_PER_FRAME_MAX;
 /// Proven (dest, op) pairs one connection may hold at once.
 pub const PROVEN_PER_CONN_MAX: usize = 1_024;
 /// Lowest and highest protocol version this build speaks.
@@ -67,6 +70,8 @@ const _: () = assert!(crate::prekey::ONE_TIME_KEYS_MAX <= u16::MAX as usize);
 const _: () = assert!(1 + 2 + PROOFS_PER_FRAME_MAX * PROOF_ITEM_BYTES <= FRAME_BYTES_MAX);
 const _: () = assert!(1 + 2 + DESTS_PER_FRAME_MAX * 17 <= FRAME_BYTES_MAX);
 const _: () = assert!(VERSION_MIN <= VERSION_MAX);
+// A replayed full Prove frame is answered from the cache.
+const _: () = assert!(PROOF_CACHE_ENTRIES_MAX >= PROOFS_PER_FRAME_MAX);
 // A proven set must hold at least one full Prove frame.
 const _: () = assert!(PROVEN_PER_CONN_MAX >= PROOFS_PER_FRAME_MAX);
 // A slot's signed part plus at least 30 PQ one-time keys fit one PrekeyUpload frame.

@@ -25,6 +25,8 @@ metrics! {
     connections_open: "gauge", "ferry_connections_open", "Connections open now.";
     connections_refused_limit: "counter", "ferry_connections_refused_limit_total", "Connections refused: node connection limit.";
     connections_refused_rate: "counter", "ferry_connections_refused_rate_total", "Connections refused: per-address connection rate.";
+    connections_refused_ip_limit: "counter", "ferry_connections_refused_ip_limit_total", "Connections refused: the address holds its most open connections (ip_connections_max).";
+    connections_refused_fd_limit: "counter", "ferry_connections_refused_fd_limit_total", "Connections accepted with a reserve descriptor only to be refused: the process is out of file descriptors.";
     accept_errors: "counter", "ferry_accept_errors_total", "accept() failures (e.g. EMFILE: the open-files limit is too low).";
     closes_error: "counter", "ferry_connections_closed_error_total", "Connections closed by the node with an error frame.";
     closes_protocol: "counter", "ferry_connections_closed_protocol_total", "Of those: malformed, oversized, unknown or unexpected frames.";
@@ -42,7 +44,9 @@ metrics! {
     hop_batches_out: "counter", "ferry_hop_batches_out_total", "Cross-core batches sent (one channel send each).";
     proofs_ok: "counter", "ferry_proofs_ok_total", "Ownership proofs accepted.";
     proofs_failed: "counter", "ferry_proofs_failed_total", "Ownership proofs refused (bad key, dest or signature).";
-    proofs_rate_limited: "counter", "ferry_proofs_rate_limited_total", "Proofs refused unchecked: address over its failed-proof budget.";
+    proofs_rate_limited: "counter", "ferry_proofs_rate_limited_total", "Proofs refused unchecked (RateLimited): address over its failed-proof budget, or connection or address over its proof-check budget.";
+    proofs_verified: "counter", "ferry_proofs_verified_total", "Proofs whose signature the node checked (each paid from the connection's and the address's budget).";
+    proofs_cached: "counter", "ferry_proofs_cached_total", "Proofs answered Ok unchecked: the connection had verified the same proof under the same challenge.";
     subscriptions: "gauge", "ferry_subscriptions", "Forward-table entries owned by this shard.";
     store_blobs: "gauge", "ferry_store_blobs", "Blobs stored for offline recipients (live: not acked, not expired).";
     store_appends: "counter", "ferry_store_appends_total", "Blobs stored (duplicates not counted).";

@@ -1,5 +1,6 @@
-//! Per-address token buckets (IPv4 by address, IPv6 by /64): new connections, bytes in, and failed
-//! proofs. The table is bounded; idle full buckets are evicted on tick.
+//! Per-address limits (IPv4 by address, IPv6 by /64): token buckets for new connections, bytes in,
+//! proof checks and failed proofs, in a bounded table whose idle full buckets are evicted on tick;
+//! and the count of open connections per address, bounded by the shard's connections.
 
 use std::net::IpAddr;
 
@@ -35,55 +36,84 @@ pub struct Rate {
     pub burst: u64,
 }
 
+/// Milli-tokens of `n` tokens, saturating (a bucket of 9.2 × 10^15 tokens is unlimited anyway).
+fn milli(n: u64) -> i64 {
+    i64::try_from(n.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// A token bucket that carries debt: a charge past zero leaves a negative balance, and refill
+/// repays it before anything is free again. (A bucket that forgot its debt let twice its rate
+/// through.)
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens_milli: u64,
+pub struct Bucket {
+    /// Milli-tokens; negative while in debt, at most the burst.
+    balance_milli: i64,
     at_ms: u64,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now_ms: u64) -> Self {
+    /// A bucket holding its whole burst.
+    pub fn full(rate: Rate, now_ms: u64) -> Self {
         Bucket {
-            tokens_milli: rate.burst.saturating_mul(1000),
+            balance_milli: milli(rate.burst),
             at_ms: now_ms,
         }
     }
     fn refill(&mut self, rate: Rate, now_ms: u64) {
         let dt = now_ms.saturating_sub(self.at_ms);
         // tokens/s × ms = milli-tokens.
-        self.tokens_milli = self
-            .tokens_milli
-            .saturating_add(rate.per_s.saturating_mul(dt))
-            .min(rate.burst.saturating_mul(1000));
-        self.at_ms = now_ms;
+        let earned = i64::try_from(rate.per_s.saturating_mul(dt)).unwrap_or(i64::MAX);
+        self.balance_milli = self
+            .balance_milli
+            .saturating_add(earned)
+            .min(milli(rate.burst));
+        self.at_ms = self.at_ms.max(now_ms);
     }
     fn is_full(&self, rate: Rate) -> bool {
-        self.tokens_milli >= rate.burst.saturating_mul(1000)
+        self.balance_milli >= milli(rate.burst)
     }
     /// Takes `n` tokens if there are that many.
     fn take(&mut self, rate: Rate, now_ms: u64, n: u64) -> bool {
         self.refill(rate, now_ms);
-        let want = n.saturating_mul(1000);
-        if self.tokens_milli >= want {
-            self.tokens_milli -= want;
+        let want = milli(n);
+        if self.balance_milli >= want {
+            self.balance_milli -= want;
             true
         } else {
             false
         }
     }
-    /// Takes `n` tokens even into debt (bytes already read); returns the ms until the balance is
-    /// positive again, or 0.
+    /// Whole tokens there are now (none while in debt; `u64::MAX` when `rate` is unlimited).
+    pub fn available(&mut self, rate: Rate, now_ms: u64) -> u64 {
+        if rate.per_s == 0 {
+            return u64::MAX;
+        }
+        self.refill(rate, now_ms);
+        u64::try_from(self.balance_milli / 1000).unwrap_or(0)
+    }
+    /// Takes `n` tokens, at most [`Bucket::available`] of them: the caller checked.
+    pub fn take_available(&mut self, rate: Rate, now_ms: u64, n: u64) {
+        assert!(
+            n <= self.available(rate, now_ms),
+            "taking tokens the bucket does not hold"
+        );
+        if rate.per_s != 0 {
+            self.balance_milli -= milli(n);
+        }
+    }
+    /// Takes `n` tokens even into debt (bytes already read); returns [`Bucket::pause_ms`].
     fn charge(&mut self, rate: Rate, now_ms: u64, n: u64) -> u64 {
         self.refill(rate, now_ms);
-        let want = n.saturating_mul(1000);
-        if self.tokens_milli >= want {
-            self.tokens_milli -= want;
-            0
-        } else {
-            let debt = want - self.tokens_milli;
-            self.tokens_milli = 0;
-            // Wait until the debt is repaid; at least 1 ms.
-            (debt / rate.per_s.max(1)).max(1)
+        self.balance_milli = self.balance_milli.saturating_sub(milli(n));
+        self.pause_ms(rate, now_ms)
+    }
+    /// Milliseconds until the balance is positive again; 0 while it is.
+    fn pause_ms(&mut self, rate: Rate, now_ms: u64) -> u64 {
+        self.refill(rate, now_ms);
+        match u64::try_from(self.balance_milli) {
+            Ok(b) if b > 0 => 0,
+            // balance + per_s × t > 0 first at t = ⌊debt / per_s⌋ + 1.
+            _ => self.balance_milli.unsigned_abs() / rate.per_s.max(1) + 1,
         }
     }
 }
@@ -144,6 +174,7 @@ impl<K: std::hash::Hash + Eq + Copy> KeyedLimiter<K> {
 struct Entry {
     conns: Bucket,
     bytes: Bucket,
+    proofs: Bucket,
     proof_failures: Bucket,
 }
 
@@ -152,7 +183,14 @@ struct Entry {
 pub struct IpLimits {
     pub conns: Rate,
     pub bytes: Rate,
+    /// Proof signatures checked for the address (valid or not); beyond: `RateLimited` unchecked.
+    pub proofs: Rate,
+    /// The same, for each connection (a bucket per connection, kept by the shard beside the
+    /// connection; here so that it reloads with the address's budget).
+    pub proofs_per_conn: Rate,
     pub proof_failures: Rate,
+    /// Connections one address may hold open at once; 0 = unlimited.
+    pub connections_open_max: usize,
     pub entries_max: usize,
 }
 
@@ -161,6 +199,10 @@ pub struct IpLimits {
 pub struct IpLimiter {
     limits: IpLimits,
     table: AHashMap<IpKey, Entry>,
+    /// Open connections per address (only addresses with at least one). Not in `table`: an open
+    /// connection must not pin a bucket entry, and this map is bounded by the shard's
+    /// connections, not by `entries_max`.
+    open: AHashMap<IpKey, u32>,
 }
 
 impl IpLimiter {
@@ -169,7 +211,37 @@ impl IpLimiter {
         IpLimiter {
             limits,
             table: AHashMap::new(),
+            open: AHashMap::new(),
         }
+    }
+
+    /// Whether `key` holds fewer than `connections_open_max` open connections.
+    pub fn may_open(&self, key: IpKey) -> bool {
+        let max = self.limits.connections_open_max;
+        max == 0 || usize::try_from(self.open_connections(key)).is_ok_and(|n| n < max)
+    }
+
+    /// Counts a new open connection of `key` (whether it [`may_open`](IpLimiter::may_open) is
+    /// the caller's check: a lowered cap does not close connections already open).
+    pub fn on_open(&mut self, key: IpKey) {
+        *self.open.entry(key).or_insert(0) += 1;
+    }
+
+    /// One connection [`IpLimiter::on_open`] counted has closed.
+    pub fn on_close(&mut self, key: IpKey) {
+        let open = self
+            .open
+            .get_mut(&key)
+            .expect("a closing connection was counted open");
+        *open -= 1;
+        if *open == 0 {
+            self.open.remove(&key);
+        }
+    }
+
+    /// Connections of `key` open now.
+    pub fn open_connections(&self, key: IpKey) -> u32 {
+        self.open.get(&key).copied().unwrap_or(0)
     }
 
     pub fn set_limits(&mut self, limits: IpLimits) {
@@ -190,6 +262,7 @@ impl IpLimiter {
                 Entry {
                     conns: Bucket::full(l.conns, now_ms),
                     bytes: Bucket::full(l.bytes, now_ms),
+                    proofs: Bucket::full(l.proofs, now_ms),
                     proof_failures: Bucket::full(l.proof_failures, now_ms),
                 },
             );
@@ -221,6 +294,19 @@ impl IpLimiter {
         }
     }
 
+    /// How long every connection of this address must stop reading: until its byte bucket, in
+    /// debt from bytes already read by any of them, is positive again (ms; 0 = read on).
+    pub fn bytes_pause_ms(&mut self, key: IpKey, now_ms: u64) -> u64 {
+        let rate = self.limits.bytes;
+        if rate.per_s == 0 {
+            return 0;
+        }
+        match self.table.get_mut(&key) {
+            Some(e) => e.bytes.pause_ms(rate, now_ms),
+            None => 0,
+        }
+    }
+
     /// Whether this address may still have proofs checked (its failure budget is not spent).
     pub fn proofs_allowed(&mut self, key: IpKey, now_ms: u64) -> bool {
         let rate = self.limits.proof_failures;
@@ -228,12 +314,39 @@ impl IpLimiter {
             return true;
         }
         match self.entry(key, now_ms) {
-            Some(e) => {
-                e.proof_failures.refill(rate, now_ms);
-                e.proof_failures.tokens_milli >= 1000
-            }
+            Some(e) => e.proof_failures.available(rate, now_ms) >= 1,
             None => false,
         }
+    }
+
+    /// Proof checks this address may have now: `u64::MAX` when unlimited, 0 when its budget is
+    /// spent (or it cannot be tracked: the table is full).
+    pub fn proofs_available(&mut self, key: IpKey, now_ms: u64) -> u64 {
+        let rate = self.limits.proofs;
+        if rate.per_s == 0 {
+            return u64::MAX;
+        }
+        match self.entry(key, now_ms) {
+            Some(e) => e.proofs.available(rate, now_ms),
+            None => 0,
+        }
+    }
+
+    /// Spends `n` proof checks, at most [`IpLimiter::proofs_available`].
+    pub fn take_proofs(&mut self, key: IpKey, now_ms: u64, n: u64) {
+        let rate = self.limits.proofs;
+        if rate.per_s == 0 || n == 0 {
+            return;
+        }
+        let e = self
+            .entry(key, now_ms)
+            .expect("proofs are taken only from an address that had them available");
+        e.proofs.take_available(rate, now_ms, n);
+    }
+
+    /// The per-connection proof rate, for the bucket the shard keeps beside each connection.
+    pub fn proofs_per_conn(&self) -> Rate {
+        self.limits.proofs_per_conn
     }
 
     pub fn charge_proof_failures(&mut self, key: IpKey, now_ms: u64, n: u64) {
@@ -252,9 +365,11 @@ impl IpLimiter {
         self.table.retain(|_, e| {
             e.conns.refill(l.conns, now_ms);
             e.bytes.refill(l.bytes, now_ms);
+            e.proofs.refill(l.proofs, now_ms);
             e.proof_failures.refill(l.proof_failures, now_ms);
             !(e.conns.is_full(l.conns)
                 && e.bytes.is_full(l.bytes)
+                && e.proofs.is_full(l.proofs)
                 && e.proof_failures.is_full(l.proof_failures))
         });
     }
@@ -281,7 +396,10 @@ mod tests {
                 per_s: 1000,
                 burst: 1000,
             },
+            proofs: Rate { per_s: 2, burst: 5 },
+            proofs_per_conn: Rate { per_s: 0, burst: 0 },
             proof_failures: Rate { per_s: 1, burst: 3 },
+            connections_open_max: 2,
             entries_max: 2,
         }
     }
@@ -300,9 +418,33 @@ mod tests {
     fn bytes_pause_until_debt_repaid() {
         let mut l = IpLimiter::new(limits());
         let k = IpKey::V4([1, 2, 3, 4]);
-        assert_eq!(l.charge_bytes(k, 0, 1000), 0);
-        assert_eq!(l.charge_bytes(k, 0, 500), 500);
-        assert_eq!(l.charge_bytes(k, 500, 500), 0);
+        assert_eq!(l.charge_bytes(k, 0, 999), 0, "one token left");
+        assert_eq!(
+            l.charge_bytes(k, 0, 501),
+            501,
+            "500 in debt: positive after 501 ms"
+        );
+        // The debt is repaid before anything is free: 500 ms later the balance is 0, not 500.
+        assert_eq!(l.charge_bytes(k, 500, 500), 501);
+        assert_eq!(l.bytes_pause_ms(k, 1_000), 1);
+        assert_eq!(l.bytes_pause_ms(k, 1_001), 0);
+    }
+
+    #[test]
+    fn a_bucket_in_debt_repays_before_it_gives() {
+        let rate = Rate {
+            per_s: 1_000,
+            burst: 100,
+        };
+        let mut b = Bucket::full(rate, 0);
+        assert_eq!(b.charge(rate, 0, 1_100), 1_001);
+        // 1 s later the 1000-token debt is repaid and nothing more: the bucket is at 0.
+        assert_eq!(b.available(rate, 1_000), 0);
+        assert_eq!(b.available(rate, 1_050), 50);
+        // Refill never goes above the burst, however long the wait.
+        assert_eq!(b.available(rate, 1_000_000), 100);
+        b.take_available(rate, 1_000_000, 100);
+        assert_eq!(b.available(rate, 1_000_000), 0);
     }
 
     #[test]
@@ -351,5 +493,53 @@ mod tests {
         l.charge_proof_failures(k, 0, 3);
         assert!(!l.proofs_allowed(k, 0));
         assert!(l.proofs_allowed(k, 1000));
+    }
+
+    #[test]
+    fn open_connections_are_capped_per_address_and_released_on_close() {
+        let mut l = IpLimiter::new(limits());
+        let a = IpKey::from("2001:db8::1".parse::<IpAddr>().unwrap());
+        let a2 = IpKey::from("2001:db8::ffff:2".parse::<IpAddr>().unwrap());
+        let b = IpKey::V4([10, 0, 0, 2]);
+        for k in [a, a2] {
+            assert!(l.may_open(k));
+            l.on_open(k);
+        }
+        assert!(!l.may_open(a), "a third from the same /64");
+        assert!(l.may_open(b), "another address");
+        l.on_open(b);
+        assert_eq!(l.open_connections(a), 2);
+        l.on_close(a);
+        assert!(l.may_open(a2));
+        l.on_open(a2);
+        l.on_close(a);
+        l.on_close(a);
+        l.on_close(b);
+        assert_eq!(l.open_connections(a), 0);
+        assert!(l.open.is_empty(), "closed addresses are forgotten");
+        let mut unlimited = IpLimiter::new(IpLimits {
+            connections_open_max: 0,
+            ..limits()
+        });
+        for _ in 0..1_000 {
+            assert!(unlimited.may_open(b));
+            unlimited.on_open(b);
+        }
+    }
+
+    #[test]
+    fn proof_checks_are_budgeted_per_address() {
+        let mut l = IpLimiter::new(limits());
+        let k = IpKey::V4([9, 9, 9, 9]);
+        assert_eq!(l.proofs_available(k, 0), 5);
+        l.take_proofs(k, 0, 5);
+        assert_eq!(l.proofs_available(k, 0), 0);
+        assert_eq!(l.proofs_available(k, 499), 0);
+        assert_eq!(l.proofs_available(k, 500), 1, "2/s");
+        let mut off = IpLimiter::new(IpLimits {
+            proofs: Rate { per_s: 0, burst: 0 },
+            ..limits()
+        });
+        assert_eq!(off.proofs_available(k, 0), u64::MAX);
     }
 }

@@ -21,7 +21,7 @@ use crate::store::format::Pos;
 use crate::store::{Log, StoreError};
 
 use crate::metrics::ShardMetrics;
-use crate::ratelimit::{IpKey, IpLimiter, IpLimits};
+use crate::ratelimit::{Bucket, IpKey, IpLimiter, IpLimits};
 use crate::table::{ConnRef, ForwardTable};
 
 /// Most messages in one cross-core batch (one channel send).
@@ -183,6 +183,9 @@ pub struct Output {
 struct Conn {
     sm: ServerConn,
     ip: IpKey,
+    /// Proof checks this connection may still have (`IpLimits::proofs_per_conn`, the rate it
+    /// was accepted under).
+    proofs: (Bucket, crate::ratelimit::Rate),
     in_ready: bool,
     close_counted: bool,
     abort_sent: bool,
@@ -482,6 +485,13 @@ impl Shard {
             ShardMetrics::inc(&self.metrics.connections_refused_limit);
             return refuse(ErrorCode::ConnectionLimit, "node connection limit reached");
         }
+        if !self.limiter.may_open(key) {
+            ShardMetrics::inc(&self.metrics.connections_refused_ip_limit);
+            return refuse(
+                ErrorCode::ConnectionLimit,
+                "too many open connections from this address",
+            );
+        }
         if !self.limiter.allow_connection(key, now.mono_ms) {
             ShardMetrics::inc(&self.metrics.connections_refused_rate);
             return refuse(
@@ -489,6 +499,7 @@ impl Shard {
                 "too many new connections from this address",
             );
         }
+        self.limiter.on_open(key);
         let id = self.next_conn;
         self.next_conn += 1;
         let challenge = self.next_challenge();
@@ -504,6 +515,10 @@ impl Shard {
             Conn {
                 sm,
                 ip: key,
+                proofs: {
+                    let rate = self.limiter.proofs_per_conn();
+                    (Bucket::full(rate, now.mono_ms), rate)
+                },
                 in_ready: false,
                 close_counted: false,
                 abort_sent: false,
@@ -534,6 +549,15 @@ impl Shard {
             ShardMetrics::add(&self.metrics.frames_in, c.sm.frames_in - frames_before);
         }
         pause
+    }
+
+    /// How long (ms) the driver must wait before reading `conn` again: until the byte bucket its
+    /// address shares with the address's other connections is positive. 0 = read now.
+    pub fn read_pause_ms(&mut self, now: Now, conn: u64) -> u64 {
+        match self.conns.get(&conn) {
+            Some(c) => self.limiter.bytes_pause_ms(c.ip, now.mono_ms),
+            None => 0,
+        }
     }
 
     /// Whether the driver should keep reading `conn` (its own output is not backlogged).
@@ -587,9 +611,24 @@ impl Shard {
                         ShardMetrics::add(&self.metrics.proofs_rate_limited, items.len() as u64);
                         c.sm.refuse_proofs(&items);
                     } else {
-                        let tally = c.sm.answer_proofs(now, &items);
-                        ShardMetrics::add(&self.metrics.proofs_failed, u64::from(tally.failed));
-                        ShardMetrics::add(&self.metrics.proofs_ok, u64::from(tally.accepted));
+                        // Every signature check is paid from the connection's budget and its
+                        // address's; proofs it already verified are answered from its cache.
+                        let (bucket, rate) = &mut c.proofs;
+                        let budget = bucket
+                            .available(*rate, now.mono_ms)
+                            .min(self.limiter.proofs_available(ip, now.mono_ms));
+                        let fresh = c.sm.proofs_to_verify(now, &items);
+                        let grant = usize::try_from(budget).unwrap_or(usize::MAX).min(fresh);
+                        let tally = c.sm.answer_proofs_within(now, &items, grant);
+                        let verified = u64::from(tally.verified);
+                        bucket.take_available(*rate, now.mono_ms, verified);
+                        self.limiter.take_proofs(ip, now.mono_ms, verified);
+                        let m = &self.metrics;
+                        ShardMetrics::add(&m.proofs_verified, verified);
+                        ShardMetrics::add(&m.proofs_cached, u64::from(tally.cached));
+                        ShardMetrics::add(&m.proofs_rate_limited, u64::from(tally.rate_limited));
+                        ShardMetrics::add(&m.proofs_failed, u64::from(tally.failed));
+                        ShardMetrics::add(&m.proofs_ok, u64::from(tally.accepted));
                         self.limiter.charge_proof_failures(
                             ip,
                             now.mono_ms,
@@ -1174,6 +1213,7 @@ impl Shard {
             return;
         };
         ShardMetrics::dec(&self.metrics.connections_open);
+        self.limiter.on_close(c.ip);
         let sub = ConnRef {
             shard: self.cfg.shard,
             conn,

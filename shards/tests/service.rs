@@ -51,7 +51,10 @@ fn shard() -> Shard {
             ip_limits: IpLimits {
                 conns: off,
                 bytes: off,
+                proofs: off,
+                proofs_per_conn: off,
                 proof_failures: off,
+                connections_open_max: 0,
                 entries_max: 16,
             },
             connections_max: 100,

@@ -68,7 +68,10 @@ impl Sim {
                         ip_limits: IpLimits {
                             conns: Rate { per_s: 0, burst: 0 },
                             bytes: Rate { per_s: 0, burst: 0 },
+                            proofs: Rate { per_s: 0, burst: 0 },
+                            proofs_per_conn: Rate { per_s: 0, burst: 0 },
                             proof_failures: Rate { per_s: 0, burst: 0 },
+                            connections_open_max: 0,
                             entries_max: 16,
                         },
                         connections_max: 1000,
