@@ -1341,7 +1341,10 @@ mod tests {
             ip_limits: IpLimits {
                 conns: open,
                 bytes: open,
+                proofs: open,
+                proofs_per_conn: open,
                 proof_failures: open,
+                connections_open_max: 0,
                 entries_max: 16,
             },
             connections_max: 16,
