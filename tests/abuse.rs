@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{Node, mailbox};
+use common::{Node, mailbox, raise_nofile};
 use ferry_proto::conn::ClientEvent;
 use ferry_proto::frame::{Frame, decode_frame, frame_type};
 use ferry_proto::limits::{FRAME_BYTES_MAX, VERSION_MAX, VERSION_MIN};
@@ -453,27 +453,6 @@ fn one_address_over_its_connection_cap_is_refused_while_another_connects() {
     }
 }
 
-#[allow(unsafe_code)]
-fn raise_nofile(want: u64) {
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        assert!(
-            r.rlim_max >= want,
-            "this test needs an open-files hard limit of at least {want}, not {}",
-            r.rlim_max
-        );
-        if r.rlim_cur < want {
-            r.rlim_cur = want;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 /// The open-files limit the node runs under in the descriptor tests: the least it starts with.
 const NODE_NOFILE: &str = "4096";
 
@@ -481,7 +460,12 @@ const NODE_NOFILE: &str = "4096";
 /// the node), with no per-address limits in the way of one address opening thousands.
 fn node_with_few_fds(env: &[(&str, &str)]) -> Node {
     // The node's connections are this process's too, and tests run side by side.
-    raise_nofile(16_384);
+    let want = 16_384;
+    let hard = raise_nofile(want);
+    assert!(
+        hard >= want,
+        "this test needs an open-files hard limit of at least {want}, not {hard}"
+    );
     let mut env = env.to_vec();
     env.extend([
         ("FERRY_LIMITS_IP_CONNECTIONS_MAX", "0"),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Node, mailbox, mailbox_owned_by};
+use common::{Node, mailbox, mailbox_owned_by, raise_nofile};
 use ferry_proto::conn::ClientEvent;
 use ferry_sdk::{Client, FLAG_ACK, Op, ProofStatus, SendStatus, SubscribeStatus};
 
@@ -293,22 +293,6 @@ fn a_thousand_concurrent_connections() {
         }
     }
     drop(clients);
-}
-
-#[allow(unsafe_code)]
-fn raise_nofile(want: u64) {
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        if r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
 }
 
 #[test]
