@@ -253,7 +253,12 @@ fn the_data_directory_is_private_and_every_file_in_it_is_0600() {
     let mut tx = node.client();
     let dest = mailbox(1).dest(tx.epoch()).unwrap();
     for i in 0..5u64 {
-        tx.send(dest, i, ferry_proto::frame::FLAG_ACK, b"stored while offline");
+        tx.send(
+            dest,
+            i,
+            ferry_proto::frame::FLAG_ACK,
+            b"stored while offline",
+        );
     }
     tx.flush().unwrap();
     let mut stored = 0;

@@ -430,7 +430,10 @@ fn a_maximal_packet_is_stored_and_drained_intact() {
     let big: Vec<u8> = (0..ferry_sdk::PACKET_PAYLOAD_BYTES_MAX)
         .map(|i| i as u8)
         .collect();
-    assert_eq!(send_and_status(&mut tx, dest, 1, &big), SendStatus::Accepted);
+    assert_eq!(
+        send_and_status(&mut tx, dest, 1, &big),
+        SendStatus::Accepted
+    );
     let mut rx = node.client();
     prove_drain(&mut rx, &bob, epoch);
     let (blobs, more) = rx.drain(dest).unwrap();

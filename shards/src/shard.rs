@@ -32,10 +32,7 @@ impl Audience {
     /// gets `Accepted` with `FLAG_ACK` and nothing without it, so neither the status nor whether
     /// an answer comes at all tells a live delivery from a stored one.
     pub fn success(self, status: SendStatus, flags: u8) -> Option<SendStatus> {
-        debug_assert!(matches!(
-            status,
-            SendStatus::Delivered | SendStatus::Stored
-        ));
+        debug_assert!(matches!(status, SendStatus::Delivered | SendStatus::Stored));
         let ack = flags & FLAG_ACK != 0;
         match (self, status) {
             (Audience::Owner, SendStatus::Delivered) => ack.then_some(SendStatus::Delivered),

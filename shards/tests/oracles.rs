@@ -371,8 +371,16 @@ fn an_unproven_send_is_accepted_whether_the_recipient_is_online_or_not() {
         // The status is the same; without FLAG_ACK nothing comes back either way (today's
         // remaining difference is only when the answer comes, see PROTOCOL.md).
         assert_eq!(
-            offline.at_once.iter().chain(&offline.after_sync).collect::<Vec<_>>(),
-            online.at_once.iter().chain(&online.after_sync).collect::<Vec<_>>()
+            offline
+                .at_once
+                .iter()
+                .chain(&offline.after_sync)
+                .collect::<Vec<_>>(),
+            online
+                .at_once
+                .iter()
+                .chain(&online.after_sync)
+                .collect::<Vec<_>>()
         );
         let empty = Results {
             at_once: vec![],
@@ -397,7 +405,10 @@ fn the_owner_still_learns_delivered_or_stored() {
         assert_eq!(offline.at_once, vec![]);
         assert_eq!(offline.after_sync, vec![SendStatus::Stored]);
         // Stored is reported to the owner with or without FLAG_ACK, as before.
-        assert_eq!(node.send(own, dest, 2, 0).after_sync, vec![SendStatus::Stored]);
+        assert_eq!(
+            node.send(own, dest, 2, 0).after_sync,
+            vec![SendStatus::Stored]
+        );
 
         let listener = node.connect(1);
         node.prove(listener, &signer, Op::Subscribe);
