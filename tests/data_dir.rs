@@ -253,13 +253,18 @@ fn the_data_directory_is_private_and_every_file_in_it_is_0600() {
     let mut tx = node.client();
     let dest = mailbox(1).dest(tx.epoch()).unwrap();
     for i in 0..5u64 {
-        tx.send(dest, i, 0, b"stored while offline");
+        tx.send(
+            dest,
+            i,
+            ferry_proto::frame::FLAG_ACK,
+            b"stored while offline",
+        );
     }
     tx.flush().unwrap();
     let mut stored = 0;
     while stored < 5 {
         if let ClientEvent::SendResult { status, .. } = tx.recv(WAIT).unwrap() {
-            assert_eq!(status, SendStatus::Stored);
+            assert_eq!(status, SendStatus::Accepted);
             stored += 1;
         }
     }

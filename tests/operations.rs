@@ -50,7 +50,7 @@ fn stream_until_closed(addr: std::net::SocketAddr, dest: ferry_sdk::Dest) -> (BT
     let mut next = 1u64;
     loop {
         for _ in 0..8 {
-            tx.send(dest, next, 0, &next.to_le_bytes());
+            tx.send(dest, next, ferry_sdk::FLAG_ACK, &next.to_le_bytes());
             next += 1;
         }
         if tx.flush().is_err() {
@@ -60,7 +60,7 @@ fn stream_until_closed(addr: std::net::SocketAddr, dest: ferry_sdk::Dest) -> (BT
             match tx.recv(Duration::from_millis(20)) {
                 Ok(ClientEvent::SendResult {
                     msg_id,
-                    status: SendStatus::Stored,
+                    status: SendStatus::Accepted,
                     ..
                 }) => {
                     stored.insert(msg_id);

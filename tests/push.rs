@@ -28,7 +28,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn send(tx: &mut Client, dest: ferry_sdk::Dest, msg_id: u64) -> SendStatus {
-    tx.send(dest, msg_id, 0, PAYLOAD);
+    tx.send(dest, msg_id, ferry_proto::frame::FLAG_ACK, PAYLOAD);
     tx.flush().unwrap();
     loop {
         match tx.recv(WAIT).unwrap() {
@@ -134,7 +134,7 @@ fn an_offline_recipient_gets_exactly_one_content_free_wake_per_window() {
 
     let mut tx = s.node.client();
     let t0 = std::time::Instant::now();
-    assert_eq!(send(&mut tx, dest, 1), SendStatus::Stored);
+    assert_eq!(send(&mut tx, dest, 1), SendStatus::Accepted);
     let got = s.mock.wait_for(1, WAIT, |r| r["provider"] == "apns");
     assert_eq!(got.len(), 1, "one wake");
     assert_eq!(got[0]["token"], APNS_OK);
@@ -142,7 +142,7 @@ fn an_offline_recipient_gets_exactly_one_content_free_wake_per_window() {
     // A second message inside the window (3 s; after the shard's 1 s offer interval, so the
     // service core itself coalesces it): no second wake.
     std::thread::sleep(Duration::from_millis(1_100));
-    assert_eq!(send(&mut tx, dest, 2), SendStatus::Stored);
+    assert_eq!(send(&mut tx, dest, 2), SendStatus::Accepted);
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(
         s.mock
@@ -153,7 +153,7 @@ fn an_offline_recipient_gets_exactly_one_content_free_wake_per_window() {
     assert_eq!(s.node.metric("ferry_push_wakes_coalesced_total"), 1);
     // After the window, the next stored message wakes the device again.
     std::thread::sleep(Duration::from_millis(3_200).saturating_sub(t0.elapsed()));
-    assert_eq!(send(&mut tx, dest, 3), SendStatus::Stored);
+    assert_eq!(send(&mut tx, dest, 3), SendStatus::Accepted);
     assert_eq!(
         s.mock.wait_for(2, WAIT, |r| r["provider"] == "apns").len(),
         2
@@ -207,7 +207,7 @@ fn provider_statuses_delete_retry_and_refresh() {
     assert_eq!(s.node.metric("ferry_push_registrations"), 3);
     armed(&s.node, 3);
     for (i, d) in dests.iter().enumerate() {
-        assert_eq!(send(&mut tx, *d, 10 + i as u64), SendStatus::Stored);
+        assert_eq!(send(&mut tx, *d, 10 + i as u64), SendStatus::Accepted);
     }
     // 410: one request, then the token is gone.
     let gone = s.mock.wait_for(1, WAIT, |r| r["token"] == APNS_GONE);
@@ -235,7 +235,7 @@ fn provider_statuses_delete_retry_and_refresh() {
     assert!(s.node.metric("ferry_push_wakes_retried_total") >= 2);
     // The deleted token is never woken again.
     std::thread::sleep(Duration::from_millis(1_100));
-    assert_eq!(send(&mut tx, dests[0], 20), SendStatus::Stored);
+    assert_eq!(send(&mut tx, dests[0], 20), SendStatus::Accepted);
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(
         s.mock
@@ -330,7 +330,7 @@ fn fcm_and_web_push_wakes_and_registration_errors() {
 
     let mut tx = s.node.client();
     for (i, d) in [d_fcm, d_wp, d_gone, d_removed].iter().enumerate() {
-        assert_eq!(send(&mut tx, *d, 30 + i as u64), SendStatus::Stored);
+        assert_eq!(send(&mut tx, *d, 30 + i as u64), SendStatus::Accepted);
     }
     let fcm = s.mock.wait_for(1, WAIT, |r| r["provider"] == "fcm");
     assert_eq!((fcm.len(), fcm[0]["token"].as_str()), (1, Some(FCM_OK)));
@@ -355,7 +355,7 @@ fn fcm_and_web_push_wakes_and_registration_errors() {
     );
     // A second FCM wake reuses the cached OAuth2 token.
     std::thread::sleep(Duration::from_millis(1_100));
-    assert_eq!(send(&mut tx, d_fcm, 40), SendStatus::Stored);
+    assert_eq!(send(&mut tx, d_fcm, 40), SendStatus::Accepted);
     assert_eq!(
         s.mock.wait_for(2, WAIT, |r| r["provider"] == "fcm").len(),
         2
@@ -410,7 +410,7 @@ fn web_push_endpoints_that_smuggle_another_host_are_refused() {
     assert_eq!(s.node.metric("ferry_push_armed_dests"), 0);
     let mut tx = s.node.client();
     for (i, d) in dests.iter().enumerate() {
-        assert_eq!(send(&mut tx, *d, 50 + i as u64), SendStatus::Stored);
+        assert_eq!(send(&mut tx, *d, 50 + i as u64), SendStatus::Accepted);
     }
     let heard = s.mock.wait_for(1, Duration::from_millis(500), |_| true);
     assert!(heard.is_empty(), "{heard:?}");
@@ -431,7 +431,7 @@ fn registrations_survive_a_restart() {
     assert_eq!(node.metric("ferry_push_registrations"), 1);
     armed(&node, 1);
     let mut tx = node.client();
-    assert_eq!(send(&mut tx, dest, 1), SendStatus::Stored);
+    assert_eq!(send(&mut tx, dest, 1), SendStatus::Accepted);
     assert_eq!(mock.wait_for(1, WAIT, |r| r["token"] == APNS_OK).len(), 1);
     no_violations(&mock.records());
     drop((tx, node, mock));

@@ -1,5 +1,5 @@
-//! Store-and-forward through a real node: offline sends are stored and answered `Stored`, the
-//! recipient asks which dests hold blobs, drains them with a proof, acks them; duplicates are
+//! Store-and-forward through a real node: offline sends are stored and answered (`Accepted`: the
+//! senders here have not proven the dests), the recipient proves and asks which dests hold blobs, drains them with a proof, acks them; duplicates are
 //! stored once; a subscriber gets stored blobs before live ones; blobs survive a restart and a
 //! kill -9 (fsync=always); quotas and a full store answer with their own status.
 
@@ -22,7 +22,7 @@ fn send_and_status(
     msg_id: u64,
     payload: &[u8],
 ) -> SendStatus {
-    tx.send(dest, msg_id, 0, payload);
+    tx.send(dest, msg_id, FLAG_ACK, payload);
     tx.flush().unwrap();
     loop {
         match tx.recv(WAIT).unwrap() {
@@ -67,21 +67,23 @@ fn offline_blobs_are_stored_queried_drained_in_order_and_acked() {
     for i in 1..=5u64 {
         assert_eq!(
             send_and_status(&mut tx, dest, i, format!("blob {i}").as_bytes()),
-            SendStatus::Stored
+            SendStatus::Accepted
         );
     }
     // The same message id again is stored once.
     assert_eq!(
         send_and_status(&mut tx, dest, 3, b"blob 3"),
-        SendStatus::Stored
+        SendStatus::Accepted
     );
 
     let mut rx = node.client();
     let other = mailbox(42).dest(epoch).unwrap();
-    assert_eq!(rx.query(&[dest, other]).unwrap(), vec![dest]);
+    // Before proving, the node says nothing about the dest (PROTOCOL.md §8.3).
+    assert!(rx.query(&[dest, other]).unwrap().is_empty());
     // Draining needs a Drain proof for the dest.
     assert!(rx.drain(dest).is_err());
     prove_drain(&mut rx, &bob, epoch);
+    assert_eq!(rx.query(&[dest, other]).unwrap(), vec![dest]);
     let (blobs, more) = rx.drain(dest).unwrap();
     assert!(!more);
     let got: Vec<(u64, Vec<u8>)> = blobs
@@ -116,7 +118,7 @@ fn a_subscriber_gets_stored_blobs_first_then_live_traffic() {
     for i in 1..=3u64 {
         assert_eq!(
             send_and_status(&mut tx, dest, i, b"stored"),
-            SendStatus::Stored
+            SendStatus::Accepted
         );
     }
     let mut rx = node.client();
@@ -148,14 +150,14 @@ fn stored_blobs_survive_a_restart() {
     for i in 1..=20u64 {
         assert_eq!(
             send_and_status(&mut tx, dest, i, &[i as u8; 700]),
-            SendStatus::Stored
+            SendStatus::Accepted
         );
     }
     drop(tx);
     let node = node.restart(false);
     let mut rx = node.client();
-    assert_eq!(rx.query(&[dest]).unwrap(), vec![dest]);
     prove_drain(&mut rx, &bob, epoch);
+    assert_eq!(rx.query(&[dest]).unwrap(), vec![dest]);
     assert_eq!(drain_all(&mut rx, dest), (1..=20).collect::<Vec<u64>>());
 }
 
@@ -185,7 +187,7 @@ fn kill_9_scenario(fsync: &str) {
         let mut next = 1u64;
         loop {
             for _ in 0..8 {
-                tx.send(dest, next, 0, &next.to_le_bytes());
+                tx.send(dest, next, FLAG_ACK, &next.to_le_bytes());
                 next += 1;
             }
             if tx.flush().is_err() {
@@ -195,7 +197,7 @@ fn kill_9_scenario(fsync: &str) {
                 match tx.recv(Duration::from_millis(50)) {
                     Ok(ClientEvent::SendResult {
                         msg_id,
-                        status: SendStatus::Stored,
+                        status: SendStatus::Accepted,
                         ..
                     }) => {
                         stored.insert(msg_id);
@@ -249,7 +251,7 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
     let epoch = tx.epoch();
     let a = mailbox(81).dest(epoch).unwrap();
     for i in 1..=3 {
-        assert_eq!(send_and_status(&mut tx, a, i, b"q"), SendStatus::Stored);
+        assert_eq!(send_and_status(&mut tx, a, i, b"q"), SendStatus::Accepted);
     }
     assert_eq!(
         send_and_status(&mut tx, a, 4, b"q"),
@@ -260,7 +262,7 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
     let status = loop {
         let d = mailbox(1000 + i as u32).dest(epoch).unwrap();
         let s = send_and_status(&mut tx, d, i, &[9u8; 4000]);
-        if s != SendStatus::Stored {
+        if s != SendStatus::Accepted {
             break s;
         }
         i += 1;
@@ -326,7 +328,7 @@ fn a_real_full_disk_answers_store_full_and_the_node_goes_on() {
     let status = loop {
         let d = mailbox(5000 + i as u32).dest(epoch).unwrap();
         let s = send_and_status(&mut tx, d, i, &[3u8; 4000]);
-        if s != SendStatus::Stored {
+        if s != SendStatus::Accepted {
             break s;
         }
         i += 1;
@@ -357,13 +359,13 @@ fn a_large_hand_over_keeps_stored_before_live() {
     let bob = mailbox(95);
     let dest = bob.dest(epoch).unwrap();
     for i in 1..=300u64 {
-        tx.send(dest, i, 0, &i.to_le_bytes());
+        tx.send(dest, i, FLAG_ACK, &i.to_le_bytes());
     }
     tx.flush().unwrap();
     let mut stored = 0;
     while stored < 300 {
         if let ClientEvent::SendResult { status, .. } = tx.recv(WAIT).unwrap() {
-            assert_eq!(status, SendStatus::Stored);
+            assert_eq!(status, SendStatus::Accepted);
             stored += 1;
         }
     }
@@ -396,7 +398,7 @@ fn a_large_hand_over_keeps_stored_before_live() {
     // A packet sent now must not overtake the 44 still stored: it is stored behind them.
     assert_eq!(
         send_and_status(&mut tx, dest, 1000, b"mid hand-over"),
-        SendStatus::Stored
+        SendStatus::Accepted
     );
     rx.ack(&first).unwrap();
     let rest = drain_all(&mut rx, dest);
@@ -428,7 +430,10 @@ fn a_maximal_packet_is_stored_and_drained_intact() {
     let big: Vec<u8> = (0..ferry_sdk::PACKET_PAYLOAD_BYTES_MAX)
         .map(|i| i as u8)
         .collect();
-    assert_eq!(send_and_status(&mut tx, dest, 1, &big), SendStatus::Stored);
+    assert_eq!(
+        send_and_status(&mut tx, dest, 1, &big),
+        SendStatus::Accepted
+    );
     let mut rx = node.client();
     prove_drain(&mut rx, &bob, epoch);
     let (blobs, more) = rx.drain(dest).unwrap();
@@ -461,7 +466,7 @@ fn store_limits_hold_at_their_exact_boundaries() {
     // Exactly the quota is stored; one byte more is refused, also as a dest's first blob.
     assert_eq!(
         send_and_status(&mut tx, a, 1, &[1u8; 3000]),
-        SendStatus::Stored
+        SendStatus::Accepted
     );
     assert_eq!(
         send_and_status(&mut tx, a, 2, &[2u8; 1]),
@@ -481,7 +486,7 @@ fn store_limits_hold_at_their_exact_boundaries() {
     let status = loop {
         let d = mailbox(2000 + stored as u32).dest(epoch).unwrap();
         let s = send_and_status(&mut tx, d, 1, &vec![7u8; fill_payload]);
-        if s != SendStatus::Stored {
+        if s != SendStatus::Accepted {
             break s;
         }
         stored += 1;

@@ -147,13 +147,15 @@ fn wakes(a: &Args, dests: &[Dest]) -> Result<(u64, u64), String> {
     while Instant::now() < end {
         let due = due(start.elapsed(), a.wakes_per_s);
         while sent < due {
-            c.send(pick(dests, sent), base.wrapping_add(sent), 0, &payload);
+            // Not proven here: answered `Accepted` once stored, and only with FLAG_ACK.
+            let flags = ferry_proto::frame::FLAG_ACK;
+            c.send(pick(dests, sent), base.wrapping_add(sent), flags, &payload);
             sent += 1;
         }
         c.flush().map_err(|e| e.to_string())?;
         while let Ok(ev) = c.recv(Duration::from_millis(1)) {
             if let ClientEvent::SendResult { status, .. } = ev {
-                if status == SendStatus::Stored {
+                if status == SendStatus::Accepted {
                     stored += 1;
                 }
             }
@@ -162,7 +164,7 @@ fn wakes(a: &Args, dests: &[Dest]) -> Result<(u64, u64), String> {
     let drain_end = Instant::now() + Duration::from_secs(2);
     while stored < sent && Instant::now() < drain_end {
         if let Ok(ClientEvent::SendResult { status, .. }) = c.recv(Duration::from_millis(50)) {
-            if status == SendStatus::Stored {
+            if status == SendStatus::Accepted {
                 stored += 1;
             }
         }

@@ -778,7 +778,8 @@ fn run_churn(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_
 }
 
 /// Offline: each of `pairs` threads stores `messages` blobs for its own offline mailbox, in
-/// windows of 256 outstanding sends, timing each send until its `Stored` answer; then each
+/// windows of 256 outstanding sends, timing each send until its answer (`Accepted`: the sender
+/// has not proven the dest, so the node does not say live or stored); then each
 /// mailbox's owner connects, proves `Drain`, and drains and acks everything.
 fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     use ferry_proto::conn::ClientEvent;
@@ -800,7 +801,9 @@ fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serd
                 let (mut next, mut stored) = (0u64, 0u64);
                 while stored < n {
                     while next < n && sent_at.len() < 256 {
-                        c.send(dest, next, 0, &payload);
+                        // FLAG_ACK: the generator has not proven `dest`, so it is answered
+                        // `Accepted` once the blob is durable, and only when it asks.
+                        c.send(dest, next, ferry_sdk::FLAG_ACK, &payload);
                         sent_at.insert(next, Instant::now());
                         next += 1;
                     }
@@ -808,7 +811,7 @@ fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serd
                     if let ClientEvent::SendResult { msg_id, status, .. } =
                         c.recv(Duration::from_secs(30))?
                     {
-                        if status != ferry_sdk::SendStatus::Stored {
+                        if status != ferry_sdk::SendStatus::Accepted {
                             bail!("blob {msg_id}: {status:?}");
                         }
                         if let Some(t) = sent_at.remove(&msg_id) {

@@ -105,7 +105,8 @@ pub enum ServerEvent {
         ttl_s: u32,
         payload: Bytes,
     },
-    /// Which of these dests hold stored blobs (no proof needed: the answer is only "some").
+    /// Which of these dests hold stored blobs. Only dests this connection owns
+    /// ([`ServerConn::owns`]) are kept; the others were dropped (answered as holding nothing).
     Query { dests: Vec<Dest> },
     /// Stream the stored blobs of `dest` (proven for `Op::Drain`).
     Drain { dest: Dest },
@@ -377,7 +378,13 @@ impl ServerConn {
                 ttl_s,
                 payload,
             }),
-            Frame::Query { dests } => Some(ServerEvent::Query { dests }),
+            Frame::Query { dests } => {
+                // Only the owner may learn whether mail is waiting: a dest this connection has
+                // not proven is answered as holding nothing (the answer is the same whether it
+                // holds blobs or not), so a Query is no oracle for strangers.
+                let dests = dests.into_iter().filter(|d| self.owns(d)).collect();
+                Some(ServerEvent::Query { dests })
+            }
             Frame::Drain { dest } => {
                 if self.drain_pending && self.is_proven(&dest, Op::Drain) {
                     // One drain in flight per connection bounds what a client can make the node
@@ -673,6 +680,13 @@ impl ServerConn {
     /// Whether this connection holds a proof for (dest, op).
     pub fn is_proven(&self, dest: &Dest, op: Op) -> bool {
         self.proven.contains(&(*dest, op as u8))
+    }
+
+    /// Whether this connection proved it owns `dest` (a `Subscribe` or `Drain` proof): only
+    /// then may it learn whether `dest` holds mail (`Query`) or is online (`Delivered` versus
+    /// `Stored` in a `SendResult`).
+    pub fn owns(&self, dest: &Dest) -> bool {
+        self.is_proven(dest, Op::Subscribe) || self.is_proven(dest, Op::Drain)
     }
 
     /// Every dest this connection subscribed to (confirmed or still pending at its owner).

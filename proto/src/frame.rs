@@ -92,7 +92,8 @@ wire_enum!(
 );
 
 wire_enum!(
-    /// Outcome of a `Send`. `Delivered` is only reported when the sender set `FLAG_ACK`.
+    /// Outcome of a `Send`. `Delivered` and `Stored` go only to a sender that proved `dest`;
+    /// any other sender gets `Accepted` for both, and only when it set `FLAG_ACK`.
     SendStatus {
         Delivered = 0,
         /// No live subscriber and no store for this dest: the packet was not delivered.
@@ -100,12 +101,16 @@ wire_enum!(
         /// A queue on the way (cross-core hop or the recipient's send queue) was full.
         Congested = 2,
         /// No live subscriber: the packet is stored (durably, under the node's fsync policy) for
-        /// the recipient to drain. Always reported, ACK flag or not.
+        /// the recipient to drain. Reported to a sender that proved `dest`, ACK flag or not.
         Stored = 3,
         /// No live subscriber and the node's store is full: not stored.
         StoreFull = 4,
         /// No live subscriber and this dest's storage quota is used up: not stored.
         QuotaExceeded = 5,
+        /// Delivered live or stored durably; the node does not say which. The answer a sender
+        /// gets when its connection has not proven `dest` (`Subscribe` or `Drain`): whether the
+        /// recipient is online is not the sender's to learn. Reported only with `FLAG_ACK`.
+        Accepted = 6,
     }
 );
 

@@ -82,7 +82,8 @@ pub fn send<S: Storage>(
     Ok(t.msg_id)
 }
 
-/// Sends with `FLAG_ACK`, so that live delivery is answered `Delivered` (and ends the retries).
+/// Sends with `FLAG_ACK`, so that a successful send is answered (`Accepted` to a contact: the
+/// node does not tell a sender whether the recipient is online) and ends the retries.
 fn transmit(client: &mut Client, ts: &[Transmit]) -> Result<(), SdkError> {
     for t in ts {
         client.send(t.dest, t.msg_id, crate::FLAG_ACK, &t.payload);
@@ -220,8 +221,9 @@ impl Synced {
     }
 }
 
-/// On (re)connect: asks which of this user's dests of the last 72 hours hold stored blobs,
-/// proves and drains only those (acknowledging each batch to the node once it is stored here),
+/// On (re)connect: proves `Drain` for this user's dests of the last 72 hours, asks which of
+/// them hold stored blobs (the node answers a `Query` only for proven dests, so the proofs come
+/// first) and drains those (acknowledging each batch to the node once it is stored here),
 /// then listens on the current hour (and the next, near the turn), then sends again everything
 /// not yet acknowledged. If it fails half-way, what was received stays in the inbox and comes
 /// with the next `sync` or `pump`.
@@ -232,10 +234,10 @@ pub fn sync<S: Storage>(
     m.new_connection();
     let mut out = Synced::from_inbox(m)?;
     let candidates = m.drain_candidates(client.node_unix_s())?;
-    let holding = client.query(&candidates)?;
-    let signers = m.drain_signers(&holding)?;
+    let signers = m.drain_signers(&candidates)?;
     prove_all(client, &signers, Op::Drain)?;
-    for s in &signers {
+    let holding = client.query(&candidates)?;
+    for s in signers.iter().filter(|s| holding.contains(&s.dest())) {
         loop {
             let (blobs, more) = client.drain(s.dest())?;
             for b in &blobs {

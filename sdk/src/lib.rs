@@ -709,7 +709,9 @@ impl Client {
         self.conn.send(dest, msg_id, flags, ttl_s, payload);
     }
 
-    /// Which of `dests` hold stored blobs. Needs no proof: ask first, prove only those.
+    /// Which of `dests` hold stored blobs. The node answers only for dests this connection
+    /// proved (`Op::Drain` or `Op::Subscribe`): any other dest is answered as holding nothing,
+    /// whether it does or not. Prove first, then ask.
     pub fn query(&mut self, dests: &[Dest]) -> Result<Vec<Dest>, SdkError> {
         let mut out = Vec::new();
         for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {

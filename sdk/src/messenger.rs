@@ -1079,7 +1079,8 @@ impl<S: Storage> Messenger<S> {
     }
 
     /// Encrypts `body` for a contact, puts it in the outbox and returns the packet to send now
-    /// (send it with `FLAG_ACK`: the node answers `Delivered` for live delivery only then).
+    /// (send it with `FLAG_ACK`: without it the node does not answer a successful send to a
+    /// contact, `Accepted`, whether delivered live or stored).
     /// `now_unix_s` is the node's time; `now_ms` any monotonic clock (for retries). The session
     /// is stored before the packet is returned, so a message key is never used twice.
     pub fn send(
@@ -1133,11 +1134,13 @@ impl<S: Storage> Messenger<S> {
         Ok(t)
     }
 
-    /// The node's answer to a send. `Delivered` or `Stored` ends it; anything else is retried
+    /// The node's answer to a send. `Accepted` (what a sender that has not proven the dest
+    /// gets: delivered live or stored, the node does not say which), `Delivered` or `Stored`
+    /// ends it; anything else is retried
     /// later with the same envelope and id (the node stores a message once per id).
     pub fn on_send_result(&mut self, msg_id: u64, status: SendStatus, now_ms: u64) {
         match status {
-            SendStatus::Delivered | SendStatus::Stored => {
+            SendStatus::Accepted | SendStatus::Delivered | SendStatus::Stored => {
                 // A failed delete only means a resend after a restart, which the recipient
                 // drops as a duplicate.
                 if self.outbox.remove(&msg_id).is_some() {
@@ -1417,8 +1420,9 @@ impl<S: Storage> Messenger<S> {
     }
 
     /// Every dest a stored blob for this user may be at: both mailboxes, epochs `[e−73, e+1]`
-    /// (the store's 72 hours, with a clock-skew margin). Ask the node which hold blobs
-    /// (`Client::query`), then prove only those ([`Messenger::drain_signers`]).
+    /// (the store's 72 hours, with a clock-skew margin). Prove `Op::Drain` for all of them
+    /// ([`Messenger::drain_signers`]), then ask the node which hold blobs (`Client::query`: the
+    /// node answers only for dests the connection proved) and drain those.
     pub fn drain_candidates(&mut self, now_unix_s: u64) -> Result<Vec<Dest>, MessengerError> {
         let e = epoch_of(now_unix_s);
         self.candidates.clear();
@@ -1434,9 +1438,10 @@ impl<S: Storage> Messenger<S> {
         Ok(self.candidates.keys().copied().collect())
     }
 
-    /// The signers for the dests the node said hold blobs (prove `Op::Drain`, then drain each).
-    pub fn drain_signers(&self, holding: &[Dest]) -> Result<Vec<BlindedSigner>, MessengerError> {
-        holding
+    /// The signers for `dests` among the last [`Messenger::drain_candidates`] (prove
+    /// `Op::Drain` with them, then query and drain).
+    pub fn drain_signers(&self, dests: &[Dest]) -> Result<Vec<BlindedSigner>, MessengerError> {
+        dests
             .iter()
             .filter_map(|d| self.candidates.get(d))
             .map(|(w, e)| self.signer(*w, *e))

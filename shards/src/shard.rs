@@ -16,6 +16,32 @@ use bytes::Bytes;
 use ferry_proto::conn::{ConnLimits, Now, Push, ServerConn, ServerEvent};
 use ferry_proto::frame::{Dest, DrainStatus, ErrorCode, FLAG_ACK, Frame, SendStatus};
 
+/// Who sent a packet, as far as its outcome goes: the sending connection has proven `dest`
+/// (a `Subscribe` or `Drain` proof, [`ServerConn::owns`]) or it has not. Only the owner may
+/// learn whether the recipient is online: a stranger's successful send is answered `Accepted`,
+/// whether it was delivered live or stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    Owner,
+    Stranger,
+}
+
+impl Audience {
+    /// The answer to a successful send (`Delivered` or `Stored`), or `None` when none is due.
+    /// The owner gets `Delivered` with `FLAG_ACK` and `Stored` always (as before); a stranger
+    /// gets `Accepted` with `FLAG_ACK` and nothing without it, so neither the status nor whether
+    /// an answer comes at all tells a live delivery from a stored one.
+    pub fn success(self, status: SendStatus, flags: u8) -> Option<SendStatus> {
+        debug_assert!(matches!(status, SendStatus::Delivered | SendStatus::Stored));
+        let ack = flags & FLAG_ACK != 0;
+        match (self, status) {
+            (Audience::Owner, SendStatus::Delivered) => ack.then_some(SendStatus::Delivered),
+            (Audience::Owner, _) => Some(status),
+            (Audience::Stranger, _) => ack.then_some(SendStatus::Accepted),
+        }
+    }
+}
+
 use crate::store::backend::MmapBackend;
 use crate::store::format::Pos;
 use crate::store::{Log, StoreError};
@@ -97,6 +123,7 @@ pub enum HopMsg {
     Route {
         dest: Dest,
         from: ConnRef,
+        audience: Audience,
         msg_id: u64,
         flags: u8,
         ttl_s: u32,
@@ -107,6 +134,7 @@ pub enum HopMsg {
         dest: Dest,
         to: u64,
         from: ConnRef,
+        audience: Audience,
         msg_id: u64,
         flags: u8,
         payload: Bytes,
@@ -206,8 +234,9 @@ pub struct Shard {
     challenge_counter: u64,
     /// The store-and-forward log of the dests this shard owns (none: offline = NoSubscriber).
     store: Option<Log<MmapBackend>>,
-    /// "Stored" replies waiting for their append to be durable: (append seq, sender, dest, msg id).
-    pending_stored: VecDeque<(u64, ConnRef, Dest, u64)>,
+    /// "Stored" (or, to a stranger, "Accepted") replies waiting for their append to be durable:
+    /// (append seq, sender, dest, msg id, the status to answer).
+    pending_stored: VecDeque<(u64, ConnRef, Dest, u64, SendStatus)>,
     /// Queries of local connections waiting for owner answers: id → (conn, owners left, dests).
     queries: AHashMap<u64, (u64, usize, Vec<Dest>)>,
     next_query: u64,
@@ -588,14 +617,20 @@ impl Shard {
                     payload,
                 } => {
                     ShardMetrics::inc(&self.metrics.packets_sent);
+                    let audience = if c.sm.owns(&dest) {
+                        Audience::Owner
+                    } else {
+                        Audience::Stranger
+                    };
                     let owner = self.owner(&dest);
                     if owner == self.cfg.shard {
-                        self.route(now, dest, from, msg_id, flags, ttl_s, payload);
+                        self.route(now, dest, from, audience, msg_id, flags, ttl_s, payload);
                     } else if !self.hop(
                         owner,
                         HopMsg::Route {
                             dest,
                             from,
+                            audience,
                             msg_id,
                             flags,
                             ttl_s,
@@ -736,24 +771,27 @@ impl Shard {
         now: Now,
         dest: Dest,
         from: ConnRef,
+        audience: Audience,
         msg_id: u64,
         flags: u8,
         ttl_s: u32,
         payload: Bytes,
     ) {
+        let sender = (from, audience);
         match self.table.lookup(&dest) {
-            None => self.store_packet(now, dest, from, msg_id, ttl_s, &payload),
+            None => self.store_packet(now, dest, sender, msg_id, flags, ttl_s, &payload),
             Some(_) if self.handover.contains(&dest) => {
-                self.store_packet(now, dest, from, msg_id, ttl_s, &payload)
+                self.store_packet(now, dest, sender, msg_id, flags, ttl_s, &payload)
             }
             Some(sub) if sub.shard == self.cfg.shard => {
-                self.deliver(dest, sub.conn, from, msg_id, flags, &payload);
+                self.deliver(dest, sub.conn, sender, msg_id, flags, &payload);
             }
             Some(sub) => {
                 let msg = HopMsg::Deliver {
                     dest,
                     to: sub.conn,
                     from,
+                    audience,
                     msg_id,
                     flags,
                     payload,
@@ -771,7 +809,7 @@ impl Shard {
         &mut self,
         dest: Dest,
         to: u64,
-        from: ConnRef,
+        (from, audience): (ConnRef, Audience),
         msg_id: u64,
         flags: u8,
         payload: &[u8],
@@ -807,18 +845,25 @@ impl Shard {
                 SendStatus::NoSubscriber
             }
         };
-        if status != SendStatus::Delivered || flags & FLAG_ACK != 0 {
+        let answer = if status == SendStatus::Delivered {
+            audience.success(status, flags)
+        } else {
+            Some(status)
+        };
+        if let Some(status) = answer {
             self.reply(from, dest, msg_id, status);
         }
     }
 
     /// No live subscriber: store the packet (or say NoSubscriber when the node has no store).
+    #[allow(clippy::too_many_arguments)]
     fn store_packet(
         &mut self,
         now: Now,
         dest: Dest,
-        from: ConnRef,
+        (from, audience): (ConnRef, Audience),
         msg_id: u64,
+        flags: u8,
         ttl_s: u32,
         payload: &[u8],
     ) {
@@ -841,13 +886,18 @@ impl Shard {
                         self.maybe_wake(now, dest);
                     }
                 }
+                let Some(answer) = audience.success(SendStatus::Stored, flags) else {
+                    // A stranger without FLAG_ACK: no answer, as for a live delivery.
+                    return;
+                };
                 let durable = self.store.as_ref().map_or(u64::MAX, |l| l.durable_seq());
                 if a.seq > durable {
                     // Answered once the group commit covers it (on_tick).
-                    self.pending_stored.push_back((a.seq, from, dest, msg_id));
+                    self.pending_stored
+                        .push_back((a.seq, from, dest, msg_id, answer));
                     return;
                 }
-                SendStatus::Stored
+                answer
             }
             Err(StoreError::DestQuota) => {
                 ShardMetrics::inc(&self.metrics.store_refused_quota);
@@ -988,19 +1038,21 @@ impl Shard {
             HopMsg::Route {
                 dest,
                 from,
+                audience,
                 msg_id,
                 flags,
                 ttl_s,
                 payload,
-            } => self.route(now, dest, from, msg_id, flags, ttl_s, payload),
+            } => self.route(now, dest, from, audience, msg_id, flags, ttl_s, payload),
             HopMsg::Deliver {
                 dest,
                 to,
                 from,
+                audience,
                 msg_id,
                 flags,
                 payload,
-            } => self.deliver(dest, to, from, msg_id, flags, &payload),
+            } => self.deliver(dest, to, (from, audience), msg_id, flags, &payload),
             HopMsg::Result {
                 to,
                 dest,
@@ -1277,15 +1329,16 @@ impl Shard {
         self.release_stored(durable);
     }
 
-    /// Answers `Stored` to every sender whose append is covered by durable sequence `durable`.
+    /// Answers `Stored` (or `Accepted`) to every sender whose append is covered by durable
+    /// sequence `durable`.
     fn release_stored(&mut self, durable: u64) {
         while self
             .pending_stored
             .front()
             .is_some_and(|(seq, ..)| *seq <= durable)
         {
-            if let Some((_, from, dest, msg_id)) = self.pending_stored.pop_front() {
-                self.reply(from, dest, msg_id, SendStatus::Stored);
+            if let Some((_, from, dest, msg_id, status)) = self.pending_stored.pop_front() {
+                self.reply(from, dest, msg_id, status);
             }
         }
     }
