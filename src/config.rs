@@ -294,6 +294,11 @@ pub struct Limits {
     pub service_queue_msgs_max: usize,
     /// Replies queued from the service core towards one shard.
     pub service_replies_msgs_max: usize,
+    /// Heap the node's connections may hold at once (split evenly across shards): partial
+    /// frames, connection output, cross-core hop queues and a base per connection. Above it the
+    /// connections holding the most are closed with `Overloaded`. 0 = derived from the host:
+    /// half of the smaller of MemTotal and the cgroup memory limit (`sys::memory_budget_default`).
+    pub memory_bytes_max: u64,
 }
 
 impl Default for Config {
@@ -362,6 +367,7 @@ impl Default for Limits {
             store_high_water_percent: 90,
             service_queue_msgs_max: 16_384,
             service_replies_msgs_max: 4_096,
+            memory_bytes_max: 0,
         }
     }
 }
@@ -626,6 +632,8 @@ impl Config {
             bound("limits.store_high_water_percent", l.store_high_water_percent, 1, 100),
             bound("limits.service_queue_msgs_max", l.service_queue_msgs_max, 1, ENTRIES_MAX),
             bound("limits.service_replies_msgs_max", l.service_replies_msgs_max, 1, ENTRIES_MAX),
+            bound("limits.memory_bytes_max", l.memory_bytes_max, 0, PIB)
+                .because("0 = half of the host's memory or cgroup limit"),
             bound("prekeys.slots_max", k.slots_max, 1, 100_000_000),
             bound("prekeys.bytes_max", k.bytes_max, 1, TIB),
             bound("prekeys.slot_ttl_s", k.slot_ttl_s, 1, YEAR_S),

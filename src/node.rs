@@ -295,6 +295,25 @@ fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
     })
 }
 
+/// Each shard's share of the node's memory budget (`limits.memory_bytes_max`, or derived from
+/// the host when 0). Shards share nothing: each enforces its own share.
+fn memory_bytes_per_shard(cfg: &Config, shards: usize) -> anyhow::Result<usize> {
+    let node = match cfg.limits.memory_bytes_max {
+        0 => sys::memory_budget_default().context(
+            "cannot read the host's memory (/proc/meminfo): set limits.memory_bytes_max",
+        )?,
+        n => n,
+    };
+    let per = usize::try_from(node / shards as u64).unwrap_or(usize::MAX);
+    let min = ferry_shards::shard::MEMORY_BYTES_MIN;
+    if per < min {
+        anyhow::bail!(
+            "limits.memory_bytes_max = {node} gives each of {shards} shards {per} bytes; each needs at least {min}: raise it or run fewer shards"
+        );
+    }
+    Ok(per)
+}
+
 fn shard_configs(
     cfg: &Config,
     r: &Reloadable,
@@ -302,6 +321,7 @@ fn shard_configs(
     node_id: [u8; 32],
 ) -> anyhow::Result<Vec<ShardConfig>> {
     let l = &cfg.limits;
+    let memory_bytes_max = memory_bytes_per_shard(cfg, shards)?;
     let store = if cfg.store_enabled {
         let per = |v: u64| (v / shards as u64).max(1);
         Some(StoreSpec {
@@ -338,6 +358,7 @@ fn shard_configs(
                     per_s: cfg.media.upload_bytes_per_conn_per_s,
                     burst: cfg.media.upload_bytes_per_conn_burst,
                 },
+                memory_bytes_max,
             })
         })
         .collect()

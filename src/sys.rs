@@ -39,6 +39,36 @@ pub fn raise_nofile() -> u64 {
     soft
 }
 
+/// The memory budget a node takes when `limits.memory_bytes_max` is 0: half of what the host
+/// lets it have, the smaller of MemTotal and the cgroup's memory limit (v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`). The other half is left to the kernel's socket buffers, the page
+/// cache the store's mmap'd segments live in, and everything else. `None`: nothing readable.
+pub fn memory_budget_default() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let total = read("/proc/meminfo").and_then(|m| mem_total_bytes(&m));
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .and_then(|v| cgroup_limit_bytes(&v));
+    let host = match (total, cgroup) {
+        (Some(t), Some(c)) => t.min(c),
+        (t, c) => t.or(c)?,
+    };
+    Some(host / 2)
+}
+
+/// `MemTotal` of /proc/meminfo, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A cgroup memory limit file's value; `None` for "max" (v2) or the v1 "unlimited" sentinel.
+fn cgroup_limit_bytes(v: &str) -> Option<u64> {
+    let n: u64 = v.trim().parse().ok()?;
+    (n < 1 << 60).then_some(n)
+}
+
 /// Fewest open files a node starts with: listeners, store segments, journals, media files and a
 /// few thousand connections.
 pub const NOFILE_MIN: u64 = 4_096;
@@ -219,6 +249,19 @@ pub fn sd_notify(state: &str) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limits_parse() {
+        let meminfo = "MemTotal:       16318412 kB\nMemFree:         1234 kB\n";
+        assert_eq!(mem_total_bytes(meminfo), Some(16_318_412 * 1024));
+        assert_eq!(mem_total_bytes("nothing"), None);
+        assert_eq!(cgroup_limit_bytes("max\n"), None);
+        assert_eq!(cgroup_limit_bytes("9223372036854771712\n"), None); // v1 "unlimited"
+        assert_eq!(cgroup_limit_bytes("536870912\n"), Some(512 << 20));
+        assert!(memory_budget_default().is_some_and(|b| b > 0));
+    }
+
     #[test]
     fn cpu_lists() {
         assert_eq!(

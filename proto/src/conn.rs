@@ -819,6 +819,45 @@ impl ServerConn {
         self.aborted
     }
 
+    /// Heap bytes this connection's buffers hold: the input buffer's capacity (a partial frame
+    /// reserves its whole announced length), the output buffer's capacity, and output taken by
+    /// the driver but not yet written. The shard charges it against its memory budget.
+    ///
+    /// An aborted connection's output in flight is not counted: the driver shuts its socket at
+    /// once, which fails the pending write and drops those bytes.
+    pub fn memory_bytes(&self) -> usize {
+        let in_flight = if self.aborted {
+            0
+        } else {
+            self.in_flight_bytes
+        };
+        self.inbuf.capacity() + self.out.capacity() + in_flight
+    }
+
+    /// Since when this connection has held memory it cannot yet let go of: the oldest of its
+    /// partial frame's start and its stalled output's start. `None`: holding nothing stuck.
+    pub fn held_since_ms(&self) -> Option<u64> {
+        let partial = self.partial_since_ms.filter(|_| !self.inbuf.is_empty());
+        match (partial, self.write_stalled_since_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The node is over its memory budget and this connection holds the most: free its buffers
+    /// now (a partial frame and queued output are discarded), queue `Error Overloaded` and close.
+    /// A connection that is not taking its output (slow reader) is aborted: its socket is shut
+    /// without waiting for the error frame to get through.
+    pub fn shed(&mut self) {
+        let slow_reader = self.queued_bytes() > 0;
+        self.inbuf = BytesMut::new();
+        self.out = BytesMut::new();
+        self.close_with(ErrorCode::Overloaded, "node memory budget reached");
+        if slow_reader {
+            self.aborted = true;
+        }
+    }
+
     /// Bytes queued or in flight towards the socket.
     pub fn queued_bytes(&self) -> usize {
         self.out.len() + self.in_flight_bytes
@@ -842,6 +881,11 @@ impl ServerConn {
     pub fn on_written(&mut self, now: Now, n: usize) {
         assert!(n <= self.in_flight_bytes, "wrote more than was taken");
         self.in_flight_bytes -= n;
+        if self.in_flight_bytes == 0 && self.out.is_empty() {
+            // Everything written: let go of the output buffer's leftover capacity, so an idle
+            // connection holds no output buffer (as it holds no input buffer).
+            self.out = BytesMut::new();
+        }
         self.write_stalled_since_ms = if self.queued_bytes() > 0 {
             Some(now.mono_ms)
         } else {

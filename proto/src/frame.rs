@@ -259,6 +259,9 @@ pub enum ErrorCode {
     TlsError = 15,
     /// A partial frame made no progress in time (slowloris).
     SlowSender = 16,
+    /// The node is at its memory budget and closed this connection, which held the most of it
+    /// (a large partial frame, or output it does not read); or refused a new one. Retry later.
+    Overloaded = 17,
 }
 
 impl ErrorCode {
@@ -279,6 +282,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::TlsError,
         ErrorCode::SlowSender,
+        ErrorCode::Overloaded,
     ];
     pub fn from_u16(v: u16) -> Option<Self> {
         Self::ALL.iter().copied().find(|c| *c as u16 == v)

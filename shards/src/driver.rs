@@ -15,6 +15,11 @@
 //! * per-connection output: bounded by `send_queue_bytes_max`, deliveries beyond it are dropped
 //!   and answered `Congested`; a writer stuck longer than `write_stall_timeout_ms` is closed;
 //! * writer wake-ups: a capacity-1 channel, a full one means "already woken".
+//!
+//! Memory: the shard charges partial frames, output and outboxes to its share of
+//! `limits.memory_bytes_max` and sheds the connections holding the most when over it; the
+//! driver shuts the shed sockets at once (`force_close_stuck` after every piece of work) and
+//! trims the allocator when the shard says enough was freed.
 
 #![allow(unsafe_code)] // std/glommio socket conversions (from_raw_fd, borrow_raw) only.
 
@@ -304,6 +309,9 @@ impl Ctx {
             }
         }
         self.scratch.replace(ready);
+        // Connections shed or aborted meanwhile: shut their sockets now, so their writers' pending
+        // writes fail and drop the output they hold (the budget no longer counts it).
+        force_close_stuck(self);
         let pending: Vec<usize> = self.shard.borrow().outbox_pending().collect();
         for peer in pending {
             if let Some(Some(f)) = self.flushers.get(peer) {
@@ -439,7 +447,9 @@ async fn run_shard(
             std::process::exit(1);
         }
         ctx.after_work();
-        force_close_stuck(&ctx);
+        if ctx.shard.borrow_mut().take_trim_due(now) {
+            trim_allocator();
+        }
         let generation = reload.generation();
         if generation != reload_seen {
             reload_seen = generation;
@@ -540,6 +550,21 @@ fn force_close_stuck(ctx: &Ctx) {
         if let Some((_, fd)) = writers.get(&conn) {
             shutdown_fd(*fd);
         }
+    }
+}
+
+/// Gives freed heap memory back to the OS. glibc keeps what a thread freed in that thread's
+/// arena (each shard thread gets its own) and returns only the top of each heap by itself, so
+/// after a flood of partial frames or slow readers the freed buffers, scattered through the
+/// arenas, stayed resident; `malloc_trim` walks every arena and releases their free pages
+/// (`MADV_DONTNEED`). It takes the arenas' locks for a few milliseconds per GiB: the shard asks
+/// for it at most every `MEMORY_TRIM_INTERVAL_MS`, and only after freeing
+/// `MEMORY_TRIM_FREED_BYTES_MIN`.
+fn trim_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes the allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -60,6 +60,10 @@ metrics! {
     service_queue_full: "counter", "ferry_service_queue_full_total", "Requests refused (clients answered Busy, wakes dropped): service queue full.";
     push_armed: "gauge", "ferry_push_armed_dests", "Dests with push registrations this shard owns (a blob stored for one while nobody listens offers a wake).";
     media_queue_full: "counter", "ferry_media_queue_full_total", "Media requests refused (answered Busy): the owner core's media queue was full.";
+    memory_bytes: "gauge", "ferry_memory_bytes", "Bytes the memory budget counts now: partial frames, connection output, hop outboxes, a base per connection (updated every tick; the mmap'd store is not counted).";
+    connections_shed_memory: "counter", "ferry_connections_shed_memory_total", "Connections closed with Overloaded: the shard was over its memory budget and they held the most.";
+    connections_refused_memory: "counter", "ferry_connections_refused_memory_total", "Connections refused with Overloaded: the shard was at its memory budget.";
+    drops_memory: "counter", "ferry_drops_memory_total", "Packets dropped (and answered Congested): the shard was at its memory budget.";
     store_torn_tails: "counter", "ferry_store_torn_tails_total", "Segments whose tail was torn at replay.";
 }
 

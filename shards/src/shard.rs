@@ -76,6 +76,25 @@ pub const DRAIN_BYTES_MAX: usize = 1 << 20;
 pub const WAKE_OFFER_INTERVAL_MS: u64 = 1_000;
 /// Expired blobs are removed (and segments reclaimed) at most this often.
 pub const STORE_EXPIRE_INTERVAL_S: u64 = 1;
+/// What one open connection costs besides its buffers, charged to the memory budget: its
+/// `Conn` and state machine, the driver's two tasks and socket wrapper, and the allocator's
+/// overhead. Measured: 8,000 idle plaintext connections took a 2-shard node from 13 to 33 MiB
+/// RSS, 2.5 KiB each; the charge leaves room for the proof cache and subscriptions a connection
+/// builds up. (A TLS session's rustls state is more, and is not counted beyond this.)
+pub const CONN_BASE_BYTES: usize = 8 * 1024;
+/// Shedding stops once the shard is back under this share of its memory budget: each round
+/// frees at least an eighth of the budget, so rounds (each a pass over the connections) are rare.
+pub const MEMORY_SHED_TARGET_PCT: usize = 87;
+/// The allocator is asked to give freed memory back to the OS (`malloc_trim`) once this much was
+/// freed since the last time...
+pub const MEMORY_TRIM_FREED_BYTES_MIN: usize = 8 << 20;
+/// ...and at most this often (a trim walks the allocator's free lists: milliseconds per GiB).
+pub const MEMORY_TRIM_INTERVAL_MS: u64 = 1_000;
+/// The smallest per-shard memory budget: a few maximal frames and connections must fit.
+pub const MEMORY_BYTES_MIN: usize = 4 << 20;
+const _: () =
+    assert!(MEMORY_BYTES_MIN >= 16 * (ferry_proto::limits::FRAME_BYTES_MAX + CONN_BASE_BYTES));
+const _: () = assert!(MEMORY_SHED_TARGET_PCT > 0 && MEMORY_SHED_TARGET_PCT < 100);
 
 /// What one shard needs to know; every limit here is a named node config key.
 #[derive(Clone, Debug)]
@@ -99,6 +118,11 @@ pub struct ShardConfig {
     pub store: Option<StoreSpec>,
     /// Media bytes one connection may upload per second, and the burst (`per_s` 0: unlimited).
     pub media_upload_rate: crate::ratelimit::Rate,
+    /// This shard's share of the node's memory budget (`limits.memory_bytes_max / shards`):
+    /// partial frames, connection output, hop outboxes and `CONN_BASE_BYTES` per connection.
+    /// Above it the connections holding the most are shed (`Error Overloaded`), packets are
+    /// answered `Congested`, and new connections are refused with `Overloaded`.
+    pub memory_bytes_max: usize,
 }
 
 /// The core that stores media blob `id`: its first 8 bytes, little-endian, modulo the shards.
@@ -179,6 +203,21 @@ pub enum HopMsg {
 }
 
 impl HopMsg {
+    /// Heap bytes this message holds while queued (its payload or lists, and itself).
+    fn memory_bytes(&self) -> usize {
+        let body = match self {
+            HopMsg::Route { payload, .. }
+            | HopMsg::Deliver { payload, .. }
+            | HopMsg::StoredBlob { payload, .. } => payload.len(),
+            HopMsg::Query { dests, .. } | HopMsg::QueryResult { dests, .. } => {
+                dests.len() * std::mem::size_of::<Dest>()
+            }
+            HopMsg::Ack { items } => items.len() * std::mem::size_of::<(Dest, u64)>(),
+            _ => 0,
+        };
+        body + std::mem::size_of::<HopMsg>()
+    }
+
     /// Packets, which may be refused when an outbox is full; everything else (replies and control)
     /// is bounded by the packets and connections that caused it and is never dropped.
     fn is_data(&self) -> bool {
@@ -217,6 +256,49 @@ struct Conn {
     in_ready: bool,
     close_counted: bool,
     abort_sent: bool,
+    /// What this connection is charged in `Shard::memory` (base + buffers), as last counted.
+    charged: usize,
+}
+
+/// A shard's memory account (sans-IO: the shard counts, the driver reads and trims).
+#[derive(Debug, Default)]
+struct Memory {
+    /// Bytes charged now: every connection's `charged` plus the outboxes.
+    bytes: usize,
+    /// Of those, the outboxes' messages.
+    outbox_bytes: usize,
+    /// The most `bytes` reached since the allocator was last trimmed.
+    peak_since_trim: usize,
+    last_trim_ms: u64,
+}
+
+/// A connection that may be shed, with what decides its place in the order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShedCandidate {
+    pub conn: u64,
+    /// Bytes it holds beyond `CONN_BASE_BYTES`.
+    pub held_bytes: usize,
+    /// Since when it holds them stuck (`ServerConn::held_since_ms`); `None` sorts last.
+    pub held_since_ms: Option<u64>,
+}
+
+/// The order connections are shed in when a shard is over its memory budget: those holding the
+/// most bytes first (the slowest readers' queues, the largest partial frames); among equals, the
+/// one stuck the longest (the oldest partial frame or stalled output); then the oldest
+/// connection. Connections holding nothing beyond their base are never shed (shedding them frees
+/// little; the budget refuses new connections instead).
+pub fn shed_order(candidates: &mut Vec<ShedCandidate>) {
+    candidates.retain(|c| c.held_bytes > 0);
+    candidates.sort_unstable_by(|a, b| {
+        b.held_bytes
+            .cmp(&a.held_bytes)
+            .then_with(|| {
+                a.held_since_ms
+                    .unwrap_or(u64::MAX)
+                    .cmp(&b.held_since_ms.unwrap_or(u64::MAX))
+            })
+            .then_with(|| a.conn.cmp(&b.conn))
+    });
 }
 
 /// One core's share of the node.
@@ -261,6 +343,8 @@ pub struct Shard {
     /// monotonic ms): a blob stored for one of them while nobody listens asks the service core
     /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
     push_armed: AHashMap<Dest, (u64, u64)>,
+    /// What this shard's connections and outboxes hold, against `cfg.memory_bytes_max`.
+    memory: Memory,
 }
 
 impl Shard {
@@ -272,6 +356,7 @@ impl Shard {
         );
         assert!(usize::from(cfg.shard) < cfg.shards);
         assert!(cfg.hop_queue_msgs_max > 0 && cfg.connections_max > 0);
+        assert!(cfg.memory_bytes_max > 0);
         Shard {
             outbox: (0..cfg.shards).map(|_| Vec::new()).collect(),
             limiter: IpLimiter::new(cfg.ip_limits),
@@ -301,6 +386,7 @@ impl Shard {
                 cfg.connections_max,
             ),
             push_armed: AHashMap::new(),
+            memory: Memory::default(),
             cfg,
         }
     }
@@ -410,6 +496,7 @@ impl Shard {
                 );
             }
         }
+        self.enforce_memory();
     }
 
     /// A blob was just stored for `dest` while nobody listens: ask for a push wake if the dest
@@ -514,6 +601,10 @@ impl Shard {
             ShardMetrics::inc(&self.metrics.connections_refused_limit);
             return refuse(ErrorCode::ConnectionLimit, "node connection limit reached");
         }
+        if !self.memory_room(CONN_BASE_BYTES) {
+            ShardMetrics::inc(&self.metrics.connections_refused_memory);
+            return refuse(ErrorCode::Overloaded, "node memory budget reached");
+        }
         if !self.limiter.may_open(key) {
             ShardMetrics::inc(&self.metrics.connections_refused_ip_limit);
             return refuse(
@@ -551,8 +642,10 @@ impl Shard {
                 in_ready: false,
                 close_counted: false,
                 abort_sent: false,
+                charged: 0,
             },
         );
+        self.recharge(id);
         ShardMetrics::inc(&self.metrics.connections_accepted);
         ShardMetrics::inc(&self.metrics.connections_open);
         Accept::Ok(id)
@@ -577,6 +670,9 @@ impl Shard {
         if let Some(c) = self.conns.get(&conn) {
             ShardMetrics::add(&self.metrics.frames_in, c.sm.frames_in - frames_before);
         }
+        // A partial frame reserved its whole length, output queues grew: if that went over the
+        // budget, shed (`process` ends in `mark_ready`, which charged this connection).
+        self.enforce_memory();
         pause
     }
 
@@ -623,7 +719,11 @@ impl Shard {
                         Audience::Stranger
                     };
                     let owner = self.owner(&dest);
-                    if owner == self.cfg.shard {
+                    if !self.memory_room(payload.len()) {
+                        // Refused before it is queued anywhere: dropping it frees it.
+                        ShardMetrics::inc(&self.metrics.drops_memory);
+                        self.reply(from, dest, msg_id, SendStatus::Congested);
+                    } else if owner == self.cfg.shard {
                         self.route(now, dest, from, audience, msg_id, flags, ttl_s, payload);
                     } else if !self.hop(
                         owner,
@@ -747,12 +847,19 @@ impl Shard {
     fn hop(&mut self, peer: u16, msg: HopMsg) -> bool {
         debug_assert_ne!(peer, self.cfg.shard, "hop to self");
         debug_assert!(msg.is_data());
-        let q = &mut self.outbox[usize::from(peer)];
-        if q.len() >= self.cfg.hop_queue_msgs_max {
+        if self.outbox[usize::from(peer)].len() >= self.cfg.hop_queue_msgs_max {
             return false;
         }
-        q.push(msg);
+        self.enqueue(peer, msg);
         true
+    }
+
+    /// Appends `msg` to the outbox towards `peer`, charging it to the memory budget.
+    fn enqueue(&mut self, peer: u16, msg: HopMsg) {
+        let n = msg.memory_bytes();
+        self.memory.outbox_bytes += n;
+        self.memory.bytes += n;
+        self.outbox[usize::from(peer)].push(msg);
     }
 
     /// Handles a control message here or queues it for `peer` (never dropped).
@@ -760,7 +867,7 @@ impl Shard {
         if peer == self.cfg.shard {
             self.on_hop(msg);
         } else {
-            self.outbox[usize::from(peer)].push(msg);
+            self.enqueue(peer, msg);
         }
     }
 
@@ -814,6 +921,14 @@ impl Shard {
         flags: u8,
         payload: &[u8],
     ) {
+        let frame_len = ferry_proto::limits::FRAME_PREFIX_BYTES
+            + ferry_proto::limits::PACKET_HEADER_BYTES
+            + payload.len();
+        if self.conns.contains_key(&to) && !self.memory_room(frame_len) {
+            ShardMetrics::inc(&self.metrics.drops_memory);
+            self.reply(from, dest, msg_id, SendStatus::Congested);
+            return;
+        }
         let pushed = self
             .conns
             .get_mut(&to)
@@ -940,11 +1055,14 @@ impl Shard {
                 let holding = self.holding(now, &dests);
                 self.query_answer(id, holding);
             } else {
-                self.outbox[usize::from(owner)].push(HopMsg::Query {
-                    dests,
-                    from,
-                    query: id,
-                });
+                self.enqueue(
+                    owner,
+                    HopMsg::Query {
+                        dests,
+                        from,
+                        query: id,
+                    },
+                );
             }
         }
     }
@@ -1015,12 +1133,15 @@ impl Shard {
         } else {
             // Never dropped: a reply answers a packet that is itself bounded by the hop queues and
             // channels on its way, so replies in flight are bounded too.
-            self.outbox[usize::from(to.shard)].push(HopMsg::Result {
-                to: to.conn,
-                dest,
-                msg_id,
-                status,
-            });
+            self.enqueue(
+                to.shard,
+                HopMsg::Result {
+                    to: to.conn,
+                    dest,
+                    msg_id,
+                    status,
+                },
+            );
         }
     }
 
@@ -1030,6 +1151,7 @@ impl Shard {
         for msg in msgs {
             self.on_hop(msg);
         }
+        self.enforce_memory();
     }
 
     fn on_hop(&mut self, msg: HopMsg) {
@@ -1172,6 +1294,8 @@ impl Shard {
     }
 
     fn mark_ready(&mut self, conn: u64) {
+        // Every change to a connection's output ends here: charge it.
+        self.recharge(conn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1231,10 +1355,9 @@ impl Shard {
                 if let Some(b) = &bytes {
                     ShardMetrics::add(&self.metrics.bytes_out, b.len() as u64);
                 }
-                Output {
-                    bytes,
-                    close: c.sm.is_closing(),
-                }
+                let close = c.sm.is_closing();
+                self.recharge(conn);
+                Output { bytes, close }
             }
         }
     }
@@ -1242,6 +1365,7 @@ impl Shard {
     pub fn on_written(&mut self, now: Now, conn: u64, n: usize) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.on_written(now, n);
+            self.recharge(conn);
         }
     }
 
@@ -1264,6 +1388,7 @@ impl Shard {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.memory.bytes -= c.charged;
         ShardMetrics::dec(&self.metrics.connections_open);
         self.limiter.on_close(c.ip);
         let sub = ConnRef {
@@ -1293,6 +1418,86 @@ impl Shard {
         self.limiter.evict_idle(now.mono_ms);
         self.now = now;
         self.store_tick(now);
+        self.metrics.memory_bytes.store(
+            self.memory.bytes as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Bytes this shard's connections and outboxes hold now (what its budget counts).
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.bytes
+    }
+
+    /// Counts `conn`'s memory again after its buffers changed.
+    fn recharge(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let now_held = CONN_BASE_BYTES + c.sm.memory_bytes();
+        self.memory.bytes = self.memory.bytes - c.charged + now_held;
+        c.charged = now_held;
+        self.memory.peak_since_trim = self.memory.peak_since_trim.max(self.memory.bytes);
+    }
+
+    /// Whether `need` more bytes fit the budget, shedding the connections holding the most first
+    /// when they would not.
+    fn memory_room(&mut self, need: usize) -> bool {
+        if self.memory.bytes + need > self.cfg.memory_bytes_max {
+            self.shed_to(self.cfg.memory_bytes_max.saturating_sub(need));
+        }
+        self.memory.bytes + need <= self.cfg.memory_bytes_max
+    }
+
+    /// Sheds if the shard is over its budget.
+    fn enforce_memory(&mut self) {
+        if self.memory.bytes > self.cfg.memory_bytes_max {
+            self.shed_to(self.cfg.memory_bytes_max);
+        }
+    }
+
+    /// Sheds connections in `shed_order` until the shard holds at most `MEMORY_SHED_TARGET_PCT`
+    /// of its budget (and at most `limit`). One pass over the connections; each round frees at
+    /// least an eighth of the budget (unless nothing more can be shed), so rounds are rare.
+    fn shed_to(&mut self, limit: usize) {
+        let target = (self.cfg.memory_bytes_max / 100 * MEMORY_SHED_TARGET_PCT).min(limit);
+        let mut order: Vec<ShedCandidate> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.sm.is_closing())
+            .map(|(&conn, c)| ShedCandidate {
+                conn,
+                held_bytes: c.charged.saturating_sub(CONN_BASE_BYTES),
+                held_since_ms: c.sm.held_since_ms(),
+            })
+            .collect();
+        shed_order(&mut order);
+        for cand in order {
+            if self.memory.bytes <= target {
+                break;
+            }
+            if let Some(c) = self.conns.get_mut(&cand.conn) {
+                c.sm.shed();
+                ShardMetrics::inc(&self.metrics.connections_shed_memory);
+                self.mark_ready(cand.conn);
+            }
+        }
+    }
+
+    /// Whether the driver should ask the allocator to give freed memory back to the OS now
+    /// (`malloc_trim`): enough was freed since the last trim, and the last one is not too recent.
+    /// Counts the trim as done when it says yes.
+    pub fn take_trim_due(&mut self, now: Now) -> bool {
+        let m = &mut self.memory;
+        let freed = m.peak_since_trim.saturating_sub(m.bytes);
+        if freed < MEMORY_TRIM_FREED_BYTES_MIN
+            || now.mono_ms < m.last_trim_ms + MEMORY_TRIM_INTERVAL_MS
+        {
+            return false;
+        }
+        m.last_trim_ms = now.mono_ms;
+        m.peak_since_trim = m.bytes;
+        true
     }
 
     /// Group commit, the "Stored" replies it releases, and expiry.
@@ -1356,6 +1561,11 @@ impl Shard {
             let rest = q.split_off(HOP_BATCH_MSGS_MAX);
             std::mem::replace(q, rest)
         };
+        // Off this shard's account once handed to the channel: the peer copies the payloads
+        // into its connections' queues as it receives them (and charges them there).
+        let n: usize = batch.iter().map(HopMsg::memory_bytes).sum();
+        self.memory.outbox_bytes -= n;
+        self.memory.bytes -= n;
         ShardMetrics::inc(&self.metrics.hop_batches_out);
         ShardMetrics::add(&self.metrics.hops_out, batch.len() as u64);
         Some(batch)
@@ -1404,6 +1614,7 @@ mod tests {
             hop_queue_msgs_max: 16,
             store: None,
             media_upload_rate: open,
+            memory_bytes_max: 1 << 30,
         }
     }
 

@@ -79,6 +79,7 @@ impl Sim {
                         hop_queue_msgs_max,
                         store: None,
                         media_upload_rate: Rate { per_s: 0, burst: 0 },
+                        memory_bytes_max: 1 << 30,
                     },
                     Arc::new(ShardMetrics::default()),
                 )
