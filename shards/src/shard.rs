@@ -605,18 +605,19 @@ impl Shard {
         }
         let pressure = self.outbox_pressure();
         let conns = &mut self.conns;
-        self.held_readers.retain(|&conn| match conns.get_mut(&conn) {
-            None => {
-                into.push(conn);
-                false
-            }
-            Some(c) if !pressure && c.sm.wants_read() => {
-                c.read_held = false;
-                into.push(conn);
-                false
-            }
-            Some(_) => true,
-        });
+        self.held_readers
+            .retain(|&conn| match conns.get_mut(&conn) {
+                None => {
+                    into.push(conn);
+                    false
+                }
+                Some(c) if !pressure && c.sm.wants_read() => {
+                    c.read_held = false;
+                    into.push(conn);
+                    false
+                }
+                Some(_) => true,
+            });
     }
 
     fn process(&mut self, now: Now, conn: u64) {

@@ -105,7 +105,10 @@ fn a_reader_held_by_its_own_backlog_resumes_on_the_write_that_drains_it() {
     assert!(!s.hold_reader(conn), "nothing queued: read");
 
     s.on_bytes(now, conn, &pings(64));
-    assert!(s.hold_reader(conn), "replies over send_queue_bytes_max: hold");
+    assert!(
+        s.hold_reader(conn),
+        "replies over send_queue_bytes_max: hold"
+    );
     assert!(s.hold_reader(conn), "still held, and held once");
     assert!(resumed(&mut s).is_empty());
 
