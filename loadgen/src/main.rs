@@ -541,9 +541,14 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
             flush(c)?;
         }
         // epoll sleeps in whole milliseconds: when the next message is due sooner, spin (the
-        // load generator has its own core) so that the schedule holds to the microsecond.
+        // load generator has its own core) so that the schedule holds to the microsecond. Closed
+        // loop has no schedule: a window only opens when a message arrives, so it blocks until
+        // the next event (a spinning generator would steal the CPU a server on a shared or
+        // hyperthreaded core needs, and would hide a server that waits on a timer).
         let timeout_ns = next_wake.saturating_sub(now_ns());
-        let timeout = if timeout_ns < 1_000_000 {
+        let timeout = if args.rate == 0 {
+            Duration::from_millis(1)
+        } else if timeout_ns < 1_000_000 {
             Duration::ZERO
         } else {
             Duration::from_millis(1)

@@ -283,6 +283,9 @@ struct Ctx {
     shard: RefCell<Shard>,
     clock: Clock,
     writers: RefCell<AHashMap<u64, (LocalSender<()>, RawFd)>>,
+    /// Each connection's reader wake-up: a reader held by backpressure waits on it (capacity 1,
+    /// a full channel means "already woken").
+    readers: RefCell<AHashMap<u64, LocalSender<()>>>,
     flushers: Vec<Option<LocalSender<()>>>,
     scratch: RefCell<Vec<u64>>,
     driver: DriverConfig,
@@ -318,6 +321,24 @@ impl Ctx {
                 let _ = f.try_send(());
             }
         }
+        self.resume_readers();
+    }
+
+    /// Wakes the readers held by backpressure whose pressure has ended. Called after every event
+    /// that can end it (input handled, a write done, a hop batch taken, a close): a held reader
+    /// resumes in the same loop turn as that event, never on a timer.
+    fn resume_readers(&self) {
+        let mut resumed = self.scratch.take();
+        self.shard.borrow_mut().take_resumed(&mut resumed);
+        {
+            let readers = self.readers.borrow();
+            for conn in resumed.drain(..) {
+                if let Some(r) = readers.get(&conn) {
+                    let _ = r.try_send(()); // full = already woken
+                }
+            }
+        }
+        self.scratch.replace(resumed);
     }
 }
 
@@ -390,6 +411,7 @@ async fn run_shard(
         shard: RefCell::new(shard),
         clock,
         writers: RefCell::new(AHashMap::new()),
+        readers: RefCell::new(AHashMap::new()),
         flushers,
         scratch: RefCell::new(Vec::new()),
         tls: RefCell::new(reload.get().and_then(|r| r.tls)),
@@ -620,6 +642,8 @@ async fn flusher(
         loop {
             let batch = ctx.shard.borrow_mut().take_outbox(peer);
             let Some(batch) = batch else { break };
+            // The outbox shrank: readers held by its pressure may go on.
+            ctx.resume_readers();
             if senders.send_to(peer, batch).await.is_err() {
                 return; // the peer is gone: the node is stopping
             }
@@ -747,8 +771,10 @@ fn spawn_connection(ctx: Rc<Ctx>, conn: u64, stream: TcpStream, tls: Option<Tls>
     let fd = stream.as_raw_fd();
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     ctx.writers.borrow_mut().insert(conn, (wake_tx, fd));
+    let (resume_tx, resume_rx) = local_channel::new_bounded(1);
+    ctx.readers.borrow_mut().insert(conn, resume_tx);
     let (reader, writer) = futures_lite::io::split(stream);
-    glommio::spawn_local(read_loop(ctx.clone(), conn, reader, tls.clone())).detach();
+    glommio::spawn_local(read_loop(ctx.clone(), conn, reader, tls.clone(), resume_rx)).detach();
     glommio::spawn_local(write_loop(ctx, conn, writer, tls, wake_rx)).detach();
 }
 
@@ -757,22 +783,18 @@ async fn read_loop(
     conn: u64,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
     tls: Option<Tls>,
+    resume: local_channel::LocalReceiver<()>,
 ) {
     loop {
         // Backpressure: stop reading while an outbox towards another core is over half full, or
-        // while this connection's own replies are backlogged (it sends but does not read).
-        loop {
-            let (pressure, wants) = {
-                let sh = ctx.shard.borrow();
-                (sh.outbox_pressure(), sh.wants_read(conn))
-            };
-            if !pressure && wants {
+        // while this connection's own replies are backlogged (it sends but does not read). The
+        // shard holds the reader and names it when the pressure ends (`resume_readers`, after the
+        // write or hop batch that ended it): no timer, so a reader never waits past the event.
+        if ctx.shard.borrow_mut().hold_reader(conn) {
+            if resume.recv().await.is_none() {
                 break;
             }
-            if !wants && !ctx.writers.borrow().contains_key(&conn) {
-                break; // closed meanwhile: let the read fail
-            }
-            glommio::timer::sleep(Duration::from_micros(if pressure { 200 } else { 1_000 })).await;
+            continue;
         }
         // The byte rate is per address: while another connection of this address has put the
         // address's bucket in debt, this one waits too.
@@ -800,6 +822,7 @@ async fn read_loop(
         }
     }
     // The peer closed or the socket failed: forget the connection everywhere.
+    ctx.readers.borrow_mut().remove(&conn);
     ctx.shard.borrow_mut().on_closed(conn);
     ctx.after_work();
     if let Some((w, _)) = ctx.writers.borrow().get(&conn) {
@@ -914,6 +937,8 @@ async fn write_loop(
             ctx.shard
                 .borrow_mut()
                 .on_written(ctx.clock.now(), conn, plain_len);
+            // The backlog shrank: a reader held by it goes on now.
+            ctx.resume_readers();
             if out.close {
                 break 'outer;
             }

@@ -40,6 +40,7 @@ metrics! {
     drops_send_queue_full: "counter", "ferry_drops_send_queue_full_total", "Packets dropped (and answered Congested): recipient send queue full.";
     drops_hop_queue_full: "counter", "ferry_drops_hop_queue_full_total", "Packets dropped (and answered Congested): cross-core hop queue full.";
     read_pauses_rate: "counter", "ferry_read_pauses_rate_total", "Reads paused by the per-address byte rate.";
+    read_pauses_backpressure: "counter", "ferry_read_pauses_backpressure_total", "Readers held by backpressure (own replies backlogged, or a cross-core outbox over half full); each resumes when the pressure ends.";
     hops_out: "counter", "ferry_hops_out_total", "Cross-core messages sent.";
     hop_batches_out: "counter", "ferry_hop_batches_out_total", "Cross-core batches sent (one channel send each).";
     proofs_ok: "counter", "ferry_proofs_ok_total", "Ownership proofs accepted.";

@@ -254,6 +254,8 @@ struct Conn {
     /// was accepted under).
     proofs: (Bucket, crate::ratelimit::Rate),
     in_ready: bool,
+    /// In `Shard::held_readers`: the driver parked this connection's reader (backpressure).
+    read_held: bool,
     close_counted: bool,
     abort_sent: bool,
     /// What this connection is charged in `Shard::memory` (base + buffers), as last counted.
@@ -310,6 +312,11 @@ pub struct Shard {
     table: ForwardTable,
     outbox: Vec<Vec<HopMsg>>,
     ready: Vec<u64>,
+    /// Connections whose reader the driver parked (backpressure), each at most once (bounded by
+    /// the open connections; `Conn::read_held` marks them). They resume on the event that ends
+    /// the pressure (a write completing, a hop batch leaving, the connection closing), never on
+    /// a timer: see `hold_reader` and `take_resumed`.
+    held_readers: Vec<u64>,
     force_close: Vec<u64>,
     limiter: IpLimiter,
     metrics: Arc<ShardMetrics>,
@@ -364,6 +371,7 @@ impl Shard {
             conns: AHashMap::new(),
             next_conn: 1,
             ready: Vec::new(),
+            held_readers: Vec::new(),
             force_close: Vec::new(),
             metrics,
             challenge_counter: 0,
@@ -640,6 +648,7 @@ impl Shard {
                     (Bucket::full(rate, now.mono_ms), rate)
                 },
                 in_ready: false,
+                read_held: false,
                 close_counted: false,
                 abort_sent: false,
                 charged: 0,
@@ -688,6 +697,52 @@ impl Shard {
     /// Whether the driver should keep reading `conn` (its own output is not backlogged).
     pub fn wants_read(&self, conn: u64) -> bool {
         self.conns.get(&conn).is_some_and(|c| c.sm.wants_read())
+    }
+
+    /// Backpressure, asked by the driver before each read of `conn`: true when the reader must
+    /// wait (an outbox towards another core is over half full, or the connection's own replies
+    /// are backlogged because it sends but does not read). The connection is then held until
+    /// [`Shard::take_resumed`] names it, which happens on the event that ends the pressure, not
+    /// on a timer. False for a connection the shard no longer knows: its read fails and ends it.
+    pub fn hold_reader(&mut self, conn: u64) -> bool {
+        let pressure = self.outbox_pressure();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if !pressure && c.sm.wants_read() {
+            return false;
+        }
+        if !c.read_held {
+            c.read_held = true;
+            self.held_readers.push(conn);
+            ShardMetrics::inc(&self.metrics.read_pauses_backpressure);
+        }
+        true
+    }
+
+    /// Held readers that may read again (the pressure is gone, or the connection closed); the
+    /// driver wakes them. Call after anything that drains output or outboxes: a completed write
+    /// (`on_written`), a taken hop batch (`take_outbox`), a close. Work is proportional to the
+    /// readers held, none when nothing is.
+    pub fn take_resumed(&mut self, into: &mut Vec<u64>) {
+        if self.held_readers.is_empty() {
+            return;
+        }
+        let pressure = self.outbox_pressure();
+        let conns = &mut self.conns;
+        self.held_readers
+            .retain(|&conn| match conns.get_mut(&conn) {
+                None => {
+                    into.push(conn);
+                    false
+                }
+                Some(c) if !pressure && c.sm.wants_read() => {
+                    c.read_held = false;
+                    into.push(conn);
+                    false
+                }
+                Some(_) => true,
+            });
     }
 
     fn process(&mut self, now: Now, conn: u64) {
