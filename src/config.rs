@@ -919,13 +919,11 @@ impl Config {
 
     fn validate_service(&self) -> anyhow::Result<()> {
         let k = &self.prekeys;
-        for (rate, burst, name) in [
-            (
-                k.fetch_per_addr_per_s,
-                k.fetch_per_addr_burst,
-                "fetch_per_addr",
-            ),
-        ] {
+        for (rate, burst, name) in [(
+            k.fetch_per_addr_per_s,
+            k.fetch_per_addr_burst,
+            "fetch_per_addr",
+        )] {
             if rate > 0 && burst == 0 {
                 bail!("prekeys.{name}_burst must be at least 1 when prekeys.{name}_per_s is set");
             }

@@ -75,7 +75,10 @@ fn empty_begins_from_one_source_leave_uploads_to_others_and_expire() {
     let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i * 31 + 7) as u8).collect();
     let id = *blake3::hash(&data).as_bytes();
     let mut honest = client_from(&node, 3);
-    assert_eq!(begins(&mut honest, &[id], data.len() as u64), [BlobStatus::Ok]);
+    assert_eq!(
+        begins(&mut honest, &[id], data.len() as u64),
+        [BlobStatus::Ok]
+    );
     honest
         .upload_blob(id, data.len() as u64, &mut std::io::Cursor::new(&data))
         .unwrap();

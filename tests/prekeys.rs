@@ -222,7 +222,10 @@ fn fetches_are_rate_limited_per_address_and_one_time_keys_per_source() {
     }
     let b = c.fetch_prekeys(dests[0]).unwrap();
     assert!(b.pq_last_resort && b.ec.is_none());
-    assert_eq!(node.metric("ferry_prekey_one_time_withheld_source_total"), 1);
+    assert_eq!(
+        node.metric("ferry_prekey_one_time_withheld_source_total"),
+        1
+    );
     // Per address (everything here is 127.0.0.1): the fifth fetch spent the burst.
     c.fetch_prekeys(dests[1]).unwrap();
     assert_eq!(
@@ -257,7 +260,10 @@ fn a_first_contact_succeeds_after_other_addresses_drained_the_one_time_keys() {
     let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut cb = node.client();
-    assert_eq!(chat::publish_prekeys(&mut cb, &mut bob, 10).unwrap(), (10, 10));
+    assert_eq!(
+        chat::publish_prekeys(&mut cb, &mut bob, 10).unwrap(),
+        (10, 10)
+    );
     let slot = bob.prekey_slot().unwrap().dest();
     // The attacker: 30 addresses, 4 fetches each, as fast as they can.
     let mut last_resort = 0;
@@ -267,14 +273,25 @@ fn a_first_contact_succeeds_after_other_addresses_drained_the_one_time_keys() {
             last_resort += u32::from(c.fetch_prekeys(slot).unwrap().pq_last_resort);
         }
     }
-    assert_eq!(last_resort, 120 - 10, "ten one-time keys, then last-resort bundles");
+    assert_eq!(
+        last_resort,
+        120 - 10,
+        "ten one-time keys, then last-resort bundles"
+    );
     assert_eq!(cb.prekey_count(slot).unwrap(), (0, 0), "drained");
     // Alice's first contact, from an address of its own.
     let mut ca = client_from(&node, 40);
     alice.add_contact("bob", &bob.address()).unwrap();
     let to = bob.address().identity;
     let clock = std::time::Instant::now();
-    chat::send(&mut ca, &mut alice, &to, &Body::Data(b"hello bob".to_vec()), clock).unwrap();
+    chat::send(
+        &mut ca,
+        &mut alice,
+        &to,
+        &Body::Data(b"hello bob".to_vec()),
+        clock,
+    )
+    .unwrap();
     assert!(alice.has_session(&to), "PQXDH session established");
     let synced = chat::sync(&mut cb, &mut bob).unwrap();
     assert_eq!(synced.messages.len(), 1);

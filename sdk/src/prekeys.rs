@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(ids.len(), 202);
         let distinct: std::collections::HashSet<u32> = ids.iter().copied().collect();
         assert_eq!(distinct.len(), 202);
-        let steps = ids.windows(2).filter(|w| w[1] == w[0].wrapping_add(1)).count();
+        let steps = ids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
         assert!(steps < 3, "{steps} consecutive ids: sequential, not random");
         // 36 beside the signed part and 100 EC keys, then 40 and 24.
         let sizes: Vec<usize> = uploads.iter().map(|u| u.pq.len()).collect();

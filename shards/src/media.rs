@@ -678,7 +678,10 @@ mod tests {
 
     fn upload(s: &mut MediaStore, data: &[u8], chunk: usize) -> BlobId {
         let id = id_of(data);
-        assert_eq!(s.begin(id, data.len() as u64, SRC, 0).unwrap(), Begin::From(0));
+        assert_eq!(
+            s.begin(id, data.len() as u64, SRC, 0).unwrap(),
+            Begin::From(0)
+        );
         let mut at = 0;
         for c in data.chunks(chunk) {
             s.write(&id, at, c).unwrap();
@@ -856,7 +859,10 @@ mod tests {
                 other => panic!("begin {i}: {other:?}"),
             }
         }
-        assert_eq!(refused, 98, "one source holds at most its share of the slots");
+        assert_eq!(
+            refused, 98,
+            "one source holds at most its share of the slots"
+        );
         assert_eq!(s.uploads_of(attacker), 2);
         assert_eq!(s.used_bytes(), 0, "begins without data hold nothing");
         assert_eq!(s.stats.uploads_refused_source, 98);
@@ -869,10 +875,16 @@ mod tests {
             at = s.write_at_time(&id, at, c, Some(1)).unwrap();
         }
         s.finish(&id).unwrap();
-        assert_eq!(s.uploads_of(honest), 0, "a finished upload frees its source's slot");
+        assert_eq!(
+            s.uploads_of(honest),
+            0,
+            "a finished upload frees its source's slot"
+        );
         assert_eq!(s.used_bytes(), 200_000 + outboard_bytes(200_000));
         // Bytes that do arrive are charged: the attacker's uploads cannot write past the budget.
-        let first = s.write_at_time(&[0; 32], 0, &data[..90_000], Some(2)).unwrap();
+        let first = s
+            .write_at_time(&[0; 32], 0, &data[..90_000], Some(2))
+            .unwrap();
         assert_eq!(first, 90_000);
         assert!(matches!(
             s.write_at_time(&[1; 32], 0, &data[..90_000], Some(2)),
@@ -899,11 +911,19 @@ mod tests {
         s.write_at_time(&[2; 32], 0, &[7; 10], Some(1_000 + idle - 1))
             .unwrap();
         assert_eq!(s.expire(1_000 + idle - 1), 0);
-        assert_eq!(s.expire(1_000 + idle), 1, "the one that never received a byte");
+        assert_eq!(
+            s.expire(1_000 + idle),
+            1,
+            "the one that never received a byte"
+        );
         assert_eq!(s.stats.reservations_expired, 1);
         assert_eq!(s.uploads_of(src), 1);
         assert_eq!(s.used_bytes(), 10);
-        assert_eq!(s.expire(1_000 + 2 * idle - 1), 1, "idle since its last chunk");
+        assert_eq!(
+            s.expire(1_000 + 2 * idle - 1),
+            1,
+            "idle since its last chunk"
+        );
         assert_eq!(s.stats.reservations_expired, 2);
         assert_eq!((s.uploads(), s.uploads_of(src), s.used_bytes()), (0, 0, 0));
         let _ = std::fs::remove_dir_all(&d);

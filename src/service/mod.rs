@@ -882,7 +882,10 @@ impl State {
             set(&m.prekey_fetches_not_found, s.fetches_not_found);
             set(&m.prekey_fetches_rate_limited, s.fetches_rate_limited);
             set(&m.prekey_one_time_withheld_slot, s.one_time_withheld_slot);
-            set(&m.prekey_one_time_withheld_source, s.one_time_withheld_source);
+            set(
+                &m.prekey_one_time_withheld_source,
+                s.one_time_withheld_source,
+            );
             set(&m.prekey_slots, d.slots() as u64);
             set(&m.prekey_bytes, d.bytes() as u64);
         }

@@ -118,7 +118,10 @@ impl HourlyBucket {
             return;
         }
         let balance = self.balance_at(rate, now_ms);
-        assert!(balance >= HOUR_MS, "taking a one-time key the budget does not hold");
+        assert!(
+            balance >= HOUR_MS,
+            "taking a one-time key the budget does not hold"
+        );
         self.balance = balance - HOUR_MS;
         self.at_ms = self.at_ms.max(now_ms);
     }
@@ -450,9 +453,10 @@ impl Directory {
     /// bundle until the budget refills. (A defence that makes fetchers of a slot under
     /// pressure pay, such as client puzzles, hangs here.) `false` for an unknown dest.
     pub fn slot_under_pressure(&self, now_ms: u64, dest: &Dest) -> bool {
-        self.slots
-            .get(dest)
-            .is_some_and(|s| !s.one_time_budget.has_one(self.limits.one_time_per_slot, now_ms))
+        self.slots.get(dest).is_some_and(|s| {
+            !s.one_time_budget
+                .has_one(self.limits.one_time_per_slot, now_ms)
+        })
     }
 
     /// Decides whether `requester` gets one-time keys of the slot of `dest` now, and if so
@@ -792,7 +796,10 @@ mod tests {
             d.fetch(0, 0, Dest([2; 16]), ADDR).unwrap_err(),
             PrekeyStatus::RateLimited
         );
-        assert!(d.fetch(0, 0, Dest([2; 16]), IpKey::V4([10, 0, 0, 2])).is_ok());
+        assert!(
+            d.fetch(0, 0, Dest([2; 16]), IpKey::V4([10, 0, 0, 2]))
+                .is_ok()
+        );
         assert!(d.fetch(0, 1_000, Dest([2; 16]), ADDR).is_ok(), "refilled");
         assert_eq!(d.stats.fetches_rate_limited, 1);
         assert_eq!(
