@@ -18,6 +18,7 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     pub token: Option<String>,
     pub service_metrics: Arc<crate::service::ServiceMetrics>,
+    pub media_metrics: Arc<crate::media::MediaMetrics>,
 }
 
 /// Bytes of a request head the endpoint reads at most.
@@ -149,5 +150,6 @@ pub fn render(state: &AdminState) -> String {
         }
     }
     state.service_metrics.render(&mut out);
+    state.media_metrics.render(&mut out);
     out
 }

@@ -68,8 +68,11 @@ pub struct MediaConfig {
     pub upload_bytes_per_conn_burst: u64,
     /// Requests queued to one core's media worker; beyond: `Busy`.
     pub queue_msgs_max: usize,
-    /// Unfinished uploads per core at once (each reserves its declared size); beyond: `Busy`.
+    /// Unfinished uploads per core at once (each holds a file and the bytes it received);
+    /// beyond: `Busy`.
     pub uploads_per_core_max: usize,
+    /// Unfinished uploads one address (IPv6: /64) may hold on one core; beyond: `Busy`.
+    pub uploads_per_source_max: usize,
     /// An unfinished upload that received nothing for this long is dropped.
     pub upload_idle_s: u64,
     /// Plain HTTP listener for `GET /blob/<id>` with `Range` (for a CDN or cache in front);
@@ -88,8 +91,9 @@ impl Default for MediaConfig {
             upload_bytes_per_conn_per_s: 64 << 20,
             upload_bytes_per_conn_burst: 16 << 20,
             queue_msgs_max: 256,
-            uploads_per_core_max: 256,
-            upload_idle_s: 3_600,
+            uploads_per_core_max: ferry_shards::media::UPLOADS_MAX_DEFAULT,
+            uploads_per_source_max: ferry_shards::media::UPLOADS_PER_SOURCE_MAX_DEFAULT,
+            upload_idle_s: ferry_shards::media::UPLOAD_IDLE_S_DEFAULT,
             http_listen: String::new(),
         }
     }
@@ -109,10 +113,14 @@ pub struct PrekeysConfig {
     /// Bundle fetches per second from one address (IPv6: /64), and the burst; 0 = unlimited.
     pub fetch_per_addr_per_s: u64,
     pub fetch_per_addr_burst: u64,
-    /// Bundle fetches per second for one dest, and the burst (so one-time keys cannot be
-    /// drained); 0 = unlimited.
-    pub fetch_per_target_per_s: u64,
-    pub fetch_per_target_burst: u64,
+    /// One-time keys one slot hands out per hour, and the burst (about what an owner refills);
+    /// beyond, fetches get the bundle with the last-resort key. 0 = unlimited.
+    pub one_time_per_slot_per_hour: u64,
+    pub one_time_per_slot_burst: u64,
+    /// One-time keys of one slot that one address (IPv6: /64) gets per hour, and the burst;
+    /// beyond, its fetches get the last-resort bundle. 0 = unlimited.
+    pub one_time_per_source_per_hour: u64,
+    pub one_time_per_source_burst: u64,
     /// Uploads per second from one address, and the burst (each upload frame costs up to 38
     /// signature checks on the service core); 0 = unlimited.
     pub upload_per_addr_per_s: u64,
@@ -177,8 +185,10 @@ impl Default for PrekeysConfig {
             slot_ttl_s: 30 * 86_400,
             fetch_per_addr_per_s: 2,
             fetch_per_addr_burst: 60,
-            fetch_per_target_per_s: 1,
-            fetch_per_target_burst: 20,
+            one_time_per_slot_per_hour: 10,
+            one_time_per_slot_burst: 20,
+            one_time_per_source_per_hour: 1,
+            one_time_per_source_burst: 2,
             upload_per_addr_per_s: 1,
             upload_per_addr_burst: 30,
             rate_entries_max: 65_536,
@@ -640,9 +650,12 @@ impl Config {
             bound("prekeys.fetch_per_addr_per_s", k.fetch_per_addr_per_s, 0, EVENTS_PER_S_MAX)
                 .because("0 = unlimited"),
             bound("prekeys.fetch_per_addr_burst", k.fetch_per_addr_burst, 0, EVENTS_PER_S_MAX),
-            bound("prekeys.fetch_per_target_per_s", k.fetch_per_target_per_s, 0, EVENTS_PER_S_MAX)
+            bound("prekeys.one_time_per_slot_per_hour", k.one_time_per_slot_per_hour, 0, EVENTS_PER_S_MAX)
                 .because("0 = unlimited"),
-            bound("prekeys.fetch_per_target_burst", k.fetch_per_target_burst, 0, EVENTS_PER_S_MAX),
+            bound("prekeys.one_time_per_slot_burst", k.one_time_per_slot_burst, 0, EVENTS_PER_S_MAX),
+            bound("prekeys.one_time_per_source_per_hour", k.one_time_per_source_per_hour, 0, EVENTS_PER_S_MAX)
+                .because("0 = unlimited"),
+            bound("prekeys.one_time_per_source_burst", k.one_time_per_source_burst, 0, EVENTS_PER_S_MAX),
             bound("prekeys.upload_per_addr_per_s", k.upload_per_addr_per_s, 0, EVENTS_PER_S_MAX)
                 .because("0 = unlimited"),
             bound("prekeys.upload_per_addr_burst", k.upload_per_addr_burst, 0, EVENTS_PER_S_MAX),
@@ -670,7 +683,9 @@ impl Config {
             bound("media.upload_bytes_per_conn_burst", m.upload_bytes_per_conn_burst, 0, TIB),
             bound("media.queue_msgs_max", m.queue_msgs_max, 1, 1 << 20),
             bound("media.uploads_per_core_max", m.uploads_per_core_max, 1, 65_536),
-            bound("media.upload_idle_s", m.upload_idle_s, 1, 30 * DAY_S),
+            bound("media.uploads_per_source_max", m.uploads_per_source_max, 1, 65_536),
+            bound("media.upload_idle_s", m.upload_idle_s, 1, DAY_S)
+                .because("an idle upload holds a file and its source's upload slot"),
         ]
     }
 
@@ -889,6 +904,9 @@ fn one_line(s: &str) -> String {
 impl Config {
     fn validate_media(&self) -> anyhow::Result<()> {
         let m = &self.media;
+        if m.uploads_per_source_max > m.uploads_per_core_max {
+            bail!("media.uploads_per_source_max must not exceed media.uploads_per_core_max");
+        }
         if m.upload_bytes_per_conn_per_s > 0
             && m.upload_bytes_per_conn_burst < ferry_proto::limits::FRAME_BYTES_MAX as u64
         {
@@ -909,20 +927,31 @@ impl Config {
 
     fn validate_service(&self) -> anyhow::Result<()> {
         let k = &self.prekeys;
+        for (rate, burst, name) in [(
+            k.fetch_per_addr_per_s,
+            k.fetch_per_addr_burst,
+            "fetch_per_addr",
+        )] {
+            if rate > 0 && burst == 0 {
+                bail!("prekeys.{name}_burst must be at least 1 when prekeys.{name}_per_s is set");
+            }
+        }
         for (rate, burst, name) in [
             (
-                k.fetch_per_addr_per_s,
-                k.fetch_per_addr_burst,
-                "fetch_per_addr",
+                k.one_time_per_slot_per_hour,
+                k.one_time_per_slot_burst,
+                "one_time_per_slot",
             ),
             (
-                k.fetch_per_target_per_s,
-                k.fetch_per_target_burst,
-                "fetch_per_target",
+                k.one_time_per_source_per_hour,
+                k.one_time_per_source_burst,
+                "one_time_per_source",
             ),
         ] {
             if rate > 0 && burst == 0 {
-                bail!("prekeys.{name}_burst must be at least 1 when prekeys.{name}_per_s is set");
+                bail!(
+                    "prekeys.{name}_burst must be at least 1 when prekeys.{name}_per_hour is set"
+                );
             }
         }
         let p = &self.push;

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,7 +21,8 @@ use ferry_proto::conn::BlobOp;
 use ferry_proto::limits::{BLOB_DATA_HEADER_BYTES, FRAME_BYTES_MAX};
 use ferry_proto::{BlobOpKind, BlobStatus, Frame};
 use ferry_shards::clock::Clock;
-use ferry_shards::media::{Begin, MediaError, MediaLimits, MediaStore, hex, unhex};
+use ferry_shards::media::{Begin, MediaError, MediaLimits, MediaStats, MediaStore, hex, unhex};
+use ferry_shards::ratelimit::IpKey;
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
 use crate::service::ReplyPort;
@@ -35,6 +36,53 @@ struct Sink(crossbeam_channel::Sender<ServiceRequest>);
 impl ServiceSink for Sink {
     fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest> {
         self.0.try_send(req).map_err(|e| e.into_inner())
+    }
+}
+
+/// Counters of all media workers together (rendered by the admin endpoint).
+#[derive(Debug, Default)]
+pub struct MediaMetrics {
+    pub reservations_expired: AtomicU64,
+    pub uploads_refused_source: AtomicU64,
+}
+
+impl MediaMetrics {
+    /// Adds what a store counted since `before`.
+    fn add(&self, before: MediaStats, after: MediaStats) {
+        let add = |a: &AtomicU64, d: u64| {
+            if d > 0 {
+                a.fetch_add(d, Ordering::Relaxed);
+            }
+        };
+        add(
+            &self.reservations_expired,
+            after.reservations_expired - before.reservations_expired,
+        );
+        add(
+            &self.uploads_refused_source,
+            after.uploads_refused_source - before.uploads_refused_source,
+        );
+    }
+
+    /// Prometheus text for these metrics.
+    pub fn render(&self, out: &mut String) {
+        for (name, help, v) in [
+            (
+                "ferry_media_reservations_expired_total",
+                "Unfinished media uploads dropped after media.upload_idle_s without a chunk.",
+                &self.reservations_expired,
+            ),
+            (
+                "ferry_media_uploads_refused_source_total",
+                "BlobBegins answered Busy: their address held media.uploads_per_source_max unfinished uploads on that core.",
+                &self.uploads_refused_source,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
     }
 }
 
@@ -70,6 +118,7 @@ pub fn start(
     cpus: &[usize],
     clock: Clock,
     ports: &[ReplyPort],
+    metrics: Arc<MediaMetrics>,
 ) -> anyhow::Result<MediaHandle> {
     let shards = ports.len();
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,6 +140,7 @@ pub fn start(
             .collect::<std::io::Result<_>>()?;
         let cpu = cpus.get(shard).copied();
         let stop = stop.clone();
+        let metrics = metrics.clone();
         joins.push(
             std::thread::Builder::new()
                 .name(format!("ferry-media-{shard}"))
@@ -98,7 +148,7 @@ pub fn start(
                     if let Some(cpu) = cpu {
                         crate::sys::pin_current_thread(cpu);
                     }
-                    worker(store, rx, ports, clock, stop);
+                    worker(store, rx, ports, clock, stop, &metrics);
                 })?,
         );
     }
@@ -123,7 +173,7 @@ fn refusal(id: [u8; 32], op: BlobOpKind, e: &MediaError) -> Frame {
         MediaError::Offset { expected } => (BlobStatus::BadOffset, *expected),
         MediaError::Size | MediaError::BadRange => (BlobStatus::BadRange, 0),
         MediaError::NoUpload | MediaError::NotFound => (BlobStatus::NotFound, 0),
-        MediaError::TooManyUploads => (BlobStatus::Busy, 0),
+        MediaError::TooManyUploads | MediaError::SourceBusy => (BlobStatus::Busy, 0),
         MediaError::Io(err) if err.kind() == std::io::ErrorKind::StorageFull => {
             (BlobStatus::DiskFull, 0)
         }
@@ -136,10 +186,10 @@ fn refusal(id: [u8; 32], op: BlobOpKind, e: &MediaError) -> Frame {
 }
 
 /// Answers one request: the frames for the client.
-fn handle(store: &mut MediaStore, now_unix_s: u64, op: BlobOp) -> Vec<Frame> {
+fn handle(store: &mut MediaStore, now_unix_s: u64, op: BlobOp, source: IpKey) -> Vec<Frame> {
     use BlobOpKind as K;
     match op {
-        BlobOp::Begin { id, size } => vec![match store.begin(id, size, now_unix_s) {
+        BlobOp::Begin { id, size } => vec![match store.begin(id, size, source, now_unix_s) {
             Ok(Begin::From(off)) => status(id, K::Begin, BlobStatus::Ok, off, size),
             Ok(Begin::Complete) => status(id, K::Begin, BlobStatus::Complete, size, size),
             Err(e) => refusal(id, K::Begin, &e),
@@ -198,17 +248,19 @@ fn worker(
     ports: Vec<ReplyPort>,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    metrics: &MediaMetrics,
 ) {
     let mut last_expire = 0;
     loop {
+        let before = store.stats;
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(req) => {
-                let ServiceWork::Blob(op) = req.work else {
+                let ServiceWork::Blob { op, source } = req.work else {
                     continue;
                 };
                 let now = clock.now().unix_s;
                 let port = ports.get(usize::from(req.from.shard));
-                for frame in handle(&mut store, now, op) {
+                for frame in handle(&mut store, now, op, source) {
                     if let Some(p) = port {
                         p.send(ServiceReply::Frame {
                             to: req.from.conn,
@@ -225,6 +277,7 @@ fn worker(
             last_expire = now;
             store.expire(now);
         }
+        metrics.add(before, store.stats);
         if stop.load(Ordering::Acquire) && rx.is_empty() {
             break;
         }

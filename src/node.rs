@@ -471,12 +471,14 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         Clock::new(cfg.clock_offset_s),
     )?)
     .context("starting the service core")?;
+    let media_metrics = Arc::new(crate::media::MediaMetrics::default());
     let media = if cfg.media.enabled {
         let limits = ferry_shards::media::MediaLimits {
             blob_bytes_max: cfg.media.blob_bytes_max,
             ttl_s: cfg.media.ttl_s,
             disk_bytes_max: cfg.media.disk_bytes_max,
             uploads_max: cfg.media.uploads_per_core_max,
+            uploads_per_source_max: cfg.media.uploads_per_source_max,
             upload_idle_s: cfg.media.upload_idle_s,
         };
         // Blobs are owned by `id % shards`, like the store's dests: record the count.
@@ -488,6 +490,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             &placement.shard_cpus,
             Clock::new(cfg.clock_offset_s),
             &service.ports,
+            media_metrics.clone(),
         )
         .context("starting the media workers")?;
         if let Ok(mut links) = service.links.lock() {
@@ -531,6 +534,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         draining: Arc::new(AtomicBool::new(false)),
         token: admin_token(&cfg)?,
         service_metrics: service.metrics.clone(),
+        media_metrics,
     });
     let service_cpu = placement.service_cpu;
     let (st, sst) = (admin_state.clone(), admin_stop.clone());
@@ -703,9 +707,13 @@ fn service_config(
                 per_s: k.fetch_per_addr_per_s,
                 burst: k.fetch_per_addr_burst,
             },
-            fetch_per_target: Rate {
-                per_s: k.fetch_per_target_per_s,
-                burst: k.fetch_per_target_burst,
+            one_time_per_slot: crate::service::prekeys::HourlyRate {
+                per_hour: k.one_time_per_slot_per_hour,
+                burst: k.one_time_per_slot_burst,
+            },
+            one_time_per_source: crate::service::prekeys::HourlyRate {
+                per_hour: k.one_time_per_source_per_hour,
+                burst: k.one_time_per_source_burst,
             },
             upload_per_addr: Rate {
                 per_s: k.upload_per_addr_per_s,

@@ -690,7 +690,7 @@ fn workload(node: &Node) {
         signed: true,
         one_time_ec: 2,
         one_time_pq: 2,
-        first_id: 1,
+        ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
         replace_one_time: false,
     };
     let (uploads, _) = ferry_sdk::prekeys::generate(&ik, s0.dest(), plan).unwrap();

@@ -1,6 +1,7 @@
 //! The prekey directory end to end: real bundles made by the SDK (X25519, XEdDSA, ML-KEM-1024),
 //! uploaded to a real node over several frames, fetched to exhaustion, refused when forged,
-//! rate-limited, and kept across a kill -9.
+//! rate-limited, kept across a kill -9, and a first contact that succeeds after other addresses
+//! drained the one-time keys.
 
 #![allow(clippy::unwrap_used)]
 
@@ -27,7 +28,7 @@ fn full_plan() -> PrekeyPlan {
         signed: true,
         one_time_ec: 100,
         one_time_pq: 100,
-        first_id: 1,
+        ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
         replace_one_time: false,
     }
 }
@@ -43,9 +44,10 @@ fn prekey_err(r: Result<impl std::fmt::Debug, SdkError>) -> (PrekeyStatus, KeyKi
     }
 }
 
-const UNLIMITED: [(&str, &str); 2] = [
+const UNLIMITED: [(&str, &str); 3] = [
     ("FERRY_PREKEYS_FETCH_PER_ADDR_PER_S", "0"),
-    ("FERRY_PREKEYS_FETCH_PER_TARGET_PER_S", "0"),
+    ("FERRY_PREKEYS_ONE_TIME_PER_SLOT_PER_HOUR", "0"),
+    ("FERRY_PREKEYS_ONE_TIME_PER_SOURCE_PER_HOUR", "0"),
 ];
 
 #[test]
@@ -104,7 +106,7 @@ fn upload_fetch_to_exhaustion_then_last_resort_and_restart_keeps_keys() {
         signed: false,
         one_time_ec: 5,
         one_time_pq: 5,
-        first_id: 1_000,
+        ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1_000),
         replace_one_time: false,
     };
     let (more, _) = generate(&id, dest, plan).unwrap();
@@ -189,14 +191,14 @@ fn forged_or_unproven_uploads_are_refused_and_change_nothing() {
 }
 
 #[test]
-fn fetches_are_rate_limited_per_address_and_per_target() {
+fn fetches_are_rate_limited_per_address_and_one_time_keys_per_source() {
     let node = Node::start(
         &[],
         &[
             ("FERRY_PREKEYS_FETCH_PER_ADDR_PER_S", "1"),
             ("FERRY_PREKEYS_FETCH_PER_ADDR_BURST", "5"),
-            ("FERRY_PREKEYS_FETCH_PER_TARGET_PER_S", "1"),
-            ("FERRY_PREKEYS_FETCH_PER_TARGET_BURST", "3"),
+            ("FERRY_PREKEYS_ONE_TIME_PER_SOURCE_PER_HOUR", "1"),
+            ("FERRY_PREKEYS_ONE_TIME_PER_SOURCE_BURST", "3"),
         ],
     );
     let id = IdentityKey::generate().unwrap();
@@ -214,13 +216,15 @@ fn fetches_are_rate_limited_per_address_and_per_target() {
         c.upload_prekeys(&ups).unwrap();
         dests.push(dest);
     }
-    // Per target: the fourth fetch of one dest within its burst is refused.
+    // This address's share of a slot: three one-time keys, then the last-resort bundle.
     for _ in 0..3 {
-        c.fetch_prekeys(dests[0]).unwrap();
+        assert!(!c.fetch_prekeys(dests[0]).unwrap().pq_last_resort);
     }
+    let b = c.fetch_prekeys(dests[0]).unwrap();
+    assert!(b.pq_last_resort && b.ec.is_none());
     assert_eq!(
-        prekey_err(c.fetch_prekeys(dests[0])).0,
-        PrekeyStatus::RateLimited
+        node.metric("ferry_prekey_one_time_withheld_source_total"),
+        1
     );
     // Per address (everything here is 127.0.0.1): the fifth fetch spent the burst.
     c.fetch_prekeys(dests[1]).unwrap();
@@ -228,8 +232,69 @@ fn fetches_are_rate_limited_per_address_and_per_target() {
         prekey_err(c.fetch_prekeys(dests[1])).0,
         PrekeyStatus::RateLimited
     );
-    assert_eq!(node.metric("ferry_prekey_fetches_rate_limited_total"), 2);
-    // Refused fetches consume nothing.
+    assert_eq!(node.metric("ferry_prekey_fetches_rate_limited_total"), 1);
+    // Refused and last-resort fetches consume nothing.
     assert_eq!(c.prekey_count(dests[0]).unwrap(), (7, 7));
     assert_eq!(c.prekey_count(dests[1]).unwrap(), (9, 9));
+}
+
+/// A client from `127.0.0.<last>`.
+fn client_from(node: &Node, last: u8) -> ferry_sdk::Client {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source = std::net::SocketAddr::from(([127, 0, 0, last], 0));
+    sock.bind(&source.into()).unwrap();
+    sock.connect(&node.addr().into()).unwrap();
+    ferry_sdk::Client::over_tcp(sock.into()).unwrap()
+}
+
+/// Issue 14: fetches from many addresses drained a slot, and then refused first contacts. Now
+/// the attacker drains the one-time keys it is allowed, and the first contact still establishes
+/// a PQXDH session (with the last-resort keys) whose message decrypts.
+#[test]
+fn a_first_contact_succeeds_after_other_addresses_drained_the_one_time_keys() {
+    use ferry_sdk::chat;
+    use ferry_sdk::messenger::{Body, MemoryStorage, Messenger};
+    // Default limits: a slot hands out 20 one-time keys at once, 2 to each address.
+    let node = Node::start(&[], &[]);
+    let ns = common::ns();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut cb = node.client();
+    assert_eq!(
+        chat::publish_prekeys(&mut cb, &mut bob, 10).unwrap(),
+        (10, 10)
+    );
+    let slot = bob.prekey_slot().unwrap().dest();
+    // The attacker: 30 addresses, 4 fetches each, as fast as they can.
+    let mut last_resort = 0;
+    for a in 2..32u8 {
+        let mut c = client_from(&node, a);
+        for _ in 0..4 {
+            last_resort += u32::from(c.fetch_prekeys(slot).unwrap().pq_last_resort);
+        }
+    }
+    assert_eq!(
+        last_resort,
+        120 - 10,
+        "ten one-time keys, then last-resort bundles"
+    );
+    assert_eq!(cb.prekey_count(slot).unwrap(), (0, 0), "drained");
+    // Alice's first contact, from an address of its own.
+    let mut ca = client_from(&node, 40);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let to = bob.address().identity;
+    let clock = std::time::Instant::now();
+    chat::send(
+        &mut ca,
+        &mut alice,
+        &to,
+        &Body::Data(b"hello bob".to_vec()),
+        clock,
+    )
+    .unwrap();
+    assert!(alice.has_session(&to), "PQXDH session established");
+    let synced = chat::sync(&mut cb, &mut bob).unwrap();
+    assert_eq!(synced.messages.len(), 1);
+    assert_eq!(synced.messages[0].body, Body::Data(b"hello bob".to_vec()));
+    assert!(node.metric("ferry_prekey_fetches_last_resort_total") >= 111);
 }

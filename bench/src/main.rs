@@ -111,7 +111,7 @@ fn main() {
             signed: true,
             one_time_ec: 0,
             one_time_pq: 36,
-            first_id: 1,
+            ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
             replace_one_time: false,
         };
         ferry_sdk::prekeys::generate(&ik, Dest([3; 16]), plan).expect("prekeys")

@@ -99,7 +99,7 @@ fn setup(a: &Args) -> Result<(Vec<Dest>, Vec<Dest>), String> {
             signed: true,
             one_time_ec: 100,
             one_time_pq: 100,
-            first_id: 1,
+            ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
             replace_one_time: true,
         };
         let (ups, _) = generate(&id, dest, plan).map_err(e)?;

@@ -265,7 +265,14 @@ mod tests {
         let pt = data(5 * SEGMENT_BYTES + 1234);
         let mut ct = Vec::new();
         let sealed = encrypt(&key, &pt[..], &mut ct).unwrap();
-        store.begin(sealed.id, sealed.ciphertext_bytes, 0).unwrap();
+        store
+            .begin(
+                sealed.id,
+                sealed.ciphertext_bytes,
+                ferry_shards::ratelimit::IpKey::V4([127, 0, 0, 1]),
+                0,
+            )
+            .unwrap();
         store.write(&sealed.id, 0, &ct).unwrap();
         store.finish(&sealed.id).unwrap();
         for (off, len) in [(0usize, pt.len()), (70_000, 200_000), (pt.len() - 10, 10)] {

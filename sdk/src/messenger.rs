@@ -450,10 +450,13 @@ pub const PUSH_HOURS_MAX: u64 = 127;
 const _: () = assert!(SIGNED_PREKEYS_KEPT <= u8::MAX as usize);
 const _: () = assert!(SESSIONS_PER_CONTACT_MAX <= u8::MAX as usize);
 const PREKEYS_VERSION: u8 = 2;
+/// Batches of random prekey ids drawn before giving up on ids that repeat held ones.
+const PREKEY_ID_DRAWS_MAX: usize = 4;
 
 /// This device's prekey secrets, by id.
 #[derive(Default, Clone)]
 struct Prekeys {
+    /// Kept in the saved format; ids are random now (`PrekeyIds::Random`), not counted from it.
     next_id: u32,
     /// Newest first, at most `SIGNED_PREKEYS_KEPT`.
     spks: Vec<(u32, [u8; 32])>,
@@ -999,33 +1002,46 @@ impl<S: Storage> Messenger<S> {
             signed,
             one_time_ec: one_time,
             one_time_pq: one_time,
-            first_id: self.prekeys.next_id.max(1),
+            ids: crate::prekeys::PrekeyIds::Random,
             replace_one_time: false,
         };
         let identity = crate::prekeys::IdentityKey::from_secret(*self.identity.secret());
         let dest = self.intro.dest(0)?;
-        let (uploads, secrets) = crate::prekeys::generate(&identity, dest, plan)?;
+        // Random ids: one that repeats an id this messenger still holds (a chance of about
+        // 200 × 400 in 2^32 per upload) is drawn again with the whole batch.
+        let held = |id: u32| {
+            self.prekeys.kem.contains_key(&id)
+                || self.prekeys.one_time.contains_key(&id)
+                || self.prekeys.spks.iter().any(|(s, _)| *s == id)
+        };
+        let mut attempt = 0;
+        let (uploads, secrets) = loop {
+            let (uploads, secrets) = crate::prekeys::generate(&identity, dest, plan)?;
+            if !secrets.ids().any(held) {
+                break (uploads, secrets);
+            }
+            attempt += 1;
+            if attempt >= PREKEY_ID_DRAWS_MAX {
+                return Err(MessengerError::InvalidArgument(
+                    "prekey ids kept colliding with held ones",
+                ));
+            }
+        };
         let mut next = self.prekeys.clone();
-        let mut max_id = plan.first_id;
         if let Some((id, s)) = secrets.signed_prekey {
             next.spks.insert(0, (id, s));
             next.spks.truncate(SIGNED_PREKEYS_KEPT);
-            max_id = max_id.max(id);
         }
         if let Some((id, dk)) = secrets.last_resort {
             next.kem.insert(id, (Zeroizing::new(dk), true));
-            max_id = max_id.max(id);
         }
         for (id, s) in secrets.one_time_ec {
             next.one_time.insert(id, s);
-            max_id = max_id.max(id);
         }
         for (id, dk) in secrets.one_time_pq {
             next.kem.insert(id, (Zeroizing::new(dk), false));
-            max_id = max_id.max(id);
         }
         next.prune_last_resort();
-        next.next_id = max_id.wrapping_add(1);
         self.prekeys = next;
         self.save_prekeys()?;
         Ok(uploads)

@@ -86,10 +86,59 @@ pub struct PrekeyPlan {
     pub signed: bool,
     pub one_time_ec: usize,
     pub one_time_pq: usize,
-    /// Ids are assigned upwards from here (the signed prekey and last-resort key take the first).
-    pub first_id: u32,
+    /// How the keys' ids are chosen.
+    pub ids: PrekeyIds,
     /// Replace the slot's stored one-time keys instead of adding to them.
     pub replace_one_time: bool,
+}
+
+/// How [`generate`] chooses key ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrekeyIds {
+    /// Random and distinct within the upload: a fetcher learns nothing from an id (sequential
+    /// ids told each fetcher how many had fetched before it). The caller checks them against
+    /// the ids it already holds ([`PrekeySecrets::ids`]).
+    Random,
+    /// Upwards from this id (the signed prekey and last-resort key take the first): for tests
+    /// that need known ids.
+    Sequential(u32),
+}
+
+impl PrekeySecrets {
+    /// Every id generated, of every kind.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.signed_prekey
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(self.last_resort.iter().map(|(id, _)| *id))
+            .chain(self.one_time_ec.iter().map(|(id, _)| *id))
+            .chain(self.one_time_pq.iter().map(|(id, _)| *id))
+    }
+}
+
+/// Hands out the ids of one [`generate`] call.
+struct IdSource {
+    ids: PrekeyIds,
+    used: std::collections::HashSet<u32>,
+}
+
+impl IdSource {
+    fn next(&mut self) -> Result<u32, SdkError> {
+        match &mut self.ids {
+            PrekeyIds::Sequential(id) => {
+                let v = *id;
+                *id = id.wrapping_add(1);
+                Ok(v)
+            }
+            PrekeyIds::Random => loop {
+                // At most 202 ids among 2^32: a repeat is rare, and drawn again.
+                let v = u32::from_le_bytes(random()?);
+                if self.used.insert(v) {
+                    return Ok(v);
+                }
+            },
+        }
+    }
 }
 
 fn kem_keypair(identity: &IdentityKey, id: u32) -> Result<(KemPrekey, Vec<u8>), SdkError> {
@@ -125,23 +174,22 @@ pub fn generate(
 ) -> Result<(Vec<Upload>, PrekeySecrets), SdkError> {
     assert!(plan.one_time_ec <= ONE_TIME_KEYS_MAX && plan.one_time_pq <= ONE_TIME_KEYS_MAX);
     let mut secrets = PrekeySecrets::default();
-    let mut id = plan.first_id;
-    let mut next_id = || {
-        let v = id;
-        id = id.wrapping_add(1);
-        v
+    let mut ids = IdSource {
+        ids: plan.ids,
+        used: std::collections::HashSet::new(),
     };
+    let mut next_id = || ids.next();
     let signed = if plan.signed {
         let spk_secret: [u8; 32] = random()?;
         let spk_key = encode_ec(&xeddsa::public_key(&spk_secret));
-        let spk_id = next_id();
+        let spk_id = next_id()?;
         let spk = SignedEcPrekey {
             id: spk_id,
             key: spk_key,
             sig: identity.sign(&spk_key)?,
         };
         secrets.signed_prekey = Some((spk_id, spk_secret));
-        let (last_resort, dk) = kem_keypair(identity, next_id())?;
+        let (last_resort, dk) = kem_keypair(identity, next_id()?)?;
         secrets.last_resort = Some((last_resort.id, dk));
         Some(SignedPart {
             identity: identity.public(),
@@ -155,7 +203,7 @@ pub fn generate(
     for _ in 0..plan.one_time_ec {
         let s: [u8; 32] = random()?;
         let k = EcPrekey {
-            id: next_id(),
+            id: next_id()?,
             key: encode_ec(&xeddsa::public_key(&s)),
         };
         secrets.one_time_ec.push((k.id, s));
@@ -163,7 +211,7 @@ pub fn generate(
     }
     let mut pq = Vec::with_capacity(plan.one_time_pq);
     for _ in 0..plan.one_time_pq {
-        let (k, dk) = kem_keypair(identity, next_id())?;
+        let (k, dk) = kem_keypair(identity, next_id()?)?;
         secrets.one_time_pq.push((k.id, dk));
         pq.push(k);
     }
@@ -201,10 +249,20 @@ mod tests {
             signed: true,
             one_time_ec: 100,
             one_time_pq: 100,
-            first_id: 1,
+            ids: PrekeyIds::Random,
             replace_one_time: false,
         };
         let (uploads, secrets) = generate(&id, Dest([7; 16]), plan).unwrap();
+        // Random ids, all distinct: no id tells a fetcher how many fetched before it.
+        let ids: Vec<u32> = secrets.ids().collect();
+        assert_eq!(ids.len(), 202);
+        let distinct: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), 202);
+        let steps = ids
+            .windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        assert!(steps < 3, "{steps} consecutive ids: sequential, not random");
         // 36 beside the signed part and 100 EC keys, then 40 and 24.
         let sizes: Vec<usize> = uploads.iter().map(|u| u.pq.len()).collect();
         assert_eq!(sizes, vec![36, 40, 24]);

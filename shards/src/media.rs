@@ -21,6 +21,8 @@ use bao_tree::BaoTree;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::{CreateOutboard, encode_ranges_validated};
 pub use ferry_proto::media::{BLOCK_SIZE, BlobId, GROUP_BYTES, chunk_ranges, verify_range};
+
+use crate::ratelimit::IpKey;
 /// Bytes a `.part` grows by before it is synced and its durable length recorded.
 pub const SYNC_EVERY_BYTES: u64 = 8 << 20;
 
@@ -31,11 +33,24 @@ pub struct MediaLimits {
     pub ttl_s: u64,
     /// Disk the store may use (complete and partial blobs, outboards included).
     pub disk_bytes_max: u64,
-    /// Unfinished uploads at once (each holds its declared size of the budget and a file).
+    /// Unfinished uploads at once (each holds a file, and the bytes it received of the budget).
     pub uploads_max: usize,
+    /// Unfinished uploads one source address (IPv4, IPv6 /64) may hold at once, so that one
+    /// source cannot take every upload slot of the core.
+    pub uploads_per_source_max: usize,
     /// An unfinished upload that received nothing for this long is dropped.
     pub upload_idle_s: u64,
 }
+
+/// Default of [`MediaLimits::upload_idle_s`]: abandoned (or never fed) uploads give back their
+/// slot and bytes within minutes.
+pub const UPLOAD_IDLE_S_DEFAULT: u64 = 300;
+/// Default of [`MediaLimits::uploads_per_source_max`].
+pub const UPLOADS_PER_SOURCE_MAX_DEFAULT: usize = 16;
+/// Default of [`MediaLimits::uploads_max`].
+pub const UPLOADS_MAX_DEFAULT: usize = 256;
+// One source alone must leave most of a core's upload slots to the others.
+const _: () = assert!(UPLOADS_PER_SOURCE_MAX_DEFAULT * 8 <= UPLOADS_MAX_DEFAULT);
 
 impl Default for MediaLimits {
     fn default() -> Self {
@@ -43,8 +58,9 @@ impl Default for MediaLimits {
             blob_bytes_max: 100 << 20,
             ttl_s: 30 * 86_400,
             disk_bytes_max: 16 << 30,
-            uploads_max: 256,
-            upload_idle_s: 3_600,
+            uploads_max: UPLOADS_MAX_DEFAULT,
+            uploads_per_source_max: UPLOADS_PER_SOURCE_MAX_DEFAULT,
+            upload_idle_s: UPLOAD_IDLE_S_DEFAULT,
         }
     }
 }
@@ -70,6 +86,8 @@ pub enum MediaError {
     NotFound,
     /// Too many unfinished uploads on this core: retry later.
     TooManyUploads,
+    /// This source address already holds `uploads_per_source_max` unfinished uploads.
+    SourceBusy,
     /// A range outside the blob.
     BadRange,
     Io(std::io::Error),
@@ -86,6 +104,7 @@ impl std::fmt::Display for MediaError {
             MediaError::NoUpload => write!(f, "no upload in progress for this id"),
             MediaError::NotFound => write!(f, "no such blob"),
             MediaError::TooManyUploads => write!(f, "too many unfinished uploads"),
+            MediaError::SourceBusy => write!(f, "too many unfinished uploads from this address"),
             MediaError::BadRange => write!(f, "range outside the blob"),
             MediaError::Io(e) => write!(f, "i/o: {e}"),
         }
@@ -118,6 +137,8 @@ struct Partial {
     durable: u64,
     /// When the upload last received bytes (or began, or the store opened).
     active_unix_s: u64,
+    /// The address that began it (`None` after a restart: its source is not recorded).
+    source: Option<IpKey>,
     file: File,
 }
 
@@ -127,6 +148,15 @@ struct Stored {
     expires_unix_s: u64,
 }
 
+/// Counters of one store, for the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MediaStats {
+    /// Unfinished uploads dropped because they received nothing for `upload_idle_s`.
+    pub reservations_expired: u64,
+    /// Begins refused because their source held `uploads_per_source_max` uploads.
+    pub uploads_refused_source: u64,
+}
+
 /// One shard's media store.
 #[derive(Debug)]
 pub struct MediaStore {
@@ -134,8 +164,12 @@ pub struct MediaStore {
     limits: MediaLimits,
     partial: AHashMap<BlobId, Partial>,
     blobs: AHashMap<BlobId, Stored>,
-    /// Bytes reserved on disk: declared sizes of uploads plus complete blobs and outboards.
+    /// Unfinished uploads per source address (only sources with at least one).
+    uploads_by_source: AHashMap<IpKey, usize>,
+    /// Bytes used on disk: bytes received by unfinished uploads (not their declared sizes: a
+    /// `BlobBegin` with no data holds nothing of the budget), complete blobs and outboards.
     used: u64,
+    pub stats: MediaStats,
 }
 
 /// A blob id as its file names spell it: 64 lowercase hex digits.
@@ -214,7 +248,9 @@ impl MediaStore {
             limits,
             partial: AHashMap::new(),
             blobs: AHashMap::new(),
+            uploads_by_source: AHashMap::new(),
             used: 0,
+            stats: MediaStats::default(),
         };
         let mut names: Vec<(BlobId, String)> = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -270,7 +306,7 @@ impl MediaStore {
                         (Some(m), Ok(file)) if m[2] <= m[0] => {
                             // Bytes past the recorded durable length may not have reached the disk.
                             file.set_len(m[2])?;
-                            s.used += m[0];
+                            s.used += m[2];
                             s.partial.insert(
                                 *id,
                                 Partial {
@@ -279,6 +315,7 @@ impl MediaStore {
                                     len: m[2],
                                     durable: m[2],
                                     active_unix_s: now_unix_s,
+                                    source: None,
                                     file,
                                 },
                             );
@@ -314,9 +351,19 @@ impl MediaStore {
         }
     }
 
-    /// Bytes reserved on disk.
+    /// Bytes used on disk (received, not declared, for unfinished uploads).
     pub fn used_bytes(&self) -> u64 {
         self.used
+    }
+
+    /// Unfinished uploads.
+    pub fn uploads(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Unfinished uploads `source` began.
+    pub fn uploads_of(&self, source: IpKey) -> usize {
+        self.uploads_by_source.get(&source).copied().unwrap_or(0)
     }
 
     /// Size of a complete blob.
@@ -324,8 +371,17 @@ impl MediaStore {
         self.blobs.get(id).map(|b| b.size)
     }
 
-    /// Starts or resumes the upload of `size` bytes with id `id`: answers where to send from.
-    pub fn begin(&mut self, id: BlobId, size: u64, now_unix_s: u64) -> Result<Begin, MediaError> {
+    /// Starts or resumes the upload of `size` bytes with id `id` for the client at `source`:
+    /// answers where to send from. A new upload is refused when its size does not fit the disk
+    /// budget now, but reserves nothing: bytes count against the budget as they arrive
+    /// ([`MediaStore::write_at_time`]), so begins without data take no room from anyone.
+    pub fn begin(
+        &mut self,
+        id: BlobId,
+        size: u64,
+        source: IpKey,
+        now_unix_s: u64,
+    ) -> Result<Begin, MediaError> {
         if let Some(b) = self.blobs.get(&id).copied() {
             if b.size != size {
                 return Err(MediaError::Mismatch);
@@ -355,6 +411,10 @@ impl MediaStore {
         if self.used + size + outboard_bytes(size) > self.limits.disk_bytes_max {
             return Err(MediaError::DiskFull);
         }
+        if self.uploads_of(source) >= self.limits.uploads_per_source_max {
+            self.stats.uploads_refused_source += 1;
+            return Err(MediaError::SourceBusy);
+        }
         if self.partial.len() >= self.limits.uploads_max {
             return Err(MediaError::TooManyUploads);
         }
@@ -367,7 +427,7 @@ impl MediaStore {
         let expires = now_unix_s.saturating_add(self.limits.ttl_s);
         // No `.pmeta` yet: nothing is durable until the first sync writes it (a part without
         // one is dropped at open).
-        self.used += size;
+        *self.uploads_by_source.entry(source).or_insert(0) += 1;
         self.partial.insert(
             id,
             Partial {
@@ -376,6 +436,7 @@ impl MediaStore {
                 len: 0,
                 durable: 0,
                 active_unix_s: now_unix_s,
+                source: Some(source),
                 file,
             },
         );
@@ -403,12 +464,18 @@ impl MediaStore {
         if offset != p.len {
             return Err(MediaError::Offset { expected: p.len });
         }
-        if p.len + data.len() as u64 > p.size {
+        let n = u64::try_from(data.len()).expect("a chunk's length fits a u64");
+        if p.len + n > p.size {
             return Err(MediaError::Size);
+        }
+        // The bytes are charged as they arrive (and the outboard at `finish`).
+        if self.used + n > self.limits.disk_bytes_max {
+            return Err(MediaError::DiskFull);
         }
         p.file.seek(SeekFrom::Start(offset))?;
         p.file.write_all(data)?;
-        p.len += data.len() as u64;
+        p.len += n;
+        self.used += n;
         if p.len - p.durable >= SYNC_EVERY_BYTES {
             self.sync(id)?;
         }
@@ -485,7 +552,9 @@ impl MediaStore {
             return Err(e.into());
         }
         let _ = std::fs::remove_file(self.path(id, "pmeta"));
-        self.partial.remove(id);
+        if let Some(p) = self.partial.remove(id) {
+            self.forget_source(p.source);
+        }
         self.used += outboard_bytes(size);
         self.blobs.insert(
             *id,
@@ -500,8 +569,22 @@ impl MediaStore {
     /// Discards an upload in progress.
     pub fn abort(&mut self, id: &BlobId) {
         if let Some(p) = self.partial.remove(id) {
-            self.used -= p.size;
+            self.used -= p.len;
+            self.forget_source(p.source);
             self.remove_files(id, &["part", "pmeta"]);
+        }
+    }
+
+    /// One upload of `source` has ended.
+    fn forget_source(&mut self, source: Option<IpKey>) {
+        let Some(source) = source else { return };
+        let n = self
+            .uploads_by_source
+            .get_mut(&source)
+            .expect("an upload's source is counted while it runs");
+        *n -= 1;
+        if *n == 0 {
+            self.uploads_by_source.remove(&source);
         }
     }
 
@@ -545,15 +628,19 @@ impl MediaStore {
             self.remove_files(id, &["meta", "blob", "obao"]);
         }
         let idle = self.limits.upload_idle_s;
-        let stale: Vec<BlobId> = self
+        // At most `uploads_max` partials: the scan is bounded (and runs once a second).
+        let stale: Vec<(BlobId, bool)> = self
             .partial
             .iter()
-            .filter(|(_, p)| {
-                p.expires_unix_s <= now_unix_s || now_unix_s >= p.active_unix_s.saturating_add(idle)
+            .filter_map(|(id, p)| {
+                let idle = now_unix_s >= p.active_unix_s.saturating_add(idle);
+                (p.expires_unix_s <= now_unix_s || idle).then_some((*id, idle))
             })
-            .map(|(id, _)| *id)
             .collect();
-        for id in &stale {
+        for (id, idle) in &stale {
+            if *idle {
+                self.stats.reservations_expired += 1;
+            }
             self.abort(id);
         }
         dead.len() + stale.len()
@@ -564,6 +651,8 @@ impl MediaStore {
 mod tests {
     #![allow(clippy::cast_possible_truncation)] // test sizes are a few MiB
     use super::*;
+
+    const SRC: IpKey = IpKey::V4([127, 0, 0, 1]);
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("ferry-media-{tag}-{}", std::process::id()));
@@ -589,7 +678,10 @@ mod tests {
 
     fn upload(s: &mut MediaStore, data: &[u8], chunk: usize) -> BlobId {
         let id = id_of(data);
-        assert_eq!(s.begin(id, data.len() as u64, 0).unwrap(), Begin::From(0));
+        assert_eq!(
+            s.begin(id, data.len() as u64, SRC, 0).unwrap(),
+            Begin::From(0)
+        );
         let mut at = 0;
         for c in data.chunks(chunk) {
             s.write(&id, at, c).unwrap();
@@ -606,7 +698,7 @@ mod tests {
         let data = blob(1_000_000, 3);
         let id = upload(&mut s, &data, 65_000);
         assert_eq!(s.size(&id), Some(1_000_000));
-        assert_eq!(s.begin(id, 1_000_000, 0).unwrap(), Begin::Complete);
+        assert_eq!(s.begin(id, 1_000_000, SRC, 0).unwrap(), Begin::Complete);
         let mut x = 7u64;
         for _ in 0..50 {
             x = x
@@ -639,7 +731,7 @@ mod tests {
         let data = blob(50_000, 5);
         let mut id = id_of(&data);
         id[0] ^= 1;
-        s.begin(id, 50_000, 0).unwrap();
+        s.begin(id, 50_000, SRC, 0).unwrap();
         s.write(&id, 0, &data).unwrap();
         assert!(matches!(s.finish(&id), Err(MediaError::Mismatch)));
         assert_eq!(s.used_bytes(), 0);
@@ -659,7 +751,7 @@ mod tests {
         let id = id_of(&data);
         {
             let mut s = MediaStore::open(&d, MediaLimits::default(), 0).unwrap();
-            s.begin(id, data.len() as u64, 0).unwrap();
+            s.begin(id, data.len() as u64, SRC, 0).unwrap();
             // 1.25 × SYNC_EVERY_BYTES written: the first SYNC_EVERY_BYTES were synced on the way.
             let upto = 5 * SYNC_EVERY_BYTES as usize / 4;
             for (i, c) in data[..upto].chunks(60_000).enumerate() {
@@ -672,7 +764,7 @@ mod tests {
             // Dropped without a sync: as after a crash, the unsynced tail is not trusted.
         }
         let mut s = MediaStore::open(&d, MediaLimits::default(), 0).unwrap();
-        let Begin::From(at) = s.begin(id, data.len() as u64, 0).unwrap() else {
+        let Begin::From(at) = s.begin(id, data.len() as u64, SRC, 0).unwrap() else {
             panic!("not resumable")
         };
         assert!(
@@ -701,16 +793,17 @@ mod tests {
             ttl_s: 10,
             disk_bytes_max: 150_000,
             uploads_max: 2,
+            uploads_per_source_max: 3,
             upload_idle_s: 3,
         };
         let mut s = MediaStore::open(&d, limits.clone(), 0).unwrap();
         assert!(matches!(
-            s.begin([1; 32], 100_001, 0),
+            s.begin([1; 32], 100_001, SRC, 0),
             Err(MediaError::TooLarge)
         ));
         let a = upload(&mut s, &blob(90_000, 1), 10_000);
         assert!(matches!(
-            s.begin([2; 32], 90_000, 0),
+            s.begin([2; 32], 90_000, SRC, 0),
             Err(MediaError::DiskFull)
         ));
         std::fs::write(d.join("junk.tmp"), b"x").unwrap();
@@ -725,19 +818,114 @@ mod tests {
         assert_eq!(s.used_bytes(), 0);
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
         // Unfinished uploads: at most `uploads_max`; idle ones are dropped.
-        s.begin([4; 32], 10, 20).unwrap();
-        s.begin([5; 32], 10, 20).unwrap();
+        s.begin([4; 32], 10, SRC, 20).unwrap();
+        s.begin([5; 32], 10, SRC, 20).unwrap();
         assert!(matches!(
-            s.begin([6; 32], 10, 20),
+            s.begin([6; 32], 10, SRC, 20),
             Err(MediaError::TooManyUploads)
         ));
         s.write_at_time(&[5; 32], 0, b"0123", Some(22)).unwrap();
         assert_eq!(s.expire(24), 1, "the idle one");
-        assert!(s.begin([6; 32], 10, 21).is_ok());
+        assert!(s.begin([6; 32], 10, SRC, 21).is_ok());
         // Never synced: nothing durable, dropped at open.
         drop(s);
         let s = MediaStore::open(&d, limits, 22).unwrap();
         assert_eq!(s.used_bytes(), 0);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The attack of issue 14: begins declaring the largest size, with no data, once reserved
+    /// their declared size (171 of them filled a node's disk budget for an hour) and could take
+    /// every upload slot of a core. Now they hold no bytes and at most a source's share of slots.
+    #[test]
+    fn many_begins_from_one_source_leave_room_for_another_source() {
+        let d = dir("sources");
+        let limits = MediaLimits {
+            blob_bytes_max: 200_000,
+            ttl_s: 86_400,
+            disk_bytes_max: 300_000,
+            uploads_max: 8,
+            uploads_per_source_max: 2,
+            upload_idle_s: 300,
+        };
+        let mut s = MediaStore::open(&d, limits, 0).unwrap();
+        let attacker = IpKey::V4([10, 0, 0, 1]);
+        let honest = IpKey::V4([10, 0, 0, 2]);
+        let mut refused = 0;
+        for i in 0..100u8 {
+            match s.begin([i; 32], 200_000, attacker, 0) {
+                Ok(Begin::From(0)) => {}
+                Err(MediaError::SourceBusy) => refused += 1,
+                other => panic!("begin {i}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            refused, 98,
+            "one source holds at most its share of the slots"
+        );
+        assert_eq!(s.uploads_of(attacker), 2);
+        assert_eq!(s.used_bytes(), 0, "begins without data hold nothing");
+        assert_eq!(s.stats.uploads_refused_source, 98);
+        // Another source uploads a blob of the largest size in full.
+        let data = blob(200_000, 7);
+        let id = id_of(&data);
+        assert_eq!(s.begin(id, 200_000, honest, 1).unwrap(), Begin::From(0));
+        let mut at = 0;
+        for c in data.chunks(50_000) {
+            at = s.write_at_time(&id, at, c, Some(1)).unwrap();
+        }
+        s.finish(&id).unwrap();
+        assert_eq!(
+            s.uploads_of(honest),
+            0,
+            "a finished upload frees its source's slot"
+        );
+        assert_eq!(s.used_bytes(), 200_000 + outboard_bytes(200_000));
+        // Bytes that do arrive are charged: the attacker's uploads cannot write past the budget.
+        let first = s
+            .write_at_time(&[0; 32], 0, &data[..90_000], Some(2))
+            .unwrap();
+        assert_eq!(first, 90_000);
+        assert!(matches!(
+            s.write_at_time(&[1; 32], 0, &data[..90_000], Some(2)),
+            Err(MediaError::DiskFull)
+        ));
+        // Aborting gives back what was received.
+        s.abort(&[0; 32]);
+        assert_eq!(s.used_bytes(), 200_000 + outboard_bytes(200_000));
+        assert_eq!(s.uploads_of(attacker), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Idle reservations go within minutes of virtual time, counted, and give back the source's
+    /// slot; an upload that keeps receiving stays.
+    #[test]
+    fn idle_uploads_expire_in_minutes() {
+        const { assert!(UPLOAD_IDLE_S_DEFAULT <= 600) };
+        let d = dir("idle");
+        let mut s = MediaStore::open(&d, MediaLimits::default(), 1_000).unwrap();
+        let idle = UPLOAD_IDLE_S_DEFAULT;
+        let src = IpKey::V6Prefix([0x20, 1, 0xd, 0xb8, 0, 0, 0, 1]);
+        s.begin([1; 32], 1_000, src, 1_000).unwrap();
+        s.begin([2; 32], 1_000, src, 1_000).unwrap();
+        s.write_at_time(&[2; 32], 0, &[7; 10], Some(1_000 + idle - 1))
+            .unwrap();
+        assert_eq!(s.expire(1_000 + idle - 1), 0);
+        assert_eq!(
+            s.expire(1_000 + idle),
+            1,
+            "the one that never received a byte"
+        );
+        assert_eq!(s.stats.reservations_expired, 1);
+        assert_eq!(s.uploads_of(src), 1);
+        assert_eq!(s.used_bytes(), 10);
+        assert_eq!(
+            s.expire(1_000 + 2 * idle - 1),
+            1,
+            "idle since its last chunk"
+        );
+        assert_eq!(s.stats.reservations_expired, 2);
+        assert_eq!((s.uploads(), s.uploads_of(src), s.used_bytes()), (0, 0, 0));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -35,8 +35,12 @@ pub enum ServiceWork {
     },
     /// A blob was stored for `dest`, which has push registrations and no live subscriber.
     Wake { dest: Dest },
-    /// A media request, for the media worker of the blob's owner core.
-    Blob(ferry_proto::conn::BlobOp),
+    /// A media request, for the media worker of the blob's owner core; `source` keys the
+    /// per-address cap on unfinished uploads.
+    Blob {
+        op: ferry_proto::conn::BlobOp,
+        source: IpKey,
+    },
 }
 
 /// One request: `from` is the connection to answer (for `Wake`, the owner shard and conn 0).
@@ -72,7 +76,7 @@ impl ServiceRequest {
                 dests_registered: 0,
             }),
             ServiceWork::Wake { .. } => None,
-            ServiceWork::Blob(op) => Some(Frame::BlobStatus {
+            ServiceWork::Blob { op, .. } => Some(Frame::BlobStatus {
                 id: *op.id(),
                 op: op.kind(),
                 status: if busy {

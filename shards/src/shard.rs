@@ -407,7 +407,13 @@ impl Shard {
     }
 
     /// Hands a media request to the worker of the blob's owner core; refusals answer at once.
-    fn hand_to_media(&mut self, now: Now, from: ConnRef, op: ferry_proto::conn::BlobOp) {
+    fn hand_to_media(
+        &mut self,
+        now: Now,
+        from: ConnRef,
+        source: IpKey,
+        op: ferry_proto::conn::BlobOp,
+    ) {
         use ferry_proto::conn::BlobOp;
         let refuse = |status| Frame::BlobStatus {
             id: *op.id(),
@@ -433,7 +439,7 @@ impl Shard {
         let owner = media_owner(op.id(), self.cfg.shards);
         let req = crate::service::ServiceRequest {
             from,
-            work: crate::service::ServiceWork::Blob(op),
+            work: crate::service::ServiceWork::Blob { op, source },
         };
         let refused = match self.media.as_ref().and_then(|m| m.get(owner)) {
             None => req.refusal(false),
@@ -881,7 +887,7 @@ impl Shard {
                     };
                     self.hand_to_service(from, work);
                 }
-                ServerEvent::Blob(op) => self.hand_to_media(now, from, op),
+                ServerEvent::Blob(op) => self.hand_to_media(now, from, ip, op),
                 ServerEvent::ChallengeRequested => {
                     let ch = self.next_challenge();
                     if let Some(c) = self.conns.get_mut(&conn) {

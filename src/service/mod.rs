@@ -86,6 +86,8 @@ pub struct ServiceMetrics {
     pub prekey_fetches_last_resort: AtomicU64,
     pub prekey_fetches_not_found: AtomicU64,
     pub prekey_fetches_rate_limited: AtomicU64,
+    pub prekey_one_time_withheld_slot: AtomicU64,
+    pub prekey_one_time_withheld_source: AtomicU64,
     pub prekey_slots: AtomicU64,
     pub prekey_bytes: AtomicU64,
     pub push_registrations: AtomicU64,
@@ -136,7 +138,7 @@ impl ServiceMetrics {
             out,
             "ferry_prekey_fetches_last_resort_total",
             "counter",
-            "Of those: with the last-resort PQ prekey (no one-time PQ key left).",
+            "Of those: with the last-resort PQ prekey (no one-time PQ key left, or withheld).",
             g(&self.prekey_fetches_last_resort),
         );
         one(
@@ -150,8 +152,22 @@ impl ServiceMetrics {
             out,
             "ferry_prekey_fetches_rate_limited_total",
             "counter",
-            "Fetches refused by the per-address or per-dest rate.",
+            "Fetches refused by the per-address fetch rate.",
             g(&self.prekey_fetches_rate_limited),
+        );
+        one(
+            out,
+            "ferry_prekey_one_time_withheld_slot_total",
+            "counter",
+            "Fetches given the last-resort bundle while one-time keys were left: the slot was under pressure (prekeys.one_time_per_slot_* spent).",
+            g(&self.prekey_one_time_withheld_slot),
+        );
+        one(
+            out,
+            "ferry_prekey_one_time_withheld_source_total",
+            "counter",
+            "Fetches given the last-resort bundle while one-time keys were left: the address had its share (prekeys.one_time_per_source_*).",
+            g(&self.prekey_one_time_withheld_source),
         );
         one(
             out,
@@ -690,7 +706,7 @@ impl State {
                 };
                 self.reply(from, frame);
             }
-            ServiceWork::Blob(op) => {
+            ServiceWork::Blob { op, .. } => {
                 // Media goes to the media workers, never here.
                 debug_assert!(false, "media request on the service core");
                 self.reply(
@@ -865,6 +881,11 @@ impl State {
             set(&m.prekey_fetches_last_resort, s.fetches_last_resort);
             set(&m.prekey_fetches_not_found, s.fetches_not_found);
             set(&m.prekey_fetches_rate_limited, s.fetches_rate_limited);
+            set(&m.prekey_one_time_withheld_slot, s.one_time_withheld_slot);
+            set(
+                &m.prekey_one_time_withheld_source,
+                s.one_time_withheld_source,
+            );
             set(&m.prekey_slots, d.slots() as u64);
             set(&m.prekey_bytes, d.bytes() as u64);
         }

@@ -1,6 +1,11 @@
 //! The prekey directory, sans-IO: one bundle slot per intro-mailbox `dest`, written only by a
 //! connection that proved `PrekeyUpdate` for it (checked by the shard), read by anyone through a
 //! fetch that consumes one EC and one PQ one-time key (falling back to the last-resort PQ key).
+//! One-time keys are scarce, so they are budgeted: a slot hands out at most
+//! `one_time_per_slot` of them per hour (about what an owner refills), one source address gets
+//! at most `one_time_per_source` of one slot's; a fetch past either budget still gets a bundle,
+//! with the last-resort PQ key and no EC one-time key, so that a first contact never fails
+//! because others fetched before it.
 //! Every change becomes a journal record in [`Directory::take_records`]; the service core makes
 //! them durable before it answers (so a consumed one-time key is never handed out twice, even
 //! across a crash), and [`Directory::replay`] rebuilds the state at start-up.
@@ -27,9 +32,12 @@ pub struct DirectoryLimits {
     pub bytes_max: usize,
     /// A slot not uploaded to for this long is dropped.
     pub slot_ttl_s: u64,
-    /// Fetches per second (and burst) from one address, and for one dest.
+    /// Fetches per second (and burst) from one address (beyond: `RateLimited`).
     pub fetch_per_addr: Rate,
-    pub fetch_per_target: Rate,
+    /// One-time keys one slot hands out (beyond: last-resort bundles).
+    pub one_time_per_slot: HourlyRate,
+    /// One-time keys of one slot one source address gets (beyond: last-resort bundles).
+    pub one_time_per_source: HourlyRate,
     /// Uploads per second (and burst) from one address: each costs up to 38 signature checks.
     pub upload_per_addr: Rate,
     /// Buckets tracked by each fetch limiter.
@@ -46,9 +54,13 @@ impl Default for DirectoryLimits {
                 per_s: 2,
                 burst: 60,
             },
-            fetch_per_target: Rate {
-                per_s: 1,
+            one_time_per_slot: HourlyRate {
+                per_hour: 10,
                 burst: 20,
+            },
+            one_time_per_source: HourlyRate {
+                per_hour: 1,
+                burst: 2,
             },
             upload_per_addr: Rate {
                 per_s: 1,
@@ -57,6 +69,73 @@ impl Default for DirectoryLimits {
             rate_entries_max: 65_536,
         }
     }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// A budget of one-time keys: `per_hour` refill and a `burst`. One-time keys come in dozens
+/// when an owner's device is online, so they are counted per hour, not per second.
+/// `per_hour == 0` never limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HourlyRate {
+    pub per_hour: u64,
+    pub burst: u64,
+}
+
+/// A token bucket for an [`HourlyRate`], in exact integers: the balance counts
+/// 1/`HOUR_MS` key units, so `per_hour` keys × elapsed ms is what a refill earns.
+#[derive(Clone, Copy, Debug)]
+struct HourlyBucket {
+    balance: u64,
+    at_ms: u64,
+}
+
+impl HourlyBucket {
+    fn full(rate: HourlyRate) -> Self {
+        HourlyBucket {
+            balance: rate.burst.saturating_mul(HOUR_MS),
+            at_ms: 0,
+        }
+    }
+    /// The balance at `now_ms` (the bucket is not changed).
+    fn balance_at(&self, rate: HourlyRate, now_ms: u64) -> u64 {
+        let earned = rate
+            .per_hour
+            .saturating_mul(now_ms.saturating_sub(self.at_ms));
+        self.balance
+            .saturating_add(earned)
+            .min(rate.burst.saturating_mul(HOUR_MS))
+    }
+    fn has_one(&self, rate: HourlyRate, now_ms: u64) -> bool {
+        rate.per_hour == 0 || self.balance_at(rate, now_ms) >= HOUR_MS
+    }
+    fn is_full(&self, rate: HourlyRate, now_ms: u64) -> bool {
+        self.balance_at(rate, now_ms) >= rate.burst.saturating_mul(HOUR_MS)
+    }
+    /// Takes one key; the caller checked [`HourlyBucket::has_one`].
+    fn take_one(&mut self, rate: HourlyRate, now_ms: u64) {
+        if rate.per_hour == 0 {
+            return;
+        }
+        let balance = self.balance_at(rate, now_ms);
+        assert!(
+            balance >= HOUR_MS,
+            "taking a one-time key the budget does not hold"
+        );
+        self.balance = balance - HOUR_MS;
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+}
+
+/// Whether a fetch gets one-time keys, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OneTimeGrant {
+    /// The slot's oldest one-time keys (or none, when none are left).
+    Granted,
+    /// The slot is under pressure ([`Directory::slot_under_pressure`]): last-resort bundle.
+    SlotUnderPressure,
+    /// This source has had its share of the slot's one-time keys: last-resort bundle.
+    SourceShareSpent,
 }
 
 /// Why an upload was refused, and which key.
@@ -93,6 +172,9 @@ struct Slot {
     ec: VecDeque<EcPrekey>,
     pq: VecDeque<KemPrekey>,
     expires_unix_s: u64,
+    /// One-time keys the slot may still hand out (`one_time_per_slot`). Not journaled: full
+    /// again after a restart.
+    one_time_budget: HourlyBucket,
 }
 
 impl Slot {
@@ -122,6 +204,10 @@ pub struct DirectoryStats {
     pub fetches_last_resort: u64,
     pub fetches_not_found: u64,
     pub fetches_rate_limited: u64,
+    /// Fetches answered with the last-resort bundle although one-time keys were left: the slot
+    /// was under pressure, or the source had its share.
+    pub one_time_withheld_slot: u64,
+    pub one_time_withheld_source: u64,
 }
 
 #[derive(Debug)]
@@ -130,7 +216,10 @@ pub struct Directory {
     slots: AHashMap<Dest, Slot>,
     bytes: usize,
     by_addr: KeyedLimiter<IpKey>,
-    by_target: KeyedLimiter<Dest>,
+    /// One-time keys each source has had of each slot: at most `rate_entries_max` entries;
+    /// when full, entries that have refilled go, and if none has, a new source gets no
+    /// one-time key (fail closed: it still gets the last-resort bundle).
+    shares: AHashMap<(IpKey, Dest), HourlyBucket>,
     uploads_by_addr: KeyedLimiter<IpKey>,
     records: Vec<Vec<u8>>,
     pub stats: DirectoryStats,
@@ -140,7 +229,7 @@ impl Directory {
     pub fn new(limits: DirectoryLimits) -> Self {
         Directory {
             by_addr: KeyedLimiter::new(limits.fetch_per_addr, limits.rate_entries_max),
-            by_target: KeyedLimiter::new(limits.fetch_per_target, limits.rate_entries_max),
+            shares: AHashMap::new(),
             uploads_by_addr: KeyedLimiter::new(limits.upload_per_addr, limits.rate_entries_max),
             limits,
             slots: AHashMap::new(),
@@ -259,6 +348,7 @@ impl Directory {
                 ec: VecDeque::new(),
                 pq: VecDeque::new(),
                 expires_unix_s: expires,
+                one_time_budget: HourlyBucket::full(self.limits.one_time_per_slot),
             }),
             (None, None) => return,
         };
@@ -358,7 +448,53 @@ impl Directory {
         Ok(())
     }
 
-    /// One bundle for `dest`, consuming its one-time keys.
+    /// The one place that says a slot is under pressure: its one-time keys are being asked for
+    /// faster than `one_time_per_slot` (its budget is spent), so fetches get the last-resort
+    /// bundle until the budget refills. (A defence that makes fetchers of a slot under
+    /// pressure pay, such as client puzzles, hangs here.) `false` for an unknown dest.
+    pub fn slot_under_pressure(&self, now_ms: u64, dest: &Dest) -> bool {
+        self.slots.get(dest).is_some_and(|s| {
+            !s.one_time_budget
+                .has_one(self.limits.one_time_per_slot, now_ms)
+        })
+    }
+
+    /// Decides whether `requester` gets one-time keys of the slot of `dest` now, and if so
+    /// charges both budgets (the slot's and the source's share); a refusal charges neither.
+    fn one_time_grant(&mut self, now_ms: u64, dest: Dest, requester: IpKey) -> OneTimeGrant {
+        if self.slot_under_pressure(now_ms, &dest) {
+            return OneTimeGrant::SlotUnderPressure;
+        }
+        let rate = self.limits.one_time_per_source;
+        if rate.per_hour != 0 {
+            let key = (requester, dest);
+            if !self.shares.contains_key(&key) && self.shares.len() >= self.limits.rate_entries_max
+            {
+                self.shares.retain(|_, b| !b.is_full(rate, now_ms));
+                if self.shares.len() >= self.limits.rate_entries_max {
+                    return OneTimeGrant::SourceShareSpent;
+                }
+            }
+            let share = self
+                .shares
+                .entry(key)
+                .or_insert_with(|| HourlyBucket::full(rate));
+            if !share.has_one(rate, now_ms) {
+                return OneTimeGrant::SourceShareSpent;
+            }
+            share.take_one(rate, now_ms);
+        }
+        let slot_rate = self.limits.one_time_per_slot;
+        if let Some(slot) = self.slots.get_mut(&dest) {
+            slot.one_time_budget.take_one(slot_rate, now_ms);
+        }
+        OneTimeGrant::Granted
+    }
+
+    /// One bundle for `dest`. It consumes the slot's oldest one-time keys when the slot and the
+    /// requester's share allow ([`Directory::one_time_grant`]); otherwise, and when none are
+    /// left, it carries the last-resort PQ key (`pq_last_resort`) and no EC one-time key: a
+    /// fetch of an existing slot is refused only by the requester's own fetch rate.
     pub fn fetch(
         &mut self,
         now_unix_s: u64,
@@ -370,21 +506,36 @@ impl Directory {
             self.stats.fetches_rate_limited += 1;
             return Err(PrekeyStatus::RateLimited);
         }
-        let Some(slot) = self
+        let Some(has_one_time) = self
             .slots
-            .get_mut(&dest)
+            .get(&dest)
             .filter(|s| s.expires_unix_s > now_unix_s)
+            .map(|s| !s.ec.is_empty() || !s.pq.is_empty())
         else {
             self.stats.fetches_not_found += 1;
             return Err(PrekeyStatus::NotFound);
         };
-        if !self.by_target.allow(dest, now_ms) {
-            self.stats.fetches_rate_limited += 1;
-            return Err(PrekeyStatus::RateLimited);
+        // An exhausted slot spends no budget: there is nothing to ration.
+        let grant = if has_one_time {
+            self.one_time_grant(now_ms, dest, requester)
+        } else {
+            OneTimeGrant::Granted
+        };
+        match grant {
+            OneTimeGrant::Granted => {}
+            OneTimeGrant::SlotUnderPressure => self.stats.one_time_withheld_slot += 1,
+            OneTimeGrant::SourceShareSpent => self.stats.one_time_withheld_source += 1,
         }
+        let slot = self
+            .slots
+            .get_mut(&dest)
+            .expect("the slot was found above and nothing removed it");
         let before = slot.bytes();
-        let ec = slot.ec.pop_front();
-        let one_time_pq = slot.pq.pop_front();
+        let (ec, one_time_pq) = if grant == OneTimeGrant::Granted {
+            (slot.ec.pop_front(), slot.pq.pop_front())
+        } else {
+            (None, None)
+        };
         let pq_last_resort = one_time_pq.is_none();
         let pq = one_time_pq.unwrap_or_else(|| slot.signed.last_resort.clone());
         let bundle = Bundle {
@@ -461,14 +612,21 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_sdk::prekeys::{IdentityKey, PrekeyPlan, generate};
+    use ferry_sdk::prekeys::{IdentityKey, PrekeyIds, PrekeyPlan, generate};
 
     const ADDR: IpKey = IpKey::V4([127, 0, 0, 1]);
 
     fn open_limits() -> DirectoryLimits {
         DirectoryLimits {
             fetch_per_addr: Rate { per_s: 0, burst: 0 },
-            fetch_per_target: Rate { per_s: 0, burst: 0 },
+            one_time_per_slot: HourlyRate {
+                per_hour: 0,
+                burst: 0,
+            },
+            one_time_per_source: HourlyRate {
+                per_hour: 0,
+                burst: 0,
+            },
             upload_per_addr: Rate { per_s: 0, burst: 0 },
             ..DirectoryLimits::default()
         }
@@ -479,7 +637,7 @@ mod tests {
             signed,
             one_time_ec: ec,
             one_time_pq: pq,
-            first_id,
+            ids: PrekeyIds::Sequential(first_id),
             replace_one_time: false,
         }
     }
@@ -613,11 +771,10 @@ mod tests {
     }
 
     #[test]
-    fn fetches_are_rate_limited_per_address_and_per_target() {
+    fn fetches_are_rate_limited_per_address_only() {
         let id = IdentityKey::generate().unwrap();
         let limits = DirectoryLimits {
             fetch_per_addr: Rate { per_s: 1, burst: 3 },
-            fetch_per_target: Rate { per_s: 1, burst: 2 },
             upload_per_addr: Rate { per_s: 1, burst: 2 },
             ..DirectoryLimits::default()
         };
@@ -631,29 +788,101 @@ mod tests {
         d.upload(0, 2_000, &more[0], ADDR).unwrap();
         let r = d.upload(0, 2_000, &more[0], ADDR).unwrap_err();
         assert_eq!(r.status, PrekeyStatus::RateLimited);
-        let other = IpKey::V4([10, 0, 0, 2]);
         assert!(d.fetch(0, 0, Dest([0; 16]), ADDR).is_ok());
-        assert!(d.fetch(0, 0, Dest([0; 16]), other).is_ok());
-        // Target 0 has spent its burst of 2, whoever asks.
-        assert_eq!(
-            d.fetch(0, 0, Dest([0; 16]), IpKey::V4([10, 0, 0, 3]))
-                .unwrap_err(),
-            PrekeyStatus::RateLimited
-        );
         assert!(d.fetch(0, 0, Dest([1; 16]), ADDR).is_ok());
         assert!(d.fetch(0, 0, Dest([2; 16]), ADDR).is_ok());
-        // ADDR has spent its burst of 3.
+        // ADDR has spent its burst of 3; others have not.
         assert_eq!(
             d.fetch(0, 0, Dest([2; 16]), ADDR).unwrap_err(),
             PrekeyStatus::RateLimited
         );
+        assert!(
+            d.fetch(0, 0, Dest([2; 16]), IpKey::V4([10, 0, 0, 2]))
+                .is_ok()
+        );
         assert!(d.fetch(0, 1_000, Dest([2; 16]), ADDR).is_ok(), "refilled");
-        assert_eq!(d.stats.fetches_rate_limited, 2);
+        assert_eq!(d.stats.fetches_rate_limited, 1);
         assert_eq!(
-            d.count(0, &Dest([0; 16])),
-            Some((3, 0)),
+            d.count(0, &Dest([2; 16])),
+            Some((2, 0)),
             "limited fetches consume nothing"
         );
+    }
+
+    /// Issue 14: one requester drained a slot's 100 one-time keys in 80 s, and 200 addresses
+    /// spent the per-dest fetch limit for everyone, so first contacts were refused whenever
+    /// they lost the race for a token. Now each source gets its share of one-time keys, the slot
+    /// hands them out at an owner's pace, and every fetch of an existing slot gets a bundle.
+    #[test]
+    fn many_sources_cannot_make_an_honest_first_contact_fail() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([7; 16]);
+        let mut d = Directory::new(DirectoryLimits::default());
+        let (ups, _) = generate(&id, dest, plan(true, 100, 36, 1)).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
+        let (more, _) = generate(&id, dest, plan(false, 0, 64, 1_000)).unwrap();
+        for (i, u) in more.iter().enumerate() {
+            d.upload(0, 1_000 * (i as u64 + 1), u, ADDR).unwrap();
+        }
+        assert_eq!(d.count(0, &dest), Some((100, 100)));
+        // One requester, as fast as its fetch rate allows, for 100 s: its share, then
+        // last-resort bundles.
+        let one = IpKey::V4([10, 0, 0, 1]);
+        let mut one_time = 0;
+        for t in 0..200u64 {
+            let b = d.fetch(0, t * 500, dest, one).unwrap();
+            one_time += usize::from(!b.pq_last_resort);
+        }
+        let share = DirectoryLimits::default().one_time_per_source.burst;
+        assert_eq!(one_time as u64, share, "one source gets its share");
+        // 200 addresses, each fetching twice a second for 100 s.
+        let mut refused = 0;
+        for t in 0..200u64 {
+            for a in 0..200u8 {
+                if d.fetch(0, t * 500, dest, IpKey::V4([10, 1, 0, a])).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 0, "every fetch of the slot got a bundle");
+        let (ec_left, pq_left) = d.count(0, &dest).unwrap();
+        let slot_rate = DirectoryLimits::default().one_time_per_slot;
+        // The burst, and what 100 s of refill allows (10 an hour: none whole).
+        assert_eq!(u64::from(100 - pq_left), slot_rate.burst);
+        assert_eq!(ec_left, pq_left);
+        assert!(d.slot_under_pressure(100_000, &dest));
+        assert!(d.stats.one_time_withheld_slot > 0 && d.stats.one_time_withheld_source > 0);
+        // The honest first contact: a verified bundle with the last-resort key.
+        let honest = IpKey::V4([192, 0, 2, 1]);
+        let b = d.fetch(0, 100_000, dest, honest).unwrap();
+        b.verify().unwrap();
+        assert!(b.pq_last_resort && b.ec.is_none());
+        assert_eq!(b.pq.id, ups[0].signed.as_ref().unwrap().last_resort.id);
+        // An hour later the slot hands out one-time keys again, to a source with a share left.
+        let later = 100_000 + HOUR_MS;
+        assert!(!d.slot_under_pressure(later, &dest));
+        let b = d.fetch(0, later, dest, honest).unwrap();
+        assert!(!b.pq_last_resort && b.ec.is_some());
+    }
+
+    /// An exhausted slot still answers with a usable bundle, and spends no budget doing so.
+    #[test]
+    fn an_exhausted_slot_still_returns_a_usable_bundle() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([8; 16]);
+        let mut d = Directory::new(DirectoryLimits::default());
+        let (ups, _) = generate(&id, dest, plan(true, 1, 1, 1)).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
+        let b = d.fetch(0, 0, dest, ADDR).unwrap();
+        assert!(!b.pq_last_resort && b.ec.is_some());
+        for i in 0..30u8 {
+            let b = d.fetch(0, 0, dest, IpKey::V4([10, 0, 0, i])).unwrap();
+            b.verify().unwrap();
+            assert!(b.pq_last_resort && b.ec.is_none());
+        }
+        assert_eq!(d.stats.fetches_last_resort, 30);
+        assert_eq!(d.stats.one_time_withheld_slot, 0);
+        assert!(!d.slot_under_pressure(0, &dest));
     }
 
     #[test]
