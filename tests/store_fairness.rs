@@ -33,7 +33,8 @@ impl Raw {
             .unwrap();
         sock.connect(&node.addr().into()).unwrap();
         let s: TcpStream = sock.into();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut raw = Raw {
             s,
             cc: ClientConn::new(),
@@ -85,9 +86,7 @@ impl Raw {
             self.cc.send(*dest, *id, flags, 0, payload);
         }
         self.flush();
-        let want = |e: &ClientEvent, id: u64| {
-            matches!(e, ClientEvent::SendResult { msg_id, .. } if *msg_id == id)
-        };
+        let want = |e: &ClientEvent, id: u64| matches!(e, ClientEvent::SendResult { msg_id, .. } if *msg_id == id);
         sends
             .iter()
             .map(|(_, id, _)| {
@@ -164,7 +163,11 @@ fn a_flood_from_one_address_leaves_room_and_live_delivery_for_everyone_else() {
     let mut sends = Vec::new();
     for (i, mb) in mailboxes.iter().enumerate() {
         for n in 0..4u64 {
-            sends.push((mb.dest(epoch).unwrap(), i as u64 * 10 + n, vec![0x3cu8; 4096]));
+            sends.push((
+                mb.dest(epoch).unwrap(),
+                i as u64 * 10 + n,
+                vec![0x3cu8; 4096],
+            ));
         }
     }
     let statuses = honest.send_all(&sends, 0);
@@ -174,7 +177,10 @@ fn a_flood_from_one_address_leaves_room_and_live_delivery_for_everyone_else() {
     );
     for (i, mb) in mailboxes.iter().enumerate() {
         let signer = mb.signer(epoch).unwrap();
-        assert_eq!(rx.prove(&[&signer], Op::Drain).unwrap(), vec![ProofStatus::Ok]);
+        assert_eq!(
+            rx.prove(&[&signer], Op::Drain).unwrap(),
+            vec![ProofStatus::Ok]
+        );
         let (blobs, more) = rx.drain(signer.dest()).unwrap();
         assert!(!more);
         let ids: Vec<u64> = blobs.iter().map(|b| b.msg_id).collect();
@@ -188,11 +194,18 @@ fn a_flood_from_one_address_leaves_room_and_live_delivery_for_everyone_else() {
     // 127.0.0.3's packets are delivered live rather than refused.
     let locked = mailbox(800);
     let dest = locked.dest(epoch).unwrap();
-    for (k, c) in [&mut flood[0], &mut Raw::connect(&node, 5)].into_iter().enumerate() {
+    for (k, c) in [&mut flood[0], &mut Raw::connect(&node, 5)]
+        .into_iter()
+        .enumerate()
+    {
         let sends: Vec<_> = (0..300u64)
             .map(|n| (dest, 50_000 + k as u64 * 1_000 + n, b"junk".to_vec()))
             .collect();
-        assert!(c.send_all(&sends, 0).iter().all(|s| *s == SendStatus::Stored));
+        assert!(
+            c.send_all(&sends, 0)
+                .iter()
+                .all(|s| *s == SendStatus::Stored)
+        );
     }
     let over = honest.send_all(&[(dest, 1, b"offline".to_vec())], 0);
     assert_eq!(over, vec![SendStatus::QuotaExceeded], "the mailbox is full");

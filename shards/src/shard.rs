@@ -876,9 +876,10 @@ impl Shard {
             u64::from(p.ttl_s)
         };
         let appended = log.append_from(now.unix_s, dest, msg_id, ttl, &p.payload, Some(p.source));
-        self.metrics
-            .store_sources
-            .store(log.sources_len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.store_sources.store(
+            log.sources_len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let m = &self.metrics;
         let status = match appended {
             Ok(a) => {

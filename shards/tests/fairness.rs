@@ -211,7 +211,8 @@ impl World {
     fn send(&mut self, c: usize, dest: Dest, msg_id: u64, payload: &[u8]) -> SendStatus {
         self.clients[c].cc.send(dest, msg_id, FLAG_ACK, 0, payload);
         self.run();
-        self.result(c, dest, msg_id).expect("every send is answered")
+        self.result(c, dest, msg_id)
+            .expect("every send is answered")
     }
 
     fn result(&self, c: usize, dest: Dest, msg_id: u64) -> Option<SendStatus> {
@@ -250,7 +251,9 @@ impl World {
             .events
             .iter()
             .filter_map(|e| match e {
-                ClientEvent::Stored { dest: d, msg_id, .. } if *d == dest => Some(*msg_id),
+                ClientEvent::Stored {
+                    dest: d, msg_id, ..
+                } if *d == dest => Some(*msg_id),
                 _ => None,
             })
             .collect()
@@ -261,7 +264,9 @@ impl World {
             .events
             .iter()
             .filter_map(|e| match e {
-                ClientEvent::Deliver { dest: d, msg_id, .. } if *d == dest => Some(*msg_id),
+                ClientEvent::Deliver {
+                    dest: d, msg_id, ..
+                } if *d == dest => Some(*msg_id),
                 _ => None,
             })
             .collect()
@@ -374,7 +379,10 @@ fn a_mailbox_flood_from_one_address_leaves_room_for_another_sender() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(stored, 50, "half the dest's quota (store_source_dest_share_percent)");
+    assert_eq!(
+        stored, 50,
+        "half the dest's quota (store_source_dest_share_percent)"
+    );
     assert_eq!(w.metric(|m| &m.store_refused_source_dest_share), 9_950);
 
     let friend = w.connect(owner, "127.0.0.3");
@@ -387,7 +395,11 @@ fn a_mailbox_flood_from_one_address_leaves_room_for_another_sender() {
     assert_eq!(dest, target);
     let ids = w.stored_ids(receiver, target);
     assert_eq!(ids.len(), 51);
-    assert_eq!(ids.last(), Some(&424_242), "the friend's message is handed over, last");
+    assert_eq!(
+        ids.last(),
+        Some(&424_242),
+        "the friend's message is handed over, last"
+    );
 }
 
 /// A subscriber whose dest is full of stored junk (two flooding addresses, each at its share)
@@ -416,7 +428,10 @@ fn live_delivery_is_never_refused_because_of_stored_junk() {
         );
     }
     let friend = w.connect(1, "127.0.0.3");
-    assert_eq!(w.send(friend, target, 1, b"offline"), SendStatus::QuotaExceeded);
+    assert_eq!(
+        w.send(friend, target, 1, b"offline"),
+        SendStatus::QuotaExceeded
+    );
 
     let receiver = w.connect(0, "127.0.0.4");
     w.listen(receiver, 8);
@@ -432,7 +447,10 @@ fn live_delivery_is_never_refused_because_of_stored_junk() {
             "refused while the hand-over held the junk"
         );
     }
-    assert_eq!(w.delivered_ids(receiver, target), (2..12).collect::<Vec<_>>());
+    assert_eq!(
+        w.delivered_ids(receiver, target),
+        (2..12).collect::<Vec<_>>()
+    );
     assert_eq!(w.metric(|m| &m.handover_live), 10);
 }
 
@@ -481,9 +499,19 @@ fn a_source_share_is_reached_never_crossed() {
     }
     assert_eq!(log.source_held(a).bytes, 40_960);
     let refused = log.append_from(T0, junk_dest(40), 40, 3_600, &payload, Some(a));
-    assert!(matches!(refused, Err(StoreError::SourceShare)), "{refused:?}");
-    log.append_from(T0, junk_dest(40), 40, 3_600, &payload, Some(key("192.0.2.2")))
-        .unwrap();
+    assert!(
+        matches!(refused, Err(StoreError::SourceShare)),
+        "{refused:?}"
+    );
+    log.append_from(
+        T0,
+        junk_dest(40),
+        40,
+        3_600,
+        &payload,
+        Some(key("192.0.2.2")),
+    )
+    .unwrap();
     let (blobs, _) = log.drain_batch(&junk_dest(0), T0, 1, 1 << 20);
     assert!(log.ack(T0, &junk_dest(0), blobs[0].0.pos).unwrap());
     log.append_from(T0, junk_dest(41), 41, 3_600, &payload, Some(a))
@@ -514,7 +542,10 @@ fn the_heaviest_sources_are_refused_first_under_pressure() {
     };
     assert!(matches!(refused, StoreError::SourcePressure), "{refused:?}");
     assert!(log.under_pressure());
-    assert!(log.disk_bytes() * 100 <= 4096 * 100 * 52, "refused at the pressure mark");
+    assert!(
+        log.disk_bytes() * 100 <= 4096 * 100 * 52,
+        "refused at the pressure mark"
+    );
     for m in 0..10 {
         log.append_from(T0, junk_dest(10_000 + m), m, 3_600, &payload, Some(light))
             .unwrap();
@@ -543,7 +574,11 @@ fn many_addresses_share_one_overflow_bucket_in_a_bounded_table() {
             refused += 1;
         }
     }
-    assert_eq!(log.sources_len(), 5, "four addresses and the overflow bucket");
+    assert_eq!(
+        log.sources_len(),
+        5,
+        "four addresses and the overflow bucket"
+    );
     assert_eq!(log.overflow_held().bytes, 40_960, "one share, reached");
     assert_eq!(refused, 1_000 - 4 - 40);
     assert!(log.sources_overflowed() >= 40);
@@ -570,7 +605,10 @@ fn recovered_blobs_count_against_dest_and_node_but_no_source() {
             log.append_from(T0, d, n, 3_600, b"x", Some(a)).unwrap();
         }
         let refused = log.append_from(T0, d, 5, 3_600, b"x", Some(a));
-        assert!(matches!(refused, Err(StoreError::SourceDestShare)), "{refused:?}");
+        assert!(
+            matches!(refused, Err(StoreError::SourceDestShare)),
+            "{refused:?}"
+        );
         log.sync_now().unwrap();
     }
     let mut log = mem_log(&b, limits);
@@ -610,6 +648,9 @@ fn a_configured_ipv4_prefix_makes_one_source_of_a_block() {
     };
     assert_eq!(sl.key(key("10.1.2.3")), sl.key(key("10.1.2.200")));
     assert_ne!(sl.key(key("10.1.2.3")), sl.key(key("10.1.3.3")));
-    assert_eq!(sl.key(key("2001:db8:1:2::1")), sl.key(key("2001:db8:1:ff::1")));
+    assert_eq!(
+        sl.key(key("2001:db8:1:2::1")),
+        sl.key(key("2001:db8:1:ff::1"))
+    );
     assert_ne!(sl.key(key("2001:db8:1::1")), sl.key(key("2001:db8:2::1")));
 }

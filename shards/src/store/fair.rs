@@ -164,7 +164,10 @@ impl Sources {
         }
         self.held.entry(s).or_default().add(bytes);
         self.bytes += bytes;
-        assert!(self.held.len() <= self.sources_max + 1, "the table is bounded");
+        assert!(
+            self.held.len() <= self.sources_max + 1,
+            "the table is bounded"
+        );
     }
 
     pub(crate) fn release(&mut self, s: Source, bytes: u64) {
@@ -197,7 +200,10 @@ mod tests {
         assert_eq!(mask([10, 1, 2, 3], 24), [10, 1, 2, 0]);
         assert_eq!(mask([10, 1, 0xff, 3], 20), [10, 1, 0xf0, 0]);
         assert_eq!(mask([0xff; 8], 0), [0; 8]);
-        assert_eq!(mask([0xff; 8], 48), [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        assert_eq!(
+            mask([0xff; 8], 48),
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]
+        );
     }
 
     #[test]
@@ -212,9 +218,17 @@ mod tests {
         assert_eq!(t.classify(a(3)), Source::Other);
         t.charge(Source::Other, 100);
         assert_eq!(t.classify(a(4)), Source::Other, "the bucket takes no slot");
-        assert_eq!(t.classify(a(1)), Source::Addr(a(1)), "a known address keeps its own");
+        assert_eq!(
+            t.classify(a(1)),
+            Source::Addr(a(1)),
+            "a known address keeps its own"
+        );
         t.release(Source::Addr(a(2)), 100);
-        assert_eq!(t.classify(a(4)), Source::Addr(a(4)), "a freed slot is reused");
+        assert_eq!(
+            t.classify(a(4)),
+            Source::Addr(a(4)),
+            "a freed slot is reused"
+        );
         assert_eq!(t.len(), 2);
     }
 }

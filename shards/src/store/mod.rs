@@ -112,7 +112,10 @@ impl std::fmt::Display for StoreError {
             }
             StoreError::SourceShare => write!(f, "the sender's share of the store reached"),
             StoreError::SourcePressure => {
-                write!(f, "store under pressure and the sender holds more than most")
+                write!(
+                    f,
+                    "store under pressure and the sender holds more than most"
+                )
             }
             StoreError::TooLarge { payload_len } => {
                 write!(f, "blob of {payload_len} bytes does not fit a segment")
