@@ -22,6 +22,7 @@ use crate::ratelimit::IpKey;
 pub struct SourceLimits {
     /// Share of the shard's blob budget (`disk_bytes_max × high_water_percent`) one source may
     /// hold, in record bytes (payload plus header and padding, what the blob takes on disk).
+    /// 100: no share (the high-water rule alone applies, segment by segment).
     pub share_percent: u8,
     /// Share of one dest's quota (`dest_blobs_max`, `dest_bytes_max`) one source may hold.
     pub dest_share_percent: u8,

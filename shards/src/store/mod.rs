@@ -669,7 +669,8 @@ impl<B: Backend> Log<B> {
         let share = u128::from(l.disk_bytes_max)
             * u128::from(l.high_water_percent)
             * u128::from(sl.share_percent);
-        if held * 10_000 > share {
+        // At 100 % a source may take the whole budget: the disk rule alone decides, by segment.
+        if sl.share_percent < 100 && held * 10_000 > share {
             return Err(StoreError::SourceShare);
         }
         if self.under_pressure() && self.sources.above_mean(s) {
