@@ -189,13 +189,14 @@ fn a_flood_from_one_address_leaves_room_and_live_delivery_for_everyone_else() {
         rx.ack(&blobs).unwrap();
     }
 
-    // A mailbox locked with junk by two flooding addresses (each at its half of the quota), then
-    // taken by its subscriber: more than one drain batch is stored, so the hand-over is on, and
-    // 127.0.0.3's packets are delivered live rather than refused.
+    // A mailbox locked with junk by two other flooding addresses (each at its half of the
+    // quota), then taken by its subscriber: more than one drain batch is stored, so the hand-over
+    // is on, and 127.0.0.3's packets are delivered live rather than refused.
     let locked = mailbox(800);
     let dest = locked.dest(epoch).unwrap();
-    for (k, c) in [&mut flood[0], &mut Raw::connect(&node, 5)]
-        .into_iter()
+    // (127.0.0.2 is at its share of the store already: its junk would not even be stored.)
+    for (k, c) in [Raw::connect(&node, 5), Raw::connect(&node, 6)]
+        .iter_mut()
         .enumerate()
     {
         let sends: Vec<_> = (0..300u64)
