@@ -82,6 +82,8 @@ impl Raw {
 
     /// Sends and waits for the result of every one of `sends` (dest, msg id, payload).
     fn send_all(&mut self, sends: &[(Dest, u64, Vec<u8>)], flags: u8) -> Vec<SendStatus> {
+        // Results of earlier calls are all in: only this call's may match.
+        self.events.clear();
         for (dest, id, payload) in sends {
             self.cc.send(*dest, *id, flags, 0, payload);
         }
