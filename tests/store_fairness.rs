@@ -129,7 +129,7 @@ fn a_flood_from_one_address_leaves_room_and_live_delivery_for_everyone_else() {
         ],
     );
     let share = 2_097_152 * 90 / 100 * 10 / 100;
-    let record = (64 + 4096 + 7) / 8 * 8;
+    let record = (64usize + 4096).div_ceil(8) * 8;
 
     // The flood: four connections from 127.0.0.2, 4 KiB blobs to random dests.
     let mut flood: Vec<Raw> = (0..4).map(|_| Raw::connect(&node, 2)).collect();
