@@ -299,6 +299,23 @@ pub struct Limits {
     pub store_disk_bytes_max: u64,
     /// Above this share of the budget new blobs get `StoreFull` (acks still work).
     pub store_high_water_percent: u8,
+    /// Share of a shard's blob budget (`store_disk_bytes_max` split per shard ×
+    /// `store_high_water_percent`) one sending address may hold, in record bytes.
+    pub store_source_share_percent: u8,
+    /// Share of one dest's quota (`store_dest_blobs_max`, `store_dest_bytes_max`) one sending
+    /// address may hold.
+    pub store_source_dest_share_percent: u8,
+    /// Above this share of the budget, an address holding more than the mean of the addresses
+    /// holding blobs is refused (the heaviest first). At or above `store_high_water_percent`
+    /// the rule never applies.
+    pub store_pressure_percent: u8,
+    /// Sending addresses each shard's source table tracks (in memory); beyond, new addresses
+    /// share one overflow bucket with the share of one address.
+    pub store_sources_max: usize,
+    /// Leading bits of an IPv4 address that name its source for the store shares.
+    pub store_source_ipv4_prefix_bits: u8,
+    /// Leading bits of an IPv6 address that name its source (at most 64).
+    pub store_source_ipv6_prefix_bits: u8,
     /// Requests (prekeys, push registrations, wakes) queued from the shards to the service core;
     /// beyond it clients are answered `Busy` and wakes dropped.
     pub service_queue_msgs_max: usize,
@@ -375,6 +392,12 @@ impl Default for Limits {
             store_dest_bytes_max: 64 << 20,
             store_disk_bytes_max: 16 << 30,
             store_high_water_percent: 90,
+            store_source_share_percent: 10,
+            store_source_dest_share_percent: 50,
+            store_pressure_percent: 75,
+            store_sources_max: 16_384,
+            store_source_ipv4_prefix_bits: 32,
+            store_source_ipv6_prefix_bits: 64,
             service_queue_msgs_max: 16_384,
             service_replies_msgs_max: 4_096,
             memory_bytes_max: 0,
@@ -640,6 +663,14 @@ impl Config {
             bound("limits.store_dest_bytes_max", l.store_dest_bytes_max, 1, TIB),
             bound("limits.store_disk_bytes_max", l.store_disk_bytes_max, 1, PIB),
             bound("limits.store_high_water_percent", l.store_high_water_percent, 1, 100),
+            bound("limits.store_source_share_percent", l.store_source_share_percent, 1, 100),
+            bound("limits.store_source_dest_share_percent", l.store_source_dest_share_percent, 1, 100),
+            bound("limits.store_pressure_percent", l.store_pressure_percent, 1, 100)
+                .because("at or above store_high_water_percent: off"),
+            bound("limits.store_sources_max", l.store_sources_max, 1, ENTRIES_MAX),
+            bound("limits.store_source_ipv4_prefix_bits", l.store_source_ipv4_prefix_bits, 8, 32),
+            bound("limits.store_source_ipv6_prefix_bits", l.store_source_ipv6_prefix_bits, 16, 64)
+                .because("an IPv6 source is at most its /64"),
             bound("limits.service_queue_msgs_max", l.service_queue_msgs_max, 1, ENTRIES_MAX),
             bound("limits.service_replies_msgs_max", l.service_replies_msgs_max, 1, ENTRIES_MAX),
             bound("limits.memory_bytes_max", l.memory_bytes_max, 0, PIB)

@@ -334,6 +334,14 @@ fn shard_configs(
                 dest_bytes_max: l.store_dest_bytes_max,
                 disk_bytes_max: per(l.store_disk_bytes_max),
                 high_water_percent: l.store_high_water_percent,
+                sources: ferry_shards::store::fair::SourceLimits {
+                    share_percent: l.store_source_share_percent,
+                    dest_share_percent: l.store_source_dest_share_percent,
+                    pressure_percent: l.store_pressure_percent,
+                    sources_max: l.store_sources_max,
+                    ipv4_prefix_bits: l.store_source_ipv4_prefix_bits,
+                    ipv6_prefix_bits: l.store_source_ipv6_prefix_bits,
+                },
             },
             policy: cfg.fsync_policy()?,
         })

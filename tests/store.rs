@@ -243,6 +243,9 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
         &["--shards", "1"],
         &[
             ("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "3"),
+            // One client fills the dest and the store: no per-address share in the way.
+            ("FERRY_LIMITS_STORE_SOURCE_SHARE_PERCENT", "100"),
+            ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
             ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
             ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
         ],
@@ -454,6 +457,9 @@ fn store_limits_hold_at_their_exact_boundaries() {
         &["--shards", "1"],
         &[
             ("FERRY_LIMITS_STORE_DEST_BYTES_MAX", "3000"),
+            // One client reaches every limit: no per-address share in the way.
+            ("FERRY_LIMITS_STORE_SOURCE_SHARE_PERCENT", "100"),
+            ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
             ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
             ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
             ("FERRY_LIMITS_STORE_HIGH_WATER_PERCENT", "50"),

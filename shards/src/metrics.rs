@@ -56,6 +56,12 @@ metrics! {
     store_drains: "counter", "ferry_store_drains_total", "Drain requests.";
     store_refused_full: "counter", "ferry_store_refused_full_total", "Sends answered StoreFull.";
     store_refused_quota: "counter", "ferry_store_refused_quota_total", "Sends answered QuotaExceeded (per-destination quota).";
+    store_refused_source_share: "counter", "ferry_store_refused_source_share_total", "Sends answered StoreFull: the sending address holds its share of the store (store_source_share_percent).";
+    store_refused_source_dest_share: "counter", "ferry_store_refused_source_dest_share_total", "Sends answered QuotaExceeded: the sending address holds its share of the dest's quota (store_source_dest_share_percent).";
+    store_refused_pressure: "counter", "ferry_store_refused_pressure_total", "Sends answered StoreFull: the store is above its pressure mark and the sending address holds more than the mean (store_pressure_percent).";
+    store_sources: "gauge", "ferry_store_sources", "Sending addresses holding stored blobs in the in-memory source table (the overflow bucket included).";
+    store_sources_overflow: "counter", "ferry_store_sources_overflow_total", "Blobs charged to the shared overflow bucket because the source table was full (store_sources_max).";
+    handover_live: "counter", "ferry_handover_live_total", "Packets for a subscriber in hand-over that the store refused and that were delivered live instead.";
     store_quarantined: "counter", "ferry_store_quarantined_records_total", "Corrupt records skipped at replay.";
     service_requests: "counter", "ferry_service_requests_total", "Requests handed to the service core (prekeys, push registrations, wakes).";
     service_queue_full: "counter", "ferry_service_queue_full_total", "Requests refused (clients answered Busy, wakes dropped): service queue full.";

@@ -148,6 +148,8 @@ pub enum HopMsg {
         dest: Dest,
         from: ConnRef,
         audience: Audience,
+        /// The sender's address prefix, which the owner's store charges (memory only).
+        source: IpKey,
         msg_id: u64,
         flags: u8,
         ttl_s: u32,
@@ -228,6 +230,28 @@ impl HopMsg {
 /// The message that stops the node when the store cannot sync.
 fn sync_failure(e: &dyn std::fmt::Display) -> String {
     format!("store fsync failed, durability unknown: {e}")
+}
+
+/// A packet on its way to its dest's owner.
+#[derive(Debug)]
+struct Packet {
+    dest: Dest,
+    from: ConnRef,
+    /// Whether the sender proved the dest: what it may learn of the outcome.
+    audience: Audience,
+    source: IpKey,
+    msg_id: u64,
+    flags: u8,
+    ttl_s: u32,
+    payload: Bytes,
+}
+
+/// What the store did with a packet.
+#[derive(Debug)]
+enum Stored {
+    Accepted,
+    Refused(SendStatus),
+    Fatal,
 }
 
 /// Answer to a new connection.
@@ -780,18 +804,30 @@ impl Shard {
                         Audience::Stranger
                     };
                     let owner = self.owner(&dest);
+                    let source = self.source_key(ip);
                     if !self.memory_room(payload.len()) {
                         // Refused before it is queued anywhere: dropping it frees it.
                         ShardMetrics::inc(&self.metrics.drops_memory);
                         self.reply(from, dest, msg_id, SendStatus::Congested);
                     } else if owner == self.cfg.shard {
-                        self.route(now, dest, from, audience, msg_id, flags, ttl_s, payload);
+                        let packet = Packet {
+                            dest,
+                            from,
+                            audience,
+                            source,
+                            msg_id,
+                            flags,
+                            ttl_s,
+                            payload,
+                        };
+                        self.route(now, packet);
                     } else if !self.hop(
                         owner,
                         HopMsg::Route {
                             dest,
                             from,
                             audience,
+                            source,
                             msg_id,
                             flags,
                             ttl_s,
@@ -932,43 +968,64 @@ impl Shard {
         }
     }
 
+    /// The key the store charges a packet from address `ip` to: its prefix under the store's
+    /// source limits (the address itself when the node has no store; it is not used then).
+    fn source_key(&self, ip: IpKey) -> IpKey {
+        match &self.cfg.store {
+            Some(spec) => spec.limits.sources.key(ip),
+            None => ip,
+        }
+    }
+
     /// Owner side of a packet.
-    #[allow(clippy::too_many_arguments)]
-    fn route(
-        &mut self,
-        now: Now,
-        dest: Dest,
-        from: ConnRef,
-        audience: Audience,
-        msg_id: u64,
-        flags: u8,
-        ttl_s: u32,
-        payload: Bytes,
-    ) {
-        let sender = (from, audience);
-        match self.table.lookup(&dest) {
-            None => self.store_packet(now, dest, sender, msg_id, flags, ttl_s, &payload),
-            Some(_) if self.handover.contains(&dest) => {
-                self.store_packet(now, dest, sender, msg_id, flags, ttl_s, &payload)
-            }
-            Some(sub) if sub.shard == self.cfg.shard => {
-                self.deliver(dest, sub.conn, sender, msg_id, flags, &payload);
-            }
-            Some(sub) => {
-                let msg = HopMsg::Deliver {
-                    dest,
-                    to: sub.conn,
-                    from,
-                    audience,
-                    msg_id,
-                    flags,
-                    payload,
-                };
-                if !self.hop(sub.shard, msg) {
-                    ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
-                    self.reply(from, dest, msg_id, SendStatus::Congested);
+    ///
+    /// Hand-over: while a new subscriber drains what was stored, packets are stored behind the
+    /// stored blobs so that it sees them in order. A packet the store refuses then (the dest's
+    /// quota, a source's share, a full store: stored junk) is delivered live instead of refused,
+    /// ahead of the blobs still stored: live delivery to a subscriber never depends on the store.
+    fn route(&mut self, now: Now, p: Packet) {
+        match self.table.lookup(&p.dest) {
+            None => {
+                if let Stored::Refused(status) = self.store_packet(now, &p) {
+                    self.reply(p.from, p.dest, p.msg_id, status);
                 }
             }
+            Some(sub) if self.handover.contains(&p.dest) => {
+                if let Stored::Refused(_) = self.store_packet(now, &p) {
+                    ShardMetrics::inc(&self.metrics.handover_live);
+                    self.forward(sub, p);
+                }
+            }
+            Some(sub) => self.forward(sub, p),
+        }
+    }
+
+    /// Owner side of a packet for live subscriber `sub`: deliver here or hop to its core.
+    fn forward(&mut self, sub: ConnRef, p: Packet) {
+        if sub.shard == self.cfg.shard {
+            self.deliver(
+                p.dest,
+                sub.conn,
+                (p.from, p.audience),
+                p.msg_id,
+                p.flags,
+                &p.payload,
+            );
+            return;
+        }
+        let (dest, from, msg_id) = (p.dest, p.from, p.msg_id);
+        let msg = HopMsg::Deliver {
+            dest,
+            to: sub.conn,
+            from,
+            audience: p.audience,
+            msg_id,
+            flags: p.flags,
+            payload: p.payload,
+        };
+        if !self.hop(sub.shard, msg) {
+            ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
+            self.reply(from, dest, msg_id, SendStatus::Congested);
         }
     }
 
@@ -1031,67 +1088,81 @@ impl Shard {
         }
     }
 
-    /// No live subscriber: store the packet (or say NoSubscriber when the node has no store).
-    #[allow(clippy::too_many_arguments)]
-    fn store_packet(
-        &mut self,
-        now: Now,
-        dest: Dest,
-        (from, audience): (ConnRef, Audience),
-        msg_id: u64,
-        flags: u8,
-        ttl_s: u32,
-        payload: &[u8],
-    ) {
+    /// Stores a packet for a dest nobody listens to (or one in hand-over). `Accepted`: the
+    /// sender is answered (now, or at the group commit); `Refused`: the caller answers or
+    /// delivers; `Fatal`: the store failed its sync and the node stops.
+    fn store_packet(&mut self, now: Now, p: &Packet) -> Stored {
+        let (dest, from, msg_id, flags, audience) = (p.dest, p.from, p.msg_id, p.flags, p.audience);
         let Some(log) = self.store.as_mut() else {
             ShardMetrics::inc(&self.metrics.packets_no_subscriber);
-            self.reply(from, dest, msg_id, SendStatus::NoSubscriber);
-            return;
+            return Stored::Refused(SendStatus::NoSubscriber);
         };
-        let ttl = if ttl_s == 0 {
+        let ttl = if p.ttl_s == 0 {
             u64::MAX
         } else {
-            u64::from(ttl_s)
+            u64::from(p.ttl_s)
         };
-        let status = match log.append(now.unix_s, dest, msg_id, ttl, payload) {
+        let appended = log.append_from(now.unix_s, dest, msg_id, ttl, &p.payload, Some(p.source));
+        self.metrics.store_sources.store(
+            log.sources_len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let m = &self.metrics;
+        let status = match appended {
             Ok(a) => {
                 if !a.duplicate {
-                    ShardMetrics::inc(&self.metrics.store_appends);
-                    ShardMetrics::inc(&self.metrics.store_blobs);
+                    ShardMetrics::inc(&m.store_appends);
+                    ShardMetrics::inc(&m.store_blobs);
+                    if a.source == Some(crate::store::fair::Source::Other) {
+                        ShardMetrics::inc(&m.store_sources_overflow);
+                    }
                     if self.table.lookup(&dest).is_none() {
                         self.maybe_wake(now, dest);
                     }
                 }
                 let Some(answer) = audience.success(SendStatus::Stored, flags) else {
                     // A stranger without FLAG_ACK: no answer, as for a live delivery.
-                    return;
+                    return Stored::Accepted;
                 };
                 let durable = self.store.as_ref().map_or(u64::MAX, |l| l.durable_seq());
                 if a.seq > durable {
                     // Answered once the group commit covers it (on_tick).
                     self.pending_stored
                         .push_back((a.seq, from, dest, msg_id, answer));
-                    return;
+                } else {
+                    self.reply(from, dest, msg_id, answer);
                 }
-                answer
+                return Stored::Accepted;
             }
             Err(StoreError::DestQuota) => {
-                ShardMetrics::inc(&self.metrics.store_refused_quota);
+                ShardMetrics::inc(&m.store_refused_quota);
                 SendStatus::QuotaExceeded
+            }
+            Err(StoreError::SourceDestShare) => {
+                ShardMetrics::inc(&m.store_refused_source_dest_share);
+                SendStatus::QuotaExceeded
+            }
+            Err(StoreError::SourceShare) => {
+                ShardMetrics::inc(&m.store_refused_source_share);
+                SendStatus::StoreFull
+            }
+            Err(StoreError::SourcePressure) => {
+                ShardMetrics::inc(&m.store_refused_pressure);
+                SendStatus::StoreFull
             }
             Err(StoreError::SyncFailed(e)) => {
                 self.fatal = Some(sync_failure(&e));
-                return;
+                return Stored::Fatal;
             }
             Err(e) => {
                 if !matches!(e, StoreError::StoreFull) {
                     tracing::warn!(error = %e, "store append failed");
                 }
-                ShardMetrics::inc(&self.metrics.store_refused_full);
+                ShardMetrics::inc(&m.store_refused_full);
                 SendStatus::StoreFull
             }
         };
-        self.reply(from, dest, msg_id, status);
+        Stored::Refused(status)
     }
 
     /// A local connection's query: answered here for owned dests, by owners for the rest, and
@@ -1222,11 +1293,24 @@ impl Shard {
                 dest,
                 from,
                 audience,
+                source,
                 msg_id,
                 flags,
                 ttl_s,
                 payload,
-            } => self.route(now, dest, from, audience, msg_id, flags, ttl_s, payload),
+            } => {
+                let packet = Packet {
+                    dest,
+                    from,
+                    audience,
+                    source,
+                    msg_id,
+                    flags,
+                    ttl_s,
+                    payload,
+                };
+                self.route(now, packet)
+            }
             HopMsg::Deliver {
                 dest,
                 to,
@@ -1350,6 +1434,10 @@ impl Shard {
                         Err(e) => tracing::warn!(error = %e, "store ack failed"),
                     }
                 }
+                self.metrics.store_sources.store(
+                    log.sources_len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
         }
     }
@@ -1581,6 +1669,10 @@ impl Shard {
                     self.metrics
                         .store_blobs
                         .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.store_sources.store(
+                        log.sources_len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     // Hand-overs whose blobs all expired are over.
                     let held: Vec<Dest> = self.handover.iter().copied().collect();
                     let still = log.holding(&held, now.unix_s);

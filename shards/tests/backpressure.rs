@@ -32,6 +32,7 @@ fn shard(index: u16, shards: usize, hop_queue_msgs_max: usize) -> Shard {
         shard: index,
         shards,
         node_id: [9; 32],
+        memory_bytes_max: 1 << 30,
         seed: [1; 32],
         conn_limits: ConnLimits {
             // Nothing here may time out on its own.

@@ -21,6 +21,7 @@ fn limits() -> StoreLimits {
         dest_bytes_max: 64 * 1024,
         disk_bytes_max: 4096 * 64,
         high_water_percent: 90,
+        ..StoreLimits::default()
     }
 }
 

@@ -12,6 +12,7 @@
 //! answered once `durable_seq` covers them, and drains and acks come through the protocol.
 
 pub mod backend;
+pub mod fair;
 pub mod format;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,7 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use ahash::{AHashMap, AHashSet};
 use ferry_proto::Dest;
 
+use crate::ratelimit::IpKey;
+
 use backend::{Backend, Segment};
+use fair::{Held, Source, SourceLimits, Sources};
 use format::{
     Kind, Pos, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES,
     SEGMENT_SEQ_MAX, Scan,
@@ -55,6 +59,8 @@ pub struct StoreLimits {
     /// Share of `disk_bytes_max` the segments may reach with blobs: a new segment for a blob is
     /// created only if the segments, the new one included, stay within it.
     pub high_water_percent: u8,
+    /// Fair shares per sending address ([`fair`]).
+    pub sources: SourceLimits,
 }
 
 impl Default for StoreLimits {
@@ -67,6 +73,7 @@ impl Default for StoreLimits {
             dest_bytes_max: 64 << 20,
             disk_bytes_max: 8 << 30,
             high_water_percent: 90,
+            sources: SourceLimits::default(),
         }
     }
 }
@@ -79,6 +86,12 @@ pub enum StoreError {
     StoreFull,
     /// This dest holds its maximum number of blobs or bytes.
     DestQuota,
+    /// The sending address holds its share of this dest's quota.
+    SourceDestShare,
+    /// The sending address holds its share of the shard's blob budget.
+    SourceShare,
+    /// The store is above its pressure mark and the sending address holds more than the mean.
+    SourcePressure,
     /// The blob does not fit in a segment.
     TooLarge { payload_len: usize },
     /// Every segment number a position can carry is used ([`SEGMENT_SEQ_MAX`]).
@@ -94,6 +107,16 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::StoreFull => write!(f, "store full"),
             StoreError::DestQuota => write!(f, "destination quota reached"),
+            StoreError::SourceDestShare => {
+                write!(f, "the sender's share of the destination quota reached")
+            }
+            StoreError::SourceShare => write!(f, "the sender's share of the store reached"),
+            StoreError::SourcePressure => {
+                write!(
+                    f,
+                    "store under pressure and the sender holds more than most"
+                )
+            }
             StoreError::TooLarge { payload_len } => {
                 write!(f, "blob of {payload_len} bytes does not fit a segment")
             }
@@ -121,6 +144,9 @@ pub struct Entry {
     /// First 8 bytes of blake3(payload): a duplicate is the same message id *and* payload, so two
     /// senders that happen to pick the same id do not knock out each other's blobs.
     pub digest: u64,
+    /// Who the blob is charged to; `None` for a blob recovered at open (sources are never
+    /// written to disk) or appended without a source.
+    pub source: Option<Source>,
 }
 
 /// The last second a blob appended at `now_unix_s` with `ttl_s` is live.
@@ -153,6 +179,8 @@ struct DestQueue {
     /// (msg_id, digest) of every live entry.
     keys: AHashSet<(u64, u64)>,
     bytes: u64,
+    /// What each source holds of this dest's quota (payload bytes); at most one entry per blob.
+    sources: AHashMap<Source, Held>,
 }
 
 #[derive(Debug)]
@@ -194,6 +222,8 @@ pub struct Appended {
     pub seq: u64,
     /// The same (dest, msg_id) was already stored: nothing new was written.
     pub duplicate: bool,
+    /// Who the blob is charged to (for a duplicate: the first copy's source).
+    pub source: Option<Source>,
 }
 
 /// One shard's log over a backend.
@@ -222,6 +252,8 @@ pub struct Log<B: Backend> {
     /// A sync failed: durability is unknown from here on, and every later write or sync reports
     /// it again (a retried fsync can succeed after the kernel dropped the data).
     failed: bool,
+    /// What each sending address holds (memory only).
+    sources: Sources,
 }
 
 impl<B: Backend> Log<B> {
@@ -239,7 +271,9 @@ impl<B: Backend> Log<B> {
             "segment_bytes above SEGMENT_BYTES_MAX"
         );
         assert!(limits.high_water_percent <= 100);
+        assert!(limits.sources.share_percent <= 100 && limits.sources.dest_share_percent <= 100);
         let mut log = Log {
+            sources: Sources::new(limits.sources.sources_max),
             shard,
             limits,
             policy,
@@ -313,6 +347,7 @@ impl<B: Backend> Log<B> {
                             ),
                             seq: 0,
                             digest: digest_of(payload),
+                            source: None,
                         };
                         blobs.push((h.dest, entry));
                     }
@@ -492,7 +527,7 @@ impl<B: Backend> Log<B> {
         })
     }
 
-    /// Stores a blob for `dest`. With `FsyncPolicy::Always` it is durable when this returns.
+    /// Stores a blob for `dest` charged to no source (see [`Log::append_from`]).
     pub fn append(
         &mut self,
         now_unix_s: u64,
@@ -500,6 +535,26 @@ impl<B: Backend> Log<B> {
         msg_id: u64,
         ttl_s: u64,
         payload: &[u8],
+    ) -> Result<Appended, StoreError> {
+        self.append_from(now_unix_s, dest, msg_id, ttl_s, payload, None)
+    }
+
+    /// Stores a blob for `dest` sent from `source` (an address key, see
+    /// [`SourceLimits::key`]; `None`: charged to no source). With `FsyncPolicy::Always` it is
+    /// durable when this returns.
+    ///
+    /// Checked in order: a duplicate is answered as one; the dest's quota (`DestQuota`); the
+    /// source's share of that quota (`SourceDestShare`); the source's share of the shard's blob
+    /// budget (`SourceShare`); above the pressure mark, whether the source holds more than the
+    /// mean (`SourcePressure`); then room on disk (`StoreFull`).
+    pub fn append_from(
+        &mut self,
+        now_unix_s: u64,
+        dest: Dest,
+        msg_id: u64,
+        ttl_s: u64,
+        payload: &[u8],
+        source: Option<IpKey>,
     ) -> Result<Appended, StoreError> {
         self.check_failed()?;
         let too_large = StoreError::TooLarge {
@@ -520,6 +575,7 @@ impl<B: Backend> Log<B> {
                             pos: e.pos,
                             seq: e.seq,
                             duplicate: true,
+                            source: e.source,
                         });
                     }
                 }
@@ -532,6 +588,11 @@ impl<B: Backend> Log<B> {
             || bytes + u64::from(payload_len) > self.limits.dest_bytes_max
         {
             return Err(StoreError::DestQuota);
+        }
+        let record_bytes = format::record_bytes(payload.len()) as u64;
+        let source = source.map(|key| self.sources.classify(key));
+        if let Some(s) = source {
+            self.check_shares(&dest, s, payload_len, record_bytes)?;
         }
         let last_live = last_live_unix_s(now_unix_s, ttl_s.min(self.limits.ttl_max_s));
         let h = RecordHeader {
@@ -552,10 +613,15 @@ impl<B: Backend> Log<B> {
             payload_len,
             seq,
             digest,
+            source,
         };
         let q = self.index.entry(dest).or_default();
         q.keys.insert((msg_id, digest));
         q.bytes += u64::from(payload_len);
+        if let Some(s) = source {
+            q.sources.entry(s).or_default().add(u64::from(payload_len));
+            self.sources.charge(s, record_bytes);
+        }
         q.entries.push_back(entry);
         if let Some(s) = self.segments.get_mut(&pos.segment) {
             s.live_blobs += 1;
@@ -569,7 +635,76 @@ impl<B: Backend> Log<B> {
             pos,
             seq,
             duplicate: false,
+            source,
         })
+    }
+
+    /// Refuses a blob of `payload_len` (`record_bytes` on disk) for `dest` from `s` when it would
+    /// take `s` past one of its shares. Exact integer comparisons: a share is reachable.
+    fn check_shares(
+        &self,
+        dest: &Dest,
+        s: Source,
+        payload_len: u32,
+        record_bytes: u64,
+    ) -> Result<(), StoreError> {
+        let l = &self.limits;
+        let sl = &l.sources;
+        let in_dest = self
+            .index
+            .get(dest)
+            .and_then(|q| q.sources.get(&s).copied())
+            .unwrap_or_default();
+        let dest_pct = u128::from(sl.dest_share_percent);
+        let blobs = u128::from(in_dest.blobs) + 1;
+        let bytes = u128::from(in_dest.bytes) + u128::from(payload_len);
+        let dest_blobs_max = u128::try_from(l.dest_blobs_max).unwrap_or(u128::MAX);
+        if blobs * 100 > dest_blobs_max.saturating_mul(dest_pct)
+            || bytes * 100 > u128::from(l.dest_bytes_max) * dest_pct
+        {
+            return Err(StoreError::SourceDestShare);
+        }
+        // held × 100 × 100 ≤ disk_bytes_max × high_water_percent × share_percent.
+        let held = u128::from(self.sources.held(s).bytes) + u128::from(record_bytes);
+        let share = u128::from(l.disk_bytes_max)
+            * u128::from(l.high_water_percent)
+            * u128::from(sl.share_percent);
+        // At 100 % a source may take the whole budget: the disk rule alone decides, by segment.
+        if sl.share_percent < 100 && held * 10_000 > share {
+            return Err(StoreError::SourceShare);
+        }
+        if self.under_pressure() && self.sources.above_mean(s) {
+            return Err(StoreError::SourcePressure);
+        }
+        Ok(())
+    }
+
+    /// Whether the segments are above the pressure mark (`pressure_percent` of the budget).
+    pub fn under_pressure(&self) -> bool {
+        u128::from(self.disk_bytes) * 100
+            > u128::from(self.limits.disk_bytes_max)
+                * u128::from(self.limits.sources.pressure_percent)
+    }
+
+    /// What the source with address key `key` holds in the table (its own entry; nothing if it
+    /// was charged to the overflow bucket).
+    pub fn source_held(&self, key: IpKey) -> Held {
+        self.sources.held(Source::Addr(key))
+    }
+
+    /// What the overflow bucket holds.
+    pub fn overflow_held(&self) -> Held {
+        self.sources.held(Source::Other)
+    }
+
+    /// Entries in the source table (at most `sources_max` + the overflow bucket).
+    pub fn sources_len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Appends charged to the overflow bucket since open.
+    pub fn sources_overflowed(&self) -> u64 {
+        self.sources.overflowed
     }
 
     /// Appends at or below this sequence number are durable under the policy.
@@ -727,6 +862,17 @@ impl<B: Backend> Log<B> {
         let Some(e) = q.entries.remove(i) else { return };
         q.keys.remove(&(e.msg_id, e.digest));
         q.bytes -= u64::from(e.payload_len);
+        if let Some(s) = e.source {
+            let held = q
+                .sources
+                .get_mut(&s)
+                .expect("a dest's sources cover every blob charged in it");
+            if held.sub(u64::from(e.payload_len)) {
+                q.sources.remove(&s);
+            }
+            self.sources
+                .release(s, format::record_bytes(e.payload_len as usize) as u64);
+        }
         if q.entries.is_empty() {
             self.index.remove(dest);
         }
