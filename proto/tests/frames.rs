@@ -32,6 +32,20 @@ fn proof_item() -> impl Strategy<Value = ProofItem> {
             }
         })
 }
+fn send_pass() -> impl Strategy<Value = ferry_proto::puzzle::SendPass> {
+    use ferry_proto::puzzle::{PuzzleAnswer, SendPass};
+    (
+        prop::option::of((any::<[u8; 16]>(), any::<u32>(), any::<[u8; 16]>()).prop_map(
+            |(nonce, effort, solution)| PuzzleAnswer {
+                nonce,
+                effort,
+                solution,
+            },
+        )),
+        prop::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(|(puzzle, capability)| SendPass { puzzle, capability })
+}
 fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
     prop::sample::select(all)
 }
@@ -206,15 +220,39 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|dests| Frame::Subscribe { dests }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
             .prop_map(|dests| Frame::Unsubscribe { dests }),
-        (dest(), any::<u64>(), flags(), any::<u32>(), payload(2048)).prop_map(
-            |(dest, msg_id, flags, ttl_s, payload)| Frame::Send {
+        (
+            dest(),
+            any::<u64>(),
+            flags(),
+            any::<u32>(),
+            send_pass(),
+            payload(2048)
+        )
+            .prop_map(|(dest, msg_id, flags, ttl_s, pass, payload)| Frame::Send {
                 dest,
                 msg_id,
                 flags,
                 ttl_s,
+                pass,
                 payload
+            }),
+        (dest(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(dest, ttl_s, verifier)| {
+            Frame::CapabilityRegister {
+                dest,
+                ttl_s,
+                verifier,
+            }
+        }),
+        (dest(), any::<u64>(), any::<[u8; 32]>(), any::<u32>()).prop_map(
+            |(dest, msg_id, seed, effort)| Frame::Puzzle {
+                dest,
+                msg_id,
+                seed,
+                effort,
             }
         ),
+        (dest(), pick(CapabilityStatus::ALL))
+            .prop_map(|(dest, status)| Frame::CapabilityResult { dest, status }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
             .prop_map(|dests| Frame::Query { dests }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
@@ -348,6 +386,7 @@ fn largest_packet_fits_and_one_more_byte_does_not() {
         msg_id: 1,
         flags: 0,
         ttl_s: 0,
+        pass: ferry_proto::puzzle::SendPass::NONE,
         payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]),
     };
     assert_eq!(
@@ -392,6 +431,7 @@ fn lying_counts_and_bad_values_are_errors() {
         msg_id: 0,
         flags: 0,
         ttl_s: 0,
+        pass: ferry_proto::puzzle::SendPass::NONE,
         payload: Bytes::new(),
     }
     .to_bytes()

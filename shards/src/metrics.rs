@@ -60,6 +60,10 @@ metrics! {
     service_queue_full: "counter", "ferry_service_queue_full_total", "Requests refused (clients answered Busy, wakes dropped): service queue full.";
     push_armed: "gauge", "ferry_push_armed_dests", "Dests with push registrations this shard owns (a blob stored for one while nobody listens offers a wake).";
     media_queue_full: "counter", "ferry_media_queue_full_total", "Media requests refused (answered Busy): the owner core's media queue was full.";
+    puzzles_required: "counter", "ferry_puzzles_required_total", "Sends to a pressured dest answered PuzzleRequired (no valid unseen answer of the effort, no capability).";
+    puzzles_valid: "counter", "ferry_puzzles_valid_total", "Puzzle answers that verified on the sender's core.";
+    puzzles_invalid: "counter", "ferry_puzzles_invalid_total", "Puzzle answers that did not verify (wrong effort, solution, seed or message).";
+    puzzles_rate_limited: "counter", "ferry_puzzles_rate_limited_total", "Puzzle answers not checked: connection or address over its check budget.";
     store_torn_tails: "counter", "ferry_store_torn_tails_total", "Segments whose tail was torn at replay.";
 }
 

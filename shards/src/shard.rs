@@ -21,6 +21,7 @@ use crate::store::format::Pos;
 use crate::store::{Log, StoreError};
 
 use crate::metrics::ShardMetrics;
+use crate::puzzle::{Gate, Passed, PuzzleGate};
 use crate::ratelimit::{Bucket, IpKey, IpLimiter, IpLimits};
 use crate::table::{ConnRef, ForwardTable};
 
@@ -48,6 +49,9 @@ pub const DRAIN_BYTES_MAX: usize = 1 << 20;
 /// sender flooding one dest cannot flood the service queue (the service coalesces per device
 /// over a window of at least this).
 pub const WAKE_OFFER_INTERVAL_MS: u64 = 1_000;
+/// Proof-check tokens of the sender's address one puzzle check spends: an interpreted Equi-X
+/// check (about 90 µs on the reference core) costs about two Ed25519 verifications.
+pub const PUZZLE_CHECK_PROOF_COST: u64 = 2;
 /// Expired blobs are removed (and segments reclaimed) at most this often.
 pub const STORE_EXPIRE_INTERVAL_S: u64 = 1;
 
@@ -73,6 +77,8 @@ pub struct ShardConfig {
     pub store: Option<StoreSpec>,
     /// Media bytes one connection may upload per second, and the burst (`per_s` 0: unlimited).
     pub media_upload_rate: crate::ratelimit::Rate,
+    /// Send puzzles for dests under pressure (`crate::puzzle`).
+    pub puzzle: crate::puzzle::PuzzleConfig,
 }
 
 /// The core that stores media blob `id`: its first 8 bytes, little-endian, modulo the shards.
@@ -101,6 +107,30 @@ pub enum HopMsg {
         flags: u8,
         ttl_s: u32,
         payload: Bytes,
+        /// What the packet's puzzle answer and capability token proved on the sender's core
+        /// (boxed: most packets carry neither).
+        passed: Option<Box<Passed>>,
+    },
+    /// Owner → sender's core: the packet needs a puzzle answer of `effort` (answered
+    /// `Puzzle` + `SendResult PuzzleRequired`).
+    Puzzle {
+        to: u64,
+        dest: Dest,
+        msg_id: u64,
+        effort: u32,
+    },
+    /// Registrant's core → owner: keep (or with `ttl_s` 0 drop) the capability verifier of `dest`.
+    Capability {
+        dest: Dest,
+        from: ConnRef,
+        ttl_s: u32,
+        verifier: [u8; 32],
+    },
+    /// Owner → registrant's core: the answer to `Capability`.
+    CapabilityResult {
+        to: u64,
+        dest: Dest,
+        status: ferry_proto::CapabilityStatus,
     },
     /// Owner → subscriber's core: write to connection `to`.
     Deliver {
@@ -232,6 +262,10 @@ pub struct Shard {
     /// monotonic ms): a blob stored for one of them while nobody listens asks the service core
     /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
     push_armed: AHashMap<Dest, (u64, u64)>,
+    /// Seed, levels, seen answers and capability verifiers of the send puzzles.
+    puzzle: PuzzleGate,
+    /// Puzzle answers each connection may have checked per second.
+    puzzle_checks: crate::ratelimit::KeyedLimiter<u64>,
 }
 
 impl Shard {
@@ -272,6 +306,11 @@ impl Shard {
                 cfg.connections_max,
             ),
             push_armed: AHashMap::new(),
+            puzzle: PuzzleGate::new(cfg.puzzle.clone()),
+            puzzle_checks: crate::ratelimit::KeyedLimiter::new(
+                cfg.puzzle.checks_per_conn,
+                cfg.connections_max,
+            ),
             cfg,
         }
     }
@@ -585,12 +624,14 @@ impl Shard {
                     msg_id,
                     flags,
                     ttl_s,
+                    pass,
                     payload,
                 } => {
                     ShardMetrics::inc(&self.metrics.packets_sent);
+                    let passed = self.check_pass(now, conn, ip, &dest, msg_id, ttl_s, &pass, &payload);
                     let owner = self.owner(&dest);
                     if owner == self.cfg.shard {
-                        self.route(now, dest, from, msg_id, flags, ttl_s, payload);
+                        self.route(now, dest, from, msg_id, flags, ttl_s, payload, passed);
                     } else if !self.hop(
                         owner,
                         HopMsg::Route {
@@ -600,6 +641,7 @@ impl Shard {
                             flags,
                             ttl_s,
                             payload,
+                            passed,
                         },
                     ) {
                         ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
@@ -647,6 +689,19 @@ impl Shard {
                     }
                 }
                 ServerEvent::Query { dests } => self.query(now, conn, dests),
+                ServerEvent::CapabilityRegister {
+                    dest,
+                    ttl_s,
+                    verifier,
+                } => {
+                    let msg = HopMsg::Capability {
+                        dest,
+                        from,
+                        ttl_s,
+                        verifier,
+                    };
+                    self.control(self.owner(&dest), msg);
+                }
                 ServerEvent::Drain { dest } => {
                     ShardMetrics::inc(&self.metrics.store_drains);
                     self.control(self.owner(&dest), HopMsg::Drain { dest, from });
@@ -703,6 +758,55 @@ impl Shard {
         self.mark_ready(conn);
     }
 
+    /// Sender's core: what a `Send`'s pass proves. A puzzle answer is checked only within the
+    /// connection's puzzle-check budget and its address's proof-check budget (an Equi-X check
+    /// costs about as much as two signature checks, `PUZZLE_CHECK_PROOF_COST`); past them it
+    /// proves nothing, and the owner asks again.
+    #[allow(clippy::too_many_arguments)]
+    fn check_pass(
+        &mut self,
+        now: Now,
+        conn: u64,
+        ip: crate::ratelimit::IpKey,
+        dest: &Dest,
+        msg_id: u64,
+        ttl_s: u32,
+        pass: &ferry_proto::puzzle::SendPass,
+        payload: &[u8],
+    ) -> Option<Box<Passed>> {
+        if pass.puzzle.is_none() && pass.capability.is_none() {
+            return None;
+        }
+        let verifier = pass
+            .capability
+            .map(|t| ferry_proto::puzzle::capability_verifier(&t));
+        let mut passed = Passed {
+            effort: 0,
+            answer_id: [0; 16],
+            verifier,
+        };
+        if let Some(answer) = &pass.puzzle {
+            let budget = self.limiter.proofs_available(ip, now.mono_ms) >= PUZZLE_CHECK_PROOF_COST
+                && self.puzzle_checks.allow(conn, now.mono_ms);
+            if budget {
+                self.limiter
+                    .take_proofs(ip, now.mono_ms, PUZZLE_CHECK_PROOF_COST);
+                let digest = ferry_proto::puzzle::message_digest(msg_id, ttl_s, payload);
+                match self.puzzle.check_answer(now.unix_s, dest, &digest, answer) {
+                    Some(id) => {
+                        ShardMetrics::inc(&self.metrics.puzzles_valid);
+                        passed.effort = answer.effort;
+                        passed.answer_id = id;
+                    }
+                    None => ShardMetrics::inc(&self.metrics.puzzles_invalid),
+                }
+            } else {
+                ShardMetrics::inc(&self.metrics.puzzles_rate_limited);
+            }
+        }
+        Some(Box::new(passed))
+    }
+
     fn owner(&self, dest: &Dest) -> u16 {
         // Below `shards`, which `new` holds to SHARDS_MAX.
         shard_index(dest.owner(self.cfg.shards))
@@ -740,11 +844,12 @@ impl Shard {
         flags: u8,
         ttl_s: u32,
         payload: Bytes,
+        passed: Option<Box<Passed>>,
     ) {
         match self.table.lookup(&dest) {
-            None => self.store_packet(now, dest, from, msg_id, ttl_s, &payload),
+            None => self.store_packet(now, dest, from, msg_id, ttl_s, &payload, passed),
             Some(_) if self.handover.contains(&dest) => {
-                self.store_packet(now, dest, from, msg_id, ttl_s, &payload)
+                self.store_packet(now, dest, from, msg_id, ttl_s, &payload, passed)
             }
             Some(sub) if sub.shard == self.cfg.shard => {
                 self.deliver(dest, sub.conn, from, msg_id, flags, &payload);
@@ -813,6 +918,8 @@ impl Shard {
     }
 
     /// No live subscriber: store the packet (or say NoSubscriber when the node has no store).
+    /// Under pressure the packet must carry a puzzle answer or the dest's capability first.
+    #[allow(clippy::too_many_arguments)]
     fn store_packet(
         &mut self,
         now: Now,
@@ -821,10 +928,31 @@ impl Shard {
         msg_id: u64,
         ttl_s: u32,
         payload: &[u8],
+        passed: Option<Box<Passed>>,
     ) {
         let Some(log) = self.store.as_mut() else {
             ShardMetrics::inc(&self.metrics.packets_no_subscriber);
             self.reply(from, dest, msg_id, SendStatus::NoSubscriber);
+            return;
+        };
+        let pressure = log.pressure(&dest);
+        if let Gate::Puzzle(effort) =
+            self.puzzle
+                .admit(now.unix_s, &dest, pressure, passed.as_deref())
+        {
+            ShardMetrics::inc(&self.metrics.puzzles_required);
+            self.control(
+                from.shard,
+                HopMsg::Puzzle {
+                    to: from.conn,
+                    dest,
+                    msg_id,
+                    effort,
+                },
+            );
+            return;
+        }
+        let Some(log) = self.store.as_mut() else {
             return;
         };
         let ttl = if ttl_s == 0 {
@@ -992,7 +1120,42 @@ impl Shard {
                 flags,
                 ttl_s,
                 payload,
-            } => self.route(now, dest, from, msg_id, flags, ttl_s, payload),
+                passed,
+            } => self.route(now, dest, from, msg_id, flags, ttl_s, payload, passed),
+            HopMsg::Puzzle {
+                to,
+                dest,
+                msg_id,
+                effort,
+            } => {
+                let seed = self.puzzle.seed(now.unix_s);
+                if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.puzzle_required(dest, msg_id, seed, effort);
+                    self.mark_ready(to);
+                }
+            }
+            HopMsg::Capability {
+                dest,
+                from,
+                ttl_s,
+                verifier,
+            } => {
+                let status = self.puzzle.register(now.unix_s, dest, ttl_s, verifier);
+                self.control(
+                    from.shard,
+                    HopMsg::CapabilityResult {
+                        to: from.conn,
+                        dest,
+                        status,
+                    },
+                );
+            }
+            HopMsg::CapabilityResult { to, dest, status } => {
+                if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.capability_result(dest, status);
+                    self.mark_ready(to);
+                }
+            }
             HopMsg::Deliver {
                 dest,
                 to,
@@ -1351,6 +1514,7 @@ mod tests {
             hop_queue_msgs_max: 16,
             store: None,
             media_upload_rate: open,
+            puzzle: crate::puzzle::PuzzleConfig::default(),
         }
     }
 

@@ -42,6 +42,7 @@ fn config(ip_limits: IpLimits) -> ShardConfig {
         hop_queue_msgs_max: 100,
         store: None,
         media_upload_rate: OFF,
+        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
     }
 }
 

@@ -61,6 +61,7 @@ fn shard() -> Shard {
             hop_queue_msgs_max: 100,
             store: None,
             media_upload_rate: Rate { per_s: 0, burst: 0 },
+            puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
         },
         Arc::new(ShardMetrics::default()),
     )

@@ -78,6 +78,7 @@ impl Sim {
                         hop_queue_msgs_max,
                         store: None,
                         media_upload_rate: Rate { per_s: 0, burst: 0 },
+                        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
                     },
                     Arc::new(ShardMetrics::default()),
                 )
