@@ -241,6 +241,8 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
         &["--shards", "1"],
         &[
             ("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "3"),
+            // Quotas, not puzzles (tests/puzzle.rs): no puzzle as the dest fills.
+            ("FERRY_LIMITS_PUZZLE_LEVELS", "0"),
             ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
             ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
         ],
@@ -449,6 +451,8 @@ fn store_limits_hold_at_their_exact_boundaries() {
         &["--shards", "1"],
         &[
             ("FERRY_LIMITS_STORE_DEST_BYTES_MAX", "3000"),
+            // Quotas, not puzzles (tests/puzzle.rs): no puzzle as the dest fills.
+            ("FERRY_LIMITS_PUZZLE_LEVELS", "0"),
             ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
             ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
             ("FERRY_LIMITS_STORE_HIGH_WATER_PERCENT", "50"),

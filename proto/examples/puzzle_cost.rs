@@ -55,9 +55,15 @@ fn main() {
     }
     let base_ms = (thread_cpu_ms() - t) / n as f64;
     let base_rate = 1e3 / base_ms;
-    println!("baseline: {:.2} µs per unpuzzled 1 KiB send → {:.0} sends/s/core", base_ms * 1e3, base_rate);
+    println!(
+        "baseline: {:.2} µs per unpuzzled 1 KiB send → {:.0} sends/s/core",
+        base_ms * 1e3,
+        base_rate
+    );
 
-    println!("effort | honest solve ms (mean, p90, max) | verify µs | attacker sends/s/core | fall");
+    println!(
+        "effort | honest solve ms (mean, p90, max) | verify µs | attacker sends/s/core | fall"
+    );
     for &effort in &efforts {
         let mut times = Vec::new();
         let mut verify_ms = 0.0;

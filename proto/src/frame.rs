@@ -736,7 +736,9 @@ pub fn put_send_header_with(
     if pass.capability.is_some() {
         wire_flags |= FLAG_CAPABILITY;
     }
-    out.put_u32_le(frame_len_u32(SEND_HEADER_BYTES + pass.wire_bytes() + payload_len));
+    out.put_u32_le(frame_len_u32(
+        SEND_HEADER_BYTES + pass.wire_bytes() + payload_len,
+    ));
     out.put_u8(ft::SEND);
     out.put_slice(&dest.0);
     out.put_u64_le(msg_id);

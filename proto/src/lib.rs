@@ -16,6 +16,6 @@ pub mod puzzle;
 pub mod xeddsa;
 
 pub use frame::{
-    BlobOpKind, BlobStatus, CapabilityStatus, Dest, DrainStatus, ErrorCode, Frame, Op, PrekeyStatus, ProofItem,
-    ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
+    BlobOpKind, BlobStatus, CapabilityStatus, Dest, DrainStatus, ErrorCode, Frame, Op,
+    PrekeyStatus, ProofItem, ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
 };

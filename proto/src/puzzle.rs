@@ -243,7 +243,10 @@ mod tests {
         assert!(verify(&seed, &dest, &digest, &bad).is_err());
         let mut lower = a;
         lower.effort = 1;
-        assert!(verify(&seed, &dest, &digest, &lower).is_err(), "effort is bound");
+        assert!(
+            verify(&seed, &dest, &digest, &lower).is_err(),
+            "effort is bound"
+        );
         assert_eq!(
             verify(&seed, &dest, &digest, &PuzzleAnswer { effort: 0, ..a }),
             Err(PuzzleError::BadEffort { effort: 0 })

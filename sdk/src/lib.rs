@@ -32,8 +32,8 @@ pub use ferry_proto::addr::{AddrError, BlindedSigner, MailboxPublic, NamespaceId
 pub use ferry_proto::conn::{ClientConn, ClientError, ClientEvent};
 use ferry_proto::frame::Frame;
 pub use ferry_proto::frame::{
-    BlobStatus, Dest, ErrorCode, FLAG_ACK, Op, PrekeyStatus, ProofItem, ProofStatus, PushProvider,
-    PushStatus, SendStatus, SubscribeStatus,
+    BlobStatus, CapabilityStatus, Dest, ErrorCode, FLAG_ACK, Op, PrekeyStatus, ProofItem,
+    ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
 };
 pub use ferry_proto::limits::{
     DESTS_PER_FRAME_MAX, EPOCH_SECONDS, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX,

@@ -184,7 +184,13 @@ impl PuzzleGate {
 
     /// Owner core: may a packet for `dest` be stored under pressure `p`, with what it `passed`?
     /// An admitted answer is remembered and never admits again.
-    pub fn admit(&mut self, unix_s: u64, dest: &Dest, p: Pressure, passed: Option<&Passed>) -> Gate {
+    pub fn admit(
+        &mut self,
+        unix_s: u64,
+        dest: &Dest,
+        p: Pressure,
+        passed: Option<&Passed>,
+    ) -> Gate {
         let effort = self.effort(self.level(p));
         if effort == 0 {
             return Gate::Admit;

@@ -628,7 +628,8 @@ impl Shard {
                     payload,
                 } => {
                     ShardMetrics::inc(&self.metrics.packets_sent);
-                    let passed = self.check_pass(now, conn, ip, &dest, msg_id, ttl_s, &pass, &payload);
+                    let passed =
+                        self.check_pass(now, conn, ip, &dest, msg_id, ttl_s, &pass, &payload);
                     let owner = self.owner(&dest);
                     if owner == self.cfg.shard {
                         self.route(now, dest, from, msg_id, flags, ttl_s, payload, passed);

@@ -213,7 +213,15 @@ fn a_calm_dest_needs_no_puzzle() {
     let (conn, _) = open(&mut n.shard, now);
     // The default thresholds (50 % of the dest quota): 40 blobs are calm.
     for i in 0..40 {
-        let (status, puzzle) = send(&mut n.shard, now, conn, Dest([1; 16]), i, &SendPass::NONE, b"x");
+        let (status, puzzle) = send(
+            &mut n.shard,
+            now,
+            conn,
+            Dest([1; 16]),
+            i,
+            &SendPass::NONE,
+            b"x",
+        );
         assert_eq!(status, SendStatus::Stored, "blob {i}");
         assert!(puzzle.is_none());
     }
@@ -275,7 +283,16 @@ fn under_pressure_a_send_needs_a_fresh_solved_puzzle() {
     );
     // Another, empty dest is calm.
     assert_eq!(
-        send(&mut n.shard, now, conn, Dest([3; 16]), 1, &SendPass::NONE, b"x").0,
+        send(
+            &mut n.shard,
+            now,
+            conn,
+            Dest([3; 16]),
+            1,
+            &SendPass::NONE,
+            b"x"
+        )
+        .0,
         SendStatus::Stored
     );
 }
@@ -345,7 +362,10 @@ fn the_owners_capability_skips_the_puzzle() {
     let secret = [0x5a; 32];
     let token = puzzle::capability_token(&secret, epoch);
     let verifier = puzzle::capability_verifier(&token);
-    assert_eq!(register(&mut n.shard, verifier), CapabilityStatus::NotProven);
+    assert_eq!(
+        register(&mut n.shard, verifier),
+        CapabilityStatus::NotProven
+    );
     let mut cc = ClientConn::default();
     cc.push(&Frame::Prove { items: vec![item] });
     n.shard.on_bytes(now, conn, &cc.take_output().unwrap());
@@ -372,9 +392,26 @@ fn the_owners_capability_skips_the_puzzle() {
         SendStatus::PuzzleRequired
     );
     // The token is not a puzzle answer for another dest.
-    send(&mut n.shard, now, conn, Dest([8; 16]), 1, &SendPass::NONE, b"fill");
+    send(
+        &mut n.shard,
+        now,
+        conn,
+        Dest([8; 16]),
+        1,
+        &SendPass::NONE,
+        b"fill",
+    );
     assert_eq!(
-        send(&mut n.shard, now, conn, Dest([8; 16]), 2, &with(token), b"hi").0,
+        send(
+            &mut n.shard,
+            now,
+            conn,
+            Dest([8; 16]),
+            2,
+            &with(token),
+            b"hi"
+        )
+        .0,
         SendStatus::PuzzleRequired
     );
 }
