@@ -489,7 +489,7 @@ fn puzzle_frames_match_the_documented_bytes() {
     assert_eq!(
         hex(&puzzle),
         format!(
-            "4100000091{}0700000000000000{}08000000",
+            "3d00000091{}0700000000000000{}08000000",
             "d0".repeat(16),
             "5e".repeat(32)
         )
