@@ -326,6 +326,26 @@ pub struct Limits {
     /// connections holding the most are closed with `Overloaded`. 0 = derived from the host:
     /// half of the smaller of MemTotal and the cgroup memory limit (`sys::memory_budget_default`).
     pub memory_bytes_max: u64,
+    /// Send-puzzle difficulty levels above 0 (0: no puzzles). Level n asks an effort of
+    /// `puzzle_effort_max >> (puzzle_levels - n)`.
+    pub puzzle_levels: u8,
+    /// Equi-X effort of the highest level (expected Equi-X solutions per answer).
+    pub puzzle_effort_max: u32,
+    /// The puzzle seed changes this often (an answer holds under the current and previous seed).
+    pub puzzle_seed_period_s: u64,
+    /// A dest's quota fill (percent) at which its offline sends need puzzles.
+    pub puzzle_dest_fill_pct_min: u8,
+    /// The store's fill (percent of its high-water mark) at which every offline send needs one.
+    pub puzzle_store_fill_pct_min: u8,
+    /// Puzzle answers one connection may have checked per second, and the burst.
+    pub puzzle_checks_per_conn_per_s: u64,
+    pub puzzle_checks_per_conn_burst: u64,
+    /// Accepted puzzle answers each shard remembers (replays of them are refused).
+    pub puzzle_answers_seen_max: usize,
+    /// Capability verifiers each shard keeps.
+    pub puzzle_capabilities_max: usize,
+    /// Longest a capability verifier is kept.
+    pub puzzle_capability_ttl_max_s: u64,
 }
 
 impl Default for Config {
@@ -401,6 +421,16 @@ impl Default for Limits {
             service_queue_msgs_max: 16_384,
             service_replies_msgs_max: 4_096,
             memory_bytes_max: 0,
+            puzzle_levels: 4,
+            puzzle_effort_max: 8,
+            puzzle_seed_period_s: 600,
+            puzzle_dest_fill_pct_min: 50,
+            puzzle_store_fill_pct_min: 75,
+            puzzle_checks_per_conn_per_s: 4,
+            puzzle_checks_per_conn_burst: 32,
+            puzzle_answers_seen_max: 1 << 16,
+            puzzle_capabilities_max: 1 << 16,
+            puzzle_capability_ttl_max_s: 2 * 86_400,
         }
     }
 }
@@ -675,6 +705,35 @@ impl Config {
             bound("limits.service_replies_msgs_max", l.service_replies_msgs_max, 1, ENTRIES_MAX),
             bound("limits.memory_bytes_max", l.memory_bytes_max, 0, PIB)
                 .because("0 = half of the host's memory or cgroup limit"),
+            bound("limits.puzzle_levels", l.puzzle_levels, 0, 16)
+                .because("0 = no puzzles; PUZZLE_LEVELS_MAX"),
+            bound("limits.puzzle_effort_max", l.puzzle_effort_max, 1, 1 << 20)
+                .because("PUZZLE_EFFORT_MAX: clients refuse more"),
+            bound("limits.puzzle_seed_period_s", l.puzzle_seed_period_s, 60, 3_600)
+                .because("at most an epoch"),
+            bound("limits.puzzle_dest_fill_pct_min", l.puzzle_dest_fill_pct_min, 1, 100),
+            bound("limits.puzzle_store_fill_pct_min", l.puzzle_store_fill_pct_min, 1, 100),
+            bound(
+                "limits.puzzle_checks_per_conn_per_s",
+                l.puzzle_checks_per_conn_per_s,
+                0,
+                EVENTS_PER_S_MAX,
+            )
+            .because("0 = unlimited"),
+            bound(
+                "limits.puzzle_checks_per_conn_burst",
+                l.puzzle_checks_per_conn_burst,
+                0,
+                EVENTS_PER_S_MAX,
+            ),
+            bound("limits.puzzle_answers_seen_max", l.puzzle_answers_seen_max, 1, ENTRIES_MAX),
+            bound("limits.puzzle_capabilities_max", l.puzzle_capabilities_max, 1, ENTRIES_MAX),
+            bound(
+                "limits.puzzle_capability_ttl_max_s",
+                l.puzzle_capability_ttl_max_s,
+                3_600,
+                30 * DAY_S,
+            ),
             bound("prekeys.slots_max", k.slots_max, 1, 100_000_000),
             bound("prekeys.bytes_max", k.bytes_max, 1, TIB),
             bound("prekeys.slot_ttl_s", k.slot_ttl_s, 1, YEAR_S),

@@ -348,6 +348,24 @@ fn shard_configs(
     } else {
         None
     };
+    // One puzzle key for every shard: any core checks answers against the node-wide seed.
+    let mut puzzle_key = [0u8; 32];
+    getrandom::fill(&mut puzzle_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let puzzle = ferry_shards::puzzle::PuzzleConfig {
+        key: puzzle_key,
+        seed_period_s: l.puzzle_seed_period_s,
+        levels: l.puzzle_levels,
+        effort_max: l.puzzle_effort_max,
+        dest_fill_pct_min: l.puzzle_dest_fill_pct_min,
+        store_fill_pct_min: l.puzzle_store_fill_pct_min,
+        checks_per_conn: ferry_shards::ratelimit::Rate {
+            per_s: l.puzzle_checks_per_conn_per_s,
+            burst: l.puzzle_checks_per_conn_burst,
+        },
+        answers_seen_max: l.puzzle_answers_seen_max,
+        capabilities_max: l.puzzle_capabilities_max,
+        capability_ttl_max_s: l.puzzle_capability_ttl_max_s,
+    };
     (0..shards)
         .map(|i| {
             let mut seed = [0u8; 32];
@@ -367,6 +385,7 @@ fn shard_configs(
                     burst: cfg.media.upload_bytes_per_conn_burst,
                 },
                 memory_bytes_max,
+                puzzle: puzzle.clone(),
             })
         })
         .collect()

@@ -246,6 +246,8 @@ fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
             // One client fills the dest and the store: no per-address share in the way.
             ("FERRY_LIMITS_STORE_SOURCE_SHARE_PERCENT", "100"),
             ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
+            // Quotas, not puzzles (tests/puzzle.rs): no puzzle as the dest fills.
+            ("FERRY_LIMITS_PUZZLE_LEVELS", "0"),
             ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
             ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
         ],
@@ -460,6 +462,8 @@ fn store_limits_hold_at_their_exact_boundaries() {
             // One client reaches every limit: no per-address share in the way.
             ("FERRY_LIMITS_STORE_SOURCE_SHARE_PERCENT", "100"),
             ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
+            // Quotas, not puzzles (tests/puzzle.rs): no puzzle as the dest fills.
+            ("FERRY_LIMITS_PUZZLE_LEVELS", "0"),
             ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
             ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "262144"),
             ("FERRY_LIMITS_STORE_HIGH_WATER_PERCENT", "50"),

@@ -49,6 +49,7 @@ fn main() {
             msg_id: 1,
             flags: 0,
             ttl_s: 0,
+            pass: ferry_proto::puzzle::SendPass::NONE,
             payload: payload.clone(),
         }
         .to_bytes();

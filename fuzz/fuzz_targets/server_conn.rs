@@ -249,6 +249,10 @@ impl Driver {
                     size: 0,
                 });
             }
+            ServerEvent::CapabilityRegister { dest, .. } => {
+                self.conn
+                    .capability_result(dest, ferry_proto::CapabilityStatus::Ok);
+            }
             ServerEvent::ChallengeRequested => {
                 self.challenges = self.challenges.wrapping_add(1);
                 self.conn.issue_challenge(self.now, [self.challenges; 32]);

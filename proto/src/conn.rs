@@ -103,7 +103,15 @@ pub enum ServerEvent {
         msg_id: u64,
         flags: u8,
         ttl_s: u32,
+        /// Puzzle answer and capability token, unchecked: the shard checks them.
+        pass: crate::puzzle::SendPass,
         payload: Bytes,
+    },
+    /// Register a capability verifier for a dest proven for `Op::Drain` (its owner core keeps it).
+    CapabilityRegister {
+        dest: Dest,
+        ttl_s: u32,
+        verifier: [u8; 32],
     },
     /// Which of these dests hold stored blobs. Only dests this connection owns
     /// ([`ServerConn::owns`]) are kept; the others were dropped (answered as holding nothing).
@@ -370,14 +378,35 @@ impl ServerConn {
                 msg_id,
                 flags,
                 ttl_s,
+                pass,
                 payload,
             } => Some(ServerEvent::Send {
                 dest,
                 msg_id,
                 flags,
                 ttl_s,
+                pass,
                 payload,
             }),
+            Frame::CapabilityRegister {
+                dest,
+                ttl_s,
+                verifier,
+            } => {
+                if self.is_proven(&dest, Op::Drain) {
+                    Some(ServerEvent::CapabilityRegister {
+                        dest,
+                        ttl_s,
+                        verifier,
+                    })
+                } else {
+                    self.push_frame(&Frame::CapabilityResult {
+                        dest,
+                        status: crate::frame::CapabilityStatus::NotProven,
+                    });
+                    None
+                }
+            }
             Frame::Query { dests } => {
                 // Only the owner may learn whether mail is waiting: a dest this connection has
                 // not proven is answered as holding nothing (the answer is the same whether it
@@ -712,6 +741,23 @@ impl ServerConn {
         });
     }
 
+    /// Answers a `Send` with `PuzzleRequired`: the `Puzzle` frame (seed, effort), then the
+    /// `SendResult`.
+    pub fn puzzle_required(&mut self, dest: Dest, msg_id: u64, seed: [u8; 32], effort: u32) {
+        self.push_frame(&Frame::Puzzle {
+            dest,
+            msg_id,
+            seed,
+            effort,
+        });
+        self.send_result(dest, msg_id, SendStatus::PuzzleRequired);
+    }
+
+    /// The owner core's answer to a `CapabilityRegister`.
+    pub fn capability_result(&mut self, dest: Dest, status: crate::frame::CapabilityStatus) {
+        self.push_frame(&Frame::CapabilityResult { dest, status });
+    }
+
     /// Queues a delivery. Returns `false` (and counts a drop) when the send queue is full: live
     /// relay drops rather than letting one slow reader grow the node's memory.
     pub fn push_deliver(&mut self, dest: &Dest, msg_id: u64, flags: u8, payload: &[u8]) -> Push {
@@ -1020,6 +1066,17 @@ pub enum ClientEvent {
         msg_id: u64,
         status: SendStatus,
     },
+    /// The seed and effort a `Send` needs (its `SendResult PuzzleRequired` follows).
+    Puzzle {
+        dest: Dest,
+        msg_id: u64,
+        seed: [u8; 32],
+        effort: u32,
+    },
+    CapabilityResult {
+        dest: Dest,
+        status: crate::frame::CapabilityStatus,
+    },
     Unsubscribed {
         dest: Dest,
         reason: UnsubscribeReason,
@@ -1125,6 +1182,27 @@ impl ClientConn {
         put_send_header(&mut self.out, &dest, msg_id, flags, ttl_s, payload.len());
         self.out.extend_from_slice(payload);
     }
+    /// Queues a Send carrying a puzzle answer and/or a capability token.
+    pub fn send_with(
+        &mut self,
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        ttl_s: u32,
+        pass: &crate::puzzle::SendPass,
+        payload: &[u8],
+    ) {
+        crate::frame::put_send_header_with(
+            &mut self.out,
+            &dest,
+            msg_id,
+            flags,
+            ttl_s,
+            pass,
+            payload.len(),
+        );
+        self.out.extend_from_slice(payload);
+    }
     pub fn take_output(&mut self) -> Option<Bytes> {
         if self.out.is_empty() {
             None
@@ -1189,6 +1267,20 @@ impl ClientConn {
                     status,
                 },
                 Frame::Unsubscribed { dest, reason } => ClientEvent::Unsubscribed { dest, reason },
+                Frame::Puzzle {
+                    dest,
+                    msg_id,
+                    seed,
+                    effort,
+                } => ClientEvent::Puzzle {
+                    dest,
+                    msg_id,
+                    seed,
+                    effort,
+                },
+                Frame::CapabilityResult { dest, status } => {
+                    ClientEvent::CapabilityResult { dest, status }
+                }
                 Frame::Error { code, message } => ClientEvent::Error { code, message },
                 Frame::Ping { nonce } => {
                     self.push(&Frame::Pong { nonce });

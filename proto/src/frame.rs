@@ -111,6 +111,21 @@ wire_enum!(
         /// gets when its connection has not proven `dest` (`Subscribe` or `Drain`): whether the
         /// recipient is online is not the sender's to learn. Reported only with `FLAG_ACK`.
         Accepted = 6,
+        /// The packet was to be stored, and the dest or the node's store is under pressure: send
+        /// it again with a puzzle answer (the `Puzzle` frame just before names seed and effort)
+        /// or a capability token. Not stored.
+        PuzzleRequired = 7,
+    }
+);
+
+wire_enum!(
+    /// Outcome of a `CapabilityRegister`.
+    CapabilityStatus {
+        Ok = 0,
+        /// No `Drain` proof for this dest on this connection.
+        NotProven = 1,
+        /// The owner core holds as many capability verifiers as it may.
+        TooMany = 2,
     }
 );
 
@@ -294,8 +309,17 @@ pub const FLAG_ACK: u8 = 0x01;
 /// Packet flag: the payload is a padded cell (`inner_len:u32 | data | zeros`), so every packet on a
 /// link can have the same size. Opaque to the node; reserved now so the mesh needs no version break.
 pub const FLAG_PADDED: u8 = 0x02;
-/// Flags a node accepts today; the rest are reserved and must be zero.
+/// Flags a node accepts today in a `Deliver` (and the packet flags of a `Send`); the rest are
+/// reserved and must be zero.
 pub const FLAGS_KNOWN: u8 = FLAG_ACK | FLAG_PADDED;
+/// Send flag: a puzzle answer (`PUZZLE_ANSWER_BYTES`) follows `ttl_s`. Set by the encoder from
+/// [`SendPass::puzzle`](crate::puzzle::SendPass); never in a `Deliver`.
+pub const FLAG_PUZZLE: u8 = 0x04;
+/// Send flag: a capability token (`CAPABILITY_TOKEN_BYTES`) follows `ttl_s` (after the puzzle
+/// answer when both are there). Never in a `Deliver`.
+pub const FLAG_CAPABILITY: u8 = 0x08;
+/// Flags a `Send` may carry.
+pub const SEND_FLAGS_KNOWN: u8 = FLAGS_KNOWN | FLAG_PUZZLE | FLAG_CAPABILITY;
 
 /// One ownership proof: `MK'` and an Ed25519 signature over the proof message for (dest, op).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,6 +352,7 @@ pub mod frame_type {
     pub const BLOB_CHUNK: u8 = 0x11;
     pub const BLOB_FINISH: u8 = 0x12;
     pub const BLOB_GET: u8 = 0x13;
+    pub const CAPABILITY_REGISTER: u8 = 0x14;
     /// Reserved for fixed-size onion (Sphinx) cells of the mesh layer.
     pub const CELL: u8 = 0x40;
     pub const SERVER_HELLO: u8 = 0x81;
@@ -346,6 +371,8 @@ pub mod frame_type {
     pub const BLOB_STATUS: u8 = 0x8E;
     pub const BLOB_DATA: u8 = 0x90;
     pub const ERROR: u8 = 0x8F;
+    pub const PUZZLE: u8 = 0x91;
+    pub const CAPABILITY_RESULT: u8 = 0x92;
 }
 use frame_type as ft;
 
@@ -373,7 +400,17 @@ pub enum Frame {
         /// How long the node may store the packet for an offline recipient; 0 = the node's
         /// maximum. Capped by the node's maximum.
         ttl_s: u32,
+        /// A puzzle answer and/or capability token for a pressured dest (flag bits 0x04, 0x08:
+        /// `flags` itself holds only the packet flags).
+        pass: crate::puzzle::SendPass,
         payload: Bytes,
+    },
+    /// Register (or with `ttl_s` 0 remove) the capability verifier of `dest` (needs a `Drain`
+    /// proof for it).
+    CapabilityRegister {
+        dest: Dest,
+        ttl_s: u32,
+        verifier: [u8; 32],
     },
     /// Which of these dests hold stored blobs? Needs no proof.
     Query {
@@ -528,6 +565,19 @@ pub enum Frame {
         code: ErrorCode,
         message: String,
     },
+    /// Sent just before `SendResult PuzzleRequired`: the seed and effort an answer for that
+    /// `Send` needs.
+    Puzzle {
+        dest: Dest,
+        msg_id: u64,
+        seed: [u8; 32],
+        effort: u32,
+    },
+    /// The answer to `CapabilityRegister`.
+    CapabilityResult {
+        dest: Dest,
+        status: CapabilityStatus,
+    },
 }
 
 /// Why a byte sequence is not a frame.
@@ -663,13 +713,54 @@ pub fn put_send_header(
     ttl_s: u32,
     payload_len: usize,
 ) {
+    put_send_header_with(
+        out,
+        dest,
+        msg_id,
+        flags,
+        ttl_s,
+        &crate::puzzle::SendPass::NONE,
+        payload_len,
+    );
+}
+
+/// Writes the header of a `Send` frame with its pass (puzzle answer, capability token): the flag
+/// bits 0x04 and 0x08 are set from what `pass` holds. The caller appends `payload_len` bytes.
+#[inline]
+pub fn put_send_header_with(
+    out: &mut impl BufMut,
+    dest: &Dest,
+    msg_id: u64,
+    flags: u8,
+    ttl_s: u32,
+    pass: &crate::puzzle::SendPass,
+    payload_len: usize,
+) {
     assert!(payload_len <= PACKET_PAYLOAD_BYTES_MAX);
-    out.put_u32_le(frame_len_u32(SEND_HEADER_BYTES + payload_len));
+    assert_eq!(flags & !FLAGS_KNOWN, 0, "pass flags come from `pass`");
+    let mut wire_flags = flags;
+    if pass.puzzle.is_some() {
+        wire_flags |= FLAG_PUZZLE;
+    }
+    if pass.capability.is_some() {
+        wire_flags |= FLAG_CAPABILITY;
+    }
+    out.put_u32_le(frame_len_u32(
+        SEND_HEADER_BYTES + pass.wire_bytes() + payload_len,
+    ));
     out.put_u8(ft::SEND);
     out.put_slice(&dest.0);
     out.put_u64_le(msg_id);
-    out.put_u8(flags);
+    out.put_u8(wire_flags);
     out.put_u32_le(ttl_s);
+    if let Some(a) = &pass.puzzle {
+        out.put_slice(&a.nonce);
+        out.put_u32_le(a.effort);
+        out.put_slice(&a.solution);
+    }
+    if let Some(t) = &pass.capability {
+        out.put_slice(t);
+    }
 }
 
 impl Frame {
@@ -681,6 +772,9 @@ impl Frame {
             Frame::Subscribe { .. } => ft::SUBSCRIBE,
             Frame::Unsubscribe { .. } => ft::UNSUBSCRIBE,
             Frame::Send { .. } => ft::SEND,
+            Frame::CapabilityRegister { .. } => ft::CAPABILITY_REGISTER,
+            Frame::Puzzle { .. } => ft::PUZZLE,
+            Frame::CapabilityResult { .. } => ft::CAPABILITY_RESULT,
             Frame::Query { .. } => ft::QUERY,
             Frame::Drain { .. } => ft::DRAIN,
             Frame::Ack { .. } => ft::ACK,
@@ -720,7 +814,12 @@ impl Frame {
             Frame::ChallengeRequest => 0,
             Frame::Prove { items } => 2 + items.len() * PROOF_ITEM_BYTES,
             Frame::Subscribe { dests } | Frame::Unsubscribe { dests } => 2 + dests.len() * 16,
-            Frame::Send { payload, .. } => SEND_HEADER_BYTES - 1 + payload.len(),
+            Frame::Send { payload, pass, .. } => {
+                SEND_HEADER_BYTES - 1 + pass.wire_bytes() + payload.len()
+            }
+            Frame::CapabilityRegister { .. } => 16 + 4 + 32,
+            Frame::Puzzle { .. } => 16 + 8 + 32 + 4,
+            Frame::CapabilityResult { .. } => 16 + 1,
             Frame::Deliver { payload, .. } => PACKET_HEADER_BYTES - 1 + payload.len(),
             Frame::Query { dests } | Frame::QueryResult { dests } => 2 + dests.len() * 16,
             Frame::Drain { .. } => 16,
@@ -776,9 +875,10 @@ impl Frame {
                 msg_id,
                 flags,
                 ttl_s,
+                pass,
                 payload,
             } => {
-                put_send_header(out, dest, *msg_id, *flags, *ttl_s, payload.len());
+                put_send_header_with(out, dest, *msg_id, *flags, *ttl_s, pass, payload.len());
                 out.put_slice(payload);
                 return;
             }
@@ -886,6 +986,30 @@ impl Frame {
                 }
             }
             Frame::Drain { dest } => out.put_slice(&dest.0),
+            Frame::CapabilityRegister {
+                dest,
+                ttl_s,
+                verifier,
+            } => {
+                out.put_slice(&dest.0);
+                out.put_u32_le(*ttl_s);
+                out.put_slice(verifier);
+            }
+            Frame::Puzzle {
+                dest,
+                msg_id,
+                seed,
+                effort,
+            } => {
+                out.put_slice(&dest.0);
+                out.put_u64_le(*msg_id);
+                out.put_slice(seed);
+                out.put_u32_le(*effort);
+            }
+            Frame::CapabilityResult { dest, status } => {
+                out.put_slice(&dest.0);
+                out.put_u8(*status as u8);
+            }
             Frame::Ack { items } => {
                 out.put_u16_le(count_u16(items.len(), DESTS_PER_FRAME_MAX));
                 for (dest, pos) in items {
@@ -1057,7 +1181,12 @@ impl Frame {
                 let dest = Dest(r.array()?);
                 let msg_id = r.u64()?;
                 let flags = r.u8()?;
-                if flags & !FLAGS_KNOWN != 0 {
+                let known = if t == ft::SEND {
+                    SEND_FLAGS_KNOWN
+                } else {
+                    FLAGS_KNOWN
+                };
+                if flags & !known != 0 {
                     return Err(DecodeError::InvalidValue {
                         frame_type: t,
                         field: "flags",
@@ -1065,6 +1194,18 @@ impl Frame {
                 }
                 if t == ft::SEND {
                     let ttl_s = r.u32()?;
+                    let mut pass = crate::puzzle::SendPass::NONE;
+                    if flags & FLAG_PUZZLE != 0 {
+                        pass.puzzle = Some(crate::puzzle::PuzzleAnswer {
+                            nonce: r.array()?,
+                            effort: r.u32()?,
+                            solution: r.array()?,
+                        });
+                    }
+                    if flags & FLAG_CAPABILITY != 0 {
+                        pass.capability = Some(r.array()?);
+                    }
+                    let flags = flags & FLAGS_KNOWN;
                     let payload = r.rest();
                     if payload.len() > PACKET_PAYLOAD_BYTES_MAX {
                         return Err(DecodeError::PayloadTooLarge {
@@ -1076,6 +1217,7 @@ impl Frame {
                         msg_id,
                         flags,
                         ttl_s,
+                        pass,
                         payload,
                     }
                 } else {
@@ -1098,6 +1240,21 @@ impl Frame {
             }
             ft::DRAIN => Frame::Drain {
                 dest: Dest(r.array()?),
+            },
+            ft::CAPABILITY_REGISTER => Frame::CapabilityRegister {
+                dest: Dest(r.array()?),
+                ttl_s: r.u32()?,
+                verifier: r.array()?,
+            },
+            ft::PUZZLE => Frame::Puzzle {
+                dest: Dest(r.array()?),
+                msg_id: r.u64()?,
+                seed: r.array()?,
+                effort: r.u32()?,
+            },
+            ft::CAPABILITY_RESULT => Frame::CapabilityResult {
+                dest: Dest(r.array()?),
+                status: r.enum_u8(CapabilityStatus::from_u8, "status")?,
             },
             ft::ACK => {
                 let n = r.count(DESTS_PER_FRAME_MAX, 24)?;

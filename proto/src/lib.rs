@@ -12,9 +12,10 @@ pub mod frame;
 pub mod limits;
 pub mod media;
 pub mod prekey;
+pub mod puzzle;
 pub mod xeddsa;
 
 pub use frame::{
-    BlobOpKind, BlobStatus, Dest, DrainStatus, ErrorCode, Frame, Op, PrekeyStatus, ProofItem,
-    ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
+    BlobOpKind, BlobStatus, CapabilityStatus, Dest, DrainStatus, ErrorCode, Frame, Op,
+    PrekeyStatus, ProofItem, ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
 };

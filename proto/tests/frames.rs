@@ -32,6 +32,22 @@ fn proof_item() -> impl Strategy<Value = ProofItem> {
             }
         })
 }
+fn send_pass() -> impl Strategy<Value = ferry_proto::puzzle::SendPass> {
+    use ferry_proto::puzzle::{PuzzleAnswer, SendPass};
+    (
+        prop::option::of(
+            (any::<[u8; 16]>(), any::<u32>(), any::<[u8; 16]>()).prop_map(
+                |(nonce, effort, solution)| PuzzleAnswer {
+                    nonce,
+                    effort,
+                    solution,
+                },
+            ),
+        ),
+        prop::option::of(any::<[u8; 32]>()),
+    )
+        .prop_map(|(puzzle, capability)| SendPass { puzzle, capability })
+}
 fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
     prop::sample::select(all)
 }
@@ -206,15 +222,39 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|dests| Frame::Subscribe { dests }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
             .prop_map(|dests| Frame::Unsubscribe { dests }),
-        (dest(), any::<u64>(), flags(), any::<u32>(), payload(2048)).prop_map(
-            |(dest, msg_id, flags, ttl_s, payload)| Frame::Send {
+        (
+            dest(),
+            any::<u64>(),
+            flags(),
+            any::<u32>(),
+            send_pass(),
+            payload(2048)
+        )
+            .prop_map(|(dest, msg_id, flags, ttl_s, pass, payload)| Frame::Send {
                 dest,
                 msg_id,
                 flags,
                 ttl_s,
+                pass,
                 payload
+            }),
+        (dest(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(dest, ttl_s, verifier)| {
+            Frame::CapabilityRegister {
+                dest,
+                ttl_s,
+                verifier,
+            }
+        }),
+        (dest(), any::<u64>(), any::<[u8; 32]>(), any::<u32>()).prop_map(
+            |(dest, msg_id, seed, effort)| Frame::Puzzle {
+                dest,
+                msg_id,
+                seed,
+                effort,
             }
         ),
+        (dest(), pick(CapabilityStatus::ALL))
+            .prop_map(|(dest, status)| Frame::CapabilityResult { dest, status }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
             .prop_map(|dests| Frame::Query { dests }),
         prop::collection::vec(dest(), 0..DESTS_PER_FRAME_MAX)
@@ -348,6 +388,7 @@ fn largest_packet_fits_and_one_more_byte_does_not() {
         msg_id: 1,
         flags: 0,
         ttl_s: 0,
+        pass: ferry_proto::puzzle::SendPass::NONE,
         payload: Bytes::from(vec![0u8; PACKET_PAYLOAD_BYTES_MAX]),
     };
     assert_eq!(
@@ -392,6 +433,7 @@ fn lying_counts_and_bad_values_are_errors() {
         msg_id: 0,
         flags: 0,
         ttl_s: 0,
+        pass: ferry_proto::puzzle::SendPass::NONE,
         payload: Bytes::new(),
     }
     .to_bytes()
@@ -425,4 +467,71 @@ fn owner_is_first_eight_bytes_mod_shards() {
     d[..8].copy_from_slice(&1_000_003u64.to_le_bytes());
     assert_eq!(Dest(d).owner(7), (1_000_003 % 7) as usize);
     assert_eq!(Dest(d).owner(1), 0);
+}
+
+/// The puzzle frames' examples in docs/PROTOCOL.md §8.6, byte for byte.
+#[test]
+fn puzzle_frames_match_the_documented_bytes() {
+    use ferry_proto::puzzle::{PuzzleAnswer, SendPass};
+    let hex = |f: &Frame| {
+        f.to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let d = Dest([0xd0; 16]);
+    let puzzle = Frame::Puzzle {
+        dest: d,
+        msg_id: 7,
+        seed: [0x5e; 32],
+        effort: 8,
+    };
+    assert_eq!(
+        hex(&puzzle),
+        format!(
+            "3d00000091{}0700000000000000{}08000000",
+            "d0".repeat(16),
+            "5e".repeat(32)
+        )
+    );
+    let send = Frame::Send {
+        dest: d,
+        msg_id: 7,
+        flags: FLAG_ACK,
+        ttl_s: 0,
+        pass: SendPass {
+            puzzle: Some(PuzzleAnswer {
+                nonce: [1; 16],
+                effort: 8,
+                solution: [2; 16],
+            }),
+            capability: None,
+        },
+        payload: Bytes::from_static(b"hi"),
+    };
+    assert_eq!(
+        hex(&send),
+        format!(
+            "4400000006{}07000000000000000500000000{}08000000{}6869",
+            "d0".repeat(16),
+            "01".repeat(16),
+            "02".repeat(16)
+        )
+    );
+    let result = Frame::CapabilityResult {
+        dest: d,
+        status: CapabilityStatus::Ok,
+    };
+    assert_eq!(hex(&result), format!("1200000092{}00", "d0".repeat(16)));
+    // A Deliver never carries the Send-only bits.
+    let mut raw = Frame::Deliver {
+        dest: d,
+        msg_id: 7,
+        flags: 0,
+        payload: Bytes::new(),
+    }
+    .to_bytes()
+    .to_vec();
+    raw[4 + 1 + 16 + 8] = FLAG_PUZZLE;
+    assert!(decode_frame(&mut BytesMut::from(&raw[..])).is_err());
 }

@@ -32,8 +32,8 @@ pub use ferry_proto::addr::{AddrError, BlindedSigner, MailboxPublic, NamespaceId
 pub use ferry_proto::conn::{ClientConn, ClientError, ClientEvent};
 use ferry_proto::frame::Frame;
 pub use ferry_proto::frame::{
-    BlobStatus, Dest, ErrorCode, FLAG_ACK, Op, PrekeyStatus, ProofItem, ProofStatus, PushProvider,
-    PushStatus, SendStatus, SubscribeStatus,
+    BlobStatus, CapabilityStatus, Dest, ErrorCode, FLAG_ACK, Op, PrekeyStatus, ProofItem,
+    ProofStatus, PushProvider, PushStatus, SendStatus, SubscribeStatus,
 };
 pub use ferry_proto::limits::{
     DESTS_PER_FRAME_MAX, EPOCH_SECONDS, PACKET_PAYLOAD_BYTES_MAX, PROOFS_PER_FRAME_MAX,
@@ -320,6 +320,36 @@ pub struct Client {
     node_clock: (u64, SystemTime),
     events: VecDeque<ClientEvent>,
     buf: Vec<u8>,
+    /// The latest sends, kept so that a `PuzzleRequired` answer can be solved and resent without
+    /// the application noticing (bounded: the oldest is forgotten first).
+    resendable: VecDeque<PendingSend>,
+    /// `Puzzle` frames waiting for their `SendResult`: (dest, msg_id) → (seed, effort).
+    puzzles: VecDeque<(Dest, u64, [u8; 32], u32)>,
+    /// Highest puzzle effort this client solves; a harder puzzle is handed to the application as
+    /// `PuzzleRequired`.
+    puzzle_effort_max: u32,
+}
+
+/// Sends a client remembers for solving and resending: an application sending faster than
+/// results come back loses transparent puzzle solving for the oldest, not memory.
+pub const RESENDABLE_SENDS_MAX: usize = 256;
+/// Times one send is solved and resent before `PuzzleRequired` reaches the application (the
+/// level may rise between two answers).
+pub const PUZZLE_ATTEMPTS_MAX: u8 = 3;
+/// Default for [`Client::set_puzzle_effort_max`]: the node's default top level (effort 8, about
+/// 50 ms of one core of the reference machine, measured by `proto/examples/puzzle_cost.rs`) with
+/// room for a node configured four times harder.
+pub const PUZZLE_EFFORT_DEFAULT_MAX: u32 = 32;
+
+#[derive(Debug)]
+struct PendingSend {
+    dest: Dest,
+    msg_id: u64,
+    flags: u8,
+    ttl_s: u32,
+    capability: Option<[u8; 32]>,
+    payload: Vec<u8>,
+    attempts: u8,
 }
 
 impl std::fmt::Debug for Client {
@@ -422,6 +452,9 @@ impl Client {
             node_clock: (0, SystemTime::now()),
             events: VecDeque::new(),
             buf: vec![0u8; 64 * 1024],
+            resendable: VecDeque::new(),
+            puzzles: VecDeque::new(),
+            puzzle_effort_max: PUZZLE_EFFORT_DEFAULT_MAX,
         };
         c.flush()?;
         let deadline = Instant::now() + timeout;
@@ -511,7 +544,10 @@ impl Client {
             if let Some(ev) = self.conn.poll_event().map_err(SdkError::Protocol)? {
                 // Pong replies to node pings are queued inside the state machine.
                 self.flush()?;
-                return Ok(ev);
+                match self.on_puzzle_event(ev)? {
+                    Some(ev) => return Ok(ev),
+                    None => continue,
+                }
             }
             self.flush()?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -690,12 +726,160 @@ impl Client {
 
     /// Queues a packet; call [`Client::flush`] (or any waiting call) to write it. Sends are
     /// buffered so that many small packets leave in one write.
+    ///
+    /// When the node answers `PuzzleRequired` (the dest or the store is under pressure), the
+    /// client solves the puzzle and sends the packet again by itself while it waits for events:
+    /// the application sees the final `SendResult` (up to [`PUZZLE_ATTEMPTS_MAX`] tries, efforts
+    /// up to [`Client::set_puzzle_effort_max`]).
     pub fn send(&mut self, dest: Dest, msg_id: u64, flags: u8, payload: &[u8]) {
+        self.send_with_ttl(dest, msg_id, flags, 0, payload);
+    }
+
+    /// Like [`Client::send_with_ttl`], carrying the capability token the recipient gave this
+    /// client inside the end-to-end session
+    /// ([`ferry_proto::puzzle::capability_token`] of its send secret and the dest's epoch): a
+    /// dest under pressure takes it instead of a puzzle.
+    pub fn send_with_capability(
+        &mut self,
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        ttl_s: u32,
+        token: [u8; 32],
+        payload: &[u8],
+    ) {
+        self.send_pass(dest, msg_id, flags, ttl_s, Some(token), payload);
+    }
+
+    fn send_pass(
+        &mut self,
+        dest: Dest,
+        msg_id: u64,
+        flags: u8,
+        ttl_s: u32,
+        capability: Option<[u8; 32]>,
+        payload: &[u8],
+    ) {
         assert!(
             payload.len() <= PACKET_PAYLOAD_BYTES_MAX,
             "payload over PACKET_PAYLOAD_BYTES_MAX"
         );
-        self.conn.send(dest, msg_id, flags, 0, payload);
+        let pass = ferry_proto::puzzle::SendPass {
+            puzzle: None,
+            capability,
+        };
+        self.conn
+            .send_with(dest, msg_id, flags, ttl_s, &pass, payload);
+        if self.resendable.len() >= RESENDABLE_SENDS_MAX {
+            self.resendable.pop_front();
+        }
+        self.resendable.push_back(PendingSend {
+            dest,
+            msg_id,
+            flags,
+            ttl_s,
+            capability,
+            payload: payload.to_vec(),
+            attempts: 0,
+        });
+    }
+
+    /// Sets the highest puzzle effort this client solves by itself (0: never solve).
+    pub fn set_puzzle_effort_max(&mut self, effort: u32) {
+        self.puzzle_effort_max = effort.min(ferry_proto::puzzle::PUZZLE_EFFORT_MAX);
+    }
+
+    /// Registers, under a `Drain` proof for `dest`, the verifier of the capability tokens this
+    /// mailbox's contacts will send to `dest` ([`ferry_proto::puzzle::capability_verifier`] of
+    /// the epoch's token), for `ttl_s` seconds (capped by the node; 0 removes it).
+    pub fn register_capability(
+        &mut self,
+        dest: Dest,
+        ttl_s: u32,
+        verifier: [u8; 32],
+    ) -> Result<ferry_proto::CapabilityStatus, SdkError> {
+        self.conn.push(&Frame::CapabilityRegister {
+            dest,
+            ttl_s,
+            verifier,
+        });
+        self.flush()?;
+        self.wait_for(Duration::from_secs(10), |ev| match ev {
+            ClientEvent::CapabilityResult { dest: d, status } if *d == dest => Some(*status),
+            _ => None,
+        })
+    }
+
+    /// Handles puzzle frames: remembers a `Puzzle`, and answers its `SendResult PuzzleRequired`
+    /// by solving and resending when it can. `None`: the event was consumed.
+    fn on_puzzle_event(&mut self, ev: ClientEvent) -> Result<Option<ClientEvent>, SdkError> {
+        match ev {
+            ClientEvent::Puzzle {
+                dest,
+                msg_id,
+                seed,
+                effort,
+            } => {
+                if self.puzzles.len() >= RESENDABLE_SENDS_MAX {
+                    self.puzzles.pop_front();
+                }
+                self.puzzles.push_back((dest, msg_id, seed, effort));
+                Ok(None)
+            }
+            ClientEvent::SendResult {
+                dest,
+                msg_id,
+                status: SendStatus::PuzzleRequired,
+            } => {
+                let puzzle = self
+                    .puzzles
+                    .iter()
+                    .position(|p| p.0 == dest && p.1 == msg_id)
+                    .and_then(|i| self.puzzles.remove(i));
+                let pending = self
+                    .resendable
+                    .iter()
+                    .position(|p| p.dest == dest && p.msg_id == msg_id);
+                let (Some((_, _, seed, effort)), Some(i)) = (puzzle, pending) else {
+                    return Ok(Some(ev));
+                };
+                let p = &mut self.resendable[i];
+                if p.attempts >= PUZZLE_ATTEMPTS_MAX || effort > self.puzzle_effort_max {
+                    return Ok(Some(ev));
+                }
+                p.attempts += 1;
+                let digest = ferry_proto::puzzle::message_digest(msg_id, p.ttl_s, &p.payload);
+                let mut nonce = [0u8; 16];
+                getrandom::fill(&mut nonce)
+                    .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+                let Some(answer) = ferry_proto::puzzle::solve(&seed, &dest, &digest, effort, nonce)
+                else {
+                    return Ok(Some(ev));
+                };
+                let pass = ferry_proto::puzzle::SendPass {
+                    puzzle: Some(answer),
+                    capability: p.capability,
+                };
+                let (flags, ttl_s) = (p.flags, p.ttl_s);
+                let payload = std::mem::take(&mut p.payload);
+                self.conn
+                    .send_with(dest, msg_id, flags, ttl_s, &pass, &payload);
+                self.resendable[i].payload = payload;
+                self.flush()?;
+                Ok(None)
+            }
+            ClientEvent::SendResult { dest, msg_id, .. } => {
+                if let Some(i) = self
+                    .resendable
+                    .iter()
+                    .position(|p| p.dest == dest && p.msg_id == msg_id)
+                {
+                    self.resendable.remove(i);
+                }
+                Ok(Some(ev))
+            }
+            ev => Ok(Some(ev)),
+        }
     }
 
     /// Like [`Client::send`], with how long the node may store the packet if the recipient is
@@ -708,11 +892,7 @@ impl Client {
         ttl_s: u32,
         payload: &[u8],
     ) {
-        assert!(
-            payload.len() <= PACKET_PAYLOAD_BYTES_MAX,
-            "payload over PACKET_PAYLOAD_BYTES_MAX"
-        );
-        self.conn.send(dest, msg_id, flags, ttl_s, payload);
+        self.send_pass(dest, msg_id, flags, ttl_s, None, payload);
     }
 
     /// Which of `dests` hold stored blobs. The node answers only for dests this connection

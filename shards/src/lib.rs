@@ -11,6 +11,7 @@ pub mod clock;
 pub mod driver;
 pub mod media;
 pub mod metrics;
+pub mod puzzle;
 pub mod ratelimit;
 pub mod service;
 pub mod shard;

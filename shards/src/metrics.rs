@@ -71,6 +71,10 @@ metrics! {
     connections_shed_memory: "counter", "ferry_connections_shed_memory_total", "Connections closed with Overloaded: the shard was over its memory budget and they held the most.";
     connections_refused_memory: "counter", "ferry_connections_refused_memory_total", "Connections refused with Overloaded: the shard was at its memory budget.";
     drops_memory: "counter", "ferry_drops_memory_total", "Packets dropped (and answered Congested): the shard was at its memory budget.";
+    puzzles_required: "counter", "ferry_puzzles_required_total", "Sends to a pressured dest answered PuzzleRequired (no valid unseen answer of the effort, no capability).";
+    puzzles_valid: "counter", "ferry_puzzles_valid_total", "Puzzle answers that verified on the sender's core.";
+    puzzles_invalid: "counter", "ferry_puzzles_invalid_total", "Puzzle answers that did not verify (wrong effort, solution, seed or message).";
+    puzzles_rate_limited: "counter", "ferry_puzzles_rate_limited_total", "Puzzle answers not checked: connection or address over its check budget.";
     store_torn_tails: "counter", "ferry_store_torn_tails_total", "Segments whose tail was torn at replay.";
 }
 

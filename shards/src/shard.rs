@@ -47,6 +47,7 @@ use crate::store::format::Pos;
 use crate::store::{Log, StoreError};
 
 use crate::metrics::ShardMetrics;
+use crate::puzzle::{Gate, Passed, PuzzleGate};
 use crate::ratelimit::{Bucket, IpKey, IpLimiter, IpLimits};
 use crate::table::{ConnRef, ForwardTable};
 
@@ -74,6 +75,9 @@ pub const DRAIN_BYTES_MAX: usize = 1 << 20;
 /// sender flooding one dest cannot flood the service queue (the service coalesces per device
 /// over a window of at least this).
 pub const WAKE_OFFER_INTERVAL_MS: u64 = 1_000;
+/// Proof-check tokens of the sender's address one puzzle check spends: an interpreted Equi-X
+/// check (about 90 µs on the reference core) costs about two Ed25519 verifications.
+pub const PUZZLE_CHECK_PROOF_COST: u64 = 2;
 /// Expired blobs are removed (and segments reclaimed) at most this often.
 pub const STORE_EXPIRE_INTERVAL_S: u64 = 1;
 /// What one open connection costs besides its buffers, charged to the memory budget: its
@@ -123,6 +127,8 @@ pub struct ShardConfig {
     /// Above it the connections holding the most are shed (`Error Overloaded`), packets are
     /// answered `Congested`, and new connections are refused with `Overloaded`.
     pub memory_bytes_max: usize,
+    /// Send puzzles for dests under pressure (`crate::puzzle`).
+    pub puzzle: crate::puzzle::PuzzleConfig,
 }
 
 /// The core that stores media blob `id`: its first 8 bytes, little-endian, modulo the shards.
@@ -154,6 +160,30 @@ pub enum HopMsg {
         flags: u8,
         ttl_s: u32,
         payload: Bytes,
+        /// What the packet's puzzle answer and capability token proved on the sender's core
+        /// (boxed: most packets carry neither).
+        passed: Option<Box<Passed>>,
+    },
+    /// Owner → sender's core: the packet needs a puzzle answer of `effort` (answered
+    /// `Puzzle` + `SendResult PuzzleRequired`).
+    Puzzle {
+        to: u64,
+        dest: Dest,
+        msg_id: u64,
+        effort: u32,
+    },
+    /// Registrant's core → owner: keep (or with `ttl_s` 0 drop) the capability verifier of `dest`.
+    Capability {
+        dest: Dest,
+        from: ConnRef,
+        ttl_s: u32,
+        verifier: [u8; 32],
+    },
+    /// Owner → registrant's core: the answer to `Capability`.
+    CapabilityResult {
+        to: u64,
+        dest: Dest,
+        status: ferry_proto::CapabilityStatus,
     },
     /// Owner → subscriber's core: write to connection `to`.
     Deliver {
@@ -244,6 +274,8 @@ struct Packet {
     flags: u8,
     ttl_s: u32,
     payload: Bytes,
+    /// The sender core's verdict on the send's puzzle answer or capability, if it carried one.
+    passed: Option<Box<Passed>>,
 }
 
 /// What the store did with a packet.
@@ -251,6 +283,9 @@ struct Packet {
 enum Stored {
     Accepted,
     Refused(SendStatus),
+    /// The dest or the store is under pressure and the packet carried no valid pass: the
+    /// sender must solve a puzzle of this effort (the caller tells it, or delivers live).
+    Puzzle(u32),
     Fatal,
 }
 
@@ -376,6 +411,10 @@ pub struct Shard {
     push_armed: AHashMap<Dest, (u64, u64)>,
     /// What this shard's connections and outboxes hold, against `cfg.memory_bytes_max`.
     memory: Memory,
+    /// Seed, levels, seen answers and capability verifiers of the send puzzles.
+    puzzle: PuzzleGate,
+    /// Puzzle answers each connection may have checked per second.
+    puzzle_checks: crate::ratelimit::KeyedLimiter<u64>,
 }
 
 impl Shard {
@@ -419,6 +458,11 @@ impl Shard {
             ),
             push_armed: AHashMap::new(),
             memory: Memory::default(),
+            puzzle: PuzzleGate::new(cfg.puzzle.clone()),
+            puzzle_checks: crate::ratelimit::KeyedLimiter::new(
+                cfg.puzzle.checks_per_conn,
+                cfg.connections_max,
+            ),
             cfg,
         }
     }
@@ -795,6 +839,7 @@ impl Shard {
                     msg_id,
                     flags,
                     ttl_s,
+                    pass,
                     payload,
                 } => {
                     ShardMetrics::inc(&self.metrics.packets_sent);
@@ -803,6 +848,8 @@ impl Shard {
                     } else {
                         Audience::Stranger
                     };
+                    let passed =
+                        self.check_pass(now, conn, ip, &dest, msg_id, ttl_s, &pass, &payload);
                     let owner = self.owner(&dest);
                     let source = self.source_key(ip);
                     if !self.memory_room(payload.len()) {
@@ -819,6 +866,7 @@ impl Shard {
                             flags,
                             ttl_s,
                             payload,
+                            passed,
                         };
                         self.route(now, packet);
                     } else if !self.hop(
@@ -832,6 +880,7 @@ impl Shard {
                             flags,
                             ttl_s,
                             payload,
+                            passed,
                         },
                     ) {
                         ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
@@ -879,6 +928,19 @@ impl Shard {
                     }
                 }
                 ServerEvent::Query { dests } => self.query(now, conn, dests),
+                ServerEvent::CapabilityRegister {
+                    dest,
+                    ttl_s,
+                    verifier,
+                } => {
+                    let msg = HopMsg::Capability {
+                        dest,
+                        from,
+                        ttl_s,
+                        verifier,
+                    };
+                    self.control(self.owner(&dest), msg);
+                }
                 ServerEvent::Drain { dest } => {
                     ShardMetrics::inc(&self.metrics.store_drains);
                     self.control(self.owner(&dest), HopMsg::Drain { dest, from });
@@ -935,6 +997,55 @@ impl Shard {
         self.mark_ready(conn);
     }
 
+    /// Sender's core: what a `Send`'s pass proves. A puzzle answer is checked only within the
+    /// connection's puzzle-check budget and its address's proof-check budget (an Equi-X check
+    /// costs about as much as two signature checks, `PUZZLE_CHECK_PROOF_COST`); past them it
+    /// proves nothing, and the owner asks again.
+    #[allow(clippy::too_many_arguments)]
+    fn check_pass(
+        &mut self,
+        now: Now,
+        conn: u64,
+        ip: crate::ratelimit::IpKey,
+        dest: &Dest,
+        msg_id: u64,
+        ttl_s: u32,
+        pass: &ferry_proto::puzzle::SendPass,
+        payload: &[u8],
+    ) -> Option<Box<Passed>> {
+        if pass.puzzle.is_none() && pass.capability.is_none() {
+            return None;
+        }
+        let verifier = pass
+            .capability
+            .map(|t| ferry_proto::puzzle::capability_verifier(&t));
+        let mut passed = Passed {
+            effort: 0,
+            answer_id: [0; 16],
+            verifier,
+        };
+        if let Some(answer) = &pass.puzzle {
+            let budget = self.limiter.proofs_available(ip, now.mono_ms) >= PUZZLE_CHECK_PROOF_COST
+                && self.puzzle_checks.allow(conn, now.mono_ms);
+            if budget {
+                self.limiter
+                    .take_proofs(ip, now.mono_ms, PUZZLE_CHECK_PROOF_COST);
+                let digest = ferry_proto::puzzle::message_digest(msg_id, ttl_s, payload);
+                match self.puzzle.check_answer(now.unix_s, dest, &digest, answer) {
+                    Some(id) => {
+                        ShardMetrics::inc(&self.metrics.puzzles_valid);
+                        passed.effort = answer.effort;
+                        passed.answer_id = id;
+                    }
+                    None => ShardMetrics::inc(&self.metrics.puzzles_invalid),
+                }
+            } else {
+                ShardMetrics::inc(&self.metrics.puzzles_rate_limited);
+            }
+        }
+        Some(Box::new(passed))
+    }
+
     fn owner(&self, dest: &Dest) -> u16 {
         // Below `shards`, which `new` holds to SHARDS_MAX.
         shard_index(dest.owner(self.cfg.shards))
@@ -986,18 +1097,33 @@ impl Shard {
     fn route(&mut self, now: Now, p: Packet) {
         match self.table.lookup(&p.dest) {
             None => {
-                if let Stored::Refused(status) = self.store_packet(now, &p) {
-                    self.reply(p.from, p.dest, p.msg_id, status);
+                match self.store_packet(now, &p) {
+                    Stored::Refused(status) => self.reply(p.from, p.dest, p.msg_id, status),
+                    Stored::Puzzle(effort) => self.puzzle_required(&p, effort),
+                    Stored::Accepted | Stored::Fatal => {}
                 }
             }
             Some(sub) if self.handover.contains(&p.dest) => {
-                if let Stored::Refused(_) = self.store_packet(now, &p) {
+                if let Stored::Refused(_) | Stored::Puzzle(_) = self.store_packet(now, &p) {
                     ShardMetrics::inc(&self.metrics.handover_live);
                     self.forward(sub, p);
                 }
             }
             Some(sub) => self.forward(sub, p),
         }
+    }
+
+    /// Tells the sender of a packet the store would not take without a pass which puzzle to solve.
+    fn puzzle_required(&mut self, p: &Packet, effort: u32) {
+        self.control(
+            p.from.shard,
+            HopMsg::Puzzle {
+                to: p.from.conn,
+                dest: p.dest,
+                msg_id: p.msg_id,
+                effort,
+            },
+        );
     }
 
     /// Owner side of a packet for live subscriber `sub`: deliver here or hop to its core.
@@ -1093,10 +1219,18 @@ impl Shard {
     /// delivers; `Fatal`: the store failed its sync and the node stops.
     fn store_packet(&mut self, now: Now, p: &Packet) -> Stored {
         let (dest, from, msg_id, flags, audience) = (p.dest, p.from, p.msg_id, p.flags, p.audience);
+        // Under pressure the packet must carry a puzzle answer or the dest's capability first.
         let Some(log) = self.store.as_mut() else {
             ShardMetrics::inc(&self.metrics.packets_no_subscriber);
             return Stored::Refused(SendStatus::NoSubscriber);
         };
+        if let Gate::Puzzle(effort) =
+            self.puzzle
+                .admit(now.unix_s, &dest, log.pressure(&dest), p.passed.as_deref())
+        {
+            ShardMetrics::inc(&self.metrics.puzzles_required);
+            return Stored::Puzzle(effort);
+        }
         let ttl = if p.ttl_s == 0 {
             u64::MAX
         } else {
@@ -1298,6 +1432,7 @@ impl Shard {
                 flags,
                 ttl_s,
                 payload,
+                passed,
             } => {
                 let packet = Packet {
                     dest,
@@ -1308,8 +1443,43 @@ impl Shard {
                     flags,
                     ttl_s,
                     payload,
+                    passed,
                 };
                 self.route(now, packet)
+            }
+            HopMsg::Puzzle {
+                to,
+                dest,
+                msg_id,
+                effort,
+            } => {
+                let seed = self.puzzle.seed(now.unix_s);
+                if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.puzzle_required(dest, msg_id, seed, effort);
+                    self.mark_ready(to);
+                }
+            }
+            HopMsg::Capability {
+                dest,
+                from,
+                ttl_s,
+                verifier,
+            } => {
+                let status = self.puzzle.register(now.unix_s, dest, ttl_s, verifier);
+                self.control(
+                    from.shard,
+                    HopMsg::CapabilityResult {
+                        to: from.conn,
+                        dest,
+                        status,
+                    },
+                );
+            }
+            HopMsg::CapabilityResult { to, dest, status } => {
+                if let Some(c) = self.conns.get_mut(&to) {
+                    c.sm.capability_result(dest, status);
+                    self.mark_ready(to);
+                }
             }
             HopMsg::Deliver {
                 dest,
@@ -1768,6 +1938,7 @@ mod tests {
             store: None,
             media_upload_rate: open,
             memory_bytes_max: 1 << 30,
+            puzzle: crate::puzzle::PuzzleConfig::default(),
         }
     }
 

@@ -33,6 +33,7 @@ fn shard(index: u16, shards: usize, hop_queue_msgs_max: usize) -> Shard {
         shards,
         node_id: [9; 32],
         memory_bytes_max: 1 << 30,
+        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
         seed: [1; 32],
         conn_limits: ConnLimits {
             // Nothing here may time out on its own.

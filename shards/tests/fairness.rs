@@ -98,6 +98,7 @@ impl World {
                     shards,
                     node_id: NODE_ID,
                     memory_bytes_max: 1 << 30,
+                    puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
                     seed: [i as u8; 32],
                     conn_limits: ConnLimits {
                         handshake_timeout_ms: u64::MAX / 4,

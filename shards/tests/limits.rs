@@ -43,6 +43,7 @@ fn config(ip_limits: IpLimits) -> ShardConfig {
         store: None,
         media_upload_rate: OFF,
         memory_bytes_max: 1 << 30,
+        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
     }
 }
 

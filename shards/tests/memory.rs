@@ -55,6 +55,7 @@ fn shard(memory_bytes_max: usize) -> Shard {
         store: None,
         media_upload_rate: OFF,
         memory_bytes_max,
+        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
     };
     Shard::new(cfg, Arc::new(ShardMetrics::default()))
 }

@@ -38,6 +38,7 @@ fn config(shard: u16) -> ShardConfig {
         shards: SHARDS,
         node_id: NODE_ID,
         memory_bytes_max: 1 << 30,
+        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
         seed: [1; 32],
         conn_limits: ConnLimits {
             // Nothing in these tests may time out on its own.

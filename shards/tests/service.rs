@@ -62,6 +62,7 @@ fn shard() -> Shard {
             store: None,
             media_upload_rate: Rate { per_s: 0, burst: 0 },
             memory_bytes_max: 1 << 30,
+            puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
         },
         Arc::new(ShardMetrics::default()),
     )

@@ -80,6 +80,7 @@ impl Sim {
                         store: None,
                         media_upload_rate: Rate { per_s: 0, burst: 0 },
                         memory_bytes_max: 1 << 30,
+                        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
                     },
                     Arc::new(ShardMetrics::default()),
                 )

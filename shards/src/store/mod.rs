@@ -226,6 +226,15 @@ pub struct Appended {
     pub source: Option<Source>,
 }
 
+/// How full a dest's quota and the store are, in percent (0..=100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Pressure {
+    /// The fuller of the dest's blob count and byte count, against their limits.
+    pub dest_fill_pct: u8,
+    /// The store's segment bytes against its high-water mark.
+    pub store_fill_pct: u8,
+}
+
 /// One shard's log over a backend.
 #[derive(Debug)]
 pub struct Log<B: Backend> {
@@ -943,6 +952,30 @@ impl<B: Backend> Log<B> {
                     .expect("the disk use covers every tracked segment");
             }
             self.dirty.remove(&seq);
+        }
+    }
+
+    /// How full `dest`'s quota and this store are, from the counters the limits check (the send
+    /// puzzles' pressure, `crate::puzzle`).
+    pub fn pressure(&self, dest: &Dest) -> Pressure {
+        let pct = |used: u128, max: u128| -> u8 {
+            let p = if max == 0 { 100 } else { used * 100 / max };
+            u8::try_from(p.min(100)).expect("at most 100")
+        };
+        let (blobs, bytes) = self
+            .index
+            .get(dest)
+            .map_or((0, 0), |q| (q.entries.len(), q.bytes));
+        let dest_fill_pct = pct(blobs as u128, self.limits.dest_blobs_max as u128).max(pct(
+            u128::from(bytes),
+            u128::from(self.limits.dest_bytes_max),
+        ));
+        let high_water =
+            u128::from(self.limits.disk_bytes_max) * u128::from(self.limits.high_water_percent);
+        let store_fill_pct = pct(u128::from(self.disk_bytes) * 100, high_water);
+        Pressure {
+            dest_fill_pct,
+            store_fill_pct,
         }
     }
 
