@@ -460,21 +460,16 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     let mut ca = s.node.client();
     alice.add_contact("bob", &bob.address()).unwrap();
     let to = bob.address().identity;
-    chat::send(
-        &mut ca,
-        &mut alice,
-        &to,
-        &Body::Data(b"first contact".to_vec()),
-        clock,
-    )
-    .unwrap();
+    let mut sa = chat::Sender::new(&format!("ferry://{}", s.node.addr()), Default::default());
+    sa.send(&mut alice, &to, &Body::Data(b"first contact".to_vec()), clock)
+        .unwrap();
     let got = s.mock.wait_for(1, WAIT, |r| r["provider"] == "apns");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["token"], APNS_OK);
     no_violations(&s.mock.records());
 
     let mut cb = s.node.client();
-    let synced = chat::sync(&mut cb, &mut bob).unwrap();
+    let synced = chat::sync(&mut cb, &mut sa, &mut bob, clock).unwrap();
     assert_eq!(synced.messages.len(), 1);
     assert_eq!(
         synced.messages[0].body,
