@@ -110,7 +110,10 @@ fn no_envelope_at_two_dests_across_the_hour_with_withheld_answers_and_a_restart(
         .filter(|s| s.dir == Dir::ToNode && s.kind == "Send")
         .count();
     assert_eq!(seen.len(), 2, "two envelopes");
-    assert!(sends >= 6, "each sent, retried and resent after the restart: {sends}");
+    assert!(
+        sends >= 6,
+        "each sent, retried and resent after the restart: {sends}"
+    );
     for dests in seen.values() {
         assert_eq!(
             dests,
@@ -213,15 +216,30 @@ fn the_connections_that_send_carry_no_proofs() {
     alice.add_contact("bob", &bob.address()).unwrap();
     let (a_id, b_id) = (alice.address().identity, bob.address().identity);
     sa.send(&mut alice, &b_id, &text("hi bob"), clock).unwrap();
-    let got = chat::pump(&mut cb, &mut sb, &mut bob, std::time::Duration::from_secs(2), clock)
-        .unwrap();
+    let got = chat::pump(
+        &mut cb,
+        &mut sb,
+        &mut bob,
+        std::time::Duration::from_secs(2),
+        clock,
+    )
+    .unwrap();
     assert_eq!(got.messages.len(), 1);
     sb.send(&mut bob, &a_id, &text("hi alice"), clock).unwrap();
-    let got = chat::pump(&mut ca, &mut sa, &mut alice, std::time::Duration::from_secs(2), clock)
-        .unwrap();
+    let got = chat::pump(
+        &mut ca,
+        &mut sa,
+        &mut alice,
+        std::time::Duration::from_secs(2),
+        clock,
+    )
+    .unwrap();
     assert_eq!(got.messages.len(), 1);
     assert_eq!(alice.unacknowledged() + bob.unacknowledged(), 0);
-    assert!(ca.has_proved() && cb.has_proved(), "the listening connections proved");
+    assert!(
+        ca.has_proved() && cb.has_proved(),
+        "the listening connections proved"
+    );
 
     let log = adv.log();
     let mut kinds: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
@@ -232,7 +250,10 @@ fn the_connections_that_send_carry_no_proofs() {
         .iter()
         .filter(|(_, k)| k.contains("Send") || k.contains("PrekeyFetch"))
         .collect();
-    assert!(sending.len() >= 3, "a fetch and two send connections: {kinds:?}");
+    assert!(
+        sending.len() >= 3,
+        "a fetch and two send connections: {kinds:?}"
+    );
     for (conn, k) in &sending {
         assert!(
             !k.contains("Prove"),

@@ -461,8 +461,13 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     alice.add_contact("bob", &bob.address()).unwrap();
     let to = bob.address().identity;
     let mut sa = chat::Sender::new(&format!("ferry://{}", s.node.addr()), Default::default());
-    sa.send(&mut alice, &to, &Body::Data(b"first contact".to_vec()), clock)
-        .unwrap();
+    sa.send(
+        &mut alice,
+        &to,
+        &Body::Data(b"first contact".to_vec()),
+        clock,
+    )
+    .unwrap();
     let got = s.mock.wait_for(1, WAIT, |r| r["provider"] == "apns");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["token"], APNS_OK);

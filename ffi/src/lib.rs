@@ -408,7 +408,10 @@ mod tests {
             FerryError::Failed(_)
         ));
         assert_eq!(node_url("relay.example"), "ferry+tls://relay.example");
-        assert_eq!(node_url(" relay.example:7443"), "ferry+tls://relay.example:7443");
+        assert_eq!(
+            node_url(" relay.example:7443"),
+            "ferry+tls://relay.example:7443"
+        );
         assert_eq!(node_url("ferry://127.0.0.1:7700"), "ferry://127.0.0.1:7700");
         let tls: ferry_sdk::NodeUrl = node_url("127.0.0.1:7700").parse().unwrap();
         assert!(tls.tls, "a bare address means TLS in the bindings");

@@ -296,7 +296,8 @@ fn main() {
             for msg in &s.messages {
                 print(msg, save_dir.as_deref(), &mut c, &mut m);
             }
-            let s2 = chat::pump(&mut c, &mut sender, &mut m, wait, clock).unwrap_or_else(|e| fail(e));
+            let s2 =
+                chat::pump(&mut c, &mut sender, &mut m, wait, clock).unwrap_or_else(|e| fail(e));
             for msg in &s2.messages {
                 print(msg, save_dir.as_deref(), &mut c, &mut m);
             }
@@ -403,13 +404,25 @@ fn main() {
                     }
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                         // Let the last sends be acknowledged.
-                        let _ = chat::pump(&mut c, &mut sender, &mut m, Duration::from_millis(500), clock);
+                        let _ = chat::pump(
+                            &mut c,
+                            &mut sender,
+                            &mut m,
+                            Duration::from_millis(500),
+                            clock,
+                        );
                         break;
                     }
                     Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 }
-                let got = chat::pump(&mut c, &mut sender, &mut m, Duration::from_millis(100), clock)
-                    .unwrap_or_else(|e| fail(e));
+                let got = chat::pump(
+                    &mut c,
+                    &mut sender,
+                    &mut m,
+                    Duration::from_millis(100),
+                    clock,
+                )
+                .unwrap_or_else(|e| fail(e));
                 for msg in &got.messages {
                     print(msg, None, &mut c, &mut m);
                 }

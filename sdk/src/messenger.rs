@@ -614,7 +614,11 @@ fn decode_outgoing(b: &[u8]) -> Option<([u8; EC_KEY_BYTES], Option<(Dest, u64)>,
         let at = 1 + EC_KEY_BYTES;
         let epoch = u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?);
         let dest = Dest(b.get(at + 8..at + 24)?.try_into().ok()?);
-        Some((to, Some((dest, epoch)), b.get(OUTBOX_HEADER_BYTES..)?.to_vec()))
+        Some((
+            to,
+            Some((dest, epoch)),
+            b.get(OUTBOX_HEADER_BYTES..)?.to_vec(),
+        ))
     } else {
         let to: [u8; EC_KEY_BYTES] = b.get(..EC_KEY_BYTES)?.try_into().ok()?;
         Some((to, None, b[EC_KEY_BYTES..].to_vec()))
@@ -1236,7 +1240,11 @@ impl<S: Storage> Messenger<S> {
                         continue;
                     };
                     let rec = encode_outgoing(&o.to, dest, epoch, &o.envelope);
-                    if self.storage.put(&format!("outbox/{id:016x}"), &rec).is_err() {
+                    if self
+                        .storage
+                        .put(&format!("outbox/{id:016x}"), &rec)
+                        .is_err()
+                    {
                         // Not durable: sending it now could put it at another dest after a
                         // restart. Try again at the next call.
                         continue;
@@ -1259,7 +1267,11 @@ impl<S: Storage> Messenger<S> {
                 dest,
                 epoch: first_epoch,
                 msg_id: id,
-                payload: self.outbox.get(&id).map(|o| o.envelope.clone()).unwrap_or_default(),
+                payload: self
+                    .outbox
+                    .get(&id)
+                    .map(|o| o.envelope.clone())
+                    .unwrap_or_default(),
             });
             if let Some(o) = self.outbox.get_mut(&id) {
                 o.tries = o.tries.saturating_add(1);

@@ -8,8 +8,8 @@ use std::net::TcpListener;
 
 use ferry_sdk::proto::frame::Frame;
 use ferry_sdk::{
-    CLOCK_SKEW_S_MAX, Client, ConnectOptions, NODE_UNIX_S_MAX, NodeUrl, PORT_PLAIN_DEFAULT, PORT_TLS_DEFAULT,
-    SdkError, UrlError,
+    CLOCK_SKEW_S_MAX, Client, ConnectOptions, NODE_UNIX_S_MAX, NodeUrl, PORT_PLAIN_DEFAULT,
+    PORT_TLS_DEFAULT, SdkError, UrlError,
 };
 
 fn url(tls: bool, host: &str, port: u16) -> NodeUrl {
@@ -188,7 +188,12 @@ fn the_node_clock_is_taken_within_the_skew_bound_and_refused_beyond_it() {
     assert_eq!(c.epoch(), t / 3600);
 
     // Beyond CLOCK_SKEW_S_MAX either way: refused, whatever the node says.
-    for off in [CLOCK_SKEW_S_MAX as i64 + 5, -(CLOCK_SKEW_S_MAX as i64) - 5, 3600, -3600] {
+    for off in [
+        CLOCK_SKEW_S_MAX as i64 + 5,
+        -(CLOCK_SKEW_S_MAX as i64) - 5,
+        3600,
+        -3600,
+    ] {
         let said = local.saturating_add_signed(off);
         match Client::connect(scripted_node(said)) {
             Err(e @ SdkError::ClockSkew { node_unix_s, .. }) => {

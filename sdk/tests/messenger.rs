@@ -549,7 +549,10 @@ fn retries_go_to_the_first_sends_dest_across_the_hour_and_a_restart() {
     }
     node.send(&retries[2]);
     // Bob, back 40 hours later, drains it from the first send's hour.
-    assert_eq!(sync(&mut node, &mut bob, hour_end + 40 * 3600), vec![text("late")]);
+    assert_eq!(
+        sync(&mut node, &mut bob, hour_end + 40 * 3600),
+        vec![text("late")]
+    );
     // Past the drain window: dropped and reported, never sent to a newer dest.
     let late = hour_end + (STORE_WINDOW_EPOCHS + 1) * 3600;
     assert!(alice.due(late, 0, true).is_empty());
