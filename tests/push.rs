@@ -457,7 +457,6 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     armed(&s.node, 50);
 
     let clock = std::time::Instant::now();
-    let mut ca = s.node.client();
     alice.add_contact("bob", &bob.address()).unwrap();
     let to = bob.address().identity;
     let mut sa = chat::Sender::new(&format!("ferry://{}", s.node.addr()), Default::default());
