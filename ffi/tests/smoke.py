@@ -47,7 +47,7 @@ assert [(k.id, k.file_name) for k in kept] == [(files[0].id, "blob.bin")], kept
 assert cb.fetch_attachment(bob, files[0].id) == data
 assert bob.attachments() == []
 
-for bad in ["ferry:00", "http://localhost:7700", "ferry://relay.example/x"]:
+for bad in ["ferry+tls://", "http://localhost:7700", "ferry://relay.example/x"]:
     try:
         f.Connection.connect(bad)
         raise SystemExit(f"the URL {bad} was accepted")
