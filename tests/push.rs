@@ -457,11 +457,10 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     armed(&s.node, 50);
 
     let clock = std::time::Instant::now();
-    let mut ca = s.node.client();
     alice.add_contact("bob", &bob.address()).unwrap();
     let to = bob.address().identity;
-    chat::send(
-        &mut ca,
+    let mut sa = chat::Sender::new(&format!("ferry://{}", s.node.addr()), Default::default());
+    sa.send(
         &mut alice,
         &to,
         &Body::Data(b"first contact".to_vec()),
@@ -474,7 +473,7 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     no_violations(&s.mock.records());
 
     let mut cb = s.node.client();
-    let synced = chat::sync(&mut cb, &mut bob).unwrap();
+    let synced = chat::sync(&mut cb, &mut sa, &mut bob, clock).unwrap();
     assert_eq!(synced.messages.len(), 1);
     assert_eq!(
         synced.messages[0].body,

@@ -309,12 +309,12 @@ fn epoch_rollover_loses_nothing_when_the_next_epoch_is_proven_in_advance() {
         &["--shards", "2", "--clock-offset-s", &offset_s.to_string()],
         &[],
     );
-    let mut rx = node.client();
+    let mut rx = node.client_moved_clock();
     let e = rx.epoch();
     let mb = mailbox(77);
     rx.listen(&mb, [e, e + 1]).unwrap();
     let contact = ferry_sdk::Contact::new(&mb.public().to_bytes(), common::ns(), None).unwrap();
-    let mut tx = node.client();
+    let mut tx = node.client_moved_clock();
     let receiver = std::thread::spawn(move || {
         let mut got = Vec::new();
         loop {

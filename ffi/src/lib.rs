@@ -3,7 +3,7 @@
 //!
 //! ```python
 //! m = Messenger.open("/app/private/ferry", NAMESPACE)   # keys and sessions live in this dir
-//! c = Connection.connect("ferry+tls://relay.example")    # TLS, port 7443, public CAs
+//! c = Connection.connect("relay.example")               # TLS, port 7443, public CAs
 //! # or Connection.connect("ferry+tls://relay.example:7443", "/app/ca.pem") for a private CA
 //! c.publish_prekeys(m, 20)                               # once, and when running low
 //! m.add_contact("bob", "ferry:…")                        # bob's address, out of band
@@ -27,18 +27,49 @@ uniffi::setup_scaffolding!();
 #[uniffi(flat_error)]
 pub enum FerryError {
     Failed(String),
+    /// The node's clock and this device's differ by more than five minutes
+    /// (`ferry_sdk::CLOCK_SKEW_S_MAX`): nothing was proven or sent for the node's hours. Ask the
+    /// user to check the device's time, or use another node.
+    ClockSkew(String),
 }
 
 impl std::fmt::Display for FerryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FerryError::Failed(m) => f.write_str(m),
+            FerryError::Failed(m) | FerryError::ClockSkew(m) => f.write_str(m),
         }
     }
 }
 
 fn err(e: impl std::fmt::Display) -> FerryError {
     FerryError::Failed(e.to_string())
+}
+
+/// An SDK error, with a clock skew as its own variant.
+fn sdk_err(e: ferry_sdk::SdkError) -> FerryError {
+    match e {
+        e @ ferry_sdk::SdkError::ClockSkew { .. } => FerryError::ClockSkew(e.to_string()),
+        e => err(e),
+    }
+}
+
+/// A messenger error, with a clock skew as its own variant.
+fn msg_err(e: messenger::MessengerError) -> FerryError {
+    match e {
+        messenger::MessengerError::Sdk(e) => sdk_err(e),
+        e => err(e),
+    }
+}
+
+/// The URL to connect to: as given when it names a scheme (`ferry://` asks for plain TCP
+/// explicitly), else TLS (`ferry+tls://` prepended: `relay.example`, `relay.example:7443`).
+fn node_url(url: &str) -> String {
+    let url = url.trim();
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("{}://{url}", ferry_sdk::SCHEME_TLS)
+    }
 }
 
 /// A message that arrived, authenticated and decrypted.
@@ -182,10 +213,12 @@ fn clock() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-/// A blocking connection to a node.
+/// A blocking connection to a node that proves this user's dests (listen, drain, prekeys,
+/// push), and beside it the connections that send and fetch prekeys, which never prove.
 #[derive(uniffi::Object)]
 pub struct Connection {
     client: Mutex<ferry_sdk::Client>,
+    sender: Mutex<chat::Sender>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -200,6 +233,11 @@ impl Connection {
             .lock()
             .map_err(|_| err("connection poisoned by a panic"))
     }
+    fn sender(&self) -> Result<MutexGuard<'_, chat::Sender>, FerryError> {
+        self.sender
+            .lock()
+            .map_err(|_| err("connection poisoned by a panic"))
+    }
 }
 
 fn contact_id(m: &messenger::Messenger<DirStorage>, name: &str) -> Result<[u8; 33], FerryError> {
@@ -210,18 +248,23 @@ fn contact_id(m: &messenger::Messenger<DirStorage>, name: &str) -> Result<[u8; 3
 
 #[uniffi::export]
 impl Connection {
-    /// Connects to the node at `url`: `ferry+tls://host[:port]` (TLS 1.3, port 7443 unless
-    /// given) or `ferry://host[:port]` (plain TCP, port 7700). A TLS node's certificate must
-    /// chain to a public CA, or to the PEM certificates in `ca_file` when given.
+    /// Connects to the node at `url`: `host[:port]` or `ferry+tls://host[:port]` (TLS 1.3, port
+    /// 7443 unless given), or, asked for explicitly, `ferry://host[:port]` (plain TCP, port
+    /// 7700). A TLS node's certificate must chain to a public CA, or to the PEM certificates in
+    /// `ca_file` when given. Sends and prekey fetches open connections of their own to the same
+    /// node. A node whose clock is over five minutes from this device's is refused with
+    /// `FerryError.ClockSkew`.
     #[uniffi::constructor(default(ca_file = None))]
     pub fn connect(url: String, ca_file: Option<String>) -> Result<Arc<Self>, FerryError> {
         let opts = ConnectOptions {
             trust: ca_file.map_or(Trust::PublicRoots, |f| Trust::CaFile(f.into())),
             ..Default::default()
         };
-        let client = ferry_sdk::Client::connect_url(&url, &opts).map_err(err)?;
+        let url = node_url(&url);
+        let client = ferry_sdk::Client::connect_url(&url, &opts).map_err(sdk_err)?;
         Ok(Arc::new(Connection {
             client: Mutex::new(client),
+            sender: Mutex::new(chat::Sender::new(&url, opts)),
         }))
     }
 
@@ -231,7 +274,7 @@ impl Connection {
     pub fn publish_prekeys(&self, m: Arc<Messenger>, one_time: u32) -> Result<(), FerryError> {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
-        chat::publish_prekeys(&mut c, &mut m, one_time as usize).map_err(err)?;
+        chat::publish_prekeys(&mut c, &mut m, one_time as usize).map_err(msg_err)?;
         Ok(())
     }
 
@@ -239,7 +282,7 @@ impl Connection {
     pub fn refill_prekeys(&self, m: Arc<Messenger>) -> Result<(), FerryError> {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
-        chat::refill_prekeys(&mut c, &mut m).map_err(err)
+        chat::refill_prekeys(&mut c, &mut m).map_err(msg_err)
     }
 
     /// Sends text to a contact (first contact through its prekeys).
@@ -249,10 +292,12 @@ impl Connection {
         contact: String,
         text: String,
     ) -> Result<(), FerryError> {
-        let mut c = self.lock()?;
+        let mut sender = self.sender()?;
         let mut m = m.lock()?;
         let to = contact_id(&m, &contact)?;
-        chat::send(&mut c, &mut m, &to, &Body::Data(text.into_bytes()), clock()).map_err(err)?;
+        sender
+            .send(&mut m, &to, &Body::Data(text.into_bytes()), clock())
+            .map_err(msg_err)?;
         Ok(())
     }
 
@@ -265,9 +310,11 @@ impl Connection {
         data: Vec<u8>,
     ) -> Result<(), FerryError> {
         let mut c = self.lock()?;
+        let mut sender = self.sender()?;
         let mut m = m.lock()?;
         let to = contact_id(&m, &contact)?;
-        chat::send_file(&mut c, &mut m, &to, &name, &data[..], clock()).map_err(err)
+        chat::send_file(&mut c, &mut sender, &mut m, &to, &name, &data[..], clock())
+            .map_err(msg_err)
     }
 
     /// Downloads and decrypts a file received (`Message.id`, `Messenger.attachments`), then
@@ -312,22 +359,61 @@ impl Connection {
             PushKind::Fcm => PushProvider::Fcm,
             PushKind::WebPush => PushProvider::WebPush,
         };
-        chat::register_push(&mut c, &m, p, &token, u64::from(hours)).map_err(err)
+        chat::register_push(&mut c, &m, p, &token, u64::from(hours)).map_err(msg_err)
     }
 
     /// On (re)connect: what was stored for this user in the last 72 hours, then listening.
     pub fn sync(&self, m: Arc<Messenger>) -> Result<Vec<Message>, FerryError> {
         let mut c = self.lock()?;
+        let mut sender = self.sender()?;
         let mut m = m.lock()?;
-        let s = chat::sync(&mut c, &mut m).map_err(err)?;
+        let s = chat::sync(&mut c, &mut sender, &mut m, clock()).map_err(msg_err)?;
         Ok(s.messages.into_iter().map(message).collect())
     }
 
     /// Waits up to `wait_ms` for live messages (and handles acknowledgements and retries).
     pub fn pump(&self, m: Arc<Messenger>, wait_ms: u64) -> Result<Vec<Message>, FerryError> {
         let mut c = self.lock()?;
+        let mut sender = self.sender()?;
         let mut m = m.lock()?;
-        let s = chat::pump(&mut c, &mut m, Duration::from_millis(wait_ms), clock()).map_err(err)?;
+        let s = chat::pump(
+            &mut c,
+            &mut sender,
+            &mut m,
+            Duration::from_millis(wait_ms),
+            clock(),
+        )
+        .map_err(msg_err)?;
         Ok(s.messages.into_iter().map(message).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_clock_skew_is_its_own_error_and_a_url_without_scheme_is_tls() {
+        let skew = ferry_sdk::SdkError::ClockSkew {
+            node_unix_s: 7200,
+            local_unix_s: 0,
+        };
+        assert!(matches!(
+            msg_err(messenger::MessengerError::Sdk(skew)),
+            FerryError::ClockSkew(m) if m.contains("device's time")
+        ));
+        assert!(matches!(
+            sdk_err(ferry_sdk::SdkError::Timeout),
+            FerryError::Failed(_)
+        ));
+        assert_eq!(node_url("relay.example"), "ferry+tls://relay.example");
+        assert_eq!(
+            node_url(" relay.example:7443"),
+            "ferry+tls://relay.example:7443"
+        );
+        assert_eq!(node_url("ferry://127.0.0.1:7700"), "ferry://127.0.0.1:7700");
+        let tls: ferry_sdk::NodeUrl = node_url("127.0.0.1:7700").parse().unwrap();
+        assert!(tls.tls, "a bare address means TLS in the bindings");
     }
 }

@@ -2,10 +2,11 @@
 
 usage: python3 smoke.py <dir with ferry_ffi.py and libferry_ffi.so> <plain node URL>
                         <TLS node URL> <CA file> <tmpdir>
-Two users: Alice connects by the plain URL, Bob by the TLS one trusting the CA file. Bob
-publishes prekeys; Alice adds him and writes (first contact); Bob syncs and reads it; Bob
-answers; Alice reads; a file through media storage, kept until fetched. Wrong URLs and a
-missing CA are refused. Exits non-zero on failure.
+Two users: Alice connects by the plain URL (asked for explicitly, ferry://), Bob by the TLS
+one without its scheme (TLS is the default) trusting the CA file. Bob publishes prekeys; Alice
+adds him and writes (first contact); Bob syncs and reads it; Bob answers; Alice reads; a file
+through media storage, kept until fetched. Wrong URLs, a missing CA and a plain node reached
+without ferry:// (taken as TLS) are refused. Exits non-zero on failure.
 """
 import os
 import sys
@@ -18,7 +19,8 @@ ns = bytes(range(32))
 alice = f.Messenger.open(os.path.join(tmp, "alice"), ns)
 bob = f.Messenger.open(os.path.join(tmp, "bob"), ns)
 ca = f.Connection.connect(plain_url)
-cb = f.Connection.connect(tls_url, ca_file)
+assert tls_url.startswith("ferry+tls://"), tls_url
+cb = f.Connection.connect(tls_url[len("ferry+tls://"):], ca_file)
 cb.publish_prekeys(bob, 5)
 alice.add_contact("bob", bob.address())
 bob.add_contact("alice", alice.address())
@@ -45,7 +47,7 @@ assert [(k.id, k.file_name) for k in kept] == [(files[0].id, "blob.bin")], kept
 assert cb.fetch_attachment(bob, files[0].id) == data
 assert bob.attachments() == []
 
-for bad in ["ferry:00", "relay.example:7700", "http://localhost:7700"]:
+for bad in ["ferry+tls://", "http://localhost:7700", "ferry://relay.example/x"]:
     try:
         f.Connection.connect(bad)
         raise SystemExit(f"the URL {bad} was accepted")
@@ -56,6 +58,12 @@ try:
     raise SystemExit("a TLS node was trusted without its CA")
 except f.FerryError as e:
     assert "certificate" in str(e), e
+try:
+    # Without a scheme a URL means TLS: the plain listener cannot answer it.
+    f.Connection.connect(plain_url[len("ferry://"):], ca_file)
+    raise SystemExit("a plain node was reached without asking for ferry://")
+except f.FerryError:
+    pass
 try:
     alice.add_contact("x", "ferry:00")
     raise SystemExit("a malformed address was accepted")

@@ -214,6 +214,8 @@ fn main() {
     let mut m = Messenger::open(storage, o.ns).unwrap_or_else(|e| fail(e));
     let clock = Instant::now();
     let connect = || Client::connect_url(&o.node, &o.connect).unwrap_or_else(|e| fail(e));
+    // Sends and prekey fetches go on connections of their own, which never prove.
+    let mut sender = chat::Sender::new(&o.node, o.connect.clone());
     let rest: Vec<&str> = o.rest.iter().map(String::as_str).collect();
     match rest.as_slice() {
         ["init"] => {
@@ -245,20 +247,18 @@ fn main() {
         }
         ["send", name, text] => {
             let to = contact(&m, name);
-            let mut c = connect();
-            // Earlier messages the node has not acknowledged go first (nothing is drained here:
-            // `recv` shows what arrived).
-            chat::resend(&mut c, &mut m).unwrap_or_else(|e| fail(e));
-            chat::send(
-                &mut c,
-                &mut m,
-                &to,
-                &Body::Data(text.as_bytes().to_vec()),
-                clock,
-            )
-            .unwrap_or_else(|e| fail(e));
-            // Wait for the node's answer so that the message is stored or delivered.
-            let _ = chat::pump(&mut c, &mut m, Duration::from_millis(500), clock);
+            // Earlier messages the node has not acknowledged go first, each to the dest of its
+            // first send (nothing is drained here: `recv` shows what arrived). The send waits
+            // for the node's answer so that the message is stored or delivered.
+            if m.unacknowledged() > 0 {
+                let c = connect();
+                sender
+                    .resend(&mut m, c.node_unix_s(), clock)
+                    .unwrap_or_else(|e| fail(e));
+            }
+            sender
+                .send(&mut m, &to, &Body::Data(text.as_bytes().to_vec()), clock)
+                .unwrap_or_else(|e| fail(e));
             if m.unacknowledged() > 0 {
                 eprintln!("not yet acknowledged by the node: it is sent again next time");
             }
@@ -271,8 +271,8 @@ fn main() {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("file");
-            chat::send_file(&mut c, &mut m, &to, base, f, clock).unwrap_or_else(|e| fail(e));
-            let _ = chat::pump(&mut c, &mut m, Duration::from_millis(500), clock);
+            chat::send_file(&mut c, &mut sender, &mut m, &to, base, f, clock)
+                .unwrap_or_else(|e| fail(e));
         }
         ["recv", flags @ ..] => {
             let mut wait = Duration::from_secs(1);
@@ -292,11 +292,12 @@ fn main() {
                 }
             }
             let mut c = connect();
-            let s = chat::sync(&mut c, &mut m).unwrap_or_else(|e| fail(e));
+            let s = chat::sync(&mut c, &mut sender, &mut m, clock).unwrap_or_else(|e| fail(e));
             for msg in &s.messages {
                 print(msg, save_dir.as_deref(), &mut c, &mut m);
             }
-            let s2 = chat::pump(&mut c, &mut m, wait, clock).unwrap_or_else(|e| fail(e));
+            let s2 =
+                chat::pump(&mut c, &mut sender, &mut m, wait, clock).unwrap_or_else(|e| fail(e));
             for msg in &s2.messages {
                 print(msg, save_dir.as_deref(), &mut c, &mut m);
             }
@@ -381,7 +382,7 @@ fn main() {
         ["chat", name] => {
             let to = contact(&m, name);
             let mut c = connect();
-            let s = chat::sync(&mut c, &mut m).unwrap_or_else(|e| fail(e));
+            let s = chat::sync(&mut c, &mut sender, &mut m, clock).unwrap_or_else(|e| fail(e));
             for msg in &s.messages {
                 print(msg, None, &mut c, &mut m);
             }
@@ -397,18 +398,31 @@ fn main() {
             loop {
                 match rx.try_recv() {
                     Ok(line) => {
-                        chat::send(&mut c, &mut m, &to, &Body::Data(line.into_bytes()), clock)
+                        sender
+                            .send(&mut m, &to, &Body::Data(line.into_bytes()), clock)
                             .unwrap_or_else(|e| fail(e));
                     }
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                         // Let the last sends be acknowledged.
-                        let _ = chat::pump(&mut c, &mut m, Duration::from_millis(500), clock);
+                        let _ = chat::pump(
+                            &mut c,
+                            &mut sender,
+                            &mut m,
+                            Duration::from_millis(500),
+                            clock,
+                        );
                         break;
                     }
                     Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 }
-                let got = chat::pump(&mut c, &mut m, Duration::from_millis(100), clock)
-                    .unwrap_or_else(|e| fail(e));
+                let got = chat::pump(
+                    &mut c,
+                    &mut sender,
+                    &mut m,
+                    Duration::from_millis(100),
+                    clock,
+                )
+                .unwrap_or_else(|e| fail(e));
                 for msg in &got.messages {
                     print(msg, None, &mut c, &mut m);
                 }

@@ -1,16 +1,31 @@
-//! Carries out a [`Messenger`]'s plans over a blocking [`Client`]: publish prekeys, start
+//! Carries out a [`Messenger`]'s plans over blocking [`Client`]s: publish prekeys, start
 //! sessions from fetched bundles, send, drain the store's window on (re)connect, listen with the
 //! next hour proved before it starts, resend what the node has not acknowledged, and files
-//! through media storage (an attachment received stays kept until [`fetch_attachment`]). The `ferry-chat` example is this module plus a command line.
+//! through media storage (an attachment received stays kept until [`fetch_attachment`]). The
+//! `ferry-chat` example is this module plus a command line.
+//!
+//! Owning apart from sending: the connection that proves this user's dests (listen, drain,
+//! prekeys, push) never sends, and a [`Sender`] sends and fetches prekeys on connections that
+//! never prove, one per epoch of the dests it sends to (and a fresh one per prekey fetch), so
+//! the node cannot read the sender of a message from the dests its connection proved, nor link
+//! a recipient's two hours by one connection. What still links them is the network address and
+//! timing (docs/PRIVACY.md).
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ferry_proto::addr::BlindedSigner;
+use ferry_proto::addr::{BlindedSigner, epoch_of};
 use ferry_proto::conn::ClientEvent;
-use ferry_proto::frame::{Op, ProofStatus, SubscribeStatus};
+use ferry_proto::frame::{Dest, Op, ProofStatus, SubscribeStatus};
 
 use crate::messenger::{Body, Incoming, Messenger, MessengerError, Storage, Transmit};
-use crate::{Client, SdkError};
+use crate::{Client, ConnectOptions, SdkError};
+
+/// How long a send waits for the node's answers before leaving the rest to retries.
+pub const SEND_ANSWER_WAIT_MS: u64 = 2_000;
+/// A send connection with nothing to wait for is closed after this long without a send (the
+/// next send opens a new one): fewer of a user's sends share a connection.
+pub const SEND_LINK_IDLE_MS: u64 = 60_000;
 
 /// Milliseconds on a monotonic clock for the outbox's retry times.
 fn now_ms(start: Instant) -> u64 {
@@ -63,37 +78,220 @@ pub fn refill_prekeys<S: Storage>(
     Ok(())
 }
 
-/// Sends `body` to a contact, starting the session from its prekey bundle if there is none.
-/// Returns the node-visible message id (its `SendResult` ends the retries).
-pub fn send<S: Storage>(
-    client: &mut Client,
-    m: &mut Messenger<S>,
-    to: &[u8; 33],
-    body: &Body,
-    clock: Instant,
-) -> Result<u64, MessengerError> {
-    if !m.has_session(to) {
-        let slot = m.contact_prekey_slot(to)?;
-        let bundle = client.fetch_prekeys(slot)?;
-        m.start_session(to, &bundle)?;
-    }
-    let t = m.send(to, body, client.node_unix_s(), now_ms(clock))?;
-    transmit(client, std::slice::from_ref(&t))?;
-    Ok(t.msg_id)
+/// Sends and fetches prekeys on connections that never prove ownership of anything (see the
+/// module's doc): one connection per epoch of the dests it sends to, closed when a send needs
+/// another epoch or after `SEND_LINK_IDLE_MS` idle, and a fresh one for each prekey fetch.
+#[derive(Debug)]
+pub struct Sender {
+    url: String,
+    opts: ConnectOptions,
+    /// The open send connection, the epoch of the dests it sends to, and when it last sent.
+    link: Option<(Client, u64, Instant)>,
+    /// Node ids sent on `link` and not answered yet.
+    pending: BTreeSet<u64>,
+    connections: u64,
 }
 
-/// Sends with `FLAG_ACK`, so that a successful send is answered (`Accepted` to a contact: the
-/// node does not tell a sender whether the recipient is online) and ends the retries.
-fn transmit(client: &mut Client, ts: &[Transmit]) -> Result<(), SdkError> {
-    for t in ts {
-        client.send(t.dest, t.msg_id, crate::FLAG_ACK, &t.payload);
+impl Sender {
+    /// Sends to the node at `url` ([`Client::connect_url`]); connects only when there is
+    /// something to send.
+    pub fn new(url: &str, opts: ConnectOptions) -> Sender {
+        Sender {
+            url: url.to_string(),
+            opts,
+            link: None,
+            pending: BTreeSet::new(),
+            connections: 0,
+        }
     }
-    client.flush()
+
+    /// Connections opened so far (for measuring what the separation costs).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections
+    }
+
+    fn open(&mut self) -> Result<Client, SdkError> {
+        self.connections += 1;
+        Client::connect_url(&self.url, &self.opts)
+    }
+
+    /// Closes the send connection (what it did not hear back is retried later).
+    pub fn close(&mut self) {
+        self.link = None;
+        self.pending.clear();
+    }
+
+    /// The node's time: from the open send connection, or else a new one (kept for the epoch
+    /// it reports).
+    fn now_unix_s(&mut self) -> Result<u64, SdkError> {
+        if let Some((c, _, _)) = &self.link {
+            return Ok(c.node_unix_s());
+        }
+        let c = self.open()?;
+        let now = c.node_unix_s();
+        self.link = Some((c, epoch_of(now), Instant::now()));
+        Ok(now)
+    }
+
+    /// The connection that sends to `epoch`'s dests.
+    fn link(&mut self, epoch: u64) -> Result<&mut Client, SdkError> {
+        if self.link.as_ref().is_some_and(|(_, e, _)| *e != epoch) {
+            self.close();
+        }
+        if self.link.is_none() {
+            let c = self.open()?;
+            self.link = Some((c, epoch, Instant::now()));
+        }
+        match &mut self.link {
+            Some((c, _, _)) => Ok(c),
+            None => Err(SdkError::Closed),
+        }
+    }
+
+    /// Fetches a contact's prekey bundle on a connection of its own, closed after.
+    pub fn fetch_prekeys(&mut self, slot: Dest) -> Result<crate::Bundle, SdkError> {
+        self.open()?.fetch_prekeys(slot)
+    }
+
+    /// Sends `body` to a contact, starting the session from its prekey bundle if there is
+    /// none, and waits up to `SEND_ANSWER_WAIT_MS` for the node's answer (what is not answered
+    /// is sent again by [`Sender::poll`]). Returns the node-visible message id.
+    pub fn send<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        to: &[u8; 33],
+        body: &Body,
+        clock: Instant,
+    ) -> Result<u64, MessengerError> {
+        if !m.has_session(to) {
+            let slot = m.contact_prekey_slot(to)?;
+            let bundle = self.fetch_prekeys(slot)?;
+            m.start_session(to, &bundle)?;
+        }
+        let now = self.now_unix_s()?;
+        let t = m.send(to, body, now, now_ms(clock))?;
+        self.transmit(m, std::slice::from_ref(&t), clock)?;
+        Ok(t.msg_id)
+    }
+
+    /// Sends each packet with `FLAG_ACK` (so that a successful send is answered, `Accepted` to a
+    /// connection that never proved: the node does not say whether the recipient is online; the
+    /// answer ends the retries) on the connection for its epoch, and waits up to `SEND_ANSWER_WAIT_MS`
+    /// for the answers of each epoch's packets before moving to the next epoch's connection.
+    pub fn transmit<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        ts: &[Transmit],
+        clock: Instant,
+    ) -> Result<(), MessengerError> {
+        let mut i = 0;
+        while i < ts.len() {
+            let epoch = ts[i].epoch;
+            if self.link.as_ref().is_some_and(|(_, e, _)| *e != epoch) {
+                // Hear what the previous epoch's connection has to say before closing it.
+                self.answers(m, Duration::from_millis(SEND_ANSWER_WAIT_MS), clock)?;
+            }
+            let c = self.link(epoch)?;
+            let start = i;
+            while i < ts.len() && ts[i].epoch == epoch {
+                c.send(ts[i].dest, ts[i].msg_id, crate::FLAG_ACK, &ts[i].payload);
+                i += 1;
+            }
+            if let Err(e) = c.flush() {
+                self.close();
+                return Err(e.into());
+            }
+            if let Some((_, _, last)) = &mut self.link {
+                *last = Instant::now();
+            }
+            self.pending.extend(ts[start..i].iter().map(|t| t.msg_id));
+        }
+        self.answers(m, Duration::from_millis(SEND_ANSWER_WAIT_MS), clock)
+    }
+
+    /// Reads the send connection's answers until none is pending or `wait` has passed, and
+    /// hands them to the messenger. A closed connection is dropped (its sends are retried).
+    fn answers<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        wait: Duration,
+        clock: Instant,
+    ) -> Result<(), MessengerError> {
+        let deadline = Instant::now() + wait;
+        while !self.pending.is_empty() {
+            let Some((c, _, _)) = &mut self.link else {
+                self.pending.clear();
+                return Ok(());
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            match c.recv(left) {
+                Ok(ClientEvent::SendResult { msg_id, status, .. }) => {
+                    self.pending.remove(&msg_id);
+                    m.on_send_result(msg_id, status, now_ms(clock));
+                }
+                Ok(ClientEvent::Error { code, message }) => {
+                    self.close();
+                    return Err(SdkError::Node { code, message }.into());
+                }
+                Ok(_) => {}
+                Err(SdkError::Timeout) => return Ok(()),
+                Err(_) => {
+                    self.close();
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Between other work: reads the answers that have arrived, sends again what is due
+    /// (`now_unix_s` is the node's time as the listening connection has it), and closes an
+    /// idle send connection.
+    pub fn poll<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        now_unix_s: u64,
+        clock: Instant,
+    ) -> Result<(), MessengerError> {
+        self.answers(m, Duration::from_millis(1), clock)?;
+        let again = m.due(now_unix_s, now_ms(clock), false);
+        if !again.is_empty() {
+            self.transmit(m, &again, clock)?;
+        }
+        if self.pending.is_empty()
+            && self.link.as_ref().is_some_and(|(_, _, last)| {
+                last.elapsed() >= Duration::from_millis(SEND_LINK_IDLE_MS)
+            })
+        {
+            self.close();
+        }
+        Ok(())
+    }
+
+    /// Sends again every message the node has not acknowledged (same bytes, same id, same
+    /// dest as its first send).
+    pub fn resend<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        now_unix_s: u64,
+        clock: Instant,
+    ) -> Result<(), MessengerError> {
+        let again = m.due(now_unix_s, now_ms(clock), true);
+        if again.is_empty() {
+            return Ok(());
+        }
+        self.transmit(m, &again, clock)
+    }
 }
 
-/// Encrypts a file, uploads it to media storage and sends its id and key to a contact.
+/// Encrypts a file, uploads it to media storage on `client` (media needs no proof) and sends
+/// its id and key to a contact through `sender`.
 pub fn send_file<S: Storage>(
     client: &mut Client,
+    sender: &mut Sender,
     m: &mut Messenger<S>,
     to: &[u8; 33],
     name: &str,
@@ -108,7 +306,7 @@ pub fn send_file<S: Storage>(
         plaintext_bytes: sealed.plaintext_bytes,
         name: name.to_string(),
     };
-    send(client, m, to, &body, clock)?;
+    sender.send(m, to, &body, clock)?;
     Ok(())
 }
 
@@ -225,11 +423,13 @@ impl Synced {
 /// them hold stored blobs (the node answers a `Query` only for proven dests, so the proofs come
 /// first) and drains those (acknowledging each batch to the node once it is stored here),
 /// then listens on the current hour (and the next, near the turn), then sends again everything
-/// not yet acknowledged. If it fails half-way, what was received stays in the inbox and comes
-/// with the next `sync` or `pump`.
+/// not yet acknowledged (through `sender`). If it fails half-way, what was received stays in
+/// the inbox and comes with the next `sync` or `pump`.
 pub fn sync<S: Storage>(
     client: &mut Client,
+    sender: &mut Sender,
     m: &mut Messenger<S>,
+    clock: Instant,
 ) -> Result<Synced, MessengerError> {
     m.new_connection();
     let mut out = Synced::from_inbox(m)?;
@@ -250,14 +450,8 @@ pub fn sync<S: Storage>(
         }
     }
     listen(client, m)?;
-    resend(client, m)?;
+    sender.resend(m, client.node_unix_s(), clock)?;
     out.finish(m)
-}
-
-/// Sends again every message the node has not acknowledged (same bytes, same id).
-pub fn resend<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
-    let again = m.due(client.node_unix_s(), 0, true);
-    Ok(transmit(client, &again)?)
 }
 
 /// Follows the listen plan on this connection: proves (`Subscribe`, and `Drain` so that blobs
@@ -287,10 +481,12 @@ pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(
 }
 
 /// Handles what arrives for `wait`: live messages, blobs the node hands over on subscribe,
-/// send results (ending retries), retries that come due, and the next hour's listen when it is
-/// near. Returns the messages (with any an interrupted call left in the inbox).
+/// send results on `sender`'s connection (ending retries), retries that come due (through
+/// `sender`), and the next hour's listen when it is near. Returns the messages (with any an
+/// interrupted call left in the inbox).
 pub fn pump<S: Storage>(
     client: &mut Client,
+    sender: &mut Sender,
     m: &mut Messenger<S>,
     wait: Duration,
     clock: Instant,
@@ -319,17 +515,13 @@ pub fn pump<S: Storage>(
                     payload,
                 }])?;
             }
-            Ok(ClientEvent::SendResult { msg_id, status, .. }) => {
-                m.on_send_result(msg_id, status, now_ms(clock));
-            }
             Ok(ClientEvent::Error { code, message }) => {
                 return Err(SdkError::Node { code, message }.into());
             }
             Ok(_) | Err(SdkError::Timeout) => {}
             Err(e) => return Err(e.into()),
         }
-        let again = m.due(client.node_unix_s(), now_ms(clock), false);
-        transmit(client, &again)?;
+        sender.poll(m, client.node_unix_s(), clock)?;
         if client.node_unix_s() >= next_listen {
             listen(client, m)?;
             next_listen = m.next_listen_s(client.node_unix_s());

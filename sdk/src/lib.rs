@@ -103,6 +103,15 @@ pub enum SdkError {
     NodeClock {
         unix_s: u64,
     },
+    /// The node's clock and this device's differ by more than the connection's skew bound
+    /// ([`CLOCK_SKEW_S_MAX`] by default). The client does not adopt a time it cannot check:
+    /// a node that lies about the time could make it prove, query and register push for hours
+    /// of the node's choosing. Either clock may be wrong: the app should ask the user to check
+    /// the device's time, or try another node.
+    ClockSkew {
+        node_unix_s: u64,
+        local_unix_s: u64,
+    },
 }
 
 impl std::fmt::Display for SdkError {
@@ -140,6 +149,15 @@ impl std::fmt::Display for SdkError {
             SdkError::NodeClock { unix_s } => write!(
                 f,
                 "the node's clock says {unix_s} s since 1970, past NODE_UNIX_S_MAX"
+            ),
+            SdkError::ClockSkew {
+                node_unix_s,
+                local_unix_s,
+            } => write!(
+                f,
+                "the node's clock ({node_unix_s} s since 1970) and this device's \
+                 ({local_unix_s} s) differ by more than the connection allows: check the \
+                 device's time"
             ),
         }
     }
@@ -180,6 +198,22 @@ impl From<AddrError> for SdkError {
 /// The latest node time (Unix seconds) a client accepts in a hello or a challenge: about 34 800
 /// years after 1970. A node past it is broken; below it the client's clock arithmetic is exact.
 pub const NODE_UNIX_S_MAX: u64 = 1 << 40;
+
+/// The most the node's clock (in its hello or a challenge) may differ from this device's, by
+/// default ([`ConnectOptions::clock_skew_s_max`]): five minutes. Within it the client uses the
+/// node's time (so its proofs name the epochs the node checks); beyond it the connection fails
+/// with [`SdkError::ClockSkew`], so every epoch the client proves, queries or registers is one
+/// its own clock says is current (or, within five minutes of the turn, the neighbouring one).
+pub const CLOCK_SKEW_S_MAX: u64 = 300;
+// The skew moves at most one epoch boundary.
+const _: () = assert!(CLOCK_SKEW_S_MAX < EPOCH_SECONDS / 2);
+
+/// This device's Unix time, in seconds (0 for a clock set before 1970).
+fn local_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A mailbox: the owner's key pair within one application namespace.
 pub struct Mailbox {
@@ -318,6 +352,10 @@ pub struct Client {
     challenge: [u8; 32],
     /// The node's Unix time in its latest hello or challenge, and the local time it arrived.
     node_clock: (u64, SystemTime),
+    /// How far the node's time may be from this device's ([`ConnectOptions::clock_skew_s_max`]).
+    clock_skew_s_max: u64,
+    /// Whether this connection has carried a `Prove` (see [`Client::has_proved`]).
+    proved: bool,
     events: VecDeque<ClientEvent>,
     buf: Vec<u8>,
     /// The latest sends, kept so that a `PuzzleRequired` answer can be solved and resent without
@@ -370,6 +408,9 @@ pub struct ConnectOptions {
     /// `ferry+tls`: the name the node's certificate must carry, when it is not the URL's host
     /// (a node reached by IP address or through a tunnel).
     pub server_name: Option<String>,
+    /// The most the node's clock may differ from this device's ([`CLOCK_SKEW_S_MAX`]). Raise
+    /// it only in tests that move a node's clock by hours.
+    pub clock_skew_s_max: u64,
 }
 
 impl Default for ConnectOptions {
@@ -378,6 +419,7 @@ impl Default for ConnectOptions {
             timeout: Duration::from_secs(10),
             trust: Trust::PublicRoots,
             server_name: None,
+            clock_skew_s_max: CLOCK_SKEW_S_MAX,
         }
     }
 }
@@ -385,9 +427,13 @@ impl Default for ConnectOptions {
 impl Client {
     /// Plain TCP to an address (loopback tests; applications use [`Client::connect_url`]).
     pub fn connect(addr: SocketAddr) -> Result<Client, SdkError> {
-        let opts = ConnectOptions::default();
+        Self::connect_with(addr, &ConnectOptions::default())
+    }
+
+    /// Plain TCP to an address with `opts`' timeout and clock-skew bound (loopback tests).
+    pub fn connect_with(addr: SocketAddr, opts: &ConnectOptions) -> Result<Client, SdkError> {
         let tcp = TcpStream::connect_timeout(&addr, opts.timeout)?;
-        Self::start(tcp, None, opts.timeout)
+        Self::start(tcp, None, opts)
     }
 
     /// Plain TCP over a socket the caller connected (one bound to a chosen source address, as
@@ -419,7 +465,7 @@ impl Client {
         let mut last = None;
         for addr in node.socket_addrs()? {
             match TcpStream::connect_timeout(&addr, opts.timeout) {
-                Ok(tcp) => return Self::start(tcp, tls, opts.timeout),
+                Ok(tcp) => return Self::start(tcp, tls, opts),
                 Err(e) => last = Some(e),
             }
         }
@@ -433,8 +479,9 @@ impl Client {
     fn start(
         tcp: TcpStream,
         tls: Option<rustls::ClientConnection>,
-        timeout: Duration,
+        opts: &ConnectOptions,
     ) -> Result<Client, SdkError> {
+        let timeout = opts.timeout;
         tcp.set_nodelay(true)?;
         let stream = match tls {
             None => Stream::Plain(tcp),
@@ -450,6 +497,8 @@ impl Client {
             },
             challenge: [0; 32],
             node_clock: (0, SystemTime::now()),
+            clock_skew_s_max: opts.clock_skew_s_max,
+            proved: false,
             events: VecDeque::new(),
             buf: vec![0u8; 64 * 1024],
             resendable: VecDeque::new(),
@@ -489,6 +538,13 @@ impl Client {
                 unix_s: node_unix_s,
             });
         }
+        let local_unix_s = local_unix_s();
+        if node_unix_s.abs_diff(local_unix_s) > self.clock_skew_s_max {
+            return Err(SdkError::ClockSkew {
+                node_unix_s,
+                local_unix_s,
+            });
+        }
         self.challenge = challenge;
         self.node_clock = (node_unix_s, SystemTime::now());
         Ok(())
@@ -497,12 +553,19 @@ impl Client {
     pub fn info(&self) -> NodeInfo {
         self.info
     }
+    /// Whether this connection has carried a proof of ownership. A connection that sends (or
+    /// fetches prekeys) should never have: the node would read the sender from the dests it
+    /// proved ([`chat::Sender`] keeps the two apart).
+    pub fn has_proved(&self) -> bool {
+        self.proved
+    }
     pub fn challenge(&self) -> [u8; 32] {
         self.challenge
     }
     /// The node's Unix time as this client estimates it: the time in its latest hello or
-    /// challenge plus the local time elapsed since (the wall clock, which goes on during a
-    /// device's sleep; a local clock set back counts as no time elapsed).
+    /// challenge (accepted only within the connection's skew bound of this device's clock,
+    /// [`CLOCK_SKEW_S_MAX`] by default) plus the local time elapsed since (the wall clock, which
+    /// goes on during a device's sleep; a local clock set back counts as no time elapsed).
     pub fn node_unix_s(&self) -> u64 {
         let (at_s, at) = self.node_clock;
         let elapsed_s = SystemTime::now()
@@ -613,6 +676,7 @@ impl Client {
     /// Sends proof items (at most [`PROOFS_PER_FRAME_MAX`] per frame) and waits for the verdicts.
     pub fn prove_items(&mut self, items: &[ProofItem]) -> Result<Vec<ProofStatus>, SdkError> {
         let mut out = Vec::with_capacity(items.len());
+        self.proved |= !items.is_empty();
         for chunk in items.chunks(PROOFS_PER_FRAME_MAX) {
             self.conn.push(&Frame::Prove {
                 items: chunk.to_vec(),

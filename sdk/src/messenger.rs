@@ -12,7 +12,12 @@
 //!
 //! What the node sees of a message: the `dest`, a sealed envelope of a bucket size, and a
 //! 64-bit id derived from the random message id (the same on every retry, so the node stores a
-//! retried message once and the recipient shows it once).
+//! retried message once and the recipient shows it once). A retry goes to the dest of the first
+//! send, also after the hour turns and after a restart (the outbox keeps that dest), so the same
+//! bytes never appear at two of a recipient's dests: a node that withholds answers until the
+//! hour turns cannot make a sender link the recipient's two hours. The recipient drains
+//! `STORE_WINDOW_EPOCHS` hours back, so retries stop (the message expires, [`Messenger::expired`])
+//! once the first send's hour falls out of that window.
 //!
 //! All state goes through the [`Storage`] trait: the application decides where it lives.
 
@@ -393,6 +398,9 @@ pub struct Incoming {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub dest: Dest,
+    /// The epoch of `dest` (of the message's first send): a connection that sends should carry
+    /// one epoch's dests only (`chat::Sender` opens one per epoch).
+    pub epoch: u64,
     pub msg_id: u64,
     pub payload: Vec<u8>,
 }
@@ -576,9 +584,48 @@ impl PrekeyStore for Prekeys {
 
 struct Outgoing {
     to: [u8; EC_KEY_BYTES],
+    /// The dest and epoch of the first send: every retry goes there. `None` only for a record
+    /// written before the dest was kept ([`OUTBOX_RECORD_VERSION`]); its first retry fixes it.
+    first: Option<(Dest, u64)>,
     envelope: Vec<u8>,
     tries: u32,
     next_ms: u64,
+}
+
+/// The first byte of an outbox record that keeps its first send's dest and epoch:
+/// `version ‖ to (33) ‖ epoch (u64 BE) ‖ dest (16) ‖ envelope`. Older records are
+/// `to ‖ envelope`, and `to` starts with `EC_KEY_TYPE`, which this is not.
+pub const OUTBOX_RECORD_VERSION: u8 = 2;
+const _: () = assert!(OUTBOX_RECORD_VERSION != ferry_crypto::keys::EC_KEY_TYPE);
+const OUTBOX_HEADER_BYTES: usize = 1 + EC_KEY_BYTES + 8 + 16;
+
+fn encode_outgoing(to: &[u8; EC_KEY_BYTES], dest: Dest, epoch: u64, envelope: &[u8]) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(OUTBOX_HEADER_BYTES + envelope.len());
+    rec.push(OUTBOX_RECORD_VERSION);
+    rec.extend_from_slice(to);
+    rec.extend_from_slice(&epoch.to_be_bytes());
+    rec.extend_from_slice(&dest.0);
+    rec.extend_from_slice(envelope);
+    rec
+}
+
+/// An outbox record: (to, first send's dest and epoch if kept, envelope).
+#[allow(clippy::type_complexity)]
+fn decode_outgoing(b: &[u8]) -> Option<([u8; EC_KEY_BYTES], Option<(Dest, u64)>, Vec<u8>)> {
+    if b.first() == Some(&OUTBOX_RECORD_VERSION) {
+        let to: [u8; EC_KEY_BYTES] = b.get(1..1 + EC_KEY_BYTES)?.try_into().ok()?;
+        let at = 1 + EC_KEY_BYTES;
+        let epoch = u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?);
+        let dest = Dest(b.get(at + 8..at + 24)?.try_into().ok()?);
+        Some((
+            to,
+            Some((dest, epoch)),
+            b.get(OUTBOX_HEADER_BYTES..)?.to_vec(),
+        ))
+    } else {
+        let to: [u8; EC_KEY_BYTES] = b.get(..EC_KEY_BYTES)?.try_into().ok()?;
+        Some((to, None, b[EC_KEY_BYTES..].to_vec()))
+    }
 }
 
 /// Which of this user's mailboxes a dest belongs to.
@@ -609,6 +656,8 @@ pub struct Messenger<S: Storage> {
     candidates: BTreeMap<Dest, (Which, u64)>,
     /// What the current connection is subscribed to.
     listening: BTreeSet<Dest>,
+    /// Messages dropped from the outbox unsent (at most `OUTBOX_MAX`; taken by `expired`).
+    expired: Vec<u64>,
 }
 
 impl<S: Storage> std::fmt::Debug for Messenger<S> {
@@ -786,6 +835,7 @@ impl<S: Storage> Messenger<S> {
             inits_set: BTreeSet::new(),
             candidates: BTreeMap::new(),
             listening: BTreeSet::new(),
+            expired: Vec::new(),
         };
         m.load()?;
         Ok(m)
@@ -823,16 +873,14 @@ impl<S: Storage> Messenger<S> {
                 continue;
             };
             let b = st(self.storage.get(&key))?.unwrap_or_default();
-            if b.len() < EC_KEY_BYTES {
-                return Err(MessengerError::Malformed("outbox record"));
-            }
-            let mut to = [0u8; EC_KEY_BYTES];
-            to.copy_from_slice(&b[..EC_KEY_BYTES]);
+            let (to, first, envelope) =
+                decode_outgoing(&b).ok_or(MessengerError::Malformed("outbox record"))?;
             self.outbox.insert(
                 id,
                 Outgoing {
                     to,
-                    envelope: b[EC_KEY_BYTES..].to_vec(),
+                    first,
+                    envelope,
                     tries: 0,
                     next_ms: 0,
                 },
@@ -1129,12 +1177,15 @@ impl<S: Storage> Messenger<S> {
         let envelope = session.seal(&mut rand_core::OsRng, &me, msg_id, &pt)?;
         self.save_sessions(to)?;
         let id = node_msg_id(&msg_id);
-        let mut rec = Vec::with_capacity(EC_KEY_BYTES + envelope.len());
-        rec.extend_from_slice(to);
-        rec.extend_from_slice(&envelope);
-        st(self.storage.put(&format!("outbox/{id:016x}"), &rec))?;
+        let epoch = epoch_of(now_unix_s);
+        let dest = self.dest_of(&peer, epoch)?;
+        st(self.storage.put(
+            &format!("outbox/{id:016x}"),
+            &encode_outgoing(to, dest, epoch, &envelope),
+        ))?;
         let t = Transmit {
-            dest: self.dest_of(&peer, epoch_of(now_unix_s))?,
+            dest,
+            epoch,
             msg_id: id,
             payload: envelope.clone(),
         };
@@ -1142,6 +1193,7 @@ impl<S: Storage> Messenger<S> {
             id,
             Outgoing {
                 to: *to,
+                first: Some((dest, epoch)),
                 envelope,
                 tries: 1,
                 next_ms: now_ms.saturating_add(backoff(1)),
@@ -1152,8 +1204,8 @@ impl<S: Storage> Messenger<S> {
 
     /// The node's answer to a send. `Accepted` (what a sender that has not proven the dest
     /// gets: delivered live or stored, the node does not say which), `Delivered` or `Stored`
-    /// ends it; anything else is retried
-    /// later with the same envelope and id (the node stores a message once per id).
+    /// ends it; anything else is retried later ([`Messenger::due`]) with the same envelope and
+    /// id to the same dest (the node stores a message once per id).
     pub fn on_send_result(&mut self, msg_id: u64, status: SendStatus, now_ms: u64) {
         match status {
             SendStatus::Accepted | SendStatus::Delivered | SendStatus::Stored => {
@@ -1177,8 +1229,11 @@ impl<S: Storage> Messenger<S> {
     }
 
     /// What to send again now: every unacknowledged message whose retry time has come, or all
-    /// of them with `all` (after a reconnect), to the contact's dest of the current epoch. Each
-    /// is scheduled again with a growing backoff.
+    /// of them with `all` (after a reconnect), each to the dest of its first send (never to a
+    /// later hour's dest: the same bytes at two dests would link them). Each is scheduled again
+    /// with a growing backoff. A message whose first send's hour has left the recipient's drain
+    /// window (`STORE_WINDOW_EPOCHS`) is dropped from the outbox instead and reported by
+    /// [`Messenger::expired`]: send it again as a new message if it still matters.
     pub fn due(&mut self, now_unix_s: u64, now_ms: u64, all: bool) -> Vec<Transmit> {
         let epoch = epoch_of(now_unix_s);
         let mut out = Vec::new();
@@ -1192,23 +1247,64 @@ impl<S: Storage> Messenger<S> {
             let Some(o) = self.outbox.get(&id) else {
                 continue;
             };
-            let Some(peer) = self.peers.get(&o.to) else {
-                continue;
+            let (dest, first_epoch) = match o.first {
+                Some(first) => first,
+                None => {
+                    // A record from before the dest was kept: this retry fixes it for good.
+                    let Some(peer) = self.peers.get(&o.to) else {
+                        continue;
+                    };
+                    let Ok(dest) = self.dest_of(peer, epoch) else {
+                        continue;
+                    };
+                    let rec = encode_outgoing(&o.to, dest, epoch, &o.envelope);
+                    if self
+                        .storage
+                        .put(&format!("outbox/{id:016x}"), &rec)
+                        .is_err()
+                    {
+                        // Not durable: sending it now could put it at another dest after a
+                        // restart. Try again at the next call.
+                        continue;
+                    }
+                    if let Some(o) = self.outbox.get_mut(&id) {
+                        o.first = Some((dest, epoch));
+                    }
+                    (dest, epoch)
+                }
             };
-            let Ok(dest) = self.dest_of(peer, epoch) else {
+            if epoch > first_epoch.saturating_add(STORE_WINDOW_EPOCHS) {
+                self.outbox.remove(&id);
+                let _ = self.storage.delete(&format!("outbox/{id:016x}"));
+                if self.expired.len() < OUTBOX_MAX {
+                    self.expired.push(id);
+                }
                 continue;
-            };
+            }
             out.push(Transmit {
                 dest,
+                epoch: first_epoch,
                 msg_id: id,
-                payload: o.envelope.clone(),
+                payload: self
+                    .outbox
+                    .get(&id)
+                    .map(|o| o.envelope.clone())
+                    .unwrap_or_default(),
             });
             if let Some(o) = self.outbox.get_mut(&id) {
                 o.tries = o.tries.saturating_add(1);
                 o.next_ms = now_ms.saturating_add(backoff(o.tries));
             }
         }
+        // Sends of one hour together: a sender opens one connection per hour it sends to.
+        out.sort_by_key(|t| t.epoch);
         out
+    }
+
+    /// Node ids of messages dropped unsent since the last call: no node acknowledged them while
+    /// the recipient could still drain their dest (`STORE_WINDOW_EPOCHS` hours).
+    pub fn expired(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.expired)
     }
 
     /// Opens a packet that arrived (live or drained). `Ok(None)`: a duplicate, already

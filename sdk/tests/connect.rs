@@ -8,8 +8,8 @@ use std::net::TcpListener;
 
 use ferry_sdk::proto::frame::Frame;
 use ferry_sdk::{
-    Client, ConnectOptions, NODE_UNIX_S_MAX, NodeUrl, PORT_PLAIN_DEFAULT, PORT_TLS_DEFAULT,
-    SdkError, UrlError,
+    CLOCK_SKEW_S_MAX, Client, ConnectOptions, NODE_UNIX_S_MAX, NodeUrl, PORT_PLAIN_DEFAULT,
+    PORT_TLS_DEFAULT, SdkError, UrlError,
 };
 
 fn url(tls: bool, host: &str, port: u16) -> NodeUrl {
@@ -177,14 +177,40 @@ fn scripted_node(unix_time_s: u64) -> std::net::SocketAddr {
 }
 
 #[test]
-fn the_node_clock_is_what_its_hello_said_and_an_absurd_one_is_refused() {
-    let c = Client::connect(scripted_node(1_000_000)).unwrap();
+fn the_node_clock_is_taken_within_the_skew_bound_and_refused_beyond_it() {
+    let local = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let c = Client::connect(scripted_node(local + 200)).unwrap();
     let t = c.node_unix_s();
-    assert!((1_000_000..1_000_010).contains(&t), "{t}");
-    assert_eq!(c.epoch(), 1_000_000 / 3600);
+    assert!((local + 200..local + 210).contains(&t), "{t}");
+    assert_eq!(c.epoch(), t / 3600);
 
-    let c = Client::connect(scripted_node(NODE_UNIX_S_MAX)).unwrap();
-    assert!(c.node_unix_s() >= NODE_UNIX_S_MAX);
+    // Beyond CLOCK_SKEW_S_MAX either way: refused, whatever the node says.
+    for off in [
+        CLOCK_SKEW_S_MAX as i64 + 5,
+        -(CLOCK_SKEW_S_MAX as i64) - 5,
+        3600,
+        -3600,
+    ] {
+        let said = local.saturating_add_signed(off);
+        match Client::connect(scripted_node(said)) {
+            Err(e @ SdkError::ClockSkew { node_unix_s, .. }) => {
+                assert_eq!(node_unix_s, said);
+                assert!(e.to_string().contains("device's time"), "{e}");
+            }
+            other => panic!("{off}: {other:?}"),
+        }
+    }
+    // A test that moved the node's clock may widen the bound.
+    let wide = ConnectOptions {
+        clock_skew_s_max: 2 * 3600,
+        ..Default::default()
+    };
+    let c = Client::connect_with(scripted_node(local + 3600), &wide).unwrap();
+    assert_eq!(c.epoch(), (local + 3600) / 3600);
+
     // Once, a time past i64::MAX made the offset silently 0: the client then used its own clock.
     for absurd in [NODE_UNIX_S_MAX + 1, u64::MAX] {
         match Client::connect(scripted_node(absurd)) {

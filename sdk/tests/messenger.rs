@@ -528,3 +528,61 @@ fn an_attachment_is_kept_after_done_until_forgotten() {
     let bob = Messenger::open(bob.into_storage(), NS).unwrap();
     assert!(bob.attachments().unwrap().is_empty());
 }
+
+/// A node that withholds every answer until the hour turns, then the sender restarts: each
+/// retry goes to the dest of the first send (the same bytes never at two dests, so the node
+/// cannot link the recipient's two hours by them), the recipient still finds it by draining,
+/// and once the first send's hour leaves the drain window the message expires instead.
+#[test]
+fn retries_go_to_the_first_sends_dest_across_the_hour_and_a_restart() {
+    let mut node = Node::default();
+    let (mut alice, mut bob, b_id) = introduced(&mut node, true);
+    let hour_end = (epoch_of(T0) + 1) * 3600;
+    let first = alice.send(&b_id, &text("late"), hour_end - 1, 0).unwrap();
+    assert_eq!(first.epoch, epoch_of(hour_end - 1));
+    // Unanswered: retries after the hour turned, then after a restart, then hours later.
+    let mut retries = alice.due(hour_end + 5, 10_000, false);
+    let mut alice = Messenger::open(alice.into_storage(), NS).unwrap();
+    retries.extend(alice.due(hour_end + 60, 0, true));
+    retries.extend(alice.due(hour_end + 30 * 3600, 0, true));
+    assert_eq!(retries.len(), 3);
+    for r in &retries {
+        assert_eq!(r, &first, "a retry went to another dest or changed");
+    }
+    node.send(&retries[2]);
+    // Bob, back 40 hours later, drains it from the first send's hour.
+    assert_eq!(
+        sync(&mut node, &mut bob, hour_end + 40 * 3600),
+        vec![text("late")]
+    );
+    // Past the drain window: dropped and reported, never sent to a newer dest.
+    let late = hour_end + (STORE_WINDOW_EPOCHS + 1) * 3600;
+    assert!(alice.due(late, 0, true).is_empty());
+    assert_eq!(alice.expired(), vec![first.msg_id]);
+    assert_eq!(alice.unacknowledged(), 0);
+    let mut alice = Messenger::open(alice.into_storage(), NS).unwrap();
+    assert_eq!(alice.unacknowledged(), 0, "the expiry was persisted");
+    assert!(alice.expired().is_empty());
+}
+
+/// An outbox record written before the first dest was kept (`to ‖ envelope`) still loads; its
+/// first retry fixes its dest for good, so later hours and restarts send it there too.
+#[test]
+fn an_old_outbox_record_gets_its_dest_fixed_at_the_first_retry() {
+    let mut node = Node::default();
+    let (alice, _bob, b_id) = introduced(&mut node, true);
+    let mut alice = alice;
+    let t = alice.send(&b_id, &text("old"), T0, 0).unwrap();
+    let mut store = alice.into_storage();
+    let key = format!("outbox/{:016x}", t.msg_id);
+    let mut old = b_id.to_vec();
+    old.extend_from_slice(&t.payload);
+    store.put(&key, &old).unwrap();
+    let mut alice = Messenger::open(store, NS).unwrap();
+    let later = T0 + 2 * 3600;
+    let fixed = alice.due(later, 0, true);
+    assert_eq!(fixed.len(), 1);
+    assert_eq!(fixed[0].epoch, epoch_of(later));
+    let mut alice = Messenger::open(alice.into_storage(), NS).unwrap();
+    assert_eq!(alice.due(later + 3600, 0, true), fixed);
+}

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::addr::NamespaceId;
 use ferry_sdk::{Client, Mailbox};
 
+pub mod adversary;
 pub mod push;
 
 pub struct Node {
@@ -174,6 +175,17 @@ impl Node {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr()).expect("connect")
+    }
+
+    /// A client of a node whose clock a test moved (`--clock-offset-s`) by up to a day: as a
+    /// device whose clock moved with it (the default refuses a node over
+    /// `ferry_sdk::CLOCK_SKEW_S_MAX` off).
+    pub fn client_moved_clock(&self) -> Client {
+        let opts = ferry_sdk::ConnectOptions {
+            clock_skew_s_max: 24 * 3600,
+            ..Default::default()
+        };
+        Client::connect_with(self.addr(), &opts).expect("connect")
     }
 
     /// A client served by `shard` (connections are spread by the kernel; retry until one lands).

@@ -1,0 +1,348 @@
+//! What a node can link, asked of an adversarial node: a proxy in front of a real node that logs
+//! every frame (tests/common/adversary.rs) and misbehaves on command. Each test is a row of
+//! docs/PRIVACY.md: retries never put the same envelope at two of a recipient's dests, also when
+//! the node withholds answers (or answers `Congested`) until the hour turns and the app
+//! restarts; a node that lies about the clock gets no proof and the app a typed error; the
+//! connections that send and fetch prekeys carry no proofs. And what the separation costs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use common::adversary::{Adversary, Dir, Misbehaviour, Seen};
+use common::{Node, TlsFiles, args_with, temp_dir};
+use ferry_sdk::chat::{self, Sender};
+use ferry_sdk::messenger::{Body, MemoryStorage, Messenger, MessengerError};
+use ferry_sdk::proto::frame::Dest;
+use ferry_sdk::{Client, ConnectOptions, Contact, SdkError, epoch_of};
+
+fn text(s: &str) -> Body {
+    Body::Data(s.as_bytes().to_vec())
+}
+
+/// Options for a test that moves the node's clock by an hour: a device whose clock moved too.
+fn moved_clock() -> ConnectOptions {
+    ConnectOptions {
+        clock_skew_s_max: 2 * 3600,
+        ..Default::default()
+    }
+}
+
+/// Each envelope (by hash) the node was asked to deliver, with every dest it was sent to.
+fn envelope_dests(log: &[Seen]) -> BTreeMap<[u8; 32], BTreeSet<Dest>> {
+    let mut out: BTreeMap<[u8; 32], BTreeSet<Dest>> = BTreeMap::new();
+    for s in log
+        .iter()
+        .filter(|s| s.dir == Dir::ToNode && s.kind == "Send")
+    {
+        out.entry(s.envelope.unwrap())
+            .or_default()
+            .insert(s.dests[0]);
+    }
+    out
+}
+
+/// The node answers `Congested` for one message and withholds the answer to another until the
+/// hour turns (the node restarts an hour later on its store); the sender retries, restarts and
+/// syncs. Every retry goes to the dest of the first send: no envelope is seen at two dests, so
+/// the node cannot link the recipient's two hours by it. The recipient drains both once.
+#[test]
+fn no_envelope_at_two_dests_across_the_hour_with_withheld_answers_and_a_restart() {
+    let dir = temp_dir("privacy-hour");
+    let node = Node::start_in(dir.clone(), &["--shards", "2"], &[]);
+    let adv = Adversary::start(node.addr());
+    let ns = common::ns();
+    let opts = moved_clock();
+    let clock = Instant::now();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut cb = Client::connect_with(adv.addr, &opts).unwrap();
+    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    let e = cb.epoch();
+    drop(cb);
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let to = bob.address().identity;
+    let bob_intro = Contact::new(&bob.address().mailbox, ns, None).unwrap();
+
+    // The first message is answered Congested by the adversary (never reaching the node), the
+    // second is stored and its answer withheld.
+    adv.set(Misbehaviour {
+        congested: [bob_intro.dest(e).unwrap()].into(),
+        ..Default::default()
+    });
+    let mut sender = Sender::new(&adv.url(), opts.clone());
+    sender.send(&mut alice, &to, &text("one"), clock).unwrap();
+    adv.set(Misbehaviour {
+        withhold_send_results: true,
+        ..Default::default()
+    });
+    sender.send(&mut alice, &to, &text("two"), clock).unwrap();
+    assert_eq!(alice.unacknowledged(), 2);
+
+    // The hour turns: the same node, an hour later by its clock.
+    let mut node = node;
+    node.terminate();
+    let later = Node::start_in(
+        dir.clone(),
+        &["--shards", "2", "--clock-offset-s", "3600"],
+        &[],
+    );
+    adv.retarget(later.addr());
+    sender.close();
+    let now = Client::connect_with(later.addr(), &opts)
+        .unwrap()
+        .node_unix_s();
+    assert_eq!(epoch_of(now), e + 1, "the hour turned");
+    // Retries in the new hour, then the app restarts and syncs (which resends everything).
+    sender.resend(&mut alice, now, clock).unwrap();
+    let mut alice = Messenger::open(alice.into_storage(), ns).unwrap();
+    let mut sender = Sender::new(&adv.url(), opts.clone());
+    let mut ca = Client::connect_with(adv.addr, &opts).unwrap();
+    chat::sync(&mut ca, &mut sender, &mut alice, clock).unwrap();
+
+    let seen = envelope_dests(&adv.log());
+    let sends = adv
+        .log()
+        .iter()
+        .filter(|s| s.dir == Dir::ToNode && s.kind == "Send")
+        .count();
+    assert_eq!(seen.len(), 2, "two envelopes");
+    assert!(
+        sends >= 6,
+        "each sent, retried and resent after the restart: {sends}"
+    );
+    for dests in seen.values() {
+        assert_eq!(
+            dests,
+            &BTreeSet::from([bob_intro.dest(e).unwrap()]),
+            "an envelope was sent to another dest than its first send's"
+        );
+    }
+
+    // Bob, back in the new hour, drains both from the old hour's dest, once each.
+    adv.set(Misbehaviour::default());
+    let mut cb = Client::connect_with(adv.addr, &opts).unwrap();
+    let mut bob_sender = Sender::new(&adv.url(), opts.clone());
+    let got = chat::sync(&mut cb, &mut bob_sender, &mut bob, clock).unwrap();
+    let mut bodies: Vec<Body> = got.messages.into_iter().map(|m| m.body).collect();
+    bodies.sort_by_key(|b| b.to_bytes());
+    assert_eq!(bodies, vec![text("one"), text("two")]);
+    drop(node);
+}
+
+/// A node that says the time is an hour off (in its hello, or later in a challenge) gets no
+/// proof from the client, for any epoch, and the app sees `SdkError::ClockSkew`; within the
+/// skew bound the node's time is used.
+#[test]
+fn a_clock_lie_yields_no_proof_and_the_app_sees_the_skew_error() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let adv = Adversary::start(node.addr());
+    let ns = common::ns();
+    let clock = Instant::now();
+    for lie in [3600, -3600] {
+        adv.set(Misbehaviour {
+            clock_lie_s: lie,
+            ..Default::default()
+        });
+        match Client::connect(adv.addr) {
+            Err(SdkError::ClockSkew {
+                node_unix_s,
+                local_unix_s,
+            }) => assert!(node_unix_s.abs_diff(local_unix_s) > 3000),
+            other => panic!("a lie of {lie} s was accepted: {other:?}"),
+        }
+    }
+
+    // Honest hello, then every challenge lies: publishing and syncing stop before any proof.
+    adv.set(Misbehaviour::default());
+    let mut c = Client::connect(adv.addr).unwrap();
+    let mut c2 = Client::connect(adv.addr).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut sender = Sender::new(&adv.url(), ConnectOptions::default());
+    let skew = |r: Result<(), MessengerError>| {
+        matches!(r, Err(MessengerError::Sdk(SdkError::ClockSkew { .. })))
+    };
+    adv.set(Misbehaviour {
+        clock_lie_s: 3600,
+        ..Default::default()
+    });
+    assert!(skew(chat::publish_prekeys(&mut c, &mut bob, 3).map(|_| ())));
+    adv.set(Misbehaviour {
+        clock_lie_s: -3600,
+        ..Default::default()
+    });
+    assert!(skew(
+        chat::sync(&mut c2, &mut sender, &mut bob, clock).map(|_| ())
+    ));
+    let proves = |log: &[Seen]| log.iter().filter(|s| s.kind == "Prove").count();
+    assert_eq!(proves(&adv.log()), 0, "a proof left for the node's epochs");
+
+    // Within the bound (two minutes off) the node's time is taken and proofs go out.
+    adv.set(Misbehaviour {
+        clock_lie_s: 120,
+        ..Default::default()
+    });
+    let mut c = Client::connect(adv.addr).unwrap();
+    chat::publish_prekeys(&mut c, &mut bob, 3).unwrap();
+    assert!(proves(&adv.log()) > 0);
+}
+
+/// A conversation through the adversary: first contact (prekey fetch), replies both ways, a
+/// reconnect. Every connection that carried a `Send` or a `PrekeyFetch` carried no `Prove`, so
+/// the node cannot read a sender from the dests its connection proved.
+#[test]
+fn the_connections_that_send_carry_no_proofs() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let adv = Adversary::start(node.addr());
+    let ns = common::ns();
+    let clock = Instant::now();
+    let opts = ConnectOptions::default();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let (mut ca, mut cb) = (
+        Client::connect(adv.addr).unwrap(),
+        Client::connect(adv.addr).unwrap(),
+    );
+    let (mut sa, mut sb) = (
+        Sender::new(&adv.url(), opts.clone()),
+        Sender::new(&adv.url(), opts),
+    );
+    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
+    chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let (a_id, b_id) = (alice.address().identity, bob.address().identity);
+    sa.send(&mut alice, &b_id, &text("hi bob"), clock).unwrap();
+    let got = chat::pump(
+        &mut cb,
+        &mut sb,
+        &mut bob,
+        std::time::Duration::from_secs(2),
+        clock,
+    )
+    .unwrap();
+    assert_eq!(got.messages.len(), 1);
+    sb.send(&mut bob, &a_id, &text("hi alice"), clock).unwrap();
+    let got = chat::pump(
+        &mut ca,
+        &mut sa,
+        &mut alice,
+        std::time::Duration::from_secs(2),
+        clock,
+    )
+    .unwrap();
+    assert_eq!(got.messages.len(), 1);
+    assert_eq!(alice.unacknowledged() + bob.unacknowledged(), 0);
+    assert!(
+        ca.has_proved() && cb.has_proved(),
+        "the listening connections proved"
+    );
+
+    let log = adv.log();
+    let mut kinds: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for s in log.iter().filter(|s| s.dir == Dir::ToNode) {
+        kinds.entry(s.conn).or_default().insert(s.kind.clone());
+    }
+    let sending: Vec<_> = kinds
+        .iter()
+        .filter(|(_, k)| k.contains("Send") || k.contains("PrekeyFetch"))
+        .collect();
+    assert!(
+        sending.len() >= 3,
+        "a fetch and two send connections: {kinds:?}"
+    );
+    for (conn, k) in &sending {
+        assert!(
+            !k.contains("Prove"),
+            "connection {conn} sent and proved: {k:?}"
+        );
+    }
+    assert!(kinds.values().any(|k| k.contains("Prove")));
+}
+
+/// What the separation costs a typical user in an hour: one sync (drain window, listen), four
+/// bursts of five messages to a contact, each answered. Before: everything on the listening
+/// connection. After: a send connection per burst (closed after `SEND_LINK_IDLE_MS` idle; the
+/// test closes it between bursts). Counted by a proxy in front of the node's TLS listener.
+#[test]
+fn the_cost_of_sending_apart_from_owning() {
+    let tmp = temp_dir("privacy-cost");
+    let tls = TlsFiles::write_ca_signed(&tmp);
+    let node = Node::start(&args_with(&["--shards", "2"], &tls.node_args()), &[]);
+    let ns = common::ns();
+    let clock = Instant::now();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut cb = Client::connect(node.addr()).unwrap();
+    chat::publish_prekeys(&mut cb, &mut bob, 10).unwrap();
+    let mut bob_sender = Sender::new(&format!("ferry://{}", node.addr()), Default::default());
+    chat::sync(&mut cb, &mut bob_sender, &mut bob, clock).unwrap();
+    const BURSTS: usize = 4;
+    const PER_BURST: usize = 5;
+
+    let mut figures = Vec::new();
+    for separate in [false, true] {
+        let proxy = Adversary::counting(node.tls.unwrap());
+        let url = format!("ferry+tls://localhost:{}", proxy.addr.port());
+        let opts = tls.client_opts();
+        let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+        alice.add_contact("bob", &bob.address()).unwrap();
+        let to = bob.address().identity;
+        let mut ca = Client::connect_url(&url, &opts).unwrap();
+        let mut sender = Sender::new(&url, opts.clone());
+        chat::sync(&mut ca, &mut sender, &mut alice, clock).unwrap();
+        for burst in 0..BURSTS {
+            for i in 0..PER_BURST {
+                let body = text(&format!("message {burst}.{i}"));
+                if separate {
+                    sender.send(&mut alice, &to, &body, clock).unwrap();
+                } else {
+                    // As before: the bundle, the send and its answer on the listening connection.
+                    if !alice.has_session(&to) {
+                        let slot = alice.contact_prekey_slot(&to).unwrap();
+                        let bundle = ca.fetch_prekeys(slot).unwrap();
+                        alice.start_session(&to, &bundle).unwrap();
+                    }
+                    let t = alice.send(&to, &body, ca.node_unix_s(), 0).unwrap();
+                    ca.send(t.dest, t.msg_id, ferry_sdk::FLAG_ACK, &t.payload);
+                    ca.flush().unwrap();
+                    loop {
+                        if let ferry_sdk::ClientEvent::SendResult { msg_id, status, .. } =
+                            ca.recv(std::time::Duration::from_secs(5)).unwrap()
+                        {
+                            alice.on_send_result(msg_id, status, 0);
+                            if msg_id == t.msg_id {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            sender.close();
+            chat::pump(
+                &mut cb,
+                &mut bob_sender,
+                &mut bob,
+                std::time::Duration::from_millis(300),
+                clock,
+            )
+            .unwrap();
+        }
+        assert_eq!(alice.unacknowledged(), 0);
+        drop(ca);
+        let (up, down) = proxy.bytes();
+        figures.push((proxy.connections(), up + down));
+    }
+    let ((c0, b0), (c1, b1)) = (figures[0], figures[1]);
+    println!(
+        "typical hour ({BURSTS} bursts of {PER_BURST} messages, TLS): before {c0} connections \
+         {b0} bytes; after {c1} connections {b1} bytes (+{} bytes, +{:.0}%)",
+        b1 - b0,
+        100.0 * (b1 - b0) as f64 / b0 as f64
+    );
+    assert_eq!(c0, 1);
+    // The listening connection, a prekey fetch, one per burst.
+    assert_eq!(c1, 1 + 1 + BURSTS as u64);
+}
