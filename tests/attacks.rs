@@ -88,12 +88,20 @@ fn media_reservations_leave_honest_uploads_room() {
     attack("media-reserve", &o);
 }
 
-/// 4. One valid 128-proof frame re-sent for 3 s (a fresh one every 256), default limits: a live
-/// pair's p99 at most doubles (against a 5 ms floor). Before the proof budgets the p99 went from
-/// 4.5 ms to 364 ms.
+/// 4. One valid 128-proof frame re-sent for 3 s (a fresh one every 256): a live pair's p99 at
+/// most doubles (against a 5 ms floor). Before the proof budgets the p99 went from 4.5 ms to
+/// 364 ms. Default limits but the address's byte rate, 4 MiB/s (burst 8 MiB): on a 2-CPU test
+/// machine the default 64 MiB/s of cached replays keeps the node's one core busy by volume
+/// alone, which the byte bucket, not the proof budget, is there to bound.
 #[test]
 fn proof_replay_leaves_honest_latency_within_double() {
-    let node = Node::start(&["--shards", "1"], &[]);
+    let node = Node::start(
+        &["--shards", "1"],
+        &[
+            ("FERRY_LIMITS_IP_BYTES_PER_S", "4194304"),
+            ("FERRY_LIMITS_IP_BYTES_BURST", "8388608"),
+        ],
+    );
     let r = attack("proof-replay", &opts(&node));
     assert!(r.attacker["frames_answered"].as_u64().unwrap() > 0);
 }
@@ -121,7 +129,10 @@ fn memory_attack_stays_within_the_budget() {
 #[test]
 fn at_the_descriptor_limit_honest_clients_and_metrics_get_answers() {
     let want = 16_384;
-    assert!(raise_nofile(want) >= want, "needs an open-files hard limit of {want}");
+    assert!(
+        raise_nofile(want) >= want,
+        "needs an open-files hard limit of {want}"
+    );
     let node = Node::start_wrapped(
         &["sh", "-c", "ulimit -n 4096 && exec \"$@\"", "sh"],
         common::temp_dir("attack-fds"),
