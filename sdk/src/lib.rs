@@ -442,6 +442,12 @@ impl Client {
         Self::start(tcp, None, ConnectOptions::default().timeout)
     }
 
+    /// Plain TCP over a socket the caller connected (bound to a chosen source address, say):
+    /// says hello and returns once the node's hello has arrived.
+    pub fn over_tcp(tcp: TcpStream) -> Result<Client, SdkError> {
+        Self::start(tcp, None, ConnectOptions::default().timeout)
+    }
+
     /// Connects to the node at `url` ([`NodeUrl`]): `ferry+tls://host[:port]` is TLS 1.3 with
     /// the certificate checked against `opts.trust` for `opts.server_name` or else the host;
     /// `ferry://host[:port]` is plain TCP. A host name is resolved and its addresses are tried
