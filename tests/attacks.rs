@@ -11,7 +11,7 @@
 
 mod common;
 
-#[allow(dead_code, clippy::cast_possible_truncation, unreachable_pub)]
+#[allow(clippy::cast_possible_truncation, unreachable_pub)]
 #[path = "../bench/src/attack/suite.rs"]
 mod suite;
 
@@ -37,7 +37,7 @@ fn attack(name: &str, o: &Opts) -> Report {
     r
 }
 
-/// 1. One address with 4 connections fills the store with 64 KB packets to random dests. Store:
+/// Attack 1: One address with 4 connections fills the store with 64 KB packets to random dests. Store:
 /// 32 MiB. Fails today: honest senders get `StoreFull` once the attacker has filled it.
 #[test]
 #[ignore = "needs per-source store shares (issue 14 item 1)"]
@@ -58,7 +58,7 @@ fn store_fill_leaves_honest_sources_their_mail() {
     assert!(r.honest.sent >= 20);
 }
 
-/// 2. 10,000 one-byte sends to a known dest use up its quota (`store_dest_blobs_max`, 10,000).
+/// Attack 2: 10,000 one-byte sends to a known dest use up its quota (`store_dest_blobs_max`, 10,000).
 /// Fails today: another source's message is answered `QuotaExceeded`.
 #[test]
 #[ignore = "needs per-source quotas within a dest's store quota (issue 14 item 2)"]
@@ -68,7 +68,7 @@ fn mailbox_flood_leaves_room_for_other_sources_and_live_delivery() {
     assert_eq!(r.honest.sent, 51);
 }
 
-/// 3. `BlobBegin`s declaring 8 MiB with no data until `DiskFull` (64 MiB of media storage), then
+/// Attack 3: `BlobBegin`s declaring 8 MiB with no data until `DiskFull` (64 MiB of media storage), then
 /// one-byte begins until `Busy` (64 uploads per core). Fails today: the honest uploads get
 /// `DiskFull`.
 #[test]
@@ -88,7 +88,7 @@ fn media_reservations_leave_honest_uploads_room() {
     attack("media-reserve", &o);
 }
 
-/// 4. One valid 128-proof frame re-sent for 3 s (a fresh one every 256): a live pair's p99 at
+/// Attack 4: One valid 128-proof frame re-sent for 3 s (a fresh one every 256): a live pair's p99 at
 /// most doubles (against a 5 ms floor). Before the proof budgets the p99 went from 4.5 ms to
 /// 364 ms. Default limits but the address's byte rate, 4 MiB/s (burst 8 MiB): on a 2-CPU test
 /// machine the default 64 MiB/s of cached replays keeps the node's one core busy by volume
@@ -106,7 +106,7 @@ fn proof_replay_leaves_honest_latency_within_double() {
     assert!(r.attacker["frames_answered"].as_u64().unwrap() > 0);
 }
 
-/// 5. 1,500 connections each holding a partial 64 KiB frame, 100 subscribers that never read
+/// Attack 5: 1,500 connections each holding a partial 64 KiB frame, 100 subscribers that never read
 /// while a flood fills their queues, for 3 s. Budget: 64 MiB. Fails today: RSS passes the
 /// budget.
 #[test]
@@ -123,7 +123,7 @@ fn memory_attack_stays_within_the_budget() {
     attack("memory", &o);
 }
 
-/// 6. Connections from many attacker addresses (200 each, under the per-address cap) until the
+/// Attack 6: Connections from many attacker addresses (200 each, under the per-address cap) until the
 /// node refuses; it runs under `ulimit -n 4096` with the default `fds_reserved` (1024). A new
 /// honest client gets an answer, `/metrics` answers, an open pair keeps delivering.
 #[test]
@@ -145,7 +145,7 @@ fn at_the_descriptor_limit_honest_clients_and_metrics_get_answers() {
     assert!(r.attacker["connections_open"].as_u64().unwrap() >= 3_000);
 }
 
-/// 7. A stranger queries a known dest (empty, mail waiting, drained) and sends `FLAG_ACK`
+/// Attack 7: A stranger queries a known dest (empty, mail waiting, drained) and sends `FLAG_ACK`
 /// packets (owner online, offline). Fails today: `Query` shows waiting mail and the ACK answers
 /// `Delivered` vs `Stored`.
 #[test]
@@ -155,7 +155,7 @@ fn a_stranger_learns_nothing_from_query_or_acks() {
     attack("presence-oracle", &opts(&node));
 }
 
-/// 8. 200 addresses fetch from a slot of 100 + 100 one-time keys (default prekey limits). Fails
+/// Attack 8: 200 addresses fetch from a slot of 100 + 100 one-time keys (default prekey limits). Fails
 /// today: the per-target limit refuses the legitimate first contact (`RateLimited`) once the
 /// attacker has spent the slot's burst.
 #[test]
@@ -167,7 +167,7 @@ fn a_first_contact_gets_a_one_time_key_after_a_drain() {
     attack("prekey-drain", &o);
 }
 
-/// 9. The attacker's accepted sends per CPU second on a node with puzzles at their highest level,
+/// Attack 9: The attacker's accepted sends per CPU second on a node with puzzles at their highest level,
 /// against a node of the same build without. Fails today: there are no puzzles (factor ~1).
 #[test]
 #[ignore = "needs connection/send puzzles (issue 14 item 9)"]

@@ -279,21 +279,18 @@ fn a_first_contact_succeeds_after_other_addresses_drained_the_one_time_keys() {
         "ten one-time keys, then last-resort bundles"
     );
     assert_eq!(cb.prekey_count(slot).unwrap(), (0, 0), "drained");
-    // Alice's first contact, from an address of its own.
-    let mut ca = client_from(&node, 40);
+    // Alice's first contact, on send connections of her own that never prove (127.0.0.1, an
+    // address the attacker did not use).
     alice.add_contact("bob", &bob.address()).unwrap();
     let to = bob.address().identity;
     let clock = std::time::Instant::now();
-    chat::send(
-        &mut ca,
-        &mut alice,
-        &to,
-        &Body::Data(b"hello bob".to_vec()),
-        clock,
-    )
-    .unwrap();
+    let url = format!("ferry://{}", node.addr());
+    let mut sa = chat::Sender::new(&url, Default::default());
+    sa.send(&mut alice, &to, &Body::Data(b"hello bob".to_vec()), clock)
+        .unwrap();
     assert!(alice.has_session(&to), "PQXDH session established");
-    let synced = chat::sync(&mut cb, &mut bob).unwrap();
+    let mut sb = chat::Sender::new(&url, Default::default());
+    let synced = chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
     assert_eq!(synced.messages.len(), 1);
     assert_eq!(synced.messages[0].body, Body::Data(b"hello bob".to_vec()));
     assert!(node.metric("ferry_prekey_fetches_last_resort_total") >= 111);

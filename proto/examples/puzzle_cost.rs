@@ -10,7 +10,6 @@
 //! pass `FERRY_PUZZLE_EFFORTS=1,2,4,...` to measure others.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use bytes::BytesMut;
 use ferry_proto::frame::{Dest, put_send_header};

@@ -436,16 +436,10 @@ impl Client {
         Self::start(tcp, None, opts)
     }
 
-    /// Plain TCP over a socket the caller connected (one bound to a chosen source address, as
-    /// the tests that play many clients do).
-    pub fn over_tcp(tcp: TcpStream) -> Result<Client, SdkError> {
-        Self::start(tcp, None, ConnectOptions::default().timeout)
-    }
-
     /// Plain TCP over a socket the caller connected (bound to a chosen source address, say):
     /// says hello and returns once the node's hello has arrived.
     pub fn over_tcp(tcp: TcpStream) -> Result<Client, SdkError> {
-        Self::start(tcp, None, ConnectOptions::default().timeout)
+        Self::start(tcp, None, &ConnectOptions::default())
     }
 
     /// Connects to the node at `url` ([`NodeUrl`]): `ferry+tls://host[:port]` is TLS 1.3 with

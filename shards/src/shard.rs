@@ -1096,13 +1096,11 @@ impl Shard {
     /// ahead of the blobs still stored: live delivery to a subscriber never depends on the store.
     fn route(&mut self, now: Now, p: Packet) {
         match self.table.lookup(&p.dest) {
-            None => {
-                match self.store_packet(now, &p) {
-                    Stored::Refused(status) => self.reply(p.from, p.dest, p.msg_id, status),
-                    Stored::Puzzle(effort) => self.puzzle_required(&p, effort),
-                    Stored::Accepted | Stored::Fatal => {}
-                }
-            }
+            None => match self.store_packet(now, &p) {
+                Stored::Refused(status) => self.reply(p.from, p.dest, p.msg_id, status),
+                Stored::Puzzle(effort) => self.puzzle_required(&p, effort),
+                Stored::Accepted | Stored::Fatal => {}
+            },
             Some(sub) if self.handover.contains(&p.dest) => {
                 if let Stored::Refused(_) | Stored::Puzzle(_) = self.store_packet(now, &p) {
                     ShardMetrics::inc(&self.metrics.handover_live);

@@ -1260,7 +1260,7 @@ pub fn prekey_drain(o: &Opts) -> Res<Report> {
         signed: true,
         one_time_ec: 100,
         one_time_pq: 100,
-        first_id: 1,
+        ids: ferry_sdk::prekeys::PrekeyIds::Random,
         replace_one_time: true,
     };
     let (uploads, _secrets) = generate(&identity, dest, plan)?;

@@ -959,7 +959,7 @@ impl<B: Backend> Log<B> {
     /// puzzles' pressure, `crate::puzzle`).
     pub fn pressure(&self, dest: &Dest) -> Pressure {
         let pct = |used: u128, max: u128| -> u8 {
-            let p = if max == 0 { 100 } else { used * 100 / max };
+            let p = (used * 100).checked_div(max).unwrap_or(100);
             u8::try_from(p.min(100)).expect("at most 100")
         };
         let (blobs, bytes) = self
