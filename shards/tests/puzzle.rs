@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
-use ferry_proto::frame::{CapabilityStatus, Dest, Frame, Op, ProofStatus, SendStatus};
+use ferry_proto::frame::{CapabilityStatus, Dest, FLAG_ACK, Frame, Op, ProofStatus, SendStatus};
 use ferry_proto::puzzle::{self, SendPass};
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::puzzle::PuzzleConfig;
@@ -171,7 +171,8 @@ fn send(
     payload: &[u8],
 ) -> (SendStatus, Option<([u8; 32], u32)>) {
     let mut cc = ClientConn::default();
-    cc.send_with(dest, msg_id, 0, 0, pass, payload);
+    // Asking for a result: a stranger's successful store is answered `Accepted` only with it.
+    cc.send_with(dest, msg_id, FLAG_ACK, 0, pass, payload);
     shard.on_bytes(now, conn, &cc.take_output().unwrap());
     let out = drain(shard, now);
     let mut puzzle = None;
@@ -229,7 +230,7 @@ fn a_calm_dest_needs_no_puzzle() {
             &SendPass::NONE,
             b"x",
         );
-        assert_eq!(status, SendStatus::Stored, "blob {i}");
+        assert_eq!(status, SendStatus::Accepted, "blob {i}");
         assert!(puzzle.is_none());
     }
     assert_eq!(metric(&n.shard, |m| &m.puzzles_required), 0);
@@ -244,7 +245,7 @@ fn under_pressure_a_send_needs_a_fresh_solved_puzzle() {
     // Empty: calm.
     assert_eq!(
         send(&mut n.shard, now, conn, dest, 1, &SendPass::NONE, b"first").0,
-        SendStatus::Stored
+        SendStatus::Accepted
     );
     // One blob stored: 1 % of the quota, level 1.
     let (status, puzzle) = send(&mut n.shard, now, conn, dest, 2, &SendPass::NONE, b"second");
@@ -268,7 +269,7 @@ fn under_pressure_a_send_needs_a_fresh_solved_puzzle() {
     let pass = solved(&seed, dest, 2, effort, b"second");
     assert_eq!(
         send(&mut n.shard, now, conn, dest, 2, &pass, b"second").0,
-        SendStatus::Stored
+        SendStatus::Accepted
     );
     // Its replay is refused (the store would have taken it as a duplicate).
     assert_eq!(
@@ -280,7 +281,7 @@ fn under_pressure_a_send_needs_a_fresh_solved_puzzle() {
     let pass = solved(&seed, dest, 4, effort, b"fourth");
     assert_eq!(
         send(&mut n.shard, later, conn, dest, 4, &pass, b"fourth").0,
-        SendStatus::Stored
+        SendStatus::Accepted
     );
     let much_later = at(1_200_000);
     let pass = solved(&seed, dest, 5, effort, b"fifth");
@@ -300,7 +301,7 @@ fn under_pressure_a_send_needs_a_fresh_solved_puzzle() {
             b"x"
         )
         .0,
-        SendStatus::Stored
+        SendStatus::Accepted
     );
 }
 
@@ -322,7 +323,7 @@ fn the_difficulty_rises_with_the_fill_of_the_dest() {
             let pass = solved(&seed, dest, i, effort, &body);
             status = send(&mut n.shard, now, conn, dest, i, &pass, &body).0;
         }
-        assert_eq!(status, SendStatus::Stored, "blob {i}");
+        assert_eq!(status, SendStatus::Accepted, "blob {i}");
     }
     assert_eq!(efforts, vec![1, 2, 4, 8]);
     // Faster than that, answers go unchecked past the burst.
@@ -391,7 +392,7 @@ fn the_owners_capability_skips_the_puzzle() {
     };
     assert_eq!(
         send(&mut n.shard, now, conn, dest, 2, &with(token), b"hi").0,
-        SendStatus::Stored
+        SendStatus::Accepted
     );
     let stale = puzzle::capability_token(&secret, epoch - 1);
     assert_eq!(
