@@ -5,7 +5,8 @@
 //! (`ferry_proto::conn::ServerConn`) → routing by `dest.owner(shards)`: a [`table::ForwardTable`]
 //! lookup here or a [`shard::HopMsg`] batch to the owner core → delivery queued on the subscriber's
 //! connection (here or one more hop away) → the driver writes each connection's queue as one
-//! buffer. Deadlines run from a per-shard tick. [`clock`] is the only place the clock is read.
+//! buffer. Deadlines run from a per-shard tick, which touches only what is due ([`timers`]).
+//! [`clock`] is the only place the clock is read.
 
 pub mod clock;
 pub mod driver;
@@ -17,6 +18,7 @@ pub mod service;
 pub mod shard;
 pub mod store;
 pub mod table;
+pub mod timers;
 
 pub use shard::{Accept, HopMsg, Output, Shard, ShardConfig};
 pub use table::{ConnRef, ForwardTable};

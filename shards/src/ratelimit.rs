@@ -1,13 +1,17 @@
 //! Per-address limits (IPv4 by address, IPv6 by /64): token buckets for new connections, bytes in,
-//! proof checks and failed proofs, in a bounded table whose idle full buckets are evicted on tick;
-//! and the count of open connections per address, bounded by the shard's connections.
+//! proof checks and failed proofs, in a bounded table whose idle full buckets are evicted on tick
+//! (each entry is scheduled for when its buckets will have refilled: a tick touches only entries
+//! due, never the whole table); and the count of open connections per address, bounded by the
+//! shard's connections.
 
 use std::net::IpAddr;
 
 use ahash::AHashMap;
 
+use crate::timers::Deadlines;
+
 /// Address key: an IPv4 address or an IPv6 /64 prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IpKey {
     V4([u8; 4]),
     V6Prefix([u8; 8]),
@@ -71,6 +75,17 @@ impl Bucket {
     }
     fn is_full(&self, rate: Rate) -> bool {
         self.balance_milli >= milli(rate.burst)
+    }
+    /// When the bucket will hold its whole burst again if nothing more is taken (its last
+    /// refill time when it is full or the rate is unlimited).
+    fn full_at_ms(&self, rate: Rate) -> u64 {
+        let deficit = milli(rate.burst).saturating_sub(self.balance_milli).max(0);
+        if rate.per_s == 0 || deficit == 0 {
+            return self.at_ms;
+        }
+        // per_s tokens a second are per_s milli-tokens a millisecond.
+        self.at_ms
+            .saturating_add(deficit.unsigned_abs().div_ceil(rate.per_s))
     }
     /// Takes `n` tokens if there are that many.
     fn take(&mut self, rate: Rate, now_ms: u64, n: u64) -> bool {
@@ -176,6 +191,32 @@ struct Entry {
     bytes: Bucket,
     proofs: Bucket,
     proof_failures: Bucket,
+    /// Its deadline in `IpLimiter::deadlines`: at most when all its buckets will be full (taking
+    /// tokens moves that later without touching the heap; the entry is re-checked when due).
+    armed_ms: u64,
+}
+
+impl Entry {
+    /// Refills every bucket; whether all are full (the entry carries no state).
+    fn refill_all(&mut self, l: &IpLimits, now_ms: u64) -> bool {
+        self.conns.refill(l.conns, now_ms);
+        self.bytes.refill(l.bytes, now_ms);
+        self.proofs.refill(l.proofs, now_ms);
+        self.proof_failures.refill(l.proof_failures, now_ms);
+        self.conns.is_full(l.conns)
+            && self.bytes.is_full(l.bytes)
+            && self.proofs.is_full(l.proofs)
+            && self.proof_failures.is_full(l.proof_failures)
+    }
+
+    /// When every bucket will be full again.
+    fn full_at_ms(&self, l: &IpLimits) -> u64 {
+        self.conns
+            .full_at_ms(l.conns)
+            .max(self.bytes.full_at_ms(l.bytes))
+            .max(self.proofs.full_at_ms(l.proofs))
+            .max(self.proof_failures.full_at_ms(l.proof_failures))
+    }
 }
 
 /// Limits for [`IpLimiter`], per shard.
@@ -203,6 +244,8 @@ pub struct IpLimiter {
     /// connection must not pin a bucket entry, and this map is bounded by the shard's
     /// connections, not by `entries_max`.
     open: AHashMap<IpKey, u32>,
+    /// One entry per `table` entry (its `armed_ms`): when to look at it again.
+    deadlines: Deadlines<IpKey>,
 }
 
 impl IpLimiter {
@@ -212,6 +255,7 @@ impl IpLimiter {
             limits,
             table: AHashMap::new(),
             open: AHashMap::new(),
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -244,8 +288,14 @@ impl IpLimiter {
         self.open.get(&key).copied().unwrap_or(0)
     }
 
+    /// New limits (SIGHUP). The entries' refill times change with the rates: every entry is
+    /// looked at on the next tick (one pass per reload).
     pub fn set_limits(&mut self, limits: IpLimits) {
         self.limits = limits;
+        for e in self.table.values_mut() {
+            e.armed_ms = 0;
+        }
+        self.deadlines.rebuild(self.table.keys().map(|&k| (0, k)));
     }
 
     fn entry(&mut self, key: IpKey, now_ms: u64) -> Option<&mut Entry> {
@@ -264,8 +314,10 @@ impl IpLimiter {
                     bytes: Bucket::full(l.bytes, now_ms),
                     proofs: Bucket::full(l.proofs, now_ms),
                     proof_failures: Bucket::full(l.proof_failures, now_ms),
+                    armed_ms: now_ms,
                 },
             );
+            self.deadlines.push(now_ms, key);
         }
         self.table.get_mut(&key)
     }
@@ -359,19 +411,32 @@ impl IpLimiter {
         }
     }
 
-    /// Drops entries whose buckets have all refilled: they carry no state.
+    /// Drops entries whose buckets have all refilled: they carry no state. Looks only at the
+    /// entries whose scheduled refill time has passed; one still short of full is scheduled
+    /// again for when it will be.
     pub fn evict_idle(&mut self, now_ms: u64) {
         let l = self.limits;
-        self.table.retain(|_, e| {
-            e.conns.refill(l.conns, now_ms);
-            e.bytes.refill(l.bytes, now_ms);
-            e.proofs.refill(l.proofs, now_ms);
-            e.proof_failures.refill(l.proof_failures, now_ms);
-            !(e.conns.is_full(l.conns)
-                && e.bytes.is_full(l.bytes)
-                && e.proofs.is_full(l.proofs)
-                && e.proof_failures.is_full(l.proof_failures))
-        });
+        while let Some((at_ms, key)) = self.deadlines.pop_due(now_ms) {
+            let Some(e) = self.table.get_mut(&key) else {
+                continue;
+            };
+            if e.armed_ms != at_ms {
+                continue;
+            }
+            if e.refill_all(&l, now_ms) {
+                self.table.remove(&key);
+            } else {
+                // Later than now: a bucket that never refills (an unlimited rate is never
+                // charged) must not be looked at again in this loop.
+                e.armed_ms = e.full_at_ms(&l).max(now_ms + 1);
+                self.deadlines.push(e.armed_ms, key);
+            }
+        }
+    }
+
+    /// Entries the eviction looked at so far (timer work; see `Shard::timer_checks`).
+    pub fn timer_checks(&self) -> u64 {
+        self.deadlines.checks()
     }
 
     pub fn len(&self) -> usize {

@@ -50,6 +50,7 @@ use crate::metrics::ShardMetrics;
 use crate::puzzle::{Gate, Passed, PuzzleGate};
 use crate::ratelimit::{Bucket, IpKey, IpLimiter, IpLimits};
 use crate::table::{ConnRef, ForwardTable};
+use crate::timers::Deadlines;
 
 /// Most messages in one cross-core batch (one channel send).
 pub const HOP_BATCH_MSGS_MAX: usize = 1024;
@@ -319,6 +320,9 @@ struct Conn {
     abort_sent: bool,
     /// What this connection is charged in `Shard::memory` (base + buffers), as last counted.
     charged: usize,
+    /// The deadline this connection has in `Shard::deadlines` (at most its true one,
+    /// `sm.poll_timeout()`); `None`: no live entry.
+    armed_ms: Option<u64>,
 }
 
 /// A shard's memory account (sans-IO: the shard counts, the driver reads and trims).
@@ -415,6 +419,9 @@ pub struct Shard {
     puzzle: PuzzleGate,
     /// Puzzle answers each connection may have checked per second.
     puzzle_checks: crate::ratelimit::KeyedLimiter<u64>,
+    /// Every connection's next deadline (lazily invalidated; bounded by rebuilds, see
+    /// `crate::timers`): a tick takes off what is due and nothing else.
+    deadlines: Deadlines<u64>,
 }
 
 impl Shard {
@@ -463,6 +470,7 @@ impl Shard {
                 cfg.puzzle.checks_per_conn,
                 cfg.connections_max,
             ),
+            deadlines: Deadlines::default(),
             cfg,
         }
     }
@@ -726,9 +734,11 @@ impl Shard {
                 close_counted: false,
                 abort_sent: false,
                 charged: 0,
+                armed_ms: None,
             },
         );
         self.recharge(id);
+        self.arm(id);
         ShardMetrics::inc(&self.metrics.connections_accepted);
         ShardMetrics::inc(&self.metrics.connections_open);
         Accept::Ok(id)
@@ -1611,8 +1621,10 @@ impl Shard {
     }
 
     fn mark_ready(&mut self, conn: u64) {
-        // Every change to a connection's output ends here: charge it.
+        // Every change to a connection's output (and its input: `process` ends here) ends here:
+        // charge it, and schedule its deadline if that moved earlier.
         self.recharge(conn);
+        self.arm(conn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1683,12 +1695,14 @@ impl Shard {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.on_written(now, n);
             self.recharge(conn);
+            self.arm(conn);
         }
     }
 
     pub fn on_write_blocked(&mut self, now: Now, conn: u64) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.on_write_blocked(now);
+            self.arm(conn);
         }
     }
 
@@ -1718,18 +1732,30 @@ impl Shard {
         }
     }
 
-    /// Runs every connection deadline that has passed. Call at least every `tick` ms.
+    /// Runs every connection deadline that has passed. Call at least every `tick` ms. The work
+    /// is what is due (connections whose armed deadline passed, stale entries), not the
+    /// connections held: see [`Shard::timer_checks`].
     pub fn on_tick(&mut self, now: Now) {
-        let due: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.sm.poll_timeout().is_some_and(|t| t <= now.mono_ms))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.sm.on_timeout(now);
+        // Connections whose deadline ran: re-armed after the loop, so that each runs
+        // `on_timeout` at most once per tick (a deadline still due waits for the next tick).
+        let mut fired = Vec::new();
+        while let Some((at_ms, id)) = self.deadlines.pop_due(now.mono_ms) {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue; // closed since it was armed
+            };
+            if c.armed_ms != Some(at_ms) {
+                continue; // stale: a deadline that moved earlier was armed after it
             }
+            c.armed_ms = None;
+            // The armed deadline may be early (activity moved the true one later): check it.
+            if c.sm.poll_timeout().is_some_and(|t| t <= now.mono_ms) {
+                c.sm.on_timeout(now);
+                fired.push(id);
+            } else {
+                self.arm(id);
+            }
+        }
+        for id in fired {
             self.mark_ready(id);
         }
         self.limiter.evict_idle(now.mono_ms);
@@ -1739,6 +1765,36 @@ impl Shard {
             self.memory.bytes as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Timer work done so far: deadline entries ticks took off the shard's heap and the
+    /// limiter's (each a connection or an address whose deadline came due, or a stale entry).
+    /// A tick with nothing due adds nothing, however many connections are open.
+    pub fn timer_checks(&self) -> u64 {
+        self.deadlines.checks() + self.limiter.timer_checks()
+    }
+
+    /// Schedules `conn`'s deadline if it is earlier than the one armed (a later one waits: the
+    /// armed entry fires early and re-arms). O(1) unless it pushes (O(log n)).
+    fn arm(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(t) = c.sm.poll_timeout() else {
+            return;
+        };
+        if c.armed_ms.is_some_and(|a| a <= t) {
+            return;
+        }
+        c.armed_ms = Some(t);
+        self.deadlines.push(t, conn);
+        if self.deadlines.needs_rebuild(self.conns.len()) {
+            let armed = self
+                .conns
+                .iter()
+                .filter_map(|(&id, c)| c.armed_ms.map(|a| (a, id)));
+            self.deadlines.rebuild(armed);
+        }
     }
 
     /// Bytes this shard's connections and outboxes hold now (what its budget counts).
