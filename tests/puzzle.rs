@@ -1,6 +1,6 @@
 //! Send puzzles through a real node and the SDK: a send to a dest under pressure is answered
 //! `PuzzleRequired`, which the SDK solves and sends again by itself, so the application sees
-//! `Stored`; a contact holding the mailbox's capability sends without a puzzle.
+//! `Accepted`; a contact holding the mailbox's capability sends without a puzzle.
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Node, mailbox};
 use ferry_proto::conn::ClientEvent;
 use ferry_proto::puzzle;
-use ferry_sdk::{CapabilityStatus, Client, Op, ProofStatus, SendStatus};
+use ferry_sdk::{CapabilityStatus, Client, FLAG_ACK, Op, ProofStatus, SendStatus};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -33,20 +33,24 @@ fn the_sdk_solves_puzzles_for_a_pressured_dest_and_a_capability_skips_them() {
     let node = Node::start(
         &["--shards", "1"],
         // Four blobs per dest: the third send finds it half full (level 1), the fourth at 75 %.
-        &[("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "4")],
+        // One sender fills the dest: puzzles, not per-source shares (tests/store_fairness.rs).
+        &[
+            ("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "4"),
+            ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
+        ],
     );
     let mut tx = node.client();
     let epoch = tx.epoch();
     let dest = mailbox(7).dest(epoch).unwrap();
     for i in 1..=4u64 {
-        tx.send(dest, i, 0, b"hello");
-        assert_eq!(status_of(&mut tx, i), SendStatus::Stored, "send {i}");
+        tx.send(dest, i, FLAG_ACK, b"hello");
+        assert_eq!(status_of(&mut tx, i), SendStatus::Accepted, "send {i}");
     }
     assert_eq!(node.metric("ferry_puzzles_required_total"), 2);
     assert_eq!(node.metric("ferry_puzzles_valid_total"), 2);
     // A client that will not solve sees the answer itself.
     tx.set_puzzle_effort_max(0);
-    tx.send(dest, 5, 0, b"hello");
+    tx.send(dest, 5, FLAG_ACK, b"hello");
     assert_eq!(status_of(&mut tx, 5), SendStatus::PuzzleRequired);
 
     // The owner of another mailbox registers its contacts' capability under a Drain proof.
@@ -69,8 +73,8 @@ fn the_sdk_solves_puzzles_for_a_pressured_dest_and_a_capability_skips_them() {
     let mut contact = node.client();
     contact.set_puzzle_effort_max(0);
     for i in 1..=4u64 {
-        contact.send_with_capability(owned, i, 0, 0, token, b"from a contact");
-        assert_eq!(status_of(&mut contact, i), SendStatus::Stored, "send {i}");
+        contact.send_with_capability(owned, i, FLAG_ACK, 0, token, b"from a contact");
+        assert_eq!(status_of(&mut contact, i), SendStatus::Accepted, "send {i}");
     }
     assert_eq!(
         node.metric("ferry_puzzles_valid_total"),
