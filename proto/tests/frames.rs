@@ -32,6 +32,19 @@ fn proof_item() -> impl Strategy<Value = ProofItem> {
             }
         })
 }
+fn puzzle_answer() -> impl Strategy<Value = ferry_proto::puzzle::PuzzleAnswer> {
+    (any::<[u8; 16]>(), any::<u32>(), any::<[u8; 16]>()).prop_map(|(nonce, effort, solution)| {
+        ferry_proto::puzzle::PuzzleAnswer {
+            nonce,
+            effort,
+            solution,
+        }
+    })
+}
+fn puzzle_ask() -> impl Strategy<Value = ferry_proto::puzzle::PuzzleAsk> {
+    (any::<[u8; 32]>(), any::<u32>())
+        .prop_map(|(seed, effort)| ferry_proto::puzzle::PuzzleAsk { seed, effort })
+}
 fn send_pass() -> impl Strategy<Value = ferry_proto::puzzle::SendPass> {
     use ferry_proto::puzzle::{PuzzleAnswer, SendPass};
     (
@@ -128,7 +141,8 @@ fn service_frame() -> impl Strategy<Value = Frame> {
         upload().prop_map(|u| Frame::PrekeyUpload {
             upload: Box::new(u)
         }),
-        dest().prop_map(|dest| Frame::PrekeyFetch { dest }),
+        (dest(), prop::option::of(puzzle_answer()))
+            .prop_map(|(dest, puzzle)| Frame::PrekeyFetch { dest, puzzle }),
         dest().prop_map(|dest| Frame::PrekeyCount { dest }),
         (
             pick(PushProvider::ALL),
@@ -160,13 +174,21 @@ fn service_frame() -> impl Strategy<Value = Frame> {
                     pq_left,
                 }
             }),
-        (dest(), pick(PrekeyStatus::ALL), bundle()).prop_map(|(dest, status, b)| {
-            Frame::PrekeyBundle {
-                dest,
-                status,
-                bundle: (status == PrekeyStatus::Ok).then(|| Box::new(b)),
-            }
-        }),
+        (
+            dest(),
+            pick(PrekeyStatus::ALL),
+            bundle(),
+            prop::option::of(puzzle_ask())
+        )
+            .prop_map(|(dest, status, b, puzzle)| {
+                let ok = status == PrekeyStatus::Ok;
+                Frame::PrekeyBundle {
+                    dest,
+                    status,
+                    bundle: ok.then(|| Box::new(b)),
+                    puzzle: puzzle.filter(|_| ok),
+                }
+            }),
         (any::<[u8; 32]>(), any::<u64>()).prop_map(|(id, size)| Frame::BlobBegin { id, size }),
         (any::<[u8; 32]>(), any::<u64>(), payload(3000))
             .prop_map(|(id, offset, data)| Frame::BlobChunk { id, offset, data }),
