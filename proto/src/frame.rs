@@ -1091,7 +1091,10 @@ impl Frame {
                 puzzle,
             } => {
                 assert_eq!(bundle.is_some(), *status == PrekeyStatus::Ok);
-                assert!(puzzle.is_none() || bundle.is_some(), "a puzzle comes with a bundle");
+                assert!(
+                    puzzle.is_none() || bundle.is_some(),
+                    "a puzzle comes with a bundle"
+                );
                 out.put_slice(&dest.0);
                 out.put_u8(*status as u8);
                 if let Some(b) = bundle {

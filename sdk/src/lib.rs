@@ -1038,7 +1038,8 @@ impl Client {
             return Ok(bundle);
         };
         let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
         let digest = ferry_proto::puzzle::prekey_fetch_digest(&dest);
         let Some(answer) = ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, nonce)
         else {

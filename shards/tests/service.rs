@@ -155,9 +155,12 @@ fn a_full_service_queue_answers_busy_without_waiting() {
 fn without_a_service_core_requests_are_unavailable() {
     let mut s = shard();
     let a = Dest([3; 16]);
-    let (_, evs) = exchange(&mut s, &[Frame::PrekeyFetch {
+    let (_, evs) = exchange(
+        &mut s,
+        &[Frame::PrekeyFetch {
             dest: a,
             puzzle: None,
-        }]);
+        }],
+    );
     assert_eq!(fetch_status(&evs, a), Some(PrekeyStatus::Unavailable));
 }

@@ -679,8 +679,13 @@ impl State {
                 let (status, bundle, puzzle) = match self.directory.as_mut() {
                     None => (PrekeyStatus::Unavailable, None, None),
                     Some((d, _)) => {
-                        match d.fetch_with(now.unix_s, now.mono_ms, dest, requester, puzzle.as_ref())
-                        {
+                        match d.fetch_with(
+                            now.unix_s,
+                            now.mono_ms,
+                            dest,
+                            requester,
+                            puzzle.as_ref(),
+                        ) {
                             Ok((b, ask)) => (PrekeyStatus::Ok, Some(Box::new(b)), ask),
                             Err(s) => (s, None, None),
                         }

@@ -26,12 +26,12 @@ use std::collections::VecDeque;
 use ahash::{AHashMap, AHashSet};
 use bytes::{BufMut, Bytes};
 use ferry_proto::frame::{Dest, PrekeyStatus};
-use ferry_proto::puzzle::{PuzzleAnswer, PuzzleAsk, prekey_fetch_digest};
-use ferry_shards::puzzle::{PuzzleConfig, PuzzleGate};
 use ferry_proto::prekey::{
     self, Bundle, EC_ITEM_BYTES, EcPrekey, KemPrekey, KeyKind, ONE_TIME_KEYS_MAX, PQ_ITEM_BYTES,
     SIGNED_PART_BYTES, SignedPart, Upload,
 };
+use ferry_proto::puzzle::{PuzzleAnswer, PuzzleAsk, prekey_fetch_digest};
+use ferry_shards::puzzle::{PuzzleConfig, PuzzleGate};
 use ferry_shards::ratelimit::{IpKey, KeyedLimiter, Rate};
 
 /// Directory limits (named config keys under `[prekeys]`).
@@ -1049,6 +1049,158 @@ mod tests {
         assert!(!d.slot_under_pressure(later, &dest));
         let b = d.fetch(0, later, dest, honest).unwrap();
         assert!(!b.pq_last_resort && b.ec.is_some());
+    }
+
+    /// Drains a slot of 100 + 100 keys past its budget (20) from 20 addresses; the honest
+    /// fetcher comes from `HONEST`.
+    fn pressured(levels: u8) -> (Directory, Dest) {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([9; 16]);
+        let limits = DirectoryLimits {
+            puzzle: PuzzleConfig {
+                key: [4; 32],
+                levels,
+                ..PuzzleConfig::default()
+            },
+            ..DirectoryLimits::default()
+        };
+        let mut d = Directory::new(limits);
+        let (ups, _) = generate(&id, dest, plan(true, 100, 36, 1)).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
+        let (more, _) = generate(&id, dest, plan(false, 0, 64, 1_000)).unwrap();
+        for (i, u) in more.iter().enumerate() {
+            d.upload(0, 1_000 * (i as u64 + 1), u, ADDR).unwrap();
+        }
+        for a in 0..20u8 {
+            let b = d.fetch(0, 100_000, dest, IpKey::V4([10, 2, 0, a])).unwrap();
+            assert!(!b.pq_last_resort, "calm: a one-time key without a puzzle");
+        }
+        (d, dest)
+    }
+
+    const HONEST: IpKey = IpKey::V4([192, 0, 2, 7]);
+
+    #[test]
+    fn a_calm_slot_asks_no_puzzle() {
+        let (mut d, dest) = pressured(4);
+        // The 20 fetches of `pressured` were calm: no puzzle was asked of any of them.
+        assert_eq!(d.stats.one_time_withheld_slot, 0);
+        // An hour later the budget has refilled: calm again.
+        let later = 100_000 + HOUR_MS;
+        assert_eq!(d.puzzle_level(later, &dest), 0);
+        let (b, ask) = d.fetch_with(0, later, dest, HONEST, None).unwrap();
+        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert_eq!(ask, None);
+    }
+
+    #[test]
+    fn under_pressure_a_solved_fetch_gets_a_one_time_key_once() {
+        let (mut d, dest) = pressured(4);
+        let now_ms = 100_000;
+        assert!(d.slot_under_pressure(now_ms, &dest));
+        assert_eq!(d.puzzle_level(now_ms, &dest), 1);
+        // Without an answer: the last-resort bundle, and the puzzle beside it.
+        let (b, ask) = d.fetch_with(0, now_ms, dest, HONEST, None).unwrap();
+        b.verify().unwrap();
+        assert!(b.pq_last_resort && b.ec.is_none());
+        let ask = ask.expect("a puzzle under pressure");
+        assert_eq!(
+            ask.seed,
+            d.puzzle.seed(0),
+            "the node-wide seed the shards use"
+        );
+        assert_eq!(ask.effort, d.puzzle.effort(1));
+        let digest = prekey_fetch_digest(&dest);
+        let answer = ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, [1; 16])
+            .expect("in range");
+        // With it: a one-time key, charged to the overdraft.
+        let (b, ask) = d
+            .fetch_with(0, now_ms, dest, HONEST, Some(&answer))
+            .unwrap();
+        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert_eq!(ask, None);
+        assert_eq!(d.stats.puzzle_paid, 1);
+        // The same answer again (from anywhere): refused, last resort and the puzzle.
+        let (b, ask) = d
+            .fetch_with(0, now_ms, dest, IpKey::V4([10, 9, 9, 9]), Some(&answer))
+            .unwrap();
+        assert!(b.pq_last_resort && ask.is_some());
+        assert_eq!(d.stats.puzzle_replayed, 1);
+        // An answer bound to another slot, or too little effort, is refused too.
+        let other = Dest([10; 16]);
+        let wrong = ferry_proto::puzzle::solve(
+            &ask.unwrap().seed,
+            &other,
+            &prekey_fetch_digest(&other),
+            ask.unwrap().effort,
+            [2; 16],
+        )
+        .unwrap();
+        let (b, _) = d
+            .fetch_with(0, now_ms, dest, IpKey::V4([10, 9, 9, 8]), Some(&wrong))
+            .unwrap();
+        assert!(b.pq_last_resort);
+        assert_eq!(d.stats.puzzle_refused, 1);
+    }
+
+    #[test]
+    fn the_effort_rises_with_the_overdraft_and_exhaustion_and_falls_back() {
+        let (mut d, dest) = pressured(4);
+        let now_ms = 100_000;
+        let mut efforts = Vec::new();
+        for a in 0..40u8 {
+            let from = IpKey::V4([10, 3, 0, a]);
+            let (_, ask) = d.fetch_with(0, now_ms, dest, from, None).unwrap();
+            let ask = ask.unwrap();
+            efforts.push(ask.effort);
+            let digest = prekey_fetch_digest(&dest);
+            let answer =
+                ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, [a; 16]).unwrap();
+            let (b, _) = d.fetch_with(0, now_ms, dest, from, Some(&answer)).unwrap();
+            assert!(!b.pq_last_resort);
+        }
+        assert!(efforts.windows(2).all(|w| w[0] <= w[1]), "{efforts:?}");
+        assert_eq!(efforts[0], 1);
+        assert_eq!(*efforts.last().unwrap(), d.puzzle.effort(4));
+        // 40 left of 100: past the overdraft's top already; drain to an hour's ration (10).
+        assert_eq!(d.count(0, &dest), Some((40, 40)));
+        // Once the budget refills and the overdraft is repaid: calm, effort 0.
+        let later = now_ms + 6 * HOUR_MS;
+        assert_eq!(d.puzzle_level(later, &dest), 0);
+        let (b, ask) = d.fetch_with(0, later, dest, HONEST, None).unwrap();
+        assert!(!b.pq_last_resort && ask.is_none());
+    }
+
+    #[test]
+    fn a_nearly_exhausted_slot_under_pressure_asks_the_top_level() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([11; 16]);
+        let mut d = Directory::new(DirectoryLimits::default());
+        let (ups, _) = generate(&id, dest, plan(true, 25, 25, 1)).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
+        for a in 0..20u8 {
+            d.fetch(0, 0, dest, IpKey::V4([10, 4, 0, a])).unwrap();
+        }
+        // The budget (20) is spent with no overdraft, and 5 keys are left, fewer than an hour's
+        // ration (10): the top level at once.
+        assert_eq!(d.count(0, &dest), Some((5, 5)));
+        assert!(d.slot_under_pressure(0, &dest));
+        assert_eq!(
+            d.puzzle_level(0, &dest),
+            DirectoryLimits::default().puzzle.levels
+        );
+        let (_, ask) = d.fetch_with(0, 0, dest, HONEST, None).unwrap();
+        assert_eq!(
+            ask.unwrap().effort,
+            DirectoryLimits::default().puzzle.effort_max
+        );
+    }
+
+    #[test]
+    fn with_puzzles_off_a_pressured_slot_only_gives_last_resort() {
+        let (mut d, dest) = pressured(0);
+        let (b, ask) = d.fetch_with(0, 100_000, dest, HONEST, None).unwrap();
+        assert!(b.pq_last_resort && ask.is_none());
     }
 
     /// An exhausted slot still answers with a usable bundle, and spends no budget doing so.
