@@ -319,6 +319,7 @@ fn shard_configs(
     r: &Reloadable,
     shards: usize,
     node_id: [u8; 32],
+    puzzle: &ferry_shards::puzzle::PuzzleConfig,
 ) -> anyhow::Result<Vec<ShardConfig>> {
     let l = &cfg.limits;
     let memory_bytes_max = memory_bytes_per_shard(cfg, shards)?;
@@ -348,24 +349,6 @@ fn shard_configs(
     } else {
         None
     };
-    // One puzzle key for every shard: any core checks answers against the node-wide seed.
-    let mut puzzle_key = [0u8; 32];
-    getrandom::fill(&mut puzzle_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let puzzle = ferry_shards::puzzle::PuzzleConfig {
-        key: puzzle_key,
-        seed_period_s: l.puzzle_seed_period_s,
-        levels: l.puzzle_levels,
-        effort_max: l.puzzle_effort_max,
-        dest_fill_pct_min: l.puzzle_dest_fill_pct_min,
-        store_fill_pct_min: l.puzzle_store_fill_pct_min,
-        checks_per_conn: ferry_shards::ratelimit::Rate {
-            per_s: l.puzzle_checks_per_conn_per_s,
-            burst: l.puzzle_checks_per_conn_burst,
-        },
-        answers_seen_max: l.puzzle_answers_seen_max,
-        capabilities_max: l.puzzle_capabilities_max,
-        capability_ttl_max_s: l.puzzle_capability_ttl_max_s,
-    };
     (0..shards)
         .map(|i| {
             let mut seed = [0u8; 32];
@@ -389,6 +372,30 @@ fn shard_configs(
             })
         })
         .collect()
+}
+
+/// The node's puzzle settings with a fresh seed key: made once per start and handed to every
+/// shard (send puzzles) and to the service core (prekey fetch puzzles), so that every core
+/// derives the same seed from it without sharing anything mutable.
+fn puzzle_config(cfg: &Config) -> anyhow::Result<ferry_shards::puzzle::PuzzleConfig> {
+    let l = &cfg.limits;
+    let mut puzzle_key = [0u8; 32];
+    getrandom::fill(&mut puzzle_key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(ferry_shards::puzzle::PuzzleConfig {
+        key: puzzle_key,
+        seed_period_s: l.puzzle_seed_period_s,
+        levels: l.puzzle_levels,
+        effort_max: l.puzzle_effort_max,
+        dest_fill_pct_min: l.puzzle_dest_fill_pct_min,
+        store_fill_pct_min: l.puzzle_store_fill_pct_min,
+        checks_per_conn: ferry_shards::ratelimit::Rate {
+            per_s: l.puzzle_checks_per_conn_per_s,
+            burst: l.puzzle_checks_per_conn_burst,
+        },
+        answers_seen_max: l.puzzle_answers_seen_max,
+        capabilities_max: l.puzzle_capabilities_max,
+        capability_ttl_max_s: l.puzzle_capability_ttl_max_s,
+    })
 }
 
 /// Runs the node until SIGTERM or SIGINT. `reresolve` rebuilds the configuration from the same
@@ -491,11 +498,13 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         read_buffer_bytes: l.read_buffer_bytes,
         drain_grace_ms: l.drain_grace_ms,
     };
+    let puzzle = puzzle_config(&cfg)?;
     let service = crate::service::start(service_config(
         &cfg,
         shards,
         placement.service_cpu,
         Clock::new(cfg.clock_offset_s),
+        &puzzle,
     )?)
     .context("starting the service core")?;
     let media_metrics = Arc::new(crate::media::MediaMetrics::default());
@@ -545,7 +554,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     };
     let reload = Arc::new(Reload::new(initial.clone()));
     let handles = driver::start(
-        shard_configs(&cfg, &initial, shards, node_id)?,
+        shard_configs(&cfg, &initial, shards, node_id, &puzzle)?,
         per_shard,
         driver_cfg,
         Clock::new(cfg.clock_offset_s),
@@ -676,6 +685,7 @@ fn service_config(
     shards: usize,
     cpu: Option<usize>,
     clock: Clock,
+    puzzle: &ferry_shards::puzzle::PuzzleConfig,
 ) -> anyhow::Result<crate::service::ServiceConfig> {
     use crate::service::{prekeys::DirectoryLimits, providers, push::PushLimits};
     use ferry_shards::ratelimit::Rate;
@@ -747,6 +757,7 @@ fn service_config(
                 burst: k.upload_per_addr_burst,
             },
             rate_entries_max: k.rate_entries_max,
+            puzzle: puzzle.clone(),
         }),
         push: PushLimits {
             registrations_max: p.registrations_max,

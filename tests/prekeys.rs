@@ -295,3 +295,42 @@ fn a_first_contact_succeeds_after_other_addresses_drained_the_one_time_keys() {
     assert_eq!(synced.messages[0].body, Body::Data(b"hello bob".to_vec()));
     assert!(node.metric("ferry_prekey_fetches_last_resort_total") >= 111);
 }
+
+/// Issue 14.2: an attacker from many addresses drains a slot's one-time keys past its budget
+/// (and does not solve puzzles); fetches of the slot now get the last-resort bundle with a
+/// puzzle, and an honest SDK fetch solves it by itself and still gets a one-time key.
+#[test]
+fn under_pressure_an_honest_fetch_solves_the_puzzle_and_gets_a_one_time_key() {
+    // Default limits: a slot hands out 20 one-time keys at once, 2 to each address.
+    let node = Node::start(&[], &[]);
+    let id = IdentityKey::generate().unwrap();
+    let mb = mailbox(540);
+    let mut owner = node.client();
+    let slot = prove_slot(&mut owner, &mb);
+    let (ups, _) = generate(&id, slot, full_plan()).unwrap();
+    owner.upload_prekeys(&ups).unwrap();
+    let mut last_resort = 0;
+    for a in 2..22u8 {
+        let mut c = client_from(&node, a);
+        c.set_puzzle_effort_max(0);
+        for _ in 0..2 {
+            last_resort += u32::from(c.fetch_prekeys(slot).unwrap().pq_last_resort);
+        }
+    }
+    assert_eq!(last_resort, 40 - 20, "the budget, then last-resort bundles");
+    // A client that does not solve still gets a usable (last-resort) bundle.
+    let mut lazy = client_from(&node, 30);
+    lazy.set_puzzle_effort_max(0);
+    let b = lazy.fetch_prekeys(slot).unwrap();
+    assert!(b.pq_last_resort && b.ec.is_none());
+    assert_eq!(node.metric("ferry_prekey_puzzle_paid_total"), 0);
+    // The honest SDK fetch (127.0.0.1, default effort bound) solves and gets a one-time key.
+    let mut honest = node.client();
+    let b = honest.fetch_prekeys(slot).unwrap();
+    assert!(
+        !b.pq_last_resort && b.ec.is_some(),
+        "a one-time key under pressure"
+    );
+    assert_eq!(node.metric("ferry_prekey_puzzle_paid_total"), 1);
+    assert_eq!(owner.prekey_count(slot).unwrap(), (79, 79));
+}

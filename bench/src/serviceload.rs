@@ -198,7 +198,7 @@ fn fetches(a: &Args, slots: &[Dest]) -> Result<(u64, u64, u64, u64, Vec<u64>), S
         let mut out = Vec::new();
         while sent < due {
             let dest = pick(slots, sent);
-            out.extend_from_slice(&Frame::PrekeyFetch { dest }.to_bytes());
+            out.extend_from_slice(&Frame::PrekeyFetch { dest, puzzle: None }.to_bytes());
             in_flight.push_back(Instant::now());
             sent += 1;
         }

@@ -225,11 +225,12 @@ impl Driver {
                     ferry_proto::PrekeyStatus::NotFound,
                 ));
             }
-            ServerEvent::PrekeyFetch { dest } => {
+            ServerEvent::PrekeyFetch { dest, .. } => {
                 self.conn.push_frame(&ferry_proto::Frame::PrekeyBundle {
                     dest,
                     status: ferry_proto::PrekeyStatus::NotFound,
                     bundle: None,
+                    puzzle: None,
                 });
             }
             ServerEvent::PushRegister { dests, .. } => {

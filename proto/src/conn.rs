@@ -131,7 +131,10 @@ pub enum ServerEvent {
     /// A prekey upload for a dest proven for `Op::PrekeyUpdate` (checked on the service core).
     PrekeyUpload { upload: Box<crate::prekey::Upload> },
     /// A bundle fetch (no proof needed; rate-limited by the service core).
-    PrekeyFetch { dest: Dest },
+    PrekeyFetch {
+        dest: Dest,
+        puzzle: Option<crate::puzzle::PuzzleAnswer>,
+    },
     /// How many one-time keys are left, for a dest proven for `Op::PrekeyUpdate`.
     PrekeyCount { dest: Dest },
     /// A media request for the owner core of the blob id.
@@ -462,7 +465,7 @@ impl ServerConn {
                     None
                 }
             }
-            Frame::PrekeyFetch { dest } => Some(ServerEvent::PrekeyFetch { dest }),
+            Frame::PrekeyFetch { dest, puzzle } => Some(ServerEvent::PrekeyFetch { dest, puzzle }),
             Frame::BlobBegin { id, size } => Some(ServerEvent::Blob(BlobOp::Begin { id, size })),
             Frame::BlobChunk { id, offset, data } => {
                 Some(ServerEvent::Blob(BlobOp::Chunk { id, offset, data }))
@@ -1109,6 +1112,8 @@ pub enum ClientEvent {
         dest: Dest,
         status: PrekeyStatus,
         bundle: Option<Box<crate::prekey::Bundle>>,
+        /// The slot is under pressure: solve this for a one-time key (see `Frame::PrekeyBundle`).
+        puzzle: Option<crate::puzzle::PuzzleAsk>,
     },
     PushResult {
         status: PushStatus,
@@ -1319,10 +1324,12 @@ impl ClientConn {
                     dest,
                     status,
                     bundle,
+                    puzzle,
                 } => ClientEvent::PrekeyBundle {
                     dest,
                     status,
                     bundle,
+                    puzzle,
                 },
                 Frame::PushResult {
                     status,

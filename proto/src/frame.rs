@@ -428,9 +428,13 @@ pub enum Frame {
     PrekeyUpload {
         upload: Box<crate::prekey::Upload>,
     },
-    /// Take one bundle from the slot of `dest` (consumes one-time keys; needs no proof).
+    /// Take one bundle from the slot of `dest` (consumes one-time keys; needs no proof). When
+    /// the slot is under pressure, a one-time key needs `puzzle`: an answer to the `PrekeyBundle`
+    /// puzzle, bound to [`prekey_fetch_digest`](crate::puzzle::prekey_fetch_digest)`(dest)`
+    /// (present: its `PUZZLE_ANSWER_BYTES` follow `dest`).
     PrekeyFetch {
         dest: Dest,
+        puzzle: Option<crate::puzzle::PuzzleAnswer>,
     },
     /// How many one-time keys are left in the slot of `dest` (needs a `PrekeyUpdate` proof).
     PrekeyCount {
@@ -534,11 +538,14 @@ pub enum Frame {
         ec_left: u16,
         pq_left: u16,
     },
-    /// The answer to `PrekeyFetch`: a bundle when `status` is `Ok`.
+    /// The answer to `PrekeyFetch`: a bundle when `status` is `Ok`. `puzzle` (only with `Ok`; its
+    /// 36 bytes follow the bundle) says the slot is under pressure: the bundle carries the
+    /// last-resort key, and a fetch with an answer of this seed and effort may get a one-time key.
     PrekeyBundle {
         dest: Dest,
         status: PrekeyStatus,
         bundle: Option<Box<crate::prekey::Bundle>>,
+        puzzle: Option<crate::puzzle::PuzzleAsk>,
     },
     /// The answer to a media request (`op` says which).
     BlobStatus {
@@ -827,13 +834,18 @@ impl Frame {
             Frame::Stored { payload, .. } => 16 + 8 + 8 + payload.len(),
             Frame::DrainEnd { .. } => 16 + 1,
             Frame::PrekeyUpload { upload } => upload.body_len(),
-            Frame::PrekeyFetch { .. } | Frame::PrekeyCount { .. } => 16,
+            Frame::PrekeyFetch { puzzle, .. } => {
+                16 + puzzle.map_or(0, |_| crate::puzzle::PUZZLE_ANSWER_BYTES)
+            }
+            Frame::PrekeyCount { .. } => 16,
             Frame::PushRegister { token, dests, .. } => {
                 1 + 4 + 2 + token.len() + 2 + dests.len() * 16
             }
             Frame::PrekeyResult { .. } => 16 + 1 + 1 + 2 + 2 + 2,
-            Frame::PrekeyBundle { bundle, .. } => {
-                16 + 1 + bundle.as_ref().map_or(0, |b| b.body_len())
+            Frame::PrekeyBundle { bundle, puzzle, .. } => {
+                16 + 1
+                    + bundle.as_ref().map_or(0, |b| b.body_len())
+                    + puzzle.map_or(0, |_| crate::puzzle::PUZZLE_ASK_BYTES)
             }
             Frame::PushResult { .. } => 1 + 2,
             Frame::BlobBegin { .. } => 32 + 8,
@@ -1033,7 +1045,15 @@ impl Frame {
                 out.put_u8(*status as u8);
             }
             Frame::PrekeyUpload { upload } => upload.encode(out),
-            Frame::PrekeyFetch { dest } | Frame::PrekeyCount { dest } => out.put_slice(&dest.0),
+            Frame::PrekeyFetch { dest, puzzle } => {
+                out.put_slice(&dest.0);
+                if let Some(a) = puzzle {
+                    out.put_slice(&a.nonce);
+                    out.put_u32_le(a.effort);
+                    out.put_slice(&a.solution);
+                }
+            }
+            Frame::PrekeyCount { dest } => out.put_slice(&dest.0),
             Frame::PushRegister {
                 provider,
                 ttl_s,
@@ -1068,12 +1088,21 @@ impl Frame {
                 dest,
                 status,
                 bundle,
+                puzzle,
             } => {
                 assert_eq!(bundle.is_some(), *status == PrekeyStatus::Ok);
+                assert!(
+                    puzzle.is_none() || bundle.is_some(),
+                    "a puzzle comes with a bundle"
+                );
                 out.put_slice(&dest.0);
                 out.put_u8(*status as u8);
                 if let Some(b) = bundle {
                     b.encode(out);
+                }
+                if let Some(p) = puzzle {
+                    out.put_slice(&p.seed);
+                    out.put_u32_le(p.effort);
                 }
             }
             Frame::PushResult {
@@ -1277,9 +1306,20 @@ impl Frame {
             ft::PREKEY_UPLOAD => Frame::PrekeyUpload {
                 upload: Box::new(crate::prekey::Upload::decode(&mut r)?),
             },
-            ft::PREKEY_FETCH => Frame::PrekeyFetch {
-                dest: Dest(r.array()?),
-            },
+            ft::PREKEY_FETCH => {
+                let dest = Dest(r.array()?);
+                // The answer is optional: present exactly when bytes follow `dest`.
+                let puzzle = if r.is_empty() {
+                    None
+                } else {
+                    Some(crate::puzzle::PuzzleAnswer {
+                        nonce: r.array()?,
+                        effort: r.u32()?,
+                        solution: r.array()?,
+                    })
+                };
+                Frame::PrekeyFetch { dest, puzzle }
+            }
             ft::PREKEY_COUNT => Frame::PrekeyCount {
                 dest: Dest(r.array()?),
             },
@@ -1312,10 +1352,20 @@ impl Frame {
                 } else {
                     None
                 };
+                // The puzzle is optional: present exactly when bytes follow an `Ok` bundle.
+                let puzzle = if bundle.is_some() && !r.is_empty() {
+                    Some(crate::puzzle::PuzzleAsk {
+                        seed: r.array()?,
+                        effort: r.u32()?,
+                    })
+                } else {
+                    None
+                };
                 Frame::PrekeyBundle {
                     dest,
                     status,
                     bundle,
+                    puzzle,
                 }
             }
             ft::PUSH_RESULT => Frame::PushResult {
@@ -1502,6 +1552,9 @@ impl Reader {
     pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         self.need(n)?;
         Ok(self.buf.split_to(n))
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.buf.has_remaining()
     }
     pub(crate) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)

@@ -44,6 +44,20 @@ const _: () = assert!(PUZZLE_SOLUTION_BYTES == equix::Solution::NUM_BYTES);
 const CHALLENGE_CONTEXT: &str = "ferry v1 send puzzle";
 const DIGEST_CONTEXT: &str = "ferry v1 send digest";
 const CAPABILITY_CONTEXT: &str = "ferry v1 send capability";
+const PREKEY_FETCH_CONTEXT: &str = "ferry v1 prekey fetch";
+
+/// Bytes a puzzle adds to a `PrekeyBundle`: seed, effort (u32).
+pub const PUZZLE_ASK_BYTES: usize = PUZZLE_SEED_BYTES + 4;
+
+/// What a node asks of a `PrekeyFetch` for a one-time key of a slot under pressure (it rides on
+/// the `PrekeyBundle` that carries the last-resort key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PuzzleAsk {
+    /// The node's puzzle seed (the same one `Send` puzzles use).
+    pub seed: [u8; PUZZLE_SEED_BYTES],
+    /// The effort an answer must claim (1 ..= [`PUZZLE_EFFORT_MAX`]).
+    pub effort: u32,
+}
 
 /// A solved puzzle, as a `Send` carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -105,6 +119,15 @@ pub fn message_digest(msg_id: u64, ttl_s: u32, payload: &[u8]) -> [u8; 32] {
     h.update(&msg_id.to_le_bytes());
     h.update(&ttl_s.to_le_bytes());
     h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+/// The digest a `PrekeyFetch` answer is bound to in place of a message's: the fetch is "one
+/// one-time key of the slot `dest`" (the dest is bound again by the challenge). Its own context
+/// keeps a send answer from passing as a fetch answer and the other way round.
+pub fn prekey_fetch_digest(dest: &Dest) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(PREKEY_FETCH_CONTEXT);
+    h.update(&dest.0);
     *h.finalize().as_bytes()
 }
 
@@ -251,6 +274,17 @@ mod tests {
             verify(&seed, &dest, &digest, &PuzzleAnswer { effort: 0, ..a }),
             Err(PuzzleError::BadEffort { effort: 0 })
         );
+    }
+
+    #[test]
+    fn a_fetch_answer_is_not_a_send_answer() {
+        let seed = [7u8; 32];
+        let dest = Dest([3; 16]);
+        let fetch = prekey_fetch_digest(&dest);
+        assert_ne!(fetch, prekey_fetch_digest(&Dest([4; 16])));
+        let a = solve(&seed, &dest, &fetch, 2, [0; 16]).expect("in range");
+        assert!(verify(&seed, &dest, &fetch, &a).is_ok());
+        assert!(verify(&seed, &dest, &message_digest(0, 0, &[]), &a).is_err());
     }
 
     #[test]

@@ -32,6 +32,19 @@ fn proof_item() -> impl Strategy<Value = ProofItem> {
             }
         })
 }
+fn puzzle_answer() -> impl Strategy<Value = ferry_proto::puzzle::PuzzleAnswer> {
+    (any::<[u8; 16]>(), any::<u32>(), any::<[u8; 16]>()).prop_map(|(nonce, effort, solution)| {
+        ferry_proto::puzzle::PuzzleAnswer {
+            nonce,
+            effort,
+            solution,
+        }
+    })
+}
+fn puzzle_ask() -> impl Strategy<Value = ferry_proto::puzzle::PuzzleAsk> {
+    (any::<[u8; 32]>(), any::<u32>())
+        .prop_map(|(seed, effort)| ferry_proto::puzzle::PuzzleAsk { seed, effort })
+}
 fn send_pass() -> impl Strategy<Value = ferry_proto::puzzle::SendPass> {
     use ferry_proto::puzzle::{PuzzleAnswer, SendPass};
     (
@@ -128,7 +141,8 @@ fn service_frame() -> impl Strategy<Value = Frame> {
         upload().prop_map(|u| Frame::PrekeyUpload {
             upload: Box::new(u)
         }),
-        dest().prop_map(|dest| Frame::PrekeyFetch { dest }),
+        (dest(), prop::option::of(puzzle_answer()))
+            .prop_map(|(dest, puzzle)| Frame::PrekeyFetch { dest, puzzle }),
         dest().prop_map(|dest| Frame::PrekeyCount { dest }),
         (
             pick(PushProvider::ALL),
@@ -160,13 +174,21 @@ fn service_frame() -> impl Strategy<Value = Frame> {
                     pq_left,
                 }
             }),
-        (dest(), pick(PrekeyStatus::ALL), bundle()).prop_map(|(dest, status, b)| {
-            Frame::PrekeyBundle {
-                dest,
-                status,
-                bundle: (status == PrekeyStatus::Ok).then(|| Box::new(b)),
-            }
-        }),
+        (
+            dest(),
+            pick(PrekeyStatus::ALL),
+            bundle(),
+            prop::option::of(puzzle_ask())
+        )
+            .prop_map(|(dest, status, b, puzzle)| {
+                let ok = status == PrekeyStatus::Ok;
+                Frame::PrekeyBundle {
+                    dest,
+                    status,
+                    bundle: ok.then(|| Box::new(b)),
+                    puzzle: puzzle.filter(|_| ok),
+                }
+            }),
         (any::<[u8; 32]>(), any::<u64>()).prop_map(|(id, size)| Frame::BlobBegin { id, size }),
         (any::<[u8; 32]>(), any::<u64>(), payload(3000))
             .prop_map(|(id, offset, data)| Frame::BlobChunk { id, offset, data }),
@@ -534,4 +556,75 @@ fn puzzle_frames_match_the_documented_bytes() {
     .to_vec();
     raw[4 + 1 + 16 + 8] = FLAG_PUZZLE;
     assert!(decode_frame(&mut BytesMut::from(&raw[..])).is_err());
+}
+
+/// The prekey fetch puzzle examples in docs/PROTOCOL.md (0x0D, 0x8C), byte for byte, and the
+/// optional tails: a `PrekeyFetch` with a partial answer is truncated, a refusal carries none.
+#[test]
+fn prekey_puzzle_frames_match_the_documented_bytes() {
+    use ferry_proto::puzzle::{PuzzleAnswer, PuzzleAsk};
+    let hex = |f: &Frame| {
+        f.to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let d = Dest([0xd0; 16]);
+    let plain = Frame::PrekeyFetch {
+        dest: d,
+        puzzle: None,
+    };
+    assert_eq!(hex(&plain), format!("110000000d{}", "d0".repeat(16)));
+    let answered = Frame::PrekeyFetch {
+        dest: d,
+        puzzle: Some(PuzzleAnswer {
+            nonce: [1; 16],
+            effort: 8,
+            solution: [2; 16],
+        }),
+    };
+    assert_eq!(
+        hex(&answered),
+        format!(
+            "350000000d{}{}08000000{}",
+            "d0".repeat(16),
+            "01".repeat(16),
+            "02".repeat(16)
+        )
+    );
+    // A body of 16 + 1 bytes: neither no answer nor a whole one.
+    let mut short = vec![0x0d];
+    short.extend_from_slice(&[0xd0; 17]);
+    assert!(Frame::decode_body(Bytes::from(short)).is_err());
+    // The puzzle rides after an `Ok` bundle: its 36 bytes are the frame's last.
+    let bundle = ferry_proto::prekey::Bundle {
+        identity: [0x02; 33],
+        spk: ferry_proto::prekey::SignedEcPrekey {
+            id: 1,
+            key: [0x03; 33],
+            sig: [0; 64],
+        },
+        pq: ferry_proto::prekey::KemPrekey {
+            id: 2,
+            key: Bytes::from(vec![0; ferry_proto::prekey::KEM_KEY_BYTES]),
+            sig: [0; 64],
+        },
+        pq_last_resort: true,
+        ec: None,
+    };
+    let f = Frame::PrekeyBundle {
+        dest: d,
+        status: PrekeyStatus::Ok,
+        bundle: Some(Box::new(bundle)),
+        puzzle: Some(PuzzleAsk {
+            seed: [0x5e; 32],
+            effort: 8,
+        }),
+    };
+    let bytes = f.to_bytes();
+    assert_eq!(bytes.len(), 4 + 1 + 17 + 1773 + 36);
+    assert_eq!(
+        hex(&f)[2 * (bytes.len() - 36)..],
+        format!("{}08000000", "5e".repeat(32))
+    );
 }

@@ -1026,16 +1026,56 @@ impl Client {
     }
 
     /// Fetches one prekey bundle for `dest` (someone's intro mailbox) and checks its signatures.
+    ///
+    /// When the slot is under pressure the node answers with the last-resort bundle and a
+    /// puzzle; the client then solves it (efforts up to [`Client::set_puzzle_effort_max`]) and
+    /// fetches once more with the answer, which buys a one-time key (forward secrecy from the
+    /// first message). If the puzzle is too hard, or the second answer is again a last-resort
+    /// bundle, that bundle is returned: a first contact never fails for want of a puzzle.
     pub fn fetch_prekeys(&mut self, dest: Dest) -> Result<ferry_proto::prekey::Bundle, SdkError> {
-        self.conn.push(&Frame::PrekeyFetch { dest });
+        let (bundle, ask) = self.fetch_prekeys_once(dest, None)?;
+        let Some(ask) = ask.filter(|a| a.effort <= self.puzzle_effort_max) else {
+            return Ok(bundle);
+        };
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        let digest = ferry_proto::puzzle::prekey_fetch_digest(&dest);
+        let Some(answer) = ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, nonce)
+        else {
+            return Ok(bundle);
+        };
+        match self.fetch_prekeys_once(dest, Some(answer)) {
+            Ok((again, _)) => Ok(again),
+            // The first bundle is as good a last resort as any (the retry may meet the fetch
+            // rate limit, for one).
+            Err(SdkError::Prekey { .. }) => Ok(bundle),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One `PrekeyFetch` and its checked bundle, with the puzzle the node asked for, if any.
+    fn fetch_prekeys_once(
+        &mut self,
+        dest: Dest,
+        puzzle: Option<ferry_proto::puzzle::PuzzleAnswer>,
+    ) -> Result<
+        (
+            ferry_proto::prekey::Bundle,
+            Option<ferry_proto::puzzle::PuzzleAsk>,
+        ),
+        SdkError,
+    > {
+        self.conn.push(&Frame::PrekeyFetch { dest, puzzle });
         self.flush()?;
-        let bundle = self.wait_for(Duration::from_secs(10), |ev| match ev {
+        let (bundle, ask) = self.wait_for(Duration::from_secs(10), |ev| match ev {
             ClientEvent::PrekeyBundle {
                 dest: d,
                 status,
                 bundle,
+                puzzle,
             } if *d == dest => Some(match bundle {
-                Some(b) => Ok(b.as_ref().clone()),
+                Some(b) => Ok((b.as_ref().clone(), *puzzle)),
                 None => Err(SdkError::Prekey {
                     status: *status,
                     kind: ferry_proto::prekey::KeyKind::None,
@@ -1045,7 +1085,7 @@ impl Client {
             _ => None,
         })??;
         bundle.verify().map_err(SdkError::BadBundle)?;
-        Ok(bundle)
+        Ok((bundle, ask))
     }
 
     /// Registers a push token for dests proven for `Op::PushRegister` for `ttl_s` seconds (0

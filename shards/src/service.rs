@@ -22,8 +22,13 @@ pub enum ServiceWork {
         upload: Box<Upload>,
         requester: IpKey,
     },
-    /// Hand out one bundle; `requester` keys the per-address fetch limit.
-    PrekeyFetch { dest: Dest, requester: IpKey },
+    /// Hand out one bundle; `requester` keys the per-address fetch limit; `puzzle` is the
+    /// fetch's answer (checked on the service core, only when the slot is under pressure).
+    PrekeyFetch {
+        dest: Dest,
+        requester: IpKey,
+        puzzle: Option<ferry_proto::puzzle::PuzzleAnswer>,
+    },
     /// Count the one-time keys left (the connection proved `PrekeyUpdate` for the dest).
     PrekeyCount { dest: Dest },
     /// Register (`ttl_s` > 0) or remove (`ttl_s` = 0) a push token for proven dests.
@@ -66,6 +71,7 @@ impl ServiceRequest {
                 dest: *dest,
                 status: prekey,
                 bundle: None,
+                puzzle: None,
             }),
             ServiceWork::PushRegister { .. } => Some(Frame::PushResult {
                 status: if busy {

@@ -971,10 +971,11 @@ impl Shard {
                     };
                     self.hand_to_service(from, work);
                 }
-                ServerEvent::PrekeyFetch { dest } => {
+                ServerEvent::PrekeyFetch { dest, puzzle } => {
                     let work = crate::service::ServiceWork::PrekeyFetch {
                         dest,
                         requester: ip,
+                        puzzle,
                     };
                     self.hand_to_service(from, work);
                 }

@@ -114,8 +114,14 @@ fn a_full_service_queue_answers_busy_without_waiting() {
     let (conn, evs) = exchange(
         &mut s,
         &[
-            Frame::PrekeyFetch { dest: a },
-            Frame::PrekeyFetch { dest: b },
+            Frame::PrekeyFetch {
+                dest: a,
+                puzzle: None,
+            },
+            Frame::PrekeyFetch {
+                dest: b,
+                puzzle: None,
+            },
         ],
     );
     // The first went to the service (no answer yet); the second found the queue full.
@@ -135,6 +141,7 @@ fn a_full_service_queue_answers_busy_without_waiting() {
                 dest: a,
                 status: PrekeyStatus::NotFound,
                 bundle: None,
+                puzzle: None,
             },
         },
     );
@@ -148,6 +155,12 @@ fn a_full_service_queue_answers_busy_without_waiting() {
 fn without_a_service_core_requests_are_unavailable() {
     let mut s = shard();
     let a = Dest([3; 16]);
-    let (_, evs) = exchange(&mut s, &[Frame::PrekeyFetch { dest: a }]);
+    let (_, evs) = exchange(
+        &mut s,
+        &[Frame::PrekeyFetch {
+            dest: a,
+            puzzle: None,
+        }],
+    );
     assert_eq!(fetch_status(&evs, a), Some(PrekeyStatus::Unavailable));
 }

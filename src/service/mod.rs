@@ -88,6 +88,9 @@ pub struct ServiceMetrics {
     pub prekey_fetches_rate_limited: AtomicU64,
     pub prekey_one_time_withheld_slot: AtomicU64,
     pub prekey_one_time_withheld_source: AtomicU64,
+    pub prekey_puzzle_paid: AtomicU64,
+    pub prekey_puzzle_refused: AtomicU64,
+    pub prekey_puzzle_replayed: AtomicU64,
     pub prekey_slots: AtomicU64,
     pub prekey_bytes: AtomicU64,
     pub push_registrations: AtomicU64,
@@ -168,6 +171,27 @@ impl ServiceMetrics {
             "counter",
             "Fetches given the last-resort bundle while one-time keys were left: the address had its share (prekeys.one_time_per_source_*).",
             g(&self.prekey_one_time_withheld_source),
+        );
+        one(
+            out,
+            "ferry_prekey_puzzle_paid_total",
+            "counter",
+            "One-time keys handed out for a puzzle answer while their slot was under pressure.",
+            g(&self.prekey_puzzle_paid),
+        );
+        one(
+            out,
+            "ferry_prekey_puzzle_refused_total",
+            "counter",
+            "Fetch puzzle answers refused: too little effort, not a solution, or bound to another seed or slot.",
+            g(&self.prekey_puzzle_refused),
+        );
+        one(
+            out,
+            "ferry_prekey_puzzle_replayed_total",
+            "counter",
+            "Fetch puzzle answers refused because an earlier fetch was granted with them.",
+            g(&self.prekey_puzzle_replayed),
         );
         one(
             out,
@@ -647,13 +671,25 @@ impl State {
                 };
                 self.reply(from, frame);
             }
-            ServiceWork::PrekeyFetch { dest, requester } => {
-                let (status, bundle) = match self.directory.as_mut() {
-                    None => (PrekeyStatus::Unavailable, None),
-                    Some((d, _)) => match d.fetch(now.unix_s, now.mono_ms, dest, requester) {
-                        Ok(b) => (PrekeyStatus::Ok, Some(Box::new(b))),
-                        Err(s) => (s, None),
-                    },
+            ServiceWork::PrekeyFetch {
+                dest,
+                requester,
+                puzzle,
+            } => {
+                let (status, bundle, puzzle) = match self.directory.as_mut() {
+                    None => (PrekeyStatus::Unavailable, None, None),
+                    Some((d, _)) => {
+                        match d.fetch_with(
+                            now.unix_s,
+                            now.mono_ms,
+                            dest,
+                            requester,
+                            puzzle.as_ref(),
+                        ) {
+                            Ok((b, ask)) => (PrekeyStatus::Ok, Some(Box::new(b)), ask),
+                            Err(s) => (s, None, None),
+                        }
+                    }
                 };
                 self.reply(
                     from,
@@ -661,6 +697,7 @@ impl State {
                         dest,
                         status,
                         bundle,
+                        puzzle,
                     },
                 );
             }
@@ -886,6 +923,9 @@ impl State {
                 &m.prekey_one_time_withheld_source,
                 s.one_time_withheld_source,
             );
+            set(&m.prekey_puzzle_paid, s.puzzle_paid);
+            set(&m.prekey_puzzle_refused, s.puzzle_refused);
+            set(&m.prekey_puzzle_replayed, s.puzzle_replayed);
             set(&m.prekey_slots, d.slots() as u64);
             set(&m.prekey_bytes, d.bytes() as u64);
         }

@@ -6,6 +6,14 @@
 //! at most `one_time_per_source` of one slot's; a fetch past either budget still gets a bundle,
 //! with the last-resort PQ key and no EC one-time key, so that a first contact never fails
 //! because others fetched before it.
+//!
+//! Under pressure ([`Directory::slot_under_pressure`]: the slot's one-time keys are asked for
+//! faster than `one_time_per_slot`) a fetch may still buy a one-time key with a client puzzle
+//! (`ferry_proto::puzzle`, bound to the slot's dest, the node's puzzle seed, the same one the
+//! shards' send puzzles use, and [`prekey_fetch_digest`]); the effort rises with the overdraft
+//! and with how nearly exhausted the slot is ([`Directory::puzzle_level`]). A fetch without a
+//! good answer gets the last-resort bundle and the puzzle (seed, effort) beside it; an accepted
+//! answer is remembered (bounded seen-set) and never buys a second key.
 //! Every change becomes a journal record in [`Directory::take_records`]; the service core makes
 //! them durable before it answers (so a consumed one-time key is never handed out twice, even
 //! across a crash), and [`Directory::replay`] rebuilds the state at start-up.
@@ -22,6 +30,8 @@ use ferry_proto::prekey::{
     self, Bundle, EC_ITEM_BYTES, EcPrekey, KemPrekey, KeyKind, ONE_TIME_KEYS_MAX, PQ_ITEM_BYTES,
     SIGNED_PART_BYTES, SignedPart, Upload,
 };
+use ferry_proto::puzzle::{PuzzleAnswer, PuzzleAsk, prekey_fetch_digest};
+use ferry_shards::puzzle::{PuzzleConfig, PuzzleGate};
 use ferry_shards::ratelimit::{IpKey, KeyedLimiter, Rate};
 
 /// Directory limits (named config keys under `[prekeys]`).
@@ -42,6 +52,10 @@ pub struct DirectoryLimits {
     pub upload_per_addr: Rate,
     /// Buckets tracked by each fetch limiter.
     pub rate_entries_max: usize,
+    /// The node's puzzle settings (`limits.puzzle_*`, and the node-wide seed key the shards
+    /// use): `levels`, `effort_max` and `seed_period_s` shape fetch puzzles as they shape send
+    /// puzzles, `answers_seen_max` bounds the seen-set of accepted fetch answers.
+    pub puzzle: PuzzleConfig,
 }
 
 impl Default for DirectoryLimits {
@@ -67,6 +81,7 @@ impl Default for DirectoryLimits {
                 burst: 30,
             },
             rate_entries_max: 65_536,
+            puzzle: PuzzleConfig::default(),
         }
     }
 }
@@ -127,13 +142,40 @@ impl HourlyBucket {
     }
 }
 
+/// Keys paid by puzzle answers past a slot's `one_time_per_slot` budget, in 1/`HOUR_MS` key
+/// units, paid off at the budget's `per_hour` (the puzzle level rises with it).
+#[derive(Clone, Copy, Debug, Default)]
+struct Overdraft {
+    units: u64,
+    at_ms: u64,
+}
+
+impl Overdraft {
+    /// Whole keys owed at `now_ms`.
+    fn keys_at(&self, rate: HourlyRate, now_ms: u64) -> u64 {
+        let repaid = rate
+            .per_hour
+            .saturating_mul(now_ms.saturating_sub(self.at_ms));
+        self.units.saturating_sub(repaid) / HOUR_MS
+    }
+    fn add_one(&mut self, rate: HourlyRate, now_ms: u64) {
+        let repaid = rate
+            .per_hour
+            .saturating_mul(now_ms.saturating_sub(self.at_ms));
+        self.units = self.units.saturating_sub(repaid).saturating_add(HOUR_MS);
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+}
+
 /// Whether a fetch gets one-time keys, and if not, why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OneTimeGrant {
     /// The slot's oldest one-time keys (or none, when none are left).
     Granted,
-    /// The slot is under pressure ([`Directory::slot_under_pressure`]): last-resort bundle.
-    SlotUnderPressure,
+    /// The slot is under pressure ([`Directory::slot_under_pressure`]) and the fetch carried no
+    /// good answer: last-resort bundle, with the puzzle that buys a one-time key (`None` when
+    /// the node's puzzles are off, `limits.puzzle_levels = 0`).
+    SlotUnderPressure { puzzle: Option<PuzzleAsk> },
     /// This source has had its share of the slot's one-time keys: last-resort bundle.
     SourceShareSpent,
 }
@@ -175,6 +217,8 @@ struct Slot {
     /// One-time keys the slot may still hand out (`one_time_per_slot`). Not journaled: full
     /// again after a restart.
     one_time_budget: HourlyBucket,
+    /// Keys puzzle answers bought past the budget (not journaled either).
+    overdraft: Overdraft,
 }
 
 impl Slot {
@@ -208,6 +252,12 @@ pub struct DirectoryStats {
     /// was under pressure, or the source had its share.
     pub one_time_withheld_slot: u64,
     pub one_time_withheld_source: u64,
+    /// One-time keys bought with a puzzle answer while the slot was under pressure.
+    pub puzzle_paid: u64,
+    /// Answers refused: too little effort, not a solution, or another fetch's.
+    pub puzzle_refused: u64,
+    /// Answers refused because an earlier fetch was granted with them.
+    pub puzzle_replayed: u64,
 }
 
 #[derive(Debug)]
@@ -221,6 +271,14 @@ pub struct Directory {
     /// one-time key (fail closed: it still gets the last-resort bundle).
     shares: AHashMap<(IpKey, Dest), HourlyBucket>,
     uploads_by_addr: KeyedLimiter<IpKey>,
+    /// The node's puzzle seed and efforts (its own seen-set is not used here).
+    puzzle: PuzzleGate,
+    /// Ids of accepted fetch answers; at most `puzzle.answers_seen_max`, full policy: forget
+    /// the oldest (an answer is good for two seed periods, so a forgotten one can be replayed
+    /// only after that many answers were accepted within them, and then buys one key more).
+    answers_seen: AHashSet<[u8; 16]>,
+    /// Insertion order of `answers_seen`.
+    answers_order: VecDeque<[u8; 16]>,
     records: Vec<Vec<u8>>,
     pub stats: DirectoryStats,
 }
@@ -231,6 +289,9 @@ impl Directory {
             by_addr: KeyedLimiter::new(limits.fetch_per_addr, limits.rate_entries_max),
             shares: AHashMap::new(),
             uploads_by_addr: KeyedLimiter::new(limits.upload_per_addr, limits.rate_entries_max),
+            puzzle: PuzzleGate::new(limits.puzzle.clone()),
+            answers_seen: AHashSet::new(),
+            answers_order: VecDeque::new(),
             limits,
             slots: AHashMap::new(),
             bytes: 0,
@@ -349,6 +410,7 @@ impl Directory {
                 pq: VecDeque::new(),
                 expires_unix_s: expires,
                 one_time_budget: HourlyBucket::full(self.limits.one_time_per_slot),
+                overdraft: Overdraft::default(),
             }),
             (None, None) => return,
         };
@@ -450,8 +512,10 @@ impl Directory {
 
     /// The one place that says a slot is under pressure: its one-time keys are being asked for
     /// faster than `one_time_per_slot` (its budget is spent), so fetches get the last-resort
-    /// bundle until the budget refills. (A defence that makes fetchers of a slot under
-    /// pressure pay, such as client puzzles, hangs here.) `false` for an unknown dest.
+    /// bundle until the budget refills, unless they pay with a puzzle answer
+    /// ([`Directory::puzzle_level`] says how much). A slot that is merely low on keys but
+    /// fetched at the ration's pace is not under pressure: its owner refills it, and a client
+    /// that does not solve puzzles keeps getting one-time keys. `false` for an unknown dest.
     pub fn slot_under_pressure(&self, now_ms: u64, dest: &Dest) -> bool {
         self.slots.get(dest).is_some_and(|s| {
             !s.one_time_budget
@@ -459,15 +523,96 @@ impl Directory {
         })
     }
 
-    /// Decides whether `requester` gets one-time keys of the slot of `dest` now, and if so
-    /// charges both budgets (the slot's and the source's share); a refusal charges neither.
-    fn one_time_grant(&mut self, now_ms: u64, dest: Dest, requester: IpKey) -> OneTimeGrant {
-        if self.slot_under_pressure(now_ms, &dest) {
-            return OneTimeGrant::SlotUnderPressure;
+    /// The puzzle level a one-time key of the slot of `dest` costs now: 0 when the slot is not
+    /// under pressure (or puzzles are off), else 1 rising linearly to `puzzle.levels` with the
+    /// keys puzzle answers bought past the budget in the last hour or so (the overdraft, repaid
+    /// at `one_time_per_slot.per_hour`; `one_time_per_slot.burst` of it is the top level), and
+    /// the top level at once when the slot is nearly exhausted (no more one-time keys of either
+    /// kind left than an hour's ration, `one_time_per_slot.per_hour`).
+    pub fn puzzle_level(&self, now_ms: u64, dest: &Dest) -> u8 {
+        let levels = self.limits.puzzle.levels;
+        let Some(slot) = self.slots.get(dest) else {
+            return 0;
+        };
+        if levels == 0 || !self.slot_under_pressure(now_ms, dest) {
+            return 0;
         }
+        let rate = self.limits.one_time_per_slot;
+        let left = u64::try_from(slot.ec.len().max(slot.pq.len())).unwrap_or(u64::MAX);
+        if left <= rate.per_hour {
+            return levels;
+        }
+        let burst = rate.burst.max(1);
+        let owed = slot.overdraft.keys_at(rate, now_ms).min(burst);
+        let above = owed * u64::from(levels - 1) / burst;
+        // `above` ≤ levels - 1, so the sum is at most `levels` (a u8).
+        u8::try_from(1 + above).unwrap_or(levels)
+    }
+
+    /// Checks the answer a fetch of a slot under pressure carries. `Ok` with the answer's id
+    /// when it pays for a one-time key; otherwise the puzzle to solve (`None`: puzzles off).
+    fn check_answer(
+        &mut self,
+        now_unix_s: u64,
+        now_ms: u64,
+        dest: &Dest,
+        answer: Option<&PuzzleAnswer>,
+    ) -> Result<[u8; 16], Option<PuzzleAsk>> {
+        let effort = self.puzzle.effort(self.puzzle_level(now_ms, dest));
+        if effort == 0 {
+            return Err(None);
+        }
+        let ask = PuzzleAsk {
+            seed: self.puzzle.seed(now_unix_s),
+            effort,
+        };
+        let Some(answer) = answer else {
+            return Err(Some(ask));
+        };
+        // The cheap refusals first: Equi-X runs only for an answer of enough claimed effort.
+        if answer.effort < effort {
+            self.stats.puzzle_refused += 1;
+            return Err(Some(ask));
+        }
+        let digest = prekey_fetch_digest(dest);
+        match self.puzzle.check_answer(now_unix_s, dest, &digest, answer) {
+            None => {
+                self.stats.puzzle_refused += 1;
+                Err(Some(ask))
+            }
+            Some(id) if self.answers_seen.contains(&id) => {
+                self.stats.puzzle_replayed += 1;
+                Err(Some(ask))
+            }
+            Some(id) => Ok(id),
+        }
+    }
+
+    fn remember_answer(&mut self, id: [u8; 16]) {
+        if self.answers_order.len() >= self.limits.puzzle.answers_seen_max {
+            if let Some(old) = self.answers_order.pop_front() {
+                self.answers_seen.remove(&old);
+            }
+        }
+        self.answers_seen.insert(id);
+        self.answers_order.push_back(id);
+    }
+
+    /// Decides whether `requester` gets one-time keys of the slot of `dest` now, and if so
+    /// charges the source's share and the slot's budget (or, under pressure, takes the answer
+    /// and adds to the slot's overdraft); a refusal charges nothing. The share is looked at
+    /// before the puzzle, so a source past its share is never asked to solve one in vain.
+    fn one_time_grant(
+        &mut self,
+        now_unix_s: u64,
+        now_ms: u64,
+        dest: Dest,
+        requester: IpKey,
+        answer: Option<&PuzzleAnswer>,
+    ) -> OneTimeGrant {
         let rate = self.limits.one_time_per_source;
+        let key = (requester, dest);
         if rate.per_hour != 0 {
-            let key = (requester, dest);
             if !self.shares.contains_key(&key) && self.shares.len() >= self.limits.rate_entries_max
             {
                 self.shares.retain(|_, b| !b.is_full(rate, now_ms));
@@ -475,26 +620,45 @@ impl Directory {
                     return OneTimeGrant::SourceShareSpent;
                 }
             }
-            let share = self
+            if self
                 .shares
-                .entry(key)
-                .or_insert_with(|| HourlyBucket::full(rate));
-            if !share.has_one(rate, now_ms) {
+                .get(&key)
+                .is_some_and(|share| !share.has_one(rate, now_ms))
+            {
                 return OneTimeGrant::SourceShareSpent;
             }
-            share.take_one(rate, now_ms);
+        }
+        let paid = if self.slot_under_pressure(now_ms, &dest) {
+            match self.check_answer(now_unix_s, now_ms, &dest, answer) {
+                Ok(id) => Some(id),
+                Err(puzzle) => return OneTimeGrant::SlotUnderPressure { puzzle },
+            }
+        } else {
+            None
+        };
+        if rate.per_hour != 0 {
+            self.shares
+                .entry(key)
+                .or_insert_with(|| HourlyBucket::full(rate))
+                .take_one(rate, now_ms);
         }
         let slot_rate = self.limits.one_time_per_slot;
+        if let Some(id) = paid {
+            self.remember_answer(id);
+            self.stats.puzzle_paid += 1;
+        }
         if let Some(slot) = self.slots.get_mut(&dest) {
-            slot.one_time_budget.take_one(slot_rate, now_ms);
+            if paid.is_some() {
+                slot.overdraft.add_one(slot_rate, now_ms);
+            } else {
+                slot.one_time_budget.take_one(slot_rate, now_ms);
+            }
         }
         OneTimeGrant::Granted
     }
 
-    /// One bundle for `dest`. It consumes the slot's oldest one-time keys when the slot and the
-    /// requester's share allow ([`Directory::one_time_grant`]); otherwise, and when none are
-    /// left, it carries the last-resort PQ key (`pq_last_resort`) and no EC one-time key: a
-    /// fetch of an existing slot is refused only by the requester's own fetch rate.
+    /// One bundle for `dest`, for a fetch without a puzzle answer (see [`Directory::fetch_with`]).
+    #[cfg(test)]
     pub fn fetch(
         &mut self,
         now_unix_s: u64,
@@ -502,6 +666,24 @@ impl Directory {
         dest: Dest,
         requester: IpKey,
     ) -> Result<Bundle, PrekeyStatus> {
+        self.fetch_with(now_unix_s, now_ms, dest, requester, None)
+            .map(|(b, _)| b)
+    }
+
+    /// One bundle for `dest`. It consumes the slot's oldest one-time keys when the slot and the
+    /// requester's share allow ([`Directory::one_time_grant`]; a slot under pressure allows it
+    /// for a good `answer`); otherwise, and when none are left, it carries the last-resort PQ
+    /// key (`pq_last_resort`) and no EC one-time key, and, when the slot is under pressure, the
+    /// puzzle that would buy a one-time key. A fetch of an existing slot is refused only by the
+    /// requester's own fetch rate.
+    pub fn fetch_with(
+        &mut self,
+        now_unix_s: u64,
+        now_ms: u64,
+        dest: Dest,
+        requester: IpKey,
+        answer: Option<&PuzzleAnswer>,
+    ) -> Result<(Bundle, Option<PuzzleAsk>), PrekeyStatus> {
         if !self.by_addr.allow(requester, now_ms) {
             self.stats.fetches_rate_limited += 1;
             return Err(PrekeyStatus::RateLimited);
@@ -515,15 +697,19 @@ impl Directory {
             self.stats.fetches_not_found += 1;
             return Err(PrekeyStatus::NotFound);
         };
-        // An exhausted slot spends no budget: there is nothing to ration.
+        // An exhausted slot spends no budget (and asks no puzzle): there is nothing to ration.
         let grant = if has_one_time {
-            self.one_time_grant(now_ms, dest, requester)
+            self.one_time_grant(now_unix_s, now_ms, dest, requester, answer)
         } else {
             OneTimeGrant::Granted
         };
+        let mut puzzle = None;
         match grant {
             OneTimeGrant::Granted => {}
-            OneTimeGrant::SlotUnderPressure => self.stats.one_time_withheld_slot += 1,
+            OneTimeGrant::SlotUnderPressure { puzzle: p } => {
+                self.stats.one_time_withheld_slot += 1;
+                puzzle = p;
+            }
             OneTimeGrant::SourceShareSpent => self.stats.one_time_withheld_source += 1,
         }
         let slot = self
@@ -561,7 +747,7 @@ impl Directory {
         if pq_last_resort {
             self.stats.fetches_last_resort += 1;
         }
-        Ok(bundle)
+        Ok((bundle, puzzle))
     }
 
     /// One-time keys left in the slot of `dest`.
@@ -863,6 +1049,158 @@ mod tests {
         assert!(!d.slot_under_pressure(later, &dest));
         let b = d.fetch(0, later, dest, honest).unwrap();
         assert!(!b.pq_last_resort && b.ec.is_some());
+    }
+
+    /// Drains a slot of 100 + 100 keys past its budget (20) from 20 addresses; the honest
+    /// fetcher comes from `HONEST`.
+    fn pressured(levels: u8) -> (Directory, Dest) {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([9; 16]);
+        let limits = DirectoryLimits {
+            puzzle: PuzzleConfig {
+                key: [4; 32],
+                levels,
+                ..PuzzleConfig::default()
+            },
+            ..DirectoryLimits::default()
+        };
+        let mut d = Directory::new(limits);
+        let (ups, _) = generate(&id, dest, plan(true, 100, 36, 1)).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
+        let (more, _) = generate(&id, dest, plan(false, 0, 64, 1_000)).unwrap();
+        for (i, u) in more.iter().enumerate() {
+            d.upload(0, 1_000 * (i as u64 + 1), u, ADDR).unwrap();
+        }
+        for a in 0..20u8 {
+            let b = d.fetch(0, 100_000, dest, IpKey::V4([10, 2, 0, a])).unwrap();
+            assert!(!b.pq_last_resort, "calm: a one-time key without a puzzle");
+        }
+        (d, dest)
+    }
+
+    const HONEST: IpKey = IpKey::V4([192, 0, 2, 7]);
+
+    #[test]
+    fn a_calm_slot_asks_no_puzzle() {
+        let (mut d, dest) = pressured(4);
+        // The 20 fetches of `pressured` were calm: no puzzle was asked of any of them.
+        assert_eq!(d.stats.one_time_withheld_slot, 0);
+        // An hour later the budget has refilled: calm again.
+        let later = 100_000 + HOUR_MS;
+        assert_eq!(d.puzzle_level(later, &dest), 0);
+        let (b, ask) = d.fetch_with(0, later, dest, HONEST, None).unwrap();
+        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert_eq!(ask, None);
+    }
+
+    #[test]
+    fn under_pressure_a_solved_fetch_gets_a_one_time_key_once() {
+        let (mut d, dest) = pressured(4);
+        let now_ms = 100_000;
+        assert!(d.slot_under_pressure(now_ms, &dest));
+        assert_eq!(d.puzzle_level(now_ms, &dest), 1);
+        // Without an answer: the last-resort bundle, and the puzzle beside it.
+        let (b, ask) = d.fetch_with(0, now_ms, dest, HONEST, None).unwrap();
+        b.verify().unwrap();
+        assert!(b.pq_last_resort && b.ec.is_none());
+        let ask = ask.expect("a puzzle under pressure");
+        assert_eq!(
+            ask.seed,
+            d.puzzle.seed(0),
+            "the node-wide seed the shards use"
+        );
+        assert_eq!(ask.effort, d.puzzle.effort(1));
+        let digest = prekey_fetch_digest(&dest);
+        let answer = ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, [1; 16])
+            .expect("in range");
+        // With it: a one-time key, charged to the overdraft.
+        let (b, ask) = d
+            .fetch_with(0, now_ms, dest, HONEST, Some(&answer))
+            .unwrap();
+        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert_eq!(ask, None);
+        assert_eq!(d.stats.puzzle_paid, 1);
+        // The same answer again (from anywhere): refused, last resort and the puzzle.
+        let (b, ask) = d
+            .fetch_with(0, now_ms, dest, IpKey::V4([10, 9, 9, 9]), Some(&answer))
+            .unwrap();
+        assert!(b.pq_last_resort && ask.is_some());
+        assert_eq!(d.stats.puzzle_replayed, 1);
+        // An answer bound to another slot, or too little effort, is refused too.
+        let other = Dest([10; 16]);
+        let wrong = ferry_proto::puzzle::solve(
+            &ask.unwrap().seed,
+            &other,
+            &prekey_fetch_digest(&other),
+            ask.unwrap().effort,
+            [2; 16],
+        )
+        .unwrap();
+        let (b, _) = d
+            .fetch_with(0, now_ms, dest, IpKey::V4([10, 9, 9, 8]), Some(&wrong))
+            .unwrap();
+        assert!(b.pq_last_resort);
+        assert_eq!(d.stats.puzzle_refused, 1);
+    }
+
+    #[test]
+    fn the_effort_rises_with_the_overdraft_and_exhaustion_and_falls_back() {
+        let (mut d, dest) = pressured(4);
+        let now_ms = 100_000;
+        let mut efforts = Vec::new();
+        for a in 0..40u8 {
+            let from = IpKey::V4([10, 3, 0, a]);
+            let (_, ask) = d.fetch_with(0, now_ms, dest, from, None).unwrap();
+            let ask = ask.unwrap();
+            efforts.push(ask.effort);
+            let digest = prekey_fetch_digest(&dest);
+            let answer =
+                ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, [a; 16]).unwrap();
+            let (b, _) = d.fetch_with(0, now_ms, dest, from, Some(&answer)).unwrap();
+            assert!(!b.pq_last_resort);
+        }
+        assert!(efforts.windows(2).all(|w| w[0] <= w[1]), "{efforts:?}");
+        assert_eq!(efforts[0], 1);
+        assert_eq!(*efforts.last().unwrap(), d.puzzle.effort(4));
+        // 40 left of 100: past the overdraft's top already; drain to an hour's ration (10).
+        assert_eq!(d.count(0, &dest), Some((40, 40)));
+        // Once the budget refills and the overdraft is repaid: calm, effort 0.
+        let later = now_ms + 6 * HOUR_MS;
+        assert_eq!(d.puzzle_level(later, &dest), 0);
+        let (b, ask) = d.fetch_with(0, later, dest, HONEST, None).unwrap();
+        assert!(!b.pq_last_resort && ask.is_none());
+    }
+
+    #[test]
+    fn a_nearly_exhausted_slot_under_pressure_asks_the_top_level() {
+        let id = IdentityKey::generate().unwrap();
+        let dest = Dest([11; 16]);
+        let mut d = Directory::new(DirectoryLimits::default());
+        let (ups, _) = generate(&id, dest, plan(true, 25, 25, 1)).unwrap();
+        d.upload(0, 0, &ups[0], ADDR).unwrap();
+        for a in 0..20u8 {
+            d.fetch(0, 0, dest, IpKey::V4([10, 4, 0, a])).unwrap();
+        }
+        // The budget (20) is spent with no overdraft, and 5 keys are left, fewer than an hour's
+        // ration (10): the top level at once.
+        assert_eq!(d.count(0, &dest), Some((5, 5)));
+        assert!(d.slot_under_pressure(0, &dest));
+        assert_eq!(
+            d.puzzle_level(0, &dest),
+            DirectoryLimits::default().puzzle.levels
+        );
+        let (_, ask) = d.fetch_with(0, 0, dest, HONEST, None).unwrap();
+        assert_eq!(
+            ask.unwrap().effort,
+            DirectoryLimits::default().puzzle.effort_max
+        );
+    }
+
+    #[test]
+    fn with_puzzles_off_a_pressured_slot_only_gives_last_resort() {
+        let (mut d, dest) = pressured(0);
+        let (b, ask) = d.fetch_with(0, 100_000, dest, HONEST, None).unwrap();
+        assert!(b.pq_last_resort && ask.is_none());
     }
 
     /// An exhausted slot still answers with a usable bundle, and spends no budget doing so.

@@ -300,7 +300,9 @@ impl Adversary {
                 dests.extend(d.iter().copied());
                 Some(frame)
             }
-            Frame::Drain { dest } | Frame::PrekeyFetch { dest } | Frame::PrekeyCount { dest } => {
+            Frame::Drain { dest }
+            | Frame::PrekeyFetch { dest, .. }
+            | Frame::PrekeyCount { dest } => {
                 dests.push(dest);
                 Some(frame)
             }
