@@ -74,7 +74,12 @@ fn mailbox_flood_leaves_room_for_other_sources_and_live_delivery() {
     );
     let r = attack("mailbox-flood", &opts(&node));
     assert_eq!(r.honest.sent, 51);
-    assert!(r.attacker["offline_results"]["QuotaExceeded"].as_u64().unwrap() > 0);
+    assert!(
+        r.attacker["offline_results"]["QuotaExceeded"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
 
 /// Attack 3: `BlobBegin`s declaring 8 MiB with no data (64 MiB of media storage), then one-byte
@@ -189,12 +194,12 @@ fn a_first_contact_gets_a_bundle_after_a_drain() {
 /// default top effort (`puzzle_effort_max` 8), from 1 % store fill: a 256 MiB store of 4 MiB
 /// segments is 1 % full at its first segment, so every offline send pays the top level.
 ///
-/// Ignored: the fall is met (1,466x to 2,361x in five runs, 15 to 22 taken sends per attacker
+/// Ignored: the fall is met (1,465x to 2,361x in four runs, 15 to 22 taken sends per attacker
 /// CPU second against 31,000 to 38,000 without), the honest bound is not. An answer needs on
 /// average `effort` (8) Equi-X solutions, about 4 solver runs, but the count is geometric: one
 /// honest send in eight needs more than twice that. Measured (debug build; Equi-X itself is
 /// built with opt-level 2): 55 ms CPU per honest send on average, at most 200.6 ms, 3 of 20 over
-/// 100 ms; in the runs of 5 sends, 1 or 2 over 100 ms in three of five.
+/// 100 ms; in runs of 5 sends, 1 or 2 over 100 ms in two of three.
 #[test]
 #[ignore = "honest send CPU: mean 55 ms but a geometric tail, 3 of 20 over 100 ms (max 200.6 ms) at effort 8"]
 fn puzzles_cut_an_attackers_sends_per_core_a_hundredfold() {
