@@ -4,14 +4,16 @@
 //! and whether it was met.
 //!
 //! ```text
-//! ferry-attack <attack|all> --node 127.0.0.1:7700 [--admin 127.0.0.1:7701] [--node-pid PID]
+//! ferry-attack <attack[,attack…]|all> --node 127.0.0.1:7700 [--admin 127.0.0.1:7701] [--node-pid PID]
 //!     [--duration-s 5] [--store-bytes-max B] [--store-share-pct 10] [--flood-sends 10000]
 //!     [--media-declared-bytes B] [--media-begins-max N] [--conns 16000] [--subscribers 2000]
 //!     [--memory-budget-bytes B] [--prekey-addrs 200] [--baseline-node ADDR] [--i-own-this-node]
 //! ```
 //!
 //! Attacks: store-fill, mailbox-flood, media-reserve, proof-replay, memory, descriptors,
-//! presence-oracle, prekey-drain, puzzles. A node that is not on loopback is refused unless
+//! presence-oracle, prekey-drain, puzzles (several: comma-separated, run in that order). The
+//! puzzles attack wants a node with puzzles at their top level and `--baseline-node` of the same
+//! settings with `limits.puzzle_levels = 0` (bench/compare starts both). A node that is not on loopback is refused unless
 //! `--i-own-this-node` is given: these are attacks. Exit status 0 when every goal was met, 1 when
 //! one was not, 2 on a usage or set-up error.
 
@@ -24,7 +26,7 @@ use std::time::Duration;
 fn usage(msg: &str) -> ! {
     eprintln!("ferry-attack: {msg}");
     eprintln!(
-        "usage: ferry-attack <{}|all> --node ADDR [--admin ADDR] [--node-pid PID] [options]",
+        "usage: ferry-attack <{}|all|a,b,…> --node ADDR [--admin ADDR] [--node-pid PID] [options]",
         suite::ATTACKS.join("|")
     );
     std::process::exit(2)
@@ -57,8 +59,11 @@ fn main() {
     let Some(which) = args.next() else {
         usage("name an attack")
     };
-    if which != "all" && !suite::ATTACKS.contains(&which.as_str()) {
-        usage(&format!("unknown attack {which}"));
+    if let Some(bad) = which
+        .split(',')
+        .find(|w| *w != "all" && !suite::ATTACKS.contains(w))
+    {
+        usage(&format!("unknown attack {bad}"));
     }
     let mut node: Option<SocketAddr> = None;
     let mut owned = false;
@@ -99,7 +104,11 @@ fn main() {
     let names: Vec<&str> = if which == "all" {
         suite::ATTACKS.to_vec()
     } else {
-        vec![which.as_str()]
+        suite::ATTACKS
+            .iter()
+            .copied()
+            .filter(|a| which.split(',').any(|w| w == *a))
+            .collect()
     };
     let mut all_met = true;
     for name in names {
