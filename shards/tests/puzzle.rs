@@ -390,9 +390,10 @@ fn the_owners_capability_skips_the_puzzle() {
         puzzle: None,
         capability: Some(t),
     };
+    // (This connection proved the dest, so it learns `Stored`, not a stranger's `Accepted`.)
     assert_eq!(
         send(&mut n.shard, now, conn, dest, 2, &with(token), b"hi").0,
-        SendStatus::Accepted
+        SendStatus::Stored
     );
     let stale = puzzle::capability_token(&secret, epoch - 1);
     assert_eq!(
