@@ -16,16 +16,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn status_of(tx: &mut Client, dest: ferry_sdk::Dest, msg_id: u64) -> SendStatus {
     tx.send(dest, msg_id, FLAG_ACK, b"sealed");
-    tx.flush().unwrap();
-    loop {
-        match tx.recv(WAIT).unwrap() {
-            ClientEvent::SendResult {
-                msg_id: m, status, ..
-            } if m == msg_id => return status,
-            ClientEvent::SendResult { .. } | ClientEvent::Pong { .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    common::send_result(tx, msg_id, WAIT)
 }
 
 #[test]

@@ -9,23 +9,13 @@ mod common;
 use std::time::Duration;
 
 use common::{Node, mailbox};
-use ferry_proto::conn::ClientEvent;
 use ferry_proto::puzzle;
 use ferry_sdk::{CapabilityStatus, Client, FLAG_ACK, Op, ProofStatus, SendStatus};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn status_of(tx: &mut Client, msg_id: u64) -> SendStatus {
-    tx.flush().unwrap();
-    loop {
-        match tx.recv(WAIT).unwrap() {
-            ClientEvent::SendResult {
-                msg_id: m, status, ..
-            } if m == msg_id => return status,
-            ClientEvent::SendResult { .. } | ClientEvent::Pong { .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    common::send_result(tx, msg_id, WAIT)
 }
 
 #[test]

@@ -23,16 +23,7 @@ fn send_and_status(
     payload: &[u8],
 ) -> SendStatus {
     tx.send(dest, msg_id, FLAG_ACK, payload);
-    tx.flush().unwrap();
-    loop {
-        match tx.recv(WAIT).unwrap() {
-            ClientEvent::SendResult {
-                msg_id: m, status, ..
-            } if m == msg_id => return status,
-            ClientEvent::SendResult { .. } | ClientEvent::Pong { .. } => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    common::send_result(tx, msg_id, WAIT)
 }
 
 fn prove_drain(c: &mut Client, mb: &Mailbox, epoch: u64) -> ferry_sdk::Dest {

@@ -7,16 +7,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ferry_proto::conn::{ClientConn, ConnLimits, Now};
 use ferry_proto::frame::{Dest, Frame};
 use ferry_shards::metrics::ShardMetrics;
-use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 /// The send queue of every connection here: a few replies overflow it.
 const SEND_QUEUE_BYTES_MAX: usize = 256;
 
@@ -29,33 +29,12 @@ fn at(mono_ms: u64) -> Now {
 
 fn shard(index: u16, shards: usize, hop_queue_msgs_max: usize) -> Shard {
     let cfg = ShardConfig {
-        shard: index,
-        shards,
-        node_id: [9; 32],
-        memory_bytes_max: 1 << 30,
-        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
-        seed: [1; 32],
         conn_limits: ConnLimits {
-            // Nothing here may time out on its own.
-            handshake_timeout_ms: u64::MAX / 4,
-            idle_timeout_ms: u64::MAX / 4,
-            ping_interval_ms: u64::MAX / 8,
             send_queue_bytes_max: SEND_QUEUE_BYTES_MAX,
-            ..ConnLimits::default()
+            ..common::config(0, 1).conn_limits
         },
-        ip_limits: IpLimits {
-            conns: OFF,
-            bytes: OFF,
-            proofs: OFF,
-            proofs_per_conn: OFF,
-            proof_failures: OFF,
-            connections_open_max: 0,
-            entries_max: 1_024,
-        },
-        connections_max: 10_000,
         hop_queue_msgs_max,
-        store: None,
-        media_upload_rate: OFF,
+        ..common::config(index, shards)
     };
     Shard::new(cfg, Arc::new(ShardMetrics::default()))
 }

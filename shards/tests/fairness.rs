@@ -6,16 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
-use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
+use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{Dest, FLAG_ACK, Frame, Op, SendStatus};
 use ferry_shards::metrics::ShardMetrics;
-use ferry_shards::ratelimit::{IpKey, IpLimits, Rate};
+use ferry_shards::ratelimit::IpKey;
 use ferry_shards::shard::StoreSpec;
 use ferry_shards::store::backend::{MemBackend, MmapBackend};
 use ferry_shards::store::fair::SourceLimits;
@@ -23,7 +25,6 @@ use ferry_shards::store::format::record_bytes;
 use ferry_shards::store::{FsyncPolicy, Log, StoreError, StoreLimits};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 const NODE_ID: [u8; 32] = [9; 32];
 const T0: u64 = 1_800_000_000;
 /// Hours since the epoch at T0: the epoch the mailboxes' dests are proved for.
@@ -94,35 +95,12 @@ impl World {
                     policy: FsyncPolicy::None,
                 };
                 let cfg = ShardConfig {
-                    shard: i as u16,
-                    shards,
-                    node_id: NODE_ID,
-                    memory_bytes_max: 1 << 30,
-                    // Shares, not puzzles (shards/tests/puzzle.rs): no puzzle as a dest fills.
-                    puzzle: ferry_shards::puzzle::PuzzleConfig {
-                        levels: 0,
-                        ..Default::default()
-                    },
                     seed: [i as u8; 32],
-                    conn_limits: ConnLimits {
-                        handshake_timeout_ms: u64::MAX / 4,
-                        idle_timeout_ms: u64::MAX / 4,
-                        ping_interval_ms: u64::MAX / 8,
-                        ..ConnLimits::default()
-                    },
-                    ip_limits: IpLimits {
-                        conns: OFF,
-                        bytes: OFF,
-                        proofs: OFF,
-                        proofs_per_conn: OFF,
-                        proof_failures: OFF,
-                        connections_open_max: 0,
-                        entries_max: 1_024,
-                    },
-                    connections_max: 10_000,
                     hop_queue_msgs_max: 1 << 20,
                     store: Some(spec),
-                    media_upload_rate: OFF,
+                    // Shares, not puzzles (shards/tests/puzzle.rs): no puzzle as a dest fills
+                    // (common::config's puzzles are off).
+                    ..common::config(i as u16, shards)
                 };
                 let backend = MmapBackend::new(&dir.join(format!("shard-{i}"))).unwrap();
                 let (log, _) =

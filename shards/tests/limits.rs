@@ -4,18 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
-use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
+use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{ErrorCode, Frame, Op, ProofItem, ProofStatus, decode_frame};
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::{Accept, Shard, ShardConfig};
-
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 
 fn at(mono_ms: u64) -> Now {
     Now {
@@ -26,37 +26,13 @@ fn at(mono_ms: u64) -> Now {
 
 fn config(ip_limits: IpLimits) -> ShardConfig {
     ShardConfig {
-        shard: 0,
-        shards: 1,
-        node_id: [9; 32],
-        seed: [1; 32],
-        conn_limits: ConnLimits {
-            // Nothing in these tests may time out on its own.
-            handshake_timeout_ms: u64::MAX / 4,
-            idle_timeout_ms: u64::MAX / 4,
-            ping_interval_ms: u64::MAX / 8,
-            ..ConnLimits::default()
-        },
         ip_limits,
-        connections_max: 10_000,
-        hop_queue_msgs_max: 100,
-        store: None,
-        media_upload_rate: OFF,
-        memory_bytes_max: 1 << 30,
-        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
+        ..common::config(0, 1)
     }
 }
 
 fn ip_limits() -> IpLimits {
-    IpLimits {
-        conns: OFF,
-        bytes: OFF,
-        proofs: OFF,
-        proofs_per_conn: OFF,
-        proof_failures: OFF,
-        connections_open_max: 0,
-        entries_max: 1_024,
-    }
+    common::ip_limits_off()
 }
 
 fn ip(s: &str) -> IpAddr {

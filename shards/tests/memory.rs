@@ -5,19 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
-use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
+use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{Dest, ErrorCode, FLAG_ACK, Frame, Op, SendStatus};
 use ferry_shards::metrics::ShardMetrics;
-use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::shard::{CONN_BASE_BYTES, ShedCandidate, shed_order};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 const NODE_ID: [u8; 32] = [9; 32];
 const BUDGET: usize = 1 << 20;
 
@@ -30,32 +30,8 @@ fn at(mono_ms: u64) -> Now {
 
 fn shard(memory_bytes_max: usize) -> Shard {
     let cfg = ShardConfig {
-        shard: 0,
-        shards: 1,
-        node_id: NODE_ID,
-        seed: [1; 32],
-        conn_limits: ConnLimits {
-            // Nothing in these tests may time out on its own.
-            handshake_timeout_ms: u64::MAX / 4,
-            idle_timeout_ms: u64::MAX / 4,
-            ping_interval_ms: u64::MAX / 8,
-            ..ConnLimits::default()
-        },
-        ip_limits: IpLimits {
-            conns: OFF,
-            bytes: OFF,
-            proofs: OFF,
-            proofs_per_conn: OFF,
-            proof_failures: OFF,
-            connections_open_max: 0,
-            entries_max: 1_024,
-        },
-        connections_max: 10_000,
-        hop_queue_msgs_max: 100,
-        store: None,
-        media_upload_rate: OFF,
         memory_bytes_max,
-        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
+        ..common::config(0, 1)
     };
     Shard::new(cfg, Arc::new(ShardMetrics::default()))
 }

@@ -7,19 +7,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ferry_proto::addr::{BlindedSigner, MailboxSecret, NamespaceId};
-use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
+use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{Dest, FLAG_ACK, Frame, Op, ProofStatus, SendStatus, SubscribeStatus};
 use ferry_shards::metrics::ShardMetrics;
-use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::store::backend::MmapBackend;
 use ferry_shards::store::{FsyncPolicy, Log, StoreLimits};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 const SHARDS: usize = 2;
 const NODE_ID: [u8; 32] = [9; 32];
 /// Group commit: an append is durable (and answered) at the first tick this long after a sync.
@@ -34,32 +34,10 @@ fn at(mono_ms: u64) -> Now {
 
 fn config(shard: u16) -> ShardConfig {
     ShardConfig {
-        shard,
-        shards: SHARDS,
-        node_id: NODE_ID,
-        memory_bytes_max: 1 << 30,
-        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
-        seed: [1; 32],
-        conn_limits: ConnLimits {
-            // Nothing in these tests may time out on its own.
-            handshake_timeout_ms: u64::MAX / 4,
-            idle_timeout_ms: u64::MAX / 4,
-            ping_interval_ms: u64::MAX / 8,
-            ..ConnLimits::default()
-        },
-        ip_limits: IpLimits {
-            conns: OFF,
-            bytes: OFF,
-            proofs: OFF,
-            proofs_per_conn: OFF,
-            proof_failures: OFF,
-            connections_open_max: 0,
-            entries_max: 1_024,
-        },
-        connections_max: 10_000,
         hop_queue_msgs_max: 1_000,
-        store: None,
-        media_upload_rate: OFF,
+        // These shards have stores: keep the default puzzles these tests were written with.
+        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
+        ..common::config(shard, SHARDS)
     }
 }
 

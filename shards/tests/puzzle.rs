@@ -5,22 +5,22 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
-use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
+use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{CapabilityStatus, Dest, FLAG_ACK, Frame, Op, ProofStatus, SendStatus};
 use ferry_proto::puzzle::{self, SendPass};
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::puzzle::PuzzleConfig;
-use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::store::backend::MmapBackend;
 use ferry_shards::store::{FsyncPolicy, Log, StoreLimits};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 const T0: u64 = 1_800_000_000;
 const NODE_ID: [u8; 32] = [9; 32];
 
@@ -72,31 +72,9 @@ fn node(name: &str, puzzle: PuzzleConfig) -> Node {
     )
     .unwrap();
     let cfg = ShardConfig {
-        shard: 0,
-        shards: 1,
-        node_id: NODE_ID,
-        memory_bytes_max: 1 << 30,
-        seed: [1; 32],
-        conn_limits: ConnLimits {
-            handshake_timeout_ms: u64::MAX / 4,
-            idle_timeout_ms: u64::MAX / 4,
-            ping_interval_ms: u64::MAX / 8,
-            ..ConnLimits::default()
-        },
-        ip_limits: IpLimits {
-            conns: OFF,
-            bytes: OFF,
-            proofs: OFF,
-            proofs_per_conn: OFF,
-            proof_failures: OFF,
-            connections_open_max: 0,
-            entries_max: 1_024,
-        },
         connections_max: 100,
-        hop_queue_msgs_max: 100,
-        store: None,
-        media_upload_rate: OFF,
         puzzle,
+        ..common::config(0, 1)
     };
     let shard = Shard::new(cfg, Arc::new(ShardMetrics::default())).with_store(log);
     Node {

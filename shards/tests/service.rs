@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
 use ferry_proto::frame::{Dest, Frame, PrekeyStatus};
 use ferry_shards::metrics::ShardMetrics;
-use ferry_shards::ratelimit::{IpLimits, Rate};
+use ferry_shards::ratelimit::IpLimits;
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
@@ -40,29 +42,15 @@ const NOW: Now = Now {
 };
 
 fn shard() -> Shard {
-    let off = Rate { per_s: 0, burst: 0 };
     Shard::new(
         ShardConfig {
-            shard: 0,
-            shards: 1,
-            node_id: [9; 32],
-            seed: [1; 32],
             conn_limits: ConnLimits::default(),
             ip_limits: IpLimits {
-                conns: off,
-                bytes: off,
-                proofs: off,
-                proofs_per_conn: off,
-                proof_failures: off,
-                connections_open_max: 0,
                 entries_max: 16,
+                ..common::ip_limits_off()
             },
             connections_max: 100,
-            hop_queue_msgs_max: 100,
-            store: None,
-            media_upload_rate: Rate { per_s: 0, burst: 0 },
-            memory_bytes_max: 1 << 30,
-            puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
+            ..common::config(0, 1)
         },
         Arc::new(ShardMetrics::default()),
     )

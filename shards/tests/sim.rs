@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
 use ferry_proto::frame::{Dest, FLAG_ACK, Frame, Op, SendStatus, SubscribeStatus};
 use ferry_shards::metrics::ShardMetrics;
-use ferry_shards::ratelimit::{IpLimits, Rate};
+use ferry_shards::ratelimit::IpLimits;
 use ferry_shards::{Accept, HopMsg, Shard, ShardConfig};
 use proptest::prelude::*;
 
@@ -61,26 +63,16 @@ impl Sim {
             .map(|i| {
                 Shard::new(
                     ShardConfig {
-                        shard: i as u16,
-                        shards: n,
                         node_id: NODE_ID,
                         seed: [i as u8; 32],
                         conn_limits: ConnLimits::default(),
                         ip_limits: IpLimits {
-                            conns: Rate { per_s: 0, burst: 0 },
-                            bytes: Rate { per_s: 0, burst: 0 },
-                            proofs: Rate { per_s: 0, burst: 0 },
-                            proofs_per_conn: Rate { per_s: 0, burst: 0 },
-                            proof_failures: Rate { per_s: 0, burst: 0 },
-                            connections_open_max: 0,
                             entries_max: 16,
+                            ..common::ip_limits_off()
                         },
                         connections_max: 1000,
                         hop_queue_msgs_max,
-                        store: None,
-                        media_upload_rate: Rate { per_s: 0, burst: 0 },
-                        memory_bytes_max: 1 << 30,
-                        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
+                        ..common::config(i as u16, n)
                     },
                     Arc::new(ShardMetrics::default()),
                 )

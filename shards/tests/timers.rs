@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -13,7 +15,6 @@ use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::{Accept, Shard, ShardConfig};
 
-const OFF: Rate = Rate { per_s: 0, burst: 0 };
 const TICK_MS: u64 = 100;
 const HANDSHAKE_MS: u64 = 10_000;
 const PING_MS: u64 = 30_000;
@@ -29,10 +30,6 @@ fn at(mono_ms: u64) -> Now {
 
 fn shard() -> Shard {
     let cfg = ShardConfig {
-        shard: 0,
-        shards: 1,
-        node_id: [9; 32],
-        seed: [1; 32],
         conn_limits: ConnLimits {
             handshake_timeout_ms: HANDSHAKE_MS,
             idle_timeout_ms: IDLE_MS,
@@ -51,18 +48,11 @@ fn shard() -> Shard {
                 per_s: 1_000_000,
                 burst: 1_000_000,
             },
-            proofs: OFF,
-            proofs_per_conn: OFF,
-            proof_failures: OFF,
-            connections_open_max: 0,
             entries_max: 20_000,
+            ..common::ip_limits_off()
         },
         connections_max: 20_000,
-        hop_queue_msgs_max: 100,
-        store: None,
-        media_upload_rate: OFF,
-        memory_bytes_max: 1 << 30,
-        puzzle: ferry_shards::puzzle::PuzzleConfig::default(),
+        ..common::config(0, 1)
     };
     Shard::new(cfg, Arc::new(ShardMetrics::default()))
 }

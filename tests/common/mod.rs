@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_proto::addr::NamespaceId;
-use ferry_sdk::{Client, Mailbox};
+use ferry_proto::conn::ClientEvent;
+use ferry_sdk::{Client, Mailbox, SendStatus};
 
 pub mod adversary;
 pub mod push;
@@ -397,5 +398,20 @@ pub fn raise_nofile(want: u64) -> u64 {
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
         r.rlim_max
+    }
+}
+
+/// Flushes `tx` and waits (each read up to `wait`) for the `SendResult` of `msg_id`; other send
+/// results and pongs are passed over, any other event panics.
+pub fn send_result(tx: &mut Client, msg_id: u64, wait: Duration) -> SendStatus {
+    tx.flush().unwrap();
+    loop {
+        match tx.recv(wait).unwrap() {
+            ClientEvent::SendResult {
+                msg_id: m, status, ..
+            } if m == msg_id => return status,
+            ClientEvent::SendResult { .. } | ClientEvent::Pong { .. } => {}
+            other => panic!("{other:?}"),
+        }
     }
 }
