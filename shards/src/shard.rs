@@ -151,20 +151,7 @@ pub struct StoreSpec {
 #[derive(Clone, Debug)]
 pub enum HopMsg {
     /// Sender's core → owner: look `dest` up (and store the packet if nobody listens).
-    Route {
-        dest: Dest,
-        from: ConnRef,
-        audience: Audience,
-        /// The sender's address prefix, which the owner's store charges (memory only).
-        source: IpKey,
-        msg_id: u64,
-        flags: u8,
-        ttl_s: u32,
-        payload: Bytes,
-        /// What the packet's puzzle answer and capability token proved on the sender's core
-        /// (boxed: most packets carry neither).
-        passed: Option<Box<Passed>>,
-    },
+    Route(Packet),
     /// Owner → sender's core: the packet needs a puzzle answer of `effort` (answered
     /// `Puzzle` + `SendResult PuzzleRequired`).
     Puzzle {
@@ -239,7 +226,7 @@ impl HopMsg {
     /// Heap bytes this message holds while queued (its payload or lists, and itself).
     fn memory_bytes(&self) -> usize {
         let body = match self {
-            HopMsg::Route { payload, .. }
+            HopMsg::Route(Packet { payload, .. })
             | HopMsg::Deliver { payload, .. }
             | HopMsg::StoredBlob { payload, .. } => payload.len(),
             HopMsg::Query { dests, .. } | HopMsg::QueryResult { dests, .. } => {
@@ -254,7 +241,7 @@ impl HopMsg {
     /// Packets, which may be refused when an outbox is full; everything else (replies and control)
     /// is bounded by the packets and connections that caused it and is never dropped.
     fn is_data(&self) -> bool {
-        matches!(self, HopMsg::Route { .. } | HopMsg::Deliver { .. })
+        matches!(self, HopMsg::Route(_) | HopMsg::Deliver { .. })
     }
 }
 
@@ -263,13 +250,14 @@ fn sync_failure(e: &dyn std::fmt::Display) -> String {
     format!("store fsync failed, durability unknown: {e}")
 }
 
-/// A packet on its way to its dest's owner.
-#[derive(Debug)]
-struct Packet {
+/// A packet on its way to its dest's owner (on the sender's core, or in a `HopMsg::Route`).
+#[derive(Clone, Debug)]
+pub struct Packet {
     dest: Dest,
     from: ConnRef,
     /// Whether the sender proved the dest: what it may learn of the outcome.
     audience: Audience,
+    /// The sender's address prefix, which the owner's store charges (memory only).
     source: IpKey,
     msg_id: u64,
     flags: u8,
@@ -866,7 +854,7 @@ impl Shard {
                         // Refused before it is queued anywhere: dropping it frees it.
                         ShardMetrics::inc(&self.metrics.drops_memory);
                         self.reply(from, dest, msg_id, SendStatus::Congested);
-                    } else if owner == self.cfg.shard {
+                    } else {
                         let packet = Packet {
                             dest,
                             from,
@@ -878,23 +866,12 @@ impl Shard {
                             payload,
                             passed,
                         };
-                        self.route(now, packet);
-                    } else if !self.hop(
-                        owner,
-                        HopMsg::Route {
-                            dest,
-                            from,
-                            audience,
-                            source,
-                            msg_id,
-                            flags,
-                            ttl_s,
-                            payload,
-                            passed,
-                        },
-                    ) {
-                        ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
-                        self.reply(from, dest, msg_id, SendStatus::Congested);
+                        if owner == self.cfg.shard {
+                            self.route(now, packet);
+                        } else if !self.hop(owner, HopMsg::Route(packet)) {
+                            ShardMetrics::inc(&self.metrics.drops_hop_queue_full);
+                            self.reply(from, dest, msg_id, SendStatus::Congested);
+                        }
                     }
                 }
                 ServerEvent::Prove { items } => {
@@ -1432,30 +1409,7 @@ impl Shard {
     fn on_hop(&mut self, msg: HopMsg) {
         let now = self.now;
         match msg {
-            HopMsg::Route {
-                dest,
-                from,
-                audience,
-                source,
-                msg_id,
-                flags,
-                ttl_s,
-                payload,
-                passed,
-            } => {
-                let packet = Packet {
-                    dest,
-                    from,
-                    audience,
-                    source,
-                    msg_id,
-                    flags,
-                    ttl_s,
-                    payload,
-                    passed,
-                };
-                self.route(now, packet)
-            }
+            HopMsg::Route(packet) => self.route(now, packet),
             HopMsg::Puzzle {
                 to,
                 dest,
