@@ -15,10 +15,20 @@ mod common;
 #[path = "../bench/src/attack/suite.rs"]
 mod suite;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::{Node, raise_nofile};
 use suite::{Opts, Report};
+
+/// One attack at a time: each test is a whole-machine experiment (a node, an attacker, an honest
+/// client timed against a baseline), and `cargo test` would otherwise run them side by side on a
+/// two-CPU machine, so that one attack's load (1,500 connections, a store flood) lands in
+/// another's latency figures. Every test takes this first.
+fn serial() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Options for an attack on `node`: its admin endpoint and pid, a short main phase.
 fn opts(node: &Node) -> Opts {
@@ -43,6 +53,7 @@ fn attack(name: &str, o: &Opts) -> Report {
 /// `StoreFull`, while other addresses store on.
 #[test]
 fn store_fill_leaves_honest_sources_their_mail() {
+    let _serial = serial();
     let share_pct = 10u64;
     let node = Node::start(
         &["--shards", "1"],
@@ -68,6 +79,7 @@ fn store_fill_leaves_honest_sources_their_mail() {
 /// another source's message is stored and drained; live delivery never touches the store.
 #[test]
 fn mailbox_flood_leaves_room_for_other_sources_and_live_delivery() {
+    let _serial = serial();
     let node = Node::start(
         &["--shards", "1"],
         &[("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "50")],
@@ -88,6 +100,7 @@ fn mailbox_flood_leaves_room_for_other_sources_and_live_delivery() {
 /// uploads (`Busy` beyond), so honest uploads from another address succeed.
 #[test]
 fn media_reservations_leave_honest_uploads_room() {
+    let _serial = serial();
     let node = Node::start(
         &["--shards", "1"],
         &[
@@ -110,6 +123,7 @@ fn media_reservations_leave_honest_uploads_room() {
 /// alone, which the byte bucket, not the proof budget, is there to bound.
 #[test]
 fn proof_replay_leaves_honest_latency_within_double() {
+    let _serial = serial();
     let node = Node::start(
         &["--shards", "1"],
         &[
@@ -128,6 +142,7 @@ fn proof_replay_leaves_honest_latency_within_double() {
 /// `Error Overloaded`.
 #[test]
 fn memory_attack_stays_within_the_budget() {
+    let _serial = serial();
     let budget: u64 = 64 << 20;
     raise_nofile(16_384);
     let node = Node::start(
@@ -146,6 +161,7 @@ fn memory_attack_stays_within_the_budget() {
 /// honest client gets an answer, `/metrics` answers, an open pair keeps delivering.
 #[test]
 fn at_the_descriptor_limit_honest_clients_and_metrics_get_answers() {
+    let _serial = serial();
     let want = 16_384;
     assert!(
         raise_nofile(want) >= want,
@@ -169,6 +185,7 @@ fn at_the_descriptor_limit_honest_clients_and_metrics_get_answers() {
 /// answered `Accepted` whether it was delivered live or stored.
 #[test]
 fn a_stranger_learns_nothing_from_query_or_acks() {
+    let _serial = serial();
     let node = Node::start(&["--shards", "1"], &[]);
     let r = attack("presence-oracle", &opts(&node));
     assert_eq!(r.attacker["ack_online"], "Accepted");
@@ -181,6 +198,7 @@ fn a_stranger_learns_nothing_from_query_or_acks() {
 /// tests/prekeys.rs's `a_first_contact_succeeds_after_other_addresses_drained_the_one_time_keys`).
 #[test]
 fn a_first_contact_gets_a_bundle_after_a_drain() {
+    let _serial = serial();
     let node = Node::start(&["--shards", "1"], &[]);
     let mut o = opts(&node);
     o.duration = Duration::from_secs(15);
@@ -203,6 +221,7 @@ fn a_first_contact_gets_a_bundle_after_a_drain() {
 #[test]
 #[ignore = "honest send CPU: mean 55 ms but a geometric tail, 3 of 20 over 100 ms (max 200.6 ms) at effort 8"]
 fn puzzles_cut_an_attackers_sends_per_core_a_hundredfold() {
+    let _serial = serial();
     let store = [
         ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "268435456"),
         ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "4194304"),
