@@ -27,7 +27,8 @@ use suite::{Opts, Report};
 /// another's latency figures. Every test takes this first.
 fn serial() -> MutexGuard<'static, ()> {
     static ONE: Mutex<()> = Mutex::new(());
-    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    ONE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Options for an attack on `node`: its admin endpoint and pid, a short main phase.

@@ -72,3 +72,60 @@ fn the_sdk_solves_puzzles_for_a_pressured_dest_and_a_capability_skips_them() {
         "no puzzle solved"
     );
 }
+
+/// The messenger uses capabilities by itself: Alice's listen connection registers her contact
+/// mailbox's verifier (`chat::listen`), she goes offline, and Bob, a contact, fills her dest to
+/// its quota through `chat::Sender` without a single puzzle; a stranger's sends to a dest of the
+/// same quota meet puzzles from half full.
+#[test]
+fn a_contacts_messages_to_an_offline_mailbox_pass_pressure_without_puzzles() {
+    use ferry_sdk::chat::{self, Sender};
+    use ferry_sdk::messenger::{Body, MemoryStorage, Messenger};
+    let node = Node::start(
+        &["--shards", "1"],
+        &[
+            ("FERRY_LIMITS_STORE_DEST_BLOBS_MAX", "4"),
+            ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
+        ],
+    );
+    let clock = std::time::Instant::now();
+    let url = format!("ferry://{}", node.addr());
+    let ns = common::ns();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let (mut ca, mut cb) = (node.client(), node.client());
+    let (mut sa, mut sb) = (
+        Sender::new(&url, Default::default()),
+        Sender::new(&url, Default::default()),
+    );
+    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let (a_id, b_id) = (alice.address().identity, bob.address().identity);
+    sa.send(&mut alice, &b_id, &Body::Data(b"hi bob".to_vec()), clock)
+        .unwrap();
+    let got = chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
+    assert_eq!(got.messages.len(), 1, "Bob learns Alice's contact mailbox");
+    // Alice goes offline; what Bob writes now is stored at her contact mailbox's dest.
+    drop(ca);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..4 {
+        let body = Body::Data(format!("message {i}").into_bytes());
+        sb.send(&mut bob, &a_id, &body, clock).unwrap();
+    }
+    assert_eq!(bob.unacknowledged(), 0, "every message accepted");
+    assert_eq!(node.metric("ferry_puzzles_required_total"), 0);
+    assert_eq!(node.metric("ferry_puzzles_valid_total"), 0);
+    // The same quota without a capability: puzzles from the third send (half full).
+    let mut tx = node.client();
+    let dest = mailbox(9).dest(tx.epoch()).unwrap();
+    for i in 1..=4u64 {
+        tx.send(dest, i, FLAG_ACK, b"stranger");
+        assert_eq!(status_of(&mut tx, i), SendStatus::Accepted, "send {i}");
+    }
+    assert_eq!(node.metric("ferry_puzzles_required_total"), 2);
+    // Alice comes back and reads all four.
+    let mut ca = node.client();
+    let got = chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
+    assert_eq!(got.messages.len(), 4);
+}

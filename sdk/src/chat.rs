@@ -194,7 +194,18 @@ impl Sender {
             let c = self.link(epoch)?;
             let start = i;
             while i < ts.len() && ts[i].epoch == epoch {
-                c.send(ts[i].dest, ts[i].msg_id, crate::FLAG_ACK, &ts[i].payload);
+                let t = &ts[i];
+                match t.capability {
+                    Some(token) => c.send_with_capability(
+                        t.dest,
+                        t.msg_id,
+                        crate::FLAG_ACK,
+                        0,
+                        token,
+                        &t.payload,
+                    ),
+                    None => c.send(t.dest, t.msg_id, crate::FLAG_ACK, &t.payload),
+                }
                 i += 1;
             }
             if let Err(e) = c.flush() {
@@ -456,7 +467,8 @@ pub fn sync<S: Storage>(
 
 /// Follows the listen plan on this connection: proves (`Subscribe`, and `Drain` so that blobs
 /// handed over on subscribe can be acknowledged) and subscribes to this hour's dests, and the
-/// next hour's near the turn; unsubscribes from past hours.
+/// next hour's near the turn, registering the contact mailbox's capability verifier for each
+/// (see [`crate::messenger`]); unsubscribes from past hours.
 pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
     let (add, drop) = m.listen_update(client.node_unix_s())?;
     if !drop.is_empty() {
@@ -476,6 +488,12 @@ pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(
             message: format!("subscribe refused: {bad:?}"),
         }
         .into());
+    }
+    // Contacts' sends to the contact mailbox skip puzzles under store pressure. A refusal
+    // (`TooMany`: the node holds as many verifiers as it may) leaves them to solve puzzles, as
+    // strangers do; nothing else depends on it.
+    for (dest, verifier, ttl_s) in m.capability_verifiers(client.node_unix_s(), &dests)? {
+        client.register_capability(dest, ttl_s, verifier)?;
     }
     Ok(())
 }

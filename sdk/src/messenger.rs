@@ -19,6 +19,15 @@
 //! `STORE_WINDOW_EPOCHS` hours back, so retries stop (the message expires, [`Messenger::expired`])
 //! once the first send's hour falls out of that window.
 //!
+//! **Capabilities.** When a node is under store pressure it asks offline sends for a puzzle
+//! (docs/PROTOCOL.md, "Puzzles and capabilities"). A contact skips it: the contact mailbox's send
+//! secret is [`contact_send_secret`] of `s_mbox`, which every contact already holds (it came
+//! inside the encryption), so each send to a contact-mailbox dest carries that epoch's
+//! capability token ([`Transmit::capability`]), and the owner registers the token's verifier for
+//! each contact-mailbox dest it listens on ([`Messenger::capability_verifiers`], on the
+//! connection that already proved the dest, so the registration links nothing new). Sends to an
+//! intro dest (first contact) carry none: a token there would link the two mailboxes.
+//!
 //! All state goes through the [`Storage`] trait: the application decides where it lives.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -55,6 +64,17 @@ pub const PREKEYS_LOW: u16 = 10;
 /// message carries its sender's name behind a u16 length.
 pub const CONTACT_NAME_BYTES_MAX: usize = 1024;
 const _: () = assert!(CONTACT_NAME_BYTES_MAX <= u16::MAX as usize);
+
+/// How long a registered capability verifier outlives its dest's hour: a retry keeps the dest
+/// of its first send (see the module doc), so contacts' retries of the last hour still pass.
+pub const CAPABILITY_GRACE_S: u64 = 3_600;
+
+/// The send secret of a contact mailbox whose contact secret is `s_mbox`: the secret behind its
+/// capability tokens ([`ferry_proto::puzzle::capability_token`]). Derived, so that the node's
+/// verifier (a hash of a token) reveals nothing about `s_mbox` itself.
+pub fn contact_send_secret(s_mbox: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key("ferry v1 contact mailbox send secret", s_mbox)
+}
 
 /// What can go wrong in the session layer.
 #[derive(Debug)]
@@ -403,6 +423,10 @@ pub struct Transmit {
     pub epoch: u64,
     pub msg_id: u64,
     pub payload: Vec<u8>,
+    /// The capability token for `dest` when it is the recipient's contact mailbox (send it with
+    /// [`crate::Client::send_with_capability`]): a dest under pressure takes it instead of a
+    /// puzzle. `None` for an intro dest.
+    pub capability: Option<[u8; 32]>,
 }
 
 /// A contact as the messenger keeps it.
@@ -1142,6 +1166,27 @@ impl<S: Storage> Messenger<S> {
         Ok(Contact::new(&peer.mailbox, self.ns, peer.s_mbox)?.dest(epoch)?)
     }
 
+    /// The capability token of a send to `peer` at `dest` in `epoch`: only for its contact
+    /// mailbox's dest of that epoch (a token at any other dest would tie it to the contact
+    /// mailbox whose verifier it hashes to).
+    fn capability_of(
+        &self,
+        peer: &Peer,
+        dest: Dest,
+        epoch: u64,
+    ) -> Result<Option<[u8; 32]>, MessengerError> {
+        let Some(s_mbox) = peer.s_mbox else {
+            return Ok(None);
+        };
+        if Contact::new(&peer.mailbox, self.ns, Some(s_mbox))?.dest(epoch)? != dest {
+            return Ok(None);
+        }
+        Ok(Some(ferry_proto::puzzle::capability_token(
+            &contact_send_secret(&s_mbox),
+            epoch,
+        )))
+    }
+
     /// Encrypts `body` for a contact, puts it in the outbox and returns the packet to send now
     /// (send it with `FLAG_ACK`: without it the node does not answer a successful send to a
     /// contact, `Accepted`, whether delivered live or stored).
@@ -1188,6 +1233,7 @@ impl<S: Storage> Messenger<S> {
             epoch,
             msg_id: id,
             payload: envelope.clone(),
+            capability: self.capability_of(&peer, dest, epoch)?,
         };
         self.outbox.insert(
             id,
@@ -1247,6 +1293,7 @@ impl<S: Storage> Messenger<S> {
             let Some(o) = self.outbox.get(&id) else {
                 continue;
             };
+            let to = o.to;
             let (dest, first_epoch) = match o.first {
                 Some(first) => first,
                 None => {
@@ -1281,6 +1328,10 @@ impl<S: Storage> Messenger<S> {
                 }
                 continue;
             }
+            let capability = match self.peers.get(&to) {
+                Some(peer) => self.capability_of(peer, dest, first_epoch).ok().flatten(),
+                None => None,
+            };
             out.push(Transmit {
                 dest,
                 epoch: first_epoch,
@@ -1290,6 +1341,7 @@ impl<S: Storage> Messenger<S> {
                     .get(&id)
                     .map(|o| o.envelope.clone())
                     .unwrap_or_default(),
+                capability,
             });
             if let Some(o) = self.outbox.get_mut(&id) {
                 o.tries = o.tries.saturating_add(1);
@@ -1512,6 +1564,32 @@ impl<S: Storage> Messenger<S> {
         let drop: Vec<Dest> = self.listening.difference(&want).copied().collect();
         self.listening = want;
         Ok((add, drop))
+    }
+
+    /// The capability verifiers to register for the listen plan's contact-mailbox dests among
+    /// `dests` (the ones [`Messenger::listen_update`] just added, once proven with `Op::Drain`):
+    /// (dest, verifier, seconds to keep it: to the end of its hour plus
+    /// [`CAPABILITY_GRACE_S`]). Contacts' sends to these dests pass store pressure without a
+    /// puzzle ([`Transmit::capability`]).
+    pub fn capability_verifiers(
+        &self,
+        now_unix_s: u64,
+        dests: &[Dest],
+    ) -> Result<Vec<(Dest, [u8; 32], u32)>, MessengerError> {
+        let secret = Zeroizing::new(contact_send_secret(&self.s_mbox));
+        let e = epoch_of(now_unix_s);
+        let mut out = Vec::new();
+        for ep in [e, e + 1] {
+            let dest = self.contact_mailbox.dest(ep)?;
+            if !dests.contains(&dest) {
+                continue;
+            }
+            let token = ferry_proto::puzzle::capability_token(&secret, ep);
+            let end = (ep + 1) * ferry_proto::limits::EPOCH_SECONDS + CAPABILITY_GRACE_S;
+            let ttl = u32::try_from(end.saturating_sub(now_unix_s)).unwrap_or(u32::MAX);
+            out.push((dest, ferry_proto::puzzle::capability_verifier(&token), ttl));
+        }
+        Ok(out)
     }
 
     /// A new connection listens on nothing yet.

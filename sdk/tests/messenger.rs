@@ -586,3 +586,51 @@ fn an_old_outbox_record_gets_its_dest_fixed_at_the_first_retry() {
     let mut alice = Messenger::open(alice.into_storage(), NS).unwrap();
     assert_eq!(alice.due(later + 3600, 0, true), fixed);
 }
+
+#[test]
+fn contacts_carry_the_contact_mailboxs_capability_and_strangers_none() {
+    let mut node = Node::default();
+    let (mut alice, mut bob, bob_id) = introduced(&mut node, true);
+    // First contact goes to Bob's intro mailbox: no token (it would tie the intro dest to the
+    // contact mailbox whose verifier it hashes to).
+    let first = alice.send(&bob_id, &text("hello"), T0, 0).unwrap();
+    assert_eq!(first.capability, None);
+    node.send(&first);
+    assert_eq!(sync(&mut node, &mut bob, T0 + 60), vec![text("hello")]);
+    let alice_id = alice.address().identity;
+    // Bob answers on Alice's contact mailbox with the token of that hour, whose verifier is the
+    // one Alice registers for the dest she listens on, and only for that dest.
+    let r = bob.send(&alice_id, &text("hi"), T0 + 60, 0).unwrap();
+    let token = r.capability.expect("a contact's send carries a capability");
+    let (add, _) = alice.listen_update(T0 + 60).unwrap();
+    let dests: Vec<Dest> = add
+        .iter()
+        .map(ferry_proto::addr::BlindedSigner::dest)
+        .collect();
+    assert!(dests.contains(&r.dest));
+    let regs = alice.capability_verifiers(T0 + 60, &dests).unwrap();
+    assert_eq!(regs.len(), 1, "the contact mailbox's dest only: {regs:?}");
+    let (dest, verifier, ttl_s) = regs[0];
+    assert_eq!(dest, r.dest);
+    assert_eq!(verifier, ferry_proto::puzzle::capability_verifier(&token));
+    // Kept to the end of the hour plus the retry grace.
+    let end = (epoch_of(T0 + 60) + 1) * ferry_proto::limits::EPOCH_SECONDS;
+    assert_eq!(
+        u64::from(ttl_s),
+        end + ferry_sdk::messenger::CAPABILITY_GRACE_S - (T0 + 60)
+    );
+    assert!(
+        alice
+            .capability_verifiers(T0 + 60, &[first.dest])
+            .unwrap()
+            .is_empty()
+    );
+    // A retry in a later hour keeps its first dest and that hour's token.
+    let again = bob.due(T0 + 2 * 3600, u64::MAX, true);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].dest, again[0].capability), (r.dest, Some(token)));
+    // The next hour's send carries that hour's token, a different one.
+    let later = bob.send(&alice_id, &text("later"), T0 + 3600, 0).unwrap();
+    assert_ne!(later.capability, Some(token));
+    assert!(later.capability.is_some());
+}
