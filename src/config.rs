@@ -327,7 +327,7 @@ pub struct Limits {
     /// half of the smaller of MemTotal and the cgroup memory limit (`sys::memory_budget_default`).
     pub memory_bytes_max: u64,
     /// Send-puzzle difficulty levels above 0 (0: no puzzles). Level n asks an effort of
-    /// `puzzle_effort_max >> (puzzle_levels - n)`.
+    /// `puzzle_effort_max >> (puzzle_levels - n)`. One by default (`PuzzleConfig`).
     pub puzzle_levels: u8,
     /// Equi-X effort of the highest level (expected Equi-X solutions per answer).
     pub puzzle_effort_max: u32,
@@ -375,6 +375,7 @@ impl Default for Config {
 
 impl Default for Limits {
     fn default() -> Self {
+        let puzzle = ferry_shards::puzzle::PuzzleConfig::default();
         Limits {
             connections_max: 200_000,
             handshake_timeout_ms: 10_000,
@@ -421,16 +422,17 @@ impl Default for Limits {
             service_queue_msgs_max: 16_384,
             service_replies_msgs_max: 4_096,
             memory_bytes_max: 0,
-            puzzle_levels: 4,
-            puzzle_effort_max: 8,
-            puzzle_seed_period_s: 600,
-            puzzle_dest_fill_pct_min: 50,
-            puzzle_store_fill_pct_min: 75,
-            puzzle_checks_per_conn_per_s: 4,
-            puzzle_checks_per_conn_burst: 32,
-            puzzle_answers_seen_max: 1 << 16,
-            puzzle_capabilities_max: 1 << 16,
-            puzzle_capability_ttl_max_s: 2 * 86_400,
+            // The puzzle defaults are named once, in the shards' PuzzleConfig.
+            puzzle_levels: puzzle.levels,
+            puzzle_effort_max: puzzle.effort_max,
+            puzzle_seed_period_s: puzzle.seed_period_s,
+            puzzle_dest_fill_pct_min: puzzle.dest_fill_pct_min,
+            puzzle_store_fill_pct_min: puzzle.store_fill_pct_min,
+            puzzle_checks_per_conn_per_s: puzzle.checks_per_conn.per_s,
+            puzzle_checks_per_conn_burst: puzzle.checks_per_conn.burst,
+            puzzle_answers_seen_max: puzzle.answers_seen_max,
+            puzzle_capabilities_max: puzzle.capabilities_max,
+            puzzle_capability_ttl_max_s: puzzle.capability_ttl_max_s,
         }
     }
 }

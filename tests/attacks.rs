@@ -137,7 +137,8 @@ fn proof_replay_leaves_honest_latency_within_double() {
 }
 
 /// Attack 5: 1,500 connections each holding a partial 64 KiB frame, 100 subscribers that never
-/// read while a flood fills their queues, for 3 s. Budget: 64 MiB. Defence: the node's memory
+/// read while a flood fills their queues, for 3 s. Budget: 64 MiB (RSS may reach the node's baseline plus
+/// that: the budget counts what connections hold). Defence: the node's memory
 /// budget, `limits.memory_bytes_max`: a partial frame's announced length is reserved when its
 /// prefix arrives, and at the budget the connections holding the most are closed with
 /// `Error Overloaded`.
@@ -208,25 +209,21 @@ fn a_first_contact_gets_a_bundle_after_a_drain() {
 }
 
 /// Attack 9: The attacker's accepted sends per CPU second on a node with puzzles at their highest
-/// level, against a node of the same build and settings without (`limits.puzzle_levels` 0).
-/// Defence: send puzzles under store pressure (`limits.puzzle_*`). One level whose effort is the
-/// default top effort (`puzzle_effort_max` 8), from 1 % store fill: a 256 MiB store of 4 MiB
-/// segments is 1 % full at its first segment, so every offline send pays the top level.
+/// level, against a node of the same build and settings without (`limits.puzzle_levels` 0), and
+/// 40 honest sends' CPU (solve included). Defence: send puzzles under store pressure
+/// (`limits.puzzle_*`) at the defaults (one level, effort 1), from 1 % store fill: a 256 MiB
+/// store of 4 MiB segments is 1 % full at its first segment, so every offline send pays the top
+/// level. Goal: the fall is at least 100x, and 95 % of honest sends stay under 100 ms of a core
+/// `PHONE_CORE_SLOWDOWN` (2) times slower than this one (an assumed phone-class core).
 ///
-/// Ignored: the fall is met (1,465x to 2,361x in four runs, 15 to 22 taken sends per attacker
-/// CPU second against 31,000 to 38,000 without), the honest bound is not. An answer needs on
-/// average `effort` (8) Equi-X solutions, about 4 solver runs, but the count is geometric: one
-/// honest send in eight needs more than twice that. Measured (debug build; Equi-X itself is
-/// built with opt-level 2): 55 ms CPU per honest send on average, at most 200.6 ms, 3 of 20 over
-/// 100 ms; in runs of 5 sends, 1 or 2 over 100 ms in two of three.
+/// History: at effort 8 (the first default) the fall was 1,465x to 2,782x but an honest send
+/// took 55 to 77 ms of CPU on average, 3 to 6 of 20 over 100 ms: the run count is geometric.
 #[test]
-#[ignore = "honest send CPU: mean 55 ms but a geometric tail, 3 of 20 over 100 ms (max 200.6 ms) at effort 8"]
 fn puzzles_cut_an_attackers_sends_per_core_a_hundredfold() {
     let _serial = serial();
     let store = [
         ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "268435456"),
         ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "4194304"),
-        ("FERRY_LIMITS_PUZZLE_EFFORT_MAX", "8"),
         ("FERRY_LIMITS_PUZZLE_STORE_FILL_PCT_MIN", "1"),
     ];
     let with = |levels| {

@@ -374,9 +374,9 @@ pub const RESENDABLE_SENDS_MAX: usize = 256;
 /// Times one send is solved and resent before `PuzzleRequired` reaches the application (the
 /// level may rise between two answers).
 pub const PUZZLE_ATTEMPTS_MAX: u8 = 3;
-/// Default for [`Client::set_puzzle_effort_max`]: the node's default top level (effort 8, about
-/// 50 ms of one core of the reference machine, measured by `proto/examples/puzzle_cost.rs`) with
-/// room for a node configured four times harder.
+/// Default for [`Client::set_puzzle_effort_max`]: room for a node configured well above its
+/// default (effort 1, 13 ms mean of one core of the reference machine; effort 32 is about 0.2 s,
+/// measured by `proto/examples/puzzle_cost.rs`).
 pub const PUZZLE_EFFORT_DEFAULT_MAX: u32 = 32;
 
 #[derive(Debug)]

@@ -53,8 +53,14 @@ impl Default for PuzzleConfig {
         PuzzleConfig {
             key: [0; 32],
             seed_period_s: 600,
-            levels: 4,
-            effort_max: 8,
+            // One level, effort 1: one Equi-X answer, about 1.2 solver runs (13 ms mean, p99
+            // 35 ms of one core of the reference machine), already cuts an attacker's taken sends
+            // per core several hundredfold (bench/RESULTS.md, "Attacks"). Each level above
+            // doubles the mean and lengthens the geometric tail (effort 2: p99 67 ms; 4: 131
+            // ms): past effort 1, an honest send on a phone-class core leaves 100 ms
+            // (proto/examples/puzzle_cost.rs).
+            levels: 1,
+            effort_max: 1,
             dest_fill_pct_min: 50,
             store_fill_pct_min: 75,
             checks_per_conn: crate::ratelimit::Rate {
@@ -249,6 +255,15 @@ impl PuzzleGate {
 mod tests {
     use super::*;
 
+    /// Four levels up to effort 8 (the defaults are one level of effort 1): the mechanism.
+    fn four_levels() -> PuzzleConfig {
+        PuzzleConfig {
+            levels: 4,
+            effort_max: 8,
+            ..PuzzleConfig::default()
+        }
+    }
+
     fn p(dest: u8, store: u8) -> Pressure {
         Pressure {
             dest_fill_pct: dest,
@@ -258,7 +273,7 @@ mod tests {
 
     #[test]
     fn levels_rise_with_pressure_and_are_zero_when_calm() {
-        let g = PuzzleGate::new(PuzzleConfig::default());
+        let g = PuzzleGate::new(four_levels());
         assert_eq!(g.level(p(0, 0)), 0);
         assert_eq!(g.level(p(49, 74)), 0);
         assert_eq!(g.level(p(50, 0)), 1);
@@ -277,7 +292,7 @@ mod tests {
 
     #[test]
     fn an_answer_admits_once_and_capabilities_skip() {
-        let mut g = PuzzleGate::new(PuzzleConfig::default());
+        let mut g = PuzzleGate::new(four_levels());
         let d = Dest([1; 16]);
         let passed = Passed {
             effort: 8,

@@ -1045,7 +1045,7 @@ fn open_many(
 /// Connections holding a partial 65 KB frame, and subscribers that never read while a flood
 /// fills their queues; RSS sampled throughout and after they leave.
 pub fn memory(o: &Opts) -> Res<Report> {
-    const GOAL: &str = "RSS stays within the memory budget and falls back within a minute after the attack; an honest pair keeps delivering";
+    const GOAL: &str = "RSS stays within the node's baseline (its RSS before the attack) plus the memory budget and falls back within a minute after the attack; an honest pair keeps delivering";
     let pid = o.pid.ok_or("memory needs --node-pid (the node's RSS)")?;
     let rss0 = rss_bytes(pid).ok_or("no RSS for the node")?;
     let mut peak = rss0;
@@ -1113,7 +1113,10 @@ pub fn memory(o: &Opts) -> Res<Report> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let met = peak <= o.memory_budget_bytes && back.is_some() && honest.delivery_rate() >= 0.99;
+    // The budget bounds what connections hold; the process's fixed baseline (binary, io_uring
+    // rings, shard tables) is outside it (docs/CONFIGURATION.md, `memory_bytes_max`).
+    let met =
+        peak <= rss0 + o.memory_budget_bytes && back.is_some() && honest.delivery_rate() >= 0.99;
     Ok(Report {
         attack: "memory",
         attacker: json!({"partial_frame_conns": held_n, "refused_with": refused,
@@ -1121,8 +1124,9 @@ pub fn memory(o: &Opts) -> Res<Report> {
                          "rss_before_mib": rss0 >> 20, "rss_peak_mib": peak >> 20,
                          "budget_mib": o.memory_budget_bytes >> 20, "rss_back_after_s": back}),
         verdict: format!(
-            "RSS peak {} MiB (budget {} MiB), back {}",
+            "RSS peak {} MiB (baseline {} MiB + budget {} MiB), back {}",
             peak >> 20,
+            rss0 >> 20,
             o.memory_budget_bytes >> 20,
             back.map_or("not within 60 s".into(), |s| format!("after {s:.1} s"))
         ),
@@ -1411,14 +1415,22 @@ fn sends_per_cpu_s(
 }
 
 /// Honest sends the puzzles attack times (each on a fresh connection, to a fresh dest).
-const HONEST_PUZZLE_SENDS: u64 = 20;
+const HONEST_PUZZLE_SENDS: u64 = 40;
+/// How much slower than this machine's core the goal takes a phone-class core to be, for an
+/// honest send's cost. An assumption, not a measurement (no phone in the lab): a 2020s mid-range
+/// phone's big core is about as fast as a server vCPU in scalar work, its caches are smaller.
+pub const PHONE_CORE_SLOWDOWN: f64 = 2.0;
+/// The share of honest sends that must stay under 100 ms of a phone-class core: the solver's
+/// run count is geometric (16 % of Equi-X runs find no solution), so no bound holds for every
+/// send.
+pub const HONEST_PUZZLE_PERCENTILE: usize = 95;
 
 /// The attacker's sends per CPU second on the node (puzzles at their highest level) and on a
 /// baseline node (the same build and settings, puzzles off); an honest send's CPU cost. Both
 /// clients use the SDK, which solves each `PuzzleRequired` by itself (up to effort 32): the
 /// attacker pays what the honest client pays, per message.
 pub fn puzzles(o: &Opts) -> Res<Report> {
-    const GOAL: &str = "with puzzles at their highest level the attacker's sends per CPU second fall >= 100x against the same node without puzzles; an honest send (solve included) costs < 100 ms of CPU";
+    const GOAL: &str = "with puzzles at their highest level the attacker's sends per CPU second fall >= 100x against the same node without puzzles; 95 % of honest sends (solve included) cost < 100 ms of a phone-class core (PHONE_CORE_SLOWDOWN x this machine's CPU)";
     let required0 = metric(o.admin, "ferry_puzzles_required_total");
     let (rate, taken, statuses) = sends_per_cpu_s(o.node, o.duration / 2, 10)?;
     let base = match o.baseline_node {
@@ -1440,18 +1452,18 @@ pub fn puzzles(o: &Opts) -> Res<Report> {
             honest
                 .latencies_us
                 .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
-            if cpu >= Duration::from_millis(100) {
-                honest.ok -= 1;
-                honest.refuse("over 100 ms CPU");
-            }
         }
     }
-    let cpu_max = cpus.iter().copied().max().unwrap_or_default();
+    let phone_ms = |c: &Duration| c.as_secs_f64() * 1e3 * PHONE_CORE_SLOWDOWN;
+    cpus.sort();
+    let cpu_max = cpus.last().copied().unwrap_or_default();
     let cpu_mean = cpus.iter().sum::<Duration>() / u32::try_from(cpus.len().max(1))?;
-    let over = cpus
-        .iter()
-        .filter(|c| **c >= Duration::from_millis(100))
-        .count();
+    let over = cpus.iter().filter(|c| phone_ms(c) >= 100.0).count();
+    let rank = (HONEST_PUZZLE_PERCENTILE * cpus.len())
+        .div_ceil(100)
+        .clamp(1, cpus.len().max(1));
+    let cpu_pct = cpus.get(rank - 1).copied().unwrap_or_default();
+    let cheap = !cpus.is_empty() && phone_ms(&cpu_pct) < 100.0;
     let required = metric(o.admin, "ferry_puzzles_required_total")
         .zip(required0)
         .map(|(b, a)| b.saturating_sub(a));
@@ -1460,7 +1472,7 @@ pub fn puzzles(o: &Opts) -> Res<Report> {
         .as_ref()
         .filter(|_| taken > 0)
         .map(|(b, _, _)| b / rate);
-    let met = factor.is_some_and(|f| f >= 100.0) && honest.delivery_rate() >= 1.0;
+    let met = factor.is_some_and(|f| f >= 100.0) && honest.delivery_rate() >= 1.0 && cheap;
     Ok(Report {
         attack: "puzzles",
         attacker: json!({"sends_per_cpu_s": round3(rate), "sends_taken": taken, "results": statuses,
@@ -1469,12 +1481,15 @@ pub fn puzzles(o: &Opts) -> Res<Report> {
                          "fall_factor": factor.map(round3),
                          "honest_cpu_ms_mean": round3(cpu_mean.as_secs_f64() * 1e3),
                          "honest_cpu_ms_max": round3(cpu_max.as_secs_f64() * 1e3),
-                         "honest_sends_over_100_ms_cpu": over,
+                         "honest_cpu_ms_p95": round3(cpu_pct.as_secs_f64() * 1e3),
+                         "phone_core_slowdown": PHONE_CORE_SLOWDOWN,
+                         "honest_sends_over_100_ms_phone": over,
                          "node_puzzles_required": required}),
         verdict: match factor {
             Some(f) => format!(
-                "attacker's sends per CPU second fell {f:.1}x; an honest send took {:.1} ms of CPU on average, at most {:.1} ms, {over} of {} over 100 ms",
+                "attacker's sends per CPU second fell {f:.1}x; an honest send took {:.1} ms of CPU on average, p95 {:.1} ms, at most {:.1} ms; {over} of {} over 100 ms on a core {PHONE_CORE_SLOWDOWN}x slower",
                 cpu_mean.as_secs_f64() * 1e3,
+                cpu_pct.as_secs_f64() * 1e3,
                 cpu_max.as_secs_f64() * 1e3,
                 cpus.len()
             ),
