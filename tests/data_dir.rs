@@ -276,7 +276,8 @@ fn the_data_directory_is_private_and_every_file_in_it_is_0600() {
     chat::publish_prekeys(&mut tx, &mut bob, 3).unwrap();
     let token = "aaaaaaaa00000000000000000000000000000000000000000000000000000001";
     assert!(
-        chat::register_push(&mut tx, &bob, PushProvider::Apns, token.as_bytes(), 1).unwrap() > 0
+        chat::register_push(&mut tx, &bob, PushProvider::Apns, token.as_bytes(), 1, true).unwrap()
+            > 0
     );
     drop(tx);
     assert!(node.terminate().success());

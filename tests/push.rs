@@ -416,6 +416,7 @@ fn web_push_endpoints_that_smuggle_another_host_are_refused() {
     assert!(heard.is_empty(), "{heard:?}");
 }
 
+/// A registration survives kill -9, sealed: see the assertions on the journal.
 #[test]
 fn registrations_survive_a_restart() {
     let dir = temp_dir("push-restart");
@@ -428,19 +429,33 @@ fn registrations_survive_a_restart() {
     let (dest, _) = register(&mut owner, &mailbox(930), PushProvider::Apns, APNS_OK, 600).unwrap();
     drop(owner);
     let node = node.restart(true); // kill -9
-    assert_eq!(node.metric("ferry_push_registrations"), 1);
-    armed(&node, 1);
+    // At rest the journal names neither the token nor the dest (service/push.rs): the restarted
+    // node holds the registration sealed under its dest, armed on every shard by the dest's tag.
+    let journal = std::fs::read(node.dir.join("service").join("push.journal")).unwrap();
+    let holds = |needle: &[u8]| journal.windows(needle.len()).any(|w| w == needle);
+    assert!(!holds(APNS_OK.as_bytes()) && !holds(&dest.0));
+    assert_eq!(node.metric("ferry_push_registrations"), 0);
+    assert_eq!(node.metric("ferry_push_registrations_locked"), 1);
+    armed(&node, 2);
     let mut tx = node.client();
     assert_eq!(send(&mut tx, dest, 1), SendStatus::Accepted);
     assert_eq!(mock.wait_for(1, WAIT, |r| r["token"] == APNS_OK).len(), 1);
+    // The wake named the dest, which opened the registration (the gauges follow within a turn).
+    let deadline = std::time::Instant::now() + WAIT;
+    while node.metric("ferry_push_registrations") != 1 {
+        assert!(std::time::Instant::now() < deadline, "never opened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(node.metric("ferry_push_registrations_locked"), 0);
     no_violations(&mock.records());
     drop((tx, node, mock));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The session layer end to end: Bob's messenger registers its token for the next day of both
-/// its mailboxes; Alice's first-contact message to offline Bob is stored and wakes his device
-/// once, with no content; Bob then syncs and reads it.
+/// The session layer end to end: Bob's messenger registers its token for the next day of his
+/// contact mailbox (the default: no intro dest), then of both mailboxes (first contacts);
+/// Alice's first-contact message to offline Bob is stored and wakes his device once, with no
+/// content; Bob then syncs and reads it.
 #[test]
 fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     use ferry_sdk::chat;
@@ -451,7 +466,26 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut cb = s.node.client();
     chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
-    let n = chat::register_push(&mut cb, &bob, PushProvider::Apns, APNS_OK.as_bytes(), 24).unwrap();
+    let n = chat::register_push(
+        &mut cb,
+        &bob,
+        PushProvider::Apns,
+        APNS_OK.as_bytes(),
+        24,
+        false,
+    )
+    .unwrap();
+    assert_eq!(n, 25, "this hour and the next 24 of the contact mailbox");
+    armed(&s.node, 25);
+    let n = chat::register_push(
+        &mut cb,
+        &bob,
+        PushProvider::Apns,
+        APNS_OK.as_bytes(),
+        24,
+        true,
+    )
+    .unwrap();
     assert_eq!(n, 50, "this hour and the next 24, both mailboxes");
     drop(cb);
     armed(&s.node, 50);

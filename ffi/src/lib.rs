@@ -340,14 +340,17 @@ impl Connection {
         Ok(out)
     }
 
-    /// Registers this device's push token (APNs, FCM or Web Push) for the user's dests of the
-    /// next `hours` hours; register again before they run out.
+    /// Registers this device's push token (APNs, FCM or Web Push) for the user's contact-mailbox
+    /// dests of the next `hours` hours, and the intro mailbox's with `first_contacts` (wakes for
+    /// strangers' first messages, at the price of the node linking both mailboxes' dests by the
+    /// token); register again before they run out.
     pub fn register_push(
         &self,
         m: Arc<Messenger>,
         provider: PushKind,
         token: Vec<u8>,
         hours: u32,
+        first_contacts: bool,
     ) -> Result<u16, FerryError> {
         if token.len() > ferry_sdk::proto::limits::PUSH_TOKEN_BYTES_MAX {
             return Err(err("push token too long"));
@@ -359,7 +362,8 @@ impl Connection {
             PushKind::Fcm => PushProvider::Fcm,
             PushKind::WebPush => PushProvider::WebPush,
         };
-        chat::register_push(&mut c, &m, p, &token, u64::from(hours)).map_err(msg_err)
+        chat::register_push(&mut c, &m, p, &token, u64::from(hours), first_contacts)
+            .map_err(msg_err)
     }
 
     /// On (re)connect: what was stored for this user in the last 72 hours, then listening.

@@ -365,18 +365,20 @@ pub fn fetch_attachment<S: Storage>(
     Ok(msg)
 }
 
-/// Registers a device's push token for this user's dests (both mailboxes) of the next `hours`
-/// hours, so that a message stored for it while the app sleeps sends one silent wake; register
-/// again before they run out. Returns how many dests the token covers.
+/// Registers a device's push token for this user's contact-mailbox dests of the next `hours`
+/// hours (and the intro mailbox's with `first_contacts`: see [`Messenger::push_plan`] for what
+/// that tells the node), so that a message stored for it while the app sleeps sends one silent
+/// wake; register again before they run out. Returns how many dests the token covers.
 pub fn register_push<S: Storage>(
     client: &mut Client,
     m: &Messenger<S>,
     provider: ferry_proto::frame::PushProvider,
     token: &[u8],
     hours: u64,
+    first_contacts: bool,
 ) -> Result<u16, MessengerError> {
     // `push_plan` refuses hours outside 1 ..= PUSH_HOURS_MAX, whose seconds fit the u32 TTL.
-    let signers = m.push_plan(client.node_unix_s(), hours)?;
+    let signers = m.push_plan(client.node_unix_s(), hours, first_contacts)?;
     const _: () = assert!(crate::messenger::PUSH_HOURS_MAX * 3600 <= u32::MAX as u64);
     let ttl_s = u32::try_from(hours * 3600).expect("hours checked by push_plan");
     prove_all(client, &signers, Op::PushRegister)?;

@@ -475,8 +475,8 @@ pub const ACCEPTED_INITS_MAX: usize = 1024;
 /// Sessions kept per contact (the newest is used to send; all are tried to receive), so that
 /// two people who start a conversation at the same moment end up in one session.
 pub const SESSIONS_PER_CONTACT_MAX: usize = 4;
-/// Hours one push registration may cover (both mailboxes: two dests an hour, under the node's
-/// default of 256 dests per token).
+/// Hours one push registration may cover (with first contacts, both mailboxes: two dests an
+/// hour, under the node's default of 256 dests per token).
 pub const PUSH_HOURS_MAX: u64 = 127;
 // Record counts written in one byte.
 const _: () = assert!(SIGNED_PREKEYS_KEPT <= u8::MAX as usize);
@@ -1639,12 +1639,19 @@ impl<S: Storage> Messenger<S> {
     }
 
     /// The signers to prove `Op::PushRegister` with so that a token registered for
-    /// `hours × 3600` seconds covers this user's dests until it expires: both mailboxes, epochs
-    /// `e..=e+hours`. `hours` is 1 to `PUSH_HOURS_MAX`.
+    /// `hours × 3600` seconds covers this user's dests until it expires: the contact mailbox's,
+    /// epochs `e..=e+hours`, and the intro mailbox's too with `first_contacts` (so that a
+    /// stranger's first message wakes the device). `hours` is 1 to `PUSH_HOURS_MAX`.
+    ///
+    /// What the node learns: every dest registered with one token is linked to the others by it,
+    /// hours ahead. By default the intro mailbox stays out of that (its dests are the ones anyone
+    /// with the user's address can compute), at the price of no wake for first contacts, which
+    /// arrive at the next sync; fewer `hours` link fewer hours (docs/PRIVACY.md).
     pub fn push_plan(
         &self,
         now_unix_s: u64,
         hours: u64,
+        first_contacts: bool,
     ) -> Result<Vec<BlindedSigner>, MessengerError> {
         if !(1..=PUSH_HOURS_MAX).contains(&hours) {
             return Err(MessengerError::InvalidArgument(
@@ -1654,7 +1661,9 @@ impl<S: Storage> Messenger<S> {
         let e = epoch_of(now_unix_s);
         let mut out = Vec::new();
         for ep in e..=e + hours {
-            out.push(self.signer(Which::Intro, ep)?);
+            if first_contacts {
+                out.push(self.signer(Which::Intro, ep)?);
+            }
             out.push(self.signer(Which::Contact, ep)?);
         }
         Ok(out)

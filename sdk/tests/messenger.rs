@@ -256,9 +256,24 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
         assert_eq!(signer.dest(), d);
     }
     // A token registered for 24 hours covers this hour and the next 24 (its expiry falls in
-    // the last): 25 hours of both mailboxes.
-    assert_eq!(m.push_plan(T0, 24).unwrap().len(), 50);
-    assert!(m.push_plan(T0, 0).is_err() && m.push_plan(T0, 128).is_err());
+    // the last): 25 hours of the contact mailbox, and of the intro mailbox for first contacts.
+    let contact_only = m.push_plan(T0, 24, false).unwrap();
+    assert_eq!(contact_only.len(), 25);
+    let both = m.push_plan(T0, 24, true).unwrap();
+    assert_eq!(both.len(), 50);
+    let intro_slot = m.prekey_slot().unwrap().dest();
+    let intro_now = ferry_sdk::Contact::new(&m.address().mailbox, NS, None)
+        .unwrap()
+        .dest(epoch_of(T0))
+        .unwrap();
+    assert!(both.iter().any(|s| s.dest() == intro_now));
+    assert!(
+        contact_only
+            .iter()
+            .all(|s| s.dest() != intro_now && s.dest() != intro_slot),
+        "no intro dest without first contacts"
+    );
+    assert!(m.push_plan(T0, 0, false).is_err() && m.push_plan(T0, 128, true).is_err());
 
     // On one connection: subscribe this hour's dests, then near the turn the next hour's, then
     // drop the past hour's.

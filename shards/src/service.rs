@@ -104,6 +104,22 @@ pub enum ServiceReply {
     Frame { to: u64, frame: Frame },
     /// `dest` (owned by this shard) has push registrations until `until_unix_s`; 0 = none left.
     PushArm { dest: Dest, until_unix_s: u64 },
+    /// Some dest whose [`push_dest_tag`] is `tag` has push registrations until about
+    /// `until_unix_s` (0 = none left): what a restarted service core knows of a registration
+    /// until a wake for the dest opens it (the journal keeps dests only as tags, so that nothing
+    /// at rest links one registration's dests). Sent to every shard: a tag names no owner.
+    PushArmTag { tag: [u8; 16], until_unix_s: u64 },
+}
+
+/// The tag a push registration's dest is kept under at rest (the service core's journal, and the
+/// shards' armed tags after a restart): a one-way function of the dest, so that the journal
+/// names no dest, while a blob stored for the dest finds its registrations.
+pub fn push_dest_tag(dest: &Dest) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key("ferry v1 push dest tag");
+    h.update(&dest.0);
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    tag
 }
 
 /// The non-blocking way into the service core's bounded queue.

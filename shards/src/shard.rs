@@ -401,6 +401,11 @@ pub struct Shard {
     /// monotonic ms): a blob stored for one of them while nobody listens asks the service core
     /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
     push_armed: AHashMap<Dest, (u64, u64)>,
+    /// Dest tags with push registrations the service core has not opened since its restart
+    /// (`ServiceReply::PushArmTag`) → until when (Unix s). A blob stored for a dest not in
+    /// `push_armed` whose tag is here moves the dest into `push_armed` and asks for a wake.
+    /// Bounded, like `push_armed`, by the registry's limits.
+    push_armed_tags: AHashMap<[u8; 16], u64>,
     /// What this shard's connections and outboxes hold, against `cfg.memory_bytes_max`.
     memory: Memory,
     /// Seed, levels, seen answers and capability verifiers of the send puzzles.
@@ -452,6 +457,7 @@ impl Shard {
                 cfg.connections_max,
             ),
             push_armed: AHashMap::new(),
+            push_armed_tags: AHashMap::new(),
             memory: Memory::default(),
             puzzle: PuzzleGate::new(cfg.puzzle.clone()),
             puzzle_checks: crate::ratelimit::KeyedLimiter::new(
@@ -568,26 +574,45 @@ impl Shard {
                 } else {
                     self.push_armed.remove(&dest);
                 }
-                self.metrics.push_armed.store(
-                    self.push_armed.len() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.store_push_armed_gauge();
+            }
+            crate::service::ServiceReply::PushArmTag { tag, until_unix_s } => {
+                if until_unix_s > now.unix_s {
+                    self.push_armed_tags.insert(tag, until_unix_s);
+                } else {
+                    self.push_armed_tags.remove(&tag);
+                }
+                self.store_push_armed_gauge();
             }
         }
         self.enforce_memory();
     }
 
+    /// `ferry_push_armed_dests`: armed dests, and tags not yet opened since a service restart.
+    fn store_push_armed_gauge(&self) {
+        self.metrics.push_armed.store(
+            (self.push_armed.len() + self.push_armed_tags.len()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// A blob was just stored for `dest` while nobody listens: ask for a push wake if the dest
     /// has registrations. The service core coalesces per device.
     fn maybe_wake(&mut self, now: Now, dest: Dest) {
+        if !self.push_armed.contains_key(&dest) && !self.push_armed_tags.is_empty() {
+            // A registration the restarted service core knows only by its tag: the dest joins
+            // `push_armed`, and the service opens the registration with the dest.
+            let tag = crate::service::push_dest_tag(&dest);
+            if let Some(until) = self.push_armed_tags.remove(&tag) {
+                self.push_armed.insert(dest, (until, 0));
+                self.store_push_armed_gauge();
+            }
+        }
         match self.push_armed.get_mut(&dest) {
             None => return,
             Some(&mut (until, _)) if until <= now.unix_s => {
                 self.push_armed.remove(&dest);
-                self.metrics.push_armed.store(
-                    self.push_armed.len() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.store_push_armed_gauge();
                 return;
             }
             Some((_, last)) if *last != 0 && now.mono_ms < *last + WAKE_OFFER_INTERVAL_MS => {

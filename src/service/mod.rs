@@ -43,6 +43,10 @@ pub const BATCH_MAX: usize = 256;
 /// A journal is compacted when it grows past this many times its live state (and this minimum).
 const COMPACT_FACTOR: u64 = 4;
 const COMPACT_MIN_BYTES: u64 = 16 << 20;
+/// The push journal is rewritten this long after records were appended to it, whatever its size:
+/// until then one registration's records sit side by side at its end, which links their dests
+/// at rest (push.rs, module doc). At most one rewrite of the live registrations per this period.
+pub const PUSH_REGROUP_S: u64 = 60;
 
 /// How wakes are sent (named config keys under `[push]`).
 #[derive(Clone, Debug)]
@@ -94,6 +98,7 @@ pub struct ServiceMetrics {
     pub prekey_slots: AtomicU64,
     pub prekey_bytes: AtomicU64,
     pub push_registrations: AtomicU64,
+    pub push_registrations_locked: AtomicU64,
     pub push_registrations_refused: AtomicU64,
     pub push_wakes_requested: AtomicU64,
     pub push_wakes_coalesced: AtomicU64,
@@ -211,8 +216,15 @@ impl ServiceMetrics {
             out,
             "ferry_push_registrations",
             "gauge",
-            "Devices (push tokens) registered.",
+            "Devices (push tokens) registered, as far as this run has opened them (registered, or woken since the start).",
             g(&self.push_registrations),
+        );
+        one(
+            out,
+            "ferry_push_registrations_locked",
+            "gauge",
+            "Registrations (one device at one dest) read from the journal and not yet opened: the journal keeps them sealed under their dest, which a wake for the dest supplies.",
+            g(&self.push_registrations_locked),
         );
         one(
             out,
@@ -502,6 +514,19 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
         bells,
     };
     // Tell the owner shards which dests have registrations.
+    // Registrations read from the journal are known by their dests' tags only: every shard
+    // hears each tag (a tag names no owner).
+    for (tag, until) in registry.all_armed_tags() {
+        for shard in 0..cfg.shards {
+            outlet.push(
+                shard,
+                ServiceReply::PushArmTag {
+                    tag,
+                    until_unix_s: until,
+                },
+            );
+        }
+    }
     for (dest, until) in registry.all_armed() {
         outlet.push(
             dest.owner(cfg.shards),
@@ -870,14 +895,28 @@ impl State {
                 compact(j, &d.snapshot(), "prekey");
             }
         }
-        let arms = self.registry.0.expire(now.unix_s);
+        let (arms, gone) = self.registry.0.expire(now.unix_s);
         self.arm(arms);
+        for tag in gone {
+            for shard in 0..self.shards {
+                self.outlet.push(
+                    shard,
+                    ServiceReply::PushArmTag {
+                        tag,
+                        until_unix_s: 0,
+                    },
+                );
+            }
+        }
         let (r, j) = &mut self.registry;
-        let live = r.devices() as u64 * 256;
-        if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * live) {
-            // Records of this turn are in the snapshot: drop them instead of appending.
-            let _ = r.take_records();
-            compact(j, &r.snapshot(), "push");
+        if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * r.live_bytes())
+            || r.compaction_due(now.unix_s, PUSH_REGROUP_S)
+        {
+            // Records of this turn are in the snapshot: dropped instead of appended, once it is
+            // on disk.
+            if compact(j, &r.snapshot(), "push") {
+                r.compacted();
+            }
         }
     }
 
@@ -896,7 +935,7 @@ impl State {
             }
         }
         let (r, j) = &mut self.registry;
-        let records = r.take_records();
+        let records = r.take_records(self.clock.now().unix_s);
         if !records.is_empty() {
             for rec in &records {
                 j.append(rec);
@@ -932,6 +971,7 @@ impl State {
         let r = &self.registry.0;
         let s = r.stats;
         set(&m.push_registrations, r.devices() as u64);
+        set(&m.push_registrations_locked, r.locked() as u64);
         set(&m.push_registrations_refused, s.registrations_refused);
         set(&m.push_wakes_requested, s.wakes_requested);
         set(&m.push_wakes_coalesced, s.wakes_coalesced);
@@ -958,14 +998,22 @@ fn fatal_on_err(r: std::io::Result<()>, what: &str) {
     }
 }
 
-fn compact(j: &mut Journal, snapshot: &[Vec<u8>], what: &str) {
+/// Rewrites `j` from `snapshot`; whether the new journal is in place.
+fn compact(j: &mut Journal, snapshot: &[Vec<u8>], what: &str) -> bool {
     let before = j.bytes();
     match j.rewrite(snapshot.iter().map(|r| r.as_slice())) {
-        Ok(()) => tracing::info!(before, after = j.bytes(), "{what} journal compacted"),
-        Err(journal::Rewrite::Kept(e)) => {
-            tracing::warn!(error = %e, "{what} journal compaction failed; keeping the old one")
+        Ok(()) => {
+            tracing::info!(before, after = j.bytes(), "{what} journal compacted");
+            true
         }
-        Err(journal::Rewrite::Broken(e)) => fatal_on_err(Err(e), &format!("{what} journal")),
+        Err(journal::Rewrite::Kept(e)) => {
+            tracing::warn!(error = %e, "{what} journal compaction failed; keeping the old one");
+            false
+        }
+        Err(journal::Rewrite::Broken(e)) => {
+            fatal_on_err(Err(e), &format!("{what} journal"));
+            false
+        }
     }
 }
 

@@ -5,13 +5,27 @@
 //! 404/410) deletes the token. Tokens never leave this module except towards their provider: they
 //! are not logged and not in metrics.
 //!
-//! Journal record: `R provider:u8 token_len:u16 token n:u16 n × (dest(16) until:u64)`; until 0
-//! removes the dest. A removed token is a record with every dest at 0.
+//! **At rest nothing links one registration's dests** (docs/PRIVACY.md). The journal holds one
+//! record per (device, dest): `S tag(16) entry(16) day:u32le sealed`, where
+//! `tag = push_dest_tag(dest)` (a one-way function of the dest),
+//! `seal_key = blake3 derive_key("ferry v1 push token seal", dest)`,
+//! `entry = blake3 keyed(seal_key, provider ‖ token)[0..16]`, `day` = the UTC day from which the
+//! registration has expired (`until / 86400 + 1`; 0 = removed, and then nothing follows), and
+//! `sealed = nonce(12) ‖ ChaCha20-Poly1305(seal_key, nonce, aad = tag, provider:u8 ‖
+//! until:u64le ‖ token_len:u16le ‖ token, zero-padded to a multiple of 256 bytes)`. Without the
+//! dest a record opens to nothing and shares no bytes with the records of the same token at
+//! other dests. A restarted node keeps such records locked (by tag) until a blob for the dest
+//! asks for a wake: the dest then opens them. Compaction writes records sorted by tag, and runs
+//! `PUSH_REGROUP_S` after an append (a registration's records sit side by side at the journal's
+//! end until then). Records of the old form (`R provider:u8 token_len:u16 token n:u16 n × (dest
+//! until:u64)`) are still read, and rewritten at once.
 
 use ahash::{AHashMap, AHashSet};
 use bytes::BufMut;
 use ferry_proto::frame::{Dest, PushProvider, PushStatus};
 use ferry_proto::limits::PUSH_TOKEN_BYTES_MAX;
+
+use ferry_shards::service::push_dest_tag;
 
 use super::endpoint::AllowList;
 
@@ -86,12 +100,30 @@ pub struct PushStats {
     pub tokens_deleted: u64,
 }
 
+/// A registration the journal holds and this run has not opened: kept by its dest's tag and
+/// entry id until a wake for the dest (which knows the dest) opens it.
+#[derive(Clone, Debug)]
+struct Sealed {
+    /// The UTC day (`unix_s / 86_400`) from which the registration has expired; its exact
+    /// expiry is inside `sealed`.
+    day: u32,
+    /// `nonce ‖ ciphertext ‖ tag` (see the module doc).
+    sealed: Vec<u8>,
+}
+
 #[derive(Debug)]
 pub struct Registry {
     limits: PushLimits,
     devices: AHashMap<DeviceKey, Device>,
     by_dest: AHashMap<Dest, AHashSet<DeviceKey>>,
+    /// Registrations read from the journal and not opened yet: dest tag → entry id → record.
+    locked: AHashMap<[u8; 16], AHashMap<[u8; 16], Sealed>>,
     records: Vec<Vec<u8>>,
+    /// When (Unix s) the first record since the last compaction was handed to the journal: the
+    /// journal's tail groups one registration's records until the next compaction sorts them.
+    appended_at: Option<u64>,
+    /// The journal held records of the old, linkable form (`R`): rewrite it at once.
+    old_records: bool,
     pub stats: PushStats,
 }
 
@@ -106,17 +138,54 @@ impl Registry {
             limits,
             devices: AHashMap::new(),
             by_dest: AHashMap::new(),
+            locked: AHashMap::new(),
             records: Vec::new(),
+            appended_at: None,
+            old_records: false,
             stats: PushStats::default(),
         }
     }
 
+    /// Devices this run has opened (registered, or woken since a restart).
     pub fn devices(&self) -> usize {
         self.devices.len()
     }
 
-    pub fn take_records(&mut self) -> Vec<Vec<u8>> {
+    /// Registrations read from the journal and not opened yet.
+    pub fn locked(&self) -> usize {
+        self.locked.values().map(|e| e.len()).sum()
+    }
+
+    /// About how many bytes the live state takes in the journal (compaction's yardstick).
+    pub fn live_bytes(&self) -> u64 {
+        let entries = self.by_dest.values().map(|s| s.len()).sum::<usize>() + self.locked();
+        entries as u64 * 400
+    }
+
+    /// The records to append to the journal this turn. `now_unix_s` starts the regrouping
+    /// clock ([`Registry::compaction_due`]).
+    pub fn take_records(&mut self, now_unix_s: u64) -> Vec<Vec<u8>> {
+        if !self.records.is_empty() && self.appended_at.is_none() {
+            self.appended_at = Some(now_unix_s);
+        }
         std::mem::take(&mut self.records)
+    }
+
+    /// Whether the journal should be rewritten now although it is small: it still holds records
+    /// of the old linkable form, or records appended `regroup_s` or more ago (one registration's
+    /// records sit side by side at the journal's end until a compaction sorts them by tag).
+    pub fn compaction_due(&self, now_unix_s: u64, regroup_s: u64) -> bool {
+        self.old_records
+            || self
+                .appended_at
+                .is_some_and(|t| now_unix_s >= t.saturating_add(regroup_s))
+    }
+
+    /// The journal was rewritten from [`Registry::snapshot`].
+    pub fn compacted(&mut self) {
+        self.appended_at = None;
+        self.old_records = false;
+        self.records.clear();
     }
 
     /// `token` as the registry keeps it, if it is well-formed for `provider`: a Web Push
@@ -180,7 +249,7 @@ impl Registry {
             .canonical_token(provider, token)
             .ok_or(PushStatus::BadToken)?;
         let key: DeviceKey = (provider as u8, token);
-        // Also bounds a removal's record, and a request naming one dest many times.
+        // Also bounds a removal's records, and a request naming one dest many times.
         if dests.len() > self.limits.dests_per_token_max {
             return Err(PushStatus::TooMany);
         }
@@ -203,15 +272,30 @@ impl Registry {
             }
         }
         let items: Vec<(Dest, u64)> = dests.iter().map(|d| (*d, until)).collect();
-        self.records.push(record(&key, &items));
+        self.journal(&key, &items);
         let arms = self.apply(&key, &items);
         let n = self.devices.get(&key).map_or(0, |d| d.dests.len());
         Ok((len_u16(n, DESTS_PER_TOKEN_MAX), arms))
     }
 
+    /// Journals (dest, until) items of a device, one record per dest (until 0: removed).
+    fn journal(&mut self, key: &DeviceKey, items: &[(Dest, u64)]) {
+        for (dest, until) in items {
+            self.records.push(sealed_record(dest, key, *until));
+        }
+    }
+
     /// Applies (dest, until) items to a device; returns the new armed-until per touched dest.
+    /// A locked copy of the same registration is dropped: this one supersedes it.
     fn apply(&mut self, key: &DeviceKey, items: &[(Dest, u64)]) -> Vec<(Dest, u64)> {
         for (dest, until) in items {
+            let tag = push_dest_tag(dest);
+            if let Some(entries) = self.locked.get_mut(&tag) {
+                entries.remove(&entry_id(&seal_key(dest), key));
+                if entries.is_empty() {
+                    self.locked.remove(&tag);
+                }
+            }
             if *until == 0 {
                 if let Some(d) = self.devices.get_mut(key) {
                     d.dests.remove(dest);
@@ -244,11 +328,51 @@ impl Registry {
             .collect()
     }
 
-    /// The latest expiry over every registration of `dest` (0 = none).
+    /// Opens the locked registrations of `dest` (a wake for it came, so the dest is known):
+    /// they become ordinary ones. One that no longer passes `canonical_token` (a Web Push origin
+    /// taken off the allowed list) or that does not open is deleted, and its deletion journaled;
+    /// an expired one is dropped.
+    fn open_locked(&mut self, now_unix_s: u64, dest: &Dest) {
+        let Some(entries) = self.locked.remove(&push_dest_tag(dest)) else {
+            return;
+        };
+        let seal = seal_key(dest);
+        for (entry, s) in entries {
+            match unseal(&seal, &push_dest_tag(dest), &s.sealed) {
+                Some((key, until)) if entry_id(&seal, &key) == entry => {
+                    let canonical = PushProvider::from_u8(key.0)
+                        .and_then(|p| self.canonical_token(p, &key.1))
+                        .is_some_and(|t| t == key.1);
+                    if !canonical {
+                        self.records.push(sealed_record(dest, &key, 0));
+                    } else if until > now_unix_s {
+                        self.apply(&key, &[(*dest, until)]);
+                    }
+                }
+                _ => self
+                    .records
+                    .push(removal_record(&push_dest_tag(dest), &entry)),
+            }
+        }
+    }
+
+    /// The latest expiry over every registration of `dest` (0 = none); a locked one counts with
+    /// the end of its expiry's day.
     pub fn armed_until(&self, dest: &Dest) -> u64 {
-        self.by_dest.get(dest).map_or(0, |keys| {
+        let open = self.by_dest.get(dest).map_or(0, |keys| {
             keys.iter()
                 .filter_map(|k| self.devices.get(k)?.dests.get(dest).copied())
+                .max()
+                .unwrap_or(0)
+        });
+        open.max(self.locked_until(&push_dest_tag(dest)))
+    }
+
+    fn locked_until(&self, tag: &[u8; 16]) -> u64 {
+        self.locked.get(tag).map_or(0, |entries| {
+            entries
+                .values()
+                .map(|s| u64::from(s.day) * DAY_S)
                 .max()
                 .unwrap_or(0)
         })
@@ -262,9 +386,19 @@ impl Registry {
             .collect()
     }
 
+    /// Every locked registration's dest tag with the end of its expiry's day (start-up: tell
+    /// every shard, since a tag names no owner).
+    pub fn all_armed_tags(&self) -> Vec<([u8; 16], u64)> {
+        self.locked
+            .keys()
+            .map(|t| (*t, self.locked_until(t)))
+            .collect()
+    }
+
     /// A blob was stored for `dest`: the wakes to send now (coalesced per device).
     pub fn wake(&mut self, now_unix_s: u64, now_ms: u64, dest: &Dest) -> Vec<Wake> {
         self.stats.wakes_requested += 1;
+        self.open_locked(now_unix_s, dest);
         let Some(keys) = self.by_dest.get(dest) else {
             return Vec::new();
         };
@@ -308,14 +442,16 @@ impl Registry {
         }
     }
 
-    /// The provider said the token is gone: delete it. Returns the new armed-until of its dests.
+    /// The provider said the token is gone: delete it (its registrations this run has opened;
+    /// locked ones go when their dest's next wake finds the token gone from the provider, or
+    /// when they expire). Returns the new armed-until of its dests.
     pub fn delete_token(&mut self, provider: PushProvider, token: &str) -> Vec<(Dest, u64)> {
         let key: DeviceKey = (provider as u8, token.to_string());
         let Some(dev) = self.devices.get(&key) else {
             return Vec::new();
         };
         let items: Vec<(Dest, u64)> = dev.dests.keys().map(|d| (*d, 0)).collect();
-        self.records.push(record(&key, &items));
+        self.journal(&key, &items);
         self.stats.tokens_deleted += 1;
         self.apply(&key, &items)
     }
@@ -327,8 +463,9 @@ impl Registry {
             .contains_key(&(provider as u8, token.to_string()))
     }
 
-    /// Drops expired registrations; returns the new armed-until of the dests touched.
-    pub fn expire(&mut self, now_unix_s: u64) -> Vec<(Dest, u64)> {
+    /// Drops expired registrations; returns the new armed-until of the dests touched, and the
+    /// tags whose locked registrations all expired (at the end of their expiry's day).
+    pub fn expire(&mut self, now_unix_s: u64) -> (Vec<(Dest, u64)>, Vec<[u8; 16]>) {
         let mut dead: Vec<(DeviceKey, Vec<(Dest, u64)>)> = Vec::new();
         for (key, dev) in &self.devices {
             let items: Vec<(Dest, u64)> = dev
@@ -343,29 +480,80 @@ impl Registry {
         }
         let mut touched: AHashSet<Dest> = AHashSet::new();
         for (key, items) in dead {
-            self.records.push(record(&key, &items));
+            self.journal(&key, &items);
             self.apply(&key, &items);
             touched.extend(items.iter().map(|(d, _)| *d));
         }
-        touched
+        // Locked ones leave the journal at its next compaction.
+        let today = now_unix_s / DAY_S;
+        let mut gone = Vec::new();
+        self.locked.retain(|tag, entries| {
+            entries.retain(|_, s| u64::from(s.day) > today);
+            if entries.is_empty() {
+                gone.push(*tag);
+            }
+            !entries.is_empty()
+        });
+        let arms = touched
             .into_iter()
             .map(|d| (d, self.armed_until(&d)))
-            .collect()
+            .collect();
+        (arms, gone)
     }
 
-    /// Rebuilds the registrations from journal records. Returns records it could not parse (or
-    /// that would take a token past [`DESTS_PER_TOKEN_MAX`], which no registration can).
-    /// Tokens the current configuration no longer accepts as they are stored (a Web Push origin
-    /// taken off the allowed list, an endpoint stored before it was normalised) are deleted, and
-    /// their deletion journaled.
+    /// Rebuilds the registrations from journal records: sealed ones stay locked until a wake
+    /// opens them; records of the old form (`R`, written before the journal sealed tokens) are
+    /// applied as they are, and [`Registry::compaction_due`] then asks for a rewrite at once.
+    /// Returns records it could not parse (or that would take a token past
+    /// [`DESTS_PER_TOKEN_MAX`], which no registration can). Old-form tokens the current
+    /// configuration no longer accepts as they are stored (a Web Push origin taken off the
+    /// allowed list, an endpoint stored before it was normalised) are deleted, and their
+    /// deletion journaled.
     pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
         let mut bad = 0;
+        // Old-form registrations by (tag, entry), for sealed records that follow them.
+        let mut opened: AHashMap<([u8; 16], [u8; 16]), (Dest, DeviceKey)> = AHashMap::new();
         for r in records {
-            match parse_record(r) {
-                Some((key, items)) if self.dests_after(&key, &items) <= DESTS_PER_TOKEN_MAX => {
-                    self.apply(&key, &items);
-                }
-                _ => bad += 1,
+            match r.first() {
+                Some(b'S') => match parse_sealed_record(r) {
+                    Some((tag, entry, day, sealed)) => {
+                        if let Some((dest, key)) = opened.remove(&(tag, entry)) {
+                            self.apply(&key, &[(dest, 0)]);
+                        }
+                        if day == 0 {
+                            if let Some(entries) = self.locked.get_mut(&tag) {
+                                entries.remove(&entry);
+                                if entries.is_empty() {
+                                    self.locked.remove(&tag);
+                                }
+                            }
+                        } else {
+                            self.locked.entry(tag).or_default().insert(
+                                entry,
+                                Sealed {
+                                    day,
+                                    sealed: sealed.to_vec(),
+                                },
+                            );
+                        }
+                    }
+                    None => bad += 1,
+                },
+                _ => match parse_record(r) {
+                    Some((key, items)) if self.dests_after(&key, &items) <= DESTS_PER_TOKEN_MAX => {
+                        self.old_records = true;
+                        for (dest, until) in &items {
+                            let id = (push_dest_tag(dest), entry_id(&seal_key(dest), &key));
+                            if *until == 0 {
+                                opened.remove(&id);
+                            } else {
+                                opened.insert(id, (*dest, key.clone()));
+                            }
+                        }
+                        self.apply(&key, &items);
+                    }
+                    _ => bad += 1,
+                },
             }
         }
         let refused: Vec<(PushProvider, String)> = self
@@ -398,16 +586,156 @@ impl Registry {
         dests.len()
     }
 
-    /// The live state as journal records (compaction).
+    /// The live state as journal records (compaction), sorted by dest tag and entry id: the
+    /// order says nothing about which records one registration wrote.
     pub fn snapshot(&self) -> Vec<Vec<u8>> {
-        self.devices
-            .iter()
-            .map(|(k, d)| {
-                let items: Vec<(Dest, u64)> = d.dests.iter().map(|(a, b)| (*a, *b)).collect();
-                record(k, &items)
-            })
-            .collect()
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for (key, d) in &self.devices {
+            for (dest, until) in &d.dests {
+                out.push(sealed_record(dest, key, *until));
+            }
+        }
+        for (tag, entries) in &self.locked {
+            for (entry, s) in entries {
+                out.push(locked_record(tag, entry, s));
+            }
+        }
+        out.sort_unstable_by(|a, b| a[1..33].cmp(&b[1..33]));
+        out
     }
+}
+
+const DAY_S: u64 = 86_400;
+/// A sealed token's plaintext is padded to a multiple of this, so that record lengths do not
+/// group one device's records (APNs and FCM tokens all fit the first step).
+const SEAL_PAD_BYTES: usize = 256;
+const SEAL_NONCE_BYTES: usize = 12;
+
+/// The key a dest's registrations are sealed under: only someone who knows the dest opens them.
+fn seal_key(dest: &Dest) -> [u8; 32] {
+    blake3::derive_key("ferry v1 push token seal", &dest.0)
+}
+
+/// A registration's id under its dest: the same for one device and dest in every record (so a
+/// later record replaces an earlier one), unrelated across dests.
+fn entry_id(seal: &[u8; 32], key: &DeviceKey) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_keyed(seal);
+    h.update(&[key.0]);
+    h.update(key.1.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
+}
+
+fn aead_key(seal: &[u8; 32]) -> ring::aead::LessSafeKey {
+    ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, seal)
+            .unwrap_or_else(|_| unreachable!("a 32-byte key")),
+    )
+}
+
+/// `nonce ‖ ChaCha20-Poly1305(pad(provider ‖ until ‖ token_len ‖ token))`, the tag as AAD.
+fn seal(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
+    let seal = seal_key(dest);
+    let mut pt = Vec::with_capacity(SEAL_PAD_BYTES);
+    pt.push(key.0);
+    pt.put_u64_le(until);
+    pt.put_u16_le(len_u16(key.1.len(), PUSH_TOKEN_BYTES_MAX));
+    pt.extend_from_slice(key.1.as_bytes());
+    pt.resize(pt.len().div_ceil(SEAL_PAD_BYTES) * SEAL_PAD_BYTES, 0);
+    let mut nonce = [0u8; SEAL_NONCE_BYTES];
+    // A node without randomness cannot run (it seeds everything else from the same source).
+    getrandom::fill(&mut nonce).unwrap_or_else(|e| panic!("no randomness for a push record: {e}"));
+    aead_key(&seal)
+        .seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(push_dest_tag(dest)),
+            &mut pt,
+        )
+        .unwrap_or_else(|_| unreachable!("a record is far below ChaCha20-Poly1305's limit"));
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&pt);
+    out
+}
+
+/// Opens a sealed registration: (device, until), or `None` if it does not open.
+fn unseal(seal: &[u8; 32], tag: &[u8; 16], sealed: &[u8]) -> Option<(DeviceKey, u64)> {
+    let nonce: [u8; SEAL_NONCE_BYTES] = sealed.get(..SEAL_NONCE_BYTES)?.try_into().ok()?;
+    let mut ct = sealed.get(SEAL_NONCE_BYTES..)?.to_vec();
+    let pt = aead_key(seal)
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(*tag),
+            &mut ct,
+        )
+        .ok()?;
+    let provider = *pt.first()?;
+    PushProvider::from_u8(provider)?;
+    let until = u64::from_le_bytes(pt.get(1..9)?.try_into().ok()?);
+    let tl = usize::from(u16::from_le_bytes(pt.get(9..11)?.try_into().ok()?));
+    if tl > PUSH_TOKEN_BYTES_MAX {
+        return None;
+    }
+    let token = std::str::from_utf8(pt.get(11..11 + tl)?).ok()?.to_string();
+    Some(((provider, token), until))
+}
+
+/// The record of one device's registration for one dest (`until` 0: removed).
+fn sealed_record(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
+    let tag = push_dest_tag(dest);
+    let entry = entry_id(&seal_key(dest), key);
+    if until == 0 {
+        return removal_record(&tag, &entry);
+    }
+    let day = u32::try_from(until / DAY_S + 1).unwrap_or(u32::MAX);
+    locked_record(
+        &tag,
+        &entry,
+        &Sealed {
+            day,
+            sealed: seal(dest, key, until),
+        },
+    )
+}
+
+fn removal_record(tag: &[u8; 16], entry: &[u8; 16]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(37);
+    r.push(b'S');
+    r.extend_from_slice(tag);
+    r.extend_from_slice(entry);
+    r.put_u32_le(0);
+    r
+}
+
+fn locked_record(tag: &[u8; 16], entry: &[u8; 16], s: &Sealed) -> Vec<u8> {
+    let mut r = Vec::with_capacity(37 + s.sealed.len());
+    r.push(b'S');
+    r.extend_from_slice(tag);
+    r.extend_from_slice(entry);
+    r.put_u32_le(s.day);
+    r.extend_from_slice(&s.sealed);
+    r
+}
+
+/// An `S` record's fields: (tag, entry, day, sealed).
+type SealedFields<'a> = ([u8; 16], [u8; 16], u32, &'a [u8]);
+
+/// The fields of an `S` record; a removal (day 0) has nothing sealed.
+fn parse_sealed_record(r: &[u8]) -> Option<SealedFields<'_>> {
+    if *r.first()? != b'S' {
+        return None;
+    }
+    let tag: [u8; 16] = r.get(1..17)?.try_into().ok()?;
+    let entry: [u8; 16] = r.get(17..33)?.try_into().ok()?;
+    let day = u32::from_le_bytes(r.get(33..37)?.try_into().ok()?);
+    let sealed = r.get(37..)?;
+    let ok = if day == 0 {
+        sealed.is_empty()
+    } else {
+        sealed.len() >= SEAL_NONCE_BYTES + SEAL_PAD_BYTES + 16
+            && sealed.len() <= SEAL_NONCE_BYTES + PUSH_TOKEN_BYTES_MAX + SEAL_PAD_BYTES + 16
+    };
+    ok.then_some((tag, entry, day, sealed))
 }
 
 /// `len` as a u16, asserting the registry's invariant `len <= max` (each `max` is const-asserted
@@ -420,9 +748,9 @@ fn len_u16(len: usize, max: usize) -> u16 {
     u16::try_from(len).unwrap_or_else(|_| unreachable!("limit {max} fits a u16"))
 }
 
-/// Every token in the registry passed `canonical_token` or `parse_record` (at most
-/// `PUSH_TOKEN_BYTES_MAX`), and every device holds at most `DESTS_PER_TOKEN_MAX` dests
-/// (`register` and `replay` see to it); a record's items are a device's dests or a request's.
+/// A record of the old form (`R`), which journals written before sealing hold: tests build them
+/// to check their replay.
+#[cfg(test)]
 fn record(key: &DeviceKey, items: &[(Dest, u64)]) -> Vec<u8> {
     let mut r = Vec::with_capacity(6 + key.1.len() + items.len() * 24);
     r.push(b'R');
@@ -605,7 +933,11 @@ mod tests {
         assert_eq!(r.replay(&records), 0);
         assert_eq!(r.devices(), 1);
         assert!(r.has_token(PushProvider::WebPush, stored[2]));
-        assert_eq!(r.take_records().len(), 2, "both deletions journaled");
+        assert_eq!(r.take_records(0).len(), 2, "both deletions journaled");
+        assert!(
+            r.compaction_due(0, 60),
+            "old-form records are rewritten at once"
+        );
     }
 
     #[test]
@@ -636,7 +968,7 @@ mod tests {
         // Whatever was accepted replays, record for record.
         r.register(0, PushProvider::Fcm, b"tok", 10, &[d; 4])
             .unwrap();
-        let records = r.take_records();
+        let records = r.take_records(0);
         assert_eq!(Registry::new(limits()).replay(&records), 0);
         // A journal record claiming a longer token than any registration can have is damage.
         let mut forged = vec![b'R', PushProvider::Fcm as u8];
@@ -662,8 +994,8 @@ mod tests {
         assert_eq!(again.replay(&halves), 1);
         assert_eq!(
             again.snapshot().len(),
-            1,
-            "compaction writes what replay kept"
+            DESTS_PER_TOKEN_MAX / 2,
+            "compaction writes what replay kept, a record per dest"
         );
     }
 
@@ -703,19 +1035,36 @@ mod tests {
         let arms = r.delete_token(PushProvider::Fcm, "tok-1");
         assert_eq!(arms, vec![(ds[0], 10)], "tok-2 and tok-3 still cover it");
         assert!(!r.has_token(PushProvider::Fcm, "tok-1"));
-        let records = r.take_records();
+        let records = r.take_records(0);
+        // A restart: the journal's registrations are locked until a wake names their dest.
         let mut again = Registry::new(limits());
         assert_eq!(again.replay(&records), 0);
-        assert_eq!(again.devices(), 2);
+        assert_eq!((again.devices(), again.locked()), (0, 2));
+        assert!(!again.compaction_due(0, 60));
+        let tags = again.all_armed_tags();
+        assert_eq!(
+            tags,
+            vec![(push_dest_tag(&ds[0]), DAY_S)],
+            "the end of the day"
+        );
+        assert!(again.wake(0, 0, &ds[1]).is_empty());
+        assert_eq!(again.wake(0, 0, &ds[0]).len(), 2, "opened: tok-2 and tok-3");
+        assert_eq!((again.devices(), again.locked()), (2, 0));
         assert_eq!(again.armed_until(&ds[0]), 10);
-        let arms = again.expire(10);
+        let (arms, gone) = again.expire(10);
         assert_eq!(arms, vec![(ds[0], 0)]);
+        assert!(gone.is_empty());
         assert_eq!(again.devices(), 0);
-        let snap = r.snapshot();
+        // Compaction keeps locked registrations as they are, until their day has passed.
         let mut third = Registry::new(limits());
-        third.replay(&snap);
-        assert_eq!(third.devices(), 2);
-        // A Web Push origin taken off the allowed list: its tokens go at replay.
+        third.replay(&r.snapshot());
+        let mut fourth = Registry::new(limits());
+        fourth.replay(&third.snapshot());
+        assert_eq!(fourth.locked(), 2);
+        assert_eq!(fourth.wake(5, 0, &ds[0]).len(), 2);
+        let (_, gone) = third.expire(DAY_S);
+        assert_eq!((gone, third.locked()), (vec![push_dest_tag(&ds[0])], 0));
+        // A Web Push origin taken off the allowed list: its tokens go when they are opened.
         let mut wp = Registry::new(limits());
         wp.register(
             0,
@@ -725,12 +1074,99 @@ mod tests {
             &ds[..1],
         )
         .unwrap();
-        let records = wp.take_records();
+        let records = wp.take_records(0);
         let mut narrower = limits();
         narrower.webpush_origins_allowed = AllowList::default();
         let mut again = Registry::new(narrower);
         again.replay(&records);
-        assert_eq!(again.devices(), 0);
-        assert_eq!(again.take_records().len(), 1, "the deletion is journaled");
+        assert!(again.wake(0, 0, &ds[0]).is_empty());
+        assert_eq!((again.devices(), again.locked()), (0, 0));
+        assert_eq!(again.take_records(0).len(), 1, "the deletion is journaled");
+    }
+
+    /// Two byte strings share a run of 8 bytes.
+    fn share_8(a: &[u8], b: &[u8]) -> bool {
+        a.windows(8).any(|w| b.windows(8).any(|v| v == w))
+    }
+
+    #[test]
+    fn the_journal_names_no_dest_and_no_token_and_links_no_registration() {
+        let mut r = Registry::new(limits());
+        let ds: Vec<Dest> = (1..=4u8).map(|i| Dest([i; 16])).collect();
+        r.register(100, PushProvider::Apns, APNS.as_bytes(), 500, &ds)
+            .unwrap();
+        let fcm = "fcm-token-of-another-device";
+        r.register(100, PushProvider::Fcm, fcm.as_bytes(), 500, &ds[..1])
+            .unwrap();
+        let records = r.take_records(100);
+        assert_eq!(records.len(), 5, "one record per device and dest");
+        for rec in records.iter().chain(r.snapshot().iter()) {
+            assert!(!share_8(rec, APNS.as_bytes()) && !share_8(rec, fcm.as_bytes()));
+            for d in &ds {
+                assert!(!share_8(rec, &d.0), "a dest in the clear");
+            }
+        }
+        // The APNs token's four records: equal lengths, and apart from the record type and the
+        // expiry's day (shared with every registration ending that day) no common bytes.
+        let apns = &records[..4];
+        for (i, a) in apns.iter().enumerate() {
+            assert_eq!(a.len(), apns[0].len());
+            for b in &apns[i + 1..] {
+                let (a1, b1) = (
+                    [&a[1..33], &a[37..]].concat(),
+                    [&b[1..33], &b[37..]].concat(),
+                );
+                assert!(
+                    !share_8(&a1, &b1),
+                    "two records of one registration share bytes"
+                );
+            }
+        }
+        // The FCM token's record is as long as the APNs token's (padding).
+        assert_eq!(records[4].len(), records[0].len());
+        // Compaction sorts by tag: the order tells nothing either.
+        let snap = r.snapshot();
+        assert!(snap.windows(2).all(|w| w[0][1..33] <= w[1][1..33]));
+        assert!(r.compaction_due(160, 60) && !r.compaction_due(159, 60));
+        r.compacted();
+        assert!(!r.compaction_due(1000, 60));
+        // After a restart, the dest opens its records; nothing else does.
+        let mut again = Registry::new(limits());
+        assert_eq!(again.replay(&snap), 0);
+        assert_eq!(again.locked(), 5);
+        let wakes = again.wake(200, 0, &ds[0]);
+        let mut tokens: Vec<&str> = wakes.iter().map(|w| w.token.as_str()).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, vec![APNS, fcm]);
+        assert_eq!(again.locked(), 3, "the other dests' records stay sealed");
+        assert_eq!(again.armed_until(&ds[0]), 600);
+        // A record altered on disk does not open, and is deleted.
+        let mut bad = snap.clone();
+        let i = bad
+            .iter()
+            .position(|rec| rec[1..17] == push_dest_tag(&ds[1]))
+            .unwrap();
+        let last = bad[i].len() - 1;
+        bad[i][last] ^= 1;
+        let mut broken = Registry::new(limits());
+        assert_eq!(broken.replay(&bad), 0);
+        assert!(broken.wake(200, 0, &ds[1]).is_empty());
+        assert_eq!(broken.take_records(200).len(), 1, "its deletion");
+    }
+
+    #[test]
+    fn old_form_records_replay_and_a_later_sealed_removal_wins() {
+        let key = (PushProvider::Apns as u8, APNS.to_string());
+        let d = Dest([7; 16]);
+        let old = record(&key, &[(d, 1000)]);
+        let removal = sealed_record(&d, &key, 0);
+        let mut r = Registry::new(limits());
+        assert_eq!(r.replay(std::slice::from_ref(&old)), 0);
+        assert!(r.has_token(PushProvider::Apns, APNS));
+        assert!(r.compaction_due(0, 60));
+        assert!(r.snapshot().iter().all(|rec| rec[0] == b'S'));
+        let mut r = Registry::new(limits());
+        assert_eq!(r.replay(&[old, removal]), 0);
+        assert_eq!((r.devices(), r.locked()), (0, 0));
     }
 }
