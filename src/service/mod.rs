@@ -43,10 +43,14 @@ pub const BATCH_MAX: usize = 256;
 /// A journal is compacted when it grows past this many times its live state (and this minimum).
 const COMPACT_FACTOR: u64 = 4;
 const COMPACT_MIN_BYTES: u64 = 16 << 20;
-/// The push journal is rewritten this long after records were appended to it, whatever its size:
-/// until then one registration's records sit side by side at its end, which links their dests
-/// at rest (push.rs, module doc). At most one rewrite of the live registrations per this period.
+/// The push journal is rewritten this long after records were appended to it: until then one
+/// registration's records sit side by side at its end, which links their dests at rest (push.rs,
+/// module doc). At most one such rewrite per period, and only while the live registrations take
+/// at most `PUSH_REGROUP_BYTES_MAX` (so at most about 4.5 MB/s of rewriting, sustained); a larger
+/// journal is rewritten only as it grows (`COMPACT_FACTOR`), and its tail groups records until
+/// then (docs/PUSH.md, "At rest").
 pub const PUSH_REGROUP_S: u64 = 60;
+pub const PUSH_REGROUP_BYTES_MAX: u64 = 256 << 20;
 
 /// How wakes are sent (named config keys under `[push]`).
 #[derive(Clone, Debug)]
@@ -910,7 +914,8 @@ impl State {
         }
         let (r, j) = &mut self.registry;
         if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * r.live_bytes())
-            || r.compaction_due(now.unix_s, PUSH_REGROUP_S)
+            || (r.live_bytes() <= PUSH_REGROUP_BYTES_MAX
+                && r.compaction_due(now.unix_s, PUSH_REGROUP_S))
         {
             // Records of this turn are in the snapshot: dropped instead of appended, once it is
             // on disk.

@@ -12,7 +12,7 @@
 //! `entry = blake3 keyed(seal_key, provider ‖ token)[0..16]`, `day` = the UTC day from which the
 //! registration has expired (`until / 86400 + 1`; 0 = removed, and then nothing follows), and
 //! `sealed = nonce(12) ‖ ChaCha20-Poly1305(seal_key, nonce, aad = tag, provider:u8 ‖
-//! until:u64le ‖ token_len:u16le ‖ token, zero-padded to a multiple of 256 bytes)`. Without the
+//! until:u64le ‖ token_len:u16le ‖ token, zero-padded to a multiple of 128 bytes)`. Without the
 //! dest a record opens to nothing and shares no bytes with the records of the same token at
 //! other dests. A restarted node keeps such records locked (by tag) until a blob for the dest
 //! asks for a wake: the dest then opens them. Compaction writes records sorted by tag, and runs
@@ -159,7 +159,7 @@ impl Registry {
     /// About how many bytes the live state takes in the journal (compaction's yardstick).
     pub fn live_bytes(&self) -> u64 {
         let entries = self.by_dest.values().map(|s| s.len()).sum::<usize>() + self.locked();
-        entries as u64 * 400
+        entries as u64 * RECORD_BYTES_TYPICAL
     }
 
     /// The records to append to the journal this turn. `now_unix_s` starts the regrouping
@@ -606,9 +606,13 @@ impl Registry {
 }
 
 const DAY_S: u64 = 86_400;
+/// A sealed record of an FCM token, with the journal's header: what compaction counts per
+/// registration of one device at one dest.
+const RECORD_BYTES_TYPICAL: u64 = 37 + 12 + 256 + 16 + 12;
 /// A sealed token's plaintext is padded to a multiple of this, so that record lengths do not
-/// group one device's records (APNs and FCM tokens all fit the first step).
-const SEAL_PAD_BYTES: usize = 256;
+/// group one device's records: every APNs token (64 hex digits) fills one step, FCM tokens
+/// (about 160 characters) two; Web Push endpoints vary more.
+const SEAL_PAD_BYTES: usize = 128;
 const SEAL_NONCE_BYTES: usize = 12;
 
 /// The key a dest's registrations are sealed under: only someone who knows the dest opens them.
