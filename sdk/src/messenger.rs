@@ -475,9 +475,11 @@ pub const ACCEPTED_INITS_MAX: usize = 1024;
 /// Sessions kept per contact (the newest is used to send; all are tried to receive), so that
 /// two people who start a conversation at the same moment end up in one session.
 pub const SESSIONS_PER_CONTACT_MAX: usize = 4;
-/// Hours one push registration may cover (with first contacts, both mailboxes: two dests an
-/// hour, under the node's default of 256 dests per token).
-pub const PUSH_HOURS_MAX: u64 = 127;
+/// Hours one push registration may cover: two days ahead at most, since every hour registered
+/// is an hour whose dest the node links to the device's token in advance (docs/PUSH.md). With
+/// first contacts, both mailboxes: two dests an hour, well under the node's default of 256 dests
+/// per token.
+pub const PUSH_HOURS_MAX: u64 = 48;
 // Record counts written in one byte.
 const _: () = assert!(SIGNED_PREKEYS_KEPT <= u8::MAX as usize);
 const _: () = assert!(SESSIONS_PER_CONTACT_MAX <= u8::MAX as usize);
@@ -1655,7 +1657,7 @@ impl<S: Storage> Messenger<S> {
     ) -> Result<Vec<BlindedSigner>, MessengerError> {
         if !(1..=PUSH_HOURS_MAX).contains(&hours) {
             return Err(MessengerError::InvalidArgument(
-                "push registrations cover 1 to 127 hours",
+                "push registrations cover 1 to 48 hours",
             ));
         }
         let e = epoch_of(now_unix_s);

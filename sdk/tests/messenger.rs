@@ -273,7 +273,7 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
             .all(|s| s.dest() != intro_now && s.dest() != intro_slot),
         "no intro dest without first contacts"
     );
-    assert!(m.push_plan(T0, 0, false).is_err() && m.push_plan(T0, 128, true).is_err());
+    assert!(m.push_plan(T0, 0, false).is_err() && m.push_plan(T0, 49, true).is_err());
 
     // On one connection: subscribe this hour's dests, then near the turn the next hour's, then
     // drop the past hour's.
