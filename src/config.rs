@@ -83,17 +83,19 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
+        // The media store's defaults are named once, in the shards' MediaLimits.
+        let media = ferry_shards::media::MediaLimits::default();
         MediaConfig {
             enabled: true,
-            blob_bytes_max: 100 << 20,
-            ttl_s: 30 * 86_400,
-            disk_bytes_max: 16 << 30,
+            blob_bytes_max: media.blob_bytes_max,
+            ttl_s: media.ttl_s,
+            disk_bytes_max: media.disk_bytes_max,
             upload_bytes_per_conn_per_s: 64 << 20,
             upload_bytes_per_conn_burst: 16 << 20,
             queue_msgs_max: 256,
-            uploads_per_core_max: ferry_shards::media::UPLOADS_MAX_DEFAULT,
-            uploads_per_source_max: ferry_shards::media::UPLOADS_PER_SOURCE_MAX_DEFAULT,
-            upload_idle_s: ferry_shards::media::UPLOAD_IDLE_S_DEFAULT,
+            uploads_per_core_max: media.uploads_max,
+            uploads_per_source_max: media.uploads_per_source_max,
+            upload_idle_s: media.upload_idle_s,
             http_listen: String::new(),
         }
     }
@@ -376,6 +378,7 @@ impl Default for Config {
 impl Default for Limits {
     fn default() -> Self {
         let puzzle = ferry_shards::puzzle::PuzzleConfig::default();
+        let store = ferry_shards::store::StoreLimits::default();
         Limits {
             connections_max: 200_000,
             handshake_timeout_ms: 10_000,
@@ -406,19 +409,21 @@ impl Default for Limits {
             listen_backlog: 4_096,
             tick_ms: 100,
             io_memory_bytes: 512 * 1024,
-            store_segment_bytes: 64 << 20,
-            store_segment_roll_s: 3_600,
-            store_ttl_max_s: 72 * 3_600,
-            store_dest_blobs_max: 10_000,
-            store_dest_bytes_max: 64 << 20,
-            store_disk_bytes_max: 16 << 30,
-            store_high_water_percent: 90,
-            store_source_share_percent: 10,
-            store_source_dest_share_percent: 50,
-            store_pressure_percent: 75,
-            store_sources_max: 16_384,
-            store_source_ipv4_prefix_bits: 32,
-            store_source_ipv6_prefix_bits: 64,
+            // The store's defaults are named once, in the shards' StoreLimits (a one-shard
+            // node's: `store_disk_bytes_max` is the whole node's, split across its shards).
+            store_segment_bytes: store.segment_bytes,
+            store_segment_roll_s: store.segment_roll_s,
+            store_ttl_max_s: store.ttl_max_s,
+            store_dest_blobs_max: store.dest_blobs_max,
+            store_dest_bytes_max: store.dest_bytes_max,
+            store_disk_bytes_max: store.disk_bytes_max,
+            store_high_water_percent: store.high_water_percent,
+            store_source_share_percent: store.sources.share_percent,
+            store_source_dest_share_percent: store.sources.dest_share_percent,
+            store_pressure_percent: store.sources.pressure_percent,
+            store_sources_max: store.sources.sources_max,
+            store_source_ipv4_prefix_bits: store.sources.ipv4_prefix_bits,
+            store_source_ipv6_prefix_bits: store.sources.ipv6_prefix_bits,
             service_queue_msgs_max: 16_384,
             service_replies_msgs_max: 4_096,
             memory_bytes_max: 0,

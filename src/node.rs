@@ -207,19 +207,7 @@ pub fn load_or_create_node_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            let tmp = data_dir.join("node.key.tmp");
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(&seed)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &path)?;
+            ferry_proto::fsutil::write_atomic(&path, &seed, 0o600)?;
             Ok(seed)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -801,11 +789,7 @@ fn check_store_shards(dir: &Path, shards: usize) -> anyhow::Result<()> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = dir.join("shards.tmp");
-            std::fs::write(&tmp, format!("{shards}\n"))?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &marker)?;
-            std::fs::File::open(dir)?.sync_all()?;
+            ferry_proto::fsutil::write_atomic(&marker, format!("{shards}\n").as_bytes(), 0o600)?;
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", marker.display())),
     }

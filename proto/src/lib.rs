@@ -9,6 +9,8 @@
 pub mod addr;
 pub mod conn;
 pub mod frame;
+#[cfg(unix)]
+pub mod fsutil;
 pub mod limits;
 pub mod media;
 pub mod prekey;

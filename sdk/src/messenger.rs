@@ -237,22 +237,10 @@ impl Storage for DirStorage {
         }
     }
     fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = self.path(key);
         let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
         make_dir(&parent)?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(value)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&parent)?.sync_all()
+        ferry_proto::fsutil::write_atomic(&path, value, 0o600)
     }
     fn delete(&mut self, key: &str) -> std::io::Result<()> {
         match std::fs::remove_file(self.path(key)) {

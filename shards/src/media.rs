@@ -199,26 +199,19 @@ fn outboard_bytes(size: u64) -> u64 {
 
 /// Writes `data` to `path` atomically (temp file, sync, rename, directory sync).
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_file_synced(path, data)?;
-    sync_dir(path)
+    ferry_proto::fsutil::write_atomic(path, data, FILE_MODE)
 }
 
 /// Temp file, sync, rename: the directory sync is the caller's.
 fn write_file_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    ferry_proto::fsutil::write_synced(path, data, FILE_MODE)
 }
 
+/// Media files are the node user's only (as everything in the data directory).
+const FILE_MODE: u32 = 0o600;
+
 fn sync_dir(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(d) => File::open(d)?.sync_all(),
-        None => Ok(()),
-    }
+    ferry_proto::fsutil::sync_parent(path)
 }
 
 /// `size:u64le expires:u64le [durable:u64le]`.

@@ -283,9 +283,17 @@ fn under_pressure_a_send_needs_a_fresh_solved_puzzle() {
     );
 }
 
+/// Four levels up to effort 8 (an operator's choice; the default is one level of effort 1).
 #[test]
 fn the_difficulty_rises_with_the_fill_of_the_dest() {
-    let mut n = node("levels", pressured());
+    let mut n = node(
+        "levels",
+        PuzzleConfig {
+            levels: 4,
+            effort_max: 8,
+            ..pressured()
+        },
+    );
     let (conn, _) = open(&mut n.shard, at(0));
     let dest = Dest([4; 16]);
     let mut efforts = Vec::new();

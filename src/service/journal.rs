@@ -175,12 +175,7 @@ pub enum Rewrite {
     Broken(std::io::Error),
 }
 
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => Ok(()),
-    }
-}
+use ferry_proto::fsutil::sync_parent;
 
 #[cfg(test)]
 mod tests {

@@ -71,7 +71,9 @@ impl Default for StoreLimits {
             ttl_max_s: 72 * 3_600,
             dest_blobs_max: 10_000,
             dest_bytes_max: 64 << 20,
-            disk_bytes_max: 8 << 30,
+            // A one-shard node's: the node's `limits.store_disk_bytes_max` default, which it
+            // splits across its shards.
+            disk_bytes_max: 16 << 30,
             high_water_percent: 90,
             sources: SourceLimits::default(),
         }
