@@ -436,7 +436,12 @@ fn registrations_survive_a_restart() {
     assert!(!holds(APNS_OK.as_bytes()) && !holds(&dest.0));
     assert_eq!(node.metric("ferry_push_registrations"), 0);
     assert_eq!(node.metric("ferry_push_registrations_locked"), 1);
-    armed(&node, 2);
+    // Both shards look the tag up (a tag names no owner).
+    let deadline = std::time::Instant::now() + WAIT;
+    while node.metric("ferry_push_armed_tags") < 2 {
+        assert!(std::time::Instant::now() < deadline, "tags never armed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut tx = node.client();
     assert_eq!(send(&mut tx, dest, 1), SendStatus::Accepted);
     assert_eq!(mock.wait_for(1, WAIT, |r| r["token"] == APNS_OK).len(), 1);
@@ -447,6 +452,12 @@ fn registrations_survive_a_restart() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(node.metric("ferry_push_registrations_locked"), 0);
+    // Opened: the owner holds the dest, and no shard needs the tag any more.
+    while node.metric("ferry_push_armed_tags") != 0 {
+        assert!(std::time::Instant::now() < deadline, "tags never unarmed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(node.metric("ferry_push_armed_dests"), 1);
     no_violations(&mock.records());
     drop((tx, node, mock));
     let _ = std::fs::remove_dir_all(&dir);
@@ -466,27 +477,28 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut cb = s.node.client();
     chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
-    let n = chat::register_push(
-        &mut cb,
-        &bob,
-        PushProvider::Apns,
-        APNS_OK.as_bytes(),
-        24,
-        false,
-    )
-    .unwrap();
-    assert_eq!(n, 25, "this hour and the next 24 of the contact mailbox");
+    let mut register = |first_contacts| {
+        chat::register_push(
+            &mut cb,
+            &bob,
+            PushProvider::Apns,
+            APNS_OK.as_bytes(),
+            24,
+            first_contacts,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        register(false),
+        25,
+        "this hour and the next 24 of the contact mailbox"
+    );
     armed(&s.node, 25);
-    let n = chat::register_push(
-        &mut cb,
-        &bob,
-        PushProvider::Apns,
-        APNS_OK.as_bytes(),
-        24,
-        true,
-    )
-    .unwrap();
-    assert_eq!(n, 50, "this hour and the next 24, both mailboxes");
+    assert_eq!(
+        register(true),
+        50,
+        "this hour and the next 24, both mailboxes"
+    );
     drop(cb);
     armed(&s.node, 50);
 

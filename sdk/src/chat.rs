@@ -472,7 +472,9 @@ pub fn sync<S: Storage>(
 /// next hour's near the turn, registering the contact mailbox's capability verifier for each
 /// (see [`crate::messenger`]); unsubscribes from past hours.
 pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
-    let (add, drop) = m.listen_update(client.node_unix_s())?;
+    // One reading of the node's clock for the plan and the capabilities: the same hours.
+    let now = client.node_unix_s();
+    let (add, drop) = m.listen_update(now)?;
     if !drop.is_empty() {
         client.unsubscribe(&drop)?;
     }
@@ -494,8 +496,12 @@ pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(
     // Contacts' sends to the contact mailbox skip puzzles under store pressure. A refusal
     // (`TooMany`: the node holds as many verifiers as it may) leaves them to solve puzzles, as
     // strangers do; nothing else depends on it.
-    for (dest, verifier, ttl_s) in m.capability_verifiers(client.node_unix_s(), &dests)? {
-        client.register_capability(dest, ttl_s, verifier)?;
+    for (dest, verifier, ttl_s) in m.capability_verifiers(now, &dests)? {
+        if let Err(e) = client.register_capability(dest, ttl_s, verifier) {
+            // The next `listen` (on a new connection) does it all again.
+            m.new_connection();
+            return Err(e.into());
+        }
     }
     Ok(())
 }

@@ -65,7 +65,8 @@ metrics! {
     store_quarantined: "counter", "ferry_store_quarantined_records_total", "Corrupt records skipped at replay.";
     service_requests: "counter", "ferry_service_requests_total", "Requests handed to the service core (prekeys, push registrations, wakes).";
     service_queue_full: "counter", "ferry_service_queue_full_total", "Requests refused (clients answered Busy, wakes dropped): service queue full.";
-    push_armed: "gauge", "ferry_push_armed_dests", "Dests with push registrations this shard owns (a blob stored for one while nobody listens offers a wake), and after a restart the dest tags of registrations not yet opened (every shard holds every tag).";
+    push_armed: "gauge", "ferry_push_armed_dests", "Dests with push registrations this shard owns (a blob stored for one while nobody listens offers a wake).";
+    push_armed_tags: "gauge", "ferry_push_armed_tags", "Dest tags of sealed push registrations (read from the journal at start-up, not yet opened by a wake) this shard still looks up; every shard holds every tag, so the node-wide sum is tags x shards.";
     media_queue_full: "counter", "ferry_media_queue_full_total", "Media requests refused (answered Busy): the owner core's media queue was full.";
     memory_bytes: "gauge", "ferry_memory_bytes", "Bytes the memory budget counts now: partial frames, connection output, hop outboxes, a base per connection (updated every tick; the mmap'd store is not counted).";
     connections_shed_memory: "counter", "ferry_connections_shed_memory_total", "Connections closed with Overloaded: the shard was over its memory budget and they held the most.";

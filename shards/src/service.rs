@@ -104,11 +104,17 @@ pub enum ServiceReply {
     Frame { to: u64, frame: Frame },
     /// `dest` (owned by this shard) has push registrations until `until_unix_s`; 0 = none left.
     PushArm { dest: Dest, until_unix_s: u64 },
-    /// Some dest whose [`push_dest_tag`] is `tag` has push registrations until about
-    /// `until_unix_s` (0 = none left): what a restarted service core knows of a registration
-    /// until a wake for the dest opens it (the journal keeps dests only as tags, so that nothing
-    /// at rest links one registration's dests). Sent to every shard: a tag names no owner.
-    PushArmTag { tag: [u8; 16], until_unix_s: u64 },
+    /// At start-up: the dests whose [`push_dest_tag`] is a key here have push registrations
+    /// until about the value (Unix s). What a restarted service core knows of a registration
+    /// until a wake for the dest opens it: the journal keeps dests only as tags, so that nothing
+    /// at rest links one registration's dests. Every shard gets the same map (a tag names no
+    /// owner), shared, read-only.
+    PushArmTags {
+        tags: std::sync::Arc<ahash::AHashMap<[u8; 16], u64>>,
+    },
+    /// The registrations under `tag` were opened, replaced or have expired: a blob for its dest
+    /// no longer needs the tag to ask for a wake.
+    PushUnarmTag { tag: [u8; 16] },
 }
 
 /// The tag a push registration's dest is kept under at rest (the service core's journal, and the

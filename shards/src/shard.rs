@@ -354,6 +354,10 @@ pub fn shed_order(candidates: &mut Vec<ShedCandidate>) {
     });
 }
 
+/// The dest tags of sealed push registrations → until when (Unix s), shared by every shard
+/// (`ServiceReply::PushArmTags`).
+type PushTags = std::sync::Arc<AHashMap<[u8; 16], u64>>;
+
 /// One core's share of the node.
 #[derive(Debug)]
 pub struct Shard {
@@ -402,10 +406,11 @@ pub struct Shard {
     /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
     push_armed: AHashMap<Dest, (u64, u64)>,
     /// Dest tags with push registrations the service core has not opened since its restart
-    /// (`ServiceReply::PushArmTag`) → until when (Unix s). A blob stored for a dest not in
-    /// `push_armed` whose tag is here moves the dest into `push_armed` and asks for a wake.
-    /// Bounded, like `push_armed`, by the registry's limits.
-    push_armed_tags: AHashMap<[u8; 16], u64>,
+    /// (`ServiceReply::PushArmTags`, one map shared by every shard) → until when (Unix s), and
+    /// the tags of it this shard has since seen opened or unarmed. A blob stored for a dest not
+    /// in `push_armed` whose tag is live here moves the dest into `push_armed` and asks for a
+    /// wake. Both are dropped once every tag is done.
+    push_armed_tags: Option<(PushTags, AHashSet<[u8; 16]>)>,
     /// What this shard's connections and outboxes hold, against `cfg.memory_bytes_max`.
     memory: Memory,
     /// Seed, levels, seen answers and capability verifiers of the send puzzles.
@@ -457,7 +462,7 @@ impl Shard {
                 cfg.connections_max,
             ),
             push_armed: AHashMap::new(),
-            push_armed_tags: AHashMap::new(),
+            push_armed_tags: None,
             memory: Memory::default(),
             puzzle: PuzzleGate::new(cfg.puzzle.clone()),
             puzzle_checks: crate::ratelimit::KeyedLimiter::new(
@@ -576,36 +581,56 @@ impl Shard {
                 }
                 self.store_push_armed_gauge();
             }
-            crate::service::ServiceReply::PushArmTag { tag, until_unix_s } => {
-                if until_unix_s > now.unix_s {
-                    self.push_armed_tags.insert(tag, until_unix_s);
-                } else {
-                    self.push_armed_tags.remove(&tag);
-                }
+            crate::service::ServiceReply::PushArmTags { tags } => {
+                self.push_armed_tags = (!tags.is_empty()).then(|| (tags, AHashSet::new()));
                 self.store_push_armed_gauge();
             }
+            crate::service::ServiceReply::PushUnarmTag { tag } => self.unarm_tag(tag),
         }
         self.enforce_memory();
     }
 
-    /// `ferry_push_armed_dests`: armed dests, and tags not yet opened since a service restart.
+    /// `ferry_push_armed_dests` (the armed dests this shard owns) and `ferry_push_armed_tags`.
     fn store_push_armed_gauge(&self) {
         self.metrics.push_armed.store(
-            (self.push_armed.len() + self.push_armed_tags.len()) as u64,
+            self.push_armed.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        let tags = self
+            .push_armed_tags
+            .as_ref()
+            .map_or(0, |(tags, done)| tags.len().saturating_sub(done.len()));
+        self.metrics
+            .push_armed_tags
+            .store(tags as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `tag` needs no lookup any more; the shared map and the done set go once all are done.
+    fn unarm_tag(&mut self, tag: [u8; 16]) {
+        if let Some((tags, done)) = &mut self.push_armed_tags {
+            if tags.contains_key(&tag) {
+                done.insert(tag);
+            }
+            if done.len() >= tags.len() {
+                self.push_armed_tags = None;
+            }
+        }
+        self.store_push_armed_gauge();
     }
 
     /// A blob was just stored for `dest` while nobody listens: ask for a push wake if the dest
     /// has registrations. The service core coalesces per device.
     fn maybe_wake(&mut self, now: Now, dest: Dest) {
-        if !self.push_armed.contains_key(&dest) && !self.push_armed_tags.is_empty() {
-            // A registration the restarted service core knows only by its tag: the dest joins
-            // `push_armed`, and the service opens the registration with the dest.
-            let tag = crate::service::push_dest_tag(&dest);
-            if let Some(until) = self.push_armed_tags.remove(&tag) {
-                self.push_armed.insert(dest, (until, 0));
-                self.store_push_armed_gauge();
+        if !self.push_armed.contains_key(&dest) {
+            if let Some((tags, done)) = &self.push_armed_tags {
+                // A registration the restarted service core knows only by its tag: the dest
+                // joins `push_armed`, and the service opens the registration with the dest.
+                let tag = crate::service::push_dest_tag(&dest);
+                if let Some(&until) = tags.get(&tag).filter(|_| !done.contains(&tag)) {
+                    self.push_armed.insert(dest, (until, 0));
+                    self.store_push_armed_gauge();
+                    self.unarm_tag(tag);
+                }
             }
         }
         match self.push_armed.get_mut(&dest) {

@@ -519,16 +519,12 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     };
     // Tell the owner shards which dests have registrations.
     // Registrations read from the journal are known by their dests' tags only: every shard
-    // hears each tag (a tag names no owner).
-    for (tag, until) in registry.all_armed_tags() {
+    // gets the one map of them (a tag names no owner).
+    let tags: ahash::AHashMap<[u8; 16], u64> = registry.all_armed_tags().into_iter().collect();
+    if !tags.is_empty() {
+        let tags = Arc::new(tags);
         for shard in 0..cfg.shards {
-            outlet.push(
-                shard,
-                ServiceReply::PushArmTag {
-                    tag,
-                    until_unix_s: until,
-                },
-            );
+            outlet.push(shard, ServiceReply::PushArmTags { tags: tags.clone() });
         }
     }
     for (dest, until) in registry.all_armed() {
@@ -899,28 +895,18 @@ impl State {
                 compact(j, &d.snapshot(), "prekey");
             }
         }
-        let (arms, gone) = self.registry.0.expire(now.unix_s);
+        let arms = self.registry.0.expire(now.unix_s);
         self.arm(arms);
-        for tag in gone {
-            for shard in 0..self.shards {
-                self.outlet.push(
-                    shard,
-                    ServiceReply::PushArmTag {
-                        tag,
-                        until_unix_s: 0,
-                    },
-                );
-            }
-        }
         let (r, j) = &mut self.registry;
-        if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * r.live_bytes())
-            || (r.live_bytes() <= PUSH_REGROUP_BYTES_MAX
-                && r.compaction_due(now.unix_s, PUSH_REGROUP_S))
-        {
+        let grown = j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * r.live_bytes());
+        let regroup = r.live_bytes() <= PUSH_REGROUP_BYTES_MAX;
+        if r.compaction_due(now.unix_s, PUSH_REGROUP_S, regroup, grown) {
             // Records of this turn are in the snapshot: dropped instead of appended, once it is
             // on disk.
             if compact(j, &r.snapshot(), "push") {
                 r.compacted();
+            } else {
+                r.compaction_failed(now.unix_s, PUSH_REGROUP_S);
             }
         }
     }
@@ -937,6 +923,12 @@ impl State {
                 }
                 fatal_on_err(j.commit(), "prekey journal");
                 synced += 1;
+            }
+        }
+        // Tags whose sealed registrations were opened, replaced or expired: no shard needs them.
+        for tag in self.registry.0.take_unarmed_tags() {
+            for shard in 0..self.shards {
+                self.outlet.push(shard, ServiceReply::PushUnarmTag { tag });
             }
         }
         let (r, j) = &mut self.registry;

@@ -12,12 +12,13 @@
 //! `entry = blake3 keyed(seal_key, provider ‖ token)[0..16]`, `day` = the UTC day from which the
 //! registration has expired (`until / 86400 + 1`; 0 = removed, and then nothing follows), and
 //! `sealed = nonce(12) ‖ ChaCha20-Poly1305(seal_key, nonce, aad = tag, provider:u8 ‖
-//! until:u64le ‖ token_len:u16le ‖ token, zero-padded to a multiple of 128 bytes)`. Without the
+//! until:u64le ‖ token_len:u16le ‖ token, zero-padded to 128, 256, 1024 or 2059 bytes)`. Without the
 //! dest a record opens to nothing and shares no bytes with the records of the same token at
 //! other dests. A restarted node keeps such records locked (by tag) until a blob for the dest
 //! asks for a wake: the dest then opens them. Compaction writes records sorted by tag, and runs
 //! `PUSH_REGROUP_S` after an append (a registration's records sit side by side at the journal's
-//! end until then). Records of the old form (`R provider:u8 token_len:u16 token n:u16 n × (dest
+//! end until then), while the live registrations take at most `PUSH_REGROUP_BYTES_MAX`. Records
+//! of the old form (`R provider:u8 token_len:u16 token n:u16 n × (dest
 //! until:u64)`) are still read, and rewritten at once.
 
 use ahash::{AHashMap, AHashSet};
@@ -29,11 +30,11 @@ use ferry_shards::service::push_dest_tag;
 
 use super::endpoint::AllowList;
 
-/// Most dests one token may be registered for, whatever `push.dests_per_token_max` says: one
-/// journal record holds them all behind a u16 count.
+/// Most dests one token may be registered for, whatever `push.dests_per_token_max` says (a
+/// `PushResult` counts them in a u16, as the old-form journal records did).
 pub const DESTS_PER_TOKEN_MAX: usize = 10_000;
 
-// A record's token length and dest count are u16.
+// A sealed token's length and a `PushResult`'s count are u16.
 const _: () = assert!(PUSH_TOKEN_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(DESTS_PER_TOKEN_MAX <= u16::MAX as usize);
 
@@ -124,6 +125,11 @@ pub struct Registry {
     appended_at: Option<u64>,
     /// The journal held records of the old, linkable form (`R`): rewrite it at once.
     old_records: bool,
+    /// No compaction before this (Unix s): the last one failed.
+    retry_at: u64,
+    /// Tags whose locked registrations are gone (opened, replaced, expired): the shards holding
+    /// them armed are told ([`Registry::take_unarmed_tags`]).
+    unarmed: Vec<[u8; 16]>,
     pub stats: PushStats,
 }
 
@@ -142,6 +148,8 @@ impl Registry {
             records: Vec::new(),
             appended_at: None,
             old_records: false,
+            retry_at: 0,
+            unarmed: Vec::new(),
             stats: PushStats::default(),
         }
     }
@@ -171,14 +179,25 @@ impl Registry {
         std::mem::take(&mut self.records)
     }
 
-    /// Whether the journal should be rewritten now although it is small: it still holds records
-    /// of the old linkable form, or records appended `regroup_s` or more ago (one registration's
-    /// records sit side by side at the journal's end until a compaction sorts them by tag).
-    pub fn compaction_due(&self, now_unix_s: u64, regroup_s: u64) -> bool {
-        self.old_records
-            || self
-                .appended_at
-                .is_some_and(|t| now_unix_s >= t.saturating_add(regroup_s))
+    /// Whether the journal should be rewritten now: it has `grown` past its live state, it
+    /// still holds records of the old linkable form (whatever its size), or, with `regroup`,
+    /// records were appended (or expired) `regroup_s` or more ago: one registration's records sit
+    /// side by side at the journal's end until a compaction sorts them by tag. Not before
+    /// `regroup_s` after a failed compaction.
+    pub fn compaction_due(
+        &self,
+        now_unix_s: u64,
+        regroup_s: u64,
+        regroup: bool,
+        grown: bool,
+    ) -> bool {
+        now_unix_s >= self.retry_at
+            && (grown
+                || self.old_records
+                || (regroup
+                    && self
+                        .appended_at
+                        .is_some_and(|t| now_unix_s >= t.saturating_add(regroup_s))))
     }
 
     /// The journal was rewritten from [`Registry::snapshot`].
@@ -186,6 +205,16 @@ impl Registry {
         self.appended_at = None;
         self.old_records = false;
         self.records.clear();
+    }
+
+    /// A rewrite failed (the old journal is kept): try again `regroup_s` from now.
+    pub fn compaction_failed(&mut self, now_unix_s: u64, regroup_s: u64) {
+        self.retry_at = now_unix_s.saturating_add(regroup_s);
+    }
+
+    /// Tags no longer armed, for the shards (each at most once).
+    pub fn take_unarmed_tags(&mut self) -> Vec<[u8; 16]> {
+        std::mem::take(&mut self.unarmed)
     }
 
     /// `token` as the registry keeps it, if it is well-formed for `provider`: a Web Push
@@ -294,6 +323,7 @@ impl Registry {
                 entries.remove(&entry_id(&seal_key(dest), key));
                 if entries.is_empty() {
                     self.locked.remove(&tag);
+                    self.unarmed.push(tag);
                 }
             }
             if *until == 0 {
@@ -329,29 +359,38 @@ impl Registry {
     }
 
     /// Opens the locked registrations of `dest` (a wake for it came, so the dest is known):
-    /// they become ordinary ones. One that no longer passes `canonical_token` (a Web Push origin
-    /// taken off the allowed list) or that does not open is deleted, and its deletion journaled;
-    /// an expired one is dropped.
+    /// they become ordinary ones, within the registry's limits. One that no longer passes
+    /// `canonical_token` (a Web Push origin taken off the allowed list), that would take its
+    /// device past `dests_per_token_max` or the registry past `registrations_max` (a device may
+    /// have registered anew since the restart, unaware of what was sealed), or that does not
+    /// open, is deleted, and its deletion journaled; an expired one is removed.
     fn open_locked(&mut self, now_unix_s: u64, dest: &Dest) {
-        let Some(entries) = self.locked.remove(&push_dest_tag(dest)) else {
+        let tag = push_dest_tag(dest);
+        let Some(entries) = self.locked.remove(&tag) else {
             return;
         };
+        self.unarmed.push(tag);
         let seal = seal_key(dest);
         for (entry, s) in entries {
-            match unseal(&seal, &push_dest_tag(dest), &s.sealed) {
+            match unseal(&seal, &tag, &s.sealed) {
                 Some((key, until)) if entry_id(&seal, &key) == entry => {
                     let canonical = PushProvider::from_u8(key.0)
                         .and_then(|p| self.canonical_token(p, &key.1))
                         .is_some_and(|t| t == key.1);
-                    if !canonical {
-                        self.records.push(sealed_record(dest, &key, 0));
-                    } else if until > now_unix_s {
+                    let fits = match self.devices.get(&key) {
+                        Some(d) => {
+                            d.dests.contains_key(dest)
+                                || d.dests.len() < self.limits.dests_per_token_max
+                        }
+                        None => self.devices.len() < self.limits.registrations_max,
+                    };
+                    if canonical && fits && until > now_unix_s {
                         self.apply(&key, &[(*dest, until)]);
+                    } else {
+                        self.records.push(removal_record(&tag, &entry));
                     }
                 }
-                _ => self
-                    .records
-                    .push(removal_record(&push_dest_tag(dest), &entry)),
+                _ => self.records.push(removal_record(&tag, &entry)),
             }
         }
     }
@@ -463,9 +502,10 @@ impl Registry {
             .contains_key(&(provider as u8, token.to_string()))
     }
 
-    /// Drops expired registrations; returns the new armed-until of the dests touched, and the
-    /// tags whose locked registrations all expired (at the end of their expiry's day).
-    pub fn expire(&mut self, now_unix_s: u64) -> (Vec<(Dest, u64)>, Vec<[u8; 16]>) {
+    /// Drops expired registrations; returns the new armed-until of the dests touched. Locked
+    /// ones go at the end of their expiry's day (their tags to [`Registry::take_unarmed_tags`]),
+    /// and leave the journal at the compaction that follows.
+    pub fn expire(&mut self, now_unix_s: u64) -> Vec<(Dest, u64)> {
         let mut dead: Vec<(DeviceKey, Vec<(Dest, u64)>)> = Vec::new();
         for (key, dev) in &self.devices {
             let items: Vec<(Dest, u64)> = dev
@@ -484,21 +524,26 @@ impl Registry {
             self.apply(&key, &items);
             touched.extend(items.iter().map(|(d, _)| *d));
         }
-        // Locked ones leave the journal at its next compaction.
         let today = now_unix_s / DAY_S;
-        let mut gone = Vec::new();
+        let mut dropped = 0usize;
+        let unarmed = &mut self.unarmed;
         self.locked.retain(|tag, entries| {
+            let before = entries.len();
             entries.retain(|_, s| u64::from(s.day) > today);
+            dropped += before - entries.len();
             if entries.is_empty() {
-                gone.push(*tag);
+                unarmed.push(*tag);
             }
             !entries.is_empty()
         });
-        let arms = touched
+        if dropped > 0 {
+            // The journal still holds them: the next compaction leaves them out.
+            self.appended_at.get_or_insert(now_unix_s);
+        }
+        touched
             .into_iter()
             .map(|d| (d, self.armed_until(&d)))
-            .collect();
-        (arms, gone)
+            .collect()
     }
 
     /// Rebuilds the registrations from journal records: sealed ones stay locked until a wake
@@ -511,6 +556,9 @@ impl Registry {
     /// deletion journaled.
     pub fn replay(&mut self, records: &[Vec<u8>]) -> usize {
         let mut bad = 0;
+        // Any record not of the sealed form (even one that does not parse) may name a token or
+        // dests in the clear: the journal is rewritten without it at once.
+        self.old_records |= records.iter().any(|r| r.first() != Some(&b'S'));
         // Old-form registrations by (tag, entry), for sealed records that follow them.
         let mut opened: AHashMap<([u8; 16], [u8; 16]), (Dest, DeviceKey)> = AHashMap::new();
         for r in records {
@@ -541,7 +589,6 @@ impl Registry {
                 },
                 _ => match parse_record(r) {
                     Some((key, items)) if self.dests_after(&key, &items) <= DESTS_PER_TOKEN_MAX => {
-                        self.old_records = true;
                         for (dest, until) in &items {
                             let id = (push_dest_tag(dest), entry_id(&seal_key(dest), &key));
                             if *until == 0 {
@@ -609,10 +656,11 @@ const DAY_S: u64 = 86_400;
 /// A sealed record of an FCM token, with the journal's header: what compaction counts per
 /// registration of one device at one dest.
 const RECORD_BYTES_TYPICAL: u64 = 37 + 12 + 256 + 16 + 12;
-/// A sealed token's plaintext is padded to a multiple of this, so that record lengths do not
-/// group one device's records: every APNs token (64 hex digits) fills one step, FCM tokens
-/// (about 160 characters) two; Web Push endpoints vary more.
-const SEAL_PAD_BYTES: usize = 128;
+/// The lengths a sealed token's plaintext is padded to (the first that fits), so that a
+/// record's length tells at most the provider's kind: every APNs token (64 hex digits) fits the
+/// first, FCM tokens (about 160 characters) the second, Web Push endpoints (a few hundred
+/// bytes) the third; only an endpoint over about 1 KB takes the last.
+const SEAL_PAD_STEPS: [usize; 4] = [128, 256, 1024, 11 + PUSH_TOKEN_BYTES_MAX];
 const SEAL_NONCE_BYTES: usize = 12;
 
 /// The key a dest's registrations are sealed under: only someone who knows the dest opens them.
@@ -641,12 +689,16 @@ fn aead_key(seal: &[u8; 32]) -> ring::aead::LessSafeKey {
 /// `nonce ‖ ChaCha20-Poly1305(pad(provider ‖ until ‖ token_len ‖ token))`, the tag as AAD.
 fn seal(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
     let seal = seal_key(dest);
-    let mut pt = Vec::with_capacity(SEAL_PAD_BYTES);
+    let mut pt = Vec::with_capacity(SEAL_PAD_STEPS[0]);
     pt.push(key.0);
     pt.put_u64_le(until);
     pt.put_u16_le(len_u16(key.1.len(), PUSH_TOKEN_BYTES_MAX));
     pt.extend_from_slice(key.1.as_bytes());
-    pt.resize(pt.len().div_ceil(SEAL_PAD_BYTES) * SEAL_PAD_BYTES, 0);
+    let padded = SEAL_PAD_STEPS
+        .into_iter()
+        .find(|&n| n >= pt.len())
+        .unwrap_or_else(|| unreachable!("a token is at most PUSH_TOKEN_BYTES_MAX"));
+    pt.resize(padded, 0);
     let mut nonce = [0u8; SEAL_NONCE_BYTES];
     // A node without randomness cannot run (it seeds everything else from the same source).
     getrandom::fill(&mut nonce).unwrap_or_else(|e| panic!("no randomness for a push record: {e}"));
@@ -736,8 +788,7 @@ fn parse_sealed_record(r: &[u8]) -> Option<SealedFields<'_>> {
     let ok = if day == 0 {
         sealed.is_empty()
     } else {
-        sealed.len() >= SEAL_NONCE_BYTES + SEAL_PAD_BYTES + 16
-            && sealed.len() <= SEAL_NONCE_BYTES + PUSH_TOKEN_BYTES_MAX + SEAL_PAD_BYTES + 16
+        SEAL_PAD_STEPS.contains(&sealed.len().saturating_sub(SEAL_NONCE_BYTES + 16))
     };
     ok.then_some((tag, entry, day, sealed))
 }
@@ -939,7 +990,7 @@ mod tests {
         assert!(r.has_token(PushProvider::WebPush, stored[2]));
         assert_eq!(r.take_records(0).len(), 2, "both deletions journaled");
         assert!(
-            r.compaction_due(0, 60),
+            r.compaction_due(0, 60, true, false),
             "old-form records are rewritten at once"
         );
     }
@@ -1044,7 +1095,7 @@ mod tests {
         let mut again = Registry::new(limits());
         assert_eq!(again.replay(&records), 0);
         assert_eq!((again.devices(), again.locked()), (0, 2));
-        assert!(!again.compaction_due(0, 60));
+        assert!(!again.compaction_due(0, 60, true, false));
         let tags = again.all_armed_tags();
         assert_eq!(
             tags,
@@ -1052,12 +1103,18 @@ mod tests {
             "the end of the day"
         );
         assert!(again.wake(0, 0, &ds[1]).is_empty());
+        assert!(again.take_unarmed_tags().is_empty());
         assert_eq!(again.wake(0, 0, &ds[0]).len(), 2, "opened: tok-2 and tok-3");
         assert_eq!((again.devices(), again.locked()), (2, 0));
+        assert_eq!(
+            again.take_unarmed_tags(),
+            vec![push_dest_tag(&ds[0])],
+            "the shards drop the tag"
+        );
         assert_eq!(again.armed_until(&ds[0]), 10);
-        let (arms, gone) = again.expire(10);
+        let arms = again.expire(10);
         assert_eq!(arms, vec![(ds[0], 0)]);
-        assert!(gone.is_empty());
+        assert!(again.take_unarmed_tags().is_empty());
         assert_eq!(again.devices(), 0);
         // Compaction keeps locked registrations as they are, until their day has passed.
         let mut third = Registry::new(limits());
@@ -1066,8 +1123,17 @@ mod tests {
         fourth.replay(&third.snapshot());
         assert_eq!(fourth.locked(), 2);
         assert_eq!(fourth.wake(5, 0, &ds[0]).len(), 2);
-        let (_, gone) = third.expire(DAY_S);
-        assert_eq!((gone, third.locked()), (vec![push_dest_tag(&ds[0])], 0));
+        third.expire(DAY_S - 1);
+        assert_eq!(third.locked(), 2, "kept to the end of the expiry's day");
+        third.expire(DAY_S);
+        assert_eq!(
+            (third.take_unarmed_tags(), third.locked()),
+            (vec![push_dest_tag(&ds[0])], 0)
+        );
+        assert!(
+            third.compaction_due(DAY_S + 60, 60, true, false),
+            "the expired records leave the journal"
+        );
         // A Web Push origin taken off the allowed list: its tokens go when they are opened.
         let mut wp = Registry::new(limits());
         wp.register(
@@ -1131,9 +1197,9 @@ mod tests {
         // Compaction sorts by tag: the order tells nothing either.
         let snap = r.snapshot();
         assert!(snap.windows(2).all(|w| w[0][1..33] <= w[1][1..33]));
-        assert!(r.compaction_due(160, 60) && !r.compaction_due(159, 60));
+        assert!(r.compaction_due(160, 60, true, false) && !r.compaction_due(159, 60, true, false));
         r.compacted();
-        assert!(!r.compaction_due(1000, 60));
+        assert!(!r.compaction_due(1000, 60, true, false));
         // After a restart, the dest opens its records; nothing else does.
         let mut again = Registry::new(limits());
         assert_eq!(again.replay(&snap), 0);
@@ -1167,10 +1233,81 @@ mod tests {
         let mut r = Registry::new(limits());
         assert_eq!(r.replay(std::slice::from_ref(&old)), 0);
         assert!(r.has_token(PushProvider::Apns, APNS));
-        assert!(r.compaction_due(0, 60));
+        assert!(r.compaction_due(0, 60, true, false));
         assert!(r.snapshot().iter().all(|rec| rec[0] == b'S'));
         let mut r = Registry::new(limits());
         assert_eq!(r.replay(&[old, removal]), 0);
         assert_eq!((r.devices(), r.locked()), (0, 0));
+    }
+
+    #[test]
+    fn opening_sealed_registrations_keeps_the_registrys_limits() {
+        // A device registered one dest before a restart, and after it (unaware) registers its
+        // full share anew: the sealed one, opened later, would take it past its limit.
+        let d0 = Dest([0; 16]);
+        let mut r = Registry::new(limits());
+        r.register(0, PushProvider::Fcm, b"tok-1", 100, &[d0])
+            .unwrap();
+        let sealed = r.take_records(0);
+        let mut again = Registry::new(limits());
+        again.replay(&sealed);
+        let fresh: Vec<Dest> = (1..=4u8).map(|i| Dest([i; 16])).collect();
+        again
+            .register(0, PushProvider::Fcm, b"tok-1", 100, &fresh)
+            .unwrap();
+        let _ = again.take_records(0);
+        assert!(
+            again.wake(0, 0, &d0).is_empty(),
+            "over dests_per_token_max: deleted"
+        );
+        assert_eq!(again.locked(), 0);
+        assert_eq!(again.take_records(0).len(), 1, "its deletion is journaled");
+        // Likewise a sealed device beyond registrations_max (3) opened registrations.
+        let mut r = Registry::new(limits());
+        r.register(0, PushProvider::Fcm, b"tok-9", 100, &[d0])
+            .unwrap();
+        let sealed = r.take_records(0);
+        let mut again = Registry::new(limits());
+        again.replay(&sealed);
+        for t in ["tok-1", "tok-2", "tok-3"] {
+            again
+                .register(0, PushProvider::Fcm, t.as_bytes(), 100, &fresh[..1])
+                .unwrap();
+        }
+        assert!(again.wake(0, 0, &d0).is_empty());
+        assert_eq!(again.devices(), 3);
+        // A compaction that fails is not retried every second.
+        assert!(again.compaction_due(0, 60, true, true));
+        again.compaction_failed(0, 60);
+        assert!(!again.compaction_due(59, 60, true, true));
+        assert!(again.compaction_due(60, 60, true, true));
+    }
+
+    #[test]
+    fn a_journal_with_unsealed_records_is_rewritten_even_those_that_do_not_parse() {
+        let mut r = Registry::new(limits());
+        assert_eq!(r.replay(&[b"R garbage".to_vec()]), 1);
+        assert!(r.compaction_due(0, 60, false, false));
+        assert!(r.snapshot().is_empty());
+    }
+
+    #[test]
+    fn token_kinds_pad_to_one_length_each() {
+        let d = Dest([1; 16]);
+        let len = |p: PushProvider, t: &str| sealed_record(&d, &(p as u8, t.to_string()), 10).len();
+        let web = |n: usize| format!("https://push.example:8443/{}", "a".repeat(n));
+        assert_eq!(
+            len(PushProvider::Apns, APNS),
+            len(PushProvider::Apns, &APNS[..32])
+        );
+        assert_eq!(
+            len(PushProvider::Fcm, &"f".repeat(140)),
+            len(PushProvider::Fcm, &"f".repeat(200))
+        );
+        assert_eq!(
+            len(PushProvider::WebPush, &web(300)),
+            len(PushProvider::WebPush, &web(700))
+        );
+        assert!(len(PushProvider::Apns, APNS) < len(PushProvider::Fcm, &"f".repeat(140)));
     }
 }
