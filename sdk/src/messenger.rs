@@ -139,137 +139,14 @@ impl From<SdkError> for MessengerError {
     }
 }
 
-/// Key-value storage the messenger keeps its state in. Keys are short ASCII paths
-/// (`identity`, `namespace`, `contact/<hex>`, `session/<hex>`, `prekeys`, `inits`,
-/// `outbox/<hex>`, `inbox/<hex>`, `attachment/<hex>`, `seen`); values are opaque bytes, most of them secret (a
-/// contact record holds that contact's mailbox secret): store them where the platform keeps
-/// secrets. A read error must be an error, never "absent": the messenger would otherwise make a
-/// new identity.
-pub trait Storage {
-    fn get(&self, key: &str) -> std::io::Result<Option<Vec<u8>>>;
-    /// Stores `value` durably before returning (a message may be acknowledged after it).
-    fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()>;
-    fn delete(&mut self, key: &str) -> std::io::Result<()>;
-    /// Every key starting with `prefix`.
-    fn keys(&self, prefix: &str) -> std::io::Result<Vec<String>>;
-}
-
-/// Storage in memory (tests, or an application that persists elsewhere).
-#[derive(Debug, Default, Clone)]
-pub struct MemoryStorage(pub BTreeMap<String, Vec<u8>>);
-
-impl Storage for MemoryStorage {
-    fn get(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
-        Ok(self.0.get(key).cloned())
-    }
-    fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()> {
-        self.0.insert(key.to_string(), value.to_vec());
-        Ok(())
-    }
-    fn delete(&mut self, key: &str) -> std::io::Result<()> {
-        self.0.remove(key);
-        Ok(())
-    }
-    fn keys(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        Ok(self
-            .0
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect())
-    }
-}
-
-/// Storage in a directory: one file per key (`/` becomes a subdirectory, mode 0700), written
-/// atomically (temporary file, sync, rename, directory sync), mode 0600. The directory is
-/// locked while open: two processes on one state would reuse ratchet keys.
-#[derive(Debug)]
-pub struct DirStorage {
-    dir: std::path::PathBuf,
-    _lock: std::fs::File,
-}
-
-fn make_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// An exclusive, non-blocking `flock` on `f` (released when the file is closed).
-#[allow(unsafe_code)]
-fn try_lock(f: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor this process owns for as long as `f` lives.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-impl DirStorage {
-    /// Opens (creating) the directory and locks it; a second open fails while the first lives.
-    pub fn open(dir: impl Into<std::path::PathBuf>) -> std::io::Result<Self> {
-        let dir = dir.into();
-        make_dir(&dir)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".lock"))?;
-        if !try_lock(&lock) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                format!("{} is in use by another process", dir.display()),
-            ));
-        }
-        Ok(DirStorage { dir, _lock: lock })
-    }
-    fn path(&self, key: &str) -> std::path::PathBuf {
-        self.dir.join(key)
-    }
-}
-
-impl Storage for DirStorage {
-    fn get(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
-        match std::fs::read(self.path(key)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-    fn put(&mut self, key: &str, value: &[u8]) -> std::io::Result<()> {
-        let path = self.path(key);
-        let parent = path.parent().unwrap_or(&self.dir).to_path_buf();
-        make_dir(&parent)?;
-        ferry_proto::fsutil::write_atomic(&path, value, 0o600)
-    }
-    fn delete(&mut self, key: &str) -> std::io::Result<()> {
-        match std::fs::remove_file(self.path(key)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-    fn keys(&self, prefix: &str) -> std::io::Result<Vec<String>> {
-        let (dir, sub, start) = match prefix.rsplit_once('/') {
-            Some((d, s)) => (self.dir.join(d), format!("{d}/"), s.to_string()),
-            None => (self.dir.clone(), String::new(), prefix.to_string()),
-        };
-        let rd = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::new();
-        for e in rd {
-            let name = e?.file_name();
-            let Some(n) = name.to_str() else { continue };
-            if n.starts_with(&start) && !n.ends_with(".tmp") && !n.starts_with('.') {
-                out.push(format!("{sub}{n}"));
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-}
+mod records;
+mod storage;
+pub use records::OUTBOX_RECORD_VERSION;
+use records::{
+    decode_incoming, decode_outgoing, decode_sessions, encode_incoming, encode_outgoing,
+    encode_sessions, prefix_u32,
+};
+pub use storage::{DirStorage, MemoryStorage, Storage};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -606,42 +483,6 @@ struct Outgoing {
     next_ms: u64,
 }
 
-/// The first byte of an outbox record that keeps its first send's dest and epoch:
-/// `version ‖ to (33) ‖ epoch (u64 BE) ‖ dest (16) ‖ envelope`. Older records are
-/// `to ‖ envelope`, and `to` starts with `EC_KEY_TYPE`, which this is not.
-pub const OUTBOX_RECORD_VERSION: u8 = 2;
-const _: () = assert!(OUTBOX_RECORD_VERSION != ferry_crypto::keys::EC_KEY_TYPE);
-const OUTBOX_HEADER_BYTES: usize = 1 + EC_KEY_BYTES + 8 + 16;
-
-fn encode_outgoing(to: &[u8; EC_KEY_BYTES], dest: Dest, epoch: u64, envelope: &[u8]) -> Vec<u8> {
-    let mut rec = Vec::with_capacity(OUTBOX_HEADER_BYTES + envelope.len());
-    rec.push(OUTBOX_RECORD_VERSION);
-    rec.extend_from_slice(to);
-    rec.extend_from_slice(&epoch.to_be_bytes());
-    rec.extend_from_slice(&dest.0);
-    rec.extend_from_slice(envelope);
-    rec
-}
-
-/// An outbox record: (to, first send's dest and epoch if kept, envelope).
-#[allow(clippy::type_complexity)]
-fn decode_outgoing(b: &[u8]) -> Option<([u8; EC_KEY_BYTES], Option<(Dest, u64)>, Vec<u8>)> {
-    if b.first() == Some(&OUTBOX_RECORD_VERSION) {
-        let to: [u8; EC_KEY_BYTES] = b.get(1..1 + EC_KEY_BYTES)?.try_into().ok()?;
-        let at = 1 + EC_KEY_BYTES;
-        let epoch = u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?);
-        let dest = Dest(b.get(at + 8..at + 24)?.try_into().ok()?);
-        Some((
-            to,
-            Some((dest, epoch)),
-            b.get(OUTBOX_HEADER_BYTES..)?.to_vec(),
-        ))
-    } else {
-        let to: [u8; EC_KEY_BYTES] = b.get(..EC_KEY_BYTES)?.try_into().ok()?;
-        Some((to, None, b[EC_KEY_BYTES..].to_vec()))
-    }
-}
-
 /// Which of this user's mailboxes a dest belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
@@ -700,86 +541,6 @@ fn backoff(tries: u32) -> u64 {
     RETRY_BASE_MS
         .saturating_mul(1u64 << tries.saturating_sub(1).min(6))
         .min(RETRY_MAX_MS)
-}
-
-/// A count or length written as a big-endian u32 in a stored record. Each is far below 2^32 (a
-/// session with `SKIPPED_KEYS_MAX` skipped keys is under 200 KiB, an ML-KEM key 3 168 bytes,
-/// prekeys come at most 100 per upload), and one that is not would make the record lie about
-/// what follows: that is a bug, so it stops here.
-fn prefix_u32(n: usize) -> [u8; 4] {
-    u32::try_from(n)
-        .expect("a record's count or length over u32::MAX")
-        .to_be_bytes()
-}
-
-fn encode_sessions(list: &[Session]) -> Zeroizing<Vec<u8>> {
-    let mut b = Zeroizing::new(Vec::new());
-    assert!(list.len() <= SESSIONS_PER_CONTACT_MAX);
-    b.push(u8::try_from(list.len()).expect("SESSIONS_PER_CONTACT_MAX fits a u8"));
-    for s in list {
-        let one = s.to_bytes();
-        b.extend_from_slice(&prefix_u32(one.len()));
-        b.extend_from_slice(&one);
-    }
-    b
-}
-
-fn decode_sessions(b: &[u8]) -> Result<Vec<Session>, MessengerError> {
-    let bad = MessengerError::Malformed("session record");
-    let (&n, mut rest) = b
-        .split_first()
-        .ok_or(MessengerError::Malformed("session record"))?;
-    let mut out = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        if rest.len() < 4 {
-            return Err(bad);
-        }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let one = rest
-            .get(4..4 + len)
-            .ok_or(MessengerError::Malformed("session record"))?;
-        out.push(Session::from_bytes(one)?);
-        rest = &rest[4 + len..];
-    }
-    if !rest.is_empty() {
-        return Err(bad);
-    }
-    Ok(out)
-}
-
-fn encode_incoming(m: &Incoming) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&m.from);
-    b.extend_from_slice(&m.msg_id);
-    // Names come from `add_contact` and stored contact records, both held to the limit.
-    let name = m.from_name.as_bytes();
-    assert!(
-        name.len() <= CONTACT_NAME_BYTES_MAX,
-        "contact name over CONTACT_NAME_BYTES_MAX"
-    );
-    b.extend_from_slice(
-        &u16::try_from(name.len())
-            .expect("CONTACT_NAME_BYTES_MAX fits a u16")
-            .to_be_bytes(),
-    );
-    b.extend_from_slice(name);
-    b.extend_from_slice(&m.body.to_bytes());
-    b
-}
-
-fn decode_incoming(b: &[u8]) -> Option<Incoming> {
-    let from: [u8; EC_KEY_BYTES] = b.get(..EC_KEY_BYTES)?.try_into().ok()?;
-    let msg_id: [u8; 16] = b.get(EC_KEY_BYTES..EC_KEY_BYTES + 16)?.try_into().ok()?;
-    let at = EC_KEY_BYTES + 16;
-    let n = usize::from(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?));
-    let from_name = String::from_utf8(b.get(at + 2..at + 2 + n)?.to_vec()).ok()?;
-    let body = Body::from_bytes(b.get(at + 2 + n..)?)?;
-    Some(Incoming {
-        from,
-        from_name,
-        msg_id,
-        body,
-    })
 }
 
 /// The sender's mailbox key, contact secret and body in a session plaintext.
