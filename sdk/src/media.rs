@@ -12,7 +12,7 @@
 //! and only the real last segment is sealed with the last flag.
 //!
 //! Memory: one segment at a time, whatever the size. `Client::encrypt_and_upload` and
-//! `Client::download_and_decrypt` carry it over the protocol. The ciphertext size must come from
+//! `Client::download_and_decrypt` (with the rest of the client's media calls, below) carry it over the protocol. The ciphertext size must come from
 //! the message that names the blob (with the id and the key), not from the node.
 
 use std::io::{Read, Write};
@@ -20,7 +20,12 @@ use std::io::{Read, Write};
 use chacha20poly1305::aead::stream::{NewStream, StreamBE32, StreamPrimitive};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 
-use crate::SdkError;
+use std::time::{Duration, Instant};
+
+use ferry_proto::conn::ClientEvent;
+use ferry_proto::frame::Frame;
+
+use crate::{BLOB_STALLS_MAX, BLOB_WINDOW_CHUNKS, SdkError};
 
 /// Plaintext bytes per STREAM segment.
 pub const SEGMENT_BYTES: usize = 64 * 1024;
@@ -197,6 +202,296 @@ pub fn open_range(
     let sealed = ferry_proto::media::verify_range(id, ciphertext_bytes, ct_off, ct_len, encoded)
         .map_err(|e| SdkError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     decrypt_range(key, ciphertext_bytes, plain_offset, plain_len, &sealed)
+}
+
+/// Media over the protocol: uploads that resume, verified and range downloads, and the
+/// encrypt-then-upload and download-then-decrypt pairs over them.
+impl crate::Client {
+    /// Waits for the `BlobStatus` answering request `kind` for `id` (others, such as late
+    /// chunk acknowledgements after a restart, are skipped).
+    fn blob_status(
+        &mut self,
+        id: [u8; 32],
+        kind: ferry_proto::frame::BlobOpKind,
+    ) -> Result<(ferry_proto::frame::BlobStatus, u64, u64), SdkError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.next_event(deadline)? {
+                ClientEvent::BlobStatus {
+                    id: i,
+                    op,
+                    status,
+                    offset,
+                    size,
+                } if i == id => {
+                    if op == kind {
+                        return Ok((status, offset, size));
+                    }
+                }
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
+                other => self.queue(other)?,
+            }
+        }
+    }
+
+    /// Uploads `size` bytes from `data` as blob `id` (blake3 of those bytes), resuming where the
+    /// node's upload stands (after a disconnect or a node restart, call it again), with up to
+    /// `BLOB_WINDOW_CHUNKS` chunks in flight. Over the connection's upload rate (or with the
+    /// owner core busy) it waits and resumes. Returns once the node has verified the blob.
+    pub fn upload_blob<R: std::io::Read + std::io::Seek>(
+        &mut self,
+        id: [u8; 32],
+        size: u64,
+        data: &mut R,
+    ) -> Result<(), SdkError> {
+        use ferry_proto::frame::{BlobOpKind as K, BlobStatus as B};
+        use ferry_proto::limits::BLOB_CHUNK_BYTES_MAX;
+        // Consecutive refusals without progress.
+        let mut stalls = 0u32;
+        'resume: loop {
+            self.conn.push(&Frame::BlobBegin { id, size });
+            self.flush()?;
+            let (st, mut at, _) = self.blob_status(id, K::Begin)?;
+            match st {
+                B::Complete => return Ok(()),
+                B::Ok => {}
+                B::Busy if stalls < BLOB_STALLS_MAX => {
+                    stalls += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue 'resume;
+                }
+                other => return Err(SdkError::Blob(other)),
+            }
+            data.seek(std::io::SeekFrom::Start(at))?;
+            let mut in_flight = 0usize;
+            let mut buf = vec![0u8; BLOB_CHUNK_BYTES_MAX];
+            while at < size || in_flight > 0 {
+                while in_flight < BLOB_WINDOW_CHUNKS && at < size {
+                    // What is left, or a whole chunk when that does not even fit a usize.
+                    let n = usize::try_from(size - at)
+                        .map_or(BLOB_CHUNK_BYTES_MAX, |left| left.min(BLOB_CHUNK_BYTES_MAX));
+                    data.read_exact(&mut buf[..n])?;
+                    self.conn.push(&Frame::BlobChunk {
+                        id,
+                        offset: at,
+                        data: bytes::Bytes::copy_from_slice(&buf[..n]),
+                    });
+                    at += n as u64;
+                    in_flight += 1;
+                }
+                self.flush()?;
+                let (st, _, _) = self.blob_status(id, K::Chunk)?;
+                match st {
+                    B::Ok => {
+                        in_flight -= 1;
+                        stalls = 0;
+                    }
+                    B::Busy | B::RateLimited | B::BadOffset if stalls < BLOB_STALLS_MAX => {
+                        // Let the node catch up (or the rate refill), then ask where it stands;
+                        // the acks of chunks still in flight are skipped by kind.
+                        stalls += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue 'resume;
+                    }
+                    other => return Err(SdkError::Blob(other)),
+                }
+            }
+            self.conn.push(&Frame::BlobFinish { id });
+            self.flush()?;
+            let (st, _, _) = self.blob_status(id, K::Finish)?;
+            return match st {
+                B::Complete => Ok(()),
+                other => Err(SdkError::Blob(other)),
+            };
+        }
+    }
+
+    /// The size of stored blob `id`.
+    pub fn blob_size(&mut self, id: [u8; 32]) -> Result<u64, SdkError> {
+        use ferry_proto::frame::BlobStatus as B;
+        self.conn.push(&Frame::BlobGet {
+            id,
+            offset: 0,
+            len: 0,
+        });
+        self.flush()?;
+        match self.blob_status(id, ferry_proto::frame::BlobOpKind::Get)? {
+            (B::Ok, _, size) => Ok(size),
+            (st, _, _) => Err(SdkError::Blob(st)),
+        }
+    }
+
+    /// Bytes `offset .. offset + len` of blob `id` (of `size` bytes: take it from the message
+    /// that named the blob, not from the node), each piece of up to 1 MiB verified against the
+    /// id before it is returned (`ferry_proto::media::verify_range`). Up to
+    /// `BLOB_GETS_IN_FLIGHT_MAX` requests are kept in flight.
+    pub fn download_verified(
+        &mut self,
+        id: [u8; 32],
+        size: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, SdkError> {
+        use ferry_proto::frame::{BlobOpKind as K, BlobStatus as B};
+        use ferry_proto::limits::{BLOB_GET_BYTES_MAX, BLOB_GETS_IN_FLIGHT_MAX};
+        // BLOB_GET_BYTES_MAX as the request's u32 length field.
+        const GET_BYTES_MAX: u32 = 1 << 20;
+        const _: () = assert!(GET_BYTES_MAX as usize == BLOB_GET_BYTES_MAX);
+        let (Some(end), Ok(len_bytes)) = (offset.checked_add(len), usize::try_from(len)) else {
+            return Err(SdkError::Blob(B::BadRange));
+        };
+        let mut out = Vec::with_capacity(len_bytes);
+        // Requests in order: (offset, length, encoded answer so far, complete).
+        let mut pending: std::collections::VecDeque<(u64, u32, Vec<u8>, bool)> =
+            std::collections::VecDeque::new();
+        let mut next = offset;
+        let mut stalls = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while out.len() as u64 != len {
+            while next < end && pending.len() < BLOB_GETS_IN_FLIGHT_MAX as usize {
+                // What is left, or a whole request when that does not even fit a u32.
+                let n =
+                    u32::try_from(end - next).map_or(GET_BYTES_MAX, |left| left.min(GET_BYTES_MAX));
+                self.conn.push(&Frame::BlobGet {
+                    id,
+                    offset: next,
+                    len: n,
+                });
+                pending.push_back((next, n, Vec::new(), false));
+                next += u64::from(n);
+            }
+            self.flush()?;
+            match self.next_event(deadline)? {
+                ClientEvent::BlobData {
+                    id: i,
+                    offset: o,
+                    more,
+                    data,
+                } if i == id => {
+                    if let Some(p) = pending.iter_mut().find(|p| p.0 == o && !p.3) {
+                        p.2.extend_from_slice(&data);
+                        p.3 = !more;
+                    }
+                }
+                ClientEvent::BlobStatus {
+                    id: i,
+                    op: K::Get,
+                    status,
+                    offset: o,
+                    ..
+                } if i == id => {
+                    if status != B::Busy || stalls >= BLOB_STALLS_MAX {
+                        return Err(SdkError::Blob(status));
+                    }
+                    // Refused for now: ask again for that piece.
+                    stalls += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                    if let Some(p) = pending.iter().find(|p| p.0 == o && !p.3) {
+                        self.conn.push(&Frame::BlobGet {
+                            id,
+                            offset: p.0,
+                            len: p.1,
+                        });
+                    }
+                }
+                ClientEvent::Error { code, message } => {
+                    return Err(SdkError::Node { code, message });
+                }
+                other => self.queue(other)?,
+            }
+            while pending.front().is_some_and(|p| p.3) {
+                if let Some((at, n, encoded, _)) = pending.pop_front() {
+                    let piece =
+                        ferry_proto::media::verify_range(&id, size, at, u64::from(n), &encoded)
+                            .map_err(|e| {
+                                SdkError::Io(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    e,
+                                ))
+                            })?;
+                    out.extend_from_slice(&piece);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Encrypts `plaintext` with a fresh key (STREAM, one segment in memory at a time, through a
+    /// temporary file) and uploads the ciphertext. Returns what the recipient needs: the blob id,
+    /// the key and the ciphertext size (send them inside an end-to-end encrypted message).
+    ///
+    /// If this process may die mid-upload of a large file, encrypt to a file the application
+    /// keeps (`crate::media::encrypt`) and upload it with [`Client::upload_blob`], which resumes where
+    /// the node stands; this helper deletes its temporary file and key on any error.
+    pub fn encrypt_and_upload(
+        &mut self,
+        plaintext: impl std::io::Read,
+    ) -> Result<(crate::media::Sealed, crate::media::MediaKey), SdkError> {
+        let key = crate::media::MediaKey::generate()?;
+        let mut name = [0u8; 8];
+        getrandom::fill(&mut name)
+            .map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
+        let path = std::env::temp_dir().join(format!(
+            "ferry-upload-{}.tmp",
+            name.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            let mut w = std::io::BufWriter::new(&mut f);
+            let sealed = crate::media::encrypt(&key, plaintext, &mut w)?;
+            std::io::Write::flush(&mut w)?;
+            drop(w);
+            self.upload_blob(
+                sealed.id,
+                sealed.ciphertext_bytes,
+                &mut std::io::BufReader::new(&mut f),
+            )?;
+            Ok(sealed)
+        })();
+        let _ = std::fs::remove_file(&path);
+        result.map(|sealed| (sealed, key))
+    }
+
+    /// Downloads, verifies and decrypts plaintext `plain_offset .. plain_offset + plain_len` of
+    /// an attachment, whole STREAM segments at a time (about 4 MiB per window, 1 MiB per
+    /// request, four requests in flight). `ciphertext_bytes` comes from the message.
+    pub fn download_and_decrypt(
+        &mut self,
+        id: [u8; 32],
+        key: &crate::media::MediaKey,
+        ciphertext_bytes: u64,
+        plain_offset: u64,
+        plain_len: u64,
+        mut out: impl std::io::Write,
+    ) -> Result<(), SdkError> {
+        // About 4 MiB of sealed segments per window: four 1 MiB requests in flight.
+        let window = 60 * crate::media::SEGMENT_BYTES as u64;
+        let end = plain_offset + plain_len;
+        let mut at = plain_offset;
+        while at < end {
+            // Up to the end of the window's last segment.
+            let stop = ((at / window) + 1) * window;
+            let n = stop.min(end) - at;
+            let (co, cl) = crate::media::ciphertext_range(at, n, ciphertext_bytes)
+                .ok_or(SdkError::Blob(ferry_proto::frame::BlobStatus::BadRange))?;
+            let sealed = self.download_verified(id, ciphertext_bytes, co, cl)?;
+            out.write_all(&crate::media::decrypt_range(
+                key,
+                ciphertext_bytes,
+                at,
+                n,
+                &sealed,
+            )?)?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
