@@ -341,9 +341,9 @@ impl Connection {
     }
 
     /// Registers this device's push token (APNs, FCM or Web Push) for the user's contact-mailbox
-    /// dests of the next `hours` hours (1 to 48), and the intro mailbox's with `first_contacts` (wakes for
-    /// strangers' first messages, at the price of the node linking both mailboxes' dests by the
-    /// token); register again before they run out.
+    /// dests of the next `hours` hours (1 to 48), and the intro mailbox's with `first_contacts`
+    /// (wakes for strangers' first messages, at the price of the node linking both mailboxes'
+    /// dests by the token); register again before they run out.
     pub fn register_push(
         &self,
         m: Arc<Messenger>,

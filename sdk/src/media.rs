@@ -12,8 +12,9 @@
 //! and only the real last segment is sealed with the last flag.
 //!
 //! Memory: one segment at a time, whatever the size. `Client::encrypt_and_upload` and
-//! `Client::download_and_decrypt` (with the rest of the client's media calls, below) carry it over the protocol. The ciphertext size must come from
-//! the message that names the blob (with the id and the key), not from the node.
+//! `Client::download_and_decrypt` (with the rest of the client's media calls, below) carry it
+//! over the protocol. The ciphertext size must come from the message that names the blob (with
+//! the id and the key), not from the node.
 
 use std::io::{Read, Write};
 
