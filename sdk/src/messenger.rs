@@ -76,6 +76,11 @@ pub fn contact_send_secret(s_mbox: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key("ferry v1 contact mailbox send secret", s_mbox)
 }
 
+/// The capability token of the contact mailbox whose contact secret is `s_mbox`, for `epoch`.
+fn capability_token(s_mbox: &[u8; 32], epoch: u64) -> [u8; 32] {
+    ferry_proto::puzzle::capability_token(&contact_send_secret(s_mbox), epoch)
+}
+
 /// What can go wrong in the session layer.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -919,7 +924,8 @@ impl<S: Storage> Messenger<S> {
 
     /// The capability token of a send to `peer` at `dest` in `epoch`: only for its contact
     /// mailbox's dest of that epoch (a token at any other dest would tie it to the contact
-    /// mailbox whose verifier it hashes to).
+    /// mailbox whose verifier it hashes to). A retry's dest may be the intro dest of a message
+    /// sent before `s_mbox` was known, hence the check.
     fn capability_of(
         &self,
         peer: &Peer,
@@ -932,10 +938,7 @@ impl<S: Storage> Messenger<S> {
         if Contact::new(&peer.mailbox, self.ns, Some(s_mbox))?.dest(epoch)? != dest {
             return Ok(None);
         }
-        Ok(Some(ferry_proto::puzzle::capability_token(
-            &contact_send_secret(&s_mbox),
-            epoch,
-        )))
+        Ok(Some(capability_token(&s_mbox, epoch)))
     }
 
     /// Encrypts `body` for a contact, puts it in the outbox and returns the packet to send now
@@ -984,7 +987,8 @@ impl<S: Storage> Messenger<S> {
             epoch,
             msg_id: id,
             payload: envelope.clone(),
-            capability: self.capability_of(&peer, dest, epoch)?,
+            // `dest_of` used `s_mbox` when known: the dest is then the contact mailbox's.
+            capability: peer.s_mbox.map(|s| capability_token(&s, epoch)),
         };
         self.outbox.insert(
             id,
@@ -1327,7 +1331,6 @@ impl<S: Storage> Messenger<S> {
         now_unix_s: u64,
         dests: &[Dest],
     ) -> Result<Vec<(Dest, [u8; 32], u32)>, MessengerError> {
-        let secret = Zeroizing::new(contact_send_secret(&self.s_mbox));
         let e = epoch_of(now_unix_s);
         let mut out = Vec::new();
         for ep in [e, e + 1] {
@@ -1335,7 +1338,7 @@ impl<S: Storage> Messenger<S> {
             if !dests.contains(&dest) {
                 continue;
             }
-            let token = ferry_proto::puzzle::capability_token(&secret, ep);
+            let token = capability_token(&self.s_mbox, ep);
             let end = (ep + 1) * ferry_proto::limits::EPOCH_SECONDS + CAPABILITY_GRACE_S;
             let ttl = u32::try_from(end.saturating_sub(now_unix_s)).unwrap_or(u32::MAX);
             out.push((dest, ferry_proto::puzzle::capability_verifier(&token), ttl));

@@ -51,8 +51,8 @@ fn open_with_challenge(shard: &mut Shard, now: Now, from: IpAddr) -> (u64, [u8; 
     };
     let mut cc = ClientConn::new();
     shard.on_bytes(now, conn, &cc.take_output().unwrap());
-    let out = drain(shard, now);
-    let challenge = frames_to(&out, conn)
+    let out = common::drain(shard, now);
+    let challenge = common::frames_to(&out, conn)
         .into_iter()
         .find_map(|e| match e {
             ClientEvent::Ready { challenge, .. } => Some(challenge),
@@ -60,37 +60,6 @@ fn open_with_challenge(shard: &mut Shard, now: Now, from: IpAddr) -> (u64, [u8; 
         })
         .expect("hello answered");
     (conn, challenge)
-}
-
-/// Takes every connection's output, as the writers would; returns it per connection.
-fn drain(shard: &mut Shard, now: Now) -> Vec<(u64, Vec<u8>)> {
-    let mut ready = Vec::new();
-    shard.take_ready(&mut ready);
-    let mut out = Vec::new();
-    for conn in ready {
-        let o = shard.take_output(conn);
-        let n = o.bytes.as_ref().map_or(0, |b| b.len());
-        shard.on_written(now, conn, n);
-        if let Some(b) = o.bytes {
-            out.push((conn, b.to_vec()));
-        }
-    }
-    out
-}
-
-/// Frames the node sent to `conn` in `out`.
-fn frames_to(out: &[(u64, Vec<u8>)], conn: u64) -> Vec<ClientEvent> {
-    let mut cc = ClientConn::default();
-    for (c, b) in out {
-        if *c == conn {
-            cc.on_bytes(b);
-        }
-    }
-    let mut evs = Vec::new();
-    while let Some(ev) = cc.poll_event().unwrap() {
-        evs.push(ev);
-    }
-    evs
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -139,7 +108,7 @@ fn flat_out(conns: usize, rate: Rate, chunk: usize, ms: u64, ask_first: bool) ->
             let pause = shard.on_bytes(now, *conn, &data);
             paused_until[i] = t + pause;
         }
-        drain(&mut shard, now);
+        common::drain(&mut shard, now);
     }
     assert_eq!(shard.connections(), conns, "a flat-out reader was closed");
     shard.metrics().bytes_in.load(Ordering::Relaxed) - hellos
@@ -291,8 +260,8 @@ fn prove(shard: &mut Shard, now: Now, conn: u64, items: &[ProofItem]) -> Vec<Pro
         items: items.to_vec(),
     });
     shard.on_bytes(now, conn, &cc.take_output().unwrap());
-    let out = drain(shard, now);
-    frames_to(&out, conn)
+    let out = common::drain(shard, now);
+    common::frames_to(&out, conn)
         .into_iter()
         .find_map(|e| match e {
             ClientEvent::ProveResult { items } => Some(items.iter().map(|i| i.2).collect()),
@@ -336,7 +305,7 @@ fn a_replayed_proof_frame_is_verified_once() {
     let mut cc = ClientConn::default();
     cc.push(&Frame::ChallengeRequest);
     shard.on_bytes(now, conn, &cc.take_output().unwrap());
-    drain(&mut shard, now);
+    common::drain(&mut shard, now);
     let statuses = prove(&mut shard, now, conn, &items[..4]);
     assert_eq!(statuses, vec![ProofStatus::BadSignature; 4]);
     assert_eq!(metric(&shard, |m| &m.proofs_verified), 133);
@@ -380,7 +349,7 @@ fn a_fresh_proof_flood_is_rate_limited_per_connection_and_per_address() {
     let mut cc = ClientConn::default();
     cc.push(&Frame::ChallengeRequest);
     shard.on_bytes(now, a, &cc.take_output().unwrap());
-    let ch = frames_to(&drain(&mut shard, now), a)
+    let ch = common::frames_to(&common::drain(&mut shard, now), a)
         .into_iter()
         .find_map(|e| match e {
             ClientEvent::Challenge { challenge, .. } => Some(challenge),

@@ -91,35 +91,6 @@ fn pressured() -> PuzzleConfig {
     }
 }
 
-fn drain(shard: &mut Shard, now: Now) -> Vec<(u64, Vec<u8>)> {
-    let mut ready = Vec::new();
-    shard.take_ready(&mut ready);
-    let mut out = Vec::new();
-    for conn in ready {
-        let o = shard.take_output(conn);
-        let n = o.bytes.as_ref().map_or(0, |b| b.len());
-        shard.on_written(now, conn, n);
-        if let Some(b) = o.bytes {
-            out.push((conn, b.to_vec()));
-        }
-    }
-    out
-}
-
-fn events(out: &[(u64, Vec<u8>)], conn: u64) -> Vec<ClientEvent> {
-    let mut cc = ClientConn::default();
-    for (c, b) in out {
-        if *c == conn {
-            cc.on_bytes(b);
-        }
-    }
-    let mut evs = Vec::new();
-    while let Some(ev) = cc.poll_event().unwrap() {
-        evs.push(ev);
-    }
-    evs
-}
-
 /// Opens a connection; returns it and its challenge.
 fn open(shard: &mut Shard, now: Now) -> (u64, [u8; 32]) {
     let from: IpAddr = "192.0.2.1".parse().unwrap();
@@ -127,8 +98,8 @@ fn open(shard: &mut Shard, now: Now) -> (u64, [u8; 32]) {
         panic!("refused")
     };
     shard.on_bytes(now, conn, &ClientConn::new().take_output().unwrap());
-    let out = drain(shard, now);
-    let challenge = events(&out, conn)
+    let out = common::drain(shard, now);
+    let challenge = common::frames_to(&out, conn)
         .into_iter()
         .find_map(|e| match e {
             ClientEvent::Ready { challenge, .. } => Some(challenge),
@@ -152,9 +123,9 @@ fn send(
     // Asking for a result: a stranger's successful store is answered `Accepted` only with it.
     cc.send_with(dest, msg_id, FLAG_ACK, 0, pass, payload);
     shard.on_bytes(now, conn, &cc.take_output().unwrap());
-    let out = drain(shard, now);
+    let out = common::drain(shard, now);
     let mut puzzle = None;
-    for e in events(&out, conn) {
+    for e in common::frames_to(&out, conn) {
         match e {
             ClientEvent::Puzzle {
                 dest: d,
@@ -344,8 +315,8 @@ fn the_owners_capability_skips_the_puzzle() {
             verifier,
         });
         shard.on_bytes(now, conn, &cc.take_output().unwrap());
-        let out = drain(shard, now);
-        events(&out, conn)
+        let out = common::drain(shard, now);
+        common::frames_to(&out, conn)
             .into_iter()
             .find_map(|e| match e {
                 ClientEvent::CapabilityResult { status, .. } => Some(status),
@@ -363,8 +334,8 @@ fn the_owners_capability_skips_the_puzzle() {
     let mut cc = ClientConn::default();
     cc.push(&Frame::Prove { items: vec![item] });
     n.shard.on_bytes(now, conn, &cc.take_output().unwrap());
-    let out = drain(&mut n.shard, now);
-    assert!(events(&out, conn).iter().any(|e| matches!(
+    let out = common::drain(&mut n.shard, now);
+    assert!(common::frames_to(&out, conn).iter().any(|e| matches!(
         e,
         ClientEvent::ProveResult { items } if items[0].2 == ProofStatus::Ok
     )));

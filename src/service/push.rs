@@ -318,12 +318,14 @@ impl Registry {
     /// A locked copy of the same registration is dropped: this one supersedes it.
     fn apply(&mut self, key: &DeviceKey, items: &[(Dest, u64)]) -> Vec<(Dest, u64)> {
         for (dest, until) in items {
-            let tag = push_dest_tag(dest);
-            if let Some(entries) = self.locked.get_mut(&tag) {
-                entries.remove(&entry_id(&seal_key(dest), key));
-                if entries.is_empty() {
-                    self.locked.remove(&tag);
-                    self.unarmed.push(tag);
+            if !self.locked.is_empty() {
+                let tag = push_dest_tag(dest);
+                if let Some(entries) = self.locked.get_mut(&tag) {
+                    entries.remove(&entry_id(&seal_key(dest), key));
+                    if entries.is_empty() {
+                        self.locked.remove(&tag);
+                        self.unarmed.push(tag);
+                    }
                 }
             }
             if *until == 0 {
@@ -365,6 +367,9 @@ impl Registry {
     /// have registered anew since the restart, unaware of what was sealed), or that does not
     /// open, is deleted, and its deletion journaled; an expired one is removed.
     fn open_locked(&mut self, now_unix_s: u64, dest: &Dest) {
+        if self.locked.is_empty() {
+            return;
+        }
         let tag = push_dest_tag(dest);
         let Some(entries) = self.locked.remove(&tag) else {
             return;
@@ -404,6 +409,9 @@ impl Registry {
                 .max()
                 .unwrap_or(0)
         });
+        if self.locked.is_empty() {
+            return open;
+        }
         open.max(self.locked_until(&push_dest_tag(dest)))
     }
 

@@ -3,10 +3,10 @@
 // Each test file uses only part of this module.
 #![allow(dead_code)]
 
-use ferry_proto::conn::ConnLimits;
-use ferry_shards::ShardConfig;
+use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
 use ferry_shards::puzzle::PuzzleConfig;
 use ferry_shards::ratelimit::{IpLimits, Rate};
+use ferry_shards::{Shard, ShardConfig};
 
 /// A rate limit that never limits.
 pub const OFF: Rate = Rate { per_s: 0, burst: 0 };
@@ -51,4 +51,35 @@ pub fn config(shard: u16, shards: usize) -> ShardConfig {
             ..PuzzleConfig::default()
         },
     }
+}
+
+/// Everything the shard has ready to write, as (conn, bytes), each counted as written.
+pub fn drain(shard: &mut Shard, now: Now) -> Vec<(u64, Vec<u8>)> {
+    let mut ready = Vec::new();
+    shard.take_ready(&mut ready);
+    let mut out = Vec::new();
+    for conn in ready {
+        let o = shard.take_output(conn);
+        let n = o.bytes.as_ref().map_or(0, |b| b.len());
+        shard.on_written(now, conn, n);
+        if let Some(b) = o.bytes {
+            out.push((conn, b.to_vec()));
+        }
+    }
+    out
+}
+
+/// Frames the node sent to `conn` in `out` (from [`drain`]).
+pub fn frames_to(out: &[(u64, Vec<u8>)], conn: u64) -> Vec<ClientEvent> {
+    let mut cc = ClientConn::default();
+    for (c, b) in out {
+        if *c == conn {
+            cc.on_bytes(b);
+        }
+    }
+    let mut evs = Vec::new();
+    while let Some(ev) = cc.poll_event().unwrap() {
+        evs.push(ev);
+    }
+    evs
 }
