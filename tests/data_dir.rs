@@ -273,7 +273,9 @@ fn the_data_directory_is_private_and_every_file_in_it_is_0600() {
     assert!(sealed.ciphertext_bytes > 200_000);
     // Prekeys and a push registration: the service core's journals.
     let mut bob = Messenger::open(MemoryStorage::default(), common::ns()).unwrap();
-    chat::publish_prekeys(&mut tx, &mut bob, 3).unwrap();
+    chat::Sender::new(&format!("ferry://{}", node.addr()), Default::default())
+        .publish_prekeys(&mut bob, 3)
+        .unwrap();
     let token = "aaaaaaaa00000000000000000000000000000000000000000000000000000001";
     assert!(
         chat::register_push(&mut tx, &bob, PushProvider::Apns, token.as_bytes(), 1, true).unwrap()

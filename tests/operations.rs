@@ -684,18 +684,27 @@ fn workload(node: &Node) {
     // Prekeys.
     let ik = ferry_sdk::prekeys::IdentityKey::generate().unwrap();
     let slot = mailbox(93);
-    let s0 = slot.signer(0).unwrap();
+    let now = d.node_unix_s();
+    let day = ferry_proto::addr::day_of(now);
+    let s0 = slot.slot_signer(day).unwrap();
     d.prove(&[&s0], Op::PrekeyUpdate).unwrap();
     let plan = ferry_sdk::prekeys::PrekeyPlan {
-        signed: true,
+        head: ferry_sdk::prekeys::HeadPlan::New,
         one_time_ec: 2,
         one_time_pq: 2,
         ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
         replace_one_time: false,
+        expires: now + 2 * ferry_proto::addr::DAY_SECONDS,
+        ttl_s: 0,
     };
-    let (uploads, _) = ferry_sdk::prekeys::generate(&ik, s0.dest(), plan).unwrap();
+    let sealer = ferry_proto::prekey::SlotSealer::new(slot.slot_key(day), &s0);
+    let (uploads, _) = ferry_sdk::prekeys::generate(&ik, &sealer, plan).unwrap();
     d.upload_prekeys(&uploads).unwrap();
-    assert_eq!(tx.fetch_prekeys(s0.dest()).unwrap().identity, ik.public());
+    let opener = ferry_sdk::Contact::new(&slot.public().to_bytes(), common::ns(), None)
+        .unwrap()
+        .prekey_slot(day)
+        .unwrap();
+    assert_eq!(tx.fetch_prekeys(&opener).unwrap().identity, ik.public());
 }
 
 #[test]

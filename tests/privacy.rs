@@ -3,7 +3,8 @@
 //! docs/PRIVACY.md: retries never put the same envelope at two of a recipient's dests, also when
 //! the node withholds answers (or answers `Congested`) until the hour turns and the app
 //! restarts; a node that lies about the clock gets no proof and the app a typed error; the
-//! connections that send and fetch prekeys carry no proofs. And what the separation costs.
+//! connections that send and fetch prekeys carry no proofs; prekey slots move daily, are
+//! sealed, and each is proven on a connection of its own. And what the separation costs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -59,8 +60,10 @@ fn no_envelope_at_two_dests_across_the_hour_with_withheld_answers_and_a_restart(
     let clock = Instant::now();
     let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
-    let mut cb = Client::connect_with(adv.addr, &opts).unwrap();
-    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    let cb = Client::connect_with(adv.addr, &opts).unwrap();
+    Sender::new(&adv.url(), opts.clone())
+        .publish_prekeys(&mut bob, 3)
+        .unwrap();
     let e = cb.epoch();
     drop(cb);
     alice.add_contact("bob", &bob.address()).unwrap();
@@ -158,7 +161,6 @@ fn a_clock_lie_yields_no_proof_and_the_app_sees_the_skew_error() {
 
     // Honest hello, then every challenge lies: publishing and syncing stop before any proof.
     adv.set(Misbehaviour::default());
-    let mut c = Client::connect(adv.addr).unwrap();
     let mut c2 = Client::connect(adv.addr).unwrap();
     let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut sender = Sender::new(&adv.url(), ConnectOptions::default());
@@ -169,7 +171,7 @@ fn a_clock_lie_yields_no_proof_and_the_app_sees_the_skew_error() {
         clock_lie_s: 3600,
         ..Default::default()
     });
-    assert!(skew(chat::publish_prekeys(&mut c, &mut bob, 3).map(|_| ())));
+    assert!(skew(sender.publish_prekeys(&mut bob, 3).map(|_| ())));
     adv.set(Misbehaviour {
         clock_lie_s: -3600,
         ..Default::default()
@@ -185,9 +187,102 @@ fn a_clock_lie_yields_no_proof_and_the_app_sees_the_skew_error() {
         clock_lie_s: 120,
         ..Default::default()
     });
-    let mut c = Client::connect(adv.addr).unwrap();
-    chat::publish_prekeys(&mut c, &mut bob, 3).unwrap();
+    sender.publish_prekeys(&mut bob, 3).unwrap();
     assert!(proves(&adv.log()) > 0);
+}
+
+/// Issue 21.3: the prekey slot was one permanent dest whose bundle named the identity key in
+/// clear, refilled on the connection that proved each hour's dests. Now: seven day slots, each
+/// a dest of its own proven alone on its own connection (no connection links two days, or a
+/// day to an hour); a first contact fetches today's slot on a connection that proves nothing;
+/// and nothing the node keeps names Bob's identity key.
+#[test]
+fn prekey_slots_rotate_daily_are_sealed_and_each_is_proven_alone() {
+    let dir = temp_dir("privacy-slots");
+    let node = Node::start_in(dir.clone(), &["--shards", "2"], &[]);
+    let adv = Adversary::start(node.addr());
+    let ns = common::ns();
+    let clock = Instant::now();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut sb = Sender::new(&adv.url(), ConnectOptions::default());
+    let mut cb = Client::connect(adv.addr).unwrap();
+    sb.refill_prekeys(&mut bob).unwrap();
+    chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
+    let b_id = bob.address().identity;
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let mut sa = Sender::new(&adv.url(), ConnectOptions::default());
+    sa.send(&mut alice, &b_id, &text("hello bob"), clock)
+        .unwrap();
+    let got = chat::pump(
+        &mut cb,
+        &mut sb,
+        &mut bob,
+        std::time::Duration::from_secs(2),
+        clock,
+    )
+    .unwrap();
+    assert_eq!(got.messages.len(), 1);
+    // Publishing again the same day changes nothing.
+    sb.refill_prekeys(&mut bob).unwrap();
+
+    let log = adv.log();
+    let today = ferry_proto::addr::day_of(cb.node_unix_s());
+    let slots: BTreeSet<Dest> = (today..=today + ferry_sdk::messenger::SLOT_DAYS_AHEAD)
+        .map(|d| alice.contact_prekey_slot(&b_id, d).unwrap().dest())
+        .collect();
+    assert_eq!(slots.len(), 7, "a dest a day");
+    let mut proven: BTreeMap<u64, BTreeSet<Dest>> = BTreeMap::new();
+    for s in log
+        .iter()
+        .filter(|s| s.dir == Dir::ToNode && s.kind == "Prove")
+    {
+        proven
+            .entry(s.conn)
+            .or_default()
+            .extend(s.dests.iter().copied());
+    }
+    let slot_conns: Vec<&BTreeSet<Dest>> =
+        proven.values().filter(|d| !d.is_disjoint(&slots)).collect();
+    assert!(
+        slot_conns.iter().all(|d| d.len() == 1),
+        "a connection proved a slot with another dest: {slot_conns:?}"
+    );
+    let published: BTreeSet<Dest> = slot_conns.iter().flat_map(|d| d.iter().copied()).collect();
+    assert_eq!(published, slots, "every day's slot published");
+    let hourly = bob.drain_candidates(cb.node_unix_s()).unwrap();
+    assert!(slots.iter().all(|s| !hourly.contains(s)));
+    // The fetch: today's slot, on a connection that proves nothing.
+    let fetches: Vec<&Seen> = log
+        .iter()
+        .filter(|s| s.dir == Dir::ToNode && s.kind == "PrekeyFetch")
+        .collect();
+    assert_eq!(fetches.len(), 1);
+    let today_slot = alice.contact_prekey_slot(&b_id, today).unwrap().dest();
+    assert_eq!(fetches[0].dests, vec![today_slot]);
+    assert!(!proven.contains_key(&fetches[0].conn));
+    // Nothing on the node's disk names Bob's identity key (the journal holds sealed slots).
+    drop((cb, sb, sa));
+    let node = node.restart(false);
+    let mut files = vec![dir.clone()];
+    let mut bytes = 0;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(b) = std::fs::read(&p) {
+            bytes += b.len();
+            assert!(
+                !b.windows(32).any(|w| w == &b_id[1..]),
+                "{} names the identity key",
+                p.display()
+            );
+        }
+    }
+    assert!(
+        bytes > 7 * ferry_proto::prekey::HEAD_BYTES,
+        "the slots are on disk"
+    );
+    drop(node);
 }
 
 /// A conversation through the adversary: first contact (prekey fetch), replies both ways, a
@@ -210,7 +305,7 @@ fn the_connections_that_send_carry_no_proofs() {
         Sender::new(&adv.url(), opts.clone()),
         Sender::new(&adv.url(), opts),
     );
-    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    sb.publish_prekeys(&mut bob, 3).unwrap();
     chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
     chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
     alice.add_contact("bob", &bob.address()).unwrap();
@@ -276,8 +371,8 @@ fn the_cost_of_sending_apart_from_owning() {
     let clock = Instant::now();
     let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut cb = Client::connect(node.addr()).unwrap();
-    chat::publish_prekeys(&mut cb, &mut bob, 10).unwrap();
     let mut bob_sender = Sender::new(&format!("ferry://{}", node.addr()), Default::default());
+    bob_sender.publish_prekeys(&mut bob, 10).unwrap();
     chat::sync(&mut cb, &mut bob_sender, &mut bob, clock).unwrap();
     const BURSTS: usize = 4;
     const PER_BURST: usize = 5;
@@ -301,8 +396,10 @@ fn the_cost_of_sending_apart_from_owning() {
                 } else {
                     // As before: the bundle, the send and its answer on the listening connection.
                     if !alice.has_session(&to) {
-                        let slot = alice.contact_prekey_slot(&to).unwrap();
-                        let bundle = ca.fetch_prekeys(slot).unwrap();
+                        let slot = alice
+                            .contact_prekey_slot(&to, ferry_proto::addr::day_of(ca.node_unix_s()))
+                            .unwrap();
+                        let bundle = ca.fetch_prekeys(&slot).unwrap();
                         alice.start_session(&to, &bundle).unwrap();
                     }
                     let t = alice.send(&to, &body, ca.node_unix_s(), 0).unwrap();

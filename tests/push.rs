@@ -476,7 +476,9 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
     let mut cb = s.node.client();
-    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    chat::Sender::new(&format!("ferry://{}", s.node.addr()), Default::default())
+        .publish_prekeys(&mut bob, 3)
+        .unwrap();
     let mut register = |first_contacts| {
         chat::register_push(
             &mut cb,

@@ -98,7 +98,7 @@ fn a_contacts_messages_to_an_offline_mailbox_pass_pressure_without_puzzles() {
         Sender::new(&url, Default::default()),
         Sender::new(&url, Default::default()),
     );
-    chat::publish_prekeys(&mut cb, &mut bob, 3).unwrap();
+    sb.publish_prekeys(&mut bob, 3).unwrap();
     chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
     alice.add_contact("bob", &bob.address()).unwrap();
     let (a_id, b_id) = (alice.address().identity, bob.address().identity);

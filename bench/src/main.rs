@@ -105,20 +105,38 @@ fn main() {
         "µs",
         (m / 73.0, lo / 73.0, hi / 73.0),
     );
-    // Prekey directory: what the service core spends on an upload.
+    // Prekeys: what a fetcher spends opening and checking a sealed bundle (the node only
+    // stores sealed items: it checks counts and ids).
     let ik = ferry_sdk::prekeys::IdentityKey::from_secret([11; 32]);
-    let kem_key = {
+    let slot_mb = MailboxSecret::from_seed(&[12; 32]);
+    let slot_signer = slot_mb
+        .blinded_signer(&ns, None, ferry_proto::addr::slot_epoch(20_000))
+        .expect("slot signer");
+    let sealer = ferry_proto::prekey::SlotSealer::new(
+        ferry_proto::prekey::slot_key(&slot_mb.public().to_bytes(), &ns, 20_000),
+        &slot_signer,
+    );
+    let (uploads, _) = {
         let plan = ferry_sdk::prekeys::PrekeyPlan {
-            signed: true,
-            one_time_ec: 0,
-            one_time_pq: 36,
+            head: ferry_sdk::prekeys::HeadPlan::New,
+            one_time_ec: 1,
+            one_time_pq: 1,
             ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
             replace_one_time: false,
+            expires: u64::MAX,
+            ttl_s: 0,
         };
-        ferry_sdk::prekeys::generate(&ik, Dest([3; 16]), plan).expect("prekeys")
+        ferry_sdk::prekeys::generate(&ik, &sealer, plan).expect("prekeys")
     };
-    let upload = &kem_key.0[0];
-    let lr = &upload.signed.as_ref().expect("signed").last_resort;
+    let sealed = ferry_proto::prekey::SealedBundle {
+        head: uploads[0].head.clone().expect("head"),
+        pq: uploads[0].pq.first().cloned(),
+        ec: uploads[0].ec.first().cloned(),
+    };
+    let opener =
+        ferry_proto::prekey::SlotOpener::new(slot_mb.public(), &ns, 20_000).expect("opener");
+    let opened = opener.open(&sealed).expect("opens");
+    let lr = &opened.pq;
     let u = ferry_proto::xeddsa::public_key(ik.secret());
     report(
         "XEdDSA verify (a signed prekey)",
@@ -139,11 +157,11 @@ fn main() {
         }),
     );
     report(
-        "prekey upload check, full frame (38 signatures)",
+        "prekey bundle open and check, fetcher (4 XEdDSA, 1 Ed25519, 3 AEAD)",
         "µs",
         measure(rounds, 10 * k, |n| {
             for _ in 0..n {
-                black_box(ferry_proto::prekey::check_upload(upload, None).is_ok());
+                black_box(opener.open(&sealed).is_ok());
             }
         }),
     );

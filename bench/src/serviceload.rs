@@ -92,17 +92,23 @@ fn setup(a: &Args) -> Result<(Vec<Dest>, Vec<Dest>), String> {
     let mut slots = Vec::with_capacity(a.slots);
     for s in 0..a.slots {
         let m = mailbox(1_000_000 + s);
-        c.prove(&[&m.signer(0).map_err(e)?], Op::PrekeyUpdate)
-            .map_err(e)?;
-        let dest = m.dest(0).map_err(e)?;
+        // Today's slot, sealed as the SDK seals it (the node's work does not depend on it).
+        let now = c.node_unix_s();
+        let day = ferry_proto::addr::day_of(now);
+        let signer = m.slot_signer(day).map_err(e)?;
+        c.prove(&[&signer], Op::PrekeyUpdate).map_err(e)?;
+        let dest = signer.dest();
         let plan = PrekeyPlan {
-            signed: true,
+            head: ferry_sdk::prekeys::HeadPlan::New,
             one_time_ec: 100,
             one_time_pq: 100,
             ids: ferry_sdk::prekeys::PrekeyIds::Sequential(1),
             replace_one_time: true,
+            expires: now + 2 * ferry_proto::addr::DAY_SECONDS,
+            ttl_s: 0,
         };
-        let (ups, _) = generate(&id, dest, plan).map_err(e)?;
+        let sealer = ferry_proto::prekey::SlotSealer::new(m.slot_key(day), &signer);
+        let (ups, _) = generate(&id, &sealer, plan).map_err(e)?;
         c.upload_prekeys(&ups).map_err(e)?;
         slots.push(dest);
     }
@@ -187,7 +193,7 @@ fn fetches(a: &Args, slots: &[Dest]) -> Result<(u64, u64, u64, u64, Vec<u64>), S
                 lat.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
             }
             match (status, bundle) {
-                (PrekeyStatus::Ok, Some(b)) if b.pq_last_resort => last_resort += 1,
+                (PrekeyStatus::Ok, Some(b)) if b.pq_last_resort() => last_resort += 1,
                 (PrekeyStatus::Ok, _) => ok += 1,
                 _ => other += 1,
             }

@@ -268,21 +268,25 @@ impl Connection {
         }))
     }
 
-    /// Publishes a new signed prekey, a last-resort key and `one_time` (at most 100) one-time
-    /// keys of each kind (the previous signed prekeys stay usable). Once is enough: then
-    /// `refill_prekeys`.
+    /// Publishes the prekey slots (one a day, a week ahead) the node does not hold yet, with
+    /// `one_time` (at most 100) one-time keys of each kind in each; each slot goes on a
+    /// connection of its own. Then `refill_prekeys` at every start.
     pub fn publish_prekeys(&self, m: Arc<Messenger>, one_time: u32) -> Result<(), FerryError> {
-        let mut c = self.lock()?;
+        let mut sender = self.sender()?;
         let mut m = m.lock()?;
-        chat::publish_prekeys(&mut c, &mut m, one_time as usize).map_err(msg_err)?;
+        sender
+            .publish_prekeys(&mut m, one_time as usize)
+            .map_err(msg_err)?;
         Ok(())
     }
 
-    /// Tops the one-time prekeys up when the directory says they run low.
+    /// Publishes the slots that are missing and tops today's one-time prekeys up when the
+    /// directory says they run low (call it at every start: a new day's slot is published
+    /// then, and the signed prekey rotates weekly).
     pub fn refill_prekeys(&self, m: Arc<Messenger>) -> Result<(), FerryError> {
-        let mut c = self.lock()?;
+        let mut sender = self.sender()?;
         let mut m = m.lock()?;
-        chat::refill_prekeys(&mut c, &mut m).map_err(msg_err)
+        sender.refill_prekeys(&mut m).map_err(msg_err)
     }
 
     /// Sends text to a contact (first contact through its prekeys).

@@ -64,6 +64,23 @@ pub fn epoch_of(unix_s: u64) -> u64 {
     unix_s / EPOCH_SECONDS
 }
 
+/// Seconds in one prekey-slot day.
+pub const DAY_SECONDS: u64 = 86_400;
+/// Set in the blinding epoch of a prekey slot: no hour's epoch has it (2^63 hours is far past any
+/// clock), so a slot's blinded key and dest are unlinkable to every hourly dest of the mailbox.
+pub const SLOT_EPOCH_FLAG: u64 = 1 << 63;
+
+/// The prekey-slot day of a Unix time: `floor(unix_seconds / 86400)`.
+pub fn day_of(unix_s: u64) -> u64 {
+    unix_s / DAY_SECONDS
+}
+
+/// The blinding epoch of the prekey slot of `day` (ADDRESSING.md, "Prekey slots").
+pub fn slot_epoch(day: u64) -> u64 {
+    assert!(day & SLOT_EPOCH_FLAG == 0, "day {day} out of range");
+    SLOT_EPOCH_FLAG | day
+}
+
 /// `h = wide_reduce(blake3 derive_key XOF 64 bytes("ferry v1 mailbox blinding", MK ‖ ns ‖ [s] ‖ e))`.
 fn blinding_factor(
     mk: &[u8; 32],
@@ -239,6 +256,12 @@ impl BlindedSigner {
         self.vk.to_bytes()
     }
 
+    /// Signs `message` with the blinded key (Ed25519; a verifier checks it with
+    /// [`verify_blinded`] under [`BlindedSigner::blinded_key`], which a sender computes from `MK`).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        raw_sign::<Sha512>(&self.esk, message, &self.vk).to_bytes()
+    }
+
     /// A proof that this signer owns `dest` for `op`, bound to the node and its challenge.
     pub fn prove(&self, node_id: &[u8; 32], challenge: &[u8; 32], op: Op) -> ProofItem {
         let msg = proof_message(node_id, challenge, &self.dest, op as u8);
@@ -250,6 +273,14 @@ impl BlindedSigner {
             signature: sig.to_bytes(),
         }
     }
+}
+
+/// Checks a [`BlindedSigner::sign`] signature (`verify_strict`).
+pub fn verify_blinded(blinded_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+    VerifyingKey::from_bytes(blinded_key).is_ok_and(|vk| {
+        vk.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
+    })
 }
 
 /// `"ferry v1 mailbox proof" ‖ node_id(32) ‖ challenge(32) ‖ dest(16) ‖ op(1)`.

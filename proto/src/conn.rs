@@ -1111,7 +1111,7 @@ pub enum ClientEvent {
     PrekeyBundle {
         dest: Dest,
         status: PrekeyStatus,
-        bundle: Option<Box<crate::prekey::Bundle>>,
+        bundle: Option<Box<crate::prekey::SealedBundle>>,
         /// The slot is under pressure: solve this for a one-time key (see `Frame::PrekeyBundle`).
         puzzle: Option<crate::puzzle::PuzzleAsk>,
     },

@@ -544,7 +544,7 @@ pub enum Frame {
     PrekeyBundle {
         dest: Dest,
         status: PrekeyStatus,
-        bundle: Option<Box<crate::prekey::Bundle>>,
+        bundle: Option<Box<crate::prekey::SealedBundle>>,
         puzzle: Option<crate::puzzle::PuzzleAsk>,
     },
     /// The answer to a media request (`op` says which).
@@ -833,7 +833,7 @@ impl Frame {
             Frame::Ack { items } => 2 + items.len() * 24,
             Frame::Stored { payload, .. } => 16 + 8 + 8 + payload.len(),
             Frame::DrainEnd { .. } => 16 + 1,
-            Frame::PrekeyUpload { upload } => upload.body_len(),
+            Frame::PrekeyUpload { upload } => upload.encoded_len(),
             Frame::PrekeyFetch { puzzle, .. } => {
                 16 + puzzle.map_or(0, |_| crate::puzzle::PUZZLE_ANSWER_BYTES)
             }
@@ -1348,7 +1348,7 @@ impl Frame {
                 let dest = Dest(r.array()?);
                 let status = r.enum_u8(PrekeyStatus::from_u8, "status")?;
                 let bundle = if status == PrekeyStatus::Ok {
-                    Some(Box::new(crate::prekey::Bundle::decode(&mut r)?))
+                    Some(Box::new(crate::prekey::SealedBundle::decode(&mut r)?))
                 } else {
                     None
                 };

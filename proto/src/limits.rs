@@ -74,9 +74,9 @@ const _: () = assert!(VERSION_MIN <= VERSION_MAX);
 const _: () = assert!(PROOF_CACHE_ENTRIES_MAX >= PROOFS_PER_FRAME_MAX);
 // A proven set must hold at least one full Prove frame.
 const _: () = assert!(PROVEN_PER_CONN_MAX >= PROOFS_PER_FRAME_MAX);
-// A slot's signed part plus at least 30 PQ one-time keys fit one PrekeyUpload frame.
+// A slot's sealed head plus at least 30 PQ one-time keys fit one PrekeyUpload frame.
 const _: () = assert!(
-    1 + 16 + 1 + crate::prekey::SIGNED_PART_BYTES + 4 + 30 * crate::prekey::PQ_ITEM_BYTES
+    1 + 16 + 1 + 4 + crate::prekey::HEAD_BYTES + 4 + 30 * crate::prekey::PQ_ITEM_BYTES
         <= FRAME_BYTES_MAX
 );
 const _: () =

@@ -1,24 +1,39 @@
-//! PQXDH prekey bundles (Signal's PQXDH specification, revision 3): their wire format and the
-//! checks a node runs on upload. Key encodings follow Signal: an X25519 key is `0x05 ‖ u` (33 B),
-//! an ML-KEM-1024 encapsulation key is `0x08 ‖ ek` (1569 B); signatures are XEdDSA by the identity
-//! key over the encoded key.
+//! PQXDH prekey bundles (Signal's PQXDH specification, revision 3) in rotating, sealed slots:
+//! their wire format, how an owner seals them and how a fetcher opens and checks them. Key
+//! encodings follow Signal: an X25519 key is `0x05 ‖ u` (33 B), an ML-KEM-1024 encapsulation key
+//! is `0x08 ‖ ek` (1569 B); signatures are XEdDSA by the identity key over the encoded key.
 //!
-//! Upload (body of `PrekeyUpload`, after the dest):
+//! **Slots rotate and are sealed** (docs/PROTOCOL.md §13, ADDRESSING.md "Prekey slots"). The slot
+//! of day `d` (`floor(unix / 86400)`) is the intro mailbox blinded for the epoch
+//! [`slot_epoch`]`(d)`, so its dest is unlinkable to the mailbox's hourly dests and to its other
+//! days' slots. Everything in it is sealed under [`slot_key`]`(MK, ns, d)`, which only holders of
+//! the address (`MK`) and the namespace id can compute: the node stores opaque items and never
+//! sees the identity key. The head (identity, signed prekey, last-resort ML-KEM key, a signed
+//! expiry) is also signed by the slot's blinded key. Each item is sealed with ChaCha20-Poly1305
+//! (`ferry_crypto::kdf::seal`) under a one-use secret `blake3 keyed_hash(slot_key, salt)`, the
+//! random 16-byte salt in front, authenticating the slot's dest, the item's kind and its id.
+//!
+//! Upload (body of `PrekeyUpload`, after the frame type):
 //! ```text
-//! flags:u8 (bit 0 signed part present, bit 1 replace one-time keys)
-//! [signed part: identity(33) spk_id:u32 spk(33) spk_sig(64) lr_id:u32 lr(1569) lr_sig(64)]
-//! n_ec:u16 then n_ec × (id:u32 key(33))
-//! n_pq:u16 then n_pq × (id:u32 key(1569) sig(64))
+//! dest(16) flags:u8 (bit 0 head present, bit 1 replace one-time keys) ttl_s:u32
+//! [head(HEAD_BYTES)]
+//! n_ec:u16 then n_ec × (id:u32 sealed(EC_SEALED_BYTES))
+//! n_pq:u16 then n_pq × (id:u32 sealed(PQ_SEALED_BYTES))
 //! ```
 //! Bundle (body of `PrekeyBundle` with status `Ok`, after dest and status):
 //! ```text
-//! identity(33) spk_id:u32 spk(33) spk_sig(64)
-//! pq_id:u32 pq(1569) pq_sig(64) pq_last_resort:u8
-//! has_ec:u8 [ec_id:u32 ec(33)]
+//! head(HEAD_BYTES) has_pq:u8 [id:u32 sealed(PQ_SEALED_BYTES)] has_ec:u8 [id:u32 sealed(EC_SEALED_BYTES)]
 //! ```
+//! `head = salt(16) ‖ ChaCha20-Poly1305(signed part) ‖ blinded_sig(64)`; the signed part is
+//! `identity(33) spk_id:u32 spk(33) spk_sig(64) lr_id:u32 lr(1569) lr_sig(64) expires:u64
+//! expiry_sig(64)`.
 
 use bytes::{BufMut, Bytes};
+use ferry_crypto::kdf;
 
+use crate::addr::{
+    AddrError, BlindedSigner, MailboxPublic, NamespaceId, slot_epoch, verify_blinded,
+};
 use crate::frame::{DecodeError, Dest, Reader};
 use crate::xeddsa;
 
@@ -37,19 +52,38 @@ pub const SIG_BYTES: usize = xeddsa::SIGNATURE_BYTES;
 /// Most one-time keys of each kind in one upload and in one slot.
 pub const ONE_TIME_KEYS_MAX: usize = 100;
 
-/// Upload flag: the signed part (identity, signed prekey, last-resort PQ prekey) follows.
-pub const UPLOAD_SIGNED: u8 = 0x01;
+/// Upload flag: the sealed head (identity, signed prekey, last-resort PQ prekey) follows.
+pub const UPLOAD_HEAD: u8 = 0x01;
 /// Upload flag: drop the slot's stored one-time keys before adding these.
 pub const UPLOAD_REPLACE_ONE_TIME: u8 = 0x02;
-const UPLOAD_FLAGS_KNOWN: u8 = UPLOAD_SIGNED | UPLOAD_REPLACE_ONE_TIME;
+const UPLOAD_FLAGS_KNOWN: u8 = UPLOAD_HEAD | UPLOAD_REPLACE_ONE_TIME;
 
-/// Wire size of the signed part.
+/// Bytes of the random salt in front of every sealed item.
+pub const SALT_BYTES: usize = 16;
+/// Bytes of the blinded key's Ed25519 signature at the end of a head.
+pub const BLINDED_SIG_BYTES: usize = 64;
+/// Plain size of the signed part (what the head seals).
 pub const SIGNED_PART_BYTES: usize =
-    EC_KEY_BYTES + 4 + EC_KEY_BYTES + SIG_BYTES + 4 + KEM_KEY_BYTES + SIG_BYTES;
-/// Wire size of one one-time EC prekey.
-pub const EC_ITEM_BYTES: usize = 4 + EC_KEY_BYTES;
-/// Wire size of one signed one-time PQ prekey.
-pub const PQ_ITEM_BYTES: usize = 4 + KEM_KEY_BYTES + SIG_BYTES;
+    EC_KEY_BYTES + 4 + EC_KEY_BYTES + SIG_BYTES + 4 + KEM_KEY_BYTES + SIG_BYTES + 8 + SIG_BYTES;
+/// Wire size of a sealed head.
+pub const HEAD_BYTES: usize = SALT_BYTES + SIGNED_PART_BYTES + kdf::TAG_BYTES + BLINDED_SIG_BYTES;
+/// Wire size of one sealed EC one-time key (without its id).
+pub const EC_SEALED_BYTES: usize = SALT_BYTES + EC_KEY_BYTES + kdf::TAG_BYTES;
+/// Wire size of one sealed signed PQ one-time key (without its id).
+pub const PQ_SEALED_BYTES: usize = SALT_BYTES + KEM_KEY_BYTES + SIG_BYTES + kdf::TAG_BYTES;
+/// Wire size of one EC one-time item: id and sealed key.
+pub const EC_ITEM_BYTES: usize = 4 + EC_SEALED_BYTES;
+/// Wire size of one PQ one-time item: id and sealed key.
+pub const PQ_ITEM_BYTES: usize = 4 + PQ_SEALED_BYTES;
+
+/// Context of [`slot_key`].
+pub const SLOT_KEY_CONTEXT: &str = "ferry v1 prekey slot key";
+/// Prefix of what the blinded key signs (and of the head's associated data).
+const HEAD_DOMAIN: &[u8] = b"ferry v1 prekey head";
+/// `info` of every sealed item's AEAD.
+const ITEM_INFO: &[u8] = b"ferry v1 prekey item";
+/// Prefix of what the identity key signs for a head's expiry.
+const EXPIRY_DOMAIN: &[u8] = b"ferry v1 signed prekey expiry";
 
 /// A one-time X25519 prekey (unsigned, as in X3DH/PQXDH).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,26 +109,62 @@ pub struct KemPrekey {
     pub sig: [u8; SIG_BYTES],
 }
 
-/// What every bundle of a slot shares: the identity and the two keys that are never consumed.
+/// What every bundle of a slot shares (sealed in its head): the identity, the two keys that are
+/// never consumed, and until when they may be used, signed by the identity key
+/// ([`expiry_message`]): a fetcher refuses a head past `expires`, so a node cannot hand out an
+/// old signed prekey after the owner rotated it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedPart {
     pub identity: [u8; EC_KEY_BYTES],
     pub spk: SignedEcPrekey,
     pub last_resort: KemPrekey,
+    /// Unix seconds.
+    pub expires: u64,
+    pub expiry_sig: [u8; SIG_BYTES],
 }
 
-/// One `PrekeyUpload`: the signed part (required for a slot's first upload) and one-time keys.
+/// A sealed EC one-time key: its id (random: it tells nobody how many were fetched) in clear,
+/// the key sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedEc {
+    pub id: u32,
+    pub sealed: [u8; EC_SEALED_BYTES],
+}
+
+/// A sealed signed PQ one-time key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedPq {
+    pub id: u32,
+    /// `PQ_SEALED_BYTES` long (checked on decode).
+    pub sealed: Bytes,
+}
+
+/// One `PrekeyUpload`: the sealed head (required for a slot's first upload) and sealed one-time
+/// keys. The node checks sizes, counts and ids only: it cannot open them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upload {
     pub dest: Dest,
     pub replace_one_time: bool,
-    pub signed: Option<SignedPart>,
-    pub ec: Vec<EcPrekey>,
-    pub pq: Vec<KemPrekey>,
+    /// Keep the slot this long after this upload (capped by the node's `prekeys.slot_ttl_s`;
+    /// 0: the cap).
+    pub ttl_s: u32,
+    /// `HEAD_BYTES` long (checked on decode).
+    pub head: Option<Bytes>,
+    pub ec: Vec<SealedEc>,
+    pub pq: Vec<SealedPq>,
 }
 
-/// What a fetch returns: one EC and one PQ one-time key consumed, or the last-resort PQ key when
-/// none are left (`pq_last_resort`), and no EC one-time key when none are left.
+/// What a fetch returns, sealed: the head, one PQ one-time key (none when none is left: the
+/// head's last-resort key stands in) and one EC one-time key (none when none is left).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedBundle {
+    /// `HEAD_BYTES` long (checked on decode).
+    pub head: Bytes,
+    pub pq: Option<SealedPq>,
+    pub ec: Option<SealedEc>,
+}
+
+/// A bundle opened and checked ([`SlotOpener::open`]): what PQXDH's initiator uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bundle {
     pub identity: [u8; EC_KEY_BYTES],
@@ -102,14 +172,17 @@ pub struct Bundle {
     pub pq: KemPrekey,
     pub pq_last_resort: bool,
     pub ec: Option<EcPrekey>,
+    /// Until when the head may be used (Unix seconds, signed by the identity key).
+    pub expires: u64,
 }
 
-/// Which key of an upload a refusal is about.
+/// Which key of an upload or bundle a refusal is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum KeyKind {
     None = 0,
     Identity = 1,
+    /// The head (signed prekey, its expiry, the blinded signature).
     SignedPrekey = 2,
     LastResort = 3,
     OneTimeEc = 4,
@@ -130,8 +203,9 @@ impl KeyKind {
     }
 }
 
-/// Why an upload was refused: the first bad key, by kind and index within its list. A list
-/// longer than [`ONE_TIME_KEYS_MAX`] is refused at its first key past the limit.
+/// Why an upload was refused or a bundle did not open: the first bad key, by kind and index
+/// within its list. A list longer than [`ONE_TIME_KEYS_MAX`] is refused at its first key past
+/// the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     pub bad_signature: bool,
@@ -139,8 +213,7 @@ pub struct Fault {
     pub index: u16,
 }
 
-/// `index` is at most `ONE_TIME_KEYS_MAX` (const-asserted to fit a u16 in `limits.rs`):
-/// `check_upload` looks at no key past it.
+/// `index` is at most `ONE_TIME_KEYS_MAX` (const-asserted to fit a u16 in `limits.rs`).
 fn fault(bad_signature: bool, kind: KeyKind, index: usize) -> Fault {
     Fault {
         bad_signature,
@@ -158,49 +231,303 @@ pub fn ec_key_u(key: &[u8; EC_KEY_BYTES]) -> Option<[u8; 32]> {
 /// modulus): the crypto core's.
 pub use ferry_crypto::pqxdh::kem_key_valid;
 
-/// Checks every key and signature of `upload`, and that neither one-time list is longer than
-/// [`ONE_TIME_KEYS_MAX`] (what one upload can carry). `stored_identity` is the slot's identity when
-/// the upload carries no signed part (one-time PQ keys are then checked against it).
-pub fn check_upload(upload: &Upload, stored_identity: Option<&[u8; 33]>) -> Result<(), Fault> {
+/// What the node checks of an upload: neither one-time list is longer than
+/// [`ONE_TIME_KEYS_MAX`] (what one upload can carry) and no id repeats within a list. The keys
+/// themselves are sealed: the fetcher checks them ([`SlotOpener::open`]).
+pub fn check_upload(upload: &Upload) -> Result<(), Fault> {
     if upload.ec.len() > ONE_TIME_KEYS_MAX {
         return Err(fault(false, KeyKind::OneTimeEc, ONE_TIME_KEYS_MAX));
     }
     if upload.pq.len() > ONE_TIME_KEYS_MAX {
         return Err(fault(false, KeyKind::OneTimePq, ONE_TIME_KEYS_MAX));
     }
-    let identity = match &upload.signed {
-        Some(s) => &s.identity,
-        None => match stored_identity {
-            Some(i) => i,
-            None => return Err(fault(false, KeyKind::SignedPrekey, 0)),
-        },
-    };
-    let ik = ec_key_u(identity).ok_or(fault(false, KeyKind::Identity, 0))?;
-    if let Some(s) = &upload.signed {
-        ec_key_u(&s.spk.key).ok_or(fault(false, KeyKind::SignedPrekey, 0))?;
-        if !xeddsa::verify(&ik, &s.spk.key, &s.spk.sig) {
-            return Err(fault(true, KeyKind::SignedPrekey, 0));
-        }
-        if !kem_key_valid(&s.last_resort.key) {
-            return Err(fault(false, KeyKind::LastResort, 0));
-        }
-        if !xeddsa::verify(&ik, &s.last_resort.key, &s.last_resort.sig) {
-            return Err(fault(true, KeyKind::LastResort, 0));
-        }
+    Ok(())
+}
+
+/// `"ferry v1 signed prekey expiry" ‖ spk_id ‖ spk ‖ lr_id ‖ lr ‖ expires` (u32/u64 LE): what
+/// the identity key signs for a head's expiry.
+pub fn expiry_message(spk: &SignedEcPrekey, last_resort: &KemPrekey, expires: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(EXPIRY_DOMAIN.len() + 4 + EC_KEY_BYTES + 4 + KEM_KEY_BYTES + 8);
+    m.extend_from_slice(EXPIRY_DOMAIN);
+    m.extend_from_slice(&spk.id.to_le_bytes());
+    m.extend_from_slice(&spk.key);
+    m.extend_from_slice(&last_resort.id.to_le_bytes());
+    m.extend_from_slice(&last_resort.key);
+    m.extend_from_slice(&expires.to_le_bytes());
+    m
+}
+
+/// Checks every key and signature of a signed part and of the one-time keys beside it (what a
+/// fetcher does after opening a bundle).
+pub fn check_keys(
+    signed: &SignedPart,
+    ec: Option<&EcPrekey>,
+    pq: Option<&KemPrekey>,
+) -> Result<(), Fault> {
+    let ik = ec_key_u(&signed.identity).ok_or(fault(false, KeyKind::Identity, 0))?;
+    ec_key_u(&signed.spk.key).ok_or(fault(false, KeyKind::SignedPrekey, 0))?;
+    if !xeddsa::verify(&ik, &signed.spk.key, &signed.spk.sig) {
+        return Err(fault(true, KeyKind::SignedPrekey, 0));
     }
-    for (i, k) in upload.ec.iter().enumerate() {
-        ec_key_u(&k.key).ok_or(fault(false, KeyKind::OneTimeEc, i))?;
+    if !kem_key_valid(&signed.last_resort.key) {
+        return Err(fault(false, KeyKind::LastResort, 0));
     }
-    for (i, k) in upload.pq.iter().enumerate() {
+    if !xeddsa::verify(&ik, &signed.last_resort.key, &signed.last_resort.sig) {
+        return Err(fault(true, KeyKind::LastResort, 0));
+    }
+    let expiry = expiry_message(&signed.spk, &signed.last_resort, signed.expires);
+    if !xeddsa::verify(&ik, &expiry, &signed.expiry_sig) {
+        return Err(fault(true, KeyKind::SignedPrekey, 0));
+    }
+    if let Some(k) = ec {
+        ec_key_u(&k.key).ok_or(fault(false, KeyKind::OneTimeEc, 0))?;
+    }
+    if let Some(k) = pq {
         if !kem_key_valid(&k.key) {
-            return Err(fault(false, KeyKind::OneTimePq, i));
+            return Err(fault(false, KeyKind::OneTimePq, 0));
         }
         if !xeddsa::verify(&ik, &k.key, &k.sig) {
-            return Err(fault(true, KeyKind::OneTimePq, i));
+            return Err(fault(true, KeyKind::OneTimePq, 0));
         }
     }
     Ok(())
 }
+
+// ---- sealing ----------------------------------------------------------------------------------
+
+/// `blake3 derive_key("ferry v1 prekey slot key", MK ‖ ns ‖ day_u64le)`: the key every item of
+/// the slot of `day` is sealed under. Computable from the address and the namespace id only.
+pub fn slot_key(mk: &[u8; 32], ns: &NamespaceId, day: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(SLOT_KEY_CONTEXT);
+    h.update(mk);
+    h.update(&ns.0);
+    h.update(&day.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+const KIND_HEAD: u8 = 0;
+const KIND_EC: u8 = 1;
+const KIND_PQ: u8 = 2;
+
+/// Associated data of a sealed item: `"ferry v1 prekey head" ‖ dest ‖ kind ‖ id_u32le`.
+fn item_aad(dest: &Dest, kind: u8, id: u32) -> Vec<u8> {
+    let mut a = Vec::with_capacity(HEAD_DOMAIN.len() + 16 + 1 + 4);
+    a.extend_from_slice(HEAD_DOMAIN);
+    a.extend_from_slice(&dest.0);
+    a.push(kind);
+    a.extend_from_slice(&id.to_le_bytes());
+    a
+}
+
+fn seal_item(key: &[u8; 32], salt: &[u8; SALT_BYTES], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let secret = blake3::keyed_hash(key, salt);
+    let mut out = Vec::with_capacity(SALT_BYTES + plain.len() + kdf::TAG_BYTES);
+    out.extend_from_slice(salt);
+    out.extend_from_slice(&kdf::seal(secret.as_bytes(), ITEM_INFO, aad, plain));
+    out
+}
+
+fn open_item(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let salt = sealed.get(..SALT_BYTES)?;
+    let secret = blake3::keyed_hash(key, salt);
+    kdf::open(secret.as_bytes(), ITEM_INFO, aad, &sealed[SALT_BYTES..])
+}
+
+/// What the blinded key signs: `"ferry v1 prekey head" ‖ dest ‖ salt ‖ ciphertext`.
+fn head_signed_message(dest: &Dest, sealed: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(HEAD_DOMAIN.len() + 16 + sealed.len());
+    m.extend_from_slice(HEAD_DOMAIN);
+    m.extend_from_slice(&dest.0);
+    m.extend_from_slice(sealed);
+    m
+}
+
+fn encode_signed(s: &SignedPart) -> Vec<u8> {
+    let mut b = Vec::with_capacity(SIGNED_PART_BYTES);
+    b.put_slice(&s.identity);
+    b.put_u32_le(s.spk.id);
+    b.put_slice(&s.spk.key);
+    b.put_slice(&s.spk.sig);
+    put_kem(&mut b, &s.last_resort);
+    b.put_u64_le(s.expires);
+    b.put_slice(&s.expiry_sig);
+    assert_eq!(b.len(), SIGNED_PART_BYTES);
+    b
+}
+
+fn decode_signed(b: Vec<u8>) -> Result<SignedPart, DecodeError> {
+    let mut r = Reader::new(Bytes::from(b), crate::frame::frame_type::PREKEY_BUNDLE);
+    let s = SignedPart {
+        identity: r.array()?,
+        spk: read_spk(&mut r)?,
+        last_resort: read_kem(&mut r)?,
+        expires: r.u64()?,
+        expiry_sig: r.array()?,
+    };
+    r.finish()?;
+    Ok(s)
+}
+
+/// The owner's side of one day's slot: seals what it uploads there.
+pub struct SlotSealer<'a> {
+    key: [u8; 32],
+    signer: &'a BlindedSigner,
+}
+
+impl std::fmt::Debug for SlotSealer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotSealer")
+            .field("dest", &self.signer.dest())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SlotSealer<'a> {
+    /// `signer` is the intro mailbox blinded for [`slot_epoch`]`(day)`, `key` its
+    /// [`slot_key`].
+    pub fn new(key: [u8; 32], signer: &'a BlindedSigner) -> Self {
+        SlotSealer { key, signer }
+    }
+    pub fn dest(&self) -> Dest {
+        self.signer.dest()
+    }
+    /// The sealed head: `salt ‖ sealed signed part ‖ blinded signature`.
+    pub fn seal_head(&self, signed: &SignedPart, salt: &[u8; SALT_BYTES]) -> Bytes {
+        let dest = self.dest();
+        let mut out = seal_item(
+            &self.key,
+            salt,
+            &item_aad(&dest, KIND_HEAD, 0),
+            &encode_signed(signed),
+        );
+        let sig = self.signer.sign(&head_signed_message(&dest, &out));
+        out.extend_from_slice(&sig);
+        assert_eq!(out.len(), HEAD_BYTES);
+        Bytes::from(out)
+    }
+    pub fn seal_ec(&self, k: &EcPrekey, salt: &[u8; SALT_BYTES]) -> SealedEc {
+        let v = seal_item(
+            &self.key,
+            salt,
+            &item_aad(&self.dest(), KIND_EC, k.id),
+            &k.key,
+        );
+        let mut sealed = [0u8; EC_SEALED_BYTES];
+        sealed.copy_from_slice(&v);
+        SealedEc { id: k.id, sealed }
+    }
+    pub fn seal_pq(&self, k: &KemPrekey, salt: &[u8; SALT_BYTES]) -> SealedPq {
+        assert_eq!(k.key.len(), KEM_KEY_BYTES, "KEM key of the wrong size");
+        let mut plain = Vec::with_capacity(KEM_KEY_BYTES + SIG_BYTES);
+        plain.extend_from_slice(&k.key);
+        plain.extend_from_slice(&k.sig);
+        let v = seal_item(
+            &self.key,
+            salt,
+            &item_aad(&self.dest(), KIND_PQ, k.id),
+            &plain,
+        );
+        assert_eq!(v.len(), PQ_SEALED_BYTES);
+        SealedPq {
+            id: k.id,
+            sealed: Bytes::from(v),
+        }
+    }
+}
+
+/// A fetcher's side of one day's slot of a contact: where it is and how to open it.
+#[derive(Clone, Debug)]
+pub struct SlotOpener {
+    dest: Dest,
+    day: u64,
+    key: [u8; 32],
+    blinded_key: [u8; 32],
+}
+
+impl SlotOpener {
+    /// The slot of `day` of the intro mailbox `mk` in namespace `ns`.
+    pub fn new(mk: &MailboxPublic, ns: &NamespaceId, day: u64) -> Result<Self, AddrError> {
+        let blinded_key = mk.blinded(ns, None, slot_epoch(day))?;
+        Ok(SlotOpener {
+            dest: crate::addr::dest_of(&blinded_key),
+            day,
+            key: slot_key(&mk.to_bytes(), ns, day),
+            blinded_key,
+        })
+    }
+    pub fn dest(&self) -> Dest {
+        self.dest
+    }
+    pub fn day(&self) -> u64 {
+        self.day
+    }
+
+    /// Checks the blinded signature, opens the head and the one-time keys and checks every key
+    /// and signature inside. The caller checks `expires` against its own clock and the identity
+    /// against the address.
+    pub fn open(&self, b: &SealedBundle) -> Result<Bundle, Fault> {
+        let head_fault = fault(true, KeyKind::SignedPrekey, 0);
+        if b.head.len() != HEAD_BYTES {
+            return Err(head_fault);
+        }
+        let (sealed, sig) = b.head.split_at(HEAD_BYTES - BLINDED_SIG_BYTES);
+        let sig: [u8; BLINDED_SIG_BYTES] = sig.try_into().map_err(|_| head_fault)?;
+        if !verify_blinded(
+            &self.blinded_key,
+            &head_signed_message(&self.dest, sealed),
+            &sig,
+        ) {
+            return Err(head_fault);
+        }
+        let plain =
+            open_item(&self.key, &item_aad(&self.dest, KIND_HEAD, 0), sealed).ok_or(head_fault)?;
+        let signed = decode_signed(plain).map_err(|_| head_fault)?;
+        let ec = match &b.ec {
+            Some(e) => {
+                let plain = open_item(&self.key, &item_aad(&self.dest, KIND_EC, e.id), &e.sealed)
+                    .ok_or(fault(true, KeyKind::OneTimeEc, 0))?;
+                Some(EcPrekey {
+                    id: e.id,
+                    key: plain
+                        .try_into()
+                        .map_err(|_| fault(false, KeyKind::OneTimeEc, 0))?,
+                })
+            }
+            None => None,
+        };
+        let pq = match &b.pq {
+            Some(p) => {
+                let plain = open_item(&self.key, &item_aad(&self.dest, KIND_PQ, p.id), &p.sealed)
+                    .ok_or(fault(true, KeyKind::OneTimePq, 0))?;
+                if plain.len() != KEM_KEY_BYTES + SIG_BYTES {
+                    return Err(fault(false, KeyKind::OneTimePq, 0));
+                }
+                let mut sig = [0u8; SIG_BYTES];
+                sig.copy_from_slice(&plain[KEM_KEY_BYTES..]);
+                let mut key = plain;
+                key.truncate(KEM_KEY_BYTES);
+                Some(KemPrekey {
+                    id: p.id,
+                    key: Bytes::from(key),
+                    sig,
+                })
+            }
+            None => None,
+        };
+        check_keys(&signed, ec.as_ref(), pq.as_ref())?;
+        let pq_last_resort = pq.is_none();
+        Ok(Bundle {
+            identity: signed.identity,
+            spk: signed.spk,
+            pq: pq.unwrap_or(signed.last_resort),
+            pq_last_resort,
+            ec,
+            expires: signed.expires,
+        })
+    }
+}
+
+// ---- wire -------------------------------------------------------------------------------------
 
 fn put_kem(out: &mut impl BufMut, k: &KemPrekey) {
     assert_eq!(k.key.len(), KEM_KEY_BYTES, "KEM key of the wrong size");
@@ -225,11 +552,46 @@ fn read_spk(r: &mut Reader) -> Result<SignedEcPrekey, DecodeError> {
     })
 }
 
+fn put_pq(out: &mut impl BufMut, k: &SealedPq) {
+    assert_eq!(
+        k.sealed.len(),
+        PQ_SEALED_BYTES,
+        "sealed PQ key of the wrong size"
+    );
+    out.put_u32_le(k.id);
+    out.put_slice(&k.sealed);
+}
+
+fn read_pq(r: &mut Reader) -> Result<SealedPq, DecodeError> {
+    Ok(SealedPq {
+        id: r.u32()?,
+        sealed: r.take(PQ_SEALED_BYTES)?,
+    })
+}
+
+fn put_ec(out: &mut impl BufMut, k: &SealedEc) {
+    out.put_u32_le(k.id);
+    out.put_slice(&k.sealed);
+}
+
+fn read_ec(r: &mut Reader) -> Result<SealedEc, DecodeError> {
+    Ok(SealedEc {
+        id: r.u32()?,
+        sealed: r.array()?,
+    })
+}
+
+fn put_head(out: &mut impl BufMut, head: &Bytes) {
+    assert_eq!(head.len(), HEAD_BYTES, "sealed head of the wrong size");
+    out.put_slice(head);
+}
+
 impl Upload {
-    /// Body bytes after the frame type.
-    pub(crate) fn body_len(&self) -> usize {
+    /// Bytes of [`Upload::encode`] (a frame's body after the type byte).
+    pub fn encoded_len(&self) -> usize {
         16 + 1
-            + self.signed.as_ref().map_or(0, |_| SIGNED_PART_BYTES)
+            + 4
+            + self.head.as_ref().map_or(0, |_| HEAD_BYTES)
             + 2
             + self.ec.len() * EC_ITEM_BYTES
             + 2
@@ -247,28 +609,24 @@ impl Upload {
         );
         out.put_slice(&self.dest.0);
         let mut flags = 0;
-        if self.signed.is_some() {
-            flags |= UPLOAD_SIGNED;
+        if self.head.is_some() {
+            flags |= UPLOAD_HEAD;
         }
         if self.replace_one_time {
             flags |= UPLOAD_REPLACE_ONE_TIME;
         }
         out.put_u8(flags);
-        if let Some(s) = &self.signed {
-            out.put_slice(&s.identity);
-            out.put_u32_le(s.spk.id);
-            out.put_slice(&s.spk.key);
-            out.put_slice(&s.spk.sig);
-            put_kem(out, &s.last_resort);
+        out.put_u32_le(self.ttl_s);
+        if let Some(h) = &self.head {
+            put_head(out, h);
         }
         out.put_u16_le(crate::frame::count_u16(self.ec.len(), ONE_TIME_KEYS_MAX));
         for k in &self.ec {
-            out.put_u32_le(k.id);
-            out.put_slice(&k.key);
+            put_ec(out, k);
         }
         out.put_u16_le(crate::frame::count_u16(self.pq.len(), ONE_TIME_KEYS_MAX));
         for k in &self.pq {
-            put_kem(out, k);
+            put_pq(out, k);
         }
     }
 
@@ -286,103 +644,78 @@ impl Upload {
         if flags & !UPLOAD_FLAGS_KNOWN != 0 {
             return Err(r.invalid("flags"));
         }
-        let signed = if flags & UPLOAD_SIGNED != 0 {
-            Some(SignedPart {
-                identity: r.array()?,
-                spk: read_spk(r)?,
-                last_resort: read_kem(r)?,
-            })
+        let ttl_s = r.u32()?;
+        let head = if flags & UPLOAD_HEAD != 0 {
+            Some(r.take(HEAD_BYTES)?)
         } else {
             None
         };
         let n = r.count(ONE_TIME_KEYS_MAX, EC_ITEM_BYTES)?;
         let mut ec = Vec::with_capacity(n);
         for _ in 0..n {
-            ec.push(EcPrekey {
-                id: r.u32()?,
-                key: r.array()?,
-            });
+            ec.push(read_ec(r)?);
         }
         let n = r.count(ONE_TIME_KEYS_MAX, PQ_ITEM_BYTES)?;
         let mut pq = Vec::with_capacity(n);
         for _ in 0..n {
-            pq.push(read_kem(r)?);
+            pq.push(read_pq(r)?);
         }
         Ok(Upload {
             dest,
             replace_one_time: flags & UPLOAD_REPLACE_ONE_TIME != 0,
-            signed,
+            ttl_s,
+            head,
             ec,
             pq,
         })
     }
 }
 
-impl Bundle {
+impl SealedBundle {
     pub(crate) const fn body_len(&self) -> usize {
-        EC_KEY_BYTES
-            + 4
-            + EC_KEY_BYTES
-            + SIG_BYTES
-            + PQ_ITEM_BYTES
+        HEAD_BYTES
             + 1
+            + if self.pq.is_some() { PQ_ITEM_BYTES } else { 0 }
             + 1
             + if self.ec.is_some() { EC_ITEM_BYTES } else { 0 }
     }
 
     pub(crate) fn encode(&self, out: &mut impl BufMut) {
-        out.put_slice(&self.identity);
-        out.put_u32_le(self.spk.id);
-        out.put_slice(&self.spk.key);
-        out.put_slice(&self.spk.sig);
-        put_kem(out, &self.pq);
-        out.put_u8(u8::from(self.pq_last_resort));
+        put_head(out, &self.head);
+        match &self.pq {
+            Some(k) => {
+                out.put_u8(1);
+                put_pq(out, k);
+            }
+            None => out.put_u8(0),
+        }
         match &self.ec {
             Some(k) => {
                 out.put_u8(1);
-                out.put_u32_le(k.id);
-                out.put_slice(&k.key);
+                put_ec(out, k);
             }
             None => out.put_u8(0),
         }
     }
 
-    pub(crate) fn decode(r: &mut Reader) -> Result<Bundle, DecodeError> {
-        let identity = r.array()?;
-        let spk = read_spk(r)?;
-        let pq = read_kem(r)?;
-        let pq_last_resort = r.bool("pq_last_resort")?;
-        let ec = if r.bool("has_ec")? {
-            Some(EcPrekey {
-                id: r.u32()?,
-                key: r.array()?,
-            })
+    pub(crate) fn decode(r: &mut Reader) -> Result<SealedBundle, DecodeError> {
+        let head = r.take(HEAD_BYTES)?;
+        let pq = if r.bool("has_pq")? {
+            Some(read_pq(r)?)
         } else {
             None
         };
-        Ok(Bundle {
-            identity,
-            spk,
-            pq,
-            pq_last_resort,
-            ec,
-        })
+        let ec = if r.bool("has_ec")? {
+            Some(read_ec(r)?)
+        } else {
+            None
+        };
+        Ok(SealedBundle { head, pq, ec })
     }
 
-    /// Checks the bundle's signatures (what a fetching client does before using it).
-    pub fn verify(&self) -> Result<(), Fault> {
-        let upload = Upload {
-            dest: Dest::default(),
-            replace_one_time: false,
-            signed: Some(SignedPart {
-                identity: self.identity,
-                spk: self.spk.clone(),
-                last_resort: self.pq.clone(),
-            }),
-            ec: self.ec.iter().cloned().collect(),
-            pq: Vec::new(),
-        };
-        check_upload(&upload, None)
+    /// Whether the bundle carries no PQ one-time key (the head's last-resort key stands in).
+    pub fn pq_last_resort(&self) -> bool {
+        self.pq.is_none()
     }
 }
 
@@ -436,48 +769,178 @@ mod tests {
         assert!(ec_key_u(&p).is_some());
     }
 
-    /// A list longer than one upload may carry is refused at its first key past
-    /// `ONE_TIME_KEYS_MAX`. (The fault's u16 index once clamped: 70 000 keys with the last one
-    /// bad were refused at index 65 535, a key that was fine.)
+    fn mailbox() -> (crate::addr::MailboxSecret, NamespaceId) {
+        (
+            crate::addr::MailboxSecret::from_seed(&[3; 32]),
+            NamespaceId([9; 32]),
+        )
+    }
+
+    fn signed_part(ik: &[u8; 32], expires: u64) -> SignedPart {
+        let identity = {
+            let mut k = [0u8; EC_KEY_BYTES];
+            k[0] = EC_KEY_TYPE;
+            k[1..].copy_from_slice(&xeddsa::public_key(ik));
+            k
+        };
+        let mut spk_key = [0u8; EC_KEY_BYTES];
+        spk_key[0] = EC_KEY_TYPE;
+        spk_key[1] = 9;
+        let spk = SignedEcPrekey {
+            id: 7,
+            key: spk_key,
+            sig: xeddsa::sign(ik, &spk_key, &[1; 64]),
+        };
+        let mut lr = vec![0u8; KEM_KEY_BYTES];
+        lr[0] = KEM_KEY_TYPE;
+        let last_resort = KemPrekey {
+            id: 8,
+            sig: xeddsa::sign(ik, &lr, &[2; 64]),
+            key: Bytes::from(lr),
+        };
+        let expiry_sig = xeddsa::sign(ik, &expiry_message(&spk, &last_resort, expires), &[3; 64]);
+        SignedPart {
+            identity,
+            spk,
+            last_resort,
+            expires,
+            expiry_sig,
+        }
+    }
+
+    /// A sealed bundle opens only with its day's slot: the node sees no key, no identity; a
+    /// changed byte anywhere, another day's opener, an item moved to another slot or id, or an
+    /// expiry the identity did not sign are all refused.
     #[test]
-    fn one_time_lists_past_the_limit_are_refused_not_clamped() {
-        let mut good = [0u8; EC_KEY_BYTES];
-        good[0] = EC_KEY_TYPE;
-        good[1] = 9;
-        let mut bad = good;
-        bad[0] = 0x06;
-        let upload = |n: usize, last: [u8; EC_KEY_BYTES]| Upload {
+    fn sealed_slots_open_only_for_their_day_and_hide_the_identity() {
+        let (mb, ns) = mailbox();
+        let ik = [5u8; 32];
+        let day = 20_000;
+        let signer = mb.blinded_signer(&ns, None, slot_epoch(day)).unwrap();
+        let sealer = SlotSealer::new(slot_key(&mb.public().to_bytes(), &ns, day), &signer);
+        let signed = signed_part(&ik, 1_234_567);
+        let mut ec_key = [0u8; EC_KEY_BYTES];
+        ec_key[0] = EC_KEY_TYPE;
+        ec_key[1] = 42;
+        let ec = EcPrekey {
+            id: 0xdead_beef,
+            key: ec_key,
+        };
+        let mut pq_plain = vec![0u8; KEM_KEY_BYTES];
+        pq_plain[0] = KEM_KEY_TYPE;
+        pq_plain[100] = 1;
+        let pq = KemPrekey {
+            id: 77,
+            sig: xeddsa::sign(&ik, &pq_plain, &[4; 64]),
+            key: Bytes::from(pq_plain),
+        };
+        let sealed = SealedBundle {
+            head: sealer.seal_head(&signed, &[1; SALT_BYTES]),
+            pq: Some(sealer.seal_pq(&pq, &[2; SALT_BYTES])),
+            ec: Some(sealer.seal_ec(&ec, &[3; SALT_BYTES])),
+        };
+        // What the node holds names neither the identity nor any key.
+        let mut wire = Vec::new();
+        sealed.encode(&mut wire);
+        for needle in [
+            &signed.identity[1..],
+            &ec_key[1..],
+            &signed.spk.key[1..],
+            &pq.key[90..130],
+        ] {
+            assert!(!wire.windows(needle.len()).any(|w| w == needle));
+        }
+        let opener = SlotOpener::new(mb.public(), &ns, day).unwrap();
+        assert_eq!(opener.dest(), signer.dest());
+        let b = opener.open(&sealed).unwrap();
+        assert_eq!(b.identity, signed.identity);
+        assert_eq!(b.ec, Some(ec.clone()));
+        assert_eq!(b.pq, pq);
+        assert!(!b.pq_last_resort);
+        assert_eq!(b.expires, 1_234_567);
+        // Without one-time keys the last-resort key stands in.
+        let bare = SealedBundle {
+            head: sealed.head.clone(),
+            pq: None,
+            ec: None,
+        };
+        let b = opener.open(&bare).unwrap();
+        assert!(b.pq_last_resort && b.ec.is_none());
+        assert_eq!(b.pq, signed.last_resort);
+        // Another day's slot is another dest and does not open this one.
+        let other = SlotOpener::new(mb.public(), &ns, day + 1).unwrap();
+        assert_ne!(other.dest(), opener.dest());
+        assert!(other.open(&sealed).is_err());
+        // The slot's dest is none of the mailbox's hourly dests around it.
+        for e in (day * 24 - 48)..(day * 24 + 72) {
+            assert_ne!(mb.public().dest(&ns, None, e).unwrap(), opener.dest());
+        }
+        // Any flipped byte of the head (ciphertext or blinded signature) is refused.
+        for at in [0, 20, HEAD_BYTES / 2, HEAD_BYTES - 70, HEAD_BYTES - 1] {
+            let mut h = sealed.head.to_vec();
+            h[at] ^= 1;
+            let bad = SealedBundle {
+                head: Bytes::from(h),
+                ..sealed.clone()
+            };
+            assert_eq!(opener.open(&bad).unwrap_err().kind, KeyKind::SignedPrekey);
+        }
+        // An item under another id (or flipped) does not open.
+        let mut moved = sealed.clone();
+        moved.ec.as_mut().unwrap().id ^= 1;
+        assert_eq!(opener.open(&moved).unwrap_err().kind, KeyKind::OneTimeEc);
+        let mut moved = sealed.clone();
+        moved.pq.as_mut().unwrap().id ^= 1;
+        assert_eq!(opener.open(&moved).unwrap_err().kind, KeyKind::OneTimePq);
+        // A head whose expiry the identity did not sign is refused.
+        let mut forged = signed.clone();
+        forged.expires += 86_400;
+        let bad = SealedBundle {
+            head: sealer.seal_head(&forged, &[5; SALT_BYTES]),
+            ..sealed.clone()
+        };
+        let f = opener.open(&bad).unwrap_err();
+        assert!(f.bad_signature && f.kind == KeyKind::SignedPrekey);
+        // A head sealed right but signed by another blinded key (not the slot's) is refused.
+        let stranger = crate::addr::MailboxSecret::from_seed(&[4; 32])
+            .blinded_signer(&ns, None, slot_epoch(day))
+            .unwrap();
+        let wrong = SlotSealer::new(slot_key(&mb.public().to_bytes(), &ns, day), &stranger);
+        let bad = SealedBundle {
+            head: wrong.seal_head(&signed, &[6; SALT_BYTES]),
+            ..sealed.clone()
+        };
+        assert!(opener.open(&bad).is_err());
+        // Round trip through the wire.
+        let mut r = Reader::new(Bytes::from(wire), crate::frame::frame_type::PREKEY_BUNDLE);
+        assert_eq!(SealedBundle::decode(&mut r).unwrap(), sealed);
+    }
+
+    /// A list longer than one upload may carry is refused at its first key past
+    /// `ONE_TIME_KEYS_MAX`.
+    #[test]
+    fn one_time_lists_past_the_limit_are_refused() {
+        let upload = |n: usize| Upload {
             dest: Dest::default(),
             replace_one_time: false,
-            signed: None,
+            ttl_s: 0,
+            head: None,
             ec: (0..n)
-                .map(|i| EcPrekey {
+                .map(|i| SealedEc {
                     id: u32::try_from(i).unwrap(),
-                    key: if i + 1 == n { last } else { good },
+                    sealed: [0; EC_SEALED_BYTES],
                 })
                 .collect(),
             pq: Vec::new(),
         };
-        let at = |index: usize| Fault {
-            bad_signature: false,
-            kind: KeyKind::OneTimeEc,
-            index: u16::try_from(index).unwrap(),
-        };
+        assert_eq!(check_upload(&upload(ONE_TIME_KEYS_MAX)), Ok(()));
         assert_eq!(
-            check_upload(&upload(ONE_TIME_KEYS_MAX, good), Some(&good)),
-            Ok(())
-        );
-        assert_eq!(
-            check_upload(&upload(ONE_TIME_KEYS_MAX, bad), Some(&good)),
-            Err(at(ONE_TIME_KEYS_MAX - 1))
-        );
-        assert_eq!(
-            check_upload(&upload(ONE_TIME_KEYS_MAX + 1, good), Some(&good)),
-            Err(at(ONE_TIME_KEYS_MAX))
-        );
-        assert_eq!(
-            check_upload(&upload(70_000, bad), Some(&good)),
-            Err(at(ONE_TIME_KEYS_MAX))
+            check_upload(&upload(ONE_TIME_KEYS_MAX + 1)),
+            Err(Fault {
+                bad_signature: false,
+                kind: KeyKind::OneTimeEc,
+                index: u16::try_from(ONE_TIME_KEYS_MAX).unwrap(),
+            })
         );
     }
 
@@ -486,13 +949,18 @@ mod tests {
     #[test]
     #[should_panic(expected = "over its limit")]
     fn encoding_more_one_time_keys_than_the_count_may_say_panics() {
-        let mut key = [0u8; EC_KEY_BYTES];
-        key[0] = EC_KEY_TYPE;
         let upload = Upload {
             dest: Dest::default(),
             replace_one_time: false,
-            signed: None,
-            ec: vec![EcPrekey { id: 1, key }; usize::from(u16::MAX) + 1],
+            ttl_s: 0,
+            head: None,
+            ec: vec![
+                SealedEc {
+                    id: 1,
+                    sealed: [0; EC_SEALED_BYTES]
+                };
+                usize::from(u16::MAX) + 1
+            ],
             pq: Vec::new(),
         };
         upload.encode(&mut Vec::new());

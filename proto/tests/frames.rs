@@ -65,75 +65,52 @@ fn pick<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy
     prop::sample::select(all)
 }
 
-fn sig() -> impl Strategy<Value = [u8; 64]> {
-    prop::collection::vec(any::<u8>(), 64).prop_map(|v| {
-        let mut a = [0u8; 64];
-        a.copy_from_slice(&v);
-        a
-    })
-}
-fn ec_key() -> impl Strategy<Value = [u8; 33]> {
-    prop::collection::vec(any::<u8>(), 33).prop_map(|v| {
-        let mut a = [0u8; 33];
-        a.copy_from_slice(&v);
-        a
-    })
-}
-fn kem(id: u32, fill: u8, sig: [u8; 64]) -> ferry_proto::prekey::KemPrekey {
-    ferry_proto::prekey::KemPrekey {
+fn sealed_pq(id: u32, fill: u8) -> ferry_proto::prekey::SealedPq {
+    ferry_proto::prekey::SealedPq {
         id,
-        key: Bytes::from(vec![fill; ferry_proto::prekey::KEM_KEY_BYTES]),
-        sig,
+        sealed: Bytes::from(vec![fill; ferry_proto::prekey::PQ_SEALED_BYTES]),
     }
+}
+fn sealed_ec(id: u32, fill: u8) -> ferry_proto::prekey::SealedEc {
+    ferry_proto::prekey::SealedEc {
+        id,
+        sealed: [fill; ferry_proto::prekey::EC_SEALED_BYTES],
+    }
+}
+fn head(fill: u8) -> Bytes {
+    Bytes::from(vec![fill; ferry_proto::prekey::HEAD_BYTES])
 }
 fn upload() -> impl Strategy<Value = ferry_proto::prekey::Upload> {
     use ferry_proto::prekey::*;
     (
         dest(),
         any::<bool>(),
-        prop::option::of((ec_key(), any::<u32>(), ec_key(), sig(), any::<u32>(), sig())),
-        prop::collection::vec((any::<u32>(), ec_key()), 0..5),
-        prop::collection::vec((any::<u32>(), any::<u8>(), sig()), 0..4),
+        any::<u32>(),
+        prop::option::of(any::<u8>()),
+        prop::collection::vec((any::<u32>(), any::<u8>()), 0..5),
+        prop::collection::vec((any::<u32>(), any::<u8>()), 0..4),
     )
-        .prop_map(|(dest, replace_one_time, signed, ec, pq)| Upload {
+        .prop_map(|(dest, replace_one_time, ttl_s, h, ec, pq)| Upload {
             dest,
             replace_one_time,
-            signed: signed.map(
-                |(identity, spk_id, spk, spk_sig, lr_id, lr_sig)| SignedPart {
-                    identity,
-                    spk: SignedEcPrekey {
-                        id: spk_id,
-                        key: spk,
-                        sig: spk_sig,
-                    },
-                    last_resort: kem(lr_id, 3, lr_sig),
-                },
-            ),
-            ec: ec
-                .into_iter()
-                .map(|(id, key)| EcPrekey { id, key })
-                .collect(),
-            pq: pq.into_iter().map(|(id, f, s)| kem(id, f, s)).collect(),
+            ttl_s,
+            head: h.map(head),
+            ec: ec.into_iter().map(|(id, f)| sealed_ec(id, f)).collect(),
+            pq: pq.into_iter().map(|(id, f)| sealed_pq(id, f)).collect(),
         })
 }
-fn bundle() -> impl Strategy<Value = ferry_proto::prekey::Bundle> {
+fn bundle() -> impl Strategy<Value = ferry_proto::prekey::SealedBundle> {
     use ferry_proto::prekey::*;
     (
-        ec_key(),
-        (any::<u32>(), ec_key(), sig()),
-        (any::<u32>(), any::<u8>(), sig()),
-        any::<bool>(),
-        prop::option::of((any::<u32>(), ec_key())),
+        any::<u8>(),
+        prop::option::of((any::<u32>(), any::<u8>())),
+        prop::option::of((any::<u32>(), any::<u8>())),
     )
-        .prop_map(
-            |(identity, (id, key, s), (pid, f, ps), pq_last_resort, ec)| Bundle {
-                identity,
-                spk: SignedEcPrekey { id, key, sig: s },
-                pq: kem(pid, f, ps),
-                pq_last_resort,
-                ec: ec.map(|(id, key)| EcPrekey { id, key }),
-            },
-        )
+        .prop_map(|(h, pq, ec)| SealedBundle {
+            head: head(h),
+            pq: pq.map(|(id, f)| sealed_pq(id, f)),
+            ec: ec.map(|(id, f)| sealed_ec(id, f)),
+        })
 }
 
 fn service_frame() -> impl Strategy<Value = Frame> {
@@ -597,19 +574,9 @@ fn prekey_puzzle_frames_match_the_documented_bytes() {
     short.extend_from_slice(&[0xd0; 17]);
     assert!(Frame::decode_body(Bytes::from(short)).is_err());
     // The puzzle rides after an `Ok` bundle: its 36 bytes are the frame's last.
-    let bundle = ferry_proto::prekey::Bundle {
-        identity: [0x02; 33],
-        spk: ferry_proto::prekey::SignedEcPrekey {
-            id: 1,
-            key: [0x03; 33],
-            sig: [0; 64],
-        },
-        pq: ferry_proto::prekey::KemPrekey {
-            id: 2,
-            key: Bytes::from(vec![0; ferry_proto::prekey::KEM_KEY_BYTES]),
-            sig: [0; 64],
-        },
-        pq_last_resort: true,
+    let bundle = ferry_proto::prekey::SealedBundle {
+        head: head(0x02),
+        pq: None,
         ec: None,
     };
     let f = Frame::PrekeyBundle {
@@ -622,7 +589,10 @@ fn prekey_puzzle_frames_match_the_documented_bytes() {
         }),
     };
     let bytes = f.to_bytes();
-    assert_eq!(bytes.len(), 4 + 1 + 17 + 1773 + 36);
+    assert_eq!(
+        bytes.len(),
+        4 + 1 + 17 + ferry_proto::prekey::HEAD_BYTES + 2 + 36
+    );
     assert_eq!(
         hex(&f)[2 * (bytes.len() - 36)..],
         format!("{}08000000", "5e".repeat(32))

@@ -219,15 +219,12 @@ fn main() {
     let rest: Vec<&str> = o.rest.iter().map(String::as_str).collect();
     match rest.as_slice() {
         ["init"] => {
-            let mut c = connect();
-            if m.has_prekeys() {
-                // Published before: top the one-time keys up (rotating the signed prekey on
-                // every start would only churn).
-                chat::refill_prekeys(&mut c, &mut m).unwrap_or_else(|e| fail(e));
-            } else {
-                let (ec, pq) =
-                    chat::publish_prekeys(&mut c, &mut m, 20).unwrap_or_else(|e| fail(e));
-                eprintln!("prekeys published ({ec} + {pq} one-time keys)");
+            // Publishes the days' slots the node lacks (a week ahead) and tops today's up, each
+            // slot on a connection of its own.
+            let first = !m.has_prekeys();
+            sender.refill_prekeys(&mut m).unwrap_or_else(|e| fail(e));
+            if first {
+                eprintln!("prekeys published");
             }
             println!("{}", m.address());
         }
@@ -307,7 +304,7 @@ fn main() {
                     s.dropped + s2.dropped
                 );
             }
-            let _ = chat::refill_prekeys(&mut c, &mut m);
+            let _ = sender.refill_prekeys(&mut m);
         }
         ["fetch", flags @ ..] => {
             let mut which = None;

@@ -14,9 +14,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use ferry_proto::addr::{BlindedSigner, epoch_of};
+use ferry_proto::addr::{BlindedSigner, day_of, epoch_of};
 use ferry_proto::conn::ClientEvent;
-use ferry_proto::frame::{Dest, Op, ProofStatus, SubscribeStatus};
+use ferry_proto::frame::{Op, PrekeyStatus, ProofStatus, SubscribeStatus};
 
 use crate::messenger::{Body, Incoming, Messenger, MessengerError, Storage, Transmit};
 use crate::{Client, ConnectOptions, SdkError};
@@ -46,34 +46,6 @@ fn prove_all(client: &mut Client, signers: &[BlindedSigner], op: Op) -> Result<(
             message: format!("proof refused: {bad:?}"),
         }
         .into());
-    }
-    Ok(())
-}
-
-/// Uploads a signed prekey, a last-resort KEM key and `one_time` one-time keys of each kind to
-/// this user's slot. Returns the one-time keys (EC, PQ) the slot holds after it.
-pub fn publish_prekeys<S: Storage>(
-    client: &mut Client,
-    m: &mut Messenger<S>,
-    one_time: usize,
-) -> Result<(u16, u16), MessengerError> {
-    let slot = m.prekey_slot()?;
-    prove_all(client, std::slice::from_ref(&slot), Op::PrekeyUpdate)?;
-    let uploads = m.prekey_uploads(true, one_time)?;
-    Ok(client.upload_prekeys(&uploads)?)
-}
-
-/// Tops the slot's one-time keys up when they run low.
-pub fn refill_prekeys<S: Storage>(
-    client: &mut Client,
-    m: &mut Messenger<S>,
-) -> Result<(), MessengerError> {
-    let slot = m.prekey_slot()?;
-    let (ec, pq) = client.prekey_count(slot.dest())?;
-    let uploads = m.refill(ec, pq)?;
-    if !uploads.is_empty() {
-        prove_all(client, std::slice::from_ref(&slot), Op::PrekeyUpdate)?;
-        client.upload_prekeys(&uploads)?;
     }
     Ok(())
 }
@@ -148,9 +120,85 @@ impl Sender {
         }
     }
 
-    /// Fetches a contact's prekey bundle on a connection of its own, closed after.
-    pub fn fetch_prekeys(&mut self, slot: Dest) -> Result<crate::Bundle, SdkError> {
-        self.open()?.fetch_prekeys(slot)
+    /// Fetches a contact's prekey bundle on a connection of its own, closed after: from its
+    /// slot of the node's day, or, when that one is not there, of the day before
+    /// ([`Messenger::contact_prekey_slots`]).
+    pub fn fetch_prekeys<S: Storage>(
+        &mut self,
+        m: &Messenger<S>,
+        to: &[u8; 33],
+    ) -> Result<crate::Bundle, MessengerError> {
+        let mut c = self.open()?;
+        let mut missing = None;
+        for slot in m.contact_prekey_slots(to, c.node_unix_s())? {
+            match c.fetch_prekeys(&slot) {
+                Err(
+                    e @ SdkError::Prekey {
+                        status: PrekeyStatus::NotFound,
+                        ..
+                    },
+                ) => missing = Some(e),
+                r => return Ok(r?),
+            }
+        }
+        Err(missing.unwrap_or(SdkError::Closed).into())
+    }
+
+    /// Publishes this user's prekey slots from today to `SLOT_DAYS_AHEAD` days ahead that the
+    /// node does not hold yet ([`Messenger::prekey_publication`]; days by the node's time, taken
+    /// within the skew bound), with `one_time` one-time keys of each kind in each, each slot on
+    /// a connection of its own that proves that slot only and is closed after: no connection
+    /// links two days' slots, or a slot to this user's hourly dests. Returns the days published.
+    pub fn publish_prekeys<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        one_time: usize,
+    ) -> Result<Vec<u64>, MessengerError> {
+        let c = self.open()?;
+        let now = c.node_unix_s();
+        self.publish_at(m, one_time, now, Some(c))
+    }
+
+    fn publish_at<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+        one_time: usize,
+        now_unix_s: u64,
+        mut first: Option<Client>,
+    ) -> Result<Vec<u64>, MessengerError> {
+        let mut days = Vec::new();
+        for slot in m.prekey_publication(now_unix_s, one_time)? {
+            let mut c = match first.take() {
+                Some(c) => c,
+                None => self.open()?,
+            };
+            prove_all(&mut c, std::slice::from_ref(&slot.signer), Op::PrekeyUpdate)?;
+            c.upload_prekeys(&slot.uploads)?;
+            m.slot_published(slot.day)?;
+            days.push(slot.day);
+        }
+        Ok(days)
+    }
+
+    /// Publishes the slots that are missing (`PREKEYS_PER_SLOT` one-time keys each), then tops
+    /// today's slot up when its one-time keys run low (`Messenger::refill`), each on a
+    /// connection of its own. Run it at every (re)connect.
+    pub fn refill_prekeys<S: Storage>(
+        &mut self,
+        m: &mut Messenger<S>,
+    ) -> Result<(), MessengerError> {
+        let mut c = self.open()?;
+        let now = c.node_unix_s();
+        self.publish_at(m, crate::messenger::PREKEYS_PER_SLOT, now, None)?;
+        let day = day_of(now);
+        let slot = m.prekey_slot(day)?;
+        prove_all(&mut c, std::slice::from_ref(&slot), Op::PrekeyUpdate)?;
+        let (ec, pq) = c.prekey_count(slot.dest())?;
+        let uploads = m.refill(day, ec, pq, now)?;
+        if !uploads.is_empty() {
+            c.upload_prekeys(&uploads)?;
+        }
+        Ok(())
     }
 
     /// Sends `body` to a contact, starting the session from its prekey bundle if there is
@@ -164,8 +212,7 @@ impl Sender {
         clock: Instant,
     ) -> Result<u64, MessengerError> {
         if !m.has_session(to) {
-            let slot = m.contact_prekey_slot(to)?;
-            let bundle = self.fetch_prekeys(slot)?;
+            let bundle = self.fetch_prekeys(m, to)?;
             m.start_session(to, &bundle)?;
         }
         let now = self.now_unix_s()?;

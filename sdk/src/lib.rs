@@ -260,6 +260,18 @@ impl Mailbox {
             .secret
             .blinded_signer(&self.ns, self.s_mbox.as_ref(), epoch)?)
     }
+    /// The signer of this mailbox's prekey slot of `day` (`ferry_proto::addr::day_of`): the
+    /// mailbox without `s_mbox` blinded for `slot_epoch(day)`. It proves `Op::PrekeyUpdate` and
+    /// signs the slot's head.
+    pub fn slot_signer(&self, day: u64) -> Result<BlindedSigner, SdkError> {
+        Ok(self
+            .secret
+            .blinded_signer(&self.ns, None, ferry_proto::addr::slot_epoch(day))?)
+    }
+    /// The key the prekey slot of `day` is sealed under.
+    pub fn slot_key(&self, day: u64) -> [u8; 32] {
+        ferry_proto::prekey::slot_key(&self.public().to_bytes(), &self.ns, day)
+    }
 }
 
 /// A sender's view of someone else's mailbox: computes its dest for any epoch.
@@ -284,6 +296,15 @@ impl Contact {
     }
     pub fn dest(&self, epoch: u64) -> Result<Dest, SdkError> {
         Ok(self.public.dest(&self.ns, self.s_mbox.as_ref(), epoch)?)
+    }
+    /// Where this contact's prekeys of `day` are, and how to open them (its intro mailbox's slot,
+    /// whatever `s_mbox`).
+    pub fn prekey_slot(&self, day: u64) -> Result<ferry_proto::prekey::SlotOpener, SdkError> {
+        Ok(ferry_proto::prekey::SlotOpener::new(
+            &self.public,
+            &self.ns,
+            day,
+        )?)
     }
 }
 
@@ -1025,15 +1046,21 @@ impl Client {
         })?
     }
 
-    /// Fetches one prekey bundle for `dest` (someone's intro mailbox) and checks its signatures.
+    /// Fetches one prekey bundle from `slot` (a contact's slot of one day,
+    /// [`Contact::prekey_slot`]), opens it and checks its signatures and the signed expiry
+    /// against this device's clock.
     ///
     /// When the slot is under pressure the node answers with the last-resort bundle and a
     /// puzzle; the client then solves it (efforts up to [`Client::set_puzzle_effort_max`]) and
     /// fetches once more with the answer, which buys a one-time key (forward secrecy from the
     /// first message). If the puzzle is too hard, or the second answer is again a last-resort
     /// bundle, that bundle is returned: a first contact never fails for want of a puzzle.
-    pub fn fetch_prekeys(&mut self, dest: Dest) -> Result<ferry_proto::prekey::Bundle, SdkError> {
-        let (bundle, ask) = self.fetch_prekeys_once(dest, None)?;
+    pub fn fetch_prekeys(
+        &mut self,
+        slot: &ferry_proto::prekey::SlotOpener,
+    ) -> Result<ferry_proto::prekey::Bundle, SdkError> {
+        let dest = slot.dest();
+        let (bundle, ask) = self.fetch_prekeys_once(slot, None)?;
         let Some(ask) = ask.filter(|a| a.effort <= self.puzzle_effort_max) else {
             return Ok(bundle);
         };
@@ -1045,7 +1072,7 @@ impl Client {
         else {
             return Ok(bundle);
         };
-        match self.fetch_prekeys_once(dest, Some(answer)) {
+        match self.fetch_prekeys_once(slot, Some(answer)) {
             Ok((again, _)) => Ok(again),
             // The first bundle is as good a last resort as any (the retry may meet the fetch
             // rate limit, for one).
@@ -1054,10 +1081,11 @@ impl Client {
         }
     }
 
-    /// One `PrekeyFetch` and its checked bundle, with the puzzle the node asked for, if any.
+    /// One `PrekeyFetch` and its opened, checked bundle, with the puzzle the node asked for, if
+    /// any.
     fn fetch_prekeys_once(
         &mut self,
-        dest: Dest,
+        slot: &ferry_proto::prekey::SlotOpener,
         puzzle: Option<ferry_proto::puzzle::PuzzleAnswer>,
     ) -> Result<
         (
@@ -1066,9 +1094,10 @@ impl Client {
         ),
         SdkError,
     > {
+        let dest = slot.dest();
         self.conn.push(&Frame::PrekeyFetch { dest, puzzle });
         self.flush()?;
-        let (bundle, ask) = self.wait_for(Duration::from_secs(10), |ev| match ev {
+        let (sealed, ask) = self.wait_for(Duration::from_secs(10), |ev| match ev {
             ClientEvent::PrekeyBundle {
                 dest: d,
                 status,
@@ -1084,7 +1113,14 @@ impl Client {
             }),
             _ => None,
         })??;
-        bundle.verify().map_err(SdkError::BadBundle)?;
+        let bundle = slot.open(&sealed).map_err(SdkError::BadBundle)?;
+        if bundle.expires <= local_unix_s() {
+            return Err(SdkError::BadBundle(ferry_proto::prekey::Fault {
+                bad_signature: false,
+                kind: ferry_proto::prekey::KeyKind::SignedPrekey,
+                index: 0,
+            }));
+        }
         Ok((bundle, ask))
     }
 

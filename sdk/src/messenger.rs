@@ -6,9 +6,16 @@
 //!
 //! Each user has an identity key (X25519, signs with XEdDSA), a mailbox key `MK` and a contact
 //! secret `s_mbox`. Their **address**, shared out of band, is `MK ‖ IK`. First contact goes to
-//! the recipient's intro mailbox (`MK` without `s_mbox`), the prekey slot is the intro dest of
-//! epoch 0, and every message carries the sender's `MK` and `s_mbox` inside the encryption, so
-//! replies go to the contact mailbox (`MK` with `s_mbox`), whose dests only contacts can compute.
+//! the recipient's intro mailbox (`MK` without `s_mbox`), and every message carries the sender's
+//! `MK` and `s_mbox` inside the encryption, so replies go to the contact mailbox (`MK` with
+//! `s_mbox`), whose dests only contacts can compute.
+//!
+//! **Prekeys** live in one slot per day ([`Messenger::prekey_publication`]): the intro mailbox
+//! blinded for that day's slot epoch, everything in it sealed under a key only holders of the
+//! address can derive (`ferry_proto::prekey`), published `SLOT_DAYS_AHEAD` days ahead with
+//! `PREKEYS_PER_SLOT` one-time keys each. The signed prekey rotates every `SPK_ROTATE_DAYS`
+//! days and each head carries an expiry the identity key signed; secrets are erased once no
+//! live slot, nor a first contact stored from one, can need them (forward secrecy).
 //!
 //! What the node sees of a message: the `dest`, a sealed envelope of a bucket size, and a
 //! 64-bit id derived from the random message id (the same on every retry, so the node stores a
@@ -36,9 +43,9 @@ use ferry_crypto::keys::{EC_KEY_BYTES, KeyPair, decode_ec};
 use ferry_crypto::pqxdh::Bundle as CryptoBundle;
 use ferry_crypto::session::{PrekeyStore, Received, Session, SessionError};
 use ferry_crypto::{envelope, session};
-use ferry_proto::addr::{BlindedSigner, NamespaceId, epoch_of};
+use ferry_proto::addr::{BlindedSigner, NamespaceId, day_of, epoch_of};
 use ferry_proto::frame::{Dest, SendStatus};
-use ferry_proto::prekey::{Bundle, Upload};
+use ferry_proto::prekey::{Bundle, SlotOpener, Upload};
 use zeroize::Zeroizing;
 
 use crate::{Contact, Mailbox, SdkError};
@@ -337,9 +344,23 @@ impl Peer {
     }
 }
 
-/// Signed prekeys (and last-resort KEM keys) kept after a rotation, so that bundles fetched
-/// before it, and first-contact messages stored up to 72 hours, still open.
+/// Signed prekeys (each with its last-resort KEM key) kept at most: one per
+/// `SPK_ROTATE_DAYS` period that a live slot, or a first contact stored up to 72 hours, may
+/// still use.
 pub const SIGNED_PREKEYS_KEPT: usize = 4;
+/// Days ahead of today whose prekey slots are published (each slot is one day's,
+/// `ferry_proto::prekey`): an owner offline this long still gets first contacts with forward
+/// secrecy from the one-time keys.
+pub const SLOT_DAYS_AHEAD: u64 = 6;
+/// The signed prekey (and last-resort key) of a slot is the one of its day's period of this
+/// many days: it rotates on that schedule.
+pub const SPK_ROTATE_DAYS: u64 = 7;
+/// One-time keys of each kind a slot gets when it is published (the node's per-slot ration is
+/// 20 at once, 10 an hour).
+pub const PREKEYS_PER_SLOT: usize = 20;
+/// A slot (and its head's signed expiry) outlives its day by this many days: a fetcher whose
+/// day has not turned yet, or who fetched just before it turned, still finds it.
+pub const SLOT_GRACE_DAYS: u64 = 1;
 /// Init ids of accepted first contacts remembered to refuse their replays.
 pub const ACCEPTED_INITS_MAX: usize = 1024;
 /// Sessions kept per contact (the newest is used to send; all are tried to receive), so that
@@ -353,29 +374,63 @@ pub const PUSH_HOURS_MAX: u64 = 48;
 // Record counts written in one byte.
 const _: () = assert!(SIGNED_PREKEYS_KEPT <= u8::MAX as usize);
 const _: () = assert!(SESSIONS_PER_CONTACT_MAX <= u8::MAX as usize);
-const PREKEYS_VERSION: u8 = 2;
+// Live slots reach SLOT_DAYS_AHEAD + SLOT_GRACE_DAYS days ahead and back, and their secrets
+// three days more: the periods they span fit SIGNED_PREKEYS_KEPT.
+const _: () = assert!(
+    (SLOT_DAYS_AHEAD + 2 * SLOT_GRACE_DAYS + 4) / SPK_ROTATE_DAYS + 2 <= SIGNED_PREKEYS_KEPT as u64
+);
+/// Version 3: keys by slot day. Version 2 records (one permanent slot) are dropped on load: the
+/// old slot is no longer fetched.
+const PREKEYS_VERSION: u8 = 3;
+const PREKEYS_VERSION_PERMANENT_SLOT: u8 = 2;
 /// Batches of random prekey ids drawn before giving up on ids that repeat held ones.
 const PREKEY_ID_DRAWS_MAX: usize = 4;
 
-/// This device's prekey secrets, by id.
+/// When the secrets of keys last published in the slot of `day` may go: the slot and its head
+/// expire `SLOT_GRACE_DAYS` after the day, and a first contact made from it may wait in the
+/// node's store `STORE_WINDOW_EPOCHS` hours more. After it they are erased (forward secrecy).
+fn slot_secrets_until(day: u64) -> u64 {
+    slot_expires(day) + STORE_WINDOW_EPOCHS * ferry_proto::limits::EPOCH_SECONDS
+}
+
+/// When the slot of `day` (and its head's signed expiry) ends.
+fn slot_expires(day: u64) -> u64 {
+    (day + 1 + SLOT_GRACE_DAYS) * ferry_proto::addr::DAY_SECONDS
+}
+
+/// A signed prekey and its last-resort KEM key (in `Prekeys::kem`), sealed into the heads of
+/// the slots of one period.
+#[derive(Clone)]
+struct SignedKeys {
+    spk_id: u32,
+    spk: [u8; 32],
+    lr_id: u32,
+    /// `day / SPK_ROTATE_DAYS` of the slots it is for.
+    period: u64,
+    /// The last slot day it was sealed into.
+    last_day: u64,
+}
+
+/// This device's prekey secrets, by id, each with the last slot day it was published in.
 #[derive(Default, Clone)]
 struct Prekeys {
-    /// Kept in the saved format; ids are random now (`PrekeyIds::Random`), not counted from it.
-    next_id: u32,
     /// Newest first, at most `SIGNED_PREKEYS_KEPT`.
-    spks: Vec<(u32, [u8; 32])>,
-    one_time: BTreeMap<u32, [u8; 32]>,
-    /// id → (decapsulation key, last resort)
-    kem: BTreeMap<u32, (Zeroizing<Vec<u8>>, bool)>,
+    spks: Vec<SignedKeys>,
+    /// id → (secret, slot day)
+    one_time: BTreeMap<u32, ([u8; 32], u64)>,
+    /// id → (decapsulation key, last resort, slot day)
+    kem: BTreeMap<u32, (Zeroizing<Vec<u8>>, bool, u64)>,
+    /// Slot days whose head the node accepted.
+    published: BTreeSet<u64>,
 }
 
 impl Drop for Prekeys {
     fn drop(&mut self) {
         use zeroize::Zeroize;
-        for (_, s) in &mut self.spks {
-            s.zeroize();
+        for k in &mut self.spks {
+            k.spk.zeroize();
         }
-        for s in self.one_time.values_mut() {
+        for (s, _) in self.one_time.values_mut() {
             s.zeroize();
         }
     }
@@ -385,24 +440,32 @@ impl Prekeys {
     fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut b = Zeroizing::new(Vec::new());
         b.push(PREKEYS_VERSION);
-        b.extend_from_slice(&self.next_id.to_be_bytes());
         assert!(self.spks.len() <= SIGNED_PREKEYS_KEPT);
         b.push(u8::try_from(self.spks.len()).expect("SIGNED_PREKEYS_KEPT fits a u8"));
-        for (id, s) in &self.spks {
-            b.extend_from_slice(&id.to_be_bytes());
-            b.extend_from_slice(s);
+        for k in &self.spks {
+            b.extend_from_slice(&k.spk_id.to_be_bytes());
+            b.extend_from_slice(&k.spk);
+            b.extend_from_slice(&k.lr_id.to_be_bytes());
+            b.extend_from_slice(&k.period.to_be_bytes());
+            b.extend_from_slice(&k.last_day.to_be_bytes());
         }
         b.extend_from_slice(&prefix_u32(self.one_time.len()));
-        for (id, s) in &self.one_time {
+        for (id, (s, day)) in &self.one_time {
             b.extend_from_slice(&id.to_be_bytes());
             b.extend_from_slice(s);
+            b.extend_from_slice(&day.to_be_bytes());
         }
         b.extend_from_slice(&prefix_u32(self.kem.len()));
-        for (id, (dk, last)) in &self.kem {
+        for (id, (dk, last, day)) in &self.kem {
             b.extend_from_slice(&id.to_be_bytes());
             b.push(u8::from(*last));
+            b.extend_from_slice(&day.to_be_bytes());
             b.extend_from_slice(&prefix_u32(dk.len()));
             b.extend_from_slice(dk);
+        }
+        b.extend_from_slice(&prefix_u32(self.published.len()));
+        for day in &self.published {
+            b.extend_from_slice(&day.to_be_bytes());
         }
         b
     }
@@ -415,41 +478,76 @@ impl Prekeys {
             Some(s)
         };
         let u32_of = |s: &[u8]| -> Option<u32> { Some(u32::from_be_bytes(s.try_into().ok()?)) };
-        if take(1)?[0] != PREKEYS_VERSION {
-            return None;
+        let u64_of = |s: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(s.try_into().ok()?)) };
+        match take(1)?[0] {
+            PREKEYS_VERSION => {}
+            PREKEYS_VERSION_PERMANENT_SLOT => return Some(Prekeys::default()),
+            _ => return None,
         }
         let mut p = Prekeys::default();
-        p.next_id = u32_of(take(4)?)?;
-        for _ in 0..take(1)?[0] {
-            let id = u32_of(take(4)?)?;
-            p.spks.push((id, take(32)?.try_into().ok()?));
+        let n = take(1)?[0];
+        if usize::from(n) > SIGNED_PREKEYS_KEPT {
+            return None;
+        }
+        for _ in 0..n {
+            p.spks.push(SignedKeys {
+                spk_id: u32_of(take(4)?)?,
+                spk: take(32)?.try_into().ok()?,
+                lr_id: u32_of(take(4)?)?,
+                period: u64_of(take(8)?)?,
+                last_day: u64_of(take(8)?)?,
+            });
         }
         for _ in 0..u32_of(take(4)?)? {
             let id = u32_of(take(4)?)?;
-            p.one_time.insert(id, take(32)?.try_into().ok()?);
+            let s = take(32)?.try_into().ok()?;
+            p.one_time.insert(id, (s, u64_of(take(8)?)?));
         }
         for _ in 0..u32_of(take(4)?)? {
             let id = u32_of(take(4)?)?;
             let last = take(1)?[0] == 1;
+            let day = u64_of(take(8)?)?;
             let n = u32_of(take(4)?)? as usize;
-            p.kem.insert(id, (Zeroizing::new(take(n)?.to_vec()), last));
+            p.kem
+                .insert(id, (Zeroizing::new(take(n)?.to_vec()), last, day));
+        }
+        for _ in 0..u32_of(take(4)?)? {
+            p.published.insert(u64_of(take(8)?)?);
         }
         Some(p)
     }
 
-    /// Drops all but the newest `SIGNED_PREKEYS_KEPT` last-resort KEM keys.
-    fn prune_last_resort(&mut self) {
-        let mut last: Vec<u32> = self
-            .kem
-            .iter()
-            .filter(|(_, (_, l))| *l)
-            .map(|(id, _)| *id)
-            .collect();
-        last.sort_unstable();
-        while last.len() > SIGNED_PREKEYS_KEPT {
-            let id = last.remove(0);
-            self.kem.remove(&id);
-        }
+    /// Whether `id` is any key's id here.
+    fn holds(&self, id: u32) -> bool {
+        self.kem.contains_key(&id)
+            || self.one_time.contains_key(&id)
+            || self.spks.iter().any(|k| k.spk_id == id)
+    }
+
+    /// Erases the secrets no live slot or stored first contact can need any more (at
+    /// `now_unix_s`), and forgets published days past their slot. Returns how many keys went.
+    fn prune(&mut self, now_unix_s: u64) -> usize {
+        let before = self.one_time.len() + self.kem.len() + self.spks.len();
+        let live = |day: u64| slot_secrets_until(day) > now_unix_s;
+        self.one_time.retain(|_, (s, day)| {
+            let keep = live(*day);
+            if !keep {
+                zeroize::Zeroize::zeroize(s);
+            }
+            keep
+        });
+        self.spks.retain_mut(|k| {
+            let keep = live(k.last_day);
+            if !keep {
+                zeroize::Zeroize::zeroize(&mut k.spk);
+            }
+            keep
+        });
+        let lr: BTreeSet<u32> = self.spks.iter().map(|k| k.lr_id).collect();
+        self.kem
+            .retain(|id, (_, last, day)| if *last { lr.contains(id) } else { live(*day) });
+        self.published.retain(|day| slot_expires(*day) > now_unix_s);
+        before - (self.one_time.len() + self.kem.len() + self.spks.len())
     }
 }
 
@@ -457,25 +555,36 @@ impl PrekeyStore for Prekeys {
     fn signed_prekey(&self, id: u32) -> Option<KeyPair> {
         self.spks
             .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, s)| KeyPair::from_secret(*s))
+            .find(|k| k.spk_id == id)
+            .map(|k| KeyPair::from_secret(k.spk))
     }
     fn one_time_prekey(&self, id: u32) -> Option<KeyPair> {
-        self.one_time.get(&id).map(|s| KeyPair::from_secret(*s))
+        self.one_time
+            .get(&id)
+            .map(|(s, _)| KeyPair::from_secret(*s))
     }
     fn kem_prekey(&self, id: u32) -> Option<Zeroizing<Vec<u8>>> {
-        self.kem.get(&id).map(|(dk, _)| dk.clone())
+        self.kem.get(&id).map(|(dk, _, _)| dk.clone())
     }
     fn consume(&mut self, one_time_prekey: Option<u32>, kem_prekey: u32) {
         if let Some(id) = one_time_prekey {
-            if let Some(mut s) = self.one_time.remove(&id) {
+            if let Some((mut s, _)) = self.one_time.remove(&id) {
                 zeroize::Zeroize::zeroize(&mut s);
             }
         }
-        if self.kem.get(&kem_prekey).is_some_and(|(_, last)| !last) {
+        if self.kem.get(&kem_prekey).is_some_and(|(_, last, _)| !last) {
             self.kem.remove(&kem_prekey);
         }
     }
+}
+
+/// One slot's uploads: prove `signer` for `Op::PrekeyUpdate` on a connection of its own, send
+/// `uploads` in order, then tell the messenger ([`Messenger::slot_published`]).
+#[derive(Debug)]
+pub struct SlotUploads {
+    pub day: u64,
+    pub signer: BlindedSigner,
+    pub uploads: Vec<Upload>,
 }
 
 struct Outgoing {
@@ -744,9 +853,9 @@ impl<S: Storage> Messenger<S> {
         self.sessions.get(identity).is_some_and(|l| !l.is_empty())
     }
 
-    /// Whether prekeys were published from this device (a signed prekey exists).
+    /// Whether prekeys were published from this device (a slot's head was accepted).
     pub fn has_prekeys(&self) -> bool {
-        !self.prekeys.spks.is_empty()
+        !self.prekeys.published.is_empty()
     }
 
     fn save_peer(&mut self, p: &Peer) -> Result<(), MessengerError> {
@@ -793,59 +902,150 @@ impl<S: Storage> Messenger<S> {
 
     // ---- prekeys ------------------------------------------------------------------------------
 
-    /// The prekey slot: the intro mailbox's dest of epoch 0, and the signer proving it
-    /// (`Op::PrekeyUpdate`).
-    pub fn prekey_slot(&self) -> Result<BlindedSigner, MessengerError> {
-        Ok(self.intro.signer(0)?)
+    /// The signer of this user's prekey slot of `day` (`ferry_proto::addr::day_of`): it
+    /// proves `Op::PrekeyUpdate` for the slot's dest.
+    pub fn prekey_slot(&self, day: u64) -> Result<BlindedSigner, MessengerError> {
+        Ok(self.intro.slot_signer(day)?)
     }
 
-    /// The slot of a contact's prekeys (fetch it with `Client::fetch_prekeys`).
+    /// Where a contact's prekeys of `day` are and how to open them (fetch with
+    /// `Client::fetch_prekeys`).
     pub fn contact_prekey_slot(
         &self,
         identity: &[u8; EC_KEY_BYTES],
-    ) -> Result<Dest, MessengerError> {
+        day: u64,
+    ) -> Result<SlotOpener, MessengerError> {
         let p = self
             .peers
             .get(identity)
             .ok_or(MessengerError::UnknownContact)?;
-        Ok(Contact::new(&p.mailbox, self.ns, None)?.dest(0)?)
+        Ok(Contact::new(&p.mailbox, self.ns, None)?.prekey_slot(day)?)
     }
 
-    /// New prekeys to upload: with `signed` (or when none exists yet) a new signed prekey and
-    /// last-resort KEM key (the previous `SIGNED_PREKEYS_KEPT − 1` stay usable), and
-    /// `one_time` (at most 100) one-time keys of each kind. The secrets are stored before the
-    /// uploads are returned.
-    pub fn prekey_uploads(
+    /// The slots to fetch a contact's bundle from at `now_unix_s`, in order: today's, then
+    /// yesterday's (the owner's day may not have turned yet, or its device was offline past
+    /// `SLOT_DAYS_AHEAD` days and only the grace keeps yesterday's).
+    pub fn contact_prekey_slots(
+        &self,
+        identity: &[u8; EC_KEY_BYTES],
+        now_unix_s: u64,
+    ) -> Result<Vec<SlotOpener>, MessengerError> {
+        let today = day_of(now_unix_s);
+        let mut slots = vec![self.contact_prekey_slot(identity, today)?];
+        if today > 0 {
+            slots.push(self.contact_prekey_slot(identity, today - 1)?);
+        }
+        Ok(slots)
+    }
+
+    /// What to publish at `now_unix_s`: every slot from today to `SLOT_DAYS_AHEAD` days ahead
+    /// whose head the node has not accepted yet, each with its head (the signed prekey of its
+    /// day's `SPK_ROTATE_DAYS` period, new when the period has none yet) and `one_time` (at
+    /// most 100) one-time keys of each kind. Erases the secrets no slot needs any more first.
+    /// The secrets are stored before the uploads are returned; after the node accepts a slot's
+    /// uploads, call [`Messenger::slot_published`].
+    pub fn prekey_publication(
         &mut self,
-        signed: bool,
+        now_unix_s: u64,
         one_time: usize,
-    ) -> Result<Vec<Upload>, MessengerError> {
+    ) -> Result<Vec<SlotUploads>, MessengerError> {
         if one_time > ferry_proto::prekey::ONE_TIME_KEYS_MAX {
             return Err(MessengerError::InvalidArgument(
-                "at most 100 one-time prekeys per upload",
+                "at most 100 one-time prekeys per slot",
             ));
         }
-        let signed = signed || self.prekeys.spks.is_empty();
-        let plan = crate::prekeys::PrekeyPlan {
-            signed,
+        if self.prekeys.prune(now_unix_s) > 0 {
+            self.save_prekeys()?;
+        }
+        let today = day_of(now_unix_s);
+        let mut out = Vec::new();
+        for day in today..=today + SLOT_DAYS_AHEAD {
+            if self.prekeys.published.contains(&day) {
+                continue;
+            }
+            let uploads = self.slot_uploads(day, true, one_time, now_unix_s)?;
+            out.push(SlotUploads {
+                day,
+                signer: self.prekey_slot(day)?,
+                uploads,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The node accepted the uploads of the slot of `day`.
+    pub fn slot_published(&mut self, day: u64) -> Result<(), MessengerError> {
+        if self.prekeys.published.insert(day) {
+            self.save_prekeys()?;
+        }
+        Ok(())
+    }
+
+    /// One-time keys to upload to the slot of `day` given how many the directory says are left
+    /// (`PrekeyCount`): `PREKEYS_PER_REFILL` of each kind when either runs below `PREKEYS_LOW`.
+    pub fn refill(
+        &mut self,
+        day: u64,
+        ec_left: u16,
+        pq_left: u16,
+        now_unix_s: u64,
+    ) -> Result<Vec<Upload>, MessengerError> {
+        if ec_left.min(pq_left) >= PREKEYS_LOW {
+            return Ok(Vec::new());
+        }
+        self.slot_uploads(day, false, PREKEYS_PER_REFILL, now_unix_s)
+    }
+
+    /// Generates and seals keys for the slot of `day`, stores their secrets, returns the
+    /// uploads.
+    fn slot_uploads(
+        &mut self,
+        day: u64,
+        head: bool,
+        one_time: usize,
+        now_unix_s: u64,
+    ) -> Result<Vec<Upload>, MessengerError> {
+        use crate::prekeys::{HeadPlan, PrekeyIds, PrekeyPlan};
+        let expires = slot_expires(day);
+        if expires <= now_unix_s {
+            return Err(MessengerError::InvalidArgument("that slot's day is over"));
+        }
+        let period = day / SPK_ROTATE_DAYS;
+        let reuse = self.prekeys.spks.iter().position(|k| k.period == period);
+        let head_plan = match (head, reuse) {
+            (false, _) => HeadPlan::None,
+            (true, None) => HeadPlan::New,
+            (true, Some(i)) => {
+                let k = &self.prekeys.spks[i];
+                let dk = self
+                    .prekeys
+                    .kem
+                    .get(&k.lr_id)
+                    .ok_or(MessengerError::Malformed("prekeys record"))?;
+                HeadPlan::Reuse {
+                    spk: (k.spk_id, k.spk),
+                    last_resort: (k.lr_id, dk.0.to_vec()),
+                }
+            }
+        };
+        let plan = PrekeyPlan {
+            head: head_plan,
             one_time_ec: one_time,
             one_time_pq: one_time,
-            ids: crate::prekeys::PrekeyIds::Random,
+            ids: PrekeyIds::Random,
             replace_one_time: false,
+            expires,
+            ttl_s: u32::try_from(expires - now_unix_s).unwrap_or(u32::MAX),
         };
         let identity = crate::prekeys::IdentityKey::from_secret(*self.identity.secret());
-        let dest = self.intro.dest(0)?;
+        let signer = self.intro.slot_signer(day)?;
+        let sealer = ferry_proto::prekey::SlotSealer::new(self.intro.slot_key(day), &signer);
         // Random ids: one that repeats an id this messenger still holds (a chance of about
         // 200 × 400 in 2^32 per upload) is drawn again with the whole batch.
-        let held = |id: u32| {
-            self.prekeys.kem.contains_key(&id)
-                || self.prekeys.one_time.contains_key(&id)
-                || self.prekeys.spks.iter().any(|(s, _)| *s == id)
-        };
         let mut attempt = 0;
         let (uploads, secrets) = loop {
-            let (uploads, secrets) = crate::prekeys::generate(&identity, dest, plan)?;
-            if !secrets.ids().any(held) {
+            let (uploads, secrets) = crate::prekeys::generate(&identity, &sealer, plan.clone())?;
+            if !secrets.ids().any(|id| self.prekeys.holds(id)) {
                 break (uploads, secrets);
             }
             attempt += 1;
@@ -856,31 +1056,39 @@ impl<S: Storage> Messenger<S> {
             }
         };
         let mut next = self.prekeys.clone();
-        if let Some((id, s)) = secrets.signed_prekey {
-            next.spks.insert(0, (id, s));
-            next.spks.truncate(SIGNED_PREKEYS_KEPT);
-        }
-        if let Some((id, dk)) = secrets.last_resort {
-            next.kem.insert(id, (Zeroizing::new(dk), true));
+        match (secrets.signed_prekey, secrets.last_resort) {
+            (Some((spk_id, spk)), Some((lr_id, dk))) => {
+                next.kem.insert(lr_id, (Zeroizing::new(dk), true, day));
+                next.spks.insert(
+                    0,
+                    SignedKeys {
+                        spk_id,
+                        spk,
+                        lr_id,
+                        period,
+                        last_day: day,
+                    },
+                );
+                next.spks.truncate(SIGNED_PREKEYS_KEPT);
+                let lr: BTreeSet<u32> = next.spks.iter().map(|k| k.lr_id).collect();
+                next.kem
+                    .retain(|id, (_, last, _)| !*last || lr.contains(id));
+            }
+            _ => {
+                if let Some(k) = reuse.and_then(|i| next.spks.get_mut(i)).filter(|_| head) {
+                    k.last_day = k.last_day.max(day);
+                }
+            }
         }
         for (id, s) in secrets.one_time_ec {
-            next.one_time.insert(id, s);
+            next.one_time.insert(id, (s, day));
         }
         for (id, dk) in secrets.one_time_pq {
-            next.kem.insert(id, (Zeroizing::new(dk), false));
+            next.kem.insert(id, (Zeroizing::new(dk), false, day));
         }
-        next.prune_last_resort();
         self.prekeys = next;
         self.save_prekeys()?;
         Ok(uploads)
-    }
-
-    /// One-time keys to upload given how many the directory says are left (`PrekeyCount`).
-    pub fn refill(&mut self, ec_left: u16, pq_left: u16) -> Result<Vec<Upload>, MessengerError> {
-        if ec_left.min(pq_left) >= PREKEYS_LOW {
-            return Ok(Vec::new());
-        }
-        self.prekey_uploads(false, PREKEYS_PER_REFILL)
     }
 
     // ---- sessions -------------------------------------------------------------------------------

@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use ferry_proto::addr::{NamespaceId, epoch_of};
+use ferry_proto::addr::{DAY_SECONDS, NamespaceId, day_of, epoch_of};
 use ferry_proto::frame::{Dest, SendStatus};
-use ferry_proto::prekey::{Bundle, Upload};
+use ferry_proto::prekey::{Bundle, SealedBundle, SlotOpener, Upload};
 use ferry_sdk::messenger::{
-    Address, Body, DirStorage, MemoryStorage, Messenger, MessengerError, STORE_WINDOW_EPOCHS,
-    Storage, Transmit,
+    Address, Body, DirStorage, MemoryStorage, Messenger, MessengerError, SLOT_DAYS_AHEAD,
+    SPK_ROTATE_DAYS, STORE_WINDOW_EPOCHS, Storage, Transmit,
 };
 
 const NS: NamespaceId = NamespaceId([0x42; 32]);
@@ -49,20 +49,25 @@ impl Node {
             .map(|q| q.into_iter().map(|(_, p)| p).collect())
             .unwrap_or_default()
     }
-    /// A bundle as the directory hands it out: one EC and one PQ one-time key consumed.
-    fn fetch(&mut self, slot: &Dest) -> Bundle {
+    /// A sealed bundle as the directory hands it out: one EC and one PQ one-time key
+    /// consumed.
+    fn fetch_sealed(&mut self, slot: &Dest) -> SealedBundle {
         let uploads = self.slots.get_mut(slot).unwrap();
-        let signed = uploads[0].signed.clone().unwrap();
+        let head = uploads[0].head.clone().unwrap();
         let ec = uploads.iter_mut().find_map(|u| u.ec.pop());
         let pq = uploads.iter_mut().find_map(|u| u.pq.pop());
-        Bundle {
-            identity: signed.identity,
-            spk: signed.spk,
-            pq_last_resort: pq.is_none(),
-            pq: pq.unwrap_or(signed.last_resort),
-            ec,
-        }
+        SealedBundle { head, pq, ec }
     }
+    /// A bundle fetched and opened as `Client::fetch_prekeys` does.
+    fn fetch(&mut self, slot: &SlotOpener) -> Bundle {
+        let sealed = self.fetch_sealed(&slot.dest());
+        slot.open(&sealed).unwrap()
+    }
+}
+
+/// Today's slot day at `T0`.
+fn day0() -> u64 {
+    day_of(T0)
 }
 
 /// A user's full reconnect: drain the window and return what opened.
@@ -85,11 +90,29 @@ fn sync<S: Storage>(node: &mut Node, m: &mut Messenger<S>, now: u64) -> Vec<Body
     out
 }
 
+/// Publishes `m`'s slots at `now` with `one_time` keys each, as `Sender::publish_prekeys` does.
+/// Returns the days published.
+fn publish_at<S: Storage>(
+    node: &mut Node,
+    m: &mut Messenger<S>,
+    now: u64,
+    one_time: usize,
+) -> Vec<u64> {
+    let mut days = Vec::new();
+    for slot in m.prekey_publication(now, one_time).unwrap() {
+        for u in &slot.uploads {
+            ferry_proto::prekey::check_upload(u).unwrap();
+            assert_eq!(u.dest, slot.signer.dest());
+        }
+        node.slots.insert(slot.signer.dest(), slot.uploads);
+        m.slot_published(slot.day).unwrap();
+        days.push(slot.day);
+    }
+    days
+}
+
 fn publish<S: Storage>(node: &mut Node, m: &mut Messenger<S>) {
-    let slot = m.prekey_slot().unwrap().dest();
-    let uploads = m.prekey_uploads(true, 5).unwrap();
-    ferry_proto::prekey::check_upload(&uploads[0], None).unwrap();
-    node.slots.insert(slot, uploads);
+    publish_at(node, m, T0, 5);
 }
 
 type Mem = Messenger<MemoryStorage>;
@@ -103,7 +126,7 @@ fn introduced(node: &mut Node, session: bool) -> (Mem, Mem, [u8; 33]) {
     alice.add_contact("bob", &bob.address()).unwrap();
     let b_id = bob.address().identity;
     if session {
-        let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
+        let bundle = node.fetch(&alice.contact_prekey_slot(&b_id, day0()).unwrap());
         alice.start_session(&b_id, &bundle).unwrap();
     }
     (alice, bob, b_id)
@@ -129,7 +152,7 @@ fn first_contact_offline_then_a_conversation_on_the_contact_mailbox() {
         alice.send(&bob_id, &text("x"), T0, 0),
         Err(MessengerError::NoSession)
     ));
-    let slot = alice.contact_prekey_slot(&bob_id).unwrap();
+    let slot = alice.contact_prekey_slot(&bob_id, day0()).unwrap();
     let bundle = node.fetch(&slot);
     alice.start_session(&bob_id, &bundle).unwrap();
     let t1 = alice.send(&bob_id, &text("hello bob"), T0, 0).unwrap();
@@ -194,7 +217,7 @@ fn restarts_from_storage_mid_conversation_and_resends_what_was_not_acknowledged(
     publish(&mut node, &mut bob);
     alice.add_contact("bob", &bob.address()).unwrap();
     let bob_id = bob.address().identity;
-    let bundle = node.fetch(&alice.contact_prekey_slot(&bob_id).unwrap());
+    let bundle = node.fetch(&alice.contact_prekey_slot(&bob_id, day0()).unwrap());
     alice.start_session(&bob_id, &bundle).unwrap();
     node.send(&alice.send(&bob_id, &text("one"), T0, 0).unwrap());
     assert_eq!(sync(&mut node, &mut bob, T0), vec![text("one")]);
@@ -261,7 +284,7 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
     assert_eq!(contact_only.len(), 25);
     let both = m.push_plan(T0, 24, true).unwrap();
     assert_eq!(both.len(), 50);
-    let intro_slot = m.prekey_slot().unwrap().dest();
+    let intro_slot = m.prekey_slot(day0()).unwrap().dest();
     let intro_now = ferry_sdk::Contact::new(&m.address().mailbox, NS, None)
         .unwrap()
         .dest(epoch_of(T0))
@@ -320,8 +343,19 @@ fn a_bundle_of_another_identity_is_refused() {
     publish(&mut node, &mut bob);
     publish(&mut node, &mut mallory);
     alice.add_contact("bob", &bob.address()).unwrap();
-    // The node answers Bob's slot with Mallory's (valid, but not Bob's) bundle.
-    let wrong = node.fetch(&mallory.prekey_slot().unwrap().dest());
+    // The node answers Bob's slot with Mallory's bundle: it does not open under Bob's slot.
+    let bob_slot = alice
+        .contact_prekey_slot(&bob.address().identity, day0())
+        .unwrap();
+    let mallory_slot = mallory.prekey_slot(day0()).unwrap().dest();
+    assert!(bob_slot.open(&node.fetch_sealed(&mallory_slot)).is_err());
+    // Mallory's bundle, opened as Mallory's, is still not Bob's.
+    alice.add_contact("mallory", &mallory.address()).unwrap();
+    let wrong = node.fetch(
+        &alice
+            .contact_prekey_slot(&mallory.address().identity, day0())
+            .unwrap(),
+    );
     assert!(matches!(
         alice.start_session(&bob.address().identity, &wrong),
         Err(MessengerError::IdentityMismatch)
@@ -347,9 +381,9 @@ fn simultaneous_first_contacts_converge_on_one_session() {
     alice.add_contact("bob", &bob.address()).unwrap();
     bob.add_contact("alice", &alice.address()).unwrap();
     let (a_id, b_id) = (alice.address().identity, bob.address().identity);
-    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
+    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id, day0()).unwrap());
     alice.start_session(&b_id, &bundle).unwrap();
-    let bundle = node.fetch(&bob.contact_prekey_slot(&a_id).unwrap());
+    let bundle = node.fetch(&bob.contact_prekey_slot(&a_id, day0()).unwrap());
     bob.start_session(&a_id, &bundle).unwrap();
     let ta = alice.send(&b_id, &text("from alice"), T0, 0).unwrap();
     let tb = bob.send(&a_id, &text("from bob"), T0, 0).unwrap();
@@ -383,12 +417,10 @@ fn a_replayed_first_contact_is_refused() {
     let mut node = Node::default();
     let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
     let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
-    let slot = bob.prekey_slot().unwrap().dest();
-    let uploads = bob.prekey_uploads(true, 0).unwrap();
-    node.slots.insert(slot, uploads);
+    publish_at(&mut node, &mut bob, T0, 0);
     alice.add_contact("bob", &bob.address()).unwrap();
     let b_id = bob.address().identity;
-    let bundle = node.fetch(&slot);
+    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id, day0()).unwrap());
     assert!(bundle.ec.is_none() && bundle.pq_last_resort);
     alice.start_session(&b_id, &bundle).unwrap();
     let t = alice.send(&b_id, &text("once"), T0, 0).unwrap();
@@ -427,24 +459,95 @@ fn the_inbox_keeps_messages_until_done() {
     assert!(bob.inbox().unwrap().is_empty());
 }
 
-/// Rotating the signed prekey keeps the previous ones: a bundle fetched before the rotation
-/// still starts a session.
+/// Prekey slots move daily and are published a week ahead; the signed prekey rotates every
+/// `SPK_ROTATE_DAYS` days with a signed expiry; a bundle fetched before a rotation still
+/// starts a session; and once no live slot nor a stored first contact can need a key, its
+/// secret is gone (a session from a bundle that old fails).
 #[test]
-fn a_bundle_fetched_before_a_rotation_still_works() {
+fn slots_rotate_daily_the_signed_prekey_weekly_and_old_secrets_are_erased() {
     let mut node = Node::default();
-    let (mut alice, mut bob, b_id) = introduced(&mut node, false);
-    let bundle = node.fetch(&alice.contact_prekey_slot(&b_id).unwrap());
-    for _ in 0..3 {
-        bob.prekey_uploads(true, 1).unwrap();
+    let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let days = publish_at(&mut node, &mut bob, T0, 2);
+    assert_eq!(
+        days,
+        (day0()..=day0() + SLOT_DAYS_AHEAD).collect::<Vec<_>>()
+    );
+    // Publishing again the same day adds nothing; a day later, one slot.
+    assert!(publish_at(&mut node, &mut bob, T0 + 3_600, 2).is_empty());
+    assert_eq!(
+        publish_at(&mut node, &mut bob, T0 + DAY_SECONDS, 2),
+        vec![day0() + SLOT_DAYS_AHEAD + 1]
+    );
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let b_id = bob.address().identity;
+    // Every day's slot is its own dest, none an hourly dest of Bob's mailboxes.
+    let slots: Vec<SlotOpener> = (day0()..=day0() + SLOT_DAYS_AHEAD)
+        .map(|d| alice.contact_prekey_slot(&b_id, d).unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<Dest> = slots.iter().map(SlotOpener::dest).collect();
+    assert_eq!(distinct.len(), slots.len());
+    let hourly = bob.drain_candidates(T0 + 6 * DAY_SECONDS).unwrap();
+    assert!(slots.iter().all(|s| !hourly.contains(&s.dest())));
+    // The signed prekey is the one of the day's period, its expiry the day's end plus a day.
+    let bundles: Vec<Bundle> = slots.iter().map(|s| node.fetch(s)).collect();
+    for (i, b) in bundles.iter().enumerate() {
+        let d = day0() + i as u64;
+        assert_eq!(b.expires, (d + 2) * DAY_SECONDS);
+        assert_eq!(b.identity, b_id);
+        for (j, other) in bundles.iter().enumerate() {
+            let e = day0() + j as u64;
+            let same_period = d / SPK_ROTATE_DAYS == e / SPK_ROTATE_DAYS;
+            assert_eq!(b.spk.key == other.spk.key, same_period, "days {d} and {e}");
+        }
     }
-    alice.start_session(&b_id, &bundle).unwrap();
+    // Contacts asking today's slot, and yesterday's when today's is missing.
+    let order: Vec<Dest> = alice
+        .contact_prekey_slots(&b_id, T0)
+        .unwrap()
+        .iter()
+        .map(SlotOpener::dest)
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            slots[0].dest(),
+            alice.contact_prekey_slot(&b_id, day0() - 1).unwrap().dest()
+        ]
+    );
+    // A bundle of today, used after two more weeks of rotations (within its window: the
+    // first contact waited in the store), still opens...
+    let old = node.fetch(&slots[0]);
+    let mut carol = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    carol.add_contact("bob", &bob.address()).unwrap();
+    for k in 1..=2 {
+        publish_at(&mut node, &mut bob, T0 + k * DAY_SECONDS, 2);
+    }
+    alice.start_session(&b_id, &old).unwrap();
     let t = alice.send(&b_id, &text("old bundle"), T0, 0).unwrap();
     assert_eq!(
         bob.receive(&t.payload).unwrap().unwrap().body,
         text("old bundle")
     );
+    // ...but once its slot and the store window are over, its keys are erased: a first
+    // contact from it no longer opens (forward secrecy).
+    let stale = bundles[1].clone();
+    let after = (day0() + 1 + 2) * DAY_SECONDS + STORE_WINDOW_EPOCHS * 3_600;
+    publish_at(&mut node, &mut bob, after - 1, 2);
+    carol.start_session(&b_id, &stale).unwrap();
+    let t = carol.send(&b_id, &text("too late?"), after - 1, 0).unwrap();
+    let mut bob_before = Messenger::open(bob.storage().clone(), NS).unwrap();
+    assert!(
+        bob_before.receive(&t.payload).unwrap().is_some(),
+        "still kept a second before"
+    );
+    publish_at(&mut node, &mut bob, after, 2);
+    assert!(
+        bob.receive(&t.payload).is_err(),
+        "the secrets of a slot past its window are gone"
+    );
     assert!(matches!(
-        bob.prekey_uploads(false, 101),
+        bob.prekey_publication(after, 101),
         Err(MessengerError::InvalidArgument(_))
     ));
 }

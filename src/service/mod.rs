@@ -474,6 +474,12 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
             let mut d = Directory::new(limits.clone());
             let j = open_journal(&cfg.dir, "prekeys", |r| d.replay(r))?;
             tracing::info!(slots = d.slots(), "prekey directory replayed");
+            if d.legacy_dropped() > 0 {
+                tracing::info!(
+                    records = d.legacy_dropped(),
+                    "prekey slots of an older version (unsealed, permanent) dropped: clients publish sealed day slots"
+                );
+            }
             Some((d, j))
         }
     };

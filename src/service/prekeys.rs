@@ -1,6 +1,9 @@
-//! The prekey directory, sans-IO: one bundle slot per intro-mailbox `dest`, written only by a
-//! connection that proved `PrekeyUpdate` for it (checked by the shard), read by anyone through a
-//! fetch that consumes one EC and one PQ one-time key (falling back to the last-resort PQ key).
+//! The prekey directory, sans-IO: one bundle slot per `dest` (the SDK's slots rotate daily,
+//! `ferry_proto::prekey`), written only by a connection that proved `PrekeyUpdate` for it
+//! (checked by the shard), read by anyone through a fetch that consumes one EC and one PQ
+//! one-time key (falling back to the head's last-resort PQ key). Everything in a slot is sealed
+//! by its owner: the directory holds opaque items of fixed sizes, checks counts and ids, and
+//! never sees a key or an identity.
 //! One-time keys are scarce, so they are budgeted: a slot hands out at most
 //! `one_time_per_slot` of them per hour (about what an owner refills), one source address gets
 //! at most `one_time_per_source` of one slot's; a fetch past either budget still gets a bundle,
@@ -18,8 +21,11 @@
 //! them durable before it answers (so a consumed one-time key is never handed out twice, even
 //! across a crash), and [`Directory::replay`] rebuilds the state at start-up.
 //!
-//! Records: `U expires:u64 upload` (an accepted upload, applied again without the checks),
-//! `T dest taken:u8 ec_id:u32 pq_id:u32` (a fetch), `D dest` (slot expired).
+//! Records: `S expires:u64 upload` (an accepted upload of sealed items, applied again without
+//! the checks), `T dest taken:u8 ec_id:u32 pq_id:u32` (a fetch), `D dest` (slot expired). A
+//! `U` record is an upload from before slots were sealed (keys and identity in clear, one
+//! permanent slot): replay drops it and counts it ([`Directory::legacy_dropped`]); its owner's
+//! SDK publishes sealed day slots instead, and compaction removes it from the file.
 
 use std::collections::VecDeque;
 
@@ -27,8 +33,8 @@ use ahash::{AHashMap, AHashSet};
 use bytes::{BufMut, Bytes};
 use ferry_proto::frame::{Dest, PrekeyStatus};
 use ferry_proto::prekey::{
-    self, Bundle, EC_ITEM_BYTES, EcPrekey, KemPrekey, KeyKind, ONE_TIME_KEYS_MAX, PQ_ITEM_BYTES,
-    SIGNED_PART_BYTES, SignedPart, Upload,
+    self, EC_ITEM_BYTES, HEAD_BYTES, KeyKind, ONE_TIME_KEYS_MAX, PQ_ITEM_BYTES, SealedBundle,
+    SealedEc, SealedPq, Upload,
 };
 use ferry_proto::puzzle::{PuzzleAnswer, PuzzleAsk, prekey_fetch_digest};
 use ferry_shards::puzzle::{PuzzleConfig, PuzzleGate};
@@ -40,7 +46,7 @@ pub struct DirectoryLimits {
     pub slots_max: usize,
     /// Bytes of keys the whole directory may hold (in memory and in its journal).
     pub bytes_max: usize,
-    /// A slot not uploaded to for this long is dropped.
+    /// A slot not uploaded to for this long is dropped (an upload may ask for less: `ttl_s`).
     pub slot_ttl_s: u64,
     /// Fetches per second (and burst) from one address (beyond: `RateLimited`).
     pub fetch_per_addr: Rate,
@@ -48,7 +54,7 @@ pub struct DirectoryLimits {
     pub one_time_per_slot: HourlyRate,
     /// One-time keys of one slot one source address gets (beyond: last-resort bundles).
     pub one_time_per_source: HourlyRate,
-    /// Uploads per second (and burst) from one address: each costs up to 38 signature checks.
+    /// Uploads per second (and burst) from one address: each is a synced journal write.
     pub upload_per_addr: Rate,
     /// Buckets tracked by each fetch limiter.
     pub rate_entries_max: usize,
@@ -210,9 +216,10 @@ fn refuse(status: PrekeyStatus, kind: KeyKind, index: usize) -> Refusal {
 
 #[derive(Debug)]
 struct Slot {
-    signed: SignedPart,
-    ec: VecDeque<EcPrekey>,
-    pq: VecDeque<KemPrekey>,
+    /// The sealed head (`HEAD_BYTES`).
+    head: Bytes,
+    ec: VecDeque<SealedEc>,
+    pq: VecDeque<SealedPq>,
     expires_unix_s: u64,
     /// One-time keys the slot may still hand out (`one_time_per_slot`). Not journaled: full
     /// again after a restart.
@@ -223,7 +230,7 @@ struct Slot {
 
 impl Slot {
     fn bytes(&self) -> usize {
-        SIGNED_PART_BYTES + self.ec.len() * EC_ITEM_BYTES + self.pq.len() * PQ_ITEM_BYTES
+        HEAD_BYTES + self.ec.len() * EC_ITEM_BYTES + self.pq.len() * PQ_ITEM_BYTES
     }
     /// The one-time keys left of each kind: at most `ONE_TIME_KEYS_MAX` (`check` holds a new
     /// upload to it, `apply_record` a replayed one).
@@ -280,6 +287,8 @@ pub struct Directory {
     /// Insertion order of `answers_seen`.
     answers_order: VecDeque<[u8; 16]>,
     records: Vec<Vec<u8>>,
+    /// `U` records (unsealed slots of an older version) dropped at replay.
+    legacy_dropped: usize,
     pub stats: DirectoryStats,
 }
 
@@ -296,6 +305,7 @@ impl Directory {
             slots: AHashMap::new(),
             bytes: 0,
             records: Vec::new(),
+            legacy_dropped: 0,
             stats: DirectoryStats::default(),
         }
     }
@@ -305,6 +315,11 @@ impl Directory {
     }
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Unsealed slot records of an older version dropped by [`Directory::replay`].
+    pub fn legacy_dropped(&self) -> usize {
+        self.legacy_dropped
     }
 
     /// Journal records produced since the last call (append them, then commit, then answer).
@@ -329,7 +344,8 @@ impl Directory {
     fn apply_record(&mut self, r: &[u8]) -> Option<()> {
         let (&kind, rest) = r.split_first()?;
         match kind {
-            b'U' => {
+            b'U' => self.legacy_dropped += 1,
+            b'S' => {
                 let expires = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
                 let upload = Upload::decode_record(Bytes::copy_from_slice(rest.get(8..)?)).ok()?;
                 let (ec, pq) = self.one_time_after(&upload);
@@ -366,8 +382,8 @@ impl Directory {
     }
 
     fn upload_record(upload: &Upload, expires: u64) -> Vec<u8> {
-        let mut r = Vec::with_capacity(9 + 16 + SIGNED_PART_BYTES);
-        r.push(b'U');
+        let mut r = Vec::with_capacity(9 + upload.encoded_len());
+        r.push(b'S');
         r.put_u64_le(expires);
         upload.encode(&mut r);
         r
@@ -375,15 +391,8 @@ impl Directory {
 
     /// The one-time keys of each kind the slot of `upload.dest` holds after `apply_upload`.
     fn one_time_after(&self, upload: &Upload) -> (usize, usize) {
-        let kept = match (self.slots.get(&upload.dest), &upload.signed) {
-            (Some(slot), signed)
-                if !upload.replace_one_time
-                    && signed
-                        .as_ref()
-                        .is_none_or(|s| s.identity == slot.signed.identity) =>
-            {
-                (slot.ec.len(), slot.pq.len())
-            }
+        let kept = match self.slots.get(&upload.dest) {
+            Some(slot) if !upload.replace_one_time => (slot.ec.len(), slot.pq.len()),
             _ => (0, 0),
         };
         (kept.0 + upload.ec.len(), kept.1 + upload.pq.len())
@@ -392,20 +401,15 @@ impl Directory {
     /// Applies a checked upload (or a replayed one).
     fn apply_upload(&mut self, upload: &Upload, expires: u64) {
         let before = self.slots.get(&upload.dest).map_or(0, Slot::bytes);
-        let slot = match (self.slots.get_mut(&upload.dest), &upload.signed) {
-            (Some(slot), signed) => {
-                if let Some(s) = signed {
-                    if s.identity != slot.signed.identity {
-                        // One-time PQ keys are signed by the old identity: they go with it.
-                        slot.ec.clear();
-                        slot.pq.clear();
-                    }
-                    slot.signed = s.clone();
+        let slot = match (self.slots.get_mut(&upload.dest), &upload.head) {
+            (Some(slot), head) => {
+                if let Some(h) = head {
+                    slot.head = h.clone();
                 }
                 slot
             }
-            (None, Some(s)) => self.slots.entry(upload.dest).or_insert(Slot {
-                signed: s.clone(),
+            (None, Some(h)) => self.slots.entry(upload.dest).or_insert(Slot {
+                head: h.clone(),
                 ec: VecDeque::new(),
                 pq: VecDeque::new(),
                 expires_unix_s: expires,
@@ -442,7 +446,11 @@ impl Directory {
             self.stats.uploads_refused += 1;
             return Err(refusal);
         }
-        let expires = now_unix_s.saturating_add(self.limits.slot_ttl_s);
+        let ttl = match u64::from(upload.ttl_s) {
+            0 => self.limits.slot_ttl_s,
+            t => t.min(self.limits.slot_ttl_s),
+        };
+        let expires = now_unix_s.saturating_add(ttl);
         self.apply_upload(upload, expires);
         self.records.push(Self::upload_record(upload, expires));
         self.stats.uploads_ok += 1;
@@ -451,27 +459,17 @@ impl Directory {
 
     fn check(&self, upload: &Upload) -> Result<(), Refusal> {
         let slot = self.slots.get(&upload.dest);
-        if upload.signed.is_none() && slot.is_none() {
+        if upload.head.is_none() && slot.is_none() {
             return Err(refuse(
                 PrekeyStatus::NoSignedPrekey,
                 KeyKind::SignedPrekey,
                 0,
             ));
         }
-        prekey::check_upload(upload, slot.map(|s| &s.signed.identity)).map_err(|f| {
-            let status = if f.bad_signature {
-                PrekeyStatus::BadSignature
-            } else {
-                PrekeyStatus::BadKey
-            };
-            refuse(status, f.kind, usize::from(f.index))
-        })?;
+        prekey::check_upload(upload)
+            .map_err(|f| refuse(PrekeyStatus::TooMany, f.kind, usize::from(f.index)))?;
         // What stays of the slot's one-time keys.
-        let identity_changes = match (slot, &upload.signed) {
-            (Some(s), Some(u)) => s.signed.identity != u.identity,
-            _ => false,
-        };
-        let keep = slot.filter(|_| !upload.replace_one_time && !identity_changes);
+        let keep = slot.filter(|_| !upload.replace_one_time);
         let mut ec_ids: AHashSet<u32> =
             keep.map_or_else(AHashSet::new, |s| s.ec.iter().map(|k| k.id).collect());
         for (i, k) in upload.ec.iter().enumerate() {
@@ -500,7 +498,7 @@ impl Directory {
                 pq_ids.len() - 1,
             ));
         }
-        let after = SIGNED_PART_BYTES + ec_ids.len() * EC_ITEM_BYTES + pq_ids.len() * PQ_ITEM_BYTES;
+        let after = HEAD_BYTES + ec_ids.len() * EC_ITEM_BYTES + pq_ids.len() * PQ_ITEM_BYTES;
         let before = slot.map_or(0, Slot::bytes);
         if slot.is_none() && self.slots.len() >= self.limits.slots_max
             || self.bytes - before + after > self.limits.bytes_max
@@ -665,7 +663,7 @@ impl Directory {
         now_ms: u64,
         dest: Dest,
         requester: IpKey,
-    ) -> Result<Bundle, PrekeyStatus> {
+    ) -> Result<SealedBundle, PrekeyStatus> {
         self.fetch_with(now_unix_s, now_ms, dest, requester, None)
             .map(|(b, _)| b)
     }
@@ -683,7 +681,7 @@ impl Directory {
         dest: Dest,
         requester: IpKey,
         answer: Option<&PuzzleAnswer>,
-    ) -> Result<(Bundle, Option<PuzzleAsk>), PrekeyStatus> {
+    ) -> Result<(SealedBundle, Option<PuzzleAsk>), PrekeyStatus> {
         if !self.by_addr.allow(requester, now_ms) {
             self.stats.fetches_rate_limited += 1;
             return Err(PrekeyStatus::RateLimited);
@@ -717,18 +715,15 @@ impl Directory {
             .get_mut(&dest)
             .expect("the slot was found above and nothing removed it");
         let before = slot.bytes();
-        let (ec, one_time_pq) = if grant == OneTimeGrant::Granted {
+        let (ec, pq) = if grant == OneTimeGrant::Granted {
             (slot.ec.pop_front(), slot.pq.pop_front())
         } else {
             (None, None)
         };
-        let pq_last_resort = one_time_pq.is_none();
-        let pq = one_time_pq.unwrap_or_else(|| slot.signed.last_resort.clone());
-        let bundle = Bundle {
-            identity: slot.signed.identity,
-            spk: slot.signed.spk.clone(),
+        let pq_last_resort = pq.is_none();
+        let bundle = SealedBundle {
+            head: slot.head.clone(),
             pq,
-            pq_last_resort,
             ec,
         };
         self.bytes -= before - slot.bytes();
@@ -740,7 +735,7 @@ impl Directory {
             r.extend_from_slice(&dest.0);
             r.push(taken);
             r.put_u32_le(bundle.ec.as_ref().map_or(0, |k| k.id));
-            r.put_u32_le(if pq_last_resort { 0 } else { bundle.pq.id });
+            r.put_u32_le(bundle.pq.as_ref().map_or(0, |k| k.id));
             self.records.push(r);
         }
         self.stats.fetches_ok += 1;
@@ -785,7 +780,8 @@ impl Directory {
                 let upload = Upload {
                     dest: *dest,
                     replace_one_time: true,
-                    signed: Some(s.signed.clone()),
+                    ttl_s: 0,
+                    head: Some(s.head.clone()),
                     ec: s.ec.iter().cloned().collect(),
                     pq: s.pq.iter().cloned().collect(),
                 };
@@ -798,7 +794,7 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_sdk::prekeys::{IdentityKey, PrekeyIds, PrekeyPlan, generate};
+    use ferry_proto::prekey::{EC_SEALED_BYTES, PQ_SEALED_BYTES};
 
     const ADDR: IpKey = IpKey::V4([127, 0, 0, 1]);
 
@@ -818,44 +814,57 @@ mod tests {
         }
     }
 
-    fn plan(signed: bool, ec: usize, pq: usize, first_id: u32) -> PrekeyPlan {
-        PrekeyPlan {
-            signed,
-            one_time_ec: ec,
-            one_time_pq: pq,
-            ids: PrekeyIds::Sequential(first_id),
+    /// An upload of synthetic sealed items (the directory never opens them): a head (its bytes
+    /// `first_id` as a fill) or none, `ec` and `pq` one-time items with ids from `first_id` up.
+    fn up(dest: Dest, head: bool, ec: usize, pq: usize, first_id: u32) -> Upload {
+        let id = |i: usize| first_id + u32::try_from(i).unwrap();
+        let fill = first_id.to_le_bytes()[0];
+        Upload {
+            dest,
             replace_one_time: false,
+            ttl_s: 0,
+            head: head.then(|| Bytes::from(vec![fill; HEAD_BYTES])),
+            ec: (0..ec)
+                .map(|i| SealedEc {
+                    id: id(i),
+                    sealed: [fill; EC_SEALED_BYTES],
+                })
+                .collect(),
+            pq: (0..pq)
+                .map(|i| SealedPq {
+                    id: id(ec + i),
+                    sealed: Bytes::from(vec![fill; PQ_SEALED_BYTES]),
+                })
+                .collect(),
         }
     }
 
     #[test]
     fn upload_fetch_to_exhaustion_then_last_resort() {
-        let id = IdentityKey::generate().unwrap();
         let dest = Dest([1; 16]);
         let mut d = Directory::new(open_limits());
-        let (ups, _) = generate(&id, dest, plan(false, 2, 0, 10)).unwrap();
+        let ups = [up(dest, false, 2, 0, 10)];
         assert_eq!(
             d.upload(0, 0, &ups[0], ADDR).unwrap_err().status,
             PrekeyStatus::NoSignedPrekey
         );
-        let (ups, _) = generate(&id, dest, plan(true, 2, 3, 1)).unwrap();
+        let ups = [up(dest, true, 2, 3, 1)];
         assert_eq!(d.upload(0, 0, &ups[0], ADDR).unwrap(), (2, 3));
         assert_eq!(d.count(0, &dest), Some((2, 3)));
         let mut ec_ids = Vec::new();
         let mut pq_ids = Vec::new();
         for _ in 0..3 {
             let b = d.fetch(0, 0, dest, ADDR).unwrap();
-            b.verify().unwrap();
-            assert!(!b.pq_last_resort);
+            assert!(!b.pq_last_resort());
             ec_ids.extend(b.ec.map(|k| k.id));
-            pq_ids.push(b.pq.id);
+            pq_ids.push(b.pq.unwrap().id);
         }
         assert_eq!(ec_ids.len(), 2, "two EC one-time keys, then none");
         let all: AHashSet<u32> = pq_ids.iter().copied().collect();
         assert_eq!(all.len(), 3, "every PQ one-time key handed out once");
         let b = d.fetch(0, 0, dest, ADDR).unwrap();
-        assert!(b.pq_last_resort && b.ec.is_none());
-        assert_eq!(b.pq.id, ups[0].signed.as_ref().unwrap().last_resort.id);
+        assert!(b.pq_last_resort() && b.ec.is_none());
+        assert_eq!(b.head, ups[0].head.clone().unwrap());
         assert_eq!(d.count(0, &dest), Some((0, 0)));
         assert_eq!(
             d.fetch(0, 0, Dest([2; 16]), ADDR).unwrap_err(),
@@ -864,74 +873,56 @@ mod tests {
         assert_eq!(d.stats.fetches_last_resort, 1);
     }
 
+    /// The directory cannot open what it stores: it checks that a slot's first upload has a
+    /// head, ids and counts, and keeps the slot as long as the upload asks (capped).
     #[test]
-    fn bad_keys_and_signatures_are_refused_with_their_index() {
-        let id = IdentityKey::generate().unwrap();
+    fn items_are_opaque_the_head_comes_first_and_the_ttl_is_capped() {
         let dest = Dest([3; 16]);
         let mut d = Directory::new(open_limits());
-        let (ups, _) = generate(&id, dest, plan(true, 3, 3, 1)).unwrap();
-        let mut bad = ups[0].clone();
-        bad.pq[2].sig[10] ^= 0x40;
-        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
-        assert_eq!(
-            (r.status, r.kind, r.index),
-            (PrekeyStatus::BadSignature, KeyKind::OneTimePq, 2)
-        );
-        let mut bad = ups[0].clone();
-        bad.signed.as_mut().unwrap().spk.sig[0] ^= 1;
-        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
+        let r = d.upload(0, 0, &up(dest, false, 3, 3, 1), ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind),
-            (PrekeyStatus::BadSignature, KeyKind::SignedPrekey)
+            (PrekeyStatus::NoSignedPrekey, KeyKind::SignedPrekey)
         );
-        // An ML-KEM key failing the modulus check, signed correctly: BadKey, not BadSignature.
-        let mut bad = ups[0].clone();
-        let mut key = bad.pq[1].key.to_vec();
-        key[1] = 0xFF;
-        key[2] |= 0x0F;
-        bad.pq[1].key = Bytes::from(key);
-        bad.pq[1].sig = id.sign(&bad.pq[1].key).unwrap();
-        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
-        assert_eq!(
-            (r.status, r.kind, r.index),
-            (PrekeyStatus::BadKey, KeyKind::OneTimePq, 1)
-        );
-        let mut bad = ups[0].clone();
-        bad.ec[1].key[0] = 0x07;
-        let r = d.upload(0, 0, &bad, ADDR).unwrap_err();
-        assert_eq!(
-            (r.status, r.kind, r.index),
-            (PrekeyStatus::BadKey, KeyKind::OneTimeEc, 1)
-        );
-        // Another identity's signatures do not pass under this slot's identity.
-        d.upload(0, 0, &ups[0], ADDR).unwrap();
-        let other = IdentityKey::generate().unwrap();
-        let (more, _) = generate(&other, dest, plan(false, 0, 1, 50)).unwrap();
-        let r = d.upload(0, 0, &more[0], ADDR).unwrap_err();
-        assert_eq!(r.status, PrekeyStatus::BadSignature);
-        assert_eq!(d.stats.uploads_refused, 5);
-        assert_eq!(d.count(0, &dest), Some((3, 3)), "refusals change nothing");
+        let mut first = up(dest, true, 3, 3, 1);
+        first.ttl_s = 3_600;
+        assert_eq!(d.upload(1_000, 0, &first, ADDR).unwrap(), (3, 3));
+        assert_eq!(d.count(1_000 + 3_599, &dest), Some((3, 3)));
+        assert_eq!(d.count(1_000 + 3_600, &dest), None, "gone after its ttl");
+        // A ttl past the node's cap is held to it; 0 asks for the cap.
+        for ttl in [u32::MAX, 0] {
+            let mut u = up(dest, true, 0, 0, 7);
+            u.ttl_s = ttl;
+            d.upload(2_000, 0, &u, ADDR).unwrap();
+            let cap = DirectoryLimits::default().slot_ttl_s;
+            assert!(d.count(2_000 + cap - 1, &dest).is_some());
+            assert!(d.count(2_000 + cap, &dest).is_none());
+        }
+        // A new head replaces the old one; the one-time keys stay.
+        let b = d.fetch(2_000, 0, dest, ADDR).unwrap();
+        assert_eq!(b.head, up(dest, true, 0, 0, 7).head.unwrap());
+        assert_eq!(d.count(2_000, &dest), Some((2, 2)));
+        assert_eq!(d.stats.uploads_refused, 1);
     }
 
     #[test]
-    fn duplicates_capacity_budget_and_identity_change() {
-        let id = IdentityKey::generate().unwrap();
+    fn duplicates_capacity_and_budget() {
         let dest = Dest([4; 16]);
         let limits = DirectoryLimits {
             slots_max: 1,
             ..open_limits()
         };
         let mut d = Directory::new(limits);
-        let (ups, _) = generate(&id, dest, plan(true, 100, 1, 1)).unwrap();
+        let ups = [up(dest, true, 100, 1, 1)];
         d.upload(0, 0, &ups[0], ADDR).unwrap();
         // Same ids again: duplicates.
-        let (again, _) = generate(&id, dest, plan(false, 1, 0, 3)).unwrap();
+        let again = [up(dest, false, 1, 0, 3)];
         let r = d.upload(0, 0, &again[0], ADDR).unwrap_err();
         assert_eq!(
             (r.status, r.kind),
             (PrekeyStatus::DuplicateId, KeyKind::OneTimeEc)
         );
-        let (extra, _) = generate(&id, dest, plan(false, 1, 0, 1_000)).unwrap();
+        let extra = [up(dest, false, 1, 0, 1_000)];
         assert_eq!(
             d.upload(0, 0, &extra[0], ADDR).unwrap_err().status,
             PrekeyStatus::TooMany
@@ -945,20 +936,15 @@ mod tests {
             "both kinds replaced"
         );
         // A second slot does not fit slots_max = 1.
-        let (other, _) = generate(&id, Dest([5; 16]), plan(true, 0, 0, 1)).unwrap();
+        let other = [up(Dest([5; 16]), true, 0, 0, 1)];
         assert_eq!(
             d.upload(0, 0, &other[0], ADDR).unwrap_err().status,
             PrekeyStatus::DirectoryFull
         );
-        // A new identity drops the old one-time keys.
-        let id2 = IdentityKey::generate().unwrap();
-        let (fresh, _) = generate(&id2, dest, plan(true, 0, 0, 500)).unwrap();
-        assert_eq!(d.upload(0, 0, &fresh[0], ADDR).unwrap(), (0, 0));
     }
 
     #[test]
     fn fetches_are_rate_limited_per_address_only() {
-        let id = IdentityKey::generate().unwrap();
         let limits = DirectoryLimits {
             fetch_per_addr: Rate { per_s: 1, burst: 3 },
             upload_per_addr: Rate { per_s: 1, burst: 2 },
@@ -966,11 +952,11 @@ mod tests {
         };
         let mut d = Directory::new(limits);
         for i in 0..3u8 {
-            let (ups, _) = generate(&id, Dest([i; 16]), plan(true, 5, 0, 1)).unwrap();
+            let ups = [up(Dest([i; 16]), true, 5, 0, 1)];
             // Uploads are limited per address too: a burst of 2, then one per second.
             d.upload(0, u64::from(i) * 1_000, &ups[0], ADDR).unwrap();
         }
-        let (more, _) = generate(&id, Dest([9; 16]), plan(true, 0, 0, 1)).unwrap();
+        let more = [up(Dest([9; 16]), true, 0, 0, 1)];
         d.upload(0, 2_000, &more[0], ADDR).unwrap();
         let r = d.upload(0, 2_000, &more[0], ADDR).unwrap_err();
         assert_eq!(r.status, PrekeyStatus::RateLimited);
@@ -1001,12 +987,11 @@ mod tests {
     /// hands them out at an owner's pace, and every fetch of an existing slot gets a bundle.
     #[test]
     fn many_sources_cannot_make_an_honest_first_contact_fail() {
-        let id = IdentityKey::generate().unwrap();
         let dest = Dest([7; 16]);
         let mut d = Directory::new(DirectoryLimits::default());
-        let (ups, _) = generate(&id, dest, plan(true, 100, 36, 1)).unwrap();
+        let ups = [up(dest, true, 100, 36, 1)];
         d.upload(0, 0, &ups[0], ADDR).unwrap();
-        let (more, _) = generate(&id, dest, plan(false, 0, 64, 1_000)).unwrap();
+        let more = [up(dest, false, 0, 64, 1_000)];
         for (i, u) in more.iter().enumerate() {
             d.upload(0, 1_000 * (i as u64 + 1), u, ADDR).unwrap();
         }
@@ -1017,7 +1002,7 @@ mod tests {
         let mut one_time = 0;
         for t in 0..200u64 {
             let b = d.fetch(0, t * 500, dest, one).unwrap();
-            one_time += usize::from(!b.pq_last_resort);
+            one_time += usize::from(!b.pq_last_resort());
         }
         let share = DirectoryLimits::default().one_time_per_source.burst;
         assert_eq!(one_time as u64, share, "one source gets its share");
@@ -1041,20 +1026,18 @@ mod tests {
         // The honest first contact: a verified bundle with the last-resort key.
         let honest = IpKey::V4([192, 0, 2, 1]);
         let b = d.fetch(0, 100_000, dest, honest).unwrap();
-        b.verify().unwrap();
-        assert!(b.pq_last_resort && b.ec.is_none());
-        assert_eq!(b.pq.id, ups[0].signed.as_ref().unwrap().last_resort.id);
+        assert!(b.pq_last_resort() && b.ec.is_none());
+        assert_eq!(b.head, ups[0].head.clone().unwrap());
         // An hour later the slot hands out one-time keys again, to a source with a share left.
         let later = 100_000 + HOUR_MS;
         assert!(!d.slot_under_pressure(later, &dest));
         let b = d.fetch(0, later, dest, honest).unwrap();
-        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert!(!b.pq_last_resort() && b.ec.is_some());
     }
 
     /// Drains a slot of 100 + 100 keys past its budget (20) from 20 addresses; the honest
     /// fetcher comes from `HONEST`.
     fn pressured(levels: u8) -> (Directory, Dest) {
-        let id = IdentityKey::generate().unwrap();
         let dest = Dest([9; 16]);
         let limits = DirectoryLimits {
             puzzle: PuzzleConfig {
@@ -1065,15 +1048,15 @@ mod tests {
             ..DirectoryLimits::default()
         };
         let mut d = Directory::new(limits);
-        let (ups, _) = generate(&id, dest, plan(true, 100, 36, 1)).unwrap();
+        let ups = [up(dest, true, 100, 36, 1)];
         d.upload(0, 0, &ups[0], ADDR).unwrap();
-        let (more, _) = generate(&id, dest, plan(false, 0, 64, 1_000)).unwrap();
+        let more = [up(dest, false, 0, 64, 1_000)];
         for (i, u) in more.iter().enumerate() {
             d.upload(0, 1_000 * (i as u64 + 1), u, ADDR).unwrap();
         }
         for a in 0..20u8 {
             let b = d.fetch(0, 100_000, dest, IpKey::V4([10, 2, 0, a])).unwrap();
-            assert!(!b.pq_last_resort, "calm: a one-time key without a puzzle");
+            assert!(!b.pq_last_resort(), "calm: a one-time key without a puzzle");
         }
         (d, dest)
     }
@@ -1089,7 +1072,7 @@ mod tests {
         let later = 100_000 + HOUR_MS;
         assert_eq!(d.puzzle_level(later, &dest), 0);
         let (b, ask) = d.fetch_with(0, later, dest, HONEST, None).unwrap();
-        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert!(!b.pq_last_resort() && b.ec.is_some());
         assert_eq!(ask, None);
     }
 
@@ -1101,8 +1084,7 @@ mod tests {
         assert_eq!(d.puzzle_level(now_ms, &dest), 1);
         // Without an answer: the last-resort bundle, and the puzzle beside it.
         let (b, ask) = d.fetch_with(0, now_ms, dest, HONEST, None).unwrap();
-        b.verify().unwrap();
-        assert!(b.pq_last_resort && b.ec.is_none());
+        assert!(b.pq_last_resort() && b.ec.is_none());
         let ask = ask.expect("a puzzle under pressure");
         assert_eq!(
             ask.seed,
@@ -1117,14 +1099,14 @@ mod tests {
         let (b, ask) = d
             .fetch_with(0, now_ms, dest, HONEST, Some(&answer))
             .unwrap();
-        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert!(!b.pq_last_resort() && b.ec.is_some());
         assert_eq!(ask, None);
         assert_eq!(d.stats.puzzle_paid, 1);
         // The same answer again (from anywhere): refused, last resort and the puzzle.
         let (b, ask) = d
             .fetch_with(0, now_ms, dest, IpKey::V4([10, 9, 9, 9]), Some(&answer))
             .unwrap();
-        assert!(b.pq_last_resort && ask.is_some());
+        assert!(b.pq_last_resort() && ask.is_some());
         assert_eq!(d.stats.puzzle_replayed, 1);
         // An answer bound to another slot, or too little effort, is refused too.
         let other = Dest([10; 16]);
@@ -1139,7 +1121,7 @@ mod tests {
         let (b, _) = d
             .fetch_with(0, now_ms, dest, IpKey::V4([10, 9, 9, 8]), Some(&wrong))
             .unwrap();
-        assert!(b.pq_last_resort);
+        assert!(b.pq_last_resort());
         assert_eq!(d.stats.puzzle_refused, 1);
     }
 
@@ -1157,7 +1139,7 @@ mod tests {
             let answer =
                 ferry_proto::puzzle::solve(&ask.seed, &dest, &digest, ask.effort, [a; 16]).unwrap();
             let (b, _) = d.fetch_with(0, now_ms, dest, from, Some(&answer)).unwrap();
-            assert!(!b.pq_last_resort);
+            assert!(!b.pq_last_resort());
         }
         assert!(efforts.windows(2).all(|w| w[0] <= w[1]), "{efforts:?}");
         assert_eq!(efforts[0], 1);
@@ -1168,15 +1150,14 @@ mod tests {
         let later = now_ms + 6 * HOUR_MS;
         assert_eq!(d.puzzle_level(later, &dest), 0);
         let (b, ask) = d.fetch_with(0, later, dest, HONEST, None).unwrap();
-        assert!(!b.pq_last_resort && ask.is_none());
+        assert!(!b.pq_last_resort() && ask.is_none());
     }
 
     #[test]
     fn a_nearly_exhausted_slot_under_pressure_asks_the_top_level() {
-        let id = IdentityKey::generate().unwrap();
         let dest = Dest([11; 16]);
         let mut d = Directory::new(DirectoryLimits::default());
-        let (ups, _) = generate(&id, dest, plan(true, 25, 25, 1)).unwrap();
+        let ups = [up(dest, true, 25, 25, 1)];
         d.upload(0, 0, &ups[0], ADDR).unwrap();
         for a in 0..20u8 {
             d.fetch(0, 0, dest, IpKey::V4([10, 4, 0, a])).unwrap();
@@ -1200,23 +1181,21 @@ mod tests {
     fn with_puzzles_off_a_pressured_slot_only_gives_last_resort() {
         let (mut d, dest) = pressured(0);
         let (b, ask) = d.fetch_with(0, 100_000, dest, HONEST, None).unwrap();
-        assert!(b.pq_last_resort && ask.is_none());
+        assert!(b.pq_last_resort() && ask.is_none());
     }
 
     /// An exhausted slot still answers with a usable bundle, and spends no budget doing so.
     #[test]
     fn an_exhausted_slot_still_returns_a_usable_bundle() {
-        let id = IdentityKey::generate().unwrap();
         let dest = Dest([8; 16]);
         let mut d = Directory::new(DirectoryLimits::default());
-        let (ups, _) = generate(&id, dest, plan(true, 1, 1, 1)).unwrap();
+        let ups = [up(dest, true, 1, 1, 1)];
         d.upload(0, 0, &ups[0], ADDR).unwrap();
         let b = d.fetch(0, 0, dest, ADDR).unwrap();
-        assert!(!b.pq_last_resort && b.ec.is_some());
+        assert!(!b.pq_last_resort() && b.ec.is_some());
         for i in 0..30u8 {
             let b = d.fetch(0, 0, dest, IpKey::V4([10, 0, 0, i])).unwrap();
-            b.verify().unwrap();
-            assert!(b.pq_last_resort && b.ec.is_none());
+            assert!(b.pq_last_resort() && b.ec.is_none());
         }
         assert_eq!(d.stats.fetches_last_resort, 30);
         assert_eq!(d.stats.one_time_withheld_slot, 0);
@@ -1225,11 +1204,10 @@ mod tests {
 
     #[test]
     fn replay_and_snapshot_rebuild_the_same_directory() {
-        let id = IdentityKey::generate().unwrap();
         let mut d = Directory::new(open_limits());
         let mut all = Vec::new();
         for i in 0..3u8 {
-            let (ups, _) = generate(&id, Dest([i; 16]), plan(true, 4, 45, 1)).unwrap();
+            let ups = [up(Dest([i; 16]), true, 4, 45, 1)];
             for u in &ups {
                 d.upload(100, 0, u, ADDR).unwrap();
             }
@@ -1253,16 +1231,32 @@ mod tests {
         assert_eq!(again.bytes(), 0);
     }
 
+    /// A journal written before slots were sealed (`U` records: keys in clear) replays to an
+    /// empty directory, counted, not as damage; the rest of the journal still applies.
+    #[test]
+    fn unsealed_records_of_an_older_version_are_dropped_and_counted() {
+        let dest = Dest([12; 16]);
+        let mut old = vec![b'U'];
+        old.extend_from_slice(&200u64.to_le_bytes());
+        old.extend_from_slice(&[0xAB; 1_900]);
+        let mut d = Directory::new(open_limits());
+        let records = [old, Directory::upload_record(&up(dest, true, 2, 2, 1), 200)];
+        assert_eq!(d.replay(&records), 0);
+        assert_eq!(d.legacy_dropped(), 1);
+        assert_eq!(d.count(100, &dest), Some((2, 2)));
+        assert_eq!(d.snapshot().len(), 1);
+        assert!(d.snapshot().iter().all(|r| r[0] == b'S'));
+    }
+
     /// Replayed records get no checks but this one: a record that would take a slot past
     /// ONE_TIME_KEYS_MAX is counted bad. (Once a journal could build a slot of any size: its
     /// counts clamped at 65 535, and compaction's snapshot panicked encoding it.)
     #[test]
     fn replay_never_takes_a_slot_past_the_one_time_limit() {
-        let id = IdentityKey::generate().unwrap();
         let dest = Dest([6; 16]);
         let full = u16::try_from(ONE_TIME_KEYS_MAX).unwrap();
-        let (first, _) = generate(&id, dest, plan(true, ONE_TIME_KEYS_MAX, 1, 1)).unwrap();
-        let (second, _) = generate(&id, dest, plan(false, ONE_TIME_KEYS_MAX, 0, 1_000)).unwrap();
+        let first = [up(dest, true, ONE_TIME_KEYS_MAX, 1, 1)];
+        let second = [up(dest, false, ONE_TIME_KEYS_MAX, 0, 1_000)];
         let records = [
             Directory::upload_record(&first[0], 200),
             Directory::upload_record(&second[0], 200),

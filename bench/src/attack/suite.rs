@@ -1278,21 +1278,29 @@ pub fn prekey_drain(o: &Opts) -> Res<Report> {
     const GOAL: &str = "a legitimate first contact still gets a verified bundle of the owner's (a one-time key, or the last-resort keys once the attacker took its ration), never a refusal";
     let mut owner = client_from(HONEST_RX, o.node)?;
     let slot_mb = mailbox(70_000);
-    let signer = slot_mb.signer(owner.epoch())?;
+    // Today's slot; the attacker knows the owner's address, so it opens the slot as a contact.
+    let now = owner.node_unix_s();
+    let day = ferry_proto::addr::day_of(now);
+    let signer = slot_mb.slot_signer(day)?;
     let st = owner.prove(&[&signer], Op::PrekeyUpdate)?;
     if st.first() != Some(&ProofStatus::Ok) {
         return Err(format!("prekey proof refused: {st:?}").into());
     }
     let dest = signer.dest();
+    let slot =
+        ferry_sdk::Contact::new(&slot_mb.public().to_bytes(), ns(), None)?.prekey_slot(day)?;
     let identity = IdentityKey::generate()?;
     let plan = PrekeyPlan {
-        signed: true,
+        head: ferry_sdk::prekeys::HeadPlan::New,
         one_time_ec: 100,
         one_time_pq: 100,
         ids: ferry_sdk::prekeys::PrekeyIds::Random,
         replace_one_time: true,
+        expires: now + 2 * ferry_proto::addr::DAY_SECONDS,
+        ttl_s: 0,
     };
-    let (uploads, _secrets) = generate(&identity, dest, plan)?;
+    let sealer = ferry_proto::prekey::SlotSealer::new(slot_mb.slot_key(day), &signer);
+    let (uploads, _secrets) = generate(&identity, &sealer, plan)?;
     owner.upload_prekeys(&uploads)?;
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     let mut taken = 0u64;
@@ -1307,7 +1315,7 @@ pub fn prekey_drain(o: &Opts) -> Res<Report> {
         };
         // Each address fetches until refused (at most 5 times).
         for _ in 0..5 {
-            match c.fetch_prekeys(dest) {
+            match c.fetch_prekeys(&slot) {
                 Ok(b) => {
                     taken += u64::from(b.ec.is_some());
                     let k = if b.ec.is_some() {
@@ -1334,8 +1342,8 @@ pub fn prekey_drain(o: &Opts) -> Res<Report> {
     honest.sent += 1;
     let t = Instant::now();
     let mut contact_got = "nothing";
-    match c.fetch_prekeys(dest) {
-        // `fetch_prekeys` has checked the bundle's signatures.
+    match c.fetch_prekeys(&slot) {
+        // `fetch_prekeys` has opened the bundle and checked its signatures.
         Ok(b) if b.identity == identity.public() => {
             contact_got = if b.ec.is_some() && !b.pq_last_resort {
                 "a one-time key"
