@@ -442,4 +442,31 @@ fn the_cost_of_sending_apart_from_owning() {
     assert_eq!(c0, 1);
     // The listening connection, a prekey fetch, one per burst.
     assert_eq!(c1, 1 + 1 + BURSTS as u64);
+
+    // The owner's prekey upkeep, through a counting proxy on the TLS listener: the first start
+    // publishes a week of day slots (each on its own connection) and checks today's count; a
+    // later start the same day publishes nothing and only checks the count. On each later day
+    // one slot more is published: the first start's per-slot bytes.
+    let proxy = Adversary::counting(node.tls.unwrap());
+    let url = format!("ferry+tls://localhost:{}", proxy.addr.port());
+    let mut carol = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut upkeep = Sender::new(&url, tls.client_opts());
+    upkeep.refill_prekeys(&mut carol).unwrap();
+    let bytes = |p: &Adversary| {
+        let (up, down) = p.bytes();
+        up + down
+    };
+    let (first_c, first_b) = (proxy.connections(), bytes(&proxy));
+    upkeep.refill_prekeys(&mut carol).unwrap();
+    let (again_c, again_b) = (proxy.connections() - first_c, bytes(&proxy) - first_b);
+    let slots = 1 + ferry_sdk::messenger::SLOT_DAYS_AHEAD;
+    println!(
+        "prekey upkeep (TLS, {} one-time keys of each kind a slot): first start {first_c} \
+         connections {first_b} bytes ({slots} slots, {} bytes a slot); a start with nothing \
+         to publish {again_c} connection {again_b} bytes",
+        ferry_sdk::messenger::PREKEYS_PER_SLOT,
+        (first_b - again_b) / slots,
+    );
+    assert_eq!(first_c, 1 + slots, "one connection per slot, and one for today's count");
+    assert_eq!(again_c, 1);
 }
