@@ -320,6 +320,8 @@ fn the_connections_that_send_carry_no_proofs() {
     )
     .unwrap();
     assert_eq!(got.messages.len(), 1);
+    assert!(got.messages[0].request, "a stranger's first contact");
+    bob.accept_request(&a_id, "alice").unwrap();
     sb.send(&mut bob, &a_id, &text("hi alice"), clock).unwrap();
     let got = chat::pump(
         &mut ca,
@@ -467,6 +469,10 @@ fn the_cost_of_sending_apart_from_owning() {
         ferry_sdk::messenger::PREKEYS_PER_SLOT,
         (first_b - again_b) / slots,
     );
-    assert_eq!(first_c, 1 + slots, "one connection per slot, and one for today's count");
+    assert_eq!(
+        first_c,
+        1 + slots,
+        "one connection per slot, and one for today's count"
+    );
     assert_eq!(again_c, 1);
 }

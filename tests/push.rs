@@ -479,6 +479,12 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     chat::Sender::new(&format!("ferry://{}", s.node.addr()), Default::default())
         .publish_prekeys(&mut bob, 3)
         .unwrap();
+    // Bob knows Alice (addresses exchanged): he keeps a pairwise mailbox for her.
+    bob.add_contact("alice", &alice.address()).unwrap();
+    let day = |unix: u64| unix / 86_400;
+    let now = cb.node_unix_s();
+    // The days this hour and the next 24 fall in (two, unless the hour is the day's first).
+    let days = day(now + 24 * 3600) - day(now) + 1;
     let mut register = |first_contacts| {
         chat::register_push(
             &mut cb,
@@ -490,19 +496,20 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
         )
         .unwrap()
     };
+    let pairwise = u16::try_from(days).unwrap();
     assert_eq!(
         register(false),
-        25,
-        "this hour and the next 24 of the contact mailbox"
+        pairwise,
+        "the days of this hour and the next 24 of Alice's pairwise mailbox"
     );
-    armed(&s.node, 25);
+    armed(&s.node, u64::from(pairwise));
     assert_eq!(
         register(true),
-        50,
-        "this hour and the next 24, both mailboxes"
+        pairwise + 25,
+        "and this hour and the next 24 of the intro mailbox"
     );
     drop(cb);
-    armed(&s.node, 50);
+    armed(&s.node, u64::from(pairwise) + 25);
 
     let clock = std::time::Instant::now();
     alice.add_contact("bob", &bob.address()).unwrap();

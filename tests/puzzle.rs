@@ -73,8 +73,8 @@ fn the_sdk_solves_puzzles_for_a_pressured_dest_and_a_capability_skips_them() {
     );
 }
 
-/// The messenger uses capabilities by itself: Alice's listen connection registers her contact
-/// mailbox's verifier (`chat::listen`), she goes offline, and Bob, a contact, fills her dest to
+/// The messenger uses capabilities by itself: Alice's listen connection registers the verifier
+/// of the pairwise mailbox she keeps for Bob (`chat::listen`), she goes offline, and Bob, a contact, fills her dest to
 /// its quota through `chat::Sender` without a single puzzle; a stranger's sends to a dest of the
 /// same quota meet puzzles from half full.
 #[test]
@@ -101,12 +101,20 @@ fn a_contacts_messages_to_an_offline_mailbox_pass_pressure_without_puzzles() {
     sb.publish_prekeys(&mut bob, 3).unwrap();
     chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
     alice.add_contact("bob", &bob.address()).unwrap();
+    // A new contact: its pairwise mailbox is listened on (and its verifier registered) at once.
+    assert!(alice.contacts_changed());
+    chat::listen(&mut ca, &mut alice).unwrap();
     let (a_id, b_id) = (alice.address().identity, bob.address().identity);
     sa.send(&mut alice, &b_id, &Body::Data(b"hi bob".to_vec()), clock)
         .unwrap();
     let got = chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
-    assert_eq!(got.messages.len(), 1, "Bob learns Alice's contact mailbox");
-    // Alice goes offline; what Bob writes now is stored at her contact mailbox's dest.
+    assert_eq!(
+        got.messages.len(),
+        1,
+        "Bob learns Alice's pairwise mailbox for him"
+    );
+    bob.accept_request(&a_id, "alice").unwrap();
+    // Alice goes offline; what Bob writes now is stored at her pairwise mailbox's dest.
     drop(ca);
     std::thread::sleep(Duration::from_millis(200));
     for i in 0..4 {

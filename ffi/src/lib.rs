@@ -90,6 +90,9 @@ pub struct Message {
     pub file_bytes: u64,
     /// The attachment descriptor to pass to `Connection.fetch_file`.
     pub file_ref: Vec<u8>,
+    /// From a stranger whose first contact waits for the user: show it as a request, and
+    /// `Messenger.accept_request` or `Messenger.refuse_request` it (nothing is sent back before).
+    pub is_request: bool,
 }
 
 fn message(m: Incoming) -> Message {
@@ -122,6 +125,7 @@ fn message(m: Incoming) -> Message {
         file_name,
         file_bytes,
         file_ref,
+        is_request: m.request,
     }
 }
 
@@ -185,6 +189,29 @@ impl Messenger {
         Ok(self.lock()?.contacts().map(|p| p.name.clone()).collect())
     }
 
+    /// The encoded identities (33 bytes) of strangers whose first contact waits as a request.
+    pub fn requests(&self) -> Result<Vec<Vec<u8>>, FerryError> {
+        Ok(self
+            .lock()?
+            .requests()
+            .map(|p| p.identity.to_vec())
+            .collect())
+    }
+
+    /// Makes a request (by its identity, `Message.from_identity`) a contact named `name`.
+    pub fn accept_request(&self, identity: Vec<u8>, name: String) -> Result<(), FerryError> {
+        self.lock()?
+            .accept_request(&identity_of(identity)?, &name)
+            .map_err(err)
+    }
+
+    /// Refuses a request: its packets are dropped from now on.
+    pub fn refuse_request(&self, identity: Vec<u8>) -> Result<(), FerryError> {
+        self.lock()?
+            .refuse_request(&identity_of(identity)?)
+            .map_err(err)
+    }
+
     /// Files received and not fetched yet (kept across restarts).
     pub fn attachments(&self) -> Result<Vec<Message>, FerryError> {
         Ok(self
@@ -200,6 +227,11 @@ impl Messenger {
     pub fn forget_attachment(&self, id: Vec<u8>) -> Result<(), FerryError> {
         self.lock()?.forget_attachment(&msg_id(id)?).map_err(err)
     }
+}
+
+fn identity_of(id: Vec<u8>) -> Result<[u8; 33], FerryError> {
+    id.try_into()
+        .map_err(|_| err("an identity is 33 bytes (Message.from_identity)"))
 }
 
 fn msg_id(id: Vec<u8>) -> Result<[u8; 16], FerryError> {

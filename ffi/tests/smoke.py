@@ -4,8 +4,9 @@ usage: python3 smoke.py <dir with ferry_ffi.py and libferry_ffi.so> <plain node 
                         <TLS node URL> <CA file> <tmpdir>
 Two users: Alice connects by the plain URL (asked for explicitly, ferry://), Bob by the TLS
 one without its scheme (TLS is the default) trusting the CA file. Bob publishes prekeys; Alice
-adds him and writes (first contact); Bob syncs and reads it; Bob answers; Alice reads; a file
-through media storage, kept until fetched. Wrong URLs, a missing CA and a plain node reached
+adds him and writes (first contact); Bob syncs and reads it; Bob answers; Alice reads; a
+stranger's first contact is a request Bob accepts, then answers; a file through media storage,
+kept until fetched. Wrong URLs, a missing CA and a plain node reached
 without ferry:// (taken as TLS) are refused. Exits non-zero on failure.
 """
 import os
@@ -34,6 +35,24 @@ assert got[0].from_name == "alice"
 cb.send_text(bob, "alice", "hi python")
 got = ca.sync(alice) + ca.pump(alice, 500)
 assert [m.text for m in got] == ["hi python"], got
+
+# A stranger's first contact lands as a request; accepted, she can be answered.
+carol = f.Messenger.open(os.path.join(tmp, "carol"), ns)
+carol.add_contact("bob", bob.address())
+ca.send_text(carol, "bob", "carol here")
+got = cb.sync(bob) + cb.pump(bob, 500)
+assert [(m.text, m.is_request) for m in got] == [("carol here", True)], got
+assert bob.requests() == [got[0].from_identity]
+try:
+    cb.send_text(bob, got[0].from_name, "hi?")
+    raise SystemExit("a request was answered before it was accepted")
+except f.FerryError:
+    pass
+bob.accept_request(got[0].from_identity, "carol")
+assert bob.requests() == [] and sorted(bob.contacts()) == ["alice", "carol"]
+cb.send_text(bob, "carol", "welcome")
+got = ca.sync(carol) + ca.pump(carol, 500)
+assert [m.text for m in got] == ["welcome"], got
 
 data = os.urandom(100_000)
 ca.send_file(alice, "bob", "blob.bin", data)

@@ -8,6 +8,7 @@
 //! A$ ferry-chat --state alice add bob ferry:…  # bob's address, given out of band
 //! A$ ferry-chat --state alice send bob "hello" # first contact through bob's prekeys
 //! B$ ferry-chat --state bob recv              # bob was offline: drained from the node's store
+//!                                             # (a request unless bob added alice: accept it)
 //! B$ ferry-chat --state bob chat alice        # interactive: lines typed go to alice
 //! A$ ferry-chat --state alice send-file bob photo.jpg
 //! B$ ferry-chat --state bob recv              # "alice sent file photo.jpg …": kept, not fetched
@@ -39,6 +40,9 @@ commands:
   address                 print the address
   add NAME ADDRESS        add a contact
   contacts                list contacts
+  requests                strangers whose first contact waits: ID and address
+  accept ID NAME          make request ID a contact named NAME (then you can answer)
+  refuse ID               refuse request ID: its messages are dropped from now on
   send NAME TEXT          send a message
   send-file NAME PATH     encrypt a file, upload it to media storage, send it
   recv [--wait SECS] [--save-dir DIR]
@@ -130,6 +134,14 @@ fn full_id(msg_id: &[u8; 16]) -> String {
     msg_id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The identity of the request whose ID (its name until accepted) is `id`.
+fn request(m: &Messenger<DirStorage>, id: &str) -> [u8; 33] {
+    m.requests()
+        .find(|p| p.name == id)
+        .map(|p| p.identity)
+        .unwrap_or_else(|| fail(format!("no request {id} (ferry-chat requests lists them)")))
+}
+
 /// Prints a message that arrived. With `save_dir` an attachment is fetched into it (and
 /// forgotten); without, or if that fails, it stays kept for `fetch`.
 fn print(
@@ -138,6 +150,12 @@ fn print(
     client: &mut Client,
     msgr: &mut Messenger<DirStorage>,
 ) {
+    if m.request {
+        println!(
+            "(a request from a stranger, ID {}: ferry-chat accept {} NAME, or refuse {})",
+            m.from_name, m.from_name, m.from_name
+        );
+    }
     match &m.body {
         Body::Data(d) => println!("{}: {}", m.from_name, String::from_utf8_lossy(d)),
         Body::Attachment {
@@ -232,6 +250,23 @@ fn main() {
         ["add", name, address] => {
             let a: Address = address.parse().unwrap_or_else(|e| fail(e));
             m.add_contact(name, &a).unwrap_or_else(|e| fail(e));
+        }
+        ["requests"] => {
+            for p in m.requests() {
+                let a = Address {
+                    mailbox: p.mailbox,
+                    identity: p.identity,
+                };
+                println!("{} {a}", p.name);
+            }
+        }
+        ["accept", id, name] => {
+            let p = request(&m, id);
+            m.accept_request(&p, name).unwrap_or_else(|e| fail(e));
+        }
+        ["refuse", id] => {
+            let p = request(&m, id);
+            m.refuse_request(&p).unwrap_or_else(|e| fail(e));
         }
         ["contacts"] => {
             for p in m.contacts() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::addr::{BlindedSigner, day_of, epoch_of};
 use ferry_proto::conn::ClientEvent;
-use ferry_proto::frame::{Op, PrekeyStatus, ProofStatus, SubscribeStatus};
+use ferry_proto::frame::{Dest, Op, PrekeyStatus, ProofStatus, SubscribeStatus};
 
 use crate::messenger::{Body, Incoming, Messenger, MessengerError, Storage, Transmit};
 use crate::{Client, ConnectOptions, SdkError};
@@ -458,9 +458,10 @@ impl Synced {
     fn take<S: Storage>(
         &mut self,
         m: &mut Messenger<S>,
+        dest: &Dest,
         payload: &[u8],
     ) -> Result<(), MessengerError> {
-        match m.receive(payload) {
+        match m.receive(dest, payload) {
             // Never one already in `messages`: `receive` answers `None` for what the inbox holds.
             Ok(Some(msg)) => self.messages.push(msg),
             Ok(None) => {}
@@ -501,7 +502,7 @@ pub fn sync<S: Storage>(
         loop {
             let (blobs, more) = client.drain(s.dest())?;
             for b in &blobs {
-                out.take(m, &b.payload)?;
+                out.take(m, &b.dest, &b.payload)?;
             }
             client.ack(&blobs)?;
             if !more {
@@ -555,8 +556,9 @@ pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(
 
 /// Handles what arrives for `wait`: live messages, blobs the node hands over on subscribe,
 /// send results on `sender`'s connection (ending retries), retries that come due (through
-/// `sender`), and the next hour's listen when it is near. Returns the messages (with any an
-/// interrupted call left in the inbox).
+/// `sender`), and the next hour's listen when it is near (or at once when a contact was added
+/// or accepted: its pairwise mailbox). Returns the messages (with any an interrupted call left
+/// in the inbox).
 pub fn pump<S: Storage>(
     client: &mut Client,
     sender: &mut Sender,
@@ -573,14 +575,14 @@ pub fn pump<S: Storage>(
             return out.finish(m);
         }
         match client.recv(left.min(Duration::from_millis(200))) {
-            Ok(ClientEvent::Deliver { payload, .. }) => out.take(m, &payload)?,
+            Ok(ClientEvent::Deliver { dest, payload, .. }) => out.take(m, &dest, &payload)?,
             Ok(ClientEvent::Stored {
                 dest,
                 pos,
                 msg_id,
                 payload,
             }) => {
-                out.take(m, &payload)?;
+                out.take(m, &dest, &payload)?;
                 client.ack(&[crate::StoredBlob {
                     dest,
                     pos,
@@ -595,7 +597,8 @@ pub fn pump<S: Storage>(
             Err(e) => return Err(e.into()),
         }
         sender.poll(m, client.node_unix_s(), clock)?;
-        if client.node_unix_s() >= next_listen {
+        // The hour's plan, or a contact added (accepted) since: its pairwise mailbox.
+        if client.node_unix_s() >= next_listen || m.contacts_changed() {
             listen(client, m)?;
             next_listen = m.next_listen_s(client.node_unix_s());
         }

@@ -1134,24 +1134,29 @@ impl Client {
         ttl_s: u32,
     ) -> Result<u16, SdkError> {
         use ferry_proto::frame::PushStatus;
-        self.conn.push(&Frame::PushRegister {
-            provider,
-            ttl_s,
-            token: bytes::Bytes::copy_from_slice(token),
-            dests: dests.to_vec(),
-        });
-        self.flush()?;
-        self.wait_for(Duration::from_secs(10), |ev| match ev {
-            ClientEvent::PushResult {
-                status,
-                dests_registered,
-            } => Some(if *status == PushStatus::Ok {
-                Ok(*dests_registered)
-            } else {
-                Err(SdkError::Push(*status))
-            }),
-            _ => None,
-        })?
+        // One frame per `DESTS_PER_FRAME_MAX` dests, each answered before the next.
+        let mut registered = 0;
+        for chunk in dests.chunks(DESTS_PER_FRAME_MAX) {
+            self.conn.push(&Frame::PushRegister {
+                provider,
+                ttl_s,
+                token: bytes::Bytes::copy_from_slice(token),
+                dests: chunk.to_vec(),
+            });
+            self.flush()?;
+            registered = self.wait_for(Duration::from_secs(10), |ev| match ev {
+                ClientEvent::PushResult {
+                    status,
+                    dests_registered,
+                } => Some(if *status == PushStatus::Ok {
+                    Ok(*dests_registered)
+                } else {
+                    Err(SdkError::Push(*status))
+                }),
+                _ => None,
+            })??;
+        }
+        Ok(registered)
     }
 
     /// Fetches stored blobs of `dest` (proven for `Op::Drain` first), oldest first, at most one

@@ -4,11 +4,15 @@
 //! passes the node's time and carries out what it returns ([`crate::chat`] does that with a
 //! blocking [`crate::Client`]).
 //!
-//! Each user has an identity key (X25519, signs with XEdDSA), a mailbox key `MK` and a contact
-//! secret `s_mbox`. Their **address**, shared out of band, is `MK ‖ IK`. First contact goes to
-//! the recipient's intro mailbox (`MK` without `s_mbox`), and every message carries the sender's
-//! `MK` and `s_mbox` inside the encryption, so replies go to the contact mailbox (`MK` with
-//! `s_mbox`), whose dests only contacts can compute.
+//! Each user has an identity key (X25519, signs with XEdDSA), a mailbox key `MK` and a secret
+//! `s_mbox`. Their **address**, shared out of band, is `MK ‖ IK`. First contact goes to the
+//! recipient's intro mailbox (`MK` without a secret), and lands there as a **request** the app
+//! accepts ([`Messenger::accept_request`]) or refuses ([`Messenger::refuse_request`]); a
+//! first-contact message on any other mailbox is dropped. Each contact gets a **pairwise
+//! mailbox** of its own: `MK` with [`pair_secret`]`(s_mbox, contact's identity)`, one dest a day
+//! ([`pair_epoch`]). Every message to a contact carries, inside the encryption, the sender's
+//! `MK` and its pairwise secret for that contact, so replies go to a mailbox only that contact
+//! can compute, and no contact learns a dest that another contact writes to.
 //!
 //! **Prekeys** live in one slot per day ([`Messenger::prekey_publication`]): the intro mailbox
 //! blinded for that day's slot epoch, everything in it sealed under a key only holders of the
@@ -27,13 +31,13 @@
 //! once the first send's hour falls out of that window.
 //!
 //! **Capabilities.** When a node is under store pressure it asks offline sends for a puzzle
-//! (docs/PROTOCOL.md, "Puzzles and capabilities"). A contact skips it: the contact mailbox's send
-//! secret is [`contact_send_secret`] of `s_mbox`, which every contact already holds (it came
-//! inside the encryption), so each send to a contact-mailbox dest carries that epoch's
-//! capability token ([`Transmit::capability`]), and the owner registers the token's verifier for
-//! each contact-mailbox dest it listens on ([`Messenger::capability_verifiers`], on the
-//! connection that already proved the dest, so the registration links nothing new). Sends to an
-//! intro dest (first contact) carry none: a token there would link the two mailboxes.
+//! (docs/PROTOCOL.md, "Puzzles and capabilities"). A contact skips it: a pairwise mailbox's
+//! send secret is [`contact_send_secret`] of its pairwise secret, which that contact holds (it
+//! came inside the encryption), so each send to a pairwise dest carries that day's capability
+//! token ([`Transmit::capability`]), and the owner registers the token's verifier for each
+//! pairwise dest it listens on ([`Messenger::capability_verifiers`], on the connection that
+//! already proved the dest, so the registration links nothing new). Sends to an intro dest
+//! (first contact) carry none: a token there would link the two mailboxes.
 //!
 //! All state goes through the [`Storage`] trait: the application decides where it lives.
 
@@ -76,17 +80,48 @@ const _: () = assert!(CONTACT_NAME_BYTES_MAX <= u16::MAX as usize);
 /// of its first send (see the module doc), so contacts' retries of the last hour still pass.
 pub const CAPABILITY_GRACE_S: u64 = 3_600;
 
-/// The send secret of a contact mailbox whose contact secret is `s_mbox`: the secret behind its
+/// The send secret of a pairwise mailbox whose secret is `secret`: the secret behind its
 /// capability tokens ([`ferry_proto::puzzle::capability_token`]). Derived, so that the node's
-/// verifier (a hash of a token) reveals nothing about `s_mbox` itself.
-pub fn contact_send_secret(s_mbox: &[u8; 32]) -> [u8; 32] {
-    blake3::derive_key("ferry v1 contact mailbox send secret", s_mbox)
+/// verifier (a hash of a token) reveals nothing about the mailbox's secret itself.
+pub fn contact_send_secret(secret: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key("ferry v1 contact mailbox send secret", secret)
 }
 
-/// The capability token of the contact mailbox whose contact secret is `s_mbox`, for `epoch`.
-fn capability_token(s_mbox: &[u8; 32], epoch: u64) -> [u8; 32] {
-    ferry_proto::puzzle::capability_token(&contact_send_secret(s_mbox), epoch)
+/// The capability token of the pairwise mailbox whose secret is `secret`, for its blinding
+/// epoch `epoch` ([`pair_epoch`]).
+fn capability_token(secret: &[u8; 32], epoch: u64) -> [u8; 32] {
+    ferry_proto::puzzle::capability_token(&contact_send_secret(secret), epoch)
 }
+
+/// Set in the blinding epoch of a pairwise mailbox, whose epochs are days: bit 62, so neither an
+/// hour's epoch nor a prekey slot's (`ferry_proto::addr::slot_epoch`, bit 63) is one.
+pub const PAIR_EPOCH_FLAG: u64 = 1 << 62;
+/// Hours in a pairwise mailbox's day.
+const HOURS_PER_DAY: u64 = ferry_proto::addr::DAY_SECONDS / ferry_proto::limits::EPOCH_SECONDS;
+
+/// The blinding epoch of a pairwise mailbox on `day` (`ferry_proto::addr::day_of`): one dest a
+/// day, so that a sync drains a contact's 72 hours with four or five dests, not 75.
+pub fn pair_epoch(day: u64) -> u64 {
+    assert!(
+        day & (PAIR_EPOCH_FLAG | ferry_proto::addr::SLOT_EPOCH_FLAG) == 0,
+        "day {day} out of range"
+    );
+    PAIR_EPOCH_FLAG | day
+}
+
+/// The secret of the pairwise mailbox a user with secret `s_mbox` keeps for the contact whose
+/// identity is `peer`: `blake3 derive_key("ferry v1 pairwise mailbox", s_mbox ‖ identity)`.
+/// Only that contact learns it (inside the encryption); it names a mailbox no other contact can
+/// compute.
+pub fn pair_secret(s_mbox: &[u8; 32], peer: &[u8; EC_KEY_BYTES]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("ferry v1 pairwise mailbox");
+    h.update(s_mbox);
+    h.update(peer);
+    *h.finalize().as_bytes()
+}
+
+/// Identities whose first contacts were refused, remembered so that their packets are dropped.
+pub const REFUSED_MAX: usize = 1024;
 
 /// What can go wrong in the session layer.
 #[derive(Debug)]
@@ -113,6 +148,13 @@ pub enum MessengerError {
     /// No attachment is kept for this message id (fetched and forgotten already, or never
     /// received).
     UnknownAttachment,
+    /// This identity's first contact is a request not accepted yet
+    /// ([`Messenger::accept_request`]).
+    NotAccepted,
+    /// A packet dropped by policy (the message says why): a first contact off the intro
+    /// mailbox, a packet on a contact's pairwise mailbox from someone else, or from an identity
+    /// whose request was refused.
+    Refused(&'static str),
 }
 
 impl std::fmt::Display for MessengerError {
@@ -136,6 +178,13 @@ impl std::fmt::Display for MessengerError {
             MessengerError::UnknownAttachment => {
                 write!(f, "no attachment kept for this message id")
             }
+            MessengerError::NotAccepted => {
+                write!(
+                    f,
+                    "a request not accepted yet: accept it before writing back"
+                )
+            }
+            MessengerError::Refused(why) => write!(f, "dropped: {why}"),
         }
     }
 }
@@ -285,10 +334,13 @@ impl Body {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incoming {
     pub from: [u8; EC_KEY_BYTES],
-    /// The contact's name (a new contact is named by its identity until renamed).
+    /// The contact's name (a request is named by its identity until accepted with a name).
     pub from_name: String,
     pub msg_id: [u8; 16],
     pub body: Body,
+    /// From a stranger whose first contact is a request not accepted yet
+    /// ([`Messenger::requests`]): show it as such; nothing is sent back until it is accepted.
+    pub request: bool,
 }
 
 /// A packet to send: `Client::send(dest, msg_id, 0, &payload)`.
@@ -312,7 +364,7 @@ pub struct Peer {
     pub name: String,
     pub identity: [u8; EC_KEY_BYTES],
     pub mailbox: [u8; 32],
-    /// Their contact-mailbox secret, once a message of theirs told it.
+    /// Their pairwise mailbox's secret for this user, once a message of theirs told it.
     pub s_mbox: Option<[u8; 32]>,
 }
 
@@ -601,7 +653,8 @@ struct Outgoing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
     Intro,
-    Contact,
+    /// The pairwise mailbox kept for this contact.
+    Pair([u8; EC_KEY_BYTES]),
 }
 
 /// One user's session layer. Generic over where its state lives.
@@ -610,9 +663,14 @@ pub struct Messenger<S: Storage> {
     ns: NamespaceId,
     identity: KeyPair,
     s_mbox: Zeroizing<[u8; 32]>,
+    mailbox_seed: Zeroizing<[u8; 32]>,
     intro: Mailbox,
-    contact_mailbox: Mailbox,
+    /// Accepted contacts (and those added by address).
     peers: BTreeMap<[u8; EC_KEY_BYTES], Peer>,
+    /// Strangers whose first contact arrived and is neither accepted nor refused.
+    requests: BTreeMap<[u8; EC_KEY_BYTES], Peer>,
+    /// Refused identities, oldest first (at most `REFUSED_MAX`).
+    refused: VecDeque<[u8; EC_KEY_BYTES]>,
     /// Per contact, newest first.
     sessions: BTreeMap<[u8; EC_KEY_BYTES], Vec<Session>>,
     prekeys: Prekeys,
@@ -621,10 +679,14 @@ pub struct Messenger<S: Storage> {
     seen_set: BTreeSet<[u8; 16]>,
     inits: VecDeque<[u8; 32]>,
     inits_set: BTreeSet<[u8; 32]>,
-    /// The dests of the last drain plan: which mailbox and epoch each belongs to.
+    /// The dests of the last drain plan: which mailbox and (blinding) epoch each belongs to.
     candidates: BTreeMap<Dest, (Which, u64)>,
-    /// What the current connection is subscribed to.
-    listening: BTreeSet<Dest>,
+    /// What the current connection is subscribed to, the same way.
+    listening: BTreeMap<Dest, (Which, u64)>,
+    /// What it was subscribed to before the last listen update (packets still in flight).
+    listened: BTreeMap<Dest, (Which, u64)>,
+    /// Contacts were added, accepted or refused since the last listen update.
+    contacts_changed: bool,
     /// Messages dropped from the outbox unsent (at most `OUTBOX_MAX`; taken by `expired`).
     expired: Vec<u64>,
 }
@@ -709,12 +771,14 @@ impl<S: Storage> Messenger<S> {
         let s_mbox = arr(64..96);
         let mut m = Messenger {
             intro: Mailbox::from_seed(&mailbox_seed, ns, None),
-            contact_mailbox: Mailbox::from_seed(&mailbox_seed, ns, Some(*s_mbox)),
+            mailbox_seed,
             storage,
             ns,
             identity,
             s_mbox,
             peers: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            refused: VecDeque::new(),
             sessions: BTreeMap::new(),
             prekeys: Prekeys::default(),
             outbox: BTreeMap::new(),
@@ -723,7 +787,9 @@ impl<S: Storage> Messenger<S> {
             inits: VecDeque::new(),
             inits_set: BTreeSet::new(),
             candidates: BTreeMap::new(),
-            listening: BTreeSet::new(),
+            listening: BTreeMap::new(),
+            listened: BTreeMap::new(),
+            contacts_changed: false,
             expired: Vec::new(),
         };
         m.load()?;
@@ -741,6 +807,25 @@ impl<S: Storage> Messenger<S> {
             let p =
                 Peer::decode(identity, &b).ok_or(MessengerError::Malformed("contact record"))?;
             self.peers.insert(identity, p);
+        }
+        for key in st(self.storage.keys("request/"))? {
+            let Some(identity) = key_identity(&key) else {
+                continue;
+            };
+            let b = st(self.storage.get(&key))?.unwrap_or_default();
+            let p =
+                Peer::decode(identity, &b).ok_or(MessengerError::Malformed("request record"))?;
+            self.requests.insert(identity, p);
+        }
+        if let Some(b) = st(self.storage.get("refused"))? {
+            if b.len() % EC_KEY_BYTES != 0 {
+                return Err(MessengerError::Malformed("refused record"));
+            }
+            for c in b.chunks_exact(EC_KEY_BYTES) {
+                let mut id = [0u8; EC_KEY_BYTES];
+                id.copy_from_slice(c);
+                self.refused.push_back(id);
+            }
         }
         for key in st(self.storage.keys("session/"))? {
             let Some(identity) = key_identity(&key) else {
@@ -821,7 +906,11 @@ impl<S: Storage> Messenger<S> {
                 "another contact has this name",
             ));
         }
-        let peer = match self.peers.get(&address.identity) {
+        let peer = match self
+            .peers
+            .get(&address.identity)
+            .or_else(|| self.requests.get(&address.identity))
+        {
             Some(p) => Peer {
                 name: name.to_string(),
                 mailbox: address.mailbox,
@@ -836,7 +925,73 @@ impl<S: Storage> Messenger<S> {
         };
         self.save_peer(&peer)?;
         self.peers.insert(address.identity, peer);
+        self.contacts_changed = true;
+        // Adding someone whose first contact waits as a request accepts it.
+        if self.requests.remove(&address.identity).is_some() {
+            st(self
+                .storage
+                .delete(&format!("request/{}", hex(&address.identity))))?;
+        }
+        self.unrefuse(&address.identity)?;
         Ok(())
+    }
+
+    /// Strangers whose first contact arrived on the intro mailbox and waits for the app: accept
+    /// ([`Messenger::accept_request`]) or refuse ([`Messenger::refuse_request`]). Their messages
+    /// are in the inbox marked [`Incoming::request`]; nothing is sent back until accepted.
+    pub fn requests(&self) -> impl Iterator<Item = &Peer> {
+        self.requests.values()
+    }
+
+    /// Makes a request a contact named `name`: it gets a pairwise mailbox, listened on from the
+    /// next listen plan, and the app may write back.
+    pub fn accept_request(
+        &mut self,
+        identity: &[u8; EC_KEY_BYTES],
+        name: &str,
+    ) -> Result<(), MessengerError> {
+        let p = self
+            .requests
+            .get(identity)
+            .ok_or(MessengerError::UnknownContact)?;
+        let address = Address {
+            mailbox: p.mailbox,
+            identity: *identity,
+        };
+        self.add_contact(name, &address)
+    }
+
+    /// Refuses a request: its sessions and record are deleted, and its packets are dropped from
+    /// now on (the last `REFUSED_MAX` refused identities are remembered). Its messages already in
+    /// the inbox stay until `done`.
+    pub fn refuse_request(&mut self, identity: &[u8; EC_KEY_BYTES]) -> Result<(), MessengerError> {
+        if self.requests.remove(identity).is_none() {
+            return Err(MessengerError::UnknownContact);
+        }
+        self.contacts_changed = true;
+        if !self.refused.contains(identity) {
+            self.refused.push_back(*identity);
+            while self.refused.len() > REFUSED_MAX {
+                self.refused.pop_front();
+            }
+            self.save_refused()?;
+        }
+        st(self.storage.delete(&format!("request/{}", hex(identity))))?;
+        self.sessions.remove(identity);
+        st(self.storage.delete(&format!("session/{}", hex(identity))))
+    }
+
+    fn unrefuse(&mut self, identity: &[u8; EC_KEY_BYTES]) -> Result<(), MessengerError> {
+        if let Some(i) = self.refused.iter().position(|r| r == identity) {
+            self.refused.remove(i);
+            self.save_refused()?;
+        }
+        Ok(())
+    }
+
+    fn save_refused(&mut self) -> Result<(), MessengerError> {
+        let b: Vec<u8> = self.refused.iter().flatten().copied().collect();
+        st(self.storage.put("refused", &b))
     }
 
     pub fn contacts(&self) -> impl Iterator<Item = &Peer> {
@@ -1124,10 +1279,14 @@ impl<S: Storage> Messenger<S> {
         self.save_sessions(identity)
     }
 
-    /// The dest to reach `peer` at in `epoch`: its contact mailbox once known, else its intro
-    /// mailbox.
+    /// The dest to reach `peer` at in the hour `epoch`: the pairwise mailbox it keeps for this
+    /// user (that day's dest) once its secret is known, else its intro mailbox.
     fn dest_of(&self, peer: &Peer, epoch: u64) -> Result<Dest, MessengerError> {
-        Ok(Contact::new(&peer.mailbox, self.ns, peer.s_mbox)?.dest(epoch)?)
+        Ok(match peer.s_mbox {
+            Some(s) => Contact::new(&peer.mailbox, self.ns, Some(s))?
+                .dest(pair_epoch(epoch / HOURS_PER_DAY))?,
+            None => Contact::new(&peer.mailbox, self.ns, None)?.dest(epoch)?,
+        })
     }
 
     /// The capability token of a send to `peer` at `dest` in `epoch`: only for its contact
@@ -1140,13 +1299,14 @@ impl<S: Storage> Messenger<S> {
         dest: Dest,
         epoch: u64,
     ) -> Result<Option<[u8; 32]>, MessengerError> {
-        let Some(s_mbox) = peer.s_mbox else {
+        let Some(s) = peer.s_mbox else {
             return Ok(None);
         };
-        if Contact::new(&peer.mailbox, self.ns, Some(s_mbox))?.dest(epoch)? != dest {
+        let pe = pair_epoch(epoch / HOURS_PER_DAY);
+        if Contact::new(&peer.mailbox, self.ns, Some(s))?.dest(pe)? != dest {
             return Ok(None);
         }
-        Ok(Some(capability_token(&s_mbox, epoch)))
+        Ok(Some(capability_token(&s, pe)))
     }
 
     /// Encrypts `body` for a contact, puts it in the outbox and returns the packet to send now
@@ -1164,6 +1324,9 @@ impl<S: Storage> Messenger<S> {
         if self.outbox.len() >= OUTBOX_MAX {
             return Err(MessengerError::OutboxFull);
         }
+        if self.requests.contains_key(to) {
+            return Err(MessengerError::NotAccepted);
+        }
         let peer = self
             .peers
             .get(to)
@@ -1173,7 +1336,8 @@ impl<S: Storage> Messenger<S> {
         let mut pt = Zeroizing::new(Vec::with_capacity(66 + 64));
         pt.push(PAYLOAD_VERSION);
         pt.extend_from_slice(&self.intro.public().to_bytes());
-        pt.extend_from_slice(&*self.s_mbox);
+        // The pairwise secret of the mailbox this user keeps for `to`: its replies go there.
+        pt.extend_from_slice(&pair_secret(&self.s_mbox, to));
         body.encode(&mut pt);
         let me = session::identity_public(&self.identity);
         let session = self
@@ -1195,8 +1359,10 @@ impl<S: Storage> Messenger<S> {
             epoch,
             msg_id: id,
             payload: envelope.clone(),
-            // `dest_of` used `s_mbox` when known: the dest is then the contact mailbox's.
-            capability: peer.s_mbox.map(|s| capability_token(&s, epoch)),
+            // `dest_of` used the pairwise secret when known: the dest is then that day's.
+            capability: peer
+                .s_mbox
+                .map(|s| capability_token(&s, pair_epoch(epoch / HOURS_PER_DAY))),
         };
         self.outbox.insert(
             id,
@@ -1322,19 +1488,50 @@ impl<S: Storage> Messenger<S> {
         std::mem::take(&mut self.expired)
     }
 
-    /// Opens a packet that arrived (live or drained). `Ok(None)`: a duplicate, already
-    /// received. An error means it did not authenticate, is not for this user, is a replayed
-    /// first contact, or could not be stored; nothing changed.
+    /// Which of this user's mailboxes `dest` is, as the listen and drain plans know it (also
+    /// the listen plan before the last change, for packets in flight when it changed).
+    fn which_of(&self, dest: &Dest) -> Option<Which> {
+        self.candidates
+            .get(dest)
+            .or_else(|| self.listening.get(dest))
+            .or_else(|| self.listened.get(dest))
+            .map(|(w, _)| *w)
+    }
+
+    /// Opens a packet that arrived (live or drained) at `dest`, one of the dests of the listen
+    /// or drain plan. `Ok(None)`: a duplicate, already received. An error means it did not
+    /// authenticate, is not for this user, is a replayed first contact, is refused by policy
+    /// ([`MessengerError::Refused`]: on a contact's pairwise mailbox from someone else, or from
+    /// a refused identity), or could not be stored; nothing changed. A stranger's first contact
+    /// (on the intro mailbox: a pairwise one takes only its contact) becomes a request
+    /// ([`Messenger::requests`]).
     ///
     /// What opened is stored in the inbox (`inbox()`, removed with `done`) before the session
     /// moves on, so a crash at any point neither loses it nor shows it twice.
-    pub fn receive(&mut self, payload: &[u8]) -> Result<Option<Incoming>, MessengerError> {
+    pub fn receive(
+        &mut self,
+        dest: &Dest,
+        payload: &[u8],
+    ) -> Result<Option<Incoming>, MessengerError> {
+        let which = self.which_of(dest).ok_or(MessengerError::Refused(
+            "a packet for a dest this messenger neither listens on nor drains",
+        ))?;
         let inner = envelope::open_with(&self.identity, payload).map_err(SessionError::from)?;
         let inbox_key = format!("inbox/{}", hex(&inner.msg_id));
         if self.seen_set.contains(&inner.msg_id) || st(self.storage.get(&inbox_key))?.is_some() {
             return Ok(None);
         }
         let sender = inner.sender;
+        if self.refused.contains(&sender) {
+            return Err(MessengerError::Refused(
+                "a packet from an identity whose request was refused",
+            ));
+        }
+        if matches!(which, Which::Pair(p) if p != sender) {
+            return Err(MessengerError::Refused(
+                "a packet on a contact's pairwise mailbox from someone else",
+            ));
+        }
         let list = self.sessions.get(&sender).cloned().unwrap_or_default();
         let mut rng = rand_core::OsRng;
         // (index of the session that opened it, or None for a new one; the session after it;
@@ -1383,7 +1580,13 @@ impl<S: Storage> Messenger<S> {
             ..
         } = received;
         let (mailbox, s_mbox, body) = parse_payload(&Zeroizing::new(plaintext))?;
-        let peer = match self.peers.get(&sender) {
+        // A contact, a request already waiting, or a stranger's first contact: a new request.
+        let (known, request) = match (self.peers.get(&sender), self.requests.get(&sender)) {
+            (Some(p), _) => (Some(p), false),
+            (None, Some(p)) => (Some(p), true),
+            (None, None) => (None, true),
+        };
+        let peer = match known {
             Some(p) => Peer {
                 mailbox,
                 s_mbox: Some(s_mbox),
@@ -1396,11 +1599,13 @@ impl<S: Storage> Messenger<S> {
                 s_mbox: Some(s_mbox),
             },
         };
+        let changed = known != Some(&peer);
         let incoming = Incoming {
             from: sender,
             from_name: peer.name.clone(),
             msg_id,
             body,
+            request,
         };
         // Commit, inbox first.
         st(self.storage.put(&inbox_key, &encode_incoming(&incoming)))?;
@@ -1420,9 +1625,16 @@ impl<S: Storage> Messenger<S> {
             let inits: Vec<u8> = self.inits.iter().flatten().copied().collect();
             st(self.storage.put("inits", &inits))?;
         }
-        if self.peers.get(&sender) != Some(&peer) {
-            self.save_peer(&peer)?;
-            self.peers.insert(sender, peer);
+        if changed {
+            if request {
+                st(self
+                    .storage
+                    .put(&format!("request/{}", hex(&sender)), &peer.encode()))?;
+                self.requests.insert(sender, peer);
+            } else {
+                self.save_peer(&peer)?;
+                self.peers.insert(sender, peer);
+            }
         }
         self.remember(msg_id);
         let seen: Vec<u8> = self.seen.iter().flatten().copied().collect();
@@ -1435,7 +1647,9 @@ impl<S: Storage> Messenger<S> {
         let mut out = Vec::new();
         for key in st(self.storage.keys("inbox/"))? {
             if let Some(b) = st(self.storage.get(&key))? {
-                out.push(decode_incoming(&b).ok_or(MessengerError::Malformed("inbox record"))?);
+                let mut m = decode_incoming(&b).ok_or(MessengerError::Malformed("inbox record"))?;
+                m.request = self.requests.contains_key(&m.from);
+                out.push(m);
             }
         }
         Ok(out)
@@ -1490,25 +1704,68 @@ impl<S: Storage> Messenger<S> {
     fn signer(&self, which: Which, epoch: u64) -> Result<BlindedSigner, MessengerError> {
         Ok(match which {
             Which::Intro => self.intro.signer(epoch)?,
-            Which::Contact => self.contact_mailbox.signer(epoch)?,
+            Which::Pair(p) => self.pair_mailbox(&p).signer(epoch)?,
         })
     }
 
-    /// The signers to prove `Op::Subscribe` with and subscribe to now: both mailboxes for the
-    /// current epoch, and for the next one within `ROLLOVER_LEAD_S` of the hour's end (so live
-    /// delivery has no gap when the hour turns). Call again at [`Messenger::next_listen_s`].
-    pub fn listen_plan(&self, now_unix_s: u64) -> Result<Vec<BlindedSigner>, MessengerError> {
+    /// The pairwise mailbox this user keeps for the contact `peer`.
+    fn pair_mailbox(&self, peer: &[u8; EC_KEY_BYTES]) -> Mailbox {
+        Mailbox::from_seed(
+            &self.mailbox_seed,
+            self.ns,
+            Some(pair_secret(&self.s_mbox, peer)),
+        )
+    }
+
+    /// (which mailbox, blinding epoch, signer) of every dest to listen on for the hour epochs
+    /// `hours`: the intro mailbox's of each hour, and each contact's pairwise mailbox's of each
+    /// day they fall in (requests have none: nothing was sent to them).
+    fn plan_for(
+        &self,
+        hours: impl IntoIterator<Item = u64>,
+        intro: bool,
+    ) -> Result<Vec<(Which, u64, BlindedSigner)>, MessengerError> {
+        let mut out = Vec::new();
+        let mut days = BTreeSet::new();
+        for ep in hours {
+            if intro {
+                out.push((Which::Intro, ep, self.signer(Which::Intro, ep)?));
+            }
+            days.insert(ep / HOURS_PER_DAY);
+        }
+        for p in self.peers.keys() {
+            let mb = self.pair_mailbox(p);
+            for d in &days {
+                let pe = pair_epoch(*d);
+                out.push((Which::Pair(*p), pe, mb.signer(pe)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The listen plan with what each dest is.
+    fn listen_plan_full(
+        &self,
+        now_unix_s: u64,
+    ) -> Result<Vec<(Which, u64, BlindedSigner)>, MessengerError> {
         let e = epoch_of(now_unix_s);
         let mut epochs = vec![e];
         if now_unix_s + ROLLOVER_LEAD_S >= (e + 1) * ferry_proto::limits::EPOCH_SECONDS {
             epochs.push(e + 1);
         }
-        let mut out = Vec::new();
-        for ep in epochs {
-            out.push(self.signer(Which::Intro, ep)?);
-            out.push(self.signer(Which::Contact, ep)?);
-        }
-        Ok(out)
+        self.plan_for(epochs, true)
+    }
+
+    /// The signers to prove `Op::Subscribe` with and subscribe to now: the intro mailbox for the
+    /// current epoch and each contact's pairwise mailbox for the current day, and the next
+    /// hour's (and day's) within `ROLLOVER_LEAD_S` of the hour's end (so live delivery has no gap
+    /// when the hour turns). Call again at [`Messenger::next_listen_s`].
+    pub fn listen_plan(&self, now_unix_s: u64) -> Result<Vec<BlindedSigner>, MessengerError> {
+        Ok(self
+            .listen_plan_full(now_unix_s)?
+            .into_iter()
+            .map(|(_, _, s)| s)
+            .collect())
     }
 
     /// What the current connection must change to follow the listen plan: the signers of dests
@@ -1518,45 +1775,61 @@ impl<S: Storage> Messenger<S> {
         &mut self,
         now_unix_s: u64,
     ) -> Result<(Vec<BlindedSigner>, Vec<Dest>), MessengerError> {
-        let plan = self.listen_plan(now_unix_s)?;
-        let want: BTreeSet<Dest> = plan.iter().map(BlindedSigner::dest).collect();
+        let plan = self.listen_plan_full(now_unix_s)?;
+        let want: BTreeMap<Dest, (Which, u64)> =
+            plan.iter().map(|(w, e, s)| (s.dest(), (*w, *e))).collect();
+        let drop: Vec<Dest> = self
+            .listening
+            .keys()
+            .filter(|d| !want.contains_key(d))
+            .copied()
+            .collect();
         let add: Vec<BlindedSigner> = plan
             .into_iter()
-            .filter(|s| !self.listening.contains(&s.dest()))
+            .filter(|(_, _, s)| !self.listening.contains_key(&s.dest()))
+            .map(|(_, _, s)| s)
             .collect();
-        let drop: Vec<Dest> = self.listening.difference(&want).copied().collect();
+        if !drop.is_empty() {
+            self.listened = std::mem::take(&mut self.listening);
+        }
         self.listening = want;
+        self.contacts_changed = false;
         Ok((add, drop))
     }
 
-    /// The capability verifiers to register for the listen plan's contact-mailbox dests among
-    /// `dests` (the ones [`Messenger::listen_update`] just added, once proven with `Op::Drain`):
-    /// (dest, verifier, seconds to keep it: to the end of its hour plus
-    /// [`CAPABILITY_GRACE_S`]). Contacts' sends to these dests pass store pressure without a
-    /// puzzle ([`Transmit::capability`]).
+    /// The capability verifiers to register for the listen plan's pairwise dests among `dests`
+    /// (the ones [`Messenger::listen_update`] just added, once proven with `Op::Drain`):
+    /// (dest, verifier, seconds to keep it: to the end of its day plus [`CAPABILITY_GRACE_S`]).
+    /// A contact's sends to its pairwise dest pass store pressure without a puzzle
+    /// ([`Transmit::capability`]).
     pub fn capability_verifiers(
         &self,
         now_unix_s: u64,
         dests: &[Dest],
     ) -> Result<Vec<(Dest, [u8; 32], u32)>, MessengerError> {
-        let e = epoch_of(now_unix_s);
         let mut out = Vec::new();
-        for ep in [e, e + 1] {
-            let dest = self.contact_mailbox.dest(ep)?;
-            if !dests.contains(&dest) {
+        for d in dests {
+            let Some((Which::Pair(p), pe)) = self.listening.get(d) else {
                 continue;
-            }
-            let token = capability_token(&self.s_mbox, ep);
-            let end = (ep + 1) * ferry_proto::limits::EPOCH_SECONDS + CAPABILITY_GRACE_S;
+            };
+            let token = capability_token(&pair_secret(&self.s_mbox, p), *pe);
+            let day = pe & !PAIR_EPOCH_FLAG;
+            let end = (day + 1) * ferry_proto::addr::DAY_SECONDS + CAPABILITY_GRACE_S;
             let ttl = u32::try_from(end.saturating_sub(now_unix_s)).unwrap_or(u32::MAX);
-            out.push((dest, ferry_proto::puzzle::capability_verifier(&token), ttl));
+            out.push((*d, ferry_proto::puzzle::capability_verifier(&token), ttl));
         }
         Ok(out)
     }
 
+    /// Whether the contacts changed since the last [`Messenger::listen_update`] (a contact added
+    /// or a request accepted has a pairwise mailbox to listen on now).
+    pub fn contacts_changed(&self) -> bool {
+        self.contacts_changed
+    }
+
     /// A new connection listens on nothing yet.
     pub fn new_connection(&mut self) {
-        self.listening.clear();
+        self.listened = std::mem::take(&mut self.listening);
     }
 
     /// When the listen plan changes next (node time): `ROLLOVER_LEAD_S` before the hour ends,
@@ -1571,22 +1844,19 @@ impl<S: Storage> Messenger<S> {
         }
     }
 
-    /// Every dest a stored blob for this user may be at: both mailboxes, epochs `[e−73, e+1]`
-    /// (the store's 72 hours, with a clock-skew margin). Prove `Op::Drain` for all of them
-    /// ([`Messenger::drain_signers`]), then ask the node which hold blobs (`Client::query`: the
-    /// node answers only for dests the connection proved) and drain those.
+    /// Every dest a stored blob for this user may be at: the intro mailbox's of epochs
+    /// `[e−73, e+1]` (the store's 72 hours, with a clock-skew margin) and each contact's
+    /// pairwise mailbox's of the days those hours fall in (four or five a contact). Prove
+    /// `Op::Drain` for all of them ([`Messenger::drain_signers`]), then ask the node which hold
+    /// blobs (`Client::query`: the node answers only for dests the connection proved) and
+    /// drain those.
     pub fn drain_candidates(&mut self, now_unix_s: u64) -> Result<Vec<Dest>, MessengerError> {
         let e = epoch_of(now_unix_s);
-        self.candidates.clear();
-        for ep in e.saturating_sub(STORE_WINDOW_EPOCHS + 1)..=e + 1 {
-            for which in [Which::Intro, Which::Contact] {
-                let mb = match which {
-                    Which::Intro => &self.intro,
-                    Which::Contact => &self.contact_mailbox,
-                };
-                self.candidates.insert(mb.dest(ep)?, (which, ep));
-            }
-        }
+        let plan = self.plan_for(e.saturating_sub(STORE_WINDOW_EPOCHS + 1)..=e + 1, true)?;
+        self.candidates = plan
+            .into_iter()
+            .map(|(w, ep, s)| (s.dest(), (w, ep)))
+            .collect();
         Ok(self.candidates.keys().copied().collect())
     }
 
@@ -1601,9 +1871,10 @@ impl<S: Storage> Messenger<S> {
     }
 
     /// The signers to prove `Op::PushRegister` with so that a token registered for
-    /// `hours × 3600` seconds covers this user's dests until it expires: the contact mailbox's,
-    /// epochs `e..=e+hours`, and the intro mailbox's too with `first_contacts` (so that a
-    /// stranger's first message wakes the device). `hours` is 1 to `PUSH_HOURS_MAX`.
+    /// `hours × 3600` seconds covers this user's dests until it expires: each contact's pairwise
+    /// mailbox's of the days epochs `e..=e+hours` fall in, and the intro mailbox's of those
+    /// epochs too with `first_contacts` (so that a stranger's first message wakes the device).
+    /// `hours` is 1 to `PUSH_HOURS_MAX`.
     ///
     /// What the node learns: every dest registered with one token is linked to the others by it,
     /// hours ahead. By default the intro mailbox stays out of that (its dests are the ones anyone
@@ -1621,14 +1892,11 @@ impl<S: Storage> Messenger<S> {
             ));
         }
         let e = epoch_of(now_unix_s);
-        let mut out = Vec::new();
-        for ep in e..=e + hours {
-            if first_contacts {
-                out.push(self.signer(Which::Intro, ep)?);
-            }
-            out.push(self.signer(Which::Contact, ep)?);
-        }
-        Ok(out)
+        Ok(self
+            .plan_for(e..=e + hours, first_contacts)?
+            .into_iter()
+            .map(|(_, _, s)| s)
+            .collect())
     }
 
     /// The storage (for the application to inspect or export).

@@ -81,7 +81,7 @@ fn sync<S: Storage>(node: &mut Node, m: &mut Messenger<S>, now: u64) -> Vec<Body
     let mut out = Vec::new();
     for s in signers.into_iter().filter(|s| holding.contains(&s.dest())) {
         for p in node.drain(&s.dest()) {
-            if let Some(msg) = m.receive(&p).unwrap() {
+            if let Some(msg) = m.receive(&s.dest(), &p).unwrap() {
                 m.done(&msg.msg_id).unwrap();
                 out.push(msg.body);
             }
@@ -117,13 +117,25 @@ fn publish<S: Storage>(node: &mut Node, m: &mut Messenger<S>) {
 
 type Mem = Messenger<MemoryStorage>;
 
-/// Alice and Bob, Bob's prekeys published, Bob in Alice's contacts; with `session`, Alice has
-/// fetched Bob's bundle and started a session. Returns Bob's identity too.
+/// Receives a packet as `chat` does: at its dest, which the recipient's drain plan of the
+/// packet's hour knows.
+fn recv<S: Storage>(
+    m: &mut Messenger<S>,
+    t: &Transmit,
+) -> Result<Option<ferry_sdk::messenger::Incoming>, MessengerError> {
+    m.drain_candidates(t.epoch * 3_600).unwrap();
+    m.receive(&t.dest, &t.payload)
+}
+
+/// Alice and Bob, Bob's prekeys published, each in the other's contacts (addresses exchanged
+/// out of band); with `session`, Alice has fetched Bob's bundle and started a session. Returns
+/// Bob's identity too.
 fn introduced(node: &mut Node, session: bool) -> (Mem, Mem, [u8; 33]) {
     let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
     let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
     publish(node, &mut bob);
     alice.add_contact("bob", &bob.address()).unwrap();
+    bob.add_contact("alice", &alice.address()).unwrap();
     let b_id = bob.address().identity;
     if session {
         let bundle = node.fetch(&alice.contact_prekey_slot(&b_id, day0()).unwrap());
@@ -137,7 +149,7 @@ fn text(s: &str) -> Body {
 }
 
 #[test]
-fn first_contact_offline_then_a_conversation_on_the_contact_mailbox() {
+fn first_contact_offline_lands_as_a_request_then_a_conversation_on_pairwise_mailboxes() {
     let mut node = Node::default();
     let mut alice = Messenger::open(MemoryStorage::default(), NS).unwrap();
     let mut bob = Messenger::open(MemoryStorage::default(), NS).unwrap();
@@ -167,18 +179,25 @@ fn first_contact_offline_then_a_conversation_on_the_contact_mailbox() {
     alice.on_send_result(t2.msg_id, SendStatus::Stored, 10);
     assert_eq!(alice.unacknowledged(), 0);
 
-    // An hour later Bob comes online and drains.
+    // An hour later Bob comes online and drains: a stranger's first contact is a request.
     let got = sync(&mut node, &mut bob, T0 + 3600);
     assert_eq!(got, vec![text("hello bob"), text("second")]);
-    // Bob learned Alice's card from the message and answers on her contact mailbox.
     let alice_id = alice.address().identity;
+    assert_eq!(bob.contacts().count(), 0);
     let peer = bob
-        .contacts()
+        .requests()
         .find(|p| p.identity == alice_id)
         .unwrap()
         .clone();
     assert_eq!(peer.mailbox, alice.address().mailbox);
     assert!(peer.s_mbox.is_some());
+    // Nothing goes back until Bob accepts; then he answers on the mailbox Alice keeps for him.
+    assert!(matches!(
+        bob.send(&alice_id, &text("hi alice"), T0 + 3600, 0),
+        Err(MessengerError::NotAccepted)
+    ));
+    bob.accept_request(&alice_id, "alice").unwrap();
+    assert_eq!(bob.requests().count(), 0);
     let r = bob
         .send(&alice_id, &text("hi alice"), T0 + 3600, 0)
         .unwrap();
@@ -188,14 +207,14 @@ fn first_contact_offline_then_a_conversation_on_the_contact_mailbox() {
             .unwrap()
             .dest(epoch_of(T0 + 3600))
             .unwrap(),
-        "replies go to the contact mailbox, not the intro one"
+        "replies go to the pairwise mailbox, not the intro one"
     );
     node.send(&r);
     assert_eq!(
         sync(&mut node, &mut alice, T0 + 3700),
         vec![text("hi alice")]
     );
-    // Now Alice writes to Bob's contact mailbox too.
+    // Now Alice writes to the mailbox Bob keeps for her too.
     let t3 = alice
         .send(&bob_id, &text("on contact"), T0 + 3700, 0)
         .unwrap();
@@ -206,7 +225,7 @@ fn first_contact_offline_then_a_conversation_on_the_contact_mailbox() {
         vec![text("on contact")]
     );
     // The same packet again (a node that delivers twice) is shown once.
-    assert_eq!(bob.receive(&t3.payload).unwrap(), None);
+    assert_eq!(recv(&mut bob, &t3).unwrap(), None);
 }
 
 #[test]
@@ -216,6 +235,7 @@ fn restarts_from_storage_mid_conversation_and_resends_what_was_not_acknowledged(
     let mut bob = Messenger::open(DirStorage::open(tempdir("bob")).unwrap(), NS).unwrap();
     publish(&mut node, &mut bob);
     alice.add_contact("bob", &bob.address()).unwrap();
+    bob.add_contact("alice", &alice.address()).unwrap();
     let bob_id = bob.address().identity;
     let bundle = node.fetch(&alice.contact_prekey_slot(&bob_id, day0()).unwrap());
     alice.start_session(&bob_id, &bundle).unwrap();
@@ -257,20 +277,31 @@ fn restarts_from_storage_mid_conversation_and_resends_what_was_not_acknowledged(
 #[test]
 fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is_72_hours() {
     let mut m = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    // Two contacts: a pairwise mailbox each.
+    for (name, seed) in [("carol", 1u8), ("dave", 2)] {
+        let c = Messenger::open(MemoryStorage::default(), NamespaceId([seed; 32])).unwrap();
+        m.add_contact(name, &c.address()).unwrap();
+    }
     let e = epoch_of(T0);
     let start = e * 3600;
-    // Early in the hour: this hour only, both mailboxes.
-    assert_eq!(m.listen_plan(start + 10).unwrap().len(), 2);
+    // Early in the hour: this hour's intro dest and each contact's dest of the day.
+    assert_eq!(m.listen_plan(start + 10).unwrap().len(), 3);
     assert_eq!(m.next_listen_s(start + 10), start + 3600 - 300);
-    // Within five minutes of the end: the next hour too.
+    // Within five minutes of the end: the next hour's intro dest too (the same day).
     let plan = m.listen_plan(start + 3600 - 299).unwrap();
     assert_eq!(plan.len(), 4);
     let next = m.listen_plan(start + 3600).unwrap();
-    assert!(next.iter().any(|s| s.dest() == plan[2].dest()));
+    assert!(next.iter().any(|s| s.dest() == plan[1].dest()));
     assert_eq!(m.next_listen_s(start + 3600 - 100), start + 3600);
+    // Near midnight, the next day's pairwise dests as well.
+    let midnight = (day0() + 1) * DAY_SECONDS;
+    assert_eq!(m.listen_plan(midnight - 200).unwrap().len(), 2 + 2 * 2);
 
     let c = m.drain_candidates(T0).unwrap();
-    assert_eq!(c.len() as u64, 2 * (STORE_WINDOW_EPOCHS + 3));
+    // The intro mailbox's 75 hours, and the four days they span for each contact.
+    let days = (e + 1) / 24 - (e - STORE_WINDOW_EPOCHS - 1) / 24 + 1;
+    assert_eq!(days, 4);
+    assert_eq!(c.len() as u64, STORE_WINDOW_EPOCHS + 3 + 2 * days);
     // Signers are made only for dests that were candidates, and prove exactly them.
     let pick = [c[0], c[77], c[c.len() - 1], Dest([9; 16])];
     let s = m.drain_signers(&pick).unwrap();
@@ -279,11 +310,12 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
         assert_eq!(signer.dest(), d);
     }
     // A token registered for 24 hours covers this hour and the next 24 (its expiry falls in
-    // the last): 25 hours of the contact mailbox, and of the intro mailbox for first contacts.
+    // the last): the two days of each contact's pairwise mailbox, and 25 hours of the intro
+    // mailbox for first contacts.
     let contact_only = m.push_plan(T0, 24, false).unwrap();
-    assert_eq!(contact_only.len(), 25);
+    assert_eq!(contact_only.len(), 2 * 2);
     let both = m.push_plan(T0, 24, true).unwrap();
-    assert_eq!(both.len(), 50);
+    assert_eq!(both.len(), 25 + 2 * 2);
     let intro_slot = m.prekey_slot(day0()).unwrap().dest();
     let intro_now = ferry_sdk::Contact::new(&m.address().mailbox, NS, None)
         .unwrap()
@@ -302,13 +334,149 @@ fn the_listen_plan_proves_the_next_hour_before_it_starts_and_the_drain_window_is
     // drop the past hour's.
     m.new_connection();
     let (add, drop) = m.listen_update(start + 10).unwrap();
-    assert_eq!((add.len(), drop.len()), (2, 0));
+    assert_eq!((add.len(), drop.len()), (3, 0));
     let (add, drop) = m.listen_update(start + 3600 - 100).unwrap();
-    assert_eq!((add.len(), drop.len()), (2, 0));
+    assert_eq!((add.len(), drop.len()), (1, 0));
     let (add, drop) = m.listen_update(start + 3600 + 10).unwrap();
-    assert_eq!((add.len(), drop.len()), (0, 2));
+    assert_eq!((add.len(), drop.len()), (0, 1));
     m.new_connection();
-    assert_eq!(m.listen_update(start + 3600 + 10).unwrap().0.len(), 2);
+    assert_eq!(m.listen_update(start + 3600 + 10).unwrap().0.len(), 3);
+}
+
+/// Issue 21.6: each contact writes to a mailbox of its own (a contact's dests are no other
+/// contact's), a packet on one contact's pairwise mailbox from anyone else is dropped, a
+/// stranger's first contact lands as a request the app accepts or refuses, and a refused
+/// identity's packets are dropped, also after a restart.
+#[test]
+fn each_contact_has_a_mailbox_of_its_own_and_strangers_land_as_requests() {
+    let mut node = Node::default();
+    let (mut alice, mut bob, b_id) = introduced(&mut node, true);
+    let mut carol = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    carol.add_contact("bob", &bob.address()).unwrap();
+    bob.add_contact("carol", &carol.address()).unwrap();
+    carol
+        .start_session(
+            &b_id,
+            &node.fetch(&carol.contact_prekey_slot(&b_id, day0()).unwrap()),
+        )
+        .unwrap();
+    let (a_id, c_id) = (alice.address().identity, carol.address().identity);
+    // First contacts (intro), Bob's answers (each to the mailbox its contact keeps for him).
+    for (m, id) in [(&mut alice, a_id), (&mut carol, c_id)] {
+        let t = m.send(&b_id, &text("hi"), T0, 0).unwrap();
+        let got = recv(&mut bob, &t).unwrap().unwrap();
+        assert!(!got.request, "a contact added by address is no request");
+        let r = bob.send(&id, &text("hello"), T0, 0).unwrap();
+        assert!(recv(m, &r).unwrap().is_some());
+    }
+    // Now each writes to the pairwise mailbox Bob keeps for it: two different dests, neither
+    // the intro dest; each contact's dests are unknown to the other.
+    let ta = alice.send(&b_id, &text("from alice"), T0, 0).unwrap();
+    let tc = carol.send(&b_id, &text("from carol"), T0, 0).unwrap();
+    let intro = ferry_sdk::Contact::new(&bob.address().mailbox, NS, None)
+        .unwrap()
+        .dest(epoch_of(T0))
+        .unwrap();
+    assert!(ta.dest != tc.dest && ta.dest != intro && tc.dest != intro);
+    assert!(
+        alice
+            .drain_candidates(T0)
+            .unwrap()
+            .iter()
+            .all(|d| *d != tc.dest)
+    );
+    // Carol's packet at the dest Bob keeps for Alice (a node that moves it): dropped.
+    let moved = Transmit {
+        dest: ta.dest,
+        ..tc.clone()
+    };
+    assert!(matches!(
+        recv(&mut bob, &moved),
+        Err(MessengerError::Refused(_))
+    ));
+    assert_eq!(
+        recv(&mut bob, &ta).unwrap().unwrap().body,
+        text("from alice")
+    );
+    assert_eq!(
+        recv(&mut bob, &tc).unwrap().unwrap().body,
+        text("from carol")
+    );
+
+    // Mallory, a stranger with Bob's address: a request, shown as one, not answered.
+    let mut mallory = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    mallory.add_contact("bob", &bob.address()).unwrap();
+    mallory
+        .start_session(
+            &b_id,
+            &node.fetch(&mallory.contact_prekey_slot(&b_id, day0()).unwrap()),
+        )
+        .unwrap();
+    let m_id = mallory.address().identity;
+    let tm = mallory.send(&b_id, &text("buy now"), T0, 0).unwrap();
+    // At a pairwise dest (which Mallory cannot compute, but a node can move it there): dropped.
+    assert!(matches!(
+        recv(
+            &mut bob,
+            &Transmit {
+                dest: ta.dest,
+                ..tm.clone()
+            }
+        ),
+        Err(MessengerError::Refused(_))
+    ));
+    let got = recv(&mut bob, &tm).unwrap().unwrap();
+    assert!(got.request);
+    assert_eq!(
+        bob.requests().map(|p| p.identity).collect::<Vec<_>>(),
+        vec![m_id]
+    );
+    assert!(
+        bob.inbox()
+            .unwrap()
+            .iter()
+            .any(|m| m.request && m.from == m_id)
+    );
+    assert!(matches!(
+        bob.send(&m_id, &text("who?"), T0, 0),
+        Err(MessengerError::NotAccepted)
+    ));
+    // A request has no pairwise mailbox: nothing of it is listened on or drained.
+    let before = bob.drain_candidates(T0).unwrap().len();
+    // Refused: forgotten, and its later packets dropped, also after a restart.
+    bob.refuse_request(&m_id).unwrap();
+    assert_eq!(bob.requests().count(), 0);
+    assert_eq!(bob.drain_candidates(T0).unwrap().len(), before);
+    let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    let again = mallory.send(&b_id, &text("buy now!"), T0, 0).unwrap();
+    assert!(matches!(
+        recv(&mut bob, &again),
+        Err(MessengerError::Refused(_))
+    ));
+    assert_eq!(bob.requests().count(), 0);
+    // A request accepted by adding its address later is a contact like any other.
+    let mut erin = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    erin.add_contact("bob", &bob.address()).unwrap();
+    erin.start_session(
+        &b_id,
+        &node.fetch(&erin.contact_prekey_slot(&b_id, day0()).unwrap()),
+    )
+    .unwrap();
+    let te = erin.send(&b_id, &text("it's erin"), T0, 0).unwrap();
+    assert!(recv(&mut bob, &te).unwrap().unwrap().request);
+    let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    assert_eq!(
+        bob.requests().count(),
+        1,
+        "requests are kept across restarts"
+    );
+    bob.add_contact("erin", &erin.address()).unwrap();
+    assert_eq!(bob.requests().count(), 0);
+    assert!(!bob.inbox().unwrap().iter().any(|m| m.request));
+    assert!(
+        bob.send(&erin.address().identity, &text("hi erin"), T0, 0)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -319,18 +487,15 @@ fn forged_or_foreign_packets_are_dropped_and_change_nothing() {
     let t = alice.send(&bob_id, &text("secret"), T0, 0).unwrap();
     // Carol cannot open it, and it changes nothing for her.
     let before = carol.storage().0.clone();
-    assert!(carol.receive(&t.payload).is_err());
+    assert!(recv(&mut carol, &t).is_err());
     assert_eq!(carol.storage().0, before);
     // A flipped byte: dropped, nothing stored.
     let before = bob.storage().0.clone();
-    let mut bad = t.payload.clone();
-    bad[100] ^= 4;
-    assert!(bob.receive(&bad).is_err());
+    let mut bad = t.clone();
+    bad.payload[100] ^= 4;
+    assert!(recv(&mut bob, &bad).is_err());
     assert_eq!(bob.storage().0, before);
-    assert_eq!(
-        bob.receive(&t.payload).unwrap().unwrap().body,
-        text("secret")
-    );
+    assert_eq!(recv(&mut bob, &t).unwrap().unwrap().body, text("secret"));
     assert!(bob.has_session(&alice.address().identity));
 }
 
@@ -388,23 +553,23 @@ fn simultaneous_first_contacts_converge_on_one_session() {
     let ta = alice.send(&b_id, &text("from alice"), T0, 0).unwrap();
     let tb = bob.send(&a_id, &text("from bob"), T0, 0).unwrap();
     assert_eq!(
-        bob.receive(&ta.payload).unwrap().unwrap().body,
+        recv(&mut bob, &ta).unwrap().unwrap().body,
         text("from alice")
     );
     assert_eq!(
-        alice.receive(&tb.payload).unwrap().unwrap().body,
+        recv(&mut alice, &tb).unwrap().unwrap().body,
         text("from bob")
     );
     // A conversation goes on, both ways, several turns.
     for i in 0..4 {
         let m = alice.send(&b_id, &text(&format!("a{i}")), T0, 0).unwrap();
         assert_eq!(
-            bob.receive(&m.payload).unwrap().unwrap().body,
+            recv(&mut bob, &m).unwrap().unwrap().body,
             text(&format!("a{i}"))
         );
         let r = bob.send(&a_id, &text(&format!("b{i}")), T0, 0).unwrap();
         assert_eq!(
-            alice.receive(&r.payload).unwrap().unwrap().body,
+            recv(&mut alice, &r).unwrap().unwrap().body,
             text(&format!("b{i}"))
         );
     }
@@ -424,8 +589,8 @@ fn a_replayed_first_contact_is_refused() {
     assert!(bundle.ec.is_none() && bundle.pq_last_resort);
     alice.start_session(&b_id, &bundle).unwrap();
     let t = alice.send(&b_id, &text("once"), T0, 0).unwrap();
-    assert!(bob.receive(&t.payload).unwrap().is_some());
-    assert_eq!(bob.receive(&t.payload).unwrap(), None, "a duplicate");
+    assert!(recv(&mut bob, &t).unwrap().is_some());
+    assert_eq!(recv(&mut bob, &t).unwrap(), None, "a duplicate");
     // Bob's state without the duplicate filter (as after 4096 newer messages): still refused.
     let mut store = bob.into_storage();
     store.0.remove("seen");
@@ -437,10 +602,7 @@ fn a_replayed_first_contact_is_refused() {
     let mut store = bob.into_storage();
     store.0.retain(|k, _| !k.starts_with("session/"));
     let mut bob = Messenger::open(store, NS).unwrap();
-    assert!(matches!(
-        bob.receive(&t.payload),
-        Err(MessengerError::Replay)
-    ));
+    assert!(matches!(recv(&mut bob, &t), Err(MessengerError::Replay)));
     assert!(!others.is_empty());
 }
 
@@ -451,10 +613,10 @@ fn the_inbox_keeps_messages_until_done() {
     let mut node = Node::default();
     let (mut alice, mut bob, b_id) = introduced(&mut node, true);
     let t = alice.send(&b_id, &text("keep me"), T0, 0).unwrap();
-    let got = bob.receive(&t.payload).unwrap().unwrap();
+    let got = recv(&mut bob, &t).unwrap().unwrap();
     let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
     assert_eq!(bob.inbox().unwrap(), vec![got.clone()]);
-    assert_eq!(bob.receive(&t.payload).unwrap(), None);
+    assert_eq!(recv(&mut bob, &t).unwrap(), None);
     bob.done(&got.msg_id).unwrap();
     assert!(bob.inbox().unwrap().is_empty());
 }
@@ -526,7 +688,7 @@ fn slots_rotate_daily_the_signed_prekey_weekly_and_old_secrets_are_erased() {
     alice.start_session(&b_id, &old).unwrap();
     let t = alice.send(&b_id, &text("old bundle"), T0, 0).unwrap();
     assert_eq!(
-        bob.receive(&t.payload).unwrap().unwrap().body,
+        recv(&mut bob, &t).unwrap().unwrap().body,
         text("old bundle")
     );
     // ...but once its slot and the store window are over, its keys are erased: a first
@@ -538,12 +700,12 @@ fn slots_rotate_daily_the_signed_prekey_weekly_and_old_secrets_are_erased() {
     let t = carol.send(&b_id, &text("too late?"), after - 1, 0).unwrap();
     let mut bob_before = Messenger::open(bob.storage().clone(), NS).unwrap();
     assert!(
-        bob_before.receive(&t.payload).unwrap().is_some(),
+        recv(&mut bob_before, &t).unwrap().is_some(),
         "still kept a second before"
     );
     publish_at(&mut node, &mut bob, after, 2);
     assert!(
-        bob.receive(&t.payload).is_err(),
+        recv(&mut bob, &t).is_err(),
         "the secrets of a slot past its window are gone"
     );
     assert!(matches!(
@@ -598,7 +760,7 @@ fn a_contact_name_over_the_limit_is_refused_and_nothing_is_corrupted() {
     }
     assert_eq!(bob.storage().0, before.0, "a refused name changed nothing");
     let t = alice.send(&b_id, &text("still fine"), T0, 0).unwrap();
-    let got = bob.receive(&t.payload).unwrap().unwrap();
+    let got = recv(&mut bob, &t).unwrap().unwrap();
     assert_eq!(got.from_name, "alice");
     let bob = Messenger::open(bob.into_storage(), NS).unwrap();
     assert_eq!(bob.inbox().unwrap(), vec![got]);
@@ -608,7 +770,7 @@ fn a_contact_name_over_the_limit_is_refused_and_nothing_is_corrupted() {
     let mut bob = bob;
     bob.add_contact(&long, &alice.address()).unwrap();
     let t = alice.send(&b_id, &text("long name"), T0, 0).unwrap();
-    let got = bob.receive(&t.payload).unwrap().unwrap();
+    let got = recv(&mut bob, &t).unwrap().unwrap();
     assert_eq!(got.from_name, long);
     let bob = Messenger::open(bob.into_storage(), NS).unwrap();
     // The inbox is in message-id order: both messages, this one among them.
@@ -631,8 +793,8 @@ fn an_attachment_is_kept_after_done_until_forgotten() {
     };
     let t1 = alice.send(&b_id, &file, T0, 0).unwrap();
     let t2 = alice.send(&b_id, &text("and words"), T0, 0).unwrap();
-    let f = bob.receive(&t1.payload).unwrap().unwrap();
-    let w = bob.receive(&t2.payload).unwrap().unwrap();
+    let f = recv(&mut bob, &t1).unwrap().unwrap();
+    let w = recv(&mut bob, &t2).unwrap().unwrap();
     bob.done(&f.msg_id).unwrap();
     bob.done(&w.msg_id).unwrap();
     assert!(bob.inbox().unwrap().is_empty());
@@ -641,7 +803,7 @@ fn an_attachment_is_kept_after_done_until_forgotten() {
     assert_eq!(bob.attachment(&f.msg_id).unwrap(), Some(f.clone()));
     assert_eq!(bob.attachment(&w.msg_id).unwrap(), None);
     // Received again (a retry): a duplicate, not kept twice.
-    assert_eq!(bob.receive(&t1.payload).unwrap(), None);
+    assert_eq!(recv(&mut bob, &t1).unwrap(), None);
     bob.forget_attachment(&f.msg_id).unwrap();
     let bob = Messenger::open(bob.into_storage(), NS).unwrap();
     assert!(bob.attachments().unwrap().is_empty());
@@ -706,18 +868,18 @@ fn an_old_outbox_record_gets_its_dest_fixed_at_the_first_retry() {
 }
 
 #[test]
-fn contacts_carry_the_contact_mailboxs_capability_and_strangers_none() {
+fn contacts_carry_their_pairwise_mailboxs_capability_and_strangers_none() {
     let mut node = Node::default();
     let (mut alice, mut bob, bob_id) = introduced(&mut node, true);
     // First contact goes to Bob's intro mailbox: no token (it would tie the intro dest to the
-    // contact mailbox whose verifier it hashes to).
+    // pairwise mailbox whose verifier it hashes to).
     let first = alice.send(&bob_id, &text("hello"), T0, 0).unwrap();
     assert_eq!(first.capability, None);
     node.send(&first);
     assert_eq!(sync(&mut node, &mut bob, T0 + 60), vec![text("hello")]);
     let alice_id = alice.address().identity;
-    // Bob answers on Alice's contact mailbox with the token of that hour, whose verifier is the
-    // one Alice registers for the dest she listens on, and only for that dest.
+    // Bob answers on the mailbox Alice keeps for him with the token of that day, whose verifier
+    // is the one Alice registers for the dest she listens on, and only for that dest.
     let r = bob.send(&alice_id, &text("hi"), T0 + 60, 0).unwrap();
     let token = r.capability.expect("a contact's send carries a capability");
     let (add, _) = alice.listen_update(T0 + 60).unwrap();
@@ -727,12 +889,12 @@ fn contacts_carry_the_contact_mailboxs_capability_and_strangers_none() {
         .collect();
     assert!(dests.contains(&r.dest));
     let regs = alice.capability_verifiers(T0 + 60, &dests).unwrap();
-    assert_eq!(regs.len(), 1, "the contact mailbox's dest only: {regs:?}");
+    assert_eq!(regs.len(), 1, "Bob's pairwise dest only: {regs:?}");
     let (dest, verifier, ttl_s) = regs[0];
     assert_eq!(dest, r.dest);
     assert_eq!(verifier, ferry_proto::puzzle::capability_verifier(&token));
-    // Kept to the end of the hour plus the retry grace.
-    let end = (epoch_of(T0 + 60) + 1) * ferry_proto::limits::EPOCH_SECONDS;
+    // Kept to the end of the day plus the retry grace.
+    let end = (day0() + 1) * DAY_SECONDS;
     assert_eq!(
         u64::from(ttl_s),
         end + ferry_sdk::messenger::CAPABILITY_GRACE_S - (T0 + 60)
@@ -743,12 +905,16 @@ fn contacts_carry_the_contact_mailboxs_capability_and_strangers_none() {
             .unwrap()
             .is_empty()
     );
-    // A retry in a later hour keeps its first dest and that hour's token.
+    // A retry in a later hour keeps its first dest and its day's token.
     let again = bob.due(T0 + 2 * 3600, u64::MAX, true);
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].dest, again[0].capability), (r.dest, Some(token)));
-    // The next hour's send carries that hour's token, a different one.
+    // The same day's sends carry the same token; the next day's another one, at another dest.
     let later = bob.send(&alice_id, &text("later"), T0 + 3600, 0).unwrap();
-    assert_ne!(later.capability, Some(token));
-    assert!(later.capability.is_some());
+    assert_eq!((later.dest, later.capability), (r.dest, Some(token)));
+    let tomorrow = bob
+        .send(&alice_id, &text("tomorrow"), T0 + DAY_SECONDS, 0)
+        .unwrap();
+    assert_ne!(tomorrow.dest, r.dest);
+    assert!(tomorrow.capability.is_some() && tomorrow.capability != Some(token));
 }

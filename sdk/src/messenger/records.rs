@@ -128,5 +128,7 @@ pub(super) fn decode_incoming(b: &[u8]) -> Option<Incoming> {
         from_name,
         msg_id,
         body,
+        // The messenger knows (`Messenger::inbox`): whether `from` is a request now.
+        request: false,
     })
 }
