@@ -106,7 +106,8 @@ fn upload_fetch_to_exhaustion_then_last_resort_and_restart_keeps_keys() {
         assert!(pq_seen.insert(b.pq.id), "PQ one-time key handed out twice");
     }
     assert_eq!(owner.prekey_count(dest).unwrap(), (60, 60));
-    // Someone without the address (another mailbox's key, same dest) cannot open it.
+    // Another mailbox's slot of the same day is another dest (opening under the wrong key is
+    // refused: `proto/src/prekey.rs`).
     let wrong = Contact::new(&mailbox(499).public().to_bytes(), common::ns(), None)
         .unwrap()
         .prekey_slot(today())
@@ -374,4 +375,54 @@ fn under_pressure_an_honest_fetch_solves_the_puzzle_and_gets_a_one_time_key() {
     );
     assert_eq!(node.metric("ferry_prekey_puzzle_paid_total"), 1);
     assert_eq!(owner.prekey_count(dest).unwrap(), (79, 79));
+}
+
+/// A head past its signed expiry is refused by the fetcher (a node handing out an old signed
+/// prekey); a contact whose owner has no slot for today (offline, its day not turned) is found
+/// at yesterday's, asked on a connection of its own.
+#[test]
+fn an_expired_head_is_refused_and_a_fetch_falls_back_to_yesterdays_slot() {
+    use ferry_sdk::chat::Sender;
+    use ferry_sdk::messenger::{MemoryStorage, Messenger};
+    let node = Node::start(&[], &UNLIMITED);
+    let id = IdentityKey::generate().unwrap();
+    let mb = mailbox(560);
+    let mut owner = node.client();
+    prove_slot(&mut owner, &mb);
+    let now = owner.node_unix_s();
+    let expired = PrekeyPlan {
+        expires: now - 1,
+        one_time_ec: 1,
+        one_time_pq: 1,
+        ..full_plan()
+    };
+    owner.upload_prekeys(&sealed(&id, &mb, expired)).unwrap();
+    match node.client().fetch_prekeys(&opener(&mb)) {
+        Err(SdkError::BadBundle(f)) => assert_eq!(f.kind, KeyKind::SignedPrekey),
+        other => panic!("an expired head was used: {other:?}"),
+    }
+
+    // Bob (a messenger) published yesterday's slot only.
+    let ns = common::ns();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let yesterday = today() - 1;
+    let signer = bob.prekey_slot(yesterday).unwrap();
+    let mut c = node.client();
+    c.prove(&[&signer], Op::PrekeyUpdate).unwrap();
+    let slots = bob
+        .prekey_publication(yesterday * DAY_SECONDS + 10, 2)
+        .unwrap();
+    let y = slots.iter().find(|s| s.day == yesterday).unwrap();
+    c.upload_prekeys(&y.uploads).unwrap();
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    alice.add_contact("bob", &bob.address()).unwrap();
+    let mut sa = Sender::new(&format!("ferry://{}", node.addr()), Default::default());
+    let b = sa.fetch_prekeys(&alice, &bob.address().identity).unwrap();
+    assert_eq!(b.identity, bob.address().identity);
+    assert_eq!(b.expires, (yesterday + 2) * DAY_SECONDS);
+    assert_eq!(
+        sa.connections_opened(),
+        2,
+        "today's slot, then yesterday's, apart"
+    );
 }

@@ -231,9 +231,11 @@ pub fn ec_key_u(key: &[u8; EC_KEY_BYTES]) -> Option<[u8; 32]> {
 /// modulus): the crypto core's.
 pub use ferry_crypto::pqxdh::kem_key_valid;
 
-/// What the node checks of an upload: neither one-time list is longer than
-/// [`ONE_TIME_KEYS_MAX`] (what one upload can carry) and no id repeats within a list. The keys
-/// themselves are sealed: the fetcher checks them ([`SlotOpener::open`]).
+/// What an upload must satisfy on its own: neither one-time list is longer than
+/// [`ONE_TIME_KEYS_MAX`] (what one upload can carry). The node's directory also refuses ids
+/// that repeat (within the upload or with the slot's). The keys themselves are sealed: the
+/// fetcher checks them ([`SlotOpener::open`], which does not check `expires`: its caller does,
+/// by its own clock).
 pub fn check_upload(upload: &Upload) -> Result<(), Fault> {
     if upload.ec.len() > ONE_TIME_KEYS_MAX {
         return Err(fault(false, KeyKind::OneTimeEc, ONE_TIME_KEYS_MAX));

@@ -122,7 +122,7 @@ impl Sender {
 
     /// Fetches a contact's prekey bundle on a connection of its own, closed after: from its
     /// slot of the node's day, or, when that one is not there, of the day before
-    /// ([`Messenger::contact_prekey_slots`]).
+    /// ([`Messenger::contact_prekey_slots`]) on another fresh connection.
     pub fn fetch_prekeys<S: Storage>(
         &mut self,
         m: &Messenger<S>,
@@ -130,8 +130,17 @@ impl Sender {
     ) -> Result<crate::Bundle, MessengerError> {
         let mut c = self.open()?;
         let mut missing = None;
-        for slot in m.contact_prekey_slots(to, c.node_unix_s())? {
-            match c.fetch_prekeys(&slot) {
+        for (i, slot) in m
+            .contact_prekey_slots(to, c.node_unix_s())?
+            .iter()
+            .enumerate()
+        {
+            // Each slot on a connection of its own: one connection asking two days' slots
+            // would tell the node they are one user's.
+            if i > 0 {
+                c = self.open()?;
+            }
+            match c.fetch_prekeys(slot) {
                 Err(
                     e @ SdkError::Prekey {
                         status: PrekeyStatus::NotFound,
@@ -182,7 +191,8 @@ impl Sender {
 
     /// Publishes the slots that are missing (`PREKEYS_PER_SLOT` one-time keys each), then tops
     /// today's slot up when its one-time keys run low (`Messenger::refill`), each on a
-    /// connection of its own. Run it at every (re)connect.
+    /// connection of its own. Today's slot missing on the node (it lost it, or this is another
+    /// node) is published again. Run it at every (re)connect.
     pub fn refill_prekeys<S: Storage>(
         &mut self,
         m: &mut Messenger<S>,
@@ -193,7 +203,18 @@ impl Sender {
         let day = day_of(now);
         let slot = m.prekey_slot(day)?;
         prove_all(&mut c, std::slice::from_ref(&slot), Op::PrekeyUpdate)?;
-        let (ec, pq) = c.prekey_count(slot.dest())?;
+        let (ec, pq) = match c.prekey_count(slot.dest()) {
+            Err(SdkError::Prekey {
+                status: PrekeyStatus::NotFound,
+                ..
+            }) => {
+                // The connection proved today's slot: publish it on this one, as a new slot.
+                m.slot_lost(day)?;
+                self.publish_at(m, crate::messenger::PREKEYS_PER_SLOT, now, Some(c))?;
+                return Ok(());
+            }
+            r => r?,
+        };
         let uploads = m.refill(day, ec, pq, now)?;
         if !uploads.is_empty() {
             c.upload_prekeys(&uploads)?;

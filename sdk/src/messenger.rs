@@ -431,10 +431,13 @@ const _: () = assert!(SESSIONS_PER_CONTACT_MAX <= u8::MAX as usize);
 const _: () = assert!(
     (SLOT_DAYS_AHEAD + 2 * SLOT_GRACE_DAYS + 4) / SPK_ROTATE_DAYS + 2 <= SIGNED_PREKEYS_KEPT as u64
 );
-/// Version 3: keys by slot day. Version 2 records (one permanent slot) are dropped on load: the
-/// old slot is no longer fetched.
+/// Version 3: keys by slot day. A version 2 record (one permanent slot) loads with its keys
+/// marked `LEGACY_DAY`; the first prune gives them today's day, so they stay until no first
+/// contact made from the old slot can still be waiting in a node's store.
 const PREKEYS_VERSION: u8 = 3;
 const PREKEYS_VERSION_PERMANENT_SLOT: u8 = 2;
+/// The day of keys loaded from a version 2 record, until the first prune dates them.
+const LEGACY_DAY: u64 = u64::MAX;
 /// Batches of random prekey ids drawn before giving up on ids that repeat held ones.
 const PREKEY_ID_DRAWS_MAX: usize = 4;
 
@@ -533,7 +536,38 @@ impl Prekeys {
         let u64_of = |s: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(s.try_into().ok()?)) };
         match take(1)?[0] {
             PREKEYS_VERSION => {}
-            PREKEYS_VERSION_PERMANENT_SLOT => return Some(Prekeys::default()),
+            PREKEYS_VERSION_PERMANENT_SLOT => {
+                // next_id u32, spks (id, secret), one-time (id, secret), kem (id, last, dk).
+                let mut p = Prekeys::default();
+                take(4)?;
+                let n = take(1)?[0];
+                if usize::from(n) > SIGNED_PREKEYS_KEPT {
+                    return None;
+                }
+                for _ in 0..n {
+                    p.spks.push(SignedKeys {
+                        spk_id: u32_of(take(4)?)?,
+                        spk: take(32)?.try_into().ok()?,
+                        // Its last-resort key is not paired in this format: it is kept by day.
+                        lr_id: 0,
+                        period: u64::MAX,
+                        last_day: LEGACY_DAY,
+                    });
+                }
+                for _ in 0..u32_of(take(4)?)? {
+                    let id = u32_of(take(4)?)?;
+                    p.one_time
+                        .insert(id, (take(32)?.try_into().ok()?, LEGACY_DAY));
+                }
+                for _ in 0..u32_of(take(4)?)? {
+                    let id = u32_of(take(4)?)?;
+                    let last = take(1)?[0] == 1;
+                    let n = u32_of(take(4)?)? as usize;
+                    p.kem
+                        .insert(id, (Zeroizing::new(take(n)?.to_vec()), last, LEGACY_DAY));
+                }
+                return Some(p);
+            }
             _ => return None,
         }
         let mut p = Prekeys::default();
@@ -579,6 +613,16 @@ impl Prekeys {
     /// Erases the secrets no live slot or stored first contact can need any more (at
     /// `now_unix_s`), and forgets published days past their slot. Returns how many keys went.
     fn prune(&mut self, now_unix_s: u64) -> usize {
+        // Keys of the old permanent slot: dated today, kept through today's window.
+        let today = day_of(now_unix_s);
+        let date = |d: &mut u64| {
+            if *d == LEGACY_DAY {
+                *d = today;
+            }
+        };
+        self.spks.iter_mut().for_each(|k| date(&mut k.last_day));
+        self.one_time.values_mut().for_each(|(_, d)| date(d));
+        self.kem.values_mut().for_each(|(_, _, d)| date(d));
         let before = self.one_time.len() + self.kem.len() + self.spks.len();
         let live = |day: u64| slot_secrets_until(day) > now_unix_s;
         self.one_time.retain(|_, (s, day)| {
@@ -595,9 +639,15 @@ impl Prekeys {
             }
             keep
         });
-        let lr: BTreeSet<u32> = self.spks.iter().map(|k| k.lr_id).collect();
+        let lr: BTreeSet<u32> = self
+            .spks
+            .iter()
+            .filter(|k| k.period != u64::MAX)
+            .map(|k| k.lr_id)
+            .collect();
+        // A last-resort key goes with its signed prekey (or, unpaired, by its own day).
         self.kem
-            .retain(|id, (_, last, day)| if *last { lr.contains(id) } else { live(*day) });
+            .retain(|id, (_, last, day)| (*last && lr.contains(id)) || live(*day));
         self.published.retain(|day| slot_expires(*day) > now_unix_s);
         before - (self.one_time.len() + self.kem.len() + self.spks.len())
     }
@@ -1136,6 +1186,16 @@ impl<S: Storage> Messenger<S> {
         Ok(())
     }
 
+    /// The node does not hold the slot of `day` although it accepted it (it lost its journal, or
+    /// this is another node, or it expired early): publish it again at the next
+    /// [`Messenger::prekey_publication`].
+    pub fn slot_lost(&mut self, day: u64) -> Result<(), MessengerError> {
+        if self.prekeys.published.remove(&day) {
+            self.save_prekeys()?;
+        }
+        Ok(())
+    }
+
     /// One-time keys to upload to the slot of `day` given how many the directory says are left
     /// (`PrekeyCount`): `PREKEYS_PER_REFILL` of each kind when either runs below `PREKEYS_LOW`.
     pub fn refill(
@@ -1178,8 +1238,8 @@ impl<S: Storage> Messenger<S> {
                     .get(&k.lr_id)
                     .ok_or(MessengerError::Malformed("prekeys record"))?;
                 HeadPlan::Reuse {
-                    spk: (k.spk_id, k.spk),
-                    last_resort: (k.lr_id, dk.0.to_vec()),
+                    spk: (k.spk_id, Zeroizing::new(k.spk)),
+                    last_resort: (k.lr_id, dk.0.clone()),
                 }
             }
         };
@@ -1224,7 +1284,17 @@ impl<S: Storage> Messenger<S> {
                         last_day: day,
                     },
                 );
-                next.spks.truncate(SIGNED_PREKEYS_KEPT);
+                // Past the bound, the one whose slots ended first goes (by day, not by order: a
+                // clock set back must not cut a key still in use).
+                while next.spks.len() > SIGNED_PREKEYS_KEPT {
+                    let oldest = next
+                        .spks
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, k)| k.last_day)
+                        .map_or(0, |(i, _)| i);
+                    next.spks.remove(oldest);
+                }
                 let lr: BTreeSet<u32> = next.spks.iter().map(|k| k.lr_id).collect();
                 next.kem
                     .retain(|id, (_, last, _)| !*last || lr.contains(id));
@@ -1915,4 +1985,44 @@ fn key_identity(key: &str) -> Option<[u8; EC_KEY_BYTES]> {
         .next()
         .and_then(unhex)
         .and_then(|b| <[u8; EC_KEY_BYTES]>::try_from(b).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version 2 record (one permanent slot) loads with its keys, which the first prune dates
+    /// today: they stay through today's window (a first contact made from the old slot may
+    /// still be in a node's store), then go.
+    #[test]
+    fn version_2_prekeys_are_kept_through_todays_window_then_erased() {
+        let mut b = vec![PREKEYS_VERSION_PERMANENT_SLOT];
+        b.extend_from_slice(&7u32.to_be_bytes());
+        b.push(1);
+        b.extend_from_slice(&11u32.to_be_bytes());
+        b.extend_from_slice(&[1; 32]);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&12u32.to_be_bytes());
+        b.extend_from_slice(&[2; 32]);
+        b.extend_from_slice(&1u32.to_be_bytes());
+        b.extend_from_slice(&13u32.to_be_bytes());
+        b.push(1);
+        b.extend_from_slice(&3u32.to_be_bytes());
+        b.extend_from_slice(&[3; 3]);
+        let mut p = Prekeys::decode(&b).unwrap();
+        let now = 1_795_774_800;
+        assert_eq!(p.prune(now), 0);
+        assert!(p.signed_prekey(11).is_some() && p.one_time_prekey(12).is_some());
+        assert!(p.kem_prekey(13).is_some());
+        // It survives a save and load in the new format.
+        let mut p = Prekeys::decode(&p.encode()).unwrap();
+        let until = slot_secrets_until(day_of(now));
+        assert_eq!(p.prune(until - 1), 0);
+        assert_eq!(p.prune(until), 3);
+        assert!(p.signed_prekey(11).is_none() && p.one_time_prekey(12).is_none());
+        assert!(p.kem_prekey(13).is_none());
+        // A record of an unknown version is not one.
+        b[0] = 9;
+        assert!(Prekeys::decode(&b).is_none());
+    }
 }

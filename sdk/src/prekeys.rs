@@ -13,6 +13,7 @@ use ferry_proto::prekey::{
 };
 use ferry_proto::xeddsa;
 use ml_kem::{EncodedSizeUser, KemCore, MlKem1024};
+use zeroize::Zeroizing;
 
 use crate::SdkError;
 
@@ -99,7 +100,7 @@ pub struct PrekeyPlan {
 }
 
 /// The head a [`PrekeyPlan`] uploads.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum HeadPlan {
     /// One-time keys only.
     None,
@@ -107,9 +108,24 @@ pub enum HeadPlan {
     New,
     /// These (id, X25519 secret) and (id, ML-KEM-1024 decapsulation key) again, signed anew.
     Reuse {
-        spk: (u32, [u8; 32]),
-        last_resort: (u32, Vec<u8>),
+        spk: (u32, Zeroizing<[u8; 32]>),
+        last_resort: (u32, Zeroizing<Vec<u8>>),
     },
+}
+
+/// Names the plan, never its secrets.
+impl std::fmt::Debug for HeadPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadPlan::None => f.write_str("None"),
+            HeadPlan::New => f.write_str("New"),
+            HeadPlan::Reuse { spk, last_resort } => f
+                .debug_struct("Reuse")
+                .field("spk_id", &spk.0)
+                .field("last_resort_id", &last_resort.0)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// How [`generate`] chooses key ids.
@@ -235,7 +251,7 @@ pub fn generate(
             let sig = identity.sign(&key)?;
             Some((
                 spk.0,
-                spk.1,
+                *spk.1,
                 KemPrekey {
                     id: last_resort.0,
                     key: Bytes::from(key),
@@ -378,8 +394,8 @@ mod tests {
         let sealer2 = SlotSealer::new(slot_key(&mb.public().to_bytes(), &ns, day2), &signer2);
         let again = PrekeyPlan {
             head: HeadPlan::Reuse {
-                spk: (spk_id, spk),
-                last_resort: (lr_id, lr),
+                spk: (spk_id, Zeroizing::new(spk)),
+                last_resort: (lr_id, Zeroizing::new(lr)),
             },
             one_time_ec: 0,
             one_time_pq: 0,

@@ -677,8 +677,8 @@ fn slots_rotate_daily_the_signed_prekey_weekly_and_old_secrets_are_erased() {
             alice.contact_prekey_slot(&b_id, day0() - 1).unwrap().dest()
         ]
     );
-    // A bundle of today, used after two more weeks of rotations (within its window: the
-    // first contact waited in the store), still opens...
+    // A bundle of today, used two days later (within its window: the first contact waited
+    // in the store), still opens...
     let old = node.fetch(&slots[0]);
     let mut carol = Messenger::open(MemoryStorage::default(), NS).unwrap();
     carol.add_contact("bob", &bob.address()).unwrap();
@@ -705,13 +705,62 @@ fn slots_rotate_daily_the_signed_prekey_weekly_and_old_secrets_are_erased() {
     );
     publish_at(&mut node, &mut bob, after, 2);
     assert!(
-        recv(&mut bob, &t).is_err(),
+        matches!(
+            recv(&mut bob, &t),
+            Err(MessengerError::Session(
+                ferry_crypto::session::SessionError::UnknownPrekey
+            ))
+        ),
         "the secrets of a slot past its window are gone"
     );
     assert!(matches!(
         bob.prekey_publication(after, 101),
         Err(MessengerError::InvalidArgument(_))
     ));
+    // Weeks of daily starts: the signed prekey and last-resort key of the first week are erased
+    // too. A first contact made from day 0's head alone (no one-time key: what a drained slot
+    // gives) no longer opens, while one from today's head does.
+    let head_only = |node: &Node, slot: &SlotOpener| {
+        let head = node.slots[&slot.dest()][0].head.clone().unwrap();
+        slot.open(&SealedBundle {
+            head,
+            pq: None,
+            ec: None,
+        })
+        .unwrap()
+    };
+    let first_head = head_only(&node, &slots[0]);
+    assert!(first_head.pq_last_resort);
+    let far = T0 + 30 * DAY_SECONDS;
+    let mut now = after;
+    while now < far {
+        now += DAY_SECONDS;
+        publish_at(&mut node, &mut bob, now, 1);
+    }
+    let mut dave = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    dave.add_contact("bob", &bob.address()).unwrap();
+    dave.start_session(&b_id, &first_head).unwrap();
+    let old = dave
+        .send(&b_id, &text("from day 0's head"), now, 0)
+        .unwrap();
+    assert!(
+        matches!(
+            recv(&mut bob, &old),
+            Err(MessengerError::Session(
+                ferry_crypto::session::SessionError::UnknownPrekey
+            ))
+        ),
+        "day 0's signed keys are erased"
+    );
+    let today_slot = dave.contact_prekey_slot(&b_id, day_of(now)).unwrap();
+    let mut erin = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    erin.add_contact("bob", &bob.address()).unwrap();
+    erin.start_session(&b_id, &head_only(&node, &today_slot))
+        .unwrap();
+    let fresh = erin
+        .send(&b_id, &text("from today's head"), now, 0)
+        .unwrap();
+    assert!(recv(&mut bob, &fresh).unwrap().is_some());
 }
 
 #[test]

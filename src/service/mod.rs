@@ -897,8 +897,13 @@ impl State {
         let now = self.clock.now();
         if let Some((d, j)) = self.directory.as_mut() {
             d.expire(now.unix_s);
-            if j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * d.bytes() as u64) {
-                compact(j, &d.snapshot(), "prekey");
+            // Unsealed records of an older version (identity keys in clear) leave the file at
+            // once, whatever its size.
+            if (j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * d.bytes() as u64)
+                || d.legacy_on_disk())
+                && compact(j, &d.snapshot(), "prekey")
+            {
+                d.legacy_compacted();
             }
         }
         let arms = self.registry.0.expire(now.unix_s);

@@ -289,6 +289,8 @@ pub struct Directory {
     records: Vec<Vec<u8>>,
     /// `U` records (unsealed slots of an older version) dropped at replay.
     legacy_dropped: usize,
+    /// Such records are still in the journal file (until the next compaction).
+    legacy_on_disk: bool,
     pub stats: DirectoryStats,
 }
 
@@ -306,6 +308,7 @@ impl Directory {
             bytes: 0,
             records: Vec::new(),
             legacy_dropped: 0,
+            legacy_on_disk: false,
             stats: DirectoryStats::default(),
         }
     }
@@ -320,6 +323,16 @@ impl Directory {
     /// Unsealed slot records of an older version dropped by [`Directory::replay`].
     pub fn legacy_dropped(&self) -> usize {
         self.legacy_dropped
+    }
+
+    /// Whether the journal file still holds such records: compact it (they name identity keys).
+    pub fn legacy_on_disk(&self) -> bool {
+        self.legacy_on_disk
+    }
+
+    /// The journal was rewritten from [`Directory::snapshot`]: no such record is left.
+    pub fn legacy_compacted(&mut self) {
+        self.legacy_on_disk = false;
     }
 
     /// Journal records produced since the last call (append them, then commit, then answer).
@@ -344,7 +357,10 @@ impl Directory {
     fn apply_record(&mut self, r: &[u8]) -> Option<()> {
         let (&kind, rest) = r.split_first()?;
         match kind {
-            b'U' => self.legacy_dropped += 1,
+            b'U' => {
+                self.legacy_dropped += 1;
+                self.legacy_on_disk = true;
+            }
             b'S' => {
                 let expires = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
                 let upload = Upload::decode_record(Bytes::copy_from_slice(rest.get(8..)?)).ok()?;
@@ -1243,6 +1259,12 @@ mod tests {
         let records = [old, Directory::upload_record(&up(dest, true, 2, 2, 1), 200)];
         assert_eq!(d.replay(&records), 0);
         assert_eq!(d.legacy_dropped(), 1);
+        assert!(
+            d.legacy_on_disk(),
+            "the service core compacts the file at once"
+        );
+        d.legacy_compacted();
+        assert!(!d.legacy_on_disk());
         assert_eq!(d.count(100, &dest), Some((2, 2)));
         assert_eq!(d.snapshot().len(), 1);
         assert!(d.snapshot().iter().all(|r| r[0] == b'S'));
