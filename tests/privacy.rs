@@ -475,4 +475,32 @@ fn the_cost_of_sending_apart_from_owning() {
         "one connection per slot, and one for today's count"
     );
     assert_eq!(again_c, 1);
+
+    // A sync (drain window and listen) of a user with 0, 20 and `CONTACTS_MAX` contacts: each
+    // contact's pairwise mailbox adds the four or five days of the drain window and today's
+    // dest, all within one connection's default proof budget.
+    for contacts in [0usize, 20, ferry_sdk::messenger::CONTACTS_MAX] {
+        let proxy = Adversary::counting(node.tls.unwrap());
+        let url = format!("ferry+tls://localhost:{}", proxy.addr.port());
+        let mut m = Messenger::open(MemoryStorage::default(), ns).unwrap();
+        for i in 0..contacts {
+            let other = Messenger::open(MemoryStorage::default(), ns).unwrap();
+            m.add_contact(&format!("c{i}"), &other.address()).unwrap();
+        }
+        let mut c = Client::connect_url(&url, &tls.client_opts()).unwrap();
+        let mut s = Sender::new(&url, tls.client_opts());
+        let candidates = m.drain_candidates(c.node_unix_s()).unwrap().len();
+        let started = Instant::now();
+        chat::sync(&mut c, &mut s, &mut m, clock).unwrap();
+        let took = started.elapsed();
+        drop(c);
+        let (up, down) = proxy.bytes();
+        println!(
+            "sync with {contacts} contacts (TLS): {candidates} dests proven and queried, {} \
+             listened on, {} bytes, {} ms (debug build)",
+            1 + contacts,
+            up + down,
+            took.as_millis()
+        );
+    }
 }

@@ -123,6 +123,16 @@ pub fn pair_secret(s_mbox: &[u8; 32], peer: &[u8; EC_KEY_BYTES]) -> [u8; 32] {
 /// Identities whose first contacts were refused, remembered so that their packets are dropped.
 pub const REFUSED_MAX: usize = 1024;
 
+/// The most contacts one messenger keeps. Each has a pairwise mailbox, so a sync proves each
+/// contact's days of the drain window (up to five) and listens on its dest of the day (two near
+/// midnight): with the intro mailbox's 75 hours and two listened hours, `77 + 7 × CONTACTS_MAX`
+/// proofs on one connection, which must fit a node's default per-connection proof budget
+/// (`limits.proofs_per_conn_burst`, 512; the Drain proofs of listened dests repeat the sync's
+/// and cost nothing).
+pub const CONTACTS_MAX: usize = 60;
+const _: () = assert!(77 + 7 * CONTACTS_MAX <= 512);
+const _: () = assert!(77 + 7 * CONTACTS_MAX <= ferry_proto::limits::PROVEN_PER_CONN_MAX);
+
 /// What can go wrong in the session layer.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -954,6 +964,11 @@ impl<S: Storage> Messenger<S> {
         {
             return Err(MessengerError::InvalidArgument(
                 "another contact has this name",
+            ));
+        }
+        if self.peers.len() >= CONTACTS_MAX && !self.peers.contains_key(&address.identity) {
+            return Err(MessengerError::InvalidArgument(
+                "at most CONTACTS_MAX (60) contacts: each has a mailbox of its own, which a sync proves",
             ));
         }
         let peer = match self

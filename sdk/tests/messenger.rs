@@ -479,6 +479,36 @@ fn each_contact_has_a_mailbox_of_its_own_and_strangers_land_as_requests() {
     );
 }
 
+/// Each contact's pairwise mailbox costs proofs at every sync: past `CONTACTS_MAX` a new
+/// contact (or an accepted request) is refused with a clear error; renaming one is not.
+#[test]
+fn contacts_past_the_limit_are_refused() {
+    let mut m = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let others: Vec<Address> = (0..=ferry_sdk::messenger::CONTACTS_MAX)
+        .map(|_| {
+            Messenger::open(MemoryStorage::default(), NS)
+                .unwrap()
+                .address()
+        })
+        .collect();
+    for (i, a) in others
+        .iter()
+        .take(ferry_sdk::messenger::CONTACTS_MAX)
+        .enumerate()
+    {
+        m.add_contact(&format!("c{i}"), a).unwrap();
+    }
+    assert!(matches!(
+        m.add_contact("one more", others.last().unwrap()),
+        Err(MessengerError::InvalidArgument(_))
+    ));
+    m.add_contact("renamed", &others[0]).unwrap();
+    let c = m.drain_candidates(T0).unwrap().len();
+    assert!(
+        77 + 7 * ferry_sdk::messenger::CONTACTS_MAX >= c + ferry_sdk::messenger::CONTACTS_MAX + 2
+    );
+}
+
 #[test]
 fn forged_or_foreign_packets_are_dropped_and_change_nothing() {
     let mut node = Node::default();
