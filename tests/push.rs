@@ -483,7 +483,7 @@ fn a_messenger_registers_push_and_a_first_contact_wakes_the_device() {
     bob.add_contact("alice", &alice.address()).unwrap();
     let day = |unix: u64| unix / 86_400;
     let now = cb.node_unix_s();
-    // The days this hour and the next 24 fall in (two, unless the hour is the day's first).
+    // The days this hour and the next 24 fall in (25 hours always span two).
     let days = day(now + 24 * 3600) - day(now) + 1;
     let mut register = |first_contacts| {
         chat::register_push(

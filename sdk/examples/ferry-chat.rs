@@ -162,7 +162,8 @@ fn print(
             name,
             plaintext_bytes,
             ..
-        } => match save_dir {
+        // A request's file is never fetched by itself: kept until the user decides.
+        } => match save_dir.filter(|_| !m.request) {
             None => println!(
                 "{} sent file {name} ({plaintext_bytes} bytes; kept: ferry-chat fetch {} \
                  --save-dir DIR)",

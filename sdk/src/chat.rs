@@ -34,12 +34,16 @@ fn now_ms(start: Instant) -> u64 {
 
 /// Proves `signers` for `op` on a fresh challenge; every proof must pass.
 fn prove_all(client: &mut Client, signers: &[BlindedSigner], op: Op) -> Result<(), MessengerError> {
-    if signers.is_empty() {
+    prove_refs(client, &signers.iter().collect::<Vec<_>>(), op)
+}
+
+/// [`prove_all`] of borrowed signers.
+fn prove_refs(client: &mut Client, refs: &[&BlindedSigner], op: Op) -> Result<(), MessengerError> {
+    if refs.is_empty() {
         return Ok(());
     }
     client.refresh_challenge()?;
-    let refs: Vec<&BlindedSigner> = signers.iter().collect();
-    let statuses = client.prove(&refs, op)?;
+    let statuses = client.prove(refs, op)?;
     if let Some(bad) = statuses.iter().find(|s| **s != ProofStatus::Ok) {
         return Err(SdkError::Node {
             code: ferry_proto::frame::ErrorCode::Unsupported,
@@ -518,6 +522,7 @@ pub fn sync<S: Storage>(
     let candidates = m.drain_candidates(client.node_unix_s())?;
     let signers = m.drain_signers(&candidates)?;
     prove_all(client, &signers, Op::Drain)?;
+    m.drain_proven(candidates.iter().copied());
     let holding = client.query(&candidates)?;
     for s in signers.iter().filter(|s| holding.contains(&s.dest())) {
         loop {
@@ -537,10 +542,22 @@ pub fn sync<S: Storage>(
 }
 
 /// Follows the listen plan on this connection: proves (`Subscribe`, and `Drain` so that blobs
-/// handed over on subscribe can be acknowledged) and subscribes to this hour's dests, and the
-/// next hour's near the turn, registering the contact mailbox's capability verifier for each
-/// (see [`crate::messenger`]); unsubscribes from past hours.
+/// handed over on subscribe can be acknowledged, unless the sync proved it) and subscribes to
+/// this hour's intro dest and each contact's pairwise dest of the day, and the next ones near the
+/// turn, registering each pairwise mailbox's capability verifier (see [`crate::messenger`]);
+/// unsubscribes from past ones. On failure the plan is forgotten, so the next call does it all
+/// again.
 pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
+    let r = listen_on(client, m);
+    if r.is_err() {
+        // The plan was taken as followed: forget it, so that the next listen (on this
+        // connection or a new one) does it all again.
+        m.new_connection();
+    }
+    r
+}
+
+fn listen_on<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(), MessengerError> {
     // One reading of the node's clock for the plan and the capabilities: the same hours.
     let now = client.node_unix_s();
     let (add, drop) = m.listen_update(now)?;
@@ -551,26 +568,29 @@ pub fn listen<S: Storage>(client: &mut Client, m: &mut Messenger<S>) -> Result<(
         return Ok(());
     }
     prove_all(client, &add, Op::Subscribe)?;
-    prove_all(client, &add, Op::Drain)?;
+    // Dests the sync proved already need no second Drain proof (it would cost the node's
+    // per-connection proof budget again).
+    let to_drain: Vec<&BlindedSigner> = add
+        .iter()
+        .filter(|s| m.needs_drain_proof(&s.dest()))
+        .collect();
+    prove_refs(client, &to_drain, Op::Drain)?;
+    let proven: Vec<Dest> = to_drain.iter().map(|s| s.dest()).collect();
+    m.drain_proven(proven);
     let dests: Vec<_> = add.iter().map(BlindedSigner::dest).collect();
     let subs = client.subscribe(&dests)?;
     if let Some(bad) = subs.iter().find(|s| **s != SubscribeStatus::Ok) {
-        m.new_connection();
         return Err(SdkError::Node {
             code: ferry_proto::frame::ErrorCode::Unsupported,
             message: format!("subscribe refused: {bad:?}"),
         }
         .into());
     }
-    // Contacts' sends to the contact mailbox skip puzzles under store pressure. A refusal
+    // Contacts' sends to their pairwise mailboxes skip puzzles under store pressure. A refusal
     // (`TooMany`: the node holds as many verifiers as it may) leaves them to solve puzzles, as
     // strangers do; nothing else depends on it.
     for (dest, verifier, ttl_s) in m.capability_verifiers(now, &dests)? {
-        if let Err(e) = client.register_capability(dest, ttl_s, verifier) {
-            // The next `listen` (on a new connection) does it all again.
-            m.new_connection();
-            return Err(e.into());
-        }
+        client.register_capability(dest, ttl_s, verifier)?;
     }
     Ok(())
 }

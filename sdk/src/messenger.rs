@@ -54,8 +54,12 @@ use zeroize::Zeroizing;
 
 use crate::{Contact, Mailbox, SdkError};
 
-/// Version byte of the plaintext inside a session message.
-pub const PAYLOAD_VERSION: u8 = 1;
+/// Version byte of the plaintext inside a session message: 2 carries the sender's pairwise
+/// secret for the recipient. A version 1 payload (from a client before pairwise mailboxes)
+/// carried its shared contact secret: it is read, the secret ignored, and the reply goes to that
+/// sender's intro mailbox, which such a client listens on.
+pub const PAYLOAD_VERSION: u8 = 2;
+const PAYLOAD_VERSION_SHARED_CONTACT_MAILBOX: u8 = 1;
 /// Hours a node keeps a stored blob (its default TTL): the drain window.
 pub const STORE_WINDOW_EPOCHS: u64 = 72;
 /// Listen on the next epoch's dests this long before the hour turns.
@@ -122,16 +126,25 @@ pub fn pair_secret(s_mbox: &[u8; 32], peer: &[u8; EC_KEY_BYTES]) -> [u8; 32] {
 
 /// Identities whose first contacts were refused, remembered so that their packets are dropped.
 pub const REFUSED_MAX: usize = 1024;
+/// Requests kept waiting for the app; past it, a new stranger's first contact is dropped
+/// (`MessengerError::Refused`) until the app accepts or refuses some.
+pub const REQUESTS_MAX: usize = 256;
 
-/// The most contacts one messenger keeps. Each has a pairwise mailbox, so a sync proves each
-/// contact's days of the drain window (up to five) and listens on its dest of the day (two near
-/// midnight): with the intro mailbox's 75 hours and two listened hours, `77 + 7 × CONTACTS_MAX`
-/// proofs on one connection, which must fit a node's default per-connection proof budget
-/// (`limits.proofs_per_conn_burst`, 512; the Drain proofs of listened dests repeat the sync's
-/// and cost nothing).
-pub const CONTACTS_MAX: usize = 60;
-const _: () = assert!(77 + 7 * CONTACTS_MAX <= 512);
-const _: () = assert!(77 + 7 * CONTACTS_MAX <= ferry_proto::limits::PROVEN_PER_CONN_MAX);
+/// The most contacts one messenger keeps. Each has a pairwise mailbox, so the proofs of a sync
+/// and what follows it on the same connection grow with them, and must fit a node's default
+/// per-connection proof budget (`limits.proofs_per_conn_burst`, 512, refilled at 1 a second):
+/// the drain window (the intro mailbox's 75 hours, up to five days of each contact), the listen
+/// plan's `Subscribe` proofs (two hours and two days of each contact near midnight; its `Drain`
+/// proofs repeat the sync's, [`Messenger::drain_proven`]) and a push registration of 48 hours
+/// with first contacts (49 hours, three days of each contact): `75 + 5N + 2 + 2N + 49 + 3N`.
+pub const CONTACTS_MAX: usize = 36;
+/// The proofs of a sync, its listen and a push registration on one connection (see above).
+const SYNC_PROOFS_MAX: usize = 75 + 5 * CONTACTS_MAX + 2 + 2 * CONTACTS_MAX + 49 + 3 * CONTACTS_MAX;
+const _: () = assert!(SYNC_PROOFS_MAX <= 512);
+const _: () = assert!(SYNC_PROOFS_MAX <= ferry_proto::limits::PROVEN_PER_CONN_MAX);
+// A renewed 48-hour registration with first contacts overlaps the last one by a day: its dests
+// stay within a node's default 256 per token.
+const _: () = assert!(73 + 4 * CONTACTS_MAX <= 256);
 
 /// What can go wrong in the session layer.
 #[derive(Debug)]
@@ -715,6 +728,10 @@ enum Which {
     Intro,
     /// The pairwise mailbox kept for this contact.
     Pair([u8; EC_KEY_BYTES]),
+    /// The shared contact mailbox of a messenger from before pairwise mailboxes (`MK` with
+    /// `s_mbox`, hourly), still drained and listened on for the store's window after the
+    /// update; taken like the intro mailbox.
+    Shared,
 }
 
 /// One user's session layer. Generic over where its state lives.
@@ -747,6 +764,12 @@ pub struct Messenger<S: Storage> {
     listened: BTreeMap<Dest, (Which, u64)>,
     /// Contacts were added, accepted or refused since the last listen update.
     contacts_changed: bool,
+    /// Dests the current connection proved for `Op::Drain` (a listen needs no second proof).
+    drain_proven: BTreeSet<Dest>,
+    /// The epoch from which this messenger uses pairwise mailboxes, when it had contacts before
+    /// them (0: not dated yet; `None`: it never had a shared contact mailbox): for
+    /// `STORE_WINDOW_EPOCHS` hours more it still drains and listens on that old mailbox.
+    shared_mailbox_since: Option<u64>,
     /// Messages dropped from the outbox unsent (at most `OUTBOX_MAX`; taken by `expired`).
     expired: Vec<u64>,
 }
@@ -779,9 +802,18 @@ fn backoff(tries: u32) -> u64 {
         .min(RETRY_MAX_MS)
 }
 
-/// The sender's mailbox key, contact secret and body in a session plaintext.
-fn parse_payload(pt: &[u8]) -> Result<([u8; 32], [u8; 32], Body), MessengerError> {
-    if pt.len() < 65 || pt[0] != PAYLOAD_VERSION {
+/// What a session plaintext carries: the sender's mailbox key, its pairwise secret for the
+/// recipient (none from a version 1 payload) and the body.
+type Payload = ([u8; 32], Option<[u8; 32]>, Body);
+
+/// The [`Payload`] of a session plaintext.
+fn parse_payload(pt: &[u8]) -> Result<Payload, MessengerError> {
+    if pt.len() < 65
+        || !matches!(
+            pt[0],
+            PAYLOAD_VERSION | PAYLOAD_VERSION_SHARED_CONTACT_MAILBOX
+        )
+    {
         return Err(MessengerError::Malformed("payload"));
     }
     let body = Body::from_bytes(&pt[65..]).ok_or(MessengerError::Malformed("payload"))?;
@@ -792,7 +824,8 @@ fn parse_payload(pt: &[u8]) -> Result<([u8; 32], [u8; 32], Body), MessengerError
     if ferry_proto::addr::MailboxPublic::from_bytes(&mailbox).is_err() {
         return Err(MessengerError::Malformed("payload"));
     }
-    Ok((mailbox, s_mbox, body))
+    let secret = (pt[0] == PAYLOAD_VERSION).then_some(s_mbox);
+    Ok((mailbox, secret, body))
 }
 
 impl<S: Storage> Messenger<S> {
@@ -818,6 +851,8 @@ impl<S: Storage> Messenger<S> {
                 b.extend_from_slice(&random::<32>()?);
                 b.extend_from_slice(&random::<32>()?);
                 st(storage.put("identity", &b))?;
+                // A new identity never had a shared contact mailbox.
+                st(storage.put("pairwise", &u64::MAX.to_be_bytes()))?;
                 b
             }
         };
@@ -850,6 +885,8 @@ impl<S: Storage> Messenger<S> {
             listening: BTreeMap::new(),
             listened: BTreeMap::new(),
             contacts_changed: false,
+            drain_proven: BTreeSet::new(),
+            shared_mailbox_since: None,
             expired: Vec::new(),
         };
         m.load()?;
@@ -868,10 +905,38 @@ impl<S: Storage> Messenger<S> {
                 Peer::decode(identity, &b).ok_or(MessengerError::Malformed("contact record"))?;
             self.peers.insert(identity, p);
         }
+        // Before pairwise mailboxes a contact's stored secret was its shared contact mailbox's:
+        // forget those (sends go to intro mailboxes until a message brings the pairwise one),
+        // and keep draining this user's old shared mailbox for the store's window.
+        match st(self.storage.get("pairwise"))? {
+            Some(b) => {
+                let since = u64::from_be_bytes(
+                    b.try_into()
+                        .map_err(|_| MessengerError::Malformed("pairwise record"))?,
+                );
+                self.shared_mailbox_since = (since != u64::MAX).then_some(since);
+            }
+            None => {
+                for p in self.peers.values_mut() {
+                    p.s_mbox = None;
+                }
+                let peers: Vec<Peer> = self.peers.values().cloned().collect();
+                for p in &peers {
+                    self.save_peer(p)?;
+                }
+                st(self.storage.put("pairwise", &0u64.to_be_bytes()))?;
+                self.shared_mailbox_since = Some(0);
+            }
+        }
         for key in st(self.storage.keys("request/"))? {
             let Some(identity) = key_identity(&key) else {
                 continue;
             };
+            if self.peers.contains_key(&identity) {
+                // Accepted, and the request record outlived it (a crash in between).
+                st(self.storage.delete(&key))?;
+                continue;
+            }
             let b = st(self.storage.get(&key))?.unwrap_or_default();
             let p =
                 Peer::decode(identity, &b).ok_or(MessengerError::Malformed("request record"))?;
@@ -968,7 +1033,7 @@ impl<S: Storage> Messenger<S> {
         }
         if self.peers.len() >= CONTACTS_MAX && !self.peers.contains_key(&address.identity) {
             return Err(MessengerError::InvalidArgument(
-                "at most CONTACTS_MAX (60) contacts: each has a mailbox of its own, which a sync proves",
+                "at most CONTACTS_MAX (36) contacts: each has a mailbox of its own, which a sync proves",
             ));
         }
         let peer = match self
@@ -1664,24 +1729,29 @@ impl<S: Storage> Messenger<S> {
             plaintext,
             ..
         } = received;
-        let (mailbox, s_mbox, body) = parse_payload(&Zeroizing::new(plaintext))?;
+        let (mailbox, secret, body) = parse_payload(&Zeroizing::new(plaintext))?;
         // A contact, a request already waiting, or a stranger's first contact: a new request.
         let (known, request) = match (self.peers.get(&sender), self.requests.get(&sender)) {
             (Some(p), _) => (Some(p), false),
             (None, Some(p)) => (Some(p), true),
+            (None, None) if self.requests.len() >= REQUESTS_MAX => {
+                return Err(MessengerError::Refused(
+                    "REQUESTS_MAX requests wait already: accept or refuse some",
+                ));
+            }
             (None, None) => (None, true),
         };
         let peer = match known {
             Some(p) => Peer {
                 mailbox,
-                s_mbox: Some(s_mbox),
+                s_mbox: secret,
                 ..p.clone()
             },
             None => Peer {
                 name: hex(&sender[1..9]),
                 identity: sender,
                 mailbox,
-                s_mbox: Some(s_mbox),
+                s_mbox: secret,
             },
         };
         let changed = known != Some(&peer);
@@ -1733,7 +1803,7 @@ impl<S: Storage> Messenger<S> {
         for key in st(self.storage.keys("inbox/"))? {
             if let Some(b) = st(self.storage.get(&key))? {
                 let mut m = decode_incoming(&b).ok_or(MessengerError::Malformed("inbox record"))?;
-                m.request = self.requests.contains_key(&m.from);
+                m.request = self.requests.contains_key(&m.from) || self.refused.contains(&m.from);
                 out.push(m);
             }
         }
@@ -1790,7 +1860,17 @@ impl<S: Storage> Messenger<S> {
         Ok(match which {
             Which::Intro => self.intro.signer(epoch)?,
             Which::Pair(p) => self.pair_mailbox(&p).signer(epoch)?,
+            Which::Shared => {
+                Mailbox::from_seed(&self.mailbox_seed, self.ns, Some(*self.s_mbox)).signer(epoch)?
+            }
         })
+    }
+
+    /// Whether the old shared contact mailbox is still drained and listened on now (in the hour
+    /// `e`): until the store's window has passed since the update.
+    fn shared_active(&self, e: u64) -> bool {
+        matches!(self.shared_mailbox_since, Some(since) if since == 0
+            || e <= since.saturating_add(STORE_WINDOW_EPOCHS + 1))
     }
 
     /// The pairwise mailbox this user keeps for the contact `peer`.
@@ -1809,12 +1889,16 @@ impl<S: Storage> Messenger<S> {
         &self,
         hours: impl IntoIterator<Item = u64>,
         intro: bool,
+        shared: bool,
     ) -> Result<Vec<(Which, u64, BlindedSigner)>, MessengerError> {
         let mut out = Vec::new();
         let mut days = BTreeSet::new();
         for ep in hours {
             if intro {
                 out.push((Which::Intro, ep, self.signer(Which::Intro, ep)?));
+            }
+            if shared {
+                out.push((Which::Shared, ep, self.signer(Which::Shared, ep)?));
             }
             days.insert(ep / HOURS_PER_DAY);
         }
@@ -1838,7 +1922,7 @@ impl<S: Storage> Messenger<S> {
         if now_unix_s + ROLLOVER_LEAD_S >= (e + 1) * ferry_proto::limits::EPOCH_SECONDS {
             epochs.push(e + 1);
         }
-        self.plan_for(epochs, true)
+        self.plan_for(epochs, true, self.shared_active(e))
     }
 
     /// The signers to prove `Op::Subscribe` with and subscribe to now: the intro mailbox for the
@@ -1912,9 +1996,21 @@ impl<S: Storage> Messenger<S> {
         self.contacts_changed
     }
 
-    /// A new connection listens on nothing yet.
+    /// A new connection listens on nothing yet and proved nothing.
     pub fn new_connection(&mut self) {
         self.listened = std::mem::take(&mut self.listening);
+        self.drain_proven.clear();
+    }
+
+    /// The current connection proved `Op::Drain` for `dests`.
+    pub fn drain_proven(&mut self, dests: impl IntoIterator<Item = Dest>) {
+        self.drain_proven.extend(dests);
+    }
+
+    /// Whether the current connection has yet to prove `Op::Drain` for `dest` (a `Prove` of a
+    /// pair the connection already holds costs a proof of the node's budget again).
+    pub fn needs_drain_proof(&self, dest: &Dest) -> bool {
+        !self.drain_proven.contains(dest)
     }
 
     /// When the listen plan changes next (node time): `ROLLOVER_LEAD_S` before the hour ends,
@@ -1937,7 +2033,16 @@ impl<S: Storage> Messenger<S> {
     /// drain those.
     pub fn drain_candidates(&mut self, now_unix_s: u64) -> Result<Vec<Dest>, MessengerError> {
         let e = epoch_of(now_unix_s);
-        let plan = self.plan_for(e.saturating_sub(STORE_WINDOW_EPOCHS + 1)..=e + 1, true)?;
+        if self.shared_mailbox_since == Some(0) {
+            // The first drain after the update dates it.
+            st(self.storage.put("pairwise", &e.to_be_bytes()))?;
+            self.shared_mailbox_since = Some(e);
+        }
+        let plan = self.plan_for(
+            e.saturating_sub(STORE_WINDOW_EPOCHS + 1)..=e + 1,
+            true,
+            self.shared_active(e),
+        )?;
         self.candidates = plan
             .into_iter()
             .map(|(w, ep, s)| (s.dest(), (w, ep)))
@@ -1978,7 +2083,7 @@ impl<S: Storage> Messenger<S> {
         }
         let e = epoch_of(now_unix_s);
         Ok(self
-            .plan_for(e..=e + hours, first_contacts)?
+            .plan_for(e..=e + hours, first_contacts, false)?
             .into_iter()
             .map(|(_, _, s)| s)
             .collect())

@@ -403,7 +403,9 @@ fn each_contact_has_a_mailbox_of_its_own_and_strangers_land_as_requests() {
         text("from carol")
     );
 
-    // Mallory, a stranger with Bob's address: a request, shown as one, not answered.
+    // Mallory, a stranger with Bob's address: a request, shown as one, not answered, and it
+    // adds nothing to what Bob listens on or drains.
+    let before = bob.drain_candidates(T0).unwrap().len();
     let mut mallory = Messenger::open(MemoryStorage::default(), NS).unwrap();
     mallory.add_contact("bob", &bob.address()).unwrap();
     mallory
@@ -441,13 +443,27 @@ fn each_contact_has_a_mailbox_of_its_own_and_strangers_land_as_requests() {
         bob.send(&m_id, &text("who?"), T0, 0),
         Err(MessengerError::NotAccepted)
     ));
-    // A request has no pairwise mailbox: nothing of it is listened on or drained.
-    let before = bob.drain_candidates(T0).unwrap().len();
+    assert_eq!(bob.drain_candidates(T0).unwrap().len(), before);
+    assert_eq!(bob.listen_plan(T0).unwrap().len(), 1 + 2);
     // Refused: forgotten, and its later packets dropped, also after a restart.
     bob.refuse_request(&m_id).unwrap();
     assert_eq!(bob.requests().count(), 0);
     assert_eq!(bob.drain_candidates(T0).unwrap().len(), before);
     let mut bob = Messenger::open(bob.into_storage(), NS).unwrap();
+    // A restarted messenger knows no dest until a plan names it: packets are refused, not
+    // misfiled; after the listen plan they open.
+    let again_a = alice.send(&b_id, &text("after restart"), T0, 0).unwrap();
+    assert!(matches!(
+        bob.receive(&again_a.dest, &again_a.payload),
+        Err(MessengerError::Refused(_))
+    ));
+    bob.new_connection();
+    bob.listen_update(T0).unwrap();
+    assert!(
+        bob.receive(&again_a.dest, &again_a.payload)
+            .unwrap()
+            .is_some()
+    );
     let again = mallory.send(&b_id, &text("buy now!"), T0, 0).unwrap();
     assert!(matches!(
         recv(&mut bob, &again),
@@ -472,7 +488,20 @@ fn each_contact_has_a_mailbox_of_its_own_and_strangers_land_as_requests() {
     );
     bob.add_contact("erin", &erin.address()).unwrap();
     assert_eq!(bob.requests().count(), 0);
-    assert!(!bob.inbox().unwrap().iter().any(|m| m.request));
+    let erin_id = erin.address().identity;
+    assert!(
+        !bob.inbox()
+            .unwrap()
+            .iter()
+            .any(|m| m.from == erin_id && m.request)
+    );
+    assert!(
+        bob.inbox()
+            .unwrap()
+            .iter()
+            .any(|m| m.from == m_id && m.request),
+        "a refused request's messages stay marked"
+    );
     assert!(
         bob.send(&erin.address().identity, &text("hi erin"), T0, 0)
             .is_ok()
@@ -481,6 +510,54 @@ fn each_contact_has_a_mailbox_of_its_own_and_strangers_land_as_requests() {
 
 /// Each contact's pairwise mailbox costs proofs at every sync: past `CONTACTS_MAX` a new
 /// contact (or an accepted request) is refused with a clear error; renaming one is not.
+/// A messenger from before pairwise mailboxes: its contacts' stored secrets were their shared
+/// contact mailboxes', so they are forgotten (sends go to intro mailboxes until a message
+/// brings the pairwise secret), and its own old shared mailbox is still drained and listened on
+/// for the store's window from the first drain after the update, then no more.
+#[test]
+fn a_messenger_from_before_pairwise_mailboxes_keeps_its_conversations() {
+    let mut node = Node::default();
+    let (alice, bob, b_id) = introduced(&mut node, true);
+    let mut alice = alice;
+    // Alice knew a secret of Bob's (as an old messenger would have stored his shared one).
+    let t = alice.send(&b_id, &text("x"), T0, 0).unwrap();
+    let mut bob = bob;
+    recv(&mut bob, &t).unwrap();
+    let r = bob
+        .send(&alice.address().identity, &text("y"), T0, 0)
+        .unwrap();
+    recv(&mut alice, &r).unwrap();
+    assert!(alice.contact("bob").unwrap().s_mbox.is_some());
+    // The store as an old version left it: no "pairwise" record.
+    let mut store = alice.into_storage();
+    store.delete("pairwise").unwrap();
+    let mut alice = Messenger::open(store, NS).unwrap();
+    assert!(
+        alice.contact("bob").unwrap().s_mbox.is_none(),
+        "the old secret is forgotten"
+    );
+    let intro_b = ferry_sdk::Contact::new(&bob.address().mailbox, NS, None)
+        .unwrap()
+        .dest(epoch_of(T0))
+        .unwrap();
+    assert_eq!(alice.send(&b_id, &text("z"), T0, 0).unwrap().dest, intro_b);
+    let fresh = Messenger::open(MemoryStorage::default(), NS).unwrap();
+    let n_fresh = {
+        let mut f = fresh;
+        f.add_contact("bob", &bob.address()).unwrap();
+        f.drain_candidates(T0).unwrap().len()
+    };
+    // The old shared mailbox's 75 hours are drained too, from the first drain on, for the
+    // store's window.
+    assert_eq!(alice.drain_candidates(T0).unwrap().len(), n_fresh + 75);
+    assert_eq!(alice.listen_plan(T0 + 60).unwrap().len(), 1 + 1 + 1);
+    let alice = Messenger::open(alice.into_storage(), NS).unwrap();
+    let mut alice = alice;
+    let later = T0 + (STORE_WINDOW_EPOCHS + 2) * 3600;
+    assert_eq!(alice.drain_candidates(later).unwrap().len(), n_fresh);
+    assert_eq!(alice.listen_plan(later).unwrap().len(), 2);
+}
+
 #[test]
 fn contacts_past_the_limit_are_refused() {
     let mut m = Messenger::open(MemoryStorage::default(), NS).unwrap();
