@@ -285,6 +285,75 @@ fn prekey_slots_rotate_daily_are_sealed_and_each_is_proven_alone() {
     drop(node);
 }
 
+/// Issue 21.4: a network observer of both links (the sender's and the recipient's) could match
+/// the same envelope bytes on `Send` and `Deliver`. Over TLS (the bindings' default) each leg is
+/// encrypted apart: no run of 32 bytes of the envelope appears on either leg. The same exchange
+/// over plain TCP (`ferry://`, asked for explicitly) carries it in clear, which shows the check
+/// can fail.
+#[test]
+fn over_tls_no_leg_carries_the_envelopes_bytes() {
+    let tmp = temp_dir("privacy-legs");
+    let tls = TlsFiles::write_ca_signed(&tmp);
+    let node = Node::start(&args_with(&["--shards", "2"], &tls.node_args()), &[]);
+    let ns = common::ns();
+    let clock = Instant::now();
+    for over_tls in [true, false] {
+        let upstream = if over_tls {
+            node.tls.unwrap()
+        } else {
+            node.addr()
+        };
+        let proxy = Adversary::counting(upstream);
+        let url = if over_tls {
+            format!("ferry+tls://localhost:{}", proxy.addr.port())
+        } else {
+            format!("ferry://{}", proxy.addr)
+        };
+        let opts = tls.client_opts();
+        let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+        let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+        alice.add_contact("bob", &bob.address()).unwrap();
+        bob.add_contact("alice", &alice.address()).unwrap();
+        let (mut sa, mut sb) = (
+            Sender::new(&url, opts.clone()),
+            Sender::new(&url, opts.clone()),
+        );
+        sb.publish_prekeys(&mut bob, 2).unwrap();
+        let mut cb = Client::connect_url(&url, &opts).unwrap();
+        chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
+        // Alice's envelope, sent on a connection of her own; Bob, listening, gets it live.
+        let b_id = bob.address().identity;
+        let bundle = sa.fetch_prekeys(&alice, &b_id).unwrap();
+        alice.start_session(&b_id, &bundle).unwrap();
+        let mut ca = Client::connect_url(&url, &opts).unwrap();
+        let t = alice
+            .send(&b_id, &text("one envelope"), ca.node_unix_s(), 0)
+            .unwrap();
+        ca.send(t.dest, t.msg_id, ferry_sdk::FLAG_ACK, &t.payload);
+        ca.flush().unwrap();
+        let got = chat::pump(
+            &mut cb,
+            &mut sb,
+            &mut bob,
+            std::time::Duration::from_secs(2),
+            clock,
+        )
+        .unwrap();
+        assert_eq!(got.messages.len(), 1);
+        let windows: Vec<&[u8]> = t.payload.chunks(32).filter(|c| c.len() == 32).collect();
+        let seen = windows.iter().filter(|w| proxy.carried(w)).count();
+        if over_tls {
+            assert_eq!(seen, 0, "envelope bytes on the wire over TLS");
+        } else {
+            assert_eq!(
+                seen,
+                windows.len(),
+                "plain TCP carries the envelope as it is"
+            );
+        }
+    }
+}
+
 /// A conversation through the adversary: first contact (prekey fetch), replies both ways, a
 /// reconnect. Every connection that carried a `Send` or a `PrekeyFetch` carried no `Prove`, so
 /// the node cannot read a sender from the dests its connection proved.

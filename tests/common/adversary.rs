@@ -60,6 +60,8 @@ struct State {
     connections: u64,
     /// Bytes forwarded in each direction (to the node, to the client).
     bytes: (u64, u64),
+    /// Every byte a counting proxy forwarded, both directions, in arrival order.
+    raw: Vec<u8>,
 }
 
 /// The proxy; lives as long as the test (its threads end with the process).
@@ -141,6 +143,17 @@ impl Adversary {
         self.state.lock().unwrap().bytes
     }
 
+    /// Whether any connection carried `needle` in either direction (a counting proxy keeps a
+    /// copy of everything it forwarded).
+    pub fn carried(&self, needle: &[u8]) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .raw
+            .windows(needle.len())
+            .any(|w| w == needle)
+    }
+
     /// `plain` is the node's plain URL for SDK clients: `ferry://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("ferry://{}", self.addr)
@@ -170,6 +183,9 @@ impl Adversary {
                 match dir {
                     Dir::ToNode => st.bytes.0 += n as u64,
                     Dir::ToClient => st.bytes.1 += n as u64,
+                }
+                if !decode {
+                    st.raw.extend_from_slice(&buf[..n]);
                 }
             }
             if !decode {
