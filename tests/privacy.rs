@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::adversary::{Adversary, Dir, Misbehaviour, Seen};
 use common::{Node, TlsFiles, args_with, temp_dir};
@@ -352,6 +352,119 @@ fn over_tls_no_leg_carries_the_envelopes_bytes() {
             );
         }
     }
+}
+
+/// Issue 21.7: two days of a user's traffic (prekey upkeep, sync, a conversation with a contact
+/// both ways), the second day through a node that moved its clock a day on. No dest the user
+/// subscribed to, sent to, received at, published or counted prekeys at on one day appears in
+/// such a frame on the other; a day's dests reach the other day's connections only as the
+/// drain window of a sync (proofs and queries of the store's 72 hours, documented in
+/// PRIVACY.md: whatever one connection proves, the node links).
+#[test]
+fn two_days_of_traffic_link_the_days_only_through_the_drain_window() {
+    let node = Node::start(&["--shards", "2"], &[]);
+    let adv = Adversary::start(node.addr());
+    let ns = common::ns();
+    let clock = Instant::now();
+    let opts = ConnectOptions {
+        clock_skew_s_max: 2 * 86_400,
+        ..Default::default()
+    };
+    let mut alice = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    let mut bob = Messenger::open(MemoryStorage::default(), ns).unwrap();
+    alice.add_contact("bob", &bob.address()).unwrap();
+    bob.add_contact("alice", &alice.address()).unwrap();
+    let (a_id, b_id) = (alice.address().identity, bob.address().identity);
+    let mut conns_of_day: Vec<std::ops::Range<u64>> = Vec::new();
+    for (day, lie) in [(0, 0i64), (1, 86_400)] {
+        adv.set(Misbehaviour {
+            clock_lie_s: lie,
+            ..Default::default()
+        });
+        let first = adv.connections();
+        let (mut sa, mut sb) = (
+            Sender::new(&adv.url(), opts.clone()),
+            Sender::new(&adv.url(), opts.clone()),
+        );
+        let mut cb = Client::connect_with(adv.addr, &opts).unwrap();
+        let mut ca = Client::connect_with(adv.addr, &opts).unwrap();
+        sb.refill_prekeys(&mut bob).unwrap();
+        chat::sync(&mut cb, &mut sb, &mut bob, clock).unwrap();
+        chat::sync(&mut ca, &mut sa, &mut alice, clock).unwrap();
+        sa.send(&mut alice, &b_id, &text(&format!("day {day}")), clock)
+            .unwrap();
+        let got = chat::pump(&mut cb, &mut sb, &mut bob, Duration::from_secs(2), clock).unwrap();
+        assert_eq!(got.messages.len(), 1, "day {day}");
+        sb.send(&mut bob, &a_id, &text("and back"), clock).unwrap();
+        let got = chat::pump(&mut ca, &mut sa, &mut alice, Duration::from_secs(2), clock).unwrap();
+        assert_eq!(got.messages.len(), 1, "day {day}");
+        drop((ca, cb, sa, sb));
+        conns_of_day.push(first..adv.connections());
+    }
+    let log = adv.log();
+    // What a day's traffic names outside the drain window's proofs and queries.
+    let used = |kinds_ok: &dyn Fn(&str) -> bool, day: usize| -> BTreeSet<Dest> {
+        log.iter()
+            .filter(|s| conns_of_day[day].contains(&s.conn) && kinds_ok(&s.kind))
+            .flat_map(|s| s.dests.iter().copied())
+            .collect()
+    };
+    let traffic = |k: &str| {
+        matches!(
+            k,
+            "Subscribe" | "Send" | "Deliver" | "PrekeyUpload" | "PrekeyCount" | "PrekeyFetch"
+        )
+    };
+    // Bob's prekey slots are published a week ahead, so a day's slot is uploaded on an earlier
+    // day: each on a connection that names that slot and nothing else (checked here), so the
+    // upload links it to no other dest but by address and timing.
+    let today = ferry_proto::addr::day_of(node.client().node_unix_s());
+    let slots: BTreeSet<Dest> = (today.saturating_sub(1)..=today + 9)
+        .map(|d| alice.contact_prekey_slot(&b_id, d).unwrap().dest())
+        .collect();
+    let mut per_conn: BTreeMap<u64, BTreeSet<Dest>> = BTreeMap::new();
+    for s in &log {
+        per_conn
+            .entry(s.conn)
+            .or_default()
+            .extend(s.dests.iter().copied());
+    }
+    for (c, dests) in &per_conn {
+        if !dests.is_disjoint(&slots) {
+            assert_eq!(
+                dests.len(),
+                1,
+                "connection {c} named a slot with other dests"
+            );
+        }
+    }
+    let (mut d0, mut d1) = (used(&traffic, 0), used(&traffic, 1));
+    d0.retain(|d| !slots.contains(d));
+    d1.retain(|d| !slots.contains(d));
+    assert!(!d0.is_empty() && !d1.is_empty());
+    assert!(
+        d0.is_disjoint(&d1),
+        "the two days' traffic shares dests: {:?}",
+        d0.intersection(&d1).collect::<Vec<_>>()
+    );
+    // Day 0's dests on day 1's connections: only in the sync's drain window.
+    let anything = |_: &str| true;
+    for s in log.iter().filter(|s| conns_of_day[1].contains(&s.conn)) {
+        if s.dests.iter().any(|d| d0.contains(d)) {
+            assert!(
+                matches!(
+                    s.kind.as_str(),
+                    "Prove" | "ProveResult" | "Query" | "QueryResult" | "Drain" | "DrainEnd"
+                ),
+                "a day-0 dest in a day-1 {} frame",
+                s.kind
+            );
+        }
+    }
+    assert!(
+        !used(&anything, 1).is_disjoint(&d0),
+        "the drain window covers day 0"
+    );
 }
 
 /// A conversation through the adversary: first contact (prekey fetch), replies both ways, a
