@@ -886,7 +886,9 @@ fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serd
     }))
 }
 
-/// Holds `pairs` idle connections and reports the server's RSS growth per connection.
+/// Holds `pairs` idle connections and reports the server's RSS growth per connection and the
+/// CPU it spends while they are silent (over the `--duration` window after a 2 s settle, so
+/// handshakes are not counted).
 fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let pid = args
         .server_pid
@@ -903,8 +905,13 @@ fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_j
             eprintln!("{} connections", i + 1);
         }
     }
-    std::thread::sleep(Duration::from_secs_f64(args.duration.min(30.0)));
-    let (_, _, rss1) = server_usage(pid).context("cannot read server usage")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (u0, s0, _) = server_usage(pid).context("cannot read server usage")?;
+    let window = args.duration.clamp(1.0, 120.0);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(window));
+    let (u1, s1, rss1) = server_usage(pid).context("cannot read server usage")?;
+    let measured = t0.elapsed().as_secs_f64();
     let per = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / args.pairs as f64;
     drop(conns);
     Ok(serde_json::json!({
@@ -914,6 +921,8 @@ fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_j
         "server_rss_before_kib": rss0,
         "server_rss_after_kib": rss1,
         "server_rss_per_connection_bytes": per,
+        "idle_window_s": measured,
+        "server_cpu_cores_idle": ((u1 - u0) + (s1 - s0)) / measured,
     }))
 }
 

@@ -47,6 +47,15 @@ use crate::clock::Clock;
 use crate::metrics::ShardMetrics;
 use crate::shard::{Accept, HopMsg, SHARDS_MAX, Shard, ShardConfig, shard_index};
 
+/// Submission-queue depth of each shard's io_uring rings (glommio's default is 128). The kernel
+/// sizes a ring's cancel hash table from its completion queue (`ilog2(cq_entries) - 5` bits, at
+/// most 8), and every armed readiness poll of an idle connection sits in it: with 128 entries
+/// (8 buckets) each timer re-arm glommio makes, which the kernel tries as a poll cancel first,
+/// walked an eighth of all connections; 18,000 silent connections cost 12 % of a core
+/// (bench/RESULTS.md, "Idle connections"). 4,096 (a completion queue of 8,192: 256 buckets, the
+/// most) divides that walk by 32.
+pub const RING_DEPTH: usize = 4096;
+
 /// Driver settings (named node config keys).
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
@@ -184,6 +193,7 @@ pub fn start(
         let join = LocalExecutorBuilder::new(placement)
             .name(&format!("ferry-shard-{i}"))
             .io_memory(driver.io_memory_bytes)
+            .ring_depth(RING_DEPTH)
             .spawn(
                 move || async move { run_shard(cfg, fds, d, clock, s, m, r, mesh, rl, sv).await },
             )
