@@ -473,11 +473,9 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     let admin_stop = Arc::new(AtomicBool::new(false));
 
     let l = &cfg.limits;
-    // Group commit happens on the shard tick: tick at least as often as the fsync interval.
-    let tick_ms = match cfg.fsync_policy()? {
-        ferry_shards::store::FsyncPolicy::Interval { ms } if cfg.store_enabled => l.tick_ms.min(ms),
-        _ => l.tick_ms,
-    };
+    // The tick wakes for a group commit when one is due (`store_sync_due_ms`), not at the fsync
+    // interval all the time.
+    let tick_ms = l.tick_ms;
     let driver_cfg = DriverConfig {
         cpus: Some(placement.shard_cpus.clone()),
         io_memory_bytes: l.io_memory_bytes,

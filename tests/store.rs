@@ -498,3 +498,59 @@ fn store_limits_hold_at_their_exact_boundaries() {
     assert_eq!(node.metric("ferry_store_refused_full_total"), 1);
     assert_eq!(node.metric("ferry_store_refused_quota_total"), 2);
 }
+
+/// The voluntary context switches of the threads of `pid` whose name starts with `prefix`: one
+/// per time the thread parked.
+fn parks(pid: u32, prefix: &str) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+/// Issue 22: with the store on, the shard ticked at the fsync interval (10 ms) all the time: an
+/// idle shard woke 100 times a second, and each wake made glommio cancel an operation, which the
+/// kernel serves by walking the armed polls of every idle connection. Now it sleeps a whole tick
+/// (100 ms) while no append waits for a group commit, and wakes for one when it is due: idle, it
+/// parks about 10 times a second; a send to an offline dest is still answered once its group
+/// commit is done, within the fsync interval (plus scheduling).
+#[test]
+fn an_idle_shard_wakes_at_the_tick_and_group_commits_stay_prompt() {
+    let node = Node::start(&["--shards", "1"], &[("FERRY_STORE_FSYNC", "interval=10")]);
+    let mut tx = node.client();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = parks(node.pid(), "ferry-shard-0");
+    std::thread::sleep(Duration::from_secs(2));
+    let per_s = (parks(node.pid(), "ferry-shard-0") - before) / 2;
+    assert!(per_s < 40, "an idle shard parked {per_s} times a second");
+    // An offline send: answered after the commit that covers it, promptly.
+    let dest = mailbox(72).dest(tx.epoch()).unwrap();
+    for id in 1..=5u64 {
+        let t0 = Instant::now();
+        tx.send(dest, id, FLAG_ACK, b"stored");
+        tx.flush().unwrap();
+        loop {
+            if let ClientEvent::SendResult { msg_id, status, .. } = tx.recv(WAIT).unwrap() {
+                assert_eq!((msg_id, status), (id, SendStatus::Accepted));
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "a group commit took {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

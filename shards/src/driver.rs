@@ -305,6 +305,11 @@ struct Ctx {
     read_buf: RefCell<Vec<u8>>,
     /// Decrypted TLS records land here before the shard parses them.
     plain_buf: RefCell<Vec<u8>>,
+    /// Wakes the tick when appends start waiting for a group commit while it sleeps a whole tick
+    /// (capacity 1: full = already woken).
+    sync_wake: LocalSender<()>,
+    /// The tick sleeps a whole tick: no group commit was due when it went to sleep.
+    tick_idle: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -322,6 +327,12 @@ impl Ctx {
             }
         }
         self.scratch.replace(ready);
+        // Appends now wait for a group commit: wake the tick, which slept a whole tick, to sync
+        // within the fsync interval (once per clean-to-dirty change, not per input).
+        if self.tick_idle.get() && self.shard.borrow().store_sync_due_ms().is_some() {
+            self.tick_idle.set(false);
+            let _ = self.sync_wake.try_send(());
+        }
         // Connections shed or aborted meanwhile: shut their sockets now, so their writers' pending
         // writes fail and drop the output they hold (the budget no longer counts it).
         force_close_stuck(self);
@@ -417,6 +428,7 @@ async fn run_shard(
         let bell = unsafe { glommio::net::UnixStream::from_raw_fd(link.doorbell.into_raw_fd()) };
         service_rx = Some((link.replies, bell));
     }
+    let (sync_wake, sync_woken) = local_channel::new_bounded(1);
     let ctx = Rc::new(Ctx {
         shard: RefCell::new(shard),
         clock,
@@ -428,6 +440,8 @@ async fn run_shard(
         read_buf: RefCell::new(vec![0u8; driver.read_buffer_bytes.max(4096)]),
         plain_buf: RefCell::new(vec![0u8; 16 * 1024]),
         driver,
+        sync_wake,
+        tick_idle: std::cell::Cell::new(false),
     });
     let mut reload_seen = reload.generation();
 
@@ -467,10 +481,32 @@ async fn run_shard(
     }
     ready.store(true, Ordering::Release);
 
-    // Tick: deadlines, and the stop flag.
-    let tick = Duration::from_millis(ctx.driver.tick_ms.max(1));
+    // Tick: deadlines, group commits, and the stop flag. It sleeps a whole tick unless appends
+    // wait for a group commit (then until it is due); work that leaves appends waiting while it
+    // sleeps wakes it (`Ctx::after_work`). A tick at the fsync interval all the time woke an
+    // idle shard 100 times a second.
+    let tick_ms = ctx.driver.tick_ms.max(1);
     while !stop.load(Ordering::Acquire) {
-        glommio::timer::sleep(tick).await;
+        let now = ctx.clock.now();
+        let due = ctx.shard.borrow().store_sync_due_ms();
+        let wait_ms = due.map_or(tick_ms, |d| d.saturating_sub(now.mono_ms).min(tick_ms));
+        ctx.tick_idle.set(due.is_none());
+        let woken = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+                false
+            },
+            async {
+                sync_woken.recv().await;
+                true
+            },
+        )
+        .await;
+        ctx.tick_idle.set(false);
+        if woken {
+            // Appends wait: sleep until their group commit is due.
+            continue;
+        }
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_tick(now);
         if let Some(why) = ctx.shard.borrow().fatal() {

@@ -1878,6 +1878,12 @@ impl Shard {
         true
     }
 
+    /// When the store's next group commit is due (monotonic ms), while appends wait for one: the
+    /// driver's tick wakes for it then instead of ticking at the fsync interval all the time.
+    pub fn store_sync_due_ms(&self) -> Option<u64> {
+        self.store.as_ref().and_then(Log::sync_due_ms)
+    }
+
     /// Group commit, the "Stored" replies it releases, and expiry.
     fn store_tick(&mut self, now: Now) {
         let Some(log) = self.store.as_mut() else {

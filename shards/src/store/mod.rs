@@ -755,6 +755,17 @@ impl<B: Backend> Log<B> {
         Ok(())
     }
 
+    /// When the interval policy's next group commit is due (monotonic ms): only while appends
+    /// wait for one. `None`: nothing to sync, or another policy.
+    pub fn sync_due_ms(&self) -> Option<u64> {
+        match self.policy {
+            FsyncPolicy::Interval { ms } if !self.dirty.is_empty() => {
+                Some(self.last_sync_ms.saturating_add(ms))
+            }
+            _ => None,
+        }
+    }
+
     /// Call on every tick: syncs when the interval policy says so.
     pub fn poll_sync(&mut self, now_ms: u64) -> Result<(), StoreError> {
         if let FsyncPolicy::Interval { ms } = self.policy {
