@@ -469,6 +469,12 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     signal_hook::flag::register(signal_hook::consts::SIGTERM, signal_stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, signal_stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, signal_reload.clone())?;
+    // The same signals wake the main thread (the flags say which): it sleeps until one comes.
+    let mut wake_on_signal = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])?;
     let shard_stop = Arc::new(AtomicBool::new(false));
     let admin_stop = Arc::new(AtomicBool::new(false));
 
@@ -625,7 +631,11 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             }
             sys::sd_notify("READY=1");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Sleep until a signal comes: an idle node's main thread does not wake at all. A signal
+        // that came since the flags were read is pending, and the wait returns at once.
+        if !signal_stop.load(Ordering::Acquire) && !signal_reload.load(Ordering::Acquire) {
+            let _ = wake_on_signal.wait().count();
+        }
     }
     tracing::info!(stop_timeout_s = cfg.stop_timeout_s, "draining");
     sys::sd_notify("STOPPING=1\nSTATUS=draining");

@@ -2,7 +2,7 @@
 //! priority, CPU affinity, the file-creation mask, the data directory's lock, and the io_uring
 //! availability check. Each failure is one clear line.
 
-#![allow(unsafe_code)] // getrlimit/setrlimit/setpriority/umask/flock: plain libc calls.
+#![allow(unsafe_code)] // getrlimit/setrlimit/setpriority/umask/flock/poll: plain libc calls.
 
 use anyhow::bail;
 
@@ -244,6 +244,20 @@ pub fn sd_notify(state: &str) {
     })();
     if let Err(e) = sent {
         tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// Waits up to `timeout_ms` for `fd` to be readable (a listener: a connection to accept).
+pub fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout_ms: i32) {
+    let mut fds = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call; an error or a
+    // timeout only means the caller looks again.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), 1, timeout_ms);
     }
 }
 
