@@ -886,9 +886,69 @@ fn run_offline(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serd
     }))
 }
 
+/// Answers every `Ping` the node sends on `conns` (plain ferry connections past their hello)
+/// with its `Pong`, as a real client does, until `stop`; returns the pongs sent. Nothing else is
+/// read or written: the clients stay silent otherwise.
+fn answer_pings(
+    conns: Vec<TcpStream>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<u64>> {
+    std::thread::spawn(move || {
+        const PING: u8 = 0x07;
+        const PONG: u8 = 0x08;
+        let mut poll = Poll::new()?;
+        let mut events = Events::with_capacity(1024);
+        let mut socks = Vec::with_capacity(conns.len());
+        for (i, s) in conns.into_iter().enumerate() {
+            s.set_nonblocking(true)?;
+            let mut m = MioStream::from_std(s);
+            poll.registry()
+                .register(&mut m, Token(i), Interest::READABLE)?;
+            socks.push((m, Vec::<u8>::new()));
+        }
+        let mut pongs = 0u64;
+        let mut buf = [0u8; 4096];
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            poll.poll(&mut events, Some(Duration::from_millis(200)))?;
+            for ev in &events {
+                let (sock, pending) = &mut socks[ev.token().0];
+                loop {
+                    match sock.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    }
+                }
+                // Whole frames: a u32 LE length (type byte and body), then the type.
+                while pending.len() >= 5 {
+                    let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]])
+                        as usize;
+                    if pending.len() < 4 + len {
+                        break;
+                    }
+                    if pending[4] == PING && len == 9 {
+                        let mut pong = [0u8; 13];
+                        pong[..4].copy_from_slice(&9u32.to_le_bytes());
+                        pong[4] = PONG;
+                        pong[5..].copy_from_slice(&pending[5..13]);
+                        if sock.write_all(&pong).is_ok() {
+                            pongs += 1;
+                        }
+                    }
+                    pending.drain(..4 + len);
+                }
+            }
+        }
+        Ok(pongs)
+    })
+}
+
 /// Holds `pairs` idle connections and reports the server's RSS growth per connection and the
 /// CPU it spends while they are silent (over the `--duration` window after a 2 s settle, so
-/// handshakes are not counted).
+/// handshakes are not counted). Ferry clients answer the node's pings, as real ones do (the
+/// node pings a connection after `ping_interval_ms` without a byte, and closes it
+/// `idle_timeout_ms` after its last byte).
 fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let pid = args
         .server_pid
@@ -905,15 +965,29 @@ fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_j
             eprintln!("{} connections", i + 1);
         }
     }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Ferry clients answer pings on a thread of their own; other systems' sockets are only held.
+    let (answering, held) = if matches!(kind, Kind::Ferry) {
+        (Some(answer_pings(conns, stop.clone())), Vec::new())
+    } else {
+        (None, conns)
+    };
     std::thread::sleep(Duration::from_secs(2));
     let (u0, s0, _) = server_usage(pid).context("cannot read server usage")?;
-    let window = args.duration.clamp(1.0, 120.0);
+    let window = args.duration.clamp(1.0, 600.0);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(window));
     let (u1, s1, rss1) = server_usage(pid).context("cannot read server usage")?;
     let measured = t0.elapsed().as_secs_f64();
     let per = (rss1.saturating_sub(rss0)) as f64 * 1024.0 / args.pairs as f64;
-    drop(conns);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let pongs = match answering {
+        Some(h) => h
+            .join()
+            .map_err(|_| anyhow::anyhow!("the ping answerer panicked"))??,
+        None => 0,
+    };
+    drop(held);
     Ok(serde_json::json!({
         "target": args.target,
         "workload": "idle",
@@ -923,6 +997,7 @@ fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_j
         "server_rss_per_connection_bytes": per,
         "idle_window_s": measured,
         "server_cpu_cores_idle": ((u1 - u0) + (s1 - s0)) / measured,
+        "pongs_sent": pongs,
     }))
 }
 
