@@ -557,71 +557,56 @@ impl Prekeys {
         };
         let u32_of = |s: &[u8]| -> Option<u32> { Some(u32::from_be_bytes(s.try_into().ok()?)) };
         let u64_of = |s: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(s.try_into().ok()?)) };
-        match take(1)?[0] {
-            PREKEYS_VERSION => {}
+        // A version 2 record (`next_id` u32 first) has no days, no pairing of signed prekeys
+        // with their last-resort keys and no published days: its keys get `LEGACY_DAY`.
+        let v3 = match take(1)?[0] {
+            PREKEYS_VERSION => true,
             PREKEYS_VERSION_PERMANENT_SLOT => {
-                // next_id u32, spks (id, secret), one-time (id, secret), kem (id, last, dk).
-                let mut p = Prekeys::default();
                 take(4)?;
-                let n = take(1)?[0];
-                if usize::from(n) > SIGNED_PREKEYS_KEPT {
-                    return None;
-                }
-                for _ in 0..n {
-                    p.spks.push(SignedKeys {
-                        spk_id: u32_of(take(4)?)?,
-                        spk: take(32)?.try_into().ok()?,
-                        // Its last-resort key is not paired in this format: it is kept by day.
-                        lr_id: 0,
-                        period: u64::MAX,
-                        last_day: LEGACY_DAY,
-                    });
-                }
-                for _ in 0..u32_of(take(4)?)? {
-                    let id = u32_of(take(4)?)?;
-                    p.one_time
-                        .insert(id, (take(32)?.try_into().ok()?, LEGACY_DAY));
-                }
-                for _ in 0..u32_of(take(4)?)? {
-                    let id = u32_of(take(4)?)?;
-                    let last = take(1)?[0] == 1;
-                    let n = u32_of(take(4)?)? as usize;
-                    p.kem
-                        .insert(id, (Zeroizing::new(take(n)?.to_vec()), last, LEGACY_DAY));
-                }
-                return Some(p);
+                false
             }
             _ => return None,
-        }
+        };
         let mut p = Prekeys::default();
         let n = take(1)?[0];
         if usize::from(n) > SIGNED_PREKEYS_KEPT {
             return None;
         }
         for _ in 0..n {
+            let spk_id = u32_of(take(4)?)?;
+            let spk = take(32)?.try_into().ok()?;
+            let (lr_id, period, last_day) = if v3 {
+                (u32_of(take(4)?)?, u64_of(take(8)?)?, u64_of(take(8)?)?)
+            } else {
+                // Unpaired: its last-resort key is kept by its own day.
+                (0, u64::MAX, LEGACY_DAY)
+            };
             p.spks.push(SignedKeys {
-                spk_id: u32_of(take(4)?)?,
-                spk: take(32)?.try_into().ok()?,
-                lr_id: u32_of(take(4)?)?,
-                period: u64_of(take(8)?)?,
-                last_day: u64_of(take(8)?)?,
+                spk_id,
+                spk,
+                lr_id,
+                period,
+                last_day,
             });
         }
         for _ in 0..u32_of(take(4)?)? {
             let id = u32_of(take(4)?)?;
             let s = take(32)?.try_into().ok()?;
-            p.one_time.insert(id, (s, u64_of(take(8)?)?));
+            let day = if v3 { u64_of(take(8)?)? } else { LEGACY_DAY };
+            p.one_time.insert(id, (s, day));
         }
         for _ in 0..u32_of(take(4)?)? {
             let id = u32_of(take(4)?)?;
             let last = take(1)?[0] == 1;
-            let day = u64_of(take(8)?)?;
+            let day = if v3 { u64_of(take(8)?)? } else { LEGACY_DAY };
             let n = u32_of(take(4)?)? as usize;
             p.kem
                 .insert(id, (Zeroizing::new(take(n)?.to_vec()), last, day));
         }
-        for _ in 0..u32_of(take(4)?)? {
-            p.published.insert(u64_of(take(8)?)?);
+        if v3 {
+            for _ in 0..u32_of(take(4)?)? {
+                p.published.insert(u64_of(take(8)?)?);
+            }
         }
         Some(p)
     }
@@ -1860,10 +1845,13 @@ impl<S: Storage> Messenger<S> {
         Ok(match which {
             Which::Intro => self.intro.signer(epoch)?,
             Which::Pair(p) => self.pair_mailbox(&p).signer(epoch)?,
-            Which::Shared => {
-                Mailbox::from_seed(&self.mailbox_seed, self.ns, Some(*self.s_mbox)).signer(epoch)?
-            }
+            Which::Shared => self.shared_mailbox().signer(epoch)?,
         })
+    }
+
+    /// The shared contact mailbox of a messenger from before pairwise mailboxes.
+    fn shared_mailbox(&self) -> Mailbox {
+        Mailbox::from_seed(&self.mailbox_seed, self.ns, Some(*self.s_mbox))
     }
 
     /// Whether the old shared contact mailbox is still drained and listened on now (in the hour
@@ -1893,12 +1881,13 @@ impl<S: Storage> Messenger<S> {
     ) -> Result<Vec<(Which, u64, BlindedSigner)>, MessengerError> {
         let mut out = Vec::new();
         let mut days = BTreeSet::new();
+        let shared = shared.then(|| self.shared_mailbox());
         for ep in hours {
             if intro {
-                out.push((Which::Intro, ep, self.signer(Which::Intro, ep)?));
+                out.push((Which::Intro, ep, self.intro.signer(ep)?));
             }
-            if shared {
-                out.push((Which::Shared, ep, self.signer(Which::Shared, ep)?));
+            if let Some(mb) = &shared {
+                out.push((Which::Shared, ep, mb.signer(ep)?));
             }
             days.insert(ep / HOURS_PER_DAY);
         }
