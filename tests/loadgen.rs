@@ -242,6 +242,74 @@ fn loadgen_reports_its_own_cpu_without_the_server_pid() {
     }
 }
 
+/// Many connections, few messages each: at a rate of a few messages a second, a turn of the
+/// generator's event loop touches the few connections that are due or had an event, not all of
+/// them (it once scanned every sender every turn); and with `--threads 2` the pairs are split
+/// over two loops whose counts add up, each loop's CPU reported.
+#[test]
+fn loadgen_turns_touch_what_is_due_and_threads_split_the_pairs() {
+    // One address plays 600 clients: lift the per-address limits.
+    let node = Node::start(
+        &["--shards", "2"],
+        &[
+            ("FERRY_LIMITS_IP_CONNECTIONS_MAX", "0"),
+            ("FERRY_LIMITS_IP_CONNECTIONS_PER_S", "0"),
+            ("FERRY_LIMITS_IP_PROOFS_PER_S", "0"),
+        ],
+    );
+    let target = format!("ferry://{}", node.addr());
+    let pid = node.pid().to_string();
+    let v = run(&[
+        "--target",
+        &target,
+        "--pairs",
+        "300",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--server-pid",
+        &pid,
+    ]);
+    check_stream(&v);
+    assert_eq!(v["connections"].as_u64().unwrap(), 600, "{v}");
+    let per_turn = v["connection_visits_per_turn"].as_f64().unwrap();
+    assert!(
+        per_turn < 10.0,
+        "a turn touched {per_turn} of 600 connections on average: {v}"
+    );
+    assert!(v["loop_turns"].as_u64().unwrap() > 100, "{v}");
+    assert!(v["generator_bound"].is_boolean(), "{v}");
+
+    for rate in ["4000", "0"] {
+        let v = run(&[
+            "--target",
+            &target,
+            "--pairs",
+            "6",
+            "--threads",
+            "2",
+            "--rate",
+            rate,
+            "--window",
+            "16",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--server-pid",
+            &pid,
+        ]);
+        check_stream(&v);
+        assert_eq!(v["loadgen_threads"].as_u64().unwrap(), 2, "{v}");
+        let loops = v["loadgen_thread_cpu_cores"].as_array().unwrap();
+        assert_eq!(loops.len(), 2, "{v}");
+        assert!(loops.iter().all(|c| c.as_f64().unwrap() > 0.0), "{v}");
+    }
+}
+
 /// A run length the nanosecond clock could not hold (or a negative one) is refused up front,
 /// naming the flag; once it overflowed (a panic in debug builds, an empty run in release).
 #[test]

@@ -88,6 +88,14 @@ struct Args {
     /// For ferry+tls://: the name the certificate must carry (default: the target's host).
     #[arg(long)]
     tls_name: Option<String>,
+    /// Event loops (threads) the pairs are split over (pairs, overload): one per core the
+    /// generator may use.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The server's cores, for marking a point generator-bound (an event loop saturated while
+    /// the server's cores are not).
+    #[arg(long, default_value_t = 1)]
+    server_cores: usize,
 }
 
 /// Bytes a sender may buffer when the server stops reading; beyond it messages are counted lost.
@@ -188,7 +196,7 @@ fn pending_bytes(cc: ferry_proto::conn::ClientConn) -> Vec<u8> {
     cc.into_unread()
 }
 
-/// One connection of the run, set up and ready for the event loop.
+/// One connection of the run, set up and ready for an event loop.
 struct Conn {
     stream: MioStream,
     /// `ferry+tls`: the session; `out` holds plaintext until rustls takes it.
@@ -196,16 +204,24 @@ struct Conn {
     parser: Parser,
     out: Vec<u8>,
     sender: Option<Sender>,
-    /// Receiver: index into `pairs_received` it counts for.
-    counts_for: Vec<usize>,
+    /// Receiver: the pair (index into its loop's counters) it counts for.
+    counts_for: Option<usize>,
+    /// In its loop's flush list for this turn.
+    queued: bool,
 }
 
 struct Sender {
     route: Route,
+    /// [`Route::head`] for the run's size, built once.
+    head: Vec<u8>,
+    /// Its pair: an index into its loop's counters.
     pair: usize,
     next_due_ns: u64,
+    /// 0: closed loop.
     interval_ns: u64,
     seq: u64,
+    /// Closed loop: its buffer is full; the flush that empties it puts it back in `ready`.
+    waits_room: bool,
 }
 
 /// How every ferry connection of the run is made, set once from the command line.
@@ -256,7 +272,7 @@ fn ferry_opened(c: Client) -> anyhow::Result<Opened> {
     Ok(Opened {
         socket: parts.socket,
         tls: parts.tls,
-        parser: Parser::Ferry(pending_bytes(parts.conn)),
+        parser: Parser::new(Kind::Ferry, 0, pending_bytes(parts.conn)),
     })
 }
 
@@ -285,7 +301,7 @@ fn open_receiver(
             )?;
             read_until(&mut s, b"PONG\r\n")?;
             Ok((
-                Opened::plain(s, Parser::Nats(Vec::new())),
+                Opened::plain(s, Parser::new(Kind::Nats, 0, Vec::new())),
                 Route::Subject(subject),
             ))
         }
@@ -295,7 +311,7 @@ fn open_receiver(
             write!(s, "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{ch}\r\n", ch.len())?;
             read_until(&mut s, b":1\r\n")?;
             Ok((
-                Opened::plain(s, Parser::Redis(Vec::new())),
+                Opened::plain(s, Parser::new(Kind::Redis, 0, Vec::new())),
                 Route::Subject(ch),
             ))
         }
@@ -305,13 +321,7 @@ fn open_receiver(
             hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
             s.write_all(&hello)?;
             Ok((
-                Opened::plain(
-                    s,
-                    Parser::Floor {
-                        buf: Vec::new(),
-                        size,
-                    },
-                ),
+                Opened::plain(s, Parser::new(Kind::Floor, size, Vec::new())),
                 Route::Floor,
             ))
         }
@@ -326,24 +336,18 @@ fn open_sender(kind: Kind, addr: SocketAddr, i: usize, size: usize) -> anyhow::R
             read_until(&mut s, b"\r\n")?;
             s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")?;
             read_until(&mut s, b"PONG\r\n")?;
-            Ok(Opened::plain(s, Parser::Nats(Vec::new())))
+            Ok(Opened::plain(s, Parser::new(Kind::Nats, 0, Vec::new())))
         }
         Kind::Redis => Ok(Opened::plain(
             TcpStream::connect(addr)?,
-            Parser::Redis(Vec::new()),
+            Parser::new(Kind::Redis, 0, Vec::new()),
         )),
         Kind::Floor => {
             let mut s = TcpStream::connect(addr)?;
             let mut hello = b"FLRS".to_vec();
             hello.extend_from_slice(&u32::try_from(i)?.to_le_bytes());
             s.write_all(&hello)?;
-            Ok(Opened::plain(
-                s,
-                Parser::Floor {
-                    buf: Vec::new(),
-                    size,
-                },
-            ))
+            Ok(Opened::plain(s, Parser::new(Kind::Floor, size, Vec::new())))
         }
     }
 }
@@ -384,6 +388,7 @@ fn server_usage(pid: u32) -> Option<(f64, f64, u64)> {
     Some((utime, stime, rss))
 }
 
+/// What one event loop counted.
 struct Totals {
     sent: u64,
     delivered: u64,
@@ -392,35 +397,177 @@ struct Totals {
     backlog_dropped: u64,
     corrected: Histogram<u64>,
     raw: Histogram<u64>,
+    /// This loop's thread: CPU seconds and wall seconds over the measured window.
+    cpu_s: f64,
+    wall_s: f64,
+    /// Loop turns, and connections the loop touched in them (written, flushed or read): what a
+    /// turn costs, which must not grow with the connections the loop holds.
+    turns: u64,
+    visits: u64,
 }
 
+impl Totals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Totals {
+            sent: 0,
+            delivered: 0,
+            late_or_dup: 0,
+            rejected: 0,
+            backlog_dropped: 0,
+            corrected: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+            raw: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+            cpu_s: 0.0,
+            wall_s: 0.0,
+            turns: 0,
+            visits: 0,
+        })
+    }
+}
+
+/// The run's schedule, shared by its event loops, and what they report to the progress line.
+struct RunClock {
+    origin: Instant,
+    warm_ns: u64,
+    end_ns: u64,
+    /// Deliveries of the measured window are awaited until here.
+    drain_ns: u64,
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
+}
+
+impl RunClock {
+    fn now_ns(&self) -> u64 {
+        nanos(self.origin.elapsed())
+    }
+}
+
+/// The calling thread's CPU seconds so far.
+fn thread_cpu_s() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: clock_gettime writes one timespec into memory this function owns.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is always there on Linux");
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// A one-shot timerfd an event loop sleeps on when its next message is due sooner than epoll's
+/// millisecond timeout can say: the loop neither spins (which would hide its real cost and take
+/// CPU a server on a shared core needs) nor sends late.
+struct Timer {
+    fd: std::os::fd::OwnedFd,
+    /// When it is set to fire (ns on the run's clock), or none.
+    armed_ns: Option<u64>,
+}
+
+impl Timer {
+    fn new() -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd;
+        #[allow(unsafe_code)]
+        // SAFETY: timerfd_create takes no pointers; its result is checked before it is owned.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            bail!("timerfd_create: {}", std::io::Error::last_os_error());
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: fd is a new descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(Timer { fd, armed_ns: None })
+    }
+
+    /// Fires `at_ns` on the run's clock, `now_ns` being now (re-armed only when that changes).
+    fn arm(&mut self, at_ns: u64, now_ns: u64) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
+        if self.armed_ns == Some(at_ns) {
+            return Ok(());
+        }
+        let d = at_ns.saturating_sub(now_ns).max(1);
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (d / 1_000_000_000) as libc::time_t,
+                tv_nsec: (d % 1_000_000_000) as libc::c_long,
+            },
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: spec lives across the call; the old value is not asked for (null).
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            bail!("timerfd_settime: {}", std::io::Error::last_os_error());
+        }
+        self.armed_ns = Some(at_ns);
+        Ok(())
+    }
+
+    /// After it fired: reads its count so epoll reports it again next time.
+    fn fired(&mut self) {
+        use std::os::fd::AsRawFd;
+        let mut n = [0u8; 8];
+        #[allow(unsafe_code)]
+        // SAFETY: reads at most 8 bytes into a local array (non-blocking: EAGAIN is fine).
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), 8) };
+        self.armed_ns = None;
+    }
+}
+
+/// A sender's buffer beyond which, in closed loop, it waits for the socket to take bytes.
+const CLOSED_LOOP_BUFFER_BYTES: usize = 64 * 1024;
+/// A wake-up due sooner than this is waited for by polling without a timeout (a timer's own
+/// cost and lateness are about this size).
+const SPIN_NS: u64 = 20_000;
+
+/// Opens the run's connections, splits the pairs over `--threads` event loops, samples the
+/// server and the generator over the measured window only, and merges what the loops counted.
 fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     if args.size < HEADER_BYTES {
         bail!("--size must be at least {HEADER_BYTES}");
     }
     let p = args.pairs.max(1);
     let fanin = args.workload == Workload::Fanin;
+    let threads = args.threads.clamp(1, p);
+    if fanin && threads > 1 {
+        bail!("--workload fanin shares one receiver's window: --threads 1");
+    }
     let receivers = if fanin { 1 } else { p };
-    let mut conns: Vec<Conn> = Vec::new();
-    let mut routes = Vec::new();
+    let mut routes = Vec::with_capacity(receivers);
+    // Per loop: its connections and how many pairs it counts.
+    let mut loops: Vec<(Vec<Conn>, usize)> = (0..threads).map(|_| (Vec::new(), 0)).collect();
     for i in 0..receivers {
         let (o, route) = open_receiver(kind, addr, args.seed, i, args.size)?;
         o.socket.set_nonblocking(true)?;
         o.socket.set_nodelay(true)?;
-        conns.push(Conn {
+        let l = &mut loops[i % threads];
+        l.0.push(Conn {
             stream: MioStream::from_std(o.socket),
             tls: o.tls,
             parser: o.parser,
             out: Vec::new(),
             sender: None,
-            counts_for: vec![i],
+            counts_for: Some(l.1),
+            queued: false,
         });
+        l.1 += 1;
         routes.push(route);
+        if !args.quiet && i % 5000 == 4999 {
+            eprintln!("{} receivers", i + 1);
+        }
     }
     if kind == Kind::Floor {
         std::thread::sleep(Duration::from_millis(100));
     }
-    // 0 = closed loop.
+    // 0 = closed loop. Pair i's schedule starts i/p of an interval in: no two pairs in step.
     let interval_ns = (p as u64 * 1_000_000_000)
         .checked_div(args.rate)
         .map_or(0, |i| i.max(1));
@@ -428,210 +575,115 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         let o = open_sender(kind, addr, i, args.size)?;
         o.socket.set_nonblocking(true)?;
         o.socket.set_nodelay(true)?;
-        let route = routes[if fanin { 0 } else { i }].clone();
-        conns.push(Conn {
+        let pair = if fanin { 0 } else { i };
+        let route = routes[pair].clone();
+        let l = &mut loops[pair % threads];
+        l.0.push(Conn {
             stream: MioStream::from_std(o.socket),
             tls: o.tls,
             parser: o.parser,
             out: Vec::new(),
             sender: Some(Sender {
+                head: route.head(kind, args.size),
                 route,
-                pair: if fanin { 0 } else { i },
+                pair: pair / threads,
                 next_due_ns: interval_ns * i as u64 / p as u64,
                 interval_ns,
                 seq: 0,
+                waits_room: false,
             }),
-            counts_for: Vec::new(),
+            counts_for: None,
+            queued: false,
         });
+        if !args.quiet && i % 5000 == 4999 {
+            eprintln!("{} senders", i + 1);
+        }
     }
 
-    let mut poll = Poll::new()?;
-    for (i, c) in conns.iter_mut().enumerate() {
-        poll.registry().register(
-            &mut c.stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
-    }
-    let mut events = Events::with_capacity(1024);
-    let mut totals = Totals {
-        sent: 0,
-        delivered: 0,
-        late_or_dup: 0,
-        rejected: 0,
-        backlog_dropped: 0,
-        corrected: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
-        raw: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
-    };
-    // Per pair: messages sent and received (closed-loop window), next expected seq.
-    let mut pair_sent = vec![0u64; receivers];
-    let mut pair_recv = vec![0u64; receivers];
-    let mut stats = ReadStats::default();
-    let mut payload = vec![0x42u8; args.size];
-    let mut rbuf = vec![0u8; 256 * 1024];
-    let mut reply = Vec::new();
-    let mut plain = Vec::new();
-
-    let origin = Instant::now();
-    let now_ns = || nanos(origin.elapsed());
     let warm_ns = run_ns("--warmup", args.warmup)?;
     let end_ns = warm_ns + run_ns("--duration", args.duration)?;
-    let drain_ns = end_ns + 2_000_000_000;
-    // When measuring began (the end of the warm-up), and the CPU times then.
-    let mut measure_start: Option<Instant> = None;
-    let mut usage_start = None;
-    let mut own_start = None;
-    let mut rss_max = 0u64;
-    let mut last_progress = 0u64;
-    let mut window_sent = 0u64;
-    let (mut prog_sent, mut prog_recv) = (0u64, 0u64);
+    let clock = std::sync::Arc::new(RunClock {
+        origin: Instant::now(),
+        warm_ns,
+        end_ns,
+        drain_ns: end_ns + 2_000_000_000,
+        sent: Default::default(),
+        received: Default::default(),
+    });
+    let workers: Vec<_> = loops
+        .into_iter()
+        .enumerate()
+        .map(|(t, (conns, pairs))| {
+            let clock = clock.clone();
+            let (size, window) = (args.size, args.window);
+            std::thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || event_loop(&clock, conns, pairs, size, window))
+        })
+        .collect::<Result<_, _>>()?;
 
-    loop {
-        let now = now_ns();
-        if measure_start.is_none() && now >= warm_ns {
-            usage_start = args.server_pid.and_then(server_usage);
-            own_start = Some(own_cpu_s()?);
-            measure_start = Some(Instant::now());
+    // The measured window, sampled here: the server's CPU from its start to its end only.
+    let sleep_until = |ns: u64| {
+        let now = clock.now_ns();
+        if ns > now {
+            std::thread::sleep(Duration::from_nanos(ns - now));
         }
-        if now >= drain_ns || (now >= end_ns && totals.delivered + totals.rejected >= window_sent) {
-            break;
+    };
+    let mut rss_max = 0u64;
+    let progress = |at_s: u64, rss_max: &mut u64| {
+        if let Some((_, _, rss)) = args.server_pid.and_then(server_usage) {
+            *rss_max = (*rss_max).max(rss);
         }
-        // Write every message that is due.
-        let mut next_wake = now + 1_000_000;
-        for c in conns.iter_mut() {
-            let Some(s) = c.sender.as_mut() else { continue };
-            if now < end_ns {
-                loop {
-                    let due = if s.interval_ns == 0 {
-                        if pair_sent[s.pair] - pair_recv[s.pair] >= args.window {
-                            break;
-                        }
-                        now
-                    } else {
-                        if s.next_due_ns > now {
-                            next_wake = next_wake.min(s.next_due_ns);
-                            break;
-                        }
-                        s.next_due_ns
-                    };
-                    s.seq += 1;
-                    wire::put_header(&mut payload, due, now, s.seq);
-                    let measured = due >= warm_ns && due < end_ns;
-                    if c.out.len() > SEND_BUFFER_BYTES_MAX {
-                        if measured {
-                            totals.backlog_dropped += 1;
-                            window_sent += 1;
-                            totals.sent += 1;
-                        }
-                    } else {
-                        wire::encode(&s.route, kind, s.seq, &payload, &mut c.out);
-                        if measured {
-                            window_sent += 1;
-                            totals.sent += 1;
-                        }
-                        pair_sent[s.pair] += 1;
-                        prog_sent += 1;
-                    }
-                    s.next_due_ns += s.interval_ns;
-                    if s.interval_ns == 0 && c.out.len() > 64 * 1024 {
-                        break;
-                    }
-                }
-            }
-            flush(c)?;
+        if !args.quiet {
+            use std::sync::atomic::Ordering::Relaxed;
+            eprintln!(
+                "[{at_s:>4}s] sent {:>9}/s  received {:>9}/s",
+                clock.sent.swap(0, Relaxed),
+                clock.received.swap(0, Relaxed),
+            );
         }
-        // epoll sleeps in whole milliseconds: when the next message is due sooner, spin (the
-        // load generator has its own core) so that the schedule holds to the microsecond. Closed
-        // loop has no schedule: a window only opens when a message arrives, so it blocks until
-        // the next event (a spinning generator would steal the CPU a server on a shared or
-        // hyperthreaded core needs, and would hide a server that waits on a timer).
-        let timeout_ns = next_wake.saturating_sub(now_ns());
-        let timeout = if args.rate == 0 {
-            Duration::from_millis(1)
-        } else if timeout_ns < 1_000_000 {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(1)
-        };
-        poll.poll(&mut events, Some(timeout))?;
-        for ev in events.iter() {
-            let c = &mut conns[ev.token().0];
-            if ev.is_writable() {
-                flush(c)?;
-            }
-            if !ev.is_readable() {
-                continue;
-            }
-            loop {
-                match c.stream.read(&mut rbuf) {
-                    Ok(0) => bail!("server closed a connection: {:?}", stats.errors),
-                    Ok(n) => {
-                        let recv_ns = now_ns();
-                        let counts_for = c.counts_for.first().copied();
-                        let input: &[u8] = match c.tls.as_mut() {
-                            None => &rbuf[..n],
-                            Some(t) => {
-                                decrypt(t, &rbuf[..n], &mut plain)?;
-                                &plain
-                            }
-                        };
-                        c.parser.feed(input, &mut reply, &mut stats, |m| {
-                            let Some((intended, sent, _seq)) = wire::get_header(m) else {
-                                return;
-                            };
-                            if let Some(pair) = counts_for {
-                                pair_recv[pair] += 1;
-                            }
-                            prog_recv += 1;
-                            if intended >= warm_ns && intended < end_ns {
-                                totals.delivered += 1;
-                                let _ = totals
-                                    .corrected
-                                    .record(recv_ns.saturating_sub(intended).max(1));
-                                let _ = totals.raw.record(recv_ns.saturating_sub(sent).max(1));
-                            } else if intended >= end_ns {
-                                totals.late_or_dup += 1;
-                            }
-                        });
-                        if !reply.is_empty() {
-                            c.out.append(&mut reply);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            flush(c)?;
-        }
-        if let Some(e) = stats.errors.first() {
-            bail!("{e}");
-        }
-        totals.rejected = stats.rejected;
-        let now = now_ns();
-        if now / 1_000_000_000 > last_progress {
-            last_progress = now / 1_000_000_000;
-            if let Some(pid) = args.server_pid {
-                if let Some((_, _, rss)) = server_usage(pid) {
-                    rss_max = rss_max.max(rss);
-                }
-            }
-            if !args.quiet {
-                eprintln!(
-                    "[{:>4}s] sent {:>9}/s  received {:>9}/s  p99 {:>8.1} µs  rejected {}",
-                    last_progress,
-                    prog_sent,
-                    prog_recv,
-                    totals.corrected.value_at_quantile(0.99) as f64 / 1000.0,
-                    totals.rejected
-                );
-            }
-            prog_sent = 0;
-            prog_recv = 0;
-        }
+    };
+    let mut second = 1u64;
+    while second * 1_000_000_000 < warm_ns && !workers.iter().any(|w| w.is_finished()) {
+        sleep_until(second * 1_000_000_000);
+        progress(second, &mut rss_max);
+        second += 1;
     }
+    sleep_until(warm_ns);
+    let usage_start = args.server_pid.and_then(server_usage);
+    let own_start = own_cpu_s()?;
+    let t_start = Instant::now();
+    while second * 1_000_000_000 < end_ns && !workers.iter().any(|w| w.is_finished()) {
+        sleep_until(second * 1_000_000_000);
+        progress(second, &mut rss_max);
+        second += 1;
+    }
+    sleep_until(end_ns);
     let usage_end = args.server_pid.and_then(server_usage);
     let own_end = own_cpu_s()?;
-    let elapsed = measure_start.map_or(args.duration, |t| t.elapsed().as_secs_f64());
+    let elapsed = t_start.elapsed().as_secs_f64();
+
+    let mut totals = Totals::new()?;
+    let mut thread_cores = Vec::with_capacity(threads);
+    for w in workers {
+        let t = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("an event loop panicked"))??;
+        totals.sent += t.sent;
+        totals.delivered += t.delivered;
+        totals.late_or_dup += t.late_or_dup;
+        totals.rejected += t.rejected;
+        totals.backlog_dropped += t.backlog_dropped;
+        totals.corrected.add(&t.corrected)?;
+        totals.raw.add(&t.raw)?;
+        totals.turns += t.turns;
+        totals.visits += t.visits;
+        thread_cores.push(if t.wall_s > 0.0 {
+            t.cpu_s / t.wall_s
+        } else {
+            0.0
+        });
+    }
     let dur = args.duration;
     let lost = totals.sent.saturating_sub(totals.delivered);
     let q = |h: &Histogram<u64>| {
@@ -643,10 +695,12 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
             "max": h.max() as f64 / 1000.0,
         })
     };
+    let busiest = thread_cores.iter().copied().fold(0.0, f64::max);
     let mut out = serde_json::json!({
         "target": args.target,
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "pairs": p,
+        "connections": receivers + p,
         "size": args.size,
         "rate": args.rate,
         "duration_s": dur,
@@ -658,18 +712,23 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         "lost": lost,
         "rejected": totals.rejected,
         "backlog_dropped": totals.backlog_dropped,
+        "late_or_dup": totals.late_or_dup,
         "latency_us": q(&totals.corrected),
         "latency_raw_us": q(&totals.raw),
+        "loadgen_threads": threads,
+        // All of the generator's threads, in cores; and each event loop's own share of a core
+        // (near 1.0: that loop, not the server, set the pace).
+        "loadgen_cpu_cores": (own_end - own_start) / elapsed,
+        "loadgen_thread_cpu_cores": thread_cores,
+        "loop_turns": totals.turns,
+        "connection_visits_per_turn": totals.visits as f64 / totals.turns.max(1) as f64,
     });
-    if let Some(own_start) = own_start {
-        // Near 1.0 means the generator, not the server, set the pace.
-        out["loadgen_cpu_cores"] = serde_json::json!((own_end - own_start) / elapsed);
-    }
     if let (Some((u0, s0, _)), Some((u1, s1, rss))) = (usage_start, usage_end) {
         let cpu = (u1 - u0) + (s1 - s0);
+        let server_cores = cpu / elapsed;
         out["server_cpu_user_s"] = serde_json::json!(u1 - u0);
         out["server_cpu_sys_s"] = serde_json::json!(s1 - s0);
-        out["server_cpu_cores"] = serde_json::json!(cpu / elapsed);
+        out["server_cpu_cores"] = serde_json::json!(server_cores);
         out["server_cpu_s_per_million"] = serde_json::json!(if totals.delivered > 0 {
             cpu / totals.delivered as f64 * 1e6
         } else {
@@ -677,8 +736,292 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
         });
         out["server_rss_kib"] = serde_json::json!(rss);
         out["server_rss_max_kib"] = serde_json::json!(rss_max.max(rss));
+        // BENCHMARKS.md: a point where an event loop's core is saturated and the server's
+        // cores are not says how fast the generator is, not the server.
+        out["generator_bound"] = serde_json::json!(
+            busiest > GENERATOR_BOUND_CORES
+                && server_cores < GENERATOR_BOUND_CORES * args.server_cores as f64
+        );
     }
     Ok(out)
+}
+
+/// An event loop's share of a core above which it, not the server, may be setting the pace.
+const GENERATOR_BOUND_CORES: f64 = 0.95;
+
+/// One event loop: its connections, `pairs` pair counters. Per turn it touches only what is due
+/// (a heap of open-loop senders by next due time, the closed-loop senders whose window has
+/// room), what epoll reported, and the connections it wrote to: nothing scales with the number
+/// of connections it holds.
+fn event_loop(
+    clock: &RunClock,
+    mut conns: Vec<Conn>,
+    pairs: usize,
+    size: usize,
+    window: u64,
+) -> anyhow::Result<Totals> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let mut poll = Poll::new()?;
+    let mut timer = Timer::new()?;
+    let timer_token = Token(conns.len());
+    {
+        use std::os::fd::AsRawFd;
+        let raw = timer.fd.as_raw_fd();
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&raw),
+            timer_token,
+            Interest::READABLE,
+        )?;
+    }
+    // Open loop: senders by next due time. Closed loop: senders to write this turn, and per
+    // pair the senders waiting for its window to open.
+    let mut due: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    let mut ready: Vec<usize> = Vec::new();
+    let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); pairs];
+    for (i, c) in conns.iter_mut().enumerate() {
+        poll.registry().register(
+            &mut c.stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        match &c.sender {
+            Some(s) if s.interval_ns == 0 => ready.push(i),
+            Some(s) => due.push(Reverse((s.next_due_ns, i))),
+            None => {}
+        }
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut totals = Totals::new()?;
+    let mut pair_sent = vec![0u64; pairs];
+    let mut pair_recv = vec![0u64; pairs];
+    let mut stats = ReadStats::default();
+    let mut payload = vec![0x42u8; size];
+    let mut rbuf = vec![0u8; 256 * 1024];
+    let mut reply = Vec::new();
+    let mut plain = Vec::new();
+    let mut to_flush: Vec<usize> = Vec::new();
+    let mut writing: Vec<usize> = Vec::new();
+    let mut opened: Vec<usize> = Vec::new();
+    // Messages of the measured window sent (or dropped) so far; the loop ends once all are
+    // accounted for, or at the drain deadline.
+    let mut window_sent = 0u64;
+    let (mut turn_sent, mut turn_recv) = (0u64, 0u64);
+    // This thread's CPU and the instant at the start of the measured window, then the totals.
+    let mut mark: Option<(f64, Instant)> = None;
+    let mut measured_done = false;
+
+    loop {
+        totals.turns += 1;
+        let now = clock.now_ns();
+        if mark.is_none() && now >= clock.warm_ns {
+            mark = Some((thread_cpu_s(), Instant::now()));
+        }
+        if !measured_done && now >= clock.end_ns {
+            measured_done = true;
+            if let Some((cpu0, t0)) = mark {
+                totals.cpu_s = thread_cpu_s() - cpu0;
+                totals.wall_s = t0.elapsed().as_secs_f64();
+            }
+        }
+        if now >= clock.drain_ns
+            || (now >= clock.end_ns && totals.delivered + stats.rejected >= window_sent)
+        {
+            break;
+        }
+        // Write every message that is due.
+        let mut emit = |c: &mut Conn, due_ns: u64, totals: &mut Totals, pair_sent: &mut [u64]| {
+            let s = c.sender.as_mut().expect("only senders emit");
+            s.seq += 1;
+            wire::put_header(&mut payload, due_ns, now, s.seq);
+            let measured = due_ns >= clock.warm_ns && due_ns < clock.end_ns;
+            if measured {
+                window_sent += 1;
+                totals.sent += 1;
+            }
+            if c.out.len() > SEND_BUFFER_BYTES_MAX {
+                if measured {
+                    totals.backlog_dropped += 1;
+                }
+            } else {
+                wire::encode(&s.route, &s.head, s.seq, &payload, &mut c.out);
+                pair_sent[s.pair] += 1;
+                turn_sent += 1;
+            }
+        };
+        if now < clock.end_ns {
+            while let Some(&Reverse((at, ci))) = due.peek() {
+                if at > now {
+                    break;
+                }
+                due.pop();
+                totals.visits += 1;
+                let c = &mut conns[ci];
+                loop {
+                    let s = c.sender.as_ref().expect("only senders are scheduled");
+                    let at = s.next_due_ns;
+                    if at > now || at >= clock.end_ns {
+                        break;
+                    }
+                    emit(c, at, &mut totals, &mut pair_sent);
+                    let s = c.sender.as_mut().expect("only senders are scheduled");
+                    s.next_due_ns += s.interval_ns;
+                }
+                if !c.queued {
+                    c.queued = true;
+                    to_flush.push(ci);
+                }
+                let next = c.sender.as_ref().expect("a sender").next_due_ns;
+                if next < clock.end_ns {
+                    due.push(Reverse((next, ci)));
+                }
+            }
+            std::mem::swap(&mut ready, &mut writing);
+            for ci in writing.drain(..) {
+                totals.visits += 1;
+                let c = &mut conns[ci];
+                loop {
+                    let pair = c.sender.as_ref().expect("only senders are ready").pair;
+                    if pair_sent[pair] - pair_recv[pair] >= window {
+                        waiting[pair].push(ci);
+                        break;
+                    }
+                    if c.out.len() >= CLOSED_LOOP_BUFFER_BYTES {
+                        c.sender.as_mut().expect("a sender").waits_room = true;
+                        break;
+                    }
+                    emit(c, now, &mut totals, &mut pair_sent);
+                }
+                if !c.queued && !c.out.is_empty() {
+                    c.queued = true;
+                    to_flush.push(ci);
+                }
+            }
+        }
+        totals.visits += to_flush.len() as u64;
+        for ci in to_flush.drain(..) {
+            let c = &mut conns[ci];
+            c.queued = false;
+            flush(c)?;
+            room_again(c, ci, &mut ready);
+        }
+        if turn_sent > 0 {
+            clock
+                .sent
+                .fetch_add(std::mem::take(&mut turn_sent), Relaxed);
+        }
+
+        // Sleep until the next due message, the window's edges, or an event.
+        let now = clock.now_ns();
+        let mut wake = clock.drain_ns;
+        if mark.is_none() {
+            wake = wake.min(clock.warm_ns);
+        }
+        if !measured_done {
+            wake = wake.min(clock.end_ns);
+        }
+        if let Some(&Reverse((at, _))) = due.peek() {
+            wake = wake.min(at);
+        }
+        if !ready.is_empty() {
+            wake = now;
+        }
+        let timeout = if wake <= now + SPIN_NS {
+            Some(Duration::ZERO)
+        } else {
+            timer.arm(wake, now)?;
+            None
+        };
+        poll.poll(&mut events, timeout)?;
+        for ev in events.iter() {
+            let ci = ev.token().0;
+            if ev.token() == timer_token {
+                timer.fired();
+                continue;
+            }
+            totals.visits += 1;
+            let c = &mut conns[ci];
+            if ev.is_writable() {
+                flush(c)?;
+                room_again(c, ci, &mut ready);
+            }
+            if !ev.is_readable() {
+                continue;
+            }
+            loop {
+                match c.stream.read(&mut rbuf) {
+                    Ok(0) => bail!("server closed a connection: {:?}", stats.errors),
+                    Ok(n) => {
+                        let recv_ns = clock.now_ns();
+                        let counts_for = c.counts_for;
+                        let input: &[u8] = match c.tls.as_mut() {
+                            None => &rbuf[..n],
+                            Some(t) => {
+                                decrypt(t, &rbuf[..n], &mut plain)?;
+                                &plain
+                            }
+                        };
+                        c.parser.feed(input, &mut reply, &mut stats, |m| {
+                            let Some((intended, sent, _seq)) = wire::get_header(m) else {
+                                return;
+                            };
+                            turn_recv += 1;
+                            if let Some(pair) = counts_for {
+                                pair_recv[pair] += 1;
+                                if !waiting[pair].is_empty() {
+                                    opened.push(pair);
+                                }
+                            }
+                            if intended >= clock.warm_ns && intended < clock.end_ns {
+                                totals.delivered += 1;
+                                let _ = totals
+                                    .corrected
+                                    .record(recv_ns.saturating_sub(intended).max(1));
+                                let _ = totals.raw.record(recv_ns.saturating_sub(sent).max(1));
+                            } else if intended >= clock.end_ns {
+                                totals.late_or_dup += 1;
+                            }
+                        });
+                        if !reply.is_empty() {
+                            c.out.append(&mut reply);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !c.out.is_empty() {
+                flush(c)?;
+            }
+        }
+        for pair in opened.drain(..) {
+            if pair_sent[pair] - pair_recv[pair] < window {
+                ready.append(&mut waiting[pair]);
+            }
+        }
+        if turn_recv > 0 {
+            clock
+                .received
+                .fetch_add(std::mem::take(&mut turn_recv), Relaxed);
+        }
+        if let Some(e) = stats.errors.first() {
+            bail!("{e}");
+        }
+    }
+    totals.rejected = stats.rejected;
+    Ok(totals)
+}
+
+/// A closed-loop sender that stopped for a full buffer goes back to `ready` once it has room.
+fn room_again(c: &mut Conn, ci: usize, ready: &mut Vec<usize>) {
+    if let Some(s) = c.sender.as_mut() {
+        if s.waits_room && c.out.len() < CLOSED_LOOP_BUFFER_BYTES {
+            s.waits_room = false;
+            ready.push(ci);
+        }
+    }
 }
 
 fn flush(c: &mut Conn) -> anyhow::Result<()> {

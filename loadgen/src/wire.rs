@@ -1,8 +1,12 @@
 //! The wire adapters: how one benchmark message is written to, and read back from, each system
 //! under test. Every message carries the same 24-byte header inside its payload:
 //! `intended_ns:u64 | sent_ns:u64 | seq:u64` (little-endian), padded to the requested size.
+//!
+//! Both directions cost the generator as little as a client can: a sender's per-message prefix
+//! is built once ([`Route::head`]), so a message is two copies into the connection's buffer; a
+//! receiver's bytes are scanned where they were read, and only an incomplete last message is
+//! kept for the next read (no per-message allocation, copy or `drain`).
 
-use bytes::BufMut;
 use ferry_proto::frame::{Dest, SendStatus, frame_type, put_send_header};
 use ferry_proto::limits::PACKET_HEADER_BYTES;
 
@@ -27,6 +31,21 @@ pub enum Route {
     Floor,
 }
 
+impl Route {
+    /// What precedes every payload of `size` bytes on this route, built once per sender (ferry's
+    /// header carries the message id, so it is written per message instead: empty here).
+    pub fn head(&self, kind: Kind, size: usize) -> Vec<u8> {
+        match (kind, self) {
+            (Kind::Nats, Route::Subject(s)) => format!("PUB {s} {size}\r\n").into_bytes(),
+            (Kind::Redis, Route::Subject(s)) => {
+                format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{s}\r\n${size}\r\n", s.len()).into_bytes()
+            }
+            (Kind::Ferry, Route::Ferry(_)) | (Kind::Floor, Route::Floor) => Vec::new(),
+            (k, r) => panic!("route {r:?} does not fit {k:?}"),
+        }
+    }
+}
+
 pub fn put_header(buf: &mut [u8], intended_ns: u64, sent_ns: u64, seq: u64) {
     buf[..8].copy_from_slice(&intended_ns.to_le_bytes());
     buf[8..16].copy_from_slice(&sent_ns.to_le_bytes());
@@ -45,30 +64,15 @@ pub fn get_header(payload: &[u8]) -> Option<(u64, u64, u64)> {
     Some((u(0..8), u(8..16), u(16..24)))
 }
 
-/// Appends one message carrying `payload` to `out`.
-pub fn encode(route: &Route, kind: Kind, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-    match (kind, route) {
-        (Kind::Ferry, Route::Ferry(dest)) => {
-            put_send_header(out, dest, seq, 0, 0, payload.len());
-            out.extend_from_slice(payload);
-        }
-        (Kind::Nats, Route::Subject(s)) => {
-            out.extend_from_slice(b"PUB ");
-            out.extend_from_slice(s.as_bytes());
-            out.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
-            out.extend_from_slice(payload);
-            out.extend_from_slice(b"\r\n");
-        }
-        (Kind::Redis, Route::Subject(s)) => {
-            out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n");
-            out.put_slice(format!("${}\r\n", s.len()).as_bytes());
-            out.extend_from_slice(s.as_bytes());
-            out.put_slice(format!("\r\n${}\r\n", payload.len()).as_bytes());
-            out.extend_from_slice(payload);
-            out.extend_from_slice(b"\r\n");
-        }
-        (Kind::Floor, Route::Floor) => out.extend_from_slice(payload),
-        (k, r) => panic!("route {r:?} does not fit {k:?}"),
+/// Appends one message carrying `payload` to `out`; `head` is [`Route::head`] for this size.
+pub fn encode(route: &Route, head: &[u8], seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+    if let Route::Ferry(dest) = route {
+        put_send_header(out, dest, seq, 0, 0, payload.len());
+    }
+    out.extend_from_slice(head);
+    out.extend_from_slice(payload);
+    if let Route::Subject(_) = route {
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -80,21 +84,26 @@ pub struct ReadStats {
     pub errors: Vec<String>,
 }
 
-/// Incoming-byte parser of one connection.
+/// Incoming-byte parser of one connection: the bytes of an incomplete last message, and how to
+/// scan.
 #[derive(Debug)]
-pub enum Parser {
-    /// A set-up ferry connection: frames are scanned in place (length, type, payload slice), as
-    /// lean as the NATS and Redis scanners, so the generator costs the same for every system.
-    Ferry(Vec<u8>),
-    Nats(Vec<u8>),
-    Redis(Vec<u8>),
-    Floor {
-        buf: Vec<u8>,
-        size: usize,
-    },
+pub struct Parser {
+    kind: Kind,
+    /// Floor: the fixed message size.
+    size: usize,
+    partial: Vec<u8>,
 }
 
 impl Parser {
+    /// A parser for `kind`, starting with bytes already read during set-up.
+    pub fn new(kind: Kind, size: usize, unread: Vec<u8>) -> Self {
+        Parser {
+            kind,
+            size,
+            partial: unread,
+        }
+    }
+
     /// Feeds bytes; calls `on_payload` per message; appends protocol replies (pongs) to `reply`.
     pub fn feed(
         &mut self,
@@ -103,156 +112,206 @@ impl Parser {
         stats: &mut ReadStats,
         mut on_payload: impl FnMut(&[u8]),
     ) {
-        match self {
-            Parser::Ferry(buf) => {
-                buf.extend_from_slice(data);
-                let mut at = 0;
-                while buf.len() - at >= 5 {
-                    let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
-                        as usize;
-                    if buf.len() - at < 4 + len {
-                        break;
-                    }
-                    let frame = &buf[at + 4..at + 4 + len];
-                    match frame[0] {
-                        // Deliver: type, dest(16), msg_id(8), flags(1), payload.
-                        frame_type::DELIVER if len >= PACKET_HEADER_BYTES => {
-                            on_payload(&frame[PACKET_HEADER_BYTES..])
-                        }
-                        // SendResult: type, dest(16), msg_id(8), status(1). The generator does
-                        // not prove the dests it sends to, so a success is `Accepted` (and only
-                        // with FLAG_ACK, which it does not set): any result is a refusal.
-                        frame_type::SEND_RESULT
-                            if len == 26
-                                && frame[25] != SendStatus::Delivered as u8
-                                && frame[25] != SendStatus::Accepted as u8 =>
-                        {
-                            stats.rejected += 1
-                        }
-                        frame_type::PING if len == 9 => {
-                            reply.extend_from_slice(&[9, 0, 0, 0, frame_type::PONG]);
-                            reply.extend_from_slice(&frame[1..9]);
-                        }
-                        frame_type::ERROR => stats.errors.push(format!(
-                            "ferry error frame: {}",
-                            String::from_utf8_lossy(&frame[5.min(len)..])
-                        )),
-                        _ => {}
-                    }
-                    at += 4 + len;
-                }
-                buf.drain(..at);
-            }
-            Parser::Nats(buf) => {
-                buf.extend_from_slice(data);
-                let mut at = 0;
-                while let Some(nl) = find_crlf(&buf[at..]) {
-                    let line = &buf[at..at + nl];
-                    if let Some(rest) = line.strip_prefix(b"MSG ") {
-                        let n: usize = std::str::from_utf8(rest)
-                            .ok()
-                            .and_then(|r| r.split(' ').next_back())
-                            .and_then(|t| t.parse().ok())
-                            .unwrap_or(0);
-                        let start = at + nl + 2;
-                        if buf.len() < start + n + 2 {
-                            break;
-                        }
-                        on_payload(&buf[start..start + n]);
-                        at = start + n + 2;
-                        continue;
-                    }
-                    if line == b"PING" {
-                        reply.extend_from_slice(b"PONG\r\n");
-                    } else if line.starts_with(b"-ERR") {
-                        stats
-                            .errors
-                            .push(String::from_utf8_lossy(line).into_owned());
-                    }
-                    at += nl + 2;
-                }
-                buf.drain(..at);
-            }
-            Parser::Redis(buf) => {
-                buf.extend_from_slice(data);
-                let mut at = 0;
-                while let Some((item, used)) = resp(&buf[at..]) {
-                    match item {
-                        Resp::Int(0) => stats.rejected += 1,
-                        Resp::Array(parts) if parts.len() == 3 && parts[0] == b"message" => {
-                            on_payload(parts[2])
-                        }
-                        Resp::Error(e) => {
-                            stats.errors.push(String::from_utf8_lossy(e).into_owned())
-                        }
-                        _ => {}
-                    }
-                    at += used;
-                }
-                buf.drain(..at);
-            }
-            Parser::Floor { buf, size } => {
-                buf.extend_from_slice(data);
-                let whole = buf.len() / *size * *size;
-                for m in buf[..whole].chunks(*size) {
-                    on_payload(m);
-                }
-                buf.drain(..whole);
-            }
+        if self.partial.is_empty() {
+            let used = scan(self.kind, self.size, data, reply, stats, &mut on_payload);
+            self.partial.extend_from_slice(&data[used..]);
+        } else {
+            self.partial.extend_from_slice(data);
+            let used = scan(
+                self.kind,
+                self.size,
+                &self.partial,
+                reply,
+                stats,
+                &mut on_payload,
+            );
+            self.partial.drain(..used);
         }
     }
 }
 
+/// Scans whole messages of `buf`; returns the bytes used (the rest is an incomplete message).
+fn scan(
+    kind: Kind,
+    size: usize,
+    buf: &[u8],
+    reply: &mut Vec<u8>,
+    stats: &mut ReadStats,
+    on_payload: &mut impl FnMut(&[u8]),
+) -> usize {
+    let mut at = 0;
+    match kind {
+        Kind::Ferry => {
+            while buf.len() - at >= 5 {
+                let len =
+                    u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+                if buf.len() - at < 4 + len {
+                    break;
+                }
+                let frame = &buf[at + 4..at + 4 + len];
+                match frame[0] {
+                    // Deliver: type, dest(16), msg_id(8), flags(1), payload.
+                    frame_type::DELIVER if len >= PACKET_HEADER_BYTES => {
+                        on_payload(&frame[PACKET_HEADER_BYTES..])
+                    }
+                    // SendResult: type, dest(16), msg_id(8), status(1). The generator does not
+                    // prove the dests it sends to, so a success is `Accepted` (and only with
+                    // FLAG_ACK, which it does not set): any result is a refusal.
+                    frame_type::SEND_RESULT
+                        if len == 26
+                            && frame[25] != SendStatus::Delivered as u8
+                            && frame[25] != SendStatus::Accepted as u8 =>
+                    {
+                        stats.rejected += 1
+                    }
+                    frame_type::PING if len == 9 => {
+                        reply.extend_from_slice(&[9, 0, 0, 0, frame_type::PONG]);
+                        reply.extend_from_slice(&frame[1..9]);
+                    }
+                    frame_type::ERROR => stats.errors.push(format!(
+                        "ferry error frame: {}",
+                        String::from_utf8_lossy(&frame[5.min(len)..])
+                    )),
+                    _ => {}
+                }
+                at += 4 + len;
+            }
+        }
+        Kind::Nats => {
+            while let Some(nl) = find_crlf(&buf[at..]) {
+                let line = &buf[at..at + nl];
+                if let Some(rest) = line.strip_prefix(b"MSG ") {
+                    // MSG <subject> <sid> [reply-to] <#bytes>: the count is the last field.
+                    let n = rest
+                        .rsplit(|&b| b == b' ')
+                        .next()
+                        .and_then(decimal)
+                        .unwrap_or(0);
+                    let start = at + nl + 2;
+                    if buf.len() < start + n + 2 {
+                        break;
+                    }
+                    on_payload(&buf[start..start + n]);
+                    at = start + n + 2;
+                    continue;
+                }
+                if line == b"PING" {
+                    reply.extend_from_slice(b"PONG\r\n");
+                } else if line.starts_with(b"-ERR") {
+                    stats
+                        .errors
+                        .push(String::from_utf8_lossy(line).into_owned());
+                }
+                at += nl + 2;
+            }
+        }
+        Kind::Redis => {
+            while let Some((item, used)) = resp(&buf[at..]) {
+                match item {
+                    Resp::Int(0) => stats.rejected += 1,
+                    Resp::Message(m) => on_payload(m),
+                    Resp::Error(e) => stats.errors.push(String::from_utf8_lossy(e).into_owned()),
+                    _ => {}
+                }
+                at += used;
+            }
+        }
+        Kind::Floor => {
+            let whole = buf.len() / size * size;
+            for m in buf[..whole].chunks(size) {
+                on_payload(m);
+            }
+            at = whole;
+        }
+    }
+    at
+}
+
+/// An unsigned decimal number, as NATS and RESP write lengths.
+fn decimal(b: &[u8]) -> Option<usize> {
+    if b.is_empty() || b.len() > 18 {
+        return None;
+    }
+    b.iter().try_fold(0usize, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + usize::from(d - b'0'))
+    })
+}
+
 fn find_crlf(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(|w| w == b"\r\n")
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == b'\r') {
+        let at = from + i;
+        if b.get(at + 1) == Some(&b'\n') {
+            return Some(at);
+        }
+        if at + 1 >= b.len() {
+            return None;
+        }
+        from = at + 1;
+    }
+    None
 }
 
 enum Resp<'a> {
     Int(i64),
-    Simple,
+    Other,
     Error(&'a [u8]),
-    Array(Vec<&'a [u8]>),
+    /// A pub/sub push `["message", channel, payload]`: the payload.
+    Message(&'a [u8]),
 }
 
-/// Parses one RESP reply (integers, simple strings, errors, arrays of bulk strings or integers).
+/// Parses one RESP reply (integers, simple strings, errors, arrays of bulk strings or integers)
+/// without allocating.
 fn resp(b: &[u8]) -> Option<(Resp<'_>, usize)> {
     let nl = find_crlf(b)?;
     let line = &b[1..nl];
-    let num = || std::str::from_utf8(line).ok()?.parse::<i64>().ok();
     match b.first()? {
-        b':' => Some((Resp::Int(num()?), nl + 2)),
-        b'+' => Some((Resp::Simple, nl + 2)),
+        b':' => {
+            let neg = line.first() == Some(&b'-');
+            let n = decimal(if neg { &line[1..] } else { line })? as i64;
+            Some((Resp::Int(if neg { -n } else { n }), nl + 2))
+        }
+        b'+' => Some((Resp::Other, nl + 2)),
         b'-' => Some((Resp::Error(line), nl + 2)),
         b'*' => {
-            let n = usize::try_from(num()?).ok()?;
+            let n = decimal(line)?;
             let mut at = nl + 2;
-            let mut parts = Vec::with_capacity(n);
-            for _ in 0..n {
+            // The first and last of up to three parts are all a pub/sub push needs.
+            let (mut first, mut last): (&[u8], &[u8]) = (&[], &[]);
+            for k in 0..n {
                 let rest = &b[at..];
                 let l = find_crlf(rest)?;
-                match rest.first()? {
+                let part = match rest.first()? {
                     b'$' => {
-                        let len: usize = std::str::from_utf8(&rest[1..l]).ok()?.parse().ok()?;
+                        let len = decimal(&rest[1..l])?;
                         if rest.len() < l + 2 + len + 2 {
                             return None;
                         }
-                        parts.push(&rest[l + 2..l + 2 + len]);
                         at += l + 2 + len + 2;
+                        &rest[l + 2..l + 2 + len]
                     }
                     _ => {
-                        parts.push(&rest[1..l]);
                         at += l + 2;
+                        &rest[1..l]
                     }
+                };
+                if k == 0 {
+                    first = part;
                 }
+                last = part;
             }
-            Some((Resp::Array(parts), at))
+            if n == 3 && first == b"message" {
+                Some((Resp::Message(last), at))
+            } else {
+                Some((Resp::Other, at))
+            }
         }
         b'$' => {
-            let len = usize::try_from(num()?).ok()?;
+            let len = decimal(line)?;
             if b.len() < nl + 2 + len + 2 {
                 return None;
             }
-            Some((Resp::Simple, nl + 2 + len + 2))
+            Some((Resp::Other, nl + 2 + len + 2))
         }
         _ => Some((Resp::Error(b"unparseable reply"), b.len())),
     }
@@ -287,7 +346,7 @@ mod tests {
             .to_bytes(),
         );
         let (mut got, mut reply, mut st) = (Vec::new(), Vec::new(), ReadStats::default());
-        let mut p = Parser::Ferry(Vec::new());
+        let mut p = Parser::new(Kind::Ferry, 0, Vec::new());
         for chunk in wire.chunks(3) {
             p.feed(chunk, &mut reply, &mut st, |m| got.push(get_header(m)));
         }
@@ -303,7 +362,7 @@ mod tests {
         let mut got = Vec::new();
         let mut reply = Vec::new();
         let mut st = ReadStats::default();
-        let mut p = Parser::Nats(Vec::new());
+        let mut p = Parser::new(Kind::Nats, 0, Vec::new());
         let mut wire = b"INFO {}\r\nPING\r\nMSG a.1 1 64\r\n".to_vec();
         wire.extend_from_slice(&payload);
         wire.extend_from_slice(b"\r\n");
@@ -313,7 +372,7 @@ mod tests {
         assert_eq!(got, vec![Some((1, 2, 3))]);
         assert_eq!(reply, b"PONG\r\n");
 
-        let mut p = Parser::Redis(Vec::new());
+        let mut p = Parser::new(Kind::Redis, 0, Vec::new());
         let mut wire = b":0\r\n*3\r\n$9\r\nsubscribe\r\n$3\r\nch1\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$3\r\nch1\r\n$64\r\n".to_vec();
         wire.extend_from_slice(&payload);
         wire.extend_from_slice(b"\r\n");
@@ -323,5 +382,39 @@ mod tests {
         }
         assert_eq!(got, vec![Some((1, 2, 3))]);
         assert_eq!(st.rejected, 1);
+    }
+
+    /// Messages split anywhere across reads come out whole and once, whether a read ends inside
+    /// a message (kept for the next read) or on its edge (scanned in place); NATS's count is
+    /// found after a reply-to field too.
+    #[test]
+    fn split_reads_give_every_message_once() {
+        let mut payload = vec![7u8; 40];
+        let mut wire = Vec::new();
+        let mut nats = Vec::new();
+        let route = Route::Subject("a.b".into());
+        let head = route.head(Kind::Nats, payload.len());
+        assert_eq!(head, b"PUB a.b 40\r\n");
+        for seq in 0..5u64 {
+            put_header(&mut payload, seq, seq, seq);
+            encode(&Route::Floor, &[], seq, &payload, &mut wire);
+            nats.extend_from_slice(b"MSG a.b 1 reply.to 40\r\n");
+            nats.extend_from_slice(&payload);
+            nats.extend_from_slice(b"\r\n");
+        }
+        for (kind, bytes) in [(Kind::Floor, &wire), (Kind::Nats, &nats)] {
+            for cut in [1, 13, 40, 41, 63, bytes.len()] {
+                let mut p = Parser::new(kind, 40, Vec::new());
+                let (mut got, mut reply, mut st) = (Vec::new(), Vec::new(), ReadStats::default());
+                for chunk in bytes.chunks(cut) {
+                    p.feed(chunk, &mut reply, &mut st, |m| {
+                        got.push(get_header(m).map(|h| h.2))
+                    });
+                }
+                let want: Vec<_> = (0..5).map(Some).collect();
+                assert_eq!(got, want, "{kind:?} in reads of {cut}");
+                assert!(p.partial.is_empty(), "{kind:?} in reads of {cut}");
+            }
+        }
     }
 }
