@@ -318,6 +318,13 @@ impl Source {
 impl Drop for Source {
     fn drop(&mut self) {
         let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        // ferry patch: a timeout is removed with IORING_OP_TIMEOUT_REMOVE, which looks in the
+        // ring's timeout list only. IORING_OP_ASYNC_CANCEL first walks a bucket of the ring's
+        // cancel hash, which holds every armed poll (one per idle connection: up to 256
+        // buckets), so each of the preemption timers' cancels, several per reactor park, cost
+        // time in proportion to the connections held (vendor/README.md).
+        let is_timeout = matches!(inner.source_type, SourceType::Timeout(..));
         let enqueued = inner.enqueued.as_mut();
         if let Some(EnqueuedSource { id, queue, status }) = enqueued {
             match status {
@@ -336,7 +343,11 @@ impl Drop for Source {
                     // now, so we delay `consume_source` until we consume the
                     // corresponding event from the completion queue.
 
-                    queue.borrow_mut().cancel_request(*id);
+                    if is_timeout {
+                        queue.borrow_mut().remove_timeout(*id);
+                    } else {
+                        queue.borrow_mut().cancel_request(*id);
+                    }
                     *status = EnqueuedStatus::Canceled; // not necessary, but useful for correctness
                 }
                 EnqueuedStatus::Canceled => unreachable!(),

@@ -345,6 +345,7 @@ fn fill_sqe<F>(
                 sqe.prep_timeout(&*timespec, events, TimeoutFlags::empty());
             }
             UringOpDescriptor::TimeoutRemove(timer) => {
+                user_data = 0;
                 sqe.prep_timeout_remove(timer as _);
             }
             UringOpDescriptor::Close => {
@@ -621,6 +622,17 @@ impl UringQueueState {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.submissions.is_empty() && self.cancellations.is_empty()
+    }
+
+    /// ferry patch: removes a dispatched timeout (see `Drop for Source`); like a cancel, its
+    /// own completion carries no user data, and the timeout completes with `ECANCELED`.
+    pub(crate) fn remove_timeout(&mut self, id: SourceId) {
+        self.cancellations.push_back(UringDescriptor {
+            args: UringOpDescriptor::TimeoutRemove(to_user_data(id)),
+            fd: -1,
+            flags: SubmissionFlags::empty(),
+            user_data: 0,
+        });
     }
 
     pub(crate) fn cancel_request(&mut self, id: SourceId) {
