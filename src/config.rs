@@ -244,8 +244,17 @@ pub struct Limits {
     /// Connections the whole node accepts at once (split evenly across shards).
     pub connections_max: usize,
     pub handshake_timeout_ms: u64,
+    /// 0 = never: silent clients stay (a gone one is found by TCP keepalive).
     pub idle_timeout_ms: u64,
+    /// 0 = the node never pings.
     pub ping_interval_ms: u64,
+    /// TCP keepalive of accepted connections (`ferry_shards::driver::TcpKeepalive`); idle 0 =
+    /// off.
+    pub tcp_keepalive_idle_ms: u64,
+    pub tcp_keepalive_interval_ms: u64,
+    pub tcp_keepalive_probes: u32,
+    /// 0 = the kernel's default.
+    pub tcp_user_timeout_ms: u64,
     pub frame_stall_timeout_ms: u64,
     pub write_stall_timeout_ms: u64,
     pub send_queue_bytes_max: usize,
@@ -382,8 +391,12 @@ impl Default for Limits {
         Limits {
             connections_max: 200_000,
             handshake_timeout_ms: 10_000,
-            idle_timeout_ms: 90_000,
-            ping_interval_ms: 30_000,
+            idle_timeout_ms: 0,
+            ping_interval_ms: 0,
+            tcp_keepalive_idle_ms: 120_000,
+            tcp_keepalive_interval_ms: 30_000,
+            tcp_keepalive_probes: 4,
+            tcp_user_timeout_ms: 60_000,
             frame_stall_timeout_ms: 30_000,
             write_stall_timeout_ms: 30_000,
             send_queue_bytes_max: 1 << 20,
@@ -641,7 +654,10 @@ impl Config {
             bail!("limits.tick_ms must not exceed the shortest timeout");
         }
         self.fsync_policy()?;
-        if l.ping_interval_ms >= l.idle_timeout_ms {
+        if l.ping_interval_ms > 0
+            && l.idle_timeout_ms > 0
+            && l.ping_interval_ms >= l.idle_timeout_ms
+        {
             bail!("limits.ping_interval_ms must be below limits.idle_timeout_ms");
         }
         self.validate_service()?;
@@ -659,8 +675,14 @@ impl Config {
             bound("stop_timeout_s", self.stop_timeout_s, 1, HOUR_S),
             bound("limits.connections_max", l.connections_max, 1, 100_000_000),
             bound("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1, 600_000),
-            bound("limits.idle_timeout_ms", l.idle_timeout_ms, 1, DAY_S * 1000),
-            bound("limits.ping_interval_ms", l.ping_interval_ms, 1, DAY_S * 1000),
+            bound("limits.idle_timeout_ms", l.idle_timeout_ms, 0, DAY_S * 1000).because("0 = never"),
+            bound("limits.ping_interval_ms", l.ping_interval_ms, 0, DAY_S * 1000).because("0 = never"),
+            bound("limits.tcp_keepalive_idle_ms", l.tcp_keepalive_idle_ms, 0, DAY_S * 1000)
+                .because("0 = no keepalive"),
+            bound("limits.tcp_keepalive_interval_ms", l.tcp_keepalive_interval_ms, 1_000, HOUR_S * 1000),
+            bound("limits.tcp_keepalive_probes", l.tcp_keepalive_probes, 1, 127),
+            bound("limits.tcp_user_timeout_ms", l.tcp_user_timeout_ms, 0, DAY_S * 1000)
+                .because("0 = the kernel's default"),
             bound("limits.frame_stall_timeout_ms", l.frame_stall_timeout_ms, 1, 600_000),
             bound("limits.write_stall_timeout_ms", l.write_stall_timeout_ms, 1, 600_000),
             bound("limits.send_queue_bytes_max", l.send_queue_bytes_max, 2 * frame, GIB)

@@ -489,6 +489,12 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         hop_channel_batches: l.hop_channel_batches,
         read_buffer_bytes: l.read_buffer_bytes,
         drain_grace_ms: l.drain_grace_ms,
+        keepalive: ferry_shards::driver::TcpKeepalive {
+            idle_ms: l.tcp_keepalive_idle_ms,
+            interval_ms: l.tcp_keepalive_interval_ms,
+            probes: l.tcp_keepalive_probes,
+            user_timeout_ms: l.tcp_user_timeout_ms,
+        },
     };
     let puzzle = puzzle_config(&cfg)?;
     let service = crate::service::start(service_config(

@@ -447,8 +447,8 @@ fn out_of_range_values_are_refused_naming_the_key_the_value_and_the_range() {
     for (var, value, want) in [
         (
             "FERRY_LIMITS_IDLE_TIMEOUT_MS",
-            "0",
-            "limits.idle_timeout_ms = 0 is out of range: allowed 1 to 86400000",
+            "86400001",
+            "limits.idle_timeout_ms = 86400001 is out of range: allowed 0 to 86400000 (0 = never)",
         ),
         (
             "FERRY_MEDIA_BLOB_BYTES_MAX",

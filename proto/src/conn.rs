@@ -35,7 +35,10 @@ pub struct Now {
 #[derive(Clone, Debug)]
 pub struct ConnLimits {
     pub handshake_timeout_ms: u64,
+    /// No byte received for this long: `Error IdleTimeout`, close. 0 = never (the node's
+    /// default: a silent client costs nothing, and a dead one is found by TCP keepalive).
     pub idle_timeout_ms: u64,
+    /// No byte received for this long: one `Ping`. 0 = the node never pings (its default).
     pub ping_interval_ms: u64,
     /// A partial frame must make progress within this time (slowloris).
     pub frame_stall_timeout_ms: u64,
@@ -52,8 +55,8 @@ impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
             handshake_timeout_ms: 10_000,
-            idle_timeout_ms: 90_000,
-            ping_interval_ms: 30_000,
+            idle_timeout_ms: 0,
+            ping_interval_ms: 0,
             frame_stall_timeout_ms: 30_000,
             write_stall_timeout_ms: 30_000,
             send_queue_bytes_max: 1 << 20,
@@ -960,23 +963,28 @@ impl ServerConn {
             };
         }
         let l = &self.limits;
+        // 0 turns the idle timeout or the ping off: no deadline from it.
+        let after_rx = |ms: u64| (ms > 0).then(|| self.last_rx_ms + ms);
         let mut t = if self.state == State::AwaitHello {
-            self.opened_ms + l.handshake_timeout_ms
+            Some(self.opened_ms + l.handshake_timeout_ms)
         } else {
-            match self.ping_sent_ms {
-                Some(_) => self.last_rx_ms + l.idle_timeout_ms,
-                None => {
-                    (self.last_rx_ms + l.ping_interval_ms).min(self.last_rx_ms + l.idle_timeout_ms)
-                }
+            let ping = match self.ping_sent_ms {
+                Some(_) => None,
+                None => after_rx(l.ping_interval_ms),
+            };
+            match (ping, after_rx(l.idle_timeout_ms)) {
+                (Some(p), Some(i)) => Some(p.min(i)),
+                (p, i) => p.or(i),
             }
         };
+        let min = |t: Option<u64>, d: u64| Some(t.map_or(d, |t| t.min(d)));
         if let Some(p) = self.partial_since_ms.filter(|_| !self.inbuf.is_empty()) {
-            t = t.min(p + l.frame_stall_timeout_ms);
+            t = min(t, p + l.frame_stall_timeout_ms);
         }
         if let Some(w) = self.write_stalled_since_ms {
-            t = t.min(w + l.write_stall_timeout_ms);
+            t = min(t, w + l.write_stall_timeout_ms);
         }
-        Some(t)
+        t
     }
 
     /// Handles every deadline that has passed.
@@ -995,7 +1003,7 @@ impl ServerConn {
             State::AwaitHello if t >= self.opened_ms + l.handshake_timeout_ms => {
                 self.close_with(ErrorCode::HandshakeTimeout, "no ClientHello in time");
             }
-            _ if t >= self.last_rx_ms + l.idle_timeout_ms => {
+            _ if l.idle_timeout_ms > 0 && t >= self.last_rx_ms + l.idle_timeout_ms => {
                 self.close_with(ErrorCode::IdleTimeout, "idle");
             }
             _ if self
@@ -1013,7 +1021,9 @@ impl ServerConn {
                 self.close_with(ErrorCode::SlowSender, "partial frame stalled");
             }
             State::Open
-                if self.ping_sent_ms.is_none() && t >= self.last_rx_ms + l.ping_interval_ms =>
+                if l.ping_interval_ms > 0
+                    && self.ping_sent_ms.is_none()
+                    && t >= self.last_rx_ms + l.ping_interval_ms =>
             {
                 self.ping_nonce = self.ping_nonce.wrapping_add(1);
                 self.ping_sent_ms = Some(t);

@@ -70,6 +70,42 @@ pub struct DriverConfig {
     /// On stop: after `ShuttingDown` is queued to every client, how long the drain waits before
     /// it shuts the sockets down.
     pub drain_grace_ms: u64,
+    /// How the kernel finds a dead client without waking the shard.
+    pub keepalive: TcpKeepalive,
+}
+
+/// TCP settings of every accepted connection: the kernel's keepalive probes (sent and answered
+/// without waking the shard) find a silent client that has gone, and the user timeout closes a
+/// connection whose sent data stays unacknowledged; either way the next read fails and the shard
+/// forgets the connection. The node's own `Ping` is off by default (`limits.ping_interval_ms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Silence before the first probe (`TCP_KEEPIDLE`); 0 = no keepalive.
+    pub idle_ms: u64,
+    /// Between probes (`TCP_KEEPINTVL`).
+    pub interval_ms: u64,
+    /// Unanswered probes before the connection fails (`TCP_KEEPCNT`).
+    pub probes: u32,
+    /// Sent data unacknowledged this long fails the connection (`TCP_USER_TIMEOUT`); 0 = the
+    /// kernel's retransmission limit (about 15 minutes).
+    pub user_timeout_ms: u64,
+}
+
+impl TcpKeepalive {
+    /// Sets these on one socket.
+    pub fn apply(&self, sock: &socket2::SockRef<'_>) -> std::io::Result<()> {
+        if self.idle_ms > 0 {
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_millis(self.idle_ms))
+                .with_interval(Duration::from_millis(self.interval_ms))
+                .with_retries(self.probes);
+            sock.set_tcp_keepalive(&ka)?;
+        }
+        if self.user_timeout_ms > 0 {
+            sock.set_tcp_user_timeout(Some(Duration::from_millis(self.user_timeout_ms)))?;
+        }
+        Ok(())
+    }
 }
 
 /// One listening socket handed to a shard: bound with `SO_REUSEPORT` by the caller.
@@ -755,6 +791,13 @@ async fn acceptor(
             }
         };
         let _ = stream.set_nodelay(true);
+        {
+            // SAFETY: the stream is open and owned here for the whole borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            if let Err(e) = ctx.driver.keepalive.apply(&socket2::SockRef::from(&fd)) {
+                tracing::debug!(error = %e, "TCP keepalive not set");
+            }
+        }
         let ip = match stream.peer_addr() {
             Ok(a) => a.ip(),
             Err(_) => continue,
@@ -1042,5 +1085,44 @@ mod tests {
             damage(&mut r);
             assert!(recovered_with_damage(&r), "{r:?}");
         }
+    }
+
+    /// What the acceptor sets on every connection is what the socket then reports.
+    #[test]
+    fn tcp_keepalive_settings_reach_the_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let ka = TcpKeepalive {
+            idle_ms: 7_000,
+            interval_ms: 3_000,
+            probes: 5,
+            user_timeout_ms: 11_000,
+        };
+        let sock = socket2::SockRef::from(&s);
+        assert!(!sock.keepalive().unwrap());
+        ka.apply(&sock).unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(sock.keepalive_retries().unwrap(), 5);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(11))
+        );
+        // Off: nothing is set.
+        let (s2, _) = {
+            let _c2 = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            l.accept().unwrap()
+        };
+        let off = TcpKeepalive {
+            idle_ms: 0,
+            user_timeout_ms: 0,
+            ..ka
+        };
+        let sock2 = socket2::SockRef::from(&s2);
+        off.apply(&sock2).unwrap();
+        assert!(!sock2.keepalive().unwrap());
+        assert_eq!(sock2.tcp_user_timeout().unwrap(), None);
     }
 }

@@ -180,6 +180,40 @@ fn ten_thousand_idle_connections_cost_a_tick_nothing() {
     );
 }
 
+/// With the node's defaults (no node ping, no idle timeout: a gone client is found by TCP
+/// keepalive in the kernel), a silent, open connection has no deadline at all: after each
+/// connection's handshake deadline is looked at once, 10,000 silent connections cost no timer
+/// work for two hours of ticks, and none is pinged or closed.
+#[test]
+fn silent_connections_have_no_deadline_with_the_defaults() {
+    const N: u64 = 10_000;
+    assert_eq!(ConnLimits::default().ping_interval_ms, 0);
+    assert_eq!(ConnLimits::default().idle_timeout_ms, 0);
+    let cfg = ShardConfig {
+        connections_max: 20_000,
+        conn_limits: ConnLimits::default(),
+        ..common::config(0, 1)
+    };
+    let mut shard = Shard::new(cfg, Arc::new(ShardMetrics::default()));
+    let handshake_ms = ConnLimits::default().handshake_timeout_ms;
+    for i in 0..N {
+        open(&mut shard, at(0), ip(i as u32));
+    }
+    drain(&mut shard, at(0));
+    let before = shard.timer_checks();
+    shard.on_tick(at(handshake_ms));
+    assert!(drain(&mut shard, at(handshake_ms)).is_empty());
+    assert!(
+        shard.timer_checks() - before <= N,
+        "each handshake deadline is looked at once"
+    );
+    assert_eq!(
+        tick_range(&mut shard, handshake_ms + TICK_MS, 2 * 3_600_000),
+        0
+    );
+    assert_eq!(shard.connections(), N as usize);
+}
+
 /// Activity moves a deadline later without touching the heap: a client that speaks every 10 s is
 /// never pinged, and its timer is looked at only when its (early) armed deadline passes, about
 /// once per ping interval (a scan looked at it on each of the 3,000 ticks).
