@@ -197,6 +197,7 @@ pub fn start(
     service: Option<ServiceLinks>,
 ) -> std::io::Result<Vec<ShardHandle>> {
     assert_eq!(configs.len(), listeners.len());
+    configure_allocator();
     let n = configs.len();
     assert!(
         n <= SHARDS_MAX,
@@ -664,6 +665,37 @@ fn force_close_stuck(ctx: &Ctx) {
 /// (`MADV_DONTNEED`). It takes the arenas' locks for a few milliseconds per GiB: the shard asks
 /// for it at most every `MEMORY_TRIM_INTERVAL_MS`, and only after freeing
 /// `MEMORY_TRIM_FREED_BYTES_MIN`.
+/// Allocations up to this size come from the heap, never from their own `mmap` (glibc's
+/// default starts at 128 KiB and moves).
+pub const ALLOCATOR_MMAP_THRESHOLD_BYTES: usize = 32 << 20;
+/// Free memory at the top of a heap that `free` keeps rather than hands back (`MADV_DONTNEED`).
+pub const ALLOCATOR_TRIM_THRESHOLD_BYTES: usize = 64 << 20;
+
+/// Keeps the shards' buffers out of the kernel's page-fault path. A shard takes each connection's
+/// output as one buffer per turn and frees it once written; at 1400 B and half a million
+/// messages a second those buffers are hundreds of KiB. With glibc's defaults, `free` gave the top
+/// of the shard's heap back to the OS (`MADV_DONTNEED`, 170 times a second) and the next buffer
+/// faulted every page in again, zeroed: 173,000 page faults a second, a quarter of the shard's
+/// CPU, and 470,000 msg/s where the same node does 1.3 M with the faults gone (bench/RESULTS.md).
+/// Memory still goes back after a flood: the shard's own `malloc_trim` (`trim_allocator`) runs
+/// once a second at most, after `MEMORY_TRIM_FREED_BYTES_MIN` was freed. Set once, before any
+/// shard starts (mallopt is process-wide).
+pub fn configure_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's thresholds; it takes the allocator's own lock.
+    unsafe {
+        let set = |param, value: usize| {
+            let v = libc::c_int::try_from(value).expect("a threshold fits in an int");
+            libc::mallopt(param, v) == 1
+        };
+        let ok = set(libc::M_MMAP_THRESHOLD, ALLOCATOR_MMAP_THRESHOLD_BYTES)
+            && set(libc::M_TRIM_THRESHOLD, ALLOCATOR_TRIM_THRESHOLD_BYTES);
+        if !ok {
+            tracing::warn!("mallopt refused the allocator thresholds: buffers may page-fault");
+        }
+    }
+}
+
 fn trim_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it takes the allocator's own locks.
