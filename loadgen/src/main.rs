@@ -643,22 +643,25 @@ fn run_stream(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde
             );
         }
     };
+    // Until `ns` on the run's clock, with a progress line each second; at once if a loop ended
+    // early (it failed: its error comes out of the join below).
     let mut second = 1u64;
-    while second * 1_000_000_000 < warm_ns && !workers.iter().any(|w| w.is_finished()) {
-        sleep_until(second * 1_000_000_000);
-        progress(second, &mut rss_max);
-        second += 1;
-    }
-    sleep_until(warm_ns);
+    let mut wait_until = |ns: u64, rss_max: &mut u64| {
+        let failed = || workers.iter().any(|w| w.is_finished());
+        while second * 1_000_000_000 < ns && !failed() {
+            sleep_until(second * 1_000_000_000);
+            progress(second, rss_max);
+            second += 1;
+        }
+        if !failed() {
+            sleep_until(ns);
+        }
+    };
+    wait_until(warm_ns, &mut rss_max);
     let usage_start = args.server_pid.and_then(server_usage);
     let own_start = own_cpu_s()?;
     let t_start = Instant::now();
-    while second * 1_000_000_000 < end_ns && !workers.iter().any(|w| w.is_finished()) {
-        sleep_until(second * 1_000_000_000);
-        progress(second, &mut rss_max);
-        second += 1;
-    }
-    sleep_until(end_ns);
+    wait_until(end_ns, &mut rss_max);
     let usage_end = args.server_pid.and_then(server_usage);
     let own_end = own_cpu_s()?;
     let elapsed = t_start.elapsed().as_secs_f64();
