@@ -396,7 +396,7 @@ impl Default for Limits {
             tcp_keepalive_idle_ms: 120_000,
             tcp_keepalive_interval_ms: 30_000,
             tcp_keepalive_probes: 4,
-            tcp_user_timeout_ms: 60_000,
+            tcp_user_timeout_ms: 240_000,
             frame_stall_timeout_ms: 30_000,
             write_stall_timeout_ms: 30_000,
             send_queue_bytes_max: 1 << 20,
@@ -530,6 +530,8 @@ const TIB: i128 = 1 << 40;
 const PIB: i128 = 1 << 50;
 const MINUTE_S: i128 = 60;
 const HOUR_S: i128 = 3_600;
+/// The kernel's `TCP_KEEPIDLE` and `TCP_KEEPINTVL` limit: 32,767 s.
+const TCP_KEEPALIVE_MS_MAX: i128 = 32_767_000;
 const DAY_S: i128 = 86_400;
 const YEAR_S: i128 = 365 * DAY_S;
 /// Upper bound of every per-second rate counted in events (connections, fetches, wakes).
@@ -660,6 +662,28 @@ impl Config {
         {
             bail!("limits.ping_interval_ms must be below limits.idle_timeout_ms");
         }
+        if l.tcp_keepalive_idle_ms > 0 && l.tcp_keepalive_idle_ms < 1_000 {
+            bail!(
+                "limits.tcp_keepalive_idle_ms must be 0 (no keepalive) or at least 1000 (the kernel \
+                 counts whole seconds)"
+            );
+        }
+        // With a user timeout, Linux drops a connection once it has waited that long since the
+        // last byte received and one probe is out (tcp(7)): shorter than the probes, it would cut
+        // them short, and one lost probe would end a live connection.
+        let probes_ms = l.tcp_keepalive_idle_ms.saturating_add(
+            l.tcp_keepalive_interval_ms
+                .saturating_mul(u64::from(l.tcp_keepalive_probes)),
+        );
+        if l.tcp_keepalive_idle_ms > 0
+            && l.tcp_user_timeout_ms > 0
+            && l.tcp_user_timeout_ms < probes_ms
+        {
+            bail!(
+                "limits.tcp_user_timeout_ms must be 0 or at least tcp_keepalive_idle_ms + \
+                 tcp_keepalive_probes × tcp_keepalive_interval_ms ({probes_ms})"
+            );
+        }
         self.validate_service()?;
         self.validate_media()?;
         Ok(())
@@ -677,9 +701,10 @@ impl Config {
             bound("limits.handshake_timeout_ms", l.handshake_timeout_ms, 1, 600_000),
             bound("limits.idle_timeout_ms", l.idle_timeout_ms, 0, DAY_S * 1000).because("0 = never"),
             bound("limits.ping_interval_ms", l.ping_interval_ms, 0, DAY_S * 1000).because("0 = never"),
-            bound("limits.tcp_keepalive_idle_ms", l.tcp_keepalive_idle_ms, 0, DAY_S * 1000)
-                .because("0 = no keepalive"),
-            bound("limits.tcp_keepalive_interval_ms", l.tcp_keepalive_interval_ms, 1_000, HOUR_S * 1000),
+            // The kernel takes whole seconds, 1 to 32,767 (tcp(7)).
+            bound("limits.tcp_keepalive_idle_ms", l.tcp_keepalive_idle_ms, 0, TCP_KEEPALIVE_MS_MAX)
+                .because("0 = no keepalive; else at least 1000"),
+            bound("limits.tcp_keepalive_interval_ms", l.tcp_keepalive_interval_ms, 1_000, TCP_KEEPALIVE_MS_MAX),
             bound("limits.tcp_keepalive_probes", l.tcp_keepalive_probes, 1, 127),
             bound("limits.tcp_user_timeout_ms", l.tcp_user_timeout_ms, 0, DAY_S * 1000)
                 .because("0 = the kernel's default"),
@@ -1269,6 +1294,57 @@ mod tests {
         );
         c.insecure_plaintext = true;
         c.validate().unwrap();
+    }
+
+    /// Keepalive values the kernel would refuse, or a user timeout that would cut the probes
+    /// short, stop start-up with the key named; 0 turns each off.
+    #[test]
+    fn keepalive_settings_are_checked_against_the_kernel_and_each_other() {
+        let err = |f: &dyn Fn(&mut Limits)| {
+            let mut c = Config::default();
+            f(&mut c.limits);
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(err(&|_| {}), None);
+        assert!(
+            err(&|l| l.tcp_keepalive_idle_ms = 500)
+                .unwrap()
+                .contains("limits.tcp_keepalive_idle_ms")
+        );
+        assert!(
+            err(&|l| l.tcp_keepalive_idle_ms = 40_000_000)
+                .unwrap()
+                .contains("limits.tcp_keepalive_idle_ms")
+        );
+        // 120 s + 4 × 30 s = 240 s: the default user timeout is exactly enough.
+        assert!(
+            err(&|l| l.tcp_user_timeout_ms = 239_999)
+                .unwrap()
+                .contains("limits.tcp_user_timeout_ms")
+        );
+        assert_eq!(err(&|l| l.tcp_user_timeout_ms = 0), None);
+        assert_eq!(
+            err(&|l| {
+                l.tcp_keepalive_idle_ms = 0;
+                l.tcp_user_timeout_ms = 1_000;
+            }),
+            None
+        );
+        assert_eq!(
+            err(&|l| {
+                l.ping_interval_ms = 30_000;
+                l.idle_timeout_ms = 0;
+            }),
+            None
+        );
+        assert!(
+            err(&|l| {
+                l.ping_interval_ms = 30_000;
+                l.idle_timeout_ms = 30_000;
+            })
+            .unwrap()
+            .contains("ping_interval_ms")
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `ferry-loadgen`: an open-loop load generator for ferry and its peers (NATS, Redis, the floor).
 //!
-//! Event loop (one thread, epoll via mio): each sender has a fixed schedule (`--rate` split
-//! evenly); every message due is written into the sender's buffer with its *intended* send time in
-//! the payload, and each buffer is written once per loop turn. Receivers record latency from the
+//! Event loops (`--threads`, one by default; epoll via mio, a timerfd for sub-millisecond waits):
+//! each sender has a fixed schedule (`--rate` split evenly, each pair at its own phase); every
+//! message due is written into the sender's buffer with its *intended* send time in the payload,
+//! and each buffer is written once per loop turn. A turn touches only the senders that are due
+//! and the connections epoll reported or it wrote to. Receivers record latency from the
 //! intended time (coordinated-omission corrected) and from the actual send time (raw) into
 //! HdrHistograms. `--rate 0` is closed loop: each pair keeps `--window` messages in flight.
 
@@ -830,7 +832,8 @@ fn event_loop(
             }
         }
         if now >= clock.drain_ns
-            || (now >= clock.end_ns && totals.delivered + stats.rejected >= window_sent)
+            || (now >= clock.end_ns
+                && totals.delivered + stats.rejected + totals.backlog_dropped >= window_sent)
         {
             break;
         }
@@ -887,7 +890,8 @@ fn event_loop(
                 let c = &mut conns[ci];
                 loop {
                     let pair = c.sender.as_ref().expect("only senders are ready").pair;
-                    if pair_sent[pair] - pair_recv[pair] >= window {
+                    // Saturating: a duplicate delivery must not underflow the window.
+                    if pair_sent[pair].saturating_sub(pair_recv[pair]) >= window {
                         waiting[pair].push(ci);
                         break;
                     }
@@ -925,11 +929,14 @@ fn event_loop(
         if !measured_done {
             wake = wake.min(clock.end_ns);
         }
-        if let Some(&Reverse((at, _))) = due.peek() {
-            wake = wake.min(at);
-        }
-        if !ready.is_empty() {
-            wake = now;
+        // After the window nothing more is sent: only deliveries (events) are awaited.
+        if now < clock.end_ns {
+            if let Some(&Reverse((at, _))) = due.peek() {
+                wake = wake.min(at);
+            }
+            if !ready.is_empty() {
+                wake = now;
+            }
         }
         let timeout = if wake <= now + SPIN_NS {
             Some(Duration::ZERO)
@@ -995,12 +1002,14 @@ fn event_loop(
                     Err(e) => return Err(e.into()),
                 }
             }
-            if !c.out.is_empty() {
+            // Pongs queued, or TLS records rustls wants out after reading (a key update).
+            if !c.out.is_empty() || c.tls.as_ref().is_some_and(|t| t.wants_write()) {
                 flush(c)?;
+                room_again(c, ci, &mut ready);
             }
         }
         for pair in opened.drain(..) {
-            if pair_sent[pair] - pair_recv[pair] < window {
+            if pair_sent[pair].saturating_sub(pair_recv[pair]) < window {
                 ready.append(&mut waiting[pair]);
             }
         }

@@ -92,19 +92,23 @@ pub struct TcpKeepalive {
 }
 
 impl TcpKeepalive {
-    /// Sets these on one socket.
+    /// Sets these on one socket: each setting is tried, the first failure returned.
     pub fn apply(&self, sock: &socket2::SockRef<'_>) -> std::io::Result<()> {
-        if self.idle_ms > 0 {
+        let keepalive = if self.idle_ms > 0 {
             let ka = socket2::TcpKeepalive::new()
                 .with_time(Duration::from_millis(self.idle_ms))
                 .with_interval(Duration::from_millis(self.interval_ms))
                 .with_retries(self.probes);
-            sock.set_tcp_keepalive(&ka)?;
-        }
-        if self.user_timeout_ms > 0 {
-            sock.set_tcp_user_timeout(Some(Duration::from_millis(self.user_timeout_ms)))?;
-        }
-        Ok(())
+            sock.set_tcp_keepalive(&ka)
+        } else {
+            Ok(())
+        };
+        let user_timeout = if self.user_timeout_ms > 0 {
+            sock.set_tcp_user_timeout(Some(Duration::from_millis(self.user_timeout_ms)))
+        } else {
+            Ok(())
+        };
+        keepalive.and(user_timeout)
     }
 }
 
@@ -347,6 +351,8 @@ struct Ctx {
     sync_wake: LocalSender<()>,
     /// The tick sleeps a whole tick: no group commit was due when it went to sleep.
     tick_idle: std::cell::Cell<bool>,
+    /// A connection's TCP keepalive settings were refused (logged once).
+    keepalive_warned: std::cell::Cell<bool>,
 }
 
 impl Ctx {
@@ -479,6 +485,7 @@ async fn run_shard(
         driver,
         sync_wake,
         tick_idle: std::cell::Cell::new(false),
+        keepalive_warned: std::cell::Cell::new(false),
     });
     let mut reload_seen = reload.generation();
 
@@ -658,13 +665,6 @@ fn force_close_stuck(ctx: &Ctx) {
     }
 }
 
-/// Gives freed heap memory back to the OS. glibc keeps what a thread freed in that thread's
-/// arena (each shard thread gets its own) and returns only the top of each heap by itself, so
-/// after a flood of partial frames or slow readers the freed buffers, scattered through the
-/// arenas, stayed resident; `malloc_trim` walks every arena and releases their free pages
-/// (`MADV_DONTNEED`). It takes the arenas' locks for a few milliseconds per GiB: the shard asks
-/// for it at most every `MEMORY_TRIM_INTERVAL_MS`, and only after freeing
-/// `MEMORY_TRIM_FREED_BYTES_MIN`.
 /// Allocations up to this size come from the heap, never from their own `mmap` (glibc's
 /// default starts at 128 KiB and moves).
 pub const ALLOCATOR_MMAP_THRESHOLD_BYTES: usize = 32 << 20;
@@ -696,6 +696,13 @@ pub fn configure_allocator() {
     }
 }
 
+/// Gives freed heap memory back to the OS. glibc keeps what a thread freed in that thread's
+/// arena (each shard thread gets its own) and returns only the top of each heap by itself, so
+/// after a flood of partial frames or slow readers the freed buffers, scattered through the
+/// arenas, stayed resident; `malloc_trim` walks every arena and releases their free pages
+/// (`MADV_DONTNEED`). It takes the arenas' locks for a few milliseconds per GiB: the shard asks
+/// for it at most every `MEMORY_TRIM_INTERVAL_MS`, and only after freeing
+/// `MEMORY_TRIM_FREED_BYTES_MIN`.
 fn trim_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it takes the allocator's own locks.
@@ -827,7 +834,10 @@ async fn acceptor(
             // SAFETY: the stream is open and owned here for the whole borrow.
             let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
             if let Err(e) = ctx.driver.keepalive.apply(&socket2::SockRef::from(&fd)) {
-                tracing::debug!(error = %e, "TCP keepalive not set");
+                // Config validation keeps the values in the kernel's ranges: say it once.
+                if !ctx.keepalive_warned.replace(true) {
+                    tracing::warn!(error = %e, "TCP keepalive settings refused by the kernel: vanished clients may stay connected for hours");
+                }
             }
         }
         let ip = match stream.peer_addr() {
