@@ -1121,7 +1121,9 @@ impl Config {
         use ferry_shards::store::FsyncPolicy;
         let v = self.store_fsync.trim();
         Ok(match v {
-            "always" => FsyncPolicy::Always,
+            // Synced before answered, as `Always`, but one sync per turn of the shard's loop
+            // for all the appends of that turn (group commit with no wait).
+            "always" => FsyncPolicy::Interval { ms: 0 },
             "none" => FsyncPolicy::None,
             _ => match v
                 .strip_prefix("interval=")

@@ -535,17 +535,24 @@ async fn run_shard(
         let due = ctx.shard.borrow().store_sync_due_ms();
         let wait_ms = due.map_or(tick_ms, |d| d.saturating_sub(now.mono_ms).min(tick_ms));
         ctx.tick_idle.set(due.is_none());
-        let woken = futures_lite::future::or(
-            async {
-                glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
-                false
-            },
-            async {
-                sync_woken.recv().await;
-                true
-            },
-        )
-        .await;
+        let woken = if wait_ms == 0 {
+            // A commit is due now (`store_fsync = "always"`): let the tasks already woken in this
+            // turn run first, so that the one sync covers their appends too.
+            futures_lite::future::yield_now().await;
+            false
+        } else {
+            futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(Duration::from_millis(wait_ms)).await;
+                    false
+                },
+                async {
+                    sync_woken.recv().await;
+                    true
+                },
+            )
+            .await
+        };
         ctx.tick_idle.set(false);
         if woken {
             // Appends wait: sleep until their group commit is due.

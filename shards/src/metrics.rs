@@ -51,6 +51,7 @@ metrics! {
     subscriptions: "gauge", "ferry_subscriptions", "Forward-table entries owned by this shard.";
     store_blobs: "gauge", "ferry_store_blobs", "Blobs stored for offline recipients (live: not acked, not expired).";
     store_appends: "counter", "ferry_store_appends_total", "Blobs stored (duplicates not counted).";
+    store_syncs: "counter", "ferry_store_syncs_total", "Store commit points that synced segments (group commits: one covers every append before it).";
     store_acks: "counter", "ferry_store_acks_total", "Stored blobs acknowledged and deleted.";
     store_expired: "counter", "ferry_store_expired_total", "Stored blobs that expired unacknowledged.";
     store_drains: "counter", "ferry_store_drains_total", "Drain requests.";

@@ -1893,6 +1893,9 @@ impl Shard {
             self.fatal = Some(sync_failure(&e));
             return;
         }
+        self.metrics
+            .store_syncs
+            .store(log.syncs(), std::sync::atomic::Ordering::Relaxed);
         let durable = log.durable_seq();
         if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
             self.last_expire_unix_s = now.unix_s;

@@ -32,9 +32,12 @@ use format::{
 /// When appends become durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncPolicy {
-    /// Every append is synced before it is acknowledged.
+    /// Every append (and ack) is synced as it is made, one sync each.
     Always,
     /// Group commit: sync at most every `ms`; appends are acknowledged at the next sync.
+    /// `ms = 0` is the node's `store_fsync = "always"`: every append is still synced before it is
+    /// acknowledged, but the appends of one turn of the shard's loop share one sync, issued as
+    /// soon as the shard's tick runs (woken for it, `Log::sync_due_ms`).
     Interval { ms: u64 },
     /// Never sync explicitly; acknowledged once in the page cache.
     None,
@@ -255,6 +258,8 @@ pub struct Log<B: Backend> {
     /// Segments written since their last sync (the active one, and any sealed after a failed
     /// write or a roll): a commit point syncs them all.
     dirty: BTreeSet<u64>,
+    /// Commit points that synced something (`Log::syncs`).
+    syncs: u64,
     last_sync_ms: u64,
     scratch: Vec<u8>,
     /// The next segment's number. Numbers only grow (the newest segment is never reclaimed, so
@@ -295,6 +300,7 @@ impl<B: Backend> Log<B> {
             index: AHashMap::new(),
             next_seq: 1,
             durable_seq: 0,
+            syncs: 0,
             dirty: BTreeSet::new(),
             last_sync_ms: 0,
             scratch: Vec::new(),
@@ -747,12 +753,20 @@ impl<B: Backend> Log<B> {
     /// Syncs now (group commit point). An error is fatal for the node.
     pub fn sync_now(&mut self) -> Result<(), StoreError> {
         self.check_failed()?;
+        if !self.dirty.is_empty() {
+            self.syncs += 1;
+        }
         while let Some(&seq) = self.dirty.first() {
             self.sync_segment(seq)?;
             self.dirty.remove(&seq);
         }
         self.durable_seq = self.next_seq - 1;
         Ok(())
+    }
+
+    /// Commit points so far that had something to sync (each syncs every dirty segment).
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// When the interval policy's next group commit is due (monotonic ms): only while appends
