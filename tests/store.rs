@@ -159,8 +159,11 @@ fn kill_9_loses_nothing_acknowledged_as_stored_with_fsync_always() {
 
 /// `store_fsync = "always"` answers each blob only after a sync that covers it, but concurrent
 /// senders share syncs: 16 connections with 64 sends each in flight, on one shard, are all
-/// answered with far fewer syncs than blobs (one per turn of the shard's loop; it was one per
-/// blob, 4,800 blobs a second). The kill -9 test above checks that none of them is answered early.
+/// answered with fewer syncs than half the blobs (one per turn of the shard's loop; it was one
+/// per blob, 4,800 blobs a second). That an answer waits for its sync is the shard's
+/// `pending_stored`/`release_stored` (answers released only after `Log::sync_now`), and what a
+/// crash keeps of synced and unsynced appends is the Log model's test (shards/tests/store.rs);
+/// kill -9 cannot tell a synced page from one in the page cache.
 #[test]
 fn fsync_always_shares_one_sync_among_the_appends_of_a_turn() {
     const SENDERS: u64 = 16;
@@ -199,7 +202,7 @@ fn fsync_always_shares_one_sync_among_the_appends_of_a_turn() {
     assert_eq!(appends, SENDERS * EACH);
     assert!(syncs >= 1, "answered without a sync");
     assert!(
-        syncs * 8 <= appends,
+        syncs * 2 <= appends,
         "{syncs} syncs for {appends} blobs: appends do not share syncs"
     );
 }

@@ -753,13 +753,12 @@ impl<B: Backend> Log<B> {
     /// Syncs now (group commit point). An error is fatal for the node.
     pub fn sync_now(&mut self) -> Result<(), StoreError> {
         self.check_failed()?;
-        if !self.dirty.is_empty() {
-            self.syncs += 1;
-        }
+        let synced = !self.dirty.is_empty();
         while let Some(&seq) = self.dirty.first() {
             self.sync_segment(seq)?;
             self.dirty.remove(&seq);
         }
+        self.syncs += u64::from(synced);
         self.durable_seq = self.next_seq - 1;
         Ok(())
     }
