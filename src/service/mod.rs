@@ -650,6 +650,9 @@ async fn run(
             _ = tokio::time::sleep(Duration::from_millis(wait_ms.unwrap_or(0).max(1))), if wait_ms.is_some() => {}
         }
         st.commit();
+        // Metrics first: whatever a client is answered below is already in them (a test read
+        // `ferry_push_registrations` right after its third `PushResult` and saw 2).
+        st.publish();
         st.outlet.flush();
         next_dispatch = st.dispatch(&done_tx);
         st.publish();
