@@ -1249,8 +1249,6 @@ fn answer_pings(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<u64>> {
     std::thread::spawn(move || {
-        const PING: u8 = 0x07;
-        const PONG: u8 = 0x08;
         let mut poll = Poll::new()?;
         let mut events = Events::with_capacity(1024);
         let mut socks = Vec::with_capacity(conns.len());
@@ -1259,39 +1257,29 @@ fn answer_pings(
             let mut m = MioStream::from_std(s);
             poll.registry()
                 .register(&mut m, Token(i), Interest::READABLE)?;
-            socks.push((m, Vec::<u8>::new()));
+            // The generator's own ferry scanner: it answers each `Ping` into `reply`.
+            socks.push((m, Parser::new(Kind::Ferry, 0, Vec::new())));
         }
         let mut pongs = 0u64;
         let mut buf = [0u8; 4096];
+        let (mut reply, mut stats) = (Vec::new(), ReadStats::default());
         while !stop.load(std::sync::atomic::Ordering::Acquire) {
             poll.poll(&mut events, Some(Duration::from_millis(200)))?;
             for ev in &events {
-                let (sock, pending) = &mut socks[ev.token().0];
+                let (sock, parser) = &mut socks[ev.token().0];
                 loop {
                     match sock.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(_) => break,
+                        Ok(n) if n > 0 => parser.feed(&buf[..n], &mut reply, &mut stats, |_| {}),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        _ => break,
                     }
                 }
-                // Whole frames: a u32 LE length (type byte and body), then the type.
-                while pending.len() >= 5 {
-                    let len = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]])
-                        as usize;
-                    if pending.len() < 4 + len {
-                        break;
+                if !reply.is_empty() {
+                    // Each pong is 13 bytes: length (4), type, nonce (8).
+                    if sock.write_all(&reply).is_ok() {
+                        pongs += (reply.len() / 13) as u64;
                     }
-                    if pending[4] == PING && len == 9 {
-                        let mut pong = [0u8; 13];
-                        pong[..4].copy_from_slice(&9u32.to_le_bytes());
-                        pong[4] = PONG;
-                        pong[5..].copy_from_slice(&pending[5..13]);
-                        if sock.write_all(&pong).is_ok() {
-                            pongs += 1;
-                        }
-                    }
-                    pending.drain(..4 + len);
+                    reply.clear();
                 }
             }
         }
@@ -1301,9 +1289,8 @@ fn answer_pings(
 
 /// Holds `pairs` idle connections and reports the server's RSS growth per connection and the
 /// CPU it spends while they are silent (over the `--duration` window after a 2 s settle, so
-/// handshakes are not counted). Ferry clients answer the node's pings, as real ones do (the
-/// node pings a connection after `ping_interval_ms` without a byte, and closes it
-/// `idle_timeout_ms` after its last byte).
+/// handshakes are not counted). Ferry clients answer the node's pings, as real ones do, when the
+/// node is configured to send them (`limits.ping_interval_ms`; off by default).
 fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let pid = args
         .server_pid
