@@ -14,6 +14,8 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The simulator's mutants (deliberate bugs it must catch) build only with this feature.
+cargo clippy -p ferry-shards --all-targets --features sim-mutants --locked -- -D warnings
 # Binaries first: tests/loadgen.rs runs ferry-loadgen, which `cargo test` alone does not rebuild.
 cargo build --workspace --bins --examples --locked
 # The uniffi bindings and the wasm package that tests/bindings.rs drives.
@@ -32,6 +34,8 @@ export CRYPTO_REFERENCE_PYTHON="$pyenv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# docs/SIMULATION.md: every mutant is caught within its stated seeds.
+cargo test -p ferry-shards --features sim-mutants --test sim_mutants --locked 2>&1 | tee -a "$log"
 
 # One closing line for the whole suite (cargo's last line is a crate's doc-test summary).
 awk '/^test result:/ { p += $4; f += $6 }

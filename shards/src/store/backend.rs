@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// One segment: a fixed-size byte region written in place.
-pub trait Segment {
+pub trait Segment: std::fmt::Debug {
     fn bytes(&self) -> &[u8];
     /// Copies `data` to `offset`. Not durable until [`Segment::sync`].
     fn write(&mut self, offset: usize, data: &[u8]) -> io::Result<()>;
@@ -31,7 +31,7 @@ pub trait Segment {
 }
 
 /// A directory of segments, by sequence number.
-pub trait Backend {
+pub trait Backend: std::fmt::Debug {
     type Seg: Segment;
     /// Existing segment sequence numbers, ascending (temporaries are not segments).
     fn list(&mut self) -> io::Result<Vec<u64>>;

@@ -1,0 +1,302 @@
+//! The store side of the owner core: appending packets for offline dests, the group commit
+//! that releases their `Stored` answers, expiry, acks.
+
+use super::*;
+
+/// The message that stops the node when the store cannot sync.
+pub(super) fn sync_failure(e: &dyn std::fmt::Display) -> String {
+    format!("store fsync failed, durability unknown: {e}")
+}
+
+/// What the store did with a packet.
+#[derive(Debug)]
+pub(super) enum Stored {
+    Accepted,
+    Refused(SendStatus),
+    /// The dest or the store is under pressure and the packet carried no valid pass: the
+    /// sender must solve a puzzle of this effort (the caller tells it, or delivers live).
+    Puzzle(u32),
+    Fatal,
+}
+
+/// A `Stored` (or, to a stranger, `Accepted`) answer held until the sync covering its append.
+#[derive(Debug)]
+pub(super) struct PendingStored {
+    /// The append's sequence number in the log.
+    pub(super) seq: u64,
+    pub(super) to: ConnRef,
+    pub(super) dest: Dest,
+    pub(super) msg_id: u64,
+    pub(super) status: SendStatus,
+}
+
+impl<B: Backend> Shard<B> {
+    /// Gives this shard its store, opened and replayed before the shard serves: the node's mmap
+    /// log, or the simulator's in-memory disk (the shard's type follows the backend).
+    pub fn with_store<C: Backend>(self, log: Log<C>) -> Shard<C> {
+        let Shard {
+            store,
+            pending_stored,
+            cfg,
+            conns,
+            next_conn,
+            table,
+            outbox,
+            ready,
+            held_readers,
+            force_close,
+            limiter,
+            metrics,
+            challenge_counter,
+            queries,
+            next_query,
+            drain_short,
+            handover,
+            last_expire_unix_s,
+            fatal,
+            now,
+            service,
+            media,
+            media_upload,
+            push_armed,
+            push_armed_tags,
+            memory,
+            puzzle,
+            puzzle_checks,
+            deadlines,
+        } = self;
+        assert!(
+            store.is_none() && pending_stored.is_empty(),
+            "a shard gets its store once, before it serves"
+        );
+        metrics
+            .store_blobs
+            .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
+        Shard {
+            store: Some(log),
+            pending_stored,
+            cfg,
+            conns,
+            next_conn,
+            table,
+            outbox,
+            ready,
+            held_readers,
+            force_close,
+            limiter,
+            metrics,
+            challenge_counter,
+            queries,
+            next_query,
+            drain_short,
+            handover,
+            last_expire_unix_s,
+            fatal,
+            now,
+            service,
+            media,
+            media_upload,
+            push_armed,
+            push_armed_tags,
+            memory,
+            puzzle,
+            puzzle_checks,
+            deadlines,
+        }
+    }
+
+    /// The store, for what the simulator checks against it.
+    pub fn store(&self) -> Option<&Log<B>> {
+        self.store.as_ref()
+    }
+
+    /// Syncs the store now (the drain on SIGTERM) and answers `Stored` to the senders that sync
+    /// covers, so a stop acknowledges everything it made durable.
+    pub fn flush_store(&mut self) -> Result<(), String> {
+        let Some(log) = self.store.as_mut() else {
+            return Ok(());
+        };
+        log.sync_now().map_err(|e| e.to_string())?;
+        let durable = log.durable_seq();
+        self.release_stored(durable);
+        Ok(())
+    }
+
+    /// Stores a packet for a dest nobody listens to (or one in hand-over). `Accepted`: the
+    /// sender is answered (now, or at the group commit); `Refused`: the caller answers or
+    /// delivers; `Fatal`: the store failed its sync and the node stops.
+    pub(super) fn store_packet(&mut self, now: Now, p: &Packet) -> Stored {
+        let (dest, from, msg_id, flags, audience) = (p.dest, p.from, p.msg_id, p.flags, p.audience);
+        // Under pressure the packet must carry a puzzle answer or the dest's capability first.
+        let Some(log) = self.store.as_mut() else {
+            ShardMetrics::inc(&self.metrics.packets_no_subscriber);
+            return Stored::Refused(SendStatus::NoSubscriber);
+        };
+        if let Gate::Puzzle(effort) =
+            self.puzzle
+                .admit(now.unix_s, &dest, log.pressure(&dest), p.passed.as_deref())
+        {
+            ShardMetrics::inc(&self.metrics.puzzles_required);
+            return Stored::Puzzle(effort);
+        }
+        let ttl = if p.ttl_s == 0 {
+            u64::MAX
+        } else {
+            u64::from(p.ttl_s)
+        };
+        let appended = log.append_from(now.unix_s, dest, msg_id, ttl, &p.payload, Some(p.source));
+        self.metrics.store_sources.store(
+            log.sources_len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let m = &self.metrics;
+        let status = match appended {
+            Ok(a) => {
+                if !a.duplicate {
+                    ShardMetrics::inc(&m.store_appends);
+                    ShardMetrics::inc(&m.store_blobs);
+                    if a.source == Some(crate::store::fair::Source::Other) {
+                        ShardMetrics::inc(&m.store_sources_overflow);
+                    }
+                    if self.table.lookup(&dest).is_none() {
+                        self.maybe_wake(now, dest);
+                    }
+                }
+                let Some(answer) = audience.success(SendStatus::Stored, flags) else {
+                    // A stranger without FLAG_ACK: no answer, as for a live delivery.
+                    return Stored::Accepted;
+                };
+                let durable = self.store.as_ref().map_or(u64::MAX, |l| l.durable_seq());
+                if a.seq > durable
+                    && !crate::mutants::active(crate::mutants::Mutant::StoredBeforeDurable)
+                {
+                    // Answered once the group commit covers it (on_tick).
+                    self.pending_stored.push_back(PendingStored {
+                        seq: a.seq,
+                        to: from,
+                        dest,
+                        msg_id,
+                        status: answer,
+                    });
+                } else {
+                    self.reply(from, dest, msg_id, answer);
+                }
+                return Stored::Accepted;
+            }
+            Err(StoreError::DestQuota) => {
+                ShardMetrics::inc(&m.store_refused_quota);
+                SendStatus::QuotaExceeded
+            }
+            Err(StoreError::SourceDestShare) => {
+                ShardMetrics::inc(&m.store_refused_source_dest_share);
+                SendStatus::QuotaExceeded
+            }
+            Err(StoreError::SourceShare) => {
+                ShardMetrics::inc(&m.store_refused_source_share);
+                SendStatus::StoreFull
+            }
+            Err(StoreError::SourcePressure) => {
+                ShardMetrics::inc(&m.store_refused_pressure);
+                SendStatus::StoreFull
+            }
+            Err(StoreError::SyncFailed(e)) => {
+                self.fatal = Some(sync_failure(&e));
+                return Stored::Fatal;
+            }
+            Err(e) => {
+                if !matches!(e, StoreError::StoreFull) {
+                    tracing::warn!(error = %e, "store append failed");
+                }
+                ShardMetrics::inc(&m.store_refused_full);
+                SendStatus::StoreFull
+            }
+        };
+        Stored::Refused(status)
+    }
+
+    /// When the store's next group commit is due (monotonic ms), while appends wait for one: the
+    /// driver's tick wakes for it then instead of ticking at the fsync interval all the time.
+    pub fn store_sync_due_ms(&self) -> Option<u64> {
+        self.store.as_ref().and_then(Log::sync_due_ms)
+    }
+
+    /// Group commit, the "Stored" replies it releases, and expiry.
+    pub(super) fn store_tick(&mut self, now: Now) {
+        let Some(log) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.poll_sync(now.mono_ms) {
+            self.fatal = Some(sync_failure(&e));
+            return;
+        }
+        self.metrics
+            .store_syncs
+            .store(log.syncs(), std::sync::atomic::Ordering::Relaxed);
+        let durable = log.durable_seq();
+        if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
+            self.last_expire_unix_s = now.unix_s;
+            match log.expire(now.unix_s) {
+                Ok(n) => {
+                    if n > 0 {
+                        ShardMetrics::add(&self.metrics.store_expired, n as u64);
+                    }
+                    self.metrics
+                        .store_blobs
+                        .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.store_sources.store(
+                        log.sources_len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    // Hand-overs whose blobs all expired are over.
+                    let held: Vec<Dest> = self.handover.iter().copied().collect();
+                    let still = log.holding(&held, now.unix_s);
+                    self.handover.retain(|d| still.contains(d));
+                }
+                Err(StoreError::SyncFailed(e)) => {
+                    self.fatal = Some(sync_failure(&e));
+                }
+                Err(e) => tracing::warn!(error = %e, "store expiry failed"),
+            }
+        }
+        self.release_stored(durable);
+    }
+
+    /// Answers `Stored` (or `Accepted`) to every sender whose append is covered by durable
+    /// sequence `durable`.
+    pub(super) fn release_stored(&mut self, durable: u64) {
+        while self
+            .pending_stored
+            .front()
+            .is_some_and(|p| p.seq <= durable)
+        {
+            if let Some(p) = self.pending_stored.pop_front() {
+                self.reply(p.to, p.dest, p.msg_id, p.status);
+            }
+        }
+    }
+
+    /// Owner side of an `Ack`: each acknowledged blob gets its tombstone and leaves the index.
+    pub(super) fn on_ack(&mut self, now: Now, items: Vec<(Dest, u64)>) {
+        let Some(log) = self.store.as_mut() else {
+            return;
+        };
+        for (dest, pos) in items {
+            match log.ack(now.unix_s, &dest, Pos::from_u64(pos)) {
+                Ok(true) => {
+                    ShardMetrics::inc(&self.metrics.store_acks);
+                    ShardMetrics::dec(&self.metrics.store_blobs);
+                }
+                Ok(false) => {}
+                Err(StoreError::SyncFailed(e)) => {
+                    self.fatal = Some(sync_failure(&e));
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "store ack failed"),
+            }
+        }
+        self.metrics.store_sources.store(
+            log.sources_len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}

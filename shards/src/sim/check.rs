@@ -1,0 +1,119 @@
+//! The invariants: after every step, and at the end of a run, when faults stop, everything
+//! lands, every mailbox drains and everyone leaves.
+
+use super::*;
+
+impl Sim {
+    /// The invariants that hold after every step.
+    pub(super) fn check_step(&self) -> Result<(), String> {
+        for (s, sh) in self.node.shards.iter().enumerate() {
+            let max = shard_config(&self.cfg, s).memory_bytes_max;
+            if sh.memory_bytes() > max {
+                return Err(format!(
+                    "shard {s} holds {} bytes, over its budget of {max}",
+                    sh.memory_bytes()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a run: faults stop, everything in flight lands, every mailbox drains what is
+    /// stored, every connection closes; then the promises that span the run are checked.
+    pub(super) fn finish(&mut self) -> Result<(), String> {
+        self.faults = false;
+        for d in &self.node.disks {
+            let mut disk = d.disk.borrow_mut();
+            disk.faults.fail_sync = None;
+            disk.faults.fail_write = None;
+        }
+        self.quiesce()?;
+        // Every acked send on a connection still open was answered.
+        for (id, m) in &self.oracle.msgs {
+            let open = self.wires[m.wire].state == WireState::Open
+                && self.clients[self.wires[m.wire].client].wire == Some(m.wire);
+            if open && m.answer.is_none() && m.acked {
+                return Err(format!("message {id} was never answered"));
+            }
+        }
+        // Every mailbox drains everything stored for it: one device of each connects afresh.
+        for mbox in 0..self.cfg.mailboxes {
+            let c = (0..self.clients.len())
+                .find(|&c| self.clients[c].mailbox == mbox)
+                .ok_or("a mailbox without a client")?;
+            self.close(c);
+            self.quiesce()?;
+            self.connect(c)?;
+            self.clients[c].want_listen = false;
+            self.clients[c].drained_done = false;
+            self.quiesce()?;
+            self.drain(c);
+            self.flush_client(c);
+            for _ in 0..10_000 {
+                self.quiesce()?;
+                if self.clients[c].drained_done && !self.clients[c].draining {
+                    break;
+                }
+            }
+            if !self.clients[c].drained_done {
+                return Err(format!("mailbox {mbox} never finished draining"));
+            }
+            // Its acks reach the node and are synced.
+            self.flush_client(c);
+            self.quiesce()?;
+        }
+        for (id, m) in &self.oracle.msgs {
+            if m.answer == Some(SendStatus::Stored) && m.live + m.stored == 0 {
+                return Err(format!(
+                    "message {id} was answered Stored but never reached its mailbox"
+                ));
+            }
+            if let (Some((w, at)), Some(pos)) = (m.ack, m.pos) {
+                let owner = m.dest.owner(self.cfg.shards);
+                let held = self.node.shards[owner]
+                    .store()
+                    .is_some_and(|l| l.holds(&m.dest, Pos::from_u64(pos)));
+                if self.wires[w].up.delivered >= at && held {
+                    return Err(format!(
+                        "message {id}'s ack reached the node but it is still stored"
+                    ));
+                }
+            }
+        }
+        // Everyone leaves: nothing may stay behind.
+        for c in 0..self.clients.len() {
+            self.close(c);
+        }
+        self.quiesce()?;
+        for (s, sh) in self.node.shards.iter().enumerate() {
+            let left = sh.leftovers();
+            if !left.is_empty() {
+                return Err(format!(
+                    "shard {s} kept after every close: {}",
+                    left.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs time on until nothing is in flight and no sync is pending.
+    pub(super) fn quiesce(&mut self) -> Result<(), String> {
+        for _ in 0..1_000 {
+            self.advance(TICK_MS)?;
+            let idle = self.wires.iter().all(|w| {
+                w.up.next_due().is_none() && w.down.next_due().is_none()
+                    || w.state == WireState::Closed
+            }) && self.node.links.iter().all(VecDeque::is_empty)
+                && self
+                    .node
+                    .shards
+                    .iter()
+                    .all(|s| s.store_sync_due_ms().is_none());
+            if idle {
+                return Ok(());
+            }
+        }
+        Err("the node never went quiet".into())
+    }
+}

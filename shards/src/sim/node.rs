@@ -1,0 +1,371 @@
+//! The simulated node process: its shards and disks, the links between its cores, the
+//! connections' pipes, ticks, crashes and disk faults.
+
+use super::*;
+
+/// One node process: its shards, each with a disk that outlives the process, and the FIFO links
+/// between its cores.
+pub(super) struct Node {
+    pub(super) shards: Vec<Shard<MemBackend>>,
+    pub(super) disks: Vec<MemBackend>,
+    /// Batches in flight from core `i` to core `j`, at `i * shards + j`.
+    pub(super) links: Vec<VecDeque<Vec<HopMsg>>>,
+    pub(super) next_tick_ms: Vec<u64>,
+    /// Injected write failures that fired, per shard's disk (they outlive the process).
+    pub(super) write_failures: Vec<u64>,
+    /// (shard, conn) → wire.
+    pub(super) wires: AHashMap<(usize, u64), usize>,
+}
+
+impl Node {
+    pub(super) fn start(
+        cfg: &SimConfig,
+        disks: Vec<MemBackend>,
+        write_failures: Vec<u64>,
+        now: Now,
+    ) -> Result<Node, String> {
+        let mut shards = Vec::with_capacity(cfg.shards);
+        for (i, disk) in disks.iter().enumerate() {
+            let scfg = shard_config(cfg, i);
+            let (log, _recovery) = Log::open(
+                disk.clone(),
+                scfg.shard,
+                store_limits(),
+                cfg.policy,
+                now.unix_s,
+            )
+            .map_err(|e| format!("shard {i}'s store did not reopen: {e}"))?;
+            shards.push(Shard::new(scfg, Arc::new(ShardMetrics::default())).with_store(log));
+        }
+        Ok(Node {
+            shards,
+            disks,
+            links: (0..cfg.shards * cfg.shards)
+                .map(|_| VecDeque::new())
+                .collect(),
+            next_tick_ms: vec![now.mono_ms; cfg.shards],
+            write_failures,
+            wires: AHashMap::new(),
+        })
+    }
+}
+
+impl Sim {
+    /// Collects everything shard `s` produced: hop batches onto the links, output onto wires,
+    /// resumed readers, forced closes. Repeats until it produces nothing more.
+    pub(super) fn pump(&mut self, s: usize) {
+        let n = self.cfg.shards;
+        {
+            let mut d = self.node.disks[s].disk.borrow_mut();
+            if d.faults.fail_write.is_some_and(|at| d.faults.writes >= at) {
+                d.faults.fail_write = None;
+                self.node.write_failures[s] += 1;
+            }
+        }
+        loop {
+            let mut moved = false;
+            let pending: Vec<usize> = self.node.shards[s].outbox_pending().collect();
+            for p in pending {
+                if let Some(b) = self.node.shards[s].take_outbox(p) {
+                    self.node.links[s * n + p].push_back(b);
+                    moved = true;
+                }
+            }
+            for conn in self.node.shards[s].take_force_close() {
+                if let Some(&w) = self.node.wires.get(&(s, conn)) {
+                    self.cut_wire(w);
+                    moved = true;
+                }
+            }
+            let mut ready = Vec::new();
+            self.node.shards[s].take_ready(&mut ready);
+            for conn in ready {
+                let out = self.node.shards[s].take_output(conn);
+                let len = out.bytes.as_ref().map_or(0, Bytes::len);
+                let wire = self.node.wires.get(&(s, conn)).copied();
+                if let (Some(w), Some(b)) = (wire, out.bytes) {
+                    if self.wires[w].state != WireState::ClientClosing {
+                        let d = self.delay();
+                        self.wires[w].down.push(self.now.mono_ms, d, b);
+                    }
+                }
+                self.node.shards[s].on_written(self.now, conn, len);
+                if out.close {
+                    if let Some(w) = wire {
+                        self.node_closed(w);
+                    }
+                }
+                moved = true;
+            }
+            let mut resumed = Vec::new();
+            self.node.shards[s].take_resumed(&mut resumed);
+            for conn in resumed {
+                if let Some(&w) = self.node.wires.get(&(s, conn)) {
+                    self.wires[w].held = false;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// The node closed wire `w` after its last write: the shard forgets it now; the client
+    /// reads what is in flight, then sees the end.
+    pub(super) fn node_closed(&mut self, w: usize) {
+        let wire = &mut self.wires[w];
+        if wire.state == WireState::Closed {
+            return;
+        }
+        let (s, conn) = (wire.shard, wire.conn);
+        wire.up.cut();
+        wire.state = if wire.state == WireState::ClientClosing {
+            WireState::Closed
+        } else {
+            WireState::NodeClosing
+        };
+        self.node.wires.remove(&(s, conn));
+        self.node.shards[s].on_closed(conn);
+        self.pump(s);
+        self.finish_wire(w);
+    }
+
+    /// A wire whose both ends are done: the client's connection time is counted.
+    pub(super) fn finish_wire(&mut self, w: usize) {
+        let wire = &mut self.wires[w];
+        if wire.state == WireState::NodeClosing && wire.down.is_empty() {
+            wire.state = WireState::Closed;
+        }
+        if wire.state == WireState::Closed {
+            self.report.client_ms += self.now.mono_ms - wire.opened_ms;
+            let c = wire.client;
+            if self.clients[c].wire == Some(w) {
+                self.clients[c].reset();
+            }
+        }
+    }
+
+    /// Cuts wire `w` (a reset): both pipes lose what they carry, both ends see the close.
+    pub(super) fn cut_wire(&mut self, w: usize) {
+        let wire = &mut self.wires[w];
+        if wire.state == WireState::Closed {
+            return;
+        }
+        wire.up.cut();
+        wire.down.cut();
+        let (s, conn, c) = (wire.shard, wire.conn, wire.client);
+        let node_knows = wire.state != WireState::NodeClosing;
+        wire.state = WireState::Closed;
+        self.report.client_ms += self.now.mono_ms - wire.opened_ms;
+        if self.clients[c].wire == Some(w) {
+            self.clients[c].reset();
+        }
+        if node_knows {
+            self.node.wires.remove(&(s, conn));
+            self.node.shards[s].on_closed(conn);
+            self.pump(s);
+        }
+    }
+
+    pub(super) fn cut_random(&mut self) {
+        let open: Vec<usize> = (0..self.wires.len())
+            .filter(|&w| self.wires[w].state != WireState::Closed)
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let w = open[self.rng.index(open.len())];
+        self.report.cuts += 1;
+        self.trace(|| format!("wire {w} cut"));
+        self.cut_wire(w);
+    }
+
+    /// Delivers everything due now, one item at a time in a seeded order (each connection's
+    /// bytes and each pair of cores' batches in their own FIFO order).
+    pub(super) fn settle(&mut self) -> Result<(), String> {
+        for _ in 0..SETTLE_MOVES_MAX {
+            let now = self.now.mono_ms;
+            let mut due: Vec<(u8, usize)> = Vec::new();
+            for (w, wire) in self.wires.iter().enumerate() {
+                let up_ok = matches!(wire.state, WireState::Open | WireState::ClientClosing);
+                if up_ok && !wire.held && wire.up.due(now) {
+                    due.push((0, w));
+                }
+                if up_ok && wire.state == WireState::ClientClosing && wire.up.is_empty() {
+                    due.push((3, w));
+                }
+                let down_ok = matches!(wire.state, WireState::Open | WireState::NodeClosing);
+                if down_ok && wire.down.due(now) {
+                    due.push((1, w));
+                }
+                if wire.state == WireState::NodeClosing && wire.down.is_empty() {
+                    due.push((4, w));
+                }
+            }
+            for (l, q) in self.node.links.iter().enumerate() {
+                if !q.is_empty() {
+                    due.push((2, l));
+                }
+            }
+            if due.is_empty() {
+                return Ok(());
+            }
+            let (kind, i) = due[self.rng.index(due.len())];
+            match kind {
+                0 => self.deliver_up(i),
+                1 => {
+                    let c = self.wires[i].client;
+                    if let Some(b) = self.wires[i].down.pop() {
+                        if self.clients[c].wire == Some(i) {
+                            self.client_bytes(c, i, &b)?;
+                        }
+                    }
+                    self.finish_wire(i);
+                }
+                2 => {
+                    let n = self.cfg.shards;
+                    let (to, batch) = (i % n, self.node.links[i].pop_front());
+                    if let Some(b) = batch {
+                        self.node.shards[to].on_hops(self.now, b);
+                        self.pump(to);
+                    }
+                }
+                3 => {
+                    // The client's close reaches the node after its last bytes.
+                    let wire = &mut self.wires[i];
+                    let (s, conn) = (wire.shard, wire.conn);
+                    wire.state = WireState::Closed;
+                    self.report.client_ms += self.now.mono_ms - wire.opened_ms;
+                    self.node.wires.remove(&(s, conn));
+                    self.node.shards[s].on_closed(conn);
+                    self.pump(s);
+                }
+                _ => self.finish_wire(i),
+            }
+        }
+        Err("the node did not settle (livelock?)".into())
+    }
+
+    /// The shard reads one chunk from wire `w`, unless it holds the reader (backpressure).
+    pub(super) fn deliver_up(&mut self, w: usize) {
+        let (s, conn) = (self.wires[w].shard, self.wires[w].conn);
+        if self.node.shards[s].hold_reader(conn) {
+            self.wires[w].held = true;
+            return;
+        }
+        if let Some(b) = self.wires[w].up.pop() {
+            let pause = self.node.shards[s].on_bytes(self.now, conn, &b);
+            debug_assert_eq!(pause, 0, "address limits are off in the simulation");
+            self.pump(s);
+        }
+    }
+
+    pub(super) fn tick_due(&mut self) -> Result<(), String> {
+        for s in 0..self.cfg.shards {
+            let sh = &self.node.shards[s];
+            let sync_due = sh
+                .store_sync_due_ms()
+                .is_some_and(|t| t <= self.now.mono_ms);
+            if sync_due || self.now.mono_ms >= self.node.next_tick_ms[s] {
+                self.node.shards[s].on_tick(self.now);
+                self.node.next_tick_ms[s] = self.now.mono_ms + TICK_MS;
+                self.pump(s);
+            }
+        }
+        if self.node.shards.iter().any(|s| s.fatal().is_some()) {
+            // Fail-stop: the node exits (the kernel may have dropped what the failed sync
+            // held); its supervisor starts it again on the same disks.
+            self.report.fatal_stops += 1;
+            self.crash(true)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn disk_fault(&mut self) {
+        let s = self.rng.index(self.cfg.shards);
+        let mut d = self.node.disks[s].disk.borrow_mut();
+        let ahead = 1 + self.rng.below(3);
+        let sync = self.rng.chance(500);
+        if sync {
+            d.faults.fail_sync = Some(d.faults.syncs + ahead);
+        } else {
+            d.faults.fail_write = Some(d.faults.writes + ahead);
+        }
+        drop(d);
+        self.report.disk_faults += 1;
+        self.trace(|| {
+            format!(
+                "shard {s}: {} {ahead} from now fails",
+                if sync { "sync" } else { "write" }
+            )
+        });
+    }
+
+    /// The node process dies and starts again on the same disks. `power`: the machine lost
+    /// power too (unsynced writes survive whole, torn or not at all); otherwise kill -9 (the page
+    /// cache survives: every write lands).
+    pub(super) fn crash(&mut self, power: bool) -> Result<(), String> {
+        self.report.crashes += 1;
+        self.trace(|| {
+            format!(
+                "node crash ({})",
+                if power { "power loss" } else { "kill -9" }
+            )
+        });
+        // Which acks the node had carried out (their blob is gone from the index), and whether
+        // this crash keeps them: kill -9 keeps every write; power loss keeps what was synced.
+        let shards = self.cfg.shards;
+        let mut kept = Vec::new();
+        for (id, m) in &self.oracle.msgs {
+            let (Some((w, at)), Some(pos)) = (m.ack, m.pos) else {
+                continue;
+            };
+            if self.wires[w].up.delivered < at {
+                continue;
+            }
+            let owner = m.dest.owner(shards);
+            let Some(log) = self.node.shards[owner].store() else {
+                continue;
+            };
+            if !log.holds(&m.dest, Pos::from_u64(pos)) && (!power || !log.has_unsynced()) {
+                kept.push(*id);
+            }
+        }
+        for id in kept {
+            if let Some(m) = self.oracle.msgs.get_mut(&id) {
+                m.ack_durable = true;
+            }
+        }
+        // Every connection dies with the process.
+        for w in 0..self.wires.len() {
+            let wire = &mut self.wires[w];
+            if wire.state != WireState::Closed {
+                wire.up.cut();
+                wire.down.cut();
+                wire.state = WireState::Closed;
+                self.report.client_ms += self.now.mono_ms - wire.opened_ms;
+                let c = wire.client;
+                if self.clients[c].wire == Some(w) {
+                    self.clients[c].reset();
+                }
+            }
+        }
+        let disks: Vec<MemBackend> = self.node.disks.clone();
+        // Drop the shards (and their logs) before the disks change under them.
+        self.node.shards.clear();
+        for d in &disks {
+            let mut disk = d.disk.borrow_mut();
+            disk.faults.fail_sync = None;
+            disk.faults.fail_write = None;
+            if power {
+                let mut r = Rng::new(self.rng.next_u64());
+                disk.crash(|_| u8::try_from(r.below(3)).expect("below 3"));
+            } else {
+                disk.crash(|_| 0);
+            }
+        }
+        let failures = std::mem::take(&mut self.node.write_failures);
+        self.node = Node::start(&self.cfg, disks, failures, self.now)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! What the simulated clients saw, checked against what the node promised (docs/PROTOCOL.md):
+//! every message the simulator sent, every answer and every delivery.
+
+use std::collections::HashMap;
+
+use ferry_proto::frame::{Dest, SendStatus};
+
+/// One message a simulated client sent.
+#[derive(Debug)]
+pub(super) struct Msg {
+    /// The connection it was sent on (`Sim::wires` index).
+    pub(super) wire: usize,
+    pub(super) dest: Dest,
+    /// Whether the sending connection had proven the dest: what it may learn.
+    pub(super) owner: bool,
+    pub(super) acked: bool,
+    pub(super) answer: Option<SendStatus>,
+    /// Live deliveries seen.
+    pub(super) live: u32,
+    /// Stored copies seen (a blob comes again until its ack is durable).
+    pub(super) stored: u32,
+    /// Where it sits in the store, once a stored copy was seen.
+    pub(super) pos: Option<u64>,
+    /// The wires that received a stored copy of it (each may receive it once).
+    pub(super) stored_on: Vec<usize>,
+    /// The last `Ack` of it: (wire, the wire's up-pipe byte count once the ack was queued).
+    pub(super) ack: Option<(usize, u64)>,
+    /// Failed writes on the owner's disk when the ack was sent: a later one may have been the
+    /// ack's tombstone (acks have no answer; the blob then comes again).
+    pub(super) ack_write_failures: u64,
+    /// Its ack survived a crash: it must never be delivered again.
+    pub(super) ack_durable: bool,
+}
+
+/// The payload of message `id`: its id and a length and filler derived from it, so a torn or
+/// mixed-up blob is caught.
+pub(super) fn payload_of(id: u64) -> Vec<u8> {
+    let len = 8 + (id.wrapping_mul(0x9e37_79b9) % 300) as usize;
+    let mut p = vec![id.to_le_bytes()[0] ^ 0xa5; len];
+    p[..8].copy_from_slice(&id.to_le_bytes());
+    p
+}
+
+/// Everything sent, by message id (ids are unique in a run, so the store never de-duplicates).
+#[derive(Debug, Default)]
+pub(super) struct Oracle {
+    pub(super) msgs: HashMap<u64, Msg>,
+    /// The last message id each receiving wire got per (sending wire, dest): one path per pair,
+    /// so ids must grow.
+    last: HashMap<(usize, usize, Dest), u64>,
+}
+
+impl Oracle {
+    pub(super) fn sent(&mut self, id: u64, msg: Msg) {
+        let old = self.msgs.insert(id, msg);
+        assert!(old.is_none(), "message id {id} sent twice by the simulator");
+    }
+
+    /// An answer to message `id` arrived on `wire`.
+    pub(super) fn answered(
+        &mut self,
+        wire: usize,
+        id: u64,
+        status: SendStatus,
+    ) -> Result<(), String> {
+        let m = self
+            .msgs
+            .get_mut(&id)
+            .ok_or_else(|| format!("SendResult for unknown message {id}"))?;
+        if m.wire != wire {
+            return Err(format!(
+                "SendResult for message {id} went to wire {wire}, not its sender {}",
+                m.wire
+            ));
+        }
+        if let Some(prev) = m.answer {
+            return Err(format!(
+                "message {id} answered twice: {prev:?}, then {status:?}"
+            ));
+        }
+        let allowed = if m.owner {
+            !matches!(status, SendStatus::Accepted)
+        } else {
+            !matches!(status, SendStatus::Delivered | SendStatus::Stored)
+        };
+        if !allowed {
+            return Err(format!(
+                "message {id} from {} got {status:?}",
+                if m.owner {
+                    "the dest's owner"
+                } else {
+                    "a stranger"
+                }
+            ));
+        }
+        m.answer = Some(status);
+        Ok(())
+    }
+
+    /// A delivery of message `id` on `wire`: live, or a stored copy at `stored_pos`.
+    pub(super) fn delivered(
+        &mut self,
+        wire: usize,
+        dest: Dest,
+        id: u64,
+        stored_pos: Option<u64>,
+        payload: &[u8],
+        owner_write_failures: u64,
+    ) -> Result<(), String> {
+        let m = self
+            .msgs
+            .get_mut(&id)
+            .ok_or_else(|| format!("delivery of unknown message {id}"))?;
+        if m.dest != dest {
+            return Err(format!(
+                "message {id} for {:?} delivered as {:?}",
+                m.dest, dest
+            ));
+        }
+        if payload != payload_of(id).as_slice() {
+            return Err(format!("message {id} delivered with a corrupt payload"));
+        }
+        let first = m.live + m.stored == 0;
+        match stored_pos {
+            None => {
+                if m.live > 0 || m.stored > 0 {
+                    return Err(format!(
+                        "message {id} delivered live after {} live and {} stored copies",
+                        m.live, m.stored
+                    ));
+                }
+                m.live += 1;
+            }
+            Some(pos) => {
+                if m.live > 0 {
+                    return Err(format!("message {id} delivered live and then stored"));
+                }
+                if m.ack_durable {
+                    return Err(format!(
+                        "message {id} delivered again after its ack was made durable"
+                    ));
+                }
+                if m.stored_on.contains(&wire) && m.ack_write_failures == owner_write_failures {
+                    return Err(format!(
+                        "stored message {id} delivered twice on wire {wire}"
+                    ));
+                }
+                if m.pos.is_some_and(|p| p != pos) {
+                    return Err(format!("message {id} stored at two positions"));
+                }
+                m.pos = Some(pos);
+                m.stored += 1;
+                m.stored_on.push(wire);
+            }
+        }
+        if !first {
+            // A stored copy again (its ack was lost): it comes in store order, behind newer
+            // messages this wire may already have.
+            return Ok(());
+        }
+        let key = (wire, m.wire, dest);
+        let prev = self.last.insert(key, id).unwrap_or(0);
+        if id <= prev {
+            return Err(format!(
+                "wire {wire} got message {id} after {prev} from the same sender and dest"
+            ));
+        }
+        Ok(())
+    }
+}
