@@ -460,6 +460,28 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
     assert!(total.crashes > 0 && total.cuts > 0 && total.fatal_stops > 0);
 }
 
+/// Found by the simulator (2026-12-07), both with send queues too small for a drain batch: a
+/// later, smaller blob slipped into the queue ahead of one that did not fit (order per sender
+/// broken inside one drain), and a live packet overtook a stored blob the hand-over had not yet
+/// delivered (the owner ended the hand-over while the subscriber still had blobs to drain).
+/// Small queues, one mailbox for several devices, no crashes: each fault alone fails here.
+#[test]
+fn short_drains_and_hand_overs_keep_the_order() {
+    for seed in 1..=60 {
+        let cfg = SimConfig {
+            send_queue_bytes_max: 4 << 10,
+            mailboxes: 1,
+            clients: 4,
+            crash_per_mille: 0,
+            disk_fault_per_mille: 0,
+            ..SimConfig::from_seed(seed)
+        };
+        if let Err(v) = nodesim::run(&cfg) {
+            panic!("{v}\nconfig: {cfg:?}");
+        }
+    }
+}
+
 /// One seed no one chose: printed, so a failure reproduces with `FERRY_SIM_SEED`.
 #[test]
 fn a_random_seed_keeps_the_promises_too() {

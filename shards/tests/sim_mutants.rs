@@ -37,7 +37,7 @@ fn every_mutant_is_caught() {
 }
 
 /// One mutant on one seed, to follow a catch (`FERRY_SIM_TRACE=1` prints each step); without
-/// the variables, `SkipSync` on seed 3.
+/// the variables, `SkipSync` on the first seed that catches it.
 #[test]
 fn replay_mutant() {
     let name = std::env::var("FERRY_SIM_MUTANT").unwrap_or_else(|_| "SkipSync".into());
@@ -48,7 +48,8 @@ fn replay_mutant() {
     let seed = std::env::var("FERRY_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .or_else(|| first_catch(m).map(|(seed, _)| seed))
+        .unwrap_or_else(|| panic!("{m:?} not caught within {SEEDS_MAX} seeds"));
     mutants::set(Some(m));
     let outcome = sim::run(&SimConfig::from_seed(seed));
     mutants::set(None);

@@ -471,5 +471,8 @@ impl<B: Backend> Shard<B> {
         for dest in dests {
             self.control(self.owner(&dest), HopMsg::Unsubscribe { dest, sub });
         }
+        if !self.drain_behind.is_empty() {
+            self.drain_behind.retain(|(c, _)| *c != conn);
+        }
     }
 }

@@ -122,6 +122,12 @@ impl<B: Backend> Shard<B> {
         msg_id: u64,
         payload: &[u8],
     ) {
+        if self.drain_short.contains(&(to, dest)) {
+            // An earlier blob of this batch did not fit the send queue: the rest waits for the
+            // next drain too, so the blobs still arrive oldest first (a later, smaller one
+            // slipping in ahead of it would break the order per sender).
+            return;
+        }
         let pushed = self
             .conns
             .get_mut(&to)
@@ -139,6 +145,11 @@ impl<B: Backend> Shard<B> {
     /// Drainer's side of the end of a drain batch.
     pub(super) fn on_drain_end(&mut self, to: u64, dest: Dest, more: bool) {
         let short = self.drain_short.remove(&(to, dest));
+        if short {
+            self.drain_behind.insert((to, dest));
+        } else if !more {
+            self.drain_behind.remove(&(to, dest));
+        }
         if let Some(c) = self.conns.get_mut(&to) {
             c.sm.on_drain_end();
             let status = if more || short {

@@ -174,8 +174,13 @@ pub struct Shard<B: Backend = MmapBackend> {
     /// Queries of local connections waiting for owner answers, by query id.
     queries: AHashMap<u64, drain::PendingQuery>,
     next_query: u64,
-    /// (conn, dest) whose drain lost a blob to a full send queue: its DrainEnd says More.
+    /// (conn, dest) whose drain batch lost a blob to a full send queue: the rest of the batch
+    /// is skipped too and its DrainEnd says More.
     drain_short: AHashSet<(u64, Dest)>,
+    /// (conn, dest) that still has stored blobs to drain behind the ones it got (a batch came
+    /// short): live packets for it are refused `Congested` until a drain ends complete, so they
+    /// never overtake a stored blob (the owner may already have ended the hand-over).
+    drain_behind: AHashSet<(u64, Dest)>,
     /// Owned dests whose subscriber has not yet drained every stored blob: new packets for them
     /// are stored too (behind the others) until a drain comes back complete, so the subscriber
     /// sees stored blobs first and live traffic after, in order.
@@ -239,6 +244,7 @@ impl Shard {
             queries: AHashMap::new(),
             next_query: 1,
             drain_short: AHashSet::new(),
+            drain_behind: AHashSet::new(),
             handover: AHashSet::new(),
             last_expire_unix_s: 0,
             fatal: None,
@@ -323,6 +329,7 @@ impl<B: Backend> Shard<B> {
         );
         note("queries", self.queries.len());
         note("short drains", self.drain_short.len());
+        note("connections behind on a drain", self.drain_behind.len());
         note("memory bytes charged", self.memory.bytes);
         left
     }

@@ -189,6 +189,12 @@ impl<B: Backend> Shard<B> {
             self.reply(from, dest, msg_id, SendStatus::Congested);
             return;
         }
+        if !self.drain_behind.is_empty() && self.drain_behind.contains(&(to, dest)) {
+            // Stored blobs it has yet to drain come first (its send queue was full for them).
+            ShardMetrics::inc(&self.metrics.drops_send_queue_full);
+            self.reply(from, dest, msg_id, SendStatus::Congested);
+            return;
+        }
         let pushed = self
             .conns
             .get_mut(&to)

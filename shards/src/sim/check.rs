@@ -63,7 +63,8 @@ impl Sim {
             self.quiesce()?;
         }
         for (id, m) in &self.oracle.msgs {
-            if m.answer == Some(SendStatus::Stored) && m.live + m.stored == 0 {
+            let expired = m.last_live_unix_s.is_some_and(|t| self.now.unix_s > t);
+            if m.answer == Some(SendStatus::Stored) && m.live + m.stored == 0 && !expired {
                 return Err(format!(
                     "message {id} was answered Stored but never reached its mailbox"
                 ));

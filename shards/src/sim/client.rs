@@ -75,6 +75,19 @@ impl Sim {
                 }
             }
             86..=89 => self.close(c),
+            90..=94 => {
+                // Stops reading for a while: mostly briefly, sometimes past the node's
+                // write-stall timeout.
+                let pause = if self.rng.chance(800) {
+                    10 + self.rng.below(500)
+                } else {
+                    1_000 + self.rng.below(40_000)
+                };
+                if let Some(w) = self.clients[c].wire {
+                    self.wires[w].read_paused_until_ms = self.now.mono_ms + pause;
+                    self.trace(|| format!("client {c} stops reading wire {w} for {pause} ms"));
+                }
+            }
             _ => {}
         }
         self.flush_client(c);
@@ -99,6 +112,9 @@ impl Sim {
             up: Default::default(),
             down: Default::default(),
             held: false,
+            writing: None,
+            write_wanted: false,
+            read_paused_until_ms: 0,
             state: WireState::Open,
             opened_ms: self.now.mono_ms,
         });
@@ -128,10 +144,21 @@ impl Sim {
             let id = self.next_msg;
             self.next_msg += 1;
             let ack = self.rng.chance(800);
+            // Mostly the node's maximum; sometimes seconds, to expire within the run.
+            let ttl_s = if self.rng.chance(150) {
+                1 + u32::try_from(self.rng.below(20)).expect("below 20")
+            } else {
+                0
+            };
             let cl = &mut self.clients[c];
             let owner = cl.proven && cl.mailbox == mailbox;
-            cl.cc
-                .send(dest, id, if ack { FLAG_ACK } else { 0 }, 0, &payload_of(id));
+            cl.cc.send(
+                dest,
+                id,
+                if ack { FLAG_ACK } else { 0 },
+                ttl_s,
+                &payload_of(id),
+            );
             self.oracle.sent(
                 id,
                 Msg {
@@ -144,8 +171,9 @@ impl Sim {
                     stored: 0,
                     pos: None,
                     stored_on: Vec::new(),
+                    last_live_unix_s: (ttl_s > 0).then(|| self.now.unix_s + u64::from(ttl_s)),
                     ack: None,
-                    ack_write_failures: 0,
+                    ack_disk_failures: Vec::new(),
                     ack_durable: false,
                 },
             );
@@ -234,7 +262,7 @@ impl Sim {
         // this output: a bound that is never early).
         let sent_to = self.wires[w].up.pushed;
         for (dest, pos) in acks {
-            let failures = self.node.write_failures[dest.owner(self.cfg.shards)];
+            let failures = self.node.disk_failures[dest.owner(self.cfg.shards)];
             if let Some(m) = self
                 .oracle
                 .msgs
@@ -242,7 +270,13 @@ impl Sim {
                 .find(|m| m.dest == dest && m.pos == Some(pos))
             {
                 m.ack = Some((w, sent_to));
-                m.ack_write_failures = failures;
+                m.ack_disk_failures.push((w, failures));
+                if self.trace {
+                    eprintln!(
+                        "[{}] wire {w} acks {pos} (write failures {failures})",
+                        self.step
+                    );
+                }
             }
         }
     }
@@ -329,7 +363,7 @@ impl Sim {
                     ));
                 }
                 self.report.stored_deliveries += 1;
-                let failures = self.node.write_failures[dest.owner(self.cfg.shards)];
+                let failures = self.node.disk_failures[dest.owner(self.cfg.shards)];
                 self.oracle
                     .delivered(w, dest, msg_id, Some(pos), &payload, failures)?;
                 self.clients[c].acks.push((dest, pos));

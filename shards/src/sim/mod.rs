@@ -100,6 +100,10 @@ pub struct SimConfig {
     pub crash_per_mille: u64,
     /// Failed writes and syncs injected (per mille per step).
     pub disk_fault_per_mille: u64,
+    /// The connections' send queue bound (small: `Congested`, short drains).
+    pub send_queue_bytes_max: usize,
+    /// How long a write may stall before the node drops a slow reader.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl SimConfig {
@@ -123,6 +127,8 @@ impl SimConfig {
             cut_per_mille: [0, 5, 20][r.index(3)],
             crash_per_mille: [0, 3, 10][r.index(3)],
             disk_fault_per_mille: [0, 2, 5][r.index(3)],
+            send_queue_bytes_max: [4 << 10, 64 << 10, 1 << 20][r.index(3)],
+            write_stall_timeout_ms: [2_000, 30_000][r.index(2)],
         }
     }
 }
@@ -194,7 +200,11 @@ fn shard_config(cfg: &SimConfig, shard: usize) -> ShardConfig {
             seed[..8].copy_from_slice(&(shard as u64).to_le_bytes());
             seed
         },
-        conn_limits: ConnLimits::default(),
+        conn_limits: ConnLimits {
+            send_queue_bytes_max: cfg.send_queue_bytes_max,
+            write_stall_timeout_ms: cfg.write_stall_timeout_ms,
+            ..ConnLimits::default()
+        },
         ip_limits: IpLimits {
             conns: open,
             bytes: open,

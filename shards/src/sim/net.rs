@@ -17,20 +17,24 @@ pub(super) struct Pipe {
     pub(super) delivered: u64,
 }
 
+/// What the kernel holds for a connection before a write blocks (send and receive buffers):
+/// small, so a client that stops reading blocks the node's writes soon.
+pub(super) const SOCKET_BUFFER_BYTES: u64 = 32 * 1024;
+
 impl Pipe {
     /// Queues `bytes`, due `delay_ms` from `now_ms` but never before what is already queued.
     pub(super) fn push(&mut self, now_ms: u64, delay_ms: u64, bytes: Bytes) {
         if bytes.is_empty() {
             return;
         }
-        let after = self.chunks.back().map_or(0, |(at, _)| *at);
+        let after = self.chunks.back().map_or(0, |(at, ..)| *at);
         self.pushed += bytes.len() as u64;
         self.chunks
             .push_back(((now_ms + delay_ms).max(after), bytes));
     }
 
     pub(super) fn due(&self, now_ms: u64) -> bool {
-        self.chunks.front().is_some_and(|(at, _)| *at <= now_ms)
+        self.chunks.front().is_some_and(|(at, ..)| *at <= now_ms)
     }
 
     pub(super) fn pop(&mut self) -> Option<Bytes> {
@@ -48,9 +52,14 @@ impl Pipe {
         self.chunks.clear();
     }
 
+    /// Bytes in flight (written, not yet read).
+    pub(super) fn backlog(&self) -> u64 {
+        self.pushed - self.delivered
+    }
+
     /// When the next chunk is due, if any.
     pub(super) fn next_due(&self) -> Option<u64> {
-        self.chunks.front().map(|(at, _)| *at)
+        self.chunks.front().map(|(at, ..)| *at)
     }
 }
 
@@ -78,6 +87,13 @@ pub(super) struct Wire {
     pub(super) down: Pipe,
     /// The node parked this connection's reader (`Shard::hold_reader`) until it is resumed.
     pub(super) held: bool,
+    /// The driver's writer: bytes of the write in progress (taken from the shard, not yet
+    /// accepted by the socket), and whether the connection should close after it.
+    pub(super) writing: Option<(usize, bool)>,
+    /// The shard named it ready while a write was in progress: take its output after.
+    pub(super) write_wanted: bool,
+    /// The client does not read before this (virtual ms): a slow reader.
+    pub(super) read_paused_until_ms: u64,
     pub(super) state: WireState,
     /// When it opened (virtual ms), for the client-hours count.
     pub(super) opened_ms: u64,

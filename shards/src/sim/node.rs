@@ -11,8 +11,9 @@ pub(super) struct Node {
     /// Batches in flight from core `i` to core `j`, at `i * shards + j`.
     pub(super) links: Vec<VecDeque<Vec<HopMsg>>>,
     pub(super) next_tick_ms: Vec<u64>,
-    /// Injected write failures that fired, per shard's disk (they outlive the process).
-    pub(super) write_failures: Vec<u64>,
+    /// Injected write and sync failures that fired, per shard's disk (they outlive the
+    /// process).
+    pub(super) disk_failures: Vec<u64>,
     /// (shard, conn) → wire.
     pub(super) wires: AHashMap<(usize, u64), usize>,
 }
@@ -21,7 +22,7 @@ impl Node {
     pub(super) fn start(
         cfg: &SimConfig,
         disks: Vec<MemBackend>,
-        write_failures: Vec<u64>,
+        disk_failures: Vec<u64>,
         now: Now,
     ) -> Result<Node, String> {
         let mut shards = Vec::with_capacity(cfg.shards);
@@ -44,7 +45,7 @@ impl Node {
                 .map(|_| VecDeque::new())
                 .collect(),
             next_tick_ms: vec![now.mono_ms; cfg.shards],
-            write_failures,
+            disk_failures,
             wires: AHashMap::new(),
         })
     }
@@ -55,12 +56,21 @@ impl Sim {
     /// resumed readers, forced closes. Repeats until it produces nothing more.
     pub(super) fn pump(&mut self, s: usize) {
         let n = self.cfg.shards;
-        {
+        let fired = {
             let mut d = self.node.disks[s].disk.borrow_mut();
-            if d.faults.fail_write.is_some_and(|at| d.faults.writes >= at) {
+            let write = d.faults.fail_write.is_some_and(|at| d.faults.writes >= at);
+            let sync = d.faults.fail_sync.is_some_and(|at| d.faults.syncs >= at);
+            if write {
                 d.faults.fail_write = None;
-                self.node.write_failures[s] += 1;
             }
+            if sync {
+                d.faults.fail_sync = None;
+            }
+            write || sync
+        };
+        if fired {
+            self.node.disk_failures[s] += 1;
+            self.trace(|| format!("shard {s}: a write or sync failed"));
         }
         loop {
             let mut moved = false;
@@ -80,19 +90,15 @@ impl Sim {
             let mut ready = Vec::new();
             self.node.shards[s].take_ready(&mut ready);
             for conn in ready {
-                let out = self.node.shards[s].take_output(conn);
-                let len = out.bytes.as_ref().map_or(0, Bytes::len);
-                let wire = self.node.wires.get(&(s, conn)).copied();
-                if let (Some(w), Some(b)) = (wire, out.bytes) {
-                    if self.wires[w].state != WireState::ClientClosing {
-                        let d = self.delay();
-                        self.wires[w].down.push(self.now.mono_ms, d, b);
-                    }
-                }
-                self.node.shards[s].on_written(self.now, conn, len);
-                if out.close {
-                    if let Some(w) = wire {
-                        self.node_closed(w);
+                match self.node.wires.get(&(s, conn)).copied() {
+                    Some(w) if self.wires[w].writing.is_some() => self.wires[w].write_wanted = true,
+                    Some(w) => self.write(w),
+                    None => {
+                        // Gone from the simulator's view already: what the writer task does
+                        // with a connection whose socket closed.
+                        let out = self.node.shards[s].take_output(conn);
+                        let len = out.bytes.as_ref().map_or(0, Bytes::len);
+                        self.node.shards[s].on_written(self.now, conn, len);
                     }
                 }
                 moved = true;
@@ -108,6 +114,50 @@ impl Sim {
                 return;
             }
         }
+    }
+
+    /// The driver's writer task for wire `w`: takes the shard's output and writes it; the write
+    /// completes (`on_written`) once the socket has room for it, that is once the client has
+    /// read enough ([`net::SOCKET_BUFFER_BYTES`]); until then the stall clock runs.
+    pub(super) fn write(&mut self, w: usize) {
+        let (s, conn) = (self.wires[w].shard, self.wires[w].conn);
+        debug_assert!(self.wires[w].writing.is_none());
+        self.wires[w].write_wanted = false;
+        let out = self.node.shards[s].take_output(conn);
+        let len = out.bytes.as_ref().map_or(0, Bytes::len);
+        if let Some(b) = out.bytes {
+            if self.wires[w].state == WireState::ClientClosing {
+                // Nobody reads: the bytes go nowhere, as into a socket the peer reset.
+            } else {
+                let d = self.delay();
+                self.wires[w].down.push(self.now.mono_ms, d, b);
+            }
+            self.node.shards[s].on_write_blocked(self.now, conn);
+        }
+        self.wires[w].writing = Some((len, out.close));
+        self.complete_write(w);
+    }
+
+    /// Completes wire `w`'s write in progress if the socket took it, and starts the next.
+    pub(super) fn complete_write(&mut self, w: usize) {
+        let wire = &self.wires[w];
+        let Some((len, close)) = wire.writing else {
+            return;
+        };
+        let open = matches!(wire.state, WireState::Open | WireState::ClientClosing);
+        if !open || wire.down.backlog() > net::SOCKET_BUFFER_BYTES {
+            return;
+        }
+        let (s, conn) = (wire.shard, wire.conn);
+        self.wires[w].writing = None;
+        self.node.shards[s].on_written(self.now, conn, len);
+        if close {
+            self.node_closed(w);
+        } else if self.wires[w].write_wanted || len > 0 {
+            // More may have queued while this one was in flight.
+            self.write(w);
+        }
+        self.pump(s);
     }
 
     /// The node closed wire `w` after its last write: the shard forgets it now; the client
@@ -195,7 +245,7 @@ impl Sim {
                     due.push((3, w));
                 }
                 let down_ok = matches!(wire.state, WireState::Open | WireState::NodeClosing);
-                if down_ok && wire.down.due(now) {
+                if down_ok && wire.down.due(now) && now >= wire.read_paused_until_ms {
                     due.push((1, w));
                 }
                 if wire.state == WireState::NodeClosing && wire.down.is_empty() {
@@ -220,6 +270,7 @@ impl Sim {
                             self.client_bytes(c, i, &b)?;
                         }
                     }
+                    self.complete_write(i);
                     self.finish_wire(i);
                 }
                 2 => {
@@ -364,7 +415,7 @@ impl Sim {
                 disk.crash(|_| 0);
             }
         }
-        let failures = std::mem::take(&mut self.node.write_failures);
+        let failures = std::mem::take(&mut self.node.disk_failures);
         self.node = Node::start(&self.cfg, disks, failures, self.now)?;
         Ok(())
     }
