@@ -127,7 +127,8 @@ pub fn dev_cert(out: &Path, names: &[String], now_unix_s: u64) -> anyhow::Result
     })
 }
 
-/// Creates `path` (never overwriting) with `mode` (less the umask) and `bytes`, synced.
+/// Creates `path` (never overwriting) with `mode` (less the umask) and `bytes`, synced, and its
+/// directory entry synced too (a crash right after must not lose the file it reported made).
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -139,6 +140,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
+        .and_then(|()| ferry_proto::fsutil::sync_parent(path))
         .with_context(|| format!("writing {}", path.display()))
 }
 

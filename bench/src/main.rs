@@ -192,7 +192,7 @@ fn main() {
                 Dest(d),
                 ConnRef {
                     shard: 0,
-                    conn: i as u64,
+                    conn: ferry_shards::ConnId(i as u64),
                 },
             );
             keys.push(Dest(d));

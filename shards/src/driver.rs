@@ -46,6 +46,7 @@ use ferry_proto::frame::{ErrorCode, Frame};
 use crate::clock::Clock;
 use crate::metrics::ShardMetrics;
 use crate::shard::{Accept, HopMsg, SHARDS_MAX, Shard, ShardConfig, shard_index};
+use crate::table::ConnId;
 
 /// Submission-queue depth of each shard's io_uring rings (glommio's default is 128). The kernel
 /// sizes a ring's cancel hash table from its completion queue (`ilog2(cq_entries) - 5` bits, at
@@ -333,12 +334,12 @@ fn refuse_socket(socket: &socket2::Socket, refusal: Option<&[u8]>) {
 struct Ctx {
     shard: RefCell<Shard>,
     clock: Clock,
-    writers: RefCell<AHashMap<u64, (LocalSender<()>, RawFd)>>,
+    writers: RefCell<AHashMap<ConnId, (LocalSender<()>, RawFd)>>,
     /// Each connection's reader wake-up: a reader held by backpressure waits on it (capacity 1,
     /// a full channel means "already woken").
-    readers: RefCell<AHashMap<u64, LocalSender<()>>>,
+    readers: RefCell<AHashMap<ConnId, LocalSender<()>>>,
     flushers: Vec<Option<LocalSender<()>>>,
-    scratch: RefCell<Vec<u64>>,
+    scratch: RefCell<Vec<ConnId>>,
     driver: DriverConfig,
     /// The certificate new TLS connections get (replaced on reload).
     tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
@@ -591,7 +592,7 @@ async fn run_shard(
             eprintln!("ferry: final store sync failed: {e}");
             std::process::exit(1);
         }
-        let conns: Vec<u64> = ctx.writers.borrow().keys().copied().collect();
+        let conns: Vec<ConnId> = ctx.writers.borrow().keys().copied().collect();
         for conn in conns {
             shard.close(conn, ErrorCode::ShuttingDown, "node is restarting");
         }
@@ -905,7 +906,7 @@ async fn acceptor(
 
 type Tls = Rc<RefCell<rustls::ServerConnection>>;
 
-fn spawn_connection(ctx: Rc<Ctx>, conn: u64, stream: TcpStream, tls: Option<Tls>) {
+fn spawn_connection(ctx: Rc<Ctx>, conn: ConnId, stream: TcpStream, tls: Option<Tls>) {
     let fd = stream.as_raw_fd();
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     ctx.writers.borrow_mut().insert(conn, (wake_tx, fd));
@@ -918,7 +919,7 @@ fn spawn_connection(ctx: Rc<Ctx>, conn: u64, stream: TcpStream, tls: Option<Tls>
 
 async fn read_loop(
     ctx: Rc<Ctx>,
-    conn: u64,
+    conn: ConnId,
     mut reader: futures_lite::io::ReadHalf<TcpStream>,
     tls: Option<Tls>,
     resume: local_channel::LocalReceiver<()>,
@@ -970,7 +971,7 @@ async fn read_loop(
 
 /// Hands the first `n` bytes of the shard's read buffer to the connection (through TLS when it
 /// has it). Returns the read pause (ms).
-fn feed(ctx: &Ctx, conn: u64, tls: Option<&Tls>, n: usize) -> u64 {
+fn feed(ctx: &Ctx, conn: ConnId, tls: Option<&Tls>, n: usize) -> u64 {
     let now = ctx.clock.now();
     let buf = ctx.read_buf.borrow();
     match tls {
@@ -991,7 +992,7 @@ fn feed(ctx: &Ctx, conn: u64, tls: Option<&Tls>, n: usize) -> u64 {
 /// Feeds TLS records; hands every plaintext byte to the shard. Returns the read pause (ms).
 fn tls_input(
     ctx: &Ctx,
-    conn: u64,
+    conn: ConnId,
     tls: &Tls,
     mut data: &[u8],
     plain: &mut [u8],
@@ -1027,7 +1028,7 @@ fn tls_input(
 
 async fn write_loop(
     ctx: Rc<Ctx>,
-    conn: u64,
+    conn: ConnId,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     tls: Option<Tls>,
     wake: local_channel::LocalReceiver<()>,
@@ -1096,7 +1097,7 @@ async fn write_loop(
 
 async fn write_with_stall_clock(
     ctx: &Ctx,
-    conn: u64,
+    conn: ConnId,
     writer: &mut futures_lite::io::WriteHalf<TcpStream>,
     bytes: &[u8],
 ) -> std::io::Result<()> {

@@ -23,4 +23,4 @@ pub mod table;
 pub mod timers;
 
 pub use shard::{Accept, HopMsg, Output, Shard, ShardConfig};
-pub use table::{ConnRef, ForwardTable};
+pub use table::{ConnId, ConnRef, ForwardTable};

@@ -101,7 +101,10 @@ impl ServiceRequest {
 #[derive(Clone, Debug)]
 pub enum ServiceReply {
     /// Write `frame` to connection `to` of this shard.
-    Frame { to: u64, frame: Frame },
+    Frame {
+        to: crate::table::ConnId,
+        frame: Frame,
+    },
     /// `dest` (owned by this shard) has push registrations until `until_unix_s`; 0 = none left.
     PushArm { dest: Dest, until_unix_s: u64 },
     /// At start-up: the dests whose [`push_dest_tag`] is a key here have push registrations

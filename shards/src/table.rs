@@ -8,7 +8,23 @@ use ferry_proto::Dest;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnRef {
     pub shard: u16,
-    pub conn: u64,
+    pub conn: ConnId,
+}
+
+/// A connection's id on its shard: numbered from 1, never reused while the shard runs (the
+/// service core's own work, a wake, comes from [`ConnId::NONE`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// No connection: what a shard's own requests (a push wake) are sent from.
+    pub const NONE: ConnId = ConnId(0);
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// `dest → subscriber`. One live subscriber per dest: the newest subscription takes over.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use ferry_proto::conn::{ClientConn, ConnLimits, Now};
 use ferry_proto::frame::{Dest, Frame};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::{Accept, Shard, ShardConfig};
 
@@ -40,7 +41,7 @@ fn shard(index: u16, shards: usize, hop_queue_msgs_max: usize) -> Shard {
 }
 
 /// Accepts a connection, says hello and writes the node's answer away (as the writer would).
-fn open(s: &mut Shard, now: Now) -> u64 {
+fn open(s: &mut Shard, now: Now) -> ConnId {
     let from: IpAddr = "192.0.2.7".parse().unwrap();
     let Accept::Ok(conn) = s.accept(now, from) else {
         panic!("refused")
@@ -61,7 +62,7 @@ fn write_all(s: &mut Shard, now: Now) {
     }
 }
 
-fn resumed(s: &mut Shard) -> Vec<u64> {
+fn resumed(s: &mut Shard) -> Vec<ConnId> {
     let mut v = Vec::new();
     s.take_resumed(&mut v);
     v

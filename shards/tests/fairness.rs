@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{Dest, FLAG_ACK, Frame, Op, SendStatus};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::IpKey;
 use ferry_shards::shard::StoreSpec;
@@ -70,7 +71,7 @@ fn junk_dest(i: u64) -> Dest {
 
 struct Client {
     shard: usize,
-    conn: u64,
+    conn: ConnId,
     cc: ClientConn,
     challenge: [u8; 32],
     events: Vec<ClientEvent>,

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{ErrorCode, Frame, Op, ProofItem, ProofStatus, decode_frame};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::{Accept, Shard, ShardConfig};
@@ -40,12 +41,12 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// Accepts a connection from `from` and says hello; returns its id.
-fn open(shard: &mut Shard, now: Now, from: IpAddr) -> u64 {
+fn open(shard: &mut Shard, now: Now, from: IpAddr) -> ConnId {
     open_with_challenge(shard, now, from).0
 }
 
 /// Accepts a connection from `from` and says hello; returns its id and its challenge.
-fn open_with_challenge(shard: &mut Shard, now: Now, from: IpAddr) -> (u64, [u8; 32]) {
+fn open_with_challenge(shard: &mut Shard, now: Now, from: IpAddr) -> (ConnId, [u8; 32]) {
     let Accept::Ok(conn) = shard.accept(now, from) else {
         panic!("refused")
     };
@@ -88,7 +89,7 @@ fn flat_out(conns: usize, rate: Rate, chunk: usize, ms: u64, ask_first: bool) ->
         Arc::new(ShardMetrics::default()),
     );
     let from = ip("10.1.2.3");
-    let ids: Vec<u64> = (0..conns).map(|_| open(&mut shard, at(0), from)).collect();
+    let ids: Vec<ConnId> = (0..conns).map(|_| open(&mut shard, at(0), from)).collect();
     let hellos = shard.metrics().bytes_in.load(Ordering::Relaxed);
     let data = pongs(chunk);
     let mut paused_until = vec![0u64; conns];
@@ -206,7 +207,7 @@ fn an_address_at_its_open_connection_cap_is_refused_while_others_connect() {
     );
     let now = at(0);
     let from = ip("198.51.100.7");
-    let held: Vec<u64> = (0..3).map(|_| open(&mut shard, now, from)).collect();
+    let held: Vec<ConnId> = (0..3).map(|_| open(&mut shard, now, from)).collect();
     for _ in 0..5 {
         assert_eq!(
             refusal_code(shard.accept(now, from)),
@@ -254,7 +255,7 @@ fn signer_proofs(challenge: &[u8; 32], mailboxes: std::ops::Range<u32>) -> Vec<P
 }
 
 /// Sends one `Prove` frame on `conn`; returns the statuses of its `ProveResult`.
-fn prove(shard: &mut Shard, now: Now, conn: u64, items: &[ProofItem]) -> Vec<ProofStatus> {
+fn prove(shard: &mut Shard, now: Now, conn: ConnId, items: &[ProofItem]) -> Vec<ProofStatus> {
     let mut cc = ClientConn::default();
     cc.push(&Frame::Prove {
         items: items.to_vec(),

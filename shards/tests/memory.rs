@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{Dest, ErrorCode, FLAG_ACK, Frame, Op, SendStatus};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::shard::{CONN_BASE_BYTES, ShedCandidate, shed_order};
 use ferry_shards::{Accept, Shard, ShardConfig};
@@ -41,7 +42,7 @@ fn ip() -> IpAddr {
 }
 
 /// Accepts a connection and says hello; returns its id and challenge.
-fn open(shard: &mut Shard, now: Now) -> (u64, [u8; 32]) {
+fn open(shard: &mut Shard, now: Now) -> (ConnId, [u8; 32]) {
     let Accept::Ok(conn) = shard.accept(now, ip()) else {
         panic!("refused")
     };
@@ -59,7 +60,7 @@ fn open(shard: &mut Shard, now: Now) -> (u64, [u8; 32]) {
 }
 
 /// Takes `conn`'s output and reports it written, as a reading client's writer would.
-fn take(shard: &mut Shard, now: Now, conn: u64) -> Vec<u8> {
+fn take(shard: &mut Shard, now: Now, conn: ConnId) -> Vec<u8> {
     let o = shard.take_output(conn);
     let n = o.bytes.as_ref().map_or(0, |b| b.len());
     shard.on_written(now, conn, n);
@@ -77,7 +78,7 @@ fn events(bytes: &[u8]) -> Vec<ClientEvent> {
 }
 
 /// The error code the node closed `conn` with, reading what it queued.
-fn closed_with(shard: &mut Shard, now: Now, conn: u64) -> Option<ErrorCode> {
+fn closed_with(shard: &mut Shard, now: Now, conn: ConnId) -> Option<ErrorCode> {
     events(&take(shard, now, conn))
         .into_iter()
         .find_map(|e| match e {
@@ -98,7 +99,7 @@ fn metric(shard: &Shard, f: impl Fn(&ShardMetrics) -> &std::sync::atomic::Atomic
 }
 
 /// Subscribes `conn` to a fresh mailbox's dest; returns it.
-fn subscribe(shard: &mut Shard, now: Now, conn: u64, challenge: &[u8; 32], i: u32) -> Dest {
+fn subscribe(shard: &mut Shard, now: Now, conn: ConnId, challenge: &[u8; 32], i: u32) -> Dest {
     let mut seed = [3u8; 32];
     seed[..4].copy_from_slice(&i.to_le_bytes());
     let signer = MailboxSecret::from_seed(&seed)
@@ -117,7 +118,7 @@ fn subscribe(shard: &mut Shard, now: Now, conn: u64, challenge: &[u8; 32], i: u3
 }
 
 /// Sends one packet of `len` bytes from `from` to `dest` (with an ack asked for).
-fn send(shard: &mut Shard, now: Now, from: u64, dest: Dest, msg_id: u64, len: usize) {
+fn send(shard: &mut Shard, now: Now, from: ConnId, dest: Dest, msg_id: u64, len: usize) {
     let mut cc = ClientConn::default();
     cc.send(dest, msg_id, FLAG_ACK, 0, &vec![7u8; len]);
     shard.on_bytes(now, from, &cc.take_output().unwrap());
@@ -155,7 +156,7 @@ fn partial_frames_are_charged_and_the_oldest_are_shed_within_the_budget() {
     );
     assert_eq!(closed_with(&mut s, now, flood[39]), None);
     assert_eq!(closed_with(&mut s, now, honest), None);
-    let shed_ids: Vec<u64> = flood
+    let shed_ids: Vec<ConnId> = flood
         .iter()
         .copied()
         .filter(|&c| closed_with(&mut s, now, c) == Some(ErrorCode::Overloaded))
@@ -232,7 +233,7 @@ fn a_subscriber_that_never_reads_is_shed_before_older_smaller_partial_frames() {
 fn new_connections_are_refused_with_overloaded_when_the_budget_is_full() {
     // Room for ten idle connections, and for one hello exchange's buffers at a time.
     let mut s = shard(10 * CONN_BASE_BYTES + 4_096);
-    let conns: Vec<u64> = (0..10).map(|_| open(&mut s, at(0)).0).collect();
+    let conns: Vec<ConnId> = (0..10).map(|_| open(&mut s, at(0)).0).collect();
     match s.accept(at(1), ip()) {
         Accept::Refused(bytes) => {
             let code = events(&bytes).into_iter().find_map(|e| match e {
@@ -269,7 +270,7 @@ fn output_is_charged_while_queued_and_given_back_when_written() {
 #[test]
 fn shed_order_takes_the_largest_then_the_longest_stuck() {
     let c = |conn, held_bytes, held_since_ms| ShedCandidate {
-        conn,
+        conn: ConnId(conn),
         held_bytes,
         held_since_ms,
     };
@@ -281,8 +282,8 @@ fn shed_order_takes_the_largest_then_the_longest_stuck() {
         c(5, 65_000, None),
     ];
     shed_order(&mut v);
-    let order: Vec<u64> = v.iter().map(|c| c.conn).collect();
-    assert_eq!(order, vec![2, 3, 1, 5]);
+    let order: Vec<ConnId> = v.iter().map(|c| c.conn).collect();
+    assert_eq!(order, [2, 3, 1, 5].map(ConnId));
 }
 
 #[test]
@@ -291,7 +292,7 @@ fn the_allocator_is_trimmed_after_a_large_free_at_most_once_per_interval() {
     let mut s = shard(64 << 20);
     let now = at(10_000);
     assert!(!s.take_trim_due(now), "nothing freed yet");
-    let flood: Vec<u64> = (0..200)
+    let flood: Vec<ConnId> = (0..200)
         .map(|_| {
             let (c, _) = open(&mut s, now);
             s.on_bytes(now, c, &partial(60_000));
@@ -305,7 +306,7 @@ fn the_allocator_is_trimmed_after_a_large_free_at_most_once_per_interval() {
     }
     assert!(s.take_trim_due(now));
     assert!(!s.take_trim_due(now), "once");
-    let again: Vec<u64> = (0..200)
+    let again: Vec<ConnId> = (0..200)
         .map(|_| {
             let (c, _) = open(&mut s, now);
             s.on_bytes(now, c, &partial(60_000));

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use ferry_proto::addr::{BlindedSigner, MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{Dest, FLAG_ACK, Frame, Op, ProofStatus, SendStatus, SubscribeStatus};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::store::backend::MmapBackend;
 use ferry_shards::store::{FsyncPolicy, Log, StoreLimits};
@@ -45,14 +46,14 @@ fn config(shard: u16) -> ShardConfig {
 #[derive(Clone, Copy)]
 struct Client {
     shard: usize,
-    conn: u64,
+    conn: ConnId,
 }
 
 /// Two shards with stores, the mesh between them moved by hand, and what each client received.
 struct Node {
     shards: Vec<Shard>,
-    parsers: Vec<((usize, u64), ClientConn)>,
-    challenges: Vec<((usize, u64), [u8; 32])>,
+    parsers: Vec<((usize, ConnId), ClientConn)>,
+    challenges: Vec<((usize, ConnId), [u8; 32])>,
     now_ms: u64,
     _dir: TempDir,
 }
@@ -137,7 +138,7 @@ impl Node {
 
     /// Moves hop batches between the shards until none is left, then takes every connection's
     /// output; returns the events each client got.
-    fn settle(&mut self) -> Vec<((usize, u64), ClientEvent)> {
+    fn settle(&mut self) -> Vec<((usize, ConnId), ClientEvent)> {
         let now = self.now();
         for _ in 0..16 {
             let mut moved = false;
@@ -178,7 +179,7 @@ impl Node {
     }
 
     /// Lets `ms` pass with a tick on every shard (group commits release their answers).
-    fn tick(&mut self, ms: u64) -> Vec<((usize, u64), ClientEvent)> {
+    fn tick(&mut self, ms: u64) -> Vec<((usize, ConnId), ClientEvent)> {
         self.now_ms += ms;
         let now = self.now();
         for s in &mut self.shards {
@@ -252,14 +253,14 @@ struct Results {
     after_sync: Vec<SendStatus>,
 }
 
-fn events_of(evs: &[((usize, u64), ClientEvent)], c: Client) -> Vec<ClientEvent> {
+fn events_of(evs: &[((usize, ConnId), ClientEvent)], c: Client) -> Vec<ClientEvent> {
     evs.iter()
         .filter(|(k, _)| *k == (c.shard, c.conn))
         .map(|(_, e)| e.clone())
         .collect()
 }
 
-fn results_of(evs: &[((usize, u64), ClientEvent)], c: Client, id: u64) -> Vec<SendStatus> {
+fn results_of(evs: &[((usize, ConnId), ClientEvent)], c: Client, id: u64) -> Vec<SendStatus> {
     events_of(evs, c)
         .into_iter()
         .filter_map(|e| match e {

@@ -15,6 +15,7 @@ use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, Now};
 use ferry_proto::frame::{CapabilityStatus, Dest, FLAG_ACK, Frame, Op, ProofStatus, SendStatus};
 use ferry_proto::puzzle::{self, SendPass};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::puzzle::PuzzleConfig;
 use ferry_shards::store::backend::MmapBackend;
@@ -92,7 +93,7 @@ fn pressured() -> PuzzleConfig {
 }
 
 /// Opens a connection; returns it and its challenge.
-fn open(shard: &mut Shard, now: Now) -> (u64, [u8; 32]) {
+fn open(shard: &mut Shard, now: Now) -> (ConnId, [u8; 32]) {
     let from: IpAddr = "192.0.2.1".parse().unwrap();
     let Accept::Ok(conn) = shard.accept(now, from) else {
         panic!("refused")
@@ -113,7 +114,7 @@ fn open(shard: &mut Shard, now: Now) -> (u64, [u8; 32]) {
 fn send(
     shard: &mut Shard,
     now: Now,
-    conn: u64,
+    conn: ConnId,
     dest: Dest,
     msg_id: u64,
     pass: &SendPass,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
 use ferry_proto::frame::{Dest, Frame, PrekeyStatus};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::IpLimits;
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
@@ -58,7 +59,7 @@ fn shard() -> Shard {
 
 /// Opens a connection, sends a ClientHello and `frames`, returns the connection id and the
 /// events it got back.
-fn exchange(s: &mut Shard, frames: &[Frame]) -> (u64, Vec<ClientEvent>) {
+fn exchange(s: &mut Shard, frames: &[Frame]) -> (ConnId, Vec<ClientEvent>) {
     let Accept::Ok(conn) = s.accept(NOW, IpAddr::V4(Ipv4Addr::LOCALHOST)) else {
         panic!("refused")
     };
@@ -70,7 +71,7 @@ fn exchange(s: &mut Shard, frames: &[Frame]) -> (u64, Vec<ClientEvent>) {
     (conn, events(s, conn))
 }
 
-fn events(s: &mut Shard, conn: u64) -> Vec<ClientEvent> {
+fn events(s: &mut Shard, conn: ConnId) -> Vec<ClientEvent> {
     let mut cc = ClientConn::default();
     if let Some(b) = s.take_output(conn).bytes {
         cc.on_bytes(&b);

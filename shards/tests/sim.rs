@@ -18,6 +18,7 @@ use std::sync::Arc;
 use ferry_proto::addr::{MailboxSecret, NamespaceId};
 use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
 use ferry_proto::frame::{Dest, FLAG_ACK, Frame, Op, SendStatus, SubscribeStatus};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::IpLimits;
 use ferry_shards::{Accept, HopMsg, Shard, ShardConfig};
@@ -41,7 +42,7 @@ impl Rng {
 
 struct SimClient {
     shard: usize,
-    conn: u64,
+    conn: ConnId,
     cc: ClientConn,
     events: Vec<ClientEvent>,
     open: bool,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ferry_proto::conn::{ClientConn, ConnLimits, Now};
 use ferry_proto::frame::{ErrorCode, Frame, decode_frame};
+use ferry_shards::ConnId;
 use ferry_shards::metrics::ShardMetrics;
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::{Accept, Shard, ShardConfig};
@@ -62,7 +63,7 @@ fn ip(i: u32) -> IpAddr {
 }
 
 /// Accepts a connection and says hello at `now`.
-fn open(shard: &mut Shard, now: Now, from: IpAddr) -> u64 {
+fn open(shard: &mut Shard, now: Now, from: IpAddr) -> ConnId {
     let Accept::Ok(conn) = shard.accept(now, from) else {
         panic!("refused")
     };
@@ -72,7 +73,7 @@ fn open(shard: &mut Shard, now: Now, from: IpAddr) -> u64 {
 }
 
 /// Takes every connection's output, as the writers would; returns the frames per connection.
-fn drain(shard: &mut Shard, now: Now) -> Vec<(u64, Vec<Frame>, bool)> {
+fn drain(shard: &mut Shard, now: Now) -> Vec<(ConnId, Vec<Frame>, bool)> {
     let mut ready = Vec::new();
     shard.take_ready(&mut ready);
     let mut out = Vec::new();
@@ -242,7 +243,7 @@ fn activity_postpones_the_ping_at_constant_timer_work() {
 }
 
 /// Where is the first tick at which `conn` produced output, from `from_ms`.
-fn first_output(shard: &mut Shard, conn: u64, from_ms: u64, to_ms: u64) -> (u64, Vec<Frame>) {
+fn first_output(shard: &mut Shard, conn: ConnId, from_ms: u64, to_ms: u64) -> (u64, Vec<Frame>) {
     let mut t = from_ms;
     while t <= to_ms {
         shard.on_tick(at(t));

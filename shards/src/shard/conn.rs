@@ -66,7 +66,7 @@ impl<B: Backend> Shard<B> {
             );
         }
         self.limiter.on_open(key);
-        let id = self.next_conn;
+        let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let challenge = self.next_challenge();
         let sm = ServerConn::new(
@@ -102,7 +102,7 @@ impl<B: Backend> Shard<B> {
 
     /// Bytes read from connection `conn`. Returns how long (ms) reading from it should pause for
     /// the per-address byte rate; 0 = keep reading.
-    pub fn on_bytes(&mut self, now: Now, conn: u64, data: &[u8]) -> u64 {
+    pub fn on_bytes(&mut self, now: Now, conn: ConnId, data: &[u8]) -> u64 {
         let Some(c) = self.conns.get_mut(&conn) else {
             return 0;
         };
@@ -127,7 +127,7 @@ impl<B: Backend> Shard<B> {
 
     /// How long (ms) the driver must wait before reading `conn` again: until the byte bucket its
     /// address shares with the address's other connections is positive. 0 = read now.
-    pub fn read_pause_ms(&mut self, now: Now, conn: u64) -> u64 {
+    pub fn read_pause_ms(&mut self, now: Now, conn: ConnId) -> u64 {
         match self.conns.get(&conn) {
             Some(c) => self.limiter.bytes_pause_ms(c.ip, now.mono_ms),
             None => 0,
@@ -135,7 +135,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Whether the driver should keep reading `conn` (its own output is not backlogged).
-    pub fn wants_read(&self, conn: u64) -> bool {
+    pub fn wants_read(&self, conn: ConnId) -> bool {
         self.conns.get(&conn).is_some_and(|c| c.sm.wants_read())
     }
 
@@ -144,7 +144,7 @@ impl<B: Backend> Shard<B> {
     /// are backlogged because it sends but does not read). The connection is then held until
     /// [`Shard::take_resumed`] names it, which happens on the event that ends the pressure, not
     /// on a timer. False for a connection the shard no longer knows: its read fails and ends it.
-    pub fn hold_reader(&mut self, conn: u64) -> bool {
+    pub fn hold_reader(&mut self, conn: ConnId) -> bool {
         let pressure = self.outbox_pressure();
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
@@ -164,7 +164,7 @@ impl<B: Backend> Shard<B> {
     /// driver wakes them. Call after anything that drains output or outboxes: a completed write
     /// (`on_written`), a taken hop batch (`take_outbox`), a close. Work is proportional to the
     /// readers held, none when nothing is.
-    pub fn take_resumed(&mut self, into: &mut Vec<u64>) {
+    pub fn take_resumed(&mut self, into: &mut Vec<ConnId>) {
         if self.held_readers.is_empty() {
             return;
         }
@@ -185,7 +185,7 @@ impl<B: Backend> Shard<B> {
             });
     }
 
-    pub(super) fn process(&mut self, now: Now, conn: u64) {
+    pub(super) fn process(&mut self, now: Now, conn: ConnId) {
         self.now = now;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
@@ -354,14 +354,14 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Queues `frame` on local connection `conn`, if it is still open.
-    pub(super) fn answer(&mut self, conn: u64, frame: &Frame) {
+    pub(super) fn answer(&mut self, conn: ConnId, frame: &Frame) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.push_frame(frame);
             self.mark_ready(conn);
         }
     }
 
-    pub(super) fn mark_ready(&mut self, conn: u64) {
+    pub(super) fn mark_ready(&mut self, conn: ConnId) {
         // Every change to a connection's output (and its input: `process` ends here) ends here:
         // charge it, and schedule its deadline if that moved earlier.
         self.recharge(conn);
@@ -399,7 +399,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Connections with output to write or that must close; the driver wakes their writers.
-    pub fn take_ready(&mut self, into: &mut Vec<u64>) {
+    pub fn take_ready(&mut self, into: &mut Vec<ConnId>) {
         for conn in self.ready.drain(..) {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.in_ready = false;
@@ -409,12 +409,12 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Connections whose socket the driver must shut down now: closing, and not draining.
-    pub fn take_force_close(&mut self) -> Vec<u64> {
+    pub fn take_force_close(&mut self) -> Vec<ConnId> {
         std::mem::take(&mut self.force_close)
     }
 
     /// Everything queued for `conn`'s socket, coalesced into one buffer.
-    pub fn take_output(&mut self, conn: u64) -> Output {
+    pub fn take_output(&mut self, conn: ConnId) -> Output {
         match self.conns.get_mut(&conn) {
             None => Output {
                 bytes: None,
@@ -432,7 +432,7 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    pub fn on_written(&mut self, now: Now, conn: u64, n: usize) {
+    pub fn on_written(&mut self, now: Now, conn: ConnId, n: usize) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.on_written(now, n);
             self.recharge(conn);
@@ -440,7 +440,7 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    pub fn on_write_blocked(&mut self, now: Now, conn: u64) {
+    pub fn on_write_blocked(&mut self, now: Now, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.on_write_blocked(now);
             self.arm(conn);
@@ -448,7 +448,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Closes `conn` from the node side (transport error, shutdown) with an error frame.
-    pub fn close(&mut self, conn: u64, code: ErrorCode, message: &str) {
+    pub fn close(&mut self, conn: ConnId, code: ErrorCode, message: &str) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sm.close_with(code, message);
             self.mark_ready(conn);
@@ -456,7 +456,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// The transport of `conn` is gone: forget it and remove its subscriptions on every shard.
-    pub fn on_closed(&mut self, conn: u64) {
+    pub fn on_closed(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };

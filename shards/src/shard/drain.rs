@@ -6,7 +6,7 @@ use super::*;
 /// A local connection's `Query` while its dests' owners answer.
 #[derive(Debug)]
 pub(super) struct PendingQuery {
-    pub(super) conn: u64,
+    pub(super) conn: ConnId,
     /// Owner cores that have not answered yet.
     pub(super) owners_left: usize,
     /// The dests holding stored blobs, as answered so far.
@@ -16,7 +16,7 @@ pub(super) struct PendingQuery {
 impl<B: Backend> Shard<B> {
     /// A local connection's query: answered here for owned dests, by owners for the rest, and
     /// returned to the client as one QueryResult once every owner has answered.
-    pub(super) fn query(&mut self, now: Now, conn: u64, dests: Vec<Dest>) {
+    pub(super) fn query(&mut self, now: Now, conn: ConnId, dests: Vec<Dest>) {
         let mut by_owner: AHashMap<u16, Vec<Dest>> = AHashMap::new();
         for d in dests {
             by_owner.entry(self.owner(&d)).or_default().push(d);
@@ -116,7 +116,7 @@ impl<B: Backend> Shard<B> {
     /// for the next drain, which the `DrainEnd` then asks for.
     pub(super) fn on_stored_blob(
         &mut self,
-        to: u64,
+        to: ConnId,
         dest: Dest,
         pos: u64,
         msg_id: u64,
@@ -143,7 +143,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Drainer's side of the end of a drain batch.
-    pub(super) fn on_drain_end(&mut self, to: u64, dest: Dest, more: bool) {
+    pub(super) fn on_drain_end(&mut self, to: ConnId, dest: Dest, more: bool) {
         let short = self.drain_short.remove(&(to, dest));
         if short {
             self.drain_behind.insert((to, dest));

@@ -11,7 +11,7 @@ pub enum HopMsg {
     /// Owner → sender's core: the packet needs a puzzle answer of `effort` (answered
     /// `Puzzle` + `SendResult PuzzleRequired`).
     Puzzle {
-        to: u64,
+        to: ConnId,
         dest: Dest,
         msg_id: u64,
         effort: u32,
@@ -25,14 +25,14 @@ pub enum HopMsg {
     },
     /// Owner → registrant's core: the answer to `Capability`.
     CapabilityResult {
-        to: u64,
+        to: ConnId,
         dest: Dest,
         status: ferry_proto::CapabilityStatus,
     },
     /// Owner → subscriber's core: write to connection `to`.
     Deliver {
         dest: Dest,
-        to: u64,
+        to: ConnId,
         from: ConnRef,
         audience: Audience,
         msg_id: u64,
@@ -41,7 +41,7 @@ pub enum HopMsg {
     },
     /// → sender's core: the outcome of a Send.
     Result {
-        to: u64,
+        to: ConnId,
         dest: Dest,
         msg_id: u64,
         status: SendStatus,
@@ -51,9 +51,9 @@ pub enum HopMsg {
     /// Subscriber's core → owner; also sent by a core that found the subscriber gone.
     Unsubscribe { dest: Dest, sub: ConnRef },
     /// Owner → previous subscriber's core: another connection took `dest` over.
-    TakenOver { to: u64, dest: Dest },
+    TakenOver { to: ConnId, dest: Dest },
     /// Owner → subscriber's core: the entry is in the forward table.
-    Subscribed { to: u64, dest: Dest },
+    Subscribed { to: ConnId, dest: Dest },
     /// Asker's core → owner: which of these (owned) dests hold stored blobs?
     Query {
         dests: Vec<Dest>,
@@ -66,14 +66,14 @@ pub enum HopMsg {
     Drain { dest: Dest, from: ConnRef },
     /// Owner → drainer's (or new subscriber's) core: one stored blob.
     StoredBlob {
-        to: u64,
+        to: ConnId,
         dest: Dest,
         pos: u64,
         msg_id: u64,
         payload: Bytes,
     },
     /// Owner → drainer's core: that was all (`Done`) or the batch limit (`More`).
-    DrainEnd { to: u64, dest: Dest, more: bool },
+    DrainEnd { to: ConnId, dest: Dest, more: bool },
     /// Acker's core → owner: delete these stored blobs.
     Ack { items: Vec<(Dest, u64)> },
 }

@@ -17,7 +17,7 @@ pub(super) struct Memory {
 /// A connection that may be shed, with what decides its place in the order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShedCandidate {
-    pub conn: u64,
+    pub conn: ConnId,
     /// Bytes it holds beyond `CONN_BASE_BYTES`.
     pub held_bytes: usize,
     /// Since when it holds them stuck (`ServerConn::held_since_ms`); `None` sorts last.
@@ -50,7 +50,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Counts `conn`'s memory again after its buffers changed.
-    pub(super) fn recharge(&mut self, conn: u64) {
+    pub(super) fn recharge(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };

@@ -41,7 +41,7 @@ use crate::store::{Log, StoreError};
 use crate::metrics::ShardMetrics;
 use crate::puzzle::{Gate, Passed, PuzzleGate};
 use crate::ratelimit::{Bucket, IpKey, IpLimiter, IpLimits};
-use crate::table::{ConnRef, ForwardTable};
+use crate::table::{ConnId, ConnRef, ForwardTable};
 use crate::timers::Deadlines;
 
 /// Most messages in one cross-core batch (one channel send).
@@ -135,7 +135,7 @@ pub struct StoreSpec {
 /// Answer to a new connection.
 #[derive(Debug)]
 pub enum Accept {
-    Ok(u64),
+    Ok(ConnId),
     /// Refused: write these bytes (an `Error` frame) and close.
     Refused(Bytes),
 }
@@ -152,17 +152,17 @@ pub struct Output {
 #[derive(Debug)]
 pub struct Shard<B: Backend = MmapBackend> {
     cfg: ShardConfig,
-    conns: AHashMap<u64, Conn>,
+    conns: AHashMap<ConnId, Conn>,
     next_conn: u64,
     table: ForwardTable,
     outbox: Vec<Vec<HopMsg>>,
-    ready: Vec<u64>,
+    ready: Vec<ConnId>,
     /// Connections whose reader the driver parked (backpressure), each at most once (bounded by
     /// the open connections; `Conn::read_held` marks them). They resume on the event that ends
     /// the pressure (a write completing, a hop batch leaving, the connection closing), never on
     /// a timer: see `hold_reader` and `take_resumed`.
-    held_readers: Vec<u64>,
-    force_close: Vec<u64>,
+    held_readers: Vec<ConnId>,
+    force_close: Vec<ConnId>,
     limiter: IpLimiter,
     metrics: Arc<ShardMetrics>,
     challenge_counter: u64,
@@ -176,11 +176,11 @@ pub struct Shard<B: Backend = MmapBackend> {
     next_query: u64,
     /// (conn, dest) whose drain batch lost a blob to a full send queue: the rest of the batch
     /// is skipped too and its DrainEnd says More.
-    drain_short: AHashSet<(u64, Dest)>,
+    drain_short: AHashSet<(ConnId, Dest)>,
     /// (conn, dest) that still has stored blobs to drain behind the ones it got (a batch came
     /// short): live packets for it are refused `Congested` until a drain ends complete, so they
     /// never overtake a stored blob (the owner may already have ended the hand-over).
-    drain_behind: AHashSet<(u64, Dest)>,
+    drain_behind: AHashSet<(ConnId, Dest)>,
     /// Owned dests whose subscriber has not yet drained every stored blob: new packets for them
     /// are stored too (behind the others) until a drain comes back complete, so the subscriber
     /// sees stored blobs first and live traffic after, in order.
@@ -195,7 +195,7 @@ pub struct Shard<B: Backend = MmapBackend> {
     /// The media workers, one per owner core (`None`: media requests answered `Unavailable`).
     media: Option<Vec<Arc<dyn crate::service::ServiceSink>>>,
     /// Blob bytes each connection may upload per second (token bucket per connection).
-    media_upload: crate::ratelimit::KeyedLimiter<u64>,
+    media_upload: crate::ratelimit::KeyedLimiter<ConnId>,
     /// Owned dests with push registrations → (until when, Unix s; when a wake was last offered,
     /// monotonic ms): a blob stored for one of them while nobody listens asks the service core
     /// for a wake, at most once per `WAKE_OFFER_INTERVAL_MS`. Maintained by the service core.
@@ -211,10 +211,10 @@ pub struct Shard<B: Backend = MmapBackend> {
     /// Seed, levels, seen answers and capability verifiers of the send puzzles.
     puzzle: PuzzleGate,
     /// Puzzle answers each connection may have checked per second.
-    puzzle_checks: crate::ratelimit::KeyedLimiter<u64>,
+    puzzle_checks: crate::ratelimit::KeyedLimiter<ConnId>,
     /// Every connection's next deadline (lazily invalidated; bounded by rebuilds, see
     /// `crate::timers`): a tick takes off what is due and nothing else.
-    deadlines: Deadlines<u64>,
+    deadlines: Deadlines<ConnId>,
 }
 
 impl Shard {

@@ -134,7 +134,7 @@ impl<B: Backend> Shard<B> {
         }
         let from = ConnRef {
             shard: self.cfg.shard,
-            conn: 0,
+            conn: ConnId::NONE,
         };
         self.hand_to_service(from, crate::service::ServiceWork::Wake { dest });
     }

@@ -56,7 +56,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn check_pass(
         &mut self,
         now: Now,
-        conn: u64,
+        conn: ConnId,
         ip: crate::ratelimit::IpKey,
         dest: &Dest,
         msg_id: u64,
@@ -175,7 +175,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn deliver(
         &mut self,
         dest: Dest,
-        to: u64,
+        to: ConnId,
         (from, audience): (ConnRef, Audience),
         msg_id: u64,
         flags: u8,

@@ -47,7 +47,7 @@ impl<B: Backend> Shard<B> {
 
     /// Schedules `conn`'s deadline if it is earlier than the one armed (a later one waits: the
     /// armed entry fires early and re-arms). O(1) unless it pushes (O(log n)).
-    pub(super) fn arm(&mut self, conn: u64) {
+    pub(super) fn arm(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };

@@ -39,6 +39,7 @@ use crate::shard::{Accept, HopMsg, Shard, ShardConfig, StoreSpec};
 use crate::store::backend::{MemBackend, MemDisk};
 use crate::store::format::Pos;
 use crate::store::{FsyncPolicy, Log, StoreLimits};
+use crate::table::ConnId;
 
 use client::Client;
 use net::{Wire, WireState};

@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use crate::table::ConnId;
+
 use bytes::Bytes;
 
 /// One direction of a connection.
@@ -80,7 +82,7 @@ pub(super) struct Wire {
     pub(super) client: usize,
     pub(super) shard: usize,
     /// The shard's id for it.
-    pub(super) conn: u64,
+    pub(super) conn: ConnId,
     /// Client → node.
     pub(super) up: Pipe,
     /// Node → client.

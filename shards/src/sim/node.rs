@@ -15,7 +15,7 @@ pub(super) struct Node {
     /// process).
     pub(super) disk_failures: Vec<u64>,
     /// (shard, conn) → wire.
-    pub(super) wires: AHashMap<(usize, u64), usize>,
+    pub(super) wires: AHashMap<(usize, ConnId), usize>,
 }
 
 impl Node {

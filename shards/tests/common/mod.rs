@@ -6,7 +6,7 @@
 use ferry_proto::conn::{ClientConn, ClientEvent, ConnLimits, Now};
 use ferry_shards::puzzle::PuzzleConfig;
 use ferry_shards::ratelimit::{IpLimits, Rate};
-use ferry_shards::{Shard, ShardConfig};
+use ferry_shards::{ConnId, Shard, ShardConfig};
 
 /// A rate limit that never limits.
 pub const OFF: Rate = Rate { per_s: 0, burst: 0 };
@@ -54,7 +54,7 @@ pub fn config(shard: u16, shards: usize) -> ShardConfig {
 }
 
 /// Everything the shard has ready to write, as (conn, bytes), each counted as written.
-pub fn drain(shard: &mut Shard, now: Now) -> Vec<(u64, Vec<u8>)> {
+pub fn drain(shard: &mut Shard, now: Now) -> Vec<(ConnId, Vec<u8>)> {
     let mut ready = Vec::new();
     shard.take_ready(&mut ready);
     let mut out = Vec::new();
@@ -70,7 +70,7 @@ pub fn drain(shard: &mut Shard, now: Now) -> Vec<(u64, Vec<u8>)> {
 }
 
 /// Frames the node sent to `conn` in `out` (from [`drain`]).
-pub fn frames_to(out: &[(u64, Vec<u8>)], conn: u64) -> Vec<ClientEvent> {
+pub fn frames_to(out: &[(ConnId, Vec<u8>)], conn: ConnId) -> Vec<ClientEvent> {
     let mut cc = ClientConn::default();
     for (c, b) in out {
         if *c == conn {
