@@ -19,6 +19,7 @@ use ferry_proto::conn::ConnLimits;
 use ferry_shards::ShardConfig;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{self, DriverConfig, ListenerSpec, Reload, Reloadable};
+use ferry_shards::fatal::FatalStop;
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::shard::StoreSpec;
 use ferry_shards::store::StoreLimits;
@@ -475,6 +476,13 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])?;
+    // A thread that can no longer promise durability reports here and stops; this thread wakes,
+    // logs why and ends the process (`ferry_shards::fatal`).
+    let fatal = FatalStop::new();
+    {
+        let wake = wake_on_signal.handle();
+        fatal.set_waker(move || wake.close());
+    }
     let shard_stop = Arc::new(AtomicBool::new(false));
     let admin_stop = Arc::new(AtomicBool::new(false));
 
@@ -497,13 +505,16 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         },
     };
     let puzzle = puzzle_config(&cfg)?;
-    let service = crate::service::start(service_config(
-        &cfg,
-        shards,
-        placement.service_cpu,
-        Clock::new(cfg.clock_offset_s),
-        &puzzle,
-    )?)
+    let service = crate::service::start(
+        service_config(
+            &cfg,
+            shards,
+            placement.service_cpu,
+            Clock::new(cfg.clock_offset_s),
+            &puzzle,
+        )?,
+        fatal.clone(),
+    )
     .context("starting the service core")?;
     let media_metrics = Arc::new(crate::media::MediaMetrics::default());
     let media = if cfg.media.enabled {
@@ -557,6 +568,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         driver_cfg,
         Clock::new(cfg.clock_offset_s),
         shard_stop.clone(),
+        fatal.clone(),
         reload.clone(),
         Some(service.links.clone()),
     )
@@ -591,6 +603,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         if signal_stop.load(Ordering::Acquire) {
             break;
         }
+        stop_if_fatal(&fatal);
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut out = std::io::stdout().lock();
@@ -637,11 +650,14 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             }
             sys::sd_notify("READY=1");
         }
-        // Sleep until a signal comes: an idle node's main thread does not wake at all. A signal
-        // that came since the flags were read is pending, and the wait returns at once.
+        // Sleep until a signal (or a fatal report) comes: an idle node's main thread does not
+        // wake at all. A signal that came since the flags were read is pending, and the wait
+        // returns at once; a closed wait (the fatal waker) returns at once too.
+        stop_if_fatal(&fatal);
         if !signal_stop.load(Ordering::Acquire) && !signal_reload.load(Ordering::Acquire) {
             let _ = wake_on_signal.wait().count();
         }
+        stop_if_fatal(&fatal);
     }
     tracing::info!(stop_timeout_s = cfg.stop_timeout_s, "draining");
     sys::sd_notify("STOPPING=1\nSTATUS=draining");
@@ -682,6 +698,17 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
 
 /// The service core's settings from the node configuration (reads the push credentials: a
 /// missing or malformed key file stops start-up with its name).
+/// Ends the process (exit status 1) once a thread reported a fatal condition: logged through
+/// `tracing` (JSON when configured) and told to systemd.
+fn stop_if_fatal(fatal: &FatalStop) {
+    if let Some(why) = fatal.reason() {
+        tracing::error!(reason = %why, "stopping: durability can no longer be promised");
+        eprintln!("ferry: stopping: {why}");
+        sys::sd_notify(&format!("STOPPING=1\nSTATUS=fatal: {why}"));
+        std::process::exit(1);
+    }
+}
+
 fn service_config(
     cfg: &Config,
     shards: usize,

@@ -295,6 +295,50 @@ fn a_drain_past_stop_timeout_s_exits_1_on_time() {
     assert!(err.contains(want), "{err}");
 }
 
+/// A shard whose store cannot open reports it and stops where it is; the main thread logs the
+/// reason and ends the process with status 1 (no other thread of the node exits the process:
+/// `ferry_shards::fatal`). The node never says ready.
+#[test]
+fn a_store_that_cannot_open_stops_the_node_with_exit_1() {
+    let dir = temp_dir("fatal-store");
+    std::fs::create_dir_all(dir.join("store")).unwrap();
+    // Where shard 0's segment directory goes, a file.
+    std::fs::write(dir.join("store").join("shard-0"), b"not a directory").unwrap();
+    let mut child = Command::new(ferry_bin())
+        .args(["run", "--shards", "1", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env_remove("FERRY_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node kept running with a store it could not open");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ferry: stopping: shard 0: store") && stderr.contains("shard-0"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("ferry ready"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_zero_stop_timeout_is_refused() {
     let out = Command::new(ferry_bin())

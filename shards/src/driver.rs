@@ -44,6 +44,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use ferry_proto::frame::{ErrorCode, Frame};
 
 use crate::clock::Clock;
+use crate::fatal::FatalStop;
 use crate::metrics::ShardMetrics;
 use crate::shard::{Accept, HopMsg, SHARDS_MAX, Shard, ShardConfig, shard_index};
 use crate::table::ConnId;
@@ -191,13 +192,16 @@ pub struct ShardHandle {
 }
 
 /// Starts one executor per entry of `configs`; `listeners[i]` go to shard `i`. The shard's id is
-/// its place in the mesh, fixed when every executor has joined.
+/// its place in the mesh, fixed when every executor has joined. A shard that can no longer
+/// promise durability reports it to `fatal` and stops serving; `main` ends the process.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     configs: Vec<ShardConfig>,
     listeners: Vec<Vec<ListenerSpec>>,
     driver: DriverConfig,
     clock: Clock,
     stop: Arc<AtomicBool>,
+    fatal: Arc<FatalStop>,
     reload: Arc<Reload>,
     service: Option<ServiceLinks>,
 ) -> std::io::Result<Vec<ShardHandle>> {
@@ -226,7 +230,7 @@ pub fn start(
         let (m, r, s, d, mesh, rl, sv) = (
             metrics.clone(),
             ready.clone(),
-            stop.clone(),
+            (stop.clone(), fatal.clone()),
             driver.clone(),
             mesh.clone(),
             reload.clone(),
@@ -413,7 +417,7 @@ async fn run_shard(
     fds: Vec<(RawFd, bool)>,
     driver: DriverConfig,
     clock: Clock,
-    stop: Arc<AtomicBool>,
+    (stop, fatal): (Arc<AtomicBool>, Arc<FatalStop>),
     metrics: Arc<ShardMetrics>,
     ready: Arc<AtomicBool>,
     mesh: MeshBuilder<Vec<HopMsg>, Full>,
@@ -422,10 +426,7 @@ async fn run_shard(
 ) {
     let (senders, receivers) = match mesh.join().await {
         Ok(sr) => sr,
-        Err(e) => {
-            tracing::error!(error = %e, "shard mesh join failed");
-            return;
-        }
+        Err(e) => fatal.stop_here(format!("shard mesh join failed: {e}")),
     };
     let me = senders.peer_id();
     // Below the mesh's size, which `start` holds to SHARDS_MAX.
@@ -452,8 +453,7 @@ async fn run_shard(
             Ok(log) => Some(log),
             Err(e) => {
                 // Nothing can be promised durable: refuse to serve at all.
-                eprintln!("ferry: shard {me}: {e}");
-                std::process::exit(1);
+                fatal.stop_here(format!("shard {me}: {e}"));
             }
         },
     };
@@ -561,10 +561,11 @@ async fn run_shard(
         }
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_tick(now);
-        if let Some(why) = ctx.shard.borrow().fatal() {
-            // An fsync failed: acknowledging anything more could be a lie. Stop the node.
-            eprintln!("ferry: stopping: {why}");
-            std::process::exit(1);
+        let why = ctx.shard.borrow().fatal().map(str::to_string);
+        if let Some(why) = why {
+            // An fsync failed: acknowledging anything more could be a lie. This shard stops
+            // here; `main` stops the node.
+            fatal.stop_here(format!("shard {me}: {why}"));
         }
         ctx.after_work();
         if ctx.shard.borrow_mut().take_trim_due(now) {
@@ -589,8 +590,7 @@ async fn run_shard(
     {
         let mut shard = ctx.shard.borrow_mut();
         if let Err(e) = shard.flush_store() {
-            eprintln!("ferry: final store sync failed: {e}");
-            std::process::exit(1);
+            fatal.stop_here(format!("shard {me}: final store sync failed: {e}"));
         }
         let conns: Vec<ConnId> = ctx.writers.borrow().keys().copied().collect();
         for conn in conns {

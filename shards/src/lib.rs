@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod driver;
+pub mod fatal;
 pub mod media;
 pub mod metrics;
 pub mod mutants;

@@ -30,6 +30,7 @@ use ferry_proto::frame::{Frame, PrekeyStatus, PushProvider, PushStatus};
 use ferry_proto::prekey::KeyKind;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{ServiceLink, ServiceLinks};
+use ferry_shards::fatal::FatalStop;
 use ferry_shards::ratelimit::{KeyedLimiter, Rate};
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
@@ -440,6 +441,8 @@ struct State {
     /// One bucket each (key 0): the provider's wake rate cap.
     provider_rate: [KeyedLimiter<u8>; 3],
     metrics: Arc<ServiceMetrics>,
+    /// Where a journal that cannot sync is reported (the core then stops).
+    fatal: Arc<FatalStop>,
 }
 
 /// Opens `dir/<name>.journal` and replays it through `apply` (which returns the records it could
@@ -466,7 +469,9 @@ fn open_journal(
 
 /// Starts the service core: opens and replays its journals (errors stop the node's start-up),
 /// then runs on its own thread. Returns the shards' links.
-pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
+/// Starts the service core's thread. A journal that cannot sync, a runtime that cannot start or
+/// a panic stops the core where it is and reports to `fatal`, and `main` stops the node.
+pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<ServiceHandle> {
     std::fs::create_dir_all(&cfg.dir).with_context(|| format!("creating {}", cfg.dir.display()))?;
     let directory = match &cfg.prekeys {
         None => None,
@@ -561,6 +566,7 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
     let join = std::thread::Builder::new()
         .name("ferry-service".into())
         .spawn(move || {
+            let fatal_for_panic = fatal.clone();
             if let Some(cpu) = cpu {
                 crate::sys::pin_current_thread(cpu);
             }
@@ -570,10 +576,7 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
                 .build()
             {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("ferry: service core: cannot start its runtime: {e}");
-                    std::process::exit(1);
-                }
+                Err(e) => fatal.stop_here(format!("service core: cannot start its runtime: {e}")),
             };
             let run_all = std::panic::AssertUnwindSafe(|| {
                 rt.block_on(async move {
@@ -593,14 +596,14 @@ pub fn start(cfg: ServiceConfig) -> anyhow::Result<ServiceHandle> {
                         queue: VecDeque::new(),
                         inflight: 0,
                         metrics: m,
+                        fatal,
                     };
                     run(st, rx, s).await;
                 })
             });
             // A panic here must not leave the shards answering `Busy` forever: stop the node.
             if std::panic::catch_unwind(run_all).is_err() {
-                eprintln!("ferry: stopping: the service core panicked");
-                std::process::exit(1);
+                fatal_for_panic.stop_here("the service core panicked");
             }
         })?;
     Ok(ServiceHandle {
@@ -904,7 +907,7 @@ impl State {
             // once, whatever its size.
             if (j.bytes() > COMPACT_MIN_BYTES.max(COMPACT_FACTOR * d.bytes() as u64)
                 || d.legacy_on_disk())
-                && compact(j, &d.snapshot(), "prekey")
+                && compact(&self.fatal, j, &d.snapshot(), "prekey")
             {
                 d.legacy_compacted();
             }
@@ -917,7 +920,7 @@ impl State {
         if r.compaction_due(now.unix_s, PUSH_REGROUP_S, regroup, grown) {
             // Records of this turn are in the snapshot: dropped instead of appended, once it is
             // on disk.
-            if compact(j, &r.snapshot(), "push") {
+            if compact(&self.fatal, j, &r.snapshot(), "push") {
                 r.compacted();
             } else {
                 r.compaction_failed(now.unix_s, PUSH_REGROUP_S);
@@ -935,7 +938,7 @@ impl State {
                 for r in &records {
                     j.append(r);
                 }
-                fatal_on_err(j.commit(), "prekey journal");
+                fatal_on_err(&self.fatal, j.commit(), "prekey journal");
                 synced += 1;
             }
         }
@@ -951,7 +954,7 @@ impl State {
             for rec in &records {
                 j.append(rec);
             }
-            fatal_on_err(j.commit(), "push journal");
+            fatal_on_err(&self.fatal, j.commit(), "push journal");
             synced += 1;
         }
         ShardlessMetrics::add(&self.metrics.journal_syncs, synced);
@@ -1002,15 +1005,16 @@ impl ShardlessMetrics {
     }
 }
 
-fn fatal_on_err(r: std::io::Result<()>, what: &str) {
+/// Stops the service core (and so the node) when a journal sync failed: answering would promise
+/// what the disk may not hold.
+fn fatal_on_err(fatal: &FatalStop, r: std::io::Result<()>, what: &str) {
     if let Err(e) = r {
-        eprintln!("ferry: stopping: {what} sync failed, durability unknown: {e}");
-        std::process::exit(1);
+        fatal.stop_here(format!("{what} sync failed, durability unknown: {e}"));
     }
 }
 
 /// Rewrites `j` from `snapshot`; whether the new journal is in place.
-fn compact(j: &mut Journal, snapshot: &[Vec<u8>], what: &str) -> bool {
+fn compact(fatal: &FatalStop, j: &mut Journal, snapshot: &[Vec<u8>], what: &str) -> bool {
     let before = j.bytes();
     match j.rewrite(snapshot.iter().map(|r| r.as_slice())) {
         Ok(()) => {
@@ -1022,7 +1026,7 @@ fn compact(j: &mut Journal, snapshot: &[Vec<u8>], what: &str) -> bool {
             false
         }
         Err(journal::Rewrite::Broken(e)) => {
-            fatal_on_err(Err(e), &format!("{what} journal"));
+            fatal_on_err(fatal, Err(e), &format!("{what} journal"));
             false
         }
     }
