@@ -561,6 +561,10 @@ async fn run_shard(
         }
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_tick(now);
+        let job = ctx.shard.borrow_mut().take_sync(now);
+        if let Some(job) = job {
+            spawn_group_commit(ctx.clone(), fatal.clone(), me, job);
+        }
         let why = ctx.shard.borrow().fatal().map(str::to_string);
         if let Some(why) = why {
             // An fsync failed: acknowledging anything more could be a lie. This shard stops
@@ -1093,6 +1097,43 @@ async fn write_loop(
     }
     ctx.shard.borrow_mut().on_closed(conn);
     ctx.after_work();
+}
+
+/// Runs a group commit off the shard's core: an io_uring `fdatasync` for each segment written
+/// since the last one, issued on this executor's ring, so the reactor goes on reading, routing
+/// and writing while the disk works (a blocking `msync` stalled the whole core for its
+/// duration). The shard answers the `Stored` replies the commit covers when it completes; a
+/// failure stops this shard, and the node.
+fn spawn_group_commit(
+    ctx: Rc<Ctx>,
+    fatal: Arc<FatalStop>,
+    me: usize,
+    job: crate::store::SyncJobOf<crate::store::backend::MmapBackend>,
+) {
+    glommio::spawn_local(async move {
+        let upto = job.upto();
+        let mut outcome = Ok(());
+        for file in job.targets {
+            // SAFETY: `into_raw_fd` hands over a descriptor this task alone owns (a duplicate of
+            // the segment's); the glommio file takes it over and closes it.
+            let f = unsafe { glommio::io::BufferedFile::from_raw_fd(file.into_raw_fd()) };
+            let synced = f.fdatasync().await.map_err(std::io::Error::from);
+            let _ = f.close().await;
+            if let Err(e) = synced {
+                outcome = Err(e);
+                break;
+            }
+        }
+        let now = ctx.clock.now();
+        ctx.shard.borrow_mut().on_synced(now, upto, outcome);
+        let why = ctx.shard.borrow().fatal().map(str::to_string);
+        if let Some(why) = why {
+            fatal.stop_here(format!("shard {me}: {why}"));
+        }
+        // The replies it released go out; appends made meanwhile wake the tick for the next one.
+        ctx.after_work();
+    })
+    .detach();
 }
 
 async fn write_with_stall_clock(

@@ -178,12 +178,18 @@ impl Node {
         evs
     }
 
-    /// Lets `ms` pass with a tick on every shard (group commits release their answers).
+    /// Lets `ms` pass with a tick on every shard; a group commit that is due runs at once, as
+    /// the driver's fdatasync would (and releases its answers).
     fn tick(&mut self, ms: u64) -> Vec<((usize, ConnId), ClientEvent)> {
         self.now_ms += ms;
         let now = self.now();
         for s in &mut self.shards {
             s.on_tick(now);
+            if let Some(job) = s.take_sync(now) {
+                let upto = job.upto();
+                let outcome = job.run();
+                s.on_synced(now, upto, outcome);
+            }
         }
         self.settle()
     }

@@ -36,7 +36,7 @@ use ferry_proto::frame::{Dest, DrainStatus, ErrorCode, FLAG_ACK, Frame, SendStat
 
 use crate::store::backend::{Backend, MmapBackend};
 use crate::store::format::Pos;
-use crate::store::{Log, StoreError};
+use crate::store::{Log, StoreError, SyncJobOf};
 
 use crate::metrics::ShardMetrics;
 use crate::puzzle::{Gate, Passed, PuzzleGate};

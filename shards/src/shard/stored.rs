@@ -222,18 +222,45 @@ impl<B: Backend> Shard<B> {
         self.store.as_ref().and_then(Log::sync_due_ms)
     }
 
-    /// Group commit, the "Stored" replies it releases, and expiry.
-    pub(super) fn store_tick(&mut self, now: Now) {
+    /// The group commit that is due now, if any, handed off this core: the driver issues its
+    /// targets (an io_uring `fdatasync` each) and answers [`Shard::on_synced`]; the shard goes
+    /// on serving meanwhile (appends made now wait for the next commit). Call after
+    /// [`Shard::on_tick`].
+    pub fn take_sync(&mut self, now: Now) -> Option<SyncJobOf<B>> {
+        let log = self.store.as_mut()?;
+        match log.begin_sync(now.mono_ms) {
+            Ok(job) => job,
+            Err(e) => {
+                self.fatal = Some(sync_failure(&e));
+                None
+            }
+        }
+    }
+
+    /// The outcome of the group commit [`Shard::take_sync`] handed out (`upto`: its
+    /// [`crate::store::SyncJob::upto`]): on success the `Stored` answers it covers go out; a
+    /// failure makes the shard fatal.
+    pub fn on_synced(&mut self, now: Now, upto: u64, outcome: std::io::Result<()>) {
+        self.now = now;
         let Some(log) = self.store.as_mut() else {
             return;
         };
-        if let Err(e) = log.poll_sync(now.mono_ms) {
+        if let Err(e) = log.finish_sync(upto, outcome) {
             self.fatal = Some(sync_failure(&e));
             return;
         }
         self.metrics
             .store_syncs
             .store(log.syncs(), std::sync::atomic::Ordering::Relaxed);
+        let durable = log.durable_seq();
+        self.release_stored(durable);
+    }
+
+    /// Expiry, and the `Stored` replies a sync covers (also the shutdown's, `flush_store`).
+    pub(super) fn store_tick(&mut self, now: Now) {
+        let Some(log) = self.store.as_mut() else {
+            return;
+        };
         let durable = log.durable_seq();
         if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
             self.last_expire_unix_s = now.unix_s;

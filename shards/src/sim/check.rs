@@ -106,6 +106,7 @@ impl Sim {
                 w.up.next_due().is_none() && w.down.next_due().is_none()
                     || w.state == WireState::Closed
             }) && self.node.links.iter().all(VecDeque::is_empty)
+                && self.node.syncs.is_empty()
                 && self
                     .node
                     .shards

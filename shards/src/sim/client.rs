@@ -135,7 +135,13 @@ impl Sim {
 
     pub(super) fn send(&mut self, c: usize) {
         let count = 1 + self.rng.below(4);
-        let mailbox = self.rng.index(self.cfg.mailboxes);
+        // Often to its own mailbox (another device of the same user: an owner, who learns
+        // `Stored`, which the durability checks follow), otherwise to anyone's.
+        let mailbox = if self.rng.chance(400) {
+            self.clients[c].mailbox
+        } else {
+            self.rng.index(self.cfg.mailboxes)
+        };
         let dest = self.dest_of(mailbox);
         let Some(wire) = self.clients[c].wire else {
             return;

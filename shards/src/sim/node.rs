@@ -10,6 +10,9 @@ pub(super) struct Node {
     pub(super) disks: Vec<MemBackend>,
     /// Batches in flight from core `i` to core `j`, at `i * shards + j`.
     pub(super) links: Vec<VecDeque<Vec<HopMsg>>>,
+    /// Group commits handed off the shards (`Shard::take_sync`), as the driver's io_uring
+    /// fdatasyncs: (shard, done at monotonic ms, the job).
+    pub(super) syncs: Vec<(usize, u64, SyncJobOf<MemBackend>)>,
     pub(super) next_tick_ms: Vec<u64>,
     /// Injected write and sync failures that fired, per shard's disk (they outlive the
     /// process).
@@ -41,6 +44,7 @@ impl Node {
         Ok(Node {
             shards,
             disks,
+            syncs: Vec::new(),
             links: (0..cfg.shards * cfg.shards)
                 .map(|_| VecDeque::new())
                 .collect(),
@@ -257,8 +261,20 @@ impl Sim {
                     due.push((2, l));
                 }
             }
+            for (k, (_, at, _)) in self.node.syncs.iter().enumerate() {
+                if *at <= now {
+                    due.push((5, k));
+                }
+            }
             if due.is_empty() {
                 return Ok(());
+            }
+            // A crash can come between any two moves too (between an append and its commit,
+            // between a commit and its completion), not only between steps.
+            if self.faults && self.rng.below(20_000) < self.cfg.crash_per_mille {
+                let power = self.rng.chance(500);
+                self.crash(power)?;
+                continue;
             }
             let (kind, i) = due[self.rng.index(due.len())];
             match kind {
@@ -291,6 +307,15 @@ impl Sim {
                     self.node.shards[s].on_closed(conn);
                     self.pump(s);
                 }
+                5 => {
+                    // A group commit completes: the disk took it (or failed it).
+                    let (s, _, job) = self.node.syncs.swap_remove(i);
+                    let upto = job.upto();
+                    let outcome = job.run();
+                    self.node.shards[s].on_synced(self.now, upto, outcome);
+                    self.pump(s);
+                    self.fail_stop_if_fatal()?;
+                }
                 _ => self.finish_wire(i),
             }
         }
@@ -319,10 +344,20 @@ impl Sim {
                 .is_some_and(|t| t <= self.now.mono_ms);
             if sync_due || self.now.mono_ms >= self.node.next_tick_ms[s] {
                 self.node.shards[s].on_tick(self.now);
+                if let Some(job) = self.node.shards[s].take_sync(self.now) {
+                    // The disk takes 0–4 ms; the shard serves on meanwhile.
+                    let done = self.now.mono_ms + self.rng.below(5);
+                    self.node.syncs.push((s, done, job));
+                }
                 self.node.next_tick_ms[s] = self.now.mono_ms + TICK_MS;
                 self.pump(s);
             }
         }
+        self.fail_stop_if_fatal()
+    }
+
+    /// Fail-stop: a shard that met a failed sync stops the node.
+    pub(super) fn fail_stop_if_fatal(&mut self) -> Result<(), String> {
         if self.node.shards.iter().any(|s| s.fatal().is_some()) {
             // Fail-stop: the node exits (the kernel may have dropped what the failed sync
             // held); its supervisor starts it again on the same disks.

@@ -17,8 +17,20 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// A sync handed off the shard's core: it makes durable every write made to its segment before
+/// it was taken ([`Segment::sync_target`]). The node's driver issues it as an io_uring
+/// `fdatasync` on the reactor without waiting for it; [`SyncTarget::sync`] is the blocking form
+/// (tests, the simulator).
+pub trait SyncTarget {
+    fn sync(self) -> io::Result<()>;
+}
+
 /// One segment: a fixed-size byte region written in place.
 pub trait Segment: std::fmt::Debug {
+    type Target: SyncTarget;
+    /// What syncs the writes made so far away from the caller; the segment counts them as
+    /// synced (a later [`Segment::sync`] covers only what comes after).
+    fn sync_target(&mut self) -> io::Result<Self::Target>;
     fn bytes(&self) -> &[u8];
     /// Copies `data` to `offset`. Not durable until [`Segment::sync`].
     fn write(&mut self, offset: usize, data: &[u8]) -> io::Result<()>;
@@ -181,7 +193,8 @@ impl MmapBackend {
 #[derive(Debug)]
 pub struct MmapSegment {
     map: memmap2::MmapMut,
-    _file: File,
+    /// Kept open for the map's lifetime, and duplicated for off-core syncs.
+    file: File,
     dirty_from: usize,
     dirty_to: usize,
 }
@@ -228,7 +241,7 @@ impl Backend for MmapBackend {
         let map = map(&file)?;
         Ok(MmapSegment {
             map,
-            _file: file,
+            file,
             dirty_from: usize::MAX,
             dirty_to: 0,
         })
@@ -242,7 +255,7 @@ impl Backend for MmapBackend {
         let map = map(&file)?;
         Ok(MmapSegment {
             map,
-            _file: file,
+            file,
             dirty_from: usize::MAX,
             dirty_to: 0,
         })
@@ -265,7 +278,22 @@ impl Backend for MmapBackend {
     }
 }
 
+/// A segment file's own descriptor (a duplicate): `fdatasync` on it writes back the pages the
+/// map dirtied (they are the file's page cache), even after the segment is closed or removed.
+impl SyncTarget for File {
+    fn sync(self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
 impl Segment for MmapSegment {
+    type Target = File;
+    fn sync_target(&mut self) -> io::Result<File> {
+        let file = self.file.try_clone()?;
+        self.dirty_from = usize::MAX;
+        self.dirty_to = 0;
+        Ok(file)
+    }
     fn bytes(&self) -> &[u8] {
         &self.map
     }
@@ -502,7 +530,39 @@ impl Backend for MemBackend {
     }
 }
 
+/// A deferred sync of a [`MemSegment`]: when it runs, every write not yet durable lands (it may
+/// cover writes made after it was taken, as an fsync may), and the disk's sync faults apply.
+#[derive(Debug)]
+pub struct MemSyncTarget {
+    seq: u64,
+    disk: Rc<RefCell<MemDisk>>,
+}
+
+impl SyncTarget for MemSyncTarget {
+    fn sync(self) -> io::Result<()> {
+        let mut d = self.disk.borrow_mut();
+        d.faults.syncs += 1;
+        if d.faults.fail_sync == Some(d.faults.syncs) {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        // Removed since (reclaimed): nothing left to make durable.
+        if let Some(f) = d.files.get_mut(&self.seq) {
+            for (off, data) in std::mem::take(&mut f.unsynced) {
+                f.durable[off..off + data.len()].copy_from_slice(&data);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Segment for MemSegment {
+    type Target = MemSyncTarget;
+    fn sync_target(&mut self) -> io::Result<MemSyncTarget> {
+        Ok(MemSyncTarget {
+            seq: self.seq,
+            disk: self.disk.clone(),
+        })
+    }
     fn bytes(&self) -> &[u8] {
         &self.view
     }

@@ -22,7 +22,7 @@ use ferry_proto::Dest;
 
 use crate::ratelimit::IpKey;
 
-use backend::{Backend, Segment};
+use backend::{Backend, Segment, SyncTarget};
 use fair::{Held, Source, SourceLimits, Sources};
 use format::{
     Kind, Pos, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES,
@@ -240,6 +240,32 @@ pub struct Pressure {
     pub store_fill_pct: u8,
 }
 
+/// The group commit job of a log over backend `B`.
+pub type SyncJobOf<B> = SyncJob<<<B as Backend>::Seg as Segment>::Target>;
+
+/// A group commit handed off the shard's core ([`Log::begin_sync`]).
+#[derive(Debug)]
+pub struct SyncJob<T> {
+    /// One per segment written since the last commit; all must sync.
+    pub targets: Vec<T>,
+    upto: u64,
+}
+
+impl<T: SyncTarget> SyncJob<T> {
+    /// The append sequence this commit makes durable.
+    pub fn upto(&self) -> u64 {
+        self.upto
+    }
+
+    /// Syncs every target on the calling thread (blocking).
+    pub fn run(self) -> std::io::Result<()> {
+        for t in self.targets {
+            t.sync()?;
+        }
+        Ok(())
+    }
+}
+
 /// One shard's log over a backend.
 #[derive(Debug)]
 pub struct Log<B: Backend> {
@@ -260,6 +286,9 @@ pub struct Log<B: Backend> {
     dirty: BTreeSet<u64>,
     /// Commit points that synced something (`Log::syncs`).
     syncs: u64,
+    /// The group commit handed off the shard's core ([`Log::begin_sync`]) and not yet finished:
+    /// the sequence it makes durable, and its segments.
+    in_flight: Option<(u64, BTreeSet<u64>)>,
     last_sync_ms: u64,
     scratch: Vec<u8>,
     /// The next segment's number. Numbers only grow (the newest segment is never reclaimed, so
@@ -303,6 +332,7 @@ impl<B: Backend> Log<B> {
             syncs: 0,
             dirty: BTreeSet::new(),
             last_sync_ms: 0,
+            in_flight: None,
             scratch: Vec::new(),
             next_segment: 1,
             failed: false,
@@ -752,10 +782,24 @@ impl<B: Backend> Log<B> {
         }
     }
 
-    /// Syncs now (group commit point). An error is fatal for the node.
+    /// Syncs now (group commit point), on the calling thread. An error is fatal for the node.
+    /// Covers a group commit in flight too (its segments are synced whole).
     pub fn sync_now(&mut self) -> Result<(), StoreError> {
         self.check_failed()?;
-        let synced = !self.dirty.is_empty();
+        let synced = !self.dirty.is_empty() || self.in_flight.is_some();
+        let flying: Vec<u64> = self
+            .in_flight
+            .as_ref()
+            .map(|(_, segs)| segs.iter().copied().collect())
+            .unwrap_or_default();
+        for seq in flying {
+            if let Some(s) = self.segments.get_mut(&seq) {
+                if let Err(e) = s.seg.sync_all() {
+                    self.failed = true;
+                    return Err(StoreError::SyncFailed(e));
+                }
+            }
+        }
         while let Some(&seq) = self.dirty.first() {
             if !crate::mutants::active(crate::mutants::Mutant::SkipSync) {
                 self.sync_segment(seq)?;
@@ -773,23 +817,85 @@ impl<B: Backend> Log<B> {
     }
 
     /// When the interval policy's next group commit is due (monotonic ms): only while appends
-    /// wait for one. `None`: nothing to sync, or another policy.
+    /// wait for one and none is in flight (its completion comes first). `None`: nothing to
+    /// sync, a commit in flight, or another policy.
     pub fn sync_due_ms(&self) -> Option<u64> {
         match self.policy {
-            FsyncPolicy::Interval { ms } if !self.dirty.is_empty() => {
+            FsyncPolicy::Interval { ms } if !self.dirty.is_empty() && self.in_flight.is_none() => {
                 Some(self.last_sync_ms.saturating_add(ms))
             }
             _ => None,
         }
     }
 
-    /// Call on every tick: syncs when the interval policy says so.
-    pub fn poll_sync(&mut self, now_ms: u64) -> Result<(), StoreError> {
-        if let FsyncPolicy::Interval { ms } = self.policy {
-            if !self.dirty.is_empty() && now_ms >= self.last_sync_ms.saturating_add(ms) {
-                self.last_sync_ms = now_ms;
-                self.sync_now()?;
+    /// Starts the group commit the interval policy calls for, without waiting for it: the
+    /// returned job's targets sync every segment written since the last commit, off the
+    /// caller's core, and [`Log::finish_sync`] with their outcome makes the appends up to
+    /// [`SyncJob::upto`] durable. Appends and acks go on meanwhile (they wait for the next
+    /// commit). `None`: not due, nothing to sync, or one already in flight.
+    pub fn begin_sync(
+        &mut self,
+        now_ms: u64,
+    ) -> Result<Option<SyncJob<<B::Seg as Segment>::Target>>, StoreError> {
+        self.check_failed()?;
+        let FsyncPolicy::Interval { ms } = self.policy else {
+            return Ok(None);
+        };
+        if self.in_flight.is_some()
+            || self.dirty.is_empty()
+            || now_ms < self.last_sync_ms.saturating_add(ms)
+        {
+            return Ok(None);
+        }
+        self.last_sync_ms = now_ms;
+        let segs = std::mem::take(&mut self.dirty);
+        let mut targets = Vec::with_capacity(segs.len());
+        for seq in &segs {
+            if crate::mutants::active(crate::mutants::Mutant::SkipSync) {
+                continue;
             }
+            if let Some(s) = self.segments.get_mut(seq) {
+                match s.seg.sync_target() {
+                    Ok(t) => targets.push(t),
+                    Err(e) => {
+                        self.failed = true;
+                        return Err(StoreError::SyncFailed(e));
+                    }
+                }
+            }
+        }
+        let upto = self.next_seq - 1;
+        self.in_flight = Some((upto, segs));
+        Ok(Some(SyncJob { targets, upto }))
+    }
+
+    /// The outcome of the group commit [`Log::begin_sync`] started: on success the appends up
+    /// to `upto` are durable. A failure is fatal for the node (as for [`Log::sync_now`]).
+    pub fn finish_sync(
+        &mut self,
+        upto: u64,
+        outcome: std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let flying = self.in_flight.take();
+        debug_assert_eq!(flying.as_ref().map(|(u, _)| *u), Some(upto));
+        if let Err(e) = outcome {
+            self.failed = true;
+            return Err(StoreError::SyncFailed(e));
+        }
+        self.check_failed()?;
+        self.syncs += 1;
+        self.durable_seq = self.durable_seq.max(upto);
+        Ok(())
+    }
+
+    /// Runs the group commit the interval policy calls for on the calling thread
+    /// ([`Log::begin_sync`], its targets, [`Log::finish_sync`]): tests and tools; the node's
+    /// shards run the targets off their cores.
+    pub fn poll_sync(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(job) = self.begin_sync(now_ms)? {
+            let upto = job.upto;
+            let outcome = job.run();
+            self.finish_sync(upto, outcome)?;
         }
         Ok(())
     }
@@ -834,10 +940,10 @@ impl<B: Backend> Log<B> {
             .is_some_and(|q| q.entries.iter().any(|e| e.pos == pos))
     }
 
-    /// Whether something was written since the last sync (appends or tombstones a power loss
-    /// could take back).
+    /// Whether something may have been written that no finished sync covers (appends or
+    /// tombstones a power loss could take back): after a failed sync, always.
     pub fn has_unsynced(&self) -> bool {
-        !self.dirty.is_empty()
+        self.failed || !self.dirty.is_empty() || self.in_flight.is_some()
     }
 
     /// At most `blobs_max` live blobs of `dest` (and `bytes_max` payload bytes, but at least one),
