@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferry_shards::metrics::ShardMetrics;
+use ferry_shards::metrics::{Histogram, ShardMetrics};
 
 /// What the admin endpoint reads.
 #[derive(Debug)]
@@ -150,6 +150,23 @@ pub fn render(state: &AdminState) -> String {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {total}\n"
             ));
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "ferry_shard_tick_lag_seconds",
+            "How late each shard's tick ran after it was due (work holding the core shows here).",
+            (|m: &ShardMetrics| &m.tick_lag) as fn(&ShardMetrics) -> &Histogram,
+        ),
+        (
+            "ferry_store_sync_seconds",
+            "Group commit duration: from issuing its fdatasyncs to their completion.",
+            |m: &ShardMetrics| &m.store_sync,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (shard, m) in state.shard_metrics.iter().enumerate() {
+            pick(m).render(&mut out, name, shard);
         }
     }
     state.service_metrics.render(&mut out);

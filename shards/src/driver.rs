@@ -536,6 +536,7 @@ async fn run_shard(
         let due = ctx.shard.borrow().store_sync_due_ms();
         let wait_ms = due.map_or(tick_ms, |d| d.saturating_sub(now.mono_ms).min(tick_ms));
         ctx.tick_idle.set(due.is_none());
+        let due_us = ctx.clock.elapsed_us() + wait_ms * 1_000;
         let woken = if wait_ms == 0 {
             // A commit is due now (`store_fsync = "always"`): let the tasks already woken in this
             // turn run first, so that the one sync covers their appends too.
@@ -559,6 +560,11 @@ async fn run_shard(
             // Appends wait: sleep until their group commit is due.
             continue;
         }
+        ctx.shard
+            .borrow()
+            .metrics()
+            .tick_lag
+            .observe_us(ctx.clock.elapsed_us().saturating_sub(due_us));
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_tick(now);
         let job = ctx.shard.borrow_mut().take_sync(now);
@@ -1112,6 +1118,7 @@ fn spawn_group_commit(
 ) {
     glommio::spawn_local(async move {
         let upto = job.upto();
+        let started_us = ctx.clock.elapsed_us();
         let mut outcome = Ok(());
         for file in job.targets {
             // SAFETY: `into_raw_fd` hands over a descriptor this task alone owns (a duplicate of
@@ -1125,6 +1132,11 @@ fn spawn_group_commit(
             }
         }
         let now = ctx.clock.now();
+        ctx.shard
+            .borrow()
+            .metrics()
+            .store_sync
+            .observe_us(ctx.clock.elapsed_us().saturating_sub(started_us));
         ctx.shard.borrow_mut().on_synced(now, upto, outcome);
         let why = ctx.shard.borrow().fatal().map(str::to_string);
         if let Some(why) = why {

@@ -9,7 +9,15 @@ macro_rules! metrics {
         /// Counters and gauges of one shard.
         #[derive(Debug, Default)]
         #[repr(align(128))]
-        pub struct ShardMetrics { $( $(#[$m])* pub $field: AtomicU64, )+ }
+        pub struct ShardMetrics {
+            $( $(#[$m])* pub $field: AtomicU64, )+
+            /// How late the tick ran: from when it was due (its sleep's end, or the end of the
+            /// turn it yielded for) to when it ran. Work that holds the core (a blocking sync,
+            /// a long batch) shows here.
+            pub tick_lag: Histogram,
+            /// From issuing a group commit's syncs to their completion.
+            pub store_sync: Histogram,
+        }
 
         impl ShardMetrics {
             /// (metric name, kind, help, value) of every metric, for the Prometheus renderer.
@@ -92,5 +100,89 @@ impl ShardMetrics {
     #[inline]
     pub fn dec(c: &AtomicU64) {
         c.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (Prometheus `le`, in seconds,
+/// when rendered).
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+/// A fixed-bucket latency histogram one shard writes (relaxed atomics) and the admin endpoint
+/// renders per shard.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at most each bound of [`LATENCY_BUCKETS_US`], the last one: above them all.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last: all observations), and the sum in microseconds.
+    pub fn cumulative(&self) -> (Vec<u64>, u64) {
+        let mut acc = 0;
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (counts, self.sum_us.load(Ordering::Relaxed))
+    }
+
+    /// Appends the Prometheus text of this histogram as series `name` with label
+    /// `shard="<shard>"` (the `# HELP`/`# TYPE` lines are the caller's, once per name).
+    pub fn render(&self, out: &mut String, name: &str, shard: usize) {
+        use std::fmt::Write as _;
+        let (counts, sum_us) = self.cumulative();
+        for (i, c) in counts.iter().enumerate() {
+            let le = LATENCY_BUCKETS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {c}");
+        }
+        let total = counts.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{shard=\"{shard}\"}} {}",
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_observation_in_its_bucket_and_renders_cumulatively() {
+        let h = Histogram::default();
+        for us in [10, 25, 26, 900, 2_000_000] {
+            h.observe_us(us);
+        }
+        let (counts, sum) = h.cumulative();
+        assert_eq!(counts[0], 2); // le 25 µs
+        assert_eq!(counts[1], 3); // le 50 µs
+        assert_eq!(counts[5], 4); // le 1 ms
+        assert_eq!(*counts.last().unwrap(), 5);
+        assert_eq!(sum, 10 + 25 + 26 + 900 + 2_000_000);
+        let mut out = String::new();
+        h.render(&mut out, "ferry_x_seconds", 3);
+        assert!(out.contains("ferry_x_seconds_bucket{shard=\"3\",le=\"0.000025\"} 2\n"));
+        assert!(out.contains("ferry_x_seconds_bucket{shard=\"3\",le=\"+Inf\"} 5\n"));
+        assert!(out.contains("ferry_x_seconds_count{shard=\"3\"} 5\n"));
     }
 }
