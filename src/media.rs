@@ -110,12 +110,14 @@ pub fn shard_dir(dir: &Path, shard: usize) -> PathBuf {
     dir.join(format!("shard-{shard}"))
 }
 
-/// Opens every core's store (start-up fails with the directory named) and starts the workers.
+/// Opens every core's store (start-up fails with the directory named) and starts the workers:
+/// on the service core's CPU when there is one (`cpu`), at lowered priority, never on a shard's
+/// CPU (hashing a finished upload would take that core's time from its event loop).
 pub fn start(
     dir: &Path,
     limits: MediaLimits,
     queue_max: usize,
-    cpus: &[usize],
+    cpu: Option<usize>,
     clock: Clock,
     ports: &[ReplyPort],
     metrics: Arc<MediaMetrics>,
@@ -138,7 +140,6 @@ pub fn start(
             .iter()
             .map(ReplyPort::try_clone)
             .collect::<std::io::Result<_>>()?;
-        let cpu = cpus.get(shard).copied();
         let stop = stop.clone();
         let metrics = metrics.clone();
         joins.push(
@@ -148,6 +149,7 @@ pub fn start(
                     if let Some(cpu) = cpu {
                         crate::sys::pin_current_thread(cpu);
                     }
+                    crate::sys::lower_thread_priority(10);
                     worker(store, rx, ports, clock, stop, &metrics);
                 })?,
         );

@@ -532,7 +532,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             &cfg.data_dir.join("media"),
             limits,
             cfg.media.queue_msgs_max,
-            &placement.shard_cpus,
+            placement.service_cpu,
             Clock::new(cfg.clock_offset_s),
             &service.ports,
             media_metrics.clone(),

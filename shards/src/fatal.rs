@@ -92,6 +92,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // A real thread: a deadline in real time.
     fn a_thread_that_stops_here_reports_and_never_returns() {
         let f = FatalStop::new();
         let g = f.clone();

@@ -10,6 +10,9 @@
 //!
 //! A plain `main` (harness = false): the same binary is the child when FERRY_STORE_CRASH_DIR is set.
 
+// A real child process: its timing is measured in real time.
+#![allow(clippy::disallowed_methods)]
+
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::collections::{BTreeMap, BTreeSet};
