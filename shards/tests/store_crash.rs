@@ -12,7 +12,6 @@
 
 // A real child process: its timing is measured in real time.
 #![allow(clippy::disallowed_methods)]
-
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -218,8 +218,16 @@ pub struct Shard<B: Backend = MmapBackend> {
 }
 
 impl Shard {
-    /// A shard without a store (give it one with [`Shard::with_store`], on any backend).
+    /// A shard of the node (its store, if any, on segment files: [`Shard::with_store`]).
     pub fn new(cfg: ShardConfig, metrics: Arc<ShardMetrics>) -> Self {
+        Shard::on_backend(cfg, metrics)
+    }
+}
+
+impl<B: Backend> Shard<B> {
+    /// A shard whose store, once given ([`Shard::with_store`]), is on backend `B`: the
+    /// simulator's `Shard::<MemBackend>::on_backend(..)`.
+    pub fn on_backend(cfg: ShardConfig, metrics: Arc<ShardMetrics>) -> Self {
         assert!(
             cfg.shards > 0 && cfg.shards <= SHARDS_MAX,
             "{} shards: from 1 to SHARDS_MAX ({SHARDS_MAX})",
@@ -270,9 +278,7 @@ impl Shard {
             cfg,
         }
     }
-}
 
-impl<B: Backend> Shard<B> {
     pub fn id(&self) -> u16 {
         self.cfg.shard
     }

@@ -32,79 +32,17 @@ pub(super) struct PendingStored {
 
 impl<B: Backend> Shard<B> {
     /// Gives this shard its store, opened and replayed before the shard serves: the node's mmap
-    /// log, or the simulator's in-memory disk (the shard's type follows the backend).
-    pub fn with_store<C: Backend>(self, log: Log<C>) -> Shard<C> {
-        let Shard {
-            store,
-            pending_stored,
-            cfg,
-            conns,
-            next_conn,
-            table,
-            outbox,
-            ready,
-            held_readers,
-            force_close,
-            limiter,
-            metrics,
-            challenge_counter,
-            queries,
-            next_query,
-            drain_short,
-            drain_behind,
-            handover,
-            last_expire_unix_s,
-            fatal,
-            now,
-            service,
-            media,
-            media_upload,
-            push_armed,
-            push_armed_tags,
-            memory,
-            puzzle,
-            puzzle_checks,
-            deadlines,
-        } = self;
+    /// log, or the simulator's in-memory disk ([`Shard::on_backend`]).
+    pub fn with_store(mut self, log: Log<B>) -> Self {
         assert!(
-            store.is_none() && pending_stored.is_empty(),
+            self.store.is_none() && self.pending_stored.is_empty(),
             "a shard gets its store once, before it serves"
         );
-        metrics
+        self.metrics
             .store_blobs
             .store(log.blobs() as u64, std::sync::atomic::Ordering::Relaxed);
-        Shard {
-            store: Some(log),
-            pending_stored,
-            cfg,
-            conns,
-            next_conn,
-            table,
-            outbox,
-            ready,
-            held_readers,
-            force_close,
-            limiter,
-            metrics,
-            challenge_counter,
-            queries,
-            next_query,
-            drain_short,
-            drain_behind,
-            handover,
-            last_expire_unix_s,
-            fatal,
-            now,
-            service,
-            media,
-            media_upload,
-            push_armed,
-            push_armed_tags,
-            memory,
-            puzzle,
-            puzzle_checks,
-            deadlines,
-        }
+        self.store = Some(log);
+        self
     }
 
     /// The store, for what the simulator checks against it.

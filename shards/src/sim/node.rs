@@ -39,7 +39,7 @@ impl Node {
                 now.unix_s,
             )
             .map_err(|e| format!("shard {i}'s store did not reopen: {e}"))?;
-            shards.push(Shard::new(scfg, Arc::new(ShardMetrics::default())).with_store(log));
+            shards.push(Shard::on_backend(scfg, Arc::new(ShardMetrics::default())).with_store(log));
         }
         Ok(Node {
             shards,
