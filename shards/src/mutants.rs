@@ -16,15 +16,18 @@ pub enum Mutant {
     ReorderHopBatch,
     /// Replay after a restart ignores tombstones: acknowledged blobs come back.
     ForgetAcksOnRestart,
+    /// A dest with push registrations asks for a wake on every stored blob (no rate limit).
+    WakeEveryBlob,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 6] = [
         Mutant::SkipSync,
         Mutant::StoredBeforeDurable,
         Mutant::HandOverTwice,
         Mutant::ReorderHopBatch,
         Mutant::ForgetAcksOnRestart,
+        Mutant::WakeEveryBlob,
     ];
 }
 

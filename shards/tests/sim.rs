@@ -446,10 +446,12 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.crashes += r.crashes;
         total.cuts += r.cuts;
         total.fatal_stops += r.fatal_stops;
+        total.push_registrations += r.push_registrations;
+        total.wakes += r.wakes;
     }
     let wall = start.elapsed().as_secs_f64();
     println!(
-        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts",
+        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes",
         SIM_SEEDS.count() + SIM_REGRESSIONS.len(),
         total.client_ms as f64 / 3.6e6,
         total.client_ms as f64 / 3.6e6 / wall,
@@ -460,10 +462,13 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.crashes,
         total.fatal_stops,
         total.cuts,
+        total.push_registrations,
+        total.wakes,
     );
     // The runs exercised what they check.
     assert!(total.stored_answers > 0 && total.stored_deliveries > 0 && total.live_deliveries > 0);
     assert!(total.crashes > 0 && total.cuts > 0 && total.fatal_stops > 0);
+    assert!(total.push_registrations > 0 && total.wakes > 0);
 }
 
 /// Found by the simulator (2026-12-07), both with send queues too small for a drain batch: a

@@ -126,7 +126,8 @@ impl<B: Backend> Shard<B> {
             }
             Some(a)
                 if a.last_offer_ms != 0
-                    && now.mono_ms < a.last_offer_ms + WAKE_OFFER_INTERVAL_MS =>
+                    && now.mono_ms < a.last_offer_ms + WAKE_OFFER_INTERVAL_MS
+                    && !crate::mutants::active(crate::mutants::Mutant::WakeEveryBlob) =>
             {
                 return;
             }

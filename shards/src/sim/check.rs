@@ -36,6 +36,16 @@ impl Sim {
                 return Err(format!("message {id} was never answered"));
             }
         }
+        // Every push registration on a connection still open was answered.
+        for (c, cl) in self.clients.iter().enumerate() {
+            if cl.push_pending > 0 {
+                return Err(format!(
+                    "client {c}'s {} push registration(s) never answered",
+                    cl.push_pending
+                ));
+            }
+        }
+        self.report.wakes = self.service.wakes;
         // Every mailbox drains everything stored for it: one device of each connects afresh.
         for mbox in 0..self.cfg.mailboxes {
             let c = (0..self.clients.len())

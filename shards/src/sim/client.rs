@@ -23,6 +23,8 @@ pub(super) struct Client {
     pub(super) acks_queued: Vec<(Dest, u64)>,
     /// The final drain of this client's mailbox is done.
     pub(super) drained_done: bool,
+    /// Push registrations sent on this connection and not yet answered.
+    pub(super) push_pending: u32,
 }
 
 impl Client {
@@ -36,6 +38,7 @@ impl Client {
         self.draining = false;
         self.acks.clear();
         self.acks_queued.clear();
+        self.push_pending = 0;
     }
 
     /// Queues the pending acks (before any request that must come after them).
@@ -88,10 +91,32 @@ impl Sim {
                     self.trace(|| format!("client {c} stops reading wire {w} for {pause} ms"));
                 }
             }
+            95..=97 if self.clients[c].proven => self.push_register(c),
             _ => {}
         }
         self.flush_client(c);
         Ok(())
+    }
+
+    /// Registers (or, one time in five, removes) a push token for the client's mailbox.
+    fn push_register(&mut self, c: usize) {
+        let ttl_s = if self.rng.chance(200) {
+            0
+        } else {
+            60 + u32::try_from(self.rng.below(3_600)).expect("below 3600")
+        };
+        let dest = self.dest_of(self.clients[c].mailbox);
+        let cl = &mut self.clients[c];
+        cl.cc.push(&Frame::PushRegister {
+            provider: ferry_proto::frame::PushProvider::Fcm,
+            ttl_s,
+            // One token per device (client).
+            token: Bytes::from(format!("device-{c}")),
+            dests: vec![dest],
+        });
+        cl.push_pending += 1;
+        self.report.push_registrations += 1;
+        self.trace(|| format!("client {c} registers push for {ttl_s} s"));
     }
 
     pub(super) fn connect(&mut self, c: usize) -> Result<(), String> {
@@ -199,6 +224,7 @@ impl Sim {
         let items = vec![
             signer.prove(&NODE_ID, &ch, Op::Subscribe),
             signer.prove(&NODE_ID, &ch, Op::Drain),
+            signer.prove(&NODE_ID, &ch, Op::PushRegister),
         ];
         cl.cc.push(&Frame::Prove { items });
         cl.proven = true;
@@ -389,6 +415,21 @@ impl Sim {
                     DrainStatus::Busy | DrainStatus::NotProven => {
                         return Err(format!("a proven, lone drain was answered {status:?}"));
                     }
+                }
+            }
+            ClientEvent::PushResult { status, .. } => {
+                let cl = &mut self.clients[c];
+                if cl.push_pending == 0 {
+                    return Err(format!("client {c} got a PushResult it did not ask for"));
+                }
+                cl.push_pending -= 1;
+                if !matches!(
+                    status,
+                    ferry_proto::frame::PushStatus::Ok | ferry_proto::frame::PushStatus::Busy
+                ) {
+                    return Err(format!(
+                        "a proven push registration was answered {status:?}"
+                    ));
                 }
             }
             ClientEvent::Unsubscribed { .. } => {

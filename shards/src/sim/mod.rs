@@ -18,6 +18,7 @@ mod client;
 mod net;
 mod node;
 mod oracle;
+mod service;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -169,6 +170,8 @@ pub struct Report {
     pub cuts: u64,
     pub disk_faults: u64,
     pub fatal_stops: u64,
+    pub push_registrations: u64,
+    pub wakes: u64,
 }
 
 /// The simulation of one seed.
@@ -188,6 +191,8 @@ struct Sim {
     faults: bool,
     /// Print what happens (`FERRY_SIM_TRACE=1`), to follow a failing seed.
     trace: bool,
+    /// The simulated service core (push registrations and wakes).
+    service: service::Service,
 }
 
 fn shard_config(cfg: &SimConfig, shard: usize) -> ShardConfig {
@@ -268,7 +273,8 @@ impl Sim {
                 disk: std::rc::Rc::new(std::cell::RefCell::new(MemDisk::default())),
             })
             .collect();
-        let node = Node::start(&cfg, disks, vec![0; cfg.shards], now)?;
+        let service = service::Service::default();
+        let node = Node::start(&cfg, disks, vec![0; cfg.shards], &service.queue, now)?;
         let epoch = epoch_of(now.unix_s);
         let signers = (0..cfg.mailboxes)
             .map(|m| {
@@ -292,6 +298,7 @@ impl Sim {
                 acks: Vec::new(),
                 acks_queued: Vec::new(),
                 drained_done: false,
+                push_pending: 0,
             })
             .collect();
         Ok(Sim {
@@ -308,6 +315,7 @@ impl Sim {
             report: Report::default(),
             faults: true,
             trace: std::env::var_os("FERRY_SIM_TRACE").is_some(),
+            service,
         })
     }
 

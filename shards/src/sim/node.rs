@@ -26,6 +26,7 @@ impl Node {
         cfg: &SimConfig,
         disks: Vec<MemBackend>,
         disk_failures: Vec<u64>,
+        service: &Arc<service::Queue>,
         now: Now,
     ) -> Result<Node, String> {
         let mut shards = Vec::with_capacity(cfg.shards);
@@ -39,7 +40,12 @@ impl Node {
                 now.unix_s,
             )
             .map_err(|e| format!("shard {i}'s store did not reopen: {e}"))?;
-            shards.push(Shard::on_backend(scfg, Arc::new(ShardMetrics::default())).with_store(log));
+            let sink: Arc<dyn crate::service::ServiceSink> = service.clone();
+            shards.push(
+                Shard::on_backend(scfg, Arc::new(ShardMetrics::default()))
+                    .with_store(log)
+                    .with_service(sink),
+            );
         }
         Ok(Node {
             shards,
@@ -266,6 +272,9 @@ impl Sim {
                     due.push((5, k));
                 }
             }
+            if !self.service.queue.is_empty() {
+                due.push((6, 0));
+            }
             if due.is_empty() {
                 return Ok(());
             }
@@ -316,6 +325,7 @@ impl Sim {
                     self.pump(s);
                     self.fail_stop_if_fatal()?;
                 }
+                6 => self.serve_one()?,
                 _ => self.finish_wire(i),
             }
         }
@@ -451,7 +461,8 @@ impl Sim {
             }
         }
         let failures = std::mem::take(&mut self.node.disk_failures);
-        self.node = Node::start(&self.cfg, disks, failures, self.now)?;
+        self.node = Node::start(&self.cfg, disks, failures, &self.service.queue, self.now)?;
+        self.restart_service();
         Ok(())
     }
 }
