@@ -482,6 +482,16 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     {
         let wake = wake_on_signal.handle();
         fatal.set_waker(move || wake.close());
+        // A panic on any of the node's threads (a shard's executor, a media worker, the admin
+        // endpoint) stops the node: a dead shard would leave its dests unserved for good.
+        let f = fatal.clone();
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            print(info);
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("unnamed");
+            f.report(format!("thread {name} panicked: {info}"));
+        }));
     }
     let shard_stop = Arc::new(AtomicBool::new(false));
     let admin_stop = Arc::new(AtomicBool::new(false));
@@ -665,39 +675,48 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     // The drain is bounded: past stop_timeout_s the process exits 1. `Stored`, prekey and push
     // answers already follow their syncs; what the bound can cost is media chunks acknowledged
     // since their upload's last 8 MiB sync (they are resent when the upload resumes).
+    // The drain's steps run on a thread of their own; this thread watches it, the deadline and
+    // fatal reports (a shard whose final sync fails stops where it is and never joins), and is
+    // the one that ends the process.
     let timeout = Duration::from_secs(cfg.stop_timeout_s);
-    std::thread::Builder::new()
-        .name("ferry-stop-timer".into())
+    let started = std::time::Instant::now();
+    let drain = std::thread::Builder::new()
+        .name("ferry-drain".into())
         .spawn(move || {
-            std::thread::sleep(timeout);
+            shard_stop.store(true, Ordering::Release);
+            for h in handles {
+                let _ = h.join.join();
+            }
+            // The shards are gone: the media workers finish their queues, the service core
+            // syncs its journals, and both exit.
+            if let Some(m) = media {
+                m.stop();
+            }
+            media_http_stop.store(true, Ordering::Release);
+            if let Some(j) = media_http {
+                let _ = j.join();
+            }
+            service.stop();
+            admin_stop.store(true, Ordering::Release);
+            let _ = admin.join();
+        })?;
+    while !drain.is_finished() {
+        stop_if_fatal(&fatal);
+        if started.elapsed() >= timeout {
             eprintln!(
                 "ferry: the drain did not finish within stop_timeout_s = {}; exiting",
                 timeout.as_secs()
             );
             std::process::exit(1);
-        })?;
-    shard_stop.store(true, Ordering::Release);
-    for h in handles {
-        let _ = h.join.join();
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    // The shards are gone: the media workers finish their queues, the service core syncs its
-    // journals, and both exit.
-    if let Some(m) = media {
-        m.stop();
-    }
-    media_http_stop.store(true, Ordering::Release);
-    if let Some(j) = media_http {
-        let _ = j.join();
-    }
-    service.stop();
-    admin_stop.store(true, Ordering::Release);
-    let _ = admin.join();
+    let _ = drain.join();
+    stop_if_fatal(&fatal);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The service core's settings from the node configuration (reads the push credentials: a
-/// missing or malformed key file stops start-up with its name).
 /// Ends the process (exit status 1) once a thread reported a fatal condition: logged through
 /// `tracing` (JSON when configured) and told to systemd.
 fn stop_if_fatal(fatal: &FatalStop) {
@@ -709,6 +728,8 @@ fn stop_if_fatal(fatal: &FatalStop) {
     }
 }
 
+/// The service core's settings from the node configuration (reads the push credentials: a
+/// missing or malformed key file stops start-up with its name).
 fn service_config(
     cfg: &Config,
     shards: usize,

@@ -215,6 +215,48 @@ fn interval_policy_acknowledges_at_the_next_sync() {
     assert!(log.durable_seq() >= a.seq);
 }
 
+/// A group commit is handed off the core (its targets sync later) and only its completion makes
+/// the appends durable; appends made meanwhile wait for the next one.
+#[test]
+fn a_commit_off_the_core_covers_what_came_before_it_only() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Interval { ms: 0 }, T0);
+    let first = log.append(T0, d(1), 1, 3600, b"a").unwrap();
+    let job = log.begin_sync(1).unwrap().expect("a commit is due");
+    assert_eq!(job.upto(), first.seq);
+    assert!(log.begin_sync(1).unwrap().is_none(), "one commit at a time");
+    let second = log.append(T0, d(1), 2, 3600, b"b").unwrap();
+    assert!(
+        log.durable_seq() < first.seq,
+        "durable only once the commit completes"
+    );
+    let upto = job.upto();
+    let outcome = job.run();
+    log.finish_sync(upto, outcome).unwrap();
+    assert!(log.durable_seq() >= first.seq && log.durable_seq() < second.seq);
+    assert!(log.has_unsynced());
+    log.poll_sync(2).unwrap();
+    assert!(log.durable_seq() >= second.seq);
+}
+
+/// When the commit cannot leave the core (the node's duplicate descriptor: out of descriptors),
+/// it runs on the core instead: the appends are durable, nothing fails.
+#[test]
+fn a_commit_that_cannot_leave_the_core_syncs_on_it() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Interval { ms: 0 }, T0);
+    let a = log.append(T0, d(1), 1, 3600, b"a").unwrap();
+    b.disk.borrow_mut().faults.fail_sync_target = true;
+    assert!(log.begin_sync(1).unwrap().is_none());
+    assert!(log.durable_seq() >= a.seq);
+    assert!(!log.has_unsynced());
+    drop(log);
+    b.disk.borrow_mut().crash(|_| 2); // power loss: only what was synced survives
+    b.disk.borrow_mut().faults.fail_sync_target = false;
+    let log = open(&b, FsyncPolicy::Interval { ms: 0 }, T0);
+    assert_eq!(payloads(&log, d(1), T0), vec![b"a".to_vec()]);
+}
+
 #[test]
 fn real_files_survive_reopen() {
     let dir = std::env::temp_dir().join(format!("ferry-store-{}", std::process::id()));

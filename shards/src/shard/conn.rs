@@ -279,6 +279,7 @@ impl<B: Backend> Shard<B> {
                 }
                 ServerEvent::Unsubscribe { dests } => {
                     for dest in dests {
+                        self.drain_behind.remove(&(conn, dest));
                         self.control(self.owner(&dest), HopMsg::Unsubscribe { dest, sub: from });
                     }
                 }
@@ -473,6 +474,9 @@ impl<B: Backend> Shard<B> {
         }
         if !self.drain_behind.is_empty() {
             self.drain_behind.retain(|(c, _)| *c != conn);
+        }
+        if !self.drain_short.is_empty() {
+            self.drain_short.retain(|(c, _)| *c != conn);
         }
     }
 }

@@ -145,6 +145,10 @@ impl<B: Backend> Shard<B> {
     /// Drainer's side of the end of a drain batch.
     pub(super) fn on_drain_end(&mut self, to: ConnId, dest: Dest, more: bool) {
         let short = self.drain_short.remove(&(to, dest));
+        if !self.conns.contains_key(&to) {
+            // Closed meanwhile: nothing to keep for it.
+            return;
+        }
         if short {
             self.drain_behind.insert((to, dest));
         } else if !more {

@@ -257,12 +257,17 @@ impl<B: Backend> Shard<B> {
                 );
             }
             HopMsg::TakenOver { to, dest } => {
+                // No live packets for it any more: nothing to hold back behind its drain.
+                self.drain_behind.remove(&(to, dest));
                 if let Some(c) = self.conns.get_mut(&to) {
                     c.sm.on_taken_over(dest);
                     self.mark_ready(to);
                 }
             }
             HopMsg::Subscribed { to, dest } => {
+                // The owner hands everything still stored over right behind this (same path),
+                // ahead of any live packet: nothing is left behind from before.
+                self.drain_behind.remove(&(to, dest));
                 if let Some(c) = self.conns.get_mut(&to) {
                     c.sm.on_subscribed(dest);
                     self.mark_ready(to);

@@ -167,7 +167,13 @@ impl<B: Backend> Shard<B> {
     pub fn take_sync(&mut self, now: Now) -> Option<SyncJobOf<B>> {
         let log = self.store.as_mut()?;
         match log.begin_sync(now.mono_ms) {
-            Ok(job) => job,
+            Ok(Some(job)) => Some(job),
+            Ok(None) => {
+                // Nothing due, or the commit ran here (it could not leave the core).
+                let durable = log.durable_seq();
+                self.release_stored(durable);
+                None
+            }
             Err(e) => {
                 self.fatal = Some(sync_failure(&e));
                 None

@@ -36,6 +36,37 @@ impl Sim {
                 return Err(format!("message {id} was never answered"));
             }
         }
+        // Liveness: a subscriber with nothing left to drain gets live packets. Each one still
+        // subscribed sends itself one (as another device would); with the node quiet, the only
+        // answer is `Delivered`.
+        let live: Vec<usize> = (0..self.clients.len())
+            .filter(|&c| {
+                let cl = &self.clients[c];
+                cl.subscribed && !cl.draining && cl.wire.is_some()
+            })
+            .collect();
+        let mut probes = Vec::new();
+        for &c in &live {
+            let mailbox = self.clients[c].mailbox;
+            let (dest, id) = (self.dest_of(mailbox), self.next_msg);
+            self.next_msg += 1;
+            let w = self.clients[c].wire.ok_or("a live client without a wire")?;
+            self.clients[c]
+                .cc
+                .send(dest, id, FLAG_ACK, 0, &oracle::payload_of(id));
+            self.oracle.sent(id, oracle::Msg::new(w, dest, true, true));
+            self.flush_client(c);
+            probes.push(id);
+        }
+        self.quiesce()?;
+        for id in probes {
+            let answer = self.oracle.msgs.get(&id).and_then(|m| m.answer);
+            if answer != Some(SendStatus::Delivered) {
+                return Err(format!(
+                    "a live packet ({id}) to a quiet subscriber was answered {answer:?}"
+                ));
+            }
+        }
         // Every push registration on a connection still open was answered.
         for (c, cl) in self.clients.iter().enumerate() {
             if cl.push_pending > 0 {

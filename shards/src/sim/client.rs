@@ -25,6 +25,8 @@ pub(super) struct Client {
     pub(super) drained_done: bool,
     /// Push registrations sent on this connection and not yet answered.
     pub(super) push_pending: u32,
+    /// Another device took its subscription over on this connection.
+    pub(super) taken_over: bool,
 }
 
 impl Client {
@@ -39,6 +41,7 @@ impl Client {
         self.acks.clear();
         self.acks_queued.clear();
         self.push_pending = 0;
+        self.taken_over = false;
     }
 
     /// Queues the pending acks (before any request that must come after them).
@@ -190,24 +193,9 @@ impl Sim {
                 ttl_s,
                 &payload_of(id),
             );
-            self.oracle.sent(
-                id,
-                Msg {
-                    wire,
-                    dest,
-                    owner,
-                    acked: ack,
-                    answer: None,
-                    live: 0,
-                    stored: 0,
-                    pos: None,
-                    stored_on: Vec::new(),
-                    last_live_unix_s: (ttl_s > 0).then(|| self.now.unix_s + u64::from(ttl_s)),
-                    ack: None,
-                    ack_disk_failures: Vec::new(),
-                    ack_durable: false,
-                },
-            );
+            let mut msg = Msg::new(wire, dest, owner, ack);
+            msg.last_live_unix_s = (ttl_s > 0).then(|| self.now.unix_s + u64::from(ttl_s));
+            self.oracle.sent(id, msg);
             self.report.sends += 1;
             self.trace(|| format!("client {c} wire {wire} sends {id} to mailbox {mailbox} (owner {owner}, ack {ack})"));
         }
@@ -295,13 +283,16 @@ impl Sim {
         let sent_to = self.wires[w].up.pushed;
         for (dest, pos) in acks {
             let failures = self.node.disk_failures[dest.owner(self.cfg.shards)];
-            if let Some(m) = self
+            if let Some((id, m)) = self
                 .oracle
                 .msgs
-                .values_mut()
-                .find(|m| m.dest == dest && m.pos == Some(pos))
+                .iter_mut()
+                .find(|(_, m)| m.dest == dest && m.pos == Some(pos))
             {
                 m.ack = Some((w, sent_to));
+                if !self.pending_acks.contains(id) {
+                    self.pending_acks.push(*id);
+                }
                 m.ack_disk_failures.push((w, failures));
                 if self.trace {
                     eprintln!(
@@ -401,9 +392,15 @@ impl Sim {
                 self.clients[c].acks.push((dest, pos));
             }
             ClientEvent::DrainEnd { status, .. } => {
+                let give_up = self.rng.chance(500);
                 let cl = &mut self.clients[c];
                 cl.draining = false;
                 match status {
+                    DrainStatus::More if cl.taken_over && !cl.subscribed && give_up => {
+                        // Taken over meanwhile (and not subscribed again): this device leaves the
+                        // rest to the one that listens now, as an app may well do. (A subscriber
+                        // must drain on: live packets wait behind what it has not drained.)
+                    }
                     DrainStatus::More => {
                         // Drain on; the acks go first, on the same path, so nothing acked comes
                         // again.
@@ -433,8 +430,10 @@ impl Sim {
                 }
             }
             ClientEvent::Unsubscribed { .. } => {
-                // Taken over by another device of the mailbox: this connection stays without
-                // a subscription (it never subscribes twice).
+                // Taken over by another device of the mailbox: it may subscribe again (any
+                // hand-over to it came before this, on the same path).
+                self.clients[c].subscribed = false;
+                self.clients[c].taken_over = true;
             }
             _ => {}
         }

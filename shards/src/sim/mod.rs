@@ -193,6 +193,8 @@ struct Sim {
     trace: bool,
     /// The simulated service core (push registrations and wakes).
     service: service::Service,
+    /// Messages whose ack was sent and not yet seen carried out by the owner.
+    pending_acks: Vec<u64>,
 }
 
 fn shard_config(cfg: &SimConfig, shard: usize) -> ShardConfig {
@@ -299,6 +301,7 @@ impl Sim {
                 acks_queued: Vec::new(),
                 drained_done: false,
                 push_pending: 0,
+                taken_over: false,
             })
             .collect();
         Ok(Sim {
@@ -316,6 +319,7 @@ impl Sim {
             faults: true,
             trace: std::env::var_os("FERRY_SIM_TRACE").is_some(),
             service,
+            pending_acks: Vec::new(),
         })
     }
 

@@ -11,8 +11,11 @@ pub(super) struct Node {
     /// Batches in flight from core `i` to core `j`, at `i * shards + j`.
     pub(super) links: Vec<VecDeque<Vec<HopMsg>>>,
     /// Group commits handed off the shards (`Shard::take_sync`), as the driver's io_uring
-    /// fdatasyncs: (shard, done at monotonic ms, the job).
-    pub(super) syncs: Vec<(usize, u64, SyncJobOf<MemBackend>)>,
+    /// fdatasyncs: (shard, done at monotonic ms, the job, its number on that shard).
+    pub(super) syncs: Vec<(usize, u64, SyncJobOf<MemBackend>, u64)>,
+    /// Per shard: group commits begun, and the number of the last one that completed.
+    pub(super) commits_begun: Vec<u64>,
+    pub(super) committed: Vec<u64>,
     pub(super) next_tick_ms: Vec<u64>,
     /// Injected write and sync failures that fired, per shard's disk (they outlive the
     /// process).
@@ -51,6 +54,8 @@ impl Node {
             shards,
             disks,
             syncs: Vec::new(),
+            commits_begun: vec![0; cfg.shards],
+            committed: vec![0; cfg.shards],
             links: (0..cfg.shards * cfg.shards)
                 .map(|_| VecDeque::new())
                 .collect(),
@@ -121,6 +126,7 @@ impl Sim {
                 }
             }
             if !moved {
+                self.note_acks(s);
                 return;
             }
         }
@@ -168,6 +174,38 @@ impl Sim {
             self.write(w);
         }
         self.pump(s);
+    }
+
+    /// Notes the acks shard `s` has carried out (their blob left its index): a commit begun
+    /// after now makes them durable.
+    fn note_acks(&mut self, s: usize) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let shards = self.cfg.shards;
+        let begun = self.node.commits_begun[s];
+        // On a fatal shard an ack's own sync may have been the one that failed: never durable
+        // as made.
+        let failures = if self.node.shards[s].fatal().is_some() {
+            u64::MAX
+        } else {
+            self.node.disk_failures[s]
+        };
+        let Some(log) = self.node.shards[s].store() else {
+            return;
+        };
+        let msgs = &mut self.oracle.msgs;
+        self.pending_acks.retain(|id| {
+            let Some(m) = msgs.get_mut(id) else {
+                return false;
+            };
+            let Some(pos) = m.pos else { return false };
+            if m.dest.owner(shards) != s || log.holds(&m.dest, Pos::from_u64(pos)) {
+                return true;
+            }
+            m.ack_processed = Some((begun, failures));
+            false
+        });
     }
 
     /// The node closed wire `w` after its last write: the shard forgets it now; the client
@@ -267,7 +305,7 @@ impl Sim {
                     due.push((2, l));
                 }
             }
-            for (k, (_, at, _)) in self.node.syncs.iter().enumerate() {
+            for (k, (_, at, ..)) in self.node.syncs.iter().enumerate() {
                 if *at <= now {
                     due.push((5, k));
                 }
@@ -318,9 +356,12 @@ impl Sim {
                 }
                 5 => {
                     // A group commit completes: the disk took it (or failed it).
-                    let (s, _, job) = self.node.syncs.swap_remove(i);
+                    let (s, _, job, number) = self.node.syncs.swap_remove(i);
                     let upto = job.upto();
                     let outcome = job.run();
+                    if outcome.is_ok() {
+                        self.node.committed[s] = self.node.committed[s].max(number);
+                    }
                     self.node.shards[s].on_synced(self.now, upto, outcome);
                     self.pump(s);
                     self.fail_stop_if_fatal()?;
@@ -357,7 +398,9 @@ impl Sim {
                 if let Some(job) = self.node.shards[s].take_sync(self.now) {
                     // The disk takes 0–4 ms; the shard serves on meanwhile.
                     let done = self.now.mono_ms + self.rng.below(5);
-                    self.node.syncs.push((s, done, job));
+                    self.node.commits_begun[s] += 1;
+                    let number = self.node.commits_begun[s];
+                    self.node.syncs.push((s, done, job, number));
                 }
                 self.node.next_tick_ms[s] = self.now.mono_ms + TICK_MS;
                 self.pump(s);
@@ -408,30 +451,22 @@ impl Sim {
                 if power { "power loss" } else { "kill -9" }
             )
         });
-        // Which acks the node had carried out (their blob is gone from the index), and whether
-        // this crash keeps them: kill -9 keeps every write; power loss keeps what was synced.
+        // Which acks the node carried out (seen by `note_acks`) this crash keeps: kill -9 keeps
+        // every write; power loss keeps a tombstone once a commit begun after it completed, or,
+        // under the per-append policy (every ack synced as it is made), unless the disk failed
+        // since (that sync may have been the one).
         let shards = self.cfg.shards;
-        let mut kept = Vec::new();
-        for (id, m) in &self.oracle.msgs {
-            let (Some((w, at)), Some(pos)) = (m.ack, m.pos) else {
-                continue;
-            };
-            if self.wires[w].up.delivered < at {
-                continue;
-            }
-            let owner = m.dest.owner(shards);
-            let Some(log) = self.node.shards[owner].store() else {
-                continue;
-            };
-            if !log.holds(&m.dest, Pos::from_u64(pos)) && (!power || !log.has_unsynced()) {
-                kept.push(*id);
+        let per_append = self.cfg.policy == FsyncPolicy::Always;
+        for m in self.oracle.msgs.values_mut() {
+            if let Some((begun, failures)) = m.ack_processed.take() {
+                let owner = m.dest.owner(shards);
+                let synced_as_made = per_append && self.node.disk_failures[owner] == failures;
+                if !power || synced_as_made || self.node.committed[owner] > begun {
+                    m.ack_durable = true;
+                }
             }
         }
-        for id in kept {
-            if let Some(m) = self.oracle.msgs.get_mut(&id) {
-                m.ack_durable = true;
-            }
-        }
+        self.pending_acks.clear();
         // Every connection dies with the process.
         for w in 0..self.wires.len() {
             let wire = &mut self.wires[w];

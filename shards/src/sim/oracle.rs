@@ -33,8 +33,34 @@ pub(super) struct Msg {
     /// Per wire that acked it: failed writes and syncs on the owner's disk when it did. A later
     /// one may have taken the ack's tombstone (acks have no answer; the blob then comes again).
     pub(super) ack_disk_failures: Vec<(usize, u64)>,
+    /// Its ack was carried out by the owner (the blob left the index) in this run of the node,
+    /// when that shard had begun this many group commits and its disk had failed this often.
+    pub(super) ack_processed: Option<(u64, u64)>,
     /// Its ack survived a crash: it must never be delivered again.
     pub(super) ack_durable: bool,
+}
+
+impl Msg {
+    /// A message just sent on `wire` to `dest` (`owner`: the wire proved the dest; `acked`: it
+    /// asked for an answer).
+    pub(super) fn new(wire: usize, dest: Dest, owner: bool, acked: bool) -> Msg {
+        Msg {
+            wire,
+            dest,
+            owner,
+            acked,
+            answer: None,
+            live: 0,
+            stored: 0,
+            last_live_unix_s: None,
+            pos: None,
+            stored_on: Vec::new(),
+            ack: None,
+            ack_disk_failures: Vec::new(),
+            ack_processed: None,
+            ack_durable: false,
+        }
+    }
 }
 
 /// The payload of message `id`: its id and a length and filler derived from it, so a torn or
@@ -153,6 +179,8 @@ impl Oracle {
                     .map(|(_, f)| *f);
                 // A wire gets a stored blob once; again only if a write or sync failed on the
                 // owner's disk after this wire acked it (it may have taken the tombstone).
+                // (Whether it was this wire's ack that failed is not known here: another
+                // device's ack may have taken the blob since, after this drain read it.)
                 let excused = acked_then.is_some_and(|f| f < owner_disk_failures);
                 if m.stored_on.contains(&wire) && !excused {
                     return Err(format!(

@@ -336,6 +336,8 @@ pub struct Faults {
     pub fail_sync: Option<u64>,
     /// Fail segment creation (disk full).
     pub fail_create: bool,
+    /// Fail handing a sync off the core (the node's duplicate descriptor: out of descriptors).
+    pub fail_sync_target: bool,
     /// Stop the next segment creation right after this step, as a crash there would: the call
     /// fails and nothing is cleaned up (follow with [`MemDisk::crash`] and a reopen).
     pub crash_in_create: Option<CreateStep>,
@@ -351,6 +353,9 @@ struct MemFile {
     current: Vec<u8>,
     /// Writes since the last sync: (offset, bytes).
     unsynced: Vec<(usize, Vec<u8>)>,
+    /// How many times `unsynced` was emptied (a sync or a crash): a deferred sync taken before
+    /// knows whether the writes it covers are still the first of the list.
+    emptied: u64,
 }
 
 impl MemFile {
@@ -359,6 +364,7 @@ impl MemFile {
             durable: vec![0; len],
             current: vec![0; len],
             unsynced: Vec::new(),
+            emptied: 0,
         }
     }
 }
@@ -389,6 +395,7 @@ impl MemDisk {
             k += 1;
         }
         for f in self.files.values_mut().chain(self.temps.values_mut()) {
+            f.emptied += 1;
             for (off, data) in std::mem::take(&mut f.unsynced) {
                 match choose(k) {
                     0 => f.durable[off..off + data.len()].copy_from_slice(&data),
@@ -530,12 +537,16 @@ impl Backend for MemBackend {
     }
 }
 
-/// A deferred sync of a [`MemSegment`]: when it runs, every write not yet durable lands (it may
-/// cover writes made after it was taken, as an fsync may), and the disk's sync faults apply.
+/// A deferred sync of a [`MemSegment`]: when it runs, the writes made before it was taken land
+/// (later ones stay unsynced, as a real fsync may or may not cover them: the strict choice, so a
+/// commit that claims too much is caught), and the disk's sync faults apply.
 #[derive(Debug)]
 pub struct MemSyncTarget {
     seq: u64,
     disk: Rc<RefCell<MemDisk>>,
+    /// Unsynced writes of the segment when the target was taken, and the file's `emptied` then.
+    writes: usize,
+    emptied: u64,
 }
 
 impl SyncTarget for MemSyncTarget {
@@ -545,9 +556,15 @@ impl SyncTarget for MemSyncTarget {
         if d.faults.fail_sync == Some(d.faults.syncs) {
             return Err(io::Error::other("injected sync failure"));
         }
-        // Removed since (reclaimed): nothing left to make durable.
-        if let Some(f) = d.files.get_mut(&self.seq) {
-            for (off, data) in std::mem::take(&mut f.unsynced) {
+        // Removed since (reclaimed), or its writes already made durable by a sync on the core:
+        // nothing left of what it covers.
+        if let Some(f) = d
+            .files
+            .get_mut(&self.seq)
+            .filter(|f| f.emptied == self.emptied)
+        {
+            let n = self.writes.min(f.unsynced.len());
+            for (off, data) in f.unsynced.drain(..n) {
                 f.durable[off..off + data.len()].copy_from_slice(&data);
             }
         }
@@ -558,9 +575,20 @@ impl SyncTarget for MemSyncTarget {
 impl Segment for MemSegment {
     type Target = MemSyncTarget;
     fn sync_target(&mut self) -> io::Result<MemSyncTarget> {
+        if self.disk.borrow().faults.fail_sync_target {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        let (writes, emptied) = self
+            .disk
+            .borrow()
+            .files
+            .get(&self.seq)
+            .map_or((0, 0), |f| (f.unsynced.len(), f.emptied));
         Ok(MemSyncTarget {
             seq: self.seq,
             disk: self.disk.clone(),
+            writes,
+            emptied,
         })
     }
     fn bytes(&self) -> &[u8] {
@@ -597,6 +625,7 @@ impl Segment for MemSegment {
             .files
             .get_mut(&self.seq)
             .ok_or(io::Error::from(io::ErrorKind::NotFound))?;
+        f.emptied += 1;
         for (off, data) in std::mem::take(&mut f.unsynced) {
             f.durable[off..off + data.len()].copy_from_slice(&data);
         }

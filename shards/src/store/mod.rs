@@ -850,6 +850,7 @@ impl<B: Backend> Log<B> {
         self.last_sync_ms = now_ms;
         let segs = std::mem::take(&mut self.dirty);
         let mut targets = Vec::with_capacity(segs.len());
+        let mut handed_off = Ok(());
         for seq in &segs {
             if crate::mutants::active(crate::mutants::Mutant::SkipSync) {
                 continue;
@@ -858,14 +859,25 @@ impl<B: Backend> Log<B> {
                 match s.seg.sync_target() {
                     Ok(t) => targets.push(t),
                     Err(e) => {
-                        self.failed = true;
-                        return Err(StoreError::SyncFailed(e));
+                        handed_off = Err(e);
+                        break;
                     }
                 }
             }
         }
         let upto = self.next_seq - 1;
         self.in_flight = Some((upto, segs));
+        if let Err(e) = handed_off {
+            // No target (out of descriptors for a duplicate): nothing is lost yet, so the commit
+            // runs here, on the caller's core, as it did before it could leave it (`sync_now`
+            // syncs the in-flight segments whole: their dirty ranges went to the targets).
+            tracing::warn!(error = %e, "a group commit could not leave the core; syncing on it");
+            drop(targets);
+            let done = self.sync_now();
+            self.in_flight = None;
+            done?;
+            return Ok(None);
+        }
         Ok(Some(SyncJob { targets, upto }))
     }
 
@@ -877,14 +889,21 @@ impl<B: Backend> Log<B> {
         outcome: std::io::Result<()>,
     ) -> Result<(), StoreError> {
         let flying = self.in_flight.take();
-        debug_assert_eq!(flying.as_ref().map(|(u, _)| *u), Some(upto));
+        assert_eq!(
+            flying.as_ref().map(|(u, _)| *u),
+            Some(upto),
+            "finish_sync answers the commit begin_sync started"
+        );
         if let Err(e) = outcome {
             self.failed = true;
             return Err(StoreError::SyncFailed(e));
         }
         self.check_failed()?;
         self.syncs += 1;
-        self.durable_seq = self.durable_seq.max(upto);
+        // What the log recorded when the commit began, not what the caller says.
+        if let Some((covered, _)) = flying {
+            self.durable_seq = self.durable_seq.max(covered);
+        }
         Ok(())
     }
 
