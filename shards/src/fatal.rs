@@ -34,8 +34,7 @@ impl FatalStop {
     }
 
     /// Reports `why` (the first report is the one `main` logs) and wakes `main`. It goes to
-    /// stderr at once as well: during a drain `main` is joining the shards, and the stop timeout
-    /// (`stop_timeout_s`) is what ends the process then.
+    /// stderr at once as well, in case `main` cannot log it any more.
     pub fn report(&self, why: impl Into<String>) {
         let why = why.into();
         eprintln!("ferry: fatal: {why}");
