@@ -235,6 +235,22 @@ pub struct IpLimits {
     pub entries_max: usize,
 }
 
+impl IpLimits {
+    /// Every per-address limit off, `entries_max` addresses tracked (tests, the simulator).
+    pub fn off(entries_max: usize) -> IpLimits {
+        let open = Rate { per_s: 0, burst: 0 };
+        IpLimits {
+            conns: open,
+            bytes: open,
+            proofs: open,
+            proofs_per_conn: open,
+            proof_failures: open,
+            connections_open_max: 0,
+            entries_max,
+        }
+    }
+}
+
 /// The per-address limiter of one shard.
 #[derive(Debug)]
 pub struct IpLimiter {

@@ -213,15 +213,7 @@ fn shard_config(cfg: &SimConfig, shard: usize) -> ShardConfig {
             write_stall_timeout_ms: cfg.write_stall_timeout_ms,
             ..ConnLimits::default()
         },
-        ip_limits: IpLimits {
-            conns: open,
-            bytes: open,
-            proofs: open,
-            proofs_per_conn: open,
-            proof_failures: open,
-            connections_open_max: 0,
-            entries_max: 64,
-        },
+        ip_limits: IpLimits::off(64),
         connections_max: 1_000,
         hop_queue_msgs_max: cfg.hop_queue_msgs_max,
         store: Some(StoreSpec {

@@ -13,15 +13,7 @@ pub const OFF: Rate = Rate { per_s: 0, burst: 0 };
 
 /// Every per-address limit off (`entries_max` 1 024).
 pub fn ip_limits_off() -> IpLimits {
-    IpLimits {
-        conns: OFF,
-        bytes: OFF,
-        proofs: OFF,
-        proofs_per_conn: OFF,
-        proof_failures: OFF,
-        connections_open_max: 0,
-        entries_max: 1_024,
-    }
+    IpLimits::off(1_024)
 }
 
 /// The test defaults for shard `shard` of `shards`: handshake, idle and ping never fire (the
