@@ -873,7 +873,7 @@ fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    ferry_proto::hex::encode(b)
 }
 
 #[cfg(test)]

@@ -23,9 +23,7 @@ const APNS_STALE_JWT: &str = "dddddddd000000000000000000000000000000000000000000
 const FCM_OK: &str = "fcm-token-ok:APA91b_xyz";
 const PAYLOAD: &[u8] = b"secret message body 7f3e";
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use ferry_proto::hex::encode as hex;
 
 fn send(tx: &mut Client, dest: ferry_sdk::Dest, msg_id: u64) -> SendStatus {
     tx.send(dest, msg_id, ferry_proto::frame::FLAG_ACK, PAYLOAD);

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod frame;
 #[cfg(unix)]
 pub mod fsutil;
+pub mod hex;
 pub mod limits;
 pub mod media;
 pub mod prekey;

@@ -25,9 +25,7 @@ use sha2::{Digest, Sha512};
 
 const VECTORS_JSON: &str = include_str!("../../docs/test-vectors.json");
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use ferry_proto::hex::encode as hex;
 
 fn seq32(first: u8) -> [u8; 32] {
     std::array::from_fn(|i| first + u8::try_from(i).unwrap())

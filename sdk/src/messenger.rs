@@ -232,19 +232,7 @@ use records::{
 };
 pub use storage::{DirStorage, MemoryStorage, Storage};
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+use ferry_proto::hex::{decode as unhex, encode as hex};
 
 fn random<const N: usize>() -> Result<[u8; N], SdkError> {
     let mut b = [0u8; N];
@@ -268,9 +256,12 @@ impl std::fmt::Display for Address {
 impl std::str::FromStr for Address {
     type Err = MessengerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Pasted addresses may come in capitals.
         let b = s
             .trim()
             .strip_prefix("ferry:")
+            .map(str::to_ascii_lowercase)
+            .as_deref()
             .and_then(unhex)
             .filter(|b| b.len() == 32 + EC_KEY_BYTES)
             .ok_or(MessengerError::Malformed("address"))?;

@@ -174,23 +174,12 @@ pub struct MediaStore {
 
 /// A blob id as its file names spell it: 64 lowercase hex digits.
 pub fn hex(id: &BlobId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    ferry_proto::hex::encode(id)
 }
 
 /// The id a file name (or an HTTP path) spells, in exactly the form [`hex`] writes.
 pub fn unhex(s: &str) -> Option<BlobId> {
-    if s.len() != 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
-    }
-    let mut id = [0u8; 32];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(id)
+    ferry_proto::hex::decode_array(s)
 }
 
 fn outboard_bytes(size: u64) -> u64 {
