@@ -8,9 +8,14 @@
 //! kept for the next read (no per-message allocation, copy or `drain`).
 
 use ferry_proto::frame::{Dest, SendStatus, frame_type, put_send_header};
-use ferry_proto::limits::PACKET_HEADER_BYTES;
+use ferry_proto::limits::{ERROR_HEADER_BYTES, PACKET_HEADER_BYTES, PING_BYTES, SEND_RESULT_BYTES};
 
 pub const HEADER_BYTES: usize = 24;
+
+/// The length prefix of a `Pong` (the size of a `Ping`).
+#[allow(clippy::cast_possible_truncation)] // 9 bytes; asserted below.
+const PONG_PREFIX: [u8; 4] = (PING_BYTES as u32).to_le_bytes();
+const _: () = assert!(PING_BYTES < 256);
 
 /// Systems the load generator can drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,19 +163,20 @@ fn scan(
                     // prove the dests it sends to, so a success is `Accepted` (and only with
                     // FLAG_ACK, which it does not set): any result is a refusal.
                     frame_type::SEND_RESULT
-                        if len == 26
-                            && frame[25] != SendStatus::Delivered as u8
-                            && frame[25] != SendStatus::Accepted as u8 =>
+                        if len == SEND_RESULT_BYTES
+                            && frame[SEND_RESULT_BYTES - 1] != SendStatus::Delivered as u8
+                            && frame[SEND_RESULT_BYTES - 1] != SendStatus::Accepted as u8 =>
                     {
                         stats.rejected += 1
                     }
-                    frame_type::PING if len == 9 => {
-                        reply.extend_from_slice(&[9, 0, 0, 0, frame_type::PONG]);
-                        reply.extend_from_slice(&frame[1..9]);
+                    frame_type::PING if len == PING_BYTES => {
+                        reply.extend_from_slice(&PONG_PREFIX);
+                        reply.push(frame_type::PONG);
+                        reply.extend_from_slice(&frame[1..PING_BYTES]);
                     }
                     frame_type::ERROR => stats.errors.push(format!(
                         "ferry error frame: {}",
-                        String::from_utf8_lossy(&frame[5.min(len)..])
+                        String::from_utf8_lossy(&frame[ERROR_HEADER_BYTES.min(len)..])
                     )),
                     _ => {}
                 }

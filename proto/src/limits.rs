@@ -11,6 +11,12 @@ pub const PACKET_HEADER_BYTES: usize = 1 + 16 + 8 + 1;
 pub const SEND_HEADER_BYTES: usize = PACKET_HEADER_BYTES + 4;
 /// Bytes a `Stored` frame spends before its payload: type(1) dest(16) pos(8) msg_id(8).
 pub const STORED_HEADER_BYTES: usize = 1 + 16 + 8 + 8;
+/// A `SendResult` frame (without its length prefix): type, dest, msg_id, status (the last byte).
+pub const SEND_RESULT_BYTES: usize = 1 + 16 + 8 + 1;
+/// A `Ping` or `Pong` frame (without its length prefix): type, nonce.
+pub const PING_BYTES: usize = 1 + 8;
+/// An `Error` frame before its message: type, code (u16), message length (u16).
+pub const ERROR_HEADER_BYTES: usize = 1 + 2 + 2;
 /// Largest packet payload: what is left of a maximal frame after the largest header a packet
 /// travels under (it may come back as `Stored`), so every packet fits every frame that carries it.
 pub const PACKET_PAYLOAD_BYTES_MAX: usize = FRAME_BYTES_MAX - STORED_HEADER_BYTES;

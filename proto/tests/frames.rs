@@ -598,3 +598,30 @@ fn prekey_puzzle_frames_match_the_documented_bytes() {
         format!("{}08000000", "5e".repeat(32))
     );
 }
+
+/// The fixed frame sizes named in `limits.rs` (what the load generator scans by) are what the
+/// encoder writes.
+#[test]
+fn the_named_fixed_frame_sizes_match_the_encoder() {
+    let dest = Dest([7; 16]);
+    let result = Frame::SendResult {
+        dest,
+        msg_id: 9,
+        status: SendStatus::Congested,
+    }
+    .to_bytes();
+    assert_eq!(result.len(), FRAME_PREFIX_BYTES + SEND_RESULT_BYTES);
+    assert_eq!(
+        result[FRAME_PREFIX_BYTES + SEND_RESULT_BYTES - 1],
+        SendStatus::Congested as u8
+    );
+    for f in [Frame::Ping { nonce: 3 }, Frame::Pong { nonce: 3 }] {
+        assert_eq!(f.to_bytes().len(), FRAME_PREFIX_BYTES + PING_BYTES);
+    }
+    let error = Frame::Error {
+        code: ErrorCode::Overloaded,
+        message: "busy".into(),
+    }
+    .to_bytes();
+    assert_eq!(&error[FRAME_PREFIX_BYTES + ERROR_HEADER_BYTES..], b"busy");
+}
