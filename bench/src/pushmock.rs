@@ -29,8 +29,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
 
-const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
-const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+use ferry_shards::service::push_wire::{
+    APNS_BODY, APNS_PATH_PREFIX, APNS_PRIORITY, APNS_PUSH_TYPE, FCM_SCOPE,
+};
 
 #[derive(Default)]
 struct Args {
@@ -230,7 +231,7 @@ impl State {
                 .unwrap_or("")
         };
         let now = unix_now();
-        if let Some(token) = path.strip_prefix("/3/device/") {
+        if let Some(token) = path.strip_prefix(APNS_PATH_PREFIX) {
             v.provider = "apns";
             v.token = token.to_string();
             match (&self.apns, h("authorization").strip_prefix("bearer ")) {
@@ -255,8 +256,8 @@ impl State {
                     .push("no bearer JWT (or APNs not configured)".into()),
             }
             for (name, want) in [
-                ("apns-push-type", "background"),
-                ("apns-priority", "5"),
+                ("apns-push-type", APNS_PUSH_TYPE),
+                ("apns-priority", APNS_PRIORITY),
                 ("apns-topic", self.args.apns_topic.as_str()),
             ] {
                 if h(name) != want {

@@ -136,3 +136,18 @@ pub trait ServiceSink: Send + Sync + std::fmt::Debug {
     /// Queues `req`, or gives it back at once when the queue is full or the service is gone.
     fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest>;
 }
+
+/// What ferry's push wakes look like on the providers' wire: defined once, for the service core
+/// that sends them (`src/service/providers.rs`) and for `ferry-pushmock`, which checks them.
+pub mod push_wire {
+    /// The body of every APNs wake: a background push with no content.
+    pub const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
+    /// The APNs request path before the device token.
+    pub const APNS_PATH_PREFIX: &str = "/3/device/";
+    /// `apns-push-type`: a background (silent) push.
+    pub const APNS_PUSH_TYPE: &str = "background";
+    /// `apns-priority`: 5, what Apple requires for background pushes.
+    pub const APNS_PRIORITY: &str = "5";
+    /// OAuth2 scope of FCM HTTP v1.
+    pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+}

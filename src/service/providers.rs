@@ -19,10 +19,9 @@ use serde_json::json;
 use super::endpoint::AllowList;
 use super::push::Wake;
 
-/// The body of every APNs wake: a background push with no content.
-pub const APNS_BODY: &str = r#"{"aps":{"content-available":1}}"#;
-/// OAuth2 scope of FCM HTTP v1.
-pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+pub use ferry_shards::service::push_wire::{
+    APNS_BODY, APNS_PATH_PREFIX, APNS_PRIORITY, APNS_PUSH_TYPE, FCM_SCOPE,
+};
 /// How long one provider request may take.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Longest an FCM access token is cached, whatever `expires_in` says (Google's last an hour).
@@ -439,14 +438,14 @@ impl Sender {
                 let cfg = p.apns.as_ref().ok_or(Outcome::Failed)?;
                 let jwt = self.apns_jwt(cfg, refresh);
                 http::Request::post(format!(
-                    "{}/3/device/{}",
+                    "{}{APNS_PATH_PREFIX}{}",
                     cfg.url.trim_end_matches('/'),
                     wake.token
                 ))
                 .header("authorization", format!("bearer {jwt}"))
                 .header("apns-topic", &cfg.topic)
-                .header("apns-push-type", "background")
-                .header("apns-priority", "5")
+                .header("apns-push-type", APNS_PUSH_TYPE)
+                .header("apns-priority", APNS_PRIORITY)
                 .header("apns-collapse-id", "w")
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from_static(APNS_BODY.as_bytes())))
