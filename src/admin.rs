@@ -141,6 +141,50 @@ pub fn render(state: &AdminState) -> String {
         "ferry_build_info{{version=\"{}\"}} 1\n",
         env!("CARGO_PKG_VERSION")
     ));
+    if let Some(p) = crate::sys::process_usage() {
+        for (name, kind, help, value) in [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time of the node, in seconds.",
+                p.cpu_s,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory of the node.",
+                p.resident_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory of the node.",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors (connections, listeners, store and media files).",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "gauge",
+                "The open-files limit.",
+                crate::sys::limits(libc::RLIMIT_NOFILE).0 as f64,
+            ),
+            (
+                "process_threads",
+                "gauge",
+                "Threads of the node.",
+                p.threads as f64,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        }
+    }
     out.push_str("# HELP ferry_shards Shard cores running.\n# TYPE ferry_shards gauge\n");
     out.push_str(&format!("ferry_shards {}\n", state.shard_metrics.len()));
     let snaps: Vec<_> = state.shard_metrics.iter().map(|m| m.snapshot()).collect();

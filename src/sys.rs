@@ -286,3 +286,41 @@ mod tests {
         assert!(super::parse_cpu_list("").is_empty());
     }
 }
+
+/// What the process uses, from procfs, for the admin endpoint's `process_*` metrics (the names
+/// Prometheus clients use). `None` where procfs could not be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessUsage {
+    /// User and system CPU time.
+    pub cpu_s: f64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub threads: u64,
+    pub open_fds: u64,
+}
+
+/// Reads [`ProcessUsage`] of this process. Counting the open descriptors lists `/proc/self/fd`:
+/// work in proportion to the connections, once per scrape.
+pub fn process_usage() -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from the third on.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // USER_HZ is 100 on every Linux ABI ferry targets.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let cpu_s = (ticks(11)? + ticks(12)?) / 100.0;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(ProcessUsage {
+        cpu_s,
+        resident_bytes: field("VmRSS:")? * 1024,
+        virtual_bytes: field("VmSize:")? * 1024,
+        threads: field("Threads:")?,
+        open_fds,
+    })
+}

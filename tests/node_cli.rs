@@ -135,6 +135,19 @@ fn admin_endpoint_and_healthcheck_and_sigterm() {
     assert_eq!(status, 200);
     assert!(body.contains("ferry_build_info{version="));
     assert!(body.contains("# TYPE ferry_connections_accepted_total counter"));
+    // The process metrics operators' dashboards expect, with real values.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    assert!(value("process_threads") >= 3.0);
+    assert!(body.contains("# TYPE ferry_shard_tick_lag_seconds histogram"));
+    assert!(body.contains("ferry_shard_tick_lag_seconds_bucket{shard=\"1\",le=\"+Inf\"}"));
     assert_eq!(node.http_get("/nope").0, 404);
     let hc = Command::new(ferry_bin())
         .args(["healthcheck", "--admin-listen", &node.admin.to_string()])
