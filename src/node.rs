@@ -625,7 +625,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     writeln!(
         out,
         "ferry ready shards={shards} service_cpu={service_cpu} nofile={nofile} node_id={}",
-        hex(&node_id)
+        ferry_proto::hex::encode(&node_id)
     )?;
     out.flush()?;
     drop(out);
@@ -870,10 +870,6 @@ fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
         bail!("admin token file {} is empty", p.display());
     }
     Ok(Some(token))
-}
-
-pub fn hex(b: &[u8]) -> String {
-    ferry_proto::hex::encode(b)
 }
 
 #[cfg(test)]

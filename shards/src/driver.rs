@@ -1117,7 +1117,6 @@ fn spawn_group_commit(
     job: crate::store::SyncJobOf<crate::store::backend::MmapBackend>,
 ) {
     glommio::spawn_local(async move {
-        let upto = job.upto();
         let started_us = ctx.clock.elapsed_us();
         let mut outcome = Ok(());
         for file in job.targets {
@@ -1137,7 +1136,7 @@ fn spawn_group_commit(
             .metrics()
             .store_sync
             .observe_us(ctx.clock.elapsed_us().saturating_sub(started_us));
-        ctx.shard.borrow_mut().on_synced(now, upto, outcome);
+        ctx.shard.borrow_mut().on_synced(now, outcome);
         let why = ctx.shard.borrow().fatal().map(str::to_string);
         if let Some(why) = why {
             fatal.stop_here(format!("shard {me}: {why}"));

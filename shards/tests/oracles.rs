@@ -186,9 +186,8 @@ impl Node {
         for s in &mut self.shards {
             s.on_tick(now);
             if let Some(job) = s.take_sync(now) {
-                let upto = job.upto();
                 let outcome = job.run();
-                s.on_synced(now, upto, outcome);
+                s.on_synced(now, outcome);
             }
         }
         self.settle()

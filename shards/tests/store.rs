@@ -230,9 +230,8 @@ fn a_commit_off_the_core_covers_what_came_before_it_only() {
         log.durable_seq() < first.seq,
         "durable only once the commit completes"
     );
-    let upto = job.upto();
     let outcome = job.run();
-    log.finish_sync(upto, outcome).unwrap();
+    log.finish_sync(outcome).unwrap();
     assert!(log.durable_seq() >= first.seq && log.durable_seq() < second.seq);
     assert!(log.has_unsynced());
     log.poll_sync(2).unwrap();

@@ -181,15 +181,14 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// The outcome of the group commit [`Shard::take_sync`] handed out (`upto`: its
-    /// [`crate::store::SyncJob::upto`]): on success the `Stored` answers it covers go out; a
-    /// failure makes the shard fatal.
-    pub fn on_synced(&mut self, now: Now, upto: u64, outcome: std::io::Result<()>) {
+    /// The outcome of the group commit [`Shard::take_sync`] handed out: on success the `Stored`
+    /// answers it covers go out; a failure makes the shard fatal.
+    pub fn on_synced(&mut self, now: Now, outcome: std::io::Result<()>) {
         self.now = now;
         let Some(log) = self.store.as_mut() else {
             return;
         };
-        if let Err(e) = log.finish_sync(upto, outcome) {
+        if let Err(e) = log.finish_sync(outcome) {
             self.fatal = Some(sync_failure(&e));
             return;
         }

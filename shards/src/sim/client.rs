@@ -249,10 +249,7 @@ impl Sim {
             wire.down.cut();
             match wire.state {
                 WireState::Open => wire.state = WireState::ClientClosing,
-                WireState::NodeClosing => {
-                    wire.state = WireState::Closed;
-                    self.report.client_ms += self.now.mono_ms - wire.opened_ms;
-                }
+                WireState::NodeClosing => self.retire_wire(w),
                 WireState::ClientClosing | WireState::Closed => {}
             }
         }

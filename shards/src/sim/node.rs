@@ -217,29 +217,35 @@ impl Sim {
         }
         let (s, conn) = (wire.shard, wire.conn);
         wire.up.cut();
-        wire.state = if wire.state == WireState::ClientClosing {
-            WireState::Closed
+        if wire.state == WireState::ClientClosing {
+            self.retire_wire(w);
         } else {
-            WireState::NodeClosing
-        };
+            wire.state = WireState::NodeClosing;
+        }
         self.node.wires.remove(&(s, conn));
         self.node.shards[s].on_closed(conn);
         self.pump(s);
         self.finish_wire(w);
     }
 
-    /// A wire whose both ends are done: the client's connection time is counted.
+    /// A node-closed wire whose last bytes the client has read is done.
     pub(super) fn finish_wire(&mut self, w: usize) {
-        let wire = &mut self.wires[w];
+        let wire = &self.wires[w];
         if wire.state == WireState::NodeClosing && wire.down.is_empty() {
-            wire.state = WireState::Closed;
+            self.retire_wire(w);
         }
-        if wire.state == WireState::Closed {
-            self.report.client_ms += self.now.mono_ms - wire.opened_ms;
-            let c = wire.client;
-            if self.clients[c].wire == Some(w) {
-                self.clients[c].reset();
-            }
+    }
+
+    /// Wire `w` is gone at both ends: closed, its connected time counted, its client free to
+    /// connect again.
+    pub(super) fn retire_wire(&mut self, w: usize) {
+        let wire = &mut self.wires[w];
+        debug_assert_ne!(wire.state, WireState::Closed, "a wire retires once");
+        wire.state = WireState::Closed;
+        self.report.client_ms += self.now.mono_ms - wire.opened_ms;
+        let c = wire.client;
+        if self.clients[c].wire == Some(w) {
+            self.clients[c].reset();
         }
     }
 
@@ -251,13 +257,9 @@ impl Sim {
         }
         wire.up.cut();
         wire.down.cut();
-        let (s, conn, c) = (wire.shard, wire.conn, wire.client);
+        let (s, conn) = (wire.shard, wire.conn);
         let node_knows = wire.state != WireState::NodeClosing;
-        wire.state = WireState::Closed;
-        self.report.client_ms += self.now.mono_ms - wire.opened_ms;
-        if self.clients[c].wire == Some(w) {
-            self.clients[c].reset();
-        }
+        self.retire_wire(w);
         if node_knows {
             self.node.wires.remove(&(s, conn));
             self.node.shards[s].on_closed(conn);
@@ -346,10 +348,8 @@ impl Sim {
                 }
                 3 => {
                     // The client's close reaches the node after its last bytes.
-                    let wire = &mut self.wires[i];
-                    let (s, conn) = (wire.shard, wire.conn);
-                    wire.state = WireState::Closed;
-                    self.report.client_ms += self.now.mono_ms - wire.opened_ms;
+                    let (s, conn) = (self.wires[i].shard, self.wires[i].conn);
+                    self.retire_wire(i);
                     self.node.wires.remove(&(s, conn));
                     self.node.shards[s].on_closed(conn);
                     self.pump(s);
@@ -357,12 +357,11 @@ impl Sim {
                 5 => {
                     // A group commit completes: the disk took it (or failed it).
                     let (s, _, job, number) = self.node.syncs.swap_remove(i);
-                    let upto = job.upto();
                     let outcome = job.run();
                     if outcome.is_ok() {
                         self.node.committed[s] = self.node.committed[s].max(number);
                     }
-                    self.node.shards[s].on_synced(self.now, upto, outcome);
+                    self.node.shards[s].on_synced(self.now, outcome);
                     self.pump(s);
                     self.fail_stop_if_fatal()?;
                 }
@@ -473,12 +472,7 @@ impl Sim {
             if wire.state != WireState::Closed {
                 wire.up.cut();
                 wire.down.cut();
-                wire.state = WireState::Closed;
-                self.report.client_ms += self.now.mono_ms - wire.opened_ms;
-                let c = wire.client;
-                if self.clients[c].wire == Some(w) {
-                    self.clients[c].reset();
-                }
+                self.retire_wire(w);
             }
         }
         let disks: Vec<MemBackend> = self.node.disks.clone();

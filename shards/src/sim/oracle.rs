@@ -1,7 +1,7 @@
 //! What the simulated clients saw, checked against what the node promised (docs/PROTOCOL.md):
 //! every message the simulator sent, every answer and every delivery.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ferry_proto::frame::{Dest, SendStatus};
 
@@ -75,7 +75,8 @@ pub(super) fn payload_of(id: u64) -> Vec<u8> {
 /// Everything sent, by message id (ids are unique in a run, so the store never de-duplicates).
 #[derive(Debug, Default)]
 pub(super) struct Oracle {
-    pub(super) msgs: HashMap<u64, Msg>,
+    /// Ordered by id, so the checks that walk it name the same message on every replay.
+    pub(super) msgs: BTreeMap<u64, Msg>,
     /// The last message id each receiving wire got per (sending wire, dest): one path per pair,
     /// so ids must grow.
     last: HashMap<(usize, usize, Dest), u64>,

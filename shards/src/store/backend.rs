@@ -367,6 +367,13 @@ impl MemFile {
             emptied: 0,
         }
     }
+
+    /// Makes the oldest `n` unsynced writes durable.
+    fn land(&mut self, n: usize) {
+        for (off, data) in self.unsynced.drain(..n) {
+            self.durable[off..off + data.len()].copy_from_slice(&data);
+        }
+    }
 }
 
 /// The shared disk of [`MemBackend`]: survives the backend, so a test can crash and reopen.
@@ -564,9 +571,7 @@ impl SyncTarget for MemSyncTarget {
             .filter(|f| f.emptied == self.emptied)
         {
             let n = self.writes.min(f.unsynced.len());
-            for (off, data) in f.unsynced.drain(..n) {
-                f.durable[off..off + data.len()].copy_from_slice(&data);
-            }
+            f.land(n);
         }
         Ok(())
     }
@@ -626,9 +631,8 @@ impl Segment for MemSegment {
             .get_mut(&self.seq)
             .ok_or(io::Error::from(io::ErrorKind::NotFound))?;
         f.emptied += 1;
-        for (off, data) in std::mem::take(&mut f.unsynced) {
-            f.durable[off..off + data.len()].copy_from_slice(&data);
-        }
+        let n = f.unsynced.len();
+        f.land(n);
         Ok(())
     }
 }

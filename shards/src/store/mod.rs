@@ -881,29 +881,21 @@ impl<B: Backend> Log<B> {
         Ok(Some(SyncJob { targets, upto }))
     }
 
-    /// The outcome of the group commit [`Log::begin_sync`] started: on success the appends up
-    /// to `upto` are durable. A failure is fatal for the node (as for [`Log::sync_now`]).
-    pub fn finish_sync(
-        &mut self,
-        upto: u64,
-        outcome: std::io::Result<()>,
-    ) -> Result<(), StoreError> {
-        let flying = self.in_flight.take();
-        assert_eq!(
-            flying.as_ref().map(|(u, _)| *u),
-            Some(upto),
-            "finish_sync answers the commit begin_sync started"
-        );
+    /// The outcome of the group commit [`Log::begin_sync`] started (one is in flight at a time):
+    /// on success the appends up to its [`SyncJob::upto`] are durable. A failure is fatal for the
+    /// node (as for [`Log::sync_now`]).
+    pub fn finish_sync(&mut self, outcome: std::io::Result<()>) -> Result<(), StoreError> {
+        let (covered, _) = self
+            .in_flight
+            .take()
+            .expect("finish_sync answers the commit begin_sync started");
         if let Err(e) = outcome {
             self.failed = true;
             return Err(StoreError::SyncFailed(e));
         }
         self.check_failed()?;
         self.syncs += 1;
-        // What the log recorded when the commit began, not what the caller says.
-        if let Some((covered, _)) = flying {
-            self.durable_seq = self.durable_seq.max(covered);
-        }
+        self.durable_seq = self.durable_seq.max(covered);
         Ok(())
     }
 
@@ -912,9 +904,8 @@ impl<B: Backend> Log<B> {
     /// shards run the targets off their cores.
     pub fn poll_sync(&mut self, now_ms: u64) -> Result<(), StoreError> {
         if let Some(job) = self.begin_sync(now_ms)? {
-            let upto = job.upto;
             let outcome = job.run();
-            self.finish_sync(upto, outcome)?;
+            self.finish_sync(outcome)?;
         }
         Ok(())
     }
