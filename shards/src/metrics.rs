@@ -80,6 +80,7 @@ metrics! {
     memory_bytes: "gauge", "ferry_memory_bytes", "Bytes the memory budget counts now: partial frames, connection output, hop outboxes, a base per connection (updated every tick; the mmap'd store is not counted).";
     connections_shed_memory: "counter", "ferry_connections_shed_memory_total", "Connections closed with Overloaded: the shard was over its memory budget and they held the most.";
     connections_refused_memory: "counter", "ferry_connections_refused_memory_total", "Connections refused with Overloaded: the shard was at its memory budget.";
+    memory_trims: "counter", "ferry_memory_trims_total", "Times a shard asked the allocator to give freed memory back to the OS (malloc_trim).";
     drops_memory: "counter", "ferry_drops_memory_total", "Packets dropped (and answered Congested): the shard was at its memory budget.";
     puzzles_required: "counter", "ferry_puzzles_required_total", "Sends to a pressured dest answered PuzzleRequired (no valid unseen answer of the effort, no capability).";
     puzzles_valid: "counter", "ferry_puzzles_valid_total", "Puzzle answers that verified on the sender's core.";

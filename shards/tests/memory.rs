@@ -319,3 +319,48 @@ fn the_allocator_is_trimmed_after_a_large_free_at_most_once_per_interval() {
     assert!(!s.take_trim_due(at(10_000 + MEMORY_TRIM_INTERVAL_MS - 1)));
     assert!(s.take_trim_due(at(10_000 + MEMORY_TRIM_INTERVAL_MS)));
 }
+
+/// The tail of a mass close (less than the trim threshold, freed just after a trim) is trimmed
+/// once memory settles, and the follow-ups stop once nothing more is freed.
+#[test]
+fn the_tail_of_a_mass_close_is_trimmed_once_memory_settles() {
+    use ferry_shards::shard::{
+        MEMORY_TRIM_FREED_BYTES_MIN, MEMORY_TRIM_INTERVAL_MS, MEMORY_TRIM_SETTLE_MS,
+    };
+    let mut s = shard(64 << 20);
+    let now = at(10_000);
+    let flood: Vec<ConnId> = (0..300)
+        .map(|_| {
+            let (c, _) = open(&mut s, now);
+            s.on_bytes(now, c, &partial(60_000));
+            c
+        })
+        .collect();
+    let (head, tail) = flood.split_at(200);
+    for &c in head {
+        s.on_closed(c);
+    }
+    assert!(s.take_trim_due(now), "the large free");
+    // The rest closes just after the trim: under the threshold, so no large trim is due...
+    for &c in tail {
+        s.on_closed(c);
+    }
+    let tail_at = s.memory_bytes();
+    assert!(tail_at < MEMORY_TRIM_FREED_BYTES_MIN);
+    assert!(
+        !s.take_trim_due(at(10_000 + MEMORY_TRIM_INTERVAL_MS)),
+        "under the threshold"
+    );
+    // ...but once memory settles, the follow-up trims the tail.
+    assert!(!s.take_trim_due(at(10_000 + MEMORY_TRIM_SETTLE_MS - 1)));
+    let settled = 10_000 + MEMORY_TRIM_SETTLE_MS;
+    assert!(s.take_trim_due(at(settled)), "the follow-up");
+    // Nothing more freed: the next settle finds nothing and the follow-ups stop for good.
+    assert!(!s.take_trim_due(at(settled + MEMORY_TRIM_SETTLE_MS)));
+    assert!(!s.take_trim_due(at(settled + 10 * MEMORY_TRIM_SETTLE_MS)));
+    // Memory that grows and falls back to where it was is reuse, not a tail: no trim.
+    let (c, _) = open(&mut s, now);
+    s.on_bytes(now, c, &partial(60_000));
+    s.on_closed(c);
+    assert!(!s.take_trim_due(at(settled + 20 * MEMORY_TRIM_SETTLE_MS)));
+}

@@ -12,6 +12,10 @@ pub(super) struct Memory {
     /// The most `bytes` reached since the allocator was last trimmed.
     pub(super) peak_since_trim: usize,
     pub(super) last_trim_ms: u64,
+    /// `bytes` when the allocator was last trimmed.
+    pub(super) bytes_at_trim: usize,
+    /// A trim ran and memory may still be falling: trim again once it settles.
+    pub(super) follow_up: bool,
 }
 
 /// A connection that may be shed, with what decides its place in the order.
@@ -105,18 +109,29 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Whether the driver should ask the allocator to give freed memory back to the OS now
-    /// (`malloc_trim`): enough was freed since the last trim, and the last one is not too recent.
-    /// Counts the trim as done when it says yes.
+    /// (`malloc_trim`). A trim is due when `MEMORY_TRIM_FREED_BYTES_MIN` was freed since the last
+    /// one and that one is `MEMORY_TRIM_INTERVAL_MS` old; then, every
+    /// `MEMORY_TRIM_SETTLE_MS`, while the count keeps falling below what it was at the last trim,
+    /// one more: the tail of a mass close (less than the threshold, freed just after a trim)
+    /// would otherwise stay resident for good. Counts the trim as done when it says yes.
     pub fn take_trim_due(&mut self, now: Now) -> bool {
         let m = &mut self.memory;
         let freed = m.peak_since_trim.saturating_sub(m.bytes);
-        if freed < MEMORY_TRIM_FREED_BYTES_MIN
-            || now.mono_ms < m.last_trim_ms + MEMORY_TRIM_INTERVAL_MS
-        {
+        let large = freed >= MEMORY_TRIM_FREED_BYTES_MIN
+            && now.mono_ms >= m.last_trim_ms + MEMORY_TRIM_INTERVAL_MS;
+        let settled = m.follow_up && now.mono_ms >= m.last_trim_ms + MEMORY_TRIM_SETTLE_MS;
+        if !large && settled && m.bytes >= m.bytes_at_trim {
+            // Nothing more was freed since the last trim: memory has settled.
+            m.follow_up = false;
+        }
+        if !large && !(m.follow_up && settled) {
             return false;
         }
+        m.follow_up = true;
         m.last_trim_ms = now.mono_ms;
         m.peak_since_trim = m.bytes;
+        m.bytes_at_trim = m.bytes;
+        ShardMetrics::inc(&self.metrics.memory_trims);
         true
     }
 }

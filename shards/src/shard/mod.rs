@@ -87,10 +87,14 @@ pub const MEMORY_SHED_TARGET_PCT: usize = 87;
 pub const MEMORY_TRIM_FREED_BYTES_MIN: usize = 8 << 20;
 /// ...and at most this often (a trim walks the allocator's free lists: milliseconds per GiB).
 pub const MEMORY_TRIM_INTERVAL_MS: u64 = 1_000;
+/// After a trim, memory that went on falling (the rest of a mass close) is trimmed again this
+/// long after, until a pass finds nothing more freed.
+pub const MEMORY_TRIM_SETTLE_MS: u64 = 2_000;
 /// The smallest per-shard memory budget: a few maximal frames and connections must fit.
 pub const MEMORY_BYTES_MIN: usize = 4 << 20;
 const _: () =
     assert!(MEMORY_BYTES_MIN >= 16 * (ferry_proto::limits::FRAME_BYTES_MAX + CONN_BASE_BYTES));
+const _: () = assert!(MEMORY_TRIM_SETTLE_MS >= MEMORY_TRIM_INTERVAL_MS);
 const _: () = assert!(MEMORY_SHED_TARGET_PCT > 0 && MEMORY_SHED_TARGET_PCT < 100);
 
 /// What one shard needs to know; every limit here is a named node config key.
