@@ -120,12 +120,15 @@ impl<B: Backend> Shard<B> {
         let large = freed >= MEMORY_TRIM_FREED_BYTES_MIN
             && now.mono_ms >= m.last_trim_ms + MEMORY_TRIM_INTERVAL_MS;
         let settled = m.follow_up && now.mono_ms >= m.last_trim_ms + MEMORY_TRIM_SETTLE_MS;
-        if !large && settled && m.bytes >= m.bytes_at_trim {
-            // Nothing more was freed since the last trim: memory has settled.
-            m.follow_up = false;
-        }
-        if !large && !(m.follow_up && settled) {
-            return false;
+        if !large {
+            if !settled {
+                return false;
+            }
+            if m.bytes >= m.bytes_at_trim {
+                // Nothing more was freed since the last trim: memory has settled.
+                m.follow_up = false;
+                return false;
+            }
         }
         m.follow_up = true;
         m.last_trim_ms = now.mono_ms;
