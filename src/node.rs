@@ -268,7 +268,7 @@ fn reloadable(cfg: &Config, shards: usize) -> anyhow::Result<Reloadable> {
     };
     // Client connections stop `fds_reserved` short of the open-files limit, so the store, media,
     // the admin endpoint and refusals still get descriptors when clients hold all they may.
-    let fds_for_connections = match sys::limits(libc::RLIMIT_NOFILE).0 {
+    let fds_for_connections = match sys::limits(sys::Resource::Nofile).0 {
         0 => usize::MAX, // unreadable: start-up already refused that
         nofile => usize::try_from(nofile.saturating_sub(l.fds_reserved)).unwrap_or(usize::MAX),
     };
@@ -737,7 +737,8 @@ fn service_config(
     clock: Clock,
     puzzle: &ferry_shards::puzzle::PuzzleConfig,
 ) -> anyhow::Result<crate::service::ServiceConfig> {
-    use crate::service::{prekeys::DirectoryLimits, providers, push::PushLimits};
+    use crate::service::{providers, push::PushLimits};
+    use ferry_shards::prekeys::DirectoryLimits;
     use ferry_shards::ratelimit::Rate;
     let k = &cfg.prekeys;
     let p = &cfg.push;
@@ -794,11 +795,11 @@ fn service_config(
                 per_s: k.fetch_per_addr_per_s,
                 burst: k.fetch_per_addr_burst,
             },
-            one_time_per_slot: crate::service::prekeys::HourlyRate {
+            one_time_per_slot: ferry_shards::prekeys::HourlyRate {
                 per_hour: k.one_time_per_slot_per_hour,
                 burst: k.one_time_per_slot_burst,
             },
-            one_time_per_source: crate::service::prekeys::HourlyRate {
+            one_time_per_source: ferry_shards::prekeys::HourlyRate {
                 per_hour: k.one_time_per_source_per_hour,
                 burst: k.one_time_per_source_burst,
             },

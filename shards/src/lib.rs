@@ -14,6 +14,7 @@ pub mod fatal;
 pub mod media;
 pub mod metrics;
 pub mod mutants;
+pub mod prekeys;
 pub mod puzzle;
 pub mod ratelimit;
 pub mod service;

@@ -18,16 +18,20 @@ pub enum Mutant {
     ForgetAcksOnRestart,
     /// A dest with push registrations asks for a wake on every stored blob (no rate limit).
     WakeEveryBlob,
+    /// The prekey directory's replay ignores fetches: one-time keys handed out before a restart
+    /// are handed out again.
+    ForgetPrekeyTakes,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 6] = [
+    pub const ALL: [Mutant; 7] = [
         Mutant::SkipSync,
         Mutant::StoredBeforeDurable,
         Mutant::HandOverTwice,
         Mutant::ReorderHopBatch,
         Mutant::ForgetAcksOnRestart,
         Mutant::WakeEveryBlob,
+        Mutant::ForgetPrekeyTakes,
     ];
 }
 

@@ -456,10 +456,13 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.fatal_stops += r.fatal_stops;
         total.push_registrations += r.push_registrations;
         total.wakes += r.wakes;
+        total.prekey_uploads += r.prekey_uploads;
+        total.prekey_fetches += r.prekey_fetches;
+        total.prekey_one_time_handed += r.prekey_one_time_handed;
     }
     let wall = start.elapsed().as_secs_f64();
     println!(
-        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes",
+        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes, {} prekey uploads, {} fetches ({} with a one-time key)",
         SIM_SEEDS.count() + SIM_REGRESSIONS.len(),
         total.client_ms as f64 / 3.6e6,
         total.client_ms as f64 / 3.6e6 / wall,
@@ -472,11 +475,15 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.cuts,
         total.push_registrations,
         total.wakes,
+        total.prekey_uploads,
+        total.prekey_fetches,
+        total.prekey_one_time_handed,
     );
     // The runs exercised what they check.
     assert!(total.stored_answers > 0 && total.stored_deliveries > 0 && total.live_deliveries > 0);
     assert!(total.crashes > 0 && total.cuts > 0 && total.fatal_stops > 0);
     assert!(total.push_registrations > 0 && total.wakes > 0);
+    assert!(total.prekey_uploads > 0 && total.prekey_one_time_handed > 0);
 }
 
 /// Found by the simulator (2026-12-07), both with send queues too small for a drain batch: a

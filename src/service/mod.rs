@@ -13,7 +13,6 @@
 
 pub mod endpoint;
 pub mod journal;
-pub mod prekeys;
 pub mod providers;
 pub mod push;
 
@@ -34,8 +33,8 @@ use ferry_shards::fatal::FatalStop;
 use ferry_shards::ratelimit::{KeyedLimiter, Rate};
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
+use ferry_shards::prekeys::{Directory, DirectoryLimits};
 use journal::Journal;
-use prekeys::{Directory, DirectoryLimits};
 use providers::{Outcome, Providers, Sender};
 use push::{PushLimits, Registry, Wake};
 

@@ -76,6 +76,14 @@ impl Sim {
                 ));
             }
         }
+        for (c, cl) in self.clients.iter().enumerate() {
+            if cl.prekey_pending > 0 {
+                return Err(format!(
+                    "client {c}'s {} prekey request(s) never answered",
+                    cl.prekey_pending
+                ));
+            }
+        }
         self.report.wakes = self.service.wakes;
         // Every mailbox drains everything stored for it: one device of each connects afresh.
         for mbox in 0..self.cfg.mailboxes {

@@ -25,6 +25,8 @@ pub(super) struct Client {
     pub(super) drained_done: bool,
     /// Push registrations sent on this connection and not yet answered.
     pub(super) push_pending: u32,
+    /// Prekey uploads and fetches sent on this connection and not yet answered.
+    pub(super) prekey_pending: u32,
     /// Another device took its subscription over on this connection.
     pub(super) taken_over: bool,
 }
@@ -41,6 +43,7 @@ impl Client {
         self.acks.clear();
         self.acks_queued.clear();
         self.push_pending = 0;
+        self.prekey_pending = 0;
         self.taken_over = false;
     }
 
@@ -95,6 +98,8 @@ impl Sim {
                 }
             }
             95..=97 if self.clients[c].proven => self.push_register(c),
+            98 if self.clients[c].proven => self.prekey_upload(c),
+            99 => self.prekey_fetch(c),
             _ => {}
         }
         self.flush_client(c);
@@ -213,6 +218,7 @@ impl Sim {
             signer.prove(&NODE_ID, &ch, Op::Subscribe),
             signer.prove(&NODE_ID, &ch, Op::Drain),
             signer.prove(&NODE_ID, &ch, Op::PushRegister),
+            signer.prove(&NODE_ID, &ch, Op::PrekeyUpdate),
         ];
         cl.cc.push(&Frame::Prove { items });
         cl.proven = true;
@@ -425,6 +431,9 @@ impl Sim {
                         "a proven push registration was answered {status:?}"
                     ));
                 }
+            }
+            ev @ (ClientEvent::PrekeyResult { .. } | ClientEvent::PrekeyBundle { .. }) => {
+                self.prekey_answer(c, &ev)?;
             }
             ClientEvent::Unsubscribed { .. } => {
                 // Taken over by another device of the mailbox: it may subscribe again (any

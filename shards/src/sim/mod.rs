@@ -18,6 +18,7 @@ mod client;
 mod net;
 mod node;
 mod oracle;
+mod prekeys;
 mod service;
 
 use std::collections::VecDeque;
@@ -172,6 +173,10 @@ pub struct Report {
     pub fatal_stops: u64,
     pub push_registrations: u64,
     pub wakes: u64,
+    pub prekey_uploads: u64,
+    pub prekey_fetches: u64,
+    /// Bundles that carried a one-time key.
+    pub prekey_one_time_handed: u64,
 }
 
 /// The simulation of one seed.
@@ -195,6 +200,7 @@ struct Sim {
     service: service::Service,
     /// Messages whose ack was sent and not yet seen carried out by the owner.
     pending_acks: Vec<u64>,
+    prekey_oracle: prekeys::PrekeyOracle,
 }
 
 fn shard_config(cfg: &SimConfig, shard: usize) -> ShardConfig {
@@ -293,6 +299,7 @@ impl Sim {
                 acks_queued: Vec::new(),
                 drained_done: false,
                 push_pending: 0,
+                prekey_pending: 0,
                 taken_over: false,
             })
             .collect();
@@ -312,6 +319,7 @@ impl Sim {
             trace: std::env::var_os("FERRY_SIM_TRACE").is_some(),
             service,
             pending_acks: Vec::new(),
+            prekey_oracle: prekeys::PrekeyOracle::default(),
         })
     }
 

@@ -491,7 +491,6 @@ impl Sim {
         }
         let failures = std::mem::take(&mut self.node.disk_failures);
         self.node = Node::start(&self.cfg, disks, failures, &self.service.queue, self.now)?;
-        self.restart_service();
-        Ok(())
+        self.restart_service()
     }
 }

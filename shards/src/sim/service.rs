@@ -62,6 +62,8 @@ pub(super) struct Service {
     /// When each dest was last woken (monotonic ms), since the node last started.
     last_wake_ms: HashMap<Dest, u64>,
     pub(super) wakes: u64,
+    /// The prekey directory (the node's own) and its journal.
+    pub(super) prekeys: super::prekeys::Prekeys,
 }
 
 impl Service {
@@ -168,6 +170,20 @@ impl Sim {
                     }
                 }
             }
+            work @ (ServiceWork::PrekeyUpload { .. } | ServiceWork::PrekeyFetch { .. }) => {
+                let frame = self
+                    .service
+                    .prekeys
+                    .handle(now, work)
+                    .expect("an upload or a fetch is answered");
+                let s = usize::from(req.from.shard);
+                let reply = ServiceReply::Frame {
+                    to: req.from.conn,
+                    frame,
+                };
+                self.node.shards[s].on_service(now, reply);
+                self.pump(s);
+            }
             other => {
                 // The simulated clients send nothing else; refuse what comes as the node would
                 // without the service.
@@ -191,8 +207,9 @@ impl Sim {
 
     /// After a restart: what was queued died with the process; the registrations are on disk,
     /// and the shards learn them as tags only.
-    pub(super) fn restart_service(&mut self) {
+    pub(super) fn restart_service(&mut self) -> Result<(), String> {
         while self.service.queue.pop().is_some() {}
+        self.service.prekeys.restart()?;
         self.service.last_wake_ms.clear();
         let now = self.now.unix_s;
         self.service.registrations.retain(|_, until| *until > now);
@@ -207,5 +224,6 @@ impl Sim {
             let reply = ServiceReply::PushArmTags { tags: tags.clone() };
             self.node.shards[s].on_service(self.now, reply);
         }
+        Ok(())
     }
 }

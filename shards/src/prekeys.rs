@@ -29,6 +29,8 @@
 
 use std::collections::VecDeque;
 
+use crate::puzzle::{PuzzleConfig, PuzzleGate};
+use crate::ratelimit::{IpKey, KeyedLimiter, Rate};
 use ahash::{AHashMap, AHashSet};
 use bytes::{BufMut, Bytes};
 use ferry_proto::frame::{Dest, PrekeyStatus};
@@ -37,8 +39,6 @@ use ferry_proto::prekey::{
     SealedEc, SealedPq, Upload,
 };
 use ferry_proto::puzzle::{PuzzleAnswer, PuzzleAsk, prekey_fetch_digest};
-use ferry_shards::puzzle::{PuzzleConfig, PuzzleGate};
-use ferry_shards::ratelimit::{IpKey, KeyedLimiter, Rate};
 
 /// Directory limits (named config keys under `[prekeys]`).
 #[derive(Clone, Debug)]
@@ -370,6 +370,7 @@ impl Directory {
                 }
                 self.apply_upload(&upload, expires);
             }
+            b'T' if crate::mutants::active(crate::mutants::Mutant::ForgetPrekeyTakes) => {}
             b'T' => {
                 let dest = Dest(rest.get(..16)?.try_into().ok()?);
                 let taken = *rest.get(16)?;
