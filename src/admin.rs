@@ -171,7 +171,7 @@ pub fn render(state: &AdminState) -> String {
                 "process_max_fds",
                 "gauge",
                 "The open-files limit.",
-                crate::sys::limits(libc::RLIMIT_NOFILE).0 as f64,
+                crate::sys::limits(crate::sys::Resource::Nofile).0 as f64,
             ),
             (
                 "process_threads",

@@ -2,37 +2,34 @@
 //! priority, CPU affinity, the file-creation mask, the data directory's lock, and the io_uring
 //! availability check. Each failure is one clear line.
 
-#![allow(unsafe_code)] // getrlimit/setrlimit/setpriority/umask/flock/poll: plain libc calls.
+#![allow(unsafe_code)] // only the io_uring probe (a raw system call); the rest is rustix.
 
 use anyhow::bail;
+pub use rustix::process::Resource;
+use rustix::process::{Rlimit, getrlimit, setrlimit};
 
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid, writable rlimit.
-    let rc = unsafe { libc::getrlimit(resource, &mut r) };
-    (rc == 0).then_some((r.rlim_cur, r.rlim_max))
-}
+/// What an unlimited resource limit reads as (`RLIM_INFINITY`).
+pub const UNLIMITED: u64 = u64::MAX;
 
-/// (soft, hard) of a resource limit; (0, 0) if it cannot be read.
-pub fn limits(resource: libc::__rlimit_resource_t) -> (u64, u64) {
-    rlimit(resource).unwrap_or((0, 0))
+/// (soft, hard) of a resource limit, [`UNLIMITED`] for none.
+pub fn limits(resource: Resource) -> (u64, u64) {
+    let r = getrlimit(resource);
+    (
+        r.current.unwrap_or(UNLIMITED),
+        r.maximum.unwrap_or(UNLIMITED),
+    )
 }
 
 /// Raises the soft open-files limit to the hard one (as nats-server and redis do); returns it.
 pub fn raise_nofile() -> u64 {
-    let Some((soft, hard)) = rlimit(libc::RLIMIT_NOFILE) else {
-        return 0;
-    };
+    let (soft, hard) = limits(Resource::Nofile);
     if soft < hard {
-        let r = libc::rlimit {
-            rlim_cur: hard,
-            rlim_max: hard,
+        let r = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
         };
-        // SAFETY: `r` is a valid rlimit; raising soft to hard needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+        // Raising soft to hard needs no privilege.
+        if setrlimit(Resource::Nofile, r).is_ok() {
             return hard;
         }
     }
@@ -93,48 +90,37 @@ pub fn check_nofile(nofile: u64, connections_max: usize) -> anyhow::Result<Optio
 /// Lowers the calling thread's scheduling priority (the service core yields to shards); false
 /// if the kernel refused.
 pub fn lower_thread_priority(nice: i32) -> bool {
-    // SAFETY: plain syscall on no memory. On Linux the nice value is per thread and
-    // `who = 0` with PRIO_PROCESS names the calling thread.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+    // On Linux the nice value is per thread, and `None` (who = 0) names the calling thread.
+    rustix::process::setpriority_process(None, nice).is_ok()
 }
 
 /// The process's file-creation mask: owner only. Everything the node writes (`node.key`, store
 /// segments, journals, media blobs, the lock file) is then 0600 and every directory 0700,
 /// whatever the mode each call site asks for.
-pub const UMASK: libc::mode_t = 0o077;
+pub const UMASK: u32 = 0o077;
 
 /// Sets [`UMASK`] for the whole process (call before any thread starts).
 pub fn restrict_umask() {
-    // SAFETY: umask only swaps the process's mask; it cannot fail.
-    unsafe { libc::umask(UMASK) };
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(UMASK));
 }
 
 /// Takes an exclusive `flock` on `file` without waiting: `Ok(false)` when another open file
 /// description (another process) holds it. The lock lasts until `file` is closed, and the
 /// kernel drops it when the process dies, however it dies.
 pub fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor `file` owns for the duration of the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
+    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Pins the calling thread to `cpu` (glommio pins the shards; the service core is a plain thread).
 pub fn pin_current_thread(cpu: usize) -> bool {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity(0, ..) applies to the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    // `None`: the calling thread.
+    rustix::thread::sched_setaffinity(None, &set).is_ok()
 }
 
 /// CPUs this process may run on (its affinity mask, so `taskset` works), from procfs.
@@ -184,14 +170,13 @@ pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
     // glommio registers io_memory plus its rings with the kernel for each executor.
     let per_executor = io_memory_bytes as u64 + 512 * 1024;
     let need = per_executor * shards as u64;
-    if let Some((soft, _)) = rlimit(libc::RLIMIT_MEMLOCK) {
-        if soft != libc::RLIM_INFINITY && soft < need {
-            bail!(
-                "locked-memory limit is {} KiB but {shards} shard(s) need {} KiB: raise it (ulimit -l unlimited, LimitMEMLOCK=infinity in systemd, --ulimit memlock=-1 in Docker) or use fewer shards",
-                soft / 1024,
-                need / 1024
-            );
-        }
+    let (soft, _) = limits(Resource::Memlock);
+    if soft != UNLIMITED && soft < need {
+        bail!(
+            "locked-memory limit is {} KiB but {shards} shard(s) need {} KiB: raise it (ulimit -l unlimited, LimitMEMLOCK=infinity in systemd, --ulimit memlock=-1 in Docker) or use fewer shards",
+            soft / 1024,
+            need / 1024
+        );
     }
     Ok(())
 }
@@ -248,17 +233,15 @@ pub fn sd_notify(state: &str) {
 }
 
 /// Waits up to `timeout_ms` for `fd` to be readable (a listener: a connection to accept).
-pub fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout_ms: i32) {
-    let mut fds = [libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call; an error or a
-    // timeout only means the caller looks again.
-    unsafe {
-        libc::poll(fds.as_mut_ptr(), 1, timeout_ms);
-    }
+pub fn wait_readable(fd: &impl std::os::fd::AsFd, timeout_ms: i32) {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: i64::from(timeout_ms / 1_000),
+        tv_nsec: i64::from(timeout_ms % 1_000) * 1_000_000,
+    };
+    // An error or a timeout only means the caller looks again.
+    let _ = rustix::event::poll(&mut fds, Some(&timeout));
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ pub fn check(root: &Path, shards: usize, io_memory_bytes: u64) -> Vec<Line> {
             s.why.to_string(),
         ));
     }
-    let (_, nofile) = crate::sys::limits(libc::RLIMIT_NOFILE);
+    let (_, nofile) = crate::sys::limits(crate::sys::Resource::Nofile);
     out.push((
         if nofile >= 1_048_576 { "ok" } else { "TUNE" },
         "open files (hard limit)".into(),
@@ -205,11 +205,11 @@ pub fn check(root: &Path, shards: usize, io_memory_bytes: u64) -> Vec<Line> {
         "one descriptor per connection; the node raises its soft limit to this".into(),
     ));
     let need = (io_memory_bytes + 512 * 1024) * shards as u64;
-    let (memlock, _) = crate::sys::limits(libc::RLIMIT_MEMLOCK);
+    let (memlock, _) = crate::sys::limits(crate::sys::Resource::Memlock);
     out.push((
         if memlock >= need { "ok" } else { "TUNE" },
         "locked memory (soft limit)".into(),
-        if memlock == u64::MAX {
+        if memlock == crate::sys::UNLIMITED {
             "unlimited".into()
         } else {
             memlock.to_string()

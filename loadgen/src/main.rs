@@ -1344,17 +1344,17 @@ fn run_idle(args: &Args, kind: Kind, addr: SocketAddr) -> anyhow::Result<serde_j
 }
 
 fn raise_nofile() {
-    #[allow(unsafe_code)]
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    if r.current < r.maximum {
+        // Raising soft to hard needs no privilege; if it fails the run just has fewer sockets.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: r.maximum,
+                maximum: r.maximum,
+            },
+        );
     }
 }
 

@@ -384,21 +384,20 @@ pub fn args_with<'a>(args: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
 
 /// Raises this process's open-files soft limit to `want` (at most the hard limit, which a test
 /// cannot raise) so that it can hold many client sockets; returns the hard limit.
-#[allow(unsafe_code)]
 pub fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        if r.rlim_cur < want {
-            r.rlim_cur = want.min(r.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-        r.rlim_max
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let r = getrlimit(Resource::Nofile);
+    let hard = r.maximum.unwrap_or(u64::MAX);
+    if r.current.is_some_and(|soft| soft < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want.min(hard)),
+                maximum: r.maximum,
+            },
+        );
     }
+    hard
 }
 
 /// Flushes `tx` and waits (each read up to `wait`) for the `SendResult` of `msg_id`; other send
