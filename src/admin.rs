@@ -1,14 +1,14 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics` over plain HTTP/1.1 on the service core.
-//! Blocking and one request at a time on purpose: it serves an orchestrator and a scraper, both on
-//! loopback, and must never take time from the shard cores.
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics` over plain HTTP/1.1 (keep-alive), a
+//! task of the service core's low-priority runtime (`crate::http`): it serves an orchestrator
+//! and a scraper and must never take time from the shard cores.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use ferry_shards::metrics::{Histogram, ShardMetrics};
+use http::{Method, Request, Response, StatusCode, header};
+
+use crate::http::{Body, text};
 
 /// What the admin endpoint reads.
 #[derive(Debug)]
@@ -21,115 +21,46 @@ pub struct AdminState {
     pub media_metrics: Arc<crate::media::MediaMetrics>,
 }
 
-/// Bytes of a request head the endpoint reads at most.
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
-const REQUEST_TIMEOUT_MS: u64 = 2_000;
-/// How long the endpoint waits for a connection before it looks at the stop flag again (it
-/// polled every 20 ms: 50 wake-ups a second of an idle node, more than its shards).
-const ACCEPT_WAIT_MS: i32 = 250;
-
-pub fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Arc<AtomicBool>) {
-    let _ = listener.set_nonblocking(true);
-    // A descriptor held back for the endpoint itself: when the process is out of them (the
-    // shards stop short of that, `limits.fds_reserved`, but media files and store segments do
-    // not), it is given up for one request and taken back, so `/metrics` still answers.
-    let mut reserve = std::fs::File::open("/dev/null").ok();
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = handle(stream, &state);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                crate::sys::wait_readable(&listener, ACCEPT_WAIT_MS);
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                let served = reserve.take().is_some()
-                    && match listener.accept() {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nonblocking(false);
-                            let _ = handle(stream, &state);
-                            true
-                        }
-                        Err(_) => false,
-                    };
-                reserve = std::fs::File::open("/dev/null").ok();
-                if !served {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+/// Serves the admin endpoint on `listener` (on the service core's runtime, `crate::http`).
+pub async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>) {
+    crate::http::serve(listener, crate::http::ADMIN_CAPS, "admin", move |req, _| {
+        let state = state.clone();
+        async move { handle(&req, &state) }
+    })
+    .await;
 }
 
-fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))?;
-    stream.set_write_timeout(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 || buf.len() + n > REQUEST_BYTES_MAX {
-            return respond(&mut stream, 400, "text/plain", "bad request\n");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET\n");
+/// One request: `/healthz`, `/readyz`, `/metrics` (with the bearer token when one is set).
+pub fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Body> {
+    const PLAIN: &str = "text/plain";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET\n");
     }
     let authorized = match &state.token {
         None => true,
-        Some(t) => lines.any(|l| {
-            l.split_once(':').is_some_and(|(k, v)| {
-                k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {t}")
-            })
-        }),
+        Some(t) => req
+            .headers()
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.trim() == format!("Bearer {t}"))),
     };
-    match path {
-        "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n"),
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
         "/readyz" => {
             let ready = !state.draining.load(Ordering::Acquire)
                 && state.shard_ready.iter().all(|r| r.load(Ordering::Acquire));
             if ready {
-                respond(&mut stream, 200, "text/plain", "ready\n")
+                text(StatusCode::OK, PLAIN, "ready\n")
             } else {
-                respond(&mut stream, 503, "text/plain", "not ready\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")
             }
         }
         "/metrics" if !authorized => {
-            respond(&mut stream, 401, "text/plain", "bearer token required\n")
+            text(StatusCode::UNAUTHORIZED, PLAIN, "bearer token required\n")
         }
-        "/metrics" => respond(
-            &mut stream,
-            200,
-            "text/plain; version=0.0.4",
-            &render(state),
-        ),
-        _ => respond(&mut stream, 404, "text/plain", "not found\n"),
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", render(state)),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n"),
     }
-}
-
-fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
 }
 
 /// Prometheus text format: every shard's metrics summed. No label carries a destination or an

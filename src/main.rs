@@ -6,6 +6,7 @@
 
 mod admin;
 mod config;
+mod http;
 mod media;
 mod node;
 mod service;
@@ -13,7 +14,7 @@ mod sys;
 mod tls;
 mod tune;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,15 +145,6 @@ fn init_logging(format: &str) {
     }
 }
 
-fn healthcheck(addr: SocketAddr) -> anyhow::Result<bool> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: ferry\r\nconnection: close\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    Ok(resp.starts_with("HTTP/1.1 200"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -184,11 +176,13 @@ fn main() -> ExitCode {
                 ))
             }
         }
-        Command::Healthcheck { admin_listen } => match healthcheck(admin_listen) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(anyhow::anyhow!("node at {admin_listen} is not ready")),
-            Err(e) => Err(anyhow::anyhow!("node at {admin_listen} unreachable: {e}")),
-        },
+        Command::Healthcheck { admin_listen } => {
+            match http::healthcheck(admin_listen, Duration::from_secs(2)) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!("node at {admin_listen} is not ready")),
+                Err(e) => Err(anyhow::anyhow!("node at {admin_listen} unreachable: {e}")),
+            }
+        }
         Command::DevCert { out, names } => dev_cert(&out, &names),
     };
     match result {

@@ -5,18 +5,17 @@
 //! client's shard's reply channel and doorbell, as the service core does. File writes, syncs and
 //! the hashing of a finished upload run here, never on a shard's event loop.
 //!
-//! The optional HTTP listener (`media.http_listen`) serves `GET /blob/<id>` (with `Range`) and
-//! `GET /blob/<id>.obao` (the outboard, to verify ranges) straight from the files of complete
-//! blobs, for a CDN or cache in front.
+//! The optional HTTP listener (`media.http_listen`) serves `GET /blob/<id>` (with `Range`,
+//! `ETag`/`If-None-Match`, keep-alive) and `GET /blob/<id>.obao` (the outboard, to verify
+//! ranges) straight from the files of complete blobs, for a CDN or cache in front: a task of the
+//! service core's runtime, its file reads on the runtime's blocking threads.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use ferry_proto::conn::BlobOp;
 use ferry_proto::limits::{BLOB_DATA_HEADER_BYTES, FRAME_BYTES_MAX};
 use ferry_proto::{BlobOpKind, BlobStatus, Frame};
@@ -25,10 +24,9 @@ use ferry_shards::media::{Begin, MediaError, MediaLimits, MediaStats, MediaStore
 use ferry_shards::ratelimit::IpKey;
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
-use crate::service::ReplyPort;
+use http::{Method, Request, Response, StatusCode, header};
 
-/// The HTTP listener serves at most this many connections at once; more wait in the backlog.
-const HTTP_CONNECTIONS_MAX: usize = 256;
+use crate::service::ReplyPort;
 
 #[derive(Debug)]
 struct Sink(crossbeam_channel::Sender<ServiceRequest>);
@@ -254,7 +252,7 @@ fn worker(
 ) {
     let mut last_expire = 0;
     loop {
-        let before = store.stats;
+        let mut before = store.stats;
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(req) => {
                 let ServiceWork::Blob { op, source } = req.work else {
@@ -262,7 +260,12 @@ fn worker(
                 };
                 let now = clock.now().unix_s;
                 let port = ports.get(usize::from(req.from.shard));
-                for frame in handle(&mut store, now, op, source) {
+                let frames = handle(&mut store, now, op, source);
+                // Metrics first: whatever a client is answered is already counted (a test read
+                // a refusal counter right after its last answer and found it one short).
+                metrics.add(before, store.stats);
+                before = store.stats;
+                for frame in frames {
                     if let Some(p) = port {
                         p.send(ServiceReply::Frame {
                             to: req.from.conn,
@@ -293,61 +296,203 @@ fn worker(
     }
 }
 
-/// Starts the HTTP listener for complete blobs.
-pub fn serve_http(
-    addr: &str,
+/// Serves complete blobs on `listener` (a task of the service core's runtime, `crate::http`):
+/// `GET`/`HEAD /blob/<id>` and `/blob/<id>.obao`, with one `Range`, an `ETag` (the id) that
+/// `If-None-Match` revalidates (`304`), and keep-alive.
+pub async fn serve_http(
+    listener: std::net::TcpListener,
     dir: PathBuf,
     shards: usize,
     clock: Clock,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
-    let listener =
-        TcpListener::bind(addr).with_context(|| format!("cannot bind media.http_listen {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let active = Arc::new(AtomicUsize::new(0));
-    let join = std::thread::Builder::new()
-        .name("ferry-media-http".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((s, _)) if active.load(Ordering::Acquire) < HTTP_CONNECTIONS_MAX => {
-                        active.fetch_add(1, Ordering::AcqRel);
-                        let (dir, active) = (dir.clone(), active.clone());
-                        let spawned = std::thread::Builder::new()
-                            .name("ferry-media-get".into())
-                            .spawn(move || {
-                                let _ = http_one(s, &dir, shards, clock);
-                                active.fetch_sub(1, Ordering::AcqRel);
-                            });
-                        if spawned.is_err() {
-                            tracing::warn!("media http: cannot start a connection thread");
-                        }
+) {
+    let dir = Arc::new(dir);
+    crate::http::serve(
+        listener,
+        crate::http::MEDIA_CAPS,
+        "media http",
+        move |req, _| {
+            let dir = dir.clone();
+            async move {
+                let ask = Ask {
+                    head: req.method() == Method::HEAD,
+                    get: req.method() == Method::GET,
+                    path: req.uri().path().to_string(),
+                    range: header_str(&req, header::RANGE),
+                    if_none_match: header_str(&req, header::IF_NONE_MATCH),
+                };
+                // File lookups block: off the service thread.
+                let now = clock.now().unix_s;
+                let looked =
+                    tokio::task::spawn_blocking(move || lookup(&ask, &dir, shards, now)).await;
+                match looked {
+                    Ok((resp, Some(found))) => {
+                        let (parts, ()) = resp.into_parts();
+                        Response::from_parts(parts, file_body(found))
                     }
-                    Ok((s, _)) => drop(s), // at the limit: the client retries
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    Ok((resp, None)) => resp.map(|()| crate::http::no_body()),
+                    Err(_) => crate::http::empty(StatusCode::INTERNAL_SERVER_ERROR),
                 }
             }
-        })?;
-    Ok((local, join))
+        },
+    )
+    .await;
 }
 
-fn http_reply(
-    s: &mut TcpStream,
-    code: u16,
-    reason: &str,
-    extra: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    write!(
-        s,
-        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)
+/// Bytes of a blob file read per step of a download.
+const HTTP_CHUNK_BYTES: usize = 256 * 1024;
+
+/// What the media listener needs of a request.
+struct Ask {
+    head: bool,
+    get: bool,
+    path: String,
+    range: Option<String>,
+    if_none_match: Option<String>,
+}
+
+/// A file range to send.
+struct Found {
+    file: std::fs::File,
+    start: u64,
+    len: u64,
+}
+
+fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn file_body(found: Found) -> crate::http::Body {
+    let Found {
+        mut file,
+        start,
+        mut len,
+    } = found;
+    let mut seeked = false;
+    crate::http::blocking_body(HTTP_CHUNK_BYTES, move |buf| {
+        if !seeked {
+            file.seek(SeekFrom::Start(start))?;
+            seeked = true;
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        let want = usize::try_from(len.min(HTTP_CHUNK_BYTES as u64)).unwrap_or(HTTP_CHUNK_BYTES);
+        buf.resize(want, 0);
+        let n = file.read(buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.truncate(n);
+        len -= n as u64;
+        Ok(n)
+    })
+}
+
+/// Whether an `If-None-Match` value names `etag` (or is `*`); weak tags compare equal too.
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// Finds what a request asks for: the response head, and the file range to send with it.
+fn lookup(ask: &Ask, dir: &Path, shards: usize, now: u64) -> (Response<()>, Option<Found>) {
+    let bare = |code: StatusCode| {
+        let mut r = Response::new(());
+        *r.status_mut() = code;
+        (r, None)
+    };
+    if !ask.get && !ask.head {
+        return bare(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let Some(name) = ask.path.strip_prefix("/blob/") else {
+        return bare(StatusCode::NOT_FOUND);
+    };
+    let (hexid, ext) = match name.strip_suffix(".obao") {
+        Some(h) => (h, "obao"),
+        None => (name, "blob"),
+    };
+    let Some(id) = unhex(hexid) else {
+        return bare(StatusCode::NOT_FOUND);
+    };
+    let d = shard_dir(dir, ferry_shards::shard::media_owner(&id, shards));
+    // Complete and not expired: the meta file says so.
+    let meta = std::fs::read(d.join(format!("{}.meta", hex(&id)))).unwrap_or_default();
+    let expires = meta
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    if expires <= now {
+        return bare(StatusCode::NOT_FOUND);
+    }
+    // A cache may keep it until the node deletes it, not longer.
+    let max_age = expires - now;
+    // Normalised: the file name comes from the parsed id, never from the request's text.
+    let hexid = hex(&id);
+    let Ok(file) = std::fs::File::open(d.join(format!("{hexid}.{ext}"))) else {
+        return bare(StatusCode::NOT_FOUND);
+    };
+    let Ok(size) = file.metadata().map(|m| m.len()) else {
+        return bare(StatusCode::NOT_FOUND);
+    };
+    // The id names the bytes: one ETag per file (the outboard's differs from the blob's).
+    let etag = if ext == "obao" {
+        format!("\"{hexid}.obao\"")
+    } else {
+        format!("\"{hexid}\"")
+    };
+    let mut r = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(
+            header::CACHE_CONTROL,
+            format!("public, max-age={max_age}, immutable"),
+        )
+        .header(header::ACCEPT_RANGES, "bytes");
+    if ask
+        .if_none_match
+        .as_deref()
+        .is_some_and(|v| etag_matches(v, &etag))
+    {
+        let resp = r
+            .status(StatusCode::NOT_MODIFIED)
+            .body(())
+            .unwrap_or_default();
+        return (resp, None);
+    }
+    let (start, end, code) = match ask.range.as_deref() {
+        None => (0, size, StatusCode::OK),
+        Some(v) => match parse_range(v, size) {
+            Some((a, b)) => {
+                r = r.header(header::CONTENT_RANGE, format!("bytes {a}-{}/{size}", b - 1));
+                (a, b, StatusCode::PARTIAL_CONTENT)
+            }
+            None => {
+                let resp = r
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                    .body(())
+                    .unwrap_or_default();
+                return (resp, None);
+            }
+        },
+    };
+    let resp = r
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start)
+        .body(())
+        .unwrap_or_default();
+    let send = (ask.get && end > start).then_some(Found {
+        file,
+        start,
+        len: end - start,
+    });
+    (resp, send)
 }
 
 /// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n` against `size`: (start, end exclusive).
@@ -369,94 +514,6 @@ fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
         ),
     };
     (start < end && start < size).then_some((start, end))
-}
-
-fn http_one(mut s: TcpStream, dir: &Path, shards: usize, clock: Clock) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(60)))?;
-    let mut reader = BufReader::new(s.try_clone()?.take(16 * 1024));
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut range = None;
-    // The whole head within 10 s, however slowly it trickles in (slowloris).
-    let head_deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if std::time::Instant::now() > head_deadline {
-            return http_reply(&mut s, 408, "Request Timeout", "", b"");
-        }
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return http_reply(&mut s, 405, "Method Not Allowed", "", b"");
-    }
-    let Some(name) = path.strip_prefix("/blob/") else {
-        return http_reply(&mut s, 404, "Not Found", "", b"");
-    };
-    let (hexid, ext) = match name.strip_suffix(".obao") {
-        Some(h) => (h, "obao"),
-        None => (name, "blob"),
-    };
-    let Some(id) = unhex(hexid) else {
-        return http_reply(&mut s, 404, "Not Found", "", b"");
-    };
-    let d = shard_dir(dir, ferry_shards::shard::media_owner(&id, shards));
-    // Complete and not expired: the meta file says so.
-    let meta = std::fs::read(d.join(format!("{}.meta", hex(&id)))).unwrap_or_default();
-    let expires = meta
-        .get(8..16)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0);
-    let now = clock.now().unix_s;
-    if expires <= now {
-        return http_reply(&mut s, 404, "Not Found", "", b"");
-    }
-    // A cache may keep it until the node deletes it, not longer.
-    let max_age = expires - now;
-    // Normalised: the file name comes from the parsed id, never from the request's text.
-    let hexid = hex(&id);
-    let Ok(mut f) = std::fs::File::open(d.join(format!("{hexid}.{ext}"))) else {
-        return http_reply(&mut s, 404, "Not Found", "", b"");
-    };
-    let size = f.metadata()?.len();
-    let (start, end, code, extra) = match range.as_deref() {
-        None => (0, size, 200, String::new()),
-        Some(r) => match parse_range(r, size) {
-            Some((a, b)) => (
-                a,
-                b,
-                206,
-                format!("content-range: bytes {a}-{}/{size}\r\n", b - 1),
-            ),
-            None => {
-                let extra = format!("content-range: bytes */{size}\r\n");
-                return http_reply(&mut s, 416, "Range Not Satisfiable", &extra, b"");
-            }
-        },
-    };
-    let reason = if code == 200 { "OK" } else { "Partial Content" };
-    write!(
-        s,
-        "HTTP/1.1 {code} {reason}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\netag: \"{hexid}\"\r\ncache-control: public, max-age={max_age}, immutable\r\n{extra}connection: close\r\n\r\n",
-        end - start
-    )?;
-    if method == "HEAD" {
-        return Ok(());
-    }
-    f.seek(SeekFrom::Start(start))?;
-    // std::io::copy uses sendfile/splice between a file and a socket on Linux.
-    std::io::copy(&mut f.take(end - start), &mut s)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -494,7 +494,6 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         }));
     }
     let shard_stop = Arc::new(AtomicBool::new(false));
-    let admin_stop = Arc::new(AtomicBool::new(false));
 
     let l = &cfg.limits;
     // The tick wakes for a group commit when one is due (`store_sync_due_ms`), not at the fsync
@@ -557,20 +556,21 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     } else {
         None
     };
-    let media_http_stop = Arc::new(AtomicBool::new(false));
-    let media_http = if cfg.media.enabled && !cfg.media.http_listen.is_empty() {
-        let (addr, join) = crate::media::serve_http(
-            &cfg.media.http_listen,
+    if cfg.media.enabled && !cfg.media.http_listen.is_empty() {
+        let addr = &cfg.media.http_listen;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot bind media.http_listen {addr}"))?;
+        lines.push(format!(
+            "ferry listening media-http {}",
+            listener.local_addr()?
+        ));
+        service.runtime.spawn(crate::media::serve_http(
+            listener,
             cfg.data_dir.join("media"),
             shards,
             Clock::new(cfg.clock_offset_s),
-            media_http_stop.clone(),
-        )?;
-        lines.push(format!("ferry listening media-http {addr}"));
-        Some(join)
-    } else {
-        None
-    };
+        ));
+    }
     let reload = Arc::new(Reload::new(initial.clone()));
     let handles = driver::start(
         shard_configs(&cfg, &initial, shards, node_id, &puzzle)?,
@@ -593,16 +593,9 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         media_metrics,
     });
     let service_cpu = placement.service_cpu;
-    let (st, sst) = (admin_state.clone(), admin_stop.clone());
-    let admin = std::thread::Builder::new()
-        .name("ferry-admin".into())
-        .spawn(move || {
-            if let Some(cpu) = service_cpu {
-                sys::pin_current_thread(cpu);
-            }
-            sys::lower_thread_priority(10);
-            admin::serve(admin_listener, st, sst);
-        })?;
+    service
+        .runtime
+        .spawn(admin::serve(admin_listener, admin_state.clone()));
 
     // Wait for every shard to be serving before announcing readiness.
     while !admin_state
@@ -692,13 +685,8 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             if let Some(m) = media {
                 m.stop();
             }
-            media_http_stop.store(true, Ordering::Release);
-            if let Some(j) = media_http {
-                let _ = j.join();
-            }
+            // The admin endpoint and the media listener stop with the service core's runtime.
             service.stop();
-            admin_stop.store(true, Ordering::Release);
-            let _ = admin.join();
         })?;
     while !drain.is_finished() {
         stop_if_fatal(&fatal);

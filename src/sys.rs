@@ -1,6 +1,6 @@
-//! The few system calls the node makes outside the data plane: resource limits, scheduling
-//! priority, CPU affinity, the file-creation mask, the data directory's lock, and the io_uring
-//! availability check. Each failure is one clear line.
+//! The few system calls the node makes outside the data plane (through rustix): resource
+//! limits, scheduling priority, CPU affinity, the file-creation mask, the data directory's lock,
+//! and the io_uring availability check. Each failure is one clear line.
 
 #![allow(unsafe_code)] // only the io_uring probe (a raw system call); the rest is rustix.
 
@@ -230,18 +230,6 @@ pub fn sd_notify(state: &str) {
     if let Err(e) = sent {
         tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
     }
-}
-
-/// Waits up to `timeout_ms` for `fd` to be readable (a listener: a connection to accept).
-pub fn wait_readable(fd: &impl std::os::fd::AsFd, timeout_ms: i32) {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
-    let timeout = Timespec {
-        tv_sec: i64::from(timeout_ms / 1_000),
-        tv_nsec: i64::from(timeout_ms % 1_000) * 1_000_000,
-    };
-    // An error or a timeout only means the caller looks again.
-    let _ = rustix::event::poll(&mut fds, Some(&timeout));
 }
 
 #[cfg(test)]

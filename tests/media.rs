@@ -321,13 +321,167 @@ fn blobs_expire_with_the_injected_clock() {
 fn http(addr: std::net::SocketAddr, path: &str, range: Option<&str>) -> (u16, String, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let range = range.map(|r| format!("range: {r}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n{range}\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\n{range}connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&resp[..split]).to_string();
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
     (code, head, resp[split + 4..].to_vec())
+}
+
+/// Reads one response off a keep-alive connection: (code, head, body by content-length; none
+/// after a `HEAD` or with `304`).
+fn read_response(
+    r: &mut std::io::BufReader<std::net::TcpStream>,
+    head_request: bool,
+) -> (u16, String, Vec<u8>) {
+    use std::io::BufRead;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "closed mid-head: {head}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    if code != 304 && !head_request {
+        r.read_exact(&mut body).unwrap();
+    } else {
+        body.clear();
+    }
+    (code, head.to_ascii_lowercase(), body)
+}
+
+/// The media listener keeps connections alive, revalidates by ETag (`304`), answers `HEAD`
+/// with the length and no body, and caps connections per address with a clear `503`.
+#[test]
+fn http_keeps_alive_revalidates_by_etag_and_caps_connections_per_address() {
+    let node = Node::start(&[], &[("FERRY_MEDIA_HTTP_LISTEN", "127.0.0.1:0")]);
+    let addr = node.media_http.expect("media-http listener");
+    let data = bytes(70_000, 9);
+    let id = *blake3::hash(&data).as_bytes();
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let mut c = node.client();
+    c.upload_blob(id, data.len() as u64, &mut std::io::Cursor::new(&data))
+        .unwrap();
+    // Four requests on one connection.
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    write!(w, "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let (code, head, body) = read_response(&mut r, false);
+    assert_eq!((code, body.as_slice()), (200, data.as_slice()));
+    let etag = format!("\"{hex}\"");
+    assert!(head.contains(&format!("etag: {etag}")), "{head}");
+    assert!(head.contains("cache-control: public, max-age="), "{head}");
+    write!(
+        w,
+        "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\nif-none-match: {etag}\r\n\r\n"
+    )
+    .unwrap();
+    let (code, head, body) = read_response(&mut r, false);
+    assert_eq!(code, 304, "{head}");
+    assert!(body.is_empty() && head.contains(&format!("etag: {etag}")));
+    write!(
+        w,
+        "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\nif-none-match: \"other\"\r\nrange: bytes=10-19\r\n\r\n"
+    )
+    .unwrap();
+    let (code, _, body) = read_response(&mut r, false);
+    assert_eq!((code, body.as_slice()), (206, &data[10..20]));
+    write!(w, "HEAD /blob/{hex} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let (code, head, _) = read_response(&mut r, true);
+    assert_eq!(code, 200);
+    assert!(head.contains("content-length: 70000"), "{head}");
+    // ...and the connection still serves (HEAD sent no body to misread).
+    write!(
+        w,
+        "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\nrange: bytes=-5\r\n\r\n"
+    )
+    .unwrap();
+    let (code, _, body) = read_response(&mut r, false);
+    assert_eq!((code, body.as_slice()), (206, &data[data.len() - 5..]));
+    drop((w, r));
+
+    // One address holds at most its share of connections; the next is told 503 at once.
+    let held: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // The listener has taken them all (each is a task now).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let mut extra = std::net::TcpStream::connect(addr).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut resp = String::new();
+        let _ = extra.read_to_string(&mut resp);
+        if resp.starts_with("HTTP/1.1 503") || Instant::now() > deadline {
+            break resp;
+        }
+    };
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.contains("retry-after: 1"),
+        "{refused}"
+    );
+    // Another address is still served.
+    let s2 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s2.bind(
+        &"127.0.0.2:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s2.connect(&addr.into()).unwrap();
+    let mut s2: std::net::TcpStream = s2.into();
+    s2.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s2,
+        "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\nrange: bytes=0-3\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s2.read_to_end(&mut resp).unwrap();
+    assert!(
+        resp.starts_with(b"HTTP/1.1 206"),
+        "{}",
+        String::from_utf8_lossy(&resp)
+    );
+    // Closing them gives the address its share back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, _, _) = http(addr, &format!("/blob/{hex}"), Some("bytes=0-0"));
+        if code == 206 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the address's share never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

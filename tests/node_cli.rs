@@ -175,7 +175,7 @@ fn metrics_need_the_token_when_one_is_set() {
     use std::io::{Read, Write};
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n"
+        "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nconnection: close\r\n\r\n"
     )
     .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -348,6 +348,8 @@ impl ReplyPort {
 /// What the node keeps of the running service core.
 #[derive(Debug)]
 pub struct ServiceHandle {
+    /// The core's runtime: the HTTP listeners run on it (`crate::http`), and stop with it.
+    pub runtime: tokio::runtime::Handle,
     pub links: ServiceLinks,
     /// The way back to each shard, for other threads that answer shards (the media workers).
     pub ports: Vec<ReplyPort>,
@@ -562,6 +564,7 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
     let (m, s) = (metrics.clone(), stop.clone());
     let shards = cfg.shards;
     let cpu = cfg.cpu;
+    let (rt_tx, rt_rx) = std::sync::mpsc::sync_channel(1);
     let join = std::thread::Builder::new()
         .name("ferry-service".into())
         .spawn(move || {
@@ -577,6 +580,7 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
                 Ok(rt) => rt,
                 Err(e) => fatal.stop_here(format!("service core: cannot start its runtime: {e}")),
             };
+            let _ = rt_tx.send(rt.handle().clone());
             let run_all = std::panic::AssertUnwindSafe(|| {
                 rt.block_on(async move {
                     let st = State {
@@ -605,7 +609,11 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
                 fatal_for_panic.stop_here("the service core panicked");
             }
         })?;
+    let runtime = rt_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the service core's runtime did not start"))?;
     Ok(ServiceHandle {
+        runtime,
         links: Arc::new(Mutex::new(links)),
         ports,
         metrics,
