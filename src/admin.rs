@@ -22,8 +22,13 @@ pub struct AdminState {
 }
 
 /// Serves the admin endpoint on `listener` (on the service core's runtime, `crate::http`).
-pub async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>) {
-    crate::http::serve(listener, crate::http::ADMIN_CAPS, "admin", move |req, _| {
+pub async fn serve(
+    listener: std::net::TcpListener,
+    write_stall: std::time::Duration,
+    state: Arc<AdminState>,
+) {
+    let caps = crate::http::ADMIN_CAPS;
+    crate::http::serve(listener, caps, write_stall, "admin", move |req, _| {
         let state = state.clone();
         async move { handle(&req, &state) }
     })

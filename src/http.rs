@@ -3,11 +3,13 @@
 //! per connection, no accept polling), and the `ferry healthcheck` client.
 //!
 //! Every listener bounds its connections: in all (`Caps::total`) and per client address
-//! (`Caps::per_addr`); a connection past either is answered `503` with `retry-after: 1` and
-//! closed without reading its request. A request head must arrive within `HEAD_TIMEOUT` (which
-//! also closes a keep-alive connection left idle that long: slowloris costs one task and one
-//! descriptor for that long, within the caps). A response body the client stops reading is
-//! given up after `BODY_STALL_TIMEOUT`.
+//! (`Caps::per_addr`; an IPv6 client by its /64, as the shards count it); a connection past
+//! either is answered `503` with `retry-after: 1` and closed without reading its request. A
+//! request head must arrive within `HEAD_TIMEOUT` (which also closes a keep-alive connection
+//! left idle that long: slowloris costs one task and one descriptor for that long, within the
+//! caps). A connection whose writes make no progress for `limits.write_stall_timeout_ms` (a
+//! client that stops reading a download, or pipelines requests and never reads the answers) is
+//! closed, as the shards close a slow reader.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,24 +17,27 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_shards::ratelimit::IpKey;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What every response carries.
 pub type Body = BoxBody<Bytes, io::Error>;
 
 /// The whole request head within this long; an idle keep-alive connection closes after it too.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// A response body the client has not taken any of for this long is abandoned (the connection
-/// closes).
-pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often each connection's write-stall watchdog looks, at most (a quarter of the timeout
+/// when that is shorter).
+const WRITE_STALL_CHECK_MAX: Duration = Duration::from_secs(5);
 /// Request heads larger than this are refused (`431`).
 pub const HEAD_BYTES_MAX: usize = 16 * 1024;
 /// How long a listener out of descriptors waits before it tries again when its reserve could not
@@ -62,12 +67,12 @@ pub const MEDIA_CAPS: Caps = Caps {
 #[derive(Debug, Default)]
 struct Census {
     total: usize,
-    by_addr: HashMap<IpAddr, usize>,
+    by_addr: HashMap<IpKey, usize>,
 }
 
 struct Ticket {
     census: Arc<Mutex<Census>>,
-    addr: IpAddr,
+    addr: IpKey,
 }
 
 impl Drop for Ticket {
@@ -87,6 +92,7 @@ impl Drop for Ticket {
 }
 
 fn admit(census: &Arc<Mutex<Census>>, caps: Caps, addr: IpAddr) -> Option<Ticket> {
+    let addr = IpKey::from(addr);
     let mut c = census
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -104,8 +110,13 @@ fn admit(census: &Arc<Mutex<Census>>, caps: Caps, addr: IpAddr) -> Option<Ticket
 
 /// Serves `listener` on the current runtime until the runtime stops: each admitted connection
 /// is a task running `handle` for each of its requests.
-pub async fn serve<H, F>(listener: std::net::TcpListener, caps: Caps, name: &'static str, handle: H)
-where
+pub async fn serve<H, F>(
+    listener: std::net::TcpListener,
+    caps: Caps,
+    write_stall: Duration,
+    name: &'static str,
+    handle: H,
+) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -120,21 +131,27 @@ where
         }
     };
     let census = Arc::new(Mutex::new(Census::default()));
+    let check = (write_stall / 4).clamp(Duration::from_millis(10), WRITE_STALL_CHECK_MAX);
     // A descriptor held back for this listener: when the process is out of them (the shards stop
     // short of that, `limits.fds_reserved`, but media files and store segments do not), it is
     // given up to take one waiting connection and taken back, so `/metrics` still answers.
-    let mut reserve = std::fs::File::open("/dev/null").ok();
+    let mut reserve = None;
     loop {
+        // Taken back at the first chance after it was spent (opening it fails while the process
+        // is still out of descriptors).
+        if reserve.is_none() {
+            reserve = std::fs::File::open("/dev/null").ok();
+        }
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                let taken = reserve.take().is_some();
-                let got = if taken {
-                    listener.accept().await.ok()
-                } else {
-                    None
+                let got = match reserve.take() {
+                    Some(spare) => {
+                        drop(spare);
+                        listener.accept().await.ok()
+                    }
+                    None => None,
                 };
-                reserve = std::fs::File::open("/dev/null").ok();
                 match got {
                     Some(c) => c,
                     None => {
@@ -149,7 +166,11 @@ where
             }
         };
         let Some(ticket) = admit(&census, caps, peer.ip()) else {
-            // Over the cap: a clear answer, without reading the request, then close.
+            // Over the cap: a clear answer, without waiting for the request, then close. What
+            // already came is read first, so that the close is a FIN, not a reset that could
+            // destroy the answer before the client reads it.
+            let mut sink = [0u8; 4096];
+            while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
             let _ = stream.try_write(
                 b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             );
@@ -162,13 +183,24 @@ where
                 let f = handle(req, peer);
                 async move { Ok::<_, Infallible>(f.await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let (watched, stalled_since) = Watched::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .max_buf_size(HEAD_BYTES_MAX.max(8192))
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(watched), service);
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    _ = &mut conn => break,
+                    () = tokio::time::sleep(check) => {
+                        if stalled_since.stalled_for() >= write_stall {
+                            break; // dropping the connection closes the socket
+                        }
+                    }
+                }
+            }
         });
     }
 }
@@ -200,8 +232,9 @@ fn full(b: Bytes) -> Body {
 }
 
 /// Bytes read off the service thread (`spawn_blocking`, `chunk` at a time) into a bounded
-/// queue of two chunks that the response body takes from; a client that takes nothing for
-/// `BODY_STALL_TIMEOUT` ends the body with an error (hyper closes the connection).
+/// queue of two chunks that the response body takes from. A client that stops reading stalls
+/// the connection's writes, and the connection's watchdog closes it after
+/// `limits.write_stall_timeout_ms`; the reader then finds the body gone and stops.
 pub fn blocking_body(
     chunk: usize,
     mut read: impl FnMut(&mut Vec<u8>) -> io::Result<usize> + Send + 'static,
@@ -229,14 +262,8 @@ pub fn blocking_body(
                 Err(e) => Err(e),
             };
             let failed = item.is_err();
-            match tokio::time::timeout(BODY_STALL_TIMEOUT, tx.send(item)).await {
-                Ok(Ok(())) if !failed => {}
-                Ok(_) => return, // the body is gone (the connection closed) or the read failed
-                Err(_) => {
-                    // Stalled: the receiver is dropped with the sender below; the body ends in
-                    // an error as soon as hyper polls it again.
-                    return;
-                }
+            if tx.send(item).await.is_err() || failed {
+                return; // the body is gone (the connection closed), or the read failed
             }
         }
     });
@@ -273,6 +300,100 @@ impl hyper::body::Body for ChannelBody {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// A connection's socket, watched for writes that make no progress.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    stall: Arc<Stall>,
+}
+
+/// Since when a connection's writes have been blocked (ms after `base`; 0: not blocked).
+#[derive(Debug)]
+struct Stall {
+    base: Instant,
+    since_ms: AtomicU64,
+}
+
+impl Stall {
+    fn stalled_for(&self) -> Duration {
+        match self.since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => self
+                .base
+                .elapsed()
+                .saturating_sub(Duration::from_millis(ms)),
+        }
+    }
+
+    fn note(&self, blocked: bool) {
+        if !blocked {
+            self.since_ms.store(0, Ordering::Relaxed);
+        } else if self.since_ms.load(Ordering::Relaxed) == 0 {
+            let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.since_ms.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Watched {
+    fn new(inner: tokio::net::TcpStream) -> (Watched, Arc<Stall>) {
+        let stall = Arc::new(Stall {
+            base: Instant::now(),
+            since_ms: AtomicU64::new(0),
+        });
+        (
+            Watched {
+                inner,
+                stall: stall.clone(),
+            },
+            stall,
+        )
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.stall.note(r.is_pending());
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stall.note(r.is_pending());
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

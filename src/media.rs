@@ -301,6 +301,7 @@ fn worker(
 /// `If-None-Match` revalidates (`304`), and keep-alive.
 pub async fn serve_http(
     listener: std::net::TcpListener,
+    write_stall: Duration,
     dir: PathBuf,
     shards: usize,
     clock: Clock,
@@ -309,6 +310,7 @@ pub async fn serve_http(
     crate::http::serve(
         listener,
         crate::http::MEDIA_CAPS,
+        write_stall,
         "media http",
         move |req, _| {
             let dir = dir.clone();
@@ -434,11 +436,22 @@ fn lookup(ask: &Ask, dir: &Path, shards: usize, now: u64) -> (Response<()>, Opti
     let max_age = expires - now;
     // Normalised: the file name comes from the parsed id, never from the request's text.
     let hexid = hex(&id);
-    let Ok(file) = std::fs::File::open(d.join(format!("{hexid}.{ext}"))) else {
-        return bare(StatusCode::NOT_FOUND);
+    // Only a missing file is a 404 (which a cache may keep); anything else (out of
+    // descriptors, a disk error) is the node's trouble: 503, try again.
+    let failed = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            bare(StatusCode::NOT_FOUND)
+        } else {
+            bare(StatusCode::SERVICE_UNAVAILABLE)
+        }
     };
-    let Ok(size) = file.metadata().map(|m| m.len()) else {
-        return bare(StatusCode::NOT_FOUND);
+    let file = match std::fs::File::open(d.join(format!("{hexid}.{ext}"))) {
+        Ok(f) => f,
+        Err(e) => return failed(e),
+    };
+    let size = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return failed(e),
     };
     // The id names the bytes: one ETag per file (the outboard's differs from the blob's).
     let etag = if ext == "obao" {

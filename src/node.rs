@@ -566,6 +566,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         ));
         service.runtime.spawn(crate::media::serve_http(
             listener,
+            Duration::from_millis(cfg.limits.write_stall_timeout_ms),
             cfg.data_dir.join("media"),
             shards,
             Clock::new(cfg.clock_offset_s),
@@ -593,9 +594,11 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
         media_metrics,
     });
     let service_cpu = placement.service_cpu;
-    service
-        .runtime
-        .spawn(admin::serve(admin_listener, admin_state.clone()));
+    service.runtime.spawn(admin::serve(
+        admin_listener,
+        Duration::from_millis(cfg.limits.write_stall_timeout_ms),
+        admin_state.clone(),
+    ));
 
     // Wait for every shard to be serving before announcing readiness.
     while !admin_state

@@ -557,3 +557,54 @@ fn pipelined_downloads_recover_from_busy_answers() {
         &data[3_000_001..8_000_001]
     );
 }
+
+/// A download the client stops reading is closed once the node's writes make no progress for
+/// `limits.write_stall_timeout_ms`: it does not hold its connection (and its share of the
+/// listener's connections) forever.
+#[test]
+fn http_downloads_the_client_stops_reading_are_closed_after_the_write_stall_timeout() {
+    let node = Node::start(
+        &[],
+        &[
+            ("FERRY_MEDIA_HTTP_LISTEN", "127.0.0.1:0"),
+            ("FERRY_LIMITS_WRITE_STALL_TIMEOUT_MS", "1500"),
+        ],
+    );
+    let addr = node.media_http.expect("media-http listener");
+    let data = bytes(12 << 20, 11);
+    let id = *blake3::hash(&data).as_bytes();
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let mut c = node.client();
+    c.upload_blob(id, data.len() as u64, &mut std::io::Cursor::new(&data))
+        .unwrap();
+    // A small receive buffer, so that the node's writes stall soon.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    write!(s, "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let stalled_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(6_000));
+    // Now read: what was in flight arrives, then the close, well short of the blob.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "the connection stayed open: {end:?}"
+    );
+    assert!(
+        got.len() < data.len(),
+        "the whole blob came ({} bytes): the stalled download was not closed",
+        got.len()
+    );
+    println!(
+        "stalled download closed: {} of {} bytes had left, read {:.1} s after the stall began",
+        got.len(),
+        data.len(),
+        stalled_at.elapsed().as_secs_f64()
+    );
+}

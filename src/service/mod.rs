@@ -578,9 +578,13 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
                 .build()
             {
                 Ok(rt) => rt,
-                Err(e) => fatal.stop_here(format!("service core: cannot start its runtime: {e}")),
+                Err(e) => {
+                    // `start` hears of it (and fails) rather than waiting for a handle.
+                    let _ = rt_tx.send(None);
+                    fatal.stop_here(format!("service core: cannot start its runtime: {e}"))
+                }
             };
-            let _ = rt_tx.send(rt.handle().clone());
+            let _ = rt_tx.send(Some(rt.handle().clone()));
             let run_all = std::panic::AssertUnwindSafe(|| {
                 rt.block_on(async move {
                     let st = State {
@@ -611,7 +615,9 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
         })?;
     let runtime = rt_rx
         .recv()
-        .map_err(|_| anyhow::anyhow!("the service core's runtime did not start"))?;
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("the service core's runtime did not start"))?;
     Ok(ServiceHandle {
         runtime,
         links: Arc::new(Mutex::new(links)),
