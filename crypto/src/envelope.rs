@@ -52,13 +52,16 @@ pub struct Inner {
     pub body: Vec<u8>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
     /// The inner message does not fit the largest bucket.
+    #[error("the message does not fit the largest envelope")]
     TooLarge,
     /// Not an envelope size, another version, or the recipient's key is of low order.
+    #[error("a malformed envelope")]
     Malformed,
     /// The AEAD refused it (not for this recipient, or changed), or the padding is wrong.
+    #[error("the envelope does not open (not for this recipient, or changed)")]
     Unauthentic,
 }
 

@@ -43,19 +43,25 @@ pub const AD_BYTES: usize = 2 * EC_KEY_BYTES;
 pub const INIT_BYTES: usize = 2 * EC_KEY_BYTES + 4 + 1 + 4 + 4 + KEM_CT_BYTES;
 
 /// Why a key agreement was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PqxdhError {
     /// The signed prekey's signature does not verify under the identity key.
+    #[error("the signed prekey's signature does not verify under the identity key")]
     BadPrekeySignature,
     /// The KEM prekey's signature does not verify under the identity key.
+    #[error("the KEM prekey's signature does not verify under the identity key")]
     BadKemSignature,
     /// A key is malformed (type byte, length, non-canonical, ML-KEM modulus check).
+    #[error("a key is malformed")]
     BadKey,
     /// A DH output was zero: a low-order public key.
+    #[error("a low-order public key (zero DH output)")]
     WeakKey,
     /// The one-time prekey named in the `Init` and the secret given do not match in presence.
+    #[error("the one-time prekey named and the secret given do not match")]
     OneTimeKeyMismatch,
     /// An encoded `Init` is malformed.
+    #[error("a malformed Init")]
     Malformed,
 }
 

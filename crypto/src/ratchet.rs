@@ -40,19 +40,25 @@ pub const MESSAGE_INFO: &[u8] = b"ferry_ratchet_message_v1";
 const STATE_VERSION: u8 = 1;
 
 /// Why a message was not decrypted. The state is unchanged in every case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RatchetError {
     /// The header is not `HEADER_BYTES` long or has another version.
+    #[error("a malformed message header")]
     BadHeader,
     /// The header's ratchet key is a low-order point.
+    #[error("the header's ratchet key is a low-order point")]
     WeakKey,
     /// The header asks to skip more than `SKIP_PER_CHAIN_MAX` keys.
+    #[error("the message is too far ahead of its chain")]
     TooFarAhead,
     /// No key opens it: forged, damaged, or already decrypted (a replay).
+    #[error("no key opens the message (forged, damaged or a replay)")]
     Decrypt,
     /// This side has no sending chain yet (a responder must receive first).
+    #[error("no sending chain yet (receive first)")]
     NoSendingChain,
     /// A serialised state is malformed.
+    #[error("a malformed ratchet state")]
     BadState,
 }
 

@@ -20,33 +20,23 @@ use crate::ratchet::{HEADER_BYTES, Ratchet, RatchetError};
 /// Version of the serialised session.
 const STATE_VERSION: u8 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
-    Pqxdh(PqxdhError),
-    Ratchet(RatchetError),
-    Envelope(EnvelopeError),
+    #[error("key agreement: {0}")]
+    Pqxdh(#[from] PqxdhError),
+    #[error("ratchet: {0}")]
+    Ratchet(#[from] RatchetError),
+    #[error("envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
     /// A prekey message names keys this device does not have (used up, or never had).
+    #[error("the message names prekeys this device does not have")]
     UnknownPrekey,
     /// The message is not from the identity this session is with.
+    #[error("the message is not from this session's peer")]
     WrongSender,
     /// The body is too short for its kind, or a serialised session is malformed.
+    #[error("a malformed message or session")]
     Malformed,
-}
-
-impl From<PqxdhError> for SessionError {
-    fn from(e: PqxdhError) -> Self {
-        SessionError::Pqxdh(e)
-    }
-}
-impl From<RatchetError> for SessionError {
-    fn from(e: RatchetError) -> Self {
-        SessionError::Ratchet(e)
-    }
-}
-impl From<EnvelopeError> for SessionError {
-    fn from(e: EnvelopeError) -> Self {
-        SessionError::Envelope(e)
-    }
 }
 
 /// Where a responder finds the secrets of the prekeys it published, by id.

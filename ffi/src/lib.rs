@@ -22,42 +22,95 @@ use ferry_sdk::{ConnectOptions, NamespaceId, PushProvider, Trust};
 
 uniffi::setup_scaffolding!();
 
-/// Every failure, with its message.
-#[derive(Debug, uniffi::Error)]
+/// Every failure, by kind, with its message. In Kotlin, Swift and Python each kind is its own
+/// exception class under `FerryError`, so an app can tell what to do: fix its input, retry
+/// later, ask the user to check the device's clock, or report a bug.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
 pub enum FerryError {
-    Failed(String),
+    /// Something the app passed is malformed or out of range: a URL, an address, an id of the
+    /// wrong length, a push token too long, a request not accepted before writing back.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such contact, attachment or session (add the contact, or fetch its bundle first).
+    #[error("{0}")]
+    NotFound(String),
+    /// The node is unreachable, the connection closed or timed out, or the node sent what the
+    /// protocol does not allow: retry later, or with another node.
+    #[error("{0}")]
+    Network(String),
+    /// TLS failed: the node's certificate is not trusted for its name, or the CA file given is
+    /// unusable.
+    #[error("{0}")]
+    Tls(String),
+    /// The node refused the request (a node error, a prekey, push or media refusal, a proof
+    /// it wants first); the message names the status.
+    #[error("{0}")]
+    Refused(String),
+    /// Full for now (the outbox waits for the node's acknowledgements, a drain is running,
+    /// too many unread events): retry once the current work is done.
+    #[error("{0}")]
+    Busy(String),
     /// The node's clock and this device's differ by more than five minutes
     /// (`ferry_sdk::CLOCK_SKEW_S_MAX`): nothing was proven or sent for the node's hours. Ask the
     /// user to check the device's time, or use another node.
+    #[error("{0}")]
     ClockSkew(String),
+    /// A bundle, message or session failed authentication or does not belong to this contact,
+    /// or a packet was dropped by policy: nothing was changed.
+    #[error("{0}")]
+    Crypto(String),
+    /// The messenger's state directory failed: the change was not made durable.
+    #[error("{0}")]
+    Storage(String),
+    /// A bug, or a panic earlier on this object.
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl std::fmt::Display for FerryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FerryError::Failed(m) | FerryError::ClockSkew(m) => f.write_str(m),
-        }
-    }
+fn invalid(what: impl std::fmt::Display) -> FerryError {
+    FerryError::InvalidArgument(what.to_string())
 }
 
-fn err(e: impl std::fmt::Display) -> FerryError {
-    FerryError::Failed(e.to_string())
+fn poisoned(what: &str) -> FerryError {
+    FerryError::Internal(format!("{what} poisoned by a panic"))
 }
 
-/// An SDK error, with a clock skew as its own variant.
+/// An SDK error, by kind.
 fn sdk_err(e: ferry_sdk::SdkError) -> FerryError {
+    use ferry_sdk::SdkError as E;
+    let m = e.to_string();
     match e {
-        e @ ferry_sdk::SdkError::ClockSkew { .. } => FerryError::ClockSkew(e.to_string()),
-        e => err(e),
+        E::ClockSkew { .. } => FerryError::ClockSkew(m),
+        E::Io(_)
+        | E::Closed
+        | E::Timeout
+        | E::Resolve { .. }
+        | E::Protocol(_)
+        | E::NodeClock { .. } => FerryError::Network(m),
+        E::Tls(_) | E::Ca { .. } | E::ServerName { .. } => FerryError::Tls(m),
+        E::Url(_) => FerryError::InvalidArgument(m),
+        E::Node { .. } | E::NotProven | E::Prekey { .. } | E::Push(_) | E::Blob(_) => {
+            FerryError::Refused(m)
+        }
+        E::Busy | E::Backlog => FerryError::Busy(m),
+        E::BadBundle(_) | E::Addr(_) => FerryError::Crypto(m),
+        _ => FerryError::Internal(m),
     }
 }
 
-/// A messenger error, with a clock skew as its own variant.
+/// A messenger error, by kind.
 fn msg_err(e: messenger::MessengerError) -> FerryError {
+    use messenger::MessengerError as E;
+    let m = e.to_string();
     match e {
-        messenger::MessengerError::Sdk(e) => sdk_err(e),
-        e => err(e),
+        E::Sdk(e) => sdk_err(e),
+        E::Session(_) | E::IdentityMismatch | E::Replay | E::Refused(_) => FerryError::Crypto(m),
+        E::UnknownContact | E::NoSession | E::UnknownAttachment => FerryError::NotFound(m),
+        E::Malformed(_) | E::InvalidArgument(_) | E::NotAccepted => FerryError::InvalidArgument(m),
+        E::OutboxFull => FerryError::Busy(m),
+        E::Storage(_) => FerryError::Storage(m),
+        _ => FerryError::Internal(m),
     }
 }
 
@@ -151,9 +204,7 @@ impl std::fmt::Debug for Messenger {
 
 impl Messenger {
     fn lock(&self) -> Result<MutexGuard<'_, messenger::Messenger<DirStorage>>, FerryError> {
-        self.inner
-            .lock()
-            .map_err(|_| err("messenger poisoned by a panic"))
+        self.inner.lock().map_err(|_| poisoned("messenger"))
     }
 }
 
@@ -165,9 +216,10 @@ impl Messenger {
     pub fn open(state_dir: String, namespace: Vec<u8>) -> Result<Arc<Self>, FerryError> {
         let ns: [u8; 32] = namespace
             .try_into()
-            .map_err(|_| err("the namespace id must be 32 bytes"))?;
-        let storage = DirStorage::open(state_dir).map_err(err)?;
-        let m = messenger::Messenger::open(storage, NamespaceId(ns)).map_err(err)?;
+            .map_err(|_| invalid("the namespace id must be 32 bytes"))?;
+        let storage = DirStorage::open(state_dir)
+            .map_err(|e| FerryError::Storage(format!("state directory: {e}")))?;
+        let m = messenger::Messenger::open(storage, NamespaceId(ns)).map_err(msg_err)?;
         Ok(Arc::new(Messenger {
             inner: Mutex::new(m),
         }))
@@ -180,8 +232,8 @@ impl Messenger {
 
     /// Adds (or renames) a contact by address.
     pub fn add_contact(&self, name: String, address: String) -> Result<(), FerryError> {
-        let a: Address = address.parse().map_err(err)?;
-        self.lock()?.add_contact(&name, &a).map_err(err)
+        let a: Address = address.parse().map_err(msg_err)?;
+        self.lock()?.add_contact(&name, &a).map_err(msg_err)
     }
 
     /// Contact names.
@@ -202,14 +254,14 @@ impl Messenger {
     pub fn accept_request(&self, identity: Vec<u8>, name: String) -> Result<(), FerryError> {
         self.lock()?
             .accept_request(&identity_of(identity)?, &name)
-            .map_err(err)
+            .map_err(msg_err)
     }
 
     /// Refuses a request: its packets are dropped from now on.
     pub fn refuse_request(&self, identity: Vec<u8>) -> Result<(), FerryError> {
         self.lock()?
             .refuse_request(&identity_of(identity)?)
-            .map_err(err)
+            .map_err(msg_err)
     }
 
     /// Files received and not fetched yet (kept across restarts).
@@ -217,7 +269,7 @@ impl Messenger {
         Ok(self
             .lock()?
             .attachments()
-            .map_err(err)?
+            .map_err(msg_err)?
             .into_iter()
             .map(message)
             .collect())
@@ -225,17 +277,20 @@ impl Messenger {
 
     /// Forgets a file received (not wanted) by its message id.
     pub fn forget_attachment(&self, id: Vec<u8>) -> Result<(), FerryError> {
-        self.lock()?.forget_attachment(&msg_id(id)?).map_err(err)
+        self.lock()?
+            .forget_attachment(&msg_id(id)?)
+            .map_err(msg_err)
     }
 }
 
 fn identity_of(id: Vec<u8>) -> Result<[u8; 33], FerryError> {
     id.try_into()
-        .map_err(|_| err("an identity is 33 bytes (Message.from_identity)"))
+        .map_err(|_| invalid("an identity is 33 bytes (Message.from_identity)"))
 }
 
 fn msg_id(id: Vec<u8>) -> Result<[u8; 16], FerryError> {
-    id.try_into().map_err(|_| err("a message id is 16 bytes"))
+    id.try_into()
+        .map_err(|_| invalid("a message id is 16 bytes"))
 }
 
 /// One monotonic clock for every connection: retry times in a messenger's outbox outlive the
@@ -261,21 +316,17 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     fn lock(&self) -> Result<MutexGuard<'_, ferry_sdk::Client>, FerryError> {
-        self.client
-            .lock()
-            .map_err(|_| err("connection poisoned by a panic"))
+        self.client.lock().map_err(|_| poisoned("connection"))
     }
     fn sender(&self) -> Result<MutexGuard<'_, chat::Sender>, FerryError> {
-        self.sender
-            .lock()
-            .map_err(|_| err("connection poisoned by a panic"))
+        self.sender.lock().map_err(|_| poisoned("connection"))
     }
 }
 
 fn contact_id(m: &messenger::Messenger<DirStorage>, name: &str) -> Result<[u8; 33], FerryError> {
     m.contact(name)
         .map(|p| p.identity)
-        .ok_or_else(|| err(format!("no contact named {name}")))
+        .ok_or_else(|| FerryError::NotFound(format!("no contact named {name}")))
 }
 
 #[uniffi::export]
@@ -360,7 +411,7 @@ impl Connection {
         let mut c = self.lock()?;
         let mut m = m.lock()?;
         let mut out = Vec::new();
-        chat::fetch_attachment(&mut c, &mut m, &id, &mut out).map_err(err)?;
+        chat::fetch_attachment(&mut c, &mut m, &id, &mut out).map_err(msg_err)?;
         Ok(out)
     }
 
@@ -369,10 +420,10 @@ impl Connection {
     pub fn fetch_file(&self, file_ref: Vec<u8>) -> Result<Vec<u8>, FerryError> {
         let body = match Body::from_bytes(&file_ref) {
             Some(b @ Body::Attachment { .. }) => b,
-            _ => return Err(err("not a file reference")),
+            _ => return Err(invalid("not a file reference")),
         };
         let mut out = Vec::new();
-        chat::fetch_file(&mut *self.lock()?, &body, &mut out).map_err(err)?;
+        chat::fetch_file(&mut *self.lock()?, &body, &mut out).map_err(msg_err)?;
         Ok(out)
     }
 
@@ -389,7 +440,7 @@ impl Connection {
         first_contacts: bool,
     ) -> Result<u16, FerryError> {
         if token.len() > ferry_sdk::proto::limits::PUSH_TOKEN_BYTES_MAX {
-            return Err(err("push token too long"));
+            return Err(invalid("push token too long"));
         }
         let mut c = self.lock()?;
         let m = m.lock()?;
@@ -443,10 +494,35 @@ mod tests {
             msg_err(messenger::MessengerError::Sdk(skew)),
             FerryError::ClockSkew(m) if m.contains("device's time")
         ));
-        assert!(matches!(
-            sdk_err(ferry_sdk::SdkError::Timeout),
-            FerryError::Failed(_)
-        ));
+        // Each kind of failure its own variant: what the app should do differs.
+        use ferry_sdk::SdkError as S;
+        use messenger::MessengerError as M;
+        let kinds = [
+            (sdk_err(S::Timeout), "Network"),
+            (sdk_err(S::Closed), "Network"),
+            (
+                sdk_err(S::Ca {
+                    origin: "ca.pem".into(),
+                    reason: "no certificate".into(),
+                }),
+                "Tls",
+            ),
+            (sdk_err(S::Push(ferry_sdk::PushStatus::BadToken)), "Refused"),
+            (sdk_err(S::Busy), "Busy"),
+            (msg_err(M::OutboxFull), "Busy"),
+            (msg_err(M::UnknownContact), "NotFound"),
+            (msg_err(M::Malformed("address")), "InvalidArgument"),
+            (msg_err(M::IdentityMismatch), "Crypto"),
+            (
+                msg_err(M::Storage(std::io::Error::other("disk full"))),
+                "Storage",
+            ),
+        ];
+        for (e, kind) in kinds {
+            let name = format!("{e:?}");
+            assert!(name.starts_with(kind), "{name} is not {kind}");
+            assert!(!e.to_string().is_empty());
+        }
         assert_eq!(node_url("relay.example"), "ferry+tls://relay.example");
         assert_eq!(
             node_url(" relay.example:7443"),

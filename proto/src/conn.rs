@@ -1150,27 +1150,15 @@ pub enum ClientEvent {
 }
 
 /// Why the client state machine gave up on the byte stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    Decode(DecodeError),
+    #[error("decode: {0}")]
+    Decode(#[source] DecodeError),
     /// The node sent a frame only clients send.
-    Unexpected {
-        frame_type: u8,
-    },
+    #[error("unexpected frame {frame_type:#04x} from node")]
+    Unexpected { frame_type: u8 },
 }
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Decode(e) => write!(f, "decode: {e}"),
-            ClientError::Unexpected { frame_type } => {
-                write!(f, "unexpected frame {frame_type:#04x} from node")
-            }
-        }
-    }
-}
-impl std::error::Error for ClientError {}
 
 /// Client side of a connection: what the SDK and the load generator drive.
 #[derive(Debug, Default)]

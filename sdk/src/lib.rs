@@ -49,133 +49,79 @@ pub const BLOB_WINDOW_CHUNKS: usize = 32;
 pub const BLOB_STALLS_MAX: u32 = 300;
 
 /// What can go wrong on the client side.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SdkError {
-    Io(std::io::Error),
-    Tls(rustls::Error),
-    Protocol(ClientError),
-    Addr(AddrError),
+    #[error("i/o: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[source] ClientError),
+    #[error("addressing: {0}")]
+    Addr(#[source] AddrError),
     /// The node closed the connection with this error.
-    Node {
-        code: ErrorCode,
-        message: String,
-    },
+    #[error("node error {code:?}: {message}")]
+    Node { code: ErrorCode, message: String },
     /// The connection closed.
+    #[error("connection closed")]
     Closed,
+    #[error("timed out")]
     Timeout,
     /// Too many unread events buffered.
+    #[error("too many unread events")]
     Backlog,
     /// The node wants a proof of ownership first (for a `Drain`: `Op::Drain`).
+    #[error("not proven: prove ownership of the destination first")]
     NotProven,
     /// Another drain on this connection is still being answered.
+    #[error("a drain is already in progress on this connection")]
     Busy,
     /// The prekey directory refused the request; `kind` and `index` name the key at fault.
+    #[error("prekey directory: {status:?} ({kind:?} #{index})")]
     Prekey {
         status: ferry_proto::frame::PrekeyStatus,
         kind: ferry_proto::prekey::KeyKind,
         index: u16,
     },
     /// A fetched bundle's signatures do not verify: do not use it.
+    #[error("prekey bundle does not verify: {0:?}")]
     BadBundle(ferry_proto::prekey::Fault),
     /// The node refused the push registration.
+    #[error("push registration refused: {0:?}")]
     Push(ferry_proto::frame::PushStatus),
     /// The node refused a media request.
+    #[error("media request refused: {0:?}")]
     Blob(ferry_proto::frame::BlobStatus),
     /// The node URL does not parse.
-    Url(UrlError),
+    #[error(transparent)]
+    Url(#[from] UrlError),
     /// The node's host name has no address (or the lookup failed).
+    #[error("cannot resolve {host:?}: {source}")]
     Resolve {
         host: String,
         source: std::io::Error,
     },
     /// The CA certificates to trust could not be loaded from `origin` (a file, or the PEM
     /// given).
-    Ca {
-        origin: String,
-        reason: String,
-    },
+    #[error("CA certificates to trust, from {origin}: {reason}")]
+    Ca { origin: String, reason: String },
     /// The name to check the node's certificate for is not a DNS name or an IP address.
-    ServerName {
-        name: String,
-    },
+    #[error("{name:?} is not a name a TLS certificate can carry (a DNS name or an IP address)")]
+    ServerName { name: String },
     /// The node's clock says a time past [`NODE_UNIX_S_MAX`]: the node is broken.
-    NodeClock {
-        unix_s: u64,
-    },
+    #[error("the node's clock says {unix_s} s since 1970, past NODE_UNIX_S_MAX")]
+    NodeClock { unix_s: u64 },
     /// The node's clock and this device's differ by more than the connection's skew bound
     /// ([`CLOCK_SKEW_S_MAX`] by default). The client does not adopt a time it cannot check:
     /// a node that lies about the time could make it prove, query and register push for hours
     /// of the node's choosing. Either clock may be wrong: the app should ask the user to check
     /// the device's time, or try another node.
-    ClockSkew {
-        node_unix_s: u64,
-        local_unix_s: u64,
-    },
-}
-
-impl std::fmt::Display for SdkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SdkError::Io(e) => write!(f, "i/o: {e}"),
-            SdkError::Tls(e) => write!(f, "tls: {e}"),
-            SdkError::Protocol(e) => write!(f, "protocol: {e}"),
-            SdkError::Addr(e) => write!(f, "addressing: {e}"),
-            SdkError::Node { code, message } => write!(f, "node error {code:?}: {message}"),
-            SdkError::Closed => write!(f, "connection closed"),
-            SdkError::Timeout => write!(f, "timed out"),
-            SdkError::Backlog => write!(f, "too many unread events"),
-            SdkError::NotProven => {
-                write!(f, "not proven: prove ownership of the destination first")
-            }
-            SdkError::Busy => write!(f, "a drain is already in progress on this connection"),
-            SdkError::Prekey {
-                status,
-                kind,
-                index,
-            } => write!(f, "prekey directory: {status:?} ({kind:?} #{index})"),
-            SdkError::BadBundle(fault) => write!(f, "prekey bundle does not verify: {fault:?}"),
-            SdkError::Push(status) => write!(f, "push registration refused: {status:?}"),
-            SdkError::Blob(status) => write!(f, "media request refused: {status:?}"),
-            SdkError::Url(e) => write!(f, "{e}"),
-            SdkError::Resolve { host, source } => write!(f, "cannot resolve {host:?}: {source}"),
-            SdkError::Ca { origin, reason } => {
-                write!(f, "CA certificates to trust, from {origin}: {reason}")
-            }
-            SdkError::ServerName { name } => write!(
-                f,
-                "{name:?} is not a name a TLS certificate can carry (a DNS name or an IP address)"
-            ),
-            SdkError::NodeClock { unix_s } => write!(
-                f,
-                "the node's clock says {unix_s} s since 1970, past NODE_UNIX_S_MAX"
-            ),
-            SdkError::ClockSkew {
-                node_unix_s,
-                local_unix_s,
-            } => write!(
-                f,
-                "the node's clock ({node_unix_s} s since 1970) and this device's \
-                 ({local_unix_s} s) differ by more than the connection allows: check the \
-                 device's time"
-            ),
-        }
-    }
-}
-impl std::error::Error for SdkError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SdkError::Io(e) | SdkError::Resolve { source: e, .. } => Some(e),
-            SdkError::Tls(e) => Some(e),
-            SdkError::Url(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-impl From<UrlError> for SdkError {
-    fn from(e: UrlError) -> Self {
-        SdkError::Url(e)
-    }
+    #[error(
+        "the node's clock ({node_unix_s} s since 1970) and this device's ({local_unix_s} s) \
+         differ by more than the connection allows: check the device's time"
+    )]
+    ClockSkew { node_unix_s: u64, local_unix_s: u64 },
 }
 impl From<std::io::Error> for SdkError {
     /// A TLS failure (rustls reports it through `std::io`) becomes [`SdkError::Tls`].

@@ -147,80 +147,50 @@ const _: () = assert!(SYNC_PROOFS_MAX <= ferry_proto::limits::PROVEN_PER_CONN_MA
 const _: () = assert!(73 + 4 * CONTACTS_MAX <= 256);
 
 /// What can go wrong in the session layer.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessengerError {
-    Session(SessionError),
-    Sdk(SdkError),
+    #[error("session: {0}")]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Sdk(#[from] SdkError),
     /// No contact with this identity (add it first).
+    #[error("unknown contact")]
     UnknownContact,
     /// No session with this contact yet: fetch its bundle and call `start_session`.
+    #[error("no session with this contact yet")]
     NoSession,
     /// The fetched bundle belongs to another identity than the contact's address says.
+    #[error("the prekey bundle is not signed by the contact's identity")]
     IdentityMismatch,
     /// An address string or a stored record is malformed.
+    #[error("malformed {0}")]
     Malformed(&'static str),
     /// The outbox is full: wait for the node to acknowledge what is in it.
+    #[error("outbox full")]
     OutboxFull,
     /// The application's storage failed: the state change was not made durable.
-    Storage(std::io::Error),
+    #[error("storage: {0}")]
+    Storage(#[source] std::io::Error),
     /// A first-contact message whose session was accepted before: a replay, dropped.
+    #[error("a replayed first-contact message")]
     Replay,
     /// An argument out of range (the message says which).
+    #[error("{0}")]
     InvalidArgument(&'static str),
     /// No attachment is kept for this message id (fetched and forgotten already, or never
     /// received).
+    #[error("no attachment kept for this message id")]
     UnknownAttachment,
     /// This identity's first contact is a request not accepted yet
     /// ([`Messenger::accept_request`]).
+    #[error("a request not accepted yet: accept it before writing back")]
     NotAccepted,
     /// A packet dropped by policy (the message says why): a first contact off the intro
     /// mailbox, a packet on a contact's pairwise mailbox from someone else, or from an identity
     /// whose request was refused.
+    #[error("dropped: {0}")]
     Refused(&'static str),
-}
-
-impl std::fmt::Display for MessengerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MessengerError::Session(e) => write!(f, "session: {e:?}"),
-            MessengerError::Sdk(e) => write!(f, "{e}"),
-            MessengerError::UnknownContact => write!(f, "unknown contact"),
-            MessengerError::NoSession => write!(f, "no session with this contact yet"),
-            MessengerError::IdentityMismatch => {
-                write!(
-                    f,
-                    "the prekey bundle is not signed by the contact's identity"
-                )
-            }
-            MessengerError::Malformed(what) => write!(f, "malformed {what}"),
-            MessengerError::OutboxFull => write!(f, "outbox full"),
-            MessengerError::Storage(e) => write!(f, "storage: {e}"),
-            MessengerError::Replay => write!(f, "a replayed first-contact message"),
-            MessengerError::InvalidArgument(m) => f.write_str(m),
-            MessengerError::UnknownAttachment => {
-                write!(f, "no attachment kept for this message id")
-            }
-            MessengerError::NotAccepted => {
-                write!(
-                    f,
-                    "a request not accepted yet: accept it before writing back"
-                )
-            }
-            MessengerError::Refused(why) => write!(f, "dropped: {why}"),
-        }
-    }
-}
-impl std::error::Error for MessengerError {}
-impl From<SessionError> for MessengerError {
-    fn from(e: SessionError) -> Self {
-        MessengerError::Session(e)
-    }
-}
-impl From<SdkError> for MessengerError {
-    fn from(e: SdkError) -> Self {
-        MessengerError::Sdk(e)
-    }
 }
 
 mod contacts;

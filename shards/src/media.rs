@@ -66,57 +66,40 @@ impl Default for MediaLimits {
 }
 
 /// Why a media operation was refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     /// Declared size above `blob_bytes_max`.
+    #[error("blob larger than the node's maximum")]
     TooLarge,
     /// The upload would take the store over `disk_bytes_max`.
+    #[error("media store full")]
     DiskFull,
     /// The bytes do not hash to the id: the upload is discarded.
+    #[error("bytes do not hash to the blob id")]
     Mismatch,
     /// A chunk must continue the upload where it stands.
-    Offset {
-        expected: u64,
-    },
+    #[error("chunk must start at offset {expected}")]
+    Offset { expected: u64 },
     /// A chunk beyond the declared size, or a size that differs from the upload's.
+    #[error("size differs from the upload's declared size")]
     Size,
     /// No upload in progress for this id.
+    #[error("no upload in progress for this id")]
     NoUpload,
     /// No complete blob with this id.
+    #[error("no such blob")]
     NotFound,
     /// Too many unfinished uploads on this core: retry later.
+    #[error("too many unfinished uploads")]
     TooManyUploads,
     /// This source address already holds `uploads_per_source_max` unfinished uploads.
+    #[error("too many unfinished uploads from this address")]
     SourceBusy,
     /// A range outside the blob.
+    #[error("range outside the blob")]
     BadRange,
-    Io(std::io::Error),
-}
-
-impl std::fmt::Display for MediaError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MediaError::TooLarge => write!(f, "blob larger than the node's maximum"),
-            MediaError::DiskFull => write!(f, "media store full"),
-            MediaError::Mismatch => write!(f, "bytes do not hash to the blob id"),
-            MediaError::Offset { expected } => write!(f, "chunk must start at offset {expected}"),
-            MediaError::Size => write!(f, "size differs from the upload's declared size"),
-            MediaError::NoUpload => write!(f, "no upload in progress for this id"),
-            MediaError::NotFound => write!(f, "no such blob"),
-            MediaError::TooManyUploads => write!(f, "too many unfinished uploads"),
-            MediaError::SourceBusy => write!(f, "too many unfinished uploads from this address"),
-            MediaError::BadRange => write!(f, "range outside the blob"),
-            MediaError::Io(e) => write!(f, "i/o: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for MediaError {}
-
-impl From<std::io::Error> for MediaError {
-    fn from(e: std::io::Error) -> Self {
-        MediaError::Io(e)
-    }
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Where an upload stands after `begin`.

@@ -26,8 +26,10 @@ use rand_core::{OsRng, RngCore};
 use wasm_bindgen::prelude::*;
 use zeroize::Zeroizing;
 
-fn js_err(e: impl std::fmt::Debug) -> JsError {
-    JsError::new(&format!("{e:?}"))
+/// A crypto error as a JavaScript `Error` with its message (`session: ratchet: no key opens the
+/// message …`).
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
 }
 
 /// Most one-time keys of each kind one `Prekeys` holds (each pair costs about 4.8 KB of wasm

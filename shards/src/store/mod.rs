@@ -84,56 +84,37 @@ impl Default for StoreLimits {
 }
 
 /// Why the store refused or failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The disk budget's high-water mark is reached, or the disk itself is full.
+    #[error("store full")]
     StoreFull,
     /// This dest holds its maximum number of blobs or bytes.
+    #[error("destination quota reached")]
     DestQuota,
     /// The sending address holds its share of this dest's quota.
+    #[error("the sender's share of the destination quota reached")]
     SourceDestShare,
     /// The sending address holds its share of the shard's blob budget.
+    #[error("the sender's share of the store reached")]
     SourceShare,
     /// The store is above its pressure mark and the sending address holds more than the mean.
+    #[error("store under pressure and the sender holds more than most")]
     SourcePressure,
     /// The blob does not fit in a segment.
+    #[error("blob of {payload_len} bytes does not fit a segment")]
     TooLarge { payload_len: usize },
     /// Every segment number a position can carry is used ([`SEGMENT_SEQ_MAX`]).
+    #[error("segment numbers exhausted (above {SEGMENT_SEQ_MAX})")]
     SegmentsExhausted,
     /// A write failed; the record is not stored.
-    Io(std::io::Error),
+    #[error("store write failed: {0}")]
+    Io(#[source] std::io::Error),
     /// An fsync failed: durability is unknown, the node must stop.
-    SyncFailed(std::io::Error),
+    #[error("fsync failed, durability unknown: {0}")]
+    SyncFailed(#[source] std::io::Error),
 }
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::StoreFull => write!(f, "store full"),
-            StoreError::DestQuota => write!(f, "destination quota reached"),
-            StoreError::SourceDestShare => {
-                write!(f, "the sender's share of the destination quota reached")
-            }
-            StoreError::SourceShare => write!(f, "the sender's share of the store reached"),
-            StoreError::SourcePressure => {
-                write!(
-                    f,
-                    "store under pressure and the sender holds more than most"
-                )
-            }
-            StoreError::TooLarge { payload_len } => {
-                write!(f, "blob of {payload_len} bytes does not fit a segment")
-            }
-            StoreError::SegmentsExhausted => {
-                write!(f, "segment numbers exhausted (above {SEGMENT_SEQ_MAX})")
-            }
-            StoreError::Io(e) => write!(f, "store write failed: {e}"),
-            StoreError::SyncFailed(e) => write!(f, "fsync failed, durability unknown: {e}"),
-        }
-    }
-}
-impl std::error::Error for StoreError {}
 
 /// One live blob in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
