@@ -143,6 +143,16 @@ pub fn render(state: &AdminState) -> String {
             "Group commit duration: from issuing its fdatasyncs to their completion.",
             |m: &ShardMetrics| &m.store_sync,
         ),
+        (
+            "ferry_hop_delay_seconds",
+            "From a cross-core batch leaving its sender's outbox to the owner core handling it.",
+            |m: &ShardMetrics| &m.hop_delay,
+        ),
+        (
+            "ferry_hop_batch_messages",
+            "Messages per cross-core batch a shard sent.",
+            |m: &ShardMetrics| &m.hop_batch_msgs,
+        ),
     ] {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
         for (shard, m) in state.shard_metrics.iter().enumerate() {

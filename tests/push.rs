@@ -173,6 +173,9 @@ fn an_offline_recipient_gets_exactly_one_content_free_wake_per_window() {
     );
     no_violations(&s.mock.records());
 
+    // Each wake the provider accepted is in the wake latency histogram.
+    assert_eq!(s.node.metric_total("ferry_push_wake_seconds_count"), 2.0);
+    assert!(s.node.metric_total("ferry_push_wake_seconds_sum") > 0.0);
     // Tokens never reach the logs or the metrics.
     let (_, metrics) = s.node.http_get("/metrics");
     assert!(!metrics.contains(APNS_OK));

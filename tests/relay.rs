@@ -72,6 +72,19 @@ fn ten_thousand_packets_across_shards_arrive_once_and_in_order() {
     ));
     assert!(node.metric("ferry_hops_out_total") >= 20_000);
     assert_eq!(node.metric("ferry_drops_send_queue_full_total"), 0);
+    // Every cross-core batch is in the batch-size histogram, every message in its sum, and
+    // the batches that arrived in the delay histogram.
+    let batches = node.metric("ferry_hop_batches_out_total") as f64;
+    assert_eq!(node.metric_total("ferry_hop_batch_messages_count"), batches);
+    assert_eq!(
+        node.metric_total("ferry_hop_batch_messages_sum"),
+        node.metric("ferry_hops_out_total") as f64
+    );
+    let delayed = node.metric_total("ferry_hop_delay_seconds_count");
+    assert!(
+        delayed > 0.0 && delayed <= batches,
+        "{delayed} of {batches}"
+    );
 }
 
 #[test]

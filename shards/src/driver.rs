@@ -212,8 +212,7 @@ pub fn start(
         n <= SHARDS_MAX,
         "{n} shards: at most SHARDS_MAX ({SHARDS_MAX})"
     );
-    let mesh: MeshBuilder<Vec<HopMsg>, Full> =
-        MeshBuilder::full(n, driver.hop_channel_batches.max(1));
+    let mesh: MeshBuilder<HopBatch, Full> = MeshBuilder::full(n, driver.hop_channel_batches.max(1));
     let mut handles = Vec::with_capacity(n);
     for (i, (cfg, specs)) in configs.into_iter().zip(listeners).enumerate() {
         let metrics = Arc::new(ShardMetrics::default());
@@ -420,7 +419,7 @@ async fn run_shard(
     (stop, fatal): (Arc<AtomicBool>, Arc<FatalStop>),
     metrics: Arc<ShardMetrics>,
     ready: Arc<AtomicBool>,
-    mesh: MeshBuilder<Vec<HopMsg>, Full>,
+    mesh: MeshBuilder<HopBatch, Full>,
     reload: Arc<Reload>,
     service: Option<ServiceLinks>,
 ) {
@@ -771,9 +770,17 @@ async fn service_receiver(
     }
 }
 
+/// A cross-core batch on its way: stamped when it left the sender's outbox (`Clock::elapsed_us`
+/// of the node's one clock), so the owner core can tell how long it travelled.
+#[derive(Debug)]
+pub struct HopBatch {
+    sent_us: u64,
+    msgs: Vec<HopMsg>,
+}
+
 async fn flusher(
     ctx: Rc<Ctx>,
-    senders: Rc<Senders<Vec<HopMsg>>>,
+    senders: Rc<Senders<HopBatch>>,
     peer: usize,
     wake: local_channel::LocalReceiver<()>,
 ) {
@@ -783,6 +790,12 @@ async fn flusher(
             let Some(batch) = batch else { break };
             // The outbox shrank: readers held by its pressure may go on.
             ctx.resume_readers();
+            let n = batch.len() as u64;
+            ctx.shard.borrow().metrics().hop_batch_msgs.observe(n);
+            let batch = HopBatch {
+                sent_us: ctx.clock.elapsed_us(),
+                msgs: batch,
+            };
             if senders.send_to(peer, batch).await.is_err() {
                 return; // the peer is gone: the node is stopping
             }
@@ -790,10 +803,13 @@ async fn flusher(
     }
 }
 
-async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<Vec<HopMsg>>>, peer: usize) {
+async fn hop_receiver(ctx: Rc<Ctx>, receivers: Rc<Receivers<HopBatch>>, peer: usize) {
     while let Ok(Some(batch)) = receivers.recv_from(peer).await {
+        // Every shard's clock has the node's one origin: the stamps compare.
+        let delay = ctx.clock.elapsed_us().saturating_sub(batch.sent_us);
+        ctx.shard.borrow().metrics().hop_delay.observe_us(delay);
         let now = ctx.clock.now();
-        ctx.shard.borrow_mut().on_hops(now, batch);
+        ctx.shard.borrow_mut().on_hops(now, batch.msgs);
         ctx.after_work();
     }
 }

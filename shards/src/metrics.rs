@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 macro_rules! metrics {
     ($( $(#[$m:meta])* $field:ident : $kind:literal, $name:literal, $help:literal; )+) => {
         /// Counters and gauges of one shard.
-        #[derive(Debug, Default)]
+        #[derive(Debug)]
         #[repr(align(128))]
         pub struct ShardMetrics {
             $( $(#[$m])* pub $field: AtomicU64, )+
@@ -17,6 +17,23 @@ macro_rules! metrics {
             pub tick_lag: Histogram,
             /// From issuing a group commit's syncs to their completion.
             pub store_sync: Histogram,
+            /// From a cross-core batch leaving its sender's outbox to this (the owner) core
+            /// handling it: the in-node part of a packet's way to a subscriber on another core.
+            pub hop_delay: Histogram,
+            /// Messages per cross-core batch this shard sent.
+            pub hop_batch_msgs: Histogram,
+        }
+
+        impl Default for ShardMetrics {
+            fn default() -> Self {
+                ShardMetrics {
+                    $( $field: AtomicU64::new(0), )+
+                    tick_lag: Histogram::latency(),
+                    store_sync: Histogram::latency(),
+                    hop_delay: Histogram::latency(),
+                    hop_batch_msgs: Histogram::count(&BATCH_BUCKETS),
+                }
+            }
         }
 
         impl ShardMetrics {
@@ -109,58 +126,124 @@ impl ShardMetrics {
 pub const LATENCY_BUCKETS_US: [u64; 12] = [
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
 ];
+/// Upper bounds of the push wake latency histogram's buckets, in microseconds: providers answer
+/// in tens to hundreds of milliseconds, retries take seconds to minutes.
+pub const WAKE_BUCKETS_US: [u64; 12] = [
+    1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    10_000_000, 60_000_000,
+];
+/// Upper bounds of the batch-size histograms' buckets (messages).
+pub const BATCH_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024];
+/// The most buckets a histogram has (besides `+Inf`).
+pub const HISTOGRAM_BUCKETS_MAX: usize = 16;
 
-/// A fixed-bucket latency histogram one shard writes (relaxed atomics) and the admin endpoint
-/// renders per shard.
-#[derive(Debug, Default)]
+/// A fixed-bucket histogram one writer updates (relaxed atomics) and the admin endpoint renders:
+/// latencies in microseconds (rendered in seconds), or counts.
+#[derive(Debug)]
 pub struct Histogram {
-    /// Observations at most each bound of [`LATENCY_BUCKETS_US`], the last one: above them all.
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
+    bounds: &'static [u64],
+    /// Values are microseconds, rendered as seconds.
+    micros: bool,
+    /// Observations at most each bound, the one after the last bound: above them all.
+    buckets: [AtomicU64; HISTOGRAM_BUCKETS_MAX + 1],
+    sum: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::latency()
+    }
 }
 
 impl Histogram {
-    pub fn observe_us(&self, us: u64) {
-        let i = LATENCY_BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(LATENCY_BUCKETS_US.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    /// A latency histogram over [`LATENCY_BUCKETS_US`].
+    pub fn latency() -> Histogram {
+        Histogram::with_bounds(&LATENCY_BUCKETS_US, true)
     }
 
-    /// Cumulative counts per bound (the last: all observations), and the sum in microseconds.
+    /// A histogram of counts (messages, bytes) over `bounds`.
+    pub fn count(bounds: &'static [u64]) -> Histogram {
+        Histogram::with_bounds(bounds, false)
+    }
+
+    /// A histogram over `bounds` (ascending, at most [`HISTOGRAM_BUCKETS_MAX`]); `micros`: the
+    /// values are microseconds, rendered as seconds.
+    pub fn with_bounds(bounds: &'static [u64], micros: bool) -> Histogram {
+        assert!(bounds.len() <= HISTOGRAM_BUCKETS_MAX && bounds.is_sorted());
+        Histogram {
+            bounds,
+            micros,
+            buckets: Default::default(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: u64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+
+    /// [`Histogram::observe`] of a latency in microseconds.
+    pub fn observe_us(&self, us: u64) {
+        self.observe(us);
+    }
+
+    /// Cumulative counts per bound (the last: all observations), and the sum.
     pub fn cumulative(&self) -> (Vec<u64>, u64) {
         let mut acc = 0;
-        let counts = self
-            .buckets
+        let counts = self.buckets[..=self.bounds.len()]
             .iter()
             .map(|b| {
                 acc += b.load(Ordering::Relaxed);
                 acc
             })
             .collect();
-        (counts, self.sum_us.load(Ordering::Relaxed))
+        (counts, self.sum.load(Ordering::Relaxed))
     }
 
     /// Appends the Prometheus text of this histogram as series `name` with label
     /// `shard="<shard>"` (the `# HELP`/`# TYPE` lines are the caller's, once per name).
     pub fn render(&self, out: &mut String, name: &str, shard: usize) {
+        self.render_labelled(out, name, &format!("shard=\"{shard}\","));
+    }
+
+    /// Appends the Prometheus text of this histogram as series `name` with no label.
+    pub fn render_unlabelled(&self, out: &mut String, name: &str) {
+        self.render_labelled(out, name, "");
+    }
+
+    /// `labels`: `k="v",` pairs, each with its trailing comma, or empty.
+    fn render_labelled(&self, out: &mut String, name: &str, labels: &str) {
         use std::fmt::Write as _;
-        let (counts, sum_us) = self.cumulative();
+        let (counts, sum) = self.cumulative();
+        let value = |v: u64| {
+            if self.micros {
+                format!("{}", v as f64 / 1e6)
+            } else {
+                v.to_string()
+            }
+        };
         for (i, c) in counts.iter().enumerate() {
-            let le = LATENCY_BUCKETS_US
+            let le = self
+                .bounds
                 .get(i)
-                .map_or_else(|| "+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
-            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {c}");
+                .map_or_else(|| "+Inf".to_string(), |b| value(*b));
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {c}");
         }
         let total = counts.last().copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "{name}_sum{{shard=\"{shard}\"}} {}",
-            sum_us as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
+        let bare = labels.trim_end_matches(',');
+        let labels = if bare.is_empty() {
+            String::new()
+        } else {
+            format!("{{{bare}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{labels} {}", value(sum));
+        let _ = writeln!(out, "{name}_count{labels} {total}");
     }
 }
 
@@ -185,5 +268,23 @@ mod tests {
         assert!(out.contains("ferry_x_seconds_bucket{shard=\"3\",le=\"0.000025\"} 2\n"));
         assert!(out.contains("ferry_x_seconds_bucket{shard=\"3\",le=\"+Inf\"} 5\n"));
         assert!(out.contains("ferry_x_seconds_count{shard=\"3\"} 5\n"));
+        // Counts render as they are, and without a label.
+        let b = Histogram::count(&BATCH_BUCKETS);
+        for n in [1, 3, 3, 700, 5_000] {
+            b.observe(n);
+        }
+        let mut out = String::new();
+        b.render_unlabelled(&mut out, "ferry_x_msgs");
+        assert!(out.contains("ferry_x_msgs_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("ferry_x_msgs_bucket{le=\"4\"} 3\n"), "{out}");
+        assert!(
+            out.contains("ferry_x_msgs_bucket{le=\"1024\"} 4\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ferry_x_msgs_bucket{le=\"+Inf\"} 5\n"),
+            "{out}"
+        );
+        assert!(out.contains("ferry_x_msgs_sum 5707\n"), "{out}");
     }
 }

@@ -30,6 +30,7 @@ use ferry_proto::prekey::KeyKind;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{ServiceLink, ServiceLinks};
 use ferry_shards::fatal::FatalStop;
+use ferry_shards::metrics::{Histogram, WAKE_BUCKETS_US};
 use ferry_shards::ratelimit::{KeyedLimiter, Rate};
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
@@ -86,7 +87,7 @@ pub struct ServiceConfig {
 }
 
 /// Counters and gauges of the service core (rendered by the admin endpoint).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceMetrics {
     pub prekey_uploads: AtomicU64,
     pub prekey_uploads_refused: AtomicU64,
@@ -114,6 +115,41 @@ pub struct ServiceMetrics {
     pub push_sent: [AtomicU64; 3],
     pub push_failed: [AtomicU64; 3],
     pub journal_syncs: AtomicU64,
+    /// From a shard's wake request to the provider accepting the wake (retries included).
+    pub wake_latency: Histogram,
+}
+
+impl Default for ServiceMetrics {
+    fn default() -> Self {
+        ServiceMetrics {
+            prekey_uploads: AtomicU64::new(0),
+            prekey_uploads_refused: AtomicU64::new(0),
+            prekey_fetches: AtomicU64::new(0),
+            prekey_fetches_last_resort: AtomicU64::new(0),
+            prekey_fetches_not_found: AtomicU64::new(0),
+            prekey_fetches_rate_limited: AtomicU64::new(0),
+            prekey_one_time_withheld_slot: AtomicU64::new(0),
+            prekey_one_time_withheld_source: AtomicU64::new(0),
+            prekey_puzzle_paid: AtomicU64::new(0),
+            prekey_puzzle_refused: AtomicU64::new(0),
+            prekey_puzzle_replayed: AtomicU64::new(0),
+            prekey_slots: AtomicU64::new(0),
+            prekey_bytes: AtomicU64::new(0),
+            push_registrations: AtomicU64::new(0),
+            push_registrations_locked: AtomicU64::new(0),
+            push_registrations_refused: AtomicU64::new(0),
+            push_wakes_requested: AtomicU64::new(0),
+            push_wakes_coalesced: AtomicU64::new(0),
+            push_wakes_dropped: AtomicU64::new(0),
+            push_wakes_retried: AtomicU64::new(0),
+            push_tokens_deleted: AtomicU64::new(0),
+            push_queue: AtomicU64::new(0),
+            push_sent: Default::default(),
+            push_failed: Default::default(),
+            journal_syncs: AtomicU64::new(0),
+            wake_latency: Histogram::with_bounds(&WAKE_BUCKETS_US, true),
+        }
+    }
 }
 
 impl ServiceMetrics {
@@ -286,6 +322,11 @@ impl ServiceMetrics {
             "Journal syncs (one per batch of directory or registry changes).",
             g(&self.journal_syncs),
         );
+        let name = "ferry_push_wake_seconds";
+        out.push_str(&format!(
+            "# HELP {name} From a shard's wake request to the provider accepting the wake (retries included).\n# TYPE {name} histogram\n"
+        ));
+        self.wake_latency.render_unlabelled(out, name);
         for (metric, arr, help) in [
             (
                 "ferry_push_wakes_sent_total",
@@ -419,6 +460,8 @@ impl Outlet {
 #[derive(Debug)]
 struct Job {
     wake: Wake,
+    /// When the shard's request arrived (`Clock::elapsed_us`): the wake latency starts here.
+    asked_us: u64,
     attempt: u32,
     not_before_ms: u64,
     refreshed: bool,
@@ -808,9 +851,11 @@ impl State {
                 );
             }
             ServiceWork::Wake { dest } => {
+                let asked_us = self.clock.elapsed_us();
                 for wake in self.registry.0.wake(now.unix_s, now.mono_ms, &dest) {
                     self.enqueue(Job {
                         wake,
+                        asked_us,
                         attempt: 0,
                         not_before_ms: 0,
                         refreshed: false,
@@ -835,6 +880,8 @@ impl State {
         match outcome {
             Outcome::Sent => {
                 ShardlessMetrics::inc(&self.metrics.push_sent[i]);
+                let took = self.clock.elapsed_us().saturating_sub(job.asked_us);
+                self.metrics.wake_latency.observe_us(took);
                 self.registry.0.wake_finished(&job.wake, false);
             }
             Outcome::Gone => {

@@ -213,6 +213,22 @@ impl Node {
             .unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
+    /// The sum of a metric over its labels (`name{...} v` lines and a bare `name v`).
+    pub fn metric_total(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let v = if rest.starts_with('{') {
+                    rest.split_once("} ")?.1
+                } else {
+                    rest.strip_prefix(' ')?
+                };
+                v.trim().parse::<f64>().ok()
+            })
+            .sum()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
