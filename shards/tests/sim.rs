@@ -430,6 +430,11 @@ const SIM_REGRESSIONS: &[u64] = &[
     // The same through a re-subscribe without a take-over in between (fixed: the owner's
     // `Subscribed` clears it, its hand-over coming right behind).
     319,
+    // The simulated service core's own mistake: a wake the owner asked for while a device's
+    // registration was live, handled after the removal that followed it in the queue, was taken
+    // for a shard's bug (fixed in the model: such a wake is dropped, as src/service's registry
+    // drops it; one asked after the shards were told is still an error).
+    379,
 ];
 
 fn run_seed(seed: u64) -> nodesim::Report {

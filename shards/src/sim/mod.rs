@@ -107,6 +107,8 @@ pub struct SimConfig {
     pub send_queue_bytes_max: usize,
     /// How long a write may stall before the node drops a slow reader.
     pub write_stall_timeout_ms: u64,
+    /// The simulated service core compacts its prekey journal after this many requests.
+    pub prekey_compact_every: u32,
 }
 
 impl SimConfig {
@@ -132,6 +134,7 @@ impl SimConfig {
             disk_fault_per_mille: [0, 2, 5][r.index(3)],
             send_queue_bytes_max: [4 << 10, 64 << 10, 1 << 20][r.index(3)],
             write_stall_timeout_ms: [2_000, 30_000][r.index(2)],
+            prekey_compact_every: [4, 16, 1_000][r.index(3)],
         }
     }
 }
@@ -273,7 +276,7 @@ impl Sim {
                 disk: std::rc::Rc::new(std::cell::RefCell::new(MemDisk::default())),
             })
             .collect();
-        let service = service::Service::default();
+        let service = service::Service::new(cfg.prekey_compact_every);
         let node = Node::start(&cfg, disks, vec![0; cfg.shards], &service.queue, now)?;
         let epoch = epoch_of(now.unix_s);
         let signers = (0..cfg.mailboxes)

@@ -27,6 +27,8 @@ pub(super) struct Prekeys {
     journal: Vec<Vec<u8>>,
     /// Requests handled since the last compaction.
     since_compaction: u32,
+    /// A compaction after this many requests.
+    compact_every: u32,
 }
 
 /// Generous one-time budgets (so that keys are handed out and a second hand-out would show),
@@ -55,20 +57,18 @@ fn limits() -> DirectoryLimits {
     }
 }
 
-/// A compaction (the journal replaced by a snapshot) after this many requests.
-const COMPACT_EVERY: u32 = 16;
-
-impl Default for Prekeys {
-    fn default() -> Self {
+impl Prekeys {
+    /// An empty directory that compacts its journal (replaces it by a snapshot) every
+    /// `compact_every` requests.
+    pub(super) fn new(compact_every: u32) -> Prekeys {
         Prekeys {
             directory: Directory::new(limits()),
             journal: Vec::new(),
             since_compaction: 0,
+            compact_every: compact_every.max(1),
         }
     }
-}
 
-impl Prekeys {
     /// Handles one prekey request as the real core does: expiry first (its once-a-second
     /// maintenance), then the request, then the journal sync, then the answer.
     pub(super) fn handle(&mut self, now: Now, work: ServiceWork) -> Option<Frame> {
@@ -117,7 +117,7 @@ impl Prekeys {
         };
         self.journal.extend(self.directory.take_records());
         self.since_compaction += 1;
-        if self.since_compaction >= COMPACT_EVERY {
+        if self.since_compaction >= self.compact_every {
             self.since_compaction = 0;
             self.journal = self.directory.snapshot();
         }

@@ -17,9 +17,10 @@ use super::*;
 /// larger; small here so that `Busy` comes).
 const SERVICE_QUEUE_MAX: usize = 8;
 
-/// The shards' way in: a bounded queue.
+/// The shards' way in: a bounded queue. Each request is numbered as it is offered, so the core
+/// can tell whether a shard asked before or after it was told something.
 #[derive(Debug, Default)]
-pub(super) struct Queue(Mutex<VecDeque<ServiceRequest>>);
+pub(super) struct Queue(Mutex<(VecDeque<(u64, ServiceRequest)>, u64)>);
 
 impl ServiceSink for Queue {
     fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest> {
@@ -27,19 +28,22 @@ impl ServiceSink for Queue {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if q.len() >= SERVICE_QUEUE_MAX {
+        if q.0.len() >= SERVICE_QUEUE_MAX {
             return Err(req);
         }
-        q.push_back(req);
+        let seq = q.1;
+        q.1 += 1;
+        q.0.push_back((seq, req));
         Ok(())
     }
 }
 
 impl Queue {
-    pub(super) fn pop(&self) -> Option<ServiceRequest> {
+    pub(super) fn pop(&self) -> Option<(u64, ServiceRequest)> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
             .pop_front()
     }
 
@@ -47,12 +51,21 @@ impl Queue {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
             .is_empty()
+    }
+
+    /// The number the next request offered will get.
+    fn next_seq(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
     }
 }
 
 /// What the simulated service core knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Service {
     pub(super) queue: Arc<Queue>,
     /// Registrations: (dest, device token) → until (Unix s).
@@ -61,12 +74,28 @@ pub(super) struct Service {
     sealed: HashMap<(Dest, Bytes), u64>,
     /// When each dest was last woken (monotonic ms), since the node last started.
     last_wake_ms: HashMap<Dest, u64>,
+    /// Per dest, the first request number offered after the shards were last told it has no
+    /// live registration (`PushArm` until 0, `PushUnarmTag`): a wake asked before that is a
+    /// race the core drops, one asked after it is a shard's bug.
+    disarmed_from_seq: HashMap<Dest, u64>,
     pub(super) wakes: u64,
     /// The prekey directory (the node's own) and its journal.
     pub(super) prekeys: super::prekeys::Prekeys,
 }
 
 impl Service {
+    pub(super) fn new(prekey_compact_every: u32) -> Service {
+        Service {
+            queue: Arc::default(),
+            registrations: HashMap::new(),
+            sealed: HashMap::new(),
+            last_wake_ms: HashMap::new(),
+            disarmed_from_seq: HashMap::new(),
+            wakes: 0,
+            prekeys: super::prekeys::Prekeys::new(prekey_compact_every),
+        }
+    }
+
     /// Until when some device's registration for `dest` lasts (Unix s); 0: none live.
     fn armed_until(&self, dest: &Dest, now_unix_s: u64) -> u64 {
         self.registrations
@@ -81,7 +110,7 @@ impl Service {
 impl Sim {
     /// Handles the oldest queued service request.
     pub(super) fn serve_one(&mut self) -> Result<(), String> {
-        let Some(req) = self.service.queue.pop() else {
+        let Some((seq, req)) = self.service.queue.pop() else {
             return Ok(());
         };
         let now = self.now;
@@ -112,14 +141,30 @@ impl Sim {
                         && !self.service.sealed.keys().any(|(sd, _)| sd == d)
                     {
                         let tag = push_dest_tag(d);
+                        self.trace(|| {
+                            format!("service: no sealed registration left for {d:?}: unarm its tag")
+                        });
+                        let next = self.service.queue.next_seq();
+                        self.service.disarmed_from_seq.insert(*d, next);
                         for s in 0..self.cfg.shards {
                             self.node.shards[s].on_service(now, ServiceReply::PushUnarmTag { tag });
                             self.pump(s);
                         }
                     }
+                    let until_unix_s = self.service.armed_until(d, now.unix_s);
+                    self.trace(|| {
+                        format!(
+                            "service: registration of {:?} for {d:?}, ttl {ttl_s} s: armed until {until_unix_s}",
+                            String::from_utf8_lossy(&token)
+                        )
+                    });
+                    if until_unix_s == 0 {
+                        let next = self.service.queue.next_seq();
+                        self.service.disarmed_from_seq.insert(*d, next);
+                    }
                     let arm = ServiceReply::PushArm {
                         dest: *d,
-                        until_unix_s: self.service.armed_until(d, now.unix_s),
+                        until_unix_s,
                     };
                     let o = owner(d);
                     self.node.shards[o].on_service(now, arm);
@@ -138,9 +183,23 @@ impl Sim {
             }
             ServiceWork::Wake { dest } => {
                 self.service.wakes += 1;
+                self.trace(|| format!("service: wake for {dest:?} from shard {}", req.from.shard));
                 if self.service.armed_until(&dest, now.unix_s) == 0 {
+                    let told = self.service.disarmed_from_seq.get(&dest).copied();
+                    // A registration that ran out while the request waited in the queue.
+                    let just_expired = self.service.registrations.iter().any(|((d, _), until)| {
+                        *d == dest && *until <= now.unix_s && *until + 60 > now.unix_s
+                    });
+                    if just_expired || told.is_some_and(|from| seq < from) {
+                        // Asked while the owner still had it armed: the core finds no live
+                        // registration and sends nothing (as src/service's registry does).
+                        self.trace(|| {
+                            format!("service: wake for {dest:?} raced its removal: none sent")
+                        });
+                        return Ok(());
+                    }
                     return Err(format!(
-                        "a wake for {dest:?}, which has no live registration"
+                        "a wake for {dest:?}, which has no live registration (asked after the shards were told)"
                     ));
                 }
                 if let Some(last) = self.service.last_wake_ms.insert(dest, now.mono_ms) {
@@ -208,7 +267,14 @@ impl Sim {
     /// After a restart: what was queued died with the process; the registrations are on disk,
     /// and the shards learn them as tags only.
     pub(super) fn restart_service(&mut self) -> Result<(), String> {
+        self.trace(|| {
+            format!(
+                "service: restart; sealed registrations {:?}",
+                self.service.registrations
+            )
+        });
         while self.service.queue.pop().is_some() {}
+        self.service.disarmed_from_seq.clear();
         self.service.prekeys.restart()?;
         self.service.last_wake_ms.clear();
         let now = self.now.unix_s;
