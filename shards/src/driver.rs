@@ -353,6 +353,8 @@ struct Ctx {
     /// Wakes the tick when appends start waiting for a group commit while it sleeps a whole tick
     /// (capacity 1: full = already woken).
     sync_wake: LocalSender<()>,
+    /// The store's next segment to make off the core (`segment_maker`); one at a time.
+    segment_jobs: LocalSender<crate::store::SegmentJobOf<crate::store::backend::MmapBackend>>,
     /// The tick sleeps a whole tick: no group commit was due when it went to sleep.
     tick_idle: std::cell::Cell<bool>,
     /// A connection's TCP keepalive settings were refused (logged once).
@@ -379,6 +381,14 @@ impl Ctx {
         if self.tick_idle.get() && self.shard.borrow().store_sync_due_ms().is_some() {
             self.tick_idle.set(false);
             let _ = self.sync_wake.try_send(());
+        }
+        // A segment became active: its successor is made now, off the core, so that the roll
+        // finds it ready (a check of a few fields when there is nothing to do).
+        let job = self.shard.borrow_mut().take_segment_job(self.clock.now());
+        if let Some(job) = job {
+            // The log hands out one job at a time; the queue holds one.
+            let sent = self.segment_jobs.try_send(job);
+            debug_assert!(sent.is_ok(), "one segment job at a time");
         }
         // Connections shed or aborted meanwhile: shut their sockets now, so their writers' pending
         // writes fail and drop the output they hold (the budget no longer counts it).
@@ -472,6 +482,7 @@ async fn run_shard(
         service_rx = Some((link.replies, bell));
     }
     let (sync_wake, sync_woken) = local_channel::new_bounded(1);
+    let (segment_jobs, segment_jobs_rx) = local_channel::new_bounded(1);
     let ctx = Rc::new(Ctx {
         shard: RefCell::new(shard),
         clock,
@@ -484,12 +495,17 @@ async fn run_shard(
         plain_buf: RefCell::new(vec![0u8; 16 * 1024]),
         driver,
         sync_wake,
+        segment_jobs,
         tick_idle: std::cell::Cell::new(false),
         keepalive_warned: std::cell::Cell::new(false),
     });
     let mut reload_seen = reload.generation();
 
     let mut tasks = Vec::new();
+    tasks.push(glommio::spawn_local(segment_maker(
+        ctx.clone(),
+        segment_jobs_rx,
+    )));
     for (p, rx) in flush_rx.into_iter().enumerate() {
         let Some(rx) = rx else { continue };
         tasks.push(glommio::spawn_local(flusher(
@@ -767,6 +783,22 @@ async fn service_receiver(
             }
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+/// Makes the store's next segments on the executor's blocking thread (create, `posix_fallocate`,
+/// header, `fsync`, rename, directory `fsync`: milliseconds of blocking system calls the shard
+/// no longer waits for when its active segment rolls), and hands each back as the spare.
+async fn segment_maker(
+    ctx: Rc<Ctx>,
+    jobs: local_channel::LocalReceiver<
+        crate::store::SegmentJobOf<crate::store::backend::MmapBackend>,
+    >,
+) {
+    while let Some(job) = jobs.recv().await {
+        let (seq, made) = glommio::executor().spawn_blocking(move || job.run()).await;
+        let now = ctx.clock.now();
+        ctx.shard.borrow_mut().on_segment(now, seq, made);
     }
 }
 

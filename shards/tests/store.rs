@@ -984,3 +984,81 @@ fn a_damaged_segment_is_kept_and_counted_in_the_budget() {
     assert_eq!(log.disk_bytes(), 2 * 4096);
     assert_eq!(b.disk.borrow().segments(), vec![1, 2]);
 }
+
+/// The next segment is made ahead (`take_segment_job`, off the core in the node) as soon as a
+/// segment is active, and the roll takes it; a spare overtaken by a segment made on the
+/// core meanwhile is removed, not used (its lower number would replay its records first); a
+/// failed making is retried a second later, the roll making its own segment meanwhile.
+#[test]
+fn the_next_segment_is_made_ahead_and_the_roll_takes_it() {
+    let b = MemBackend::default();
+    let mut log = open(&b, FsyncPolicy::Always, T0);
+    assert!(log.take_segment_job(T0).is_none(), "no active segment yet");
+    let payload = [7u8; 600];
+    let mut id = 0;
+    let mut append = |log: &mut Log<MemBackend>| {
+        id += 1;
+        log.append(T0, d((id % 20) as u8), id, 3600, &payload)
+            .unwrap()
+    };
+    let first = append(&mut log).pos.segment;
+    let pending = log.take_segment_job(T0).expect("a segment is active").seq();
+    assert_eq!(pending, first + 1);
+    assert!(log.take_segment_job(T0).is_none(), "one making at a time");
+    // Its making failed.
+    log.on_segment(T0, pending, Err(std::io::Error::other("disk gone")))
+        .unwrap();
+    assert!(
+        log.take_segment_job(T0).is_none(),
+        "retried a second later, not at once"
+    );
+    let job = log
+        .take_segment_job(T0 + 1)
+        .expect("retried after a second");
+    let spare = job.seq();
+    assert!(spare > pending, "a number is never offered twice");
+    let disk = log.disk_bytes();
+    let (seq, made) = job.run();
+    log.on_segment(T0 + 1, seq, made).unwrap();
+    assert_eq!(log.disk_bytes(), disk + 4096, "the spare counts on disk");
+    assert!(b.disk.borrow().segments().contains(&spare));
+    // The roll takes the spare.
+    let rolled = loop {
+        let a = append(&mut log);
+        if a.pos.segment != first {
+            break a.pos.segment;
+        }
+    };
+    assert_eq!(rolled, spare);
+    assert_eq!(
+        log.disk_bytes(),
+        disk + 4096,
+        "taking the spare adds nothing"
+    );
+
+    // A spare overtaken by a segment made on the core meanwhile is removed.
+    let late = log.take_segment_job(T0 + 1).expect("the next spare").seq();
+    // (The job above is still out.) Fill past the active segment: the roll makes its own.
+    assert_eq!(late, spare + 1);
+    let overtaking = loop {
+        let a = append(&mut log);
+        if a.pos.segment != rolled {
+            break a.pos.segment;
+        }
+    };
+    assert!(overtaking > late);
+    let mut maker = MemBackend {
+        disk: b.disk.clone(),
+    };
+    let seg = ferry_shards::store::backend::SegmentMaker::make(&mut maker, late, 4096, &[0; 64]);
+    log.on_segment(T0 + 1, late, seg).unwrap();
+    assert!(
+        !b.disk.borrow().segments().contains(&late),
+        "the overtaken spare is removed"
+    );
+    // Everything appended is still there, in order, after a restart.
+    let before: Vec<Vec<u8>> = payloads(&log, d(3), T0 + 1);
+    drop(log);
+    let log = open(&b, FsyncPolicy::Always, T0 + 1);
+    assert_eq!(payloads(&log, d(3), T0 + 1), before);
+}

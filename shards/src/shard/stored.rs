@@ -199,11 +199,38 @@ impl<B: Backend> Shard<B> {
         self.release_stored(durable);
     }
 
+    /// The making of the store's next segment, to run off the core (`Log::take_segment_job`).
+    pub fn take_segment_job(&mut self, now: Now) -> Option<crate::store::SegmentJobOf<B>> {
+        self.store.as_mut()?.take_segment_job(now.unix_s)
+    }
+
+    /// The outcome of a [`Shard::take_segment_job`]: the spare the next roll takes.
+    pub fn on_segment(
+        &mut self,
+        now: Now,
+        seq: u64,
+        made: std::io::Result<<B as crate::store::backend::Backend>::Seg>,
+    ) {
+        self.now = now;
+        let Some(log) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(e) = log.on_segment(now.unix_s, seq, made) {
+            tracing::warn!(error = %e, "store: an unused segment could not be removed");
+        }
+    }
+
     /// Expiry, and the `Stored` replies a sync covers (also the shutdown's, `flush_store`).
     pub(super) fn store_tick(&mut self, now: Now) {
         let Some(log) = self.store.as_mut() else {
             return;
         };
+        let (ahead, on_core) = log.segments_made();
+        let m = &self.metrics;
+        m.store_segments_ahead
+            .store(ahead, std::sync::atomic::Ordering::Relaxed);
+        m.store_segments_on_core
+            .store(on_core, std::sync::atomic::Ordering::Relaxed);
         let durable = log.durable_seq();
         if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
             self.last_expire_unix_s = now.unix_s;

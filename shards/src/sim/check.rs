@@ -156,6 +156,7 @@ impl Sim {
                     || w.state == WireState::Closed
             }) && self.node.links.iter().all(VecDeque::is_empty)
                 && self.node.syncs.is_empty()
+                && self.node.segment_jobs.is_empty()
                 && self
                     .node
                     .shards

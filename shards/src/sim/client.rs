@@ -97,9 +97,9 @@ impl Sim {
                     self.trace(|| format!("client {c} stops reading wire {w} for {pause} ms"));
                 }
             }
-            95..=97 if self.clients[c].proven => self.push_register(c),
-            98 if self.clients[c].proven => self.prekey_upload(c),
-            99 => self.prekey_fetch(c),
+            95..=96 if self.clients[c].proven => self.push_register(c),
+            97 if self.clients[c].proven => self.prekey_upload(c),
+            98..=99 => self.prekey_fetch(c),
             _ => {}
         }
         self.flush_client(c);

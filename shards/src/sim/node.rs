@@ -13,6 +13,9 @@ pub(super) struct Node {
     /// Group commits handed off the shards (`Shard::take_sync`), as the driver's io_uring
     /// fdatasyncs: (shard, done at monotonic ms, the job, its number on that shard).
     pub(super) syncs: Vec<(usize, u64, SyncJobOf<MemBackend>, u64)>,
+    /// Segments being made ahead off the shards (`Shard::take_segment_job`), as the driver's
+    /// blocking thread makes them: (shard, done at monotonic ms, the job).
+    pub(super) segment_jobs: Vec<(usize, u64, SegmentJobOf<MemBackend>)>,
     /// Per shard: group commits begun, and the number of the last one that completed.
     pub(super) commits_begun: Vec<u64>,
     pub(super) committed: Vec<u64>,
@@ -54,6 +57,7 @@ impl Node {
             shards,
             disks,
             syncs: Vec::new(),
+            segment_jobs: Vec::new(),
             commits_begun: vec![0; cfg.shards],
             committed: vec![0; cfg.shards],
             links: (0..cfg.shards * cfg.shards)
@@ -312,6 +316,11 @@ impl Sim {
                     due.push((5, k));
                 }
             }
+            for (k, (_, at, _)) in self.node.segment_jobs.iter().enumerate() {
+                if *at <= now {
+                    due.push((7, k));
+                }
+            }
             if !self.service.queue.is_empty() {
                 due.push((6, 0));
             }
@@ -366,6 +375,14 @@ impl Sim {
                     self.fail_stop_if_fatal()?;
                 }
                 6 => self.serve_one()?,
+                7 => {
+                    // A segment made ahead is ready (or its making failed).
+                    let (s, _, job) = self.node.segment_jobs.swap_remove(i);
+                    let (seq, made) = job.run();
+                    self.trace(|| format!("shard {s}: spare segment {seq} made: {}", made.is_ok()));
+                    self.node.shards[s].on_segment(self.now, seq, made);
+                    self.pump(s);
+                }
                 _ => self.finish_wire(i),
             }
         }
@@ -400,6 +417,11 @@ impl Sim {
                     self.node.commits_begun[s] += 1;
                     let number = self.node.commits_begun[s];
                     self.node.syncs.push((s, done, job, number));
+                }
+                if let Some(job) = self.node.shards[s].take_segment_job(self.now) {
+                    // Creating, reserving and syncing a file: 0–9 ms, off the shard.
+                    let done = self.now.mono_ms + self.rng.below(10);
+                    self.node.segment_jobs.push((s, done, job));
                 }
                 self.node.next_tick_ms[s] = self.now.mono_ms + TICK_MS;
                 self.pump(s);

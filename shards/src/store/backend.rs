@@ -45,6 +45,10 @@ pub trait Segment: std::fmt::Debug {
 /// A directory of segments, by sequence number.
 pub trait Backend: std::fmt::Debug {
     type Seg: Segment;
+    /// What creates this backend's segments away from the log: the next segment is made ahead,
+    /// off the shard's core ([`crate::store::Log::take_segment_job`]).
+    type Maker: SegmentMaker<Seg = Self::Seg>;
+    fn maker(&self) -> Self::Maker;
     /// Existing segment sequence numbers, ascending (temporaries are not segments).
     fn list(&mut self) -> io::Result<Vec<u64>>;
     /// Creates segment `seq`: `len` bytes reserved on disk, `header` at offset 0, zeros after it.
@@ -55,6 +59,12 @@ pub trait Backend: std::fmt::Debug {
     fn remove(&mut self, seq: u64) -> io::Result<()>;
     /// Deletes what interrupted creations left behind; returns their sequence numbers.
     fn remove_temporaries(&mut self) -> io::Result<Vec<u64>>;
+}
+
+/// Creates segments as [`Backend::create`] does, apart from the backend (another thread).
+pub trait SegmentMaker: std::fmt::Debug {
+    type Seg;
+    fn make(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<Self::Seg>;
 }
 
 /// The steps of creating a segment, in order. A crash after any of them leaves no segment file,
@@ -206,8 +216,33 @@ fn map(file: &File) -> io::Result<memmap2::MmapMut> {
     unsafe { memmap2::MmapMut::map_mut(file) }
 }
 
+/// Creates segment files in a store's directory, on whatever thread runs it (no step hook: the
+/// crash tests drive [`Backend::create`]).
+#[derive(Debug, Clone)]
+pub struct MmapMaker {
+    dir: PathBuf,
+}
+
+impl SegmentMaker for MmapMaker {
+    type Seg = MmapSegment;
+    fn make(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<MmapSegment> {
+        let mut backend = MmapBackend {
+            dir: self.dir.clone(),
+            step_hook: None,
+        };
+        backend.create(seq, len, header)
+    }
+}
+
 impl Backend for MmapBackend {
     type Seg = MmapSegment;
+    type Maker = MmapMaker;
+
+    fn maker(&self) -> MmapMaker {
+        MmapMaker {
+            dir: self.dir.clone(),
+        }
+    }
 
     fn list(&mut self) -> io::Result<Vec<u64>> {
         self.seqs_named(".log")
@@ -465,8 +500,21 @@ pub struct MemSegment {
     view: Vec<u8>,
 }
 
+impl SegmentMaker for MemBackend {
+    type Seg = MemSegment;
+    fn make(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<MemSegment> {
+        self.create(seq, len, header)
+    }
+}
+
 impl Backend for MemBackend {
     type Seg = MemSegment;
+    type Maker = MemBackend;
+
+    fn maker(&self) -> MemBackend {
+        self.clone()
+    }
+
     fn list(&mut self) -> io::Result<Vec<u64>> {
         Ok(self.disk.borrow().segments())
     }

@@ -22,7 +22,7 @@ use ferry_proto::Dest;
 
 use crate::ratelimit::IpKey;
 
-use backend::{Backend, Segment, SyncTarget};
+use backend::{Backend, Segment, SegmentMaker, SyncTarget};
 use fair::{Held, Source, SourceLimits, Sources};
 use format::{
     Kind, Pos, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES,
@@ -280,6 +280,43 @@ pub struct Log<B: Backend> {
     failed: bool,
     /// What each sending address holds (memory only).
     sources: Sources,
+    /// The next segment, made ahead off the shard's core ([`Log::take_segment_job`]): its number
+    /// and the segment, counted in `disk_bytes`. Always numbered above every tracked segment.
+    spare: Option<(u64, B::Seg)>,
+    /// A spare's making is out: its number.
+    spare_pending: Option<u64>,
+    /// No spare is asked for before this second (after a failed making).
+    spare_retry_unix_s: u64,
+    /// Segments rolls took made ahead, and made on the core.
+    segments_ahead: u64,
+    segments_on_core: u64,
+}
+
+/// The segment-making job of a log over backend `B`.
+pub type SegmentJobOf<B> = SegmentJob<<B as Backend>::Maker>;
+
+/// The making of the next segment, handed off the shard's core ([`Log::take_segment_job`]):
+/// create, reserve, write the header, sync, rename and sync the directory, wherever it runs.
+#[derive(Debug)]
+pub struct SegmentJob<M> {
+    seq: u64,
+    len: usize,
+    header: [u8; SEGMENT_HEADER_BYTES],
+    maker: M,
+}
+
+impl<M: SegmentMaker> SegmentJob<M> {
+    /// The number of the segment it makes.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Makes the segment on the calling thread (blocking); its number and the outcome, for
+    /// [`Log::on_segment`].
+    pub fn run(mut self) -> (u64, std::io::Result<M::Seg>) {
+        let made = self.maker.make(self.seq, self.len, &self.header);
+        (self.seq, made)
+    }
 }
 
 impl<B: Backend> Log<B> {
@@ -317,6 +354,11 @@ impl<B: Backend> Log<B> {
             scratch: Vec::new(),
             next_segment: 1,
             failed: false,
+            spare: None,
+            spare_pending: None,
+            spare_retry_unix_s: 0,
+            segments_ahead: 0,
+            segments_on_core: 0,
             backend,
         };
         let mut rec = Recovery::default();
@@ -485,6 +527,13 @@ impl<B: Backend> Log<B> {
             }
             // Its unsynced tail stays in `dirty`: the next commit point syncs it.
         }
+        if let Some((seq, seg)) = self.spare.take() {
+            // Made ahead off the core, and already counted in `disk_bytes`.
+            debug_assert!(self.segments.keys().all(|s| *s < seq));
+            self.install(seq, seg, now_unix_s);
+            self.segments_ahead += 1;
+            return Ok(seq);
+        }
         if !self.segments_fit(self.segment_bytes(), tombstone) {
             return Err(StoreError::StoreFull);
         }
@@ -507,6 +556,13 @@ impl<B: Backend> Log<B> {
             Err(e) => return Err(StoreError::Io(e)),
         };
         self.disk_bytes += self.segment_bytes();
+        self.install(seq, seg, now_unix_s);
+        self.segments_on_core += 1;
+        Ok(seq)
+    }
+
+    /// Makes `seg` (numbered `seq`, counted in `disk_bytes`) the active segment.
+    fn install(&mut self, seq: u64, seg: B::Seg, now_unix_s: u64) {
         self.segments.insert(
             seq,
             SegState {
@@ -519,7 +575,72 @@ impl<B: Backend> Log<B> {
             },
         );
         self.active = Some(seq);
-        Ok(seq)
+    }
+
+    /// The making of the next segment, to run off the shard's core, as soon as a segment is
+    /// active: one spare is kept ready, so that the roll never waits for a file to be created,
+    /// reserved and synced on the core (a busy shard's blocking-thread completions came back
+    /// 10–27 ms late, longer than half a 4 MiB segment took to fill at 60 MB/s). `None` while a
+    /// spare is ready or being made, when there is no room for another segment (the roll then
+    /// reports the store full as before), or after a failed making, for a second.
+    pub fn take_segment_job(&mut self, now_unix_s: u64) -> Option<SegmentJobOf<B>> {
+        if self.failed
+            || self.spare.is_some()
+            || self.spare_pending.is_some()
+            || now_unix_s < self.spare_retry_unix_s
+        {
+            return None;
+        }
+        self.active?;
+        if !self.segments_fit(self.segment_bytes(), false) {
+            return None;
+        }
+        let seq = self.next_segment;
+        if seq > SEGMENT_SEQ_MAX {
+            return None;
+        }
+        // Taken now: a number is never offered twice, whatever becomes of this one.
+        self.next_segment += 1;
+        self.spare_pending = Some(seq);
+        let mut header = [0u8; SEGMENT_HEADER_BYTES];
+        format::encode_segment_header(&mut header, self.shard, seq, now_unix_s);
+        Some(SegmentJob {
+            seq,
+            len: self.limits.segment_bytes,
+            header,
+            maker: self.backend.maker(),
+        })
+    }
+
+    /// The outcome of a [`Log::take_segment_job`]. The segment becomes the spare the next roll
+    /// takes, unless a segment was created on the core meanwhile (the spare's lower number would
+    /// put its records before that segment's on replay): then its file is removed.
+    pub fn on_segment(
+        &mut self,
+        now_unix_s: u64,
+        seq: u64,
+        made: std::io::Result<B::Seg>,
+    ) -> Result<(), StoreError> {
+        if self.spare_pending != Some(seq) {
+            return Ok(());
+        }
+        self.spare_pending = None;
+        match made {
+            Ok(seg) if self.segments.keys().all(|s| *s < seq) => {
+                self.disk_bytes += self.segment_bytes();
+                self.spare = Some((seq, seg));
+                Ok(())
+            }
+            Ok(seg) => {
+                drop(seg);
+                self.backend.remove(seq).map_err(StoreError::Io)
+            }
+            Err(_) => {
+                // The roll makes its segment on the core, as before, and reports what fails.
+                self.spare_retry_unix_s = now_unix_s + 1;
+                Ok(())
+            }
+        }
     }
 
     fn write_record(
@@ -1122,6 +1243,11 @@ impl<B: Backend> Log<B> {
     /// Live blobs in the index (all dests).
     pub fn blobs(&self) -> usize {
         self.index.values().map(|q| q.entries.len()).sum()
+    }
+
+    /// Segments the rolls took made ahead (off the core), and made on the core.
+    pub fn segments_made(&self) -> (u64, u64) {
+        (self.segments_ahead, self.segments_on_core)
     }
 
     pub fn segment_count(&self) -> usize {
