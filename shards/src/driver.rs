@@ -237,6 +237,9 @@ pub fn start(
         );
         let join = LocalExecutorBuilder::new(placement)
             .name(&format!("ferry-shard-{i}"))
+            // The blocking thread (segment making: syncs that sleep in the kernel) is not pinned
+            // to the shard's CPU: it must not wait for the busy shard to yield it.
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .io_memory(driver.io_memory_bytes)
             .ring_depth(RING_DEPTH)
             .spawn(
@@ -355,6 +358,10 @@ struct Ctx {
     sync_wake: LocalSender<()>,
     /// The store's next segment to make off the core (`segment_maker`); one at a time.
     segment_jobs: LocalSender<crate::store::SegmentJobOf<crate::store::backend::MmapBackend>>,
+    /// A segment job runs on the blocking thread now.
+    segment_busy: std::cell::Cell<bool>,
+    /// The shard is draining: no new segment jobs.
+    stopping: std::cell::Cell<bool>,
     /// The tick sleeps a whole tick: no group commit was due when it went to sleep.
     tick_idle: std::cell::Cell<bool>,
     /// A connection's TCP keepalive settings were refused (logged once).
@@ -384,11 +391,28 @@ impl Ctx {
         }
         // A segment became active: its successor is made now, off the core, so that the roll
         // finds it ready (a check of a few fields when there is nothing to do).
-        let job = self.shard.borrow_mut().take_segment_job(self.clock.now());
+        let job = if self.stopping.get() {
+            None // a job out at exit would panic glommio's blocking thread
+        } else {
+            self.shard.borrow_mut().take_segment_job(self.clock.now())
+        };
         if let Some(job) = job {
-            // The log hands out one job at a time; the queue holds one.
-            let sent = self.segment_jobs.try_send(job);
-            debug_assert!(sent.is_ok(), "one segment job at a time");
+            // The log hands out one job at a time and the queue holds one; should the send fail
+            // anyway, the log hears of it as a failed making (or no spare would come again).
+            if let Err(e) = self.segment_jobs.try_send(job) {
+                let job = match e {
+                    glommio::GlommioError::Closed(glommio::ResourceType::Channel(j))
+                    | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(j)) => {
+                        Some(j)
+                    }
+                    _ => None,
+                };
+                if let Some(job) = job {
+                    let failed = Err(std::io::Error::other("segment job not queued"));
+                    let now = self.clock.now();
+                    self.shard.borrow_mut().on_segment(now, job.seq(), failed);
+                }
+            }
         }
         // Connections shed or aborted meanwhile: shut their sockets now, so their writers' pending
         // writes fail and drop the output they hold (the budget no longer counts it).
@@ -496,6 +520,8 @@ async fn run_shard(
         driver,
         sync_wake,
         segment_jobs,
+        segment_busy: std::cell::Cell::new(false),
+        stopping: std::cell::Cell::new(false),
         tick_idle: std::cell::Cell::new(false),
         keepalive_warned: std::cell::Cell::new(false),
     });
@@ -609,6 +635,7 @@ async fn run_shard(
     }
     // Drain. Stop accepting: dropping the acceptors closes this shard's listening sockets.
     ready.store(false, Ordering::Release);
+    ctx.stopping.set(true);
     drop(acceptors);
     // Then, with no await in between (so no reader runs): the last sync, which answers `Stored`
     // for everything it covers, then `ShuttingDown` to every client behind those answers.
@@ -628,6 +655,12 @@ async fn run_shard(
     glommio::timer::sleep(Duration::from_millis(ctx.driver.drain_grace_ms)).await;
     for (_, fd) in ctx.writers.borrow().values() {
         shutdown_fd(*fd);
+    }
+    // A segment still being made finishes first: glommio's blocking thread panics when the
+    // executor that asked is gone. (Creating a file and two syncs: milliseconds; bounded by
+    // the node's stop timeout.)
+    while ctx.segment_busy.get() {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     drop(tasks); // dropping a glommio task cancels it
 }
@@ -796,7 +829,9 @@ async fn segment_maker(
     >,
 ) {
     while let Some(job) = jobs.recv().await {
+        ctx.segment_busy.set(true);
         let (seq, made) = glommio::executor().spawn_blocking(move || job.run()).await;
+        ctx.segment_busy.set(false);
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_segment(now, seq, made);
     }

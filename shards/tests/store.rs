@@ -986,79 +986,109 @@ fn a_damaged_segment_is_kept_and_counted_in_the_budget() {
 }
 
 /// The next segment is made ahead (`take_segment_job`, off the core in the node) as soon as a
-/// segment is active, and the roll takes it; a spare overtaken by a segment made on the
-/// core meanwhile is removed, not used (its lower number would replay its records first); a
-/// failed making is retried a second later, the roll making its own segment meanwhile.
+/// segment is active, counted on disk while it is made, and the roll takes it. A spare is
+/// numbered one above the next number, so it stays usable when one roll had to make its
+/// segment on the core meanwhile; one overtaken by two such rolls is removed (its lower number
+/// would replay its records first). A failed making is retried a second later, the roll making
+/// its own segment meanwhile. Everything survives a restart, a spare left on disk included.
 #[test]
 fn the_next_segment_is_made_ahead_and_the_roll_takes_it() {
     let b = MemBackend::default();
     let mut log = open(&b, FsyncPolicy::Always, T0);
     assert!(log.take_segment_job(T0).is_none(), "no active segment yet");
     let payload = [7u8; 600];
-    let mut id = 0;
-    let mut append = |log: &mut Log<MemBackend>| {
+    let mut id = 0u64;
+    let mut sent: Vec<(Dest, u64)> = Vec::new();
+    // Appends until the active segment changes; returns the new one.
+    let mut roll = |log: &mut Log<MemBackend>, sent: &mut Vec<(Dest, u64)>| {
         id += 1;
-        log.append(T0, d((id % 20) as u8), id, 3600, &payload)
-            .unwrap()
+        let at = log.append(T0, d(1), id, 3600, &[0; 8]).unwrap().pos.segment;
+        loop {
+            id += 1;
+            let dest = d((id % 4) as u8 + 2);
+            let a = log.append(T0, dest, id, 3600, &payload).unwrap();
+            sent.push((dest, id));
+            if a.pos.segment != at {
+                return a.pos.segment;
+            }
+        }
     };
-    let first = append(&mut log).pos.segment;
-    let pending = log.take_segment_job(T0).expect("a segment is active").seq();
-    assert_eq!(pending, first + 1);
+    let first = log.append(T0, d(1), 0, 3600, &[0; 8]).unwrap().pos.segment;
+    let disk = log.disk_bytes();
+    let job = log.take_segment_job(T0).expect("a segment is active");
+    assert_eq!(job.seq(), first + 2, "one above the next number");
+    assert_eq!(log.disk_bytes(), disk + 4096, "counted while it is made");
     assert!(log.take_segment_job(T0).is_none(), "one making at a time");
-    // Its making failed.
-    log.on_segment(T0, pending, Err(std::io::Error::other("disk gone")))
+    // Its making failed: the disk count goes back, and it is retried a second later.
+    log.on_segment(T0, job.seq(), Err(std::io::Error::other("disk gone")))
         .unwrap();
-    assert!(
-        log.take_segment_job(T0).is_none(),
-        "retried a second later, not at once"
-    );
+    assert_eq!(log.disk_bytes(), disk);
+    assert!(log.take_segment_job(T0).is_none(), "not at once");
     let job = log
         .take_segment_job(T0 + 1)
         .expect("retried after a second");
     let spare = job.seq();
-    assert!(spare > pending, "a number is never offered twice");
-    let disk = log.disk_bytes();
+    assert!(spare > first + 2, "a number is never offered twice");
     let (seq, made) = job.run();
     log.on_segment(T0 + 1, seq, made).unwrap();
-    assert_eq!(log.disk_bytes(), disk + 4096, "the spare counts on disk");
     assert!(b.disk.borrow().segments().contains(&spare));
-    // The roll takes the spare.
-    let rolled = loop {
-        let a = append(&mut log);
-        if a.pos.segment != first {
-            break a.pos.segment;
-        }
-    };
-    assert_eq!(rolled, spare);
+    let before_roll = log.disk_bytes();
+    assert_eq!(roll(&mut log, &mut sent), spare, "the roll takes the spare");
     assert_eq!(
         log.disk_bytes(),
-        disk + 4096,
+        before_roll,
         "taking the spare adds nothing"
     );
 
-    // A spare overtaken by a segment made on the core meanwhile is removed.
-    let late = log.take_segment_job(T0 + 1).expect("the next spare").seq();
-    // (The job above is still out.) Fill past the active segment: the roll makes its own.
-    assert_eq!(late, spare + 1);
-    let overtaking = loop {
-        let a = append(&mut log);
-        if a.pos.segment != rolled {
-            break a.pos.segment;
-        }
-    };
-    assert!(overtaking > late);
-    let mut maker = MemBackend {
-        disk: b.disk.clone(),
-    };
-    let seg = ferry_shards::store::backend::SegmentMaker::make(&mut maker, late, 4096, &[0; 64]);
-    log.on_segment(T0 + 1, late, seg).unwrap();
+    // One roll on the core while a spare is made: the spare, above it, is still taken next.
+    let job = log.take_segment_job(T0 + 1).expect("the next spare");
+    let on_core = roll(&mut log, &mut sent);
+    assert!(
+        on_core < job.seq(),
+        "the roll took the number below the spare"
+    );
+    let (seq, made) = job.run();
+    log.on_segment(T0 + 1, seq, made).unwrap();
+    assert_eq!(
+        roll(&mut log, &mut sent),
+        seq,
+        "the spare survived one roll on the core"
+    );
+
+    // Two rolls on the core while a spare is made: the spare is overtaken and removed.
+    let job = log.take_segment_job(T0 + 1).expect("the next spare");
+    let disk = log.disk_bytes();
+    let a = roll(&mut log, &mut sent);
+    let b2 = roll(&mut log, &mut sent);
+    assert!(a < job.seq() && b2 > job.seq());
+    let (late, made) = job.run();
+    log.on_segment(T0 + 1, late, made).unwrap();
     assert!(
         !b.disk.borrow().segments().contains(&late),
         "the overtaken spare is removed"
     );
-    // Everything appended is still there, in order, after a restart.
-    let before: Vec<Vec<u8>> = payloads(&log, d(3), T0 + 1);
+    // `disk` counted the spare while it was made: two segments more, the spare's share gone.
+    assert_eq!(log.disk_bytes(), disk + 4096, "and no longer counted");
+
+    // A spare made and left on disk by a crash (never taken) is adopted at the restart;
+    // everything appended is still there, in order.
+    let job = log.take_segment_job(T0 + 1).expect("the next spare");
+    let (seq, made) = job.run();
+    log.on_segment(T0 + 1, seq, made).unwrap();
+    let mut want: BTreeMap<Dest, Vec<Vec<u8>>> = BTreeMap::new();
+    for (dest, _) in &sent {
+        want.entry(*dest).or_default();
+    }
+    for (dest, v) in want.iter_mut() {
+        *v = payloads(&log, *dest, T0 + 1);
+        assert!(!v.is_empty());
+    }
     drop(log);
-    let log = open(&b, FsyncPolicy::Always, T0 + 1);
-    assert_eq!(payloads(&log, d(3), T0 + 1), before);
+    let mut log = open(&b, FsyncPolicy::Always, T0 + 1);
+    for (dest, v) in &want {
+        assert_eq!(&payloads(&log, *dest, T0 + 1), v);
+    }
+    // Appends after the restart go above the spare that was left.
+    let after = log.append(T0 + 1, d(9), 1, 3600, b"after").unwrap();
+    assert!(after.pos.segment > seq);
 }

@@ -13,9 +13,10 @@ pub(super) struct Node {
     /// Group commits handed off the shards (`Shard::take_sync`), as the driver's io_uring
     /// fdatasyncs: (shard, done at monotonic ms, the job, its number on that shard).
     pub(super) syncs: Vec<(usize, u64, SyncJobOf<MemBackend>, u64)>,
-    /// Segments being made ahead off the shards (`Shard::take_segment_job`), as the driver's
-    /// blocking thread makes them: (shard, done at monotonic ms, the job).
-    pub(super) segment_jobs: Vec<(usize, u64, SegmentJobOf<MemBackend>)>,
+    /// Segments made ahead off the shards (`Shard::take_segment_job`), as the driver's blocking
+    /// thread makes them: made on the disk when taken, handed back later (a crash in between
+    /// leaves the made segment on the disk): (shard, back at monotonic ms, number, outcome).
+    pub(super) segment_jobs: Vec<(usize, u64, u64, std::io::Result<MemSegment>)>,
     /// Per shard: group commits begun, and the number of the last one that completed.
     pub(super) commits_begun: Vec<u64>,
     pub(super) committed: Vec<u64>,
@@ -73,7 +74,19 @@ impl Node {
 impl Sim {
     /// Collects everything shard `s` produced: hop batches onto the links, output onto wires,
     /// resumed readers, forced closes. Repeats until it produces nothing more.
+    /// Makes the segment shard `s` asks for ahead, if any (on the disk now; the shard hears of
+    /// it 0–9 ms later).
+    fn take_segment_job(&mut self, s: usize) {
+        if let Some(job) = self.node.shards[s].take_segment_job(self.now) {
+            let (seq, made) = job.run();
+            let back = self.now.mono_ms + self.rng.below(10);
+            self.node.segment_jobs.push((s, back, seq, made));
+        }
+    }
+
     pub(super) fn pump(&mut self, s: usize) {
+        // As the driver's `after_work`: a segment that became active gets its successor made.
+        self.take_segment_job(s);
         let n = self.cfg.shards;
         let fired = {
             let mut d = self.node.disks[s].disk.borrow_mut();
@@ -316,7 +329,7 @@ impl Sim {
                     due.push((5, k));
                 }
             }
-            for (k, (_, at, _)) in self.node.segment_jobs.iter().enumerate() {
+            for (k, (_, at, ..)) in self.node.segment_jobs.iter().enumerate() {
                 if *at <= now {
                     due.push((7, k));
                 }
@@ -377,8 +390,7 @@ impl Sim {
                 6 => self.serve_one()?,
                 7 => {
                     // A segment made ahead is ready (or its making failed).
-                    let (s, _, job) = self.node.segment_jobs.swap_remove(i);
-                    let (seq, made) = job.run();
+                    let (s, _, seq, made) = self.node.segment_jobs.swap_remove(i);
                     self.trace(|| format!("shard {s}: spare segment {seq} made: {}", made.is_ok()));
                     self.node.shards[s].on_segment(self.now, seq, made);
                     self.pump(s);
@@ -418,11 +430,7 @@ impl Sim {
                     let number = self.node.commits_begun[s];
                     self.node.syncs.push((s, done, job, number));
                 }
-                if let Some(job) = self.node.shards[s].take_segment_job(self.now) {
-                    // Creating, reserving and syncing a file: 0–9 ms, off the shard.
-                    let done = self.now.mono_ms + self.rng.below(10);
-                    self.node.segment_jobs.push((s, done, job));
-                }
+                self.take_segment_job(s);
                 self.node.next_tick_ms[s] = self.now.mono_ms + TICK_MS;
                 self.pump(s);
             }

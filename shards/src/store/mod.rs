@@ -541,8 +541,12 @@ impl<B: Backend> Log<B> {
         if seq > SEGMENT_SEQ_MAX {
             return Err(StoreError::SegmentsExhausted);
         }
-        // Taken even if the creation fails: a number is never offered twice.
+        // Taken even if the creation fails: a number is never offered twice. The number a
+        // spare is being made under is skipped: that spare stays above this segment.
         self.next_segment += 1;
+        if self.spare_pending == Some(self.next_segment) {
+            self.next_segment += 1;
+        }
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         format::encode_segment_header(&mut header, self.shard, seq, now_unix_s);
         let seg = match self.backend.create(seq, self.limits.segment_bytes, &header) {
@@ -595,13 +599,15 @@ impl<B: Backend> Log<B> {
         if !self.segments_fit(self.segment_bytes(), false) {
             return None;
         }
-        let seq = self.next_segment;
+        // One above the next number: a roll that must make its segment on the core before the
+        // spare is back takes the next number, and the spare, above it, stays usable.
+        let seq = self.next_segment + 1;
         if seq > SEGMENT_SEQ_MAX {
             return None;
         }
-        // Taken now: a number is never offered twice, whatever becomes of this one.
-        self.next_segment += 1;
         self.spare_pending = Some(seq);
+        // Counted while it is made, so that no roll meanwhile takes the disk past its budget.
+        self.disk_bytes += self.segment_bytes();
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         format::encode_segment_header(&mut header, self.shard, seq, now_unix_s);
         Some(SegmentJob {
@@ -613,8 +619,8 @@ impl<B: Backend> Log<B> {
     }
 
     /// The outcome of a [`Log::take_segment_job`]. The segment becomes the spare the next roll
-    /// takes, unless a segment was created on the core meanwhile (the spare's lower number would
-    /// put its records before that segment's on replay): then its file is removed.
+    /// takes, unless two segments were made on the core meanwhile (the spare's lower number
+    /// would put its records before the newer one's on replay): then its file is removed.
     pub fn on_segment(
         &mut self,
         now_unix_s: u64,
@@ -625,18 +631,23 @@ impl<B: Backend> Log<B> {
             return Ok(());
         }
         self.spare_pending = None;
+        // Whatever became of it, its number is never offered again.
+        self.next_segment = self.next_segment.max(seq + 1);
         match made {
             Ok(seg) if self.segments.keys().all(|s| *s < seq) => {
-                self.disk_bytes += self.segment_bytes();
                 self.spare = Some((seq, seg));
                 Ok(())
             }
             Ok(seg) => {
+                // Two rolls made their segments on the core meanwhile: a newer one exists.
                 drop(seg);
-                self.backend.remove(seq).map_err(StoreError::Io)
+                self.backend.remove(seq).map_err(StoreError::Io)?;
+                self.disk_bytes -= self.segment_bytes();
+                Ok(())
             }
             Err(_) => {
                 // The roll makes its segment on the core, as before, and reports what fails.
+                self.disk_bytes -= self.segment_bytes();
                 self.spare_retry_unix_s = now_unix_s + 1;
                 Ok(())
             }
