@@ -584,7 +584,7 @@ impl<B: Backend> Log<B> {
     /// The making of the next segment, to run off the shard's core, as soon as a segment is
     /// active: one spare is kept ready, so that the roll never waits for a file to be created,
     /// reserved and synced on the core (a busy shard's blocking-thread completions came back
-    /// 10–27 ms late, longer than half a 4 MiB segment took to fill at 60 MB/s). `None` while a
+    /// 10–27 ms late: making it only at half a 4 MiB segment, filling at 60 MB/s, was too late). `None` while a
     /// spare is ready or being made, when there is no room for another segment (the roll then
     /// reports the store full as before), or after a failed making, for a second.
     pub fn take_segment_job(&mut self, now_unix_s: u64) -> Option<SegmentJobOf<B>> {
