@@ -170,16 +170,11 @@ impl Sim {
                     self.node.shards[o].on_service(now, arm);
                     self.pump(o);
                 }
-                let answer = ServiceReply::Frame {
-                    to: req.from.conn,
-                    frame: Frame::PushResult {
-                        status: ferry_proto::frame::PushStatus::Ok,
-                        dests_registered: u16::try_from(dests.len()).unwrap_or(u16::MAX),
-                    },
+                let frame = Frame::PushResult {
+                    status: ferry_proto::frame::PushStatus::Ok,
+                    dests_registered: u16::try_from(dests.len()).unwrap_or(u16::MAX),
                 };
-                let s = usize::from(req.from.shard);
-                self.node.shards[s].on_service(now, answer);
-                self.pump(s);
+                self.answer(req.from, frame);
             }
             ServiceWork::Wake { dest } => {
                 self.service.wakes += 1;
@@ -235,13 +230,7 @@ impl Sim {
                     .prekeys
                     .handle(now, work)
                     .expect("an upload or a fetch is answered");
-                let s = usize::from(req.from.shard);
-                let reply = ServiceReply::Frame {
-                    to: req.from.conn,
-                    frame,
-                };
-                self.node.shards[s].on_service(now, reply);
-                self.pump(s);
+                self.answer(req.from, frame);
             }
             other => {
                 // The simulated clients send nothing else; refuse what comes as the node would
@@ -251,17 +240,19 @@ impl Sim {
                     work: other,
                 };
                 if let Some(frame) = refused.refusal(false) {
-                    let s = usize::from(req.from.shard);
-                    let reply = ServiceReply::Frame {
-                        to: req.from.conn,
-                        frame,
-                    };
-                    self.node.shards[s].on_service(now, reply);
-                    self.pump(s);
+                    self.answer(req.from, frame);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Sends `frame` to the connection a request came from, through its shard.
+    fn answer(&mut self, to: crate::table::ConnRef, frame: Frame) {
+        let s = usize::from(to.shard);
+        let reply = ServiceReply::Frame { to: to.conn, frame };
+        self.node.shards[s].on_service(self.now, reply);
+        self.pump(s);
     }
 
     /// After a restart: what was queued died with the process; the registrations are on disk,
