@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ferry_shards::metrics::{Histogram, ShardMetrics};
+use ferry_shards::metrics::{Exposition, Histogram, ShardMetrics};
 use http::{Method, Request, Response, StatusCode, header};
 
 use crate::http::{Body, text};
@@ -68,98 +68,98 @@ pub fn handle<B>(req: &Request<B>, state: &AdminState) -> Response<Body> {
     }
 }
 
-/// Prometheus text format: every shard's metrics summed. No label carries a destination or an
-/// address.
+/// Prometheus text format: every shard's metrics summed, the histograms per shard, the service
+/// core's and the media workers' blocks, all through the one encoder
+/// (`ferry_shards::metrics::Exposition`). No label carries a destination or an address.
 pub fn render(state: &AdminState) -> String {
     let mut out = String::new();
-    out.push_str("# HELP ferry_build_info Build information.\n# TYPE ferry_build_info gauge\n");
-    out.push_str(&format!(
-        "ferry_build_info{{version=\"{}\"}} 1\n",
-        env!("CARGO_PKG_VERSION")
-    ));
-    if let Some(p) = crate::sys::process_usage() {
-        for (name, kind, help, value) in [
-            (
+    {
+        let e = &mut Exposition::new(&mut out);
+        e.header("ferry_build_info", "gauge", "Build information.");
+        e.sample(
+            "ferry_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        if let Some(p) = crate::sys::process_usage() {
+            let nofile = crate::sys::limits(crate::sys::Resource::Nofile).0;
+            e.scalar(
                 "process_cpu_seconds_total",
                 "counter",
                 "User and system CPU time of the node, in seconds.",
                 p.cpu_s,
+            );
+            for (name, help, value) in [
+                (
+                    "process_resident_memory_bytes",
+                    "Resident memory of the node.",
+                    p.resident_bytes,
+                ),
+                (
+                    "process_virtual_memory_bytes",
+                    "Virtual memory of the node.",
+                    p.virtual_bytes,
+                ),
+                (
+                    "process_open_fds",
+                    "Open file descriptors (connections, listeners, store and media files).",
+                    p.open_fds,
+                ),
+                ("process_max_fds", "The open-files limit.", nofile),
+                ("process_threads", "Threads of the node.", p.threads),
+            ] {
+                e.scalar(name, "gauge", help, value);
+            }
+        }
+        e.scalar(
+            "ferry_shards",
+            "gauge",
+            "Shard cores running.",
+            state.shard_metrics.len(),
+        );
+        let snaps: Vec<_> = state.shard_metrics.iter().map(|m| m.snapshot()).collect();
+        if let Some(first) = snaps.first() {
+            for (i, (name, kind, help, _)) in first.iter().enumerate() {
+                let total: u64 = snaps.iter().map(|s| s[i].3).sum();
+                e.scalar(name, kind, help, total);
+            }
+        }
+        let shards: Vec<String> = (0..state.shard_metrics.len())
+            .map(|s| s.to_string())
+            .collect();
+        for (name, help, pick) in [
+            (
+                "ferry_shard_tick_lag_seconds",
+                "How late each shard's tick ran after it was due (work holding the core shows here).",
+                (|m: &ShardMetrics| &m.tick_lag) as fn(&ShardMetrics) -> &Histogram,
             ),
             (
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident memory of the node.",
-                p.resident_bytes as f64,
+                "ferry_store_sync_seconds",
+                "Group commit duration: from issuing its fdatasyncs to their completion.",
+                |m: &ShardMetrics| &m.store_sync,
             ),
             (
-                "process_virtual_memory_bytes",
-                "gauge",
-                "Virtual memory of the node.",
-                p.virtual_bytes as f64,
+                "ferry_hop_delay_seconds",
+                "From a cross-core batch leaving its sender's outbox to the owner core handling it.",
+                |m: &ShardMetrics| &m.hop_delay,
             ),
             (
-                "process_open_fds",
-                "gauge",
-                "Open file descriptors (connections, listeners, store and media files).",
-                p.open_fds as f64,
-            ),
-            (
-                "process_max_fds",
-                "gauge",
-                "The open-files limit.",
-                crate::sys::limits(crate::sys::Resource::Nofile).0 as f64,
-            ),
-            (
-                "process_threads",
-                "gauge",
-                "Threads of the node.",
-                p.threads as f64,
+                "ferry_hop_batch_messages",
+                "Messages per cross-core batch a shard sent.",
+                |m: &ShardMetrics| &m.hop_batch_msgs,
             ),
         ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        }
-    }
-    out.push_str("# HELP ferry_shards Shard cores running.\n# TYPE ferry_shards gauge\n");
-    out.push_str(&format!("ferry_shards {}\n", state.shard_metrics.len()));
-    let snaps: Vec<_> = state.shard_metrics.iter().map(|m| m.snapshot()).collect();
-    if let Some(first) = snaps.first() {
-        for (i, (name, kind, help, _)) in first.iter().enumerate() {
-            let total: u64 = snaps.iter().map(|s| s[i].3).sum();
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {total}\n"
-            ));
-        }
-    }
-    for (name, help, pick) in [
-        (
-            "ferry_shard_tick_lag_seconds",
-            "How late each shard's tick ran after it was due (work holding the core shows here).",
-            (|m: &ShardMetrics| &m.tick_lag) as fn(&ShardMetrics) -> &Histogram,
-        ),
-        (
-            "ferry_store_sync_seconds",
-            "Group commit duration: from issuing its fdatasyncs to their completion.",
-            |m: &ShardMetrics| &m.store_sync,
-        ),
-        (
-            "ferry_hop_delay_seconds",
-            "From a cross-core batch leaving its sender's outbox to the owner core handling it.",
-            |m: &ShardMetrics| &m.hop_delay,
-        ),
-        (
-            "ferry_hop_batch_messages",
-            "Messages per cross-core batch a shard sent.",
-            |m: &ShardMetrics| &m.hop_batch_msgs,
-        ),
-    ] {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-        for (shard, m) in state.shard_metrics.iter().enumerate() {
-            pick(m).render(&mut out, name, shard);
+            let labels: Vec<[(&str, &str); 1]> =
+                shards.iter().map(|s| [("shard", s.as_str())]).collect();
+            let series: Vec<(&[(&str, &str)], &Histogram)> = labels
+                .iter()
+                .zip(&state.shard_metrics)
+                .map(|(l, m)| (&l[..], pick(m)))
+                .collect();
+            e.histogram(name, help, &series);
         }
     }
     state.service_metrics.render(&mut out);
-    state.media_metrics.render(&mut out);
+    state.media_metrics.render(&mut Exposition::new(&mut out));
     out
 }

@@ -37,11 +37,12 @@ impl ServiceSink for Sink {
     }
 }
 
-/// Counters of all media workers together (rendered by the admin endpoint).
-#[derive(Debug, Default)]
-pub struct MediaMetrics {
-    pub reservations_expired: AtomicU64,
-    pub uploads_refused_source: AtomicU64,
+ferry_shards::counters! {
+    /// Counters of all media workers together (rendered by the admin endpoint).
+    pub struct MediaMetrics {
+        reservations_expired: "counter", "ferry_media_reservations_expired_total", "Unfinished media uploads dropped after media.upload_idle_s without a chunk.";
+        uploads_refused_source: "counter", "ferry_media_uploads_refused_source_total", "BlobBegins answered Busy: their address held media.uploads_per_source_max unfinished uploads on that core.";
+    }
 }
 
 impl MediaMetrics {
@@ -60,27 +61,6 @@ impl MediaMetrics {
             &self.uploads_refused_source,
             after.uploads_refused_source - before.uploads_refused_source,
         );
-    }
-
-    /// Prometheus text for these metrics.
-    pub fn render(&self, out: &mut String) {
-        for (name, help, v) in [
-            (
-                "ferry_media_reservations_expired_total",
-                "Unfinished media uploads dropped after media.upload_idle_s without a chunk.",
-                &self.reservations_expired,
-            ),
-            (
-                "ferry_media_uploads_refused_source_total",
-                "BlobBegins answered Busy: their address held media.uploads_per_source_max unfinished uploads on that core.",
-                &self.uploads_refused_source,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                v.load(Ordering::Relaxed)
-            ));
-        }
     }
 }
 

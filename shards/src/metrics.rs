@@ -1,6 +1,8 @@
-//! Per-shard counters. Each shard is the only writer of its own block (relaxed atomics, one cache
-//! line apart from other shards'); the admin endpoint sums the blocks when scraped. Nothing is
-//! labelled by destination or address.
+//! The node's metrics: per-shard counters (each shard is the only writer of its own block,
+//! relaxed atomics, one cache line apart from other shards'; the admin endpoint sums the blocks
+//! when scraped), the [`counters!`] declaration every other block of counters uses (the service
+//! core's, the media workers'), fixed-bucket [`Histogram`]s, and the one Prometheus text encoder
+//! they all go through ([`Exposition`]). Nothing is labelled by destination or address.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -123,6 +125,99 @@ impl ShardMetrics {
     }
 }
 
+/// The Prometheus text exposition (format 0.0.4) of every metric the node serves: one place
+/// writes `# HELP`, `# TYPE`, samples and labels.
+#[derive(Debug)]
+pub struct Exposition<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Exposition<'a> {
+    pub fn new(out: &'a mut String) -> Exposition<'a> {
+        Exposition { out }
+    }
+
+    /// `# HELP` and `# TYPE` of a metric (once per name).
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = write!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    }
+
+    /// One sample: `name{k="v",...} value`.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        use std::fmt::Write as _;
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{v}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A metric with one unlabelled sample.
+    pub fn scalar(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// A histogram: its header, then each series (its labels, its histogram).
+    pub fn histogram(&mut self, name: &str, help: &str, series: &[(&[(&str, &str)], &Histogram)]) {
+        self.header(name, "histogram", help);
+        for (labels, h) in series {
+            h.write(self, name, labels);
+        }
+    }
+}
+
+/// Declares a block of counters and gauges (relaxed atomics) with their metric names, kinds
+/// and help texts, and renders them through [`Exposition`]:
+///
+/// ```ignore
+/// ferry_shards::counters! {
+///     /// What the block counts.
+///     pub struct ServiceCounters {
+///         prekey_uploads: "counter", "ferry_prekey_uploads_total", "Prekey uploads accepted.";
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! counters {
+    ($(#[$sm:meta])* pub struct $name:ident {
+        $( $(#[$m:meta])* $field:ident : $kind:literal, $metric:literal, $help:literal; )+
+    }) => {
+        $(#[$sm])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $( $(#[$m])* pub $field: ::std::sync::atomic::AtomicU64, )+
+        }
+
+        impl $name {
+            /// (metric name, kind, help, value) of every metric of the block.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![ $( (
+                    $metric,
+                    $kind,
+                    $help,
+                    self.$field.load(::std::sync::atomic::Ordering::Relaxed),
+                ), )+ ]
+            }
+
+            /// Every metric of the block, unlabelled.
+            pub fn render(&self, e: &mut $crate::metrics::Exposition<'_>) {
+                for (name, kind, help, v) in self.snapshot() {
+                    e.scalar(name, kind, help, v);
+                }
+            }
+        }
+    };
+}
+
 /// Upper bounds of the latency histograms' buckets, in microseconds (Prometheus `le`, in seconds,
 /// when rendered).
 pub const LATENCY_BUCKETS_US: [u64; 12] = [
@@ -211,17 +306,17 @@ impl Histogram {
     /// Appends the Prometheus text of this histogram as series `name` with label
     /// `shard="<shard>"` (the `# HELP`/`# TYPE` lines are the caller's, once per name).
     pub fn render(&self, out: &mut String, name: &str, shard: usize) {
-        self.render_labelled(out, name, &format!("shard=\"{shard}\","));
+        let shard = shard.to_string();
+        self.write(&mut Exposition::new(out), name, &[("shard", &shard)]);
     }
 
     /// Appends the Prometheus text of this histogram as series `name` with no label.
     pub fn render_unlabelled(&self, out: &mut String, name: &str) {
-        self.render_labelled(out, name, "");
+        self.write(&mut Exposition::new(out), name, &[]);
     }
 
-    /// `labels`: `k="v",` pairs, each with its trailing comma, or empty.
-    fn render_labelled(&self, out: &mut String, name: &str, labels: &str) {
-        use std::fmt::Write as _;
+    /// The `_bucket`, `_sum` and `_count` samples of this histogram as series `name`.
+    fn write(&self, e: &mut Exposition<'_>, name: &str, labels: &[(&str, &str)]) {
         let (counts, sum) = self.cumulative();
         let value = |v: u64| {
             if self.micros {
@@ -230,22 +325,19 @@ impl Histogram {
                 v.to_string()
             }
         };
+        let bucket = format!("{name}_bucket");
         for (i, c) in counts.iter().enumerate() {
             let le = self
                 .bounds
                 .get(i)
                 .map_or_else(|| "+Inf".to_string(), |b| value(*b));
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {c}");
+            let mut l: Vec<(&str, &str)> = labels.to_vec();
+            l.push(("le", &le));
+            e.sample(&bucket, &l, *c);
         }
         let total = counts.last().copied().unwrap_or(0);
-        let bare = labels.trim_end_matches(',');
-        let labels = if bare.is_empty() {
-            String::new()
-        } else {
-            format!("{{{bare}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{labels} {}", value(sum));
-        let _ = writeln!(out, "{name}_count{labels} {total}");
+        e.sample(&format!("{name}_sum"), labels, value(sum));
+        e.sample(&format!("{name}_count"), labels, total);
     }
 }
 

@@ -30,7 +30,7 @@ use ferry_proto::prekey::KeyKind;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{ServiceLink, ServiceLinks};
 use ferry_shards::fatal::FatalStop;
-use ferry_shards::metrics::{Histogram, WAKE_BUCKETS_US};
+use ferry_shards::metrics::{Exposition, Histogram, WAKE_BUCKETS_US};
 use ferry_shards::ratelimit::{KeyedLimiter, Rate};
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
@@ -86,35 +86,43 @@ pub struct ServiceConfig {
     pub clock: Clock,
 }
 
-/// Counters and gauges of the service core (rendered by the admin endpoint).
+ferry_shards::counters! {
+    /// Counters and gauges of the service core (rendered by the admin endpoint).
+    pub struct ServiceCounters {
+        prekey_uploads: "counter", "ferry_prekey_uploads_total", "Prekey uploads accepted.";
+        prekey_uploads_refused: "counter", "ferry_prekey_uploads_refused_total", "Prekey uploads refused (bad key or signature, duplicate id, too many keys, directory full).";
+        prekey_fetches: "counter", "ferry_prekey_fetches_total", "Prekey bundles handed out.";
+        prekey_fetches_last_resort: "counter", "ferry_prekey_fetches_last_resort_total", "Of those: with the last-resort PQ prekey (no one-time PQ key left, or withheld).";
+        prekey_fetches_not_found: "counter", "ferry_prekey_fetches_not_found_total", "Fetches for a dest with no bundle.";
+        prekey_fetches_rate_limited: "counter", "ferry_prekey_fetches_rate_limited_total", "Fetches refused by the per-address fetch rate.";
+        prekey_one_time_withheld_slot: "counter", "ferry_prekey_one_time_withheld_slot_total", "Fetches given the last-resort bundle while one-time keys were left: the slot was under pressure (prekeys.one_time_per_slot_* spent).";
+        prekey_one_time_withheld_source: "counter", "ferry_prekey_one_time_withheld_source_total", "Fetches given the last-resort bundle while one-time keys were left: the address had its share (prekeys.one_time_per_source_*).";
+        prekey_puzzle_paid: "counter", "ferry_prekey_puzzle_paid_total", "One-time keys handed out for a puzzle answer while their slot was under pressure.";
+        prekey_puzzle_refused: "counter", "ferry_prekey_puzzle_refused_total", "Fetch puzzle answers refused: too little effort, not a solution, or bound to another seed or slot.";
+        prekey_puzzle_replayed: "counter", "ferry_prekey_puzzle_replayed_total", "Fetch puzzle answers refused because an earlier fetch was granted with them.";
+        prekey_slots: "gauge", "ferry_prekey_slots", "Bundle slots in the directory.";
+        prekey_bytes: "gauge", "ferry_prekey_bytes", "Bytes of keys in the directory.";
+        push_registrations: "gauge", "ferry_push_registrations", "Devices (push tokens) registered, as far as this run has opened them (registered, or woken since the start).";
+        push_registrations_locked: "gauge", "ferry_push_registrations_locked", "Registrations (one device at one dest) read from the journal and not yet opened: the journal keeps them sealed under their dest, which a wake for the dest supplies.";
+        push_registrations_refused: "counter", "ferry_push_registrations_refused_total", "Push registrations refused (bad token, provider disabled, too many).";
+        push_wakes_requested: "counter", "ferry_push_wakes_requested_total", "Blobs stored for a dest with registrations and no subscriber.";
+        push_wakes_coalesced: "counter", "ferry_push_wakes_coalesced_total", "Wakes not sent: the device was woken within the coalescing window.";
+        push_wakes_dropped: "counter", "ferry_push_wakes_dropped_total", "Wakes dropped: the wake queue was full.";
+        push_wakes_retried: "counter", "ferry_push_wakes_retried_total", "Wake retries after 429, 5xx or a network error.";
+        push_tokens_deleted: "counter", "ferry_push_tokens_deleted_total", "Tokens deleted because the provider said they are gone.";
+        push_queue: "gauge", "ferry_push_queue", "Wakes waiting (rate cap, backoff or in-flight limit).";
+        journal_syncs: "counter", "ferry_service_journal_syncs_total", "Journal syncs (one per batch of directory or registry changes).";
+    }
+}
+
+/// The service core's metrics: its counters (`ServiceCounters`, reached through `Deref`), the
+/// per-provider wake outcomes and the wake latency.
 #[derive(Debug)]
 pub struct ServiceMetrics {
-    pub prekey_uploads: AtomicU64,
-    pub prekey_uploads_refused: AtomicU64,
-    pub prekey_fetches: AtomicU64,
-    pub prekey_fetches_last_resort: AtomicU64,
-    pub prekey_fetches_not_found: AtomicU64,
-    pub prekey_fetches_rate_limited: AtomicU64,
-    pub prekey_one_time_withheld_slot: AtomicU64,
-    pub prekey_one_time_withheld_source: AtomicU64,
-    pub prekey_puzzle_paid: AtomicU64,
-    pub prekey_puzzle_refused: AtomicU64,
-    pub prekey_puzzle_replayed: AtomicU64,
-    pub prekey_slots: AtomicU64,
-    pub prekey_bytes: AtomicU64,
-    pub push_registrations: AtomicU64,
-    pub push_registrations_locked: AtomicU64,
-    pub push_registrations_refused: AtomicU64,
-    pub push_wakes_requested: AtomicU64,
-    pub push_wakes_coalesced: AtomicU64,
-    pub push_wakes_dropped: AtomicU64,
-    pub push_wakes_retried: AtomicU64,
-    pub push_tokens_deleted: AtomicU64,
-    pub push_queue: AtomicU64,
+    pub counters: ServiceCounters,
     /// Per provider (APNs, FCM, Web Push).
     pub push_sent: [AtomicU64; 3],
     pub push_failed: [AtomicU64; 3],
-    pub journal_syncs: AtomicU64,
     /// From a shard's wake request to the provider accepting the wake (retries included).
     pub wake_latency: Histogram,
 }
@@ -122,211 +130,31 @@ pub struct ServiceMetrics {
 impl Default for ServiceMetrics {
     fn default() -> Self {
         ServiceMetrics {
-            prekey_uploads: AtomicU64::new(0),
-            prekey_uploads_refused: AtomicU64::new(0),
-            prekey_fetches: AtomicU64::new(0),
-            prekey_fetches_last_resort: AtomicU64::new(0),
-            prekey_fetches_not_found: AtomicU64::new(0),
-            prekey_fetches_rate_limited: AtomicU64::new(0),
-            prekey_one_time_withheld_slot: AtomicU64::new(0),
-            prekey_one_time_withheld_source: AtomicU64::new(0),
-            prekey_puzzle_paid: AtomicU64::new(0),
-            prekey_puzzle_refused: AtomicU64::new(0),
-            prekey_puzzle_replayed: AtomicU64::new(0),
-            prekey_slots: AtomicU64::new(0),
-            prekey_bytes: AtomicU64::new(0),
-            push_registrations: AtomicU64::new(0),
-            push_registrations_locked: AtomicU64::new(0),
-            push_registrations_refused: AtomicU64::new(0),
-            push_wakes_requested: AtomicU64::new(0),
-            push_wakes_coalesced: AtomicU64::new(0),
-            push_wakes_dropped: AtomicU64::new(0),
-            push_wakes_retried: AtomicU64::new(0),
-            push_tokens_deleted: AtomicU64::new(0),
-            push_queue: AtomicU64::new(0),
+            counters: ServiceCounters::default(),
             push_sent: Default::default(),
             push_failed: Default::default(),
-            journal_syncs: AtomicU64::new(0),
             wake_latency: Histogram::with_bounds(&WAKE_BUCKETS_US, true),
         }
+    }
+}
+
+impl std::ops::Deref for ServiceMetrics {
+    type Target = ServiceCounters;
+    fn deref(&self) -> &ServiceCounters {
+        &self.counters
     }
 }
 
 impl ServiceMetrics {
     /// Prometheus text for these metrics.
     pub fn render(&self, out: &mut String) {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let one = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
-        };
-        one(
-            out,
-            "ferry_prekey_uploads_total",
-            "counter",
-            "Prekey uploads accepted.",
-            g(&self.prekey_uploads),
+        let e = &mut Exposition::new(out);
+        self.counters.render(e);
+        e.histogram(
+            "ferry_push_wake_seconds",
+            "From a shard's wake request to the provider accepting the wake (retries included).",
+            &[(&[], &self.wake_latency)],
         );
-        one(
-            out,
-            "ferry_prekey_uploads_refused_total",
-            "counter",
-            "Prekey uploads refused (bad key or signature, duplicate id, too many keys, directory full).",
-            g(&self.prekey_uploads_refused),
-        );
-        one(
-            out,
-            "ferry_prekey_fetches_total",
-            "counter",
-            "Prekey bundles handed out.",
-            g(&self.prekey_fetches),
-        );
-        one(
-            out,
-            "ferry_prekey_fetches_last_resort_total",
-            "counter",
-            "Of those: with the last-resort PQ prekey (no one-time PQ key left, or withheld).",
-            g(&self.prekey_fetches_last_resort),
-        );
-        one(
-            out,
-            "ferry_prekey_fetches_not_found_total",
-            "counter",
-            "Fetches for a dest with no bundle.",
-            g(&self.prekey_fetches_not_found),
-        );
-        one(
-            out,
-            "ferry_prekey_fetches_rate_limited_total",
-            "counter",
-            "Fetches refused by the per-address fetch rate.",
-            g(&self.prekey_fetches_rate_limited),
-        );
-        one(
-            out,
-            "ferry_prekey_one_time_withheld_slot_total",
-            "counter",
-            "Fetches given the last-resort bundle while one-time keys were left: the slot was under pressure (prekeys.one_time_per_slot_* spent).",
-            g(&self.prekey_one_time_withheld_slot),
-        );
-        one(
-            out,
-            "ferry_prekey_one_time_withheld_source_total",
-            "counter",
-            "Fetches given the last-resort bundle while one-time keys were left: the address had its share (prekeys.one_time_per_source_*).",
-            g(&self.prekey_one_time_withheld_source),
-        );
-        one(
-            out,
-            "ferry_prekey_puzzle_paid_total",
-            "counter",
-            "One-time keys handed out for a puzzle answer while their slot was under pressure.",
-            g(&self.prekey_puzzle_paid),
-        );
-        one(
-            out,
-            "ferry_prekey_puzzle_refused_total",
-            "counter",
-            "Fetch puzzle answers refused: too little effort, not a solution, or bound to another seed or slot.",
-            g(&self.prekey_puzzle_refused),
-        );
-        one(
-            out,
-            "ferry_prekey_puzzle_replayed_total",
-            "counter",
-            "Fetch puzzle answers refused because an earlier fetch was granted with them.",
-            g(&self.prekey_puzzle_replayed),
-        );
-        one(
-            out,
-            "ferry_prekey_slots",
-            "gauge",
-            "Bundle slots in the directory.",
-            g(&self.prekey_slots),
-        );
-        one(
-            out,
-            "ferry_prekey_bytes",
-            "gauge",
-            "Bytes of keys in the directory.",
-            g(&self.prekey_bytes),
-        );
-        one(
-            out,
-            "ferry_push_registrations",
-            "gauge",
-            "Devices (push tokens) registered, as far as this run has opened them (registered, or woken since the start).",
-            g(&self.push_registrations),
-        );
-        one(
-            out,
-            "ferry_push_registrations_locked",
-            "gauge",
-            "Registrations (one device at one dest) read from the journal and not yet opened: the journal keeps them sealed under their dest, which a wake for the dest supplies.",
-            g(&self.push_registrations_locked),
-        );
-        one(
-            out,
-            "ferry_push_registrations_refused_total",
-            "counter",
-            "Push registrations refused (bad token, provider disabled, too many).",
-            g(&self.push_registrations_refused),
-        );
-        one(
-            out,
-            "ferry_push_wakes_requested_total",
-            "counter",
-            "Blobs stored for a dest with registrations and no subscriber.",
-            g(&self.push_wakes_requested),
-        );
-        one(
-            out,
-            "ferry_push_wakes_coalesced_total",
-            "counter",
-            "Wakes not sent: the device was woken within the coalescing window.",
-            g(&self.push_wakes_coalesced),
-        );
-        one(
-            out,
-            "ferry_push_wakes_dropped_total",
-            "counter",
-            "Wakes dropped: the wake queue was full.",
-            g(&self.push_wakes_dropped),
-        );
-        one(
-            out,
-            "ferry_push_wakes_retried_total",
-            "counter",
-            "Wake retries after 429, 5xx or a network error.",
-            g(&self.push_wakes_retried),
-        );
-        one(
-            out,
-            "ferry_push_tokens_deleted_total",
-            "counter",
-            "Tokens deleted because the provider said they are gone.",
-            g(&self.push_tokens_deleted),
-        );
-        one(
-            out,
-            "ferry_push_queue",
-            "gauge",
-            "Wakes waiting (rate cap, backoff or in-flight limit).",
-            g(&self.push_queue),
-        );
-        one(
-            out,
-            "ferry_service_journal_syncs_total",
-            "counter",
-            "Journal syncs (one per batch of directory or registry changes).",
-            g(&self.journal_syncs),
-        );
-        let name = "ferry_push_wake_seconds";
-        out.push_str(&format!(
-            "# HELP {name} From a shard's wake request to the provider accepting the wake (retries included).\n# TYPE {name} histogram\n"
-        ));
-        self.wake_latency.render_unlabelled(out, name);
         for (metric, arr, help) in [
             (
                 "ferry_push_wakes_sent_total",
@@ -339,11 +167,9 @@ impl ServiceMetrics {
                 "Wakes that failed for good (refused, or out of retries).",
             ),
         ] {
-            out.push_str(&format!(
-                "# HELP {metric} {help}\n# TYPE {metric} counter\n"
-            ));
+            e.header(metric, "counter", help);
             for (i, p) in ["apns", "fcm", "webpush"].iter().enumerate() {
-                out.push_str(&format!("{metric}{{provider=\"{p}\"}} {}\n", g(&arr[i])));
+                e.sample(metric, &[("provider", p)], arr[i].load(Ordering::Relaxed));
             }
         }
     }
