@@ -40,6 +40,8 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_STALL_CHECK_MAX: Duration = Duration::from_secs(5);
 /// Request heads larger than this are refused (`431`).
 pub const HEAD_BYTES_MAX: usize = 16 * 1024;
+// hyper refuses a read buffer under 8 KiB.
+const _: () = assert!(HEAD_BYTES_MAX >= 8192);
 /// How long a listener out of descriptors waits before it tries again when its reserve could not
 /// take a connection either.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
@@ -187,7 +189,7 @@ pub async fn serve<H, F>(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(HEAD_BYTES_MAX.max(8192))
+                .max_buf_size(HEAD_BYTES_MAX)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(watched), service);
             tokio::pin!(conn);

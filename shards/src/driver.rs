@@ -391,27 +391,20 @@ impl Ctx {
         }
         // A segment became active: its successor is made now, off the core, so that the roll
         // finds it ready (a check of a few fields when there is nothing to do).
+        // (No clock read here: the shard dates the job by the last event it handled.)
         let job = if self.stopping.get() {
             None // a job out at exit would panic glommio's blocking thread
         } else {
-            self.shard.borrow_mut().take_segment_job(self.clock.now())
+            self.shard.borrow_mut().take_segment_job()
         };
         if let Some(job) = job {
             // The log hands out one job at a time and the queue holds one; should the send fail
             // anyway, the log hears of it as a failed making (or no spare would come again).
-            if let Err(e) = self.segment_jobs.try_send(job) {
-                let job = match e {
-                    glommio::GlommioError::Closed(glommio::ResourceType::Channel(j))
-                    | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(j)) => {
-                        Some(j)
-                    }
-                    _ => None,
-                };
-                if let Some(job) = job {
-                    let failed = Err(std::io::Error::other("segment job not queued"));
-                    let now = self.clock.now();
-                    self.shard.borrow_mut().on_segment(now, job.seq(), failed);
-                }
+            let seq = job.seq();
+            if self.segment_jobs.try_send(job).is_err() {
+                let failed = Err(std::io::Error::other("segment job not queued"));
+                let now = self.clock.now();
+                self.shard.borrow_mut().on_segment(now, seq, failed);
             }
         }
         // Connections shed or aborted meanwhile: shut their sockets now, so their writers' pending

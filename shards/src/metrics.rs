@@ -303,18 +303,6 @@ impl Histogram {
         (counts, self.sum.load(Ordering::Relaxed))
     }
 
-    /// Appends the Prometheus text of this histogram as series `name` with label
-    /// `shard="<shard>"` (the `# HELP`/`# TYPE` lines are the caller's, once per name).
-    pub fn render(&self, out: &mut String, name: &str, shard: usize) {
-        let shard = shard.to_string();
-        self.write(&mut Exposition::new(out), name, &[("shard", &shard)]);
-    }
-
-    /// Appends the Prometheus text of this histogram as series `name` with no label.
-    pub fn render_unlabelled(&self, out: &mut String, name: &str) {
-        self.write(&mut Exposition::new(out), name, &[]);
-    }
-
     /// The `_bucket`, `_sum` and `_count` samples of this histogram as series `name`.
     fn write(&self, e: &mut Exposition<'_>, name: &str, labels: &[(&str, &str)]) {
         let (counts, sum) = self.cumulative();
@@ -358,7 +346,7 @@ mod tests {
         assert_eq!(*counts.last().unwrap(), 5);
         assert_eq!(sum, 10 + 25 + 26 + 900 + 2_000_000);
         let mut out = String::new();
-        h.render(&mut out, "ferry_x_seconds", 3);
+        Exposition::new(&mut out).histogram("ferry_x_seconds", "x", &[(&[("shard", "3")], &h)]);
         assert!(out.contains("ferry_x_seconds_bucket{shard=\"3\",le=\"0.000025\"} 2\n"));
         assert!(out.contains("ferry_x_seconds_bucket{shard=\"3\",le=\"+Inf\"} 5\n"));
         assert!(out.contains("ferry_x_seconds_count{shard=\"3\"} 5\n"));
@@ -368,7 +356,7 @@ mod tests {
             b.observe(n);
         }
         let mut out = String::new();
-        b.render_unlabelled(&mut out, "ferry_x_msgs");
+        Exposition::new(&mut out).histogram("ferry_x_msgs", "x", &[(&[], &b)]);
         assert!(out.contains("ferry_x_msgs_bucket{le=\"1\"} 1\n"), "{out}");
         assert!(out.contains("ferry_x_msgs_bucket{le=\"4\"} 3\n"), "{out}");
         assert!(

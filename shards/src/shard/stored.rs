@@ -199,9 +199,12 @@ impl<B: Backend> Shard<B> {
         self.release_stored(durable);
     }
 
-    /// The making of the store's next segment, to run off the core (`Log::take_segment_job`).
-    pub fn take_segment_job(&mut self, now: Now) -> Option<crate::store::SegmentJobOf<B>> {
-        self.store.as_mut()?.take_segment_job(now.unix_s)
+    /// The making of the store's next segment, to run off the core (`Log::take_segment_job`),
+    /// dated by the last event the shard handled (the driver asks after every piece of work and
+    /// reads no clock for it).
+    pub fn take_segment_job(&mut self) -> Option<crate::store::SegmentJobOf<B>> {
+        let now = self.now.unix_s;
+        self.store.as_mut()?.take_segment_job(now)
     }
 
     /// The outcome of a [`Shard::take_segment_job`]: the spare the next roll takes.

@@ -77,7 +77,7 @@ impl Sim {
     /// Makes the segment shard `s` asks for ahead, if any (on the disk now; the shard hears of
     /// it 0–9 ms later).
     fn take_segment_job(&mut self, s: usize) {
-        if let Some(job) = self.node.shards[s].take_segment_job(self.now) {
+        if let Some(job) = self.node.shards[s].take_segment_job() {
             let (seq, made) = job.run();
             let back = self.now.mono_ms + self.rng.below(10);
             self.node.segment_jobs.push((s, back, seq, made));

@@ -96,6 +96,13 @@ impl Service {
         }
     }
 
+    /// The shards are told now that `dest` has no live registration: a wake offered from here on
+    /// is a shard's bug.
+    fn note_disarmed(&mut self, dest: Dest) {
+        let next = self.queue.next_seq();
+        self.disarmed_from_seq.insert(dest, next);
+    }
+
     /// Until when some device's registration for `dest` lasts (Unix s); 0: none live.
     fn armed_until(&self, dest: &Dest, now_unix_s: u64) -> u64 {
         self.registrations
@@ -144,8 +151,7 @@ impl Sim {
                         self.trace(|| {
                             format!("service: no sealed registration left for {d:?}: unarm its tag")
                         });
-                        let next = self.service.queue.next_seq();
-                        self.service.disarmed_from_seq.insert(*d, next);
+                        self.service.note_disarmed(*d);
                         for s in 0..self.cfg.shards {
                             self.node.shards[s].on_service(now, ServiceReply::PushUnarmTag { tag });
                             self.pump(s);
@@ -159,8 +165,7 @@ impl Sim {
                         )
                     });
                     if until_unix_s == 0 {
-                        let next = self.service.queue.next_seq();
-                        self.service.disarmed_from_seq.insert(*d, next);
+                        self.service.note_disarmed(*d);
                     }
                     let arm = ServiceReply::PushArm {
                         dest: *d,
