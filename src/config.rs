@@ -807,7 +807,7 @@ impl Config {
             bound("push.coalesce_window_s", p.coalesce_window_s, 1, DAY_S),
             bound("push.registration_ttl_max_s", p.registration_ttl_max_s, 1, YEAR_S),
             bound("push.registrations_max", p.registrations_max, 1, 100_000_000),
-            bound("push.dests_per_token_max", p.dests_per_token_max, 1, crate::service::push::DESTS_PER_TOKEN_MAX as i128),
+            bound("push.dests_per_token_max", p.dests_per_token_max, 1, ferry_shards::push::DESTS_PER_TOKEN_MAX as i128),
             bound("push.queue_max", p.queue_max, 1, ENTRIES_MAX),
             bound("push.inflight_max", p.inflight_max, 1, 65_536),
             bound("push.retries_max", p.retries_max, 0, 100),
@@ -1112,7 +1112,7 @@ impl Config {
         if !p.webpush_vapid_key_file.is_empty() && !subject_ok {
             bail!("push.webpush_subject must be a `mailto:` or `https:` contact (RFC 8292)");
         }
-        crate::service::endpoint::AllowList::parse(&p.webpush_origins_allowed)?;
+        ferry_shards::push::endpoint::AllowList::parse(&p.webpush_origins_allowed)?;
         Ok(())
     }
 

@@ -728,14 +728,15 @@ fn service_config(
     clock: Clock,
     puzzle: &ferry_shards::puzzle::PuzzleConfig,
 ) -> anyhow::Result<crate::service::ServiceConfig> {
-    use crate::service::{providers, push::PushLimits};
+    use crate::service::providers;
     use ferry_shards::prekeys::DirectoryLimits;
+    use ferry_shards::push::PushLimits;
     use ferry_shards::ratelimit::Rate;
     let k = &cfg.prekeys;
     let p = &cfg.push;
     let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
     let webpush_origins_allowed =
-        crate::service::endpoint::AllowList::parse(&p.webpush_origins_allowed)?;
+        ferry_shards::push::endpoint::AllowList::parse(&p.webpush_origins_allowed)?;
     let mut prov = providers::Providers::default();
     if let Some(f) = path(&p.apns_key_file) {
         prov.apns = Some(providers::ApnsConfig {
@@ -812,7 +813,7 @@ fn service_config(
             webpush_origins_allowed,
             enabled: prov.enabled(),
         },
-        send: crate::service::SendLimits {
+        send: ferry_shards::push::SendLimits {
             rate_per_s: [p.apns_rate_per_s, p.fcm_rate_per_s, p.webpush_rate_per_s],
             queue_max: p.queue_max,
             inflight_max: p.inflight_max,

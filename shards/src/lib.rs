@@ -15,6 +15,7 @@ pub mod media;
 pub mod metrics;
 pub mod mutants;
 pub mod prekeys;
+pub mod push;
 pub mod puzzle;
 pub mod ratelimit;
 pub mod service;

@@ -11,10 +11,8 @@
 //! consumed one-time key is never handed out twice, even across a crash. Wakes go out as
 //! separate tasks under a per-provider rate cap and an in-flight limit, with retries and backoff.
 
-pub mod endpoint;
 pub mod journal;
 pub mod providers;
-pub mod push;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -25,19 +23,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_proto::conn::{Now, prekey_refusal};
-use ferry_proto::frame::{Frame, PrekeyStatus, PushProvider, PushStatus};
+use ferry_proto::frame::{Frame, PrekeyStatus, PushStatus};
 use ferry_proto::prekey::KeyKind;
 use ferry_shards::clock::Clock;
 use ferry_shards::driver::{ServiceLink, ServiceLinks};
 use ferry_shards::fatal::FatalStop;
 use ferry_shards::metrics::{Exposition, Histogram, WAKE_BUCKETS_US};
-use ferry_shards::ratelimit::{KeyedLimiter, Rate};
 use ferry_shards::service::{ServiceReply, ServiceRequest, ServiceSink, ServiceWork};
 
 use ferry_shards::prekeys::{Directory, DirectoryLimits};
+use ferry_shards::push::{Dispatcher, Job, Outcome, PushLimits, Registry, SendLimits};
 use journal::Journal;
-use providers::{Outcome, Providers, Sender};
-use push::{PushLimits, Registry, Wake};
+use providers::{Providers, Sender};
 
 /// Requests applied per loop turn (one journal sync covers them all).
 pub const BATCH_MAX: usize = 256;
@@ -52,20 +49,6 @@ const COMPACT_MIN_BYTES: u64 = 16 << 20;
 /// then (docs/PUSH.md, "At rest").
 pub const PUSH_REGROUP_S: u64 = 60;
 pub const PUSH_REGROUP_BYTES_MAX: u64 = 256 << 20;
-
-/// How wakes are sent (named config keys under `[push]`).
-#[derive(Clone, Debug)]
-pub struct SendLimits {
-    /// Wakes per second to each provider (APNs, FCM, Web Push); 0 = no cap.
-    pub rate_per_s: [u64; 3],
-    /// Wakes waiting to be sent; beyond it new wakes are dropped and counted.
-    pub queue_max: usize,
-    /// Provider requests in flight at once.
-    pub inflight_max: usize,
-    /// Retries after 429/5xx/network errors, with exponential backoff from `retry_base_ms`.
-    pub retries_max: u32,
-    pub retry_base_ms: u64,
-}
 
 /// Everything the service core needs.
 #[derive(Debug)]
@@ -233,14 +216,6 @@ impl ServiceHandle {
     }
 }
 
-fn provider_index(p: PushProvider) -> usize {
-    match p {
-        PushProvider::Apns => 0,
-        PushProvider::Fcm => 1,
-        PushProvider::WebPush => 2,
-    }
-}
-
 /// Replies on their way to the shards.
 struct Outlet {
     txs: Vec<crossbeam_channel::Sender<ServiceReply>>,
@@ -282,17 +257,6 @@ impl Outlet {
     }
 }
 
-/// A wake waiting to be sent.
-#[derive(Debug)]
-struct Job {
-    wake: Wake,
-    /// When the shard's request arrived (`Clock::elapsed_us`): the wake latency starts here.
-    asked_us: u64,
-    attempt: u32,
-    not_before_ms: u64,
-    refreshed: bool,
-}
-
 struct Done {
     job: Job,
     outcome: Outcome,
@@ -305,11 +269,8 @@ struct State {
     registry: (Registry, Journal),
     outlet: Outlet,
     sender: Option<Sender>,
-    send: SendLimits,
-    queue: VecDeque<Job>,
-    inflight: usize,
-    /// One bucket each (key 0): the provider's wake rate cap.
-    provider_rate: [KeyedLimiter<u8>; 3],
+    /// The wake queue (rate caps, in-flight limit, retries).
+    wakes: Dispatcher,
     metrics: Arc<ServiceMetrics>,
     /// Where a journal that cannot sync is reported (the core then stops).
     fatal: Arc<FatalStop>,
@@ -360,7 +321,9 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
     };
     let mut push_limits = cfg.push.clone();
     push_limits.enabled = cfg.providers.enabled();
-    let mut registry = Registry::new(push_limits);
+    let mut nonce_seed = [0u8; 32];
+    getrandom::fill(&mut nonce_seed).context("no randomness for the push journal's nonces")?;
+    let mut registry = Registry::new(push_limits, nonce_seed);
     let pj = open_journal(&cfg.dir, "push", |r| registry.replay(r))?;
     let sender = if cfg.providers.enabled().iter().any(|e| *e) {
         let client = providers::https_client(cfg.ca_file.as_deref())?;
@@ -419,15 +382,6 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
     }
     let metrics = Arc::new(ServiceMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let rate = |per_s: u64| {
-        KeyedLimiter::new(
-            Rate {
-                per_s,
-                burst: per_s.max(1),
-            },
-            4,
-        )
-    };
     let send = cfg.send.clone();
     let clock = cfg.clock;
     let (m, s) = (metrics.clone(), stop.clone());
@@ -463,14 +417,7 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
                         registry: (registry, pj),
                         outlet,
                         sender: sender.map(|(c, p)| Sender::new(c, p, clock)),
-                        provider_rate: [
-                            rate(send.rate_per_s[0]),
-                            rate(send.rate_per_s[1]),
-                            rate(send.rate_per_s[2]),
-                        ],
-                        send,
-                        queue: VecDeque::new(),
-                        inflight: 0,
+                        wakes: Dispatcher::new(send),
                         metrics: m,
                         fatal,
                     };
@@ -523,7 +470,6 @@ async fn run(
                 }
             }
             Some(done) = done_rx.recv() => {
-                st.inflight -= 1;
                 st.on_done(done);
             }
             _ = tick.tick() => {
@@ -678,109 +624,38 @@ impl State {
             }
             ServiceWork::Wake { dest } => {
                 let asked_us = self.clock.elapsed_us();
-                for wake in self.registry.0.wake(now.unix_s, now.mono_ms, &dest) {
-                    self.enqueue(Job {
-                        wake,
-                        asked_us,
-                        attempt: 0,
-                        not_before_ms: 0,
-                        refreshed: false,
-                    });
-                }
+                self.wakes.wake(&mut self.registry.0, now, asked_us, &dest);
             }
         }
-    }
-
-    fn enqueue(&mut self, job: Job) {
-        if self.queue.len() >= self.send.queue_max {
-            ShardlessMetrics::inc(&self.metrics.push_wakes_dropped);
-            self.registry.0.wake_finished(&job.wake, true);
-            return;
-        }
-        self.queue.push_back(job);
     }
 
     fn on_done(&mut self, done: Done) {
-        let Done { mut job, outcome } = done;
-        let i = provider_index(job.wake.provider);
-        match outcome {
-            Outcome::Sent => {
-                ShardlessMetrics::inc(&self.metrics.push_sent[i]);
-                let took = self.clock.elapsed_us().saturating_sub(job.asked_us);
-                self.metrics.wake_latency.observe_us(took);
-                self.registry.0.wake_finished(&job.wake, false);
-            }
-            Outcome::Gone => {
-                let arms = self
-                    .registry
-                    .0
-                    .delete_token(job.wake.provider, &job.wake.token);
-                self.arm(arms);
-            }
-            Outcome::Refresh if !job.refreshed => {
-                job.refreshed = true;
-                job.not_before_ms = 0;
-                self.queue.push_front(job);
-            }
-            Outcome::Retry { after_s } if job.attempt < self.send.retries_max => {
-                ShardlessMetrics::inc(&self.metrics.push_wakes_retried);
-                let backoff = self
-                    .send
-                    .retry_base_ms
-                    .saturating_mul(1 << job.attempt.min(16))
-                    .min(300_000);
-                let wait = after_s.map_or(backoff, |s| s.saturating_mul(1000).min(3_600_000));
-                job.attempt += 1;
-                job.not_before_ms = self.clock.now().mono_ms + wait;
-                self.enqueue(job);
-            }
-            Outcome::Refresh | Outcome::Retry { .. } | Outcome::Failed => {
-                ShardlessMetrics::inc(&self.metrics.push_failed[i]);
-                self.registry.0.wake_finished(&job.wake, false);
-            }
+        let Done { job, outcome } = done;
+        let (now_ms, elapsed_us) = (self.clock.now().mono_ms, self.clock.elapsed_us());
+        let f = self
+            .wakes
+            .done(&mut self.registry.0, now_ms, elapsed_us, job, outcome);
+        if let Some(us) = f.latency_us {
+            self.metrics.wake_latency.observe_us(us);
         }
+        self.arm(f.arms);
     }
 
-    /// Starts the wakes that are due, within the rate caps and the in-flight limit.
-    /// Returns how long (ms) until a waiting job may be due; `None` when nothing waits or only
-    /// the in-flight limit holds them (a finished request wakes the loop).
+    /// Starts the wakes that are due; returns how long (ms) until a waiting one may be due.
     fn dispatch(&mut self, done_tx: &tokio::sync::mpsc::UnboundedSender<Done>) -> Option<u64> {
-        let Some(sender) = self.sender.clone() else {
-            // No provider configured (registrations replayed from an earlier configuration).
-            for job in std::mem::take(&mut self.queue) {
-                self.registry.0.wake_finished(&job.wake, false);
-            }
-            return None;
-        };
         let now_ms = self.clock.now().mono_ms;
-        let mut waiting = VecDeque::new();
-        let mut next: Option<u64> = None;
-        while let Some(job) = self.queue.pop_front() {
-            if self.inflight >= self.send.inflight_max {
-                waiting.push_back(job);
-                waiting.extend(self.queue.drain(..));
-                break;
+        let (start, next) = self
+            .wakes
+            .due(&mut self.registry.0, now_ms, self.sender.is_some());
+        if let Some(sender) = &self.sender {
+            for job in start {
+                let (s, tx) = (sender.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let outcome = s.send(&job.wake, job.refreshed).await;
+                    let _ = tx.send(Done { job, outcome });
+                });
             }
-            let p = provider_index(job.wake.provider);
-            if job.not_before_ms > now_ms {
-                let wait = job.not_before_ms - now_ms;
-                next = Some(next.map_or(wait, |n| n.min(wait)));
-                waiting.push_back(job);
-                continue;
-            }
-            if !self.provider_rate[p].allow(0, now_ms) {
-                next = Some(1); // the bucket refills by the millisecond
-                waiting.push_back(job);
-                continue;
-            }
-            self.inflight += 1;
-            let (s, tx) = (sender.clone(), done_tx.clone());
-            tokio::spawn(async move {
-                let outcome = s.send(&job.wake, job.refreshed).await;
-                let _ = tx.send(Done { job, outcome });
-            });
         }
-        self.queue = waiting;
         next
     }
 
@@ -843,7 +718,9 @@ impl State {
             fatal_on_err(&self.fatal, j.commit(), "push journal");
             synced += 1;
         }
-        ShardlessMetrics::add(&self.metrics.journal_syncs, synced);
+        self.metrics
+            .journal_syncs
+            .fetch_add(synced, Ordering::Relaxed);
     }
 
     fn publish(&self) {
@@ -876,18 +753,14 @@ impl State {
         set(&m.push_wakes_requested, s.wakes_requested);
         set(&m.push_wakes_coalesced, s.wakes_coalesced);
         set(&m.push_tokens_deleted, s.tokens_deleted);
-        set(&m.push_queue, (self.queue.len() + self.inflight) as u64);
-    }
-}
-
-/// Counter helpers for the service's own metrics.
-struct ShardlessMetrics;
-impl ShardlessMetrics {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+        let d = self.wakes.stats;
+        for i in 0..3 {
+            set(&m.push_sent[i], d.sent[i]);
+            set(&m.push_failed[i], d.failed[i]);
+        }
+        set(&m.push_wakes_dropped, d.dropped);
+        set(&m.push_wakes_retried, d.retried);
+        set(&m.push_queue, self.wakes.len() as u64);
     }
 }
 

@@ -16,8 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
-use super::endpoint::AllowList;
-use super::push::Wake;
+use ferry_shards::push::endpoint::AllowList;
+use ferry_shards::push::{Credential, Outcome, Wake, usable};
 
 pub use ferry_shards::service::push_wire::{
     APNS_BODY, APNS_PATH_PREFIX, APNS_PRIORITY, APNS_PUSH_TYPE, FCM_SCOPE,
@@ -28,10 +28,17 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 pub const FCM_ACCESS_TOKEN_LIFETIME_MAX_S: u64 = 3_600;
 /// How long the FCM assertion (the service-account JWT) is valid (Google's maximum).
 pub const FCM_ASSERTION_LIFETIME_S: u64 = 3_600;
-/// A credential younger than this is not replaced on a refusal: a burst of 403s (every request
-/// in flight with the same stale token) makes one new token, not one each (APNs answers too
-/// many token updates with 429 TooManyProviderTokenUpdates).
-pub const CREDENTIAL_REFRESH_MIN_AGE_S: u64 = 60;
+/// A VAPID JWT is made valid this long (the limit is 24 h) and renewed when less than
+/// `VAPID_RENEW_MARGIN_S` is left; an FCM access token when less than `FCM_RENEW_MARGIN_S` is.
+/// (A refusal makes a credential anew only once it is older than
+/// `CREDENTIAL_REFRESH_MIN_AGE_S`: a burst of 403s, every request in flight with the same stale
+/// token, makes one new token, not one each; APNs answers too many token updates with 429
+/// TooManyProviderTokenUpdates.)
+pub const VAPID_VALID_S: u64 = 12 * 3_600;
+pub const VAPID_RENEW_MARGIN_S: u64 = 3_600;
+pub const FCM_RENEW_MARGIN_S: u64 = 300;
+/// VAPID JWTs cached at once (one per push service origin); past it the cache starts over.
+pub const VAPID_CACHED_MAX: usize = 1_024;
 
 /// APNs credentials and settings.
 #[derive(Debug)]
@@ -87,22 +94,6 @@ impl Providers {
             self.webpush.is_some(),
         ]
     }
-}
-
-/// How a provider answered one wake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Sent,
-    /// The token is no longer valid: delete it.
-    Gone,
-    /// Back off and retry (429, 5xx, network errors); `Retry-After` when given.
-    Retry {
-        after_s: Option<u64>,
-    },
-    /// Our credential was refused or is stale: refresh it and retry once.
-    Refresh,
-    /// Refused for another reason (counted, not retried).
-    Failed,
 }
 
 /// Maps a provider's status (and APNs' reason) to what to do.
@@ -227,15 +218,13 @@ pub fn vapid_public(key: &p256::ecdsa::SigningKey) -> String {
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Cached credentials: (token, issued or expiry Unix s).
+/// Cached credentials (`ferry_shards::push::Credential` says when one is used again).
 #[derive(Debug, Default)]
 struct Tokens {
-    apns: Option<(String, u64)>,
-    fcm: Option<(String, u64)>,
-    /// origin → (JWT, expiry).
-    vapid: ahash::AHashMap<String, (String, u64)>,
-    /// When the FCM access token was obtained.
-    fcm_obtained: u64,
+    apns: Option<Credential<String>>,
+    fcm: Option<Credential<String>>,
+    /// By push service origin.
+    vapid: ahash::AHashMap<String, Credential<String>>,
 }
 
 /// Sends wakes. Cloned into each request task.
@@ -306,37 +295,37 @@ impl Sender {
     fn apns_jwt(&self, cfg: &ApnsConfig, refresh: bool) -> String {
         let now = self.unix_s();
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = |iat: u64| now < iat + CREDENTIAL_REFRESH_MIN_AGE_S;
-        match &t.apns {
-            Some((jwt, iat)) if (!refresh || fresh(*iat)) && now < iat + cfg.token_refresh_s => {
-                jwt.clone()
-            }
-            _ => {
-                let jwt = apns_provider_token(cfg, now);
-                t.apns = Some((jwt.clone(), now));
-                jwt
-            }
+        if let Some(jwt) = usable(t.apns.as_ref(), now, refresh, 0) {
+            return jwt.clone();
         }
+        let jwt = apns_provider_token(cfg, now);
+        t.apns = Some(Credential {
+            value: jwt.clone(),
+            issued_s: now,
+            expires_s: now + cfg.token_refresh_s,
+        });
+        jwt
     }
 
     fn vapid_jwt(&self, cfg: &WebPushConfig, origin: &str, refresh: bool) -> String {
         let now = self.unix_s();
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        // Valid 12 h (the limit is 24 h); renewed when less than an hour is left.
-        const VALID_S: u64 = 12 * 3_600;
-        if let Some((jwt, exp)) = t.vapid.get(origin) {
-            let issued = exp.saturating_sub(VALID_S);
-            let fresh = now < issued + CREDENTIAL_REFRESH_MIN_AGE_S;
-            if (!refresh || fresh) && now + 3_600 < *exp {
-                return jwt.clone();
-            }
+        if let Some(jwt) = usable(t.vapid.get(origin), now, refresh, VAPID_RENEW_MARGIN_S) {
+            return jwt.clone();
         }
-        let exp = now + VALID_S;
+        let exp = now + VAPID_VALID_S;
         let jwt = vapid_token(cfg, origin, exp);
-        if t.vapid.len() > 1_024 {
+        if t.vapid.len() >= VAPID_CACHED_MAX {
             t.vapid.clear();
         }
-        t.vapid.insert(origin.to_string(), (jwt.clone(), exp));
+        t.vapid.insert(
+            origin.to_string(),
+            Credential {
+                value: jwt.clone(),
+                issued_s: now,
+                expires_s: exp,
+            },
+        );
         jwt
     }
 
@@ -345,11 +334,8 @@ impl Sender {
         let now = self.unix_s();
         {
             let t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((tok, exp)) = &t.fcm {
-                let fresh = now < t.fcm_obtained + CREDENTIAL_REFRESH_MIN_AGE_S;
-                if (!refresh || fresh) && now + 300 < *exp {
-                    return Ok(tok.clone());
-                }
+            if let Some(tok) = usable(t.fcm.as_ref(), now, refresh, FCM_RENEW_MARGIN_S) {
+                return Ok(tok.clone());
             }
         }
         let assertion = fcm_assertion(cfg, now).map_err(|_| {
@@ -382,8 +368,11 @@ impl Sender {
             .unwrap_or(FCM_ACCESS_TOKEN_LIFETIME_MAX_S)
             .min(FCM_ACCESS_TOKEN_LIFETIME_MAX_S);
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        t.fcm = Some((tok.clone(), now + expires_in));
-        t.fcm_obtained = now;
+        t.fcm = Some(Credential {
+            value: tok.clone(),
+            issued_s: now,
+            expires_s: now + expires_in,
+        });
         Ok(tok)
     }
 

@@ -26,9 +26,10 @@ use bytes::BufMut;
 use ferry_proto::frame::{Dest, PushProvider, PushStatus};
 use ferry_proto::limits::PUSH_TOKEN_BYTES_MAX;
 
-use ferry_shards::service::push_dest_tag;
+use crate::service::push_dest_tag;
 
 use super::endpoint::AllowList;
+use super::provider_index;
 
 /// Most dests one token may be registered for, whatever `push.dests_per_token_max` says (a
 /// `PushResult` counts them in a u16, as the old-form journal records did).
@@ -53,14 +54,6 @@ pub struct PushLimits {
     pub webpush_origins_allowed: AllowList,
     /// Providers the node has credentials for (APNs, FCM, Web Push).
     pub enabled: [bool; 3],
-}
-
-fn provider_index(p: PushProvider) -> usize {
-    match p {
-        PushProvider::Apns => 0,
-        PushProvider::Fcm => 1,
-        PushProvider::WebPush => 2,
-    }
 }
 
 type DeviceKey = (u8, String);
@@ -130,11 +123,35 @@ pub struct Registry {
     /// Tags whose locked registrations are gone (opened, replaced, expired): the shards holding
     /// them armed are told ([`Registry::take_unarmed_tags`]).
     unarmed: Vec<[u8; 16]>,
+    /// Where the seals' nonces come from (seeded by the caller: the node from the system's
+    /// randomness, the simulator from its seed).
+    nonces: Nonces,
     pub stats: PushStats,
 }
 
+/// Nonces for sealed records: `blake3 keyed(seed, counter)[0..12]`, a PRF of a counter under a
+/// fresh 256-bit seed per run, so as unlikely to repeat as 96 random bits, and reproducible from
+/// the seed (the simulator's runs replay).
+#[derive(Debug)]
+struct Nonces {
+    seed: [u8; 32],
+    next: u64,
+}
+
+impl Nonces {
+    fn take(&mut self) -> [u8; SEAL_NONCE_BYTES] {
+        let h = blake3::keyed_hash(&self.seed, &self.next.to_le_bytes());
+        self.next += 1;
+        let mut n = [0u8; SEAL_NONCE_BYTES];
+        n.copy_from_slice(&h.as_bytes()[..SEAL_NONCE_BYTES]);
+        n
+    }
+}
+
 impl Registry {
-    pub fn new(limits: PushLimits) -> Self {
+    /// `nonce_seed`: fresh randomness per run (the node's) or drawn from a seed (the
+    /// simulator's); the seals' nonces derive from it.
+    pub fn new(limits: PushLimits, nonce_seed: [u8; 32]) -> Self {
         assert!(
             limits.dests_per_token_max <= DESTS_PER_TOKEN_MAX,
             "push.dests_per_token_max {} is over {DESTS_PER_TOKEN_MAX}: config validation lets none through",
@@ -150,6 +167,10 @@ impl Registry {
             old_records: false,
             retry_at: 0,
             unarmed: Vec::new(),
+            nonces: Nonces {
+                seed: nonce_seed,
+                next: 0,
+            },
             stats: PushStats::default(),
         }
     }
@@ -310,7 +331,8 @@ impl Registry {
     /// Journals (dest, until) items of a device, one record per dest (until 0: removed).
     fn journal(&mut self, key: &DeviceKey, items: &[(Dest, u64)]) {
         for (dest, until) in items {
-            self.records.push(sealed_record(dest, key, *until));
+            let nonce = self.nonces.take();
+            self.records.push(sealed_record(dest, key, *until, nonce));
         }
     }
 
@@ -503,8 +525,7 @@ impl Registry {
         self.apply(&key, &items)
     }
 
-    /// Whether `token` is registered (tests).
-    #[cfg(test)]
+    /// Whether `token` is registered and opened (tests, the simulator's checks).
     pub fn has_token(&self, provider: PushProvider, token: &str) -> bool {
         self.devices
             .contains_key(&(provider as u8, token.to_string()))
@@ -643,11 +664,11 @@ impl Registry {
 
     /// The live state as journal records (compaction), sorted by dest tag and entry id: the
     /// order says nothing about which records one registration wrote.
-    pub fn snapshot(&self) -> Vec<Vec<u8>> {
+    pub fn snapshot(&mut self) -> Vec<Vec<u8>> {
         let mut out: Vec<Vec<u8>> = Vec::new();
         for (key, d) in &self.devices {
             for (dest, until) in &d.dests {
-                out.push(sealed_record(dest, key, *until));
+                out.push(sealed_record(dest, key, *until, self.nonces.take()));
             }
         }
         for (tag, entries) in &self.locked {
@@ -695,7 +716,7 @@ fn aead_key(seal: &[u8; 32]) -> ring::aead::LessSafeKey {
 }
 
 /// `nonce ‖ ChaCha20-Poly1305(pad(provider ‖ until ‖ token_len ‖ token))`, the tag as AAD.
-fn seal(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
+fn seal(dest: &Dest, key: &DeviceKey, until: u64, nonce: [u8; SEAL_NONCE_BYTES]) -> Vec<u8> {
     let seal = seal_key(dest);
     let mut pt = Vec::with_capacity(SEAL_PAD_STEPS[0]);
     pt.push(key.0);
@@ -707,9 +728,6 @@ fn seal(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
         .find(|&n| n >= pt.len())
         .unwrap_or_else(|| unreachable!("a token is at most PUSH_TOKEN_BYTES_MAX"));
     pt.resize(padded, 0);
-    let mut nonce = [0u8; SEAL_NONCE_BYTES];
-    // A node without randomness cannot run (it seeds everything else from the same source).
-    getrandom::fill(&mut nonce).unwrap_or_else(|e| panic!("no randomness for a push record: {e}"));
     aead_key(&seal)
         .seal_in_place_append_tag(
             ring::aead::Nonce::assume_unique_for_key(nonce),
@@ -745,7 +763,12 @@ fn unseal(seal: &[u8; 32], tag: &[u8; 16], sealed: &[u8]) -> Option<(DeviceKey, 
 }
 
 /// The record of one device's registration for one dest (`until` 0: removed).
-fn sealed_record(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
+fn sealed_record(
+    dest: &Dest,
+    key: &DeviceKey,
+    until: u64,
+    nonce: [u8; SEAL_NONCE_BYTES],
+) -> Vec<u8> {
     let tag = push_dest_tag(dest);
     let entry = entry_id(&seal_key(dest), key);
     if until == 0 {
@@ -757,7 +780,7 @@ fn sealed_record(dest: &Dest, key: &DeviceKey, until: u64) -> Vec<u8> {
         &entry,
         &Sealed {
             day,
-            sealed: seal(dest, key, until),
+            sealed: seal(dest, key, until, nonce),
         },
     )
 }
@@ -870,7 +893,7 @@ mod tests {
 
     #[test]
     fn one_wake_per_device_per_window() {
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         let d = Dest([1; 16]);
         let (n, arms) = r
             .register(100, PushProvider::Apns, APNS.as_bytes(), 50, &[d])
@@ -902,7 +925,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_per_provider() {
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         let d = [Dest([1; 16])];
         let bad = |r: &mut Registry, p, t: &str| r.register(0, p, t.as_bytes(), 10, &d);
         assert_eq!(
@@ -931,7 +954,7 @@ mod tests {
         );
         let mut off = limits();
         off.enabled = [false, true, true];
-        let mut r = Registry::new(off);
+        let mut r = Registry::new(off, [9; 32]);
         assert_eq!(
             bad(&mut r, PushProvider::Apns, APNS),
             Err(PushStatus::ProviderDisabled)
@@ -944,7 +967,7 @@ mod tests {
         l.webpush_origins_allowed =
             AllowList::parse(&["https://*.notify.windows.com", "https://push.example:8443"])
                 .unwrap();
-        let mut r = Registry::new(l);
+        let mut r = Registry::new(l, [9; 32]);
         let d = [Dest([1; 16])];
         let wp =
             |r: &mut Registry, t: &str| r.register(0, PushProvider::WebPush, t.as_bytes(), 10, &d);
@@ -992,7 +1015,7 @@ mod tests {
         l.webpush_origins_allowed =
             AllowList::parse(&["https://*.notify.windows.com", "https://push.example:8443"])
                 .unwrap();
-        let mut r = Registry::new(l);
+        let mut r = Registry::new(l, [9; 32]);
         assert_eq!(r.replay(&records), 0);
         assert_eq!(r.devices(), 1);
         assert!(r.has_token(PushProvider::WebPush, stored[2]));
@@ -1005,7 +1028,7 @@ mod tests {
 
     #[test]
     fn record_lengths_are_refused_or_asserted_never_clamped() {
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         let d = Dest([1; 16]);
         // A token longer than a record's u16 length (and than PUSH_TOKEN_BYTES_MAX).
         let long = format!("https://push.example:8443/{}", "a".repeat(70_000));
@@ -1032,14 +1055,14 @@ mod tests {
         r.register(0, PushProvider::Fcm, b"tok", 10, &[d; 4])
             .unwrap();
         let records = r.take_records(0);
-        assert_eq!(Registry::new(limits()).replay(&records), 0);
+        assert_eq!(Registry::new(limits(), [9; 32]).replay(&records), 0);
         // A journal record claiming a longer token than any registration can have is damage.
         let mut forged = vec![b'R', PushProvider::Fcm as u8];
         let token_len = PUSH_TOKEN_BYTES_MAX + 1;
         forged.put_u16_le(u16::try_from(token_len).unwrap());
         forged.extend(std::iter::repeat_n(b'a', token_len));
         forged.put_u16_le(0);
-        assert_eq!(Registry::new(limits()).replay(&[forged]), 1);
+        assert_eq!(Registry::new(limits(), [9; 32]).replay(&[forged]), 1);
         // So is a device with more dests than any registration can give it.
         let key = (PushProvider::Fcm as u8, "tok".to_string());
         let items: Vec<(Dest, u64)> = (0..=DESTS_PER_TOKEN_MAX)
@@ -1053,7 +1076,7 @@ mod tests {
             record(&key, &items[..DESTS_PER_TOKEN_MAX / 2]),
             record(&key, &items[DESTS_PER_TOKEN_MAX / 2..]),
         ];
-        let mut again = Registry::new(limits());
+        let mut again = Registry::new(limits(), [9; 32]);
         assert_eq!(again.replay(&halves), 1);
         assert_eq!(
             again.snapshot().len(),
@@ -1067,12 +1090,12 @@ mod tests {
     fn a_dests_limit_no_record_can_hold_is_a_programming_error() {
         let mut l = limits();
         l.dests_per_token_max = DESTS_PER_TOKEN_MAX + 1;
-        Registry::new(l);
+        Registry::new(l, [9; 32]);
     }
 
     #[test]
     fn limits_removal_deletion_and_replay() {
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         let ds: Vec<Dest> = (0..5u8).map(|i| Dest([i; 16])).collect();
         assert_eq!(
             r.register(0, PushProvider::Fcm, b"tok-1", 10, &ds),
@@ -1100,7 +1123,7 @@ mod tests {
         assert!(!r.has_token(PushProvider::Fcm, "tok-1"));
         let records = r.take_records(0);
         // A restart: the journal's registrations are locked until a wake names their dest.
-        let mut again = Registry::new(limits());
+        let mut again = Registry::new(limits(), [9; 32]);
         assert_eq!(again.replay(&records), 0);
         assert_eq!((again.devices(), again.locked()), (0, 2));
         assert!(!again.compaction_due(0, 60, true, false));
@@ -1125,9 +1148,9 @@ mod tests {
         assert!(again.take_unarmed_tags().is_empty());
         assert_eq!(again.devices(), 0);
         // Compaction keeps locked registrations as they are, until their day has passed.
-        let mut third = Registry::new(limits());
+        let mut third = Registry::new(limits(), [9; 32]);
         third.replay(&r.snapshot());
-        let mut fourth = Registry::new(limits());
+        let mut fourth = Registry::new(limits(), [9; 32]);
         fourth.replay(&third.snapshot());
         assert_eq!(fourth.locked(), 2);
         assert_eq!(fourth.wake(5, 0, &ds[0]).len(), 2);
@@ -1143,7 +1166,7 @@ mod tests {
             "the expired records leave the journal"
         );
         // A Web Push origin taken off the allowed list: its tokens go when they are opened.
-        let mut wp = Registry::new(limits());
+        let mut wp = Registry::new(limits(), [9; 32]);
         wp.register(
             0,
             PushProvider::WebPush,
@@ -1155,7 +1178,7 @@ mod tests {
         let records = wp.take_records(0);
         let mut narrower = limits();
         narrower.webpush_origins_allowed = AllowList::default();
-        let mut again = Registry::new(narrower);
+        let mut again = Registry::new(narrower, [9; 32]);
         again.replay(&records);
         assert!(again.wake(0, 0, &ds[0]).is_empty());
         assert_eq!((again.devices(), again.locked()), (0, 0));
@@ -1169,7 +1192,7 @@ mod tests {
 
     #[test]
     fn the_journal_names_no_dest_and_no_token_and_links_no_registration() {
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         let ds: Vec<Dest> = (1..=4u8).map(|i| Dest([i; 16])).collect();
         r.register(100, PushProvider::Apns, APNS.as_bytes(), 500, &ds)
             .unwrap();
@@ -1209,7 +1232,7 @@ mod tests {
         r.compacted();
         assert!(!r.compaction_due(1000, 60, true, false));
         // After a restart, the dest opens its records; nothing else does.
-        let mut again = Registry::new(limits());
+        let mut again = Registry::new(limits(), [9; 32]);
         assert_eq!(again.replay(&snap), 0);
         assert_eq!(again.locked(), 5);
         let wakes = again.wake(200, 0, &ds[0]);
@@ -1226,7 +1249,7 @@ mod tests {
             .unwrap();
         let last = bad[i].len() - 1;
         bad[i][last] ^= 1;
-        let mut broken = Registry::new(limits());
+        let mut broken = Registry::new(limits(), [9; 32]);
         assert_eq!(broken.replay(&bad), 0);
         assert!(broken.wake(200, 0, &ds[1]).is_empty());
         assert_eq!(broken.take_records(200).len(), 1, "its deletion");
@@ -1237,13 +1260,13 @@ mod tests {
         let key = (PushProvider::Apns as u8, APNS.to_string());
         let d = Dest([7; 16]);
         let old = record(&key, &[(d, 1000)]);
-        let removal = sealed_record(&d, &key, 0);
-        let mut r = Registry::new(limits());
+        let removal = sealed_record(&d, &key, 0, [0; 12]);
+        let mut r = Registry::new(limits(), [9; 32]);
         assert_eq!(r.replay(std::slice::from_ref(&old)), 0);
         assert!(r.has_token(PushProvider::Apns, APNS));
         assert!(r.compaction_due(0, 60, true, false));
         assert!(r.snapshot().iter().all(|rec| rec[0] == b'S'));
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         assert_eq!(r.replay(&[old, removal]), 0);
         assert_eq!((r.devices(), r.locked()), (0, 0));
     }
@@ -1253,11 +1276,11 @@ mod tests {
         // A device registered one dest before a restart, and after it (unaware) registers its
         // full share anew: the sealed one, opened later, would take it past its limit.
         let d0 = Dest([0; 16]);
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         r.register(0, PushProvider::Fcm, b"tok-1", 100, &[d0])
             .unwrap();
         let sealed = r.take_records(0);
-        let mut again = Registry::new(limits());
+        let mut again = Registry::new(limits(), [9; 32]);
         again.replay(&sealed);
         let fresh: Vec<Dest> = (1..=4u8).map(|i| Dest([i; 16])).collect();
         again
@@ -1271,11 +1294,11 @@ mod tests {
         assert_eq!(again.locked(), 0);
         assert_eq!(again.take_records(0).len(), 1, "its deletion is journaled");
         // Likewise a sealed device beyond registrations_max (3) opened registrations.
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         r.register(0, PushProvider::Fcm, b"tok-9", 100, &[d0])
             .unwrap();
         let sealed = r.take_records(0);
-        let mut again = Registry::new(limits());
+        let mut again = Registry::new(limits(), [9; 32]);
         again.replay(&sealed);
         for t in ["tok-1", "tok-2", "tok-3"] {
             again
@@ -1293,7 +1316,7 @@ mod tests {
 
     #[test]
     fn a_journal_with_unsealed_records_is_rewritten_even_those_that_do_not_parse() {
-        let mut r = Registry::new(limits());
+        let mut r = Registry::new(limits(), [9; 32]);
         assert_eq!(r.replay(&[b"R garbage".to_vec()]), 1);
         assert!(r.compaction_due(0, 60, false, false));
         assert!(r.snapshot().is_empty());
@@ -1302,7 +1325,9 @@ mod tests {
     #[test]
     fn token_kinds_pad_to_one_length_each() {
         let d = Dest([1; 16]);
-        let len = |p: PushProvider, t: &str| sealed_record(&d, &(p as u8, t.to_string()), 10).len();
+        let len = |p: PushProvider, t: &str| {
+            sealed_record(&d, &(p as u8, t.to_string()), 10, [0; 12]).len()
+        };
         let web = |n: usize| format!("https://push.example:8443/{}", "a".repeat(n));
         assert_eq!(
             len(PushProvider::Apns, APNS),
