@@ -21,10 +21,14 @@ pub enum Mutant {
     /// The prekey directory's replay ignores fetches: one-time keys handed out before a restart
     /// are handed out again.
     ForgetPrekeyTakes,
+    /// A wake whose credential the provider refused is retried without asking for a new one.
+    RefreshForgotten,
+    /// A wake the provider asked to retry later is retried at once (no backoff).
+    RetryAtOnce,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 7] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::SkipSync,
         Mutant::StoredBeforeDurable,
         Mutant::HandOverTwice,
@@ -32,6 +36,8 @@ impl Mutant {
         Mutant::ForgetAcksOnRestart,
         Mutant::WakeEveryBlob,
         Mutant::ForgetPrekeyTakes,
+        Mutant::RefreshForgotten,
+        Mutant::RetryAtOnce,
     ];
 }
 

@@ -435,6 +435,11 @@ const SIM_REGRESSIONS: &[u64] = &[
     // for a shard's bug (fixed in the model: such a wake is dropped, as src/service's registry
     // drops it; one asked after the shards were told is still an error).
     379,
+    // The first run of the node's own push code in the simulator: a device removed and
+    // registered again while its wake waited to retry got a second wake beside the waiting one
+    // (two requests to one device at once; fixed: `Registry` keeps pending wakes apart from the
+    // registrations, and a wake whose device is gone when it is due is cancelled).
+    3853,
 ];
 
 fn run_seed(seed: u64) -> nodesim::Report {
@@ -461,13 +466,16 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.fatal_stops += r.fatal_stops;
         total.push_registrations += r.push_registrations;
         total.wakes += r.wakes;
+        for (t, n) in total.provider_answers.iter_mut().zip(r.provider_answers) {
+            *t += n;
+        }
         total.prekey_uploads += r.prekey_uploads;
         total.prekey_fetches += r.prekey_fetches;
         total.prekey_one_time_handed += r.prekey_one_time_handed;
     }
     let wall = start.elapsed().as_secs_f64();
     println!(
-        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes, {} prekey uploads, {} fetches ({} with a one-time key)",
+        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes asked by the shards (providers answered {} sent, {} retry later, {} credential refused, {} token gone), {} prekey uploads, {} fetches ({} with a one-time key)",
         SIM_SEEDS.count() + SIM_REGRESSIONS.len(),
         total.client_ms as f64 / 3.6e6,
         total.client_ms as f64 / 3.6e6 / wall,
@@ -480,6 +488,10 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.cuts,
         total.push_registrations,
         total.wakes,
+        total.provider_answers[0],
+        total.provider_answers[1],
+        total.provider_answers[2],
+        total.provider_answers[3],
         total.prekey_uploads,
         total.prekey_fetches,
         total.prekey_one_time_handed,
@@ -488,6 +500,10 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
     assert!(total.stored_answers > 0 && total.stored_deliveries > 0 && total.live_deliveries > 0);
     assert!(total.crashes > 0 && total.cuts > 0 && total.fatal_stops > 0);
     assert!(total.push_registrations > 0 && total.wakes > 0);
+    assert!(
+        total.provider_answers.iter().all(|n| *n > 0),
+        "every provider answer came"
+    );
     assert!(total.prekey_uploads > 0 && total.prekey_one_time_handed > 0);
 }
 

@@ -92,6 +92,7 @@ ferry_shards::counters! {
         push_wakes_coalesced: "counter", "ferry_push_wakes_coalesced_total", "Wakes not sent: the device was woken within the coalescing window.";
         push_wakes_dropped: "counter", "ferry_push_wakes_dropped_total", "Wakes dropped: the wake queue was full.";
         push_wakes_retried: "counter", "ferry_push_wakes_retried_total", "Wake retries after 429, 5xx or a network error.";
+        push_wakes_cancelled: "counter", "ferry_push_wakes_cancelled_total", "Wakes not sent: their device unregistered, expired or was deleted while they waited.";
         push_tokens_deleted: "counter", "ferry_push_tokens_deleted_total", "Tokens deleted because the provider said they are gone.";
         push_queue: "gauge", "ferry_push_queue", "Wakes waiting (rate cap, backoff or in-flight limit).";
         journal_syncs: "counter", "ferry_service_journal_syncs_total", "Journal syncs (one per batch of directory or registry changes).";
@@ -322,7 +323,8 @@ pub fn start(cfg: ServiceConfig, fatal: Arc<FatalStop>) -> anyhow::Result<Servic
     let mut push_limits = cfg.push.clone();
     push_limits.enabled = cfg.providers.enabled();
     let mut nonce_seed = [0u8; 32];
-    getrandom::fill(&mut nonce_seed).context("no randomness for the push journal's nonces")?;
+    getrandom::fill(&mut nonce_seed)
+        .map_err(|e| anyhow::anyhow!("no randomness for the push journal's nonces: {e}"))?;
     let mut registry = Registry::new(push_limits, nonce_seed);
     let pj = open_journal(&cfg.dir, "push", |r| registry.replay(r))?;
     let sender = if cfg.providers.enabled().iter().any(|e| *e) {
@@ -703,6 +705,9 @@ impl State {
                 synced += 1;
             }
         }
+        // Dests whose sealed registrations a wake opened: their owners learn the exact expiry.
+        let opened = self.registry.0.take_opened();
+        self.arm(opened);
         // Tags whose sealed registrations were opened, replaced or expired: no shard needs them.
         for tag in self.registry.0.take_unarmed_tags() {
             for shard in 0..self.shards {
@@ -760,6 +765,7 @@ impl State {
         }
         set(&m.push_wakes_dropped, d.dropped);
         set(&m.push_wakes_retried, d.retried);
+        set(&m.push_wakes_cancelled, d.cancelled);
         set(&m.push_queue, self.wakes.len() as u64);
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use ferry_shards::push::endpoint::AllowList;
-use ferry_shards::push::{Credential, Outcome, Wake, usable};
+use ferry_shards::push::{CREDENTIAL_REFRESH_MIN_AGE_S, Credential, Outcome, Reuse, Wake, usable};
 
 pub use ferry_shards::service::push_wire::{
     APNS_BODY, APNS_PATH_PREFIX, APNS_PRIORITY, APNS_PUSH_TYPE, FCM_SCOPE,
@@ -218,6 +218,13 @@ pub fn vapid_public(key: &p256::ecdsa::SigningKey) -> String {
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+fn reuse(margin_s: u64) -> Reuse {
+    Reuse {
+        margin_s,
+        min_age_s: CREDENTIAL_REFRESH_MIN_AGE_S,
+    }
+}
+
 /// Cached credentials (`ferry_shards::push::Credential` says when one is used again).
 #[derive(Debug, Default)]
 struct Tokens {
@@ -295,7 +302,7 @@ impl Sender {
     fn apns_jwt(&self, cfg: &ApnsConfig, refresh: bool) -> String {
         let now = self.unix_s();
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(jwt) = usable(t.apns.as_ref(), now, refresh, 0) {
+        if let Some(jwt) = usable(t.apns.as_ref(), now, refresh, reuse(0)) {
             return jwt.clone();
         }
         let jwt = apns_provider_token(cfg, now);
@@ -310,7 +317,12 @@ impl Sender {
     fn vapid_jwt(&self, cfg: &WebPushConfig, origin: &str, refresh: bool) -> String {
         let now = self.unix_s();
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(jwt) = usable(t.vapid.get(origin), now, refresh, VAPID_RENEW_MARGIN_S) {
+        if let Some(jwt) = usable(
+            t.vapid.get(origin),
+            now,
+            refresh,
+            reuse(VAPID_RENEW_MARGIN_S),
+        ) {
             return jwt.clone();
         }
         let exp = now + VAPID_VALID_S;
@@ -334,7 +346,7 @@ impl Sender {
         let now = self.unix_s();
         {
             let t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(tok) = usable(t.fcm.as_ref(), now, refresh, FCM_RENEW_MARGIN_S) {
+            if let Some(tok) = usable(t.fcm.as_ref(), now, refresh, reuse(FCM_RENEW_MARGIN_S)) {
                 return Ok(tok.clone());
             }
         }

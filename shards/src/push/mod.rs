@@ -69,6 +69,8 @@ pub struct SendLimits {
 /// A wake waiting to be sent, or in flight.
 #[derive(Debug)]
 pub struct Job {
+    /// Numbers the wakes of one dispatcher (a retry keeps its wake's number).
+    pub seq: u64,
     pub wake: Wake,
     /// When the shard's request arrived (`Clock::elapsed_us`): the wake latency starts here.
     asked_us: u64,
@@ -85,6 +87,9 @@ pub struct DispatchStats {
     pub failed: [u64; 3],
     pub dropped: u64,
     pub retried: u64,
+    /// Wakes not sent because their device unregistered (or expired, or its token was
+    /// deleted) while they waited.
+    pub cancelled: u64,
 }
 
 /// What a provider's answer changed.
@@ -107,6 +112,7 @@ pub struct Dispatcher {
     inflight: usize,
     /// One bucket each (key 0): the provider's wake rate cap.
     provider_rate: [KeyedLimiter<u8>; 3],
+    next_seq: u64,
     pub stats: DispatchStats,
 }
 
@@ -126,6 +132,7 @@ impl Dispatcher {
             limits,
             queue: VecDeque::new(),
             inflight: 0,
+            next_seq: 0,
             stats: DispatchStats::default(),
         }
     }
@@ -143,12 +150,29 @@ impl Dispatcher {
         self.inflight
     }
 
+    pub fn limits(&self) -> &SendLimits {
+        &self.limits
+    }
+
+    /// How long a wake answered `Retry { after_s }` on its `attempt`-th try (0 = the first)
+    /// waits before the next.
+    pub fn retry_wait_ms(&self, attempt: u32, after_s: Option<u64>) -> u64 {
+        let backoff = self
+            .limits
+            .retry_base_ms
+            .saturating_mul(1 << attempt.min(16))
+            .min(RETRY_BACKOFF_MAX_MS);
+        after_s.map_or(backoff, |s| s.saturating_mul(1000).min(RETRY_AFTER_MAX_MS))
+    }
+
     /// A blob was stored for `dest` while nobody listened: queue the wakes the registry grants.
     pub fn wake(&mut self, reg: &mut Registry, now: Now, asked_us: u64, dest: &Dest) {
         for wake in reg.wake(now.unix_s, now.mono_ms, dest) {
+            self.next_seq += 1;
             self.enqueue(
                 reg,
                 Job {
+                    seq: self.next_seq,
                     wake,
                     asked_us,
                     attempt: 0,
@@ -193,6 +217,11 @@ impl Dispatcher {
                 waiting.push_back(job);
                 waiting.extend(self.queue.drain(..));
                 break;
+            }
+            if !reg.has_token(job.wake.provider, &job.wake.token) {
+                self.stats.cancelled += 1;
+                reg.wake_finished(&job.wake, false);
+                continue;
             }
             let p = provider_index(job.wake.provider);
             if job.not_before_ms > now_ms {
@@ -241,21 +270,18 @@ impl Dispatcher {
                 reg.wake_finished(&job.wake, false);
             }
             Outcome::Refresh if !job.refreshed => {
-                job.refreshed = true;
+                job.refreshed = !crate::mutants::active(crate::mutants::Mutant::RefreshForgotten);
                 job.not_before_ms = 0;
                 self.queue.push_front(job);
             }
             Outcome::Retry { after_s } if job.attempt < self.limits.retries_max => {
                 self.stats.retried += 1;
-                let backoff = self
-                    .limits
-                    .retry_base_ms
-                    .saturating_mul(1 << job.attempt.min(16))
-                    .min(RETRY_BACKOFF_MAX_MS);
-                let wait =
-                    after_s.map_or(backoff, |s| s.saturating_mul(1000).min(RETRY_AFTER_MAX_MS));
+                let wait = self.retry_wait_ms(job.attempt, after_s);
                 job.attempt += 1;
                 job.not_before_ms = now_ms + wait;
+                if crate::mutants::active(crate::mutants::Mutant::RetryAtOnce) {
+                    job.not_before_ms = 0;
+                }
                 self.enqueue(reg, job);
             }
             Outcome::Refresh | Outcome::Retry { .. } | Outcome::Failed => {
@@ -276,24 +302,27 @@ pub struct Credential<T> {
     pub expires_s: u64,
 }
 
+/// When a cached credential is used again: while more than `margin_s` of it is left and, when
+/// the provider refused it, only if it is younger than `min_age_s` (it was made anew since, by
+/// another request). The node's `min_age_s` is [`CREDENTIAL_REFRESH_MIN_AGE_S`].
+#[derive(Clone, Copy, Debug)]
+pub struct Reuse {
+    pub margin_s: u64,
+    pub min_age_s: u64,
+}
+
 impl<T> Credential<T> {
-    /// Whether to use it for a request at `now_s`: while more than `margin_s` of it is left and,
-    /// when the provider refused it (`refresh`), only if it is younger than
-    /// [`CREDENTIAL_REFRESH_MIN_AGE_S`] (it was made anew since, by another request).
-    pub fn usable(&self, now_s: u64, refresh: bool, margin_s: u64) -> bool {
-        let fresh = now_s < self.issued_s + CREDENTIAL_REFRESH_MIN_AGE_S;
-        (!refresh || fresh) && now_s + margin_s < self.expires_s
+    /// Whether to use it for a request at `now_s`; `refused`: the provider refused the last
+    /// request's credential (a `Refresh`).
+    pub fn usable(&self, now_s: u64, refused: bool, reuse: Reuse) -> bool {
+        let fresh = now_s < self.issued_s + reuse.min_age_s;
+        (!refused || fresh) && now_s + reuse.margin_s < self.expires_s
     }
 }
 
-/// `c` when it is usable (see [`Credential::usable`]).
-pub fn usable<T>(
-    c: Option<&Credential<T>>,
-    now_s: u64,
-    refresh: bool,
-    margin_s: u64,
-) -> Option<&T> {
-    c.filter(|c| c.usable(now_s, refresh, margin_s))
+/// `c`'s value when it is usable (see [`Credential::usable`]).
+pub fn usable<T>(c: Option<&Credential<T>>, now_s: u64, refused: bool, reuse: Reuse) -> Option<&T> {
+    c.filter(|c| c.usable(now_s, refused, reuse))
         .map(|c| &c.value)
 }
 
@@ -384,6 +413,35 @@ mod tests {
     }
 
     #[test]
+    fn a_device_registered_anew_while_its_wake_waits_gets_no_second_one_and_a_removed_one_none() {
+        let (mut r, mut d) = (registry(), Dispatcher::new(limits()));
+        let dest = Dest([3; 16]);
+        let tok = apns(3);
+        r.register(1_000, PushProvider::Fcm, tok.as_bytes(), 100, &[dest])
+            .unwrap();
+        d.wake(&mut r, now(0), 0, &dest);
+        let job = d.due(&mut r, 0, true).0.pop().unwrap();
+        d.done(&mut r, 0, 0, job, Outcome::Retry { after_s: Some(1) });
+        // Removed and registered again while the retry waits: a new wake after the window
+        // is coalesced into the waiting one (seed 3853 of the simulator sent both at once).
+        r.register(1_000, PushProvider::Fcm, tok.as_bytes(), 0, &[dest])
+            .unwrap();
+        r.register(1_000, PushProvider::Fcm, tok.as_bytes(), 100, &[dest])
+            .unwrap();
+        d.wake(&mut r, now(1_000), 0, &dest);
+        let (jobs, _) = d.due(&mut r, 1_000, true);
+        assert_eq!(jobs.len(), 1, "one wake for the device, not two");
+        let job = jobs.into_iter().next().unwrap();
+        d.done(&mut r, 1_000, 0, job, Outcome::Retry { after_s: Some(1) });
+        // Removed for good while the retry waits: the wake is not sent.
+        r.register(1_000, PushProvider::Fcm, tok.as_bytes(), 0, &[dest])
+            .unwrap();
+        let (jobs, _) = d.due(&mut r, 2_000, true);
+        assert!(jobs.is_empty());
+        assert_eq!((d.stats.cancelled, d.len()), (1, 0));
+    }
+
+    #[test]
     fn the_rate_cap_the_inflight_limit_and_the_queue_bound_hold() {
         let (mut r, mut d) = (registry(), Dispatcher::new(limits()));
         for i in 0..5u8 {
@@ -414,14 +472,18 @@ mod tests {
             issued_s: 100,
             expires_s: 1_000,
         };
-        assert_eq!(usable(Some(&c), 500, false, 300), Some(&"jwt"));
-        assert_eq!(usable(Some(&c), 700, false, 300), None);
+        let reuse = |margin_s| Reuse {
+            margin_s,
+            min_age_s: CREDENTIAL_REFRESH_MIN_AGE_S,
+        };
+        assert_eq!(usable(Some(&c), 500, false, reuse(300)), Some(&"jwt"));
+        assert_eq!(usable(Some(&c), 700, false, reuse(300)), None);
         assert_eq!(
-            usable(Some(&c), 120, true, 0),
+            usable(Some(&c), 120, true, reuse(0)),
             Some(&"jwt"),
             "made anew within the minute"
         );
-        assert_eq!(usable(Some(&c), 160, true, 0), None);
-        assert_eq!(usable::<&str>(None, 0, false, 0), None);
+        assert_eq!(usable(Some(&c), 160, true, reuse(0)), None);
+        assert_eq!(usable::<&str>(None, 0, false, reuse(0)), None);
     }
 }

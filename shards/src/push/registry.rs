@@ -63,8 +63,6 @@ struct Device {
     dests: AHashMap<Dest, u64>,
     /// When the last wake was queued (monotonic ms).
     last_wake_ms: Option<u64>,
-    /// A wake is queued, in flight or waiting to retry: no second one until it is done.
-    pending: bool,
 }
 
 /// One wake to send. `Debug` does not print the token.
@@ -123,6 +121,14 @@ pub struct Registry {
     /// Tags whose locked registrations are gone (opened, replaced, expired): the shards holding
     /// them armed are told ([`Registry::take_unarmed_tags`]).
     unarmed: Vec<[u8; 16]>,
+    /// Devices with a wake queued, in flight or waiting to retry: no second one until it is
+    /// done. Kept apart from `devices`, so that a device removed and registered again while
+    /// its wake waits does not get a second one beside it (found by the simulator, seed 3853).
+    /// At most one per wake the dispatcher holds, so bounded by its queue and in-flight limit.
+    pending: AHashSet<DeviceKey>,
+    /// Dests whose locked registrations a wake opened: their owner shards, which armed them
+    /// until the end of the tag's day, learn the exact expiry ([`Registry::take_opened`]).
+    opened: Vec<Dest>,
     /// Where the seals' nonces come from (seeded by the caller: the node from the system's
     /// randomness, the simulator from its seed).
     nonces: Nonces,
@@ -167,6 +173,8 @@ impl Registry {
             old_records: false,
             retry_at: 0,
             unarmed: Vec::new(),
+            opened: Vec::new(),
+            pending: AHashSet::new(),
             nonces: Nonces {
                 seed: nonce_seed,
                 next: 0,
@@ -236,6 +244,13 @@ impl Registry {
     /// Tags no longer armed, for the shards (each at most once).
     pub fn take_unarmed_tags(&mut self) -> Vec<[u8; 16]> {
         std::mem::take(&mut self.unarmed)
+    }
+
+    /// Dests opened since the last call, with their armed-until now (0: nothing of them was
+    /// live), for their owner shards.
+    pub fn take_opened(&mut self) -> Vec<(Dest, u64)> {
+        let opened = std::mem::take(&mut self.opened);
+        opened.iter().map(|d| (*d, self.armed_until(d))).collect()
     }
 
     /// `token` as the registry keeps it, if it is well-formed for `provider`: a Web Push
@@ -366,7 +381,6 @@ impl Registry {
                     .or_insert_with(|| Device {
                         dests: AHashMap::new(),
                         last_wake_ms: None,
-                        pending: false,
                     })
                     .dests
                     .insert(*dest, *until);
@@ -397,6 +411,7 @@ impl Registry {
             return;
         };
         self.unarmed.push(tag);
+        self.opened.push(*dest);
         let seal = seal_key(dest);
         for (entry, s) in entries {
             match unseal(&seal, &tag, &s.sealed) {
@@ -482,12 +497,12 @@ impl Registry {
             let in_window = dev
                 .last_wake_ms
                 .is_some_and(|last| now_ms < last + self.limits.coalesce_window_ms);
-            if dev.pending || in_window {
+            if self.pending.contains(key) || in_window {
                 self.stats.wakes_coalesced += 1;
                 continue;
             }
             dev.last_wake_ms = Some(now_ms);
-            dev.pending = true;
+            self.pending.insert(key.clone());
             let Some(provider) = PushProvider::from_u8(key.0) else {
                 continue;
             };
@@ -503,8 +518,9 @@ impl Registry {
     /// queued once the window has passed. `dropped`: it never left, so the window restarts now.
     pub fn wake_finished(&mut self, wake: &Wake, dropped: bool) {
         let key: DeviceKey = (wake.provider as u8, wake.token.clone());
+        let was = self.pending.remove(&key);
+        debug_assert!(was, "a wake finished that was not pending");
         if let Some(dev) = self.devices.get_mut(&key) {
-            dev.pending = false;
             if dropped {
                 dev.last_wake_ms = None;
             }

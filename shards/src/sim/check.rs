@@ -84,7 +84,21 @@ impl Sim {
                 ));
             }
         }
+        // Every wake ends: sent, failed for good, or dropped and counted; none stays queued.
+        for _ in 0..2_000 {
+            if self.service.wakes_pending() == 0 {
+                break;
+            }
+            self.advance(TICK_MS)?;
+        }
+        if self.service.wakes_pending() > 0 {
+            return Err(format!(
+                "{} wakes still queued or at a provider after the run",
+                self.service.wakes_pending()
+            ));
+        }
         self.report.wakes = self.service.wakes;
+        self.report.provider_answers = self.service.provider_answers();
         // Every mailbox drains everything stored for it: one device of each connects afresh.
         for mbox in 0..self.cfg.mailboxes {
             let c = (0..self.clients.len())

@@ -114,12 +114,13 @@ impl Sim {
             60 + u32::try_from(self.rng.below(3_600)).expect("below 3600")
         };
         let dest = self.dest_of(self.clients[c].mailbox);
+        let (provider, token) = service::device_token(c);
         let cl = &mut self.clients[c];
         cl.cc.push(&Frame::PushRegister {
-            provider: ferry_proto::frame::PushProvider::Fcm,
+            provider,
             ttl_s,
             // One token per device (client).
-            token: Bytes::from(format!("device-{c}")),
+            token: Bytes::from(token),
             dests: vec![dest],
         });
         cl.push_pending += 1;

@@ -175,7 +175,10 @@ pub struct Report {
     pub disk_faults: u64,
     pub fatal_stops: u64,
     pub push_registrations: u64,
+    /// Wakes the shards asked for.
     pub wakes: u64,
+    /// The simulated providers' answers: sent, retry later, credential refused, token gone.
+    pub provider_answers: [u64; 4],
     pub prekey_uploads: u64,
     pub prekey_fetches: u64,
     /// Bundles that carried a one-time key.
@@ -276,7 +279,7 @@ impl Sim {
                 disk: std::rc::Rc::new(std::cell::RefCell::new(MemDisk::default())),
             })
             .collect();
-        let service = service::Service::new(cfg.prekey_compact_every);
+        let service = service::Service::new(cfg.prekey_compact_every, cfg.seed);
         let node = Node::start(&cfg, disks, vec![0; cfg.shards], &service.queue, now)?;
         let epoch = epoch_of(now.unix_s);
         let signers = (0..cfg.mailboxes)

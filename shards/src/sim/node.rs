@@ -337,6 +337,9 @@ impl Sim {
             if !self.service.queue.is_empty() {
                 due.push((6, 0));
             }
+            if let Some(i) = self.service.answer_due(now) {
+                due.push((8, i));
+            }
             if due.is_empty() {
                 return Ok(());
             }
@@ -388,6 +391,7 @@ impl Sim {
                     self.fail_stop_if_fatal()?;
                 }
                 6 => self.serve_one()?,
+                8 => self.provider_answers(i)?,
                 7 => {
                     // A segment made ahead is ready (or its making failed).
                     let (s, _, seq, made) = self.node.segment_jobs.swap_remove(i);
@@ -435,6 +439,7 @@ impl Sim {
                 self.pump(s);
             }
         }
+        self.service_tick()?;
         self.fail_stop_if_fatal()
     }
 
