@@ -430,7 +430,7 @@ fn registrations_survive_a_restart() {
     let (dest, _) = register(&mut owner, &mailbox(930), PushProvider::Apns, APNS_OK, 600).unwrap();
     drop(owner);
     let node = node.restart(true); // kill -9
-    // At rest the journal names neither the token nor the dest (service/push.rs): the restarted
+    // At rest the journal names neither the token nor the dest (ferry_shards::push::registry): the restarted
     // node holds the registration sealed under its dest, armed on every shard by the dest's tag.
     let journal = std::fs::read(node.dir.join("service").join("push.journal")).unwrap();
     let holds = |needle: &[u8]| journal.windows(needle.len()).any(|w| w == needle);
