@@ -22,6 +22,10 @@ use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::{CreateOutboard, encode_ranges_validated};
 pub use ferry_proto::media::{BLOCK_SIZE, BlobId, GROUP_BYTES, chunk_ranges, verify_range};
 
+use ferry_proto::conn::BlobOp;
+use ferry_proto::limits::{BLOB_DATA_HEADER_BYTES, FRAME_BYTES_MAX};
+use ferry_proto::{BlobOpKind, BlobStatus, Frame};
+
 use crate::ratelimit::IpKey;
 /// Bytes a `.part` grows by before it is synced and its durable length recorded.
 pub const SYNC_EVERY_BYTES: u64 = 8 << 20;
@@ -246,6 +250,7 @@ impl MediaStore {
                         m[1] > now_unix_s
                             && s.path(id, "blob").exists()
                             && s.path(id, "obao").exists()
+                            && !crate::mutants::active(crate::mutants::Mutant::ForgetBlobsOnRestart)
                     });
                     match ok {
                         Some(m) => {
@@ -609,6 +614,94 @@ impl MediaStore {
             self.abort(id);
         }
         dead.len() + stale.len()
+    }
+}
+
+fn status(id: [u8; 32], op: BlobOpKind, status: BlobStatus, offset: u64, size: u64) -> Frame {
+    Frame::BlobStatus {
+        id,
+        op,
+        status,
+        offset,
+        size,
+    }
+}
+
+fn refusal(id: [u8; 32], op: BlobOpKind, e: &MediaError) -> Frame {
+    let (s, offset) = match e {
+        MediaError::TooLarge => (BlobStatus::TooLarge, 0),
+        MediaError::DiskFull => (BlobStatus::DiskFull, 0),
+        MediaError::Mismatch => (BlobStatus::Mismatch, 0),
+        MediaError::Offset { expected } => (BlobStatus::BadOffset, *expected),
+        MediaError::Size | MediaError::BadRange => (BlobStatus::BadRange, 0),
+        MediaError::NoUpload | MediaError::NotFound => (BlobStatus::NotFound, 0),
+        MediaError::TooManyUploads | MediaError::SourceBusy => (BlobStatus::Busy, 0),
+        MediaError::Io(err) if err.kind() == std::io::ErrorKind::StorageFull => {
+            (BlobStatus::DiskFull, 0)
+        }
+        MediaError::Io(err) => {
+            tracing::warn!(error = %err, "media store i/o error");
+            (BlobStatus::Unavailable, 0)
+        }
+    };
+    status(id, op, s, offset, 0)
+}
+
+/// Answers one media request of a client (a media worker's job, and the simulator's): the
+/// frames for the client, in order.
+pub fn answer(store: &mut MediaStore, now_unix_s: u64, op: BlobOp, source: IpKey) -> Vec<Frame> {
+    use BlobOpKind as K;
+    match op {
+        BlobOp::Begin { id, size } => vec![match store.begin(id, size, source, now_unix_s) {
+            Ok(Begin::From(off)) => status(id, K::Begin, BlobStatus::Ok, off, size),
+            Ok(Begin::Complete) => status(id, K::Begin, BlobStatus::Complete, size, size),
+            Err(e) => refusal(id, K::Begin, &e),
+        }],
+        BlobOp::Chunk { id, offset, data } => {
+            match store.write_at_time(&id, offset, &data, Some(now_unix_s)) {
+                Ok(len) => vec![status(id, K::Chunk, BlobStatus::Ok, len, 0)],
+                Err(e) => vec![refusal(id, K::Chunk, &e)],
+            }
+        }
+        BlobOp::Finish { id } => vec![match store.finish(&id) {
+            Ok(size) => status(id, K::Finish, BlobStatus::Complete, size, size),
+            Err(MediaError::NoUpload) => match store.size(&id) {
+                Some(size) => status(id, K::Finish, BlobStatus::Complete, size, size),
+                None => status(id, K::Finish, BlobStatus::NotFound, 0, 0),
+            },
+            Err(e) => refusal(id, K::Finish, &e),
+        }],
+        BlobOp::Get { id, offset, len } => {
+            let Some(size) = store.size(&id) else {
+                return vec![status(id, K::Get, BlobStatus::NotFound, 0, 0)];
+            };
+            if len == 0 {
+                return vec![status(id, K::Get, BlobStatus::Ok, offset, size)];
+            }
+            match store.read_range(&id, offset, u64::from(len)) {
+                Ok(encoded) => {
+                    let piece = FRAME_BYTES_MAX - BLOB_DATA_HEADER_BYTES;
+                    let n = encoded.len().div_ceil(piece);
+                    encoded
+                        .chunks(piece)
+                        .enumerate()
+                        .map(|(i, c)| Frame::BlobData {
+                            id,
+                            offset,
+                            more: i + 1 < n,
+                            data: bytes::Bytes::copy_from_slice(c),
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    let mut f = refusal(id, K::Get, &e);
+                    if let Frame::BlobStatus { offset: o, .. } = &mut f {
+                        *o = offset;
+                    }
+                    vec![f]
+                }
+            }
+        }
     }
 }
 

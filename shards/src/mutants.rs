@@ -25,10 +25,12 @@ pub enum Mutant {
     RefreshForgotten,
     /// A wake the provider asked to retry later is retried at once (no backoff).
     RetryAtOnce,
+    /// The media store's recovery drops complete blobs (as if their meta files did not read).
+    ForgetBlobsOnRestart,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 9] = [
+    pub const ALL: [Mutant; 10] = [
         Mutant::SkipSync,
         Mutant::StoredBeforeDurable,
         Mutant::HandOverTwice,
@@ -38,6 +40,7 @@ impl Mutant {
         Mutant::ForgetPrekeyTakes,
         Mutant::RefreshForgotten,
         Mutant::RetryAtOnce,
+        Mutant::ForgetBlobsOnRestart,
     ];
 }
 

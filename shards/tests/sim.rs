@@ -469,13 +469,16 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         for (t, n) in total.provider_answers.iter_mut().zip(r.provider_answers) {
             *t += n;
         }
+        total.media_answers += r.media_answers;
+        total.media_completed += r.media_completed;
+        total.media_ranges_verified += r.media_ranges_verified;
         total.prekey_uploads += r.prekey_uploads;
         total.prekey_fetches += r.prekey_fetches;
         total.prekey_one_time_handed += r.prekey_one_time_handed;
     }
     let wall = start.elapsed().as_secs_f64();
     println!(
-        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes asked by the shards (providers answered {} sent, {} retry later, {} credential refused, {} token gone), {} prekey uploads, {} fetches ({} with a one-time key)",
+        "{} seeds: {:.2} simulated client-hours in {wall:.2} s ({:.1} client-hours per second); {} sends, {} answered Stored, {} live and {} stored deliveries, {} crashes ({} fail-stops), {} cuts, {} push registrations, {} wakes asked by the shards (providers answered {} sent, {} retry later, {} credential refused, {} token gone), {} prekey uploads, {} fetches ({} with a one-time key), {} media answers ({} uploads finished, {} ranges read back and verified)",
         SIM_SEEDS.count() + SIM_REGRESSIONS.len(),
         total.client_ms as f64 / 3.6e6,
         total.client_ms as f64 / 3.6e6 / wall,
@@ -495,6 +498,9 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         total.prekey_uploads,
         total.prekey_fetches,
         total.prekey_one_time_handed,
+        total.media_answers,
+        total.media_completed,
+        total.media_ranges_verified,
     );
     // The runs exercised what they check.
     assert!(total.stored_answers > 0 && total.stored_deliveries > 0 && total.live_deliveries > 0);
@@ -505,6 +511,7 @@ fn the_node_keeps_its_promises_under_seeded_faults() {
         "every provider answer came"
     );
     assert!(total.prekey_uploads > 0 && total.prekey_one_time_handed > 0);
+    assert!(total.media_completed > 0 && total.media_ranges_verified > 0);
 }
 
 /// Found by the simulator (2026-12-07), both with send queues too small for a drain batch: a

@@ -150,13 +150,9 @@ impl Dispatcher {
         self.inflight
     }
 
-    pub fn limits(&self) -> &SendLimits {
-        &self.limits
-    }
-
     /// How long a wake answered `Retry { after_s }` on its `attempt`-th try (0 = the first)
     /// waits before the next.
-    pub fn retry_wait_ms(&self, attempt: u32, after_s: Option<u64>) -> u64 {
+    fn retry_wait_ms(&self, attempt: u32, after_s: Option<u64>) -> u64 {
         let backoff = self
             .limits
             .retry_base_ms
@@ -218,16 +214,17 @@ impl Dispatcher {
                 waiting.extend(self.queue.drain(..));
                 break;
             }
-            if !reg.has_token(job.wake.provider, &job.wake.token) {
-                self.stats.cancelled += 1;
-                reg.wake_finished(&job.wake, false);
-                continue;
-            }
             let p = provider_index(job.wake.provider);
             if job.not_before_ms > now_ms {
                 let wait = job.not_before_ms - now_ms;
                 next = Some(next.map_or(wait, |n| n.min(wait)));
                 waiting.push_back(job);
+                continue;
+            }
+            // Checked once the wake is due (not on every turn it waits through).
+            if !reg.has_token(job.wake.provider, &job.wake.token) {
+                self.stats.cancelled += 1;
+                reg.wake_finished(&job.wake, false);
                 continue;
             }
             if !self.provider_rate[p].allow(0, now_ms) {

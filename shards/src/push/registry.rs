@@ -501,11 +501,11 @@ impl Registry {
                 self.stats.wakes_coalesced += 1;
                 continue;
             }
-            dev.last_wake_ms = Some(now_ms);
-            self.pending.insert(key.clone());
             let Some(provider) = PushProvider::from_u8(key.0) else {
                 continue;
             };
+            dev.last_wake_ms = Some(now_ms);
+            self.pending.insert(key.clone());
             out.push(Wake {
                 provider,
                 token: key.1.clone(),

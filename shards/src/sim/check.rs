@@ -77,6 +77,16 @@ impl Sim {
             }
         }
         for (c, cl) in self.clients.iter().enumerate() {
+            if let Some(asked) = &cl.media_asked {
+                return Err(format!(
+                    "client {c}'s media request {asked:?} never answered"
+                ));
+            }
+        }
+        self.report.media_answers = self.media.answers;
+        self.report.media_completed = self.media.completed;
+        self.report.media_ranges_verified = self.media.ranges_verified;
+        for (c, cl) in self.clients.iter().enumerate() {
             if cl.prekey_pending > 0 {
                 return Err(format!(
                     "client {c}'s {} prekey request(s) never answered",

@@ -29,6 +29,9 @@ pub(super) struct Client {
     pub(super) prekey_pending: u32,
     /// Another device took its subscription over on this connection.
     pub(super) taken_over: bool,
+    /// The media upload going on, and the media request waiting for its answer.
+    pub(super) upload: Option<media::Upload>,
+    pub(super) media_asked: Option<media::Asked>,
 }
 
 impl Client {
@@ -45,6 +48,9 @@ impl Client {
         self.push_pending = 0;
         self.prekey_pending = 0;
         self.taken_over = false;
+        // A new connection begins its upload again (the node says where to resume).
+        self.upload = None;
+        self.media_asked = None;
     }
 
     /// Queues the pending acks (before any request that must come after them).
@@ -64,7 +70,7 @@ impl Sim {
         if self.clients[c].wire.is_none() {
             return self.connect(c);
         }
-        let r = self.rng.below(100);
+        let r = self.rng.below(112);
         match r {
             0..=59 => self.send(c),
             60..=71 => {
@@ -100,6 +106,7 @@ impl Sim {
             95..=96 if self.clients[c].proven => self.push_register(c),
             97 if self.clients[c].proven => self.prekey_upload(c),
             98..=99 => self.prekey_fetch(c),
+            100..=111 => self.media_action(c),
             _ => {}
         }
         self.flush_client(c);
@@ -432,6 +439,9 @@ impl Sim {
                         "a proven push registration was answered {status:?}"
                     ));
                 }
+            }
+            ev @ (ClientEvent::BlobStatus { .. } | ClientEvent::BlobData { .. }) => {
+                self.media_answer(c, ev)?;
             }
             ev @ (ClientEvent::PrekeyResult { .. } | ClientEvent::PrekeyBundle { .. }) => {
                 self.prekey_answer(c, &ev)?;

@@ -15,6 +15,7 @@
 
 mod check;
 mod client;
+mod media;
 mod net;
 mod node;
 mod oracle;
@@ -179,6 +180,10 @@ pub struct Report {
     pub wakes: u64,
     /// The simulated providers' answers: sent, retry later, credential refused, token gone.
     pub provider_answers: [u64; 4],
+    /// Media: answers the clients got, uploads finished, ranges read back and verified.
+    pub media_answers: u64,
+    pub media_completed: u64,
+    pub media_ranges_verified: u64,
     pub prekey_uploads: u64,
     pub prekey_fetches: u64,
     /// Bundles that carried a one-time key.
@@ -204,6 +209,8 @@ struct Sim {
     trace: bool,
     /// The simulated service core (push registrations and wakes).
     service: service::Service,
+    /// The media workers.
+    media: media::Media,
     /// Messages whose ack was sent and not yet seen carried out by the owner.
     pending_acks: Vec<u64>,
     prekey_oracle: prekeys::PrekeyOracle,
@@ -280,7 +287,15 @@ impl Sim {
             })
             .collect();
         let service = service::Service::new(cfg.prekey_compact_every, cfg.seed);
-        let node = Node::start(&cfg, disks, vec![0; cfg.shards], &service.queue, now)?;
+        let media = media::Media::new(&cfg)?;
+        let node = Node::start(
+            &cfg,
+            disks,
+            vec![0; cfg.shards],
+            &service.queue,
+            &media,
+            now,
+        )?;
         let epoch = epoch_of(now.unix_s);
         let signers = (0..cfg.mailboxes)
             .map(|m| {
@@ -305,6 +320,8 @@ impl Sim {
                 acks_queued: Vec::new(),
                 drained_done: false,
                 push_pending: 0,
+                upload: None,
+                media_asked: None,
                 prekey_pending: 0,
                 taken_over: false,
             })
@@ -324,6 +341,7 @@ impl Sim {
             faults: true,
             trace: std::env::var_os("FERRY_SIM_TRACE").is_some(),
             service,
+            media,
             pending_acks: Vec::new(),
             prekey_oracle: prekeys::PrekeyOracle::default(),
         })

@@ -34,6 +34,7 @@ impl Node {
         disks: Vec<MemBackend>,
         disk_failures: Vec<u64>,
         service: &Arc<service::Queue>,
+        media: &media::Media,
         now: Now,
     ) -> Result<Node, String> {
         let mut shards = Vec::with_capacity(cfg.shards);
@@ -51,7 +52,8 @@ impl Node {
             shards.push(
                 Shard::on_backend(scfg, Arc::new(ShardMetrics::default()))
                     .with_store(log)
-                    .with_service(sink),
+                    .with_service(sink)
+                    .with_media(media.sinks()),
             );
         }
         Ok(Node {
@@ -340,6 +342,9 @@ impl Sim {
             if let Some(i) = self.service.answer_due(now) {
                 due.push((8, i));
             }
+            if let Some(s) = self.media.busy_core(self.rng.index(self.cfg.shards)) {
+                due.push((9, s));
+            }
             if due.is_empty() {
                 return Ok(());
             }
@@ -392,6 +397,7 @@ impl Sim {
                 }
                 6 => self.serve_one()?,
                 8 => self.provider_answers(i)?,
+                9 => self.media_serve(i)?,
                 7 => {
                     // A segment made ahead is ready (or its making failed).
                     let (s, _, seq, made) = self.node.segment_jobs.swap_remove(i);
@@ -440,6 +446,7 @@ impl Sim {
             }
         }
         self.service_tick()?;
+        self.media_tick();
         self.fail_stop_if_fatal()
     }
 
@@ -525,7 +532,15 @@ impl Sim {
             }
         }
         let failures = std::mem::take(&mut self.node.disk_failures);
-        self.node = Node::start(&self.cfg, disks, failures, &self.service.queue, self.now)?;
+        self.media.open(self.cfg.shards, self.now.unix_s)?;
+        self.node = Node::start(
+            &self.cfg,
+            disks,
+            failures,
+            &self.service.queue,
+            &self.media,
+            self.now,
+        )?;
         self.restart_service()
     }
 }

@@ -90,18 +90,19 @@ pub(super) fn device_token(c: usize) -> (PushProvider, String) {
     }
 }
 
-/// The shards' way in: a bounded queue. Each request is numbered as it is offered, so the core
-/// can tell whether a shard asked before or after it was told something.
-#[derive(Debug, Default)]
-pub(super) struct Queue(Mutex<(VecDeque<(u64, ServiceRequest)>, u64)>);
+/// The shards' way in (to the service core, or to a core's media worker): a bounded queue. Each
+/// request is numbered as it is offered, so the core can tell whether a shard asked before or
+/// after it was told something.
+#[derive(Debug)]
+pub(super) struct Queue {
+    inner: Mutex<(VecDeque<(u64, ServiceRequest)>, u64)>,
+    cap: usize,
+}
 
 impl ServiceSink for Queue {
     fn offer(&self, req: ServiceRequest) -> Result<(), ServiceRequest> {
-        let mut q = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if q.0.len() >= SERVICE_QUEUE_MAX {
+        let mut q = self.lock();
+        if q.0.len() >= self.cap {
             return Err(req);
         }
         let seq = q.1;
@@ -112,28 +113,30 @@ impl ServiceSink for Queue {
 }
 
 impl Queue {
-    pub(super) fn pop(&self) -> Option<(u64, ServiceRequest)> {
-        self.0
+    pub(super) fn new(cap: usize) -> Queue {
+        Queue {
+            inner: Mutex::default(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<(u64, ServiceRequest)>, u64)> {
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .pop_front()
+    }
+
+    pub(super) fn pop(&self) -> Option<(u64, ServiceRequest)> {
+        self.lock().0.pop_front()
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .is_empty()
+        self.lock().0.is_empty()
     }
 
     /// The number the next request offered will get.
     fn next_seq(&self) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
+        self.lock().1
     }
 }
 
@@ -221,7 +224,7 @@ impl Service {
         let mut r = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
         let send = send_limits(&mut r);
         Service {
-            queue: Arc::default(),
+            queue: Arc::new(Queue::new(SERVICE_QUEUE_MAX)),
             registry: Registry::new(push_limits(), nonce_seed(&mut r)),
             dispatcher: Dispatcher::new(send.clone()),
             send,
@@ -380,19 +383,21 @@ impl Sim {
         let told = s.told.get(&dest).copied().unwrap_or(0);
         if told <= now.unix_s {
             let from_tag = s.told_tags.get(&tag).copied().filter(|u| *u > now.unix_s);
+            // A tag taken back after this request was offered: every such unarming (a wake
+            // opened the tag's registrations, or a registration superseded them) told the owner
+            // the dest's own armed-until, which `told` holds.
             let raced_unarm = s
                 .unarmed_tags
                 .get(&tag)
-                .filter(|(u, from)| *u > now.unix_s && seq < *from)
-                .map(|(u, _)| *u);
-            if let Some(until) = from_tag.or(raced_unarm) {
+                .is_some_and(|(u, from)| *u > now.unix_s && seq < *from);
+            if let Some(until) = from_tag {
                 // The owner armed the dest itself from the tag, afresh.
                 s.told.insert(dest, until);
                 s.last_wake_ms.remove(&dest);
             } else {
                 let expired_while_queued = told > 0 && told + RACE_SLACK_S > now.unix_s;
                 let raced = s.disarmed_from_seq.get(&dest).is_some_and(|f| seq < *f);
-                if expired_while_queued || raced {
+                if expired_while_queued || raced || raced_unarm {
                     // Asked while the owner still had it armed: the registry finds nothing live
                     // and sends nothing.
                     self.trace(|| format!("service: wake {seq} for {dest:?} raced its removal"));
@@ -609,8 +614,13 @@ impl Sim {
                 s.model.remove(&key);
             }
             Outcome::Retry { after_s } => {
+                // The wait the node promises (docs/PUSH.md), computed here on its own:
+                // `retry_base_ms · 2^tries` up to 5 minutes, or `Retry-After` up to an hour.
                 let tries = s.providers.retries.get(&r.job.seq).map_or(0, |(n, _)| *n);
-                let wait = s.dispatcher.retry_wait_ms(tries, after_s);
+                let wait = match after_s {
+                    Some(a) => (a * 1_000).min(3_600_000),
+                    None => (s.send.retry_base_ms << tries.min(16)).min(300_000),
+                };
                 s.providers
                     .retries
                     .insert(r.job.seq, (tries + 1, now.mono_ms + wait));
