@@ -278,6 +278,62 @@ fn kill_9_scenario(fsync: &str) {
     assert!(drain_all(&mut rx, dest).is_empty());
 }
 
+/// Acknowledged blobs free their segments: the files are deleted off the shard's core (a job on
+/// the blocking thread, after a sync covers them), and the space is used again.
+#[test]
+fn acknowledged_segments_are_deleted_off_the_core_and_their_space_reused() {
+    let node = Node::start(
+        &["--shards", "1"],
+        &[
+            ("FERRY_LIMITS_STORE_SOURCE_SHARE_PERCENT", "100"),
+            ("FERRY_LIMITS_STORE_SOURCE_DEST_SHARE_PERCENT", "100"),
+            ("FERRY_LIMITS_PUZZLE_LEVELS", "0"),
+            ("FERRY_LIMITS_STORE_SEGMENT_BYTES", "131072"),
+            ("FERRY_LIMITS_STORE_DISK_BYTES_MAX", "1048576"),
+        ],
+    );
+    let segments = || {
+        std::fs::read_dir(node.dir.join("store").join("shard-0"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".log")
+            })
+            .count()
+    };
+    let mut tx = node.client();
+    let epoch = tx.epoch();
+    let mb = mailbox(77);
+    let dest = mb.dest(epoch).unwrap();
+    // About 4.5 segments' worth for one offline mailbox, twice: the second round fits only in
+    // space the first one gave back.
+    for round in 0..2u64 {
+        for i in 0..150u64 {
+            let id = round * 1_000 + i;
+            let s = send_and_status(&mut tx, dest, id, &[7u8; 4000]);
+            assert_eq!(s, SendStatus::Accepted, "round {round} blob {i}");
+        }
+        let before = segments();
+        assert!(before >= 4, "{before} segment files");
+        let mut rx = node.client();
+        let d = prove_drain(&mut rx, &mb, epoch);
+        assert_eq!(drain_all(&mut rx, d).len(), 150);
+        let deadline = std::time::Instant::now() + WAIT;
+        while segments() > 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {} segment files left after every blob was acked",
+                segments()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(node.metric("ferry_store_segments_removed_total") >= before as u64 - 2);
+    }
+}
+
 #[test]
 fn quotas_and_a_full_store_are_answered_while_live_relay_goes_on() {
     let node = Node::start(

@@ -356,9 +356,10 @@ struct Ctx {
     /// Wakes the tick when appends start waiting for a group commit while it sleeps a whole tick
     /// (capacity 1: full = already woken).
     sync_wake: LocalSender<()>,
-    /// The store's next segment to make off the core (`segment_maker`); one at a time.
-    segment_jobs: LocalSender<crate::store::SegmentJobOf<crate::store::backend::MmapBackend>>,
-    /// A segment job runs on the blocking thread now.
+    /// The store's blocking work (the next segment, deletions) to run off the core
+    /// (`segment_maker`); one at a time.
+    segment_jobs: LocalSender<crate::store::StoreJobOf<crate::store::backend::MmapBackend>>,
+    /// A store job runs on the blocking thread now.
     segment_busy: std::cell::Cell<bool>,
     /// The shard is draining: no new segment jobs.
     stopping: std::cell::Cell<bool>,
@@ -390,21 +391,29 @@ impl Ctx {
             let _ = self.sync_wake.try_send(());
         }
         // A segment became active: its successor is made now, off the core, so that the roll
-        // finds it ready (a check of a few fields when there is nothing to do).
+        // finds it ready; reclaimed segments are deleted there too (a check of a few fields
+        // when there is nothing to do).
         // (No clock read here: the shard dates the job by the last event it handled.)
-        let job = if self.stopping.get() {
-            None // a job out at exit would panic glommio's blocking thread
+        // None while stopping (a job out at exit would panic glommio's blocking thread) or while
+        // one waits already (the next is taken after it).
+        let job = if self.stopping.get() || self.segment_jobs.is_full() {
+            None
         } else {
-            self.shard.borrow_mut().take_segment_job()
+            self.shard.borrow_mut().take_store_job()
         };
         if let Some(job) = job {
             // The log hands out one job at a time and the queue holds one; should the send fail
-            // anyway, the log hears of it as a failed making (or no spare would come again).
-            let seq = job.seq();
-            if self.segment_jobs.try_send(job).is_err() {
-                let failed = Err(std::io::Error::other("segment job not queued"));
+            // anyway, the log hears of it as a failed job (or no spare would come again).
+            if let Err(e) = self.segment_jobs.try_send(job) {
+                let job = match e {
+                    glommio::GlommioError::Closed(glommio::ResourceType::Channel(j))
+                    | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(j)) => j,
+                    _ => unreachable!("a local channel fails only closed or full, with the item"),
+                };
                 let now = self.clock.now();
-                self.shard.borrow_mut().on_segment(now, seq, failed);
+                self.shard
+                    .borrow_mut()
+                    .on_store_job(now, job.not_run("store job not queued"));
             }
         }
         // Connections shed or aborted meanwhile: shut their sockets now, so their writers' pending
@@ -812,21 +821,22 @@ async fn service_receiver(
     }
 }
 
-/// Makes the store's next segments on the executor's blocking thread (create, `posix_fallocate`,
-/// header, `fsync`, rename, directory `fsync`: milliseconds of blocking system calls the shard
-/// no longer waits for when its active segment rolls), and hands each back as the spare.
+/// Runs the store's blocking work on the executor's blocking thread: makes the next segments
+/// (create, `posix_fallocate`, header, `fsync`, rename, directory `fsync`: milliseconds of
+/// blocking system calls the shard no longer waits for when its active segment rolls) and
+/// deletes reclaimed ones (unlink, directory `fsync`), handing each outcome back to the shard.
 async fn segment_maker(
     ctx: Rc<Ctx>,
     jobs: local_channel::LocalReceiver<
-        crate::store::SegmentJobOf<crate::store::backend::MmapBackend>,
+        crate::store::StoreJobOf<crate::store::backend::MmapBackend>,
     >,
 ) {
     while let Some(job) = jobs.recv().await {
         ctx.segment_busy.set(true);
-        let (seq, made) = glommio::executor().spawn_blocking(move || job.run()).await;
+        let done = glommio::executor().spawn_blocking(move || job.run()).await;
         ctx.segment_busy.set(false);
         let now = ctx.clock.now();
-        ctx.shard.borrow_mut().on_segment(now, seq, made);
+        ctx.shard.borrow_mut().on_store_job(now, done);
     }
 }
 

@@ -132,9 +132,20 @@ fn ttl_expiry_with_an_injected_clock_reclaims_segments() {
     );
     assert_eq!(log.expire(T0 + 3_601).unwrap(), 40);
     assert_eq!(log.blobs(), 0);
-    // Every segment but the newest is deleted (the newest keeps segment numbers growing).
+    // Every segment but the newest is reclaimed (the newest keeps segment numbers growing).
     assert_eq!(log.segment_count(), 1, "segments reclaimed");
+    // Their files are deleted off the core: on disk until the removal job has run, one job at
+    // a time.
+    let on_disk = b.disk.borrow().segments().len();
+    assert!(on_disk > 1);
+    assert_eq!(log.segments_awaiting_removal(), on_disk - 1);
+    let job = log.take_removal_job(T0 + 3_601).expect("a removal is due");
+    assert!(log.take_removal_job(T0 + 3_601).is_none(), "one at a time");
+    assert_eq!(job.seqs().len(), on_disk - 1);
+    let (seqs, done) = job.run();
+    log.on_removed(T0 + 3_601, &seqs, &done);
     assert_eq!(b.disk.borrow().segments().len(), 1);
+    assert_eq!(log.segments_awaiting_removal(), 0);
     // TTL is capped by the node's maximum.
     let a = log.append(T0, d(9), 1, u64::MAX, b"x").unwrap();
     assert_eq!(log.drain(&d(9), T0)[0].0.last_live_unix_s, T0 + 72 * 3_600);

@@ -199,27 +199,39 @@ impl<B: Backend> Shard<B> {
         self.release_stored(durable);
     }
 
-    /// The making of the store's next segment, to run off the core (`Log::take_segment_job`),
-    /// dated by the last event the shard handled (the driver asks after every piece of work and
-    /// reads no clock for it).
-    pub fn take_segment_job(&mut self) -> Option<crate::store::SegmentJobOf<B>> {
+    /// Blocking store work to run off the core: the making of the next segment
+    /// (`Log::take_segment_job`) first, else the deletion of reclaimed segments
+    /// (`Log::take_removal_job`); dated by the last event the shard handled (the driver asks
+    /// after every piece of work and reads no clock for it).
+    pub fn take_store_job(&mut self) -> Option<crate::store::StoreJobOf<B>> {
         let now = self.now.unix_s;
-        self.store.as_mut()?.take_segment_job(now)
+        let log = self.store.as_mut()?;
+        if let Some(job) = log.take_segment_job(now) {
+            return Some(crate::store::StoreJob::Make(job));
+        }
+        log.take_removal_job(now)
+            .map(crate::store::StoreJob::Remove)
     }
 
-    /// The outcome of a [`Shard::take_segment_job`]: the spare the next roll takes.
-    pub fn on_segment(
-        &mut self,
-        now: Now,
-        seq: u64,
-        made: std::io::Result<<B as crate::store::backend::Backend>::Seg>,
-    ) {
+    /// The outcome of a [`Shard::take_store_job`]: the spare the next roll takes, or segments
+    /// deleted.
+    pub fn on_store_job(&mut self, now: Now, done: crate::store::StoreJobDoneOf<B>) {
         self.now = now;
         let Some(log) = self.store.as_mut() else {
             return;
         };
-        if let Err(e) = log.on_segment(now.unix_s, seq, made) {
-            tracing::warn!(error = %e, "store: an unused segment could not be removed");
+        match done {
+            crate::store::StoreJobDone::Made(seq, made) => {
+                if let Err(e) = log.on_segment(now.unix_s, seq, made) {
+                    tracing::warn!(error = %e, "store: an unused segment could not be removed");
+                }
+            }
+            crate::store::StoreJobDone::Removed(seqs, done) => {
+                if let Err(e) = &done {
+                    tracing::warn!(error = %e, segments = seqs.len(), "store: reclaimed segments not deleted yet; retrying");
+                }
+                log.on_removed(now.unix_s, &seqs, &done);
+            }
         }
     }
 
@@ -234,6 +246,8 @@ impl<B: Backend> Shard<B> {
             .store(ahead, std::sync::atomic::Ordering::Relaxed);
         m.store_segments_on_core
             .store(on_core, std::sync::atomic::Ordering::Relaxed);
+        m.store_segments_removed
+            .store(log.segments_removed(), std::sync::atomic::Ordering::Relaxed);
         let durable = log.durable_seq();
         if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
             self.last_expire_unix_s = now.unix_s;

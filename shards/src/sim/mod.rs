@@ -39,9 +39,11 @@ use crate::metrics::ShardMetrics;
 use crate::puzzle::PuzzleConfig;
 use crate::ratelimit::{IpLimits, Rate};
 use crate::shard::{Accept, HopMsg, Shard, ShardConfig, StoreSpec};
-use crate::store::backend::{MemBackend, MemDisk, MemSegment};
+use crate::store::backend::{MemBackend, MemDisk};
 use crate::store::format::Pos;
-use crate::store::{FsyncPolicy, Log, StoreLimits, SyncJobOf};
+use crate::store::{
+    FsyncPolicy, Log, StoreJob, StoreJobDone, StoreJobDoneOf, StoreJobOf, StoreLimits, SyncJobOf,
+};
 use crate::table::ConnId;
 
 use client::Client;

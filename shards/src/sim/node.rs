@@ -13,10 +13,11 @@ pub(super) struct Node {
     /// Group commits handed off the shards (`Shard::take_sync`), as the driver's io_uring
     /// fdatasyncs: (shard, done at monotonic ms, the job, its number on that shard).
     pub(super) syncs: Vec<(usize, u64, SyncJobOf<MemBackend>, u64)>,
-    /// Segments made ahead off the shards (`Shard::take_segment_job`), as the driver's blocking
-    /// thread makes them: made on the disk when taken, handed back later (a crash in between
-    /// leaves the made segment on the disk): (shard, back at monotonic ms, number, outcome).
-    pub(super) segment_jobs: Vec<(usize, u64, u64, std::io::Result<MemSegment>)>,
+    /// Store jobs handed off the shards (`Shard::take_store_job`: segments made ahead, reclaimed
+    /// segments deleted), as the driver's blocking thread runs them: done on the disk when
+    /// taken, handed back later (a crash in between leaves the disk as the job left it):
+    /// (shard, back at monotonic ms, outcome).
+    pub(super) segment_jobs: Vec<(usize, u64, SimStoreJob)>,
     /// Per shard: group commits begun, and the number of the last one that completed.
     pub(super) commits_begun: Vec<u64>,
     pub(super) committed: Vec<u64>,
@@ -73,16 +74,29 @@ impl Node {
     }
 }
 
+/// A store job in the simulator: run when taken (its outcome waits to be handed back), or
+/// waiting to run when it completes.
+#[derive(Debug)]
+pub(super) enum SimStoreJob {
+    Done(StoreJobDoneOf<MemBackend>),
+    Waiting(StoreJobOf<MemBackend>),
+}
+
 impl Sim {
     /// Collects everything shard `s` produced: hop batches onto the links, output onto wires,
     /// resumed readers, forced closes. Repeats until it produces nothing more.
-    /// Makes the segment shard `s` asks for ahead, if any (on the disk now; the shard hears of
-    /// it 0–9 ms later).
+    /// Runs the store jobs shard `s` hands out, if any (on the disk now; the shard hears of each
+    /// 0–9 ms later).
     fn take_segment_job(&mut self, s: usize) {
-        if let Some(job) = self.node.shards[s].take_segment_job() {
-            let (seq, made) = job.run();
+        while let Some(job) = self.node.shards[s].take_store_job() {
+            // A segment is made on the disk now; a deletion lands when the job completes (a
+            // crash before leaves the files, as a blocking thread that had not got to them).
+            let job = match job {
+                StoreJob::Make(_) => SimStoreJob::Done(job.run()),
+                StoreJob::Remove(_) => SimStoreJob::Waiting(job),
+            };
             let back = self.now.mono_ms + self.rng.below(10);
-            self.node.segment_jobs.push((s, back, seq, made));
+            self.node.segment_jobs.push((s, back, job));
         }
     }
 
@@ -399,10 +413,22 @@ impl Sim {
                 8 => self.provider_answers(i)?,
                 9 => self.media_serve(i)?,
                 7 => {
-                    // A segment made ahead is ready (or its making failed).
-                    let (s, _, seq, made) = self.node.segment_jobs.swap_remove(i);
-                    self.trace(|| format!("shard {s}: spare segment {seq} made: {}", made.is_ok()));
-                    self.node.shards[s].on_segment(self.now, seq, made);
+                    // A segment made ahead is ready (or its making failed), or reclaimed segments
+                    // are deleted.
+                    let (s, _, job) = self.node.segment_jobs.swap_remove(i);
+                    let done = match job {
+                        SimStoreJob::Done(done) => done,
+                        SimStoreJob::Waiting(job) => job.run(),
+                    };
+                    self.trace(|| match &done {
+                        StoreJobDone::Made(seq, made) => {
+                            format!("shard {s}: spare segment {seq} made: {}", made.is_ok())
+                        }
+                        StoreJobDone::Removed(seqs, r) => {
+                            format!("shard {s}: segments {seqs:?} deleted: {}", r.is_ok())
+                        }
+                    });
+                    self.node.shards[s].on_store_job(self.now, done);
                     self.pump(s);
                 }
                 _ => self.finish_wire(i),

@@ -65,6 +65,9 @@ pub trait Backend: std::fmt::Debug {
 pub trait SegmentMaker: std::fmt::Debug {
     type Seg;
     fn make(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<Self::Seg>;
+    /// Deletes segments as [`Backend::remove`] does (a missing one is already gone), with one
+    /// directory sync for them all.
+    fn remove(&mut self, seqs: &[u64]) -> io::Result<()>;
 }
 
 /// The steps of creating a segment, in order. A crash after any of them leaves no segment file,
@@ -231,6 +234,19 @@ impl SegmentMaker for MmapMaker {
             step_hook: None,
         };
         backend.create(seq, len, header)
+    }
+    fn remove(&mut self, seqs: &[u64]) -> io::Result<()> {
+        let backend = MmapBackend {
+            dir: self.dir.clone(),
+            step_hook: None,
+        };
+        for seq in seqs {
+            match std::fs::remove_file(backend.path(*seq)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        backend.sync_dir()
     }
 }
 
@@ -504,6 +520,12 @@ impl SegmentMaker for MemBackend {
     type Seg = MemSegment;
     fn make(&mut self, seq: u64, len: usize, header: &[u8]) -> io::Result<MemSegment> {
         self.create(seq, len, header)
+    }
+    fn remove(&mut self, seqs: &[u64]) -> io::Result<()> {
+        for seq in seqs {
+            Backend::remove(self, *seq)?;
+        }
+        Ok(())
     }
 }
 

@@ -290,6 +290,17 @@ pub struct Log<B: Backend> {
     /// Segments rolls took made ahead, and made on the core.
     segments_ahead: u64,
     segments_on_core: u64,
+    /// Reclaimed segments whose files are still to be deleted, off the core
+    /// ([`Log::take_removal_job`]), with their bytes (still counted in `disk_bytes`): until a
+    /// removal is durable they count as present, so no segment holding tombstones for their
+    /// blobs is reclaimed before them.
+    doomed: BTreeMap<u64, u64>,
+    /// The removal out now (at most one).
+    removing: Option<BTreeMap<u64, u64>>,
+    /// No removal is handed out before this second (after a failed one).
+    removal_retry_unix_s: u64,
+    /// Reclaimed segments deleted so far.
+    segments_removed: u64,
 }
 
 /// The segment-making job of a log over backend `B`.
@@ -316,6 +327,77 @@ impl<M: SegmentMaker> SegmentJob<M> {
     pub fn run(mut self) -> (u64, std::io::Result<M::Seg>) {
         let made = self.maker.make(self.seq, self.len, &self.header);
         (self.seq, made)
+    }
+}
+
+/// The deletion of reclaimed segments, handed off the shard's core ([`Log::take_removal_job`]):
+/// unlink each file, then one directory sync.
+#[derive(Debug)]
+pub struct RemovalJob<M> {
+    seqs: Vec<u64>,
+    maker: M,
+}
+
+impl<M: SegmentMaker> RemovalJob<M> {
+    pub fn seqs(&self) -> &[u64] {
+        &self.seqs
+    }
+
+    /// Deletes the segments on the calling thread (blocking); the numbers and the outcome, for
+    /// [`Log::on_removed`].
+    pub fn run(mut self) -> (Vec<u64>, std::io::Result<()>) {
+        let done = self.maker.remove(&self.seqs);
+        (self.seqs, done)
+    }
+}
+
+/// The removal job of a log over backend `B`.
+pub type RemovalJobOf<B> = RemovalJob<<B as Backend>::Maker>;
+
+/// Blocking store work the shard hands off its core, one at a time: the next segment, or the
+/// deletion of reclaimed ones.
+#[derive(Debug)]
+pub enum StoreJob<M> {
+    Make(SegmentJob<M>),
+    Remove(RemovalJob<M>),
+}
+
+/// What a [`StoreJob`] came to.
+#[derive(Debug)]
+pub enum StoreJobDone<S> {
+    Made(u64, std::io::Result<S>),
+    Removed(Vec<u64>, std::io::Result<()>),
+}
+
+/// The store job of a log over backend `B`, and its outcome.
+pub type StoreJobOf<B> = StoreJob<<B as Backend>::Maker>;
+pub type StoreJobDoneOf<B> = StoreJobDone<<B as Backend>::Seg>;
+
+impl<M: SegmentMaker> StoreJob<M> {
+    /// Runs it on the calling thread (blocking).
+    pub fn run(self) -> StoreJobDone<M::Seg> {
+        match self {
+            StoreJob::Make(j) => {
+                let (seq, made) = j.run();
+                StoreJobDone::Made(seq, made)
+            }
+            StoreJob::Remove(j) => {
+                let (seqs, done) = j.run();
+                StoreJobDone::Removed(seqs, done)
+            }
+        }
+    }
+
+    /// The outcome of a job that never ran (it could not be queued).
+    pub fn not_run(self, why: &str) -> StoreJobDone<M::Seg> {
+        match self {
+            StoreJob::Make(j) => {
+                StoreJobDone::Made(j.seq, Err(std::io::Error::other(why.to_string())))
+            }
+            StoreJob::Remove(j) => {
+                StoreJobDone::Removed(j.seqs, Err(std::io::Error::other(why.to_string())))
+            }
+        }
     }
 }
 
@@ -356,6 +438,10 @@ impl<B: Backend> Log<B> {
             failed: false,
             spare: None,
             spare_pending: None,
+            doomed: BTreeMap::new(),
+            removing: None,
+            removal_retry_unix_s: 0,
+            segments_removed: 0,
             spare_retry_unix_s: 0,
             segments_ahead: 0,
             segments_on_core: 0,
@@ -1199,14 +1285,34 @@ impl<B: Backend> Log<B> {
     /// Deletes sealed segments with no live blob whose tombstones' targets are all gone.
     fn reclaim(&mut self) -> Result<(), StoreError> {
         loop {
-            let present: BTreeSet<u64> = self.segments.keys().copied().collect();
+            // Segments whose deletion is not durable yet count as present.
+            let present: BTreeSet<u64> = self
+                .segments
+                .keys()
+                .chain(self.doomed.keys())
+                .chain(self.removing.iter().flat_map(BTreeMap::keys))
+                .copied()
+                .collect();
             // The newest segment stays, so segment numbers (and blob positions) never repeat,
             // also across a restart.
             let newest = present.last().copied();
+            // A segment goes only once what it holds is durable: its own tombstones (of blobs in
+            // it) must not be lost to a power failure while its file waits to be deleted (the
+            // deletion is off the core now, and no longer immediate); without fsync there is no
+            // such promise to keep.
+            let unsynced = |seq: &u64| {
+                self.policy != FsyncPolicy::None
+                    && (self.dirty.contains(seq)
+                        || self
+                            .in_flight
+                            .as_ref()
+                            .is_some_and(|(_, segs)| segs.contains(seq)))
+            };
             let victim = self.segments.iter().find(|(seq, s)| {
                 s.sealed
                     && Some(**seq) != self.active
                     && Some(**seq) != newest
+                    && !unsynced(seq)
                     && s.live_blobs == 0
                     && s.tomb_targets
                         .iter()
@@ -1215,16 +1321,77 @@ impl<B: Backend> Log<B> {
             let Some((&seq, _)) = victim else {
                 return Ok(());
             };
-            // Forget it only once its file is gone: a segment whose delete failed still counts.
-            self.backend.remove(seq).map_err(StoreError::Io)?;
+            // Its file goes off the core (`take_removal_job`); its bytes count until then.
             if let Some(s) = self.segments.remove(&seq) {
-                self.disk_bytes = self
-                    .disk_bytes
-                    .checked_sub(s.seg.bytes().len() as u64)
-                    .expect("the disk use covers every tracked segment");
+                self.doomed.insert(seq, s.seg.bytes().len() as u64);
             }
             self.dirty.remove(&seq);
         }
+    }
+
+    /// The deletion of the segments reclaimed since the last one, to run off the shard's core;
+    /// `None` while one is out, when nothing waits, or for a second after a failed one.
+    pub fn take_removal_job(&mut self, now_unix_s: u64) -> Option<RemovalJobOf<B>> {
+        if self.removing.is_some()
+            || self.doomed.is_empty()
+            || now_unix_s < self.removal_retry_unix_s
+        {
+            return None;
+        }
+        let doomed = std::mem::take(&mut self.doomed);
+        let seqs = doomed.keys().copied().collect();
+        self.removing = Some(doomed);
+        Some(RemovalJob {
+            seqs,
+            maker: self.backend.maker(),
+        })
+    }
+
+    /// The outcome of a [`Log::take_removal_job`]: the segments are gone (their bytes free),
+    /// or, on a failure, wait for the next job (a second later).
+    pub fn on_removed(&mut self, now_unix_s: u64, seqs: &[u64], done: &std::io::Result<()>) {
+        let Some(removing) = self.removing.take() else {
+            return;
+        };
+        debug_assert!(removing.keys().copied().eq(seqs.iter().copied()));
+        if done.is_ok() {
+            self.segments_removed += removing.len() as u64;
+            let freed: u64 = removing.values().sum();
+            self.disk_bytes = self
+                .disk_bytes
+                .checked_sub(freed)
+                .expect("the disk use covers every segment being removed");
+        } else {
+            self.doomed.extend(removing);
+            self.removal_retry_unix_s = now_unix_s + 1;
+        }
+    }
+
+    /// Deletes the reclaimed segments here and now (start-up, tests): what the removal job
+    /// does, on the calling thread.
+    pub fn remove_reclaimed_now(&mut self, now_unix_s: u64) -> Result<(), StoreError> {
+        if let Some(job) = self.take_removal_job(now_unix_s) {
+            let (seqs, done) = job.run();
+            let failed = done
+                .as_ref()
+                .err()
+                .map(|e| std::io::Error::new(e.kind(), e.to_string()));
+            self.on_removed(now_unix_s, &seqs, &done);
+            if let Some(e) = failed {
+                return Err(StoreError::Io(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reclaimed segments deleted so far.
+    pub fn segments_removed(&self) -> u64 {
+        self.segments_removed
+    }
+
+    /// Reclaimed segments whose files are not deleted yet.
+    pub fn segments_awaiting_removal(&self) -> usize {
+        self.doomed.len() + self.removing.as_ref().map_or(0, BTreeMap::len)
     }
 
     /// How full `dest`'s quota and this store are, from the counters the limits check (the send
