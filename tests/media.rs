@@ -373,6 +373,39 @@ fn read_response(
 
 /// The media listener keeps connections alive, revalidates by ETag (`304`), answers `HEAD`
 /// with the length and no body, and caps connections per address with a clear `503`.
+/// A client that sends half a request head and then nothing (slowloris) holds its connection
+/// only until the head timeout (`http::HEAD_TIMEOUT`, 10 s), on the admin listener as on the
+/// media one (one stack), and everyone else is served meanwhile.
+#[test]
+fn a_request_head_that_never_ends_is_cut_off_after_the_head_timeout() {
+    let node = Node::start(&[], &[("FERRY_MEDIA_HTTP_LISTEN", "127.0.0.1:0")]);
+    let media = node.media_http.expect("media-http listener");
+    let t = Instant::now();
+    let slow: Vec<std::net::TcpStream> = [node.admin, media]
+        .into_iter()
+        .map(|addr| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // The node answers others while the heads hang.
+    assert_eq!(node.metric("ferry_connections_open"), 0);
+    for mut s in slow {
+        let mut got = Vec::new();
+        // EOF (or a reset) when the node cuts it off; a read timeout (20 s) would be a failure.
+        let _ = s.read_to_end(&mut got);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(9) && took < Duration::from_secs(16),
+            "cut off after {took:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
 #[test]
 fn http_keeps_alive_revalidates_by_etag_and_caps_connections_per_address() {
     let node = Node::start(&[], &[("FERRY_MEDIA_HTTP_LISTEN", "127.0.0.1:0")]);
