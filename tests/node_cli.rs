@@ -254,7 +254,11 @@ fn sighup_reloads_limits_and_certificate_without_dropping_connections() {
         .args(["-HUP", &node.pid().to_string()])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.stderr.lock().unwrap().contains("reload refused") {
+        assert!(std::time::Instant::now() < deadline, "no reload answer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     fresh.ping(4).unwrap();
     assert!(
         node.stderr.lock().unwrap().contains("reload refused"),

@@ -115,8 +115,16 @@ fn a_contacts_messages_to_an_offline_mailbox_pass_pressure_without_puzzles() {
     );
     bob.accept_request(&a_id, "alice").unwrap();
     // Alice goes offline; what Bob writes now is stored at her pairwise mailbox's dest.
+    let open = node.metric("ferry_connections_open");
     drop(ca);
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.metric("ferry_connections_open") >= open {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Alice's connection never closed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for i in 0..4 {
         let body = Body::Data(format!("message {i}").into_bytes());
         sb.send(&mut bob, &a_id, &body, clock).unwrap();
