@@ -125,8 +125,11 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Lines of a child's stdout, as they come.
 fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    lines_from(child.stdout.take().unwrap())
+}
+
+fn lines_from(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -213,20 +216,23 @@ fn two_identities_chat_through_a_node_that_never_sees_a_plaintext() {
         .cmd(&["chat", "alice"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let b_lines = lines_of(&mut b_proc);
+    let b_said = lines_from(b_proc.stderr.take().unwrap());
     let mut a_proc = alice
         .cmd(&["chat", "bob"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let a_lines = lines_of(&mut a_proc);
-    // Bob is listening once his process has synced; give both a moment, then type.
-    std::thread::sleep(Duration::from_millis(1500));
+    let a_said = lines_from(a_proc.stderr.take().unwrap());
+    // Each side listens once its process has synced, and then says so.
+    wait_line(&b_said, "chatting with alice");
+    wait_line(&a_said, "chatting with bob");
     let live = "LIVE-MARKER-5d0e typed live";
     writeln!(a_proc.stdin.as_mut().unwrap(), "{live}").unwrap();
     assert_eq!(wait_line(&b_lines, "LIVE-MARKER"), format!("alice: {live}"));

@@ -600,7 +600,7 @@ fn http_downloads_the_client_stops_reading_are_closed_after_the_write_stall_time
         &[],
         &[
             ("FERRY_MEDIA_HTTP_LISTEN", "127.0.0.1:0"),
-            ("FERRY_LIMITS_WRITE_STALL_TIMEOUT_MS", "1500"),
+            ("FERRY_LIMITS_WRITE_STALL_TIMEOUT_MS", "700"),
         ],
     );
     let addr = node.media_http.expect("media-http listener");
@@ -617,7 +617,8 @@ fn http_downloads_the_client_stops_reading_are_closed_after_the_write_stall_time
     let mut s: std::net::TcpStream = sock.into();
     write!(s, "GET /blob/{hex} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
     let stalled_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(3_000));
+    // Twice the stall timeout.
+    std::thread::sleep(Duration::from_millis(1_400));
     // Now read: what was in flight arrives, then the close, well short of the blob.
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut got = Vec::new();
