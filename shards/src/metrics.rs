@@ -81,6 +81,7 @@ metrics! {
     store_segments_ahead: "counter", "ferry_store_segments_made_ahead_total", "Store segments made ahead off the shard's core and taken by a roll.";
     store_segments_on_core: "counter", "ferry_store_segments_made_on_core_total", "Store segments a roll had to make on the shard's core (no spare ready: the shard waited for its creation and syncs).";
     store_segments_removed: "counter", "ferry_store_segments_removed_total", "Reclaimed store segments deleted (unlinked off the shard's core, once what they hold is synced).";
+    store_segments_awaiting_removal: "gauge", "ferry_store_segments_awaiting_removal", "Reclaimed store segments whose files are not deleted yet (after a failed deletion: until the next start).";
     store_syncs: "counter", "ferry_store_syncs_total", "Store commit points that synced segments (group commits: one covers every append before it).";
     store_acks: "counter", "ferry_store_acks_total", "Stored blobs acknowledged and deleted.";
     store_expired: "counter", "ferry_store_expired_total", "Stored blobs that expired unacknowledged.";

@@ -139,11 +139,27 @@ fn ttl_expiry_with_an_injected_clock_reclaims_segments() {
     let on_disk = b.disk.borrow().segments().len();
     assert!(on_disk > 1);
     assert_eq!(log.segments_awaiting_removal(), on_disk - 1);
-    let job = log.take_removal_job(T0 + 3_601).expect("a removal is due");
-    assert!(log.take_removal_job(T0 + 3_601).is_none(), "one at a time");
+    // A deletion that fails keeps the segments (and their space) until the next start: a
+    // directory fsync that failed once is not trusted again.
+    b.disk.borrow_mut().faults.fail_remove = true;
+    let used = log.disk_bytes();
+    let job = log.take_removal_job().expect("a removal is due");
+    let (seqs, done) = job.run();
+    assert!(done.is_err());
+    log.on_removed(&seqs, &done);
+    assert!(log.removal_failed() && log.take_removal_job().is_none());
+    assert_eq!(log.segments_awaiting_removal(), on_disk - 1);
+    assert_eq!(log.disk_bytes(), used);
+    // The next start reclaims them again, and its deletion goes through.
+    b.disk.borrow_mut().faults.fail_remove = false;
+    drop(log);
+    let mut log = open(&b, FsyncPolicy::None, T0 + 3_601);
+    log.expire(T0 + 3_601).unwrap();
+    let job = log.take_removal_job().expect("a removal is due");
+    assert!(log.take_removal_job().is_none(), "one at a time");
     assert_eq!(job.seqs().len(), on_disk - 1);
     let (seqs, done) = job.run();
-    log.on_removed(T0 + 3_601, &seqs, &done);
+    log.on_removed(&seqs, &done);
     assert_eq!(b.disk.borrow().segments().len(), 1);
     assert_eq!(log.segments_awaiting_removal(), 0);
     // TTL is capped by the node's maximum.

@@ -54,6 +54,9 @@ pub(super) async fn segment_maker(
         ctx.segment_busy.set(false);
         let now = ctx.clock.now();
         ctx.shard.borrow_mut().on_store_job(now, done);
+        // The next job (a deletion queued behind a making, or one this outcome made possible)
+        // is taken now rather than at the next piece of work.
+        ctx.after_work();
     }
 }
 

@@ -209,8 +209,7 @@ impl<B: Backend> Shard<B> {
         if let Some(job) = log.take_segment_job(now) {
             return Some(crate::store::StoreJob::Make(job));
         }
-        log.take_removal_job(now)
-            .map(crate::store::StoreJob::Remove)
+        log.take_removal_job().map(crate::store::StoreJob::Remove)
     }
 
     /// The outcome of a [`Shard::take_store_job`]: the spare the next roll takes, or segments
@@ -228,9 +227,9 @@ impl<B: Backend> Shard<B> {
             }
             crate::store::StoreJobDone::Removed(seqs, done) => {
                 if let Err(e) = &done {
-                    tracing::warn!(error = %e, segments = seqs.len(), "store: reclaimed segments not deleted yet; retrying");
+                    tracing::error!(error = %e, segments = seqs.len(), "store: reclaimed segments could not be deleted; they keep their space until the next start (ferry_store_segments_awaiting_removal)");
                 }
-                log.on_removed(now.unix_s, &seqs, &done);
+                log.on_removed(&seqs, &done);
             }
         }
     }
@@ -248,6 +247,10 @@ impl<B: Backend> Shard<B> {
             .store(on_core, std::sync::atomic::Ordering::Relaxed);
         m.store_segments_removed
             .store(log.segments_removed(), std::sync::atomic::Ordering::Relaxed);
+        m.store_segments_awaiting_removal.store(
+            log.segments_awaiting_removal() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let durable = log.durable_seq();
         if now.unix_s >= self.last_expire_unix_s + STORE_EXPIRE_INTERVAL_S {
             self.last_expire_unix_s = now.unix_s;

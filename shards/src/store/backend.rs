@@ -389,6 +389,8 @@ pub struct Faults {
     pub fail_create: bool,
     /// Fail handing a sync off the core (the node's duplicate descriptor: out of descriptors).
     pub fail_sync_target: bool,
+    /// Fail segment deletions (a read-only or failing directory).
+    pub fail_remove: bool,
     /// Stop the next segment creation right after this step, as a crash there would: the call
     /// fails and nothing is cleaned up (follow with [`MemDisk::crash`] and a reopen).
     pub crash_in_create: Option<CreateStep>,
@@ -604,6 +606,9 @@ impl Backend for MemBackend {
     }
     fn remove(&mut self, seq: u64) -> io::Result<()> {
         let mut d = self.disk.borrow_mut();
+        if d.faults.fail_remove {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         d.files.remove(&seq);
         d.renamed_unsynced.retain(|s| *s != seq);
         Ok(())

@@ -144,7 +144,8 @@ impl<B: Backend> Log<B> {
         self.check_failed()?;
         self.syncs += 1;
         self.durable_seq = self.durable_seq.max(covered);
-        Ok(())
+        // Segments this commit made clean may be reclaimed now.
+        self.reclaim()
     }
 
     /// Runs the group commit the interval policy calls for on the calling thread

@@ -204,12 +204,9 @@ impl<B: Backend> Log<B> {
     }
 
     /// The deletion of the segments reclaimed since the last one, to run off the shard's core;
-    /// `None` while one is out, when nothing waits, or for a second after a failed one.
-    pub fn take_removal_job(&mut self, now_unix_s: u64) -> Option<RemovalJobOf<B>> {
-        if self.removing.is_some()
-            || self.doomed.is_empty()
-            || now_unix_s < self.removal_retry_unix_s
-        {
+    /// `None` while one is out, when nothing waits, or after a failed one (until the next start).
+    pub fn take_removal_job(&mut self) -> Option<RemovalJobOf<B>> {
+        if self.removing.is_some() || self.doomed.is_empty() || self.removal_failed {
             return None;
         }
         let doomed = std::mem::take(&mut self.doomed);
@@ -221,9 +218,12 @@ impl<B: Backend> Log<B> {
         })
     }
 
-    /// The outcome of a [`Log::take_removal_job`]: the segments are gone (their bytes free),
-    /// or, on a failure, wait for the next job (a second later).
-    pub fn on_removed(&mut self, now_unix_s: u64, seqs: &[u64], done: &std::io::Result<()>) {
+    /// The outcome of a [`Log::take_removal_job`]: the segments are gone (their bytes free, and
+    /// segments whose tombstones pointed into them may go now). A failure is not retried in
+    /// this run: a directory `fsync` that failed once may succeed later without the unlinks
+    /// it covered being durable, so the segments stay counted as present (and their bytes as
+    /// used) until the next start reclaims them again; no later removal is handed out either.
+    pub fn on_removed(&mut self, seqs: &[u64], done: &std::io::Result<()>) {
         let Some(removing) = self.removing.take() else {
             return;
         };
@@ -235,27 +235,17 @@ impl<B: Backend> Log<B> {
                 .disk_bytes
                 .checked_sub(freed)
                 .expect("the disk use covers every segment being removed");
+            // What waited for these segments to be gone may go now.
+            let _ = self.reclaim();
         } else {
             self.doomed.extend(removing);
-            self.removal_retry_unix_s = now_unix_s + 1;
+            self.removal_failed = true;
         }
     }
 
-    /// Deletes the reclaimed segments here and now (start-up, tests): what the removal job
-    /// does, on the calling thread.
-    pub fn remove_reclaimed_now(&mut self, now_unix_s: u64) -> Result<(), StoreError> {
-        if let Some(job) = self.take_removal_job(now_unix_s) {
-            let (seqs, done) = job.run();
-            let failed = done
-                .as_ref()
-                .err()
-                .map(|e| std::io::Error::new(e.kind(), e.to_string()));
-            self.on_removed(now_unix_s, &seqs, &done);
-            if let Some(e) = failed {
-                return Err(StoreError::Io(e));
-            }
-        }
-        Ok(())
+    /// Whether a removal failed in this run (no more are handed out until the next start).
+    pub fn removal_failed(&self) -> bool {
+        self.removal_failed
     }
 
     /// Reclaimed segments deleted so far.

@@ -280,8 +280,8 @@ pub struct Log<B: Backend> {
     doomed: BTreeMap<u64, u64>,
     /// The removal out now (at most one).
     removing: Option<BTreeMap<u64, u64>>,
-    /// No removal is handed out before this second (after a failed one).
-    removal_retry_unix_s: u64,
+    /// A removal failed in this run: none is handed out until the next start.
+    removal_failed: bool,
     /// Reclaimed segments deleted so far.
     segments_removed: u64,
 }

@@ -89,7 +89,7 @@ impl<B: Backend> Log<B> {
             spare_pending: None,
             doomed: BTreeMap::new(),
             removing: None,
-            removal_retry_unix_s: 0,
+            removal_failed: false,
             segments_removed: 0,
             spare_retry_unix_s: 0,
             segments_ahead: 0,
