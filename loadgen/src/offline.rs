@@ -1,0 +1,121 @@
+//! The offline workload (ferry only): store blobs for offline mailboxes, then their owners
+//! connect, drain and ack them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+
+use crate::args::Args;
+use crate::connect::{ferry_connect, mailbox};
+use crate::measure::nanos;
+use crate::wire::{HEADER_BYTES, Kind};
+
+/// Offline: each of `pairs` threads stores `messages` blobs for its own offline mailbox, in
+/// windows of 256 outstanding sends, timing each send until its answer (`Accepted`: the sender
+/// has not proven the dest, so the node does not say live or stored); then each
+/// mailbox's owner connects, proves `Drain`, and drains and acks everything.
+pub(crate) fn run_offline(
+    args: &Args,
+    kind: Kind,
+    addr: SocketAddr,
+) -> anyhow::Result<serde_json::Value> {
+    use ferry_proto::conn::ClientEvent;
+    if kind != Kind::Ferry {
+        bail!("--workload offline drives ferry's store only");
+    }
+    let n = args.messages;
+    let size = args.size.max(HEADER_BYTES);
+    let store_start = Instant::now();
+    let threads: Vec<_> = (0..args.pairs.max(1))
+        .map(|i| {
+            let seed = args.seed;
+            std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+                let mut h = Histogram::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut c = ferry_connect(addr)?;
+                let dest = mailbox(seed, 1_000_000 + i).dest(c.epoch())?;
+                let payload = vec![0x5au8; size];
+                let mut sent_at = std::collections::HashMap::new();
+                let (mut next, mut stored) = (0u64, 0u64);
+                while stored < n {
+                    while next < n && sent_at.len() < 256 {
+                        // FLAG_ACK: the generator has not proven `dest`, so it is answered
+                        // `Accepted` once the blob is durable, and only when it asks.
+                        c.send(dest, next, ferry_sdk::FLAG_ACK, &payload);
+                        sent_at.insert(next, Instant::now());
+                        next += 1;
+                    }
+                    c.flush()?;
+                    if let ClientEvent::SendResult { msg_id, status, .. } =
+                        c.recv(Duration::from_secs(30))?
+                    {
+                        if status != ferry_sdk::SendStatus::Accepted {
+                            bail!("blob {msg_id}: {status:?}");
+                        }
+                        if let Some(t) = sent_at.remove(&msg_id) {
+                            h.record(nanos(t.elapsed()).max(1))?;
+                        }
+                        stored += 1;
+                    }
+                }
+                Ok((h, stored))
+            })
+        })
+        .collect();
+    let mut store_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut stored = 0;
+    for t in threads {
+        let (h, s) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("offline sender panicked"))??;
+        store_h.add(&h)?;
+        stored += s;
+    }
+    let store_s = store_start.elapsed().as_secs_f64();
+    let drain_start = Instant::now();
+    let threads: Vec<_> = (0..args.pairs.max(1))
+        .map(|i| {
+            let seed = args.seed;
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut c = ferry_connect(addr)?;
+                let epoch = c.epoch();
+                let mb = mailbox(seed, 1_000_000 + i);
+                let signer = mb.signer(epoch)?;
+                c.prove(&[&signer], ferry_sdk::Op::Drain)?;
+                let mut got = 0;
+                loop {
+                    let (blobs, more) = c.drain(signer.dest())?;
+                    got += blobs.len() as u64;
+                    c.ack(&blobs)?;
+                    if !more {
+                        return Ok(got);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut drained = 0;
+    for t in threads {
+        drained += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("offline drainer panicked"))??;
+    }
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "target": args.target,
+        "workload": "offline",
+        "pairs": args.pairs,
+        "size": size,
+        "stored": stored,
+        "stored_per_s": stored as f64 / store_s,
+        "time_to_stored_us": {
+            "p50": store_h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99": store_h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": store_h.max() as f64 / 1000.0,
+        },
+        "drained": drained,
+        "drained_per_s": drained as f64 / drain_s,
+        "lost": stored.saturating_sub(drained),
+    }))
+}
