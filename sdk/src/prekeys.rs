@@ -17,6 +17,8 @@ use zeroize::Zeroizing;
 
 use crate::SdkError;
 
+mod client;
+
 fn random<const N: usize>() -> Result<[u8; N], SdkError> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| SdkError::Io(std::io::Error::other(e.to_string())))?;
