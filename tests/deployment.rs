@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, ferry_bin, mailbox, temp_dir};
+use common::{Node, ferry_bin, kill, mailbox, temp_dir};
 use ferry_proto::conn::ClientEvent;
 use ferry_sdk::Op;
 
@@ -24,17 +24,6 @@ fn repo() -> PathBuf {
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn kill(sig: &str, pid: u32) {
-    assert!(
-        Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,23 +11,12 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, ferry_bin, mailbox, temp_dir};
+use common::{Node, ferry_bin, kill, mailbox, temp_dir};
 use ferry_proto::conn::ClientEvent;
 use ferry_proto::frame::{BlobOpKind, BlobStatus, Frame};
 use ferry_sdk::{Client, ErrorCode, Op, ProofStatus, SendStatus};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn kill(sig: &str, pid: u32) {
-    assert!(
-        Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-            .success()
-    );
-}
 
 // ---------------------------------------------------------------------------------------------
 // Drain

@@ -32,6 +32,18 @@ pub struct Node {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Sends signal `sig` (`TERM`, `HUP`, …) to process `pid` with kill(1).
+pub fn kill(sig: &str, pid: u32) {
+    assert!(
+        std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("ferry-test-{}-{tag}-{n}", std::process::id()));
