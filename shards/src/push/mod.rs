@@ -15,10 +15,6 @@ use ferry_proto::frame::{Dest, PushProvider};
 use crate::ratelimit::{KeyedLimiter, Rate};
 pub use registry::{DESTS_PER_TOKEN_MAX, PushLimits, PushStats, Registry, Wake};
 
-/// Providers, in the order of every per-provider array (`[apns, fcm, webpush]`).
-pub const PROVIDERS: [PushProvider; 3] =
-    [PushProvider::Apns, PushProvider::Fcm, PushProvider::WebPush];
-
 /// The index of `p` in per-provider arrays.
 pub fn provider_index(p: PushProvider) -> usize {
     match p {
@@ -144,10 +140,6 @@ impl Dispatcher {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight
     }
 
     /// How long a wake answered `Retry { after_s }` on its `attempt`-th try (0 = the first)

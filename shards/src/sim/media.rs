@@ -277,10 +277,8 @@ impl Sim {
             }
         };
         self.trace(|| {
-            format!(
-                "client {c} media: {}",
-                &format!("{frame:?}")[..60.min(format!("{frame:?}").len())]
-            )
+            let f: String = format!("{frame:?}").chars().take(60).collect();
+            format!("client {c} media: {f}")
         });
         self.clients[c].cc.push(&frame);
     }
