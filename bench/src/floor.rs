@@ -8,7 +8,11 @@
 //! Wire: every connection first sends 8 bytes, `FLRR` (receiver) or `FLRS` (sender) followed by a
 //! pair id (u32 LE); after that a sender's bytes go to its receiver unchanged.
 //!
-//! `ferry-floor [--listen 127.0.0.1:7900] [--cpu N]`
+//! `--engine uring` serves the same wire on raw io_uring instead ([`uring`]: multishot receive
+//! into provided buffers, one `io_uring_enter` per loop turn for all reads and writes), the best
+//! this kernel can do; `--spin N` lets it busy-poll N empty turns before it sleeps.
+//!
+//! `ferry-floor [--listen 127.0.0.1:7900] [--cpu N] [--engine glommio|uring] [--spin N]`
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,6 +21,9 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
+
+#[path = "floor/uring.rs"]
+mod uring;
 
 type Receivers = Rc<RefCell<HashMap<u32, TcpStream>>>;
 
@@ -54,16 +61,28 @@ async fn serve(stream: TcpStream, receivers: Receivers) {
 fn main() {
     let mut listen = "127.0.0.1:7900".to_string();
     let mut cpu = None;
+    let mut engine = "glommio".to_string();
+    let mut spin = 0u32;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().unwrap_or(listen),
             "--cpu" => cpu = args.next().and_then(|c| c.parse::<usize>().ok()),
+            "--engine" => engine = args.next().unwrap_or(engine),
+            "--spin" => spin = args.next().and_then(|c| c.parse().ok()).unwrap_or(0),
             other => {
                 eprintln!("ferry-floor: unknown argument {other}");
                 std::process::exit(2);
             }
         }
+    }
+    if engine == "uring" {
+        serve_uring(&listen, cpu, spin);
+        return;
+    }
+    if engine != "glommio" {
+        eprintln!("ferry-floor: unknown engine {engine} (glommio or uring)");
+        std::process::exit(2);
     }
     let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
     let handle = LocalExecutorBuilder::new(placement)
@@ -97,5 +116,34 @@ fn main() {
             eprintln!("ferry-floor: cannot start executor: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+fn serve_uring(listen: &str, cpu: Option<usize>, spin: u32) {
+    if let Some(cpu) = cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            eprintln!("ferry-floor: cannot pin to CPU {cpu}: {e}");
+            std::process::exit(1);
+        }
+    }
+    let listener = match std::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ferry-floor: bind {listen}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "ferry-floor listening {} (io_uring)",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    if let Err(e) = uring::run(listener, spin) {
+        eprintln!("ferry-floor: io_uring: {e}");
+        std::process::exit(1);
     }
 }

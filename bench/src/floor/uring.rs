@@ -1,0 +1,523 @@
+//! The floor on raw io_uring (`ferry-floor --engine uring`): the same work as the glommio floor
+//! (copy each sender's bytes to its paired receiver) done the way the fastest servers drive the
+//! kernel, so ferry is measured against the best this kernel can do, not only against glommio.
+//!
+//! * one thread, one ring (`SINGLE_ISSUER` + `DEFER_TASKRUN`: completions are run only when the
+//!   loop asks for them, never by an interrupt in the middle of a turn);
+//! * one multishot accept on the listener, one multishot receive per connection, drawing from a
+//!   provided-buffer ring (no buffer is pinned to a connection that is silent);
+//! * a loop turn: one `io_uring_enter` that submits everything queued and waits for at least one
+//!   completion, then every completion handled (bytes copied to the receiver's output, the
+//!   buffer handed straight back to the ring), then one send per receiver with output (all that
+//!   arrived for it in the turn, as one buffer; at most one send in flight per socket, so the
+//!   stream keeps its order);
+//! * backpressure: a receiver holding more than [`OUT_HIGH`] bytes pauses its sender (its
+//!   multishot receive is cancelled) until it is back under [`OUT_LOW`];
+//! * optional busy polling (`--spin N`): after a turn that did work, up to N turns submit and
+//!   look at the completion queue without sleeping before the loop blocks again.
+//!
+//! Every unsafe block is in this module, each with its SAFETY note: the buffer ring is memory the
+//! kernel writes into, and sends point it at buffers that must stay put until they complete.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::{BufRingEntry, Fd};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+
+/// Bytes per provided buffer: one multishot completion carries at most this much.
+const BUF_LEN: u32 = 64 * 1024;
+const BUF_SIZE: usize = BUF_LEN as usize;
+/// Provided buffers (a power of two, at most 32,768). Buffers go back to the ring in the turn
+/// that filled them, so this bounds how much one turn can receive: 1,024 × 64 KiB.
+const BUF_COUNT: u16 = 1024;
+/// The provided-buffer group id of the floor's one ring.
+const BGID: u16 = 1;
+/// Submission queue entries; the completion queue is four times that.
+const RING_ENTRIES: u32 = 4096;
+/// A receiver with more than this waiting pauses its sender...
+const OUT_HIGH: usize = 4 << 20;
+/// ...until it is back under this.
+const OUT_LOW: usize = 1 << 20;
+
+// What a completion is for: the high byte of its user data. The low 32 bits are the connection's
+// slot, the 24 bits between them the slot's generation (a completion for a closed connection
+// whose slot was reused is recognised as stale).
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_CANCEL: u64 = 4;
+
+fn user_data(op: u64, slot: u32, generation: u32) -> u64 {
+    (op << 56) | (u64::from(generation & 0xff_ffff) << 32) | u64::from(slot)
+}
+
+fn split_user_data(ud: u64) -> (u64, u32, u32) {
+    let slot = (ud & 0xffff_ffff) as u32;
+    let generation = ((ud >> 32) & 0xff_ffff) as u32;
+    (ud >> 56, slot, generation)
+}
+
+/// The provided-buffer ring: `BUF_COUNT` entries in page-aligned memory the kernel reads, and
+/// the buffers themselves.
+struct BufRing {
+    /// The entries (`BUF_COUNT` × 16 bytes; the last entry's reserved field is the tail).
+    entries: memmap2::MmapMut,
+    buffers: Vec<u8>,
+    /// Our copy of the tail: entries below it are the kernel's.
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring) -> io::Result<BufRing> {
+        let entries =
+            memmap2::MmapMut::map_anon(usize::from(BUF_COUNT) * size_of::<BufRingEntry>())?;
+        let mut br = BufRing {
+            entries,
+            buffers: vec![0u8; usize::from(BUF_COUNT) * BUF_SIZE],
+            tail: 0,
+        };
+        // SAFETY: the entries are an anonymous, page-aligned mapping of exactly `BUF_COUNT`
+        // entries that lives as long as `br`, which the caller keeps as long as the ring.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                br.entries.as_ptr() as u64,
+                BUF_COUNT,
+                BGID,
+                0,
+            )?;
+        }
+        for bid in 0..BUF_COUNT {
+            br.give(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    fn ring_entries(&mut self) -> &mut [BufRingEntry] {
+        let ptr = self.entries.as_mut_ptr().cast::<BufRingEntry>();
+        // SAFETY: the mapping holds exactly `BUF_COUNT` entries, suitably aligned (a page), and
+        // `BufRingEntry` is a plain `repr(C)` struct for which any bytes are valid.
+        unsafe { std::slice::from_raw_parts_mut(ptr, usize::from(BUF_COUNT)) }
+    }
+
+    /// Hands buffer `bid` back (seen by the kernel at the next [`BufRing::publish`]).
+    fn give(&mut self, bid: u16) {
+        let addr = self.buffers[usize::from(bid) * BUF_SIZE..].as_mut_ptr() as u64;
+        let i = usize::from(self.tail & (BUF_COUNT - 1));
+        let e = &mut self.ring_entries()[i];
+        e.set_addr(addr);
+        e.set_len(BUF_LEN);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the given-back buffers visible to the kernel.
+    fn publish(&mut self) {
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
+        // SAFETY: `base` is the first entry of the registered ring, so `tail` points at the
+        // ring's shared tail (a u16 the kernel only reads); the release store orders the entry
+        // writes above before it.
+        unsafe {
+            let tail = BufRingEntry::tail(base).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        &self.buffers[usize::from(bid) * BUF_SIZE..][..len]
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Hello,
+    Receiver,
+    Sender { target: u32, target_gen: u32 },
+}
+
+struct Conn {
+    fd: OwnedFd,
+    generation: u32,
+    hello: [u8; 8],
+    hello_len: usize,
+    role: Role,
+    /// A multishot receive is armed (its last completion has not come).
+    recv_armed: bool,
+    /// Receiving is paused for backpressure (the receiver's output is over `OUT_HIGH`).
+    paused: bool,
+    /// Output waiting for the next send.
+    out: Vec<u8>,
+    /// Output being sent: stays put until its send completes.
+    inflight: Vec<u8>,
+    inflight_done: usize,
+    sending: bool,
+    /// On the out-queue-ready list this turn.
+    dirty: bool,
+    /// As a receiver: the sender paused on this connection's output.
+    paused_sender: Option<(u32, u32)>,
+    closing: bool,
+}
+
+struct Floor {
+    ring: IoUring,
+    bufs: BufRing,
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    next_gen: u32,
+    receivers: HashMap<u32, (u32, u32)>,
+    /// Receivers with output and no send in flight, sent at the end of the turn.
+    dirty: Vec<u32>,
+    /// Connections whose multishot receive ended for want of buffers, armed again at the end of
+    /// the turn.
+    rearm: Vec<u32>,
+    cqes: Vec<cqueue::Entry>,
+}
+
+impl Floor {
+    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry pushed points only at memory that outlives its operation: the
+            // buffer ring (owned by `self`), a connection's `inflight` buffer (not touched until
+            // its send completes, and the connection is not freed while a send is in flight).
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn conn(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
+        match self.conns.get_mut(slot as usize) {
+            Some(Some(c)) if c.generation == generation => Some(c),
+            _ => None,
+        }
+    }
+
+    fn arm_accept(&mut self) -> io::Result<()> {
+        let sqe = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+            .build()
+            .user_data(user_data(OP_ACCEPT, 0, 0));
+        self.push(sqe)
+    }
+
+    fn arm_recv(&mut self, slot: u32) -> io::Result<()> {
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        if c.recv_armed || c.paused || c.closing {
+            return Ok(());
+        }
+        c.recv_armed = true;
+        let sqe = opcode::RecvMulti::new(Fd(c.fd.as_raw_fd()), BGID)
+            .build()
+            .user_data(user_data(OP_RECV, slot, c.generation));
+        self.push(sqe)
+    }
+
+    fn accepted(&mut self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: a successful accept completion's result is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let _ = socket2::SockRef::from(&fd).set_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                u32::try_from(self.conns.len() - 1).expect("fewer than 2^32 connections")
+            }
+        };
+        self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
+        self.conns[slot as usize] = Some(Conn {
+            fd,
+            generation: self.next_gen,
+            hello: [0; 8],
+            hello_len: 0,
+            role: Role::Hello,
+            recv_armed: false,
+            paused: false,
+            out: Vec::new(),
+            inflight: Vec::new(),
+            inflight_done: 0,
+            sending: false,
+            dirty: false,
+            paused_sender: None,
+            closing: false,
+        });
+        self.arm_recv(slot)
+    }
+
+    /// Starts closing a connection: its socket is shut down so that its operations complete, and
+    /// the slot is freed once none is left in flight.
+    fn close(&mut self, slot: u32) {
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if !c.closing {
+            c.closing = true;
+            let _ = socket2::SockRef::from(&c.fd).shutdown(std::net::Shutdown::Both);
+            if let Some((s, _)) = c.paused_sender.take() {
+                self.close(s);
+            }
+            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+                return;
+            };
+            if c.role == Role::Receiver {
+                let generation = c.generation;
+                self.receivers.retain(|_, v| *v != (slot, generation));
+            }
+        }
+        self.reap(slot);
+    }
+
+    fn reap(&mut self, slot: u32) {
+        if let Some(Some(c)) = self.conns.get(slot as usize)
+            && c.closing
+            && !c.recv_armed
+            && !c.sending
+        {
+            self.conns[slot as usize] = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// Bytes a connection received: the hello first, then (for a sender) the payload for its
+    /// receiver.
+    fn received(&mut self, slot: u32, bid: u16, len: usize) {
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        let mut data = self.bufs.buffer(bid, len);
+        if c.role == Role::Hello {
+            let take = (8 - c.hello_len).min(data.len());
+            c.hello[c.hello_len..c.hello_len + take].copy_from_slice(&data[..take]);
+            c.hello_len += take;
+            data = &data[take..];
+            if c.hello_len < 8 {
+                return;
+            }
+            let pair = u32::from_le_bytes([c.hello[4], c.hello[5], c.hello[6], c.hello[7]]);
+            match &c.hello[..4] {
+                b"FLRR" => {
+                    c.role = Role::Receiver;
+                    let generation = c.generation;
+                    self.receivers.insert(pair, (slot, generation));
+                    return;
+                }
+                b"FLRS" => match self.receivers.remove(&pair) {
+                    Some((target, target_gen)) => c.role = Role::Sender { target, target_gen },
+                    None => {
+                        self.close(slot);
+                        return;
+                    }
+                },
+                _ => {
+                    self.close(slot);
+                    return;
+                }
+            }
+        }
+        let Role::Sender { target, target_gen } = c.role else {
+            return;
+        };
+        if data.is_empty() {
+            return;
+        }
+        let sender_gen = c.generation;
+        let Some(Some(t)) = self.conns.get_mut(target as usize) else {
+            self.close(slot);
+            return;
+        };
+        if t.generation != target_gen || t.closing {
+            self.close(slot);
+            return;
+        }
+        t.out.extend_from_slice(data);
+        if !t.dirty && !t.sending {
+            t.dirty = true;
+            self.dirty.push(target);
+        }
+        if t.out.len() > OUT_HIGH && t.paused_sender.is_none() {
+            t.paused_sender = Some((slot, sender_gen));
+            if let Some(Some(s)) = self.conns.get_mut(slot as usize) {
+                s.paused = true;
+                if s.recv_armed {
+                    let cancel = opcode::AsyncCancel::new(user_data(OP_RECV, slot, sender_gen))
+                        .build()
+                        .user_data(user_data(OP_CANCEL, slot, sender_gen));
+                    let _ = self.push(cancel);
+                }
+            }
+        }
+    }
+
+    /// Sends what a receiver has waiting, as one buffer.
+    fn start_send(&mut self, slot: u32) -> io::Result<()> {
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        c.dirty = false;
+        if c.sending || c.closing || c.out.is_empty() {
+            return Ok(());
+        }
+        std::mem::swap(&mut c.out, &mut c.inflight);
+        c.out.clear();
+        c.inflight_done = 0;
+        c.sending = true;
+        let sqe = send_entry(c, slot);
+        self.push(sqe)
+    }
+
+    fn sent(&mut self, slot: u32, generation: u32, res: i32) -> io::Result<()> {
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        debug_assert_eq!(
+            c.generation, generation,
+            "a slot with a send in flight is never reused"
+        );
+        c.sending = false;
+        if res <= 0 || c.closing {
+            self.close(slot);
+            return Ok(());
+        }
+        c.inflight_done += res as usize;
+        if c.inflight_done < c.inflight.len() {
+            c.sending = true;
+            let sqe = send_entry(c, slot);
+            return self.push(sqe);
+        }
+        c.inflight.clear();
+        let resume = if c.out.len() < OUT_LOW {
+            c.paused_sender.take()
+        } else {
+            None
+        };
+        if !c.out.is_empty() {
+            self.start_send(slot)?;
+        }
+        if let Some((s, g)) = resume
+            && let Some(sender) = self.conn(s, g)
+        {
+            sender.paused = false;
+            self.arm_recv(s)?;
+        }
+        Ok(())
+    }
+
+    fn completion(&mut self, cqe: &cqueue::Entry) -> io::Result<()> {
+        let (op, slot, generation) = split_user_data(cqe.user_data());
+        let res = cqe.result();
+        let flags = cqe.flags();
+        match op {
+            OP_ACCEPT => {
+                if res >= 0 {
+                    self.accepted(res)?;
+                }
+                if !cqueue::more(flags) {
+                    self.arm_accept()?;
+                }
+            }
+            OP_RECV => {
+                let bid = cqueue::buffer_select(flags);
+                if res > 0
+                    && let Some(bid) = bid
+                    && self.conn(slot, generation).is_some()
+                {
+                    self.received(slot, bid, res as usize);
+                }
+                if let Some(bid) = bid {
+                    self.bufs.give(bid);
+                }
+                let more = cqueue::more(flags);
+                if let Some(c) = self.conn(slot, generation) {
+                    if !more {
+                        c.recv_armed = false;
+                    }
+                    if res == 0 || (res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED) {
+                        self.close(slot);
+                    } else if !more {
+                        if c.closing {
+                            self.reap(slot);
+                        } else if !c.paused {
+                            self.rearm.push(slot);
+                        }
+                    }
+                }
+            }
+            OP_SEND => self.sent(slot, generation, res)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, spin: u32) -> io::Result<()> {
+        self.arm_accept()?;
+        let mut idle_turns = 0u32;
+        loop {
+            if idle_turns < spin {
+                self.ring.submit()?;
+            } else {
+                self.ring.submit_and_wait(1)?;
+            }
+            self.cqes.clear();
+            self.cqes.extend(self.ring.completion());
+            if self.cqes.is_empty() {
+                idle_turns = idle_turns.saturating_add(1);
+                continue;
+            }
+            idle_turns = 0;
+            let cqes = std::mem::take(&mut self.cqes);
+            for cqe in &cqes {
+                self.completion(cqe)?;
+            }
+            self.cqes = cqes;
+            self.bufs.publish();
+            for slot in std::mem::take(&mut self.dirty) {
+                self.start_send(slot)?;
+            }
+            for slot in std::mem::take(&mut self.rearm) {
+                self.arm_recv(slot)?;
+            }
+        }
+    }
+}
+
+fn send_entry(c: &Conn, slot: u32) -> squeue::Entry {
+    let rest = &c.inflight[c.inflight_done..];
+    // Longer than 4 GiB: a short send, and the rest follows when it completes.
+    let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+    opcode::Send::new(Fd(c.fd.as_raw_fd()), rest.as_ptr(), len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(user_data(OP_SEND, slot, c.generation))
+}
+
+/// Serves the floor on `listener` until the process is killed.
+pub fn run(listener: TcpListener, spin: u32) -> io::Result<()> {
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(RING_ENTRIES * 4)
+        .build(RING_ENTRIES)?;
+    let bufs = BufRing::new(&ring)?;
+    let mut floor = Floor {
+        ring,
+        bufs,
+        listener,
+        conns: Vec::new(),
+        free: Vec::new(),
+        next_gen: 0,
+        receivers: HashMap::new(),
+        dirty: Vec::new(),
+        rearm: Vec::new(),
+        cqes: Vec::with_capacity(RING_ENTRIES as usize * 4),
+    };
+    floor.run(spin)
+}
