@@ -19,8 +19,9 @@ pub(crate) enum Workload {
     Idle,
     /// Pairs at a rate above saturation; also samples server RSS every second.
     Overload,
-    /// Store and forward (ferry only): P senders store `--messages` blobs each for offline
-    /// recipients, then the recipients reconnect, prove and drain them.
+    /// Store and forward: P senders store `--messages` blobs each for offline recipients, then
+    /// the recipients reconnect, prove and drain them (ferry), or the same through a file-backed
+    /// work-queue stream of NATS JetStream (nats://, the server started with `-js`).
     Offline,
 }
 

@@ -21,12 +21,14 @@ use crate::connect::parse_target;
 use crate::idle::run_idle;
 use crate::offline::run_offline;
 use crate::stream::run_stream;
+use crate::wire::Kind;
 
 mod args;
 mod churn;
 mod connect;
 mod event_loop;
 mod idle;
+mod jetstream;
 mod measure;
 mod offline;
 mod stream;
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         match args.workload {
             Workload::Pairs | Workload::Fanin | Workload::Overload => run_stream(&args, kind, addr),
             Workload::Churn => run_churn(&args, kind, addr),
+            Workload::Offline if kind == Kind::Nats => jetstream::run_offline(&args, addr),
             Workload::Offline => run_offline(&args, kind, addr),
             Workload::Idle => run_idle(&args, kind, addr),
         }

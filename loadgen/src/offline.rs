@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 
 use crate::args::Args;
 use crate::connect::{ferry_connect, mailbox};
-use crate::measure::nanos;
+use crate::measure::{nanos, own_cpu_s, server_usage};
 use crate::wire::{HEADER_BYTES, Kind};
 
 /// Offline: each of `pairs` threads stores `messages` blobs for its own offline mailbox, in
@@ -27,6 +27,8 @@ pub(crate) fn run_offline(
     }
     let n = args.messages;
     let size = args.size.max(HEADER_BYTES);
+    let cpu = |pid: Option<u32>| pid.and_then(server_usage).map(|(u, s, _)| u + s);
+    let (srv0, gen0) = (cpu(args.server_pid), own_cpu_s()?);
     let store_start = Instant::now();
     let threads: Vec<_> = (0..args.pairs.max(1))
         .map(|i| {
@@ -73,6 +75,7 @@ pub(crate) fn run_offline(
         stored += s;
     }
     let store_s = store_start.elapsed().as_secs_f64();
+    let (srv1, gen1) = (cpu(args.server_pid), own_cpu_s()?);
     let drain_start = Instant::now();
     let threads: Vec<_> = (0..args.pairs.max(1))
         .map(|i| {
@@ -102,8 +105,14 @@ pub(crate) fn run_offline(
             .map_err(|_| anyhow::anyhow!("offline drainer panicked"))??;
     }
     let drain_s = drain_start.elapsed().as_secs_f64();
+    let (srv2, gen2) = (cpu(args.server_pid), own_cpu_s()?);
+    let per = |a: Option<f64>, b: Option<f64>, count: u64| match (a, b) {
+        (Some(a), Some(b)) if count > 0 => serde_json::json!((b - a) * 1e6 / count as f64),
+        _ => serde_json::Value::Null,
+    };
     Ok(serde_json::json!({
         "target": args.target,
+        "system": "ferry",
         "workload": "offline",
         "pairs": args.pairs,
         "size": size,
@@ -117,5 +126,9 @@ pub(crate) fn run_offline(
         "drained": drained,
         "drained_per_s": drained as f64 / drain_s,
         "lost": stored.saturating_sub(drained),
+        "store_server_cpu_us_per_msg": per(srv0, srv1, stored),
+        "store_loadgen_cpu_us_per_msg": per(Some(gen0), Some(gen1), stored),
+        "drain_server_cpu_us_per_msg": per(srv1, srv2, drained),
+        "drain_loadgen_cpu_us_per_msg": per(Some(gen1), Some(gen2), drained),
     }))
 }
