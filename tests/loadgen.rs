@@ -333,3 +333,66 @@ fn loadgen_refuses_run_lengths_past_its_limit() {
         );
     }
 }
+
+/// The offline workload through NATS JetStream, the store ferry's is compared with
+/// (`bench/compare --offline`): every message published is acked by the stream, fetched, acked
+/// by its consumer and so gone from the work-queue stream; both sides' CPU is reported.
+/// nats-server comes from Debian (`.ci/run` installs it).
+#[test]
+fn loadgen_offline_drives_jetstream_to_an_empty_stream() {
+    use std::io::BufRead;
+    let dir = temp_dir("js");
+    let mut nats = Command::new("nats-server")
+        .args([
+            "-js",
+            "-sd",
+            dir.to_str().unwrap(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "-1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nats-server (Debian package nats-server; .ci/run installs it)");
+    // "[…] Listening for client connections on 127.0.0.1:PORT"
+    let mut lines = std::io::BufReader::new(nats.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_once("Listening for client connections on ")
+                .map(|(_, a)| a.trim().to_string())
+        })
+        .expect("nats-server says where it listens");
+    // Keep reading its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let pid = nats.id().to_string();
+    let v = run(&[
+        "--target",
+        &format!("nats://{addr}"),
+        "--workload",
+        "offline",
+        "--pairs",
+        "3",
+        "--messages",
+        "700",
+        "--server-pid",
+        &pid,
+    ]);
+    let _ = nats.kill();
+    let _ = nats.wait();
+    assert_eq!(v["system"], "jetstream", "{v}");
+    assert_eq!(v["stored"].as_u64().unwrap(), 2100, "{v}");
+    assert_eq!(v["drained"].as_u64().unwrap(), 2100, "{v}");
+    assert_eq!(v["lost"].as_u64().unwrap(), 0, "{v}");
+    assert_eq!(v["left_in_store"].as_u64().unwrap(), 0, "{v}");
+    for k in [
+        "store_server_cpu_us_per_msg",
+        "store_loadgen_cpu_us_per_msg",
+        "drain_server_cpu_us_per_msg",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|c| c >= 0.0), "{k} in {v}");
+    }
+    assert!(v["time_to_stored_us"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+}
