@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // ferry patch: pairs with the fence the sleeper issues between raising `should_notify`
+        // and its last look at its channels (`Reactor::wait`): either it sees what the caller
+        // pushed before this, or this sees the flag and writes the eventfd.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -224,6 +224,11 @@ impl Source {
         })
     }
 
+    /// ferry patch: whether the kernel has answered (no side effects, unlike `result`).
+    pub(crate) fn is_done(&self) -> bool {
+        self.inner.borrow().wakers.result.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner

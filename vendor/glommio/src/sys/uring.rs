@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1234,6 +1234,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// ferry patch: when the latency timer above fires.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1365,6 +1367,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1826,22 +1829,31 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // ferry patch: the latency timer armed earlier stays in the kernel while it fires no
+        // later than the next one wanted (upstream removed it and armed a new one on every
+        // call, two ring operations per loop turn, so a message that wakes the reactor alone
+        // paid four). Firing earlier than wanted only makes a task queue yield early, once;
+        // waking from sleep earlier than wanted only makes the loop go round once more.
+        let now = Instant::now();
+        let latency_pending = self
+            .latency_preemption_timeout_src
+            .take()
+            .filter(|s| !s.is_done());
+        let keep_latency = |wanted: Duration| {
+            matches!(self.latency_preemption_deadline.get(), Some(d) if d <= now + wanted)
+        };
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
+        // ferry patch: the throughput-based timeout (it fires after a ring's depth of
+        // completions) stays armed until it fires; upstream armed a new one, and removed the
+        // old, on every call.
+        let throughput = match self.throughput_preemption_timeout_src.take() {
+            Some(armed) if !armed.is_done() => armed,
+            _ => main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
             ),
-        ));
+        };
+        self.throughput_preemption_timeout_src.set(Some(throughput));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1859,23 +1871,34 @@ impl Reactor {
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
+        let mut latency_pending = latency_pending;
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if latency_pending.is_none() || !keep_latency(dur) {
+                    drop(latency_pending.take());
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.latency_preemption_deadline.set(Some(now + dur));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
+            // ferry patch: a latency timer still armed is kept (it fires within the preempt
+            // period, at most one early wake-up); the old one's removal, if any, is flushed.
+            flush_rings!(lat_ring)?;
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // details. ferry patch: a sequentially consistent fence here, paired with one in
+            // `SleepNotifier::notify` between a producer's push and its look at the flag
+            // (upstream: `sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` here and a compiler
+            // fence there, a system call and an interrupt to every core running the process on
+            // each sleep, which for a message that wakes the reactor alone is every message).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1891,10 +1914,24 @@ impl Reactor {
             }
         }
 
+        if let Some(kept) = latency_pending.take() {
+            self.latency_preemption_timeout_src.set(Some(kept));
+        }
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            let armed = self.latency_preemption_timeout_src.take();
+            match armed {
+                Some(armed) if !armed.is_done() && keep_latency(preempt) => {
+                    self.latency_preemption_timeout_src.set(Some(armed));
+                }
+                armed => {
+                    drop(armed);
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                    self.latency_preemption_deadline
+                        .set(Some(Instant::now() + preempt));
+                    flush_rings!(lat_ring, main_ring)?;
+                }
+            }
         }
 
         // A Note about `need_preempt`:
