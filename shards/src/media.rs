@@ -27,6 +27,8 @@ use ferry_proto::limits::{BLOB_DATA_HEADER_BYTES, FRAME_BYTES_MAX};
 use ferry_proto::{BlobOpKind, BlobStatus, Frame};
 
 use crate::ratelimit::IpKey;
+use outboard::OutboardBuilder;
+
 /// Bytes a `.part` grows by before it is synced and its durable length recorded.
 pub const SYNC_EVERY_BYTES: u64 = 8 << 20;
 
@@ -127,6 +129,9 @@ struct Partial {
     /// The address that began it (`None` after a restart: its source is not recorded).
     source: Option<IpKey>,
     file: File,
+    /// The outboard and root, built as the bytes arrive (`None` for an upload resumed after a
+    /// restart: `finish` then hashes the whole part in one pass, as it always did).
+    hash: Option<OutboardBuilder>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -287,6 +292,7 @@ impl MediaStore {
                                     active_unix_s: now_unix_s,
                                     source: None,
                                     file,
+                                    hash: None,
                                 },
                             );
                         }
@@ -408,6 +414,7 @@ impl MediaStore {
                 active_unix_s: now_unix_s,
                 source: Some(source),
                 file,
+                hash: Some(OutboardBuilder::new(size)),
             },
         );
         Ok(Begin::From(0))
@@ -445,6 +452,10 @@ impl MediaStore {
         p.file.seek(SeekFrom::Start(offset))?;
         p.file.write_all(data)?;
         p.len += n;
+        if let Some(h) = &mut p.hash {
+            h.update(data);
+            debug_assert_eq!(h.fed(), p.len, "the outboard has every byte written");
+        }
         self.used += n;
         if p.len - p.durable >= SYNC_EVERY_BYTES {
             self.sync(id)?;
@@ -494,16 +505,23 @@ impl MediaStore {
             return Err(MediaError::Offset { expected: p.len });
         }
         p.file.sync_data()?;
-        p.file.seek(SeekFrom::Start(0))?;
         let size = p.size;
         let expires = p.expires_unix_s;
-        // One pass builds the outboard and yields the root: blake3 of the bytes.
-        let ob = PreOrderOutboard::<Vec<u8>>::create_sized(
-            std::io::BufReader::with_capacity(1 << 20, &mut p.file),
-            size,
-            BLOCK_SIZE,
-        )?;
-        if ob.root.as_bytes() != id {
+        // The outboard and root were built as the bytes came; after a restart, one pass over
+        // the part builds them. The root is blake3 of the bytes.
+        let (root, outboard) = match p.hash.take().and_then(OutboardBuilder::finish) {
+            Some(built) => built,
+            None => {
+                p.file.seek(SeekFrom::Start(0))?;
+                let ob = PreOrderOutboard::<Vec<u8>>::create_sized(
+                    std::io::BufReader::with_capacity(1 << 20, &mut p.file),
+                    size,
+                    BLOCK_SIZE,
+                )?;
+                (ob.root, ob.data)
+            }
+        };
+        if root.as_bytes() != id {
             self.abort(id);
             return Err(MediaError::Mismatch);
         }
@@ -511,7 +529,7 @@ impl MediaStore {
         // blob is still named `.part` completes the rename), then the rename; one directory
         // sync covers them all.
         let commit = || -> std::io::Result<()> {
-            write_file_synced(&self.path(id, "obao"), &ob.data)?;
+            write_file_synced(&self.path(id, "obao"), &outboard)?;
             write_file_synced(&self.path(id, "meta"), &meta_bytes(&[size, expires]))?;
             std::fs::rename(self.path(id, "part"), self.path(id, "blob"))?;
             sync_dir(&self.path(id, "blob"))
@@ -705,5 +723,6 @@ pub fn answer(store: &mut MediaStore, now_unix_s: u64, op: BlobOp, source: IpKey
     }
 }
 
+mod outboard;
 #[cfg(test)]
 mod tests;
