@@ -19,7 +19,8 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
 use crate::args::Args;
-use crate::measure::{nanos, own_cpu_s, server_usage};
+use crate::measure::nanos;
+use crate::offline::{OfflineRun, cpu_mark, join_drained, join_stored};
 
 const STREAM: &str = "FERRYBENCH";
 /// Publishes outstanding per thread (as ferry's offline senders).
@@ -219,10 +220,6 @@ fn subject(i: usize) -> String {
     format!("ferrybench.{i}")
 }
 
-fn cpu(pid: Option<u32>) -> Option<f64> {
-    pid.and_then(server_usage).map(|(u, s, _)| u + s)
-}
-
 /// The offline workload against JetStream: see the module comment.
 pub(crate) fn run_offline(args: &Args, addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let n = args.messages;
@@ -240,7 +237,7 @@ pub(crate) fn run_offline(args: &Args, addr: SocketAddr) -> anyhow::Result<serde
         .to_string(),
     )?;
 
-    let (srv0, gen0) = (cpu(args.server_pid), own_cpu_s()?);
+    let mark0 = cpu_mark(args.server_pid)?;
     let store_start = Instant::now();
     let threads: Vec<_> = (0..pairs)
         .map(|i| {
@@ -276,17 +273,9 @@ pub(crate) fn run_offline(args: &Args, addr: SocketAddr) -> anyhow::Result<serde
             })
         })
         .collect();
-    let mut store_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut stored = 0;
-    for t in threads {
-        let (h, s) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-        store_h.add(&h)?;
-        stored += s;
-    }
+    let (store_h, stored) = join_stored(threads)?;
     let store_s = store_start.elapsed().as_secs_f64();
-    let (srv1, gen1) = (cpu(args.server_pid), own_cpu_s()?);
+    let mark1 = cpu_mark(args.server_pid)?;
 
     let drain_start = Instant::now();
     let threads: Vec<_> = (0..pairs)
@@ -339,14 +328,9 @@ pub(crate) fn run_offline(args: &Args, addr: SocketAddr) -> anyhow::Result<serde
             })
         })
         .collect();
-    let mut drained = 0;
-    for t in threads {
-        drained += t
-            .join()
-            .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
-    }
+    let drained = join_drained(threads)?;
     let drain_s = drain_start.elapsed().as_secs_f64();
-    let (srv2, gen2) = (cpu(args.server_pid), own_cpu_s()?);
+    let mark2 = cpu_mark(args.server_pid)?;
     // Acks are applied asynchronously: give the stream a moment to count them.
     let mut left = u64::MAX;
     for _ in 0..50 {
@@ -357,30 +341,18 @@ pub(crate) fn run_offline(args: &Args, addr: SocketAddr) -> anyhow::Result<serde
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let per = |a: Option<f64>, b: Option<f64>, count: u64| match (a, b) {
-        (Some(a), Some(b)) if count > 0 => serde_json::json!((b - a) * 1e6 / count as f64),
-        _ => serde_json::Value::Null,
+    let run = OfflineRun {
+        system: "jetstream",
+        pairs,
+        size,
+        stored,
+        store_s,
+        store_h,
+        drained,
+        drain_s,
+        marks: [mark0, mark1, mark2],
     };
-    Ok(serde_json::json!({
-        "target": args.target,
-        "system": "jetstream",
-        "workload": "offline",
-        "pairs": pairs,
-        "size": size,
-        "stored": stored,
-        "stored_per_s": stored as f64 / store_s,
-        "time_to_stored_us": {
-            "p50": store_h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99": store_h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": store_h.max() as f64 / 1000.0,
-        },
-        "drained": drained,
-        "drained_per_s": drained as f64 / drain_s,
-        "lost": stored.saturating_sub(drained),
-        "left_in_store": left,
-        "store_server_cpu_us_per_msg": per(srv0, srv1, stored),
-        "store_loadgen_cpu_us_per_msg": per(Some(gen0), Some(gen1), stored),
-        "drain_server_cpu_us_per_msg": per(srv1, srv2, drained),
-        "drain_loadgen_cpu_us_per_msg": per(Some(gen1), Some(gen2), drained),
-    }))
+    let mut report = run.report(&args.target);
+    report["left_in_store"] = serde_json::json!(left);
+    Ok(report)
 }

@@ -27,8 +27,7 @@ pub(crate) fn run_offline(
     }
     let n = args.messages;
     let size = args.size.max(HEADER_BYTES);
-    let cpu = |pid: Option<u32>| pid.and_then(server_usage).map(|(u, s, _)| u + s);
-    let (srv0, gen0) = (cpu(args.server_pid), own_cpu_s()?);
+    let mark0 = cpu_mark(args.server_pid)?;
     let store_start = Instant::now();
     let threads: Vec<_> = (0..args.pairs.max(1))
         .map(|i| {
@@ -65,17 +64,9 @@ pub(crate) fn run_offline(
             })
         })
         .collect();
-    let mut store_h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut stored = 0;
-    for t in threads {
-        let (h, s) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("offline sender panicked"))??;
-        store_h.add(&h)?;
-        stored += s;
-    }
+    let (store_h, stored) = join_stored(threads)?;
     let store_s = store_start.elapsed().as_secs_f64();
-    let (srv1, gen1) = (cpu(args.server_pid), own_cpu_s()?);
+    let mark1 = cpu_mark(args.server_pid)?;
     let drain_start = Instant::now();
     let threads: Vec<_> = (0..args.pairs.max(1))
         .map(|i| {
@@ -98,37 +89,103 @@ pub(crate) fn run_offline(
             })
         })
         .collect();
+    let drained = join_drained(threads)?;
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    let run = OfflineRun {
+        system: "ferry",
+        pairs: args.pairs,
+        size,
+        stored,
+        store_s,
+        store_h,
+        drained,
+        drain_s,
+        marks: [mark0, mark1, cpu_mark(args.server_pid)?],
+    };
+    Ok(run.report(&args.target))
+}
+
+/// CPU seconds of the server (when its pid is known) and of this process, at one moment.
+pub(crate) type CpuMark = (Option<f64>, f64);
+
+pub(crate) fn cpu_mark(server_pid: Option<u32>) -> anyhow::Result<CpuMark> {
+    let server = server_pid.and_then(server_usage).map(|(u, s, _)| u + s);
+    Ok((server, own_cpu_s()?))
+}
+
+/// What one store-phase thread returns: its time-to-stored histogram and its count.
+pub(crate) type Stored = anyhow::Result<(Histogram<u64>, u64)>;
+
+/// Joins the store phase's threads: their merged time-to-stored histogram and their count.
+pub(crate) fn join_stored(threads: Vec<std::thread::JoinHandle<Stored>>) -> Stored {
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut stored = 0;
+    for t in threads {
+        let (h, s) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("an offline sender panicked"))??;
+        all.add(&h)?;
+        stored += s;
+    }
+    Ok((all, stored))
+}
+
+/// Joins the drain phase's threads: what they drained in all.
+pub(crate) fn join_drained(
+    threads: Vec<std::thread::JoinHandle<anyhow::Result<u64>>>,
+) -> anyhow::Result<u64> {
     let mut drained = 0;
     for t in threads {
         drained += t
             .join()
-            .map_err(|_| anyhow::anyhow!("offline drainer panicked"))??;
+            .map_err(|_| anyhow::anyhow!("an offline recipient panicked"))??;
     }
-    let drain_s = drain_start.elapsed().as_secs_f64();
-    let (srv2, gen2) = (cpu(args.server_pid), own_cpu_s()?);
-    let per = |a: Option<f64>, b: Option<f64>, count: u64| match (a, b) {
-        (Some(a), Some(b)) if count > 0 => serde_json::json!((b - a) * 1e6 / count as f64),
-        _ => serde_json::Value::Null,
-    };
-    Ok(serde_json::json!({
-        "target": args.target,
-        "system": "ferry",
-        "workload": "offline",
-        "pairs": args.pairs,
-        "size": size,
-        "stored": stored,
-        "stored_per_s": stored as f64 / store_s,
-        "time_to_stored_us": {
-            "p50": store_h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p99": store_h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": store_h.max() as f64 / 1000.0,
-        },
-        "drained": drained,
-        "drained_per_s": drained as f64 / drain_s,
-        "lost": stored.saturating_sub(drained),
-        "store_server_cpu_us_per_msg": per(srv0, srv1, stored),
-        "store_loadgen_cpu_us_per_msg": per(Some(gen0), Some(gen1), stored),
-        "drain_server_cpu_us_per_msg": per(srv1, srv2, drained),
-        "drain_loadgen_cpu_us_per_msg": per(Some(gen1), Some(gen2), drained),
-    }))
+    Ok(drained)
+}
+
+/// What one offline run measured, ferry's or JetStream's.
+pub(crate) struct OfflineRun {
+    pub(crate) system: &'static str,
+    pub(crate) pairs: usize,
+    pub(crate) size: usize,
+    pub(crate) stored: u64,
+    pub(crate) store_s: f64,
+    pub(crate) store_h: Histogram<u64>,
+    pub(crate) drained: u64,
+    pub(crate) drain_s: f64,
+    /// CPU at the start, between the phases and at the end.
+    pub(crate) marks: [CpuMark; 3],
+}
+
+impl OfflineRun {
+    /// The result both offline workloads print.
+    pub(crate) fn report(&self, target: &str) -> serde_json::Value {
+        let per = |a: Option<f64>, b: Option<f64>, count: u64| match (a, b) {
+            (Some(a), Some(b)) if count > 0 => serde_json::json!((b - a) * 1e6 / count as f64),
+            _ => serde_json::Value::Null,
+        };
+        let [(srv0, gen0), (srv1, gen1), (srv2, gen2)] = self.marks;
+        let h = &self.store_h;
+        serde_json::json!({
+            "target": target,
+            "system": self.system,
+            "workload": "offline",
+            "pairs": self.pairs,
+            "size": self.size,
+            "stored": self.stored,
+            "stored_per_s": self.stored as f64 / self.store_s,
+            "time_to_stored_us": {
+                "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+                "max": h.max() as f64 / 1000.0,
+            },
+            "drained": self.drained,
+            "drained_per_s": self.drained as f64 / self.drain_s,
+            "lost": self.stored.saturating_sub(self.drained),
+            "store_server_cpu_us_per_msg": per(srv0, srv1, self.stored),
+            "store_loadgen_cpu_us_per_msg": per(Some(gen0), Some(gen1), self.stored),
+            "drain_server_cpu_us_per_msg": per(srv1, srv2, self.drained),
+            "drain_loadgen_cpu_us_per_msg": per(Some(gen1), Some(gen2), self.drained),
+        })
+    }
 }

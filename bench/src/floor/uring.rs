@@ -25,114 +25,22 @@ use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::{BufRingEntry, Fd};
+use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
-/// Bytes per provided buffer: one multishot completion carries at most this much.
-const BUF_LEN: u32 = 64 * 1024;
-const BUF_SIZE: usize = BUF_LEN as usize;
-/// Provided buffers (a power of two, at most 32,768). Buffers go back to the ring in the turn
-/// that filled them, so this bounds how much one turn can receive: 1,024 × 64 KiB.
-const BUF_COUNT: u16 = 1024;
-/// The provided-buffer group id of the floor's one ring.
-const BGID: u16 = 1;
-/// Submission queue entries; the completion queue is four times that.
-const RING_ENTRIES: u32 = 4096;
+use crate::ring::{BGID, BufRing, RING_ENTRIES, split_user_data, user_data};
+
 /// A receiver with more than this waiting pauses its sender...
 const OUT_HIGH: usize = 4 << 20;
 /// ...until it is back under this.
 const OUT_LOW: usize = 1 << 20;
 
-// What a completion is for: the high byte of its user data. The low 32 bits are the connection's
-// slot, the 24 bits between them the slot's generation (a completion for a closed connection
-// whose slot was reused is recognised as stale).
+// What a completion is for (`ring::user_data`).
 const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_CANCEL: u64 = 4;
-
-fn user_data(op: u64, slot: u32, generation: u32) -> u64 {
-    (op << 56) | (u64::from(generation & 0xff_ffff) << 32) | u64::from(slot)
-}
-
-fn split_user_data(ud: u64) -> (u64, u32, u32) {
-    let slot = (ud & 0xffff_ffff) as u32;
-    let generation = ((ud >> 32) & 0xff_ffff) as u32;
-    (ud >> 56, slot, generation)
-}
-
-/// The provided-buffer ring: `BUF_COUNT` entries in page-aligned memory the kernel reads, and
-/// the buffers themselves.
-struct BufRing {
-    /// The entries (`BUF_COUNT` × 16 bytes; the last entry's reserved field is the tail).
-    entries: memmap2::MmapMut,
-    buffers: Vec<u8>,
-    /// Our copy of the tail: entries below it are the kernel's.
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(ring: &IoUring) -> io::Result<BufRing> {
-        let entries =
-            memmap2::MmapMut::map_anon(usize::from(BUF_COUNT) * size_of::<BufRingEntry>())?;
-        let mut br = BufRing {
-            entries,
-            buffers: vec![0u8; usize::from(BUF_COUNT) * BUF_SIZE],
-            tail: 0,
-        };
-        // SAFETY: the entries are an anonymous, page-aligned mapping of exactly `BUF_COUNT`
-        // entries that lives as long as `br`, which the caller keeps as long as the ring.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                br.entries.as_ptr() as u64,
-                BUF_COUNT,
-                BGID,
-                0,
-            )?;
-        }
-        for bid in 0..BUF_COUNT {
-            br.give(bid);
-        }
-        br.publish();
-        Ok(br)
-    }
-
-    fn ring_entries(&mut self) -> &mut [BufRingEntry] {
-        let ptr = self.entries.as_mut_ptr().cast::<BufRingEntry>();
-        // SAFETY: the mapping holds exactly `BUF_COUNT` entries, suitably aligned (a page), and
-        // `BufRingEntry` is a plain `repr(C)` struct for which any bytes are valid.
-        unsafe { std::slice::from_raw_parts_mut(ptr, usize::from(BUF_COUNT)) }
-    }
-
-    /// Hands buffer `bid` back (seen by the kernel at the next [`BufRing::publish`]).
-    fn give(&mut self, bid: u16) {
-        let addr = self.buffers[usize::from(bid) * BUF_SIZE..].as_mut_ptr() as u64;
-        let i = usize::from(self.tail & (BUF_COUNT - 1));
-        let e = &mut self.ring_entries()[i];
-        e.set_addr(addr);
-        e.set_len(BUF_LEN);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes the given-back buffers visible to the kernel.
-    fn publish(&mut self) {
-        let base = self.entries.as_ptr().cast::<BufRingEntry>();
-        // SAFETY: `base` is the first entry of the registered ring, so `tail` points at the
-        // ring's shared tail (a u16 the kernel only reads); the release store orders the entry
-        // writes above before it.
-        unsafe {
-            let tail = BufRingEntry::tail(base).cast_mut();
-            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        &self.buffers[usize::from(bid) * BUF_SIZE..][..len]
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Role {
@@ -182,16 +90,10 @@ struct Floor {
 
 impl Floor {
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: every entry pushed points only at memory that outlives its operation: the
-            // buffer ring (owned by `self`), a connection's `inflight` buffer (not touched until
-            // its send completes, and the connection is not freed while a send is in flight).
-            let pushed = unsafe { self.ring.submission().push(&sqe) };
-            if pushed.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit()?;
-        }
+        // SAFETY: every entry pushed points only at memory that outlives its operation: the
+        // buffer ring (owned by `self`), a connection's `inflight` buffer (not touched until
+        // its send completes, and the connection is not freed while a send is in flight).
+        unsafe { crate::ring::push(&mut self.ring, &sqe) }
     }
 
     fn conn(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
@@ -501,11 +403,7 @@ fn send_entry(c: &Conn, slot: u32) -> squeue::Entry {
 
 /// Serves the floor on `listener` until the process is killed.
 pub fn run(listener: TcpListener, spin: u32) -> io::Result<()> {
-    let ring = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(RING_ENTRIES * 4)
-        .build(RING_ENTRIES)?;
+    let ring = crate::ring::new_ring()?;
     let bufs = BufRing::new(&ring)?;
     let mut floor = Floor {
         ring,

@@ -1,0 +1,132 @@
+//! The raw io_uring plumbing the benchmarks' own servers share (`ferry-floor --engine uring`,
+//! `ferry-shardring`): the ring as the fastest servers set it up, a provided-buffer ring for
+//! multishot receives, and completion tags. Every unsafe block here has its SAFETY note; the
+//! callers' own are at their call sites.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::{IoUring, squeue};
+
+/// Bytes per provided buffer: one multishot completion carries at most this much.
+pub const BUF_LEN: u32 = 64 * 1024;
+const BUF_SIZE: usize = BUF_LEN as usize;
+/// Provided buffers (a power of two, at most 32,768). Buffers go back to the ring in the turn
+/// that filled them, so this bounds how much one turn can receive: 1,024 × 64 KiB.
+pub const BUF_COUNT: u16 = 1024;
+/// The provided-buffer group id of the one buffer ring.
+pub const BGID: u16 = 1;
+/// Submission queue entries; the completion queue is four times that.
+pub const RING_ENTRIES: u32 = 4096;
+
+/// One ring for one thread: `SINGLE_ISSUER` and `DEFER_TASKRUN` (completions are run only when
+/// the loop asks for them, never in the middle of a turn).
+pub fn new_ring() -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(RING_ENTRIES * 4)
+        .build(RING_ENTRIES)
+}
+
+/// A completion's tag: what it is for (`op`, the high byte), the connection's slot (the low 32
+/// bits) and the slot's generation (the 24 bits between), so that a completion for a closed
+/// connection whose slot was reused is recognised as stale.
+pub fn user_data(op: u64, slot: u32, generation: u32) -> u64 {
+    (op << 56) | (u64::from(generation & 0xff_ffff) << 32) | u64::from(slot)
+}
+
+/// `(op, slot, generation)` of a tag made by [`user_data`].
+pub fn split_user_data(ud: u64) -> (u64, u32, u32) {
+    let slot = (ud & 0xffff_ffff) as u32;
+    let generation = ((ud >> 32) & 0xff_ffff) as u32;
+    (ud >> 56, slot, generation)
+}
+
+/// Queues `sqe`, submitting what is queued first when the submission queue is full.
+///
+/// # Safety
+/// Every buffer `sqe` points at must stay valid and unmoved until its completion arrives.
+pub unsafe fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
+    loop {
+        // SAFETY: the caller keeps what `sqe` points at alive until it completes.
+        if unsafe { ring.submission().push(sqe) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+/// The provided-buffer ring: `BUF_COUNT` entries in page-aligned memory the kernel reads, and
+/// the buffers themselves.
+pub struct BufRing {
+    /// The entries (`BUF_COUNT` × 16 bytes; the last entry's reserved field is the tail).
+    entries: memmap2::MmapMut,
+    buffers: Vec<u8>,
+    /// Our copy of the tail: entries below it are the kernel's.
+    tail: u16,
+}
+
+impl BufRing {
+    pub fn new(ring: &IoUring) -> io::Result<BufRing> {
+        let entries =
+            memmap2::MmapMut::map_anon(usize::from(BUF_COUNT) * size_of::<BufRingEntry>())?;
+        let mut br = BufRing {
+            entries,
+            buffers: vec![0u8; usize::from(BUF_COUNT) * BUF_SIZE],
+            tail: 0,
+        };
+        // SAFETY: the entries are an anonymous, page-aligned mapping of exactly `BUF_COUNT`
+        // entries that lives as long as `br`, which the caller keeps as long as the ring.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                br.entries.as_ptr() as u64,
+                BUF_COUNT,
+                BGID,
+                0,
+            )?;
+        }
+        for bid in 0..BUF_COUNT {
+            br.give(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    fn ring_entries(&mut self) -> &mut [BufRingEntry] {
+        let ptr = self.entries.as_mut_ptr().cast::<BufRingEntry>();
+        // SAFETY: the mapping holds exactly `BUF_COUNT` entries, suitably aligned (a page), and
+        // `BufRingEntry` is a plain `repr(C)` struct for which any bytes are valid.
+        unsafe { std::slice::from_raw_parts_mut(ptr, usize::from(BUF_COUNT)) }
+    }
+
+    /// Hands buffer `bid` back (seen by the kernel at the next [`BufRing::publish`]).
+    pub fn give(&mut self, bid: u16) {
+        let addr = self.buffers[usize::from(bid) * BUF_SIZE..].as_mut_ptr() as u64;
+        let i = usize::from(self.tail & (BUF_COUNT - 1));
+        let e = &mut self.ring_entries()[i];
+        e.set_addr(addr);
+        e.set_len(BUF_LEN);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the given-back buffers visible to the kernel.
+    pub fn publish(&mut self) {
+        let base = self.entries.as_ptr().cast::<BufRingEntry>();
+        // SAFETY: `base` is the first entry of the registered ring, so `tail` points at the
+        // ring's shared tail (a u16 the kernel only reads); the release store orders the entry
+        // writes above before it.
+        unsafe {
+            let tail = BufRingEntry::tail(base).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        &self.buffers[usize::from(bid) * BUF_SIZE..][..len]
+    }
+}
