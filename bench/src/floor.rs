@@ -6,7 +6,9 @@
 //! connections that walk was a quarter of the floor's CPU.
 //!
 //! Wire: every connection first sends 8 bytes, `FLRR` (receiver) or `FLRS` (sender) followed by a
-//! pair id (u32 LE); after that a sender's bytes go to its receiver unchanged.
+//! pair id (u32 LE); after that a sender's bytes go to its receiver unchanged. Either may say
+//! hello first: a sender whose receiver has not said hello yet waits for it (it used to be
+//! dropped, and a generator that opens both at once then waited for nothing).
 //!
 //! `--engine uring` serves the same wire on raw io_uring instead ([`uring`]: multishot receive
 //! into provided buffers, one `io_uring_enter` per loop turn for all reads and writes), the best
@@ -26,9 +28,31 @@ mod ring;
 #[path = "floor/uring.rs"]
 mod uring;
 
-type Receivers = Rc<RefCell<HashMap<u32, TcpStream>>>;
+/// Each side of a pair that said hello before the other: receivers, and senders whose receiver
+/// has not said hello yet (a client opens both at once; which hello is read first is chance).
+#[derive(Default)]
+struct Waiting {
+    receivers: HashMap<u32, TcpStream>,
+    senders: HashMap<u32, TcpStream>,
+}
 
-async fn serve(stream: TcpStream, receivers: Receivers) {
+type Pairs = Rc<RefCell<Waiting>>;
+
+/// Copies a sender's bytes to its receiver until either goes.
+async fn copy(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, pairs: Pairs) {
     let mut stream = stream;
     let _ = stream.set_nodelay(true);
     let mut hello = [0u8; 8];
@@ -38,20 +62,20 @@ async fn serve(stream: TcpStream, receivers: Receivers) {
     let pair = u32::from_le_bytes([hello[4], hello[5], hello[6], hello[7]]);
     match &hello[..4] {
         b"FLRR" => {
-            receivers.borrow_mut().insert(pair, stream);
+            let sender = pairs.borrow_mut().senders.remove(&pair);
+            match sender {
+                Some(sender) => copy(sender, stream).await,
+                None => {
+                    pairs.borrow_mut().receivers.insert(pair, stream);
+                }
+            }
         }
         b"FLRS" => {
-            let Some(mut target) = receivers.borrow_mut().remove(&pair) else {
-                return;
-            };
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if target.write_all(&buf[..n]).await.is_err() {
-                    return;
+            let target = pairs.borrow_mut().receivers.remove(&pair);
+            match target {
+                Some(target) => copy(stream, target).await,
+                None => {
+                    pairs.borrow_mut().senders.insert(pair, stream);
                 }
             }
         }
@@ -104,9 +128,9 @@ fn main() {
                     .map(|a| a.to_string())
                     .unwrap_or_default()
             );
-            let receivers: Receivers = Rc::new(RefCell::new(HashMap::new()));
+            let pairs: Pairs = Rc::new(RefCell::new(Waiting::default()));
             while let Ok(s) = listener.accept().await {
-                glommio::spawn_local(serve(s, receivers.clone())).detach();
+                glommio::spawn_local(serve(s, pairs.clone())).detach();
             }
         });
     match handle {

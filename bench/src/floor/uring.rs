@@ -46,7 +46,14 @@ const OP_CANCEL: u64 = 4;
 enum Role {
     Hello,
     Receiver,
-    Sender { target: u32, target_gen: u32 },
+    /// A sender whose receiver has not said hello yet: what it sends waits in its own `out`.
+    Waiting {
+        pair: u32,
+    },
+    Sender {
+        target: u32,
+        target_gen: u32,
+    },
 }
 
 struct Conn {
@@ -80,6 +87,8 @@ struct Floor {
     free: Vec<u32>,
     next_gen: u32,
     receivers: HashMap<u32, (u32, u32)>,
+    /// Senders whose receiver has not said hello yet, by pair.
+    waiting: HashMap<u32, (u32, u32)>,
     /// Receivers with output and no send in flight, sent at the end of the turn.
     dirty: Vec<u32>,
     /// Connections whose multishot receive ended for want of buffers, armed again at the end of
@@ -170,6 +179,11 @@ impl Floor {
             let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
                 return;
             };
+            if let Role::Waiting { pair } = c.role {
+                let generation = c.generation;
+                self.waiting
+                    .retain(|p, v| !(*p == pair && *v == (slot, generation)));
+            }
             if c.role == Role::Receiver {
                 let generation = c.generation;
                 self.receivers.retain(|_, v| *v != (slot, generation));
@@ -210,13 +224,21 @@ impl Floor {
                     c.role = Role::Receiver;
                     let generation = c.generation;
                     self.receivers.insert(pair, (slot, generation));
+                    if let Some((s, g)) = self.waiting.remove(&pair) {
+                        self.pair_up(pair, (s, g));
+                    }
                     return;
                 }
-                b"FLRS" => match self.receivers.remove(&pair) {
-                    Some((target, target_gen)) => c.role = Role::Sender { target, target_gen },
+                b"FLRS" => match self.receivers.get(&pair).copied() {
+                    Some((target, target_gen)) => {
+                        self.receivers.remove(&pair);
+                        c.role = Role::Sender { target, target_gen };
+                    }
                     None => {
-                        self.close(slot);
-                        return;
+                        // Its receiver's hello may not have been read yet: the sender waits.
+                        c.role = Role::Waiting { pair };
+                        let generation = c.generation;
+                        self.waiting.insert(pair, (slot, generation));
                     }
                 },
                 _ => {
@@ -224,6 +246,17 @@ impl Floor {
                     return;
                 }
             }
+        }
+        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            return;
+        };
+        if let Role::Waiting { .. } = c.role {
+            c.out.extend_from_slice(data);
+            if c.out.len() > OUT_HIGH {
+                // A receiver that never comes does not get to fill the floor's memory.
+                self.close(slot);
+            }
+            return;
         }
         let Role::Sender { target, target_gen } = c.role else {
             return;
@@ -255,6 +288,33 @@ impl Floor {
                         .user_data(user_data(OP_CANCEL, slot, sender_gen));
                     let _ = self.push(cancel);
                 }
+            }
+        }
+    }
+
+    /// A waiting sender meets its receiver: what it sent so far goes to the receiver.
+    fn pair_up(&mut self, pair: u32, (s, g): (u32, u32)) {
+        let Some((target, target_gen)) = self.receivers.remove(&pair) else {
+            return;
+        };
+        let early = match self.conn(s, g) {
+            Some(sender) if !sender.closing => {
+                sender.role = Role::Sender { target, target_gen };
+                std::mem::take(&mut sender.out)
+            }
+            _ => {
+                // The sender went meanwhile: the receiver waits for another.
+                self.receivers.insert(pair, (target, target_gen));
+                return;
+            }
+        };
+        if let Some(t) = self.conn(target, target_gen)
+            && !early.is_empty()
+        {
+            t.out.extend_from_slice(&early);
+            if !t.dirty && !t.sending {
+                t.dirty = true;
+                self.dirty.push(target);
             }
         }
     }
@@ -413,6 +473,7 @@ pub fn run(listener: TcpListener, spin: u32) -> io::Result<()> {
         free: Vec::new(),
         next_gen: 0,
         receivers: HashMap::new(),
+        waiting: HashMap::new(),
         dirty: Vec::new(),
         rearm: Vec::new(),
         cqes: Vec::with_capacity(RING_ENTRIES as usize * 4),
