@@ -6,10 +6,11 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::types::BufRingEntry;
-use io_uring::{IoUring, squeue};
+use io_uring::types::{BufRingEntry, Fd};
+use io_uring::{IoUring, opcode, squeue};
 
 /// Bytes per provided buffer: one multishot completion carries at most this much.
 pub const BUF_LEN: u32 = 64 * 1024;
@@ -58,6 +59,78 @@ pub unsafe fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
         }
         ring.submit()?;
     }
+}
+
+/// Connections by slot: a slot's number and generation go into its completions' tags
+/// ([`user_data`]), and a freed slot is reused with the next generation.
+pub struct Slots<T> {
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
+    next_generation: u32,
+}
+
+impl<T> Slots<T> {
+    pub fn new() -> Self {
+        Slots {
+            items: Vec::new(),
+            free: Vec::new(),
+            next_generation: 0,
+        }
+    }
+
+    /// A slot for `make(generation)`; returns the slot.
+    pub fn insert(&mut self, make: impl FnOnce(u32) -> T) -> u32 {
+        self.next_generation = self.next_generation.wrapping_add(1) & 0xff_ffff;
+        let item = make(self.next_generation);
+        match self.free.pop() {
+            Some(slot) => {
+                self.items[slot as usize] = Some(item);
+                slot
+            }
+            None => {
+                self.items.push(Some(item));
+                u32::try_from(self.items.len() - 1).expect("fewer than 2^32 connections")
+            }
+        }
+    }
+
+    pub fn get(&self, slot: u32) -> Option<&T> {
+        self.items.get(slot as usize)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, slot: u32) -> Option<&mut T> {
+        self.items.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// Frees `slot` for reuse (its completions must all have come).
+    pub fn remove(&mut self, slot: u32) {
+        if let Some(item) = self.items.get_mut(slot as usize)
+            && item.take().is_some()
+        {
+            self.free.push(slot);
+        }
+    }
+}
+
+/// One multishot accept on `listener`.
+pub fn accept_multi(listener: RawFd, tag: u64) -> squeue::Entry {
+    opcode::AcceptMulti::new(Fd(listener))
+        .build()
+        .user_data(tag)
+}
+
+/// One multishot receive on `fd` into the provided buffers.
+pub fn recv_multi(fd: RawFd, tag: u64) -> squeue::Entry {
+    opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(tag)
+}
+
+/// A send of `buf` (at most 4 GiB of it: a short send, and the caller sends the rest).
+pub fn send(fd: RawFd, buf: &[u8], tag: u64) -> squeue::Entry {
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    opcode::Send::new(Fd(fd), buf.as_ptr(), len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(tag)
 }
 
 /// The provided-buffer ring: `BUF_COUNT` entries in page-aligned memory the kernel reads, and

@@ -32,10 +32,10 @@ use ferry_shards::puzzle::PuzzleConfig;
 use ferry_shards::ratelimit::{IpLimits, Rate};
 use ferry_shards::shard::{Accept, Shard, ShardConfig};
 use ferry_shards::table::ConnId;
-use io_uring::types::{Fd, SubmitArgs, Timespec};
-use io_uring::{IoUring, cqueue, opcode, squeue};
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue, squeue};
 
-use ring::{BGID, BufRing, split_user_data, user_data};
+use ring::{BufRing, Slots, split_user_data, user_data};
 
 /// Input handed to the shard per loop turn. Past it, receive completions wait for the next
 /// turn (their buffers kept), which comes at once after this turn's sends are submitted: the
@@ -67,10 +67,8 @@ struct Driver {
     listener: TcpListener,
     shard: Shard,
     clock: Clock,
-    conns: Vec<Option<Conn>>,
-    free: Vec<u32>,
+    conns: Slots<Conn>,
     by_id: AHashMap<ConnId, u32>,
-    next_gen: u32,
     ready: Vec<ConnId>,
     rearm: Vec<u32>,
     cqes: Vec<cqueue::Entry>,
@@ -89,23 +87,19 @@ impl Driver {
     }
 
     fn arm_accept(&mut self) -> io::Result<()> {
-        let sqe = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
-            .build()
-            .user_data(user_data(OP_ACCEPT, 0, 0));
+        let sqe = ring::accept_multi(self.listener.as_raw_fd(), user_data(OP_ACCEPT, 0, 0));
         self.push(sqe)
     }
 
     fn arm_recv(&mut self, slot: u32) -> io::Result<()> {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return Ok(());
         };
         if c.recv_armed || c.closing {
             return Ok(());
         }
         c.recv_armed = true;
-        let sqe = opcode::RecvMulti::new(Fd(c.fd.as_raw_fd()), BGID)
-            .build()
-            .user_data(user_data(OP_RECV, slot, c.generation));
+        let sqe = ring::recv_multi(c.fd.as_raw_fd(), user_data(OP_RECV, slot, c.generation));
         self.push(sqe)
     }
 
@@ -123,17 +117,9 @@ impl Driver {
             // Refused (limits): this benchmark just drops it.
             Accept::Refused(_) => return Ok(()),
         };
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.conns.push(None);
-                u32::try_from(self.conns.len() - 1).expect("fewer than 2^32 connections")
-            }
-        };
-        self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
-        self.conns[slot as usize] = Some(Conn {
+        let slot = self.conns.insert(|generation| Conn {
             fd,
-            generation: self.next_gen,
+            generation,
             id,
             recv_armed: false,
             inflight: None,
@@ -147,7 +133,7 @@ impl Driver {
 
     /// Shuts the socket so that its operations complete; the slot goes once none is in flight.
     fn close(&mut self, slot: u32) {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
         if !c.closing {
@@ -157,18 +143,17 @@ impl Driver {
             self.by_id.remove(&id);
             self.shard.on_closed(id);
         }
-        if let Some(Some(c)) = self.conns.get(slot as usize)
+        if let Some(c) = self.conns.get(slot)
             && !c.recv_armed
             && c.inflight.is_none()
         {
-            self.conns[slot as usize] = None;
-            self.free.push(slot);
+            self.conns.remove(slot);
         }
     }
 
     /// Sends `conn`'s whole output, when nothing is in flight for it.
     fn start_send(&mut self, slot: u32) -> io::Result<()> {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return Ok(());
         };
         if c.inflight.is_some() || c.closing {
@@ -193,7 +178,7 @@ impl Driver {
     }
 
     fn sent(&mut self, slot: u32, res: i32) -> io::Result<()> {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return Ok(());
         };
         let Ok(n) = usize::try_from(res) else {
@@ -226,8 +211,7 @@ impl Driver {
         let (op, slot, generation) = split_user_data(cqe.user_data());
         let res = cqe.result();
         let flags = cqe.flags();
-        let live =
-            matches!(self.conns.get(slot as usize), Some(Some(c)) if c.generation == generation);
+        let live = matches!(self.conns.get(slot), Some(c) if c.generation == generation);
         match op {
             OP_ACCEPT => {
                 if res >= 0 {
@@ -246,7 +230,7 @@ impl Driver {
                 if res > 0
                     && live
                     && let Some(bid) = bid
-                    && let Some(Some(c)) = self.conns.get(slot as usize)
+                    && let Some(c) = self.conns.get(slot)
                     && !c.closing
                 {
                     let id = c.id;
@@ -261,7 +245,7 @@ impl Driver {
                 }
                 if live {
                     let more = cqueue::more(flags);
-                    if let Some(Some(c)) = self.conns.get_mut(slot as usize)
+                    if let Some(c) = self.conns.get_mut(slot)
                         && !more
                     {
                         c.recv_armed = false;
@@ -344,12 +328,11 @@ fn send_entry(c: &Conn, slot: u32) -> squeue::Entry {
         .inflight
         .as_ref()
         .map_or(&[][..], |b| &b[c.inflight_done..]);
-    // Longer than 4 GiB: a short send, and the rest follows when it completes.
-    let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-    opcode::Send::new(Fd(c.fd.as_raw_fd()), rest.as_ptr(), len)
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(user_data(OP_SEND, slot, c.generation))
+    ring::send(
+        c.fd.as_raw_fd(),
+        rest,
+        user_data(OP_SEND, slot, c.generation),
+    )
 }
 
 /// The node's defaults, as `ferry run --shards 1` has them, with the per-address limits off
@@ -421,10 +404,8 @@ fn main() {
             listener,
             shard: Shard::new(config(), Arc::new(ShardMetrics::default())),
             clock: Clock::new(0),
-            conns: Vec::new(),
-            free: Vec::new(),
+            conns: Slots::new(),
             by_id: AHashMap::new(),
-            next_gen: 0,
             ready: Vec::new(),
             rearm: Vec::new(),
             cqes: Vec::with_capacity(ring::RING_ENTRIES as usize * 4),

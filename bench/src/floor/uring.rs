@@ -26,10 +26,9 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use io_uring::types::Fd;
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
-use crate::ring::{BGID, BufRing, RING_ENTRIES, split_user_data, user_data};
+use crate::ring::{self, BufRing, RING_ENTRIES, Slots, split_user_data, user_data};
 
 /// A receiver with more than this waiting pauses its sender...
 const OUT_HIGH: usize = 4 << 20;
@@ -83,9 +82,7 @@ struct Floor {
     ring: IoUring,
     bufs: BufRing,
     listener: TcpListener,
-    conns: Vec<Option<Conn>>,
-    free: Vec<u32>,
-    next_gen: u32,
+    conns: Slots<Conn>,
     receivers: HashMap<u32, (u32, u32)>,
     /// Senders whose receiver has not said hello yet, by pair.
     waiting: HashMap<u32, (u32, u32)>,
@@ -106,30 +103,25 @@ impl Floor {
     }
 
     fn conn(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
-        match self.conns.get_mut(slot as usize) {
-            Some(Some(c)) if c.generation == generation => Some(c),
-            _ => None,
-        }
+        self.conns
+            .get_mut(slot)
+            .filter(|c| c.generation == generation)
     }
 
     fn arm_accept(&mut self) -> io::Result<()> {
-        let sqe = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
-            .build()
-            .user_data(user_data(OP_ACCEPT, 0, 0));
+        let sqe = ring::accept_multi(self.listener.as_raw_fd(), user_data(OP_ACCEPT, 0, 0));
         self.push(sqe)
     }
 
     fn arm_recv(&mut self, slot: u32) -> io::Result<()> {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return Ok(());
         };
         if c.recv_armed || c.paused || c.closing {
             return Ok(());
         }
         c.recv_armed = true;
-        let sqe = opcode::RecvMulti::new(Fd(c.fd.as_raw_fd()), BGID)
-            .build()
-            .user_data(user_data(OP_RECV, slot, c.generation));
+        let sqe = ring::recv_multi(c.fd.as_raw_fd(), user_data(OP_RECV, slot, c.generation));
         self.push(sqe)
     }
 
@@ -137,17 +129,9 @@ impl Floor {
         // SAFETY: a successful accept completion's result is a new descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = socket2::SockRef::from(&fd).set_nodelay(true);
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.conns.push(None);
-                u32::try_from(self.conns.len() - 1).expect("fewer than 2^32 connections")
-            }
-        };
-        self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
-        self.conns[slot as usize] = Some(Conn {
+        let slot = self.conns.insert(|generation| Conn {
             fd,
-            generation: self.next_gen,
+            generation,
             hello: [0; 8],
             hello_len: 0,
             role: Role::Hello,
@@ -167,7 +151,7 @@ impl Floor {
     /// Starts closing a connection: its socket is shut down so that its operations complete, and
     /// the slot is freed once none is left in flight.
     fn close(&mut self, slot: u32) {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
         if !c.closing {
@@ -176,7 +160,7 @@ impl Floor {
             if let Some((s, _)) = c.paused_sender.take() {
                 self.close(s);
             }
-            let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+            let Some(c) = self.conns.get_mut(slot) else {
                 return;
             };
             if let Role::Waiting { pair } = c.role {
@@ -193,20 +177,19 @@ impl Floor {
     }
 
     fn reap(&mut self, slot: u32) {
-        if let Some(Some(c)) = self.conns.get(slot as usize)
+        if let Some(c) = self.conns.get(slot)
             && c.closing
             && !c.recv_armed
             && !c.sending
         {
-            self.conns[slot as usize] = None;
-            self.free.push(slot);
+            self.conns.remove(slot);
         }
     }
 
     /// Bytes a connection received: the hello first, then (for a sender) the payload for its
     /// receiver.
     fn received(&mut self, slot: u32, bid: u16, len: usize) {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
         let mut data = self.bufs.buffer(bid, len);
@@ -247,7 +230,7 @@ impl Floor {
                 }
             }
         }
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
         if let Role::Waiting { .. } = c.role {
@@ -265,7 +248,7 @@ impl Floor {
             return;
         }
         let sender_gen = c.generation;
-        let Some(Some(t)) = self.conns.get_mut(target as usize) else {
+        let Some(t) = self.conns.get_mut(target) else {
             self.close(slot);
             return;
         };
@@ -280,7 +263,7 @@ impl Floor {
         }
         if t.out.len() > OUT_HIGH && t.paused_sender.is_none() {
             t.paused_sender = Some((slot, sender_gen));
-            if let Some(Some(s)) = self.conns.get_mut(slot as usize) {
+            if let Some(s) = self.conns.get_mut(slot) {
                 s.paused = true;
                 if s.recv_armed {
                     let cancel = opcode::AsyncCancel::new(user_data(OP_RECV, slot, sender_gen))
@@ -321,7 +304,7 @@ impl Floor {
 
     /// Sends what a receiver has waiting, as one buffer.
     fn start_send(&mut self, slot: u32) -> io::Result<()> {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return Ok(());
         };
         c.dirty = false;
@@ -337,7 +320,7 @@ impl Floor {
     }
 
     fn sent(&mut self, slot: u32, generation: u32, res: i32) -> io::Result<()> {
-        let Some(Some(c)) = self.conns.get_mut(slot as usize) else {
+        let Some(c) = self.conns.get_mut(slot) else {
             return Ok(());
         };
         debug_assert_eq!(
@@ -453,12 +436,11 @@ impl Floor {
 
 fn send_entry(c: &Conn, slot: u32) -> squeue::Entry {
     let rest = &c.inflight[c.inflight_done..];
-    // Longer than 4 GiB: a short send, and the rest follows when it completes.
-    let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-    opcode::Send::new(Fd(c.fd.as_raw_fd()), rest.as_ptr(), len)
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(user_data(OP_SEND, slot, c.generation))
+    ring::send(
+        c.fd.as_raw_fd(),
+        rest,
+        user_data(OP_SEND, slot, c.generation),
+    )
 }
 
 /// Serves the floor on `listener` until the process is killed.
@@ -469,9 +451,7 @@ pub fn run(listener: TcpListener, spin: u32) -> io::Result<()> {
         ring,
         bufs,
         listener,
-        conns: Vec::new(),
-        free: Vec::new(),
-        next_gen: 0,
+        conns: Slots::new(),
         receivers: HashMap::new(),
         waiting: HashMap::new(),
         dirty: Vec::new(),
