@@ -2,40 +2,16 @@
 //! reaches its receiver once and in order, and a receiver that stops reading stops its sender
 //! instead of growing the floor's memory. Real processes and sockets on loopback.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Floor {
-    child: Child,
-    addr: SocketAddr,
-}
+use common::Server;
 
-impl Drop for Floor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn floor(engine: &str) -> Floor {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-floor"))
-        .args(["--listen", "127.0.0.1:0", "--engine", engine])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start ferry-floor");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    // "ferry-floor listening 127.0.0.1:PORT[ (io_uring)]"
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("{engine}: no address in {line:?}"));
-    Floor { child, addr }
+fn floor(engine: &str) -> Server {
+    common::start(env!("CARGO_BIN_EXE_ferry-floor"), &["--engine", engine])
 }
 
 fn hello(kind: &[u8; 4], pair: u32) -> [u8; 8] {

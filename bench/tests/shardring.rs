@@ -3,9 +3,8 @@
 //! relay packets through it, every one once and in order, and a send to a dest nobody listens on
 //! is answered `NoSubscriber`. A real process and sockets on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use ferry_proto::addr::NamespaceId;
@@ -13,36 +12,6 @@ use ferry_proto::conn::ClientEvent;
 use ferry_sdk::{Client, FLAG_ACK, Mailbox, SendStatus};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-shardring"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start ferry-shardring");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    Server { child, addr }
-}
 
 fn mailbox(i: u8) -> Mailbox {
     let mut seed = [0u8; 32];
@@ -53,7 +22,7 @@ fn mailbox(i: u8) -> Mailbox {
 
 #[test]
 fn packets_through_the_raw_ring_shard_arrive_once_and_in_order() {
-    let s = start();
+    let s = common::start(env!("CARGO_BIN_EXE_ferry-shardring"), &[]);
     let mut rx = Client::connect(s.addr).expect("connect receiver");
     let mut tx = Client::connect(s.addr).expect("connect sender");
     let epoch = rx.epoch();
