@@ -44,7 +44,9 @@ const OP_CANCEL: u64 = 4;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Role {
     Hello,
-    Receiver,
+    Receiver {
+        pair: u32,
+    },
     /// A sender whose receiver has not said hello yet: what it sends waits in its own `out`.
     Waiting {
         pair: u32,
@@ -67,15 +69,21 @@ struct Conn {
     paused: bool,
     /// Output waiting for the next send.
     out: Vec<u8>,
-    /// Output being sent: stays put until its send completes.
+    /// Output being sent: stays put until its send completes (empty: no send in flight).
     inflight: Vec<u8>,
     inflight_done: usize,
-    sending: bool,
     /// On the out-queue-ready list this turn.
     dirty: bool,
     /// As a receiver: the sender paused on this connection's output.
     paused_sender: Option<(u32, u32)>,
     closing: bool,
+}
+
+impl Conn {
+    /// A send is in flight (its buffer must stay put until it completes).
+    fn sending(&self) -> bool {
+        !self.inflight.is_empty()
+    }
 }
 
 struct Floor {
@@ -140,7 +148,6 @@ impl Floor {
             out: Vec::new(),
             inflight: Vec::new(),
             inflight_done: 0,
-            sending: false,
             dirty: false,
             paused_sender: None,
             closing: false,
@@ -163,14 +170,15 @@ impl Floor {
             let Some(c) = self.conns.get_mut(slot) else {
                 return;
             };
-            if let Role::Waiting { pair } = c.role {
-                let generation = c.generation;
-                self.waiting
-                    .retain(|p, v| !(*p == pair && *v == (slot, generation)));
-            }
-            if c.role == Role::Receiver {
-                let generation = c.generation;
-                self.receivers.retain(|_, v| *v != (slot, generation));
+            // Out of the pairing maps, if it is still the one waiting there.
+            let me = (slot, c.generation);
+            let (map, pair) = match c.role {
+                Role::Waiting { pair } => (&mut self.waiting, pair),
+                Role::Receiver { pair } => (&mut self.receivers, pair),
+                _ => return self.reap(slot),
+            };
+            if map.get(&pair) == Some(&me) {
+                map.remove(&pair);
             }
         }
         self.reap(slot);
@@ -180,7 +188,7 @@ impl Floor {
         if let Some(c) = self.conns.get(slot)
             && c.closing
             && !c.recv_armed
-            && !c.sending
+            && !c.sending()
         {
             self.conns.remove(slot);
         }
@@ -204,7 +212,7 @@ impl Floor {
             let pair = u32::from_le_bytes([c.hello[4], c.hello[5], c.hello[6], c.hello[7]]);
             match &c.hello[..4] {
                 b"FLRR" => {
-                    c.role = Role::Receiver;
+                    c.role = Role::Receiver { pair };
                     let generation = c.generation;
                     self.receivers.insert(pair, (slot, generation));
                     if let Some((s, g)) = self.waiting.remove(&pair) {
@@ -257,7 +265,7 @@ impl Floor {
             return;
         }
         t.out.extend_from_slice(data);
-        if !t.dirty && !t.sending {
+        if !t.dirty && !t.sending() {
             t.dirty = true;
             self.dirty.push(target);
         }
@@ -295,7 +303,7 @@ impl Floor {
             && !early.is_empty()
         {
             t.out.extend_from_slice(&early);
-            if !t.dirty && !t.sending {
+            if !t.dirty && !t.sending() {
                 t.dirty = true;
                 self.dirty.push(target);
             }
@@ -308,13 +316,12 @@ impl Floor {
             return Ok(());
         };
         c.dirty = false;
-        if c.sending || c.closing || c.out.is_empty() {
+        if c.sending() || c.closing || c.out.is_empty() {
             return Ok(());
         }
         std::mem::swap(&mut c.out, &mut c.inflight);
         c.out.clear();
         c.inflight_done = 0;
-        c.sending = true;
         let sqe = send_entry(c, slot);
         self.push(sqe)
     }
@@ -327,14 +334,13 @@ impl Floor {
             c.generation, generation,
             "a slot with a send in flight is never reused"
         );
-        c.sending = false;
         if res <= 0 || c.closing {
+            c.inflight.clear();
             self.close(slot);
             return Ok(());
         }
         c.inflight_done += res as usize;
         if c.inflight_done < c.inflight.len() {
-            c.sending = true;
             let sqe = send_entry(c, slot);
             return self.push(sqe);
         }
