@@ -50,6 +50,11 @@ pub struct Config {
     pub store_fsync: String,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
+    /// The shards' I/O driver: `glommio` (an executor per core, a reader and a writer task per
+    /// connection) or `uring` (a raw io_uring loop per core: multishot receives into provided
+    /// buffers, one `io_uring_enter` per loop turn; cheaper per message where messages come one
+    /// at a time, see bench/RESULTS.md). Same protocol, limits and durability.
+    pub io_engine: String,
     /// On SIGTERM/SIGINT the drain (stop accepting, last store sync, `ShuttingDown` to clients,
     /// media and journal syncs) must end within this many seconds, else the process exits 1.
     /// Keep it below the supervisor's own grace (`docker stop -t`, systemd `TimeoutStopSec=`).
@@ -385,6 +390,7 @@ impl Default for Config {
             store_enabled: true,
             store_fsync: "interval=10".into(),
             log_format: "text".into(),
+            io_engine: "glommio".into(),
             limits: Limits::default(),
             prekeys: PrekeysConfig::default(),
             push: PushConfig::default(),
@@ -484,6 +490,14 @@ impl Config {
         h.parse()
             .map(Some)
             .map_err(|e| anyhow!("media.http_listen `{h}`: {e}"))
+    }
+
+    /// `io_engine` parsed.
+    pub fn engine(&self) -> anyhow::Result<ferry_shards::driver::Engine> {
+        self.io_engine
+            .trim()
+            .parse()
+            .map_err(|e: String| anyhow!(e))
     }
 
     /// `store_fsync` parsed.

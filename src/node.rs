@@ -177,6 +177,7 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     // interval all the time.
     let tick_ms = l.tick_ms;
     let driver_cfg = DriverConfig {
+        engine: cfg.engine()?,
         cpus: Some(placement.shard_cpus.clone()),
         io_memory_bytes: l.io_memory_bytes,
         tick_ms,

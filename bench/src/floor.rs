@@ -24,7 +24,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
-mod ring;
+use ferry_shards::ring;
 #[path = "floor/uring.rs"]
 mod uring;
 

@@ -15,7 +15,7 @@
 
 #![allow(unsafe_code)] // raw descriptors from accept completions; io_uring entries (SAFETY notes)
 
-mod ring;
+use ferry_shards::ring;
 
 use std::io;
 use std::net::TcpListener;
@@ -397,7 +397,7 @@ fn main() {
     );
     let result = (|| -> io::Result<()> {
         let ring = ring::new_ring()?;
-        let bufs = BufRing::new(&ring)?;
+        let bufs = BufRing::new(&ring, ring::BUF_COUNT, ring::BUF_LEN, false)?;
         let mut d = Driver {
             ring,
             bufs,

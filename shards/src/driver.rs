@@ -52,6 +52,7 @@ use crate::table::ConnId;
 mod accept;
 mod conn;
 mod tasks;
+pub mod uring;
 
 use accept::*;
 use conn::*;
@@ -67,9 +68,34 @@ use tasks::*;
 /// most) divides that walk by 32.
 pub const RING_DEPTH: usize = 4096;
 
+/// Which I/O driver runs the shards (`io_engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// glommio executors: a reader and a writer task per connection (this module).
+    #[default]
+    Glommio,
+    /// A raw io_uring loop per shard thread: multishot receives into provided buffers, one
+    /// `io_uring_enter` per turn ([`uring`]).
+    Uring,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "glommio" => Ok(Engine::Glommio),
+            "uring" => Ok(Engine::Uring),
+            other => Err(format!(
+                "io_engine must be `glommio` or `uring`, not `{other}`"
+            )),
+        }
+    }
+}
+
 /// Driver settings (named node config keys).
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
+    pub engine: Engine,
     /// CPU each shard is pinned to (index = shard); `None` = unpinned.
     pub cpus: Option<Vec<usize>>,
     /// Memory glommio registers with io_uring per executor (counts against `ulimit -l`).
@@ -197,7 +223,24 @@ const SERVICE_REPLIES_PER_TURN: usize = 1024;
 pub struct ShardHandle {
     pub metrics: Arc<ShardMetrics>,
     pub ready: Arc<AtomicBool>,
-    pub join: glommio::ExecutorJoinHandle<()>,
+    pub join: ShardJoin,
+}
+
+/// A running shard's executor or thread.
+#[derive(Debug)]
+pub enum ShardJoin {
+    Glommio(glommio::ExecutorJoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl ShardJoin {
+    /// Waits for the shard to end; false if it panicked.
+    pub fn join(self) -> bool {
+        match self {
+            ShardJoin::Glommio(j) => j.join().is_ok(),
+            ShardJoin::Thread(j) => j.join().is_ok(),
+        }
+    }
 }
 
 /// Starts one executor per entry of `configs`; `listeners[i]` go to shard `i`. The shard's id is
@@ -221,6 +264,11 @@ pub fn start(
         n <= SHARDS_MAX,
         "{n} shards: at most SHARDS_MAX ({SHARDS_MAX})"
     );
+    if driver.engine == Engine::Uring {
+        return uring::start(
+            configs, listeners, driver, clock, stop, fatal, reload, service,
+        );
+    }
     let mesh: MeshBuilder<HopBatch, Full> = MeshBuilder::full(n, driver.hop_channel_batches.max(1));
     let mut handles = Vec::with_capacity(n);
     for (i, (cfg, specs)) in configs.into_iter().zip(listeners).enumerate() {
@@ -258,7 +306,7 @@ pub fn start(
         handles.push(ShardHandle {
             metrics,
             ready,
-            join,
+            join: ShardJoin::Glommio(join),
         });
     }
     Ok(handles)

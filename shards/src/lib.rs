@@ -18,6 +18,7 @@ pub mod prekeys;
 pub mod push;
 pub mod puzzle;
 pub mod ratelimit;
+pub mod ring;
 pub mod service;
 pub mod shard;
 pub mod sim;

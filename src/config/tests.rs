@@ -282,3 +282,30 @@ fn listeners_must_not_overlap() {
     };
     c.validate().unwrap();
 }
+
+#[test]
+fn io_engine_is_glommio_or_uring() {
+    use ferry_shards::driver::Engine;
+    assert_eq!(Config::default().engine().unwrap(), Engine::Glommio);
+    let mut c = Config {
+        io_engine: "uring".into(),
+        ..Config::default()
+    };
+    c.validate().unwrap();
+    assert_eq!(c.engine().unwrap(), Engine::Uring);
+    c.io_engine = "epoll".into();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("io_engine must be `glommio` or `uring`, not `epoll`"),
+        "{e}"
+    );
+    // A restart applies it, not SIGHUP.
+    let next = Config {
+        io_engine: "uring".into(),
+        ..Config::default()
+    };
+    assert_eq!(
+        Config::default().restart_keys(&next).unwrap(),
+        ["io_engine"]
+    );
+}

@@ -111,6 +111,7 @@ impl Config {
                 self.log_format
             );
         }
+        self.engine()?;
         let l = &self.limits;
         for (rate, burst, name) in [
             (

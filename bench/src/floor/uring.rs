@@ -452,7 +452,7 @@ fn send_entry(c: &Conn, slot: u32) -> squeue::Entry {
 /// Serves the floor on `listener` until the process is killed.
 pub fn run(listener: TcpListener, spin: u32) -> io::Result<()> {
     let ring = crate::ring::new_ring()?;
-    let bufs = BufRing::new(&ring)?;
+    let bufs = BufRing::new(&ring, ring::BUF_COUNT, ring::BUF_LEN, false)?;
     let mut floor = Floor {
         ring,
         bufs,

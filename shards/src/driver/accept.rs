@@ -22,7 +22,7 @@ pub(super) const FD_LIMIT_RETRY_MS: u64 = 20;
 pub(super) struct FdReserve(Option<std::fs::File>);
 
 impl FdReserve {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         FdReserve(std::fs::File::open("/dev/null").ok())
     }
 
@@ -30,7 +30,12 @@ impl FdReserve {
     /// given: plaintext listeners); returns how many it refused. If another thread took the freed
     /// descriptor before the reserve could be reopened, there is no reserve until a later call
     /// gets it back (and until then nothing is refused).
-    fn refuse_pending(&mut self, listener: RawFd, refusal: Option<&[u8]>, max: usize) -> usize {
+    pub(super) fn refuse_pending(
+        &mut self,
+        listener: RawFd,
+        refusal: Option<&[u8]>,
+        max: usize,
+    ) -> usize {
         let mut refused = 0;
         while refused < max {
             if self.0.is_none() {

@@ -64,8 +64,8 @@ pub(super) async fn segment_maker(
 /// of the node's one clock), so the owner core can tell how long it travelled.
 #[derive(Debug)]
 pub struct HopBatch {
-    sent_us: u64,
-    msgs: Vec<HopMsg>,
+    pub(super) sent_us: u64,
+    pub(super) msgs: Vec<HopMsg>,
 }
 
 pub(super) async fn flusher(

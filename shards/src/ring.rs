@@ -1,7 +1,7 @@
-//! The raw io_uring plumbing the benchmarks' own servers share (`ferry-floor --engine uring`,
-//! `ferry-shardring`): the ring as the fastest servers set it up, a provided-buffer ring for
-//! multishot receives, and completion tags. Every unsafe block here has its SAFETY note; the
-//! callers' own are at their call sites.
+//! The raw io_uring plumbing shared by the node's `uring` driver ([`crate::driver::uring`]) and
+//! the benchmarks' own servers (`ferry-floor --engine uring`, `ferry-shardring`): the ring as the
+//! fastest servers set it up, a provided-buffer ring for multishot receives, and completion
+//! tags. Every unsafe block here has its SAFETY note; the callers' own are at their call sites.
 
 #![allow(unsafe_code)]
 
@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::{BufRingEntry, Fd};
 use io_uring::{IoUring, opcode, squeue};
 
-/// Bytes per provided buffer: one multishot completion carries at most this much.
+/// The benchmark servers' bytes per provided buffer: one multishot completion carries at most
+/// this much.
 pub const BUF_LEN: u32 = 64 * 1024;
-const BUF_SIZE: usize = BUF_LEN as usize;
-/// Provided buffers (a power of two, at most 32,768). Buffers go back to the ring in the turn
-/// that filled them, so this bounds how much one turn can receive: 1,024 × 64 KiB.
+/// The benchmark servers' provided buffers (a power of two, at most 32,768). Buffers go back to
+/// the ring in the turn that filled them, so this bounds how much one turn can receive:
+/// 1,024 × 64 KiB.
 pub const BUF_COUNT: u16 = 1024;
 /// The provided-buffer group id of the one buffer ring.
 pub const BGID: u16 = 1;
@@ -24,11 +25,14 @@ pub const BGID: u16 = 1;
 pub const RING_ENTRIES: u32 = 4096;
 
 /// One ring for one thread: `SINGLE_ISSUER` and `DEFER_TASKRUN` (completions are run only when
-/// the loop asks for them, never in the middle of a turn).
+/// the loop asks for them, never in the middle of a turn), with `TASKRUN_FLAG`.
 pub fn new_ring() -> io::Result<IoUring> {
     IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
+        // Deferred completions are flagged, so that a submit that does not wait still
+        // collects them.
+        .setup_taskrun_flag()
         .setup_cqsize(RING_ENTRIES * 4)
         .build(RING_ENTRIES)
 }
@@ -63,10 +67,17 @@ pub unsafe fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
 
 /// Connections by slot: a slot's number and generation go into its completions' tags
 /// ([`user_data`]), and a freed slot is reused with the next generation.
+#[derive(Debug)]
 pub struct Slots<T> {
     items: Vec<Option<T>>,
     free: Vec<u32>,
     next_generation: u32,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T> Slots<T> {
@@ -94,6 +105,15 @@ impl<T> Slots<T> {
         }
     }
 
+    /// Live items.
+    pub fn len(&self) -> usize {
+        self.items.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, slot: u32) -> Option<&T> {
         self.items.get(slot as usize)?.as_ref()
     }
@@ -115,6 +135,7 @@ impl<T> Slots<T> {
 /// One multishot accept on `listener`.
 pub fn accept_multi(listener: RawFd, tag: u64) -> squeue::Entry {
     opcode::AcceptMulti::new(Fd(listener))
+        .flags(libc::SOCK_CLOEXEC)
         .build()
         .user_data(tag)
 }
@@ -133,36 +154,59 @@ pub fn send(fd: RawFd, buf: &[u8], tag: u64) -> squeue::Entry {
         .user_data(tag)
 }
 
-/// The provided-buffer ring: `BUF_COUNT` entries in page-aligned memory the kernel reads, and
-/// the buffers themselves.
+/// The provided-buffer ring: `count` entries in page-aligned memory the kernel reads, and the
+/// buffers themselves (`count` × `len` bytes, touched only as receives fill them).
 pub struct BufRing {
-    /// The entries (`BUF_COUNT` × 16 bytes; the last entry's reserved field is the tail).
+    /// The entries (`count` × 16 bytes; the last entry's reserved field is the tail).
     entries: memmap2::MmapMut,
     buffers: Vec<u8>,
+    count: u16,
+    len: u32,
     /// Our copy of the tail: entries below it are the kernel's.
     tail: u16,
 }
 
+impl std::fmt::Debug for BufRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufRing")
+            .field("count", &self.count)
+            .field("len", &self.len)
+            .field("tail", &self.tail)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BufRing {
-    pub fn new(ring: &IoUring) -> io::Result<BufRing> {
-        let entries =
-            memmap2::MmapMut::map_anon(usize::from(BUF_COUNT) * size_of::<BufRingEntry>())?;
+    /// `count` buffers (a power of two, at most 32,768) of `len` bytes each. `resident`: every
+    /// page is touched now, so that the buffers are part of the process's resident memory from
+    /// the start (a fixed cost, not growth under load); otherwise pages are touched only as
+    /// receives fill them.
+    pub fn new(ring: &IoUring, count: u16, len: u32, resident: bool) -> io::Result<BufRing> {
+        assert!(
+            count.is_power_of_two() && count <= 32_768,
+            "{count} provided buffers: a power of two up to 32,768"
+        );
+        assert!(len > 0, "provided buffers of 0 bytes");
+        let entries = memmap2::MmapMut::map_anon(usize::from(count) * size_of::<BufRingEntry>())?;
         let mut br = BufRing {
             entries,
-            buffers: vec![0u8; usize::from(BUF_COUNT) * BUF_SIZE],
+            // Any byte but 0 is written, page by page (zeroed memory would stay unmapped).
+            buffers: vec![u8::from(resident); usize::from(count) * len as usize],
+            count,
+            len,
             tail: 0,
         };
-        // SAFETY: the entries are an anonymous, page-aligned mapping of exactly `BUF_COUNT`
-        // entries that lives as long as `br`, which the caller keeps as long as the ring.
+        // SAFETY: the entries are an anonymous, page-aligned mapping of exactly `count` entries
+        // that lives as long as `br`, which the caller keeps as long as the ring.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 br.entries.as_ptr() as u64,
-                BUF_COUNT,
+                count,
                 BGID,
                 0,
             )?;
         }
-        for bid in 0..BUF_COUNT {
+        for bid in 0..count {
             br.give(bid);
         }
         br.publish();
@@ -171,18 +215,20 @@ impl BufRing {
 
     fn ring_entries(&mut self) -> &mut [BufRingEntry] {
         let ptr = self.entries.as_mut_ptr().cast::<BufRingEntry>();
-        // SAFETY: the mapping holds exactly `BUF_COUNT` entries, suitably aligned (a page), and
+        // SAFETY: the mapping holds exactly `count` entries, suitably aligned (a page), and
         // `BufRingEntry` is a plain `repr(C)` struct for which any bytes are valid.
-        unsafe { std::slice::from_raw_parts_mut(ptr, usize::from(BUF_COUNT)) }
+        unsafe { std::slice::from_raw_parts_mut(ptr, usize::from(self.count)) }
     }
 
     /// Hands buffer `bid` back (seen by the kernel at the next [`BufRing::publish`]).
     pub fn give(&mut self, bid: u16) {
-        let addr = self.buffers[usize::from(bid) * BUF_SIZE..].as_mut_ptr() as u64;
-        let i = usize::from(self.tail & (BUF_COUNT - 1));
+        debug_assert!(bid < self.count, "buffer {bid} of {}", self.count);
+        let len = self.len;
+        let addr = self.buffers[usize::from(bid) * len as usize..].as_mut_ptr() as u64;
+        let i = usize::from(self.tail & (self.count - 1));
         let e = &mut self.ring_entries()[i];
         e.set_addr(addr);
-        e.set_len(BUF_LEN);
+        e.set_len(len);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -200,6 +246,6 @@ impl BufRing {
     }
 
     pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
-        &self.buffers[usize::from(bid) * BUF_SIZE..][..len]
+        &self.buffers[usize::from(bid) * self.len as usize..][..len]
     }
 }
