@@ -43,18 +43,21 @@ use crate::store::{StoreJobDoneOf, StoreJobOf, SyncJobOf};
 /// Input handed to the shard per loop turn. Past it, receive completions wait for the next turn
 /// (their buffers kept), which comes at once after this turn's sends are submitted: without a
 /// bound one turn could take a whole buffer ring of a sender's packets before any receiver's
-/// output went out, and the shard drops what overflows a receiver's queue (`Congested`).
-pub const TURN_INPUT_BYTES: usize = 1 << 20;
+/// output went out, and the shard drops what overflows a receiver's queue (`Congested`). 1 MiB
+/// cost 15 % of the 1400 B saturation throughput (8 pairs, 256 in flight each) against 4 MiB,
+/// which lost no more messages at any window (bench/RESULTS.md).
+pub const TURN_INPUT_BYTES: usize = 4 << 20;
 
-/// Bytes per provided buffer: one receive completion carries at most this much (a TLS record is
-/// at most 16 KiB + 256 B, and one completion takes one whole buffer however little it carries).
-pub const PROVIDED_BUFFER_LEN: u32 = 16 * 1024;
+/// Bytes per provided buffer: one receive completion carries at most this much, and takes one
+/// whole buffer however little it carries (64 KiB: the glommio driver's read size; 16 KiB moved
+/// 6 % fewer 1400 B messages at saturation).
+pub const PROVIDED_BUFFER_LEN: u32 = 64 * 1024;
 /// Provided buffers per shard (a power of two): 8 MiB, made resident at start so that they are a
 /// fixed cost of the shard, not growth under load that the memory budget
 /// (`limits.memory_bytes_max`) does not see. They go back to the kernel in the turn that used
 /// them; a turn that finds them all taken ends the receives that wanted one (`ENOBUFS`), which
 /// are armed again at the end of the turn, their data waiting in the sockets meanwhile.
-pub const PROVIDED_BUFFERS: u16 = 512;
+pub const PROVIDED_BUFFERS: u16 = 128;
 
 /// Submission-queue entries of a shard's ring (the completion queue has four times as many).
 pub const URING_ENTRIES: u32 = 4096;
