@@ -158,6 +158,7 @@ pub(crate) fn run_stream(
 
     let mut totals = Totals::new()?;
     let mut thread_cores = Vec::with_capacity(threads);
+    let mut thread_busy = Vec::with_capacity(threads);
     for w in workers {
         let t = w
             .join()
@@ -169,10 +170,16 @@ pub(crate) fn run_stream(
         totals.backlog_dropped += t.backlog_dropped;
         totals.corrected.add(&t.corrected)?;
         totals.raw.add(&t.raw)?;
+        totals.send_lag.add(&t.send_lag)?;
         totals.turns += t.turns;
         totals.visits += t.visits;
         thread_cores.push(if t.wall_s > 0.0 {
             t.cpu_s / t.wall_s
+        } else {
+            0.0
+        });
+        thread_busy.push(if t.wall_s > 0.0 {
+            (t.cpu_s - t.spin_s).max(0.0) / t.wall_s
         } else {
             0.0
         });
@@ -188,7 +195,9 @@ pub(crate) fn run_stream(
             "max": h.max() as f64 / 1000.0,
         })
     };
-    let busiest = thread_cores.iter().copied().fold(0.0, f64::max);
+    // Saturation is judged by work, not by CPU: a loop waiting for a message due within
+    // `SPIN_NS` spins (`Totals::spin_s`).
+    let busiest = thread_busy.iter().copied().fold(0.0, f64::max);
     let mut out = serde_json::json!({
         "target": args.target,
         "workload": format!("{:?}", args.workload).to_lowercase(),
@@ -213,6 +222,9 @@ pub(crate) fn run_stream(
         // (near 1.0: that loop, not the server, set the pace).
         "loadgen_cpu_cores": (own_end - own_start) / elapsed,
         "loadgen_thread_cpu_cores": thread_cores,
+        "loadgen_thread_busy_cores": thread_busy,
+        "loadgen_busy_cores": busiest,
+        "send_lag_us": q(&totals.send_lag),
         "loop_turns": totals.turns,
         "connection_visits_per_turn": totals.visits as f64 / totals.turns.max(1) as f64,
     });
