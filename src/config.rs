@@ -50,10 +50,11 @@ pub struct Config {
     pub store_fsync: String,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
-    /// The shards' I/O driver: `glommio` (an executor per core, a reader and a writer task per
-    /// connection) or `uring` (a raw io_uring loop per core: multishot receives into provided
-    /// buffers, one `io_uring_enter` per loop turn; cheaper per message where messages come one
-    /// at a time, see bench/RESULTS.md). Same protocol, limits and durability.
+    /// The shards' I/O driver: `uring` (a raw io_uring loop per core: multishot receives into
+    /// provided buffers, one `io_uring_enter` per loop turn; Linux 6.1 or later), `glommio` (an
+    /// executor per core, a reader and a writer task per connection), or `auto`: `uring` where
+    /// the kernel has what it needs, else `glommio`. Same protocol, limits and durability; the
+    /// costs differ (bench/RESULTS.md).
     pub io_engine: String,
     /// On SIGTERM/SIGINT the drain (stop accepting, last store sync, `ShuttingDown` to clients,
     /// media and journal syncs) must end within this many seconds, else the process exits 1.
@@ -390,7 +391,7 @@ impl Default for Config {
             store_enabled: true,
             store_fsync: "interval=10".into(),
             log_format: "text".into(),
-            io_engine: "glommio".into(),
+            io_engine: "auto".into(),
             limits: Limits::default(),
             prekeys: PrekeysConfig::default(),
             push: PushConfig::default(),
@@ -492,12 +493,36 @@ impl Config {
             .map_err(|e| anyhow!("media.http_listen `{h}`: {e}"))
     }
 
-    /// `io_engine` parsed.
+    /// `io_engine` checked (not resolved: `auto` is decided by [`Config::engine`]).
+    pub fn check_engine(&self) -> anyhow::Result<()> {
+        match self.io_engine.trim() {
+            "auto" | "glommio" | "uring" => Ok(()),
+            other => bail!("io_engine must be `auto`, `uring` or `glommio`, not `{other}`"),
+        }
+    }
+
+    /// The driver `io_engine` names on this kernel: `auto` is `uring` when the kernel's io_uring
+    /// has what that driver needs ([`ferry_shards::driver::uring::probe`]), else `glommio`; an
+    /// explicit `uring` the kernel cannot run is an error that says why.
     pub fn engine(&self) -> anyhow::Result<ferry_shards::driver::Engine> {
-        self.io_engine
-            .trim()
-            .parse()
-            .map_err(|e: String| anyhow!(e))
+        use ferry_shards::driver::{Engine, uring};
+        self.check_engine()?;
+        Ok(match self.io_engine.trim() {
+            "glommio" => Engine::Glommio,
+            "uring" => {
+                uring::probe().map_err(|e| {
+                    anyhow!("io_engine = \"uring\": this kernel cannot run it ({e}); use \"glommio\" or \"auto\"")
+                })?;
+                Engine::Uring
+            }
+            _ => match uring::probe() {
+                Ok(()) => Engine::Uring,
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_engine = \"auto\": the kernel cannot run the uring driver; using glommio");
+                    Engine::Glommio
+                }
+            },
+        })
     }
 
     /// `store_fsync` parsed.

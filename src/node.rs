@@ -176,8 +176,10 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     // The tick wakes for a group commit when one is due (`store_sync_due_ms`), not at the fsync
     // interval all the time.
     let tick_ms = l.tick_ms;
+    let engine = cfg.engine()?;
+    tracing::info!(?engine, io_engine = %cfg.io_engine, "shards' I/O driver");
     let driver_cfg = DriverConfig {
-        engine: cfg.engine()?,
+        engine,
         cpus: Some(placement.shard_cpus.clone()),
         io_memory_bytes: l.io_memory_bytes,
         tick_ms,

@@ -68,28 +68,14 @@ use tasks::*;
 /// most) divides that walk by 32.
 pub const RING_DEPTH: usize = 4096;
 
-/// Which I/O driver runs the shards (`io_engine`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// Which I/O driver runs the shards (`io_engine`; the node resolves `auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
     /// glommio executors: a reader and a writer task per connection (this module).
-    #[default]
     Glommio,
     /// A raw io_uring loop per shard thread: multishot receives into provided buffers, one
     /// `io_uring_enter` per turn ([`uring`]).
     Uring,
-}
-
-impl std::str::FromStr for Engine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "glommio" => Ok(Engine::Glommio),
-            "uring" => Ok(Engine::Uring),
-            other => Err(format!(
-                "io_engine must be `glommio` or `uring`, not `{other}`"
-            )),
-        }
-    }
 }
 
 /// Driver settings (named node config keys).

@@ -284,28 +284,37 @@ fn listeners_must_not_overlap() {
 }
 
 #[test]
-fn io_engine_is_glommio_or_uring() {
+fn io_engine_is_auto_uring_or_glommio() {
     use ferry_shards::driver::Engine;
-    assert_eq!(Config::default().engine().unwrap(), Engine::Glommio);
+    // `auto`: uring where the kernel runs it (the test machines' kernels do: 6.1 or later).
+    assert_eq!(Config::default().io_engine, "auto");
+    let auto = Config::default().engine().unwrap();
+    match ferry_shards::driver::uring::probe() {
+        Ok(()) => assert_eq!(auto, Engine::Uring),
+        Err(_) => assert_eq!(auto, Engine::Glommio),
+    }
+    let glommio = Config {
+        io_engine: "glommio".into(),
+        ..Config::default()
+    };
+    assert_eq!(glommio.engine().unwrap(), Engine::Glommio);
     let mut c = Config {
         io_engine: "uring".into(),
         ..Config::default()
     };
     c.validate().unwrap();
-    assert_eq!(c.engine().unwrap(), Engine::Uring);
+    if ferry_shards::driver::uring::probe().is_ok() {
+        assert_eq!(c.engine().unwrap(), Engine::Uring);
+    }
     c.io_engine = "epoll".into();
     let e = c.validate().unwrap_err().to_string();
     assert!(
-        e.contains("io_engine must be `glommio` or `uring`, not `epoll`"),
+        e.contains("io_engine must be `auto`, `uring` or `glommio`, not `epoll`"),
         "{e}"
     );
     // A restart applies it, not SIGHUP.
-    let next = Config {
-        io_engine: "uring".into(),
-        ..Config::default()
-    };
     assert_eq!(
-        Config::default().restart_keys(&next).unwrap(),
+        Config::default().restart_keys(&glommio).unwrap(),
         ["io_engine"]
     );
 }

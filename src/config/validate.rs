@@ -111,7 +111,7 @@ impl Config {
                 self.log_format
             );
         }
-        self.engine()?;
+        self.check_engine()?;
         let l = &self.limits;
         for (rate, burst, name) in [
             (

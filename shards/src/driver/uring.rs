@@ -104,6 +104,25 @@ struct Link {
     stalled: Vec<Option<HopBatch>>,
 }
 
+/// Whether this kernel's io_uring has what the driver needs: a ring with `SINGLE_ISSUER`,
+/// `DEFER_TASKRUN` and `TASKRUN_FLAG` (Linux 6.1; multishot receive came in 6.0) and a
+/// provided-buffer ring (5.19). The error says which step the kernel refused.
+pub fn probe() -> io::Result<()> {
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(8)
+        .map_err(|e| io::Error::new(e.kind(), format!("ring setup (Linux 6.1 or later): {e}")))?;
+    BufRing::new(&ring, 1, 4096, false).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("provided-buffer ring (Linux 5.19 or later): {e}"),
+        )
+    })?;
+    Ok(())
+}
+
 /// Starts one thread per entry of `configs` (`listeners[i]` go to shard `i`, which is also its id
 /// in the mesh). The contract is [`super::start`]'s.
 #[allow(clippy::too_many_arguments)]
