@@ -96,7 +96,11 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
             "limits.store_disk_bytes_max gives each of the {shards} shards less than two segments of limits.store_segment_bytes; raise it or use smaller segments"
         );
     }
-    sys::preflight(shards, cfg.limits.io_memory_bytes)?;
+    sys::preflight_io_uring()?;
+    let engine = cfg.engine()?;
+    if engine == driver::Engine::Glommio {
+        sys::preflight_memlock(shards, cfg.limits.io_memory_bytes)?;
+    }
     let nofile = sys::raise_nofile();
     let nofile_warning = sys::check_nofile(nofile, cfg.limits.connections_max)?;
     if cfg.limits.fds_reserved >= nofile {
@@ -176,7 +180,6 @@ pub fn run(cfg: Config, reresolve: impl Fn() -> anyhow::Result<Config>) -> anyho
     // The tick wakes for a group commit when one is due (`store_sync_due_ms`), not at the fsync
     // interval all the time.
     let tick_ms = l.tick_ms;
-    let engine = cfg.engine()?;
     tracing::info!(?engine, io_engine = %cfg.io_engine, "shards' I/O driver");
     let driver_cfg = DriverConfig {
         engine,

@@ -156,8 +156,9 @@ pub fn parse_cpu_list(list: &str) -> Vec<usize> {
     cpus
 }
 
-/// Checks what the executors need before starting them: io_uring allowed, enough locked memory.
-pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
+/// Checks that io_uring is allowed here (not disabled, not refused by a seccomp filter), with an
+/// error that says how to allow it; before the I/O driver is chosen.
+pub fn preflight_io_uring() -> anyhow::Result<()> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         let v = v.trim();
         if v != "0" {
@@ -166,7 +167,13 @@ pub fn preflight(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
             );
         }
     }
-    probe_io_uring()?;
+    probe_io_uring()
+}
+
+/// Checks that glommio executors (`io_engine = "glommio"`) can lock the memory they register:
+/// the uring driver's rings are charged to the process's memory cgroup on the kernels it runs
+/// on, not to `RLIMIT_MEMLOCK`.
+pub fn preflight_memlock(shards: usize, io_memory_bytes: usize) -> anyhow::Result<()> {
     // glommio registers io_memory plus its rings with the kernel for each executor.
     let per_executor = io_memory_bytes as u64 + 512 * 1024;
     let need = per_executor * shards as u64;

@@ -361,13 +361,19 @@ fn walk(d: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 }
 
 /// Start-up self-checks end start-up with one line naming the fix, not a panic: too few file
-/// descriptors, too little locked memory (limits lowered in a child shell).
+/// descriptors, too little locked memory for glommio's executors (limits lowered in a child
+/// shell; the uring driver locks no memory of its own).
 #[test]
 fn too_few_files_or_too_little_locked_memory_end_start_up_with_the_fix() {
-    for (ulimit, expect) in [
-        ("ulimit -n 1000", ["open-files limit is 1000", "ulimit -n"]),
+    for (ulimit, engine, expect) in [
+        (
+            "ulimit -n 1000",
+            "auto",
+            ["open-files limit is 1000", "ulimit -n"],
+        ),
         (
             "ulimit -l 64",
+            "glommio",
             ["locked-memory limit is 64 KiB", "ulimit -l"],
         ),
     ] {
@@ -377,7 +383,11 @@ fn too_few_files_or_too_little_locked_memory_end_start_up_with_the_fix() {
             ferry_bin(),
             dir.display()
         );
-        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env("FERRY_IO_ENGINE", engine)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{ulimit}: started anyway");
         let err = String::from_utf8_lossy(&out.stderr);
         for e in expect {
