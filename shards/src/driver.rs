@@ -740,6 +740,33 @@ fn trim_allocator() {
     }
 }
 
+/// Feeds TLS records; hands every plaintext byte to the shard. Returns the read pause (ms). Both
+/// drivers decrypt through it.
+fn tls_to_shard(
+    shard: &mut Shard,
+    clock: &Clock,
+    conn: ConnId,
+    t: &mut rustls::ServerConnection,
+    mut data: &[u8],
+    plain: &mut [u8],
+) -> Result<u64, rustls::Error> {
+    let mut pause = 0;
+    while !data.is_empty() {
+        if t.read_tls(&mut data).is_err() {
+            return Err(rustls::Error::General("TLS read buffer full".into()));
+        }
+        t.process_new_packets()?;
+        loop {
+            match t.reader().read(plain) {
+                Ok(0) => break,
+                Ok(k) => pause = pause.max(shard.on_bytes(clock.now(), conn, &plain[..k])),
+                Err(_) => break, // WouldBlock: no more plaintext now
+            }
+        }
+    }
+    Ok(pause)
+}
+
 fn shutdown_fd(fd: RawFd) {
     // SAFETY: fds in `writers` belong to live connections: an entry is removed before its stream
     // is dropped, and everything runs on this one thread.

@@ -89,35 +89,24 @@ pub(super) fn feed(ctx: &Ctx, conn: ConnId, tls: Option<&Tls>, n: usize) -> u64 
     }
 }
 
-/// Feeds TLS records; hands every plaintext byte to the shard. Returns the read pause (ms).
+/// Feeds TLS records to the shard ([`super::tls_to_shard`]) and wakes the writer when rustls has
+/// records to send. Returns the read pause (ms).
 pub(super) fn tls_input(
     ctx: &Ctx,
     conn: ConnId,
     tls: &Tls,
-    mut data: &[u8],
+    data: &[u8],
     plain: &mut [u8],
 ) -> Result<u64, rustls::Error> {
-    let mut pause = 0;
     let mut t = tls.borrow_mut();
-    while !data.is_empty() {
-        if t.read_tls(&mut data).is_err() {
-            return Err(rustls::Error::General("TLS read buffer full".into()));
-        }
-        t.process_new_packets()?;
-        loop {
-            match t.reader().read(plain) {
-                Ok(0) => break,
-                Ok(k) => {
-                    pause = pause.max(ctx.shard.borrow_mut().on_bytes(
-                        ctx.clock.now(),
-                        conn,
-                        &plain[..k],
-                    ))
-                }
-                Err(_) => break, // WouldBlock: no more plaintext now
-            }
-        }
-    }
+    let pause = super::tls_to_shard(
+        &mut ctx.shard.borrow_mut(),
+        &ctx.clock,
+        conn,
+        &mut t,
+        data,
+        plain,
+    )?;
     if t.wants_write() {
         if let Some((w, _)) = ctx.writers.borrow().get(&conn) {
             let _ = w.try_send(());

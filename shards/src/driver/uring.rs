@@ -859,7 +859,7 @@ impl Driver {
         let pause = match &mut c.tls {
             None => self.shard.on_bytes(now, id, data),
             Some(t) => {
-                match tls_input(&mut self.shard, &self.clock, id, t, data, &mut self.plain) {
+                match tls_to_shard(&mut self.shard, &self.clock, id, t, data, &mut self.plain) {
                     Ok(p) => {
                         if t.wants_write() {
                             self.tls_ready.push(slot);
@@ -1337,32 +1337,6 @@ impl Driver {
             std::mem::forget(conns);
         }
     }
-}
-
-/// Feeds TLS records; hands every plaintext byte to the shard. Returns the read pause (ms).
-fn tls_input(
-    shard: &mut Shard,
-    clock: &Clock,
-    conn: ConnId,
-    t: &mut rustls::ServerConnection,
-    mut data: &[u8],
-    plain: &mut [u8],
-) -> Result<u64, rustls::Error> {
-    let mut pause = 0;
-    while !data.is_empty() {
-        if t.read_tls(&mut data).is_err() {
-            return Err(rustls::Error::General("TLS read buffer full".into()));
-        }
-        t.process_new_packets()?;
-        loop {
-            match t.reader().read(plain) {
-                Ok(0) => break,
-                Ok(k) => pause = pause.max(shard.on_bytes(clock.now(), conn, &plain[..k])),
-                Err(_) => break, // WouldBlock: no more plaintext now
-            }
-        }
-    }
-    Ok(pause)
 }
 
 fn send_entry(c: &Conn, slot: u32) -> squeue::Entry {
