@@ -376,7 +376,16 @@ fn two_days_of_traffic_link_the_days_only_through_the_drain_window() {
     bob.add_contact("alice", &alice.address()).unwrap();
     let (a_id, b_id) = (alice.address().identity, bob.address().identity);
     let mut conns_of_day: Vec<std::ops::Range<u64>> = Vec::new();
-    for (day, lie) in [(0, 0i64), (1, 86_400)] {
+    // Both days at noon on the clients' clocks (the adversary lies to them): a client in the last
+    // minutes of a day proves the next day's dests in advance, which the next day's traffic then
+    // names as its own: a day boundary, not the link this test looks for (it failed when run
+    // just before midnight UTC).
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_noon = 43_200 - i64::try_from(now_s % 86_400).unwrap();
+    for (day, lie) in [(0, to_noon), (1, to_noon + 86_400)] {
         adv.set(Misbehaviour {
             clock_lie_s: lie,
             ..Default::default()
