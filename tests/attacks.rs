@@ -137,8 +137,9 @@ fn proof_replay_leaves_honest_latency_within_double() {
 }
 
 /// Attack 5: 1,500 connections each holding a partial 64 KiB frame, 100 subscribers that never
-/// read while a flood fills their queues, for 3 s. Budget: 64 MiB (RSS may reach the node's baseline plus
-/// that: the budget counts what connections hold). Defence: the node's memory
+/// read while a flood fills their queues, for 3 s. Budget: 64 MiB (the node's anonymous RSS may
+/// reach its baseline plus that plus the allocator's 12 %: the budget counts what connections
+/// hold; the store's mmap'd pages are page cache, not counted). Defence: the node's memory
 /// budget, `limits.memory_bytes_max`: a partial frame's announced length is reserved when its
 /// prefix arrives, and at the budget the connections holding the most are closed with
 /// `Error Overloaded`.

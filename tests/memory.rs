@@ -41,12 +41,16 @@ fn env_or(key: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The node's resident set (VmRSS of /proc/<pid>/status), in bytes.
+/// The memory the node holds (`RssAnon` + `RssShmem`: heap, stacks, io_uring buffers), in bytes,
+/// the measure of bench/src/attack/suite.rs's `Rss::held`. The binary's mapped pages are not
+/// in it (and the store, off here, maps no segments).
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
+    let kib = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (kib("RssAnon:") + kib("RssShmem:")) * 1024
 }
 
 /// A working pair of clients; `check` proves they still exchange packets.

@@ -266,6 +266,29 @@ fn a_frame_trickled_in_must_still_complete_in_time() {
     assert!(t <= 1_400, "closed only at {t} ms");
 }
 
+/// A partial frame holds exactly its announced length from the read that brings its prefix:
+/// one block, not one sized to that read and grown, and the memory budget counts it at once.
+#[test]
+fn a_partial_frame_takes_its_announced_length_at_once() {
+    let mut s = ServerConn::new(ConnLimits::default(), NODE, 0, [7; 32], at(0));
+    let mut c = ClientConn::new();
+    s.on_bytes(at(0), &c.take_output().unwrap());
+    assert!(s.poll_event(at(0)).is_none());
+    let base = s.memory_bytes();
+    let announced = 60_000usize;
+    let mut first = u32::try_from(announced).unwrap().to_le_bytes().to_vec();
+    first.extend_from_slice(&[6; 1_000]);
+    s.on_bytes(at(1), &first);
+    let held = s.memory_bytes() - base;
+    assert!(
+        (4 + announced..4 + announced + 64).contains(&held),
+        "holds {held} B for a {announced} B frame"
+    );
+    // The rest arrives: no second block.
+    s.on_bytes(at(2), &vec![6; announced - 1_000]);
+    assert_eq!(s.memory_bytes() - base, held);
+}
+
 #[test]
 fn a_closing_connection_that_does_not_drain_is_aborted() {
     let limits = ConnLimits {

@@ -407,18 +407,36 @@ pub fn metric(admin: Option<SocketAddr>, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The resident set of process `pid`, in bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+/// A process's resident memory, split by what the kernel can take back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rss {
+    /// Anonymous and shared-memory pages (`RssAnon` + `RssShmem`): what the process holds and
+    /// only it can give back — heap, stacks, io_uring buffers. The memory budget's measure.
+    pub held: u64,
+    /// File-backed pages mapped into the process (`RssFile`): the binary, libraries and the
+    /// store's mmap'd segments. Page cache, bounded by the store's disk budget and reclaimed by
+    /// the kernel under pressure (written back first when dirty), so outside the memory budget.
+    pub file: u64,
+}
+
+/// The resident set of process `pid` (`/proc/<pid>/status`).
+pub fn rss(pid: u32) -> Option<Rss> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    let field = |name: &str| -> Option<u64> {
+        let kb: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    };
+    Some(Rss {
+        held: field("RssAnon:")? + field("RssShmem:")?,
+        file: field("RssFile:")?,
+    })
 }
 
 /// CPU time this thread has used (from the scheduler's own accounting).

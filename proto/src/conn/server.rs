@@ -12,7 +12,10 @@ use crate::frame::{
     DecodeError, Dest, ErrorCode, Frame, Op, PrekeyStatus, ProofItem, ProofStatus, SendStatus,
     SubscribeStatus, UnsubscribeReason, frame_type, put_packet_header, split_frame,
 };
-use crate::limits::{CHALLENGE_VALIDITY_MS, PROOF_CACHE_ENTRIES_MAX, PROVEN_PER_CONN_MAX};
+use crate::limits::{
+    CHALLENGE_VALIDITY_MS, FRAME_BYTES_MAX, FRAME_PREFIX_BYTES, PROOF_CACHE_ENTRIES_MAX,
+    PROVEN_PER_CONN_MAX,
+};
 
 mod events;
 mod frames;
@@ -138,6 +141,16 @@ impl ServerConn {
             // A frame starts now; it must be complete within frame_stall_timeout_ms, however
             // slowly its bytes trickle in (slowloris).
             self.partial_since_ms = Some(now.mono_ms);
+            // A frame longer than this read: take its announced length (as `split_frame` would
+            // next) in one allocation, not one sized to the read and then grown (two blocks
+            // of different sizes per partial frame fragment the heap under a flood of them).
+            if let Some(prefix) = data.first_chunk::<{ FRAME_PREFIX_BYTES }>() {
+                let want = FRAME_PREFIX_BYTES
+                    + usize::try_from(u32::from_le_bytes(*prefix)).unwrap_or(usize::MAX);
+                if want > data.len() && want <= FRAME_PREFIX_BYTES + FRAME_BYTES_MAX {
+                    self.inbuf.reserve(want);
+                }
+            }
         }
         self.inbuf.extend_from_slice(data);
     }
@@ -379,8 +392,7 @@ impl ServerConn {
         if self.state == State::Closing {
             return Push::Closing;
         }
-        let frame_len =
-            crate::limits::FRAME_PREFIX_BYTES + crate::limits::PACKET_HEADER_BYTES + payload.len();
+        let frame_len = FRAME_PREFIX_BYTES + crate::limits::PACKET_HEADER_BYTES + payload.len();
         if self.queued_bytes() + frame_len > self.limits.send_queue_bytes_max {
             self.dropped_queue_full += 1;
             return Push::QueueFull;
@@ -404,7 +416,7 @@ impl ServerConn {
         if self.state == State::Closing {
             return Push::Closing;
         }
-        let frame_len = crate::limits::FRAME_PREFIX_BYTES + 1 + 16 + 8 + 8 + payload.len();
+        let frame_len = FRAME_PREFIX_BYTES + 1 + 16 + 8 + 8 + payload.len();
         if self.queued_bytes() + frame_len > self.limits.send_queue_bytes_max {
             self.dropped_queue_full += 1;
             return Push::QueueFull;
