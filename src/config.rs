@@ -50,12 +50,11 @@ pub struct Config {
     pub store_fsync: String,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
-    /// The shards' I/O driver: `glommio` (the default: an executor per core, a reader and a
-    /// writer task per connection), `uring` (a raw io_uring loop per core: multishot receives
-    /// into provided buffers, one `io_uring_enter` per loop turn; Linux 6.1 or later; not yet
-    /// the default: after the memory attack its RSS does not come back, tests/attacks.rs), or
-    /// `auto`: `uring` where the kernel has what it needs, else `glommio`. Same protocol, limits
-    /// and durability; the costs differ (bench/RESULTS.md).
+    /// The shards' I/O driver: `uring` (a raw io_uring loop per core: multishot receives into
+    /// provided buffers, one `io_uring_enter` per loop turn; Linux 6.1 or later), `glommio` (an
+    /// executor per core, a reader and a writer task per connection), or `auto`: `uring` where
+    /// the kernel has what it needs, else `glommio`. Same protocol, limits and durability; the
+    /// costs differ (bench/RESULTS.md).
     pub io_engine: String,
     /// On SIGTERM/SIGINT the drain (stop accepting, last store sync, `ShuttingDown` to clients,
     /// media and journal syncs) must end within this many seconds, else the process exits 1.
@@ -392,7 +391,7 @@ impl Default for Config {
             store_enabled: true,
             store_fsync: "interval=10".into(),
             log_format: "text".into(),
-            io_engine: "glommio".into(),
+            io_engine: "auto".into(),
             limits: Limits::default(),
             prekeys: PrekeysConfig::default(),
             push: PushConfig::default(),
