@@ -1,5 +1,5 @@
 //! The raw io_uring plumbing shared by the node's `uring` driver ([`crate::driver::uring`]) and
-//! the benchmarks' own servers (`ferry-floor --engine uring`, `ferry-shardring`): the ring as the
+//! the benchmark floor (`ferry-floor --engine uring`): the ring as the
 //! fastest servers set it up, a provided-buffer ring for multishot receives, and completion
 //! tags. Every unsafe block here has its SAFETY note; the callers' own are at their call sites.
 

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
-/// A benchmark server (`ferry-floor`, `ferry-shardring`), killed when dropped.
+/// A benchmark server (`ferry-floor`), killed when dropped.
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
