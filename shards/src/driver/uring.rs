@@ -82,13 +82,17 @@ const OP_SYNC: u64 = 7;
 /// flags by which a shard whose channel to a peer was full asks that peer to wake it once there
 /// is room.
 struct Mesh {
-    n: usize,
+    /// One eventfd per shard (their count is the shard count).
     wakes: Vec<OwnedFd>,
     /// `want_room[dst * n + src]`: `src` waits for room in its channel to `dst`.
     want_room: Vec<AtomicBool>,
 }
 
 impl Mesh {
+    fn n(&self) -> usize {
+        self.wakes.len()
+    }
+
     fn wake(&self, shard: usize) {
         // A full counter (2^64 - 2 unread wake-ups) is the only failure: it is awake anyway.
         let _ = rustix::io::write(&self.wakes[shard], &1u64.to_ne_bytes());
@@ -143,7 +147,6 @@ pub(super) fn start(
         wakes.push(fd);
     }
     let mesh = Arc::new(Mesh {
-        n,
         wakes,
         want_room: (0..n * n).map(|_| AtomicBool::new(false)).collect(),
     });
@@ -893,13 +896,19 @@ impl Driver {
             return;
         }
         c.recv_cancelled = true;
-        let target = user_data(OP_RECV, slot, c.generation);
-        let sqe = opcode::AsyncCancel::new(target)
-            .build()
-            .user_data(user_data(OP_CANCEL, slot, c.generation));
+        let generation = c.generation;
         // A full submission queue is submitted first; should that fail, the receive goes on
         // and the shard's own limits still bound what it takes.
-        let _ = self.push(&sqe);
+        let _ = self.cancel(OP_RECV, slot, generation);
+    }
+
+    /// Asks the kernel to cancel the request tagged (`op`, `slot`, `generation`); its
+    /// completion (and the cancel's own, tagged `OP_CANCEL`) comes later.
+    fn cancel(&mut self, op: u64, slot: u32, generation: u32) -> io::Result<()> {
+        let sqe = opcode::AsyncCancel::new(user_data(op, slot, generation))
+            .build()
+            .user_data(user_data(OP_CANCEL, slot, generation));
+        self.push(&sqe)
     }
 
     /// Arms the receive of every connection named this turn that should read and does not.
@@ -1109,7 +1118,7 @@ impl Driver {
     /// Sends every pending outbox as one batch per peer; a full channel keeps its batch here
     /// (the outbox then grows and the shard holds readers) until the peer makes room.
     fn mesh_out(&mut self) {
-        let n = self.link.mesh.n;
+        let n = self.link.mesh.n();
         let pending: Vec<usize> = self.shard.outbox_pending().collect();
         let stalled: Vec<usize> = (0..n).filter(|p| self.link.stalled[*p].is_some()).collect();
         for peer in stalled.into_iter().chain(pending) {
@@ -1155,7 +1164,7 @@ impl Driver {
 
     /// Takes every batch the other cores sent, and wakes those that waited for room.
     fn mesh_in(&mut self) {
-        let n = self.link.mesh.n;
+        let n = self.link.mesh.n();
         for peer in 0..n {
             let mut took = false;
             while let Some(rx) = &self.link.from[peer] {
@@ -1291,11 +1300,7 @@ impl Driver {
             let l = &mut self.listeners[li];
             l.retry_at = None;
             if l.armed {
-                let target = user_data(OP_ACCEPT, u32::try_from(li).expect("few listeners"), 0);
-                let sqe = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(user_data(OP_CANCEL, 0, 0));
-                self.push(&sqe)?;
+                self.cancel(OP_ACCEPT, u32::try_from(li).expect("few listeners"), 0)?;
             } else {
                 l.fd = None;
             }
